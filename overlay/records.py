@@ -282,7 +282,8 @@ class SignedRecord:
         return self.record.expires_at
 
 
-def _check_times(record: Record, now: float) -> None:
+def check_lifetime(record: Record, now: float) -> None:
+    """Sequence range, lifetime bounds, clock skew and expiry of a record at time ``now``."""
     if record.seq < 0 or record.seq > MAX_SEQ:
         raise MalformedRecord("sequence number out of range")
     if record.expires_at <= record.issued_at:
@@ -304,7 +305,7 @@ def sign(record: Record, identity: Identity, now: float | None = None) -> Signed
     if identity.public_key != record.signer:
         raise BadSignature("this identity is not the record's signer")
     record.check()
-    _check_times(record, time.time() if now is None else now)
+    check_lifetime(record, time.time() if now is None else now)
     body = msgpack.packb([FORMAT_VERSION, int(record.kind), *record.fields()], use_bin_type=True)
     signature = identity.sign(SIGNING_DOMAIN + body)
     wire = msgpack.packb([body, signature], use_bin_type=True)
@@ -366,7 +367,7 @@ def verify(wire: Any, now: float | None = None) -> SignedRecord:
     record.check()
     if not verify_signature(record.signer, SIGNING_DOMAIN + body, signature):
         raise BadSignature("signature does not verify under the record's key")
-    _check_times(record, time.time() if now is None else now)
+    check_lifetime(record, time.time() if now is None else now)
     return SignedRecord(record, wire, signature)
 
 

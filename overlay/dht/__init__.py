@@ -1,0 +1,20 @@
+"""The overlay's DHT: signed records in a Kademlia network built on the ``kademlia`` package.
+
+Supernode and client code use only :class:`DHTNode` (start, bootstrap, put, get, closest,
+call); nothing outside this package imports ``kademlia``.
+"""
+
+from overlay.dht.node import Contact, DHTNode, PutFailed
+from overlay.dht.protocol import DHTConfig, DHTStats
+from overlay.dht.server import PutResult
+from overlay.dht.storage import StorageLimits
+
+__all__ = [
+    "Contact",
+    "DHTConfig",
+    "DHTNode",
+    "DHTStats",
+    "PutFailed",
+    "PutResult",
+    "StorageLimits",
+]

@@ -1,0 +1,158 @@
+"""Iterative lookups: kademlia's spider crawls, rebuilt around requests in flight.
+
+Fixes over ``kademlia.crawling``:
+
+* a round no longer waits for all alpha answers: up to alpha requests stay in flight and each
+  answer immediately launches the next closest uncontacted node, so a dead contact occupies one
+  slot for one (adaptive, short) timeout instead of stalling the whole lookup;
+* responses are parsed with a strict schema; a malformed answer (``{"value": [...]}``,
+  ``{"x": 1}``, junk node tuples) counts as a failed contact instead of raising mid-crawl;
+* a value lookup merges the answers of several close nodes and returns every valid record,
+  newest per (owner, device), instead of the first value that arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
+from kademlia.node import Node
+
+from overlay.records import RecordError, SignedRecord
+
+MAX_NODES_PER_RESPONSE = 20
+MAX_VALUES_PER_RESPONSE = 48
+
+RpcMethod = Callable[[Node, Node], Awaitable[tuple[bool, Any]]]
+
+
+def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
+    """Contacts from a response's ``nodes`` field; None when the field is malformed."""
+    if not isinstance(raw, list) or len(raw) > MAX_NODES_PER_RESPONSE:
+        return None
+    nodes = []
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or type(item[0]) is not bytes
+            or len(item[0]) != 20
+            or type(item[1]) is not str
+            or type(item[2]) is not int
+            or not 0 < item[2] < 65536
+        ):
+            return None
+        try:
+            ipaddress.ip_address(item[1])
+        except ValueError:
+            return None
+        if item[0] != own_id:
+            nodes.append(Node(item[0], item[1], item[2]))
+    return nodes
+
+
+class _InflightCrawl:
+    """Shared loop: keep up to alpha requests in flight until the crawl says it is done."""
+
+    protocol: Any
+    nearest: Any
+    alpha: int
+    node: Node
+
+    def _is_done(self) -> bool:
+        return False
+
+    def _accept(self, peer: Node, payload: object) -> bool:
+        raise NotImplementedError
+
+    async def _crawl(self, rpcmethod: RpcMethod) -> None:
+        pending: dict[asyncio.Future[tuple[bool, Any]], Node] = {}
+        while not self._is_done():
+            for peer in self.nearest.get_uncontacted():
+                if len(pending) >= self.alpha:
+                    break
+                self.nearest.mark_contacted(peer)
+                pending[asyncio.ensure_future(rpcmethod(peer, self.node))] = peer
+            if not pending:
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                peer = pending.pop(task)
+                ok, reply = task.result()
+                if not ok or not self._accept(peer, reply.payload):
+                    self.nearest.remove([peer.id])
+        # stragglers finish on their own and still update the routing table
+
+
+class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
+    """Find the k closest live nodes to a key."""
+
+    async def find(self) -> list[Node]:
+        await self._crawl(self.protocol.call_find_node)
+        return list(self.nearest)
+
+    def _accept(self, peer: Node, payload: object) -> bool:
+        if not isinstance(payload, dict) or set(payload) != {"nodes"}:
+            return False
+        nodes = parse_nodes(payload["nodes"], self.protocol.source_node.id)
+        if nodes is None:
+            return False
+        self.nearest.push(nodes)
+        return True
+
+
+class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
+    """Collect the records under a key from its closest nodes, newest per slot."""
+
+    def __init__(
+        self,
+        protocol: Any,
+        node: Node,
+        peers: list[Node],
+        ksize: int,
+        alpha: int,
+        quorum: int,
+        verify: Callable[[object], SignedRecord],
+    ) -> None:
+        ValueSpiderCrawl.__init__(self, protocol, node, peers, ksize, alpha)
+        self.quorum = quorum
+        self.verify = verify
+        self.found: dict[tuple[bytes, str], SignedRecord] = {}
+        self.holders = 0
+        self.rejected = 0
+
+    async def find(self) -> list[SignedRecord]:
+        await self._crawl(self.protocol.call_find_value)
+        return list(self.found.values())
+
+    def _is_done(self) -> bool:
+        return self.holders >= self.quorum
+
+    def _accept(self, peer: Node, payload: object) -> bool:
+        if not isinstance(payload, dict) or set(payload) != {"values", "nodes"}:
+            return False
+        values = payload["values"]
+        nodes = parse_nodes(payload["nodes"], self.protocol.source_node.id)
+        if nodes is None or not isinstance(values, list) or len(values) > MAX_VALUES_PER_RESPONSE:
+            return False
+        self.nearest.push(nodes)
+        valid = 0
+        for wire in values:
+            try:
+                signed = self.verify(wire)
+            except RecordError:
+                self.rejected += 1
+                continue
+            if signed.dht_key != self.node.id:
+                self.rejected += 1
+                continue
+            valid += 1
+            current = self.found.get(signed.slot)
+            if current is None or signed.seq > current.seq:
+                self.found[signed.slot] = signed
+        if valid:
+            self.holders += 1
+        return True

@@ -1,0 +1,178 @@
+"""The narrow DHT interface the rest of the overlay uses: start, bootstrap, put, get, closest,
+call. Nothing outside :mod:`overlay.dht` imports ``kademlia``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from kademlia.node import Node
+
+from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
+from overlay.dht.server import OverlayServer, PutResult
+from overlay.dht.storage import RecordStorage, StorageLimits
+from overlay.identity import Identity
+from overlay.records import RecordError, SignedRecord
+
+log = structlog.get_logger("overlay.dht")
+
+PEERS_FILE = "peers.json"
+
+
+@dataclass(frozen=True)
+class Contact:
+    node_id: bytes
+    host: str
+    port: int
+
+
+class PutFailed(Exception):
+    """No node accepted a record. ``result`` says why each refused."""
+
+    def __init__(self, result: PutResult) -> None:
+        reasons = ", ".join(f"{k}={v}" for k, v in result.refused.most_common()) or "no nodes"
+        super().__init__(f"no node stored the record ({reasons})")
+        self.result = result
+
+
+class DHTNode:
+    def __init__(
+        self,
+        identity: Identity,
+        config: DHTConfig | None = None,
+        limits: StorageLimits | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config or DHTConfig()
+        self.state_dir = state_dir
+        self.stats = DHTStats()
+        self.storage = RecordStorage(limits)
+        self._handlers: dict[str, AppHandler] = {}
+        self._server = OverlayServer(
+            identity, self.config, self.storage, self.stats, self._handlers
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        await self._server.listen(port, interface=host)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self._server.node.ip, self._server.node.port)
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    @property
+    def _proto(self) -> OverlayProtocol:
+        return self._server.proto
+
+    def stop(self) -> None:
+        if self._server.protocol is not None and self.state_dir is not None:
+            self.save_peers()
+        self._server.stop()
+
+    async def bootstrap(self, addrs: list[tuple[str, int]]) -> int:
+        """Join through the given addresses; falls back to peers saved in the state dir.
+        Returns the number of contacts in the routing table afterwards."""
+        if addrs:
+            await self._server.bootstrap(addrs)
+        if not self.routing_table_size and self.state_dir is not None:
+            saved = self.load_peers()
+            if saved:
+                await self._server.bootstrap_known(saved)
+        return self.routing_table_size
+
+    # -- records --------------------------------------------------------------------------
+
+    async def put(self, signed: SignedRecord) -> PutResult:
+        """Publish a record this node is responsible for; it republishes it until expiry.
+        Raises :class:`PutFailed` when no node (this one included) accepted it."""
+        result = await self._server.publish(signed)
+        if not result.stored:
+            raise PutFailed(result)
+        return result
+
+    async def get(self, key: bytes) -> list[SignedRecord]:
+        return await self._server.get(key)
+
+    async def closest(self, key: bytes) -> list[Contact]:
+        nodes = await self._server._crawl_nodes(key)
+        return [Contact(n.id, n.ip, n.port) for n in nodes]
+
+    def store_local(self, wire: bytes, key: bytes) -> SignedRecord:
+        """Validate and store a record here only (raises :class:`RecordError`)."""
+        return self.storage.put(key, wire)
+
+    def forget_published(self, signed: SignedRecord) -> None:
+        self._server.published.pop((signed.dht_key, signed.slot), None)
+
+    # -- application calls ----------------------------------------------------------------
+
+    def register(self, method: str, handler: AppHandler) -> None:
+        """Serve ``method`` to other nodes: handler(addr, sender_key, args) -> msgpack value."""
+        if method in {"ping", "store", "find_node", "find_value"}:
+            raise ValueError(f"{method} is a core DHT method")
+        self._handlers[method] = handler
+
+    async def call(
+        self, addr: tuple[str, int], method: str, *args: Any, node_id: bytes | None = None
+    ) -> Any:
+        """Call ``method`` on the node at ``addr``; raises TimeoutError when it does not answer."""
+        ok, reply = await self._proto.rpc(addr, method, list(args), expected_id=node_id)
+        if not ok or reply is None:
+            raise TimeoutError(f"{addr[0]}:{addr[1]} did not answer {method}")
+        return reply.payload
+
+    # -- introspection --------------------------------------------------------------------
+
+    @property
+    def routing_table_size(self) -> int:
+        return len(self._proto.router)
+
+    def contacts(self) -> list[Contact]:
+        return [Contact(n.id, n.ip, n.port) for n in self._proto.router.contacts()]
+
+    def knows(self, node_id: bytes) -> bool:
+        return not self._proto.router.is_new_node(Node(node_id))
+
+    # -- state ----------------------------------------------------------------------------
+
+    def save_peers(self) -> None:
+        if self.state_dir is None or self._server.protocol is None:
+            return
+        peers = self._server.peers_snapshot()
+        if not peers:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / PEERS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": 1, "peers": peers}))
+        os.replace(tmp, path)
+
+    def load_peers(self) -> list[tuple[bytes, str, int]]:
+        if self.state_dir is None:
+            return []
+        path = self.state_dir / PEERS_FILE
+        try:
+            data = json.loads(path.read_text())
+            peers = [
+                (bytes.fromhex(p["id"]), str(p["host"]), int(p["port"]))
+                for p in data["peers"][:200]
+            ]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("peers_file_unreadable", path=str(path), error=str(exc))
+            return []
+        return [p for p in peers if len(p[0]) == 20]
+
+
+__all__ = ["Contact", "DHTConfig", "DHTNode", "PutFailed", "PutResult", "RecordError"]

@@ -1,0 +1,429 @@
+"""The DHT's datagram protocol: kademlia's KademliaProtocol, authenticated and hardened.
+
+Fixes over ``kademlia.protocol`` / ``rpcudp``:
+
+* every datagram is signed by its sender's key and the sender's id is derived from that key
+  (:mod:`overlay.dht.envelope`); junk and foreign datagrams are dropped and counted, never
+  raised inside the handler;
+* a node enters the routing table only after it answered a request of ours, and never when it
+  says it is a client behind NAT; a request from an unknown node triggers a verification ping;
+* per-IP request rate limits; per-contact adaptive timeouts; a contact is evicted only after
+  several consecutive failures, not after one timeout;
+* ``welcome_if_new`` uses the stored key itself (the stock code hashes the already-hashed
+  key, so new nodes close to a key rarely receive it), tests each stored key with one bit
+  comparison instead of a routing-table scan, and hands records on unchanged;
+* rpcudp's ``__getattr__`` turns any misspelt attribute into a remote call; here it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+
+from overlay.dht.envelope import (
+    Envelope,
+    EnvelopeError,
+    Flags,
+    Kind,
+    new_msg_id,
+    open_datagram,
+    seal,
+)
+from overlay.dht.routing import OverlayRoutingTable
+from overlay.dht.storage import RecordStorage
+from overlay.identity import Identity, node_id_for
+from overlay.records import RecordError
+
+log = structlog.get_logger("overlay.dht")
+
+AppHandler = Callable[[tuple[str, int], bytes, list[Any]], Any]
+CORE_METHODS = frozenset({"ping", "store", "find_node", "find_value"})
+
+
+@dataclass(frozen=True)
+class DHTConfig:
+    ksize: int = 20
+    alpha: int = 3
+    #: value lookups stop once this many holders answered with records
+    get_quorum: int = 3
+    rpc_timeout_s: float = 1.0
+    min_rpc_timeout_s: float = 0.25
+    #: consecutive failed requests before a contact leaves the routing table
+    max_failures: int = 3
+    max_contacts_per_ip: int = 4
+    #: this node is behind NAT: others answer it but never route to it
+    client: bool = False
+    requests_per_ip_per_s: float = 500.0
+    request_burst_per_ip: float = 1000.0
+    refresh_interval_s: float = 60.0
+    republish_interval_s: float = 120.0
+
+
+@dataclass
+class DHTStats:
+    requests_in: Counter[str] = field(default_factory=Counter)
+    requests_out: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    timeouts: int = 0
+    evicted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    sender_key: bytes
+    flags: Flags
+    payload: Any
+
+
+class PerIpRateLimiter:
+    """Token bucket per source IP, with a bounded number of IPs tracked (LRU)."""
+
+    def __init__(self, rate: float, burst: float, max_ips: int = 65536) -> None:
+        self.rate, self.burst, self.max_ips = rate, burst, max_ips
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, ip: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.max_ips:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+@dataclass
+class _Outstanding:
+    future: asyncio.Future[tuple[bool, Reply | None]]
+    timer: asyncio.TimerHandle
+    expected_id: bytes | None
+    sent_at: float
+    method: str
+
+
+class RttEstimator:
+    """Jacobson/Karels smoothed RTT per contact, with a network-wide fallback."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.per_node: dict[bytes, tuple[float, float]] = {}
+        self.overall: tuple[float, float] | None = None
+
+    def observe(self, node_id: bytes, rtt: float) -> None:
+        self.per_node[node_id] = self._update(self.per_node.get(node_id), rtt)
+        self.overall = self._update(self.overall, rtt)
+
+    @staticmethod
+    def _update(prev: tuple[float, float] | None, rtt: float) -> tuple[float, float]:
+        if prev is None:
+            return rtt, rtt / 2
+        srtt, var = prev
+        var = 0.75 * var + 0.25 * abs(srtt - rtt)
+        return 0.875 * srtt + 0.125 * rtt, var
+
+    def timeout(self, node_id: bytes | None) -> float:
+        est = self.per_node.get(node_id) if node_id else None
+        if est is None:
+            est = self.overall
+            if est is None:
+                return self.maximum
+        srtt, var = est
+        return max(self.minimum, min(self.maximum, srtt + 4 * var))
+
+    def forget(self, node_id: bytes) -> None:
+        self.per_node.pop(node_id, None)
+
+
+class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
+    def __init__(
+        self,
+        source_node: Node,
+        storage: RecordStorage,
+        ksize: int,
+        identity: Identity,
+        config: DHTConfig,
+        stats: DHTStats,
+        handlers: dict[str, AppHandler],
+    ) -> None:
+        # KademliaProtocol.__init__ would build a stock RoutingTable; set fields ourselves.
+        self._wait_timeout = config.rpc_timeout_s
+        self.transport: asyncio.DatagramTransport | None = None
+        self.router = OverlayRoutingTable(self, ksize, source_node, config.max_contacts_per_ip)
+        self.storage = storage
+        self.source_node = source_node
+        self.identity = identity
+        self.config = config
+        self.stats = stats
+        self.handlers = handlers
+        self.flags = Flags.CLIENT if config.client else Flags.NONE
+        self.rtt = RttEstimator(config.min_rpc_timeout_s, config.rpc_timeout_s)
+        self.failures: Counter[bytes] = Counter()
+        self.limiter = PerIpRateLimiter(config.requests_per_ip_per_s, config.request_burst_per_ip)
+        self._pending: dict[bytes, _Outstanding] = {}
+        self._verifying: set[bytes] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    # -- transport ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for out in self._pending.values():
+            out.timer.cancel()
+            if not out.future.done():
+                out.future.set_result((False, None))
+        self._pending.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def error_received(self, exc: Exception) -> None:
+        self.stats.dropped["socket_error"] += 1
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.closed:
+            return
+        try:
+            env = open_datagram(data)
+        except EnvelopeError as exc:
+            self.stats.dropped[exc.reason] += 1
+            return
+        try:
+            if env.kind is Kind.REQUEST:
+                self._handle_request(env, (addr[0], addr[1]))
+            else:
+                self._handle_response(env, (addr[0], addr[1]))
+        except Exception:  # a bug must not take the node down; count and log it
+            self.stats.dropped["handler_error"] += 1
+            log.exception("dht_handler_error", peer=f"{addr[0]}:{addr[1]}")
+
+    # -- outgoing requests ----------------------------------------------------------------
+
+    def rpc(
+        self,
+        address: tuple[str, int],
+        method: str,
+        args: list[Any],
+        expected_id: bytes | None = None,
+    ) -> asyncio.Future[tuple[bool, Reply | None]]:
+        """Send a request; the future resolves to (True, Reply) or (False, None)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
+        if self.closed or self.transport is None:
+            future.set_result((False, None))
+            return future
+        msg_id = new_msg_id()
+        datagram = seal(self.identity, Kind.REQUEST, msg_id, self.flags, [method, args])
+        timer = loop.call_later(self.rtt.timeout(expected_id), self._timed_out, msg_id)
+        self._pending[msg_id] = _Outstanding(future, timer, expected_id, time.monotonic(), method)
+        self.stats.requests_out[method] += 1
+        self.transport.sendto(datagram, address)
+        return future
+
+    def _timed_out(self, msg_id: bytes) -> None:
+        out = self._pending.pop(msg_id, None)
+        if out is not None and not out.future.done():
+            self.stats.timeouts += 1
+            out.future.set_result((False, None))
+
+    def _handle_response(self, env: Envelope, addr: tuple[str, int]) -> None:
+        out = self._pending.get(env.msg_id)
+        if out is None:
+            self.stats.dropped["unsolicited"] += 1
+            return
+        sender_id = node_id_for(env.sender_key)
+        if out.expected_id is not None and sender_id != out.expected_id:
+            self.stats.dropped["wrong_sender"] += 1
+            return  # someone else answered for the node we asked: keep waiting, then time out
+        del self._pending[env.msg_id]
+        out.timer.cancel()
+        self.rtt.observe(sender_id, time.monotonic() - out.sent_at)
+        if not out.future.done():
+            out.future.set_result((True, Reply(env.sender_key, env.flags, env.payload)))
+
+    async def _call(self, node: Node, method: str, args: list[Any]) -> tuple[bool, Any]:
+        result = await self.rpc((node.ip, node.port), method, args, expected_id=node.id)
+        return self.handle_call_response(result, node)
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "find_node", [node_to_find.id])
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "find_value", [node_to_find.id])
+
+    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "ping", [])
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "store", [key, value])
+
+    def handle_call_response(self, result: tuple[bool, Any], node: Node) -> tuple[bool, Any]:
+        ok, reply = result
+        if not ok:
+            self.failures[node.id] += 1
+            if self.failures[node.id] >= self.config.max_failures:
+                del self.failures[node.id]
+                if not self.router.is_new_node(node):
+                    self.router.remove_contact(node)
+                    self.stats.evicted += 1
+                    self.rtt.forget(node.id)
+            return result
+        self.failures.pop(node.id, None)
+        if not reply.flags & Flags.CLIENT:
+            self.welcome_if_new(node)
+        return result
+
+    # -- routing table admission ----------------------------------------------------------
+
+    def welcome_if_new(self, node: Node) -> None:
+        """Add a node that has just answered us; hand it the records it is now closest to."""
+        if not self.router.is_new_node(node):
+            self.router.add_contact(node)  # refresh its position in the bucket
+            return
+        if not self.router.add_contact(node) or self.router.is_new_node(node):
+            return
+        keys = self._keys_to_hand_over(node)
+        if keys:
+            self._spawn(self._hand_over(node, keys))
+
+    def _keys_to_hand_over(self, node: Node) -> list[bytes]:
+        """Stored keys the new node is closer to than we are, and we are the closest to.
+
+        d(new, K) < d(us, K) holds exactly when K agrees with ``new`` on the highest bit where
+        ``new`` and ``us`` differ: one integer test per key.
+        """
+        ours = self.source_node.long_id
+        top_bit = (ours ^ node.long_id).bit_length() - 1
+        if top_bit < 0:
+            return []
+        new_bit = (node.long_id >> top_bit) & 1
+        chosen = []
+        for key in self.storage.keys():
+            key_long = int.from_bytes(key, "big")
+            if (key_long >> top_bit) & 1 != new_bit:
+                continue
+            keynode = Node(key)
+            closest_other = self.router.find_neighbors(keynode, k=1, exclude=node)
+            if closest_other and closest_other[0].distance_to(keynode) < ours ^ key_long:
+                continue  # a closer holder is responsible for handing it over
+            chosen.append(key)
+        return chosen
+
+    async def _hand_over(self, node: Node, keys: list[bytes]) -> None:
+        for key in keys:
+            for signed in self.storage.values(key):
+                ok, _ = await self.call_store(node, key, signed.wire)
+                if not ok:
+                    return
+
+    def _verify_unknown_sender(self, sender_key: bytes, addr: tuple[str, int]) -> None:
+        node_id = node_id_for(sender_key)
+        if node_id in self._verifying or len(self._verifying) >= 64:
+            return
+        node = Node(node_id, addr[0], addr[1])
+        if not self.router.is_new_node(node):
+            return
+        self._verifying.add(node_id)
+
+        async def verify() -> None:
+            try:
+                await self.call_ping(node)
+            finally:
+                self._verifying.discard(node_id)
+
+        self._spawn(verify())
+
+    # -- incoming requests ----------------------------------------------------------------
+
+    def _handle_request(self, env: Envelope, addr: tuple[str, int]) -> None:
+        if not self.limiter.allow(addr[0], time.monotonic()):
+            self.stats.dropped["rate_limited"] += 1
+            return
+        payload = env.payload
+        if (
+            not isinstance(payload, list)
+            or len(payload) != 2
+            or type(payload[0]) is not str
+            or not isinstance(payload[1], list)
+        ):
+            self.stats.dropped["malformed"] += 1
+            self._respond(env, addr, {"error": "malformed request"})
+            return
+        method, args = payload
+        if method in CORE_METHODS:
+            result = getattr(self, f"rpc_{method}")(addr, *args) if self._arity_ok(
+                method, args
+            ) else {"error": f"bad arguments for {method}"}
+        elif method in self.handlers:
+            try:
+                result = self.handlers[method](addr, env.sender_key, args)
+            except (ValueError, TypeError) as exc:
+                result = {"error": str(exc)[:200]}
+        else:
+            self.stats.dropped["unknown_method"] += 1
+            result = {"error": f"unknown method {method[:40]!r}"}
+        self.stats.requests_in[method if method in CORE_METHODS else "other"] += 1
+        self._respond(env, addr, result)
+        if not env.flags & Flags.CLIENT:
+            self._verify_unknown_sender(env.sender_key, addr)
+
+    @staticmethod
+    def _arity_ok(method: str, args: list[Any]) -> bool:
+        def is_key(x: object) -> bool:
+            return type(x) is bytes and len(x) == 20
+
+        if method == "ping":
+            return not args
+        if method == "store":
+            return len(args) == 2 and is_key(args[0]) and type(args[1]) is bytes
+        return len(args) == 1 and is_key(args[0])
+
+    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any) -> None:
+        if self.transport is None or self.closed:
+            return
+        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result)
+        self.transport.sendto(datagram, addr)
+
+    def rpc_ping(self, sender: tuple[str, int]) -> Any:
+        return {"pong": True}
+
+    def rpc_store(self, sender: tuple[str, int], key: bytes, value: bytes) -> Any:
+        try:
+            self.storage.put(key, value)
+        except RecordError as exc:
+            return {"ok": False, "reason": exc.reason}
+        return {"ok": True}
+
+    def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[list[Any]]:
+        requester = Node(b"\0" * 20, sender[0], sender[1])
+        neighbors = self.router.find_neighbors(Node(key), exclude=requester)
+        return [[n.id, n.ip, n.port] for n in neighbors]
+
+    def rpc_find_node(self, sender: tuple[str, int], key: bytes) -> Any:
+        return {"nodes": self._neighbors(sender, key)}
+
+    def rpc_find_value(self, sender: tuple[str, int], key: bytes) -> Any:
+        found = self.storage.values(key)
+        found.sort(key=lambda s: s.record.issued_at, reverse=True)
+        return {
+            "values": [s.wire for s in found[:48]],
+            "nodes": self._neighbors(sender, key),
+        }

@@ -1,0 +1,239 @@
+"""The DHT server: kademlia's ``Server`` with its storage, crawls and protocol replaced.
+
+Fixes over ``kademlia.network.Server``:
+
+* ``set_digest`` counts the nodes that really stored the value (the stock one reports success
+  when nothing was stored) and survives every contact being dead (stock: ``max([])``);
+* only the original publisher republishes, with the record's own expiry (stock: every holder
+  republishes and refreshes the timestamp, so values never expire);
+* state is saved as JSON peers, never pickle, and loaded with the node's own key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from kademlia.network import Server
+from kademlia.node import Node
+
+from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
+from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
+from overlay.dht.storage import RecordStorage
+from overlay.identity import Identity, node_id_for
+from overlay.records import RecordError, SignedRecord, WrongKey
+
+log = structlog.get_logger("overlay.dht")
+
+
+@dataclass
+class PutResult:
+    stored: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+class OverlayServer(Server):  # type: ignore[misc]
+    protocol_class = OverlayProtocol
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: DHTConfig,
+        storage: RecordStorage,
+        stats: DHTStats,
+        handlers: dict[str, AppHandler],
+    ) -> None:
+        super().__init__(
+            ksize=config.ksize, alpha=config.alpha, node_id=identity.node_id, storage=storage
+        )
+        self.identity = identity
+        self.config = config
+        self.stats = stats
+        self.handlers = handlers
+        self.protocol: OverlayProtocol | None = None
+        #: records this node published itself, by (key, slot): the only ones it republishes
+        self.published: dict[tuple[bytes, tuple[bytes, str]], SignedRecord] = {}
+        self._maintenance: asyncio.Task[None] | None = None
+
+    def _create_protocol(self) -> OverlayProtocol:
+        return OverlayProtocol(
+            self.node,
+            self.storage,
+            self.ksize,
+            self.identity,
+            self.config,
+            self.stats,
+            self.handlers,
+        )
+
+    async def listen(self, port: int, interface: str = "0.0.0.0") -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, self.protocol = await loop.create_datagram_endpoint(
+            self._create_protocol, local_addr=(interface, port)
+        )
+        self.node.ip, self.node.port = self.transport.get_extra_info("sockname")[:2]
+        self._maintenance = asyncio.ensure_future(self._maintain())
+
+    def refresh_table(self, interval: int = 3600) -> None:
+        """Replaced by :meth:`_maintain` (the stock one re-schedules itself with call_later)."""
+
+    def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def proto(self) -> OverlayProtocol:
+        if self.protocol is None:
+            raise RuntimeError("the DHT node is not listening")
+        return self.protocol
+
+    async def _maintain(self) -> None:
+        last_republish = time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.refresh_interval_s)
+            try:
+                await self._refresh_table()
+                if time.monotonic() - last_republish >= self.config.republish_interval_s:
+                    last_republish = time.monotonic()
+                    await self.republish()
+                self.storage.cull()
+            except Exception:  # maintenance must keep running
+                log.exception("dht_maintenance_failed")
+
+    async def _refresh_table(self) -> None:
+        crawls = []
+        for node_id in self.proto.get_refresh_ids():
+            node = Node(node_id)
+            nearest = self.proto.router.find_neighbors(node, self.alpha)
+            crawls.append(OverlayNodeCrawl(self.proto, node, nearest, self.ksize, self.alpha).find())
+        if not self.proto.router.contacts():
+            return
+        crawls.append(self._crawl_nodes(self.node.id))
+        await asyncio.gather(*crawls)
+
+    async def republish(self) -> None:
+        now = time.time()
+        for slot_key, signed in list(self.published.items()):
+            if signed.expires_at <= now:
+                del self.published[slot_key]
+                continue
+            await self.set_digest(signed.dht_key, signed.wire)
+
+    # -- joining --------------------------------------------------------------------------
+
+    async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        ok, reply = await self.proto.rpc(addr, "ping", [])
+        if not ok or reply is None:
+            return None
+        node = Node(node_id_for(reply.sender_key), addr[0], addr[1])
+        self.proto.handle_call_response((ok, reply), node)
+        return node
+
+    async def bootstrap(self, addrs: list[tuple[str, int]]) -> list[Node]:
+        gathered = await asyncio.gather(*(self.bootstrap_node(a) for a in addrs))
+        nodes = [n for n in gathered if n is not None and n.id != self.node.id]
+        if not nodes:
+            return []
+        crawl = OverlayNodeCrawl(self.proto, self.node, nodes, self.ksize, self.alpha)
+        found: list[Node] = await crawl.find()
+        return found
+
+    async def bootstrap_known(self, peers: list[tuple[bytes, str, int]]) -> list[Node]:
+        """Rejoin through contacts remembered from a previous run (ids must still match)."""
+        alive = []
+        for node_id, ip, port in peers:
+            node = Node(node_id, ip, port)
+            ok, _ = await self.proto.call_ping(node)
+            if ok:
+                alive.append(node)
+        if not alive:
+            return []
+        found: list[Node] = await OverlayNodeCrawl(
+            self.proto, self.node, alive, self.ksize, self.alpha
+        ).find()
+        return found
+
+    # -- lookups --------------------------------------------------------------------------
+
+    async def _crawl_nodes(self, key: bytes) -> list[Node]:
+        node = Node(key)
+        nearest = self.proto.router.find_neighbors(node)
+        if not nearest:
+            return []
+        found: list[Node] = await OverlayNodeCrawl(
+            self.proto, node, nearest, self.ksize, self.alpha
+        ).find()
+        return found
+
+    async def get(self, key: bytes) -> list[SignedRecord]:
+        """Every valid record under DHT ``key``, newest per slot, merged from close nodes."""
+        node = Node(key)
+        now = time.time()
+        local = {s.slot: s for s in self.storage.values(key)}
+        nearest = self.proto.router.find_neighbors(node)
+        if nearest:
+            quorum = max(1, self.config.get_quorum - (1 if local else 0))
+            crawl = OverlayValueCrawl(
+                self.proto,
+                node,
+                nearest,
+                self.ksize,
+                self.alpha,
+                quorum,
+                lambda wire: self.storage.verifier.verify(wire, now),
+            )
+            for signed in await crawl.find():
+                mine = local.get(signed.slot)
+                if mine is None or signed.seq > mine.seq:
+                    local[signed.slot] = signed
+        return list(local.values())
+
+    async def set(self, key: Any, value: Any) -> bool:
+        raise TypeError("the overlay DHT stores signed records only: use put()")
+
+    async def set_digest(self, dkey: bytes, value: bytes) -> PutResult:
+        """Store ``value`` (a signed record for ``dkey``) on the k closest nodes and here if
+        this node is one of them. Returns how many nodes accepted it and why others refused."""
+        signed = self.storage.verifier.verify(value, time.time())
+        if signed.dht_key != dkey:
+            raise WrongKey("record is for another DHT key")
+        result = PutResult()
+        target = Node(dkey)
+        nodes = await self._crawl_nodes(dkey)
+        distances = [n.distance_to(target) for n in nodes]
+        if len(nodes) < self.ksize or self.node.distance_to(target) < max(distances, default=0):
+            try:
+                self.storage.put(dkey, value)
+                result.stored += 1
+            except RecordError as exc:
+                result.refused[exc.reason] += 1
+        replies = await asyncio.gather(*(self.proto.call_store(n, dkey, value) for n in nodes))
+        for ok, reply in replies:
+            if not ok or not isinstance(reply, Reply) or not isinstance(reply.payload, dict):
+                result.refused["unreachable"] += 1
+            elif reply.payload.get("ok") is True:
+                result.stored += 1
+            else:
+                reason = reply.payload.get("reason")
+                result.refused[reason if isinstance(reason, str) else "refused"] += 1
+        return result
+
+    async def publish(self, signed: SignedRecord) -> PutResult:
+        result = await self.set_digest(signed.dht_key, signed.wire)
+        if result.stored:
+            self.published[(signed.dht_key, signed.slot)] = signed
+        return result
+
+    # -- state ----------------------------------------------------------------------------
+
+    def peers_snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"id": n.id.hex(), "host": n.ip, "port": n.port}
+            for n in self.proto.router.contacts()
+        ]
