@@ -60,7 +60,9 @@ class _InflightCrawl:
     protocol: Any
     nearest: Any
     alpha: int
+    ksize: int
     node: Node
+    answered: dict[bytes, Node]
 
     def _is_done(self) -> bool:
         return False
@@ -82,17 +84,32 @@ class _InflightCrawl:
             for task in done:
                 peer = pending.pop(task)
                 ok, reply = task.result()
-                if not ok or not self._accept(peer, reply.payload):
+                if ok and self._accept(peer, reply.payload):
+                    self.answered[peer.id] = peer
+                else:
                     self.nearest.remove([peer.id])
+            if self._enough_answers():
+                break
         # stragglers finish on their own and still update the routing table
+
+    def _enough_answers(self) -> bool:
+        """Once k nodes answered and nobody closer is left to ask, slow contacts are not
+        waited for: they are not in the result either."""
+        return len(self.answered) >= self.ksize and not self.nearest.get_uncontacted()
 
 
 class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
     """Find the k closest live nodes to a key."""
 
+    def __init__(self, protocol: Any, node: Node, peers: list[Node], ksize: int, alpha: int):
+        NodeSpiderCrawl.__init__(self, protocol, node, peers, ksize, alpha)
+        self.answered = {}
+
     async def find(self) -> list[Node]:
+        """The k closest nodes that answered."""
         await self._crawl(self.protocol.call_find_node)
-        return list(self.nearest)
+        live = sorted(self.answered.values(), key=self.node.distance_to)
+        return live[: self.ksize]
 
     def _accept(self, peer: Node, payload: object) -> bool:
         if not isinstance(payload, dict) or set(payload) != {"nodes"}:
@@ -118,6 +135,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         verify: Callable[[object], SignedRecord],
     ) -> None:
         ValueSpiderCrawl.__init__(self, protocol, node, peers, ksize, alpha)
+        self.answered = {}
         self.quorum = quorum
         self.verify = verify
         self.found: dict[tuple[bytes, str], SignedRecord] = {}
