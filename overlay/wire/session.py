@@ -284,18 +284,20 @@ class _Connection:
         if self.closed:
             return []
         events: list[Event] = []
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return events
         if self.state is not ConnectionState.ESTABLISHED:
-            if now - self._opened_at >= self.config.handshake_timeout_s:
-                limit = self.config.handshake_timeout_s
-                error = HandshakeTimeout(f"handshake not complete within {limit:g} s")
-                self._violate(events, error)
+            limit = self.config.handshake_timeout_s
+            self._violate(events, HandshakeTimeout(f"handshake not complete within {limit:g} s"))
             return events
         silent = now - self._last_received
-        missed = int(silent // self.heartbeat_interval_s)
+        # At least one more interval has passed (by the deadline); more if tick was late.
+        missed = max(self._pings_in_silence + 1, int(silent // self.heartbeat_interval_s))
         if missed >= self.config.max_missed_heartbeats:
             events.append(PeerDead(silent, missed))
             self._close(f"{self._peer_name} silent for {silent:.1f} s ({missed} heartbeats)")
-        elif missed > self._pings_in_silence:
+        else:
             self._pings_in_silence = missed
             self._queue_ping(now)
             events.append(HeartbeatDue(missed))
