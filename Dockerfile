@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+#
+# overlay node image: `overlay bootstrap ...`, `overlay supernode ...`, `overlay lookup ...`.
+#
+#   docker build -t registry.example.com/overlay:0.1.0 .
+#   docker run --rm registry.example.com/overlay:0.1.0 --help
+#
+# The runtime image runs as the unprivileged user 10001 and works with a read-only root
+# filesystem: state (and the generated node key) goes to /data, scratch files to /tmp; mount
+# writable volumes there (the Helm chart in charts/overlay does).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: install the project and its dependencies into a self-contained venv ----------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Same path as in the runtime stage: console scripts keep this absolute interpreter path.
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# Metadata first, then the package; README*/LICENSE* are optional (the globs may match nothing).
+COPY pyproject.toml README* LICENSE* ./
+COPY overlay ./overlay
+RUN pip install --no-compile . \
+ && python -m compileall -q -j 0 /opt/venv/lib \
+ && overlay --help > /dev/null
+
+# ---- runtime ------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG OVERLAY_UID=10001
+ARG OVERLAY_GID=10001
+
+LABEL org.opencontainers.image.title="overlay" \
+      org.opencontainers.image.description="Peer-to-peer overlay: Kademlia DHT bootstrap nodes and supernodes" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN groupadd --system --gid "${OVERLAY_GID}" overlay \
+ && useradd --system --uid "${OVERLAY_UID}" --gid overlay --home-dir /data --no-create-home \
+            --shell /usr/sbin/nologin overlay \
+ && install -d -m 0700 -o overlay -g overlay /data
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Bytecode was compiled at build time; never write .pyc at run time (read-only root fs).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# Numeric user so Kubernetes' runAsNonRoot can verify it without resolving names.
+USER ${OVERLAY_UID}:${OVERLAY_GID}
+WORKDIR /data
+VOLUME ["/data"]
+
+# Chart defaults: bootstrap 4000/udp (HTTP 8080), supernode 7000/udp+tcp (HTTP 8081).
+EXPOSE 4000/udp 7000/udp 7000/tcp 8080/tcp 8081/tcp
+
+# No HEALTHCHECK: the HTTP endpoint is opt-in (--http); Kubernetes probes /healthz and /readyz.
+ENTRYPOINT ["overlay"]
+CMD ["--help"]
