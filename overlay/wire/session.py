@@ -115,6 +115,11 @@ class ConnectionState(Enum):
 
 @dataclass(frozen=True)
 class HandshakeComplete:
+    """The channel is up. On the client this means the supernode is authenticated and our
+    ClientAuth is queued; if the supernode rejects our proof, a ``PeerClosed`` with an
+    unauthenticated ``Error`` follows.
+    """
+
     result: HandshakeResult
 
 
