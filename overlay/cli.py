@@ -53,6 +53,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from overlay.demo import main as demo_main
+
+    return demo_main()
+
+
 def _node_options(args: argparse.Namespace) -> Any:
     from overlay.node_daemon import NodeOptions
 
@@ -103,6 +109,9 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
     p = sub.add_parser("bootstrap", help="run a bootstrap node")
     _add_node_arguments(p, bootstrap_required=False)
     p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("demo", help="run a whole overlay on loopback and show it working")
+    p.set_defaults(func=cmd_demo)
 
     for add in extra:
         add(sub)

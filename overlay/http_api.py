@@ -27,7 +27,8 @@ class DHTCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.node.stats
         rpc = CounterMetricFamily(
-            "overlay_dht_rpcs", "DHT requests by method and direction", labels=["method", "direction"]
+            "overlay_dht_rpcs", "DHT requests by method and direction",
+            labels=["method", "direction"],
         )
         for method, n in stats.requests_in.items():
             rpc.add_metric([method, "in"], n)

@@ -154,7 +154,12 @@ class PresenceRecord:
             type(c) is str and CAPABILITY_PATTERN.match(c) for c in caps
         ):
             raise MalformedRecord("capabilities must be up to 16 short lowercase labels")
-        return cls(*values[:7], tuple(caps), *values[8:])
+        v = values
+        return cls(
+            user=v[0], user_key=v[1], device=v[2], online=v[3], supernode_key=v[4],
+            supernode_host=v[5], supernode_port=v[6], capabilities=tuple(caps), seq=v[8],
+            issued_at=v[9], expires_at=v[10],
+        )
 
     def check(self) -> None:
         check_name(self.user)
@@ -220,7 +225,12 @@ class SupernodeRecord:
         coords = values[7]
         if len(coords) > 4 or not all(type(c) is float for c in coords):
             raise MalformedRecord("coords must be up to 4 floats")
-        return cls(*values[:7], tuple(coords), *values[8:])
+        v = values
+        return cls(
+            node_key=v[0], host=v[1], port=v[2], relay_capacity_bps=v[3], relay_spare_bps=v[4],
+            load=v[5], max_clients=v[6], coords=tuple(coords), seq=v[8], issued_at=v[9],
+            expires_at=v[10],
+        )
 
     def check(self) -> None:
         if len(self.node_key) != PUBLIC_KEY_BYTES:

@@ -54,7 +54,8 @@ async def test_newer_sequence_replaces_older_across_the_network():
         alice = Identity.generate()
         first = records.presence(alice, "alice", "phone", seq=1, online=False)
         await net.nodes[0].put(first)
-        second = records.presence(alice, "alice", "phone", seq=2, supernode_key=SUPERNODE.public_key,
+        second = records.presence(alice, "alice", "phone", seq=2,
+                                  supernode_key=SUPERNODE.public_key,
                                   supernode_host="198.18.0.11", supernode_port=4001)
         await net.nodes[5].put(second)
         for reader in net.nodes:

@@ -81,7 +81,8 @@ class SpyStockProtocol(KademliaProtocol):
 def identity_near(key: bytes, bits: int) -> Identity:
     while True:
         identity = Identity.generate()
-        if (int.from_bytes(identity.node_id, "big") ^ int.from_bytes(key, "big")) >> (160 - bits) == 0:
+        distance = int.from_bytes(identity.node_id, "big") ^ int.from_bytes(key, "big")
+        if distance >> (160 - bits) == 0:
             return identity
 
 

@@ -45,7 +45,7 @@ def oversized() -> bytes:
 
 def non_canonical() -> bytes:
     good = presence(ALICE, seq=9)
-    body, sig = msgpack.unpackb(good.wire)
+    body, _sig = msgpack.unpackb(good.wire)
     # same values, but the body's seq is encoded as a wider integer than needed
     values = msgpack.unpackb(body)
     packer = msgpack.Packer(use_bin_type=True)

@@ -66,7 +66,7 @@ def new_msg_id() -> bytes:
 
 
 def seal(identity: Identity, kind: Kind, msg_id: bytes, flags: Flags, payload: Any) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     limit = MAX_REQUEST_PAYLOAD if kind is Kind.REQUEST else MAX_RESPONSE_PAYLOAD
     if len(body) > limit:
         raise EnvelopeError("oversized", f"{len(body)} byte payload exceeds {limit}")

@@ -24,6 +24,11 @@ from kademlia.routing import KBucket, RoutingTable, TableTraverser
 class FullTableTraverser(TableTraverser):  # type: ignore[misc]
     """Visit every bucket: alternate sides while both have buckets, then drain the other."""
 
+    current_nodes: list[Node]
+    left_buckets: list[KBucket]
+    right_buckets: list[KBucket]
+    left: bool
+
     def __next__(self) -> Node:
         if self.current_nodes:
             return self.current_nodes.pop()

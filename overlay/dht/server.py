@@ -111,7 +111,8 @@ class OverlayServer(Server):  # type: ignore[misc]
         for node_id in self.proto.get_refresh_ids():
             node = Node(node_id)
             nearest = self.proto.router.find_neighbors(node, self.alpha)
-            crawls.append(OverlayNodeCrawl(self.proto, node, nearest, self.ksize, self.alpha).find())
+            crawl = OverlayNodeCrawl(self.proto, node, nearest, self.ksize, self.alpha)
+            crawls.append(crawl.find())
         if not self.proto.router.contacts():
             return
         crawls.append(self._crawl_nodes(self.node.id))
