@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """Tests for the attachment wire protocol (overlay.wire): real crypto, no mocks, no I/O."""
 
 from __future__ import annotations

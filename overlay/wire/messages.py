@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """Typed wire messages with strict schemas.
 
 A message body is the canonical msgpack array ``[tag, *fields]`` (``use_bin_type``: bytes
