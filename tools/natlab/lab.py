@@ -55,7 +55,11 @@ class LabError(RuntimeError):
 
 
 def _cmd(
-    argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float = IP_TIMEOUT_S
+    argv: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = IP_TIMEOUT_S,
 ) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(
@@ -203,8 +207,21 @@ def _probe_tc_netem(netns: str, prefix: str) -> bool:
         _cmd(["ip", "-n", netns, "link", "add", a, "type", "veth", "peer", "name", b])
         try:
             res = _cmd(
-                ["ip", "netns", "exec", netns, "tc", "qdisc", "add", "dev", a, "root", "netem",
-                 "delay", "1ms"],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    netns,
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    a,
+                    "root",
+                    "netem",
+                    "delay",
+                    "1ms",
+                ],
                 check=False,
             )
             _NETEM_SUPPORTED = res.returncode == 0
@@ -262,9 +279,7 @@ def _signals_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(
-        signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    )
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
         yield
     finally:
@@ -695,8 +710,16 @@ class Lab:
         ]
         self._parallel(
             [
-                ["ip", "netns", "exec", ns, "sysctl", "-qw", *base,
-                 f"net.ipv4.ip_forward={1 if ns in router_namespaces else 0}"]
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    *base,
+                    f"net.ipv4.ip_forward={1 if ns in router_namespaces else 0}",
+                ]
                 for ns in namespaces
             ]
         )
@@ -783,7 +806,15 @@ class Lab:
             rns, wan, _ = self._uplink(spec)
             if spec.kind == "firewalled":
                 router_cmds.append(
-                    ["ip", "netns", "exec", rns, "sysctl", "-qw", f"net.ipv4.conf.{wan}.proxy_arp=1"]
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        rns,
+                        "sysctl",
+                        "-qw",
+                        f"net.ipv4.conf.{wan}.proxy_arp=1",
+                    ]
                 )
                 router_inputs.append(None)
             router_cmds.append(["ip", "netns", "exec", rns, "nft", "-f", "-"])
@@ -804,10 +835,32 @@ class Lab:
                     netem += ["loss", f"{spec.netem.loss_pct}%"]
                 self._parallel(
                     [
-                        ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "root",
-                         *netem],
-                        ["ip", "netns", "exec", self.inet_netns, "tc", "qdisc", "add", "dev",
-                         outer, "root", *netem],
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            ns,
+                            "tc",
+                            "qdisc",
+                            "add",
+                            "dev",
+                            inner,
+                            "root",
+                            *netem,
+                        ],
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            self.inet_netns,
+                            "tc",
+                            "qdisc",
+                            "add",
+                            "dev",
+                            outer,
+                            "root",
+                            *netem,
+                        ],
                     ]
                 )
 

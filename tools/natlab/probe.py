@@ -162,6 +162,16 @@ def cmd_udp_burst(args: argparse.Namespace) -> int:
     sock = udp_socket()
     server = (args.host, args.port)
     got_back: set[str] = set()
+    # Warm up until one echo comes back: with loss on the link, ARP can be lost too, and a
+    # lost ARP request is only retried after a second.
+    warm_deadline = time.monotonic() + args.warmup
+    warmed = args.warmup <= 0
+    while not warmed and time.monotonic() < warm_deadline:
+        sock.sendto(b"warmup", server)
+        got = recv_until(sock, min(warm_deadline, time.monotonic() + 0.2))
+        warmed = got is not None and got[1] == server
+    while recv_until(sock, time.monotonic() + 0.05) is not None:
+        pass  # late warm-up echoes
     for i in range(args.count):
         sock.sendto(f"burst:{i}".encode(), server)
         time.sleep(args.interval)
@@ -170,7 +180,8 @@ def cmd_udp_burst(args: argparse.Namespace) -> int:
         data, addr = got
         if addr == server:
             got_back.add(json.loads(data).get("data", ""))
-    emit({"sent": args.count, "received": len(got_back)})
+    got_back.discard("warmup")
+    emit({"sent": args.count, "received": len(got_back), "warmed_up": warmed})
     return 0
 
 
@@ -281,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--interval", type=float, default=0.002)
     p.add_argument("--wait", type=float, default=1.0)
+    p.add_argument("--warmup", type=float, default=5.0, help="max seconds to wait for 1 echo")
     p.set_defaults(func=cmd_udp_burst)
 
     p = sub.add_parser("punch")

@@ -71,7 +71,9 @@ def parse_endpoint(text: str) -> Endpoint:
     return Endpoint(netns, ifname)
 
 
-def run(fd_a: int, fd_b: int, delay_s: float, jitter_s: float, loss: float, seed: int | None) -> None:
+def run(
+    fd_a: int, fd_b: int, delay_s: float, jitter_s: float, loss: float, seed: int | None
+) -> None:
     rng = random.Random(seed)
     peer = {fd_a: fd_b, fd_b: fd_a}
     poller = select.poll()
