@@ -27,6 +27,7 @@ for _tool in ("ip", "nft"):
 
 from tools.natlab import (  # noqa: E402  (after the skip checks on purpose)
     Lab,
+    LabError,
     LabProcess,
     Topology,
     TopologyError,
@@ -366,6 +367,23 @@ def test_teardown_when_body_raises() -> None:
     assert sleeper.poll() is not None
     lab.close()  # idempotent
     assert lab.closed
+
+
+def test_tc_netem_backend_or_clean_failure() -> None:
+    """Forcing ``tc netem``: it works where the kernel has sch_netem; elsewhere (e.g. kernels
+    built without CONFIG_NET_SCH_NETEM) start() fails with a clear error and leaves nothing."""
+    lab = Lab(SMALL, netem_backend="tc")
+    try:
+        lab.start()
+    except LabError as exc:
+        assert "netem" in str(exc)
+        assert lab.closed
+        assert leftovers(lab.prefix) == []
+        return
+    with lab:
+        qdisc = lab.run("n", ["tc", "qdisc", "show"], router=True, check=True).stdout
+        assert "netem" in qdisc
+    assert leftovers(lab.prefix) == []
 
 
 def test_teardown_on_sigterm() -> None:

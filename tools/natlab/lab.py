@@ -121,9 +121,10 @@ def lab_owner_alive(prefix: str) -> bool | None:
     """True/False if the lab's owning process is (not) alive, None if there is no state file."""
     try:
         state = json.loads(_state_file(prefix).read_text())
-    except (OSError, ValueError):
+        pid, start_time = int(state["pid"]), str(state["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return _proc_start_time(int(state["pid"])) == state.get("start_time")
+    return _proc_start_time(pid) == start_time
 
 
 def list_labs() -> dict[str, list[str]]:
@@ -727,10 +728,15 @@ class Lab:
         # 2. netem backend (only decided if some link needs it)
         use_wire = False
         if netem_specs:
-            if self._netem_choice == "auto":
-                use_wire = not _probe_tc_netem(self.inet_netns, self.prefix)
+            if self._netem_choice == "wire":
+                use_wire = True
             else:
-                use_wire = self._netem_choice == "wire"
+                use_wire = not _probe_tc_netem(self.inet_netns, self.prefix)
+                if use_wire and self._netem_choice == "tc":
+                    raise LabError(
+                        "tc netem is not available on this kernel (built without sch_netem); "
+                        "use netem_backend='auto' or 'wire' (userspace link emulation)"
+                    )
             self.netem_backend = "wire" if use_wire else "tc"
 
         # 3. links, created directly inside their namespaces (never in the root namespace)
