@@ -30,6 +30,9 @@ from overlay.wire import (
     ClientHello,
     ConnectionState,
     DecryptError,
+    Detach,
+    DirectoryRequest,
+    DirectoryResponse,
     Error,
     ErrorCode,
     Event,
@@ -255,6 +258,9 @@ SAMPLES: list[Message] = [
     Signal(12, "bob", "laptop", b""),
     SignalDelivery("alice", "phone", K32, b"x" * 16384),
     SignalResult(11, False, "no such user"),
+    DirectoryRequest(13),
+    DirectoryResponse(13, (b"s1",)),
+    Detach(b"\x02" * 100),
 ]
 
 
@@ -274,6 +280,7 @@ def test_message_tags_are_stable() -> None:
         "CLIENT_AUTH": 5, "ERROR": 6, "ATTACH": 16, "ATTACH_OK": 17, "REFUSED": 18,
         "MOVING": 19, "GOODBYE": 20, "PING": 21, "PONG": 22, "LOOKUP_REQUEST": 32,
         "LOOKUP_RESPONSE": 33, "SIGNAL": 48, "SIGNAL_DELIVERY": 49, "SIGNAL_RESULT": 50,
+        "DETACH": 23, "DIRECTORY_REQUEST": 34, "DIRECTORY_RESPONSE": 35,
     }
 
 

@@ -86,8 +86,11 @@ class MessageType(IntEnum):
     GOODBYE = 20
     PING = 21
     PONG = 22
+    DETACH = 23
     LOOKUP_REQUEST = 32
     LOOKUP_RESPONSE = 33
+    DIRECTORY_REQUEST = 34
+    DIRECTORY_RESPONSE = 35
     SIGNAL = 48
     SIGNAL_DELIVERY = 49
     SIGNAL_RESULT = 50
@@ -483,6 +486,35 @@ class LookupResponse(Message):
 
 
 @dataclass(frozen=True)
+class DirectoryRequest(Message):
+    """Ask for signed supernode records (the supernode directory in the DHT)."""
+
+    request_id: int
+    TAG = MessageType.DIRECTORY_REQUEST
+
+    def _check(self) -> None:
+        _int("request_id", self.request_id, 0, U64)
+
+
+@dataclass(frozen=True)
+class DirectoryResponse(LookupResponse):
+    """Signed supernode records, opaque here; verify each with ``overlay.records.verify``."""
+
+    TAG = MessageType.DIRECTORY_RESPONSE
+
+
+@dataclass(frozen=True)
+class Detach(Message):
+    """Clean exit: a signed *offline* presence record to publish; the session then ends."""
+
+    presence_record: bytes
+    TAG = MessageType.DETACH
+
+    def _check(self) -> None:
+        _bytes("presence_record", self.presence_record, 1, MAX_RECORD_BYTES)
+
+
+@dataclass(frozen=True)
 class Signal(Message):
     """Opaque payload for ``to_user`` (one device, or every device when ``to_device`` is "")."""
 
@@ -534,7 +566,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
     for cls in (
         Probe, ProbeReply, ClientHello, ServerHello, ClientAuth, Error, Attach, AttachOk,
         Refused, Moving, Goodbye, Ping, Pong, LookupRequest, LookupResponse, Signal,
-        SignalDelivery, SignalResult,
+        SignalDelivery, SignalResult, DirectoryRequest, DirectoryResponse, Detach,
     )
 }
 assert len(MESSAGE_TYPES) == len(MessageType)
@@ -549,15 +581,15 @@ SEALED_TYPES: frozenset[type[Message]] = frozenset(
 )
 #: Sealed messages each side may send.
 CLIENT_SENDS: frozenset[type[Message]] = frozenset(
-    {Attach, Ping, Pong, LookupRequest, Signal, Goodbye, Error}
+    {Attach, Detach, Ping, Pong, LookupRequest, DirectoryRequest, Signal, Goodbye, Error}
 )
 SERVER_SENDS: frozenset[type[Message]] = frozenset(
-    {AttachOk, Refused, Moving, Goodbye, Ping, Pong, LookupResponse, SignalDelivery,
-     SignalResult, Error}
+    {AttachOk, Refused, Moving, Goodbye, Ping, Pong, LookupResponse, DirectoryResponse,
+     SignalDelivery, SignalResult, Error}
 )
 #: What a LOOKUP_ONLY client may send.
 LOOKUP_ONLY_SENDS: frozenset[type[Message]] = frozenset(
-    {Ping, Pong, LookupRequest, Goodbye, Error}
+    {Ping, Pong, LookupRequest, DirectoryRequest, Goodbye, Error}
 )
 
 
