@@ -386,6 +386,16 @@ def test_tc_netem_backend_or_clean_failure() -> None:
     assert leftovers(lab.prefix) == []
 
 
+def test_prefix_collision_leaves_the_other_lab_alone(lab: Lab) -> None:
+    before = sorted(ns for ns in list_netns() if ns.startswith(f"{lab.prefix}-"))
+    with pytest.raises(LabError, match="in use"):
+        Lab(SMALL, prefix=lab.prefix).start()
+    assert sorted(ns for ns in list_netns() if ns.startswith(f"{lab.prefix}-")) == before
+    assert (
+        probe(lab, "s2", "tcp-connect", lab.public_ip("s1"), "1", "--timeout", "1")["ok"] is False
+    )
+
+
 def test_teardown_on_sigterm() -> None:
     proc, prefix, sleeper = start_owner()
     proc.send_signal(signal.SIGTERM)

@@ -75,6 +75,10 @@ def _cmd(
     return proc
 
 
+def _in_ns(netns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
 def probe_argv(*args: str) -> list[str]:
     """argv to run the bundled probe program (``tools/natlab/probe.py``) with ``args``."""
     return [sys.executable, str(PROBE_SCRIPT), *args]
@@ -207,24 +211,8 @@ def _probe_tc_netem(netns: str, prefix: str) -> bool:
         a, b = f"{prefix}pa", f"{prefix}pb"
         _cmd(["ip", "-n", netns, "link", "add", a, "type", "veth", "peer", "name", b])
         try:
-            res = _cmd(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    netns,
-                    "tc",
-                    "qdisc",
-                    "add",
-                    "dev",
-                    a,
-                    "root",
-                    "netem",
-                    "delay",
-                    "1ms",
-                ],
-                check=False,
-            )
+            qdisc = _in_ns(netns, "tc", "qdisc", "add", "dev", a, "root", "netem", "delay", "1ms")
+            res = _cmd(qdisc, check=False)
             _NETEM_SUPPORTED = res.returncode == 0
         finally:
             _cmd(["ip", "-n", netns, "link", "del", a], check=False)
@@ -409,6 +397,7 @@ class Lab:
         self._owner_pid = os.getpid()
         self._procs: list[subprocess.Popen[Any]] = []
         self._infra: list[subprocess.Popen[Any]] = []
+        self._claimed = False  # True once self.prefix is ours to clean up
         self._started = False
         self._closed = False
         self._lock = threading.RLock()
@@ -461,7 +450,7 @@ class Lab:
                     _signal_group(proc, signal.SIGKILL)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(5.0)
-                if self.prefix:
+                if self._claimed:  # never clean up a prefix that belongs to another lab
                     cleanup(self.prefix, grace_s=0.2)
             except Exception as exc:  # teardown must not raise; report and go on
                 print(f"natlab: teardown of {self.prefix} incomplete: {exc}", file=sys.stderr)
@@ -482,12 +471,6 @@ class Lab:
                 if self._requested_prefix:
                     raise LabError(f"prefix {prefix} is in use (python -m tools.natlab cleanup)")
                 continue
-            try:
-                fd = os.open(_state_file(prefix), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if self._requested_prefix:
-                    raise LabError(f"prefix {prefix} is in use") from None
-                continue
             state = {
                 "prefix": prefix,
                 "pid": os.getpid(),
@@ -495,9 +478,21 @@ class Lab:
                 "created": time.time(),
                 "hosts": {h.name: h.kind for h in self.topology.hosts},
             }
-            with os.fdopen(fd, "w") as fh:
-                json.dump(state, fh)
+            # Write a private file, then link it into place: the state file appears complete
+            # (never empty, which would look ownerless to "cleanup --stale"), and atomically
+            # fails if another lab claimed the prefix first.
+            tmp = STATE_DIR / f".{prefix}.{os.getpid()}.{secrets.token_hex(4)}"
+            tmp.write_text(json.dumps(state))
+            try:
+                os.link(tmp, _state_file(prefix))
+            except FileExistsError:
+                if self._requested_prefix:
+                    raise LabError(f"prefix {prefix} is in use") from None
+                continue
+            finally:
+                tmp.unlink()
             self.prefix = prefix
+            self._claimed = True
             return
         raise LabError("could not find a free lab prefix")
 
@@ -697,7 +692,7 @@ class Lab:
 
         # 1. namespaces, with sysctls that must be set before any interface exists in them
         namespaces = [self.inet_netns]
-        router_namespaces = {self.netns(s.name, router=True) for s in routed}
+        routers = {self.netns(s.name, router=True) for s in routed}
         for spec in specs:
             if spec.routed:
                 namespaces.append(self.netns(spec.name, router=True))
@@ -711,16 +706,7 @@ class Lab:
         ]
         self._parallel(
             [
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    *base,
-                    f"net.ipv4.ip_forward={1 if ns in router_namespaces else 0}",
-                ]
+                _in_ns(ns, "sysctl", "-qw", *base, f"net.ipv4.ip_forward={int(ns in routers)}")
                 for ns in namespaces
             ]
         )
@@ -811,19 +797,9 @@ class Lab:
         for spec in routed:
             rns, wan, _ = self._uplink(spec)
             if spec.kind == "firewalled":
-                router_cmds.append(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        rns,
-                        "sysctl",
-                        "-qw",
-                        f"net.ipv4.conf.{wan}.proxy_arp=1",
-                    ]
-                )
+                router_cmds.append(_in_ns(rns, "sysctl", "-qw", f"net.ipv4.conf.{wan}.proxy_arp=1"))
                 router_inputs.append(None)
-            router_cmds.append(["ip", "netns", "exec", rns, "nft", "-f", "-"])
+            router_cmds.append(_in_ns(rns, "nft", "-f", "-"))
             router_inputs.append(self.ruleset(spec.name))
         self._parallel(router_cmds, inputs=router_inputs)
 
@@ -841,32 +817,8 @@ class Lab:
                     netem += ["loss", f"{spec.netem.loss_pct}%"]
                 self._parallel(
                     [
-                        [
-                            "ip",
-                            "netns",
-                            "exec",
-                            ns,
-                            "tc",
-                            "qdisc",
-                            "add",
-                            "dev",
-                            inner,
-                            "root",
-                            *netem,
-                        ],
-                        [
-                            "ip",
-                            "netns",
-                            "exec",
-                            self.inet_netns,
-                            "tc",
-                            "qdisc",
-                            "add",
-                            "dev",
-                            outer,
-                            "root",
-                            *netem,
-                        ],
+                        _in_ns(ns, "tc", "qdisc", "add", "dev", inner, "root", *netem),
+                        _in_ns(self.inet_netns, "tc", "qdisc", "add", "dev", outer, "root", *netem),
                     ]
                 )
 
