@@ -704,7 +704,11 @@ def test_helm_test_hook_looks_a_user_up_through_the_release(values: dict[str, An
     assert container["command"] == ["/bin/sh", "-c"]
     script = container["args"][0]
     bootstrap = ",".join(bootstrap_dns_names(values))
-    assert f"overlay lookup 'helm-test-probe' --bootstrap '{bootstrap}' --json" in script
+    assert "name='helm-test-probe'" in script
+    assert f"""overlay lookup "$name" --bootstrap '{bootstrap}' --json""" in script
+    result = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True,
+                            check=False, timeout=10)
+    assert result.returncode == 0, result.stderr
     assert "69)" in script and "exit 1" in script
 
 
