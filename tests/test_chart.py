@@ -637,6 +637,8 @@ def test_keys_are_generated_on_the_pvc_and_survive_upgrades_and_scale_down() -> 
         assert env["STATE_DIR"] == mounts["data"] == "/data"
         script = start_script(sts)
         assert 'key="$STATE_DIR/node.key"' in script
+        # kubelet's fsGroup relabelling may have made it group-readable; the daemon would refuse
+        assert 'if [ -f "$key" ]; then chmod 0600 "$key"; fi' in script
         assert '--key "$key"' in script and '--state-dir "$STATE_DIR"' in script
         volumes = spec["template"]["spec"]["volumes"]
         assert not [vol for vol in volumes if "secret" in vol]

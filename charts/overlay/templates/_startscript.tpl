@@ -47,8 +47,11 @@ key="$KEY_DIR/node.key"
 rm -f "$key"
 (umask 077 && cat "$key_source" > "$key")
 {{- else }}
-# The key is generated on first start (mode 0600) and kept on the persistent volume.
+# The key is generated on first start (mode 0600) and kept on the persistent volume. Kubelet's
+# fsGroup handling can add group rw bits to files on the volume, and the daemon refuses a key
+# others can read: take them away again.
 key="$STATE_DIR/node.key"
+if [ -f "$key" ]; then chmod 0600 "$key"; fi
 {{- end }}
 echo "overlay: starting {{ $role }} $POD_NAME advertising $advertise" >&2
 exec overlay {{ $role }} \
