@@ -19,6 +19,7 @@ from overlay.addresses import resolve
 from overlay.dht import DHTConfig, DHTNode
 from overlay.http_api import ExtraMetrics, make_app, start_http
 from overlay.identity import Identity
+from overlay.tcp_service import AttachHandler, ServiceLimits, TcpService
 
 log = structlog.get_logger("overlay.node")
 
@@ -32,6 +33,7 @@ class NodeOptions:
     state_dir: Path | None = None
     http: tuple[str, int] | None = None
     dht: DHTConfig = field(default_factory=DHTConfig)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
     rejoin_interval_s: float = 5.0
     save_interval_s: float = 60.0
 
@@ -62,6 +64,7 @@ class NodeDaemon:
         self.opts = opts
         self.identity = identity or load_identity(opts)
         self.dht = DHTNode(self.identity, opts.dht, state_dir=opts.state_dir)
+        self.tcp = TcpService(self.identity, self.dht, opts.limits, self.attach_handler())
         self.joined = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,6 +73,10 @@ class NodeDaemon:
     @property
     def advertised(self) -> tuple[str, int]:
         return self.opts.advertise or self.dht.address
+
+    def attach_handler(self) -> AttachHandler | None:
+        """Bootstrap nodes answer lookups over TCP but take no attachments."""
+        return None
 
     def ready(self) -> bool:
         return self.joined.is_set()
@@ -83,6 +90,7 @@ class NodeDaemon:
     async def start(self) -> None:
         host, port = self.opts.listen
         await self.dht.start(host, port)
+        await self.tcp.start(host, self.dht.address[1])
         log.info("dht_listening", role=self.role, address=f"{host}:{self.dht.address[1]}",
                  node_id=self.identity.node_id.hex(), public_id=self.identity.public_id)
         if self.opts.http is not None:
@@ -133,6 +141,7 @@ class NodeDaemon:
                 await task
         if self._http is not None:
             await self._http.cleanup()
+        await self.tcp.stop()
         self.dht.stop()
 
     async def run_until_signalled(self) -> None:

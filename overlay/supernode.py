@@ -1,0 +1,255 @@
+"""Supernodes: public DHT nodes that clients behind NAT attach to over outbound TCP.
+
+A supernode publishes its own signed record (address, load, capacity) to the DHT's supernode
+directory, admits clients up to ``--max-clients`` (then refuses with alternatives), publishes
+each attached client's signed presence record and keeps it published while the client is
+attached, and tells its clients to move when it shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from overlay import records
+from overlay.dht import PutFailed
+from overlay.http_api import ExtraMetrics
+from overlay.identity import Identity
+from overlay.node_daemon import NodeDaemon, NodeOptions
+from overlay.tcp_service import AttachHandler, ServedSession
+from overlay.wire import (
+    Attach,
+    AttachOk,
+    Detach,
+    Message,
+    Moving,
+    Refused,
+    RefuseReason,
+    SignalResult,
+)
+from overlay.wire.errors import AttachRejected
+from overlay.wire.messages import Signal
+from overlay.wire.session import verify_attach
+
+log = structlog.get_logger("overlay.supernode")
+
+
+@dataclass
+class SupernodeOptions:
+    max_clients: int = 10_000
+    #: how often the supernode re-signs its own record (lifetime: three periods)
+    record_refresh_s: float = 60.0
+    relay_capacity_bps: int = 0
+
+
+def next_seq(last: int) -> int:
+    """Sequence numbers that only grow, across restarts too (milliseconds since the epoch)."""
+    return max(last + 1, int(time.time() * 1000))
+
+
+class Supernode(NodeDaemon, AttachHandler):
+    role = "supernode"
+
+    def __init__(
+        self,
+        opts: NodeOptions,
+        sn: SupernodeOptions | None = None,
+        identity: Identity | None = None,
+    ) -> None:
+        self.sn = sn or SupernodeOptions()
+        self.attached: dict[tuple[str, str], ServedSession] = {}
+        self.refused: Counter[str] = Counter()
+        self._record_seq = 0
+        self.record: records.SignedRecord | None = None
+        super().__init__(opts, identity)
+
+    # -- AttachHandler ----------------------------------------------------------------------
+
+    def attach_handler(self) -> AttachHandler | None:
+        return self
+
+    def accepting(self) -> bool:
+        return len(self.attached) < self.sn.max_clients and not self.stopping.is_set()
+
+    def load_permille(self) -> int:
+        return min(1000, len(self.attached) * 1000 // max(1, self.sn.max_clients))
+
+    async def _refuse(
+        self, session: ServedSession, code: RefuseReason, message: str, label: str
+    ) -> None:
+        self.refused[label] += 1
+        alternatives = await self.tcp.alternatives(exclude=self.identity.public_key)
+        session.proto.send(Refused(int(code), message, alternatives))
+        self.tcp.cut_off(session, message, label)
+
+    async def on_attach(self, session: ServedSession, msg: Attach) -> None:
+        assert session.result is not None
+        try:
+            signed = verify_attach(msg, session.result)
+        except AttachRejected as exc:
+            await self._refuse(session, RefuseReason.BAD_RECORD, str(exc), "bad_record")
+            return
+        rec = signed.record
+        assert isinstance(rec, records.PresenceRecord)
+        slot = (rec.user, rec.device)
+        if (rec.supernode_host, rec.supernode_port) != self.advertised:
+            await self._refuse(session, RefuseReason.BAD_RECORD,
+                               "presence record names another address for this supernode",
+                               "bad_record")
+            return
+        first = session.attached is None
+        if first:
+            other = self.attached.get(slot)
+            if other is not None and other is not session:
+                assert other.result is not None
+                if other.result.client_key != session.result.client_key:
+                    await self._refuse(session, RefuseReason.NOT_ALLOWED,
+                                       f"{rec.user}/{rec.device} is attached with another key",
+                                       "name_claimed")
+                    return
+                self.tcp.cut_off(other, "replaced by a newer session", "replaced")
+            elif not self.accepting():
+                await self._refuse(session, RefuseReason.FULL,
+                                   f"full ({len(self.attached)} clients); try another supernode",
+                                   "full")
+                return
+        try:
+            await self.dht.put(signed)
+        except PutFailed as exc:
+            if exc.result.refused["name_claimed"]:
+                await self._refuse(session, RefuseReason.NOT_ALLOWED,
+                                   f"the name {rec.user!r} is held by another key",
+                                   "name_claimed")
+            else:
+                await self._refuse(session, RefuseReason.BAD_RECORD,
+                                   f"presence record not stored: {exc}", "not_stored")
+            return
+        if session.attached is not None:
+            self.dht.forget_published(session.attached)
+        session.attached = signed
+        self.attached[slot] = session
+        if first:
+            session.proto.send(AttachOk(session.proto.peer[0], session.proto.peer[1],
+                                        max(1, round(self.opts.limits.heartbeat_s))))
+            log.info("client_attached", user=rec.user, device=rec.device,
+                     peer=f"{session.proto.peer[0]}:{session.proto.peer[1]}",
+                     clients=len(self.attached))
+
+    async def on_detach(self, session: ServedSession, msg: Detach) -> None:
+        assert session.result is not None
+        try:
+            signed = records.verify(msg.presence_record)
+        except records.RecordError as exc:
+            self.tcp.cut_off(session, f"bad offline record: {exc}", "bad_record")
+            return
+        rec = signed.record
+        if (
+            not isinstance(rec, records.PresenceRecord)
+            or rec.online
+            or rec.user_key != session.result.client_key
+            or (rec.user, rec.device) != (session.result.user, session.result.device)
+        ):
+            self.tcp.cut_off(session, "a Detach carries this session's offline record",
+                             "bad_record")
+            return
+        try:
+            await self.dht.put(signed)
+        except PutFailed as exc:
+            log.warning("offline_record_not_stored", user=rec.user, error=str(exc))
+        self.dht.forget_published(signed)
+        self._forget(session)
+        log.info("client_detached", user=rec.user, device=rec.device)
+        session.proto.close("detached")
+
+    async def on_message(self, session: ServedSession, msg: Message) -> None:
+        if isinstance(msg, Signal):
+            session.proto.send(SignalResult(msg.request_id, False,
+                                            "signalling is not available on this supernode"))
+
+    def on_closed(self, session: ServedSession) -> None:
+        if session.attached is not None:
+            rec = session.attached.record
+            assert isinstance(rec, records.PresenceRecord)
+            log.info("client_gone", user=rec.user, device=rec.device,
+                     reason=session.proto.close_reason)
+        self._forget(session)
+
+    def _forget(self, session: ServedSession) -> None:
+        if session.attached is None:
+            return
+        rec = session.attached.record
+        assert isinstance(rec, records.PresenceRecord)
+        if self.attached.get((rec.user, rec.device)) is session:
+            del self.attached[(rec.user, rec.device)]
+        # stop republishing; the record expires on its own within a few refresh periods
+        self.dht.forget_published(session.attached)
+        session.attached = None
+
+    # -- own record -------------------------------------------------------------------------
+
+    async def publish_record(self) -> None:
+        self._record_seq = next_seq(self._record_seq)
+        host, port = self.advertised
+        self.record = records.supernode(
+            self.identity, host, port, seq=self._record_seq,
+            relay_capacity_bps=self.sn.relay_capacity_bps,
+            relay_spare_bps=self.sn.relay_capacity_bps,
+            load=len(self.attached), max_clients=self.sn.max_clients,
+            lifetime_s=3 * self.sn.record_refresh_s,
+        )
+        try:
+            await self.dht.put(self.record)
+        except PutFailed as exc:
+            log.warning("supernode_record_not_stored", error=str(exc))
+
+    async def _keep_record(self) -> None:
+        while True:
+            await asyncio.sleep(self.sn.record_refresh_s)
+            try:
+                await self.publish_record()
+            except Exception:
+                log.exception("supernode_record_refresh_failed")
+
+    async def start(self) -> None:
+        await super().start()
+        await self.publish_record()
+        self._tasks.append(asyncio.create_task(self._keep_record()))
+        log.info("supernode_ready", address="{}:{}".format(*self.advertised),
+                 max_clients=self.sn.max_clients)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        alternatives = await self.tcp.alternatives(exclude=self.identity.public_key)
+        for session in list(self.attached.values()):
+            session.proto.send(Moving("supernode shutting down", alternatives))
+            session.proto.close("supernode shutting down")
+        await super().stop()
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def extra_metrics(self) -> ExtraMetrics | None:
+        def collect() -> Iterable[Metric]:
+            yield GaugeMetricFamily("overlay_attached_clients", "Clients attached",
+                                    value=len(self.attached))
+            yield GaugeMetricFamily("overlay_tcp_sessions", "Open TCP sessions",
+                                    value=len(self.tcp.sessions))
+            cut = CounterMetricFamily("overlay_sessions_cut_off",
+                                      "Sessions closed for a reason", labels=["reason"])
+            for reason, n in self.tcp.stats.cut_off.items():
+                cut.add_metric([reason], n)
+            yield cut
+            refused = CounterMetricFamily("overlay_attach_refused", "Attachments refused",
+                                          labels=["reason"])
+            for reason, n in self.refused.items():
+                refused.add_metric([reason], n)
+            yield refused
+            yield CounterMetricFamily("overlay_lookups", "Lookups served",
+                                      value=self.tcp.stats.lookups)
+
+        return collect
