@@ -113,9 +113,10 @@ class ServedProtocol(SessionProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if peer else "?"
-        reason = self.service.admit(ip)
-        if reason is not None:
-            self.service.stats.cut_off[reason] += 1
+        refusal = self.service.admit(ip)
+        if refusal is not None:
+            label, reason = refusal
+            self.service.stats.cut_off[label] += 1
             log.warning("connection_refused", peer=ip, reason=reason)
             self.close_reason = reason
             transport.abort()  # type: ignore[attr-defined]
@@ -167,11 +168,13 @@ class TcpService:
             load_permille=handler.load_permille() if handler else 1000,
         )
 
-    def admit(self, ip: str) -> str | None:
+    def admit(self, ip: str) -> tuple[str, str] | None:
+        """None to admit, else (metric label, reason for the log)."""
         if len(self.sessions) >= self.limits.max_connections:
-            return "too many connections"
+            return "connection_limit", f"{self.limits.max_connections} connections open"
         if self.per_ip[ip] >= self.limits.max_connections_per_ip:
-            return f"more than {self.limits.max_connections_per_ip} connections from {ip}"
+            return "per_ip_limit", (
+                f"more than {self.limits.max_connections_per_ip} connections from {ip}")
         return None
 
     def opened(self, proto: ServedProtocol) -> None:

@@ -59,6 +59,12 @@ async def http_get(url: str) -> tuple[int, object]:
         return 0, None
 
 
+async def http_text(url: str) -> str:
+    timeout = aiohttp.ClientTimeout(total=3)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        return await resp.text()
+
+
 async def wait_ready(http: str, daemon: Daemon, timeout: float = 20) -> None:
     async def ready() -> bool:
         assert daemon.proc is not None
