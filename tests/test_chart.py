@@ -381,11 +381,8 @@ def test_every_pod_gets_its_own_public_service(ci_file: str) -> None:
             assert {k: v for k, v in spec["selector"].items()
                     if k != "statefulset.kubernetes.io/pod-name"}.items() <= pod_labels.items()
             protocols = {(p["protocol"], p["port"]) for p in spec["ports"]}
-            if role == "supernode":
-                # DHT over UDP and client attachments over TCP, on the same port
-                assert protocols == {("UDP", port), ("TCP", port)}
-            else:
-                assert protocols == {("UDP", port)}
+            # DHT over UDP; lookups (and on supernodes attachments) over TCP, same port
+            assert protocols == {("UDP", port), ("TCP", port)}
             if exposure == "NodePort":
                 node_ports = {p["nodePort"] for p in spec["ports"]}
                 assert node_ports == {v[role]["service"]["nodePortBase"] + i}
@@ -689,8 +686,10 @@ def test_network_policy_opens_the_overlay_port_and_guards_http() -> None:
         netpol = one(docs, "NetworkPolicy", f"{FULLNAME}-{role}")
         public, http = netpol["spec"]["ingress"][:2]
         assert "from" not in public  # peers anywhere on the internet
-        expected = {("UDP", 4000)} if role == "bootstrap" else {("UDP", 7000), ("TCP", 7000)}
-        assert {(p["protocol"], p["port"]) for p in public["ports"]} == expected
+        # both roles answer lookups over TCP on the DHT port
+        port = 4000 if role == "bootstrap" else 7000
+        assert {(p["protocol"], p["port"]) for p in public["ports"]} == {("UDP", port),
+                                                                          ("TCP", port)}
         assert http["from"][0] == {"podSelector": {}}
         assert http["from"][1]["namespaceSelector"]["matchLabels"] == {
             "kubernetes.io/metadata.name": "monitoring"}
