@@ -40,6 +40,8 @@ from overlay.wire import (
     PeerDead,
     ProbeAnswered,
     ProtocolViolation,
+    ReachabilityRequest,
+    ReachabilityResult,
     Refused,
     SessionConfig,
 )
@@ -321,7 +323,8 @@ class ClientSession:
 
     def _dispatch(self, msg: Message) -> None:
         request_id = getattr(msg, "request_id", None)
-        if isinstance(msg, LookupResponse | DirectoryResponse) and request_id in self._pending:
+        answers = LookupResponse | DirectoryResponse | ReachabilityResult
+        if isinstance(msg, answers) and request_id in self._pending:
             future = self._pending.pop(request_id)
             if not future.done():
                 future.set_result(msg)
@@ -385,6 +388,12 @@ class ClientSession:
             if isinstance(signed.record, SupernodeRecord):
                 found.append(signed)
         return found
+
+    async def check_reachability(self, port: int, timeout: float = 10.0) -> ReachabilityResult:
+        """Ask the supernode to dial back to our source IP on ``port`` (TCP and UDP)."""
+        reply = await self._request(lambda rid: ReachabilityRequest(rid, port), timeout)
+        assert isinstance(reply, ReachabilityResult)
+        return reply
 
     async def attach(self, presence: SignedRecord, timeout: float = 5.0) -> AttachOk:
         """Ask the supernode to publish ``presence``; raises :class:`AttachRefused`."""

@@ -20,8 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from overlay import records
 from overlay.dht import PutFailed
 from overlay.http_api import ExtraMetrics
-from overlay.identity import Identity
+from overlay.identity import Identity, node_id_for
 from overlay.node_daemon import NodeDaemon, NodeOptions
+from overlay.session_io import SessionError, probe
 from overlay.tcp_service import AttachHandler, ServedSession
 from overlay.wire import (
     Attach,
@@ -29,6 +30,8 @@ from overlay.wire import (
     Detach,
     Message,
     Moving,
+    ReachabilityRequest,
+    ReachabilityResult,
     Refused,
     RefuseReason,
     SignalResult,
@@ -168,9 +171,36 @@ class Supernode(NodeDaemon, AttachHandler):
         session.proto.close("detached")
 
     async def on_message(self, session: ServedSession, msg: Message) -> None:
-        if isinstance(msg, Signal):
+        if isinstance(msg, ReachabilityRequest):
+            await self.check_reachability(session, msg)
+        elif isinstance(msg, Signal):
             session.proto.send(SignalResult(msg.request_id, False,
                                             "signalling is not available on this supernode"))
+
+    async def check_reachability(self, session: ServedSession, msg: ReachabilityRequest) -> None:
+        """Dial back to the session's own source IP (never to an address the client names)
+        on TCP (a probe must be answered) and UDP (a DHT ping answered by the same key)."""
+        assert session.result is not None
+        ip = session.proto.peer[0]
+        now = time.monotonic()
+        if session.attached is None or now - session.last_reachability_check < 30.0:
+            self.tcp.cut_off(session, "reachability checks need an attached session, "
+                             "at most one per 30 s", "rate_limited")
+            return
+        session.last_reachability_check = now
+        try:
+            await probe(ip, msg.port, self.identity, timeout=2.0, count=1)
+            tcp_ok = True
+        except SessionError:
+            tcp_ok = False
+        try:
+            await self.dht.call((ip, msg.port), "ping",
+                                node_id=node_id_for(session.result.client_key))
+            udp_ok = True
+        except TimeoutError:
+            udp_ok = False
+        log.info("reachability_checked", peer=f"{ip}:{msg.port}", tcp=tcp_ok, udp=udp_ok)
+        session.proto.send(ReachabilityResult(msg.request_id, ip, tcp_ok, udp_ok))
 
     def on_closed(self, session: ServedSession) -> None:
         if session.attached is not None:

@@ -70,6 +70,7 @@ class ServedSession:
     tokens: float = 0.0
     last_refill: float = 0.0
     attached: records.SignedRecord | None = None
+    last_reachability_check: float = float("-inf")
 
     def allow_request(self, limits: ServiceLimits, now: float) -> bool:
         self.tokens = min(limits.request_burst,

@@ -65,6 +65,8 @@ from overlay.wire import (
     ProbeAnswered,
     ProbeReply,
     ProtocolViolation,
+    ReachabilityRequest,
+    ReachabilityResult,
     Refused,
     RefuseReason,
     Role,
@@ -261,6 +263,8 @@ SAMPLES: list[Message] = [
     DirectoryRequest(13),
     DirectoryResponse(13, (b"s1",)),
     Detach(b"\x02" * 100),
+    ReachabilityRequest(14, 4000),
+    ReachabilityResult(14, "198.51.100.9", True, False),
 ]
 
 
@@ -281,6 +285,7 @@ def test_message_tags_are_stable() -> None:
         "MOVING": 19, "GOODBYE": 20, "PING": 21, "PONG": 22, "LOOKUP_REQUEST": 32,
         "LOOKUP_RESPONSE": 33, "SIGNAL": 48, "SIGNAL_DELIVERY": 49, "SIGNAL_RESULT": 50,
         "DETACH": 23, "DIRECTORY_REQUEST": 34, "DIRECTORY_RESPONSE": 35,
+        "REACHABILITY_REQUEST": 36, "REACHABILITY_RESULT": 37,
     }
 
 

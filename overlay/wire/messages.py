@@ -91,6 +91,8 @@ class MessageType(IntEnum):
     LOOKUP_RESPONSE = 33
     DIRECTORY_REQUEST = 34
     DIRECTORY_RESPONSE = 35
+    REACHABILITY_REQUEST = 36
+    REACHABILITY_RESULT = 37
     SIGNAL = 48
     SIGNAL_DELIVERY = 49
     SIGNAL_RESULT = 50
@@ -504,6 +506,34 @@ class DirectoryResponse(LookupResponse):
 
 
 @dataclass(frozen=True)
+class ReachabilityRequest(Message):
+    """Ask the supernode to dial back to this session's source IP on ``port`` (TCP and UDP)."""
+
+    request_id: int
+    port: int
+    TAG = MessageType.REACHABILITY_REQUEST
+
+    def _check(self) -> None:
+        _int("request_id", self.request_id, 0, U64)
+        _port("port", self.port)
+
+
+@dataclass(frozen=True)
+class ReachabilityResult(Message):
+    request_id: int
+    host: str
+    tcp_ok: bool
+    udp_ok: bool
+    TAG = MessageType.REACHABILITY_RESULT
+
+    def _check(self) -> None:
+        _int("request_id", self.request_id, 0, U64)
+        _host("host", self.host)
+        _bool("tcp_ok", self.tcp_ok)
+        _bool("udp_ok", self.udp_ok)
+
+
+@dataclass(frozen=True)
 class Detach(Message):
     """Clean exit: a signed *offline* presence record to publish; the session then ends."""
 
@@ -567,6 +597,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Probe, ProbeReply, ClientHello, ServerHello, ClientAuth, Error, Attach, AttachOk,
         Refused, Moving, Goodbye, Ping, Pong, LookupRequest, LookupResponse, Signal,
         SignalDelivery, SignalResult, DirectoryRequest, DirectoryResponse, Detach,
+        ReachabilityRequest, ReachabilityResult,
     )
 }
 assert len(MESSAGE_TYPES) == len(MessageType)
@@ -581,11 +612,12 @@ SEALED_TYPES: frozenset[type[Message]] = frozenset(
 )
 #: Sealed messages each side may send.
 CLIENT_SENDS: frozenset[type[Message]] = frozenset(
-    {Attach, Detach, Ping, Pong, LookupRequest, DirectoryRequest, Signal, Goodbye, Error}
+    {Attach, Detach, Ping, Pong, LookupRequest, DirectoryRequest, Signal, ReachabilityRequest,
+     Goodbye, Error}
 )
 SERVER_SENDS: frozenset[type[Message]] = frozenset(
     {AttachOk, Refused, Moving, Goodbye, Ping, Pong, LookupResponse, DirectoryResponse,
-     SignalDelivery, SignalResult, Error}
+     SignalDelivery, SignalResult, ReachabilityResult, Error}
 )
 #: What a LOOKUP_ONLY client may send.
 LOOKUP_ONLY_SENDS: frozenset[type[Message]] = frozenset(
