@@ -242,7 +242,8 @@ class HostCache:
     def _prune(self, now: float | None) -> None:
         if now is not None:
             for key, e in list(self.entries.items()):
-                if e.failures >= DROP_AFTER_FAILURES and now - (e.last_success or 0.0) > DROP_AFTER_S:
+                stale = now - (e.last_success or 0.0) > DROP_AFTER_S
+                if e.failures >= DROP_AFTER_FAILURES and stale:
                     del self.entries[key]
                     self.dirty = True
         if len(self.entries) > self.max_entries:
