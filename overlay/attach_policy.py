@@ -168,6 +168,8 @@ class Backoff:
     policy: BackoffPolicy = field(default_factory=BackoffPolicy)
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
+    #: sessions in a row that ended before ``stable_after_s``
+    short_sessions: int = 0
 
     def peek_ceiling(self) -> float:
         """The un-jittered delay the next :meth:`next_delay` is drawn below."""
@@ -183,16 +185,20 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+        self.short_sessions = 0
 
     def session_ended(self, lasted_s: float) -> float:
         """A session that was attached for ``lasted_s`` ended: how long to wait first.
 
-        A stable session resets the schedule and the failover starts at once; one that died
-        quickly (a supernode that accepts and drops us) makes us back off, so a flapping
-        supernode cannot make the client spin.
+        A stable session resets the schedule and the failover starts at once. So does the
+        first short one; each further session that dies quickly (a supernode that accepts
+        and drops us) makes us back off, so flapping cannot make the client spin.
         """
         if lasted_s >= self.policy.stable_after_s:
             self.reset()
+            return 0.0
+        self.short_sessions += 1
+        if self.short_sessions == 1:
             return 0.0
         return self.next_delay()
 

@@ -269,6 +269,8 @@ def newest_per_device(found: list[SignedRecord]) -> list[SignedRecord]:
 class ClientDaemon:
     def __init__(self, opts: ClientOptions, identity: Identity | None = None) -> None:
         self.opts = opts
+        if opts.state_dir is not None:
+            opts.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.identity = identity or _load_identity(opts.key_path)
         #: lookup-only sessions and probes use a throwaway key: they publish nothing
         self.lookup_identity = Identity.generate()

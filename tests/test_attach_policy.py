@@ -131,9 +131,11 @@ def test_backoff_survives_a_long_outage() -> None:
 
 def test_backoff_after_a_session_stable_resets_short_grows() -> None:
     b = Backoff(BackoffPolicy(initial_s=1, cap_s=60, jitter=0.0, stable_after_s=10))
+    assert b.session_ended(0.2) == 0  # the first failover is immediate
     assert b.session_ended(0.2) == 1  # flapping supernode: back off
     assert b.session_ended(0.2) == 2
-    assert b.session_ended(30) == 0  # a healthy session: fail over at once
+    assert b.session_ended(30) == 0  # a healthy session: fail over at once, start over
+    assert b.session_ended(0.2) == 0
     assert b.session_ended(0.2) == 1
 
 
