@@ -167,6 +167,23 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         status = await ask(alice_sock, {"cmd": "status"})
         assert status["failovers"] == 1 and status["known_supernodes"] == 3
 
+        # -- the next one hangs (SIGSTOP): three silent heartbeats -> lost -> re-attach --------
+        hung = supernodes[second["address"]]
+        assert hung.proc is not None
+        hung.proc.send_signal(signal.SIGSTOP)
+        hung_at = time.monotonic()
+        try:
+            first, second = second, {}
+            await wait_for(alice_moved, timeout=15, interval=0.05)
+            hang_detected_s = time.monotonic() - hung_at
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+        await wait_for(lambda: bob_sees_alice_via(second["node_key"]), timeout=10)
+        failover = events(alice, "failover")
+        assert [f["reason"] for f in failover] == ["lost", "lost"]
+        assert "silent" in failover[1]["detail"]
+        assert 2 <= hang_detected_s < 8, hang_detected_s
+
         # -- clean exit: the lookup shows alice offline ----------------------------------------
         answer = await ask(bob_sock, {"cmd": "lookup", "user": "alice"})
         online_seq = answer["records"][0]["seq"]
@@ -202,7 +219,8 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         assert [e["source"] for e in events(alice2, "discovery")] == ["host_cache"]
         assert not events(alice2, "directory_fetched")
         status = await ask(alice_sock, {"cmd": "status"})
-        assert status["supernode"]["node_key"] != first["node_key"]  # the dead one is skipped
+        # the SIGKILLed one is still in the cache, but does not answer its probe
+        assert status["supernode"]["address"] != failover[0]["supernode"]
 
         async def bob_sees_alice_back() -> bool:
             answer = await ask(bob_sock, {"cmd": "lookup", "user": "alice"})
@@ -212,7 +230,8 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         await wait_for(bob_sees_alice_back, timeout=10)
         assert alice2.terminate(signal.SIGINT) == 0
         assert bob.terminate() == 0
-        print(f"re-attached {reattached_s:.2f}s and visible {visible_s:.2f}s after SIGKILL")
+        print(f"re-attached {reattached_s:.2f}s and visible {visible_s:.2f}s after SIGKILL; "
+              f"hang detected and re-attached after {hang_detected_s:.2f}s")
     finally:
         for daemon in started:
             daemon.kill()
@@ -249,3 +268,65 @@ async def test_control_errors_and_usage(tmp_path):
         assert daemon.terminate() == 0
     finally:
         daemon.kill()
+
+
+async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
+    tmp_path, monkeypatch
+):
+    """In-process: the nearest supernode is full and refuses (FULL) naming another; the
+    client attaches there, as an alternative, without a rediscovery."""
+    from overlay import client_daemon
+    from overlay.attach_policy import Source
+    from overlay.client_daemon import Attachment, AttemptFailed, ClientDaemon, ClientOptions
+    from overlay.node_daemon import NodeDaemon, NodeOptions
+    from overlay.session_io import ProbeResult
+    from overlay.supernode import Supernode, SupernodeOptions
+    from overlay.tcp_service import ServiceLimits
+
+    boot_ip, full_ip, free_ip = loopback_ips(3)
+    limits = ServiceLimits(heartbeat_s=1)
+    boot = NodeDaemon(NodeOptions(listen=(boot_ip, PORT), limits=limits))
+    full = Supernode(NodeOptions(listen=(full_ip, PORT), bootstrap=[(boot_ip, PORT)],
+                                 limits=limits), SupernodeOptions(max_clients=0))
+    free = Supernode(NodeOptions(listen=(free_ip, PORT), bootstrap=[(boot_ip, PORT)],
+                                 limits=limits))
+    daemon: ClientDaemon | None = None
+    try:
+        for node in (boot, full, free):
+            await node.start()
+
+        async def full_knows_both() -> bool:
+            return await directory_size(full_ip) == 2
+
+        await wait_for(full_knows_both, timeout=15, interval=0.2)
+
+        # probes say the full one is nearest and has room (as a stale or lying probe might)
+        async def fake_probe(host: str, port: int, identity: Identity, *, timeout: float = 2.0,
+                             count: int = 2) -> ProbeResult:
+            return ProbeResult(host, port, 0.001 if host == full_ip else 0.002, True, 0)
+
+        monkeypatch.setattr(client_daemon, "probe", fake_probe)
+        daemon = ClientDaemon(ClientOptions(user="erin", key_path=tmp_path / "erin.key",
+                                            bootstrap=[(boot_ip, PORT)], device="phone"))
+        tried: list[tuple[str, Source, bool]] = []
+        real_try = daemon._try_attach
+
+        async def spy(cand: Any, source: Source) -> Attachment | AttemptFailed:
+            result = await real_try(cand, source)
+            tried.append((cand.host, source, isinstance(result, Attachment)))
+            return result
+
+        monkeypatch.setattr(daemon, "_try_attach", spy)
+        await daemon.start()
+        await wait_for(lambda: daemon is not None and daemon.attached.is_set(), timeout=15)
+        assert tried == [(full_ip, Source.DISCOVERY, False), (free_ip, Source.ALTERNATIVE, True)]
+        assert daemon.status()["supernode"]["address"] == f"{free_ip}:{PORT}"
+        assert full.refused["full"] == 1 and len(free.attached) == 1
+        await daemon.stop()
+        daemon = None
+        assert not free.attached  # detached on stop
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+        for node in (free, full, boot):
+            await node.stop()
