@@ -73,26 +73,37 @@ def merge_candidates(*groups: Iterable[Candidate]) -> list[Candidate]:
     return list(merged.values())
 
 
+#: RTTs closer than this count as equal: then load decides (and chance, so that clients
+#: that all measure the same RTT do not all pick the same supernode)
+RTT_TOLERANCE_S = 0.002
+
+
 def rank(
     candidates: Iterable[Candidate],
     measured: Mapping[bytes, Measurement],
     *,
     exclude: Iterable[bytes] = (),
+    rtt_tolerance_s: float = RTT_TOLERANCE_S,
+    rng: random.Random | None = None,
 ) -> list[Candidate]:
     """Supernodes that answered a probe and said they accept clients, lowest RTT first.
 
-    Ties (equal RTT) go to the lower announced load. Supernodes that did not answer, said
-    they are not accepting, or are in ``exclude`` are left out.
+    RTTs in the same ``rtt_tolerance_s`` bucket tie; ties go to the lower announced load
+    (probe, then signed record), then to chance with ``rng`` (by address without one).
+    Supernodes that did not answer, said they are not accepting, or are in ``exclude`` are
+    left out.
     """
     skip = set(exclude)
-    usable: list[tuple[float, int, str, Candidate]] = []
+    usable: list[tuple[int, int, int, float | str, Candidate]] = []
     for cand in candidates:
         m = measured.get(cand.node_key)
         if cand.node_key in skip or m is None or m.rtt_s is None or not m.accepting:
             continue
-        usable.append((m.rtt_s, m.load_permille, cand.address, cand))
-    usable.sort(key=lambda t: (t[0], t[1], t[2]))
-    return [t[3] for t in usable]
+        bucket = int(m.rtt_s / rtt_tolerance_s) if rtt_tolerance_s > 0 else 0
+        tiebreak: float | str = rng.random() if rng is not None else cand.address
+        usable.append((bucket, m.load_permille, cand.load, tiebreak, cand))
+    usable.sort(key=lambda t: t[:4])
+    return [t[4] for t in usable]
 
 
 def choose_backup(ranked: Sequence[Candidate], primary: Candidate | None) -> Candidate | None:

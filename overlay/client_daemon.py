@@ -30,6 +30,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -277,6 +278,7 @@ class ClientDaemon:
         self.cache = HostCache.in_state_dir(opts.state_dir)
         self.seq = SeqCounter(opts.state_dir)
         self.measured: dict[bytes, Measurement] = {}
+        self._rng = random.Random()
         self.primary: Attachment | None = None
         self.backup: Link | None = None
         self.failovers = 0
@@ -588,7 +590,8 @@ class ClientDaemon:
                 except SessionError:
                     pass
         known = [c for c in self.cache.candidates() if c.node_key not in exclude]
-        ranked = rank(known, await self._probe_all(known), exclude=exclude) if known else []
+        ranked = (rank(known, await self._probe_all(known), exclude=exclude, rng=self._rng)
+                  if known else [])
         source = "host_cache"
         if not ranked and self.opts.bootstrap:
             fetched = await self._directory_from_bootstrap()
@@ -597,7 +600,8 @@ class ClientDaemon:
                 fresh = {Candidate.from_record(s).node_key for s in fetched}
                 known = [c for c in self.cache.candidates()
                          if c.node_key in fresh and c.node_key not in exclude]
-                ranked = rank(known, await self._probe_all(known), exclude=exclude)
+                ranked = rank(known, await self._probe_all(known), exclude=exclude,
+                              rng=self._rng)
                 source = "bootstrap"
         self._save_cache()
         log.info("discovery", source=source, candidates=len(known), usable=len(ranked),
@@ -697,7 +701,7 @@ class ClientDaemon:
                 return None
             others = [c for c in self.cache.candidates()
                       if c.node_key != primary.candidate.node_key]
-        ranked = rank(others, await self._probe_all(others))
+        ranked = rank(others, await self._probe_all(others), rng=self._rng)
         return choose_backup(ranked, primary.candidate)
 
     # -- signals for the user --------------------------------------------------------------------

@@ -73,6 +73,24 @@ def test_rank_breaks_rtt_ties_by_load_and_honours_exclude() -> None:
     assert rank([A, B, C], measured, exclude=[C.node_key]) == [B, A]
 
 
+def test_rank_treats_near_equal_rtts_as_equal_and_spreads_ties() -> None:
+    a, b, c = (Candidate(f"10.0.0.{i}", 4000, bytes([i]) * 32, load=i) for i in (1, 2, 3))
+    measured = {
+        a.node_key: Measurement(0.0101, True, load_permille=10),
+        b.node_key: Measurement(0.0100, True, load_permille=5),  # same bucket, less loaded
+        c.node_key: Measurement(0.0150, True),  # clearly farther
+    }
+    assert rank([a, b, c], measured) == [b, a, c]
+    # equal RTT and load: the record's client count decides
+    same = {k: Measurement(0.001, True) for k in (a.node_key, b.node_key, c.node_key)}
+    assert rank([c, b, a], same) == [a, b, c]
+    # all equal: chance decides, so many clients spread over the supernodes
+    flat = [Candidate(f"10.0.1.{i}", 4000, bytes([i]) * 32) for i in range(1, 6)]
+    flat_measured = {x.node_key: Measurement(0.001, True) for x in flat}
+    firsts = {rank(flat, flat_measured, rng=random.Random(seed))[0] for seed in range(50)}
+    assert len(firsts) == 5
+
+
 def test_merge_candidates_keeps_one_per_key_latest_wins() -> None:
     moved = Candidate("10.9.9.9", 5000, A.node_key)
     assert merge_candidates([A, B], [moved]) == [moved, B]

@@ -303,7 +303,7 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
         # probes say the full one is nearest and has room (as a stale or lying probe might)
         async def fake_probe(host: str, port: int, identity: Identity, *, timeout: float = 2.0,
                              count: int = 2) -> ProbeResult:
-            return ProbeResult(host, port, 0.001 if host == full_ip else 0.002, True, 0)
+            return ProbeResult(host, port, 0.001 if host == full_ip else 0.010, True, 0)
 
         monkeypatch.setattr(client_daemon, "probe", fake_probe)
         daemon = ClientDaemon(ClientOptions(user="erin", key_path=tmp_path / "erin.key",
