@@ -10,9 +10,11 @@ the bootstrap node goes away and the client restarts from its state dir with no
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,21 @@ async def test_control_errors_and_usage(tmp_path):
         nowhere = await ask(sock, {"cmd": "lookup", "user": "bob"})
         assert nowhere == {"ok": False,
                            "error": "lookup failed: not connected to any supernode"}
+        # the command-line front end of the same socket
+        async def ctl(*args: str) -> tuple[int, dict[str, Any]]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "overlay", "client-ctl", "--control", str(sock), *args,
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            assert proc.returncode is not None
+            return proc.returncode, json.loads(out)
+
+        code, answer = await ctl("status")
+        assert code == 0 and answer["user"] == "carol"
+        code, answer = await ctl("lookup", "bob")
+        assert code == 1 and answer["ok"] is False
+        code, answer = await ctl("raw", '{"cmd": "help"}')
+        assert code == 0 and "lookup" in answer["commands"]
         await wait_for(lambda: len(events(daemon, "backoff")) >= 2, timeout=10)
         delays = [e["delay_s"] for e in events(daemon, "backoff")]
         assert all(d > 0 for d in delays)
