@@ -347,3 +347,59 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
             await daemon.stop()
         for node in (free, full, boot):
             await node.stop()
+
+
+async def test_unsolicited_messages_sequence_numbers_and_inbox(tmp_path):
+    """No sockets: how an attachment reacts to Moving/Refused/SignalDelivery, presence
+    sequence numbers that only grow across restarts, and the inbox files."""
+    from typing import cast
+
+    from overlay.attach_policy import Candidate, EndReason
+    from overlay.client_daemon import (
+        Attachment,
+        ClientDaemon,
+        ClientOptions,
+        SeqCounter,
+        default_device,
+    )
+    from overlay.records import NAME_PATTERN
+    from overlay.wire import Moving, Refused, RefuseReason, SignalDelivery
+    from overlay.wire.messages import Alternative
+
+    assert NAME_PATTERN.match(default_device())
+    cand = Candidate("10.0.0.1", 4000, b"\x01" * 32)
+    delivered: list[SignalDelivery] = []
+    signal_msg = SignalDelivery("bob", "phone", b"\x02" * 32, b"hello")
+    att = Attachment(cand, cast(ClientSession, None), since=0.0, on_signal=delivered.append)
+    att.on_message(signal_msg)
+    assert delivered == [signal_msg] and not att.ended.done()
+    alt = Alternative("10.0.0.2", 4000, b"\x03" * 32)
+    att.on_message(Moving("maintenance", (alt,)))
+    att.on_message(Refused(int(RefuseReason.FULL), "late", ()))  # the first end counts
+    ended = att.ended.result()
+    assert (ended.reason, ended.detail, ended.alternatives) == (
+        EndReason.MOVING, "maintenance", (alt,))
+    refused = Attachment(cand, cast(ClientSession, None), since=0.0)
+    refused.on_message(Refused(int(RefuseReason.BAD_RECORD), "stale record", ()))
+    assert refused.ended.result().reason is EndReason.REFUSED
+    assert refused.ended.result().detail == "BAD_RECORD: stale record"
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "client.json").write_text(json.dumps({"last_seq": 10**16}))  # clock went back
+    seq = SeqCounter(state)
+    assert seq.next() == 10**16 + 1
+    assert SeqCounter(state).next() == 10**16 + 2
+    assert stat.S_IMODE((state / "client.json").stat().st_mode) == 0o600
+    (state / "client.json").write_text("garbage")
+    assert SeqCounter(state).next() >= int(time.time() * 1000)
+
+    inbox = tmp_path / "inbox"
+    daemon = ClientDaemon(ClientOptions(user="dave", key_path=tmp_path / "d.key",
+                                        state_dir=tmp_path / "dave", inbox=inbox))
+    assert stat.S_IMODE((tmp_path / "dave").stat().st_mode) == 0o700
+    daemon._deliver(signal_msg)
+    (item,) = inbox.iterdir()
+    assert stat.S_IMODE(item.stat().st_mode) == 0o600
+    stored = json.loads(item.read_text())
+    assert stored["from_user"] == "bob" and stored["payload"] == "aGVsbG8="
