@@ -212,17 +212,23 @@ async def probe(
 ) -> ProbeResult:
     """Measure the TCP round trip to a supernode with ``count`` probes (best one counts)."""
     loop = asyncio.get_running_loop()
-    answers: list[ProbeAnswered] = []
+    # (rtt measured with perf_counter: uvloop's loop.time() only has millisecond resolution)
+    answers: list[tuple[float, ProbeAnswered]] = []
+    sent_at = [0.0]
     done = asyncio.Event()
+
+    def send_probe(proto: SessionProtocol) -> None:
+        assert isinstance(proto.conn, ClientConnection)
+        sent_at[0] = time.perf_counter()
+        proto._write(proto.conn.send_probe(loop.time()))
 
     def on_event(proto: SessionProtocol, event: Event) -> None:
         if isinstance(event, ProbeAnswered):
-            answers.append(event)
+            answers.append((time.perf_counter() - sent_at[0], event))
             if len(answers) >= count:
                 done.set()
             elif proto.conn is not None:
-                assert isinstance(proto.conn, ClientConnection)
-                proto._write(proto.conn.send_probe(loop.time()))
+                send_probe(proto)
         elif isinstance(event, ProtocolViolation | PeerClosed):
             done.set()
 
@@ -235,8 +241,7 @@ async def probe(
                 lambda: SessionProtocol(make, on_event), host, port
             )
             try:
-                assert isinstance(proto.conn, ClientConnection)
-                proto._write(proto.conn.send_probe(loop.time()))
+                send_probe(proto)
                 await done.wait()
             finally:
                 transport.close()
@@ -244,8 +249,8 @@ async def probe(
         raise SessionError(f"{host}:{port} did not answer a probe: {exc or 'timeout'}") from None
     if not answers:
         raise SessionError(f"{host}:{port} closed without answering a probe")
-    best = min(answers, key=lambda a: a.rtt_s)
-    return ProbeResult(host, port, best.rtt_s, best.reply.accepting, best.reply.load_permille)
+    rtt, best = min(answers, key=lambda a: a[0])
+    return ProbeResult(host, port, rtt, best.reply.accepting, best.reply.load_permille)
 
 
 class ClientSession:
@@ -413,9 +418,8 @@ class ClientSession:
         return reply
 
     def refresh(self, presence: SignedRecord) -> None:
-        """Hand the supernode a newer presence record (no answer expected unless refused)."""
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._attach = future
+        """Hand the supernode a newer presence record. No answer is expected; a ``Refused``
+        arrives through :attr:`on_message`."""
         self.proto.send(Attach(presence.wire))
 
     def detach(self, offline: SignedRecord) -> None:

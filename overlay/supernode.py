@@ -89,7 +89,7 @@ class Supernode(NodeDaemon, AttachHandler):
         self.refused[label] += 1
         alternatives = await self.tcp.alternatives(exclude=self.identity.public_key)
         session.proto.send(Refused(int(code), message, alternatives))
-        self.tcp.cut_off(session, message, label)
+        self.tcp.cut_off(session, message, label, expected=code is RefuseReason.FULL)
 
     async def on_attach(self, session: ServedSession, msg: Attach) -> None:
         assert session.result is not None

@@ -198,10 +198,14 @@ class TcpService:
         if self.attach_handler is not None:
             self.attach_handler.on_closed(session)
 
-    def cut_off(self, session: ServedSession, reason: str, label: str) -> None:
+    def cut_off(
+        self, session: ServedSession, reason: str, label: str, expected: bool = False
+    ) -> None:
+        """Close a session for ``reason``; ``expected`` ends (e.g. "full") log at info."""
         self.stats.cut_off[label] += 1
-        log.warning("session_cut_off", peer=f"{session.proto.peer[0]}:{session.proto.peer[1]}",
-                    reason=reason)
+        emit = log.info if expected else log.warning
+        emit("session_cut_off", peer=f"{session.proto.peer[0]}:{session.proto.peer[1]}",
+             reason=reason)
         session.proto.close(reason)
 
     def _on_event(self, proto: SessionProtocol, event: Event) -> None:
