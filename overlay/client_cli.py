@@ -61,6 +61,7 @@ def cmd_client(args: argparse.Namespace) -> int:
             inbox=Path(args.inbox) if args.inbox else None,
             may_become_supernode=not args.no_supernode, heartbeat_s=args.heartbeat,
             presence_refresh_s=args.presence_refresh,
+            promote_after_s=args.promote_after, listen_port=args.listen_port,
         )
     except (ValueError, RecordError) as exc:
         print(f"overlay client: {exc}", file=sys.stderr)
@@ -136,6 +137,11 @@ def add_commands(sub: Any) -> None:
                    help="heartbeat before the supernode announces its own (default 30)")
     p.add_argument("--presence-refresh", type=_positive, default=60.0, metavar="S",
                    help="re-sign the presence record this often; lifetime 3x (default 60)")
+    p.add_argument("--promote-after", type=_positive, default=600.0, metavar="S",
+                   help="uptime after which a publicly reachable client becomes a supernode")
+    p.add_argument("--listen-port", type=int, default=0, metavar="PORT",
+                   help="port (UDP and TCP) offered for the dial-back check and, once "
+                        "promoted, for the supernode (default: any free port)")
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("client-ctl", help="ask a running client over its control socket")

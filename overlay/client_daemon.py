@@ -62,6 +62,8 @@ from overlay.attach_policy import (
 from overlay.control import ControlError, ControlServer, JSONObject
 from overlay.host_cache import HostCache
 from overlay.identity import Identity
+from overlay.promotion import Promoter, PromotionPolicy
+from overlay.promotion import run as run_promotion
 from overlay.records import NAME_PATTERN, PresenceRecord, SignedRecord, SupernodeRecord
 from overlay.session_io import AttachRefused, ClientSession, SessionError, probe
 from overlay.wire import (
@@ -102,6 +104,10 @@ class ClientOptions:
     inbox: Path | None = None
     #: False with ``--no-supernode``: this client never offers to serve as a supernode
     may_become_supernode: bool = True
+    #: uptime before a publicly reachable client becomes a supernode
+    promote_after_s: float = 600.0
+    #: port for the dial-back check and, once promoted, the supernode (0: any free port)
+    listen_port: int = 0
     heartbeat_s: float = 30.0
     presence_refresh_s: float = 60.0
     probe_timeout_s: float = 2.0
@@ -288,6 +294,12 @@ class ClientDaemon:
         self._primary_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self.promoter = Promoter(
+            self.identity,
+            PromotionPolicy(enabled=opts.may_become_supernode,
+                            promote_after_s=opts.promote_after_s),
+            opts.listen_port, opts.state_dir, opts.bootstrap,
+        )
         self.control: ControlServer | None = None
         if opts.control_path is not None:
             self.control = ControlServer(opts.control_path)
@@ -336,6 +348,9 @@ class ClientDaemon:
                  bootstrap=[f"{h}:{p}" for h, p in self.opts.bootstrap])
         self._tasks.append(asyncio.create_task(self._supervise()))
         self._tasks.append(asyncio.create_task(self._maintain_backup()))
+        if self.opts.may_become_supernode:
+            self._tasks.append(asyncio.create_task(
+                run_promotion(self.promoter, self._primary_session, self.stopping)))
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -351,6 +366,7 @@ class ClientDaemon:
             self.backup = None
         for bg in list(self._background):
             bg.cancel()
+        await self.promoter.stop()
         if self.control is not None:
             await self.control.stop()
         self._save_cache()
@@ -732,6 +748,10 @@ class ClientDaemon:
 
     # -- control commands --------------------------------------------------------------------------
 
+    def _primary_session(self) -> ClientSession | None:
+        att = self.primary
+        return att.session if att is not None and att.alive and att.ok is not None else None
+
     def status(self) -> JSONObject:
         att = self.primary if self.primary is not None and self.primary.alive else None
         backup = self.backup if self.backup is not None and self.backup.alive else None
@@ -757,6 +777,7 @@ class ClientDaemon:
             "uptime_s": round(time.time() - self.started_at, 3),
             "failovers": self.failovers, "known_supernodes": len(self.cache),
             "may_become_supernode": self.opts.may_become_supernode, "pid": os.getpid(),
+            "promotion": self.promoter.status(),
         }
 
     async def _cmd_status(self, args: JSONObject) -> JSONObject:
