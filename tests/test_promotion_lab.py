@@ -16,8 +16,8 @@ import pytest
 if os.geteuid() != 0 or not shutil.which("nft"):
     pytest.skip("needs root and nftables for the NAT lab", allow_module_level=True)
 
-from overlay.control import ControlSocketError, control_request  # noqa: E402
-from tools.natlab import Lab  # noqa: E402
+from overlay.control import ControlSocketError, control_request
+from tools.natlab import Lab
 
 DIRECTORY = """
 import asyncio, json, sys
@@ -50,7 +50,7 @@ def test_public_client_is_promoted_and_clients_behind_nat_or_firewall_are_not(tm
         boot = f"{lab.public_ip('boot')}:4000"
 
         def start(host: str, args: list[str]) -> None:
-            log = open(tmp_path / f"{host}.log", "wb")  # noqa: SIM115
+            log = open(tmp_path / f"{host}.log", "wb")
             lab.popen(host, [*overlay, *args], stdout=log, stderr=subprocess.STDOUT,
                       cwd=os.getcwd())
 
