@@ -44,6 +44,8 @@ from overlay.wire import (
     ReachabilityResult,
     Refused,
     SessionConfig,
+    Signal,
+    SignalResult,
 )
 from overlay.wire.messages import Alternative
 from overlay.wire.session import _Connection
@@ -328,7 +330,7 @@ class ClientSession:
 
     def _dispatch(self, msg: Message) -> None:
         request_id = getattr(msg, "request_id", None)
-        answers = LookupResponse | DirectoryResponse | ReachabilityResult
+        answers = LookupResponse | DirectoryResponse | ReachabilityResult | SignalResult
         if isinstance(msg, answers) and request_id in self._pending:
             future = self._pending.pop(request_id)
             if not future.done():
@@ -398,6 +400,14 @@ class ClientSession:
         """Ask the supernode to dial back to our source IP on ``port`` (TCP and UDP)."""
         reply = await self._request(lambda rid: ReachabilityRequest(rid, port), timeout)
         assert isinstance(reply, ReachabilityResult)
+        return reply
+
+    async def signal(
+        self, to_user: str, payload: bytes, to_device: str = "", timeout: float = 10.0
+    ) -> SignalResult:
+        """Have the supernode forward ``payload`` to ``to_user``'s device(s)."""
+        reply = await self._request(lambda rid: Signal(rid, to_user, to_device, payload), timeout)
+        assert isinstance(reply, SignalResult)
         return reply
 
     async def attach(self, presence: SignedRecord, timeout: float = 5.0) -> AttachOk:

@@ -34,6 +34,7 @@ from overlay.wire import (
     ReachabilityResult,
     Refused,
     RefuseReason,
+    SignalDelivery,
     SignalResult,
 )
 from overlay.wire.errors import AttachRejected
@@ -41,6 +42,9 @@ from overlay.wire.messages import Signal
 from overlay.wire.session import verify_attach
 
 log = structlog.get_logger("overlay.supernode")
+
+#: signals travel between supernodes in one DHT datagram (requests are capped at 4 KiB)
+SIGNAL_FORWARD_MAX = 3072
 
 
 @dataclass
@@ -174,8 +178,7 @@ class Supernode(NodeDaemon, AttachHandler):
         if isinstance(msg, ReachabilityRequest):
             await self.check_reachability(session, msg)
         elif isinstance(msg, Signal):
-            session.proto.send(SignalResult(msg.request_id, False,
-                                            "signalling is not available on this supernode"))
+            await self.forward_signal(session, msg)
 
     async def check_reachability(self, session: ServedSession, msg: ReachabilityRequest) -> None:
         """Dial back to the session's own source IP (never to an address the client names)
@@ -201,6 +204,88 @@ class Supernode(NodeDaemon, AttachHandler):
             udp_ok = False
         log.info("reachability_checked", peer=f"{ip}:{msg.port}", tcp=tcp_ok, udp=udp_ok)
         session.proto.send(ReachabilityResult(msg.request_id, ip, tcp_ok, udp_ok))
+
+    # -- signalling ---------------------------------------------------------------------------
+
+    async def forward_signal(self, session: ServedSession, msg: Signal) -> None:
+        """Route an attached client's opaque signal to ``to_user``'s supernode(s).
+
+        The payload is end-to-end signed by the sender; supernodes only forward it, and the
+        receiver checks the signature against the sender's own presence records.
+        """
+        assert session.result is not None
+        if session.attached is None:
+            self.tcp.cut_off(session, "signalling needs an attached session", "not_attached")
+            return
+        if len(msg.payload) > SIGNAL_FORWARD_MAX:
+            session.proto.send(SignalResult(msg.request_id, False,
+                                            f"signal payload over {SIGNAL_FORWARD_MAX} bytes"))
+            return
+        now = time.time()
+        targets = [
+            s.record for s in await self.dht.get(records.user_key(msg.to_user))
+            if isinstance(s.record, records.PresenceRecord) and s.record.online
+            and s.record.expires_at > now
+            and (not msg.to_device or s.record.device == msg.to_device)
+        ]
+        if not targets:
+            session.proto.send(SignalResult(msg.request_id, False,
+                                            f"{msg.to_user} is offline or unknown"))
+            return
+        args = [session.result.user, session.result.device, session.result.client_key,
+                msg.to_user, "", msg.payload]
+        delivered, errors = 0, []
+        for rec in targets:
+            args[4] = rec.device
+            if rec.supernode_key == self.identity.public_key:
+                ok, reason = self.deliver_signal(*args)  # type: ignore[arg-type]
+            else:
+                try:
+                    reply = await self.dht.call(
+                        (rec.supernode_host, rec.supernode_port), "signal", *args,
+                        node_id=node_id_for(rec.supernode_key))
+                    ok = isinstance(reply, dict) and reply.get("ok") is True
+                    reason = str(reply.get("reason", "")) if isinstance(reply, dict) else ""
+                except TimeoutError:
+                    ok, reason = False, "the user's supernode did not answer"
+            delivered += ok
+            if not ok:
+                errors.append(f"{rec.device}: {reason}")
+        session.proto.send(SignalResult(msg.request_id, delivered > 0,
+                                        "; ".join(errors)[:200]))
+
+    def deliver_signal(
+        self, from_user: str, from_device: str, from_key: bytes, to_user: str,
+        to_device: str, payload: bytes,
+    ) -> tuple[bool, str]:
+        target = self.attached.get((to_user, to_device))
+        if target is None or target.proto.conn is None or target.proto.conn.closed:
+            return False, f"{to_user}/{to_device} is not attached here"
+        target.proto.send(SignalDelivery(from_user, from_device, from_key, payload))
+        return True, ""
+
+    def _dht_signal(self, addr: tuple[str, int], sender_key: bytes, args: list[object]) -> object:
+        """DHT method "signal": another supernode forwards a signal to a client attached here."""
+        if (
+            len(args) != 6
+            or not all(type(a) is str for a in (args[0], args[1], args[3], args[4]))
+            or type(args[2]) is not bytes or type(args[5]) is not bytes
+        ):
+            raise ValueError("signal takes from_user, from_device, from_key, to_user, "
+                             "to_device, payload")
+        try:
+            delivery = SignalDelivery(args[0], args[1], args[2], args[5])  # type: ignore[arg-type]
+        except Exception as exc:
+            raise ValueError(f"bad signal: {exc}") from None
+        ok, reason = self.deliver_signal(delivery.from_user, delivery.from_device,
+                                         delivery.from_key, str(args[3]), str(args[4]),
+                                         delivery.payload)
+        return {"ok": ok, "reason": reason}
+
+    @staticmethod
+    def _dht_binding(addr: tuple[str, int], sender_key: bytes, args: list[object]) -> object:
+        """DHT method "binding": tell the sender the address its datagram came from."""
+        return {"host": addr[0], "port": addr[1]}
 
     def on_closed(self, session: ServedSession) -> None:
         if session.attached is not None:
@@ -247,6 +332,8 @@ class Supernode(NodeDaemon, AttachHandler):
                 log.exception("supernode_record_refresh_failed")
 
     async def start(self) -> None:
+        self.dht.register("binding", self._dht_binding)
+        self.dht.register("signal", self._dht_signal)
         await super().start()
         await self.publish_record()
         self._tasks.append(asyncio.create_task(self._keep_record()))

@@ -1,0 +1,238 @@
+"""Path selection: race every way two clients might reach each other; the first path that
+completes the end-to-end authenticated handshake wins.
+
+Attempts, with short staggered starts: direct TCP in both directions (the side that can be
+reached is dialled by the other; each side dials the other's candidates and accepts on its own
+listener), then UDP hole punching with QUIC on top, then (when available) a relay. Every
+attempt ends in :func:`overlay.media.secure_stream.secure` with the invite/answer keys, so a
+path that reaches the wrong party, or a party without the keys, never wins.
+
+Both sides may complete more than one path (two TCP connections crossing, say). The invite's
+sender decides: it sends ``SELECT`` on the first path it completed and closes the others; the
+other side uses the path on which ``SELECT`` arrives. A decision timeline is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from overlay.media.stream import ByteStream, TcpByteStream
+
+log = structlog.get_logger("overlay.media")
+
+SELECT = b"\x00SELECT\x00"
+TCP_CONNECT_TIMEOUT_S = 3.0
+UDP_STAGGER_S = 0.25
+RELAY_STAGGER_S = 1.5
+
+Securer = Callable[[ByteStream], Awaitable[ByteStream]]
+Attempt = Callable[[], Awaitable[ByteStream]]
+
+
+class Pushback:
+    """A ByteStream that first returns bytes already read from the one it wraps."""
+
+    def __init__(self, stream: ByteStream, leftover: bytes) -> None:
+        self.stream = stream
+        self.leftover = leftover
+        self.path = stream.path
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        if self.leftover:
+            data, self.leftover = self.leftover[:max_bytes], self.leftover[max_bytes:]
+            return data
+        return await self.stream.recv(max_bytes)
+
+    async def close(self) -> None:
+        await self.stream.close()
+
+
+class NoPath(Exception):
+    """No path completed an authenticated handshake in time."""
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    def add(self, event: str) -> None:
+        self.events.append((round(time.monotonic() - self.started, 4), event))
+
+
+class MediaListener:
+    """A client's TCP listener for direct connections; routes each incoming connection to
+    the session whose id it starts with."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.waiting: dict[bytes, asyncio.Queue[TcpByteStream]] = {}
+
+    async def start(self, host: str, port: int = 0) -> None:
+        self.server = await asyncio.start_server(self._accept, host, port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                session_id = await reader.readexactly(16)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        queue = self.waiting.get(session_id)
+        if queue is None:
+            writer.close()  # not a session we expect: drop without a word
+            return
+        queue.put_nowait(TcpByteStream(reader, writer))
+
+    def expect(self, session_id: bytes) -> asyncio.Queue[TcpByteStream]:
+        return self.waiting.setdefault(session_id, asyncio.Queue())
+
+    def forget(self, session_id: bytes) -> None:
+        self.waiting.pop(session_id, None)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+
+
+async def dial_tcp(host: str, port: int, session_id: bytes) -> TcpByteStream:
+    async with asyncio.timeout(TCP_CONNECT_TIMEOUT_S):
+        reader, writer = await asyncio.open_connection(host, port)
+    writer.write(session_id)
+    return TcpByteStream(reader, writer)
+
+
+async def _first_of(
+    attempts: dict[str, Attempt], securer: Securer, timeline: Timeline,
+    staggers: dict[str, float], timeout: float,
+) -> tuple[dict[str, ByteStream], dict[str, str]]:
+    """Run attempts (each delayed by its stagger); return the ones that completed the
+    handshake so far once the first does, plus the errors of those that failed."""
+    completed: dict[str, ByteStream] = {}
+    errors: dict[str, str] = {}
+    first = asyncio.Event()
+
+    async def run(name: str, attempt: Attempt) -> None:
+        await asyncio.sleep(staggers.get(name, 0.0))
+        if first.is_set():
+            return
+        timeline.add(f"{name}: start")
+        try:
+            raw = await attempt()
+            timeline.add(f"{name}: connected")
+            secured = await securer(raw)
+        except Exception as exc:  # each path fails for its own reasons; keep them all
+            errors[name] = str(exc) or type(exc).__name__
+            timeline.add(f"{name}: failed ({errors[name]})")
+            return
+        timeline.add(f"{name}: authenticated")
+        completed[name] = secured
+        first.set()
+
+    tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    try:
+        async with asyncio.timeout(timeout):
+            waiter = asyncio.create_task(first.wait())
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            while not first.is_set() and not all(t.done() for t in tasks):
+                await asyncio.wait([waiter, *[t for t in tasks if not t.done()]],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    except TimeoutError:
+        pass
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return completed, errors
+
+
+async def connect_as_initiator(
+    attempts: dict[str, Attempt], securer: Securer, timeout: float = 12.0,
+    staggers: dict[str, float] | None = None,
+) -> tuple[ByteStream, Timeline]:
+    timeline = Timeline()
+    completed, errors = await _first_of(
+        attempts, securer, timeline,
+        staggers or {"udp-punch": UDP_STAGGER_S, "relay": RELAY_STAGGER_S}, timeout)
+    if not completed:
+        detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
+        log.info("path_selection", outcome="no path", timeline=timeline.events)
+        raise NoPath(f"no path: {detail}")
+    winner_name = min(completed, key=lambda n: next(
+        t for t, e in timeline.events if e == f"{n}: authenticated"))
+    winner = completed.pop(winner_name)
+    for loser in completed.values():
+        await loser.close()
+    await winner.send(SELECT)
+    timeline.add(f"selected {winner_name}")
+    log.info("path_selection", outcome=winner_name, timeline=timeline.events)
+    return winner, timeline
+
+
+async def connect_as_responder(
+    attempts: dict[str, Attempt], securer: Securer, timeout: float = 15.0,
+    staggers: dict[str, float] | None = None,
+) -> tuple[ByteStream, Timeline]:
+    """Complete whatever paths work, and use the one the initiator selects."""
+    timeline = Timeline()
+    selected: asyncio.Future[tuple[str, ByteStream]] = asyncio.get_running_loop().create_future()
+    errors: dict[str, str] = {}
+
+    async def run(name: str, attempt: Attempt) -> None:
+        await asyncio.sleep((staggers or {"udp-punch": UDP_STAGGER_S,
+                                          "relay": RELAY_STAGGER_S}).get(name, 0.0))
+        if selected.done():
+            return
+        timeline.add(f"{name}: start")
+        try:
+            stream = await securer(await attempt())
+            timeline.add(f"{name}: authenticated")
+            first = b""
+            while len(first) < len(SELECT):
+                data = await stream.recv(65536)
+                if not data:
+                    break
+                first += data
+        except Exception as exc:
+            errors[name] = str(exc) or type(exc).__name__
+            timeline.add(f"{name}: failed ({errors[name]})")
+            return
+        if first[: len(SELECT)] == SELECT and not selected.done():
+            selected.set_result((name, Pushback(stream, first[len(SELECT):])))
+        else:
+            await stream.close()
+
+    tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    try:
+        async with asyncio.timeout(timeout):
+            done: asyncio.Future[object] = asyncio.ensure_future(
+                asyncio.gather(*tasks, return_exceptions=True))
+            waiting: list[asyncio.Future[object]] = [selected, done]  # type: ignore[list-item]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        pass
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if not selected.done():
+        detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
+        log.info("path_selection", outcome="no path", timeline=timeline.events)
+        raise NoPath(f"no path: {detail}")
+    name, stream = selected.result()
+    timeline.add(f"selected {name}")
+    log.info("path_selection", outcome=name, timeline=timeline.events)
+    return stream, timeline

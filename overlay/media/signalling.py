@@ -1,0 +1,177 @@
+"""Invites and answers: how two clients agree on a media session through supernodes.
+
+Both are signed by the users' identity keys (domain-separated) and carry a fresh X25519 key
+and the sender's candidate addresses. The receiver checks the signature against the key in the
+sender's own presence records, so a supernode that forwards them can neither forge nor alter
+them. The media key is X25519(invite key, answer key), bound to the hash of both signed
+messages: end to end, and authenticated by both identity keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+from nacl.bindings import crypto_scalarmult
+from nacl.public import PrivateKey
+
+from overlay.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
+from overlay.records import NAME_PATTERN
+
+INVITE_DOMAIN = b"overlay/invite/v1\x00"
+ANSWER_DOMAIN = b"overlay/answer/v1\x00"
+SESSION_ID_BYTES = 16
+MAX_CANDIDATES = 8
+#: an invite older than this (or this far in the future) is refused: no replays
+MAX_AGE_S = 120.0
+NAT_TYPES = ("public", "cone", "symmetric", "no-udp", "unknown")
+
+
+class SignallingError(Exception):
+    """A malformed, unsigned, stale or misdirected invite or answer."""
+
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Where a peer may be reached: TCP listeners (host and server-reflexive) and UDP
+    addresses of its media socket (host and server-reflexive), plus its NAT type."""
+
+    tcp: tuple[Address, ...] = ()
+    udp: tuple[Address, ...] = ()
+    nat: str = "unknown"
+    #: the supernode's dial-back succeeded: others can open TCP connections to us
+    reachable: bool = False
+
+    def to_wire(self) -> list[Any]:
+        return [[list(a) for a in self.tcp], [list(a) for a in self.udp], self.nat,
+                self.reachable]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Candidates:
+        if not isinstance(value, list) or len(value) != 4:
+            raise SignallingError("candidates are [tcp, udp, nat, reachable]")
+        tcp, udp, nat, reachable = value
+        if nat not in NAT_TYPES or type(reachable) is not bool:
+            raise SignallingError("bad nat type or reachable flag")
+        return cls(_addresses(tcp), _addresses(udp), nat, reachable)
+
+
+def _addresses(value: Any) -> tuple[Address, ...]:
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise SignallingError(f"at most {MAX_CANDIDATES} candidates of a kind")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list) or len(item) != 2 or type(item[0]) is not str
+            or len(item[0]) > 64 or type(item[1]) is not int or not 0 < item[1] < 65536
+        ):
+            raise SignallingError("a candidate is [host, port]")
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The signed body shared by invites and answers."""
+
+    kind: str  # "invite" or "answer"
+    session_id: bytes
+    from_user: str
+    from_device: str
+    from_key: bytes
+    to_user: str
+    ephemeral: bytes
+    candidates: Candidates
+    issued_at: float
+    purpose: str = "file"
+    #: answers: whether the callee accepts, and why not
+    accept: bool = True
+    reason: str = ""
+    wire: bytes = field(default=b"", repr=False, compare=False)
+
+    def fields(self) -> list[Any]:
+        return [self.kind, self.session_id, self.from_user, self.from_device, self.from_key,
+                self.to_user, self.ephemeral, self.candidates.to_wire(), self.issued_at,
+                self.purpose, self.accept, self.reason]
+
+
+def _domain(kind: str) -> bytes:
+    return INVITE_DOMAIN if kind == "invite" else ANSWER_DOMAIN
+
+
+def sign_offer(offer: Offer, identity: Identity) -> Offer:
+    body = msgpack.packb(offer.fields(), use_bin_type=True)
+    signature = identity.sign(_domain(offer.kind) + body)
+    wire = msgpack.packb([body, signature], use_bin_type=True)
+    return replace(offer, wire=wire)
+
+
+def open_offer(wire: bytes, now: float | None = None) -> Offer:
+    """Parse and verify the signature (by the key inside); the caller must still check that
+    ``from_key`` is the key in ``from_user``'s presence records."""
+    try:
+        outer = msgpack.unpackb(wire, raw=False, max_bin_len=4096, max_str_len=4096,
+                                max_array_len=16, max_map_len=0, max_ext_len=0)
+        body, signature = outer
+        values = msgpack.unpackb(body, raw=False, max_bin_len=4096, max_str_len=4096,
+                                 max_array_len=16, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise SignallingError(f"not an offer: {type(exc).__name__}") from None
+    if not isinstance(values, list) or len(values) != 12:
+        raise SignallingError("an offer has 12 fields")
+    (kind, session_id, from_user, from_device, from_key, to_user, ephemeral, candidates,
+     issued_at, purpose, accept, reason) = values
+    if kind not in ("invite", "answer"):
+        raise SignallingError(f"unknown offer kind {kind!r}")
+    if type(session_id) is not bytes or len(session_id) != SESSION_ID_BYTES:
+        raise SignallingError("bad session id")
+    for name in (from_user, from_device, to_user):
+        if type(name) is not str or not NAME_PATTERN.match(name):
+            raise SignallingError("bad user or device name")
+    for key in (from_key, ephemeral):
+        if type(key) is not bytes or len(key) != PUBLIC_KEY_BYTES:
+            raise SignallingError("bad key")
+    if type(issued_at) is not float or type(accept) is not bool or type(purpose) is not str \
+            or type(reason) is not str or len(reason) > 256:
+        raise SignallingError("bad offer fields")
+    if type(signature) is not bytes or not verify_signature(
+            from_key, _domain(kind) + body, signature):
+        raise SignallingError("offer signature does not verify")
+    t = time.time() if now is None else now
+    if abs(t - issued_at) > MAX_AGE_S:
+        raise SignallingError("offer is stale or from the future")
+    return Offer(kind, session_id, from_user, from_device, from_key, to_user, ephemeral,
+                 Candidates.from_wire(candidates), issued_at, purpose, accept, reason, wire=wire)
+
+
+@dataclass
+class MediaKeys:
+    """One side's ephemeral X25519 key for a session."""
+
+    private: PrivateKey = field(default_factory=PrivateKey.generate)
+
+    @property
+    def public(self) -> bytes:
+        return bytes(self.private.public_key)
+
+    def shared_secret(self, peer_public: bytes) -> bytes:
+        secret = crypto_scalarmult(bytes(self.private), peer_public)
+        if secret == bytes(32):
+            raise SignallingError("degenerate X25519 key")
+        return secret
+
+
+def transcript_hash(invite: Offer, answer: Offer) -> bytes:
+    return hashlib.blake2b(invite.wire + answer.wire, digest_size=32,
+                           person=b"overlay-media").digest()
+
+
+def new_session_id() -> bytes:
+    return os.urandom(SESSION_ID_BYTES)
