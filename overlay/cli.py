@@ -121,7 +121,7 @@ def build_parser(extra: Sequence[Callable[[Any], None]] = ()) -> argparse.Argume
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Subcommands contributed by other modules (kept out of this file's imports)."""
     found: list[Callable[[Any], None]] = []
-    for module_name in ("overlay.supernode_cli", "overlay.client_cli"):
+    for module_name in ("overlay.supernode_cli", "overlay.client_cli", "overlay.send_cli"):
         try:
             module = __import__(module_name, fromlist=["add_commands"])
         except ModuleNotFoundError as exc:

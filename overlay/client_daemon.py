@@ -62,6 +62,7 @@ from overlay.attach_policy import (
 from overlay.control import ControlError, ControlServer, JSONObject
 from overlay.host_cache import HostCache
 from overlay.identity import Identity
+from overlay.media.service import MediaService, SendFailed
 from overlay.promotion import Promoter, PromotionPolicy
 from overlay.promotion import run as run_promotion
 from overlay.records import NAME_PATTERN, PresenceRecord, SignedRecord, SupernodeRecord
@@ -300,6 +301,13 @@ class ClientDaemon:
                             promote_after_s=opts.promote_after_s),
             opts.listen_port, opts.state_dir, opts.bootstrap,
         )
+        self.media = MediaService(
+            self.identity, opts.user, opts.device,
+            opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
+            self.lookup, self._primary_session,
+            lambda: self.primary.ok if self.primary is not None else None,
+            self._reachable,
+        )
         self.control: ControlServer | None = None
         if opts.control_path is not None:
             self.control = ControlServer(opts.control_path)
@@ -308,6 +316,9 @@ class ClientDaemon:
                                   "a user's verified presence records")
             self.control.register("supernodes", self._cmd_supernodes,
                                   help="the host cache")
+            self.control.register("send", self._cmd_send, {"user": (str, True),
+                                                            "path": (str, True)},
+                                  "send a file to a user, end-to-end encrypted")
 
     # -- configuration helpers ---------------------------------------------------------------
 
@@ -341,6 +352,7 @@ class ClientDaemon:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.media.start()
         if self.control is not None:
             await self.control.start()
         log.info("client_starting", user=self.opts.user, device=self.opts.device,
@@ -367,6 +379,7 @@ class ClientDaemon:
         for bg in list(self._background):
             bg.cancel()
         await self.promoter.stop()
+        await self.media.stop()
         if self.control is not None:
             await self.control.stop()
         self._save_cache()
@@ -723,7 +736,10 @@ class ClientDaemon:
     # -- signals for the user --------------------------------------------------------------------
 
     def _deliver(self, msg: SignalDelivery) -> None:
-        """Write a delivered signal to the inbox dir as one JSON file (mode 0600)."""
+        """Media invites and answers go to the media service; any other signal is written to
+        the inbox dir as one JSON file (mode 0600)."""
+        if self.media.on_signal(msg):
+            return
         if self.opts.inbox is None:
             log.info("signal_dropped", from_user=msg.from_user, reason="no --inbox")
             return
@@ -778,10 +794,22 @@ class ClientDaemon:
             "failovers": self.failovers, "known_supernodes": len(self.cache),
             "may_become_supernode": self.opts.may_become_supernode, "pid": os.getpid(),
             "promotion": self.promoter.status(),
+            "transfers": self.media.transfers[-8:],
+            "sending": self.media.sending,
         }
 
     async def _cmd_status(self, args: JSONObject) -> JSONObject:
         return self.status()
+
+    async def _cmd_send(self, args: JSONObject) -> JSONObject:
+        try:
+            return await self.media.send(str(args["user"]), Path(str(args["path"])))
+        except SendFailed as exc:
+            raise ControlError(str(exc)) from None
+
+    def _reachable(self) -> bool:
+        check = self.promoter.state.last_check
+        return bool(check and check.tcp_ok)
 
     async def lookup(self, user: str) -> tuple[list[SignedRecord], str]:
         """Verified presence records for ``user`` via the primary (else the backup)."""

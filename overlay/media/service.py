@@ -1,0 +1,301 @@
+"""A client's media service: sends and answers invites, races paths, moves files.
+
+Caller: look the user up (records verified), sign an invite with a fresh X25519 key and our
+candidates, signal it through our supernode, wait for the signed answer (whose key must be the
+key in the callee's presence records), then race the paths and send the file. Callee: check an
+incoming invite against the caller's own presence records, answer, race the paths as the
+responder, and write the file into the inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from overlay import records
+from overlay.identity import Identity
+from overlay.media import transport_hooks
+from overlay.media.connect import (
+    Attempt,
+    MediaListener,
+    NoPath,
+    connect_as_initiator,
+    connect_as_responder,
+    dial_tcp,
+)
+from overlay.media.signalling import (
+    Candidates,
+    MediaKeys,
+    Offer,
+    SignallingError,
+    new_session_id,
+    open_offer,
+    sign_offer,
+    transcript_hash,
+)
+from overlay.media.stream import ByteStream
+from overlay.media.transfer import TransferError, receive_file, send_file
+from overlay.session_io import ClientSession, SessionError
+from overlay.wire import AttachOk, SignalDelivery
+
+log = structlog.get_logger("overlay.media")
+
+ANSWER_TIMEOUT_S = 10.0
+MAX_RECENT = 32
+
+Lookup = Callable[[str], Awaitable[tuple[list[records.SignedRecord], str]]]
+
+
+class SendFailed(Exception):
+    """A send did not happen; the message says why in a user's words."""
+
+
+@dataclass
+class Session:
+    session_id: bytes
+    peer_user: str
+    initiator: bool
+    keys: MediaKeys = field(default_factory=MediaKeys)
+    answer: asyncio.Future[Offer] | None = None
+
+
+class MediaService:
+    def __init__(
+        self,
+        identity: Identity,
+        user: str,
+        device: str,
+        inbox: Path,
+        lookup: Lookup,
+        primary: Callable[[], ClientSession | None],
+        attach_ok: Callable[[], AttachOk | None],
+        reachable: Callable[[], bool],
+    ) -> None:
+        self.identity = identity
+        self.user = user
+        self.device = device
+        self.inbox = inbox
+        self.lookup = lookup
+        self.primary = primary
+        self.attach_ok = attach_ok
+        self.reachable = reachable
+        self.listener = MediaListener()
+        self.udp: Any = None
+        self.sessions: dict[bytes, Session] = {}
+        self.transfers: list[dict[str, Any]] = []
+        #: outgoing transfers in progress, for progress bars: {"to", "name", "sent", "size"}
+        self.sending: list[dict[str, Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.listener.start("0.0.0.0", 0)
+        self.udp = await transport_hooks.open_udp(self.identity)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.listener.stop()
+        if self.udp is not None:
+            await transport_hooks.close_udp(self.udp)
+
+    # -- candidates -----------------------------------------------------------------------------
+
+    async def candidates(self, session: ClientSession) -> Candidates:
+        transport = session.proto.transport
+        local = transport.get_extra_info("sockname") if transport else None
+        local_ip = str(local[0]) if local else "127.0.0.1"
+        ok = self.attach_ok()
+        tcp = [(local_ip, self.listener.port)]
+        if ok is not None and ok.reflexive_host != local_ip:
+            tcp.append((ok.reflexive_host, self.listener.port))
+        udp, nat = await transport_hooks.udp_candidates(self.udp, self.identity, session,
+                                                        local_ip)
+        return Candidates(tuple(tcp), tuple(udp), nat, self.reachable())
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def _attempts(self, s: Session, local: Candidates, remote: Candidates) -> dict[str, Attempt]:
+        attempts: dict[str, Attempt] = {}
+        def dialer(host: str, port: int) -> Attempt:
+            async def dial() -> ByteStream:
+                return await dial_tcp(host, port, s.session_id)
+            return dial
+
+        for i, (host, port) in enumerate(dict.fromkeys(remote.tcp)):
+            attempts[f"tcp-dial-{i}"] = dialer(host, port)
+        queue = self.listener.expect(s.session_id)
+
+        async def accept() -> ByteStream:
+            return await queue.get()
+
+        attempts["tcp-accept"] = accept
+        punch = transport_hooks.udp_attempt(self.udp, s.session_id, s.initiator, local, remote)
+        if punch is not None:
+            attempts["udp-punch"] = punch
+        return attempts
+
+    def _securer(self, s: Session, shared: bytes, transcript: bytes
+                 ) -> Callable[[ByteStream], Awaitable[ByteStream]]:
+        async def secure(raw: ByteStream) -> ByteStream:
+            return await transport_hooks.secure(raw, shared, transcript, s.initiator)
+        return secure
+
+    # -- caller ---------------------------------------------------------------------------------
+
+    async def send(self, to_user: str, path: Path) -> dict[str, Any]:
+        if not path.is_file():  # noqa: ASYNC240
+            raise SendFailed(f"{path} is not a readable file")
+        session = self.primary()
+        if session is None:
+            raise SendFailed("not attached to a supernode yet")
+        try:
+            found, _ = await self.lookup(to_user)
+        except SessionError as exc:
+            raise SendFailed(f"lookup failed: {exc}") from None
+        now = time.time()
+        online = [s.record for s in found if isinstance(s.record, records.PresenceRecord)
+                  and s.record.online and s.record.expires_at > now]
+        if not online:
+            raise SendFailed(f"{to_user} is offline or unknown")
+        target = max(online, key=lambda r: r.issued_at)
+        s = Session(new_session_id(), to_user, initiator=True)
+        s.answer = asyncio.get_running_loop().create_future()
+        self.sessions[s.session_id] = s
+        try:
+            local = await self.candidates(session)
+            invite = sign_offer(Offer("invite", s.session_id, self.user, self.device,
+                                      self.identity.public_key, to_user, s.keys.public, local,
+                                      time.time()), self.identity)
+            result = await session.signal(to_user, invite.wire, to_device=target.device)
+            if not result.ok:
+                raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
+            try:
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    answer = await s.answer
+            except TimeoutError:
+                raise SendFailed(f"{to_user} did not answer within {ANSWER_TIMEOUT_S:.0f}s") \
+                    from None
+            if answer.from_key != target.user_key:
+                raise SendFailed(f"the answer is not signed by {to_user}'s key")
+            if not answer.accept:
+                raise SendFailed(f"{to_user} declined: {answer.reason}")
+            shared = s.keys.shared_secret(answer.ephemeral)
+            try:
+                stream, timeline = await connect_as_initiator(
+                    self._attempts(s, local, answer.candidates),
+                    self._securer(s, shared, transcript_hash(invite, answer)))
+            except NoPath as exc:
+                raise SendFailed(f"no path to {to_user}: {exc}") from None
+            progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
+                                        "size": 0, "path": stream.path}
+            self.sending.append(progress)
+
+            def update(sent: int, size: int) -> None:
+                progress.update(sent=sent, size=size)
+
+            try:
+                done = await send_file(stream, path, update)
+            except (TransferError, ConnectionError) as exc:
+                raise SendFailed(f"transfer failed: {exc}") from None
+            finally:
+                self.sending.remove(progress)
+                await stream.close()
+            return {"path": stream.path, "relay": getattr(stream, "relay_id", None),
+                    "bytes": done.bytes, "seconds": round(done.seconds, 4),
+                    "sha256": done.sha256, "timeline": timeline.events}
+        finally:
+            self.sessions.pop(s.session_id, None)
+            self.listener.forget(s.session_id)
+
+    # -- callee ---------------------------------------------------------------------------------
+
+    def on_signal(self, msg: SignalDelivery) -> bool:
+        """Handle a delivered invite or answer; False when the payload is not ours."""
+        try:
+            offer = open_offer(msg.payload)
+        except SignallingError as exc:
+            if msg.payload[:1] in (b"\x92",):
+                log.warning("offer_refused", from_user=msg.from_user, reason=str(exc))
+                return True
+            return False
+        if offer.from_key != msg.from_key or offer.from_user != msg.from_user \
+                or offer.to_user != self.user:
+            log.warning("offer_refused", from_user=msg.from_user, reason="misdirected")
+            return True
+        if offer.kind == "answer":
+            s = self.sessions.get(offer.session_id)
+            if s is not None and s.answer is not None and not s.answer.done():
+                s.answer.set_result(offer)
+            return True
+        task = asyncio.ensure_future(self._answer(offer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _answer(self, invite: Offer) -> None:
+        session = self.primary()
+        if session is None or invite.session_id in self.sessions:
+            return
+        try:
+            found, _ = await self.lookup(invite.from_user)
+        except SessionError as exc:
+            log.warning("invite_unverified", from_user=invite.from_user, error=str(exc))
+            return
+        if not any(isinstance(r.record, records.PresenceRecord)
+                   and r.record.user_key == invite.from_key for r in found):
+            log.warning("invite_refused", from_user=invite.from_user,
+                        reason="not signed by the key in the caller's presence records")
+            return
+        s = Session(invite.session_id, invite.from_user, initiator=False)
+        self.sessions[s.session_id] = s
+        entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
+                                 "first_byte_at": None, "done_at": None, "path": None}
+        try:
+            local = await self.candidates(session)
+            answer = sign_offer(Offer("answer", s.session_id, self.user, self.device,
+                                      self.identity.public_key, invite.from_user, s.keys.public,
+                                      local, time.time()), self.identity)
+            attempts = self._attempts(s, local, invite.candidates)
+            result = await session.signal(invite.from_user, answer.wire,
+                                          to_device=invite.from_device)
+            if not result.ok:
+                log.warning("answer_not_delivered", to_user=invite.from_user,
+                            reason=result.reason)
+                return
+            shared = s.keys.shared_secret(invite.ephemeral)
+            stream, _ = await connect_as_responder(
+                attempts, self._securer(s, shared, transcript_hash(invite, answer)))
+            entry["path"] = stream.path
+            self._remember(entry)
+            try:
+                done = await receive_file(stream, self.inbox)
+            finally:
+                await stream.close()
+            entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,
+                         first_byte_at=done.first_byte_at, done_at=time.time())
+            log.info("file_received", from_user=invite.from_user, name=done.name,
+                     bytes=done.bytes, path=stream.path)
+        except (NoPath, TransferError, SessionError, SignallingError, ConnectionError) as exc:
+            entry["error"] = str(exc)
+            self._remember(entry)
+            log.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))
+        finally:
+            self.sessions.pop(s.session_id, None)
+            self.listener.forget(s.session_id)
+
+    def _remember(self, entry: dict[str, Any]) -> None:
+        if entry not in self.transfers:
+            self.transfers.append(entry)
+            del self.transfers[:-MAX_RECENT]
+
+
+async def close_quietly(stream: ByteStream) -> None:
+    with contextlib.suppress(Exception):
+        await stream.close()
