@@ -1,0 +1,316 @@
+"""Connectivity benchmark: per pair of NAT kinds, time from ``send`` to the first byte at the
+receiver, and throughput, over real nftables routers in the NAT lab.
+
+``python -m tools.bench.connect [--size 1MiB] [--pairs all|cone-cone,public-tcp-only,...]
+[--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--out FILE]``
+
+Needs root, ``ip`` and ``nft`` (the NAT lab, :mod:`tools.natlab`); it builds a lab with a
+bootstrap node and two supernodes on the public segment and, for each kind in the chosen pairs,
+client ``KIND-1`` (sender) and/or ``KIND-2`` (receiver), each behind its own router
+(:class:`tests.lab_overlay.LabOverlay`, the same harness as the acceptance test). Pairs run one
+after the other, ``--repeat`` transfers each, one transfer at a time, each a fresh file of
+``--size`` random bytes. A transfer is the client's control ``send`` command, issued directly on
+the sender's control socket (what ``overlay send`` does, minus the CLI's ~0.3 s of Python
+start-up); ``t0`` is the wall clock just before the request.
+
+Per transfer, from the receiver's control ``status`` -> ``transfers`` entry for the file
+(``first_byte_at``, ``done_at``: receiver wall clock; every process runs on this machine, so
+one clock):
+
+- ``ttfb_s`` = ``first_byte_at - t0``: lookup, invite and answer through the supernodes, path
+  race, end-to-end handshake, first data frame written;
+- ``transfer_s`` = ``done_at - first_byte_at``; ``throughput_mbps`` = bytes * 8 /
+  ``transfer_s`` / 1e6 (payload, at the receiver);
+- ``total_s`` = the ``send`` request's wall time (until the receiver's ACK reached the sender).
+
+When the receiver's status has no ``transfers`` (older daemons), a thread polls the receiver's
+inbox every 2 ms for the partial file (``.NAME.*.partial``) growing past 0 bytes, and the final
+file; ``timing`` says which source was used.
+
+A failed transfer (e.g. "no path" for pairs that need the relay) records its error and the time
+it took to fail. Every send has a ``--timeout``; the whole run is bounded by ``--max-run-s``
+(pairs not started by then are marked ``skipped``). The lab (and every daemon in it) is torn
+down at the end, on errors and on SIGTERM/SIGINT. One JSON document goes to stdout (and
+``--out``), a table to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from overlay.control import ControlSocketError, control_request
+from tests.lab_overlay import KINDS, LabOverlay, lab_available, sha256_file
+
+UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
+         "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size like 1MiB, 512KiB, 10MB, 4096")
+    size = int(float(m.group(1)) * UNITS[m.group(2).lower()])
+    if not 1 <= size <= 1 << 30:
+        raise argparse.ArgumentTypeError("size must be 1 B .. 1 GiB")
+    return size
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """``cone-tcp-only`` -> ("cone", "tcp-only"); ``cone:tcp-only`` works too."""
+    text = text.strip()
+    if ":" in text:
+        a, _, b = text.partition(":")
+        if a in KINDS and b in KINDS:
+            return a, b
+    for i, ch in enumerate(text):
+        if ch == "-" and text[:i] in KINDS and text[i + 1:] in KINDS:
+            return text[:i], text[i + 1:]
+    raise argparse.ArgumentTypeError(f"{text!r}: a pair is KIND-KIND, kinds: {', '.join(KINDS)}")
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    if text.strip() == "all":
+        return [(a, b) for a in KINDS for b in KINDS]
+    pairs = [parse_pair(p) for p in text.split(",") if p.strip()]
+    if not pairs:
+        raise argparse.ArgumentTypeError("no pairs")
+    return list(dict.fromkeys(pairs))
+
+
+def parse_netem(text: str) -> dict[str, float]:
+    try:
+        delay, loss = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--netem DELAY_MS,LOSS_PCT, e.g. 100,2") from None
+    return {"delay_ms": delay, "loss_pct": loss}
+
+
+class InboxWatcher(threading.Thread):
+    """Fallback timing: polls an inbox for a file's partial copy and its final name."""
+
+    def __init__(self, inbox: Path, name: str, interval: float = 0.002) -> None:
+        super().__init__(daemon=True)
+        self.inbox, self.name, self.interval = inbox, name, interval
+        self.first_byte_at: float | None = None
+        self.done_at: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        final = self.inbox / self.name
+        prefix = f".{self.name}."
+        while not self.stop.is_set() and self.done_at is None:
+            now = time.time()
+            if self.first_byte_at is None:
+                with contextlib.suppress(OSError):
+                    for entry in os.scandir(self.inbox):
+                        if entry.name.startswith(prefix) and entry.name.endswith(".partial") \
+                                and entry.stat().st_size > 0:
+                            self.first_byte_at = now
+                            break
+            if final.exists():
+                self.done_at = now
+                if self.first_byte_at is None:
+                    self.first_byte_at = now
+            time.sleep(self.interval)
+
+
+def receiver_entry(ov: LabOverlay, host: str, name: str, wait_s: float = 3.0
+                   ) -> dict[str, Any] | None:
+    """The receiver's ``transfers`` entry for ``name`` (None when its status has none)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        status = ov.status(host)
+        transfers = status.get("transfers")
+        if transfers is None:
+            return None
+        for t in transfers:
+            if t.get("name") == name and t.get("done_at"):
+                return dict(t)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
+                 ) -> dict[str, Any]:
+    name = f"bench-{src}-{dst}-{os.urandom(4).hex()}.bin"
+    file = ov.make_file(src, name, size)
+    sha = sha256_file(file)
+    watcher = InboxWatcher(ov.inbox(dst), name)
+    ov.inbox(dst).mkdir(parents=True, exist_ok=True)
+    watcher.start()
+    t0 = time.time()
+    try:
+        answer = control_request(ov.sock(src), {"cmd": "send", "user": ov.user(dst),
+                                                "path": str(file)}, timeout=timeout)
+    except ControlSocketError as exc:
+        answer = {"ok": False, "error": f"control socket: {exc}"}
+    t1 = time.time()
+    run: dict[str, Any] = {"ok": bool(answer.get("ok")), "total_s": round(t1 - t0, 4)}
+    if not answer.get("ok"):
+        watcher.stop.set()
+        run["error"] = str(answer.get("error"))[:500]
+        file.unlink(missing_ok=True)
+        return run
+    run.update(path=answer.get("path"), relay=answer.get("relay"), bytes=answer.get("bytes"),
+               sender_seconds=answer.get("seconds"))
+    entry = receiver_entry(ov, dst, name)
+    deadline = time.monotonic() + 3.0
+    while watcher.done_at is None and time.monotonic() < deadline and entry is None:
+        time.sleep(0.01)
+    watcher.stop.set()
+    watcher.join(1.0)
+    if entry is not None and entry.get("first_byte_at"):
+        first, done, run["timing"] = entry["first_byte_at"], entry["done_at"], "status"
+        if entry.get("path") and entry["path"] != run["path"]:
+            run["receiver_path"] = entry["path"]
+    else:
+        first, done, run["timing"] = watcher.first_byte_at, watcher.done_at, "inbox-poll"
+    target = ov.inbox(dst) / name
+    run["intact"] = target.exists() and sha256_file(target) == sha
+    if not run["intact"]:
+        run["ok"] = False
+        run["error"] = "the receiver's file is missing or differs"
+    if first is not None:
+        run["ttfb_s"] = round(first - t0, 4)
+    if first is not None and done is not None and done > first:
+        run["transfer_s"] = round(done - first, 4)
+        run["throughput_mbps"] = round(size * 8 / (done - first) / 1e6, 2)
+    file.unlink(missing_ok=True)
+    target.unlink(missing_ok=True)
+    return run
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if r["ok"]]
+    paths = Counter(r.get("path") for r in ok)
+    errors = Counter(r.get("error", "")[:120] for r in runs if not r["ok"])
+    return {
+        "runs": len(runs), "ok": len(ok),
+        "path": paths.most_common(1)[0][0] if paths else None,
+        "paths": dict(paths),
+        "ttfb_s_median": _median([r["ttfb_s"] for r in ok if "ttfb_s" in r]),
+        "ttfb_s_min": min((r["ttfb_s"] for r in ok if "ttfb_s" in r), default=None),
+        "ttfb_s_max": max((r["ttfb_s"] for r in ok if "ttfb_s" in r), default=None),
+        "throughput_mbps_median": _median([r["throughput_mbps"] for r in ok
+                                           if "throughput_mbps" in r]),
+        "total_s_median": _median([r["total_s"] for r in ok]),
+        "fail_s_median": _median([r["total_s"] for r in runs if not r["ok"]]),
+        "errors": dict(errors),
+    }
+
+
+def environment() -> dict[str, Any]:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "loadavg": os.getloadavg(), "git_head": head, "kernel": platform.release()}
+
+
+def table(pairs: dict[str, dict[str, Any]]) -> str:
+    head = (f"{'pair':<24} {'ok':>5} {'path':<11} {'ttfb s':>7} {'min':>6} {'max':>6} "
+            f"{'Mbit/s':>8} {'total s':>8}  note")
+    lines = [head, "-" * len(head)]
+
+    def f(v: Any, w: int, p: int = 2) -> str:
+        return f"{v:>{w}.{p}f}" if isinstance(v, int | float) else f"{'-':>{w}}"
+
+    for key, p in pairs.items():
+        s = p.get("summary")
+        if s is None:
+            lines.append(f"{key:<24} {'':>5} skipped (--max-run-s)")
+            continue
+        note = ""
+        if s["errors"]:
+            err, _ = next(iter(Counter(s["errors"]).most_common(1)))
+            note = f"{err[:60]} ({s['fail_s_median']:.1f}s)" if s["fail_s_median"] else err[:60]
+        lines.append(f"{key:<24} {s['ok']:>2}/{s['runs']:<2} {s['path'] or '-':<11} "
+                     f"{f(s['ttfb_s_median'], 7, 3)} {f(s['ttfb_s_min'], 6)} "
+                     f"{f(s['ttfb_s_max'], 6)} {f(s['throughput_mbps_median'], 8, 1)} "
+                     f"{f(s['total_s_median'], 8)}  {note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.connect",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=parse_size, default=1 << 20, help="file size (1MiB)")
+    ap.add_argument("--pairs", type=parse_pairs, default=parse_pairs("all"),
+                    help="all, or SENDERKIND-RECEIVERKIND,... (e.g. cone-cone,public-tcp-only)")
+    ap.add_argument("--repeat", type=int, default=3, help="transfers per pair (3)")
+    ap.add_argument("--netem", type=parse_netem, default=None, metavar="DELAY_MS,LOSS_PCT",
+                    help="impair every client's and supernode's link (each direction)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="per send, seconds (120)")
+    ap.add_argument("--max-run-s", type=float, default=900.0,
+                    help="stop starting pairs after this (900)")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = ap.parse_args(argv)
+    ok, why = lab_available()
+    if not ok:
+        print(f"connect bench: {why}", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+
+    started = time.monotonic()
+    clients = {f"{a}-1": a for a, _ in args.pairs} | {f"{b}-2": b for _, b in args.pairs}
+    work = Path(tempfile.mkdtemp(prefix="bc-"))
+    result: dict[str, Any] = {
+        "bench": "connect", "size": args.size, "repeat": args.repeat, "netem": args.netem,
+        "environment": environment(), "pairs": {},
+    }
+    try:
+        with LabOverlay(work, clients, netem=args.netem) as ov:
+            assert ov.lab is not None
+            result["netem_backend"] = ov.lab.netem_backend
+            result["setup_s"] = round(time.monotonic() - started, 2)
+            result["attached_to"] = {h: ov.attached_to(h) for h in clients}
+            for a, b in args.pairs:
+                key = f"{a}->{b}"
+                if time.monotonic() - started > args.max_run_s:
+                    result["pairs"][key] = {"skipped": True}
+                    continue
+                runs = []
+                for _ in range(args.repeat):
+                    runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout))
+                    print(f"{key}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
+                result["pairs"][key] = {"runs": runs, "summary": summarize(runs)}
+            ov.check_alive()
+    finally:
+        result["run_s"] = round(time.monotonic() - started, 2)
+        if args.keep:
+            result["work_dir"] = str(work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    doc = json.dumps(result, indent=2)
+    print(doc)
+    if args.out:
+        args.out.write_text(doc + "\n")
+    print("\n" + table(result["pairs"]), file=sys.stderr)
+    print(f"size {args.size} B, {args.repeat} per pair, netem {args.netem}, "
+          f"run {result['run_s']} s (setup {result.get('setup_s')} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
