@@ -1,0 +1,228 @@
+"""The client's reflexive UDP address and NAT type, asked of supernodes (sans-IO + asyncio).
+
+A supernode answers the DHT application method ``"binding"`` with the source address of the
+request: ``{"host": ip, "port": port}`` in a signed RESPONSE envelope. The request goes out of
+the client's *media socket*, the same UDP socket later used for hole punching, so the answer is
+the public address a peer must aim at.
+
+NAT type, from two supernodes asked from the same socket (:func:`classify`):
+
+- ``"public"``: the mapped address is the socket's own address (no NAT; a stateful firewall
+  may still filter, which this cannot tell);
+- ``"cone"``: both supernodes saw the same address (endpoint-independent mapping: punching
+  works);
+- ``"symmetric"``: each saw another port (a mapping per destination: punching to a
+  port-restricted peer fails);
+- ``"no-udp"``: nobody answered (UDP blocked, e.g. a TCP-only network);
+- ``"unknown"``: only one answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from overlay.dht.envelope import Envelope, Flags, Kind, new_msg_id, seal
+from overlay.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, Identity, node_id_for
+
+Address = tuple[str, int]
+
+#: retransmit a binding request this often (doubling), at most this many times in all
+BINDING_RTO_S = 0.3
+BINDING_ATTEMPTS = 4
+
+
+class EnvelopePort(Protocol):
+    """What the binding client needs of a UDP socket (``MediaSocket`` offers it): send a
+    datagram, and have RESPONSE envelopes with a given msg_id handed over."""
+
+    @property
+    def local_address(self) -> Address: ...
+
+    def sendto(self, data: bytes, addr: Address) -> None: ...
+
+    def subscribe(self, msg_id: bytes, callback: Callable[[Envelope, Address], None]) -> None: ...
+
+    def unsubscribe(self, msg_id: bytes) -> None: ...
+
+
+def _key_matches(sender_key: bytes, expected: bytes) -> bool:
+    """``expected`` is the supernode's public key (32 bytes) or its node id (20 bytes)."""
+    if len(expected) == PUBLIC_KEY_BYTES:
+        return sender_key == expected
+    if len(expected) == NODE_ID_BYTES:
+        return node_id_for(sender_key) == expected
+    return False
+
+
+def parse_binding(payload: object) -> Address | None:
+    """The address in a binding answer, or None when it is not one."""
+    if not isinstance(payload, dict):
+        return None
+    host, port = payload.get("host"), payload.get("port")
+    if type(host) is not str or not 0 < len(host) <= 64 or type(port) is not int \
+            or not 0 < port < 65536:
+        return None
+    return (host, port)
+
+
+@dataclass
+class BindingTransaction:
+    """One binding request to one supernode, with retransmissions (sans-IO).
+
+    ``poll(now)`` returns the datagrams due (the first request, then retransmissions);
+    ``receive(env, now)`` takes a RESPONSE envelope with our msg_id. ``done`` once answered or
+    timed out; ``result`` is the mapped address or None.
+    """
+
+    identity: Identity
+    server: Address
+    node_key: bytes
+    timeout: float
+    now: float
+    rto: float = BINDING_RTO_S
+    attempts: int = BINDING_ATTEMPTS
+    msg_id: bytes = field(default_factory=new_msg_id)
+    result: Address | None = None
+    done: bool = False
+    sent: int = 0
+    #: why the last answers were ignored (wrong sender, malformed): for logs
+    ignored: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.deadline = self.now + self.timeout
+        self._next_send = self.now
+        self._request = seal(self.identity, Kind.REQUEST, self.msg_id, Flags.CLIENT,
+                             ["binding", []])
+
+    def poll(self, now: float) -> list[bytes]:
+        if self.done:
+            return []
+        if now >= self.deadline:
+            self.done = True
+            return []
+        if now >= self._next_send and self.sent < self.attempts:
+            self._next_send = now + self.rto * (2 ** self.sent)
+            self.sent += 1
+            return [self._request]
+        return []
+
+    def next_deadline(self) -> float | None:
+        if self.done:
+            return None
+        if self.sent < self.attempts:
+            return min(self._next_send, self.deadline)
+        return self.deadline
+
+    def receive(self, env: Envelope, now: float) -> bool:
+        """True when ``env`` answered this transaction."""
+        if self.done or env.kind is not Kind.RESPONSE or env.msg_id != self.msg_id:
+            return False
+        if not _key_matches(env.sender_key, self.node_key):
+            self.ignored.append("wrong_sender")
+            return False
+        mapped = parse_binding(env.payload)
+        if mapped is None:
+            self.ignored.append("malformed")
+            return False
+        self.result = mapped
+        self.done = True
+        return True
+
+
+def classify(local: Address, mapped: Sequence[Address | None]) -> str:
+    """NAT type from the socket's own address and what each supernode saw (sans-IO).
+
+    ``local`` must be the host address the socket is bound to (not ``0.0.0.0``)."""
+    answers = [m for m in mapped if m is not None]
+    if not answers:
+        return "no-udp"
+    if any(m == local for m in answers):
+        return "public"
+    if len(answers) < 2:
+        return "unknown"
+    if all(m == answers[0] for m in answers[1:]):
+        return "cone"
+    return "symmetric"
+
+
+@dataclass(frozen=True)
+class NatReport:
+    """What :func:`nat_type` found: the type, the socket's address, each supernode's view."""
+
+    nat: str
+    local: Address
+    mapped: tuple[Address | None, ...]
+    elapsed: float
+
+    @property
+    def candidates(self) -> list[Address]:
+        """UDP candidates to announce: the host address, then each distinct mapped one."""
+        out = [self.local]
+        for m in self.mapped:
+            if m is not None and m not in out:
+                out.append(m)
+        return out
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+async def _run(port: EnvelopePort, txn: BindingTransaction) -> Address | None:
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def on_envelope(env: Envelope, addr: Address) -> None:
+        if txn.receive(env, time.monotonic()):
+            wake.set()
+
+    port.subscribe(txn.msg_id, on_envelope)
+    try:
+        while True:
+            now = time.monotonic()
+            for datagram in txn.poll(now):
+                port.sendto(datagram, txn.server)
+            if txn.done:
+                return txn.result
+            deadline = txn.next_deadline()
+            delay = 0.0 if deadline is None else max(0.0, deadline - now)
+            wake.clear()
+            with_timeout = loop.call_later(delay, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                with_timeout.cancel()
+    finally:
+        port.unsubscribe(txn.msg_id)
+
+
+async def reflexive_address(
+    media: EnvelopePort, identity: Identity, supernode_addr: Address, node_key: bytes,
+    timeout: float = 2.0,
+) -> Address | None:
+    """The address ``supernode_addr`` sees ``media``'s datagrams come from, or None when it
+    did not answer within ``timeout`` (retransmitting every 0.3 s, 0.6 s, 1.2 s).
+
+    ``node_key`` is the supernode's ed25519 public key (or its 20-byte node id); answers
+    signed by anyone else are ignored."""
+    txn = BindingTransaction(identity, supernode_addr, node_key, timeout, time.monotonic())
+    return await _run(media, txn)
+
+
+async def nat_type(
+    media: EnvelopePort, identity: Identity, supernodes: Sequence[tuple[Address, bytes]],
+    timeout: float = 2.0, local: Address | None = None,
+) -> NatReport:
+    """Ask each ``(address, node_key)`` in ``supernodes`` (two of them, on different hosts,
+    for a meaningful answer) at once from ``media``; classify the answers.
+
+    ``local`` defaults to ``media.local_address``; pass the host address when the socket is
+    bound to a wildcard address."""
+    started = time.monotonic()
+    mapped = await asyncio.gather(*[
+        reflexive_address(media, identity, addr, key, timeout) for addr, key in supernodes])
+    own = local or media.local_address
+    return NatReport(classify(own, mapped), own, tuple(mapped), time.monotonic() - started)

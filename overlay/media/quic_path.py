@@ -1,0 +1,439 @@
+"""QUIC on a punched UDP path: one bidirectional stream as a ByteStream (``path = "udp-punch"``).
+
+After :func:`overlay.media.punch.punch` both clients know each other's address as seen through
+their NATs. The initiator (the invite's sender) is the QUIC client, the other side the QUIC
+server, both on their :class:`~overlay.media.punch.MediaSocket`, so QUIC packets take the very
+holes the probes opened. aioquic's sans-IO ``QuicConnection`` does the protocol;
+:class:`QuicStreamCore` (sans-IO, explicit ``now``) adds the one-stream logic;
+:class:`QuicByteStream` is the thin asyncio adapter.
+
+Security: QUIC's TLS here is transport encryption only. The server presents an ephemeral
+self-signed certificate made in memory for this connection and the client does not verify it
+(``verify_mode=CERT_NONE``): nobody's identity is, or could be, bound to it. Authentication and
+end-to-end encryption come from :func:`overlay.media.secure_stream.secure` run on top of the
+returned stream with the invite/answer keys; a man in the middle of the QUIC layer ends up
+holding a stream on which that confirmation never completes.
+
+The stream: the client opens stream 0 with an 8-byte preamble (``PREAMBLE``), which the server
+checks and strips, so the server may send as soon as the stream exists. ``send`` applies
+back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or unacknowledged;
+``recv`` returns ``b""`` after the peer's FIN; ``close`` sends FIN, waits (bounded) until
+everything sent was acknowledged, then closes the connection with NO_ERROR. A PING every
+``KEEPALIVE_S`` keeps NAT mappings and the idle timer alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import Callable
+
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.packet import QuicErrorCode, QuicHeader
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from overlay.media.punch import QUIC_CID_BYTES, Address, MediaSocket, punch, punch_key
+
+ALPN = "overlay-media/1"
+PREAMBLE = b"OVLQ\x00\x00\x00\x01"
+PATH_NAME = "udp-punch"
+IDLE_TIMEOUT_S = 30.0
+KEEPALIVE_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+#: ``send`` waits while more than this is unsent or unacknowledged
+SEND_HIGH_WATER = 512 * 1024
+#: ``close`` waits at most this long for the peer to acknowledge everything
+CLOSE_TIMEOUT_S = 15.0
+#: UDP payload size; 1350 fits under any usual path MTU (1500, PPPoE, most VPNs)
+MAX_DATAGRAM_SIZE = 1350
+#: stream and connection receive windows (bytes in flight the peer may send ahead)
+RECEIVE_WINDOW = 4 * 1024 * 1024
+CONGESTION_CONTROL = "cubic"
+STREAM_ID = 0
+
+
+class QuicPathError(ConnectionError):
+    """The QUIC connection could not be set up, or ended abnormally."""
+
+
+def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A fresh P-256 key and a self-signed certificate for it, in memory only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "overlay-media")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def configuration(is_client: bool, idle_timeout: float = IDLE_TIMEOUT_S) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=idle_timeout,
+        connection_id_length=QUIC_CID_BYTES,
+        max_datagram_size=MAX_DATAGRAM_SIZE,
+        max_data=RECEIVE_WINDOW,
+        max_stream_data=RECEIVE_WINDOW,
+        congestion_control_algorithm=CONGESTION_CONTROL,
+        verify_mode=ssl.CERT_NONE,
+        server_name="overlay-media",
+    )
+    if not is_client:
+        config.certificate, config.private_key = self_signed_certificate()
+    return config
+
+
+class QuicStreamCore:
+    """Sans-IO: a ``QuicConnection`` carrying one bidirectional stream (stream 0).
+
+    Feed it with :meth:`receive` and :meth:`handle_timer`; collect :meth:`datagrams`; query
+    :meth:`timer`. Received stream bytes accumulate in ``received``; ``fin_received``,
+    ``handshake_done``, ``stream_open`` and ``error`` describe the state. ``new_cids`` and
+    ``retired_cids`` list connection ids the socket must start or stop routing here.
+    """
+
+    def __init__(self, conn: QuicConnection, is_client: bool) -> None:
+        self.conn = conn
+        self.is_client = is_client
+        self.received = bytearray()
+        self.fin_received = False
+        self.handshake_done = False
+        #: the client opened the stream (and, server side, its preamble checked out)
+        self.stream_open = is_client
+        self.error: str | None = None
+        self.terminated = False
+        self.new_cids: list[bytes] = []
+        self.retired_cids: list[bytes] = []
+        self._preamble = bytearray()
+        self._fin_sent = False
+        self._ping_uid = 0
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def connect(self, addr: Address, now: float) -> None:
+        """Client: start the handshake and open the stream with the preamble."""
+        self.conn.connect(addr, now=now)
+        self.conn.send_stream_data(STREAM_ID, PREAMBLE)
+
+    def receive(self, data: bytes, addr: Address, now: float) -> None:
+        self.conn.receive_datagram(data, addr, now=now)
+        self._process()
+
+    def handle_timer(self, now: float) -> None:
+        self.conn.handle_timer(now=now)
+        self._process()
+
+    def datagrams(self, now: float) -> list[tuple[bytes, Address]]:
+        return [(d, (str(a[0]), int(a[1]))) for d, a in self.conn.datagrams_to_send(now=now)]
+
+    def timer(self) -> float | None:
+        return self.conn.get_timer()
+
+    def ping(self) -> None:
+        if not self.terminated:
+            self._ping_uid += 1
+            self.conn.send_ping(self._ping_uid)
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.terminated:
+            raise QuicPathError(self.error or "the connection is closed")
+        if self._fin_sent:
+            raise QuicPathError("send after close")
+        if not self.stream_open:
+            raise QuicPathError("the stream is not open yet")
+        self.conn.send_stream_data(STREAM_ID, data)
+
+    def finish(self) -> None:
+        """Send FIN (once)."""
+        if self._fin_sent or self.terminated or not self.stream_open:
+            return
+        self._fin_sent = True
+        self.conn.send_stream_data(STREAM_ID, b"", end_stream=True)
+
+    def unacknowledged(self) -> int:
+        """Bytes written but not yet acknowledged by the peer (including unsent ones)."""
+        stream = self.conn._streams.get(STREAM_ID)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+
+    def all_acknowledged(self) -> bool:
+        """Everything, FIN included, reached the peer."""
+        stream = self.conn._streams.get(STREAM_ID)
+        return stream is None or stream.sender.is_finished
+
+    def close(self, error: str | None = None) -> None:
+        if self.terminated:
+            return
+        if error is None:
+            self.conn.close(error_code=QuicErrorCode.NO_ERROR)
+        else:
+            self.conn.close(error_code=QuicErrorCode.APPLICATION_ERROR, reason_phrase=error)
+            self.error = self.error or error
+
+    @property
+    def draining(self) -> bool:
+        return self.conn._state not in (QuicConnectionState.FIRSTFLIGHT,
+                                        QuicConnectionState.CONNECTED)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, events.HandshakeCompleted):
+                if event.alpn_protocol != ALPN:
+                    self.close(f"ALPN {event.alpn_protocol!r}")
+                else:
+                    self.handshake_done = True
+            elif isinstance(event, events.StreamDataReceived):
+                if event.stream_id == STREAM_ID:
+                    self._stream_data(event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset):
+                if event.stream_id == STREAM_ID:
+                    self.error = self.error or f"stream reset by the peer ({event.error_code})"
+                    self.close(self.error)
+            elif isinstance(event, events.ConnectionTerminated):
+                self.terminated = True
+                if event.error_code != QuicErrorCode.NO_ERROR or not self.fin_received:
+                    self.error = self.error or (
+                        f"connection closed (code {event.error_code}"
+                        + (f": {event.reason_phrase}" if event.reason_phrase else "") + ")")
+            elif isinstance(event, events.ConnectionIdIssued):
+                self.new_cids.append(event.connection_id)
+            elif isinstance(event, events.ConnectionIdRetired):
+                self.retired_cids.append(event.connection_id)
+
+    def _stream_data(self, data: bytes, end: bool) -> None:
+        if not self.stream_open:
+            need = len(PREAMBLE) - len(self._preamble)
+            self._preamble += data[:need]
+            data = data[need:]
+            if len(self._preamble) < len(PREAMBLE):
+                if end:
+                    self.close("stream ended inside the preamble")
+                return
+            if bytes(self._preamble) != PREAMBLE:
+                self.close("not an overlay media stream")
+                return
+            self.stream_open = True
+        self.received += data
+        if end:
+            self.fin_received = True
+
+
+class QuicByteStream:
+    """The asyncio adapter: a :class:`ByteStream` over :class:`QuicStreamCore` on a
+    :class:`MediaSocket`. Made by :func:`quic_connect`."""
+
+    path = PATH_NAME
+
+    def __init__(self, media: MediaSocket, core: QuicStreamCore, peer: Address) -> None:
+        self.media = media
+        self.core = core
+        self.peer = peer
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._changed = asyncio.Event()
+        self._closed = False
+        self._keepalive = self._loop.call_later(KEEPALIVE_S, self._ping)
+        media.add_quic_route(self, cid=core.conn.host_cid, addr=peer)
+
+    # -- MediaSocket side --------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.core.receive(data, addr, self._loop.time())
+        self._after()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self._loop.time())
+        self._after()
+
+    def _ping(self) -> None:
+        if self.core.terminated:
+            return
+        self.core.ping()
+        self._after()
+        self._keepalive = self._loop.call_later(KEEPALIVE_S, self._ping)
+
+    def _after(self) -> None:
+        """Send what is due, route new connection ids, re-arm the timer, wake waiters."""
+        for data, addr in self.core.datagrams(self._loop.time()):
+            self.media.sendto(data, addr)
+        for cid in self.core.new_cids:
+            self.media.add_quic_route(self, cid=cid)
+        for cid in self.core.retired_cids:
+            self.media.remove_quic_cid(cid)
+        self.core.new_cids.clear()
+        self.core.retired_cids.clear()
+        at = self.core.timer()
+        if at != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = at
+            if at is not None:
+                self._timer = self._loop.call_at(at, self._on_timer)
+        if self.core.terminated:
+            self._teardown()
+        self._changed.set()
+
+    def _teardown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._keepalive.cancel()
+        self.media.remove_quic_routes(self)
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``predicate()``; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- ByteStream --------------------------------------------------------------------------
+
+    async def send(self, data: bytes) -> None:
+        if not self.core.stream_open:
+            await self._wait(lambda: self.core.stream_open or self.core.terminated)
+        self.core.write(data)
+        self._after()
+        await self._wait(lambda: self.core.terminated
+                         or self.core.unacknowledged() <= SEND_HIGH_WATER)
+        if self.core.terminated and self.core.error:
+            raise QuicPathError(self.core.error)
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        await self._wait(lambda: bool(self.core.received) or self.core.fin_received
+                         or self.core.terminated)
+        if self.core.received:
+            out = bytes(self.core.received[:max_bytes])
+            del self.core.received[:max_bytes]
+            return out
+        if self.core.fin_received:
+            return b""
+        raise QuicPathError(self.core.error or "the connection closed without FIN")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self.core.terminated:
+            self.core.finish()
+            self._after()
+            await self._wait(lambda: self.core.terminated or self.core.all_acknowledged(),
+                             CLOSE_TIMEOUT_S)
+            self.core.close()
+            self._after()
+            # stay routed while the CONNECTION_CLOSE goes out and the peer may echo it
+            await self._wait(lambda: self.core.terminated, 0.5)
+        self._teardown()
+
+    def abort(self, reason: str) -> None:
+        """Close at once with an application error (no waiting for acknowledgements)."""
+        self._closed = True
+        self.core.close(reason)
+        self._after()
+        self._teardown()
+
+
+async def quic_connect(
+    media: MediaSocket, peer: Address, *, initiator: bool, timeout: float = CONNECT_TIMEOUT_S,
+    session_id: bytes | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
+) -> QuicByteStream:
+    """QUIC to ``peer`` over ``media``: as client when ``initiator``, else as server.
+
+    The server takes the first QUIC Initial from ``peer`` or, when ``session_id`` names a
+    punching session on ``media``, from any address that session verified (the peer may have
+    reached us from another of its addresses). Returns once the handshake completed and the
+    stream is open, or raises :class:`QuicPathError` within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    if initiator:
+        core = QuicStreamCore(QuicConnection(configuration=configuration(True, idle_timeout)),
+                              is_client=True)
+        stream = QuicByteStream(media, core, peer)
+        core.connect(peer, loop.time())
+        stream._after()
+        ok = await stream._wait(lambda: core.handshake_done or core.terminated, timeout)
+        if not ok or not core.handshake_done:
+            stream.abort("handshake timeout")
+            raise QuicPathError(core.error or f"no QUIC handshake with {peer[0]}:{peer[1]} "
+                                f"within {timeout}s")
+        return stream
+
+    accepted: asyncio.Future[QuicByteStream] = loop.create_future()
+
+    def accepts(addr: Address) -> bool:
+        if addr == peer:
+            return True
+        puncher = media.puncher(session_id) if session_id is not None else None
+        return puncher is not None and addr in puncher.verified
+
+    def on_initial(data: bytes, addr: Address, header: QuicHeader) -> QuicByteStream | None:
+        if accepted.done() or len(data) < 1200:
+            return None
+        conn = QuicConnection(configuration=configuration(False, idle_timeout),
+                              original_destination_connection_id=header.destination_cid)
+        server = QuicByteStream(media, QuicStreamCore(conn, is_client=False), addr)
+        media.add_quic_route(server, cid=header.destination_cid)
+        accepted.set_result(server)
+        server.datagram_received(data, addr)
+        return server
+
+    cancel = media.accept_quic(accepts, on_initial)
+    server: QuicByteStream | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            server = await accepted
+            srv = server
+            await srv._wait(lambda: (srv.core.handshake_done and srv.core.stream_open)
+                            or srv.core.terminated)
+    except TimeoutError:
+        pass
+    finally:
+        cancel()
+    if server is None or not server.core.handshake_done or not server.core.stream_open:
+        error = server.core.error if server is not None else None
+        if server is not None:
+            server.abort("handshake timeout")
+        raise QuicPathError(error or f"no QUIC connection from {peer[0]}:{peer[1]} "
+                            f"within {timeout}s")
+    return server
+
+
+async def udp_path(
+    media: MediaSocket, session_id: bytes, shared_secret: bytes, transcript_hash: bytes,
+    initiator: bool, local_candidates: list[Address], remote_candidates: list[Address],
+    punch_timeout: float = 5.0, connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> QuicByteStream:
+    """Punch, then QUIC on the punched address: the raw ``"udp-punch"`` ByteStream for one
+    session (still to be passed through ``secure_stream.secure``)."""
+    peer = await punch(media, session_id, punch_key(shared_secret, transcript_hash), initiator,
+                       local_candidates, remote_candidates, punch_timeout)
+    return await quic_connect(media, peer, initiator=initiator, timeout=connect_timeout,
+                              session_id=session_id)

@@ -1,0 +1,318 @@
+"""End-to-end encryption and authentication on any :class:`~overlay.media.stream.ByteStream`.
+
+Every media path (direct TCP, QUIC over a punched UDP path, a relay) carries only what this
+module produces, so no path, relay or supernode ever sees plaintext, and a path that reaches
+someone without the session keys never completes.
+
+Keys. The two clients agreed on an X25519 shared secret through the signed invite and answer;
+``transcript_hash`` is the hash of those two signed messages. :func:`derive_keys` turns them
+into one key per direction with BLAKE2b keyed by the shared secret over the transcript hash,
+with a different personalization for each direction, so the two directions never share a key
+and a frame reflected back to its sender never authenticates.
+
+Wire format (both directions)::
+
+    frame      = length(4, big endian) | ciphertext
+    ciphertext = ChaCha20-Poly1305-IETF(key, nonce = 0(4) | counter(8, big endian),
+                                        aad = length, plaintext = type(1) | body)
+
+``counter`` starts at 0 and grows by one per frame in each direction; it is never sent, so a
+replayed, reordered, dropped or altered frame fails authentication. ``length`` is checked
+against the cap before anything is buffered. Frame types:
+
+- ``CONFIRM`` (0), always and only the first frame: body = ``CONFIRM_LABEL`` + transcript hash.
+  Only a holder of the direction's key can produce it, and it names the transcript: receiving
+  it proves the peer holds the session keys (the "authenticated handshake" of a path).
+- ``DATA`` (1): at most ``MAX_PLAINTEXT`` bytes of caller data.
+- ``CLOSE`` (2), empty: the sender finished. End of stream without it is truncation.
+
+The sans-IO core is :class:`SecureFramer`; :func:`secure` runs the confirmation over a
+ByteStream and returns a :class:`SecureByteStream`, itself a ByteStream with the same ``path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import struct
+
+from nacl.bindings import (
+    crypto_aead_chacha20poly1305_ietf_decrypt,
+    crypto_aead_chacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+from overlay.media.stream import ByteStream
+
+KEY_BYTES = 32
+TAG_BYTES = 16
+LENGTH_BYTES = 4
+#: caller bytes per frame; ``SecureByteStream.send`` splits larger writes
+MAX_PLAINTEXT = 16 * 1024
+#: the largest ciphertext a peer may announce: type byte + plaintext + tag
+MAX_CIPHERTEXT = 1 + MAX_PLAINTEXT + TAG_BYTES
+CONFIRM_LABEL = b"overlay/media/confirm/v1\x00"
+PERSON_I2R = b"ovl-media-i2r-v1"
+PERSON_R2I = b"ovl-media-r2i-v1"
+MAX_COUNTER = 2**64 - 1
+
+CONFIRM = 0
+DATA = 1
+CLOSE = 2
+
+_LENGTH = struct.Struct(">I")
+
+
+class SecureStreamError(Exception):
+    """The secured stream cannot go on. ``reason`` is one of: ``"bad_key"``, ``"oversized"``,
+    ``"auth"`` (tampered, replayed, reordered or dropped frame, or wrong keys),
+    ``"unconfirmed"`` (data before the confirmation), ``"bad_confirm"``, ``"after_close"``,
+    ``"truncated"`` (end of stream without a CLOSE frame, or inside a frame), ``"timeout"``,
+    ``"exhausted"`` (counter wrapped), ``"closed"`` (sending after close)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def derive_keys(
+    shared_secret: bytes, transcript_hash: bytes, initiator: bool
+) -> tuple[bytes, bytes]:
+    """``(send_key, recv_key)`` for one side: BLAKE2b keyed by the X25519 shared secret over the
+    transcript hash, one personalization per direction (initiator-to-responder and back)."""
+    if len(shared_secret) != 32 or not any(shared_secret):
+        raise SecureStreamError("bad_key", "the shared secret is 32 non-zero bytes")
+    if not 16 <= len(transcript_hash) <= 64:
+        raise SecureStreamError("bad_key", "the transcript hash is 16 to 64 bytes")
+    i2r = hashlib.blake2b(transcript_hash, key=shared_secret, digest_size=KEY_BYTES,
+                          person=PERSON_I2R).digest()
+    r2i = hashlib.blake2b(transcript_hash, key=shared_secret, digest_size=KEY_BYTES,
+                          person=PERSON_R2I).digest()
+    return (i2r, r2i) if initiator else (r2i, i2r)
+
+
+def _nonce(counter: int) -> bytes:
+    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "big")
+
+
+class SecureFramer:
+    """Sans-IO framing for one side of a secured stream.
+
+    ``hello()`` is the confirmation frame (sent first; :meth:`seal` prepends it when the caller
+    did not send it yet). ``feed(data)`` takes whatever bytes arrived and returns the caller
+    messages they completed, raising :class:`SecureStreamError` on anything wrong; once raised,
+    the framer is dead. ``feed_eof()`` reports the end of the underlying stream.
+    """
+
+    def __init__(self, send_key: bytes, recv_key: bytes, transcript_hash: bytes,
+                 max_plaintext: int = MAX_PLAINTEXT) -> None:
+        if len(send_key) != KEY_BYTES or len(recv_key) != KEY_BYTES:
+            raise SecureStreamError("bad_key", "keys are 32 bytes")
+        if not 0 < max_plaintext <= MAX_PLAINTEXT:
+            raise ValueError(f"max_plaintext is 1..{MAX_PLAINTEXT}")
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self._confirm_body = CONFIRM_LABEL + transcript_hash
+        self.max_plaintext = max_plaintext
+        self._send_counter = 0
+        self._recv_counter = 0
+        self._buffer = bytearray()
+        self._hello_sent = False
+        self._close_sent = False
+        self._failed: SecureStreamError | None = None
+        #: the peer's confirmation frame arrived and verified
+        self.confirmed = False
+        #: the peer's CLOSE frame arrived: nothing more will come
+        self.peer_closed = False
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _frame(self, kind: int, body: bytes) -> bytes:
+        if self._send_counter > MAX_COUNTER:
+            raise SecureStreamError("exhausted", "send counter wrapped")
+        header = _LENGTH.pack(1 + len(body) + TAG_BYTES)
+        ciphertext = crypto_aead_chacha20poly1305_ietf_encrypt(
+            bytes([kind]) + body, header, _nonce(self._send_counter), self._send_key)
+        self._send_counter += 1
+        return header + ciphertext
+
+    def hello(self) -> bytes:
+        """The confirmation frame; b"" once it was produced."""
+        if self._hello_sent:
+            return b""
+        self._hello_sent = True
+        return self._frame(CONFIRM, self._confirm_body)
+
+    def seal(self, msg: bytes) -> bytes:
+        """One DATA frame (preceded by the confirmation if it was not sent yet)."""
+        if self._close_sent:
+            raise SecureStreamError("closed", "sealing after close")
+        if len(msg) > self.max_plaintext:
+            raise ValueError(f"a frame carries at most {self.max_plaintext} bytes")
+        return self.hello() + self._frame(DATA, msg)
+
+    def close(self) -> bytes:
+        """The CLOSE frame; b"" if it was already produced."""
+        if self._close_sent:
+            return b""
+        out = self.hello() + self._frame(CLOSE, b"")
+        self._close_sent = True
+        return out
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _fail(self, reason: str, detail: str = "") -> SecureStreamError:
+        self._failed = SecureStreamError(reason, detail)
+        self._buffer.clear()
+        return self._failed
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Caller messages completed by ``data`` (possibly none)."""
+        if self._failed is not None:
+            raise self._failed
+        out: list[bytes] = []
+        if data and self.peer_closed:
+            raise self._fail("after_close", "bytes after the peer's CLOSE frame")
+        self._buffer += data
+        while len(self._buffer) >= LENGTH_BYTES:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > 1 + self.max_plaintext + TAG_BYTES or length < 1 + TAG_BYTES:
+                raise self._fail("oversized", f"a frame of {length} bytes")
+            if len(self._buffer) < LENGTH_BYTES + length:
+                break
+            header = bytes(self._buffer[:LENGTH_BYTES])
+            ciphertext = bytes(self._buffer[LENGTH_BYTES:LENGTH_BYTES + length])
+            del self._buffer[:LENGTH_BYTES + length]
+            if self._recv_counter > MAX_COUNTER:
+                raise self._fail("exhausted", "receive counter wrapped")
+            try:
+                plain = crypto_aead_chacha20poly1305_ietf_decrypt(
+                    ciphertext, header, _nonce(self._recv_counter), self._recv_key)
+            except CryptoError:
+                raise self._fail(
+                    "auth", f"frame {self._recv_counter} does not authenticate") from None
+            self._recv_counter += 1
+            kind, body = plain[0], plain[1:]
+            if not self.confirmed:
+                if kind != CONFIRM:
+                    raise self._fail("unconfirmed", "the first frame is not a confirmation")
+                if not hmac.compare_digest(body, self._confirm_body):
+                    raise self._fail("bad_confirm", "confirmation for another transcript")
+                self.confirmed = True
+            elif self.peer_closed:
+                raise self._fail("after_close", "a frame after the peer's CLOSE frame")
+            elif kind == DATA:
+                out.append(body)
+            elif kind == CLOSE and not body:
+                self.peer_closed = True
+            else:
+                raise self._fail("auth", f"unexpected frame type {kind}")
+        if self.peer_closed and self._buffer:
+            raise self._fail("after_close", "bytes after the peer's CLOSE frame")
+        return out
+
+    def feed_eof(self) -> None:
+        """The underlying stream ended: fine only after the peer's CLOSE frame."""
+        if self._failed is not None:
+            raise self._failed
+        if not self.peer_closed:
+            detail = "inside a frame" if self._buffer else "without a CLOSE frame"
+            raise self._fail("truncated", f"the stream ended {detail}")
+
+
+class SecureByteStream:
+    """A :class:`ByteStream` of plaintext over a ByteStream that carries only ciphertext.
+
+    ``send`` seals one frame per chunk of at most 16 KiB; ``recv`` returns decrypted bytes and
+    ``b""`` only after the peer's authenticated CLOSE frame (a cut-off stream raises
+    :class:`SecureStreamError` instead, so truncation is never mistaken for the end).
+    """
+
+    def __init__(self, raw: ByteStream, framer: SecureFramer, pending: bytes = b"") -> None:
+        self.raw = raw
+        self.framer = framer
+        self.path = raw.path
+        self._pending = bytearray(pending)
+        self._eof = False
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    async def send(self, data: bytes) -> None:
+        if self._closed:
+            raise SecureStreamError("closed", "send after close")
+        view = memoryview(data)
+        async with self._send_lock:
+            # batch up to 64 KiB of frames per write to the raw stream
+            step = self.framer.max_plaintext
+            batch = 4
+            for start in range(0, len(view), step * batch):
+                frames = [self.framer.seal(bytes(view[i:i + step]))
+                          for i in range(start, min(len(view), start + step * batch), step)]
+                await self.raw.send(b"".join(frames))
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        while not self._pending and not self._eof:
+            data = await self.raw.recv(65536)
+            if not data:
+                self.framer.feed_eof()
+                self._eof = True
+                break
+            for msg in self.framer.feed(data):
+                self._pending += msg
+            if self.framer.peer_closed:
+                self._eof = True
+        out = bytes(self._pending[:max_bytes])
+        del self._pending[:max_bytes]
+        return out
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            async with self._send_lock:
+                frame = self.framer.close()
+                if frame:
+                    await self.raw.send(frame)
+        await self.raw.close()
+
+
+async def secure(
+    stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
+    timeout: float = 5.0,
+) -> SecureByteStream:
+    """Both sides send their confirmation and wait for the peer's (within ``timeout``).
+
+    On success the path is authenticated end to end. On any failure the raw stream is closed
+    and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
+    """
+    send_key, recv_key = derive_keys(shared_secret, transcript_hash, initiator)
+    framer = SecureFramer(send_key, recv_key, transcript_hash)
+    pending = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            await stream.send(framer.hello())
+            while not framer.confirmed:
+                data = await stream.recv(65536)
+                if not data:
+                    framer.feed_eof()
+                    raise SecureStreamError("truncated", "the stream ended before confirmation")
+                for msg in framer.feed(data):
+                    pending += msg
+    except TimeoutError:
+        await _close_quietly(stream)
+        raise SecureStreamError("timeout", f"no confirmation within {timeout}s") from None
+    except BaseException:
+        await _close_quietly(stream)
+        raise
+    secured = SecureByteStream(stream, framer, bytes(pending))
+    if framer.peer_closed:
+        secured._eof = True
+    return secured
+
+
+async def _close_quietly(stream: ByteStream) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(stream.close(), 2.0)
