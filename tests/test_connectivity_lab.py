@@ -91,8 +91,11 @@ _env = os.environ.get("OVERLAY_RELAY_AVAILABLE")
 #: then must deliver over ``relay`` instead of failing fast with "no path".
 RELAY_AVAILABLE: bool = (_env == "1") if _env in ("0", "1") else _relay_capability()[0]
 
-#: a pair that needs a relay must fail within this (whole ``overlay send`` process)
+#: a pair that needs a relay must fail within this: the issue's ~10 s for the client to give
+#: up, plus the ``overlay send`` process's start-up (measured over the whole process)
 NO_PATH_BOUND_S = 12.0
+#: the same under impairment: lookup, invite and answer cross impaired links (RTT >= 400 ms)
+NO_PATH_BOUND_IMPAIRED_S = 20.0
 PARALLEL = 3
 
 
@@ -143,7 +146,7 @@ class PairOutcome:
 
 
 def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
-               send_timeout: float) -> PairOutcome:
+               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S) -> PairOutcome:
     src, dst = f"{src_kind}-1", f"{dst_kind}-2"
     expected = expected_outcome(src_kind, dst_kind)
     name = f"{src_kind}-to-{dst_kind}-{os.urandom(3).hex()}.bin"
@@ -158,8 +161,8 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
             problems.append(f"expected a 'no path' failure, got rc=0 path={res.path}")
         elif "no path" not in res.output.lower():
             problems.append(f"failed without 'no path' in the message: {res.output[-300:]!r}")
-        if res.seconds > NO_PATH_BOUND_S:
-            problems.append(f"took {res.seconds:.1f}s to fail (bound {NO_PATH_BOUND_S}s)")
+        if res.seconds > no_path_bound:
+            problems.append(f"took {res.seconds:.1f}s to fail (bound {no_path_bound}s)")
         if target.exists():
             problems.append("a file arrived although no path should exist")
     elif not res.ok:
@@ -195,9 +198,11 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
 
 
 def run_matrix(ov: LabOverlay, pairs: list[tuple[str, str]], *, size: int, parallel: int,
-               send_timeout: float) -> list[PairOutcome]:
+               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S
+               ) -> list[PairOutcome]:
     jobs = [((f"{a}-1", f"{b}-2"),
-             (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout))) for a, b in pairs]
+             (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout, no_path_bound)))
+            for a, b in pairs]
     return run_exclusive(jobs, parallel)
 
 
@@ -219,9 +224,26 @@ def report(ov: LabOverlay, outcomes: list[PairOutcome], work: Path, title: str) 
     if bad:
         details = "\n".join(
             f"- {o.src_kind}-1 -> {o.dst_kind}-2: {'; '.join(o.problems)}\n"
-            f"  {o.result.describe()}" for o in bad)
+            f"  {o.result.describe()}\n{relevant_logs(ov, o)}" for o in bad)
         pytest.fail(f"{len(bad)}/{len(outcomes)} pairs failed ({title}); logs in "
                     f"{work / 'logs'}\n{table(outcomes)}\n{details}", pytrace=False)
+
+
+RELEVANT_EVENTS = ("path_selection", "incoming_transfer_failed", "file_received", "failover",
+                   "invite_", "answer_not_delivered", "offer_refused", "session_dead",
+                   "client_gone", "Traceback", "Error")
+
+
+def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
+    """The sender's and receiver's log lines about this send (from its start on)."""
+    since = o.result.started_at - 0.5
+    out = []
+    for host in (o.result.src, o.result.dst):
+        for entry in ov.log_lines(host, lambda e: any(k in json.dumps(e)
+                                                      for k in RELEVANT_EVENTS),
+                                  since=since)[:limit]:
+            out.append(f"    {host}: {json.dumps(entry)[:400]}")
+    return "\n".join(out)
 
 
 ALL_PAIRS = [(a, b) for a in KINDS for b in KINDS]
@@ -267,6 +289,11 @@ def test_all_pairs(tmp_path: Path) -> None:
 
 
 IMPAIRMENT = {"delay_ms": 100, "loss_pct": 2}
+#: With ``--heartbeat 1`` (dead after 3 s of silence) the attachment itself flaps on these
+#: links: a lost TCP segment at RTT 400 ms is retransmitted after ~1 s, twice is 3 s. Three
+#: failovers in two minutes were seen, and a send during a failover fails for reasons that
+#: are not connectivity. 5 s (dead after 15 s) keeps attachments stable.
+IMPAIRED_HEARTBEAT_S = 5.0
 
 
 @pytest.mark.timeout(900)
@@ -275,8 +302,10 @@ def test_all_pairs_impaired(tmp_path: Path) -> None:
     link. Only delivery matters here (and the relay pairs' fast failure until the relay
     lands); paths are still checked, since impairment must not change which path wins."""
     _need_send()
-    with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT) as ov:
+    with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT,
+                    heartbeat_s=IMPAIRED_HEARTBEAT_S) as ov:
         ov.wait_attached(timeout=120)
-        outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240)
+        outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240,
+                              no_path_bound=NO_PATH_BOUND_IMPAIRED_S)
         ov.check_alive()
         report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, 100 ms + 2 % loss per link")
