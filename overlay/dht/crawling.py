@@ -14,12 +14,13 @@ Fixes over ``kademlia.crawling``:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import heapq
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
-from kademlia.node import Node
+from kademlia.node import Node, NodeHeap
 
 from overlay.records import RecordError, SignedRecord
 
@@ -27,6 +28,43 @@ MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
 
 RpcMethod = Callable[[Node, Node], Awaitable[tuple[bool, Any]]]
+
+
+def _is_ip(text: str) -> bool:
+    """A literal IPv4 or IPv6 address (inet_pton: ~20x cheaper than ipaddress)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+class IdNodeHeap(NodeHeap):  # type: ignore[misc]
+    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push)."""
+
+    heap: list[tuple[int, Node]]
+
+    def __init__(self, node: Node, maxsize: int) -> None:
+        super().__init__(node, maxsize)
+        self.ids: set[bytes] = set()
+
+    def push(self, nodes: Node | list[Node]) -> None:
+        for n in nodes if isinstance(nodes, list) else [nodes]:
+            if n.id not in self.ids:
+                self.ids.add(n.id)
+                heapq.heappush(self.heap, (self.node.distance_to(n), n))
+
+    def remove(self, peers: list[bytes]) -> None:
+        gone = set(peers) & self.ids
+        if gone:
+            self.ids -= gone
+            self.heap = [entry for entry in self.heap if entry[1].id not in gone]
+            heapq.heapify(self.heap)
+
+    def __contains__(self, node: Node) -> bool:
+        return node.id in self.ids
 
 
 def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
@@ -45,9 +83,7 @@ def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
             or not 0 < item[2] < 65536
         ):
             return None
-        try:
-            ipaddress.ip_address(item[1])
-        except ValueError:
+        if not _is_ip(item[1]):
             return None
         if item[0] != own_id:
             nodes.append(Node(item[0], item[1], item[2]))
@@ -102,7 +138,9 @@ class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
     """Find the k closest live nodes to a key."""
 
     def __init__(self, protocol: Any, node: Node, peers: list[Node], ksize: int, alpha: int):
-        NodeSpiderCrawl.__init__(self, protocol, node, peers, ksize, alpha)
+        NodeSpiderCrawl.__init__(self, protocol, node, [], ksize, alpha)
+        self.nearest = IdNodeHeap(node, ksize)
+        self.nearest.push(list(peers))
         self.answered = {}
 
     async def find(self) -> list[Node]:
@@ -134,7 +172,9 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         quorum: int,
         verify: Callable[[object], SignedRecord],
     ) -> None:
-        ValueSpiderCrawl.__init__(self, protocol, node, peers, ksize, alpha)
+        ValueSpiderCrawl.__init__(self, protocol, node, [], ksize, alpha)
+        self.nearest = IdNodeHeap(node, ksize)
+        self.nearest.push(list(peers))
         self.answered = {}
         self.quorum = quorum
         self.verify = verify

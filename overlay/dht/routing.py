@@ -2,11 +2,11 @@
 
 Fixes over ``kademlia.routing``:
 
-* ``TableTraverser`` stops as soon as the left side is exhausted on a left turn, so
-  ``find_neighbors`` returns fewer than min(k, table size) contacts. ``FullTableTraverser``
-  keeps going on whichever side still has buckets.
-* ``find_neighbors`` stops at the first k contacts *visited*, which are not the k *closest*;
-  ours ranks every contact.
+* the stock ``find_neighbors`` walks buckets with ``TableTraverser``, which stops as soon as
+  the left side is exhausted on a left turn (fewer than min(k, table size) contacts), and it
+  stops at the first k contacts *visited*, which are not the k *closest*. Ours visits buckets
+  by the smallest distance their range allows and stops only when no unvisited bucket can
+  hold a closer contact: exactly the k closest.
 * At most ``max_per_ip`` contacts per IP address, one contact per (IP, port); contacts only
   enter after they answered (enforced by the protocol, which is the only caller).
 """
@@ -18,29 +18,7 @@ from collections import Counter
 from typing import Any
 
 from kademlia.node import Node
-from kademlia.routing import KBucket, RoutingTable, TableTraverser
-
-
-class FullTableTraverser(TableTraverser):  # type: ignore[misc]
-    """Visit every bucket: alternate sides while both have buckets, then drain the other."""
-
-    current_nodes: list[Node]
-    left_buckets: list[KBucket]
-    right_buckets: list[KBucket]
-    left: bool
-
-    def __next__(self) -> Node:
-        if self.current_nodes:
-            return self.current_nodes.pop()
-        if self.left_buckets and (self.left or not self.right_buckets):
-            self.current_nodes = self.left_buckets.pop().get_nodes()
-            self.left = False
-            return next(self)
-        if self.right_buckets:
-            self.current_nodes = self.right_buckets.pop(0).get_nodes()
-            self.left = True
-            return next(self)
-        raise StopIteration
+from kademlia.routing import KBucket, RoutingTable
 
 
 class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
@@ -110,11 +88,34 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
     def find_neighbors(
         self, node: Node, k: int | None = None, exclude: Node | None = None
     ) -> list[Node]:
-        """The k contacts closest to ``node`` (all of them when fewer than k)."""
+        """The k contacts closest to ``node`` (all of them when fewer than k).
+
+        Buckets are visited in order of the smallest XOR distance any id in their range can
+        have to the target, and the search stops once k contacts are known and no unvisited
+        bucket can hold a closer one: the exact k closest, without ranking the whole table.
+        """
         k = k or self.ksize
-        ranked = (
-            (node.distance_to(n), n)
-            for n in FullTableTraverser(self, node)
-            if n.id != node.id and (exclude is None or not n.same_home_as(exclude))
-        )
-        return [n for _, n in heapq.nsmallest(k, ranked, key=lambda pair: pair[0])]
+        target = node.long_id
+        bounds = []
+        for bucket in self.buckets:
+            if not bucket.nodes:
+                continue
+            lo, hi = bucket.range
+            m = (lo ^ hi).bit_length()
+            bounds.append((((lo ^ target) >> m) << m, id(bucket), bucket))
+        bounds.sort(key=lambda b: (b[0], b[1]))
+        best: list[tuple[int, int, Node]] = []  # max-heap by distance, as negatives
+        for bound, _, bucket in bounds:
+            if len(best) >= k and bound > -best[0][0]:
+                break
+            for n in bucket.nodes.values():
+                if n.id == node.id or (
+                    exclude is not None and n.ip == exclude.ip and n.port == exclude.port
+                ):
+                    continue
+                d = n.long_id ^ target
+                if len(best) < k:
+                    heapq.heappush(best, (-d, id(n), n))
+                elif d < -best[0][0]:
+                    heapq.heapreplace(best, (-d, id(n), n))
+        return [n for _, _, n in sorted(best, key=lambda e: -e[0])]
