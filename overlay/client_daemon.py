@@ -304,7 +304,7 @@ class ClientDaemon:
         self.media = MediaService(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
-            self.lookup, self._primary_session,
+            self.lookup, self._primary_session, self._supernode_udp_addresses,
             lambda: self.primary.ok if self.primary is not None else None,
             self._reachable,
         )
@@ -763,6 +763,14 @@ class ClientDaemon:
                  file=name)
 
     # -- control commands --------------------------------------------------------------------------
+
+    def _supernode_udp_addresses(self) -> list[tuple[tuple[str, int], bytes]]:
+        """Primary and backup supernodes as (UDP address, node key), for binding requests."""
+        out = []
+        for link in (self.primary, self.backup):
+            if link is not None and link.alive:
+                out.append(((link.candidate.host, link.candidate.port), link.candidate.node_key))
+        return out
 
     def _primary_session(self) -> ClientSession | None:
         att = self.primary

@@ -75,6 +75,7 @@ class MediaService:
         inbox: Path,
         lookup: Lookup,
         primary: Callable[[], ClientSession | None],
+        supernodes: Callable[[], list[tuple[tuple[str, int], bytes]]],
         attach_ok: Callable[[], AttachOk | None],
         reachable: Callable[[], bool],
     ) -> None:
@@ -84,10 +85,11 @@ class MediaService:
         self.inbox = inbox
         self.lookup = lookup
         self.primary = primary
+        self.supernodes = supernodes
         self.attach_ok = attach_ok
         self.reachable = reachable
         self.listener = MediaListener()
-        self.udp: Any = None
+        self.udp: transport_hooks.UdpState | None = None
         self.sessions: dict[bytes, Session] = {}
         self.transfers: list[dict[str, Any]] = []
         #: outgoing transfers in progress, for progress bars: {"to", "name", "sent", "size"}
@@ -96,7 +98,7 @@ class MediaService:
 
     async def start(self) -> None:
         await self.listener.start("0.0.0.0", 0)
-        self.udp = await transport_hooks.open_udp(self.identity)
+        self.udp = await transport_hooks.open_udp()
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -115,13 +117,17 @@ class MediaService:
         tcp = [(local_ip, self.listener.port)]
         if ok is not None and ok.reflexive_host != local_ip:
             tcp.append((ok.reflexive_host, self.listener.port))
-        udp, nat = await transport_hooks.udp_candidates(self.udp, self.identity, session,
-                                                        local_ip)
+        udp: list[tuple[str, int]] = []
+        nat = "unknown"
+        if self.udp is not None:
+            udp, nat = await transport_hooks.udp_candidates(self.udp, self.identity, local_ip,
+                                                            self.supernodes())
         return Candidates(tuple(tcp), tuple(udp), nat, self.reachable())
 
     # -- paths ----------------------------------------------------------------------------------
 
-    def _attempts(self, s: Session, local: Candidates, remote: Candidates) -> dict[str, Attempt]:
+    def _attempts(self, s: Session, local: Candidates, remote: Candidates, shared: bytes,
+                  transcript: bytes) -> dict[str, Attempt]:
         attempts: dict[str, Attempt] = {}
         def dialer(host: str, port: int) -> Attempt:
             async def dial() -> ByteStream:
@@ -136,9 +142,11 @@ class MediaService:
             return await queue.get()
 
         attempts["tcp-accept"] = accept
-        punch = transport_hooks.udp_attempt(self.udp, s.session_id, s.initiator, local, remote)
-        if punch is not None:
-            attempts["udp-punch"] = punch
+        if self.udp is not None:
+            punch = transport_hooks.udp_attempt(self.udp, s.session_id, s.initiator, local,
+                                                remote, shared, transcript)
+            if punch is not None:
+                attempts["udp-punch"] = punch
         return attempts
 
     def _securer(self, s: Session, shared: bytes, transcript: bytes
@@ -187,10 +195,11 @@ class MediaService:
             if not answer.accept:
                 raise SendFailed(f"{to_user} declined: {answer.reason}")
             shared = s.keys.shared_secret(answer.ephemeral)
+            transcript = transcript_hash(invite, answer)
             try:
                 stream, timeline = await connect_as_initiator(
-                    self._attempts(s, local, answer.candidates),
-                    self._securer(s, shared, transcript_hash(invite, answer)))
+                    self._attempts(s, local, answer.candidates, shared, transcript),
+                    self._securer(s, shared, transcript))
             except NoPath as exc:
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
             progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
@@ -262,16 +271,17 @@ class MediaService:
             answer = sign_offer(Offer("answer", s.session_id, self.user, self.device,
                                       self.identity.public_key, invite.from_user, s.keys.public,
                                       local, time.time()), self.identity)
-            attempts = self._attempts(s, local, invite.candidates)
+            shared = s.keys.shared_secret(invite.ephemeral)
+            transcript = transcript_hash(invite, answer)
+            attempts = self._attempts(s, local, invite.candidates, shared, transcript)
             result = await session.signal(invite.from_user, answer.wire,
                                           to_device=invite.from_device)
             if not result.ok:
                 log.warning("answer_not_delivered", to_user=invite.from_user,
                             reason=result.reason)
                 return
-            shared = s.keys.shared_secret(invite.ephemeral)
-            stream, _ = await connect_as_responder(
-                attempts, self._securer(s, shared, transcript_hash(invite, answer)))
+            stream, _ = await connect_as_responder(attempts,
+                                                   self._securer(s, shared, transcript))
             entry["path"] = stream.path
             self._remember(entry)
             try:

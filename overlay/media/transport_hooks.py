@@ -1,46 +1,76 @@
-"""Where the media service meets the transports: end-to-end securing of a raw path, the
-client's UDP media socket (binding, NAT type, hole punching with QUIC on top).
-
-Kept in one place so the service reads as a sequence of decisions, and so a transport can be
-swapped without touching it.
-"""
+"""Where the media service meets the transports: end-to-end securing of a raw path, and the
+client's UDP media socket (binding and NAT type through supernodes, hole punching with QUIC
+on top). Kept in one place so the service reads as a sequence of decisions."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from overlay.identity import Identity
+from overlay.media.binding import nat_type
+from overlay.media.punch import MediaSocket, punch_feasible
+from overlay.media.quic_path import udp_path
+from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Address, Candidates
 from overlay.media.stream import ByteStream
-from overlay.session_io import ClientSession
 
 SECURE_TIMEOUT_S = 5.0
+NAT_CACHE_S = 60.0
+BINDING_TIMEOUT_S = 1.5
 
 
 async def secure(raw: ByteStream, shared: bytes, transcript: bytes, initiator: bool
                  ) -> ByteStream:
-    module = importlib.import_module("overlay.media.secure_stream")
-    secured: ByteStream = await module.secure(raw, shared, transcript, initiator,
-                                              SECURE_TIMEOUT_S)
-    return secured
+    return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S)
 
 
-async def open_udp(identity: Identity) -> Any:
-    """The client's media UDP socket, or None where UDP transports are not available."""
-    return None
+@dataclass
+class UdpState:
+    media: MediaSocket
+    nat: str = "unknown"
+    mapped: tuple[Address, ...] = ()
+    checked_at: float = float("-inf")
+    checked_with: tuple[Address, ...] = ()
 
 
-async def close_udp(udp: Any) -> None:
-    return None
+async def open_udp() -> UdpState:
+    return UdpState(await MediaSocket.open("0.0.0.0", 0))
+
+
+async def close_udp(udp: UdpState) -> None:
+    await udp.media.close()
 
 
 async def udp_candidates(
-    udp: Any, identity: Identity, session: ClientSession, local_ip: str
+    udp: UdpState, identity: Identity, local_ip: str,
+    supernodes: list[tuple[Address, bytes]],
 ) -> tuple[list[Address], str]:
-    return [], "unknown"
+    """Host and server-reflexive UDP candidates of the media socket, and the NAT type (asked
+    of up to two supernodes from the same socket; remembered for a minute)."""
+    port = udp.media.local_address[1]
+    addrs = tuple(a for a, _ in supernodes[:2])
+    if time.monotonic() - udp.checked_at > NAT_CACHE_S or addrs != udp.checked_with:
+        report = await nat_type(udp.media, identity, supernodes[:2], BINDING_TIMEOUT_S,
+                                local=(local_ip, port))
+        udp.nat = report.nat
+        udp.mapped = tuple(report.candidates[1:])
+        udp.checked_at, udp.checked_with = time.monotonic(), addrs
+    candidates = [(local_ip, port), *udp.mapped]
+    return list(dict.fromkeys(candidates)), udp.nat
 
 
-def udp_attempt(udp: Any, session_id: bytes, initiator: bool, local: Candidates,
-                remote: Candidates) -> Any:
-    return None
+def udp_attempt(
+    udp: UdpState, session_id: bytes, initiator: bool, local: Candidates, remote: Candidates,
+    shared: bytes, transcript: bytes,
+) -> Callable[[], Awaitable[ByteStream]] | None:
+    """The hole-punching attempt, or None when it cannot work for these NAT types."""
+    if not remote.udp or not punch_feasible(local.nat, remote.nat):
+        return None
+
+    async def attempt() -> ByteStream:
+        return await udp_path(udp.media, session_id, shared, transcript, initiator,
+                              list(local.udp), list(remote.udp))
+
+    return attempt
