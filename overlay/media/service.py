@@ -23,6 +23,7 @@ from overlay import records
 from overlay.identity import Identity
 from overlay.media import transport_hooks
 from overlay.media.connect import (
+    TCP_CONNECT_TIMEOUT_S,
     Attempt,
     MediaListener,
     NoPath,
@@ -48,6 +49,7 @@ from overlay.wire import AttachOk, SignalDelivery
 log = structlog.get_logger("overlay.media")
 
 ANSWER_TIMEOUT_S = 10.0
+ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
 
 Lookup = Callable[[str], Awaitable[tuple[list[records.SignedRecord], str]]]
@@ -139,7 +141,14 @@ class MediaService:
         queue = self.listener.expect(s.session_id)
 
         async def accept() -> ByteStream:
-            return await queue.get()
+            # the peer dials as soon as it has the offer; after its connect timeout (plus
+            # the signalling delay) nothing more will come this way
+            try:
+                async with asyncio.timeout(ACCEPT_WINDOW_S):
+                    return await queue.get()
+            except TimeoutError:
+                raise ConnectionError("the peer's direct TCP connection did not arrive") \
+                    from None
 
         attempts["tcp-accept"] = accept
         if self.udp is not None:
@@ -176,6 +185,8 @@ class MediaService:
         s = Session(new_session_id(), to_user, initiator=True)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s
+        # the callee may dial us as soon as it has answered, before its answer reaches us
+        self.listener.expect(s.session_id)
         try:
             local = await self.candidates(session)
             invite = sign_offer(Offer("invite", s.session_id, self.user, self.device,
