@@ -115,6 +115,7 @@ async def peer(host: str, reflectors: list[str], congestion_control: str) -> Non
     transcript = bytes.fromhex(order["transcript"])
     initiator = bool(order["initiator"])
     started = time.monotonic()
+    started_wall = time.time()
     try:
         addr = await punch(media, session, punch_key(secret, transcript), initiator,
                            report.candidates, remote, float(order.get("punch_timeout", 5.0)))
@@ -122,7 +123,13 @@ async def peer(host: str, reflectors: list[str], congestion_control: str) -> Non
         emit(event="punch_failed", elapsed=round(time.monotonic() - started, 3), error=str(exc))
         return
     punched = time.monotonic()
-    emit(event="punched", peer=list(addr), elapsed=round(punched - started, 3))
+    puncher = media.puncher(session)
+    emit(event="punched", peer=list(addr), elapsed=round(punched - started, 3),
+         started_at=started_wall, punched_at=time.time(),
+         probes=puncher.probes_sent if puncher else None,
+         verified={f"{h}:{p}": how
+                   for (h, p), how in (puncher.verified if puncher else {}).items()},
+         learned=[list(a) for a in (puncher.learned if puncher else [])])
     raw = await quic_connect(media, addr, initiator=initiator, timeout=10.0,
                              session_id=session, congestion_control=congestion_control)
     stream = await secure(raw, secret, transcript, initiator, 10.0)
