@@ -383,9 +383,10 @@ class LabOverlay:
         return "\n".join(self.log_text(host).splitlines()[-lines:])
 
     def log_lines(self, host: str, contains: str | Callable[[dict[str, Any]], bool],
-                  since: float | None = None) -> list[dict[str, Any]]:
+                  since: float | None = None, until: float | None = None
+                  ) -> list[dict[str, Any]]:
         """The host's JSON log lines whose text contains ``contains`` (or for which it is
-        true), optionally only those logged at or after wall time ``since``."""
+        true), optionally only those logged within wall times [``since``, ``until``]."""
         out = []
         for line in self.log_text(host).splitlines():
             if isinstance(contains, str) and contains not in line:
@@ -398,8 +399,9 @@ class LabOverlay:
                 continue
             if callable(contains) and not contains(entry):
                 continue
-            if since is not None and _log_time(entry) is not None \
-                    and _log_time(entry) < since:  # type: ignore[operator]
+            t = _log_time(entry)
+            if t is not None and ((since is not None and t < since)
+                                  or (until is not None and t > until)):
                 continue
             out.append(entry)
         return out

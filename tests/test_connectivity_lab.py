@@ -99,6 +99,13 @@ NO_PATH_BOUND_IMPAIRED_S = 20.0
 PARALLEL = 3
 
 
+#: On impaired links the path race may legitimately go the other way where both work: a lost
+#: SYN costs direct TCP ~1 s (the initial RTO), and a punched UDP path to a public peer wins.
+#: The impaired test accepts these alternatives (and says so in its table); the unimpaired
+#: test does not.
+ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}}
+
+
 def expected_outcome(src_kind: str, dst_kind: str) -> str:
     """The path the pair must report, or ``"no path"`` while the relay is missing."""
     path = EXPECTED[(src_kind, dst_kind)]
@@ -146,7 +153,8 @@ class PairOutcome:
 
 
 def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
-               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S) -> PairOutcome:
+               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S,
+               also_accepted: dict[str, set[str]] | None = None) -> PairOutcome:
     src, dst = f"{src_kind}-1", f"{dst_kind}-2"
     expected = expected_outcome(src_kind, dst_kind)
     name = f"{src_kind}-to-{dst_kind}-{os.urandom(3).hex()}.bin"
@@ -172,7 +180,8 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
         j = res.json or {}
         if res.json is None:
             problems.append(f"no JSON on stdout: {res.stdout[-300:]!r}")
-        if j.get("path") != expected:
+        accepted = {expected} | (also_accepted or {}).get(expected, set())
+        if j.get("path") not in accepted:
             problems.append(f"path {j.get('path')!r}, expected {expected!r}")
         if expected == R and not j.get("relay"):
             problems.append("relay path without a relay node id")
@@ -198,10 +207,11 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
 
 
 def run_matrix(ov: LabOverlay, pairs: list[tuple[str, str]], *, size: int, parallel: int,
-               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S
-               ) -> list[PairOutcome]:
+               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S,
+               also_accepted: dict[str, set[str]] | None = None) -> list[PairOutcome]:
     jobs = [((f"{a}-1", f"{b}-2"),
-             (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout, no_path_bound)))
+             (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout, no_path_bound,
+                                          also_accepted)))
             for a, b in pairs]
     return run_exclusive(jobs, parallel)
 
@@ -210,8 +220,9 @@ def table(outcomes: list[PairOutcome]) -> str:
     lines = [f"{'pair':<24} {'expected':<11} {'got':<11} {'rc':>3} {'s':>7}  ok"]
     for o in outcomes:
         r = o.row()
+        alt = " (accepted alternative)" if r["ok"] and r["got"] != r["expected"] else ""
         lines.append(f"{r['pair']:<24} {r['expected']:<11} {r['got'] or '-':<11} "
-                     f"{r['rc']:>3} {r['seconds']:>7.2f}  {'yes' if r['ok'] else 'NO'}")
+                     f"{r['rc']:>3} {r['seconds']:>7.2f}  {'yes' if r['ok'] else 'NO'}{alt}")
     return "\n".join(lines)
 
 
@@ -236,12 +247,13 @@ RELEVANT_EVENTS = ("path_selection", "incoming_transfer_failed", "file_received"
 
 def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
     """The sender's and receiver's log lines about this send (from its start on)."""
-    since = o.result.started_at - 0.5
+    since = o.result.started_at - 0.2
+    until = o.result.started_at + o.result.seconds + 0.5
     out = []
     for host in (o.result.src, o.result.dst):
         for entry in ov.log_lines(host, lambda e: any(k in json.dumps(e)
                                                       for k in RELEVANT_EVENTS),
-                                  since=since)[:limit]:
+                                  since=since, until=until)[:limit]:
             out.append(f"    {host}: {json.dumps(entry)[:400]}")
     return "\n".join(out)
 
@@ -299,13 +311,15 @@ IMPAIRED_HEARTBEAT_S = 5.0
 @pytest.mark.timeout(900)
 def test_all_pairs_impaired(tmp_path: Path) -> None:
     """All 25 pairs with 100 ms / 2 % loss per direction on every client's and supernode's
-    link. Only delivery matters here (and the relay pairs' fast failure until the relay
-    lands); paths are still checked, since impairment must not change which path wins."""
+    link: every pair that has a path delivers an intact file (relay pairs: fail fast until
+    the relay lands). Paths are checked too, except that a public pair may win over UDP
+    (:data:`ALSO_ACCEPTED_IMPAIRED`); the table shows which path each pair took."""
     _need_send()
     with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT,
                     heartbeat_s=IMPAIRED_HEARTBEAT_S) as ov:
         ov.wait_attached(timeout=120)
         outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240,
-                              no_path_bound=NO_PATH_BOUND_IMPAIRED_S)
+                              no_path_bound=NO_PATH_BOUND_IMPAIRED_S,
+                              also_accepted=ALSO_ACCEPTED_IMPAIRED)
         ov.check_alive()
         report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, 100 ms + 2 % loss per link")
