@@ -45,6 +45,7 @@ log = structlog.get_logger("overlay.supernode")
 
 #: signals travel between supernodes in one DHT datagram (requests are capped at 4 KiB)
 SIGNAL_FORWARD_MAX = 3072
+SIGNAL_FORWARD_TRIES = 3
 
 
 @dataclass
@@ -240,19 +241,27 @@ class Supernode(NodeDaemon, AttachHandler):
             if rec.supernode_key == self.identity.public_key:
                 ok, reason = self.deliver_signal(*args)  # type: ignore[arg-type]
             else:
-                try:
-                    reply = await self.dht.call(
-                        (rec.supernode_host, rec.supernode_port), "signal", *args,
-                        node_id=node_id_for(rec.supernode_key))
-                    ok = isinstance(reply, dict) and reply.get("ok") is True
-                    reason = str(reply.get("reason", "")) if isinstance(reply, dict) else ""
-                except TimeoutError:
-                    ok, reason = False, "the user's supernode did not answer"
+                ok, reason = await self._forward_signal(rec, args)
             delivered += ok
             if not ok:
                 errors.append(f"{rec.device}: {reason}")
         session.proto.send(SignalResult(msg.request_id, delivered > 0,
                                         "; ".join(errors)[:200]))
+
+    async def _forward_signal(
+        self, rec: records.PresenceRecord, args: list[object]
+    ) -> tuple[bool, str]:
+        """One UDP request to the user's supernode, retried: a datagram may be lost, and a
+        repeated delivery is harmless (receivers drop a session id they already have)."""
+        for _ in range(SIGNAL_FORWARD_TRIES):
+            try:
+                reply = await self.dht.call((rec.supernode_host, rec.supernode_port), "signal",
+                                            *args, node_id=node_id_for(rec.supernode_key))
+            except TimeoutError:
+                continue
+            ok = isinstance(reply, dict) and reply.get("ok") is True
+            return ok, str(reply.get("reason", "")) if isinstance(reply, dict) else ""
+        return False, "the user's supernode did not answer"
 
     def deliver_signal(
         self, from_user: str, from_device: str, from_key: bytes, to_user: str,
