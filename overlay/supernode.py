@@ -233,8 +233,8 @@ class Supernode(NodeDaemon, AttachHandler):
             session.proto.send(SignalResult(msg.request_id, False,
                                             f"{msg.to_user} is offline or unknown"))
             return
-        args = [session.result.user, session.result.device, session.result.client_key,
-                msg.to_user, "", msg.payload]
+        args: list[object] = [session.result.user, session.result.device,
+                              session.result.client_key, msg.to_user, "", msg.payload]
         delivered, errors = 0, []
         for rec in targets:
             args[4] = rec.device
