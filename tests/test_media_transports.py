@@ -623,3 +623,60 @@ async def test_media_socket_ignores_garbage(media: MediaSocket) -> None:
         assert media.stats["datagrams_in"] >= 4
     finally:
         transport.close()
+
+
+async def test_responder_may_start_quic_after_the_initiator() -> None:
+    """The initiator's Initial arrives before the responder listens: kept, then accepted."""
+    a = await MediaSocket.open("127.0.0.1", 0)
+    b = await MediaSocket.open("127.0.0.1", 0)
+    try:
+        client = asyncio.create_task(quic_connect(a, b.local_address, initiator=True))
+        await asyncio.sleep(0.3)
+        assert b.stats["quic_early"] >= 1
+        server = await quic_connect(b, a.local_address, initiator=False, timeout=2)
+        qa = await client
+        await qa.send(b"late but fine")
+        assert await server.recv() == b"late but fine"
+        await qa.close()
+        await server.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_cancelled_attempts_leave_nothing_behind() -> None:
+    a = await MediaSocket.open("127.0.0.1", 0)
+    b = await MediaSocket.open("127.0.0.1", 0)
+    try:
+        tasks = [asyncio.create_task(quic_connect(a, b.local_address, initiator=True)),
+                 asyncio.create_task(quic_connect(a, ("127.0.0.1", 9), initiator=False)),
+                 asyncio.create_task(punch(a, os.urandom(16), os.urandom(32), True, [],
+                                           [("127.0.0.1", 9)]))]
+        await asyncio.sleep(0.2)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert not a._quic_by_cid and not a._quic_by_addr and not a._acceptors
+        assert not a._sessions
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_closing_the_socket_ends_its_connections() -> None:
+    a = await MediaSocket.open("127.0.0.1", 0)
+    b = await MediaSocket.open("127.0.0.1", 0)
+    try:
+        qa, qb = await asyncio.gather(quic_connect(a, b.local_address, initiator=True),
+                                      quic_connect(b, a.local_address, initiator=False))
+        await a.close()
+        with pytest.raises(QuicPathError):
+            await qa.recv()
+        with pytest.raises(QuicPathError):
+            await qa.send(b"too late")
+        # the peer hears the CONNECTION_CLOSE sent on abort
+        with pytest.raises(QuicPathError):
+            await asyncio.wait_for(qb.recv(), 2)
+    finally:
+        await a.close()
+        await b.close()

@@ -252,6 +252,8 @@ class Puncher:
 class QuicReceiver(Protocol):
     def datagram_received(self, data: bytes, addr: Address) -> None: ...
 
+    def abort(self, reason: str) -> None: ...
+
 
 #: called with an unclaimed QUIC Initial; returns the receiver that now owns the connection
 InitialHandler = Callable[[bytes, Address, QuicHeader], QuicReceiver | None]
@@ -318,11 +320,19 @@ class MediaSocket(asyncio.DatagramProtocol):
             self.stats["send_error"] += 1
 
     async def close(self) -> None:
+        """Abort the QUIC connections on this socket (telling their peers), then close."""
+        receivers = {id(r): r for r in [*self._quic_by_cid.values(),
+                                         *self._quic_by_addr.values()]}
+        for receiver in receivers.values():
+            receiver.abort("the media socket closed")
         self.closed = True
         for session in self._sessions.values():
             if session.linger is not None:
                 session.linger.cancel()
         self._sessions.clear()
+        self._quic_by_cid.clear()
+        self._quic_by_addr.clear()
+        self._acceptors.clear()
         if self.transport is not None:
             self.transport.close()
             await asyncio.sleep(0)
@@ -333,10 +343,14 @@ class MediaSocket(asyncio.DatagramProtocol):
         peer = (str(addr[0]), int(addr[1]))
         self.stats["datagrams_in"] += 1
         head = data[:4]
-        if head == ENVELOPE_MAGIC and self._envelope(data, peer):
-            return
-        if head == PROBE_MAGIC and self._probe(data, peer):
-            return
+        if head in (ENVELOPE_MAGIC, PROBE_MAGIC):
+            if self._envelope(data, peer) if head == ENVELOPE_MAGIC else self._probe(data, peer):
+                return
+            if peer not in self._quic_by_addr:
+                # a late duplicate answer, or a probe for a session that ended
+                self.stats["stray_" + ("envelope" if head == ENVELOPE_MAGIC else "probe")] += 1
+                return
+            # else: a QUIC packet from a connected peer that happens to start like ours
         self._quic(data, peer)
 
     def _envelope(self, data: bytes, addr: Address) -> bool:

@@ -527,9 +527,12 @@ class QuicByteStream:
     def abort(self, reason: str) -> None:
         """Close at once with an application error (no waiting for acknowledgements)."""
         self._closed = True
-        self.core.close(reason)
-        self._after()
+        if not self.core.terminated:
+            self.core.close(reason)
+            self._after()
         self._teardown()
+        self.core.terminated = True
+        self._changed.set()
 
 
 async def quic_connect(
@@ -548,9 +551,13 @@ async def quic_connect(
         config = configuration(True, idle_timeout, congestion_control)
         core = QuicStreamCore(QuicConnection(configuration=config), is_client=True)
         stream = QuicByteStream(media, core, peer)
-        core.connect(peer, loop.time())
-        stream._after()
-        ok = await stream._wait(lambda: core.handshake_done or core.terminated, timeout)
+        try:
+            core.connect(peer, loop.time())
+            stream._after()
+            ok = await stream._wait(lambda: core.handshake_done or core.terminated, timeout)
+        except BaseException:  # cancelled (another path won): leave nothing behind
+            stream.abort("cancelled")
+            raise
         if not ok or not core.handshake_done:
             stream.abort("handshake timeout")
             raise QuicPathError(core.error or f"no QUIC handshake with {peer[0]}:{peer[1]} "
@@ -587,6 +594,10 @@ async def quic_connect(
                             or srv.core.terminated)
     except TimeoutError:
         pass
+    except BaseException:  # cancelled (another path won): leave nothing behind
+        if accepted.done() and not accepted.cancelled():
+            accepted.result().abort("cancelled")
+        raise
     finally:
         cancel()
     if server is None or not server.core.handshake_done or not server.core.stream_open:
