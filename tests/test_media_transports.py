@@ -491,7 +491,7 @@ async def test_punch_fails_fast_without_a_peer(media: MediaSocket) -> None:
     with pytest.raises(PunchFailed):
         await punch(media, sid, punch_key(secret, transcript), True, [media.local_address],
                     [("127.0.0.1", 9)], timeout=0.6)
-    assert 0.55 < time.monotonic() - started < 1.0
+    assert 0.55 < time.monotonic() - started < 1.5
     with pytest.raises(PunchFailed):  # nothing to try: at once
         await punch(media, sid, os.urandom(32), True, [], [], timeout=5)
 

@@ -167,7 +167,7 @@ def test_symmetric_pairs_fail_fast(lab: Lab, reflectors: list[str]) -> None:
     for pa, pb in pairs:
         for peer in (pa, pb):
             failed = peer.event("punch_failed", PUNCH_TIMEOUT_S + 10)
-            assert PUNCH_TIMEOUT_S - 0.5 <= failed["elapsed"] <= PUNCH_TIMEOUT_S + 0.5, failed
+            assert PUNCH_TIMEOUT_S - 0.1 <= failed["elapsed"] <= PUNCH_TIMEOUT_S + 1.0, failed
 
 
 def test_impaired_cone_to_cone_moves_one_mebibyte(lab: Lab, reflectors: list[str]) -> None:
