@@ -38,7 +38,13 @@ from overlay.media.punch import (
     punch_feasible,
     punch_key,
 )
-from overlay.media.quic_path import QuicByteStream, QuicPathError, quic_connect, udp_path
+from overlay.media.quic_path import (
+    MediaCongestionControl,
+    QuicByteStream,
+    QuicPathError,
+    quic_connect,
+    udp_path,
+)
 from overlay.media.secure_stream import (
     MAX_PLAINTEXT,
     SecureFramer,
@@ -680,3 +686,69 @@ async def test_closing_the_socket_ends_its_connections() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+# ------------------------------------------------------------------- congestion control
+
+
+def simulate(loss: float, queue_cap: float | None, rate: float = 500_000, one_way: float = 0.2,
+             duration: float = 30.0) -> tuple[MediaCongestionControl, float, float]:
+    """The controller against a simulated path: a FIFO bottleneck of ``rate`` bytes/s with an
+    optional drop-tail queue, ``one_way`` delay each way, random ``loss``. Returns the
+    controller, the goodput (bytes/s) and the largest queue seen (bytes)."""
+    import heapq
+    import random
+
+    from aioquic.quic.packet import QuicPacketType
+    from aioquic.quic.packet_builder import QuicSentPacket
+    from aioquic.tls import Epoch
+
+    cc = MediaCongestionControl(max_datagram_size=1350)
+    rng = random.Random(7)
+    now = link_free = 0.0
+    number = delivered = 0
+    largest_queue = 0.0
+    events: list[tuple[float, int, bool, QuicSentPacket]] = []
+    while now < duration:
+        while cc.bytes_in_flight + 1350 <= cc.congestion_window:
+            packet = QuicSentPacket(epoch=Epoch.ONE_RTT, in_flight=True, is_ack_eliciting=True,
+                                    is_crypto_packet=False, packet_number=number,
+                                    packet_type=QuicPacketType.ONE_RTT, sent_time=now,
+                                    sent_bytes=1350)
+            number += 1
+            cc.on_packet_sent(packet=packet)
+            arrive = now + one_way
+            queue = max(0.0, link_free - arrive) * rate
+            largest_queue = max(largest_queue, queue)
+            if (queue_cap is not None and queue > queue_cap) or rng.random() < loss:
+                heapq.heappush(events, (now + 2 * one_way + 0.05, number, False, packet))
+            else:
+                link_free = max(link_free, arrive) + 1350 / rate
+                heapq.heappush(events, (link_free + one_way, number, True, packet))
+            now += 1350 / (1.5 * rate)  # the sender's own pace: 1.5x the bottleneck
+        at, _, acked, packet = heapq.heappop(events)
+        now = max(now, at)
+        if acked:
+            cc.on_rtt_measurement(now=at, rtt=at - (packet.sent_time or 0.0))
+            cc.on_packet_acked(now=at, packet=packet)
+            delivered += packet.sent_bytes
+        else:
+            cc.on_packets_lost(now=at, packets=[packet])
+    return cc, delivered / now, largest_queue
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.04])
+def test_congestion_control_fills_a_lossy_long_path_without_flooding_it(loss: float) -> None:
+    bdp = 500_000 * 0.4
+    for queue_cap in (None, bdp):  # an unbounded buffer, then one BDP of drop-tail
+        cc, goodput, largest_queue = simulate(loss, queue_cap)
+        assert goodput > 0.8 * 500_000, (loss, queue_cap, goodput)  # random loss: still fast
+        assert largest_queue < 2.5 * bdp, largest_queue  # bounded queue even with no drops
+        assert 1.5 * bdp < cc.congestion_window < 2.5 * bdp and cc.mode == "steady"
+
+
+def test_congestion_control_backs_off_under_heavy_loss() -> None:
+    cc, _, _ = simulate(0.3, 500_000 * 0.4)
+    assert cc.congestion_window < 500_000 * 0.4
+    cc.on_persistent_congestion()
+    assert cc.congestion_window == 4 * 1350 and cc.mode == "startup"
