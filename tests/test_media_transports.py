@@ -39,6 +39,7 @@ from overlay.media.punch import (
     punch_key,
 )
 from overlay.media.quic_path import (
+    SEND_HIGH_WATER,
     MediaCongestionControl,
     QuicByteStream,
     QuicPathError,
@@ -590,6 +591,11 @@ async def test_udp_path_helper_and_stream_semantics() -> None:
             udp_path(a, sid, secret, transcript, True, [a.local_address], [b.local_address]),
             udp_path(b, sid, secret, transcript, False, [b.local_address], [a.local_address]))
         assert isinstance(qa, QuicByteStream) and isinstance(qb, QuicByteStream)
+        big = os.urandom(2 * MiB)
+        reader = asyncio.create_task(qb_read(qb, len(big)))
+        await qa.send(big)  # returns once no more than the high-water mark is unacknowledged
+        assert qa.core.unacknowledged() <= SEND_HIGH_WATER
+        assert await reader == big
         await qb.send(b"server speaks first")  # the responder may send at once
         assert await qa.recv() == b"server speaks first"
         await qa.send(b"x" * 100)
@@ -602,6 +608,13 @@ async def test_udp_path_helper_and_stream_semantics() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def qb_read(stream: ByteStream, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        got += await stream.recv(65536)
+    return bytes(got)
 
 
 async def test_quic_connect_times_out_without_a_server(media: MediaSocket) -> None:

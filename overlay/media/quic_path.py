@@ -21,6 +21,12 @@ back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or unacknowle
 sent was acknowledged (giving up after ``CLOSE_STALL_S`` without progress), then closes the
 connection with NO_ERROR. A PING every ``KEEPALIVE_S`` keeps NAT mappings and the idle timer
 alive.
+
+Congestion control: :class:`MediaCongestionControl` (``"overlay-bbr"``, BBR-like), because a
+loss-based controller collapses on long paths with random loss; ``congestion_control="cubic"``
+(or ``"reno"``) selects aioquic's own. One place reads aioquic's private state:
+:meth:`QuicStreamCore.unacknowledged` / ``all_acknowledged`` look at the stream's send buffer
+(aioquic offers no back-pressure of its own); pinned by the tests.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.congestion.base import QuicCongestionControl, register_congestion_control
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode, QuicHeader
 from aioquic.quic.packet_builder import QuicSentPacket
 from cryptography import x509
@@ -392,10 +398,6 @@ class QuicStreamCore:
             self.conn.close(error_code=QuicErrorCode.APPLICATION_ERROR, reason_phrase=error)
             self.error = self.error or error
 
-    @property
-    def draining(self) -> bool:
-        return self.conn._state not in (QuicConnectionState.FIRSTFLIGHT,
-                                        QuicConnectionState.CONNECTED)
 
     # -- events ----------------------------------------------------------------------------
 
