@@ -135,8 +135,8 @@ def add_commands(sub: Any) -> None:
                    help="never offer to serve as a supernode")
     p.add_argument("--heartbeat", type=_positive, default=30.0, metavar="S",
                    help="heartbeat before the supernode announces its own (default 30)")
-    p.add_argument("--presence-refresh", type=_positive, default=60.0, metavar="S",
-                   help="re-sign the presence record this often; lifetime 3x (default 60)")
+    p.add_argument("--presence-refresh", type=_positive, default=300.0, metavar="S",
+                   help="re-sign the presence record this often; lifetime 3x (default 300)")
     p.add_argument("--promote-after", type=_positive, default=600.0, metavar="S",
                    help="uptime after which a publicly reachable client becomes a supernode")
     p.add_argument("--listen-port", type=int, default=0, metavar="PORT",

@@ -61,10 +61,12 @@ class DHTConfig:
     max_contacts_per_ip: int = 4
     #: this node is behind NAT: others answer it but never route to it
     client: bool = False
-    requests_per_ip_per_s: float = 500.0
-    request_burst_per_ip: float = 1000.0
+    #: a supernode with thousands of clients legitimately sends bursts to its few peers
+    requests_per_ip_per_s: float = 2000.0
+    request_burst_per_ip: float = 4000.0
     refresh_interval_s: float = 60.0
-    republish_interval_s: float = 120.0
+    #: only the publisher republishes; records are re-signed by their owners far more often
+    republish_interval_s: float = 300.0
 
 
 @dataclass
