@@ -26,6 +26,7 @@ INVITE_DOMAIN = b"overlay/invite/v1\x00"
 ANSWER_DOMAIN = b"overlay/answer/v1\x00"
 SESSION_ID_BYTES = 16
 MAX_CANDIDATES = 8
+MAX_RELAYS = 4
 #: an invite older than this (or this far in the future) is refused: no replays
 MAX_AGE_S = 120.0
 NAT_TYPES = ("public", "cone", "symmetric", "no-udp", "unknown")
@@ -94,12 +95,17 @@ class Offer:
     #: answers: whether the callee accepts, and why not
     accept: bool = True
     reason: str = ""
+    #: invites: relays the caller chose ([host, port, node key], best first) and the secret
+    #: from which each relay's session token is derived
+    relays: tuple[tuple[str, int, bytes], ...] = ()
+    relay_secret: bytes = b""
     wire: bytes = field(default=b"", repr=False, compare=False)
 
     def fields(self) -> list[Any]:
         return [self.kind, self.session_id, self.from_user, self.from_device, self.from_key,
                 self.to_user, self.ephemeral, self.candidates.to_wire(), self.issued_at,
-                self.purpose, self.accept, self.reason]
+                self.purpose, self.accept, self.reason, [list(r) for r in self.relays],
+                self.relay_secret]
 
 
 def _domain(kind: str) -> bytes:
@@ -124,10 +130,18 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
                                  max_array_len=16, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types
         raise SignallingError(f"not an offer: {type(exc).__name__}") from None
-    if not isinstance(values, list) or len(values) != 12:
-        raise SignallingError("an offer has 12 fields")
+    if not isinstance(values, list) or len(values) != 14:
+        raise SignallingError("an offer has 14 fields")
     (kind, session_id, from_user, from_device, from_key, to_user, ephemeral, candidates,
-     issued_at, purpose, accept, reason) = values
+     issued_at, purpose, accept, reason, relays, relay_secret) = values
+    if not isinstance(relays, list) or len(relays) > MAX_RELAYS or not all(
+        isinstance(r, list) and len(r) == 3 and type(r[0]) is str and len(r[0]) <= 64
+        and type(r[1]) is int and 0 < r[1] < 65536 and type(r[2]) is bytes
+        and len(r[2]) == PUBLIC_KEY_BYTES for r in relays
+    ):
+        raise SignallingError(f"relays are up to {MAX_RELAYS} [host, port, node key]")
+    if type(relay_secret) is not bytes or len(relay_secret) not in (0, 32):
+        raise SignallingError("bad relay secret")
     if kind not in ("invite", "answer"):
         raise SignallingError(f"unknown offer kind {kind!r}")
     if type(session_id) is not bytes or len(session_id) != SESSION_ID_BYTES:
@@ -148,7 +162,8 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
     if abs(t - issued_at) > MAX_AGE_S:
         raise SignallingError("offer is stale or from the future")
     return Offer(kind, session_id, from_user, from_device, from_key, to_user, ephemeral,
-                 Candidates.from_wire(candidates), issued_at, purpose, accept, reason, wire=wire)
+                 Candidates.from_wire(candidates), issued_at, purpose, accept, reason,
+                 tuple((r[0], r[1], r[2]) for r in relays), relay_secret, wire=wire)
 
 
 @dataclass
