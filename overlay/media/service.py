@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from overlay.media.connect import (
     connect_as_responder,
     dial_tcp,
 )
+from overlay.media.relay_selector import RelayHistory
 from overlay.media.signalling import (
     Candidates,
     MediaKeys,
@@ -42,13 +44,21 @@ from overlay.media.signalling import (
     transcript_hash,
 )
 from overlay.media.stream import ByteStream
-from overlay.media.transfer import TransferError, receive_file, send_file
+from overlay.media.transfer import (
+    PartialStore,
+    StreamClosed,
+    TransferError,
+    file_sha256,
+    receive_file,
+    send_file,
+)
 from overlay.session_io import ClientSession, SessionError
 from overlay.wire import AttachOk, SignalDelivery
 
 log = structlog.get_logger("overlay.media")
 
 ANSWER_TIMEOUT_S = 10.0
+MAX_SESSIONS_PER_SEND = 3
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
 
@@ -57,6 +67,14 @@ Lookup = Callable[[str], Awaitable[tuple[list[records.SignedRecord], str]]]
 
 class SendFailed(Exception):
     """A send did not happen; the message says why in a user's words."""
+
+
+class _PathLost(Exception):
+    """The chosen path failed mid-transfer; another session may resume it."""
+
+    def __init__(self, message: str, relay_key: bytes | None) -> None:
+        super().__init__(message)
+        self.relay_key = relay_key
 
 
 @dataclass
@@ -96,6 +114,8 @@ class MediaService:
         self.transfers: list[dict[str, Any]] = []
         #: outgoing transfers in progress, for progress bars: {"to", "name", "sent", "size"}
         self.sending: list[dict[str, Any]] = []
+        self.partials = PartialStore()
+        self.relay_history = RelayHistory()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -167,8 +187,29 @@ class MediaService:
     # -- caller ---------------------------------------------------------------------------------
 
     async def send(self, to_user: str, path: Path) -> dict[str, Any]:
+        """Send ``path`` to ``to_user``. A path that fails mid-transfer (a relay dying, say) is
+        replaced by a new session on another path, and the transfer resumes where the
+        receiver's data ends."""
         if not path.is_file():  # noqa: ASYNC240
             raise SendFailed(f"{path} is not a readable file")
+        transfer_id = os.urandom(16)
+        sha = await asyncio.to_thread(file_sha256, path)
+        failed_relays: set[bytes] = set()
+        errors: list[str] = []
+        for _ in range(MAX_SESSIONS_PER_SEND):
+            try:
+                return await self._send_once(to_user, path, transfer_id, sha, failed_relays)
+            except _PathLost as exc:
+                errors.append(str(exc))
+                if exc.relay_key is not None:
+                    failed_relays.add(exc.relay_key)
+                    self.relay_history.failed(exc.relay_key)
+                log.warning("transfer_path_lost", to_user=to_user, error=str(exc),
+                            resuming=True)
+        raise SendFailed(f"transfer failed on every path tried: {'; '.join(errors)}")
+
+    async def _send_once(self, to_user: str, path: Path, transfer_id: bytes, sha: str,
+                         failed_relays: set[bytes]) -> dict[str, Any]:
         session = self.primary()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -189,9 +230,11 @@ class MediaService:
         self.listener.expect(s.session_id)
         try:
             local = await self.candidates(session)
+            relays, secret = await self._choose_relays(session, target, failed_relays)
             invite = sign_offer(Offer("invite", s.session_id, self.user, self.device,
                                       self.identity.public_key, to_user, s.keys.public, local,
-                                      time.time()), self.identity)
+                                      time.time(), relays=relays, relay_secret=secret),
+                                self.identity)
             result = await session.signal(to_user, invite.wire, to_device=target.device)
             if not result.ok:
                 raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
@@ -207,10 +250,11 @@ class MediaService:
                 raise SendFailed(f"{to_user} declined: {answer.reason}")
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
+            attempts = self._attempts(s, local, answer.candidates, shared, transcript)
+            attempts.update(self._relay_attempts(s, invite))
             try:
                 stream, timeline = await connect_as_initiator(
-                    self._attempts(s, local, answer.candidates, shared, transcript),
-                    self._securer(s, shared, transcript))
+                    attempts, self._securer(s, shared, transcript))
             except NoPath as exc:
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
             progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
@@ -220,19 +264,33 @@ class MediaService:
             def update(sent: int, size: int) -> None:
                 progress.update(sent=sent, size=size)
 
+            relay_key = getattr(stream, "relay_key", None)
             try:
-                done = await send_file(stream, path, update)
-            except (TransferError, ConnectionError) as exc:
+                done = await send_file(stream, path, update, transfer_id, sha)
+            except (StreamClosed, ConnectionError) as exc:
+                raise _PathLost(f"{stream.path} lost after {progress['sent']} bytes: {exc}",
+                                relay_key) from None
+            except TransferError as exc:
                 raise SendFailed(f"transfer failed: {exc}") from None
             finally:
                 self.sending.remove(progress)
-                await stream.close()
+                await close_quietly(stream)
             return {"path": stream.path, "relay": getattr(stream, "relay_id", None),
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
-                    "sha256": done.sha256, "timeline": timeline.events}
+                    "sha256": done.sha256, "resumed_from": done.resumed_from,
+                    "timeline": timeline.events}
         finally:
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
+
+    async def _choose_relays(
+        self, session: ClientSession, target: records.PresenceRecord, exclude: set[bytes]
+    ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
+        """Up to three relays for this call (none when no relay transport is available)."""
+        return (), b""
+
+    def _relay_attempts(self, s: Session, offer: Offer) -> dict[str, Attempt]:
+        return {}
 
     # -- callee ---------------------------------------------------------------------------------
 
@@ -296,9 +354,10 @@ class MediaService:
             entry["path"] = stream.path
             self._remember(entry)
             try:
-                done = await receive_file(stream, self.inbox)
+                done = await receive_file(stream, self.inbox, partials=self.partials,
+                                          sender=invite.from_user)
             finally:
-                await stream.close()
+                await close_quietly(stream)
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,
                          first_byte_at=done.first_byte_at, done_at=time.time())
             log.info("file_received", from_user=invite.from_user, name=done.name,

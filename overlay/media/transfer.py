@@ -1,15 +1,18 @@
 """Sending a file over an established, end-to-end secured media stream.
 
 Frames on the (decrypted) stream: ``length(4) | type(1) | payload``. The sender sends a
-``HEADER`` (name, size, sha256, offset), ``DATA`` chunks and ``END``; the receiver writes into
-a partial file in its inbox, checks size and sha256, renames it into place and answers ``ACK``
-(ok, sha256, or an error). A receiver never writes outside its inbox, never past the announced
-size, and never keeps a file whose hash does not match.
+``HEADER`` (name, size, sha256, transfer id); the receiver answers ``READY`` with the offset it
+already holds (0 for a new transfer; for one resumed after its path failed, every byte it wrote
+before); the sender sends ``DATA`` from there and ``END``; the receiver checks size and
+sha256, renames the partial file into place and answers ``ACK``. No byte is lost or written
+twice across a path failure. A receiver never writes outside its inbox, never past the
+announced size, and never keeps a file whose hash does not match.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -18,12 +21,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
 from overlay.media.stream import ByteStream
 
-HEADER, DATA, END, ACK = 1, 2, 3, 4
+HEADER, DATA, END, ACK, READY = 1, 2, 3, 4, 5
+#: how long a receiver keeps an interrupted transfer for the sender to resume
+RESUME_WINDOW_S = 120.0
 CHUNK = 60 * 1024
 MAX_FRAME = CHUNK + 64
 MAX_FILE_BYTES = 64 * 2**30
@@ -34,6 +40,10 @@ class TransferError(Exception):
     """The transfer failed; the message says why (and which side)."""
 
 
+class StreamClosed(TransferError):
+    """The path under the transfer went away: resumable on another path."""
+
+
 @dataclass
 class TransferResult:
     name: str
@@ -42,6 +52,48 @@ class TransferResult:
     seconds: float
     first_byte_at: float | None = None
     path: str = ""
+    resumed_from: int = 0
+
+
+@dataclass
+class Partial:
+    """An interrupted incoming transfer, kept so the sender can resume it."""
+
+    path: Path
+    name: str
+    size: int
+    sha256: str
+    received: int
+    digest: Any
+    updated: float
+
+
+class PartialStore:
+    """Interrupted incoming transfers by (sender, transfer id), dropped after a while."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], Partial] = {}
+
+    def take(self, sender: str, transfer_id: str, name: str, size: int, sha: str
+             ) -> Partial | None:
+        self.expire()
+        item = self.items.pop((sender, transfer_id), None)
+        if item is None or (item.name, item.size, item.sha256) != (name, size, sha):
+            if item is not None:
+                item.path.unlink(missing_ok=True)
+            return None
+        return item
+
+    def keep(self, sender: str, transfer_id: str, item: Partial) -> None:
+        item.updated = time.monotonic()
+        self.items[(sender, transfer_id)] = item
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for key, item in list(self.items.items()):
+            if now - item.updated > RESUME_WINDOW_S:
+                item.path.unlink(missing_ok=True)
+                del self.items[key]
 
 
 class FrameReader:
@@ -64,7 +116,7 @@ class FrameReader:
                     return kind, payload
             data = await self.stream.recv(65536)
             if not data:
-                raise TransferError("the peer closed the stream mid-transfer")
+                raise StreamClosed("the peer closed the stream mid-transfer")
             self.buf += data
 
 
@@ -81,22 +133,33 @@ def file_sha256(path: Path) -> str:
 
 
 async def send_file(
-    stream: ByteStream, path: Path, progress: Callable[[int, int], None] | None = None
+    stream: ByteStream, path: Path, progress: Callable[[int, int], None] | None = None,
+    transfer_id: bytes | None = None, sha: str | None = None,
 ) -> TransferResult:
+    """Send ``path``; with the ``transfer_id`` of an interrupted attempt, resume it."""
     size = path.stat().st_size  # noqa: ASYNC240 - one stat, not worth a thread
-    sha = await asyncio.to_thread(file_sha256, path)
+    sha = sha or await asyncio.to_thread(file_sha256, path)
     started = time.monotonic()
-    header = {"name": path.name, "size": size, "sha256": sha, "offset": 0}
+    header = {"name": path.name, "size": size, "sha256": sha,
+              "id": (transfer_id or os.urandom(16)).hex()}
     await stream.send(frame(HEADER, msgpack.packb(header)))
-    sent = 0
+    reader = FrameReader(stream)
+    kind, payload = await reader.next()
+    ready = msgpack.unpackb(payload, raw=False, max_map_len=4) if kind == READY else None
+    if kind == ACK or not isinstance(ready, dict) or type(ready.get("offset")) is not int \
+            or not 0 <= ready["offset"] <= size:
+        raise TransferError("the receiver refused the transfer")
+    offset: int = ready["offset"]
+    sent = offset
     with path.open("rb") as f:
+        f.seek(offset)
         while chunk := f.read(CHUNK):
             await stream.send(frame(DATA, chunk))
             sent += len(chunk)
             if progress is not None:
                 progress(sent, size)
     await stream.send(frame(END, b""))
-    kind, payload = await FrameReader(stream).next()
+    kind, payload = await reader.next()
     if kind != ACK:
         raise TransferError("the receiver did not acknowledge")
     ack = msgpack.unpackb(payload, raw=False, max_map_len=8, max_str_len=512)
@@ -105,7 +168,9 @@ async def send_file(
         raise TransferError(f"the receiver refused the file: {error}")
     if ack.get("sha256") != sha:
         raise TransferError("the receiver stored a different sha256")
-    return TransferResult(path.name, size, sha, time.monotonic() - started, path=stream.path)
+    assert sha is not None
+    return TransferResult(path.name, size, sha, time.monotonic() - started, path=stream.path,
+                          resumed_from=offset)
 
 
 def _final_name(inbox: Path, name: str) -> Path:
@@ -119,15 +184,16 @@ def _final_name(inbox: Path, name: str) -> Path:
 
 
 async def receive_file(
-    stream: ByteStream, inbox: Path, max_bytes: int = MAX_FILE_BYTES
+    stream: ByteStream, inbox: Path, max_bytes: int = MAX_FILE_BYTES,
+    partials: PartialStore | None = None, sender: str = "",
 ) -> TransferResult:
     reader = FrameReader(stream)
     kind, payload = await reader.next()
     if kind != HEADER:
         raise TransferError("a transfer starts with a header")
     header = msgpack.unpackb(payload, raw=False, max_map_len=8, max_str_len=512)
-    name, size, sha = (header.get(k) for k in ("name", "size", "sha256")) \
-        if isinstance(header, dict) else (None, None, None)
+    name, size, sha, tid = (header.get(k) for k in ("name", "size", "sha256", "id")) \
+        if isinstance(header, dict) else (None, None, None, None)
     error = None
     if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
         error = "unsafe file name"
@@ -135,44 +201,66 @@ async def receive_file(
         error = f"size must be 0..{max_bytes}"
     elif not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         error = "bad sha256"
+    elif not isinstance(tid, str) or not re.fullmatch(r"[0-9a-f]{32}", tid):
+        error = "bad transfer id"
     if error is not None:
         await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": error})))
         raise TransferError(f"refused an incoming file: {error}")
     assert isinstance(name, str) and isinstance(size, int) and isinstance(sha, str)
+    assert isinstance(tid, str)
     inbox.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per transfer
-    partial = inbox / f".{name}.{os.urandom(4).hex()}.partial"
-    digest = hashlib.sha256()
-    received = 0
+    item = partials.take(sender, tid, name, size, sha) if partials is not None else None
+    if item is None:
+        partial = inbox / f".{name}.{os.urandom(4).hex()}.partial"
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        item = Partial(partial, name, size, sha, 0, hashlib.sha256(), time.monotonic())
+    resumed_from = item.received
+    await stream.send(frame(READY, msgpack.packb({"offset": item.received})))
     first_byte_at: float | None = None
     started = time.monotonic()
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
+        with item.path.open("r+b") as out:
+            out.truncate(item.received)
+            out.seek(item.received)
             while True:
-                kind, payload = await reader.next()
+                try:
+                    kind, payload = await reader.next()
+                except (StreamClosed, ConnectionError) as exc:
+                    raise _Interrupted(str(exc)) from None
                 if kind == DATA:
                     if first_byte_at is None:
                         first_byte_at = time.time()
-                    received += len(payload)
-                    if received > size:
+                    if item.received + len(payload) > size:
                         raise TransferError("the sender sent more than it announced")
-                    digest.update(payload)
                     out.write(payload)
+                    item.digest.update(payload)
+                    item.received += len(payload)
                 elif kind == END:
                     break
                 else:
                     raise TransferError(f"unexpected frame type {kind}")
-        if received != size or digest.hexdigest() != sha:
+        if item.received != size or item.digest.hexdigest() != sha:
             raise TransferError("size or sha256 mismatch")
         target = _final_name(inbox, name)
-        os.replace(partial, target)
+        os.replace(item.path, target)
+    except _Interrupted as exc:
+        if partials is not None:
+            partials.keep(sender, tid, item)
+        else:
+            item.path.unlink(missing_ok=True)
+        raise TransferError(f"interrupted at {item.received} of {size} bytes: {exc}") from None
     except TransferError as exc:
-        partial.unlink(missing_ok=True)
-        await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": str(exc)})))
+        item.path.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": str(exc)})))
         raise
     except BaseException:
-        partial.unlink(missing_ok=True)
+        item.path.unlink(missing_ok=True)
         raise
     await stream.send(frame(ACK, msgpack.packb({"ok": True, "sha256": sha})))
     return TransferResult(target.name, size, sha, time.monotonic() - started, first_byte_at,
-                          path=stream.path)
+                          path=stream.path, resumed_from=resumed_from)
+
+
+class _Interrupted(Exception):
+    """The path failed mid-transfer; the partial file is kept for a resume."""
