@@ -9,7 +9,7 @@ import os
 
 from overlay.media.stream import TcpByteStream
 from overlay.media.transfer import PartialStore, StreamClosed, receive_file, send_file
-from tests.netutil import loopback_ips
+from tests.netutil import loopback_ips, wait_for
 
 
 class DyingForwarder:
@@ -69,9 +69,7 @@ async def test_resume_after_the_path_dies(tmp_path):
         raise AssertionError("the first path should have died")
     except (StreamClosed, ConnectionError):
         pass
-    async with asyncio.timeout(10):
-        while not results:
-            await asyncio.sleep(0.01)
+    await wait_for(lambda: bool(results))
     assert "interrupted" in str(results[0])
     held = next(iter(partials.items.values())).received
     assert 0 < held <= 2**20
@@ -79,9 +77,7 @@ async def test_resume_after_the_path_dies(tmp_path):
     second = await asyncio.open_connection(*target)
     done = await send_file(TcpByteStream(*second), src, transfer_id=transfer_id)
     assert done.resumed_from == held
-    async with asyncio.timeout(10):
-        while len(results) < 2:
-            await asyncio.sleep(0.01)
+    await wait_for(lambda: len(results) == 2)
     received = results[1]
     assert received.resumed_from == held
     assert hashlib.sha256((inbox / "big.bin").read_bytes()).digest() == \
