@@ -309,6 +309,7 @@ class ClientDaemon:
             self.lookup, self._primary_session, self._supernode_udp_addresses,
             lambda: self.primary.ok if self.primary is not None else None,
             self._reachable,
+            lambda: {k: m.rtt_s for k, m in self.measured.items() if m.rtt_s is not None},
         )
         self.control: ControlServer | None = None
         if opts.control_path is not None:

@@ -22,7 +22,7 @@ import structlog
 
 from overlay import records
 from overlay.identity import Identity
-from overlay.media import transport_hooks
+from overlay.media import relay_selector, transport_hooks
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
     Attempt,
@@ -53,12 +53,15 @@ from overlay.media.transfer import (
     send_file,
 )
 from overlay.session_io import ClientSession, SessionError
+from overlay.vivaldi import Coordinate
 from overlay.wire import AttachOk, SignalDelivery
 
 log = structlog.get_logger("overlay.media")
 
 ANSWER_TIMEOUT_S = 10.0
 MAX_SESSIONS_PER_SEND = 3
+#: the rate a file transfer asks a relay to reserve (the relay may cap it lower)
+RELAY_RATE_BPS = 1_000_000
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
 
@@ -98,7 +101,9 @@ class MediaService:
         supernodes: Callable[[], list[tuple[tuple[str, int], bytes]]],
         attach_ok: Callable[[], AttachOk | None],
         reachable: Callable[[], bool],
+        rtts: Callable[[], dict[bytes, float]] | None = None,
     ) -> None:
+        self.rtts = rtts or dict
         self.identity = identity
         self.user = user
         self.device = device
@@ -181,7 +186,11 @@ class MediaService:
     def _securer(self, s: Session, shared: bytes, transcript: bytes
                  ) -> Callable[[ByteStream], Awaitable[ByteStream]]:
         async def secure(raw: ByteStream) -> ByteStream:
-            return await transport_hooks.secure(raw, shared, transcript, s.initiator)
+            secured = await transport_hooks.secure(raw, shared, transcript, s.initiator)
+            for attr in ("relay_id", "relay_key"):  # which relay carries it, for reports
+                if hasattr(raw, attr):
+                    setattr(secured, attr, getattr(raw, attr))
+            return secured
         return secure
 
     # -- caller ---------------------------------------------------------------------------------
@@ -286,11 +295,34 @@ class MediaService:
     async def _choose_relays(
         self, session: ClientSession, target: records.PresenceRecord, exclude: set[bytes]
     ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
-        """Up to three relays for this call (none when no relay transport is available)."""
-        return (), b""
+        """The best few relays for this call, from the signed supernode directory."""
+        if not transport_hooks.relay_available():
+            return (), b""
+        try:
+            directory = await session.directory()
+        except SessionError as exc:
+            log.info("relay_directory_unavailable", error=str(exc))
+            return (), b""
+        coords = {s.record.node_key: Coordinate.from_record(s.record.coords)
+                  for s in directory if isinstance(s.record, records.SupernodeRecord)}
+        ranked = relay_selector.rank(
+            relay_selector.candidates(directory, RELAY_RATE_BPS),
+            caller_rtt=self.rtts(), caller_coords=coords.get(session.node_key),
+            callee_coords=coords.get(target.supernode_key),
+            callee_supernode=target.supernode_key, history=self.relay_history,
+            exclude=exclude,
+        )[: relay_selector.TOP]
+        return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
     def _relay_attempts(self, s: Session, offer: Offer) -> dict[str, Attempt]:
-        return {}
+        """One attempt per relay the invite names: the first relay that admits the session
+        and pairs both halves wins the race like any other path."""
+        attempts: dict[str, Attempt] = {}
+        for i, (host, port, key) in enumerate(offer.relays):
+            token = relay_selector.session_token(offer.relay_secret, key)
+            attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
+                host, port, key, token, s.initiator, RELAY_RATE_BPS)
+        return attempts
 
     # -- callee ---------------------------------------------------------------------------------
 
@@ -343,6 +375,7 @@ class MediaService:
             shared = s.keys.shared_secret(invite.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
+            attempts.update(self._relay_attempts(s, invite))
             result = await session.signal(invite.from_user, answer.wire,
                                           to_device=invite.from_device)
             if not result.ok:

@@ -4,6 +4,8 @@ on top). Kept in one place so the service reads as a sequence of decisions."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from overlay.media.signalling import Address, Candidates
 from overlay.media.stream import ByteStream
 
 SECURE_TIMEOUT_S = 5.0
+RELAY_CONNECT_TIMEOUT_S = 8.0
 NAT_CACHE_S = 60.0
 BINDING_TIMEOUT_S = 1.5
 
@@ -59,6 +62,25 @@ async def udp_candidates(
         udp.checked_at, udp.checked_with = time.monotonic(), addrs
     candidates = [(local_ip, port), *udp.mapped]
     return list(dict.fromkeys(candidates)), udp.nat
+
+
+def relay_available() -> bool:
+    return importlib.util.find_spec("overlay.relay.client") is not None
+
+
+def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator: bool,
+                  rate_bps: int) -> Callable[[], Awaitable[ByteStream]]:
+    """Connect to a relay as the caller's (A) or callee's (B) half of one session."""
+
+    async def attempt() -> ByteStream:
+        client = importlib.import_module("overlay.relay.client")
+        stream: ByteStream = await client.relay_connect(
+            host, port, token, 0 if initiator else 1, rate_bps, RELAY_CONNECT_TIMEOUT_S)
+        stream.relay_key = node_key  # type: ignore[attr-defined]
+        stream.relay_id = node_key.hex()[:16]  # type: ignore[attr-defined]
+        return stream
+
+    return attempt
 
 
 def udp_attempt(
