@@ -798,6 +798,10 @@ class Lab:
             rns, wan, _ = self._uplink(spec)
             if spec.kind == "firewalled":
                 router_cmds.append(_in_ns(rns, "sysctl", "-qw", f"net.ipv4.conf.{wan}.proxy_arp=1"))
+                # Linux delays proxy ARP replies by up to 0.8 s; a real router answers at once
+                router_cmds.append(
+                    _in_ns(rns, "sysctl", "-qw", f"net.ipv4.neigh.{wan}.proxy_delay=0"))
+                router_inputs.append(None)
                 router_inputs.append(None)
             router_cmds.append(_in_ns(rns, "nft", "-f", "-"))
             router_inputs.append(self.ruleset(spec.name))
