@@ -13,7 +13,8 @@ def test_demo_runs_to_completion():
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for expected in ("bootstrap node", "supernode-3", "attached to", "online", "offline",
-                     "unknown", "told its", "with another key", "stopped every node"):
+                     "unknown", "told its", "with another key", "stopped every node",
+                     "alice → bob", "matches in bob's inbox"):
         assert expected in out, expected
 
 
