@@ -390,6 +390,24 @@ class LabOverlay:
         sn = (self.status(host).get("supernode") or {})
         return sn.get("address") or sn.get("host")
 
+    def public_id(self, host: str) -> str | None:
+        """A bootstrap node's or supernode's public key (hex), from its log."""
+        for entry in self.log_lines(host, "public_id"):
+            if isinstance(entry.get("public_id"), str):
+                return str(entry["public_id"])
+        return None
+
+    def supernode_ids(self) -> dict[str, str | None]:
+        return {sn: self.public_id(sn) for sn in self.supernode_hosts}
+
+    def is_supernode_id(self, ident: object) -> bool:
+        """``ident`` (a relay id as ``overlay send --json`` reports it: the node key in hex, or
+        a prefix of it of at least 8 digits) names one of the supernodes."""
+        if not isinstance(ident, str) or len(ident) < 8:
+            return False
+        return any(k is not None and k.startswith(ident.lower())
+                   for k in self.supernode_ids().values())
+
     def log_text(self, host: str) -> str:
         try:
             return self.log_path(host).read_text(errors="replace")

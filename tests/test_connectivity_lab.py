@@ -72,18 +72,26 @@ EXPECTED: dict[tuple[str, str], str] = {
 
 
 def _relay_capability() -> tuple[bool, str]:
-    """Does this tree have a working relay? Decided from the code, not guessed from
-    results: ``overlay supernode --help`` offers ``--relay-budget``, ``overlay send --help``
-    mentions the relay path, and a relay implementation module exists in ``overlay.media``
-    (``overlay/media/relay.py``)."""
+    """Does this tree have a working relay? Decided from the code, not guessed from results:
+    the client's own switch (``overlay.media.transport_hooks.relay_available()``, true when
+    the relay client exists), the supernode's relay server (``overlay.relay.server``), and
+    ``overlay supernode --help`` offering ``--relay-budget``."""
+    import importlib
     import importlib.util
 
+    try:
+        hooks = importlib.import_module("overlay.media.transport_hooks")
+        client = bool(getattr(hooks, "relay_available", lambda: False)())
+    except ImportError:
+        client = False
+    try:
+        server = importlib.util.find_spec("overlay.relay.server") is not None
+    except ImportError:
+        server = False
     sn = "--relay-budget" in overlay_help("supernode")
-    send = "relay" in overlay_help("send").lower()
-    module = importlib.util.find_spec("overlay.media.relay") is not None
-    reason = f"supernode --relay-budget: {sn}, send help mentions relay: {send}, " \
-             f"overlay.media.relay: {module}"
-    return sn and send and module, reason
+    reason = (f"transport_hooks.relay_available(): {client}, overlay.relay.server: {server}, "
+              f"supernode --relay-budget: {sn}")
+    return client and server and sn, reason
 
 
 _env = os.environ.get("OVERLAY_RELAY_AVAILABLE")
@@ -183,8 +191,9 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
         accepted = {expected} | (also_accepted or {}).get(expected, set())
         if j.get("path") not in accepted:
             problems.append(f"path {j.get('path')!r}, expected {expected!r}")
-        if expected == R and not j.get("relay"):
-            problems.append("relay path without a relay node id")
+        if expected == R and not ov.is_supernode_id(j.get("relay")):
+            problems.append(f"relay {j.get('relay')!r} is not one of the supernodes' ids "
+                            f"{ov.supernode_ids()}")
         if expected != R and j.get("relay") is not None:
             problems.append(f"relay {j.get('relay')!r} on a {expected} path")
         if j.get("bytes") != size:
