@@ -3,7 +3,10 @@
 A supernode publishes its own signed record (address, load, capacity) to the DHT's supernode
 directory, admits clients up to ``--max-clients`` (then refuses with alternatives), publishes
 each attached client's signed presence record and keeps it published while the client is
-attached, and tells its clients to move when it shuts down.
+attached, and tells its clients to move when it shuts down. It also relays
+(:mod:`overlay.relay`) within ``relay_capacity_bps`` and advertises its spare relay capacity
+in its record, re-published when sessions start or end (at most once per
+``relay_republish_min_s``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from overlay.dht import PutFailed
 from overlay.http_api import ExtraMetrics
 from overlay.identity import Identity, node_id_for
 from overlay.node_daemon import NodeDaemon, NodeOptions
+from overlay.relay.budget import BudgetConfig
+from overlay.relay.server import RelayServer
 from overlay.session_io import SessionError, probe
 from overlay.tcp_service import AttachHandler, ServedSession
 from overlay.wire import (
@@ -53,7 +58,15 @@ class SupernodeOptions:
     max_clients: int = 10_000
     #: how often the supernode re-signs its own record (lifetime: three periods)
     record_refresh_s: float = 60.0
+    #: B: the relay's total forwarding rate, bits/s over both directions; 0: no relaying
     relay_capacity_bps: int = 0
+    #: C: the most one relay session may reserve; 0: a quarter of B, at least 1 Mbit/s
+    relay_session_cap_bps: int = 0
+    relay_max_sessions: int = 32
+    relay_max_session_bytes: int = 2**30
+    relay_max_session_s: float = 2 * 3600.0
+    #: the record is re-published on relay load changes, at most this often
+    relay_republish_min_s: float = 3.0
 
 
 def next_seq(last: int) -> int:
@@ -75,7 +88,21 @@ class Supernode(NodeDaemon, AttachHandler):
         self.refused: Counter[str] = Counter()
         self._record_seq = 0
         self.record: records.SignedRecord | None = None
+        self._published_spare: int | None = None
+        self._last_publish = float("-inf")
+        self._republish: asyncio.Task[None] | None = None
         super().__init__(opts, identity)
+        self.relay = RelayServer(
+            BudgetConfig(
+                total_bps=self.sn.relay_capacity_bps,
+                session_cap_bps=self.sn.relay_session_cap_bps,
+                max_sessions=self.sn.relay_max_sessions,
+                max_session_bytes=self.sn.relay_max_session_bytes,
+                max_session_s=self.sn.relay_max_session_s,
+            ),
+            on_change=self._relay_changed,
+        )
+        self.tcp.relay = self.relay
 
     # -- AttachHandler ----------------------------------------------------------------------
 
@@ -319,11 +346,15 @@ class Supernode(NodeDaemon, AttachHandler):
 
     async def publish_record(self) -> None:
         self._record_seq = next_seq(self._record_seq)
+        self._last_publish = time.monotonic()
         host, port = self.advertised
+        capacity = self.relay.config.total_bps if self.relay.config.enabled else 0
+        spare = min(capacity, self.relay.budget.spare_bps)
+        self._published_spare = spare
         self.record = records.supernode(
             self.identity, host, port, seq=self._record_seq,
-            relay_capacity_bps=self.sn.relay_capacity_bps,
-            relay_spare_bps=self.sn.relay_capacity_bps,
+            relay_capacity_bps=capacity,
+            relay_spare_bps=spare,
             load=len(self.attached), max_clients=self.sn.max_clients,
             lifetime_s=3 * self.sn.record_refresh_s,
         )
@@ -331,6 +362,27 @@ class Supernode(NodeDaemon, AttachHandler):
             await self.dht.put(self.record)
         except PutFailed as exc:
             log.warning("supernode_record_not_stored", error=str(exc))
+
+    def _relay_changed(self) -> None:
+        """Relay sessions started or ended: re-publish the record soon (coalesced)."""
+        if self._republish is not None or self.stopping.is_set() or self.record is None:
+            return
+        self._republish = asyncio.create_task(self._republish_relay())
+
+    async def _republish_relay(self) -> None:
+        try:
+            wait = self._last_publish + self.sn.relay_republish_min_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.relay.budget.spare_bps != self._published_spare:
+                await self.publish_record()
+        except Exception:
+            log.exception("supernode_record_refresh_failed")
+        finally:
+            self._republish = None
+        # sessions may have changed while publishing
+        if self.relay.budget.spare_bps != self._published_spare:
+            self._relay_changed()
 
     async def _keep_record(self) -> None:
         while True:
@@ -351,6 +403,8 @@ class Supernode(NodeDaemon, AttachHandler):
 
     async def stop(self) -> None:
         self.stopping.set()
+        if self._republish is not None:
+            self._republish.cancel()
         alternatives = await self.tcp.alternatives(exclude=self.identity.public_key)
         for session in list(self.attached.values()):
             session.proto.send(Moving("supernode shutting down", alternatives))
@@ -377,5 +431,35 @@ class Supernode(NodeDaemon, AttachHandler):
             yield refused
             yield CounterMetricFamily("overlay_lookups", "Lookups served",
                                       value=self.tcp.stats.lookups)
+            yield from self._relay_metrics()
 
         return collect
+
+    def _relay_metrics(self) -> Iterable[Metric]:
+        relay = self.relay
+        sessions = GaugeMetricFamily("overlay_relay_sessions", "Relay sessions",
+                                     labels=["state"])
+        sessions.add_metric(["waiting"], len(relay.waiting))
+        sessions.add_metric(["paired"], len(relay.active))
+        yield sessions
+        yield GaugeMetricFamily("overlay_relay_capacity_bps", "Relay budget (bits/s)",
+                                value=relay.config.total_bps if relay.config.enabled else 0)
+        yield GaugeMetricFamily("overlay_relay_reserved_bps",
+                                "Relay rate reserved by sessions (bits/s)",
+                                value=relay.budget.reserved_bps)
+        yield CounterMetricFamily("overlay_relay_forwarded_bytes",
+                                  "Bytes forwarded by the relay (both directions)",
+                                  value=relay.forwarded_bytes)
+        refused = CounterMetricFamily("overlay_relay_refused", "Relay connections refused",
+                                      labels=["reason"])
+        for reason, n in relay.stats.refused.items():
+            refused.add_metric([reason], n)
+        yield refused
+        ended = CounterMetricFamily("overlay_relay_sessions_ended", "Relay sessions ended",
+                                    labels=["reason"])
+        for reason, n in relay.stats.ended.items():
+            ended.add_metric([reason], n)
+        yield ended
+        yield CounterMetricFamily("overlay_relay_throttled_seconds",
+                                  "Seconds relay reading was paused by the budget",
+                                  value=relay.stats.throttled_s)

@@ -69,6 +69,8 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         max_clients=args.max_clients,
         record_refresh_s=args.record_refresh,
         relay_capacity_bps=0 if args.no_relay else args.relay_budget,
+        relay_session_cap_bps=args.relay_session_cap,
+        relay_max_sessions=args.relay_max_sessions,
     )
 
     async def main() -> int:
@@ -170,7 +172,13 @@ def add_commands(sub: Any) -> None:
                    help="clients admitted before new ones are sent elsewhere")
     p.add_argument("--relay-budget", type=parse_rate, default=parse_rate("2Mbit"),
                    metavar="RATE", help="total relay forwarding rate, e.g. 2Mbit")
-    p.add_argument("--no-relay", action="store_true", help="do not relay for others")
+    p.add_argument("--relay-session-cap", type=parse_rate, default=0, metavar="RATE",
+                   help="the most one relay session may use, both directions together "
+                        "(default: a quarter of the budget, at least 1Mbit)")
+    p.add_argument("--relay-max-sessions", type=int, default=32, metavar="N",
+                   help="relay sessions at once (waiting ones count)")
+    p.add_argument("--no-relay", action="store_true",
+                   help="do not relay for others (relay connections are refused)")
     p.add_argument("--heartbeat", type=_positive, default=30.0, metavar="S",
                    help="client heartbeat interval (dead after 3 missed)")
     p.add_argument("--handshake-timeout", type=_positive, default=10.0, metavar="S")

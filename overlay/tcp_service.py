@@ -8,6 +8,11 @@ Every connection is hostile until proven otherwise: per-IP and total connection 
 before any state is allocated, a handshake deadline (slowloris), a frame cap checked before a
 body is read (in :mod:`overlay.wire`), a per-session request rate, and one logged reason for
 every session that is cut off.
+
+The relay (:mod:`overlay.relay`) shares the port: a wire connection starts with a frame length
+(≤ 64 KiB, so its first byte is 0x00), a relay connection with ``b"OVRL"``. The first bytes
+decide (the wire handshake deadline bounds the wait for them); a relay connection is then
+handed to :attr:`TcpService.relay` and stays counted against the same connection caps.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import structlog
 from overlay import records
 from overlay.dht import DHTNode
 from overlay.identity import Identity
+from overlay.relay import MAGIC as RELAY_MAGIC
+from overlay.relay.budget import BudgetConfig
+from overlay.relay.server import RelayLink, RelayServer
 from overlay.session_io import SessionProtocol
 from overlay.wire import (
     Attach,
@@ -104,12 +112,19 @@ class ServiceStats:
     cut_off: Counter[str] = field(default_factory=Counter)
     lookups: int = 0
     directory_requests: int = 0
+    relay_connections: int = 0
 
 
 class ServedProtocol(SessionProtocol):
-    """A SessionProtocol that is refused before any state exists when limits are hit."""
+    """A SessionProtocol that is refused before any state exists when limits are hit, and
+    that hands the connection to the relay when it starts with the relay's magic."""
 
     service: TcpService
+    #: set once the first bytes said "relay": every callback goes there from then on
+    relay: RelayLink | None = None
+    #: the first bytes, while they could still be the relay's magic
+    _sniffed: bytes = b""
+    _decided: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -125,6 +140,53 @@ class ServedProtocol(SessionProtocol):
         super().connection_made(transport)
         self.service.opened(self)
 
+    def data_received(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.data_received(data)
+            return
+        if not self._decided:
+            data = self._sniffed + data
+            if data[:1] == RELAY_MAGIC[:1] and len(data) < len(RELAY_MAGIC):
+                self._sniffed = data
+                return
+            self._sniffed = b""
+            self._decided = True
+            if data.startswith(RELAY_MAGIC):
+                self._become_relay(data)
+                return
+        super().data_received(data)
+
+    def _become_relay(self, first: bytes) -> None:
+        if self._timer is not None:  # the wire session's deadlines no longer apply
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+        self.conn = None
+        self.service.stats.relay_connections += 1
+        assert self.transport is not None
+        self.relay = self.service.relay.adopt(self.transport)
+        self.relay.data_received(first)
+
+    def eof_received(self) -> bool | None:
+        if self.relay is not None:
+            return self.relay.eof_received()
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay is not None:
+            self.relay.connection_lost(exc)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.relay is not None:
+            self.relay.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.relay is not None:
+            self.relay.resume_writing()
+
 
 class TcpService:
     def __init__(
@@ -133,8 +195,11 @@ class TcpService:
         dht: DHTNode,
         limits: ServiceLimits | None = None,
         attach_handler: AttachHandler | None = None,
+        relay: RelayServer | None = None,
     ) -> None:
         self.identity = identity
+        #: relay connections go here; by default a relay that refuses ("relay disabled")
+        self.relay = relay or RelayServer(BudgetConfig(total_bps=0))
         self.dht = dht
         self.limits = limits or ServiceLimits()
         self.attach_handler = attach_handler

@@ -1,0 +1,247 @@
+"""Connecting to a peer through a relay: :func:`relay_connect` returns a
+:class:`~overlay.media.stream.ByteStream` (``path == "relay"``) once the relay has paired us.
+
+The stream is a plain asyncio Protocol with flow control both ways: ``send`` waits while the
+socket's write buffer is full (so the relay's back-pressure reaches the sender), and reading
+pauses while more than :data:`RECV_HIGH_WATER` bytes wait for ``recv``. Only ciphertext
+should go through it: wrap it with :func:`overlay.media.secure_stream.secure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from overlay.relay import (
+    REASON_UNKNOWN_TOKEN,
+    ROLE_CALLEE,
+    ROLE_CALLER,
+    decode_status,
+    encode_hello,
+)
+
+RECV_HIGH_WATER = 1024 * 1024
+RECV_LOW_WATER = 256 * 1024
+#: how long ``close`` waits for the peer's end of stream (so nothing in flight is reset)
+LINGER_S = 2.0
+UNKNOWN_TOKEN_RETRY_S = 0.25
+
+
+class RelayRefused(ConnectionError):
+    """The relay answered REFUSED; ``reason`` is its word for why (see :mod:`overlay.relay`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"relay refused: {reason}")
+        self.reason = reason
+
+
+class _RelayProtocol(asyncio.Protocol):
+    def __init__(self, hello: bytes) -> None:
+        self._hello = hello
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.answer: asyncio.Future[tuple[bool, str]] = loop.create_future()
+        self._status = bytearray()
+        self.rx = bytearray()
+        self.eof = False
+        self.lost = False
+        self.error: Exception | None = None
+        self.readable = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.closed = asyncio.Event()
+        self._reading = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        transport.write(self._hello)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self._status += data
+            try:
+                parsed = decode_status(bytes(self._status))
+            except ValueError as exc:
+                self.answer.set_exception(ConnectionError(f"not a relay: {exc}"))
+                return
+            if parsed is None:
+                if len(self._status) > 257:
+                    self.answer.set_exception(ConnectionError("not a relay"))
+                return
+            ok, reason, used = parsed
+            data = bytes(self._status[used:])
+            self._status.clear()
+            self.answer.set_result((ok, reason))
+            if not ok or not data:
+                return
+        self.rx += data
+        self.readable.set()
+        if self._reading and len(self.rx) > RECV_HIGH_WATER and self.transport is not None:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def consumed(self) -> None:
+        if not self._reading and len(self.rx) < RECV_LOW_WATER and self.transport is not None \
+                and not self.eof and not self.lost:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.readable.set()
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionError("the relay closed before answering"))
+        return True  # our direction may still be sending
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.error = exc
+        self.readable.set()
+        self.writable.set()
+        self.closed.set()
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionError(
+                f"the relay closed before answering{f': {exc}' if exc else ''}"))
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class RelayByteStream:
+    """A ByteStream through a relay, to the peer that presented the same token."""
+
+    path = "relay"
+
+    def __init__(self, proto: _RelayProtocol, relay_id: str) -> None:
+        self._proto = proto
+        #: the relay's node id (hex) when known, else its ``host:port``
+        self.relay_id = relay_id
+        self._closed = False
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._proto.transport is not None
+        return self._proto.transport
+
+    async def send(self, data: bytes) -> None:
+        proto = self._proto
+        if self._closed or proto.lost or self.transport.is_closing():
+            raise ConnectionError("the relay stream is closed")
+        self.transport.write(data)
+        await proto.writable.wait()
+        if proto.lost:
+            raise ConnectionError(f"the relay connection was lost: {proto.error or 'closed'}")
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        proto = self._proto
+        while not proto.rx:
+            if proto.eof or proto.lost:
+                if proto.error is not None:
+                    raise ConnectionError(f"the relay connection was lost: {proto.error}")
+                return b""
+            proto.readable.clear()
+            await proto.readable.wait()
+        out = bytes(proto.rx[:max_bytes])
+        del proto.rx[:max_bytes]
+        proto.consumed()
+        return out
+
+    async def close(self) -> None:
+        """Send our end of stream, wait (briefly) for the peer's, then close: closing while
+        the peer still sends would reset the connection and could lose our last bytes."""
+        if self._closed:
+            return
+        self._closed = True
+        proto = self._proto
+        transport = self.transport
+        with contextlib.suppress(Exception):
+            if not transport.is_closing() and transport.can_write_eof():
+                transport.write_eof()
+            deadline = asyncio.get_running_loop().time() + LINGER_S
+            while not (proto.eof or proto.lost):
+                proto.rx.clear()  # nobody reads any more
+                proto.consumed()
+                proto.readable.clear()
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proto.readable.wait(), remaining)
+        transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proto.closed.wait(), 1.0)
+
+
+async def relay_connect(
+    host: str,
+    port: int,
+    token: bytes,
+    role: int,
+    rate_bps: int = 0,
+    timeout: float = 20.0,
+    *,
+    relay_id: str | None = None,
+    retry_unknown_token: bool = False,
+) -> RelayByteStream:
+    """Meet the holder of ``token`` at the relay ``host:port``.
+
+    ``role`` is :data:`~overlay.relay.ROLE_CALLER` (creates the session and waits for the
+    callee, up to the relay's pairing wait) or :data:`~overlay.relay.ROLE_CALLEE`. ``rate_bps``
+    0 asks for the relay's per-session cap. ``timeout`` bounds everything (connect, answer,
+    pairing). ``retry_unknown_token``: a callee that arrives before the caller is refused
+    "unknown token"; with this it asks again every 0.25 s until ``timeout``.
+
+    Raises :class:`RelayRefused` (``.reason``) or ``ConnectionError`` (also on timeout).
+    """
+    if role not in (ROLE_CALLER, ROLE_CALLEE):
+        raise ValueError("role is ROLE_CALLER (0) or ROLE_CALLEE (1)")
+    hello = encode_hello(role, token, rate_bps)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await _connect_once(host, port, hello, max(0.0, deadline - loop.time()),
+                                       relay_id or f"{host}:{port}")
+        except RelayRefused as exc:
+            if not (retry_unknown_token and exc.reason == REASON_UNKNOWN_TOKEN
+                    and deadline - loop.time() > UNKNOWN_TOKEN_RETRY_S):
+                raise
+        await asyncio.sleep(UNKNOWN_TOKEN_RETRY_S)
+
+
+async def _connect_once(
+    host: str, port: int, hello: bytes, timeout: float, relay_id: str
+) -> RelayByteStream:
+    loop = asyncio.get_running_loop()
+    transport: asyncio.BaseTransport | None = None
+    proto: _RelayProtocol | None = None
+
+    def give_up() -> None:
+        if proto is not None and not proto.answer.done():
+            proto.answer.cancel()
+        if transport is not None:
+            transport.abort()  # type: ignore[attr-defined]
+
+    try:
+        async with asyncio.timeout(timeout):
+            transport, proto = await loop.create_connection(
+                lambda: _RelayProtocol(hello), host, port)
+            ok, reason = await proto.answer
+    except TimeoutError:
+        give_up()
+        raise ConnectionError(f"relay {host}:{port}: no answer within {timeout:.1f}s") from None
+    except OSError as exc:
+        give_up()
+        if isinstance(exc, ConnectionError):
+            raise
+        raise ConnectionError(f"relay {host}:{port}: {exc}") from exc
+    except BaseException:
+        give_up()
+        raise
+    if not ok:
+        transport.close()
+        raise RelayRefused(reason)
+    return RelayByteStream(proto, relay_id)

@@ -1,0 +1,442 @@
+"""The relay server: pairs two connections by token and forwards bytes between them.
+
+:mod:`overlay.tcp_service` hands a connection over (:meth:`RelayServer.adopt`) when its first
+four bytes are :data:`~overlay.relay.MAGIC`; from then on its ``ServedProtocol`` passes every
+callback to a :class:`RelayLink`. Forwarding happens in those protocol callbacks: each chunk
+that arrives is charged to the budget (:mod:`overlay.relay.budget`) once and written to the
+peer's transport as it is, or in slices when the budget allows only part of it now.
+
+Back-pressure, never drops: while a session (or the relay) is over its rate, the relay stops
+reading from the sender's socket (``pause_reading``) and resumes when the buckets have refilled
+(a timer at the computed time); the same when the receiver's socket cannot take more
+(``pause_writing`` on the receiver pauses reading from the sender). TCP then slows the sender
+down. Only the per-session byte and duration limits end a session, with a logged reason.
+
+The server never opens a connection: it only joins two that came to it with the same token.
+A half-close is forwarded (``write_eof`` once the sender's bytes are through); when one side's
+connection is gone, what it sent is still delivered, then the other side is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from overlay.relay import (
+    HELLO_BYTES,
+    REASON_BAD_HELLO,
+    REASON_DISABLED,
+    REASON_TIMEOUT,
+    REASON_TOKEN_USED,
+    REASON_UNKNOWN_TOKEN,
+    ROLE_CALLER,
+    BadHello,
+    decode_hello,
+    encode_status,
+)
+from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
+
+log = structlog.get_logger("overlay.relay")
+
+#: how long a caller waits at the relay for the callee
+PAIR_TIMEOUT_S = 15.0
+#: how long the relay waits for a complete hello after the magic
+HELLO_TIMEOUT_S = 10.0
+#: tokens of ended sessions are remembered (refused as "token used") this long, this many
+USED_TOKEN_TTL_S = 600.0
+USED_TOKENS_MAX = 4096
+#: bytes a waiting caller may send before its answer (it should send none); then reading pauses
+EARLY_BYTES_MAX = 64 * 1024
+
+Tap = Callable[[str, bytes], None]
+
+
+@dataclass
+class RelayStats:
+    refused: Counter[str] = field(default_factory=Counter)
+    ended: Counter[str] = field(default_factory=Counter)
+    paired: int = 0
+    #: seconds reading was paused because of the budget, summed over connections
+    throttled_s: float = 0.0
+
+
+class RelaySession:
+    """One token: the caller's link, then the callee's."""
+
+    def __init__(self, server: RelayServer, token: bytes, budget: SessionBudget,
+                 caller: RelayLink) -> None:
+        self.server = server
+        self.token = token
+        self.budget = budget
+        self.a = caller
+        self.b: RelayLink | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.ended = False
+
+    def other(self, link: RelayLink) -> RelayLink | None:
+        return self.b if link is self.a else self.a
+
+    def end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.server._ended(self, reason)
+        self.a.close()
+        if self.b is not None:
+            self.b.close()
+
+
+class RelayLink:
+    """One relay connection: its hello, then its half of a session."""
+
+    def __init__(self, server: RelayServer, transport: asyncio.Transport) -> None:
+        self.server = server
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        #: "hello", "waiting" (a caller before its callee), "paired", "closed"
+        self.state = "hello"
+        self.session: RelaySession | None = None
+        self.role = -1
+        #: bytes this side sent that are not forwarded yet (never more than one read)
+        self.held: memoryview | None = None
+        #: this side sent EOF / its connection is gone / our EOF to the peer is out
+        self.eof = False
+        self.lost = False
+        self.eof_forwarded = False
+        #: this side's transport cannot take more writes right now
+        self.write_paused = False
+        self._hello = bytearray()
+        self._reading = True
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            server.hello_timeout_s, self._hello_timeout)
+        self._throttled_since: float | None = None
+
+    @property
+    def other(self) -> RelayLink | None:
+        return self.session.other(self) if self.session is not None else None
+
+    # -- protocol callbacks (from ServedProtocol) ---------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        tap = self.server.tap
+        if tap is not None:
+            tap(self.peer, data)
+        if self.state == "paired":
+            self._hold(data)
+            if self._timer is None:
+                self.pump()
+        elif self.state == "hello":
+            need = HELLO_BYTES - len(self._hello)
+            self._hello += data[:need]
+            if len(self._hello) < HELLO_BYTES:
+                return
+            self._cancel_timer()
+            if len(data) > need:
+                self._hold(data[need:])
+            self.server._on_hello(self, bytes(self._hello))
+        elif self.state == "waiting":
+            # a caller should send nothing before its answer; keep a little, then stop reading
+            self._hold(data)
+            if self.held is not None and len(self.held) > EARLY_BYTES_MAX:
+                self._set_reading(False)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.state == "paired":
+            if self._timer is None:
+                self.pump()
+        elif self.state == "waiting":
+            self.server._abandon(self, "caller left")
+        else:
+            self.close()
+        return True  # keep the transport open: the other direction may still be flowing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.state == "waiting":
+            self.server._abandon(self, "caller left")
+        elif self.state == "paired":
+            other = self.other
+            if other is not None:
+                other.held = None  # nowhere to deliver it any more
+            if self._timer is None:
+                self.pump()  # deliver what this side sent, then end the session
+        else:
+            self.close()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        other = self.other
+        if other is not None and other.state == "paired":
+            other._set_reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        other = self.other
+        if other is not None and other.state == "paired" and other._timer is None:
+            other.pump()
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Forward held bytes to the peer as far as the budget and the peer's buffer allow."""
+        session, dst = self.session, self.other
+        if session is None or dst is None or self.state != "paired" or session.ended:
+            return
+        budget = self.server.budget
+        while self.held is not None:
+            if dst.lost or dst.transport.is_closing():
+                self.held = None
+                break
+            if dst.write_paused:
+                self._set_reading(False)
+                return
+            now = time.monotonic()
+            n = budget.grant(session.budget, len(self.held), now)
+            if n == 0:
+                limit = budget.exceeded(session.budget, now)
+                if limit is not None:
+                    session.end(limit)
+                    return
+                if self._throttled_since is None:
+                    self._throttled_since = now
+                self._set_reading(False)
+                self._timer = self._loop.call_later(
+                    budget.wait_s(session.budget, len(self.held), now), self._pump_later)
+                return
+            if n == len(self.held):
+                chunk, self.held = self.held, None
+            else:
+                chunk, self.held = self.held[:n], self.held[n:]
+            dst.transport.write(chunk)
+            limit = budget.exceeded(session.budget, now)
+            if limit is not None:
+                session.end(limit)
+                return
+        self._unthrottled()
+        if self.lost:
+            session.end("closed")
+        elif self.eof:
+            if not self.eof_forwarded:
+                self.eof_forwarded = True
+                if not dst.transport.is_closing() and dst.transport.can_write_eof():
+                    dst.transport.write_eof()
+            if dst.eof_forwarded or dst.lost:
+                session.end("closed")
+        else:
+            self._set_reading(not dst.write_paused)
+
+    def _pump_later(self) -> None:
+        self._timer = None
+        self.pump()
+
+    def _unthrottled(self) -> None:
+        if self._throttled_since is not None:
+            self.server.stats.throttled_s += time.monotonic() - self._throttled_since
+            self._throttled_since = None
+
+    def _hold(self, data: bytes) -> None:
+        if self.held is None:
+            self.held = memoryview(data)
+        else:  # rare: only bytes that came before pairing
+            self.held = memoryview(bytes(self.held) + data)
+
+    def _set_reading(self, on: bool) -> None:
+        if on == self._reading or self.eof or self.lost or self.transport.is_closing():
+            return
+        self._reading = on
+        if on:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def answer(self, ok: bool, reason: str = "") -> None:
+        if not self.transport.is_closing():
+            self.transport.write(encode_status(ok, reason))
+
+    def close(self) -> None:
+        """Stop forwarding this side and close it once its write buffer is flushed."""
+        self._cancel_timer()
+        self._unthrottled()
+        self.state = "closed"
+        self.held = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _hello_timeout(self) -> None:
+        self._timer = None
+        self.server.stats.refused["hello timeout"] += 1
+        log.info("relay_refused", peer=self.peer, reason="no complete hello in time")
+        self.close()
+
+
+class RelayServer:
+    """Sessions by token, the budget, and the relay's counters."""
+
+    def __init__(
+        self,
+        config: BudgetConfig,
+        *,
+        pair_timeout_s: float = PAIR_TIMEOUT_S,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.budget = Budget(config, time.monotonic())
+        self.pair_timeout_s = pair_timeout_s
+        self.hello_timeout_s = hello_timeout_s
+        self.on_change = on_change
+        self.waiting: dict[bytes, RelaySession] = {}
+        self.active: dict[bytes, RelaySession] = {}
+        self.stats = RelayStats()
+        #: called with (peer, bytes) for every chunk a relay connection delivers (tests)
+        self.tap: Tap | None = None
+        self._used: OrderedDict[bytes, float] = OrderedDict()
+
+    @property
+    def forwarded_bytes(self) -> int:
+        return self.budget.forwarded_bytes
+
+    def adopt(self, transport: asyncio.Transport) -> RelayLink:
+        """A connection that started with the magic; feed it its bytes from now on."""
+        return RelayLink(self, transport)
+
+    # -- pairing ------------------------------------------------------------------------------
+
+    def _on_hello(self, link: RelayLink, raw: bytes) -> None:
+        try:
+            hello = decode_hello(raw)
+        except BadHello as exc:
+            self._refuse(link, REASON_BAD_HELLO, str(exc))
+            return
+        now = time.monotonic()
+        self._expire_used(now)
+        token = hello.token
+        link.role = hello.role
+        if not self.config.enabled:
+            self._refuse(link, REASON_DISABLED)
+            return
+        if hello.role == ROLE_CALLER:
+            if token in self.waiting or token in self.active or token in self._used:
+                self._refuse(link, REASON_TOKEN_USED)
+                return
+            try:
+                reservation = self.budget.admit(hello.requested_rate_bps, now)
+            except Refusal as exc:
+                self._refuse(link, exc.reason)
+                return
+            session = RelaySession(self, token, reservation, link)
+            self.waiting[token] = session
+            link.session = session
+            link.state = "waiting"
+            session.timer = asyncio.get_running_loop().call_later(
+                self.pair_timeout_s, self._pair_timeout, session)
+            log.info("relay_waiting", peer=link.peer, rate_bps=reservation.rate_bps,
+                     reserved_bps=self.budget.reserved_bps)
+            self._changed()
+            return
+        found = self.waiting.pop(token, None)
+        if found is None:
+            reason = REASON_TOKEN_USED if token in self.active or token in self._used \
+                else REASON_UNKNOWN_TOKEN
+            self._refuse(link, reason)
+            return
+        session = found
+        if session.timer is not None:
+            session.timer.cancel()
+        self.budget.pair(session.budget, hello.requested_rate_bps, now)
+        session.b = link
+        link.session = session
+        self.active[token] = session
+        self.stats.paired += 1
+        session.timer = asyncio.get_running_loop().call_later(
+            self.config.max_session_s, session.end, DURATION_LIMIT)
+        for side in (session.a, link):
+            side.state = "paired"
+            side.answer(True)
+        log.info("relay_paired", caller=session.a.peer, callee=link.peer,
+                 rate_bps=session.budget.rate_bps, sessions=len(self.active))
+        self._changed()
+        for side in (session.a, link):
+            if not session.ended:
+                side.pump()
+
+    def _refuse(self, link: RelayLink, reason: str, detail: str = "") -> None:
+        self.stats.refused[reason] += 1
+        log.info("relay_refused", peer=link.peer, reason=reason, detail=detail or None)
+        link.answer(False, reason)
+        link.close()
+
+    def _pair_timeout(self, session: RelaySession) -> None:
+        session.timer = None
+        if self.waiting.get(session.token) is not session:
+            return
+        del self.waiting[session.token]
+        self.budget.release(session.budget)
+        self.stats.refused[REASON_TIMEOUT] += 1
+        log.info("relay_refused", peer=session.a.peer, reason=REASON_TIMEOUT)
+        session.a.answer(False, REASON_TIMEOUT)
+        session.ended = True
+        session.a.close()
+        self._changed()
+
+    def _abandon(self, link: RelayLink, reason: str) -> None:
+        session = link.session
+        if session is None or self.waiting.get(session.token) is not session:
+            return
+        del self.waiting[session.token]
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        session.ended = True
+        self.budget.release(session.budget)
+        log.info("relay_abandoned", peer=link.peer, reason=reason)
+        link.close()
+        self._changed()
+
+    def _ended(self, session: RelaySession, reason: str) -> None:
+        if self.active.get(session.token) is session:
+            del self.active[session.token]
+        self.waiting.pop(session.token, None)
+        self.budget.release(session.budget)
+        self._used[session.token] = time.monotonic()
+        while len(self._used) > USED_TOKENS_MAX:
+            self._used.popitem(last=False)
+        self.stats.ended[reason] += 1
+        paired_at = session.budget.paired_at
+        emit = log.info if reason == "closed" else log.warning
+        emit("relay_session_ended", reason=reason, bytes=session.budget.bytes,
+             seconds=round(time.monotonic() - paired_at, 3) if paired_at else None,
+             caller=session.a.peer, callee=session.b.peer if session.b else None)
+        self._changed()
+
+    def _expire_used(self, now: float) -> None:
+        while self._used:
+            token, at = next(iter(self._used.items()))
+            if now - at < USED_TOKEN_TTL_S:
+                break
+            del self._used[token]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("relay_on_change_failed")
