@@ -325,6 +325,9 @@ async def test_refusals_forward_nothing() -> None:
         other.cancel()
         await asyncio.gather(other, return_exceptions=True)
         await wait_for(lambda: len(relay.waiting) == 1)  # an abandoned wait frees its slot
+        relay.max_sessions_per_ip = 1  # one caller IP cannot hoard reservations
+        assert await refused(os.urandom(32), ROLE_CALLER) == "sessions"
+        relay.max_sessions_per_ip = 8
         # the right callee pairs; a third connection with the used token is refused
         b = await relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=3)
         a = await waiting
@@ -340,7 +343,7 @@ async def test_refusals_forward_nothing() -> None:
         # a caller nobody joins is answered "timeout"
         relay.pair_timeout_s = 0.3
         assert await refused(os.urandom(32), ROLE_CALLER) == "timeout"
-        assert relay.stats.refused == {"unknown token": 2, "token used": 5, "sessions": 1,
+        assert relay.stats.refused == {"unknown token": 2, "token used": 5, "sessions": 2,
                                        "timeout": 1}
         assert relay.budget.reserved_bps == 0 and not relay.waiting
 

@@ -31,6 +31,7 @@ from overlay.relay import (
     HELLO_BYTES,
     REASON_BAD_HELLO,
     REASON_DISABLED,
+    REASON_SESSIONS,
     REASON_TIMEOUT,
     REASON_TOKEN_USED,
     REASON_UNKNOWN_TOKEN,
@@ -50,6 +51,8 @@ HELLO_TIMEOUT_S = 10.0
 #: tokens of ended sessions are remembered (refused as "token used") this long, this many
 USED_TOKEN_TTL_S = 600.0
 USED_TOKENS_MAX = 4096
+#: sessions (waiting or paired) one caller IP may hold: reservations are not free to hoard
+MAX_SESSIONS_PER_IP = 8
 #: bytes a waiting caller may send before its answer (it should send none); then reading pauses
 EARLY_BYTES_MAX = 64 * 1024
 
@@ -101,6 +104,7 @@ class RelayLink:
         self.server = server
         self.transport = transport
         peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         #: "hello", "waiting" (a caller before its callee), "paired", "closed"
         self.state = "hello"
@@ -296,9 +300,11 @@ class RelayServer:
         *,
         pair_timeout_s: float = PAIR_TIMEOUT_S,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
+        max_sessions_per_ip: int = MAX_SESSIONS_PER_IP,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self.max_sessions_per_ip = max_sessions_per_ip
         self.budget = Budget(config, time.monotonic())
         self.pair_timeout_s = pair_timeout_s
         self.hello_timeout_s = hello_timeout_s
@@ -309,6 +315,7 @@ class RelayServer:
         #: called with (peer, bytes) for every chunk a relay connection delivers (tests)
         self.tap: Tap | None = None
         self._used: OrderedDict[bytes, float] = OrderedDict()
+        self._per_ip: Counter[str] = Counter()
 
     @property
     def forwarded_bytes(self) -> int:
@@ -337,6 +344,9 @@ class RelayServer:
             if token in self.waiting or token in self.active or token in self._used:
                 self._refuse(link, REASON_TOKEN_USED)
                 return
+            if self._per_ip[link.ip] >= self.max_sessions_per_ip:
+                self._refuse(link, REASON_SESSIONS, f"{self.max_sessions_per_ip} from {link.ip}")
+                return
             try:
                 reservation = self.budget.admit(hello.requested_rate_bps, now)
             except Refusal as exc:
@@ -344,6 +354,7 @@ class RelayServer:
                 return
             session = RelaySession(self, token, reservation, link)
             self.waiting[token] = session
+            self._per_ip[link.ip] += 1
             link.session = session
             link.state = "waiting"
             session.timer = asyncio.get_running_loop().call_later(
@@ -389,7 +400,7 @@ class RelayServer:
         if self.waiting.get(session.token) is not session:
             return
         del self.waiting[session.token]
-        self.budget.release(session.budget)
+        self._release(session)
         self.stats.refused[REASON_TIMEOUT] += 1
         log.info("relay_refused", peer=session.a.peer, reason=REASON_TIMEOUT)
         session.a.answer(False, REASON_TIMEOUT)
@@ -406,7 +417,7 @@ class RelayServer:
             session.timer.cancel()
             session.timer = None
         session.ended = True
-        self.budget.release(session.budget)
+        self._release(session)
         log.info("relay_abandoned", peer=link.peer, reason=reason)
         link.close()
         self._changed()
@@ -415,7 +426,7 @@ class RelayServer:
         if self.active.get(session.token) is session:
             del self.active[session.token]
         self.waiting.pop(session.token, None)
-        self.budget.release(session.budget)
+        self._release(session)
         self._used[session.token] = time.monotonic()
         while len(self._used) > USED_TOKENS_MAX:
             self._used.popitem(last=False)
@@ -426,6 +437,13 @@ class RelayServer:
              seconds=round(time.monotonic() - paired_at, 3) if paired_at else None,
              caller=session.a.peer, callee=session.b.peer if session.b else None)
         self._changed()
+
+    def _release(self, session: RelaySession) -> None:
+        if session.budget.open:
+            self._per_ip[session.a.ip] -= 1
+            if self._per_ip[session.a.ip] <= 0:
+                del self._per_ip[session.a.ip]
+        self.budget.release(session.budget)
 
     def _expire_used(self, now: float) -> None:
         while self._used:
