@@ -31,7 +31,14 @@ TCP_CONNECT_TIMEOUT_S = 3.0
 UDP_STAGGER_S = 0.25
 RELAY_STAGGER_S = 1.5
 
+DEFAULT_STAGGERS = {"udp-punch": UDP_STAGGER_S, "relay": RELAY_STAGGER_S}
+
 Securer = Callable[[ByteStream], Awaitable[ByteStream]]
+
+
+def stagger_for(name: str, staggers: dict[str, float]) -> float:
+    """The start delay of attempt ``name`` ("relay-1" takes the delay of "relay")."""
+    return next((delay for kind, delay in staggers.items() if name.startswith(kind)), 0.0)
 Attempt = Callable[[], Awaitable[ByteStream]]
 
 
@@ -126,7 +133,7 @@ async def _first_of(
     first = asyncio.Event()
 
     async def run(name: str, attempt: Attempt) -> None:
-        await asyncio.sleep(staggers.get(name, 0.0))
+        await asyncio.sleep(stagger_for(name, staggers))
         if first.is_set():
             return
         timeline.add(f"{name}: start")
@@ -167,7 +174,7 @@ async def connect_as_initiator(
     timeline = Timeline()
     completed, errors = await _first_of(
         attempts, securer, timeline,
-        staggers or {"udp-punch": UDP_STAGGER_S, "relay": RELAY_STAGGER_S}, timeout)
+        staggers or DEFAULT_STAGGERS, timeout)
     if not completed:
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
@@ -193,8 +200,7 @@ async def connect_as_responder(
     errors: dict[str, str] = {}
 
     async def run(name: str, attempt: Attempt) -> None:
-        await asyncio.sleep((staggers or {"udp-punch": UDP_STAGGER_S,
-                                          "relay": RELAY_STAGGER_S}).get(name, 0.0))
+        await asyncio.sleep(stagger_for(name, staggers or DEFAULT_STAGGERS))
         if selected.done():
             return
         timeline.add(f"{name}: start")

@@ -39,14 +39,16 @@ class RelayCandidate:
 
 def candidates(found: list[SignedRecord], rate_bps: int, now: float | None = None
                ) -> list[RelayCandidate]:
-    """Relays whose signed records say they have ``rate_bps`` to spare."""
+    """Relays with a budget at all whose records do not say they are too full for
+    ``rate_bps`` (0: any spare). Records lag behind load, so admission at the relay decides;
+    spare capacity only ranks."""
     t = time.time() if now is None else now
     out = []
     for signed in found:
         r = signed.record
         if not isinstance(r, SupernodeRecord) or r.expires_at <= t:
             continue
-        if r.relay_capacity_bps <= 0 or r.relay_spare_bps < rate_bps:
+        if r.relay_capacity_bps <= 0 or (rate_bps and r.relay_spare_bps < rate_bps):
             continue
         out.append(RelayCandidate(r.node_key, r.host, r.port, r.relay_capacity_bps,
                                   r.relay_spare_bps, Coordinate.from_record(r.coords)))

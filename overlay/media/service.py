@@ -60,8 +60,8 @@ log = structlog.get_logger("overlay.media")
 
 ANSWER_TIMEOUT_S = 10.0
 MAX_SESSIONS_PER_SEND = 3
-#: the rate a file transfer asks a relay to reserve (the relay may cap it lower)
-RELAY_RATE_BPS = 1_000_000
+#: the rate a file transfer asks a relay to reserve: 0 takes the relay's per-session cap
+RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
 
