@@ -185,6 +185,18 @@ async def test_two_clients_pair_and_exchange_a_mebibyte_each_way() -> None:
         assert answer.host == ip
 
 
+async def test_a_callee_that_comes_first_asks_again_until_the_caller_is_there() -> None:
+    async with supernode(relay_capacity_bps=10 * MBIT) as (node, ip):
+        token = os.urandom(TOKEN_BYTES)
+        callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5))
+        await wait_for(lambda: node.relay.stats.refused["unknown token"] >= 1)
+        a = await relay_connect(ip, PORT, token, ROLE_CALLER, timeout=5)
+        b = await callee
+        await a.send(b"hello")
+        assert await b.recv() == b"hello"
+        await asyncio.gather(a.close(), b.close())
+
+
 async def test_the_relay_only_ever_sees_ciphertext() -> None:
     async with supernode(relay_capacity_bps=400 * MBIT) as (node, ip):
         seen: dict[str, bytearray] = {}
@@ -305,7 +317,8 @@ async def test_refusals_forward_nothing() -> None:
 
         async def refused(token: bytes, role: int) -> str:
             with pytest.raises(RelayRefused) as exc:
-                await relay_connect(ip, PORT, token, role, 0, timeout=3)
+                await relay_connect(ip, PORT, token, role, 0, timeout=3,
+                                    retry_unknown_token=False)
             return exc.value.reason
 
         # B without A; a wrong token while A waits
@@ -493,7 +506,8 @@ async def test_the_record_advertises_capacity_and_spare_as_sessions_come_and_go(
         assert metric("overlay_relay_capacity_bps") == 4 * MBIT
         assert metric("overlay_relay_reserved_bps") == 1_500_000
         with pytest.raises(RelayRefused):
-            await relay_connect(ip, PORT, os.urandom(32), ROLE_CALLEE, timeout=3)
+            await relay_connect(ip, PORT, os.urandom(32), ROLE_CALLEE, timeout=3,
+                                retry_unknown_token=False)
         assert metric("overlay_relay_refused_total", {"reason": "unknown token"}) == 1
         assert metric("overlay_relay_throttled_seconds_total") >= 0
         await asyncio.gather(*(s.close() for s in (*s1, *s2)))

@@ -184,15 +184,17 @@ async def relay_connect(
     timeout: float = 20.0,
     *,
     relay_id: str | None = None,
-    retry_unknown_token: bool = False,
+    retry_unknown_token: bool = True,
 ) -> RelayByteStream:
     """Meet the holder of ``token`` at the relay ``host:port``.
 
     ``role`` is :data:`~overlay.relay.ROLE_CALLER` (creates the session and waits for the
     callee, up to the relay's pairing wait) or :data:`~overlay.relay.ROLE_CALLEE`. ``rate_bps``
     0 asks for the relay's per-session cap. ``timeout`` bounds everything (connect, answer,
-    pairing). ``retry_unknown_token``: a callee that arrives before the caller is refused
-    "unknown token"; with this it asks again every 0.25 s until ``timeout``.
+    pairing). ``retry_unknown_token`` (callee only): the relay refuses a callee that arrives
+    before the caller ("unknown token"), which is the usual order (the callee starts its path
+    attempts when it sends its answer, the caller when that answer arrives); so by default the
+    callee asks again every 0.25 s until ``timeout``. Pass False to fail at once.
 
     Raises :class:`RelayRefused` (``.reason``) or ``ConnectionError`` (also on timeout).
     """
