@@ -104,11 +104,13 @@ RELAY_AVAILABLE: bool = (_env == "1") if _env in ("0", "1") else _relay_capabili
 NO_PATH_BOUND_S = 12.0
 #: the same under impairment: lookup, invite and answer cross impaired links (RTT >= 400 ms)
 NO_PATH_BOUND_IMPAIRED_S = 20.0
-#: pairs at once (never two on one client). Pairs that must go through a relay run one at a
-#: time: a supernode's default --relay-budget (2 Mbit/s) holds two 1 Mbit/s sessions, and
-#: the caller's race opens a half on every chosen relay, so concurrent relayed transfers get
-#: "relay refused: budget" -- a capacity limit, not a connectivity failure.
+#: pairs at once (never two on one client). At most RELAY_SLOTS pairs that must go through a
+#: relay run at once: a supernode's default --relay-budget (2 Mbit/s) holds two 1 Mbit/s
+#: sessions, and the caller's race opens a half on every chosen relay (both supernodes here),
+#: so a third concurrent relayed transfer gets "relay refused: budget" -- a capacity limit,
+#: not a connectivity failure.
 PARALLEL = 3
+RELAY_SLOTS = 2
 
 
 #: On impaired links the path race may legitimately go the other way where both work: a lost
@@ -222,10 +224,16 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
 def run_matrix(ov: LabOverlay, pairs: list[tuple[str, str]], *, size: int, parallel: int,
                send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S,
                also_accepted: dict[str, set[str]] | None = None) -> list[PairOutcome]:
-    jobs = [((f"{a}-1", f"{b}-2", *(("relay",) if expected_outcome(a, b) == R else ())),
-             (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout, no_path_bound,
-                                          also_accepted)))
-            for a, b in pairs]
+    jobs = []
+    relayed = 0
+    for a, b in pairs:
+        resources = [f"{a}-1", f"{b}-2"]
+        if expected_outcome(a, b) == R:  # RELAY_SLOTS at a time (see PARALLEL)
+            resources.append(f"relay-slot-{relayed % RELAY_SLOTS}")
+            relayed += 1
+        jobs.append((tuple(resources),
+                     (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout, no_path_bound,
+                                                  also_accepted))))
     return run_exclusive(jobs, parallel)
 
 
