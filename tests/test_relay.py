@@ -435,6 +435,27 @@ async def test_byte_and_duration_limits_end_sessions_with_a_reason() -> None:
             s.transport.abort()
 
 
+async def test_idle_and_half_closed_sessions_end() -> None:
+    async with supernode(relay_capacity_bps=10 * MBIT) as (node, ip):
+        node.relay.idle_timeout_s, node.relay.half_closed_idle_s = 0.6, 0.3
+        a, b = await pair(node, ip)
+        for _ in range(4):  # traffic keeps it open past the idle timeout
+            await a.send(b"x" * 100)
+            assert await b.recv() == b"x" * 100
+            await asyncio.sleep(0.25)
+        assert node.relay.active
+        await wait_for(lambda: not node.relay.active, timeout=3)  # then silence ends it
+        # one side finished, the other never closes: the reservation is not held for long
+        a2, b2 = await pair(node, ip)
+        a2.transport.write_eof()
+        assert await b2.recv() == b""
+        await wait_for(lambda: not node.relay.active, timeout=3)
+        assert node.relay.stats.ended == {"idle": 1, "half-closed idle": 1}
+        assert node.relay.budget.reserved_bps == 0
+        for s in (a, b, a2, b2):
+            s.transport.abort()
+
+
 async def test_hostile_first_bytes_are_bounded() -> None:
     limits = ServiceLimits(handshake_timeout_s=0.5)
     async with supernode(limits, relay_capacity_bps=MBIT) as (node, ip):

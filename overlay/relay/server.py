@@ -14,7 +14,9 @@ down. Only the per-session byte and duration limits end a session, with a logged
 
 The server never opens a connection: it only joins two that came to it with the same token.
 A half-close is forwarded (``write_eof`` once the sender's bytes are through); when one side's
-connection is gone, what it sent is still delivered, then the other side is closed.
+connection is gone, what it sent is still delivered, then the other side is closed. A session
+that forwards nothing for :data:`IDLE_TIMEOUT_S` ends, a half-closed one after
+:data:`HALF_CLOSED_IDLE_S` (a peer that never closes must not keep a reservation).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ log = structlog.get_logger("overlay.relay")
 PAIR_TIMEOUT_S = 15.0
 #: how long the relay waits for a complete hello after the magic
 HELLO_TIMEOUT_S = 10.0
+#: a paired session that forwards nothing this long ends; a half-closed one sooner
+IDLE_TIMEOUT_S = 60.0
+HALF_CLOSED_IDLE_S = 5.0
 #: tokens of ended sessions are remembered (refused as "token used") this long, this many
 USED_TOKEN_TTL_S = 600.0
 USED_TOKENS_MAX = 4096
@@ -79,18 +84,46 @@ class RelaySession:
         self.a = caller
         self.b: RelayLink | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self._bytes_seen = -1
         self.ended = False
 
     def other(self, link: RelayLink) -> RelayLink | None:
         return self.b if link is self.a else self.a
 
+    @property
+    def half_closed(self) -> bool:
+        return self.a.eof_forwarded or (self.b is not None and self.b.eof_forwarded)
+
+    def watch_idle(self) -> None:
+        """(Re)arm the idle check: a paired session that forwards nothing for
+        ``idle_timeout_s`` ends ("idle"); once one direction has finished, for
+        ``half_closed_idle_s`` ("half-closed idle": a peer that never closes its side
+        must not hold a reservation)."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        server = self.server
+        delay = server.half_closed_idle_s if self.half_closed else server.idle_timeout_s
+        self._bytes_seen = self.budget.bytes
+        self.idle_timer = asyncio.get_running_loop().call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.ended:
+            return
+        if self.budget.bytes != self._bytes_seen:
+            self.watch_idle()
+            return
+        self.end("half-closed idle" if self.half_closed else "idle")
+
     def end(self, reason: str) -> None:
         if self.ended:
             return
         self.ended = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.idle_timer = None
         self.server._ended(self, reason)
         self.a.close()
         if self.b is not None:
@@ -235,6 +268,7 @@ class RelayLink:
                 self.eof_forwarded = True
                 if not dst.transport.is_closing() and dst.transport.can_write_eof():
                     dst.transport.write_eof()
+                session.watch_idle()
             if dst.eof_forwarded or dst.lost:
                 session.end("closed")
         else:
@@ -301,9 +335,13 @@ class RelayServer:
         pair_timeout_s: float = PAIR_TIMEOUT_S,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
         max_sessions_per_ip: int = MAX_SESSIONS_PER_IP,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        half_closed_idle_s: float = HALF_CLOSED_IDLE_S,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self.idle_timeout_s = idle_timeout_s
+        self.half_closed_idle_s = half_closed_idle_s
         self.max_sessions_per_ip = max_sessions_per_ip
         self.budget = Budget(config, time.monotonic())
         self.pair_timeout_s = pair_timeout_s
@@ -379,6 +417,7 @@ class RelayServer:
         self.stats.paired += 1
         session.timer = asyncio.get_running_loop().call_later(
             self.config.max_session_s, session.end, DURATION_LIMIT)
+        session.watch_idle()
         for side in (session.a, link):
             side.state = "paired"
             side.answer(True)
