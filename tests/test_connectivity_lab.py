@@ -327,6 +327,13 @@ IMPAIRMENT = {"delay_ms": 100, "loss_pct": 2}
 #: failovers in two minutes were seen, and a send during a failover fails for reasons that
 #: are not connectivity. 5 s (dead after 15 s) keeps attachments stable.
 IMPAIRED_HEARTBEAT_S = 5.0
+#: On lossy 400 ms paths a relay reservation outlives its transfer for a while (the loser
+#: half of the race and the finished session are released only when their TCP closes), so
+#: two relayed pairs at a time under the default 2 Mbit/s budget were refused ("relay
+#: refused: budget" on both relays, 2 of 12 pairs). Twice the default budget (four 1 Mbit/s
+#: sessions per supernode) keeps this a connectivity test; one relayed pair at a time with
+#: the default budget takes ~4.5 min instead of ~3.
+IMPAIRED_SUPERNODE_ARGS = ("--relay-budget", "4Mbit")
 
 
 @pytest.mark.timeout(900)
@@ -337,7 +344,8 @@ def test_all_pairs_impaired(tmp_path: Path) -> None:
     (:data:`ALSO_ACCEPTED_IMPAIRED`); the table shows which path each pair took."""
     _need_send()
     with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT,
-                    heartbeat_s=IMPAIRED_HEARTBEAT_S) as ov:
+                    heartbeat_s=IMPAIRED_HEARTBEAT_S,
+                    supernode_args=IMPAIRED_SUPERNODE_ARGS) as ov:
         ov.wait_attached(timeout=120)
         outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240,
                               no_path_bound=NO_PATH_BOUND_IMPAIRED_S,
