@@ -63,6 +63,23 @@ class Pushback:
         await self.stream.close()
 
 
+_closing: set[asyncio.Task[None]] = set()
+
+
+def close_later(stream: ByteStream | None) -> None:
+    """Close a stream the race will not use, without waiting (also from a cancelled task)."""
+    if stream is None:
+        return
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await stream.close()
+
+    task = asyncio.ensure_future(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 class NoPath(Exception):
     """No path completed an authenticated handshake in time."""
 
@@ -137,6 +154,7 @@ async def _first_of(
         if first.is_set():
             return
         timeline.add(f"{name}: start")
+        raw: ByteStream | None = None
         try:
             raw = await attempt()
             timeline.add(f"{name}: connected")
@@ -144,7 +162,11 @@ async def _first_of(
         except Exception as exc:  # each path fails for its own reasons; keep them all
             errors[name] = str(exc) or type(exc).__name__
             timeline.add(f"{name}: failed ({errors[name]})")
+            close_later(raw)
             return
+        except BaseException:  # lost the race: release what it holds (a relay reservation)
+            close_later(raw)
+            raise
         timeline.add(f"{name}: authenticated")
         completed[name] = secured
         first.set()
@@ -204,8 +226,11 @@ async def connect_as_responder(
         if selected.done():
             return
         timeline.add(f"{name}: start")
+        raw: ByteStream | None = None
         try:
-            stream = await securer(await attempt())
+            raw = await attempt()
+            stream = await securer(raw)
+            raw = stream
             timeline.add(f"{name}: authenticated")
             first = b""
             while len(first) < len(SELECT):
@@ -216,7 +241,11 @@ async def connect_as_responder(
         except Exception as exc:
             errors[name] = str(exc) or type(exc).__name__
             timeline.add(f"{name}: failed ({errors[name]})")
+            close_later(raw)
             return
+        except BaseException:  # another path was selected: release this one
+            close_later(raw)
+            raise
         if first[: len(SELECT)] == SELECT and not selected.done():
             selected.set_result((name, Pushback(stream, first[len(SELECT):])))
         else:
