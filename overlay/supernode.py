@@ -348,8 +348,7 @@ class Supernode(NodeDaemon, AttachHandler):
         self._record_seq = next_seq(self._record_seq)
         self._last_publish = time.monotonic()
         host, port = self.advertised
-        capacity = self.relay.config.total_bps if self.relay.config.enabled else 0
-        spare = min(capacity, self.relay.budget.spare_bps)
+        capacity, spare = self.relay_capacity()
         self._published_spare = spare
         self.record = records.supernode(
             self.identity, host, port, seq=self._record_seq,
@@ -363,6 +362,11 @@ class Supernode(NodeDaemon, AttachHandler):
         except PutFailed as exc:
             log.warning("supernode_record_not_stored", error=str(exc))
 
+    def relay_capacity(self) -> tuple[int, int]:
+        """(capacity, spare) in bits/s as the record advertises them: B and B - reserved."""
+        capacity = self.relay.config.total_bps if self.relay.config.enabled else 0
+        return capacity, min(capacity, self.relay.budget.spare_bps)
+
     def _relay_changed(self) -> None:
         """Relay sessions started or ended: re-publish the record soon (coalesced)."""
         if self._republish is not None or self.stopping.is_set() or self.record is None:
@@ -374,14 +378,14 @@ class Supernode(NodeDaemon, AttachHandler):
             wait = self._last_publish + self.sn.relay_republish_min_s - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if self.relay.budget.spare_bps != self._published_spare:
+            if self.relay_capacity()[1] != self._published_spare:
                 await self.publish_record()
         except Exception:
             log.exception("supernode_record_refresh_failed")
         finally:
             self._republish = None
         # sessions may have changed while publishing
-        if self.relay.budget.spare_bps != self._published_spare:
+        if self.relay_capacity()[1] != self._published_spare:
             self._relay_changed()
 
     async def _keep_record(self) -> None:
@@ -443,7 +447,7 @@ class Supernode(NodeDaemon, AttachHandler):
         sessions.add_metric(["paired"], len(relay.active))
         yield sessions
         yield GaugeMetricFamily("overlay_relay_capacity_bps", "Relay budget (bits/s)",
-                                value=relay.config.total_bps if relay.config.enabled else 0)
+                                value=self.relay_capacity()[0])
         yield GaugeMetricFamily("overlay_relay_reserved_bps",
                                 "Relay rate reserved by sessions (bits/s)",
                                 value=relay.budget.reserved_bps)

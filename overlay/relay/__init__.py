@@ -18,8 +18,10 @@ callee ("B", joins it). ``requested_rate_bps`` 0 asks for the relay's per-sessio
 ``status`` is 0 (OK: from the next byte on, the connection is a raw pipe to the peer) or 1
 (REFUSED, ``reason`` says why; the relay then closes). The caller's answer comes when the
 callee has joined (or ``"timeout"`` after the relay's pairing wait); the callee's at once.
-Reasons: ``budget``, ``sessions``, ``unknown token``, ``token used``, ``relay disabled``,
-``timeout``, ``bad hello``.
+Reasons: ``budget`` (the reservable rate is used up), ``sessions`` (the relay's session limit,
+or the caller's IP holds too many), ``unknown token`` (a callee before its caller, or a wrong
+token), ``token used`` (a third connection, also after the session ended), ``relay disabled``,
+``timeout`` (the callee did not come), ``bad hello``.
 
 Modules: :mod:`overlay.relay.budget` (sans-IO admission and rate limiting),
 :mod:`overlay.relay.server` (the asyncio side, inside a supernode),
