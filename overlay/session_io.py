@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from overlay.identity import Identity
 from overlay.records import (
-    PresenceRecord,
     RecordError,
     SignedRecord,
     SupernodeRecord,
@@ -48,7 +47,7 @@ from overlay.wire import (
     SignalResult,
 )
 from overlay.wire.messages import Alternative
-from overlay.wire.session import _Connection
+from overlay.wire.session import _Connection, verify_lookup_response
 
 EventHandler = Callable[["SessionProtocol", Event], None]
 
@@ -370,16 +369,7 @@ class ClientSession:
         """The user's presence records, each verified here (the node is not trusted)."""
         reply = await self._request(lambda rid: LookupRequest(rid, user), timeout)
         assert isinstance(reply, LookupResponse)
-        now = time.time()
-        found = []
-        for wire in reply.records:
-            try:
-                signed = verify(wire, now)
-            except RecordError:
-                continue
-            if isinstance(signed.record, PresenceRecord) and signed.record.user == user:
-                found.append(signed)
-        return found
+        return verify_lookup_response(reply, user)
 
     async def directory(self, timeout: float = 5.0) -> list[SignedRecord]:
         """Signed supernode records, each verified here."""
@@ -388,12 +378,10 @@ class ClientSession:
         now = time.time()
         found = []
         for wire in reply.records:
-            try:
+            with contextlib.suppress(RecordError):
                 signed = verify(wire, now)
-            except RecordError:
-                continue
-            if isinstance(signed.record, SupernodeRecord):
-                found.append(signed)
+                if isinstance(signed.record, SupernodeRecord):
+                    found.append(signed)
         return found
 
     async def check_reachability(self, port: int, timeout: float = 10.0) -> ReachabilityResult:

@@ -53,3 +53,15 @@ class Network:
     def stop(self) -> None:
         for node in [self.bootstrap, *self.nodes]:
             node.stop()
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.2) -> object:
+    """Blocking ``wait_for`` for tests that drive processes synchronously (the NAT lab)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"{what} not within {timeout}s")

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ if os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"):
     pytest.skip("needs root, nftables and unshare for network/mount namespaces",
                 allow_module_level=True)
 
+from tests.netutil import wait_until
 from tools.natlab import Lab
 
 BIN = str(Path(sys.executable).parent)
@@ -58,14 +58,6 @@ def in_pod(argv: list[str], hosts_file: Path, data_dir: Path) -> list[str]:
             str(hosts_file), str(data_dir), *argv]
 
 
-def wait_until(check, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout}s")
 
 
 def short(pod: str) -> str:

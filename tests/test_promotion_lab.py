@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ if os.geteuid() != 0 or not shutil.which("nft"):
     pytest.skip("needs root and nftables for the NAT lab", allow_module_level=True)
 
 from overlay.control import ControlSocketError, control_request
+from tests.netutil import wait_until
 from tools.natlab import Lab
 
 DIRECTORY = """
@@ -31,14 +31,6 @@ asyncio.run(main())
 """
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout}s")
 
 
 def test_public_client_is_promoted_and_clients_behind_nat_or_firewall_are_not(tmp_path):
