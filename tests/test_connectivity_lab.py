@@ -321,7 +321,7 @@ def test_all_pairs(tmp_path: Path) -> None:
         report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, no impairment")
 
 
-IMPAIRMENT = {"delay_ms": 100, "loss_pct": 2}
+IMPAIRMENT: dict[str, float] = {"delay_ms": 100, "loss_pct": 2}
 #: With ``--heartbeat 1`` (dead after 3 s of silence) the attachment itself flaps on these
 #: links: a lost TCP segment at RTT 400 ms is retransmitted after ~1 s, twice is 3 s. Three
 #: failovers in two minutes were seen, and a send during a failover fails for reasons that
