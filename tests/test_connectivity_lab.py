@@ -113,11 +113,13 @@ PARALLEL = 3
 RELAY_SLOTS = 2
 
 
-#: On impaired links the path race may legitimately go the other way where both work: a lost
-#: SYN costs direct TCP ~1 s (the initial RTO), and a punched UDP path to a public peer wins.
-#: The impaired test accepts these alternatives (and says so in its table); the unimpaired
-#: test does not.
-ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}}
+#: On impaired links the path race may legitimately go another way where both paths work: a
+#: lost SYN costs direct TCP ~1 s (the initial RTO), so a punched UDP path to a public peer
+#: wins; and punching plus the QUIC and end-to-end handshakes take ~3 s at 400 ms RTT with
+#: loss, so the relay (started at 1.5 s) sometimes completes first. The impaired test is
+#: about delivery: it accepts these alternatives and marks them in its table. The unimpaired
+#: test does not accept them.
+ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}, P: {R}}
 
 
 def expected_outcome(src_kind: str, dst_kind: str) -> str:
@@ -340,8 +342,8 @@ IMPAIRED_SUPERNODE_ARGS = ("--relay-budget", "4Mbit")
 def test_all_pairs_impaired(tmp_path: Path) -> None:
     """All 25 pairs with 100 ms / 2 % loss per direction on every client's and supernode's
     link: every pair that has a path delivers an intact file (relay pairs: fail fast until
-    the relay lands). Paths are checked too, except that a public pair may win over UDP
-    (:data:`ALSO_ACCEPTED_IMPAIRED`); the table shows which path each pair took."""
+    the relay lands). Paths are checked too, with the alternatives in
+    :data:`ALSO_ACCEPTED_IMPAIRED`; the table shows which path each pair took."""
     _need_send()
     with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT,
                     heartbeat_s=IMPAIRED_HEARTBEAT_S,
