@@ -199,11 +199,11 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
         accepted = {expected} | (also_accepted or {}).get(expected, set())
         if j.get("path") not in accepted:
             problems.append(f"path {j.get('path')!r}, expected {expected!r}")
-        if expected == R and not ov.is_supernode_id(j.get("relay")):
+        if j.get("path") == R and not ov.is_supernode_id(j.get("relay")):
             problems.append(f"relay {j.get('relay')!r} is not one of the supernodes' ids "
                             f"{ov.supernode_ids()}")
-        if expected != R and j.get("relay") is not None:
-            problems.append(f"relay {j.get('relay')!r} on a {expected} path")
+        if j.get("path") != R and j.get("relay") is not None:
+            problems.append(f"relay {j.get('relay')!r} on a {j.get('path')} path")
         if j.get("bytes") != size:
             problems.append(f"bytes {j.get('bytes')!r}, expected {size}")
         if j.get("sha256") != sent_sha:
