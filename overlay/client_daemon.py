@@ -321,7 +321,8 @@ class ClientDaemon:
                                   help="the host cache")
             self.control.register("send", self._cmd_send, {"user": (str, True),
                                                             "path": (str, True)},
-                                  "send a file to a user, end-to-end encrypted")
+                                  "send a file to a user, end-to-end encrypted",
+                                  timeout_s=float("inf"))
 
     # -- configuration helpers ---------------------------------------------------------------
 

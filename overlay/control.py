@@ -56,6 +56,9 @@ class Command:
     #: parameter name -> (type or tuple of types, required)
     params: dict[str, tuple[type | tuple[type, ...], bool]]
     help: str = ""
+    #: None: the server's request timeout; commands like ``send`` that legitimately run
+    #: long (a large file) bound themselves and pass ``float("inf")``
+    timeout_s: float | None = None
 
 
 def _check_params(cmd: Command, request: JSONObject) -> JSONObject:
@@ -103,12 +106,13 @@ class ControlServer:
         handler: Handler,
         params: dict[str, tuple[type | tuple[type, ...], bool]] | None = None,
         help: str = "",
+        timeout_s: float | None = None,
     ) -> None:
         """Add a command. ``handler(args)`` returns the answer's fields (``ok`` is added);
         it raises :class:`ControlError` for an error the caller should see."""
         if name in self.commands:
             raise ValueError(f"command {name!r} is already registered")
-        self.commands[name] = Command(name, handler, dict(params or {}), help)
+        self.commands[name] = Command(name, handler, dict(params or {}), help, timeout_s)
 
     async def _help(self, args: JSONObject) -> JSONObject:
         return {"commands": {
@@ -250,12 +254,13 @@ class ControlServer:
                     "commands": sorted(self.commands)}
         try:
             args = _check_params(cmd, request)
-            async with asyncio.timeout(self.request_timeout_s):
+            limit = self.request_timeout_s if cmd.timeout_s is None else cmd.timeout_s
+            async with asyncio.timeout(None if limit == float("inf") else limit):
                 result = await cmd.handler(args)
         except ControlError as exc:
             return {"ok": False, "error": str(exc)}
         except TimeoutError:
-            return {"ok": False, "error": f"{name} took longer than {self.request_timeout_s:g}s"}
+            return {"ok": False, "error": f"{name} took longer than {limit:g}s"}
         except Exception as exc:
             log.exception("control_command_failed", cmd=name)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}

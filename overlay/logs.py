@@ -15,7 +15,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     if not isinstance(numeric, int):
         numeric = logging.INFO
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
-    for noisy in ("kademlia", "rpcudp", "aiohttp.access"):
+    for noisy in ("kademlia", "rpcudp", "aiohttp.access", "quic"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()

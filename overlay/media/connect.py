@@ -172,16 +172,17 @@ async def _first_of(
         first.set()
 
     tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    waiter = asyncio.create_task(first.wait())
     try:
         async with asyncio.timeout(timeout):
-            waiter = asyncio.create_task(first.wait())
             await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
             while not first.is_set() and not all(t.done() for t in tasks):
                 await asyncio.wait([waiter, *[t for t in tasks if not t.done()]],
                                    return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
     except TimeoutError:
         pass
+    finally:
+        waiter.cancel()
     for task in tasks:
         if not task.done():
             task.cancel()
@@ -204,10 +205,10 @@ async def connect_as_initiator(
     winner_name = min(completed, key=lambda n: next(
         t for t, e in timeline.events if e == f"{n}: authenticated"))
     winner = completed.pop(winner_name)
-    for loser in completed.values():
-        await loser.close()
-    await winner.send(SELECT)
+    await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
+    for loser in completed.values():
+        close_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
     return winner, timeline
 

@@ -59,7 +59,8 @@ from overlay.wire import AttachOk, SignalDelivery
 log = structlog.get_logger("overlay.media")
 
 ANSWER_TIMEOUT_S = 10.0
-MAX_SESSIONS_PER_SEND = 3
+MAX_SESSIONS_PER_SEND = 5
+RESUME_RETRY_PAUSE_S = 2.0
 #: the rate a file transfer asks a relay to reserve: 0 takes the relay's per-session cap
 RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
@@ -205,16 +206,24 @@ class MediaService:
         sha = await asyncio.to_thread(file_sha256, path)
         failed_relays: set[bytes] = set()
         errors: list[str] = []
+        lost_a_path = False
         for _ in range(MAX_SESSIONS_PER_SEND):
             try:
                 return await self._send_once(to_user, path, transfer_id, sha, failed_relays)
             except _PathLost as exc:
+                lost_a_path = True
                 errors.append(str(exc))
                 if exc.relay_key is not None:
                     failed_relays.add(exc.relay_key)
                     self.relay_history.failed(exc.relay_key)
                 log.warning("transfer_path_lost", to_user=to_user, error=str(exc),
                             resuming=True)
+            except SendFailed as exc:
+                if not lost_a_path:
+                    raise
+                # what took the path down (a supernode) may be failing the peer over too
+                errors.append(str(exc))
+                await asyncio.sleep(RESUME_RETRY_PAUSE_S)
         raise SendFailed(f"transfer failed on every path tried: {'; '.join(errors)}")
 
     async def _send_once(self, to_user: str, path: Path, transfer_id: bytes, sha: str,
