@@ -6,12 +6,15 @@ each attached client's signed presence record and keeps it published while the c
 attached, and tells its clients to move when it shuts down. It also relays
 (:mod:`overlay.relay`) within ``relay_capacity_bps`` and advertises its spare relay capacity
 in its record, re-published when sessions start or end (at most once per
-``relay_republish_min_s``).
+``relay_republish_min_s``). Every ``vivaldi_interval_s`` it times a DHT round trip to a few other
+supernodes from the directory and moves its Vivaldi coordinate (:mod:`overlay.vivaldi`), which
+its record carries, so a caller can estimate the relay-to-callee leg without probing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -29,6 +32,7 @@ from overlay.relay.budget import BudgetConfig
 from overlay.relay.server import RelayServer
 from overlay.session_io import SessionError, probe
 from overlay.tcp_service import AttachHandler, ServedSession
+from overlay.vivaldi import Coordinate, CoordinateKeeper, moved
 from overlay.wire import (
     Attach,
     AttachOk,
@@ -67,6 +71,11 @@ class SupernodeOptions:
     relay_max_session_s: float = 2 * 3600.0
     #: the record is re-published on relay load changes, at most this often
     relay_republish_min_s: float = 3.0
+    #: a Vivaldi round (RTT to a few other supernodes) about this often; 0: never
+    vivaldi_interval_s: float = 20.0
+    vivaldi_peers_per_round: int = 3
+    #: the record is re-published early when the coordinate moved this far (seconds of RTT)
+    vivaldi_republish_moved_s: float = 0.005
 
 
 def next_seq(last: int) -> int:
@@ -91,6 +100,8 @@ class Supernode(NodeDaemon, AttachHandler):
         self._published_spare: int | None = None
         self._last_publish = float("-inf")
         self._republish: asyncio.Task[None] | None = None
+        self.vivaldi = CoordinateKeeper()
+        self._published_coord = self.vivaldi.coord
         super().__init__(opts, identity)
         self.relay = RelayServer(
             BudgetConfig(
@@ -350,11 +361,13 @@ class Supernode(NodeDaemon, AttachHandler):
         host, port = self.advertised
         capacity, spare = self.relay_capacity()
         self._published_spare = spare
+        self._published_coord = self.vivaldi.coord
         self.record = records.supernode(
             self.identity, host, port, seq=self._record_seq,
             relay_capacity_bps=capacity,
             relay_spare_bps=spare,
             load=len(self.attached), max_clients=self.sn.max_clients,
+            coords=self._published_coord.to_record(),
             lifetime_s=3 * self.sn.record_refresh_s,
         )
         try:
@@ -396,12 +409,54 @@ class Supernode(NodeDaemon, AttachHandler):
             except Exception:
                 log.exception("supernode_record_refresh_failed")
 
+    # -- network coordinate -----------------------------------------------------------------
+
+    async def _keep_coordinate(self) -> None:
+        rng = random.Random()
+        while True:
+            await asyncio.sleep(self.sn.vivaldi_interval_s * rng.uniform(0.5, 1.0))
+            try:
+                await self.coordinate_round()
+            except Exception:
+                log.exception("vivaldi_round_failed")
+
+    async def coordinate_round(self) -> int:
+        """Time a DHT round trip to a few supernodes whose coordinates are known, move ours,
+        and re-publish the record when it moved far; returns the number of samples taken."""
+        peers: dict[bytes, tuple[records.SupernodeRecord, Coordinate]] = {}
+        for signed in await self.tcp.directory():
+            r = signed.record
+            if isinstance(r, records.SupernodeRecord) and r.node_key != self.identity.public_key:
+                coord = Coordinate.from_record(r.coords)
+                if coord is not None and r.node_key not in peers:
+                    peers[r.node_key] = (r, coord)
+        chosen = self.vivaldi.pick([(k, c) for k, (_, c) in peers.items()],
+                                   self.sn.vivaldi_peers_per_round)
+        samples = 0
+        for key in chosen:
+            rec, coord = peers[key]
+            started = time.monotonic()
+            try:
+                await self.dht.call((rec.host, rec.port), "binding", node_id=node_id_for(key))
+            except (TimeoutError, OSError) as exc:
+                log.debug("vivaldi_peer_silent", peer=key.hex()[:16], error=str(exc))
+                continue
+            self.vivaldi.observe(key, coord, time.monotonic() - started)
+            samples += 1
+        now, then = self.vivaldi.coord, self._published_coord
+        if (moved(now, then) > self.sn.vivaldi_republish_moved_s
+                or then.error - now.error > 0.25):  # early rounds: it has learnt a lot
+            await self.publish_record()
+        return samples
+
     async def start(self) -> None:
         self.dht.register("binding", self._dht_binding)
         self.dht.register("signal", self._dht_signal)
         await super().start()
         await self.publish_record()
         self._tasks.append(asyncio.create_task(self._keep_record()))
+        if self.sn.vivaldi_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._keep_coordinate()))
         log.info("supernode_ready", address="{}:{}".format(*self.advertised),
                  max_clients=self.sn.max_clients)
 

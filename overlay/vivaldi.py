@@ -43,6 +43,16 @@ class Coordinate:
         return cls(x, y, max(height, MIN_HEIGHT), error)
 
 
+#: a coordinate whose error is still this high has not learnt anything yet: do not predict
+UNSETTLED_ERROR = 0.9
+
+
+def for_prediction(coords: tuple[float, ...]) -> Coordinate | None:
+    """A record's coordinate when it is good enough to estimate latencies with, else None."""
+    c = Coordinate.from_record(coords)
+    return c if c is not None and c.error < UNSETTLED_ERROR else None
+
+
 def update(me: Coordinate, peer: Coordinate, rtt_s: float,
            rng: random.Random | None = None) -> Coordinate:
     """Move ``me`` after measuring ``rtt_s`` to a node at ``peer``."""
@@ -63,3 +73,42 @@ def update(me: Coordinate, peer: Coordinate, rtt_s: float,
     y = me.y + force * dy / norm
     height = max(MIN_HEIGHT, me.height + force * (me.height + peer.height) / max(predicted, 1e-9))
     return Coordinate(x, y, height, error)
+
+
+#: samples kept per peer; the coordinate moves by the smallest (queueing only ever adds delay)
+SAMPLES_PER_PEER = 4
+#: peers remembered at most (the oldest is forgotten first)
+MAX_PEERS = 256
+
+
+class CoordinateKeeper:
+    """One node's coordinate and the recent round-trip samples that move it.
+
+    Each sample to a peer is filtered through the minimum of that peer's last few samples, so
+    one delayed answer (a busy event loop, a queue) does not throw the coordinate off."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.coord = Coordinate()
+        self._rng = rng or random.Random()
+        self._recent: dict[bytes, list[float]] = {}
+
+    def observe(self, peer: bytes, peer_coord: Coordinate, rtt_s: float) -> Coordinate:
+        if not (0 < rtt_s < 10):
+            return self.coord
+        samples = self._recent.pop(peer, [])  # re-inserted last: the dict stays in LRU order
+        samples = [*samples[-(SAMPLES_PER_PEER - 1):], rtt_s]
+        self._recent[peer] = samples
+        while len(self._recent) > MAX_PEERS:
+            del self._recent[next(iter(self._recent))]
+        self.coord = update(self.coord, peer_coord, min(samples), self._rng)
+        return self.coord
+
+    def pick(self, peers: list[tuple[bytes, Coordinate]], k: int) -> list[bytes]:
+        """Up to ``k`` peers to sample this round, at random (Vivaldi wants a varied set)."""
+        keys = [key for key, _ in peers]
+        return self._rng.sample(keys, min(k, len(keys)))
+
+
+def moved(a: Coordinate, b: Coordinate) -> float:
+    """How far apart two positions of the same node are, in seconds of predicted RTT."""
+    return math.hypot(a.x - b.x, a.y - b.y) + abs(a.height - b.height)

@@ -5,7 +5,7 @@ import random
 from overlay import records
 from overlay.identity import Identity
 from overlay.media import relay_selector as rs
-from overlay.vivaldi import Coordinate, update
+from overlay.vivaldi import Coordinate, CoordinateKeeper, for_prediction, update
 
 
 def relay(x: float, spare: int = 10**6, capacity: int = 2 * 10**6, key: bytes | None = None):
@@ -71,3 +71,16 @@ def test_vivaldi_coordinates_converge_to_predict_rtts():
     assert sorted(errors)[len(errors) // 2] < 0.25  # median relative error
     assert Coordinate.from_record(coords[0].to_record()) is not None
     assert Coordinate.from_record((1e9, 0.0, 0.0, 0.1)) is None
+
+
+def test_one_delayed_answer_does_not_throw_a_coordinate_off():
+    peer = Coordinate(0.0, 0.0, 0.001, 0.05)
+    keeper = CoordinateKeeper(random.Random(1))
+    for _ in range(50):
+        keeper.observe(b"peer", peer, 0.040)
+    settled = keeper.coord.distance(peer)
+    assert abs(settled - 0.040) < 0.004
+    keeper.observe(b"peer", peer, 0.900)  # a busy event loop answered late
+    assert abs(keeper.coord.distance(peer) - settled) < 0.002
+    assert for_prediction(keeper.coord.to_record()) is not None
+    assert for_prediction(Coordinate().to_record()) is None  # knows nothing yet

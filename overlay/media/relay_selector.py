@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from overlay.records import SignedRecord, SupernodeRecord
-from overlay.vivaldi import Coordinate
+from overlay.vivaldi import Coordinate, for_prediction
 
 UNKNOWN_LEG_S = 0.15
 FAILURE_PENALTY_S = 1.0
@@ -51,7 +51,7 @@ def candidates(found: list[SignedRecord], rate_bps: int, now: float | None = Non
         if r.relay_capacity_bps <= 0 or (rate_bps and r.relay_spare_bps < rate_bps):
             continue
         out.append(RelayCandidate(r.node_key, r.host, r.port, r.relay_capacity_bps,
-                                  r.relay_spare_bps, Coordinate.from_record(r.coords)))
+                                  r.relay_spare_bps, for_prediction(r.coords)))
     return out
 
 

@@ -53,7 +53,7 @@ from overlay.media.transfer import (
     send_file,
 )
 from overlay.session_io import ClientSession, SessionError
-from overlay.vivaldi import Coordinate
+from overlay.vivaldi import for_prediction
 from overlay.wire import AttachOk, SignalDelivery
 
 log = structlog.get_logger("overlay.media")
@@ -312,7 +312,7 @@ class MediaService:
         except SessionError as exc:
             log.info("relay_directory_unavailable", error=str(exc))
             return (), b""
-        coords = {s.record.node_key: Coordinate.from_record(s.record.coords)
+        coords = {s.record.node_key: for_prediction(s.record.coords)
                   for s in directory if isinstance(s.record, records.SupernodeRecord)}
         ranked = relay_selector.rank(
             relay_selector.candidates(directory, RELAY_RATE_BPS),
