@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from overlay.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
+from overlay.strict_msgpack import NotMsgpack, unpack_strict
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"overlay/record/v1\x00"
@@ -326,18 +327,9 @@ def sign(record: Record, identity: Identity, now: float | None = None) -> Signed
 
 def _unpack_strict(data: bytes, max_len: int) -> Any:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=max_len,
-            max_str_len=max_len,
-            max_array_len=64,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise MalformedRecord(f"not a msgpack record: {type(exc).__name__}") from None
+        return unpack_strict(data, max_len=max_len)
+    except NotMsgpack as exc:
+        raise MalformedRecord(f"not a msgpack record: {exc}") from None
 
 
 def verify(wire: Any, now: float | None = None) -> SignedRecord:

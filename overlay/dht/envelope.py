@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from overlay.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
+from overlay.strict_msgpack import NotMsgpack, unpack_strict
 
 MAGIC = b"OVL1"
 DOMAIN = b"overlay/dht/v1\x00"
@@ -104,16 +105,7 @@ def open_datagram(data: bytes) -> Envelope:
     if not verify_signature(sender_key, DOMAIN + head + body, signature):
         raise EnvelopeError("bad_signature")
     try:
-        payload = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=limit,
-            max_str_len=limit,
-            max_array_len=256,
-            max_map_len=8,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise EnvelopeError("malformed", f"payload: {type(exc).__name__}") from None
+        payload = unpack_strict(body, max_len=limit, max_array=256, max_map=8)
+    except NotMsgpack as exc:
+        raise EnvelopeError("malformed", f"payload: {exc}") from None
     return Envelope(kind, msg_id, sender_key, Flags(flags_byte), payload)

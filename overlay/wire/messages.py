@@ -55,6 +55,7 @@ import msgpack
 
 from overlay.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from overlay.records import MAX_RECORD_BYTES, NAME_PATTERN
+from overlay.strict_msgpack import NotMsgpack, unpack_strict
 from overlay.wire.errors import MalformedMessage, UnknownMessageType
 from overlay.wire.frames import MAX_FRAME_BYTES
 
@@ -641,19 +642,9 @@ def decode(body: bytes) -> Message:
     if len(body) > MAX_FRAME_BYTES:
         raise MalformedMessage(f"message body of {len(body)} bytes is too large")
     try:
-        values = msgpack.unpackb(
-            body,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_bin_len=MAX_FRAME_BYTES,
-            max_str_len=MAX_FRAME_BYTES,
-            max_array_len=64,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise MalformedMessage(f"not a msgpack message: {type(exc).__name__}") from None
+        values = unpack_strict(body, max_len=MAX_FRAME_BYTES)
+    except NotMsgpack as exc:
+        raise MalformedMessage(f"not a msgpack message: {exc}") from None
     if type(values) is not list or not values:
         raise MalformedMessage(f"a message is a non-empty array, not {type(values).__name__}")
     tag = values[0]
