@@ -67,6 +67,7 @@ from overlay.promotion import Promoter, PromotionPolicy
 from overlay.promotion import run as run_promotion
 from overlay.records import NAME_PATTERN, PresenceRecord, SignedRecord, SupernodeRecord
 from overlay.session_io import AttachRefused, ClientSession, SessionError, probe
+from overlay.tasks import TaskSet
 from overlay.wire import (
     Attach,
     AttachOk,
@@ -296,7 +297,7 @@ class ClientDaemon:
         self.attached = asyncio.Event()
         self._primary_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskSet()
         self.promoter = Promoter(
             self.identity,
             PromotionPolicy(enabled=opts.may_become_supernode,
@@ -349,9 +350,7 @@ class ClientDaemon:
         self.control.register(name, handler, params, help)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(coro)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -380,8 +379,7 @@ class ClientDaemon:
         if self.backup is not None:
             self.backup.session.close("bye")
             self.backup = None
-        for bg in list(self._background):
-            bg.cancel()
+        self._background.cancel_all()
         await self.promoter.stop()
         await self.media.stop()
         if self.control is not None:

@@ -33,6 +33,7 @@ from overlay.relay import MAGIC as RELAY_MAGIC
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.server import RelayLink, RelayServer
 from overlay.session_io import SessionProtocol
+from overlay.tasks import TaskSet
 from overlay.wire import (
     Attach,
     Detach,
@@ -208,7 +209,7 @@ class TcpService:
         self.stats = ServiceStats()
         self._server: asyncio.Server | None = None
         self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.session_config = SessionConfig(
             handshake_timeout_s=self.limits.handshake_timeout_s,
             heartbeat_interval_s=self.limits.heartbeat_s,
@@ -297,9 +298,7 @@ class TcpService:
             pass
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def _handle(self, session: ServedSession, msg: Message) -> None:
         try:
@@ -359,7 +358,6 @@ class TcpService:
             self._server.close()
         for proto in list(self.sessions):
             proto.abort_after_flush()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         if self._server is not None:
             await self._server.wait_closed()

@@ -41,6 +41,7 @@ from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.storage import RecordStorage
 from overlay.identity import Identity, node_id_for
 from overlay.records import RecordError
+from overlay.tasks import TaskSet
 
 log = structlog.get_logger("overlay.dht")
 
@@ -171,7 +172,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         self.limiter = PerIpRateLimiter(config.requests_per_ip_per_s, config.request_burst_per_ip)
         self._pending: dict[bytes, _Outstanding] = {}
         self._verifying: set[bytes] = set()
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks = TaskSet()
         self.closed = False
 
     def __getattr__(self, name: str) -> Any:
@@ -189,16 +190,13 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             if not out.future.done():
                 out.future.set_result((False, None))
         self._pending.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
 
     def error_received(self, exc: Exception) -> None:
         self.stats.dropped["socket_error"] += 1
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.closed:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from overlay.media.stream import ByteStream, TcpByteStream
+from overlay.tasks import TaskSet
 
 log = structlog.get_logger("overlay.media")
 
@@ -63,7 +64,7 @@ class Pushback:
         await self.stream.close()
 
 
-_closing: set[asyncio.Task[None]] = set()
+_closing = TaskSet()
 
 
 def close_later(stream: ByteStream | None) -> None:
@@ -75,9 +76,7 @@ def close_later(stream: ByteStream | None) -> None:
         with contextlib.suppress(Exception):
             await stream.close()
 
-    task = asyncio.ensure_future(close())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    _closing.spawn(close())
 
 
 class NoPath(Exception):

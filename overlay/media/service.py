@@ -53,6 +53,7 @@ from overlay.media.transfer import (
     send_file,
 )
 from overlay.session_io import ClientSession, SessionError
+from overlay.tasks import TaskSet
 from overlay.vivaldi import for_prediction
 from overlay.wire import AttachOk, SignalDelivery
 
@@ -122,15 +123,14 @@ class MediaService:
         self.sending: list[dict[str, Any]] = []
         self.partials = PartialStore()
         self.relay_history = RelayHistory()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
 
     async def start(self) -> None:
         await self.listener.start("0.0.0.0", 0)
         self.udp = await transport_hooks.open_udp()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         await self.listener.stop()
         if self.udp is not None:
             await transport_hooks.close_udp(self.udp)
@@ -353,9 +353,7 @@ class MediaService:
             if s is not None and s.answer is not None and not s.answer.done():
                 s.answer.set_result(offer)
             return True
-        task = asyncio.ensure_future(self._answer(offer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._answer(offer))
         return True
 
     async def _answer(self, invite: Offer) -> None:
