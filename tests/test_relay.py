@@ -549,3 +549,48 @@ def test_cli_relay_options() -> None:
     args = parser.parse_args([*node, "--no-relay"])
     assert args.no_relay and args.relay_session_cap == 0
 
+
+
+async def test_a_relay_refusing_for_budget_hands_the_call_to_the_next_relay() -> None:
+    """The caller's best-ranked relay has no reservable budget left: it refuses with a reason,
+    and the path race (every relay of the invite asked in parallel) completes through the next
+    one; the media key never reaches either relay."""
+    from overlay.media import relay_selector
+    from overlay.media.connect import connect_as_initiator, connect_as_responder
+    from overlay.media.transport_hooks import relay_attempt
+    from overlay.media.transport_hooks import secure as secure_path
+
+    async with supernode(relay_capacity_bps=MBIT, relay_session_cap_bps=MBIT) as (full, ip_a), \
+            supernode(relay_capacity_bps=4 * MBIT, relay_session_cap_bps=MBIT) as (free, _):
+        occupying = await pair(full, ip_a, rate_a=MBIT)  # reserves all of the full relay
+        assert full.record is not None and free.record is not None
+        found = [full.record, free.record]
+        ranked = relay_selector.rank(
+            relay_selector.candidates(found, 0), caller_rtt={
+                full.identity.public_key: 0.001, free.identity.public_key: 0.050},
+            caller_coords=None, callee_coords=None, callee_supernode=b"",
+            history=relay_selector.RelayHistory())
+        assert [c.node_key for c in ranked] == [full.identity.public_key,
+                                                free.identity.public_key]
+        secret, shared, transcript = os.urandom(32), os.urandom(32), os.urandom(32)
+
+        def attempts(initiator: bool) -> dict[str, Any]:
+            return {f"relay-{i}": relay_attempt(
+                c.host, c.port, c.node_key,
+                relay_selector.session_token(secret, c.node_key), initiator, MBIT)
+                for i, c in enumerate(ranked)}
+
+        def securer_for(initiator: bool) -> Any:
+            return lambda raw: secure_path(raw, shared, transcript, initiator)
+
+        (a, a_timeline), (b, _) = await asyncio.gather(
+            connect_as_initiator(attempts(True), securer_for(True), staggers={"relay": 0.0}),
+            connect_as_responder(attempts(False), securer_for(False), staggers={"relay": 0.0}))
+        assert full.relay.stats.refused["budget"] == 1
+        assert any(e.startswith("relay-0: failed") and "budget" in e
+                   for _, e in a_timeline.events), a_timeline.events
+        assert "selected relay-1" in [e for _, e in a_timeline.events]
+        await a.send(b"hello through the second relay")
+        assert await b.recv() == b"hello through the second relay"
+        assert free.relay.stats.refused["budget"] == 0
+        await asyncio.gather(a.close(), b.close(), *(s.close() for s in occupying))
