@@ -43,6 +43,15 @@ class DHTCollector(Collector):
         yield dropped
         yield CounterMetricFamily("overlay_dht_rpc_timeouts", "DHT requests unanswered",
                                   value=stats.timeouts)
+        yield CounterMetricFamily("overlay_dht_puts_local_only",
+                                  "Puts no other node took at first (then retried)",
+                                  value=stats.puts_local_only)
+        replication = CounterMetricFamily(
+            "overlay_dht_replication_retries", "How retried local-only puts ended",
+            labels=["outcome"])
+        for outcome, n in stats.replication.items():
+            replication.add_metric([outcome], n)
+        yield replication
         storage = self.node.storage
         yield GaugeMetricFamily("overlay_records_stored", "Records held", value=storage.entry_count)
         yield GaugeMetricFamily("overlay_records_bytes", "Bytes of records held",

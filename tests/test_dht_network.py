@@ -72,3 +72,41 @@ async def test_lookup_of_unknown_name_returns_nothing():
         assert await net.nodes[3].get(records.user_key("nobody")) == []
     finally:
         net.stop()
+
+
+async def test_a_put_no_other_node_took_reaches_it_once_it_is_back():
+    """The only other node is away when the record is published: the publisher keeps it and
+    retries with backoff, so the record reaches that node seconds after it returns instead of
+    at the next republish (5 minutes)."""
+    from overlay.dht import DHTNode
+    from overlay.dht.protocol import DHTConfig
+    from tests.netutil import loopback_ips, wait_for
+
+    config = DHTConfig(refresh_interval_s=3600, replicate_retry_s=(0.2, 0.4, 0.8, 1.6, 3.2))
+    ip_a, ip_b = loopback_ips(2)
+    b_identity = Identity.generate()
+    a, b = DHTNode(Identity.generate(), config), DHTNode(b_identity, config)
+    await b.start(ip_b, 0)
+    b_port = b.address[1]
+    await a.start(ip_a, 0)
+    b_again = None
+    try:
+        assert await a.bootstrap([b.address]) == 1
+        b.stop()
+        alice = Identity.generate()
+        signed = records.presence(alice, "alice", "phone", seq=1,
+                                  supernode_key=SUPERNODE.public_key,
+                                  supernode_host="198.18.0.10", supernode_port=4000)
+        result = await a.put(signed)
+        assert (result.stored, result.remote) == (1, 0)
+        assert a.stats.puts_local_only == 1
+        b_again = DHTNode(b_identity, config)  # the same node, back on its address
+        await b_again.start(ip_b, b_port)
+        await wait_for(lambda: any(s.wire == signed.wire for s in
+                                   b_again.storage.values(records.user_key("alice"))),
+                       timeout=10)
+        await wait_for(lambda: a.stats.replication["replicated"] == 1, timeout=5)
+    finally:
+        a.stop()
+        if b_again is not None:
+            b_again.stop()

@@ -68,6 +68,9 @@ class DHTConfig:
     refresh_interval_s: float = 60.0
     #: only the publisher republishes; records are re-signed by their owners far more often
     republish_interval_s: float = 300.0
+    #: a put that no other node took (they were busy, rate-limited or briefly away) is tried
+    #: again after these delays, not left to the next republish
+    replicate_retry_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass
@@ -77,6 +80,9 @@ class DHTStats:
     dropped: Counter[str] = field(default_factory=Counter)
     timeouts: int = 0
     evicted: int = 0
+    #: puts that only this node stored, and how their retries ended
+    puts_local_only: int = 0
+    replication: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ Fixes over ``kademlia.network.Server``:
   when nothing was stored) and survives every contact being dead (stock: ``max([])``);
 * only the original publisher republishes, with the record's own expiry (stock: every holder
   republishes and refreshes the timestamp, so values never expire);
+* a put that only this node stored while it knows other nodes is tried again with backoff
+  (``replicate_retry_s``) until another node holds it, not left to the next republish;
 * state is saved as JSON peers, never pickle, and loaded with the node's own key.
 """
 
@@ -26,6 +28,7 @@ from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtoco
 from overlay.dht.storage import RecordStorage
 from overlay.identity import Identity, node_id_for
 from overlay.records import RecordError, SignedRecord, WrongKey
+from overlay.tasks import TaskSet
 
 log = structlog.get_logger("overlay.dht")
 
@@ -33,6 +36,8 @@ log = structlog.get_logger("overlay.dht")
 @dataclass
 class PutResult:
     stored: int = 0
+    #: how many of ``stored`` are other nodes
+    remote: int = 0
     refused: Counter[str] = field(default_factory=Counter)
 
 
@@ -58,6 +63,7 @@ class OverlayServer(Server):  # type: ignore[misc]
         #: records this node published itself, by (key, slot): the only ones it republishes
         self.published: dict[tuple[bytes, tuple[bytes, str]], SignedRecord] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        self._retries = TaskSet()
 
     def _create_protocol(self) -> OverlayProtocol:
         return OverlayProtocol(
@@ -84,6 +90,7 @@ class OverlayServer(Server):  # type: ignore[misc]
     def stop(self) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
+        self._retries.cancel_all()
         if self.transport is not None:
             self.transport.close()
 
@@ -220,6 +227,7 @@ class OverlayServer(Server):  # type: ignore[misc]
                 result.refused["unreachable"] += 1
             elif reply.payload.get("ok") is True:
                 result.stored += 1
+                result.remote += 1
             else:
                 reason = reply.payload.get("reason")
                 result.refused[reason if isinstance(reason, str) else "refused"] += 1
@@ -229,7 +237,32 @@ class OverlayServer(Server):  # type: ignore[misc]
         result = await self.set_digest(signed.dht_key, signed.wire)
         if result.stored:
             self.published[(signed.dht_key, signed.slot)] = signed
+            if not result.remote and self.proto.router.contacts():
+                self.stats.puts_local_only += 1
+                self._retries.spawn(self._replicate(signed))
         return result
+
+    async def _replicate(self, signed: SignedRecord) -> None:
+        """Store ``signed`` on other nodes after all, while it is still the published record
+        for its slot; the regular republish takes over when the retries run out."""
+        slot = (signed.dht_key, signed.slot)
+        for delay in self.config.replicate_retry_s:
+            await asyncio.sleep(delay)
+            if self.published.get(slot) is not signed or signed.expires_at <= time.time():
+                self.stats.replication["superseded"] += 1
+                return
+            try:
+                result = await self.set_digest(signed.dht_key, signed.wire)
+            except RecordError:
+                self.stats.replication["superseded"] += 1  # a newer one is stored here
+                return
+            if result.remote:
+                self.stats.replication["replicated"] += 1
+                return
+        self.stats.replication["gave_up"] += 1
+        log.warning("record_not_replicated", key=signed.dht_key.hex()[:16],
+                    tries=len(self.config.replicate_retry_s),
+                    hint="no other DHT node accepted it; it is retried at the next republish")
 
     # -- state ----------------------------------------------------------------------------
 
