@@ -32,7 +32,6 @@ import asyncio
 import cProfile
 import gc
 import hashlib
-import importlib.metadata
 import json
 import logging
 import math
@@ -42,7 +41,6 @@ import pstats
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -61,6 +59,7 @@ from overlay.dht import DHTConfig, DHTNode
 from overlay.dht.envelope import Kind, new_msg_id, open_datagram, seal
 from overlay.dht.storage import RecordVerifier
 from overlay.identity import Identity
+from tools.bench.common import cpu_affinity, dist_version, git, uncommitted
 
 OVERLAY = "overlay"
 STOCK = "kademlia-stock"
@@ -628,38 +627,19 @@ async def profile_gets(
 
 
 def environment(uvloop_used: bool, loadavg_start: float) -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    def git(*args: str) -> str | None:
-        try:
-            r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                               cwd=Path(__file__).resolve().parent)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    dirty = git("status", "--porcelain", "--", "overlay/dht", "overlay/records.py",
-                "overlay/identity.py")
     return {
         "loadavg_1m_start": round(loadavg_start, 2),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
+        "cpu_affinity": cpu_affinity(),
         "uvloop": uvloop_used,
-        "versions": {d: version(d) for d in ("kademlia", "rpcudp", "uvloop", "PyNaCl",
-                                             "msgpack", "u-msgpack-python")},
+        "versions": {d: dist_version(d) for d in ("kademlia", "rpcudp", "uvloop", "PyNaCl",
+                                                  "msgpack", "u-msgpack-python")},
         "git_head": git("rev-parse", "--short", "HEAD"),
-        "overlay_dht_uncommitted_changes": bool(dirty) if dirty is not None else None,
+        "overlay_dht_uncommitted_changes": uncommitted(
+            "overlay/dht", "overlay/records.py", "overlay/identity.py"),
     }
 
 

@@ -77,6 +77,7 @@ from tools.bench.supernode import (
     _STARTED,
     Daemon,
     ProcSample,
+    cpu_pct,
     raise_fd_limit,
     wait_ready,
 )
@@ -419,7 +420,7 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
         a, b = proc_sample(sn.pid), None
         await asyncio.sleep(2.0)
         b = proc_sample(sn.pid)
-        out["idle_cpu_pct"] = round(100 * (b.cpu_s - a.cpu_s) / (b.at - a.at), 2)
+        out["idle_cpu_pct"] = cpu_pct(a, b)
         for n in args.sessions:
             log(f"overlay voice x{n}")
             try:
@@ -655,7 +656,7 @@ def run_coturn(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[st
         a = proc_sample(turn.pid)
         time.sleep(2.0)
         b = proc_sample(turn.pid)
-        out["idle_cpu_pct"] = round(100 * (b.cpu_s - a.cpu_s) / (b.at - a.at), 2)
+        out["idle_cpu_pct"] = cpu_pct(a, b)
         for n in args.sessions:
             if n > args.coturn_max_sessions:
                 out[f"voice_{n}"] = {

@@ -52,7 +52,6 @@ import asyncio
 import atexit
 import contextlib
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -92,8 +91,8 @@ from overlay.wire import (
     ProtocolViolation,
     Refused,
 )
+from tools.bench.common import REPO, cpu_affinity, dist_version, git, uncommitted
 
-REPO = Path(__file__).resolve().parents[2]
 PORT = 4000
 HTTP_PORT = 8080
 DEVICE = "bench"
@@ -1002,39 +1001,20 @@ def raise_fd_limit() -> tuple[int, int]:
 
 
 def environment(uvloop_used: bool, fd: tuple[int, int]) -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    def git(*args: str) -> str | None:
-        try:
-            r = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                               cwd=REPO)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    try:
-        affinity: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = None
-    dirty = git("status", "--porcelain", "--", "overlay")
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
+        "cpu_affinity": cpu_affinity(),
         "uvloop": uvloop_used,
-        "versions": {d: version(d) for d in ("uvloop", "PyNaCl", "msgpack", "kademlia",
-                                             "structlog", "aiohttp")},
+        "versions": {d: dist_version(d) for d in ("uvloop", "PyNaCl", "msgpack", "kademlia",
+                                                  "structlog", "aiohttp")},
         "rlimit_nofile": {"soft": fd[0], "hard": fd[1]},
         # other work on the machine skews the CPU figures: compare with cpu_count
         "loadavg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         "ephemeral_ports": Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split(),
         "git_head": git("rev-parse", "--short", "HEAD"),
-        "overlay_uncommitted_changes": bool(dirty) if dirty is not None else None,
+        "overlay_uncommitted_changes": uncommitted("overlay"),
     }
 
 
