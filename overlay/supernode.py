@@ -430,8 +430,7 @@ class Supernode(NodeDaemon, AttachHandler):
                 coord = Coordinate.from_record(r.coords)
                 if coord is not None and r.node_key not in peers:
                     peers[r.node_key] = (r, coord)
-        chosen = self.vivaldi.pick([(k, c) for k, (_, c) in peers.items()],
-                                   self.sn.vivaldi_peers_per_round)
+        chosen = self.vivaldi.pick(list(peers), self.sn.vivaldi_peers_per_round)
         samples = 0
         for key in chosen:
             rec, coord = peers[key]

@@ -103,10 +103,9 @@ class CoordinateKeeper:
         self.coord = update(self.coord, peer_coord, min(samples), self._rng)
         return self.coord
 
-    def pick(self, peers: list[tuple[bytes, Coordinate]], k: int) -> list[bytes]:
+    def pick(self, peers: list[bytes], k: int) -> list[bytes]:
         """Up to ``k`` peers to sample this round, at random (Vivaldi wants a varied set)."""
-        keys = [key for key, _ in peers]
-        return self._rng.sample(keys, min(k, len(keys)))
+        return self._rng.sample(peers, min(k, len(peers)))
 
 
 def moved(a: Coordinate, b: Coordinate) -> float:
