@@ -7,8 +7,11 @@ import asyncio
 import hashlib
 import os
 
-from overlay.media.stream import TcpByteStream
-from overlay.media.transfer import PartialStore, StreamClosed, receive_file, send_file
+import pytest
+
+from overlay.media.secure_stream import secure
+from overlay.media.stream import ByteStream, TcpByteStream
+from overlay.media.transfer import PATH_LOST, PartialStore, receive_file, send_file
 from tests.netutil import loopback_ips, wait_for
 
 
@@ -43,7 +46,16 @@ class DyingForwarder:
                              return_exceptions=True)
 
 
-async def test_resume_after_the_path_dies(tmp_path):
+@pytest.mark.parametrize("secured", [False, True], ids=["raw", "secured"])
+async def test_resume_after_the_path_dies(tmp_path, secured):
+    """Secured, the cut-off path ends without the secure stream's CLOSE frame ("truncated"):
+    a relay cut off mid-transfer looks like that, and it must resume like any lost path."""
+    shared, transcript = os.urandom(32), os.urandom(32)
+
+    async def path(reader, writer, initiator: bool) -> ByteStream:
+        raw = TcpByteStream(reader, writer)
+        return await secure(raw, shared, transcript, initiator, 5.0) if secured else raw
+
     ip = loopback_ips(1)[0]
     data = os.urandom(3 * 2**20 + 123)
     src = tmp_path / "big.bin"
@@ -54,7 +66,7 @@ async def test_resume_after_the_path_dies(tmp_path):
 
     async def receiver(reader, writer) -> None:
         try:
-            results.append(await receive_file(TcpByteStream(reader, writer), inbox,
+            results.append(await receive_file(await path(reader, writer, False), inbox,
                                               partials=partials, sender="alice"))
         except Exception as exc:  # the interrupted first attempt
             results.append(exc)
@@ -65,9 +77,9 @@ async def test_resume_after_the_path_dies(tmp_path):
     transfer_id = os.urandom(16)
     first = await asyncio.open_connection(*await forwarder.start(ip))
     try:
-        await send_file(TcpByteStream(*first), src, transfer_id=transfer_id)
+        await send_file(await path(*first, True), src, transfer_id=transfer_id)
         raise AssertionError("the first path should have died")
-    except (StreamClosed, ConnectionError):
+    except PATH_LOST:
         pass
     await wait_for(lambda: bool(results))
     assert "interrupted" in str(results[0])
@@ -75,7 +87,7 @@ async def test_resume_after_the_path_dies(tmp_path):
     assert 0 < held <= 2**20
 
     second = await asyncio.open_connection(*target)
-    done = await send_file(TcpByteStream(*second), src, transfer_id=transfer_id)
+    done = await send_file(await path(*second, True), src, transfer_id=transfer_id)
     assert done.resumed_from == held
     await wait_for(lambda: len(results) == 2)
     received = results[1]

@@ -45,8 +45,8 @@ from overlay.media.signalling import (
 )
 from overlay.media.stream import ByteStream
 from overlay.media.transfer import (
+    PATH_LOST,
     PartialStore,
-    StreamClosed,
     TransferError,
     file_sha256,
     receive_file,
@@ -285,7 +285,7 @@ class MediaService:
             relay_key = getattr(stream, "relay_key", None)
             try:
                 done = await send_file(stream, path, update, transfer_id, sha)
-            except (StreamClosed, ConnectionError) as exc:
+            except PATH_LOST as exc:
                 raise _PathLost(f"{stream.path} lost after {progress['sent']} bytes: {exc}",
                                 relay_key) from None
             except TransferError as exc:
@@ -402,7 +402,7 @@ class MediaService:
                          first_byte_at=done.first_byte_at, done_at=time.time())
             log.info("file_received", from_user=invite.from_user, name=done.name,
                      bytes=done.bytes, path=stream.path)
-        except (NoPath, TransferError, SessionError, SignallingError, ConnectionError) as exc:
+        except (NoPath, TransferError, SessionError, SignallingError, *PATH_LOST) as exc:
             entry["error"] = str(exc)
             self._remember(entry)
             log.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))

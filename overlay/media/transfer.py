@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 
+from overlay.media.secure_stream import SecureStreamError
 from overlay.media.stream import ByteStream
 
 HEADER, DATA, END, ACK, READY = 1, 2, 3, 4, 5
@@ -42,6 +43,12 @@ class TransferError(Exception):
 
 class StreamClosed(TransferError):
     """The path under the transfer went away: resumable on another path."""
+
+
+#: how a path dies under a transfer: the peer's end closed, the socket failed, or the secured
+#: stream broke (ended without its CLOSE frame when a relay cut it off, or failed to
+#: authenticate). Each is met the same way: the transfer resumes on another path.
+PATH_LOST = (StreamClosed, ConnectionError, SecureStreamError)
 
 
 @dataclass
@@ -225,7 +232,7 @@ async def receive_file(
             while True:
                 try:
                     kind, payload = await reader.next()
-                except (StreamClosed, ConnectionError) as exc:
+                except PATH_LOST as exc:
                     raise _Interrupted(str(exc)) from None
                 if kind == DATA:
                     if first_byte_at is None:
