@@ -265,7 +265,9 @@ def report(ov: LabOverlay, outcomes: list[PairOutcome], work: Path, title: str) 
 
 RELEVANT_EVENTS = ("path_selection", "incoming_transfer_failed", "file_received", "failover",
                    "invite_", "answer_not_delivered", "offer_refused", "session_dead",
-                   "client_gone", "Traceback", "Error")
+                   "client_gone", "transfer_path_lost", "Traceback", "Error")
+#: what the relays said about their sessions while the pair ran (why a relay path ended)
+RELAY_EVENTS = ("relay_session_ended", "relay_refused")
 
 
 def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
@@ -276,6 +278,10 @@ def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
     for host in (o.result.src, o.result.dst):
         for entry in ov.log_lines(host, lambda e: any(k in json.dumps(e)
                                                       for k in RELEVANT_EVENTS),
+                                  since=since, until=until)[:limit]:
+            out.append(f"    {host}: {json.dumps(entry)[:400]}")
+    for host in ov.supernode_hosts:
+        for entry in ov.log_lines(host, lambda e: e.get("event") in RELAY_EVENTS,
                                   since=since, until=until)[:limit]:
             out.append(f"    {host}: {json.dumps(entry)[:400]}")
     return "\n".join(out)
