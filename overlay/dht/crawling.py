@@ -22,7 +22,7 @@ from typing import Any
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
-from overlay.records import RecordError, SignedRecord
+from overlay.core.records import RecordError, SignedRecord
 
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48

@@ -20,8 +20,8 @@ from typing import Any
 
 import msgpack
 
-from overlay.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
-from overlay.strict_msgpack import NotMsgpack, unpack_strict
+from overlay.core.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
+from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
 
 MAGIC = b"OVL1"
 DOMAIN = b"overlay/dht/v1\x00"

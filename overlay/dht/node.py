@@ -12,11 +12,11 @@ from typing import Any
 import structlog
 from kademlia.node import Node
 
+from overlay.core.identity import Identity
+from overlay.core.records import RecordError, SignedRecord
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.server import OverlayServer, PutResult
 from overlay.dht.storage import RecordStorage, StorageLimits
-from overlay.identity import Identity
-from overlay.records import RecordError, SignedRecord
 
 log = structlog.get_logger("overlay.dht")
 

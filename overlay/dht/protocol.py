@@ -28,6 +28,9 @@ import structlog
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
+from overlay.core.identity import Identity, node_id_for
+from overlay.core.records import RecordError
+from overlay.core.tasks import TaskSet
 from overlay.dht.envelope import (
     Envelope,
     EnvelopeError,
@@ -39,9 +42,6 @@ from overlay.dht.envelope import (
 )
 from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.storage import RecordStorage
-from overlay.identity import Identity, node_id_for
-from overlay.records import RecordError
-from overlay.tasks import TaskSet
 
 log = structlog.get_logger("overlay.dht")
 

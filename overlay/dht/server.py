@@ -23,12 +23,12 @@ import structlog
 from kademlia.network import Server
 from kademlia.node import Node
 
+from overlay.core.identity import Identity, node_id_for
+from overlay.core.records import RecordError, SignedRecord, WrongKey
+from overlay.core.tasks import TaskSet
 from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
 from overlay.dht.storage import RecordStorage
-from overlay.identity import Identity, node_id_for
-from overlay.records import RecordError, SignedRecord, WrongKey
-from overlay.tasks import TaskSet
 
 log = structlog.get_logger("overlay.dht")
 

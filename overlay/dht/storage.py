@@ -3,7 +3,7 @@
 Subclasses ``kademlia.storage.IStorage`` (whose stock ``ForgetfulStorage`` keeps one value per
 key, last writer wins, and lets every holder refresh a value's age forever). Here:
 
-* a value enters only through :func:`overlay.records.verify` and only under the DHT key the
+* a value enters only through :func:`overlay.core.records.verify` and only under the DHT key the
   record says it is for;
 * a key holds one record per slot (owner key, device): a higher sequence number replaces a
   lower one, never the other way;
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from kademlia.storage import IStorage
 
-from overlay import records
-from overlay.records import (
+from overlay.core import records
+from overlay.core.records import (
     NameClaimed,
     RecordError,
     SignedRecord,

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from overlay.core.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, Identity, node_id_for
 from overlay.dht.envelope import Envelope, Flags, Kind, new_msg_id, seal
-from overlay.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, Identity, node_id_for
 
 Address = tuple[str, int]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from overlay.core.tasks import TaskSet
 from overlay.media.stream import ByteStream, TcpByteStream
-from overlay.tasks import TaskSet
 
 log = structlog.get_logger("overlay.media")
 

@@ -13,8 +13,8 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from overlay.records import SignedRecord, SupernodeRecord
-from overlay.vivaldi import Coordinate, for_prediction
+from overlay.core.records import SignedRecord, SupernodeRecord
+from overlay.core.vivaldi import Coordinate, for_prediction
 
 UNKNOWN_LEG_S = 0.15
 FAILURE_PENALTY_S = 1.0

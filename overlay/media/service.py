@@ -20,8 +20,12 @@ from typing import Any
 
 import structlog
 
-from overlay import records
-from overlay.identity import Identity
+from overlay.attach import AttachOk, SignalDelivery
+from overlay.attach.adapter import ClientSession, SessionError
+from overlay.core import records
+from overlay.core.identity import Identity
+from overlay.core.tasks import TaskSet
+from overlay.core.vivaldi import for_prediction
 from overlay.media import relay_selector, transport_hooks
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
@@ -52,10 +56,6 @@ from overlay.media.transfer import (
     receive_file,
     send_file,
 )
-from overlay.session_io import ClientSession, SessionError
-from overlay.tasks import TaskSet
-from overlay.vivaldi import for_prediction
-from overlay.wire import AttachOk, SignalDelivery
 
 log = structlog.get_logger("overlay.media")
 

@@ -19,8 +19,8 @@ import msgpack
 from nacl.bindings import crypto_scalarmult
 from nacl.public import PrivateKey
 
-from overlay.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
-from overlay.records import NAME_PATTERN
+from overlay.core.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
+from overlay.core.records import NAME_PATTERN
 
 INVITE_DOMAIN = b"overlay/invite/v1\x00"
 ANSWER_DOMAIN = b"overlay/answer/v1\x00"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from overlay.identity import Identity
+from overlay.core.identity import Identity
 from overlay.media.binding import nat_type
 from overlay.media.punch import MediaSocket, punch_feasible
 from overlay.media.quic_path import udp_path

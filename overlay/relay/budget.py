@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from overlay.relay import REASON_BUDGET, REASON_DISABLED, REASON_SESSIONS
+from overlay.relay.protocol import REASON_BUDGET, REASON_DISABLED, REASON_SESSIONS
 
 #: the smallest piece the relay forwards while throttled (fewer, larger writes)
 MIN_SLICE = 4096

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from overlay.relay import (
+from overlay.relay.protocol import (
     REASON_UNKNOWN_TOKEN,
     ROLE_CALLEE,
     ROLE_CALLER,

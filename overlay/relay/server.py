@@ -1,6 +1,6 @@
 """The relay server: pairs two connections by token and forwards bytes between them.
 
-:mod:`overlay.tcp_service` hands a connection over (:meth:`RelayServer.adopt`) when its first
+:mod:`overlay.node.tcp_service` hands a connection over (:meth:`RelayServer.adopt`) when its first
 four bytes are :data:`~overlay.relay.MAGIC`; from then on its ``ServedProtocol`` passes every
 callback to a :class:`RelayLink`. Forwarding happens in those protocol callbacks: each chunk
 that arrives is charged to the budget (:mod:`overlay.relay.budget`) once and written to the
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from overlay.relay import (
+from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
+from overlay.relay.protocol import (
     HELLO_BYTES,
     REASON_BAD_HELLO,
     REASON_DISABLED,
@@ -42,7 +43,6 @@ from overlay.relay import (
     decode_hello,
     encode_status,
 )
-from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
 
 log = structlog.get_logger("overlay.relay")
 

@@ -7,7 +7,8 @@ receiver, and throughput, over real nftables routers in the NAT lab.
 Needs root, ``ip`` and ``nft`` (the NAT lab, :mod:`tools.natlab`); it builds a lab with a
 bootstrap node and two supernodes on the public segment and, for each kind in the chosen pairs,
 client ``KIND-1`` (sender) and/or ``KIND-2`` (receiver), each behind its own router
-(:class:`tests.lab_overlay.LabOverlay`, the same harness as the acceptance test). Pairs run one
+(:class:`tests.helpers.lab_overlay.LabOverlay`, the same harness as the acceptance test).
+Pairs run one
 after the other, ``--repeat`` transfers each, one transfer at a time, each a fresh file of
 ``--size`` random bytes. A transfer is the client's control ``send`` command, issued directly on
 the sender's control socket (what ``overlay send`` does, minus the CLI's ~0.3 s of Python
@@ -53,8 +54,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from overlay.control import ControlSocketError, control_request
-from tests.lab_overlay import KINDS, LabOverlay, lab_available, sha256_file
+from overlay.client.control import ControlSocketError, control_request
+from tests.helpers.lab_overlay import KINDS, LabOverlay, lab_available, sha256_file
 
 UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
          "mib": 1 << 20, "g": 10**9, "gb": 10**9, "gib": 1 << 30}

@@ -8,7 +8,7 @@ on its own loopback address: ``127.A.*`` for the overlay and ``127.A+1.*`` for t
 package, with A random per run. The same workload runs on both:
 
 * ``put``: N distinct users' presence records, each put once from a random node (overlay: real
-  signed records from :func:`overlay.records.presence`; stock: ``Server.set(name, bytes)`` with
+  signed records from :func:`overlay.core.records.presence`; stock: ``Server.set(name, bytes)`` with
   a value of the same length);
 * ``get``: each user read once from a random node other than its publisher; success means the
   exact bytes that were put came back (overlay: the record for that user's device);
@@ -54,11 +54,11 @@ from kademlia.network import Server as StockServer
 from kademlia.node import Node as KNode
 from kademlia.utils import digest as stock_digest
 
-from overlay import records
+from overlay.core import records
+from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
 from overlay.dht.envelope import Kind, new_msg_id, open_datagram, seal
 from overlay.dht.storage import RecordVerifier
-from overlay.identity import Identity
 from tools.bench.common import cpu_affinity, dist_version, git, uncommitted
 
 OVERLAY = "overlay"
@@ -68,7 +68,7 @@ LOSS_FRACTION = 0.2
 LOSS_PHASE = "get_after_20pct_loss"
 
 #: the overlay's maintenance (table refresh, republish) would otherwise start mid-run; the
-#: stock package refreshes hourly. Same setting as tests/netutil.py.
+#: stock package refreshes hourly. Same setting as tests/helpers/netutil.py.
 OVERLAY_CONFIG = DHTConfig(refresh_interval_s=3600)
 
 TARGETS = {"get_p50_ms": 1.5, "get_success_rate": 1.0, "loss_get_p90_ms": 500.0}

@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overlay.relay import (
+from overlay.relay.protocol import (
     REASON_UNKNOWN_TOKEN,
     ROLE_CALLEE,
     ROLE_CALLER,

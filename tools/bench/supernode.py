@@ -14,7 +14,7 @@ the k-th N), the supernode with ``--max-clients max(N, 20000) --max-conns-per-ip
    record naming the supernode's advertised address and key (taken from its signed record in the
    directory, fetched from the bootstrap node with a lookup-only session). The clients live in
    ``--workers`` worker processes (this module run with ``--worker``), driven by the sans-IO
-   ``ClientConnection`` inside :class:`overlay.session_io.SessionProtocol` (no ``ClientSession``
+   ``ClientConnection`` inside :class:`overlay.attach.adapter.SessionProtocol` (no ``ClientSession``
    wrapper), at most ``--attach-concurrency`` attaches in flight, source addresses spread over
    several ``127.A.B.*`` IPs so ephemeral ports do not run out. Each attach makes the supernode
    do a DHT put (to itself and the bootstrap node);
@@ -26,7 +26,7 @@ the k-th N), the supernode with ``--max-clients max(N, 20000) --max-conns-per-ip
    republish round (every 120 s) fell into the window. CPU is user + kernel time; on loopback
    the kernel time includes delivering the supernode's writes to the receivers, so it is split
    out (``cpu_pct_steady_user_sys``). With ``--presence-refresh S`` the clients also do what
-   ``overlay.client_daemon`` does every 60 s by default: re-sign their presence record and send
+   ``overlay.client.daemon`` does every 60 s by default: re-sign their presence record and send
    it as a new ``Attach`` (a DHT put on the supernode) plus a ``DirectoryRequest``;
 5. ``lookups``: ``--lookup-sessions`` lookup-only sessions to the supernode send
    ``LookupRequest`` for random attached users for ``--lookup-s`` seconds, at most
@@ -72,11 +72,7 @@ from typing import IO, Any
 
 import aiohttp
 
-from overlay import records
-from overlay.identity import Identity
-from overlay.session_io import ClientSession, SessionError, SessionProtocol
-from overlay.tcp_service import ServiceLimits
-from overlay.wire import (
+from overlay.attach import (
     Attach,
     AttachOk,
     ClientConnection,
@@ -91,6 +87,10 @@ from overlay.wire import (
     ProtocolViolation,
     Refused,
 )
+from overlay.attach.adapter import ClientSession, SessionError, SessionProtocol
+from overlay.core import records
+from overlay.core.identity import Identity
+from overlay.node.tcp_service import ServiceLimits
 from tools.bench.common import REPO, cpu_affinity, dist_version, git, uncommitted
 
 PORT = 4000
@@ -474,7 +474,7 @@ async def _worker_attach(state: WorkerState, cmd: dict[str, Any]) -> dict[str, A
 
 
 async def _refresh_presence(state: WorkerState, cmd: dict[str, Any]) -> None:
-    """Like overlay.client_daemon's refresh loop: every ``interval_s`` each client re-signs its
+    """Like overlay.client.daemon's refresh loop: every ``interval_s`` each client re-signs its
     presence record (seq + 1), sends it as a new Attach, and asks for the directory. The
     clients are spread evenly over the interval."""
     interval = float(cmd["interval_s"])
@@ -1131,7 +1131,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
                          "short window sees heartbeats)")
     ap.add_argument("--presence-refresh", type=float, default=0.0, metavar="S",
                     help="clients re-sign and re-send their presence (Attach + DirectoryRequest) "
-                         "every S seconds, like overlay.client_daemon (its default: 60); "
+                         "every S seconds, like overlay.client.daemon (its default: 60); "
                          "0 (default): heartbeats only")
     ap.add_argument("--idle-s", type=float, default=None, help="idle CPU window (default 5)")
     ap.add_argument("--settle-s", type=float, default=None,

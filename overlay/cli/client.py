@@ -1,0 +1,130 @@
+"""``overlay client`` (the client daemon) and ``overlay client-ctl`` (talk to its socket)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from overlay.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    hostports,
+    positive,
+    run_async,
+    user_name,
+)
+from overlay.client.control import ControlSocketError, control_request
+from overlay.client.daemon import ClientDaemon, ClientOptions, default_device
+from overlay.core.records import RecordError
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if args.key:
+        key_path = Path(args.key)
+    elif state_dir is not None:
+        key_path = state_dir / "identity.key"
+    else:
+        print("overlay client: --key PATH is needed (or --state-dir, which keeps the key "
+              "in STATE_DIR/identity.key)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        opts = ClientOptions(
+            user=args.user, key_path=key_path, bootstrap=args.bootstrap or [],
+            device=args.device or default_device(), state_dir=state_dir,
+            control_path=Path(args.control) if args.control else None,
+            inbox=Path(args.inbox) if args.inbox else None,
+            may_become_supernode=not args.no_supernode, heartbeat_s=args.heartbeat,
+            presence_refresh_s=args.presence_refresh,
+            promote_after_s=args.promote_after, listen_port=args.listen_port,
+        )
+    except (ValueError, RecordError) as exc:
+        print(f"overlay client: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def main() -> int:
+        daemon = ClientDaemon(opts)
+        if not opts.bootstrap and not len(daemon.cache):
+            print("overlay client: no --bootstrap and no supernodes in the host cache "
+                  f"({state_dir or 'no --state-dir'}); nothing to attach to", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            await daemon.run_until_signalled()
+        except ControlSocketError as exc:
+            print(f"overlay client: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+
+    return run_async(main())
+
+
+def cmd_client_ctl(args: argparse.Namespace) -> int:
+    request: dict[str, Any]
+    if args.request == "status":
+        request = {"cmd": "status"}
+    elif args.request == "supernodes":
+        request = {"cmd": "supernodes"}
+    elif args.request == "lookup":
+        if len(args.args) != 1:
+            print("overlay client-ctl: lookup USER", file=sys.stderr)
+            return EXIT_USAGE
+        request = {"cmd": "lookup", "user": args.args[0]}
+    else:  # raw
+        if len(args.args) != 1:
+            print("overlay client-ctl: raw '{\"cmd\": ...}'", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            request = json.loads(args.args[0])
+        except ValueError:
+            print("overlay client-ctl: raw takes one JSON object", file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(request, dict):
+            print("overlay client-ctl: raw takes one JSON object", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        answer = control_request(args.control, request, timeout=args.timeout)
+    except ControlSocketError as exc:
+        print(f"overlay client-ctl: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(json.dumps(answer, indent=2))
+    return EXIT_OK if answer.get("ok") else EXIT_FAILURE
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("client", help="run a client: attach to the nearest supernode")
+    p.add_argument("--user", type=user_name, required=True, metavar="NAME")
+    p.add_argument("--key", metavar="PATH",
+                   help="identity key file, created (0600) if missing "
+                        "(default: STATE_DIR/identity.key)")
+    p.add_argument("--bootstrap", type=hostports, metavar="HOST:PORT[,...]",
+                   help="bootstrap nodes (not needed once the host cache knows supernodes)")
+    p.add_argument("--device", type=user_name, metavar="NAME",
+                   help="device name (default: derived from the host name)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="host cache and sequence numbers are kept here")
+    p.add_argument("--control", metavar="PATH", help="Unix control socket (JSON lines)")
+    p.add_argument("--inbox", metavar="DIR", help="delivered signals are written here")
+    p.add_argument("--no-supernode", action="store_true",
+                   help="never offer to serve as a supernode")
+    p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",
+                   help="heartbeat before the supernode announces its own (default 30)")
+    p.add_argument("--presence-refresh", type=positive, default=300.0, metavar="S",
+                   help="re-sign the presence record this often; lifetime 3x (default 300)")
+    p.add_argument("--promote-after", type=positive, default=600.0, metavar="S",
+                   help="uptime after which a publicly reachable client becomes a supernode")
+    p.add_argument("--listen-port", type=int, default=0, metavar="PORT",
+                   help="port (UDP and TCP) offered for the dial-back check and, once "
+                        "promoted, for the supernode (default: any free port)")
+    p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("client-ctl", help="ask a running client over its control socket")
+    p.add_argument("--control", required=True, metavar="PATH")
+    p.add_argument("--timeout", type=positive, default=10.0, metavar="S")
+    p.add_argument("request", choices=["status", "lookup", "supernodes", "raw"])
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=cmd_client_ctl)

@@ -1,0 +1,71 @@
+"""What every ``overlay`` subcommand shares: exit codes, argument types, running a coroutine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from overlay.core.addresses import AddressError, parse_hostport, parse_hostports
+from overlay.core.records import RecordError, check_name
+from overlay.core.units import parse_rate
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_OFFLINE = 3
+EXIT_INTERRUPTED = 130
+EXIT_UNAVAILABLE = 69
+
+
+def hostport(text: str) -> tuple[str, int]:
+    """argparse type: ``HOST:PORT``."""
+    try:
+        return parse_hostport(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def hostports(text: str) -> list[tuple[str, int]]:
+    """argparse type: ``HOST:PORT[,HOST:PORT...]``."""
+    try:
+        return parse_hostports(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def user_name(text: str) -> str:
+    """argparse type: a valid user name."""
+    try:
+        return check_name(text)
+    except RecordError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def rate(text: str) -> int:
+    """argparse type: ``2Mbit``, ``500kbit``, ``1Gbit`` or plain bits per second."""
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(main)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; be graceful anyway
+        return asyncio.run(main)

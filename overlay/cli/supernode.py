@@ -1,0 +1,63 @@
+"""``overlay supernode``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from overlay.cli.common import EXIT_OK, EXIT_USAGE, positive, rate, run_async
+from overlay.cli.node import add_node_arguments, node_options
+from overlay.core.units import parse_rate
+from overlay.node.supernode import Supernode, SupernodeOptions
+from overlay.node.tcp_service import ServiceLimits
+
+
+def cmd_supernode(args: argparse.Namespace) -> int:
+    opts = node_options(args)
+    host = args.listen[0]
+    if host in ("0.0.0.0", "::") and args.advertise is None:
+        print("overlay supernode: listening on all addresses needs --advertise IP:PORT "
+              "(the public address clients and other nodes reach)", file=sys.stderr)
+        return EXIT_USAGE
+    opts.limits = ServiceLimits(
+        heartbeat_s=args.heartbeat,
+        handshake_timeout_s=args.handshake_timeout,
+        max_connections_per_ip=args.max_conns_per_ip,
+    )
+    sn = SupernodeOptions(
+        max_clients=args.max_clients,
+        record_refresh_s=args.record_refresh,
+        relay_capacity_bps=0 if args.no_relay else args.relay_budget,
+        relay_session_cap_bps=args.relay_session_cap,
+        relay_max_sessions=args.relay_max_sessions,
+    )
+
+    async def main() -> int:
+        await Supernode(opts, sn).run_until_signalled()
+        return EXIT_OK
+
+    return run_async(main())
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("supernode", help="run a supernode")
+    add_node_arguments(p, bootstrap_required=True)
+    p.add_argument("--max-clients", type=int, default=10_000, metavar="N",
+                   help="clients admitted before new ones are sent elsewhere")
+    p.add_argument("--relay-budget", type=rate, default=parse_rate("2Mbit"),
+                   metavar="RATE", help="total relay forwarding rate, e.g. 2Mbit")
+    p.add_argument("--relay-session-cap", type=rate, default=0, metavar="RATE",
+                   help="the most one relay session may use, both directions together "
+                        "(default: a quarter of the budget, at least 1Mbit)")
+    p.add_argument("--relay-max-sessions", type=int, default=32, metavar="N",
+                   help="relay sessions at once (waiting ones count)")
+    p.add_argument("--no-relay", action="store_true",
+                   help="do not relay for others (relay connections are refused)")
+    p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",
+                   help="client heartbeat interval (dead after 3 missed)")
+    p.add_argument("--handshake-timeout", type=positive, default=10.0, metavar="S")
+    p.add_argument("--max-conns-per-ip", type=int, default=64, metavar="N")
+    p.add_argument("--record-refresh", type=positive, default=60.0, metavar="S",
+                   help="how often the supernode re-signs its record")
+    p.set_defaults(func=cmd_supernode)

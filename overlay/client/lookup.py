@@ -1,0 +1,31 @@
+"""Look a user up by asking public nodes over TCP, with no identity of one's own."""
+
+from __future__ import annotations
+
+from overlay.attach.adapter import ClientSession, SessionError
+from overlay.core import records
+from overlay.core.addresses import resolve
+from overlay.core.identity import Identity
+
+
+async def lookup_via(
+    addrs: list[tuple[str, int]], name: str, timeout: float
+) -> tuple[list[records.SignedRecord], str]:
+    """Ask each node in turn over TCP; return the verified records and who answered."""
+    identity = Identity.generate()  # throwaway: a lookup publishes nothing
+    errors = []
+    for host, port in await resolve(addrs):
+        try:
+            session = await ClientSession.connect(
+                host, port, identity, expected_node_key=None, lookup_only=True, timeout=timeout
+            )
+        except SessionError as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            return await session.lookup(name, timeout=timeout), f"{host}:{port}"
+        except SessionError as exc:
+            errors.append(f"{host}:{port}: {exc}")
+        finally:
+            session.close("done")
+    raise SessionError("; ".join(errors) or "no address resolved")

@@ -1,0 +1,154 @@
+"""A long-lived public DHT node: the bootstrap node, and the base of a supernode.
+
+It loads (or creates) its key in the state dir, joins through ``--bootstrap`` or through the
+peers it saved last time, keeps re-joining while alone, saves its peers, and serves HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from overlay.core.addresses import resolve
+from overlay.core.identity import Identity
+from overlay.dht import DHTConfig, DHTNode
+from overlay.node.http_api import ExtraMetrics, make_app, start_http
+from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService
+
+log = structlog.get_logger("overlay.node")
+
+
+@dataclass
+class NodeOptions:
+    listen: tuple[str, int]
+    bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    advertise: tuple[str, int] | None = None
+    key_path: Path | None = None
+    state_dir: Path | None = None
+    http: tuple[str, int] | None = None
+    dht: DHTConfig = field(default_factory=DHTConfig)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    rejoin_interval_s: float = 5.0
+    save_interval_s: float = 60.0
+
+
+def load_identity(opts: NodeOptions) -> Identity:
+    if opts.key_path is not None:
+        if opts.key_path.exists():
+            return Identity.load(opts.key_path)
+        identity = Identity.generate()
+        identity.save(opts.key_path)
+        log.info("key_created", path=str(opts.key_path), public_id=identity.public_id)
+        return identity
+    if opts.state_dir is not None:
+        path = opts.state_dir / "node.key"
+        created = not path.exists()
+        identity = Identity.load_or_create(path)
+        if created:
+            log.info("key_created", path=str(path), public_id=identity.public_id)
+        return identity
+    log.warning("ephemeral_key", hint="pass --state-dir or --key to keep this node's identity")
+    return Identity.generate()
+
+
+class NodeDaemon:
+    role = "bootstrap"
+
+    def __init__(self, opts: NodeOptions, identity: Identity | None = None) -> None:
+        self.opts = opts
+        self.identity = identity or load_identity(opts)
+        self.dht = DHTNode(self.identity, opts.dht, state_dir=opts.state_dir)
+        self.tcp = TcpService(self.identity, self.dht, opts.limits, self.attach_handler())
+        self.joined = asyncio.Event()
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopping = asyncio.Event()
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        return self.opts.advertise or self.dht.address
+
+    def attach_handler(self) -> AttachHandler | None:
+        """Bootstrap nodes answer lookups over TCP but take no attachments."""
+        return None
+
+    def ready(self) -> bool:
+        return self.joined.is_set()
+
+    def extra_metrics(self) -> ExtraMetrics | None:
+        return None
+
+    def http_routes(self, app: web.Application) -> None:
+        """Subclasses add their own routes."""
+
+    async def start(self) -> None:
+        host, port = self.opts.listen
+        await self.dht.start(host, port)
+        await self.tcp.start(host, self.dht.address[1])
+        log.info("dht_listening", role=self.role, address=f"{host}:{self.dht.address[1]}",
+                 node_id=self.identity.node_id.hex(), public_id=self.identity.public_id)
+        if self.opts.http is not None:
+            app = make_app(self.dht, self.ready, self.extra_metrics())
+            self.http_routes(app)
+            self._http = await start_http(app, *self.opts.http)
+            log.info("http_listening", address=f"{self.opts.http[0]}:{self.opts.http[1]}")
+        await self._join()
+        self._tasks.append(asyncio.create_task(self._keep_joined()))
+
+    async def _join(self) -> None:
+        addrs = await resolve(self.opts.bootstrap)
+        own = {self.dht.address, self.advertised}
+        addrs = [a for a in addrs if a not in own]
+        if not self.opts.bootstrap and self.dht.load_peers() == []:
+            # the first node of a network has nobody to join: it is ready on its own
+            self.joined.set()
+            return
+        contacts = await self.dht.bootstrap(addrs)
+        if contacts:
+            if not self.joined.is_set():
+                log.info("joined", contacts=contacts)
+            self.joined.set()
+            self.dht.save_peers()
+        elif self.opts.bootstrap:
+            log.warning("join_failed", bootstrap=[f"{h}:{p}" for h, p in self.opts.bootstrap],
+                        retry_in_s=self.opts.rejoin_interval_s)
+
+    async def _keep_joined(self) -> None:
+        since_save = 0.0
+        while True:
+            await asyncio.sleep(self.opts.rejoin_interval_s)
+            since_save += self.opts.rejoin_interval_s
+            try:
+                if self.dht.routing_table_size == 0:
+                    await self._join()
+                if since_save >= self.opts.save_interval_s:
+                    since_save = 0.0
+                    self.dht.save_peers()
+            except Exception:
+                log.exception("rejoin_failed")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.tcp.stop()
+        self.dht.stop()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.start()
+        await self.stopping.wait()
+        log.info("stopping", role=self.role)
+        await self.stop()

@@ -1,0 +1,134 @@
+"""HTTP for operators (aiohttp): /healthz, /readyz, /metrics, GET /v1/users/{name}."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from overlay.core import records
+from overlay.dht import DHTNode
+
+ExtraMetrics = Callable[[], Iterable[Metric]]
+
+
+class DHTCollector(Collector):
+    """Exports a node's DHT and storage counters; one registry per node, no globals."""
+
+    def __init__(self, node: DHTNode, extra: ExtraMetrics | None = None) -> None:
+        self.node = node
+        self.extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.node.stats
+        rpc = CounterMetricFamily(
+            "overlay_dht_rpcs", "DHT requests by method and direction",
+            labels=["method", "direction"],
+        )
+        for method, n in stats.requests_in.items():
+            rpc.add_metric([method, "in"], n)
+        for method, n in stats.requests_out.items():
+            rpc.add_metric([method, "out"], n)
+        yield rpc
+        dropped = CounterMetricFamily(
+            "overlay_dht_datagrams_dropped", "Datagrams dropped by reason", labels=["reason"]
+        )
+        for reason, n in stats.dropped.items():
+            dropped.add_metric([reason], n)
+        yield dropped
+        yield CounterMetricFamily("overlay_dht_rpc_timeouts", "DHT requests unanswered",
+                                  value=stats.timeouts)
+        yield CounterMetricFamily("overlay_dht_puts_local_only",
+                                  "Puts no other node took at first (then retried)",
+                                  value=stats.puts_local_only)
+        replication = CounterMetricFamily(
+            "overlay_dht_replication_retries", "How retried local-only puts ended",
+            labels=["outcome"])
+        for outcome, n in stats.replication.items():
+            replication.add_metric([outcome], n)
+        yield replication
+        storage = self.node.storage
+        yield GaugeMetricFamily("overlay_records_stored", "Records held", value=storage.entry_count)
+        yield GaugeMetricFamily("overlay_records_bytes", "Bytes of records held",
+                                value=storage.byte_count)
+        rejected = CounterMetricFamily(
+            "overlay_records_rejected", "Records refused by reason", labels=["reason"]
+        )
+        for reason, n in storage.stats.rejected.items():
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield GaugeMetricFamily("overlay_dht_contacts", "Routing table size",
+                                value=self.node.routing_table_size)
+        if self.extra is not None:
+            yield from self.extra()
+
+
+def record_json(signed: records.SignedRecord) -> dict[str, Any]:
+    r = signed.record
+    out: dict[str, Any] = {
+        "kind": r.kind.name.lower(),
+        "signed": base64.b64encode(signed.wire).decode(),
+        "seq": r.seq,
+        "issued_at": r.issued_at,
+        "expires_at": r.expires_at,
+    }
+    if isinstance(r, records.PresenceRecord):
+        out.update(
+            user=r.user, public_key=r.user_key.hex(), device=r.device, online=r.online,
+            supernode=f"{r.supernode_host}:{r.supernode_port}" if r.online else None,
+            supernode_key=r.supernode_key.hex() or None, capabilities=list(r.capabilities),
+        )
+    else:
+        out.update(
+            node_key=r.node_key.hex(), address=f"{r.host}:{r.port}", load=r.load,
+            max_clients=r.max_clients, relay_capacity_bps=r.relay_capacity_bps,
+            relay_spare_bps=r.relay_spare_bps,
+        )
+    return out
+
+
+def make_app(
+    node: DHTNode, ready: Callable[[], bool], extra_metrics: ExtraMetrics | None = None
+) -> web.Application:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DHTCollector(node, extra_metrics))
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.json_response({"status": "ready", "contacts": node.routing_table_size})
+        return web.json_response({"status": "joining"}, status=503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            content_type="text/plain", charset="utf-8")
+
+    async def user(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            records.check_name(name)
+        except records.RecordError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        found = await node.get(records.user_key(name))
+        return web.json_response({"user": name, "records": [record_json(s) for s in found]})
+
+    app = web.Application(client_max_size=4096)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/users/{name}", user)
+    return app
+
+
+async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

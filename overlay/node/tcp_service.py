@@ -1,0 +1,363 @@
+"""The TCP side of every public node: wire sessions on the same port as the DHT.
+
+Bootstrap nodes and supernodes both answer ``Probe``, ``LookupRequest`` and
+``DirectoryRequest`` here (so a client behind a NAT that only lets TCP out can still look users
+up); attachment is delegated to an :class:`AttachHandler`, which only supernodes have.
+
+Every connection is hostile until proven otherwise: per-IP and total connection caps checked
+before any state is allocated, a handshake deadline (slowloris), a frame cap checked before a
+body is read (in :mod:`overlay.attach`), a per-session request rate, and one logged reason for
+every session that is cut off.
+
+The relay (:mod:`overlay.relay`) shares the port: a wire connection starts with a frame length
+(≤ 64 KiB, so its first byte is 0x00), a relay connection with ``b"OVRL"``. The first bytes
+decide (the wire handshake deadline bounds the wait for them); a relay connection is then
+handed to :attr:`TcpService.relay` and stays counted against the same connection caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from overlay.attach import (
+    Attach,
+    Detach,
+    DirectoryRequest,
+    DirectoryResponse,
+    Event,
+    HandshakeComplete,
+    LookupRequest,
+    LookupResponse,
+    Message,
+    MessageReceived,
+    PeerClosed,
+    PeerDead,
+    ProtocolViolation,
+    Refused,
+    RefuseReason,
+    ServerConnection,
+    SessionConfig,
+)
+from overlay.attach.adapter import SessionProtocol
+from overlay.attach.handshake import HandshakeResult
+from overlay.attach.messages import MAX_LOOKUP_RECORDS, Alternative
+from overlay.core import records
+from overlay.core.identity import Identity
+from overlay.core.tasks import TaskSet
+from overlay.dht import DHTNode
+from overlay.relay.budget import BudgetConfig
+from overlay.relay.protocol import MAGIC as RELAY_MAGIC
+from overlay.relay.server import RelayLink, RelayServer
+
+log = structlog.get_logger("overlay.tcp")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_connections: int = 20_000
+    max_connections_per_ip: int = 64
+    handshake_timeout_s: float = 10.0
+    heartbeat_s: float = 30.0
+    max_missed_heartbeats: int = 3
+    requests_per_s: float = 20.0
+    request_burst: float = 40.0
+    directory_cache_s: float = 5.0
+
+
+@dataclass
+class ServedSession:
+    proto: ServedProtocol
+    opened_at: float
+    result: HandshakeResult | None = None
+    tokens: float = 0.0
+    last_refill: float = 0.0
+    attached: records.SignedRecord | None = None
+    last_reachability_check: float = float("-inf")
+
+    def allow_request(self, limits: ServiceLimits, now: float) -> bool:
+        self.tokens = min(limits.request_burst,
+                          self.tokens + (now - self.last_refill) * limits.requests_per_s)
+        self.last_refill = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class AttachHandler(Protocol):
+    """What a supernode adds to the TCP service."""
+
+    def accepting(self) -> bool: ...
+
+    def load_permille(self) -> int: ...
+
+    async def on_attach(self, session: ServedSession, msg: Attach) -> None: ...
+
+    async def on_detach(self, session: ServedSession, msg: Detach) -> None: ...
+
+    async def on_message(self, session: ServedSession, msg: Message) -> None: ...
+
+    def on_closed(self, session: ServedSession) -> None: ...
+
+
+@dataclass
+class ServiceStats:
+    sessions_opened: int = 0
+    cut_off: Counter[str] = field(default_factory=Counter)
+    lookups: int = 0
+    directory_requests: int = 0
+    relay_connections: int = 0
+
+
+class ServedProtocol(SessionProtocol):
+    """A SessionProtocol that is refused before any state exists when limits are hit, and
+    that hands the connection to the relay when it starts with the relay's magic."""
+
+    service: TcpService
+    #: set once the first bytes said "relay": every callback goes there from then on
+    relay: RelayLink | None = None
+    #: the first bytes, while they could still be the relay's magic
+    _sniffed: bytes = b""
+    _decided: bool = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        refusal = self.service.admit(ip)
+        if refusal is not None:
+            label, reason = refusal
+            self.service.stats.cut_off[label] += 1
+            log.warning("connection_refused", peer=ip, reason=reason)
+            self.close_reason = reason
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        super().connection_made(transport)
+        self.service.opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.data_received(data)
+            return
+        if not self._decided:
+            data = self._sniffed + data
+            if data[:1] == RELAY_MAGIC[:1] and len(data) < len(RELAY_MAGIC):
+                self._sniffed = data
+                return
+            self._sniffed = b""
+            self._decided = True
+            if data.startswith(RELAY_MAGIC):
+                self._become_relay(data)
+                return
+        super().data_received(data)
+
+    def _become_relay(self, first: bytes) -> None:
+        if self._timer is not None:  # the wire session's deadlines no longer apply
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+        self.conn = None
+        self.service.stats.relay_connections += 1
+        assert self.transport is not None
+        self.relay = self.service.relay.adopt(self.transport)
+        self.relay.data_received(first)
+
+    def eof_received(self) -> bool | None:
+        if self.relay is not None:
+            return self.relay.eof_received()
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay is not None:
+            self.relay.connection_lost(exc)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.relay is not None:
+            self.relay.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.relay is not None:
+            self.relay.resume_writing()
+
+
+class TcpService:
+    def __init__(
+        self,
+        identity: Identity,
+        dht: DHTNode,
+        limits: ServiceLimits | None = None,
+        attach_handler: AttachHandler | None = None,
+        relay: RelayServer | None = None,
+    ) -> None:
+        self.identity = identity
+        #: relay connections go here; by default a relay that refuses ("relay disabled")
+        self.relay = relay or RelayServer(BudgetConfig(total_bps=0))
+        self.dht = dht
+        self.limits = limits or ServiceLimits()
+        self.attach_handler = attach_handler
+        self.sessions: dict[ServedProtocol, ServedSession] = {}
+        self.per_ip: Counter[str] = Counter()
+        self.stats = ServiceStats()
+        self._server: asyncio.Server | None = None
+        self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
+        self._tasks = TaskSet()
+        self.session_config = SessionConfig(
+            handshake_timeout_s=self.limits.handshake_timeout_s,
+            heartbeat_interval_s=self.limits.heartbeat_s,
+            max_missed_heartbeats=self.limits.max_missed_heartbeats,
+        )
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._make_protocol, host, port, backlog=1024)
+
+    def _make_protocol(self) -> ServedProtocol:
+        proto = ServedProtocol(self._make_connection, self._on_event, self._on_lost)
+        proto.service = self
+        return proto
+
+    def _make_connection(self, now: float) -> ServerConnection:
+        handler = self.attach_handler
+        return ServerConnection(
+            self.identity,
+            now=now,
+            config=self.session_config,
+            accepting=handler.accepting() if handler else False,
+            load_permille=handler.load_permille() if handler else 1000,
+        )
+
+    def admit(self, ip: str) -> tuple[str, str] | None:
+        """None to admit, else (metric label, reason for the log)."""
+        if len(self.sessions) >= self.limits.max_connections:
+            return "connection_limit", f"{self.limits.max_connections} connections open"
+        if self.per_ip[ip] >= self.limits.max_connections_per_ip:
+            return "per_ip_limit", (
+                f"more than {self.limits.max_connections_per_ip} connections from {ip}")
+        return None
+
+    def opened(self, proto: ServedProtocol) -> None:
+        now = time.monotonic()
+        self.sessions[proto] = ServedSession(
+            proto, now, tokens=self.limits.request_burst, last_refill=now
+        )
+        self.per_ip[proto.peer[0]] += 1
+        self.stats.sessions_opened += 1
+
+    def _on_lost(self, proto: SessionProtocol) -> None:
+        assert isinstance(proto, ServedProtocol)
+        session = self.sessions.pop(proto, None)
+        if session is None:
+            return
+        ip = proto.peer[0]
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+        if self.attach_handler is not None:
+            self.attach_handler.on_closed(session)
+
+    def cut_off(
+        self, session: ServedSession, reason: str, label: str, expected: bool = False
+    ) -> None:
+        """Close a session for ``reason``; ``expected`` ends (e.g. "full") log at info."""
+        self.stats.cut_off[label] += 1
+        emit = log.info if expected else log.warning
+        emit("session_cut_off", peer=f"{session.proto.peer[0]}:{session.proto.peer[1]}",
+             reason=reason)
+        session.proto.close(reason)
+
+    def _on_event(self, proto: SessionProtocol, event: Event) -> None:
+        assert isinstance(proto, ServedProtocol)
+        session = self.sessions.get(proto)
+        if session is None:
+            return
+        if isinstance(event, ProtocolViolation):
+            self.stats.cut_off[event.error.reason] += 1
+            log.warning("session_cut_off", peer=f"{proto.peer[0]}:{proto.peer[1]}",
+                        reason=event.reason)
+        elif isinstance(event, PeerDead):
+            self.stats.cut_off["heartbeat_timeout"] += 1
+            log.info("session_dead", peer=f"{proto.peer[0]}:{proto.peer[1]}",
+                     silent_s=round(event.silent_s, 1))
+        elif isinstance(event, HandshakeComplete):
+            session.result = event.result
+        elif isinstance(event, MessageReceived):
+            if not session.allow_request(self.limits, time.monotonic()):
+                self.cut_off(session, "request rate exceeded", "rate_limited")
+                return
+            self._spawn(self._handle(session, event.message))
+        elif isinstance(event, PeerClosed):
+            pass
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
+
+    async def _handle(self, session: ServedSession, msg: Message) -> None:
+        try:
+            if isinstance(msg, LookupRequest):
+                self.stats.lookups += 1
+                found = await self.dht.get(records.user_key(msg.user))
+                found.sort(key=lambda s: s.record.issued_at, reverse=True)
+                wires = tuple(s.wire for s in found[:MAX_LOOKUP_RECORDS])
+                session.proto.send(LookupResponse(msg.request_id, wires))
+            elif isinstance(msg, DirectoryRequest):
+                self.stats.directory_requests += 1
+                found = await self.directory()
+                wires = tuple(s.wire for s in found[:MAX_LOOKUP_RECORDS])
+                session.proto.send(DirectoryResponse(msg.request_id, wires))
+            elif self.attach_handler is None:
+                if isinstance(msg, Attach):
+                    session.proto.send(Refused(
+                        int(RefuseReason.NOT_ALLOWED),
+                        "this is a bootstrap node, not a supernode",
+                        await self.alternatives(),
+                    ))
+                    session.proto.close("not a supernode")
+            elif isinstance(msg, Attach):
+                await self.attach_handler.on_attach(session, msg)
+            elif isinstance(msg, Detach):
+                await self.attach_handler.on_detach(session, msg)
+            else:
+                await self.attach_handler.on_message(session, msg)
+        except Exception:
+            log.exception("session_handler_failed", peer=session.proto.peer[0])
+            session.proto.close("internal error")
+
+    async def directory(self) -> list[records.SignedRecord]:
+        """Live supernode records, newest first (cached briefly: it costs a DHT lookup)."""
+        fetched_at, cached = self._directory
+        now = time.monotonic()
+        if now - fetched_at < self.limits.directory_cache_s and cached:
+            return cached
+        found = await self.dht.get(records.SUPERNODE_DIRECTORY_KEY)
+        found.sort(key=lambda s: s.record.issued_at, reverse=True)
+        self._directory = (now, found)
+        return found
+
+    async def alternatives(self, exclude: bytes = b"") -> tuple[Alternative, ...]:
+        out = []
+        for signed in await self.directory():
+            r = signed.record
+            if not isinstance(r, records.SupernodeRecord) or r.node_key == exclude:
+                continue
+            if r.max_clients and r.load >= r.max_clients:
+                continue
+            out.append(Alternative(r.host, r.port, r.node_key))
+        return tuple(out[:8])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for proto in list(self.sessions):
+            proto.abort_after_flush()
+        self._tasks.cancel_all()
+        if self._server is not None:
+            await self._server.wait_closed()

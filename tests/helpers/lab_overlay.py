@@ -1,0 +1,566 @@
+"""A whole overlay inside the NAT lab, for end-to-end tests and benchmarks.
+
+:class:`LabOverlay` builds a :class:`tools.natlab.Lab` with a bootstrap node and N supernodes
+on the public segment and one client daemon per given host (each behind its own router of the
+given kind), all as real ``overlay`` processes (``--log-json``, one log file each in the work
+dir). It talks to the clients over their Unix control sockets and runs ``overlay send`` for
+them::
+
+    with LabOverlay(tmp, clients={"cone-1": "cone", "public-2": "public"}) as ov:
+        ov.wait_attached()
+        f = ov.make_file("cone-1", "hello.bin", 1 << 20)
+        res = ov.send("cone-1", "public-2", f)        # SendResult: rc, json, seconds, ...
+        ov.wait_inbox_file("public-2", "hello.bin")
+
+Host names are client user names too (they satisfy the user name pattern). Unix sockets work
+across network namespaces (they are file-system objects), so the test process reaches every
+client's control socket directly; ``overlay send`` still runs inside the sender's host.
+
+Cleanup: :meth:`close` (or leaving the ``with``) SIGTERMs every daemon, SIGKILLs what is left
+after a grace period and tears the lab down (which kills anything else in its namespaces).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from overlay.client.control import ControlSocketError, control_request
+from tests.helpers.repo import REPO
+from tools.natlab import Lab
+
+KINDS = ("public", "firewalled", "cone", "symmetric", "tcp-only")
+PORT = 4000
+OVERLAY = [sys.executable, "-m", "overlay", "--log-json"]
+
+T = TypeVar("T")
+
+_DIRECTORY = """
+import asyncio, json, sys
+from overlay.core.identity import Identity
+from overlay.attach.adapter import ClientSession
+async def main():
+    host, port = sys.argv[1].rsplit(":", 1)
+    s = await ClientSession.connect(host, int(port), Identity.generate(),
+                                    expected_node_key=None, lookup_only=True)
+    print(json.dumps(["%s:%d" % (r.record.host, r.record.port) for r in await s.directory()]))
+asyncio.run(main())
+"""
+
+
+def lab_available() -> tuple[bool, str]:
+    """(True, "") when this process can build a NAT lab, else (False, reason)."""
+    if os.geteuid() != 0:
+        return False, "the NAT lab needs root (network namespaces, nftables)"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return False, f"the NAT lab needs the {tool!r} command"
+    return True, ""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def two_per_kind(kinds: Iterable[str] = KINDS) -> dict[str, str]:
+    """``{"public-1": "public", "public-2": "public", "cone-1": "cone", ...}``."""
+    return {f"{kind}-{i}": kind for kind in kinds for i in (1, 2)}
+
+
+@dataclass
+class SendResult:
+    """One ``overlay send`` run."""
+
+    src: str
+    dst: str
+    file: Path
+    returncode: int
+    stdout: str
+    stderr: str
+    #: wall time of the whole command (process start to exit), seconds
+    seconds: float
+    started_at: float
+    json: dict[str, Any] | None = None
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def path(self) -> str | None:
+        return self.json.get("path") if self.json else None
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + "\n" + self.stderr).strip()
+
+    def describe(self) -> str:
+        return (f"overlay send {self.dst} {self.file.name} (from {self.src}): "
+                f"rc={self.returncode}{' TIMEOUT' if self.timed_out else ''} "
+                f"in {self.seconds:.2f}s\n  stdout: {self.stdout.strip()[:600]}\n"
+                f"  stderr: {self.stderr.strip()[:600]}")
+
+
+@dataclass
+class Daemon:
+    host: str
+    role: str  # "bootstrap", "supernode", "client"
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class LabOverlay:
+    """Bootstrap node + supernodes on public hosts, client daemons on the given hosts.
+
+    ``clients`` maps host name -> router kind (one of :data:`KINDS`); each client runs as user
+    ``<host>``. ``netem`` (e.g. ``{"delay_ms": 100, "loss_pct": 2}``) is put on the uplink of
+    every client host and every supernode host (not the bootstrap node's). ``work`` holds
+    logs, state dirs, inboxes and control sockets (keep the path short: a socket path is at
+    most 107 bytes).
+    """
+
+    work: Path
+    clients: dict[str, str]
+    supernodes: int = 2
+    netem: dict[str, float] | None = None
+    heartbeat_s: float = 1.0
+    client_args: Sequence[str] = ()
+    supernode_args: Sequence[str] = ()
+    lab_prefix: str | None = None
+    #: see :meth:`_no_proxy_arp_delay`
+    no_proxy_arp_delay: bool = True
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+    lab: Lab | None = None
+
+    # -- layout ---------------------------------------------------------------------------
+
+    @property
+    def supernode_hosts(self) -> list[str]:
+        return [f"sn{i + 1}" for i in range(self.supernodes)]
+
+    def topology(self) -> dict[str, Any]:
+        hosts: dict[str, dict[str, Any]] = {"boot": {"kind": "public"}}
+        for sn in self.supernode_hosts:
+            hosts[sn] = {"kind": "public"}
+        for host, kind in self.clients.items():
+            if kind not in KINDS:
+                raise ValueError(f"{host}: unknown kind {kind!r}")
+            hosts[host] = {"kind": kind}
+        if self.netem:
+            for host in [*self.supernode_hosts, *self.clients]:
+                hosts[host]["netem"] = dict(self.netem)
+        return {"hosts": hosts}
+
+    @property
+    def bootstrap_addr(self) -> str:
+        assert self.lab is not None
+        return f"{self.lab.public_ip('boot')}:{PORT}"
+
+    def supernode_addr(self, host: str) -> str:
+        assert self.lab is not None
+        return f"{self.lab.public_ip(host)}:{PORT}"
+
+    def sock(self, host: str) -> Path:
+        return self.work / "s" / f"{host}.sock"
+
+    def inbox(self, host: str) -> Path:
+        return self.work / "inbox" / host
+
+    def outbox(self, host: str) -> Path:
+        return self.work / "out" / host
+
+    def log_path(self, host: str) -> Path:
+        return self.work / "logs" / f"{host}.log"
+
+    def user(self, host: str) -> str:
+        return host
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> LabOverlay:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, wait: bool = True) -> LabOverlay:
+        """Build the lab and start every daemon; with ``wait`` also wait until every client
+        is attached (see :meth:`wait_attached`)."""
+        for sub in ("s", "logs", "inbox", "out", "state"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        self.lab = Lab(self.topology(), prefix=self.lab_prefix)
+        self.lab.start()
+        if self.no_proxy_arp_delay:
+            self._no_proxy_arp_delay()
+        boot = self.bootstrap_addr
+        self._start("boot", "bootstrap", ["bootstrap", "--listen", boot,
+                                           "--state-dir", str(self.work / "state" / "boot")])
+        for sn in self.supernode_hosts:
+            self._start(sn, "supernode", [
+                "supernode", "--listen", self.supernode_addr(sn), "--bootstrap", boot,
+                "--heartbeat", f"{self.heartbeat_s:g}",
+                "--state-dir", str(self.work / "state" / sn), *self.supernode_args])
+        self.wait_directory(self.supernode_hosts)
+        for host in self.clients:
+            self._start(host, "client", [
+                "client", "--user", self.user(host),
+                "--state-dir", str(self.work / "state" / host),
+                "--control", str(self.sock(host)), "--inbox", str(self.inbox(host)),
+                "--bootstrap", boot, "--no-supernode", "--heartbeat", f"{self.heartbeat_s:g}",
+                *self.client_args])
+        if wait:
+            self.wait_attached()
+        return self
+
+    def _no_proxy_arp_delay(self) -> None:
+        """A firewalled host's router answers ARP for the host's public /32 by proxy ARP, and
+        Linux delays proxy replies by a random 0..``proxy_delay`` (default 80 = 0.8 s). So the
+        first packet from the public segment to a firewalled host waited 0.1-0.4 s for ARP,
+        which no real firewalled host on the internet does, and made direct TCP lose the
+        path race to UDP (started 0.25 s later). Set it to 0 on those routers' WAN links."""
+        assert self.lab is not None
+        for host, kind in self.clients.items():
+            if kind == "firewalled":
+                wan = self.lab.iface(host, router=True)
+                self.lab.run(host, ["sysctl", "-qw", f"net.ipv4.neigh.{wan}.proxy_delay=0"],
+                             router=True, check=True)
+
+    def _start(self, host: str, role: str, args: list[str]) -> Daemon:
+        assert self.lab is not None
+        argv = [*OVERLAY, *args]
+        log_path = self.log_path(host)
+        with open(log_path, "ab") as log:
+            proc = self.lab.popen(host, argv, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, cwd=str(REPO),
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        daemon = Daemon(host, role, argv, log_path, proc)
+        self.daemons[host] = daemon
+        return daemon
+
+    def directory(self, timeout: float = 20.0) -> list[str]:
+        """``HOST:PORT`` of every supernode record the bootstrap node's directory returns
+        (asked from the bootstrap host by a lookup-only session)."""
+        assert self.lab is not None
+        r = self.lab.run("boot", [sys.executable, "-c", _DIRECTORY, self.bootstrap_addr],
+                         timeout=timeout, cwd=str(REPO))
+        if r.returncode != 0:
+            return []
+        return list(json.loads(r.stdout))
+
+    def wait_directory(self, hosts: Iterable[str], timeout: float = 30.0) -> None:
+        """Wait until the directory lists the supernodes on ``hosts``, so that clients
+        started afterwards can choose among all of them."""
+        want = {self.supernode_addr(h) for h in hosts}
+        deadline = time.monotonic() + timeout
+        while not want <= set(self.directory()):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"supernodes {sorted(want)} not all in the directory "
+                                     f"within {timeout}s: {self.directory()}")
+            time.sleep(0.3)
+
+    def stop_daemon(self, host: str, sig: int = signal.SIGTERM, grace_s: float = 5.0) -> None:
+        daemon = self.daemons[host]
+        proc = daemon.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop the daemons (clients first) and tear the lab down. Idempotent."""
+        order = sorted(self.daemons.values(),
+                       key=lambda d: {"client": 0, "supernode": 1, "bootstrap": 2}[d.role])
+        for daemon in order:
+            if daemon.alive():
+                assert daemon.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for daemon in order:
+            if daemon.proc is None:
+                continue
+            try:
+                daemon.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.proc.pid, signal.SIGKILL)
+                daemon.proc.wait()
+        if self.lab is not None:
+            self.lab.close()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def status(self, host: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The client's control ``status`` answer, ``{}`` when the socket does not answer."""
+        try:
+            return control_request(self.sock(host), {"cmd": "status"}, timeout=timeout)
+        except (ControlSocketError, ValueError):
+            return {}
+
+    def control(self, host: str, obj: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        return control_request(self.sock(host), obj, timeout=timeout)
+
+    def check_alive(self) -> None:
+        dead = [f"{d.host} ({d.role}) exited {d.proc.returncode}: {self.log_tail(d.host)}"
+                for d in self.daemons.values() if d.proc is not None and d.proc.poll() is not None]
+        if dead:
+            raise AssertionError("daemons died:\n" + "\n".join(dead))
+
+    def wait_attached(
+        self, timeout: float = 60.0, lookups: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every client's status says ``attached``; with ``lookups`` also until
+        each client finds the next one (a ring over all clients) by a control ``lookup``, so
+        the supernodes have published every presence record. Returns the statuses."""
+        hosts = list(self.clients)
+        statuses: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        pending = set(hosts)
+        while pending:
+            self.check_alive()
+            for host in sorted(pending):
+                s = self.status(host)
+                if s.get("state") == "attached":
+                    statuses[host] = s
+                    pending.discard(host)
+            if pending and time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not attached within {timeout}s: {sorted(pending)}; "
+                    + "; ".join(f"{h}: {self.log_tail(h, 3)}" for h in sorted(pending)))
+            if pending:
+                time.sleep(0.2)
+        if lookups and len(hosts) > 1:
+            pending_pairs = {(a, hosts[(i + 1) % len(hosts)]) for i, a in enumerate(hosts)}
+            while pending_pairs:
+                for a, b in sorted(pending_pairs):
+                    if self.finds(a, b):
+                        pending_pairs.discard((a, b))
+                if pending_pairs and time.monotonic() > deadline:
+                    raise AssertionError(f"lookups still failing after {timeout}s: "
+                                         f"{sorted(pending_pairs)}")
+                if pending_pairs:
+                    time.sleep(0.3)
+        return statuses
+
+    def finds(self, host: str, other: str) -> bool:
+        """``host``'s client finds an online presence record of ``other``'s user."""
+        try:
+            answer = self.control(host, {"cmd": "lookup", "user": self.user(other)})
+        except ControlSocketError:
+            return False
+        return bool(answer.get("ok")) and any(
+            r.get("online", True) for r in answer.get("records", []))
+
+    def attached_to(self, host: str) -> str | None:
+        sn = (self.status(host).get("supernode") or {})
+        return sn.get("address") or sn.get("host")
+
+    def public_id(self, host: str) -> str | None:
+        """A bootstrap node's or supernode's public key (hex), from its log."""
+        for entry in self.log_lines(host, "public_id"):
+            if isinstance(entry.get("public_id"), str):
+                return str(entry["public_id"])
+        return None
+
+    def supernode_ids(self) -> dict[str, str | None]:
+        return {sn: self.public_id(sn) for sn in self.supernode_hosts}
+
+    def is_supernode_id(self, ident: object) -> bool:
+        """``ident`` (a relay id as ``overlay send --json`` reports it: the node key in hex, or
+        a prefix of it of at least 8 digits) names one of the supernodes."""
+        if not isinstance(ident, str) or len(ident) < 8:
+            return False
+        return any(k is not None and k.startswith(ident.lower())
+                   for k in self.supernode_ids().values())
+
+    def log_text(self, host: str) -> str:
+        try:
+            return self.log_path(host).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, host: str, lines: int = 20) -> str:
+        return "\n".join(self.log_text(host).splitlines()[-lines:])
+
+    def log_lines(self, host: str, contains: str | Callable[[dict[str, Any]], bool],
+                  since: float | None = None, until: float | None = None
+                  ) -> list[dict[str, Any]]:
+        """The host's JSON log lines whose text contains ``contains`` (or for which it is
+        true), optionally only those logged within wall times [``since``, ``until``]."""
+        out = []
+        for line in self.log_text(host).splitlines():
+            if isinstance(contains, str) and contains not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            if callable(contains) and not contains(entry):
+                continue
+            t = _log_time(entry)
+            if t is not None and ((since is not None and t < since)
+                                  or (until is not None and t > until)):
+                continue
+            out.append(entry)
+        return out
+
+    # -- files ------------------------------------------------------------------------------
+
+    def make_file(self, host: str, name: str, size: int) -> Path:
+        """A file of ``size`` random bytes in ``host``'s outbox."""
+        path = self.outbox(host) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            left = size
+            while left:
+                n = min(left, 1 << 20)
+                f.write(os.urandom(n))
+                left -= n
+        return path
+
+    def inbox_files(self, host: str) -> list[Path]:
+        d = self.inbox(host)
+        return sorted(p for p in d.iterdir() if not p.name.startswith(".")) if d.exists() else []
+
+    def wait_inbox_file(self, host: str, name: str, timeout: float = 10.0) -> Path:
+        """Wait until ``name`` is in ``host``'s inbox (renamed into place: complete)."""
+        path = self.inbox(host) / name
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} not in {host}'s inbox within {timeout}s "
+                                     f"(inbox: {[p.name for p in self.inbox_files(host)]})")
+            time.sleep(0.05)
+        return path
+
+    # -- overlay send -----------------------------------------------------------------------
+
+    def send_argv(self, src: str, dst: str, file: Path, json_out: bool = True) -> list[str]:
+        return [*OVERLAY, "send", self.user(dst), str(file), "--control", str(self.sock(src)),
+                *(["--json"] if json_out else [])]
+
+    def send(self, src: str, dst: str, file: Path, timeout: float = 120.0,
+             json_out: bool = True) -> SendResult:
+        """Run ``overlay send DST FILE --control SRC.sock --json`` in ``src``'s host."""
+        assert self.lab is not None
+        argv = self.send_argv(src, dst, file, json_out)
+        started_at = time.time()
+        t0 = time.monotonic()
+        try:
+            r = self.lab.run(src, argv, timeout=timeout, cwd=str(REPO))
+            rc, out, err, timed_out = r.returncode, r.stdout, r.stderr, False
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) \
+                else (exc.stdout or "")
+            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) \
+                else (exc.stderr or "")
+            rc, timed_out = -9, True
+        seconds = time.monotonic() - t0
+        parsed: dict[str, Any] | None = None
+        for line in reversed(out.strip().splitlines()):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                parsed = value
+                break
+        return SendResult(src, dst, file, rc, out, err, seconds, started_at, parsed, timed_out)
+
+
+def _log_time(entry: dict[str, Any]) -> float | None:
+    ts = entry.get("timestamp") or entry.get("ts")
+    if isinstance(ts, int | float):
+        return float(ts)
+    if isinstance(ts, str):
+        from datetime import datetime
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def overlay_help(*args: str) -> str:
+    """``overlay ARGS --help`` output ("" when the command does not exist)."""
+    r = subprocess.run([*OVERLAY, *args, "--help"], capture_output=True, text=True,
+                       cwd=str(REPO), timeout=30)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def send_available() -> bool:
+    return "--control" in overlay_help("send")
+
+
+def run_exclusive(
+    jobs: Sequence[tuple[tuple[str, ...], Callable[[], T]]], parallel: int
+) -> list[T]:
+    """Run ``jobs`` (``(resources, fn)``) on up to ``parallel`` threads such that no two
+    running jobs share a resource (e.g. a client host); results in job order. Exceptions
+    propagate after the running jobs have finished."""
+    results: dict[int, T] = {}
+    pending = list(range(len(jobs)))
+    busy: set[str] = set()
+    running: dict[Future[T], int] = {}
+    lock = threading.Lock()
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        while pending or running:
+            with lock:
+                for i in list(pending):
+                    if len(running) >= parallel or error is not None:
+                        break
+                    res, fn = jobs[i]
+                    if busy.intersection(res):
+                        continue
+                    busy.update(res)
+                    pending.remove(i)
+                    running[pool.submit(fn)] = i
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                i = running.pop(fut)
+                busy.difference_update(jobs[i][0])
+                try:
+                    results[i] = fut.result()
+                except BaseException as exc:
+                    error = error or exc
+    if error is not None:
+        raise error
+    return [results[i] for i in range(len(jobs))]

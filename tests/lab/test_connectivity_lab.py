@@ -1,0 +1,363 @@
+"""End-to-end connectivity acceptance test, in the NAT lab (real nftables routers).
+
+One bootstrap node and two supernodes on the public segment; two clients behind each of the
+five router kinds (``public-1``, ``public-2``, ``firewalled-1``, ... each behind its own
+router). For every ordered pair of kinds (A, B), same-kind pairs included (25 pairs), client
+``A-1`` sends a fresh random 1 MiB file to client ``B-2`` with ``overlay send --json``; the test
+checks the path it reports against :data:`EXPECTED`, and the file's sha256 in ``B-2``'s inbox.
+
+Expected paths (the issue's table, as data in :data:`EXPECTED`):
+
+- either side ``public``: ``direct-tcp``;
+- both sides in {``firewalled``, ``cone``}: ``udp-punch``;
+- every other pair (a ``symmetric`` or ``tcp-only`` side, neither side ``public``): ``relay``.
+  Until the relay exists (:data:`RELAY_AVAILABLE` false) those pairs must fail fast: non-zero
+  exit, a message containing "no path", within :data:`NO_PATH_BOUND_S`, nothing in the inbox.
+
+``test_all_pairs_impaired`` repeats all 25 pairs with 100 ms delay and 2 % loss on every
+client's uplink and on both supernodes' links. Each impaired link delays each direction by
+100 ms and drops 2 % of the frames in each direction, so between two clients (two impaired
+links on the way) a round trip takes >= 400 ms and ~7.8 % of round trips lose a packet
+(1 - 0.98^4); client <-> supernode is the same.
+
+Pairs run on a few threads at once, never two at a time on the same client (see
+:func:`tests.helpers.lab_overlay.run_exclusive`). Daemon logs, inboxes and a
+``results.json`` per test
+are in pytest's tmp dir (printed on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.lab_overlay import (
+    KINDS,
+    LabOverlay,
+    SendResult,
+    lab_available,
+    overlay_help,
+    run_exclusive,
+    send_available,
+    sha256_file,
+    two_per_kind,
+)
+
+_ok, _why = lab_available()
+if not _ok:
+    pytest.skip(_why, allow_module_level=True)
+
+pytestmark = pytest.mark.netlab
+
+MiB = 1 << 20
+FILE_SIZE = MiB
+
+# -- the expected table ----------------------------------------------------------------------
+
+D, P, R = "direct-tcp", "udp-punch", "relay"
+#: (sender kind, receiver kind) -> path ``overlay send --json`` must report
+EXPECTED: dict[tuple[str, str], str] = {
+    # sender ↓  receiver →   public     firewalled   cone     symmetric   tcp-only
+    **dict(zip([("public", k) for k in KINDS],     [D, D, D, D, D], strict=True)),
+    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, R, R], strict=True)),
+    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, R, R], strict=True)),
+    **dict(zip([("symmetric", k) for k in KINDS],  [D, R, R, R, R], strict=True)),
+    **dict(zip([("tcp-only", k) for k in KINDS],   [D, R, R, R, R], strict=True)),
+}
+
+
+def _relay_capability() -> tuple[bool, str]:
+    """Does this tree have a working relay? Decided from the code, not guessed from results:
+    the client's own switch (``overlay.media.transport_hooks.relay_available()``, true when
+    the relay client exists), the supernode's relay server (``overlay.relay.server``), and
+    ``overlay supernode --help`` offering ``--relay-budget``."""
+    import importlib
+    import importlib.util
+
+    try:
+        hooks = importlib.import_module("overlay.media.transport_hooks")
+        client = bool(getattr(hooks, "relay_available", lambda: False)())
+    except ImportError:
+        client = False
+    try:
+        server = importlib.util.find_spec("overlay.relay.server") is not None
+    except ImportError:
+        server = False
+    sn = "--relay-budget" in overlay_help("supernode")
+    reason = (f"transport_hooks.relay_available(): {client}, overlay.relay.server: {server}, "
+              f"supernode --relay-budget: {sn}")
+    return client and server and sn, reason
+
+
+_env = os.environ.get("OVERLAY_RELAY_AVAILABLE")
+#: Flip to True (or set OVERLAY_RELAY_AVAILABLE=1/0) once the relay work lands: relay pairs
+#: then must deliver over ``relay`` instead of failing fast with "no path".
+RELAY_AVAILABLE: bool = (_env == "1") if _env in ("0", "1") else _relay_capability()[0]
+
+#: a pair that needs a relay must fail within this: the issue's ~10 s for the client to give
+#: up, plus the ``overlay send`` process's start-up (measured over the whole process)
+NO_PATH_BOUND_S = 12.0
+#: the same under impairment: lookup, invite and answer cross impaired links (RTT >= 400 ms)
+NO_PATH_BOUND_IMPAIRED_S = 20.0
+#: pairs at once (never two on one client). At most RELAY_SLOTS pairs that must go through a
+#: relay run at once: a supernode's default --relay-budget (2 Mbit/s) holds two 1 Mbit/s
+#: sessions, and the caller's race opens a half on every chosen relay (both supernodes here),
+#: so a third concurrent relayed transfer gets "relay refused: budget" -- a capacity limit,
+#: not a connectivity failure.
+PARALLEL = 3
+RELAY_SLOTS = 2
+
+
+#: On impaired links the path race may legitimately go another way where both paths work: a
+#: lost SYN costs direct TCP ~1 s (the initial RTO), so a punched UDP path to a public peer
+#: wins; and punching plus the QUIC and end-to-end handshakes take ~3 s at 400 ms RTT with
+#: loss, so the relay (started at 1.5 s) sometimes completes first. The impaired test is
+#: about delivery: it accepts these alternatives and marks them in its table. The unimpaired
+#: test does not accept them.
+ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}, P: {R}}
+
+
+def expected_outcome(src_kind: str, dst_kind: str) -> str:
+    """The path the pair must report, or ``"no path"`` while the relay is missing."""
+    path = EXPECTED[(src_kind, dst_kind)]
+    return "no path" if path == R and not RELAY_AVAILABLE else path
+
+
+def test_expected_table_matches_the_issue_rules() -> None:
+    assert len(EXPECTED) == 25
+    for (a, b), path in EXPECTED.items():
+        if "public" in (a, b):
+            rule = D
+        elif {a, b} <= {"firewalled", "cone"}:
+            rule = P
+        else:
+            rule = R
+        assert path == rule, (a, b)
+
+
+# -- running and checking pairs ---------------------------------------------------------------
+
+
+@dataclass
+class PairOutcome:
+    src_kind: str
+    dst_kind: str
+    expected: str
+    result: SendResult
+    received_sha: str | None
+    sent_sha: str
+    problems: list[str]
+
+    def row(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "pair": f"{self.src_kind}->{self.dst_kind}", "expected": self.expected,
+            "got": r.path if r.ok else ("no path" if "no path" in r.output.lower()
+                                        else "error"),
+            "rc": r.returncode, "seconds": round(r.seconds, 2),
+            "send_seconds": r.json.get("seconds") if r.json else None,
+            "relay": r.json.get("relay") if r.json else None,
+            "intact": self.received_sha == self.sent_sha if r.ok else None,
+            "ok": not self.problems, "problems": self.problems,
+            "message": None if r.ok else r.output[-300:],
+        }
+
+
+def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
+               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S,
+               also_accepted: dict[str, set[str]] | None = None) -> PairOutcome:
+    src, dst = f"{src_kind}-1", f"{dst_kind}-2"
+    expected = expected_outcome(src_kind, dst_kind)
+    name = f"{src_kind}-to-{dst_kind}-{os.urandom(3).hex()}.bin"
+    file = ov.make_file(src, name, size)
+    sent_sha = sha256_file(file)
+    res = ov.send(src, dst, file, timeout=send_timeout)
+    problems: list[str] = []
+    received_sha: str | None = None
+    target = ov.inbox(dst) / name
+    if expected == "no path":
+        if res.returncode == 0:
+            problems.append(f"expected a 'no path' failure, got rc=0 path={res.path}")
+        elif "no path" not in res.output.lower():
+            problems.append(f"failed without 'no path' in the message: {res.output[-300:]!r}")
+        if res.seconds > no_path_bound:
+            problems.append(f"took {res.seconds:.1f}s to fail (bound {no_path_bound}s)")
+        if target.exists():
+            problems.append("a file arrived although no path should exist")
+    elif not res.ok:
+        problems.append(f"send failed: rc={res.returncode}"
+                        f"{' (timeout)' if res.timed_out else ''}: {res.output[-400:]!r}")
+    else:
+        j = res.json or {}
+        if res.json is None:
+            problems.append(f"no JSON on stdout: {res.stdout[-300:]!r}")
+        accepted = {expected} | (also_accepted or {}).get(expected, set())
+        if j.get("path") not in accepted:
+            problems.append(f"path {j.get('path')!r}, expected {expected!r}")
+        if j.get("path") == R and not ov.is_supernode_id(j.get("relay")):
+            problems.append(f"relay {j.get('relay')!r} is not one of the supernodes' ids "
+                            f"{ov.supernode_ids()}")
+        if j.get("path") != R and j.get("relay") is not None:
+            problems.append(f"relay {j.get('relay')!r} on a {j.get('path')} path")
+        if j.get("bytes") != size:
+            problems.append(f"bytes {j.get('bytes')!r}, expected {size}")
+        if j.get("sha256") != sent_sha:
+            problems.append("reported sha256 differs from the file's")
+        if not isinstance(j.get("seconds"), int | float):
+            problems.append(f"seconds {j.get('seconds')!r}")
+        deadline = time.monotonic() + 5.0
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not target.exists():
+            problems.append(f"{name} not in {dst}'s inbox "
+                            f"({[p.name for p in ov.inbox_files(dst)]})")
+        else:
+            received_sha = sha256_file(target)
+            if received_sha != sent_sha:
+                problems.append("received file's sha256 differs")
+    return PairOutcome(src_kind, dst_kind, expected, res, received_sha, sent_sha, problems)
+
+
+def run_matrix(ov: LabOverlay, pairs: list[tuple[str, str]], *, size: int, parallel: int,
+               send_timeout: float, no_path_bound: float = NO_PATH_BOUND_S,
+               also_accepted: dict[str, set[str]] | None = None) -> list[PairOutcome]:
+    jobs = []
+    relayed = 0
+    for a, b in pairs:
+        resources = [f"{a}-1", f"{b}-2"]
+        if expected_outcome(a, b) == R:  # RELAY_SLOTS at a time (see PARALLEL)
+            resources.append(f"relay-slot-{relayed % RELAY_SLOTS}")
+            relayed += 1
+        jobs.append((tuple(resources),
+                     (lambda a=a, b=b: check_pair(ov, a, b, size, send_timeout, no_path_bound,
+                                                  also_accepted))))
+    return run_exclusive(jobs, parallel)
+
+
+def table(outcomes: list[PairOutcome]) -> str:
+    lines = [f"{'pair':<24} {'expected':<11} {'got':<11} {'rc':>3} {'s':>7}  ok"]
+    for o in outcomes:
+        r = o.row()
+        alt = " (accepted alternative)" if r["ok"] and r["got"] != r["expected"] else ""
+        lines.append(f"{r['pair']:<24} {r['expected']:<11} {r['got'] or '-':<11} "
+                     f"{r['rc']:>3} {r['seconds']:>7.2f}  {'yes' if r['ok'] else 'NO'}{alt}")
+    return "\n".join(lines)
+
+
+def report(ov: LabOverlay, outcomes: list[PairOutcome], work: Path, title: str) -> None:
+    rows = [o.row() for o in outcomes]
+    (work / "results.json").write_text(json.dumps(
+        {"title": title, "relay_available": RELAY_AVAILABLE, "pairs": rows}, indent=2))
+    print(f"\n{title} (relay available: {RELAY_AVAILABLE})\n{table(outcomes)}")
+    bad = [o for o in outcomes if o.problems]
+    if bad:
+        details = "\n".join(
+            f"- {o.src_kind}-1 -> {o.dst_kind}-2: {'; '.join(o.problems)}\n"
+            f"  {o.result.describe()}\n{relevant_logs(ov, o)}" for o in bad)
+        pytest.fail(f"{len(bad)}/{len(outcomes)} pairs failed ({title}); logs in "
+                    f"{work / 'logs'}\n{table(outcomes)}\n{details}", pytrace=False)
+
+
+RELEVANT_EVENTS = ("path_selection", "incoming_transfer_failed", "file_received", "failover",
+                   "invite_", "answer_not_delivered", "offer_refused", "session_dead",
+                   "client_gone", "transfer_path_lost", "Traceback", "Error")
+#: what the relays said about their sessions while the pair ran (why a relay path ended)
+RELAY_EVENTS = ("relay_session_ended", "relay_refused")
+
+
+def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
+    """The sender's and receiver's log lines about this send (from its start on)."""
+    since = o.result.started_at - 0.2
+    until = o.result.started_at + o.result.seconds + 0.5
+    out = []
+    for host in (o.result.src, o.result.dst):
+        for entry in ov.log_lines(host, lambda e: any(k in json.dumps(e)
+                                                      for k in RELEVANT_EVENTS),
+                                  since=since, until=until)[:limit]:
+            out.append(f"    {host}: {json.dumps(entry)[:400]}")
+    for host in ov.supernode_hosts:
+        for entry in ov.log_lines(host, lambda e: e.get("event") in RELAY_EVENTS,
+                                  since=since, until=until)[:limit]:
+            out.append(f"    {host}: {json.dumps(entry)[:400]}")
+    return "\n".join(out)
+
+
+ALL_PAIRS = [(a, b) for a in KINDS for b in KINDS]
+
+
+def _need_send() -> None:
+    if not send_available():
+        pytest.skip("`overlay send` does not exist yet (the feature under test)")
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_harness_every_client_attaches(tmp_path: Path) -> None:
+    """The harness itself: 10 clients behind the five router kinds attach, each finds the
+    next one by lookup, and each is seen by its supernode at its public address (its
+    router's WAN address when NATed) -- so every client really sits behind its router."""
+    with LabOverlay(tmp_path, two_per_kind()) as ov:
+        statuses = ov.wait_attached(timeout=60)
+        assert ov.lab is not None
+        used = set()
+        for host, status in statuses.items():
+            assert status["state"] == "attached", (host, status)
+            reflexive = status["reflexive"]["host"]
+            assert reflexive == ov.lab.public_ip(host), (host, reflexive)
+            used.add(status["supernode"]["address"])
+        # clients start once both supernodes are in the directory and spread over them
+        # (equal RTTs, then load, then chance), so signalling crosses supernodes
+        assert used == {ov.supernode_addr(sn) for sn in ov.supernode_hosts}, used
+        ov.check_alive()
+
+
+@pytest.mark.timeout(420)
+def test_all_pairs(tmp_path: Path) -> None:
+    _need_send()
+    with LabOverlay(tmp_path, two_per_kind()) as ov:
+        ov.wait_attached(timeout=60)
+        outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=PARALLEL,
+                              send_timeout=90)
+        ov.check_alive()
+        report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, no impairment")
+
+
+IMPAIRMENT: dict[str, float] = {"delay_ms": 100, "loss_pct": 2}
+#: With ``--heartbeat 1`` (dead after 3 s of silence) the attachment itself flaps on these
+#: links: a lost TCP segment at RTT 400 ms is retransmitted after ~1 s, twice is 3 s. Three
+#: failovers in two minutes were seen, and a send during a failover fails for reasons that
+#: are not connectivity. 5 s (dead after 15 s) keeps attachments stable.
+IMPAIRED_HEARTBEAT_S = 5.0
+#: On lossy 400 ms paths a relay reservation outlives its transfer for a while (the loser
+#: half of the race and the finished session are released only when their TCP closes), so
+#: two relayed pairs at a time under the default 2 Mbit/s budget were refused ("relay
+#: refused: budget" on both relays, 2 of 12 pairs). Twice the default budget (four 1 Mbit/s
+#: sessions per supernode) keeps this a connectivity test; one relayed pair at a time with
+#: the default budget takes ~4.5 min instead of ~3.
+IMPAIRED_SUPERNODE_ARGS = ("--relay-budget", "4Mbit")
+
+
+@pytest.mark.timeout(900)
+def test_all_pairs_impaired(tmp_path: Path) -> None:
+    """All 25 pairs with 100 ms / 2 % loss per direction on every client's and supernode's
+    link: every pair that has a path delivers an intact file (relay pairs: fail fast until
+    the relay lands). Paths are checked too, with the alternatives in
+    :data:`ALSO_ACCEPTED_IMPAIRED`; the table shows which path each pair took."""
+    _need_send()
+    with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT,
+                    heartbeat_s=IMPAIRED_HEARTBEAT_S,
+                    supernode_args=IMPAIRED_SUPERNODE_ARGS) as ov:
+        ov.wait_attached(timeout=120)
+        outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240,
+                              no_path_bound=NO_PATH_BOUND_IMPAIRED_S,
+                              also_accepted=ALSO_ACCEPTED_IMPAIRED)
+        ov.check_alive()
+        report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, 100 ms + 2 % loss per link")

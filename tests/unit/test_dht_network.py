@@ -1,0 +1,112 @@
+"""A bootstrap node and 24 DHT nodes on loopback storing and serving signed presence records."""
+
+from __future__ import annotations
+
+import random
+
+from overlay.core import records
+from overlay.core.identity import Identity
+from tests.helpers.netutil import Network
+
+SUPERNODE = Identity.generate()
+
+
+async def test_records_from_many_users_readable_everywhere_and_after_losing_a_quarter():
+    net = await Network(24).start()
+    try:
+        assert all(n.routing_table_size >= 10 for n in net.nodes)
+        users = {f"user{i}": Identity.generate() for i in range(6)}
+        published: dict[str, dict[str, records.SignedRecord]] = {}
+        rng = random.Random(7)
+        for name, identity in users.items():
+            published[name] = {}
+            for device in ("phone", "laptop", "tablet")[: 1 + rng.randrange(3)]:
+                signed = records.presence(
+                    identity, name, device, seq=1, supernode_key=SUPERNODE.public_key,
+                    supernode_host="198.18.0.10", supernode_port=4000,
+                )
+                result = await rng.choice(net.nodes).put(signed)
+                assert result.stored >= 10
+                published[name][device] = signed
+
+        async def all_readable_from(readers):
+            for reader in readers:
+                for name, devices in published.items():
+                    found = await reader.get(records.user_key(name))
+                    assert {s.record.device: s.wire for s in found} == {
+                        d: s.wire for d, s in devices.items()
+                    }, (name, reader.address)
+
+        await all_readable_from(net.nodes)
+
+        victims = rng.sample(net.nodes, len(net.nodes) // 4)
+        for node in victims:
+            node.stop()
+        survivors = [n for n in net.nodes if n not in victims]
+        await all_readable_from(survivors)
+    finally:
+        net.stop()
+
+
+async def test_newer_sequence_replaces_older_across_the_network():
+    net = await Network(10).start()
+    try:
+        alice = Identity.generate()
+        first = records.presence(alice, "alice", "phone", seq=1, online=False)
+        await net.nodes[0].put(first)
+        second = records.presence(alice, "alice", "phone", seq=2,
+                                  supernode_key=SUPERNODE.public_key,
+                                  supernode_host="198.18.0.11", supernode_port=4001)
+        await net.nodes[5].put(second)
+        for reader in net.nodes:
+            found = await reader.get(records.user_key("alice"))
+            assert [s.seq for s in found] == [2]
+            assert found[0].record.online
+    finally:
+        net.stop()
+
+
+async def test_lookup_of_unknown_name_returns_nothing():
+    net = await Network(8).start()
+    try:
+        assert await net.nodes[3].get(records.user_key("nobody")) == []
+    finally:
+        net.stop()
+
+
+async def test_a_put_no_other_node_took_reaches_it_once_it_is_back():
+    """The only other node is away when the record is published: the publisher keeps it and
+    retries with backoff, so the record reaches that node seconds after it returns instead of
+    at the next republish (5 minutes)."""
+    from overlay.dht import DHTNode
+    from overlay.dht.protocol import DHTConfig
+    from tests.helpers.netutil import loopback_ips, wait_for
+
+    config = DHTConfig(refresh_interval_s=3600, replicate_retry_s=(0.2, 0.4, 0.8, 1.6, 3.2))
+    ip_a, ip_b = loopback_ips(2)
+    b_identity = Identity.generate()
+    a, b = DHTNode(Identity.generate(), config), DHTNode(b_identity, config)
+    await b.start(ip_b, 0)
+    b_port = b.address[1]
+    await a.start(ip_a, 0)
+    b_again = None
+    try:
+        assert await a.bootstrap([b.address]) == 1
+        b.stop()
+        alice = Identity.generate()
+        signed = records.presence(alice, "alice", "phone", seq=1,
+                                  supernode_key=SUPERNODE.public_key,
+                                  supernode_host="198.18.0.10", supernode_port=4000)
+        result = await a.put(signed)
+        assert (result.stored, result.remote) == (1, 0)
+        assert a.stats.puts_local_only == 1
+        b_again = DHTNode(b_identity, config)  # the same node, back on its address
+        await b_again.start(ip_b, b_port)
+        await wait_for(lambda: any(s.wire == signed.wire for s in
+                                   b_again.storage.values(records.user_key("alice"))),
+                       timeout=10)
+        await wait_for(lambda: a.stats.replication["replicated"] == 1, timeout=5)
+    finally:
+        a.stop()
+        if b_again is not None:
+            b_again.stop()
