@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -33,13 +32,14 @@ from overlay.client.daemon import ClientDaemon, ClientOptions
 from overlay.client.lookup import lookup_via
 from overlay.core import logs, records
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.dht import DHTConfig
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits
 
 USERS = (("alice", "laptop"), ("bob", "phone"), ("carol", "desktop"), ("dave", "tablet"))
-log = structlog.get_logger("overlay.cli.demo")
+log = get_logger(__name__)
 
 
 async def _wait(predicate: object, timeout: float, what: str) -> None:

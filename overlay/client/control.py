@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
+from overlay.core.logs import get_logger
 
-log = structlog.get_logger("overlay.client.control")
+log = get_logger(__name__)
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_CONNECTIONS = 16

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from overlay.attach import (
     Attach,
     AttachOk,
@@ -76,11 +74,12 @@ from overlay.client.promotion import run as run_promotion
 from overlay.core import records
 from overlay.core.addresses import resolve
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.core.records import NAME_PATTERN, PresenceRecord, SignedRecord, SupernodeRecord
 from overlay.core.tasks import TaskSet
 from overlay.media.service import MediaService, SendFailed
 
-log = structlog.get_logger("overlay.client")
+log = get_logger(__name__)
 
 STATE_FILE = "client.json"
 #: an offline record outlives the online ones by far: "offline" beats "unknown"

@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from overlay.client.attach_policy import Candidate
 from overlay.core.identity import PUBLIC_KEY_BYTES
+from overlay.core.logs import get_logger
 
-log = structlog.get_logger("overlay.client")
+log = get_logger(__name__)
 
 CACHE_FILE = "supernodes.json"
 CACHE_VERSION = 1

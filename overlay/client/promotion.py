@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import structlog
-
 from overlay.attach import ReachabilityResult
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.dht import DHTConfig, DHTNode
 from overlay.node.daemon import NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import TcpService
 
-log = structlog.get_logger("overlay.client.promotion")
+log = get_logger(__name__)
 
 
 class Step(Enum):

@@ -32,3 +32,13 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def get_logger(module: str, **context: object) -> structlog.typing.FilteringBoundLogger:
+    """The logger of one module: pass ``__name__``; every line carries ``module=<name>``.
+
+    Bind per session or peer with ``.bind(peer=..., session=...)`` so that each line says
+    whose it is.
+    """
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module, module=module, **context)
+    return logger

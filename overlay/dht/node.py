@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 from kademlia.node import Node
 
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.server import OverlayServer, PutResult
 from overlay.dht.storage import RecordStorage, StorageLimits
 
-log = structlog.get_logger("overlay.dht")
+log = get_logger(__name__)
 
 PEERS_FILE = "peers.json"
 

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from overlay.core.identity import Identity, node_id_for
+from overlay.core.logs import get_logger
 from overlay.core.records import RecordError
 from overlay.core.tasks import TaskSet
 from overlay.dht.envelope import (
@@ -43,7 +43,7 @@ from overlay.dht.envelope import (
 from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.storage import RecordStorage
 
-log = structlog.get_logger("overlay.dht")
+log = get_logger(__name__)
 
 AppHandler = Callable[[tuple[str, int], bytes, list[Any]], Any]
 CORE_METHODS = frozenset({"ping", "store", "find_node", "find_value"})

@@ -19,18 +19,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from kademlia.network import Server
 from kademlia.node import Node
 
 from overlay.core.identity import Identity, node_id_for
+from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord, WrongKey
 from overlay.core.tasks import TaskSet
 from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
 from overlay.dht.storage import RecordStorage
 
-log = structlog.get_logger("overlay.dht")
+log = get_logger(__name__)
 
 
 @dataclass

@@ -20,12 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
-
+from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.stream import ByteStream, TcpByteStream
 
-log = structlog.get_logger("overlay.media")
+log = get_logger(__name__)
 
 SELECT = b"\x00SELECT\x00"
 TCP_CONNECT_TIMEOUT_S = 3.0

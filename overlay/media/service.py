@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from overlay.attach import AttachOk, SignalDelivery
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.vivaldi import for_prediction
 from overlay.media import relay_selector, transport_hooks
@@ -57,7 +56,7 @@ from overlay.media.transfer import (
     send_file,
 )
 
-log = structlog.get_logger("overlay.media")
+log = get_logger(__name__)
 
 ANSWER_TIMEOUT_S = 10.0
 MAX_SESSIONS_PER_SEND = 5

@@ -12,16 +12,16 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
 from aiohttp import web
 
 from overlay.core.addresses import resolve
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.dht import DHTConfig, DHTNode
 from overlay.node.http_api import ExtraMetrics, make_app, start_http
 from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService
 
-log = structlog.get_logger("overlay.node")
+log = get_logger(__name__)
 
 
 @dataclass

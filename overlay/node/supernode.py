@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from overlay.attach import (
@@ -42,6 +41,7 @@ from overlay.attach.errors import AttachRejected
 from overlay.attach.messages import Signal
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
+from overlay.core.logs import get_logger
 from overlay.core.vivaldi import Coordinate, CoordinateKeeper, moved
 from overlay.dht import PutFailed
 from overlay.node.daemon import NodeDaemon, NodeOptions
@@ -50,7 +50,7 @@ from overlay.node.tcp_service import AttachHandler, ServedSession
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.server import RelayServer
 
-log = structlog.get_logger("overlay.node.supernode")
+log = get_logger(__name__)
 
 #: signals travel between supernodes in one DHT datagram (requests are capped at 4 KiB)
 SIGNAL_FORWARD_MAX = 3072

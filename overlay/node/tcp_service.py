@@ -24,8 +24,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import structlog
-
 from overlay.attach import (
     Attach,
     Detach,
@@ -50,13 +48,14 @@ from overlay.attach.handshake import HandshakeResult
 from overlay.attach.messages import MAX_LOOKUP_RECORDS, Alternative
 from overlay.core import records
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.dht import DHTNode
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.protocol import MAGIC as RELAY_MAGIC
 from overlay.relay.server import RelayLink, RelayServer
 
-log = structlog.get_logger("overlay.tcp")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import structlog
-
+from overlay.core.logs import get_logger
 from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
 from overlay.relay.protocol import (
     HELLO_BYTES,
@@ -44,7 +43,7 @@ from overlay.relay.protocol import (
     encode_status,
 )
 
-log = structlog.get_logger("overlay.relay")
+log = get_logger(__name__)
 
 #: how long a caller waits at the relay for the callee
 PAIR_TIMEOUT_S = 15.0
