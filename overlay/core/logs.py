@@ -40,5 +40,7 @@ def get_logger(module: str, **context: object) -> structlog.typing.FilteringBoun
     Bind per session or peer with ``.bind(peer=..., session=...)`` so that each line says
     whose it is.
     """
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module, module=module, **context)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(
+        module, module=module, **context
+    )
     return logger

@@ -292,8 +292,8 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
 ):
     """In-process: the nearest supernode is full and refuses (FULL) naming another; the
     client attaches there, as an alternative, without a rediscovery."""
-    from overlay.client import daemon as client_daemon
     from overlay.attach.adapter import ProbeResult
+    from overlay.client import daemon as client_daemon
     from overlay.client.attach_policy import Source
     from overlay.client.daemon import Attachment, AttemptFailed, ClientDaemon, ClientOptions
     from overlay.node.daemon import NodeDaemon, NodeOptions
