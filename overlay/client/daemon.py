@@ -36,7 +36,7 @@ from overlay.client.control_commands import ClientCommands
 from overlay.client.discovery import Discovery
 from overlay.client.host_cache import HostCache
 from overlay.client.inbox import store_signal
-from overlay.client.links import Attachment, Link, Links
+from overlay.client.links import Attachment, Links
 from overlay.client.options import ClientOptions
 from overlay.client.presence import PresenceSigner
 from overlay.client.promotion import Promoter, PromotionPolicy
@@ -101,20 +101,12 @@ class ClientDaemon:
         return self.links.primary
 
     @property
-    def backup(self) -> Link | None:
-        return self.links.backup
-
-    @property
     def attached(self) -> asyncio.Event:
         return self.links.attached
 
     @property
     def measured(self) -> dict[bytes, Measurement]:
         return self.discovery.measured
-
-    @property
-    def failovers(self) -> int:
-        return self.supervisor.failovers
 
     def _primary_session(self) -> ClientSession | None:
         return self.links.primary_session()

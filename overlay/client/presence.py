@@ -1,8 +1,8 @@
 """The client's presence records: signed with sequence numbers that only grow.
 
 The last sequence number is remembered in ``client.json`` in the state dir, so the numbers
-keep growing across restarts even if the clock steps back (:class:`overlay.core.seq_state.
-SeqCounter`).
+keep growing across restarts even if the clock steps back
+(:class:`overlay.core.seq_state.SeqCounter`).
 """
 
 from __future__ import annotations
