@@ -19,7 +19,8 @@ from overlay.cli.common import (
     user_name,
 )
 from overlay.client.control import ControlSocketError, control_request
-from overlay.client.daemon import ClientDaemon, ClientOptions, default_device
+from overlay.client.daemon import ClientDaemon
+from overlay.client.options import ClientOptions, default_device
 from overlay.core.records import RecordError
 
 

@@ -28,8 +28,9 @@ from rich.table import Table
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.cli.common import EXIT_INTERRUPTED
 from overlay.cli.lookup import lookup_json
-from overlay.client.daemon import ClientDaemon, ClientOptions
+from overlay.client.daemon import ClientDaemon
 from overlay.client.lookup import lookup_via
+from overlay.client.options import ClientOptions
 from overlay.core import logs, records
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overlay.client.errors import ClientError
 from overlay.core.logs import get_logger
 
 log = get_logger(__name__)
@@ -41,11 +42,11 @@ JSONObject = dict[str, Any]
 Handler = Callable[[JSONObject], Awaitable[JSONObject]]
 
 
-class ControlError(Exception):
+class ControlError(ClientError):
     """A command failed in an expected way; the message goes back to the caller as is."""
 
 
-class ControlSocketError(Exception):
+class ControlSocketError(ClientError):
     """The control socket cannot be created or reached."""
 
 

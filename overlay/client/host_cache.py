@@ -18,16 +18,14 @@ A malformed file is ignored (and replaced on the next save), never fatal.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from overlay.client.attach_policy import Candidate
+from overlay.core.files import write_private_json
 from overlay.core.identity import PUBLIC_KEY_BYTES
 from overlay.core.logs import get_logger
 
@@ -162,19 +160,7 @@ class HostCache:
             "supernodes": [e.to_json() for e in self.ordered()],
             "bootstrap_keys": {a: k.hex() for a, k in self.bootstrap_keys.items()},
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".supernodes.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private_json(self.path, data, indent=1)
         self.dirty = False
 
     # -- queries ----------------------------------------------------------------------------

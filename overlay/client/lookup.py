@@ -1,4 +1,5 @@
-"""Look a user up by asking public nodes over TCP, with no identity of one's own."""
+"""Looking users up: over TCP at public nodes with no identity of one's own, and keeping the
+newest record of each device."""
 
 from __future__ import annotations
 
@@ -29,3 +30,13 @@ async def lookup_via(
         finally:
             session.close("done")
     raise SessionError("; ".join(errors) or "no address resolved")
+
+
+def newest_per_device(found: list[records.SignedRecord]) -> list[records.SignedRecord]:
+    """The newest record of each device (by seq), most recently issued first."""
+    best: dict[tuple[bytes, str], records.SignedRecord] = {}
+    for signed in found:
+        current = best.get(signed.slot)
+        if current is None or signed.seq > current.seq:
+            best[signed.slot] = signed
+    return sorted(best.values(), key=lambda s: s.record.issued_at, reverse=True)

@@ -7,13 +7,17 @@ so nobody chooses where they sit.
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
+
+from overlay.core.files import create_private
+from overlay.core.logs import get_logger
+
+log = get_logger(__name__)
 
 KEY_FILE_HEADER = "overlay-ed25519-secret-v1"
 PUBLIC_KEY_BYTES = 32
@@ -75,14 +79,7 @@ class Identity:
 
     def save(self, path: Path) -> None:
         """Write the key with mode 0600; refuses to overwrite an existing file."""
-        text = f"{KEY_FILE_HEADER}\n{bytes(self.signing_key).hex()}\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
+        create_private(path, f"{KEY_FILE_HEADER}\n{bytes(self.signing_key).hex()}\n")
 
     @classmethod
     def load(cls, path: Path) -> Identity:
@@ -112,8 +109,11 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, path: Path) -> Identity:
+        """The one key loader: :meth:`load` the key file, or create it (logged as
+        ``key_created``) when there is none."""
         if path.exists():
             return cls.load(path)
         identity = cls.generate()
         identity.save(path)
+        log.info("key_created", path=str(path), public_id=identity.public_id)
         return identity

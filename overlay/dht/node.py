@@ -4,13 +4,13 @@ call. Nothing outside :mod:`overlay.dht` imports ``kademlia``."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kademlia.node import Node
 
+from overlay.core.files import write_private_json
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord
@@ -151,11 +151,7 @@ class DHTNode:
         peers = self._server.peers_snapshot()
         if not peers:
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / PEERS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": 1, "peers": peers}))
-        os.replace(tmp, path)
+        write_private_json(self.state_dir / PEERS_FILE, {"version": 1, "peers": peers})
 
     def load_peers(self) -> list[tuple[bytes, str, int]]:
         if self.state_dir is None:

@@ -39,20 +39,11 @@ class NodeOptions:
 
 
 def load_identity(opts: NodeOptions) -> Identity:
-    if opts.key_path is not None:
-        if opts.key_path.exists():
-            return Identity.load(opts.key_path)
-        identity = Identity.generate()
-        identity.save(opts.key_path)
-        log.info("key_created", path=str(opts.key_path), public_id=identity.public_id)
-        return identity
-    if opts.state_dir is not None:
+    path = opts.key_path
+    if path is None and opts.state_dir is not None:
         path = opts.state_dir / "node.key"
-        created = not path.exists()
-        identity = Identity.load_or_create(path)
-        if created:
-            log.info("key_created", path=str(path), public_id=identity.public_id)
-        return identity
+    if path is not None:
+        return Identity.load_or_create(path)
     log.warning("ephemeral_key", hint="pass --state-dir or --key to keep this node's identity")
     return Identity.generate()
 

@@ -42,6 +42,7 @@ from overlay.attach.messages import Signal
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
+from overlay.core.seq_state import SeqCounter
 from overlay.core.vivaldi import Coordinate, CoordinateKeeper, moved
 from overlay.dht import PutFailed
 from overlay.node.daemon import NodeDaemon, NodeOptions
@@ -78,11 +79,6 @@ class SupernodeOptions:
     vivaldi_republish_moved_s: float = 0.005
 
 
-def next_seq(last: int) -> int:
-    """Sequence numbers that only grow, across restarts too (milliseconds since the epoch)."""
-    return max(last + 1, int(time.time() * 1000))
-
-
 class Supernode(NodeDaemon, AttachHandler):
     role = "supernode"
 
@@ -95,7 +91,7 @@ class Supernode(NodeDaemon, AttachHandler):
         self.sn = sn or SupernodeOptions()
         self.attached: dict[tuple[str, str], ServedSession] = {}
         self.refused: Counter[str] = Counter()
-        self._record_seq = 0
+        self._record_seq = SeqCounter()
         self.record: records.SignedRecord | None = None
         self._published_spare: int | None = None
         self._last_publish = float("-inf")
@@ -356,14 +352,14 @@ class Supernode(NodeDaemon, AttachHandler):
     # -- own record -------------------------------------------------------------------------
 
     async def publish_record(self) -> None:
-        self._record_seq = next_seq(self._record_seq)
+        seq = self._record_seq.next()
         self._last_publish = time.monotonic()
         host, port = self.advertised
         capacity, spare = self.relay_capacity()
         self._published_spare = spare
         self._published_coord = self.vivaldi.coord
         self.record = records.supernode(
-            self.identity, host, port, seq=self._record_seq,
+            self.identity, host, port, seq=seq,
             relay_capacity_bps=capacity,
             relay_spare_bps=spare,
             load=len(self.attached), max_clients=self.sn.max_clients,

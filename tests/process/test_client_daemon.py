@@ -293,9 +293,11 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
     """In-process: the nearest supernode is full and refuses (FULL) naming another; the
     client attaches there, as an alternative, without a rediscovery."""
     from overlay.attach.adapter import ProbeResult
-    from overlay.client import daemon as client_daemon
+    from overlay.client import discovery as client_discovery
     from overlay.client.attach_policy import Source
-    from overlay.client.daemon import Attachment, AttemptFailed, ClientDaemon, ClientOptions
+    from overlay.client.daemon import ClientDaemon
+    from overlay.client.links import Attachment, AttemptFailed
+    from overlay.client.options import ClientOptions
     from overlay.node.daemon import NodeDaemon, NodeOptions
     from overlay.node.supernode import Supernode, SupernodeOptions
     from overlay.node.tcp_service import ServiceLimits
@@ -322,18 +324,18 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
                              count: int = 2) -> ProbeResult:
             return ProbeResult(host, port, 0.001 if host == full_ip else 0.010, True, 0)
 
-        monkeypatch.setattr(client_daemon, "probe", fake_probe)
+        monkeypatch.setattr(client_discovery, "probe", fake_probe)
         daemon = ClientDaemon(ClientOptions(user="erin", key_path=tmp_path / "erin.key",
                                             bootstrap=[(boot_ip, PORT)], device="phone"))
         tried: list[tuple[str, Source, bool]] = []
-        real_try = daemon._try_attach
+        real_try = daemon.supervisor.try_attach
 
         async def spy(cand: Any, source: Source) -> Attachment | AttemptFailed:
             result = await real_try(cand, source)
             tried.append((cand.host, source, isinstance(result, Attachment)))
             return result
 
-        monkeypatch.setattr(daemon, "_try_attach", spy)
+        monkeypatch.setattr(daemon.supervisor, "try_attach", spy)
         await daemon.start()
         await wait_for(lambda: daemon is not None and daemon.attached.is_set(), timeout=15)
         assert tried == [(full_ip, Source.DISCOVERY, False), (free_ip, Source.ALTERNATIVE, True)]
@@ -357,13 +359,10 @@ async def test_unsolicited_messages_sequence_numbers_and_inbox(tmp_path):
     from overlay.attach import Moving, Refused, RefuseReason, SignalDelivery
     from overlay.attach.messages import Alternative
     from overlay.client.attach_policy import Candidate, EndReason
-    from overlay.client.daemon import (
-        Attachment,
-        ClientDaemon,
-        ClientOptions,
-        SeqCounter,
-        default_device,
-    )
+    from overlay.client.daemon import ClientDaemon
+    from overlay.client.links import Attachment
+    from overlay.client.options import ClientOptions, default_device
+    from overlay.client.presence import presence_seq
     from overlay.core.records import NAME_PATTERN
 
     assert NAME_PATTERN.match(default_device())
@@ -387,13 +386,13 @@ async def test_unsolicited_messages_sequence_numbers_and_inbox(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     (state / "client.json").write_text(json.dumps({"last_seq": 10**16}))  # clock went back
-    seq = SeqCounter(state)
+    seq = presence_seq(state)
     assert seq.next() == 10**16 + 1
-    assert SeqCounter(state).next() == 10**16 + 2
+    assert presence_seq(state).next() == 10**16 + 2
     assert stat.S_IMODE((state / "client.json").stat().st_mode) == 0o600
     (state / "client.json").write_text("garbage")
     before = int(time.time() * 1000)
-    assert SeqCounter(state).next() >= before
+    assert presence_seq(state).next() >= before
 
     inbox = tmp_path / "inbox"
     daemon = ClientDaemon(ClientOptions(user="dave", key_path=tmp_path / "d.key",

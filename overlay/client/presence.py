@@ -1,0 +1,51 @@
+"""The client's presence records: signed with sequence numbers that only grow.
+
+The last sequence number is remembered in ``client.json`` in the state dir, so the numbers
+keep growing across restarts even if the clock steps back
+(:class:`overlay.core.seq_state.SeqCounter`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from overlay.client.attach_policy import Candidate
+from overlay.client.options import ClientOptions
+from overlay.core import records
+from overlay.core.identity import Identity
+from overlay.core.records import SignedRecord
+from overlay.core.seq_state import SeqCounter
+
+STATE_FILE = "client.json"
+#: an offline record outlives the online ones by far: "offline" beats "unknown"
+OFFLINE_LIFETIME_S = 23 * 3600.0
+
+
+def presence_seq(state_dir: Path | None) -> SeqCounter:
+    """The presence sequence counter kept in ``state_dir`` (in memory without one)."""
+    return SeqCounter(
+        state_dir / STATE_FILE if state_dir is not None else None,
+        ignored_event="client_state_ignored", not_saved_event="client_state_not_saved",
+    )
+
+
+class PresenceSigner:
+    """Signs this device's presence records: online at a supernode, or offline."""
+
+    def __init__(self, identity: Identity, opts: ClientOptions) -> None:
+        self.identity = identity
+        self.opts = opts
+        self.seq = presence_seq(opts.state_dir)
+
+    def online(self, cand: Candidate) -> SignedRecord:
+        return records.presence(
+            self.identity, self.opts.user, self.opts.device, seq=self.seq.next(),
+            supernode_key=cand.node_key, supernode_host=cand.host, supernode_port=cand.port,
+            lifetime_s=self.opts.presence_lifetime_s,
+        )
+
+    def offline(self) -> SignedRecord:
+        return records.presence(
+            self.identity, self.opts.user, self.opts.device, seq=self.seq.next(),
+            online=False, lifetime_s=OFFLINE_LIFETIME_S,
+        )
