@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from overlay.attach import SessionConfig
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.cli.common import EXIT_INTERRUPTED
 from overlay.cli.lookup import lookup_json
@@ -89,7 +90,7 @@ async def _lookups(boot: tuple[str, int], names: dict[str, str], title: str) -> 
 async def run_demo(console: Console, workdir: Path) -> int:
     base = f"127.{100 + secrets.randbelow(100)}.{secrets.randbelow(256)}"
     dht = DHTConfig(refresh_interval_s=3600)
-    limits = ServiceLimits(heartbeat_s=1.0)
+    limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1.0))
     boot_addr = (f"{base}.1", 4000)
     nodes: list[NodeDaemon] = []
     clients: list[ClientDaemon] = []

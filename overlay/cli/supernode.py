@@ -6,11 +6,13 @@ import argparse
 import sys
 from typing import Any
 
+from overlay.attach import SessionConfig
 from overlay.cli.common import EXIT_OK, EXIT_USAGE, positive, rate, run_async
 from overlay.cli.node import add_node_arguments, node_options
 from overlay.core.units import parse_rate
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits
+from overlay.relay.budget import BudgetConfig
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
@@ -21,16 +23,20 @@ def cmd_supernode(args: argparse.Namespace) -> int:
               "(the public address clients and other nodes reach)", file=sys.stderr)
         return EXIT_USAGE
     opts.limits = ServiceLimits(
-        heartbeat_s=args.heartbeat,
-        handshake_timeout_s=args.handshake_timeout,
+        session=SessionConfig(
+            heartbeat_interval_s=args.heartbeat,
+            handshake_timeout_s=args.handshake_timeout,
+        ),
         max_connections_per_ip=args.max_conns_per_ip,
     )
     sn = SupernodeOptions(
         max_clients=args.max_clients,
         record_refresh_s=args.record_refresh,
-        relay_capacity_bps=0 if args.no_relay else args.relay_budget,
-        relay_session_cap_bps=args.relay_session_cap,
-        relay_max_sessions=args.relay_max_sessions,
+        relay=BudgetConfig(
+            total_bps=0 if args.no_relay else args.relay_budget,
+            session_cap_bps=args.relay_session_cap,
+            max_sessions=args.relay_max_sessions,
+        ),
     )
 
     async def main() -> int:

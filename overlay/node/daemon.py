@@ -20,6 +20,7 @@ from overlay.core.logs import get_logger
 from overlay.dht import DHTConfig, DHTNode
 from overlay.node.http_api import ExtraMetrics, make_app, start_http
 from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService
+from overlay.relay.server import RelayServer
 
 log = get_logger(__name__)
 
@@ -49,13 +50,23 @@ def load_identity(opts: NodeOptions) -> Identity:
 
 
 class NodeDaemon:
+    """A bootstrap node: it answers lookups over TCP but takes no attachments, and its relay
+    refuses. A supernode passes its ``attach_handler`` and ``relay``."""
+
     role = "bootstrap"
 
-    def __init__(self, opts: NodeOptions, identity: Identity | None = None) -> None:
+    def __init__(
+        self,
+        opts: NodeOptions,
+        identity: Identity | None = None,
+        *,
+        attach_handler: AttachHandler | None = None,
+        relay: RelayServer | None = None,
+    ) -> None:
         self.opts = opts
         self.identity = identity or load_identity(opts)
         self.dht = DHTNode(self.identity, opts.dht, state_dir=opts.state_dir)
-        self.tcp = TcpService(self.identity, self.dht, opts.limits, self.attach_handler())
+        self.tcp = TcpService(self.identity, self.dht, opts.limits, attach_handler, relay)
         self.joined = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -64,10 +75,6 @@ class NodeDaemon:
     @property
     def advertised(self) -> tuple[str, int]:
         return self.opts.advertise or self.dht.address
-
-    def attach_handler(self) -> AttachHandler | None:
-        """Bootstrap nodes answer lookups over TCP but take no attachments."""
-        return None
 
     def ready(self) -> bool:
         return self.joined.is_set()

@@ -24,6 +24,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from structlog.typing import FilteringBoundLogger
+
 from overlay.attach import (
     Attach,
     Detach,
@@ -62,9 +64,8 @@ log = get_logger(__name__)
 class ServiceLimits:
     max_connections: int = 20_000
     max_connections_per_ip: int = 64
-    handshake_timeout_s: float = 10.0
-    heartbeat_s: float = 30.0
-    max_missed_heartbeats: int = 3
+    #: every wire session's handshake deadline, heartbeat interval and missed-heartbeat limit
+    session: SessionConfig = field(default_factory=SessionConfig)
     requests_per_s: float = 20.0
     request_burst: float = 40.0
     directory_cache_s: float = 5.0
@@ -79,6 +80,18 @@ class ServedSession:
     last_refill: float = 0.0
     attached: records.SignedRecord | None = None
     last_reachability_check: float = float("-inf")
+
+    @property
+    def peer(self) -> str:
+        """The client's address as ``ip:port``."""
+        return f"{self.proto.peer[0]}:{self.proto.peer[1]}"
+
+    def bind(self, logger: FilteringBoundLogger) -> FilteringBoundLogger:
+        """``logger`` bound to this session: its peer, and its user and device once the
+        handshake named them."""
+        if self.result is None:
+            return logger.bind(peer=self.peer)
+        return logger.bind(peer=self.peer, user=self.result.user, device=self.result.device)
 
     def allow_request(self, limits: ServiceLimits, now: float) -> bool:
         self.tokens = min(limits.request_burst,
@@ -199,7 +212,7 @@ class TcpService:
     ) -> None:
         self.identity = identity
         #: relay connections go here; by default a relay that refuses ("relay disabled")
-        self.relay = relay or RelayServer(BudgetConfig(total_bps=0))
+        self.relay = relay or RelayServer(BudgetConfig())
         self.dht = dht
         self.limits = limits or ServiceLimits()
         self.attach_handler = attach_handler
@@ -209,11 +222,6 @@ class TcpService:
         self._server: asyncio.Server | None = None
         self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
         self._tasks = TaskSet()
-        self.session_config = SessionConfig(
-            handshake_timeout_s=self.limits.handshake_timeout_s,
-            heartbeat_interval_s=self.limits.heartbeat_s,
-            max_missed_heartbeats=self.limits.max_missed_heartbeats,
-        )
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -229,7 +237,7 @@ class TcpService:
         return ServerConnection(
             self.identity,
             now=now,
-            config=self.session_config,
+            config=self.limits.session,
             accepting=handler.accepting() if handler else False,
             load_permille=handler.load_permille() if handler else 1000,
         )
@@ -268,9 +276,9 @@ class TcpService:
     ) -> None:
         """Close a session for ``reason``; ``expected`` ends (e.g. "full") log at info."""
         self.stats.cut_off[label] += 1
-        emit = log.info if expected else log.warning
-        emit("session_cut_off", peer=f"{session.proto.peer[0]}:{session.proto.peer[1]}",
-             reason=reason)
+        slog = session.bind(log)
+        emit = slog.info if expected else slog.warning
+        emit("session_cut_off", reason=reason)
         session.proto.close(reason)
 
     def _on_event(self, proto: SessionProtocol, event: Event) -> None:
@@ -280,12 +288,10 @@ class TcpService:
             return
         if isinstance(event, ProtocolViolation):
             self.stats.cut_off[event.error.reason] += 1
-            log.warning("session_cut_off", peer=f"{proto.peer[0]}:{proto.peer[1]}",
-                        reason=event.reason)
+            session.bind(log).warning("session_cut_off", reason=event.reason)
         elif isinstance(event, PeerDead):
             self.stats.cut_off["heartbeat_timeout"] += 1
-            log.info("session_dead", peer=f"{proto.peer[0]}:{proto.peer[1]}",
-                     silent_s=round(event.silent_s, 1))
+            session.bind(log).info("session_dead", silent_s=round(event.silent_s, 1))
         elif isinstance(event, HandshakeComplete):
             session.result = event.result
         elif isinstance(event, MessageReceived):
@@ -327,7 +333,7 @@ class TcpService:
             else:
                 await self.attach_handler.on_message(session, msg)
         except Exception:
-            log.exception("session_handler_failed", peer=session.proto.peer[0])
+            session.bind(log).exception("session_handler_failed")
             session.proto.close("internal error")
 
     async def directory(self) -> list[records.SignedRecord]:

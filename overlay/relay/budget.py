@@ -52,8 +52,8 @@ def default_session_cap(total_bps: int) -> int:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    #: B, bits/s over every forwarded byte (both directions); 0 disables the relay
-    total_bps: int
+    #: B, bits/s over every forwarded byte (both directions); 0 (the default) disables the relay
+    total_bps: int = 0
     #: C, bits/s a session may reserve (both directions together); 0: ``default_session_cap``
     session_cap_bps: int = 0
     max_sessions: int = 32

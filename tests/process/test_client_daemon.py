@@ -292,6 +292,7 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
 ):
     """In-process: the nearest supernode is full and refuses (FULL) naming another; the
     client attaches there, as an alternative, without a rediscovery."""
+    from overlay.attach import SessionConfig
     from overlay.attach.adapter import ProbeResult
     from overlay.client import discovery as client_discovery
     from overlay.client.attach_policy import Source
@@ -303,7 +304,7 @@ async def test_full_supernode_refusal_sends_client_to_the_alternative_it_names(
     from overlay.node.tcp_service import ServiceLimits
 
     boot_ip, full_ip, free_ip = loopback_ips(3)
-    limits = ServiceLimits(heartbeat_s=1)
+    limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1))
     boot = NodeDaemon(NodeOptions(listen=(boot_ip, PORT), limits=limits))
     full = Supernode(NodeOptions(listen=(full_ip, PORT), bootstrap=[(boot_ip, PORT)],
                                  limits=limits), SupernodeOptions(max_clients=0))

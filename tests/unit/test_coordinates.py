@@ -11,6 +11,7 @@ from overlay.core.vivaldi import UNSETTLED_ERROR, for_prediction
 from overlay.media import relay_selector
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
+from overlay.relay.budget import BudgetConfig
 from tests.helpers.netutil import loopback_ips, wait_for
 
 PORT = 4300
@@ -22,7 +23,8 @@ async def test_supernodes_publish_coordinates_that_predict_their_round_trips() -
     boot = NodeDaemon(NodeOptions(listen=(ips[0], PORT)))
     await boot.start()
     nodes = [Supernode(NodeOptions(listen=(ip, PORT), bootstrap=[(ips[0], PORT)]),
-                       SupernodeOptions(vivaldi_interval_s=0.05, relay_capacity_bps=4 * MBIT))
+                       SupernodeOptions(vivaldi_interval_s=0.05,
+                                        relay=BudgetConfig(total_bps=4 * MBIT)))
              for ip in ips[1:]]
     try:
         # a fresh coordinate says "I know nothing yet" (error 1.0): not used for predictions

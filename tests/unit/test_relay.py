@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from overlay.attach import SessionConfig
 from overlay.attach.adapter import ClientSession, probe
 from overlay.cli.supernode import add_commands
 from overlay.core import records
@@ -168,7 +169,7 @@ def test_budget_bounds_every_window_with_a_simulated_clock() -> None:
 
 
 async def test_two_clients_pair_and_exchange_a_mebibyte_each_way() -> None:
-    async with supernode(relay_capacity_bps=400 * MBIT, relay_session_cap_bps=200 * MBIT) \
+    async with supernode(relay=BudgetConfig(total_bps=400 * MBIT, session_cap_bps=200 * MBIT)) \
             as (node, ip):
         a, b = await pair(node, ip)
         assert a.path == b.path == "relay" and a.relay_id == f"{ip}:{PORT}"
@@ -186,7 +187,7 @@ async def test_two_clients_pair_and_exchange_a_mebibyte_each_way() -> None:
 
 
 async def test_a_callee_that_comes_first_asks_again_until_the_caller_is_there() -> None:
-    async with supernode(relay_capacity_bps=10 * MBIT) as (node, ip):
+    async with supernode(relay=BudgetConfig(total_bps=10 * MBIT)) as (node, ip):
         token = os.urandom(TOKEN_BYTES)
         callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5))
         await wait_for(lambda: node.relay.stats.refused["unknown token"] >= 1)
@@ -198,7 +199,7 @@ async def test_a_callee_that_comes_first_asks_again_until_the_caller_is_there() 
 
 
 async def test_the_relay_only_ever_sees_ciphertext() -> None:
-    async with supernode(relay_capacity_bps=400 * MBIT) as (node, ip):
+    async with supernode(relay=BudgetConfig(total_bps=400 * MBIT)) as (node, ip):
         seen: dict[str, bytearray] = {}
         node.relay.tap = lambda peer, data: seen.setdefault(peer, bytearray()).extend(data)
         raw_a, raw_b = await pair(node, ip)
@@ -237,7 +238,7 @@ async def test_budget_caps_every_session_and_the_total_by_back_pressure(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     B, C, RUN_S = 3 * MBIT, MBIT, 5.0
-    async with supernode(relay_capacity_bps=B, relay_session_cap_bps=C) as (node, ip):
+    async with supernode(relay=BudgetConfig(total_bps=B, session_cap_bps=C)) as (node, ip):
         sessions = [await pair(node, ip) for _ in range(3)]
         assert node.relay.budget.spare_bps == 0
         with pytest.raises(RelayRefused) as refused:
@@ -310,7 +311,7 @@ def max_window(log: list[tuple[float, int]], width: float = 1.0) -> int:
 
 
 async def test_refusals_forward_nothing() -> None:
-    async with supernode(relay_capacity_bps=4 * MBIT, relay_max_sessions=2) as (node, ip):
+    async with supernode(relay=BudgetConfig(total_bps=4 * MBIT, max_sessions=2)) as (node, ip):
         relay = node.relay
         seen: list[bytes] = []
         relay.tap = lambda peer, data: seen.append(data)
@@ -360,8 +361,8 @@ async def test_refusals_forward_nothing() -> None:
                                        "timeout": 1}
         assert relay.budget.reserved_bps == 0 and not relay.waiting
 
-    for sn in ({"relay_capacity_bps": 0}, {"relay_capacity_bps": MBIT, "relay_max_sessions": 0}):
-        async with supernode(**sn) as (node, ip):
+    for relay in (BudgetConfig(total_bps=0), BudgetConfig(total_bps=MBIT, max_sessions=0)):
+        async with supernode(relay=relay) as (node, ip):
             with pytest.raises(RelayRefused) as exc:
                 await relay_connect(ip, PORT, os.urandom(32), ROLE_CALLER, timeout=3)
             assert exc.value.reason == "relay disabled"
@@ -403,7 +404,7 @@ async def test_the_relay_never_connects_anywhere() -> None:
 
     loop.create_connection = spy  # type: ignore[method-assign]
     try:
-        async with supernode(relay_capacity_bps=10 * MBIT) as (node, ip):
+        async with supernode(relay=BudgetConfig(total_bps=10 * MBIT)) as (node, ip):
             a, b = await pair(node, ip)
             await a.send(b"to the peer only")
             assert await b.recv() == b"to the peer only"
@@ -416,8 +417,8 @@ async def test_the_relay_never_connects_anywhere() -> None:
 
 
 async def test_byte_and_duration_limits_end_sessions_with_a_reason() -> None:
-    async with supernode(relay_capacity_bps=100 * MBIT, relay_max_session_bytes=100_000,
-                         relay_max_session_s=1.0) as (node, ip):
+    async with supernode(relay=BudgetConfig(total_bps=100 * MBIT, max_session_bytes=100_000,
+                                            max_session_s=1.0)) as (node, ip):
         a, b = await pair(node, ip)
         sender = asyncio.create_task(send_and_finish(a, os.urandom(300_000)))
         got = b""
@@ -436,7 +437,7 @@ async def test_byte_and_duration_limits_end_sessions_with_a_reason() -> None:
 
 
 async def test_idle_and_half_closed_sessions_end() -> None:
-    async with supernode(relay_capacity_bps=10 * MBIT) as (node, ip):
+    async with supernode(relay=BudgetConfig(total_bps=10 * MBIT)) as (node, ip):
         node.relay.idle_timeout_s, node.relay.half_closed_idle_s = 0.6, 0.3
         a, b = await pair(node, ip)
         for _ in range(4):  # traffic keeps it open past the idle timeout
@@ -457,8 +458,8 @@ async def test_idle_and_half_closed_sessions_end() -> None:
 
 
 async def test_hostile_first_bytes_are_bounded() -> None:
-    limits = ServiceLimits(handshake_timeout_s=0.5)
-    async with supernode(limits, relay_capacity_bps=MBIT) as (node, ip):
+    limits = ServiceLimits(session=SessionConfig(handshake_timeout_s=0.5))
+    async with supernode(limits, relay=BudgetConfig(total_bps=MBIT)) as (node, ip):
         node.relay.hello_timeout_s = 0.5
 
         async def closed_after(first: bytes) -> float:
@@ -484,7 +485,7 @@ async def test_hostile_first_bytes_are_bounded() -> None:
 
 
 async def test_the_record_advertises_capacity_and_spare_as_sessions_come_and_go() -> None:
-    async with supernode(relay_capacity_bps=4 * MBIT, relay_session_cap_bps=MBIT,
+    async with supernode(relay=BudgetConfig(total_bps=4 * MBIT, session_cap_bps=MBIT),
                          relay_republish_min_s=0.2) as (node, ip):
 
         def advertised() -> tuple[int, int]:
@@ -560,8 +561,9 @@ async def test_a_relay_refusing_for_budget_hands_the_call_to_the_next_relay() ->
     from overlay.media.transport_hooks import relay_attempt
     from overlay.media.transport_hooks import secure as secure_path
 
-    async with supernode(relay_capacity_bps=MBIT, relay_session_cap_bps=MBIT) as (full, ip_a), \
-            supernode(relay_capacity_bps=4 * MBIT, relay_session_cap_bps=MBIT) as (free, _):
+    async with supernode(relay=BudgetConfig(total_bps=MBIT, session_cap_bps=MBIT)) \
+            as (full, ip_a), \
+            supernode(relay=BudgetConfig(total_bps=4 * MBIT, session_cap_bps=MBIT)) as (free, _):
         occupying = await pair(full, ip_a, rate_a=MBIT)  # reserves all of the full relay
         assert full.record is not None and free.record is not None
         found = [full.record, free.record]

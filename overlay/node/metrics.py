@@ -1,0 +1,66 @@
+"""A supernode's Prometheus metrics beyond the DHT's (:mod:`overlay.node.http_api`):
+attached clients, TCP sessions, refusals and cut-offs, lookups, and the relay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from overlay.node.admission import Admission
+from overlay.node.http_api import ExtraMetrics
+from overlay.node.record_publisher import relay_capacity
+from overlay.node.tcp_service import TcpService
+from overlay.relay.server import RelayServer
+
+
+def supernode_metrics(admission: Admission, tcp: TcpService, relay: RelayServer) -> ExtraMetrics:
+    def collect() -> Iterable[Metric]:
+        yield GaugeMetricFamily("overlay_attached_clients", "Clients attached",
+                                value=len(admission.attached))
+        yield GaugeMetricFamily("overlay_tcp_sessions", "Open TCP sessions",
+                                value=len(tcp.sessions))
+        cut = CounterMetricFamily("overlay_sessions_cut_off",
+                                  "Sessions closed for a reason", labels=["reason"])
+        for reason, n in tcp.stats.cut_off.items():
+            cut.add_metric([reason], n)
+        yield cut
+        refused = CounterMetricFamily("overlay_attach_refused", "Attachments refused",
+                                      labels=["reason"])
+        for reason, n in admission.refused.items():
+            refused.add_metric([reason], n)
+        yield refused
+        yield CounterMetricFamily("overlay_lookups", "Lookups served",
+                                  value=tcp.stats.lookups)
+        yield from relay_metrics(relay)
+
+    return collect
+
+
+def relay_metrics(relay: RelayServer) -> Iterable[Metric]:
+    sessions = GaugeMetricFamily("overlay_relay_sessions", "Relay sessions",
+                                 labels=["state"])
+    sessions.add_metric(["waiting"], len(relay.waiting))
+    sessions.add_metric(["paired"], len(relay.active))
+    yield sessions
+    yield GaugeMetricFamily("overlay_relay_capacity_bps", "Relay budget (bits/s)",
+                            value=relay_capacity(relay)[0])
+    yield GaugeMetricFamily("overlay_relay_reserved_bps",
+                            "Relay rate reserved by sessions (bits/s)",
+                            value=relay.budget.reserved_bps)
+    yield CounterMetricFamily("overlay_relay_forwarded_bytes",
+                              "Bytes forwarded by the relay (both directions)",
+                              value=relay.forwarded_bytes)
+    refused = CounterMetricFamily("overlay_relay_refused", "Relay connections refused",
+                                  labels=["reason"])
+    for reason, n in relay.stats.refused.items():
+        refused.add_metric([reason], n)
+    yield refused
+    ended = CounterMetricFamily("overlay_relay_sessions_ended", "Relay sessions ended",
+                                labels=["reason"])
+    for reason, n in relay.stats.ended.items():
+        ended.add_metric([reason], n)
+    yield ended
+    yield CounterMetricFamily("overlay_relay_throttled_seconds",
+                              "Seconds relay reading was paused by the budget",
+                              value=relay.stats.throttled_s)
