@@ -15,13 +15,15 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from overlay.core.errors import OverlayError
+
 KEY_FILE_HEADER = "overlay-ed25519-secret-v1"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 NODE_ID_BYTES = 20
 
 
-class KeyFileError(Exception):
+class KeyFileError(OverlayError):
     """A key file is missing, malformed, or readable by others."""
 
 

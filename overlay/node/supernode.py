@@ -36,9 +36,9 @@ from overlay.attach import (
     SignalResult,
 )
 from overlay.attach.adapter import SessionError, probe
-from overlay.attach.connection import verify_attach
 from overlay.attach.errors import AttachRejected
 from overlay.attach.messages import Signal
+from overlay.attach.verification import verify_attach
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
