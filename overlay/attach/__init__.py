@@ -5,9 +5,12 @@ Layers, bottom up:
 * :mod:`~overlay.attach.frames` -- 4-byte big-endian length prefix + body, capped
   (``MAX_FRAME_BYTES``, 64 KiB) before any body is buffered.
 * :mod:`~overlay.attach.messages` -- typed frozen dataclasses, canonical msgpack
-  ``[tag, *fields]``, strict decoding. Tags: Probe 1, ProbeReply 2, ClientHello 3,
-  ServerHello 4, ClientAuth 5, Error 6, Attach 16, AttachOk 17, Refused 18, Moving 19,
-  Goodbye 20, Ping 21, Pong 22, LookupRequest 32, LookupResponse 33, Signal 48,
+  ``[tag, *fields]``, strict decoding: the registry and codec. The messages are defined in
+  ``handshake_messages`` (plaintext) and ``session_messages`` (sealed) on ``schema`` (tags,
+  limits, field checks). Tags: Probe 1, ProbeReply 2, ClientHello 3, ServerHello 4,
+  ClientAuth 5, Error 6, Attach 16, AttachOk 17, Refused 18, Moving 19, Goodbye 20, Ping 21,
+  Pong 22, Detach 23, LookupRequest 32, LookupResponse 33, DirectoryRequest 34,
+  DirectoryResponse 35, ReachabilityRequest 36, ReachabilityResult 37, Signal 48,
   SignalDelivery 49, SignalResult 50.
 * :mod:`~overlay.attach.handshake` -- ephemeral X25519 + ed25519 signatures over the whole
   transcript; the client pins the supernode's node key (or trusts on first use).
