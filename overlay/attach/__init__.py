@@ -5,39 +5,37 @@ Layers, bottom up:
 * :mod:`~overlay.attach.frames` -- 4-byte big-endian length prefix + body, capped
   (``MAX_FRAME_BYTES``, 64 KiB) before any body is buffered.
 * :mod:`~overlay.attach.messages` -- typed frozen dataclasses, canonical msgpack
-  ``[tag, *fields]``, strict decoding. Tags: Probe 1, ProbeReply 2, ClientHello 3,
-  ServerHello 4, ClientAuth 5, Error 6, Attach 16, AttachOk 17, Refused 18, Moving 19,
-  Goodbye 20, Ping 21, Pong 22, LookupRequest 32, LookupResponse 33, Signal 48,
+  ``[tag, *fields]``, strict decoding: the registry and codec. The messages are defined in
+  ``handshake_messages`` (plaintext) and ``session_messages`` (sealed) on ``schema`` (tags,
+  limits, field checks). Tags: Probe 1, ProbeReply 2, ClientHello 3, ServerHello 4,
+  ClientAuth 5, Error 6, Attach 16, AttachOk 17, Refused 18, Moving 19, Goodbye 20, Ping 21,
+  Pong 22, Detach 23, LookupRequest 32, LookupResponse 33, DirectoryRequest 34,
+  DirectoryResponse 35, ReachabilityRequest 36, ReachabilityResult 37, Signal 48,
   SignalDelivery 49, SignalResult 50.
 * :mod:`~overlay.attach.handshake` -- ephemeral X25519 + ed25519 signatures over the whole
   transcript; the client pins the supernode's node key (or trusts on first use).
 * :mod:`~overlay.attach.channel` -- ChaCha20-Poly1305 per direction, implicit counter nonces.
 * :mod:`~overlay.attach.connection` -- ``ClientConnection`` / ``ServerConnection`` composing the
-  above with probes, deadlines and heartbeats, driven by ``receive_data(data, now)``,
-  ``tick(now)``, ``send(msg)`` and ``data_to_send()``.
+  above with probes, deadlines and heartbeats, driven with aioquic's vocabulary (stream
+  flavour): ``receive_data(data, now)``, ``data_to_send()``, ``get_timer()``,
+  ``handle_timer(now)``, plus ``send(msg)``; they report :mod:`~overlay.attach.events`.
+* :mod:`~overlay.attach.verification` -- the record checks on ``Attach`` and
+  ``LookupResponse``.
 
-No module here does I/O or reads a clock.
+No module here does I/O or reads a clock, except :mod:`~overlay.attach.adapter`, the asyncio
+adapter (``SessionProtocol``, ``ClientSession``), which this package does not import.
 """
 
 from overlay.attach.channel import CHANNEL_AAD, SecureChannel
 from overlay.attach.connection import (
     ClientConnection,
+    Connection,
     ConnectionState,
-    Event,
-    HandshakeComplete,
-    HeartbeatDue,
-    MessageReceived,
-    PeerClosed,
-    PeerDead,
-    PongReceived,
-    ProbeAnswered,
-    ProtocolViolation,
     ServerConnection,
     SessionConfig,
-    verify_attach,
-    verify_lookup_response,
 )
 from overlay.attach.errors import (
+    AttachError,
     AttachRejected,
     BadHandshakeSignature,
     ChannelError,
@@ -57,6 +55,17 @@ from overlay.attach.errors import (
     UnknownMessageType,
     UnsupportedVersion,
     WeakKey,
+)
+from overlay.attach.events import (
+    Event,
+    HandshakeComplete,
+    HeartbeatDue,
+    MessageReceived,
+    PeerClosed,
+    PeerDead,
+    PongReceived,
+    ProbeAnswered,
+    ProtocolViolation,
 )
 from overlay.attach.frames import LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from overlay.attach.handshake import (
@@ -101,6 +110,7 @@ from overlay.attach.messages import (
     decode,
     encode,
 )
+from overlay.attach.verification import verify_attach, verify_lookup_response
 
 __all__ = [
     "CHANNEL_AAD",
@@ -111,6 +121,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Alternative",
     "Attach",
+    "AttachError",
     "AttachOk",
     "AttachRejected",
     "BadHandshakeSignature",
@@ -119,6 +130,7 @@ __all__ = [
     "ClientConnection",
     "ClientHandshake",
     "ClientHello",
+    "Connection",
     "ConnectionState",
     "DecryptError",
     "Detach",

@@ -1,9 +1,11 @@
 """Thin asyncio adapters for the sans-IO wire sessions (:mod:`overlay.attach`).
 
 :class:`SessionProtocol` drives one ``ClientConnection``/``ServerConnection`` over one TCP
-transport: bytes in -> events out, timers from ``next_deadline()``, every byte the session
-produces written in order. :class:`ClientSession` adds the client's request/response calls
-(connect, probe, lookup, directory, attach, detach) on top.
+transport in the shape of aioquic's ``asyncio/protocol.py``: bytes in go to
+``receive_data``, the timer fires ``handle_timer``, and :meth:`SessionProtocol.transmit`
+writes every byte the session has due (in order) and re-arms the timer at ``get_timer()``.
+:class:`ClientSession` adds the client's request/response calls (connect, probe, lookup,
+directory, attach, detach) on top.
 """
 
 from __future__ import annotations
@@ -39,15 +41,20 @@ from overlay.attach import (
     Signal,
     SignalResult,
 )
-from overlay.attach.connection import _Connection, verify_lookup_response
+from overlay.attach.connection import Connection
+from overlay.attach.errors import AttachError
 from overlay.attach.messages import Alternative
+from overlay.attach.verification import verify_lookup_response
 from overlay.core.identity import Identity
+from overlay.core.logs import get_logger
 from overlay.core.records import (
     RecordError,
     SignedRecord,
     SupernodeRecord,
     verify,
 )
+
+log = get_logger(__name__)
 
 EventHandler = Callable[["SessionProtocol", Event], None]
 
@@ -57,16 +64,18 @@ class SessionProtocol(asyncio.Protocol):
 
     def __init__(
         self,
-        make_connection: Callable[[float], _Connection],
+        make_connection: Callable[[float], Connection],
         on_event: EventHandler,
         on_lost: Callable[[SessionProtocol], None] | None = None,
     ) -> None:
         self._make_connection = make_connection
         self._on_event = on_event
         self._on_lost = on_lost
-        self.conn: _Connection | None = None
+        self.conn: Connection | None = None
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
+        #: this session's logger, bound to ``peer=host:port`` once connected
+        self.log = log
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop = asyncio.get_event_loop()
@@ -82,13 +91,14 @@ class SessionProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))
+        self.log = log.bind(peer=f"{self.peer[0]}:{self.peer[1]}")
         self.conn = self._make_connection(self._loop.time())
-        self._reschedule()
+        self.transmit()
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None or self.conn.closed:
             return
-        self._after(self.conn.receive_data(data, self._loop.time()))
+        self._process(self.conn.receive_data(data, self._loop.time()))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -111,47 +121,57 @@ class SessionProtocol(asyncio.Protocol):
 
     # driving the session ----------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def transmit(self, returned: bytes = b"") -> None:
+        """Write every byte the session has due and re-arm its timer at ``get_timer()``.
 
-    def _after(self, events: list[Event]) -> None:
-        assert self.conn is not None
+        Session calls such as ``send`` or ``start_handshake`` return (and so drain) the bytes
+        due; pass those as ``returned`` and they go out first.
+        """
+        if self.conn is None:
+            return
+        self._write(returned)
         self._write(self.conn.data_to_send())
-        for event in events:
-            closing = isinstance(event, ProtocolViolation | PeerDead | PeerClosed)
-            if closing and not self.close_reason:
-                self.close_reason = _describe(event)
-            self._on_event(self, event)
-        if self.conn.closed:
-            self.abort_after_flush()
-        else:
-            self._reschedule()
-
-    def _reschedule(self) -> None:
-        assert self.conn is not None
-        deadline = self.conn.next_deadline()
-        if deadline == self._timer_at:
+        timer_at = self.conn.get_timer()
+        if timer_at == self._timer_at:
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._tick)
+        self._timer_at = timer_at
+        if timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
 
-    def _tick(self) -> None:
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _handle_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         if self.conn is None or self.conn.closed:
             return
-        self._after(self.conn.tick(self._loop.time()))
+        self._process(self.conn.handle_timer(self._loop.time()))
+
+    def _process(self, events: list[Event]) -> None:
+        """What the input or timer produced goes out first, then the events are handled."""
+        assert self.conn is not None
+        self.transmit()
+        for event in events:
+            closing = isinstance(event, ProtocolViolation | PeerDead | PeerClosed)
+            if closing and not self.close_reason:
+                self.close_reason = _describe(event)
+                self.log.debug("attach_session_closing", reason=self.close_reason)
+            self._on_event(self, event)
+        if self.conn.closed:
+            self.abort_after_flush()
+        else:
+            self.transmit()
 
     def send(self, msg: Message) -> None:
         """Send a sealed message; ignored once the session is closed."""
         if self.conn is None or self.conn.closed:
             return
-        self._write(self.conn.send(msg))
+        self.transmit(self.conn.send(msg))
 
     async def drained(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
@@ -161,7 +181,7 @@ class SessionProtocol(asyncio.Protocol):
         """Say goodbye (when established) and close after flushing."""
         if self.conn is not None and not self.conn.closed:
             self.close_reason = self.close_reason or reason or "closed locally"
-            self._write(self.conn.close(reason))
+            self.transmit(self.conn.close(reason))
         self.abort_after_flush()
 
     def abort_after_flush(self) -> None:
@@ -185,7 +205,7 @@ def _describe(event: Event) -> str:
 # --- client side --------------------------------------------------------------------------
 
 
-class SessionError(Exception):
+class SessionError(AttachError):
     """The supernode could not be reached, failed the handshake, or closed the session."""
 
 
@@ -221,7 +241,7 @@ async def probe(
     def send_probe(proto: SessionProtocol) -> None:
         assert isinstance(proto.conn, ClientConnection)
         sent_at[0] = time.perf_counter()
-        proto._write(proto.conn.send_probe(loop.time()))
+        proto.transmit(proto.conn.send_probe(loop.time()))
 
     def on_event(proto: SessionProtocol, event: Event) -> None:
         if isinstance(event, ProbeAnswered):
@@ -313,7 +333,7 @@ class ClientSession:
                     lambda: SessionProtocol(make, on_event, on_lost), host, port
                 )
                 assert isinstance(proto.conn, ClientConnection)
-                proto._write(proto.conn.start_handshake())
+                proto.transmit(proto.conn.start_handshake())
                 node_key = await established
         except TimeoutError:
             with contextlib.suppress(Exception):

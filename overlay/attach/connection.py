@@ -1,17 +1,19 @@
 """Sans-IO connection sessions: framing + probes + handshake + secure channel + liveness.
 
-Drive a session from any I/O loop::
+The vocabulary is aioquic's ``QuicConnection``, stream flavour (bytes, not datagrams)::
 
     conn = ClientConnection(identity, expected_node_key=key, user="alice", device="phone",
                             now=loop.time())
     transport.write(conn.start_handshake())
     # on data:     events = conn.receive_data(data, loop.time())
-    # on a timer:  events = conn.tick(loop.time())       (schedule at conn.next_deadline())
+    # on a timer:  events = conn.handle_timer(loop.time())   (schedule at conn.get_timer())
     # after either: transport.write(conn.data_to_send()); close the transport if conn.closed
 
 ``send(msg)``, ``ping()``, ``close()``, ``send_probe()`` and ``start_handshake()`` return
-every byte that is due, in order (including any queued by ``receive_data``/``tick``), so
-writing whatever any method returns, in call order, keeps the stream correct.
+every byte that is due, in order (including any queued by ``receive_data``/``handle_timer``),
+so writing whatever any method returns, in call order, keeps the stream correct. The events
+are in :mod:`overlay.attach.events`; the record checks a session's owner applies to
+``Attach`` and ``LookupResponse`` in :mod:`overlay.attach.verification`.
 
 Wire messages by phase (tags and fields in :mod:`overlay.attach.messages`):
 
@@ -42,7 +44,6 @@ from enum import Enum
 
 from overlay.attach.channel import SecureChannel
 from overlay.attach.errors import (
-    AttachRejected,
     DecryptError,
     FrameError,
     FrameTooLarge,
@@ -50,6 +51,17 @@ from overlay.attach.errors import (
     InvalidState,
     ProtocolError,
     UnexpectedMessage,
+)
+from overlay.attach.events import (
+    Event,
+    HandshakeComplete,
+    HeartbeatDue,
+    MessageReceived,
+    PeerClosed,
+    PeerDead,
+    PongReceived,
+    ProbeAnswered,
+    ProtocolViolation,
 )
 from overlay.attach.frames import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from overlay.attach.handshake import (
@@ -64,14 +76,12 @@ from overlay.attach.messages import (
     MAX_TEXT_CHARS,
     NONCE_BYTES,
     SERVER_SENDS,
-    Attach,
     AttachOk,
     ClientAuth,
     ClientHello,
     Error,
     Goodbye,
     HelloFlags,
-    LookupResponse,
     Message,
     Ping,
     Pong,
@@ -82,7 +92,6 @@ from overlay.attach.messages import (
     encode,
 )
 from overlay.core.identity import Identity
-from overlay.core.records import PresenceRecord, RecordError, SignedRecord, verify
 
 _MAX_OUTSTANDING_PINGS = 16
 
@@ -110,95 +119,16 @@ class ConnectionState(Enum):
     CLOSED = "closed"
 
 
-# --- events -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HandshakeComplete:
-    """The channel is up. On the client this means the supernode is authenticated and our
-    ClientAuth is queued; if the supernode rejects our proof, a ``PeerClosed`` with an
-    unauthenticated ``Error`` follows.
-    """
-
-    result: HandshakeResult
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    """An authenticated application message (never Ping/Pong/Goodbye/Error)."""
-
-    message: Message
-
-
-@dataclass(frozen=True)
-class ProbeAnswered:
-    """Client: a ProbeReply arrived; ``rtt_s`` is measured with the caller's clock."""
-
-    reply: ProbeReply
-    rtt_s: float
-
-
-@dataclass(frozen=True)
-class HeartbeatDue:
-    """Nothing heard for ``missed`` intervals; a Ping has been queued (send it)."""
-
-    missed: int
-
-
-@dataclass(frozen=True)
-class PongReceived:
-    seq: int
-    rtt_s: float
-
-
-@dataclass(frozen=True)
-class PeerDead:
-    """Nothing heard for ``missed`` heartbeat intervals; the session is closed."""
-
-    silent_s: float
-    missed: int
-
-
-@dataclass(frozen=True)
-class PeerClosed:
-    """The peer sent Goodbye or Error; the session is closed.
-
-    ``authenticated`` is False for a plaintext Error before (or instead of) the channel.
-    """
-
-    message: Goodbye | Error
-    authenticated: bool
-
-
-@dataclass(frozen=True)
-class ProtocolViolation:
-    """The peer broke the protocol (or timed out); an Error is queued and the session closed."""
-
-    reason: str
-    error: ProtocolError
-
-
-Event = (
-    HandshakeComplete
-    | MessageReceived
-    | ProbeAnswered
-    | HeartbeatDue
-    | PongReceived
-    | PeerDead
-    | PeerClosed
-    | ProtocolViolation
-)
-
-
 def _clip(text: str) -> str:
     cleaned = "".join(c if c.isprintable() else "?" for c in text)
     return cleaned[:MAX_TEXT_CHARS]
 
 
-# --- sessions -----------------------------------------------------------------------
 
+class Connection:
+    """What both ends of an attachment session share; use :class:`ClientConnection` or
+    :class:`ServerConnection`."""
 
-class _Connection:
     _peer_name = "peer"
 
     def __init__(self, *, now: float, config: SessionConfig) -> None:
@@ -216,7 +146,7 @@ class _Connection:
         self._ping_seq = 0
         self._pings: dict[int, float] = {}
 
-    # -- public API --
+    # -- public API (aioquic's names: receive_data, data_to_send, get_timer, handle_timer) --
 
     @property
     def closed(self) -> bool:
@@ -284,12 +214,12 @@ class _Connection:
             self._violate(events, pending)
         return events
 
-    def tick(self, now: float) -> list[Event]:
-        """Advance timers: handshake deadline, heartbeats, dead-peer detection."""
+    def handle_timer(self, now: float) -> list[Event]:
+        """Run what is due by ``now``: handshake deadline, heartbeats, dead-peer detection."""
         if self.closed:
             return []
         events: list[Event] = []
-        deadline = self.next_deadline()
+        deadline = self.get_timer()
         if deadline is None or now < deadline:
             return events
         if self.state is not ConnectionState.ESTABLISHED:
@@ -297,7 +227,7 @@ class _Connection:
             self._violate(events, HandshakeTimeout(f"handshake not complete within {limit:g} s"))
             return events
         silent = now - self._last_received
-        # At least one more interval has passed (by the deadline); more if tick was late.
+        # At least one more interval has passed (by the deadline); more if the timer was late.
         missed = max(self._pings_in_silence + 1, int(silent // self.heartbeat_interval_s))
         if missed >= self.config.max_missed_heartbeats:
             events.append(PeerDead(silent, missed))
@@ -308,8 +238,8 @@ class _Connection:
             events.append(HeartbeatDue(missed))
         return events
 
-    def next_deadline(self) -> float | None:
-        """When ``tick`` next has something to do (None once closed)."""
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` next has something to do (None once closed)."""
         if self.closed:
             return None
         if self.state is not ConnectionState.ESTABLISHED:
@@ -422,7 +352,7 @@ class _Connection:
         self._close(f"{self._peer_name} closed: {msg}")
 
 
-class ClientConnection(_Connection):
+class ClientConnection(Connection):
     """The client end of an attachment (or lookup-only) connection to a supernode."""
 
     _peer_name = "supernode"
@@ -499,7 +429,7 @@ class ClientConnection(_Connection):
             self.heartbeat_interval_s = float(msg.heartbeat_s)
 
 
-class ServerConnection(_Connection):
+class ServerConnection(Connection):
     """The supernode end of one client connection.
 
     ``accepting`` and ``load_permille`` are what ProbeReplies announce; set them as load
@@ -562,55 +492,3 @@ class ServerConnection(_Connection):
     def _sent(self, msg: Message) -> None:
         if isinstance(msg, AttachOk):
             self.heartbeat_interval_s = float(msg.heartbeat_s)
-
-
-# --- record checks ------------------------------------------------------------------
-
-
-def verify_attach(
-    attach: Attach, result: HandshakeResult, *, now: float | None = None
-) -> SignedRecord:
-    """Supernode side: the verified presence record this session may publish.
-
-    The record must verify (``overlay.core.records.verify``), be an online presence record
-    signed by the session's proven client key, for the hello's user and device, naming this
-    supernode. Raises :class:`AttachRejected`; answer it with
-    ``Refused(RefuseReason.BAD_RECORD, ...)``.
-    """
-    if result.lookup_only:
-        raise AttachRejected("a lookup-only session cannot attach")
-    try:
-        signed = verify(attach.presence_record, now=now)
-    except RecordError as exc:
-        raise AttachRejected(f"presence record refused ({exc.reason}): {exc}") from exc
-    rec = signed.record
-    if not isinstance(rec, PresenceRecord):
-        raise AttachRejected("an Attach carries a presence record")
-    if rec.user_key != result.client_key:
-        raise AttachRejected("presence record is signed by another key than the session's")
-    if rec.user != result.user or rec.device != result.device:
-        raise AttachRejected(
-            f"presence record is for {rec.user}/{rec.device}, "
-            f"the session for {result.user}/{result.device}"
-        )
-    if not rec.online or rec.supernode_key != result.node_key:
-        raise AttachRejected("presence record does not name this supernode")
-    return signed
-
-
-def verify_lookup_response(
-    response: LookupResponse, user: str, *, now: float | None = None
-) -> list[SignedRecord]:
-    """Client side: the records in ``response`` that verify and are presence for ``user``.
-
-    Records that fail are dropped, not fatal: a supernode relays what the DHT holds.
-    """
-    good: list[SignedRecord] = []
-    for wire in response.records:
-        try:
-            signed = verify(wire, now=now)
-        except RecordError:
-            continue
-        if isinstance(signed.record, PresenceRecord) and signed.record.user == user:
-            good.append(signed)
-    return good

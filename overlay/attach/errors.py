@@ -1,16 +1,19 @@
-"""Typed errors of the attachment wire protocol.
+"""Typed errors of the attachment protocol, all under :class:`AttachError`.
 
 Every error a peer can provoke is a :class:`ProtocolError` subclass with a short stable
 ``reason`` label (for metrics and logs) and the :class:`ErrorCode` sent to the peer in an
 ``Error`` message when the session closes because of it. Misuse of the API by local code
 (sending before the handshake, sending after close) raises :class:`InvalidState` instead,
-which is not a protocol error.
+which is not a protocol error. The asyncio adapter's ``SessionError`` is an
+:class:`AttachError` too.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 from typing import ClassVar
+
+from overlay.core.errors import OverlayError
 
 
 class ErrorCode(IntEnum):
@@ -27,7 +30,11 @@ class ErrorCode(IntEnum):
     INTERNAL = 9
 
 
-class ProtocolError(Exception):
+class AttachError(OverlayError):
+    """The root of the attachment layer's errors."""
+
+
+class ProtocolError(AttachError):
     """The peer (or the bytes claiming to be from it) broke the protocol."""
 
     reason: ClassVar[str] = "protocol_error"
@@ -134,5 +141,5 @@ class AttachRejected(ProtocolError):
     code = ErrorCode.UNEXPECTED_MESSAGE
 
 
-class InvalidState(Exception):
+class InvalidState(AttachError):
     """Local misuse of the API, e.g. sending before the handshake or after close."""

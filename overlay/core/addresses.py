@@ -6,8 +6,10 @@ import asyncio
 import ipaddress
 import socket
 
+from overlay.core.errors import OverlayError
 
-class AddressError(ValueError):
+
+class AddressError(OverlayError, ValueError):
     """An address argument is malformed or does not resolve."""
 
 

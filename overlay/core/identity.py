@@ -14,6 +14,7 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from overlay.core.errors import OverlayError
 from overlay.core.files import create_private
 from overlay.core.logs import get_logger
 
@@ -25,7 +26,7 @@ SIGNATURE_BYTES = 64
 NODE_ID_BYTES = 20
 
 
-class KeyFileError(Exception):
+class KeyFileError(OverlayError):
     """A key file is missing, malformed, or readable by others."""
 
 

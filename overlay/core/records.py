@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from overlay.core.errors import OverlayError
 from overlay.core.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
 from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
 
@@ -38,7 +39,7 @@ MAX_CAPABILITIES = 16
 SUPERNODE_DIRECTORY_KEY = hashlib.sha256(b"overlay/supernodes").digest()[:20]
 
 
-class RecordError(Exception):
+class RecordError(OverlayError):
     """A record was refused. ``reason`` is a short stable label for metrics and logs."""
 
     reason: ClassVar[str] = "invalid"

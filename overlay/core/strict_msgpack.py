@@ -6,8 +6,10 @@ from typing import Any
 
 import msgpack
 
+from overlay.core.errors import OverlayError
 
-class NotMsgpack(ValueError):
+
+class NotMsgpack(OverlayError, ValueError):
     """The bytes are not msgpack within the limits; the message names msgpack's complaint."""
 
 

@@ -4,6 +4,7 @@ Supernode and client code use only :class:`DHTNode` (start, bootstrap, put, get,
 call); nothing outside this package imports ``kademlia``.
 """
 
+from overlay.dht.errors import DHTError
 from overlay.dht.node import Contact, DHTNode, PutFailed
 from overlay.dht.protocol import DHTConfig, DHTStats
 from overlay.dht.server import PutResult
@@ -12,6 +13,7 @@ from overlay.dht.storage import StorageLimits
 __all__ = [
     "Contact",
     "DHTConfig",
+    "DHTError",
     "DHTNode",
     "DHTStats",
     "PutFailed",

@@ -22,6 +22,7 @@ import msgpack
 
 from overlay.core.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
 from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
+from overlay.dht.errors import DHTError
 
 MAGIC = b"OVL1"
 DOMAIN = b"overlay/dht/v1\x00"
@@ -45,7 +46,7 @@ class Flags(IntFlag):
     CLIENT = 1
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(DHTError):
     """A datagram was dropped. ``reason`` labels it for metrics."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

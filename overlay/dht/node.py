@@ -14,6 +14,7 @@ from overlay.core.files import write_private_json
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord
+from overlay.dht.errors import DHTError
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.server import OverlayServer, PutResult
 from overlay.dht.storage import RecordStorage, StorageLimits
@@ -30,7 +31,7 @@ class Contact:
     port: int
 
 
-class PutFailed(Exception):
+class PutFailed(DHTError):
     """No node accepted a record. ``result`` says why each refused."""
 
     def __init__(self, result: PutResult) -> None:

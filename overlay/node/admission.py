@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from overlay.attach import Attach, AttachOk, Detach, Refused, RefuseReason
-from overlay.attach.connection import verify_attach
 from overlay.attach.errors import AttachRejected
+from overlay.attach.verification import verify_attach
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.dht import DHTNode, PutFailed

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from overlay.relay.errors import RelayError
 from overlay.relay.protocol import REASON_BUDGET, REASON_DISABLED, REASON_SESSIONS
 
 #: the smallest piece the relay forwards while throttled (fewer, larger writes)
@@ -73,7 +74,7 @@ class BudgetConfig:
         return default_session_cap(self.total_bps)
 
 
-class Refusal(Exception):
+class Refusal(RelayError):
     """Admission refused; ``reason`` is what the relay tells the client."""
 
     def __init__(self, reason: str) -> None:

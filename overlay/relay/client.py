@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from overlay.relay.errors import RelayError
 from overlay.relay.protocol import (
     REASON_UNKNOWN_TOKEN,
     ROLE_CALLEE,
@@ -27,7 +28,7 @@ LINGER_S = 2.0
 UNKNOWN_TOKEN_RETRY_S = 0.25
 
 
-class RelayRefused(ConnectionError):
+class RelayRefused(RelayError, ConnectionError):
     """The relay answered REFUSED; ``reason`` is its word for why (see :mod:`overlay.relay`)."""
 
     def __init__(self, reason: str) -> None:

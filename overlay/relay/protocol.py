@@ -33,6 +33,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from overlay.relay.errors import RelayError
+
 MAGIC = b"OVRL"
 VERSION = 1
 ROLE_CALLER = 0
@@ -56,7 +58,7 @@ _HELLO = struct.Struct(">BB32sQ")
 HELLO_BYTES = len(MAGIC) + _HELLO.size
 
 
-class BadHello(ValueError):
+class BadHello(RelayError, ValueError):
     """The first bytes are not a relay hello this relay understands."""
 
 

@@ -86,6 +86,8 @@ class RelaySession:
         self.idle_timer: asyncio.TimerHandle | None = None
         self._bytes_seen = -1
         self.ended = False
+        #: this session's logger (``caller=``; the callee is named when it arrives)
+        self.log = log.bind(caller=caller.peer)
 
     def other(self, link: RelayLink) -> RelayLink | None:
         return self.b if link is self.a else self.a
@@ -138,6 +140,8 @@ class RelayLink:
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "?"
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        #: this connection's logger (``peer=host:port``)
+        self.log = log.bind(peer=self.peer)
         #: "hello", "waiting" (a caller before its callee), "paired", "closed"
         self.state = "hello"
         self.session: RelaySession | None = None
@@ -320,7 +324,7 @@ class RelayLink:
     def _hello_timeout(self) -> None:
         self._timer = None
         self.server.stats.refused["hello timeout"] += 1
-        log.info("relay_refused", peer=self.peer, reason="no complete hello in time")
+        self.log.info("relay_refused", reason="no complete hello in time")
         self.close()
 
 
@@ -396,8 +400,8 @@ class RelayServer:
             link.state = "waiting"
             session.timer = asyncio.get_running_loop().call_later(
                 self.pair_timeout_s, self._pair_timeout, session)
-            log.info("relay_waiting", peer=link.peer, rate_bps=reservation.rate_bps,
-                     reserved_bps=self.budget.reserved_bps)
+            link.log.info("relay_waiting", rate_bps=reservation.rate_bps,
+                          reserved_bps=self.budget.reserved_bps)
             self._changed()
             return
         found = self.waiting.pop(token, None)
@@ -420,8 +424,8 @@ class RelayServer:
         for side in (session.a, link):
             side.state = "paired"
             side.answer(True)
-        log.info("relay_paired", caller=session.a.peer, callee=link.peer,
-                 rate_bps=session.budget.rate_bps, sessions=len(self.active))
+        session.log.info("relay_paired", callee=link.peer, rate_bps=session.budget.rate_bps,
+                         sessions=len(self.active))
         self._changed()
         for side in (session.a, link):
             if not session.ended:
@@ -429,7 +433,7 @@ class RelayServer:
 
     def _refuse(self, link: RelayLink, reason: str, detail: str = "") -> None:
         self.stats.refused[reason] += 1
-        log.info("relay_refused", peer=link.peer, reason=reason, detail=detail or None)
+        link.log.info("relay_refused", reason=reason, detail=detail or None)
         link.answer(False, reason)
         link.close()
 
@@ -440,7 +444,7 @@ class RelayServer:
         del self.waiting[session.token]
         self._release(session)
         self.stats.refused[REASON_TIMEOUT] += 1
-        log.info("relay_refused", peer=session.a.peer, reason=REASON_TIMEOUT)
+        session.a.log.info("relay_refused", reason=REASON_TIMEOUT)
         session.a.answer(False, REASON_TIMEOUT)
         session.ended = True
         session.a.close()
@@ -456,7 +460,7 @@ class RelayServer:
             session.timer = None
         session.ended = True
         self._release(session)
-        log.info("relay_abandoned", peer=link.peer, reason=reason)
+        link.log.info("relay_abandoned", reason=reason)
         link.close()
         self._changed()
 
@@ -470,10 +474,10 @@ class RelayServer:
             self._used.popitem(last=False)
         self.stats.ended[reason] += 1
         paired_at = session.budget.paired_at
-        emit = log.info if reason == "closed" else log.warning
+        emit = session.log.info if reason == "closed" else session.log.warning
         emit("relay_session_ended", reason=reason, bytes=session.budget.bytes,
              seconds=round(time.monotonic() - paired_at, 3) if paired_at else None,
-             caller=session.a.peer, callee=session.b.peer if session.b else None)
+             callee=session.b.peer if session.b else None)
         self._changed()
 
     def _release(self, session: RelaySession) -> None:

@@ -784,7 +784,7 @@ def test_garbage_before_the_handshake_closes_with_a_clear_reason() -> None:
     err = decode(error_frame)
     assert isinstance(err, Error) and err.code == ErrorCode.FRAME_TOO_LARGE
     assert server.receive_data(encode_frame(encode(Probe(N16, 1.0))), 0.1) == []
-    assert server.tick(100.0) == [] and server.data_to_send() == b""
+    assert server.handle_timer(100.0) == [] and server.data_to_send() == b""
 
     server = ServerConnection(NODE, now=0.0)
     (violation,) = server.receive_data(encode_frame(b"\x93\x01garbage"), 0.0)
@@ -869,69 +869,69 @@ def test_verify_attach_rejections(wire: bytes, why: str) -> None:
 
 def test_handshake_deadline() -> None:
     server = ServerConnection(NODE, now=100.0)
-    assert server.next_deadline() == 110.0
-    assert server.tick(109.9) == []
-    (violation,) = server.tick(110.0)
+    assert server.get_timer() == 110.0
+    assert server.handle_timer(109.9) == []
+    (violation,) = server.handle_timer(110.0)
     assert isinstance(violation, ProtocolViolation)
     assert isinstance(violation.error, HandshakeTimeout) and "10 s" in violation.reason
-    assert server.closed and server.next_deadline() is None
+    assert server.closed and server.get_timer() is None
     err = decode(body_of(server.data_to_send()))
     assert isinstance(err, Error) and err.code == ErrorCode.TIMEOUT
     # a client stuck half-way times out the same way
     client = ClientConnection(ALICE, expected_node_key=None, user="alice", device="phone",
                               now=0.0, config=SessionConfig(handshake_timeout_s=2.0))
     client.start_handshake()
-    assert [type(e) for e in client.tick(2.0)] == [ProtocolViolation]
+    assert [type(e) for e in client.handle_timer(2.0)] == [ProtocolViolation]
 
 
 def test_heartbeats_pongs_and_dead_peers() -> None:
     client, server = connect(now=0.0)
-    assert client.next_deadline() == 30.0
-    assert client.tick(29.9) == []
-    assert client.tick(30.0) == [HeartbeatDue(1)]
-    assert client.tick(30.5) == []  # one Ping per silent interval
+    assert client.get_timer() == 30.0
+    assert client.handle_timer(29.9) == []
+    assert client.handle_timer(30.0) == [HeartbeatDue(1)]
+    assert client.handle_timer(30.5) == []  # one Ping per silent interval
     ping_bytes = client.data_to_send()
     assert server.receive_data(ping_bytes, 30.1) == []  # answered automatically
     events = client.receive_data(server.data_to_send(), 30.2)
     assert len(events) == 1 and isinstance(events[0], PongReceived)
     assert events[0].rtt_s == pytest.approx(0.2)
-    assert client.tick(59.0) == [] and client.next_deadline() == pytest.approx(60.2)
+    assert client.handle_timer(59.0) == [] and client.get_timer() == pytest.approx(60.2)
     # the supernode goes silent
-    assert client.tick(60.2) == [HeartbeatDue(1)]
-    assert client.tick(90.2) == [HeartbeatDue(2)]
-    assert client.next_deadline() == pytest.approx(120.2)
-    (dead,) = client.tick(120.2)
+    assert client.handle_timer(60.2) == [HeartbeatDue(1)]
+    assert client.handle_timer(90.2) == [HeartbeatDue(2)]
+    assert client.get_timer() == pytest.approx(120.2)
+    (dead,) = client.handle_timer(120.2)
     assert isinstance(dead, PeerDead) and dead.missed == 3 and dead.silent_s == pytest.approx(90)
-    assert client.closed and client.tick(500.0) == []
+    assert client.closed and client.handle_timer(500.0) == []
     # any authenticated traffic counts as a heartbeat for the server
-    assert server.tick(29.0) == []
+    assert server.handle_timer(29.0) == []
     server.receive_data(client.data_to_send(), 31.0)  # the client's two Pings
-    assert server.tick(60.0) == []
+    assert server.handle_timer(60.0) == []
 
 
-def test_ticking_at_next_deadline_always_makes_progress() -> None:
+def test_handling_the_timer_when_due_always_makes_progress() -> None:
     start = 0.1 + 0.2  # not exactly representable: deadlines must not stall on rounding
     config = SessionConfig(heartbeat_interval_s=0.1)
     client, _ = connect(now=start, config=config)
     seen: list[Event] = []
     for _ in range(3):
-        deadline = client.next_deadline()
+        deadline = client.get_timer()
         assert deadline is not None
-        events = client.tick(deadline)
+        events = client.handle_timer(deadline)
         assert len(events) == 1
         seen += events
     assert [type(e) for e in seen] == [HeartbeatDue, HeartbeatDue, PeerDead]
-    assert client.next_deadline() is None
-    # a tick that comes very late goes straight to PeerDead
+    assert client.get_timer() is None
+    # a timer that fires very late goes straight to PeerDead
     late, _ = connect()
-    assert [type(e) for e in late.tick(1000.0)] == [PeerDead]
+    assert [type(e) for e in late.handle_timer(1000.0)] == [PeerDead]
 
 
 def test_heartbeat_configuration_and_manual_ping() -> None:
     config = SessionConfig(heartbeat_interval_s=5.0, max_missed_heartbeats=2)
     client, server = connect(config=config)
-    assert server.tick(5.0) == [HeartbeatDue(1)]
-    assert [type(e) for e in server.tick(10.0)] == [PeerDead]
+    assert server.handle_timer(5.0) == [HeartbeatDue(1)]
+    assert [type(e) for e in server.handle_timer(10.0)] == [PeerDead]
     events = server.receive_data(client.ping(1.0), 1.5)
     assert events == []  # closed sessions ignore input
     client2, server2 = connect(config=config)
