@@ -72,12 +72,12 @@ from overlay.client.host_cache import HostCache
 from overlay.client.promotion import Promoter, PromotionPolicy
 from overlay.client.promotion import run as run_promotion
 from overlay.core import records
-from overlay.core.addresses import resolve
+from overlay.core.addresses import Address, resolve
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import NAME_PATTERN, PresenceRecord, SignedRecord, SupernodeRecord
 from overlay.core.tasks import TaskSet
-from overlay.media.service import MediaService, SendFailed
+from overlay.media.service import MediaConfig, MediaService, SendFailed
 
 log = get_logger(__name__)
 
@@ -303,14 +303,10 @@ class ClientDaemon:
                             promote_after_s=opts.promote_after_s),
             opts.listen_port, opts.state_dir, opts.bootstrap,
         )
-        self.media = MediaService(
+        self.media = MediaService(MediaConfig(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
-            self.lookup, self._primary_session, self._supernode_udp_addresses,
-            lambda: self.primary.ok if self.primary is not None else None,
-            self._reachable,
-            lambda: {k: m.rtt_s for k, m in self.measured.items() if m.rtt_s is not None},
-        )
+        ), self)
         self.control: ControlServer | None = None
         if opts.control_path is not None:
             self.control = ControlServer(opts.control_path)
@@ -364,7 +360,7 @@ class ClientDaemon:
         self._tasks.append(asyncio.create_task(self._maintain_backup()))
         if self.opts.may_become_supernode:
             self._tasks.append(asyncio.create_task(
-                run_promotion(self.promoter, self._primary_session, self.stopping)))
+                run_promotion(self.promoter, self.primary_session, self.stopping)))
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -765,7 +761,9 @@ class ClientDaemon:
 
     # -- control commands --------------------------------------------------------------------------
 
-    def _supernode_udp_addresses(self) -> list[tuple[tuple[str, int], bytes]]:
+    # -- what the media service needs (overlay.media.attachment.AttachmentPort) ---------------
+
+    def binding_supernodes(self) -> list[tuple[Address, bytes]]:
         """Primary and backup supernodes as (UDP address, node key), for binding requests."""
         out = []
         for link in (self.primary, self.backup):
@@ -773,9 +771,15 @@ class ClientDaemon:
                 out.append(((link.candidate.host, link.candidate.port), link.candidate.node_key))
         return out
 
-    def _primary_session(self) -> ClientSession | None:
+    def primary_session(self) -> ClientSession | None:
         att = self.primary
         return att.session if att is not None and att.alive and att.ok is not None else None
+
+    def attach_ok(self) -> AttachOk | None:
+        return self.primary.ok if self.primary is not None else None
+
+    def relay_rtts(self) -> dict[bytes, float]:
+        return {k: m.rtt_s for k, m in self.measured.items() if m.rtt_s is not None}
 
     def status(self) -> JSONObject:
         att = self.primary if self.primary is not None and self.primary.alive else None
@@ -816,7 +820,7 @@ class ClientDaemon:
         except SendFailed as exc:
             raise ControlError(str(exc)) from None
 
-    def _reachable(self) -> bool:
+    def reachable(self) -> bool:
         check = self.promoter.state.last_check
         return bool(check and check.tcp_ok)
 

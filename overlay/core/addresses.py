@@ -6,12 +6,15 @@ import asyncio
 import ipaddress
 import socket
 
+#: a (host, port) pair, as sockets and the wire formats hold it
+Address = tuple[str, int]
+
 
 class AddressError(ValueError):
     """An address argument is malformed or does not resolve."""
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
+def parse_hostport(text: str) -> Address:
     """``1.2.3.4:5``, ``[::1]:5`` or ``name.example:5`` -> (host, port)."""
     text = text.strip()
     if text.startswith("["):
@@ -26,7 +29,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, port
 
 
-def parse_hostports(text: str) -> list[tuple[str, int]]:
+def parse_hostports(text: str) -> list[Address]:
     return [parse_hostport(part) for part in text.split(",") if part.strip()]
 
 
@@ -38,10 +41,10 @@ def is_ip(host: str) -> bool:
     return True
 
 
-async def resolve(addrs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+async def resolve(addrs: list[Address]) -> list[Address]:
     """Resolve DNS names to IPv4/IPv6 addresses; names that do not resolve are skipped."""
     loop = asyncio.get_running_loop()
-    out: list[tuple[str, int]] = []
+    out: list[Address] = []
     for host, port in addrs:
         if is_ip(host):
             out.append((host, port))
