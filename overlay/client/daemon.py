@@ -759,8 +759,6 @@ class ClientDaemon:
         log.info("signal_received", from_user=msg.from_user, from_device=msg.from_device,
                  file=name)
 
-    # -- control commands --------------------------------------------------------------------------
-
     # -- what the media service needs (overlay.media.attachment.AttachmentPort) ---------------
 
     def binding_supernodes(self) -> list[tuple[Address, bytes]]:
@@ -780,6 +778,8 @@ class ClientDaemon:
 
     def relay_rtts(self) -> dict[bytes, float]:
         return {k: m.rtt_s for k, m in self.measured.items() if m.rtt_s is not None}
+
+    # -- control commands --------------------------------------------------------------------------
 
     def status(self) -> JSONObject:
         att = self.primary if self.primary is not None and self.primary.alive else None

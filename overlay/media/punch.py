@@ -20,7 +20,6 @@ maps it to); we probe it from then on and prefer it. Success = the first valid p
 its source address is the peer's address for QUIC.
 """
 
-
 from __future__ import annotations
 
 import hashlib

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from structlog.typing import FilteringBoundLogger
 from overlay.attach import SignalDelivery
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
+from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
@@ -34,6 +34,7 @@ from overlay.media.connect import (
     Attempt,
     MediaListener,
     NoPath,
+    Securer,
     connect_as_initiator,
     connect_as_responder,
     dial_tcp,
@@ -107,10 +108,6 @@ class MediaService:
 
     def __init__(self, config: MediaConfig, attachment: AttachmentPort) -> None:
         self.config = config
-        self.identity = config.identity
-        self.user = config.user
-        self.device = config.device
-        self.inbox = config.inbox
         self.attachment = attachment
         self.listener = MediaListener()
         self.udp: transport_hooks.UdpState | None = None
@@ -142,11 +139,11 @@ class MediaService:
         tcp = [(local_ip, self.listener.port)]
         if ok is not None and ok.reflexive_host != local_ip:
             tcp.append((ok.reflexive_host, self.listener.port))
-        udp: list[tuple[str, int]] = []
+        udp: list[Address] = []
         nat = "unknown"
         if self.udp is not None:
             udp, nat = await transport_hooks.udp_candidates(
-                self.udp, self.identity, local_ip, self.attachment.binding_supernodes())
+                self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
         return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable())
 
     # -- paths ----------------------------------------------------------------------------------
@@ -180,8 +177,7 @@ class MediaService:
                 attempts["udp-punch"] = punch
         return attempts
 
-    def _securer(self, s: Session, shared: bytes, transcript: bytes
-                 ) -> Callable[[MediaStream], Awaitable[MediaStream]]:
+    def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
             return await transport_hooks.secure(raw, shared, transcript, s.initiator)
         return secure
@@ -243,10 +239,11 @@ class MediaService:
         try:
             local = await self.candidates(session)
             relays, secret = await self._choose_relays(session, target, failed_relays, slog)
-            invite = sign_offer(Offer("invite", s.session_id, self.user, self.device,
-                                      self.identity.public_key, to_user, s.keys.public, local,
+            me = self.config
+            invite = sign_offer(Offer("invite", s.session_id, me.user, me.device,
+                                      me.identity.public_key, to_user, s.keys.public, local,
                                       time.time(), relays=relays, relay_secret=secret),
-                                self.identity)
+                                me.identity)
             result = await session.signal(to_user, invite.wire, to_device=target.device)
             if not result.ok:
                 raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
@@ -338,7 +335,7 @@ class MediaService:
                 return True
             return False
         if offer.from_key != msg.from_key or offer.from_user != msg.from_user \
-                or offer.to_user != self.user:
+                or offer.to_user != self.config.user:
             log.warning("offer_refused", from_user=msg.from_user, reason="misdirected")
             return True
         if offer.kind == "answer":
@@ -370,9 +367,10 @@ class MediaService:
                                  "first_byte_at": None, "done_at": None, "path": None}
         try:
             local = await self.candidates(session)
-            answer = sign_offer(Offer("answer", s.session_id, self.user, self.device,
-                                      self.identity.public_key, invite.from_user, s.keys.public,
-                                      local, time.time()), self.identity)
+            me = self.config
+            answer = sign_offer(Offer("answer", s.session_id, me.user, me.device,
+                                      me.identity.public_key, invite.from_user, s.keys.public,
+                                      local, time.time()), me.identity)
             shared = s.keys.shared_secret(invite.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
@@ -388,7 +386,7 @@ class MediaService:
             entry["path"] = stream.path
             self._remember(entry)
             try:
-                done = await receive_file(stream, self.inbox, partials=self.partials,
+                done = await receive_file(stream, self.config.inbox, partials=self.partials,
                                           sender=invite.from_user)
             finally:
                 await close_quietly(stream)
