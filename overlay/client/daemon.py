@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from overlay.attach import SignalDelivery
+from overlay.attach import AttachOk, SignalDelivery
 from overlay.attach.adapter import ClientSession
 from overlay.client.attach_policy import Measurement
 from overlay.client.backup import BackupKeeper
@@ -43,11 +43,12 @@ from overlay.client.promotion import Promoter, PromotionPolicy
 from overlay.client.promotion import run as run_promotion
 from overlay.client.status import status_json
 from overlay.client.supervisor import Supervisor
+from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import SignedRecord
 from overlay.core.tasks import TaskSet
-from overlay.media.service import MediaService
+from overlay.media.service import MediaConfig, MediaService
 
 log = get_logger(__name__)
 
@@ -85,14 +86,10 @@ class ClientDaemon:
 
     def _make_media(self) -> MediaService:
         opts = self.opts
-        return MediaService(
+        return MediaService(MediaConfig(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
-            self.lookup, self._primary_session, self._supernode_udp_addresses,
-            lambda: self.primary.ok if self.primary is not None else None,
-            self._reachable,
-            lambda: {k: m.rtt_s for k, m in self.measured.items() if m.rtt_s is not None},
-        )
+        ), self)
 
     # -- what the parts share ------------------------------------------------------------------
 
@@ -108,13 +105,21 @@ class ClientDaemon:
     def measured(self) -> dict[bytes, Measurement]:
         return self.discovery.measured
 
-    def _primary_session(self) -> ClientSession | None:
+    # -- what the media service needs (overlay.media.attachment.AttachmentPort) ---------------
+
+    def primary_session(self) -> ClientSession | None:
         return self.links.primary_session()
 
-    def _supernode_udp_addresses(self) -> list[tuple[tuple[str, int], bytes]]:
+    def binding_supernodes(self) -> list[tuple[Address, bytes]]:
         return self.links.supernode_udp_addresses()
 
-    def _reachable(self) -> bool:
+    def attach_ok(self) -> AttachOk | None:
+        return self.primary.ok if self.primary is not None else None
+
+    def relay_rtts(self) -> dict[bytes, float]:
+        return {k: m.rtt_s for k, m in self.measured.items() if m.rtt_s is not None}
+
+    def reachable(self) -> bool:
         check = self.promoter.state.last_check
         return bool(check and check.tcp_ok)
 
@@ -150,7 +155,7 @@ class ClientDaemon:
         self._tasks.append(asyncio.create_task(self.backup_keeper.run()))
         if self.opts.may_become_supernode:
             self._tasks.append(asyncio.create_task(
-                run_promotion(self.promoter, self._primary_session, self.stopping)))
+                run_promotion(self.promoter, self.primary_session, self.stopping)))
 
     async def stop(self) -> None:
         self.stopping.set()

@@ -19,10 +19,10 @@ from overlay.client.attach_policy import Candidate, Measurement, rank
 from overlay.client.host_cache import HostCache
 from overlay.client.links import Link, Links
 from overlay.client.options import ClientOptions
-from overlay.core.addresses import resolve
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import SignedRecord, SupernodeRecord
+from overlay.core.resolver import resolve
 
 log = get_logger(__name__)
 

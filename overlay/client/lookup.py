@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
-from overlay.core.addresses import resolve
 from overlay.core.identity import Identity
+from overlay.core.resolver import resolve
 
 
 async def lookup_via(

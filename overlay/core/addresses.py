@@ -1,19 +1,22 @@
-"""Parsing and resolving ``HOST:PORT`` arguments."""
+"""Addresses: the ``Address`` type and parsing ``HOST:PORT`` arguments (no I/O).
+
+Resolving names is :mod:`overlay.core.resolver`'s job."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 
 from overlay.core.errors import OverlayError
+
+#: a (host, port) pair, as sockets and the wire formats hold it
+Address = tuple[str, int]
 
 
 class AddressError(OverlayError, ValueError):
     """An address argument is malformed or does not resolve."""
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
+def parse_hostport(text: str) -> Address:
     """``1.2.3.4:5``, ``[::1]:5`` or ``name.example:5`` -> (host, port)."""
     text = text.strip()
     if text.startswith("["):
@@ -28,7 +31,7 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, port
 
 
-def parse_hostports(text: str) -> list[tuple[str, int]]:
+def parse_hostports(text: str) -> list[Address]:
     return [parse_hostport(part) for part in text.split(",") if part.strip()]
 
 
@@ -38,22 +41,3 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def resolve(addrs: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Resolve DNS names to IPv4/IPv6 addresses; names that do not resolve are skipped."""
-    loop = asyncio.get_running_loop()
-    out: list[tuple[str, int]] = []
-    for host, port in addrs:
-        if is_ip(host):
-            out.append((host, port))
-            continue
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError:
-            continue
-        for info in infos:
-            addr = (str(info[4][0]), port)
-            if addr not in out:
-                out.append(addr)
-    return out

@@ -25,10 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from overlay.core.addresses import Address
 from overlay.core.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, Identity, node_id_for
 from overlay.dht.envelope import Envelope, Flags, Kind, new_msg_id, seal
-
-Address = tuple[str, int]
 
 #: retransmit a binding request this often (doubling), at most this many times in all
 BINDING_RTO_S = 0.3
@@ -71,11 +70,13 @@ def parse_binding(payload: object) -> Address | None:
 
 @dataclass
 class BindingTransaction:
-    """One binding request to one supernode, with retransmissions (sans-IO).
+    """One binding request to one supernode, with retransmissions (sans-IO, aioquic's
+    vocabulary).
 
-    ``poll(now)`` returns the datagrams due (the first request, then retransmissions);
-    ``receive(env, now)`` takes a RESPONSE envelope with our msg_id. ``done`` once answered or
-    timed out; ``result`` is the mapped address or None.
+    :meth:`datagrams_to_send` returns the datagrams due (the first request, then
+    retransmissions); :meth:`receive_envelope` takes a RESPONSE envelope with our msg_id (the
+    socket parsed and verified it); :meth:`get_timer` says when :meth:`handle_timer` is next
+    due. ``done`` once answered or timed out; ``result`` is the mapped address or None.
     """
 
     identity: Identity
@@ -98,26 +99,28 @@ class BindingTransaction:
         self._request = seal(self.identity, Kind.REQUEST, self.msg_id, Flags.CLIENT,
                              ["binding", []])
 
-    def poll(self, now: float) -> list[bytes]:
-        if self.done:
-            return []
-        if now >= self.deadline:
+    def handle_timer(self, now: float) -> None:
+        """Past the deadline without an answer, the transaction is done (``result`` None)."""
+        if not self.done and now >= self.deadline:
             self.done = True
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        if self.done or now >= self.deadline:
             return []
         if now >= self._next_send and self.sent < self.attempts:
             self._next_send = now + self.rto * (2 ** self.sent)
             self.sent += 1
-            return [self._request]
+            return [(self._request, self.server)]
         return []
 
-    def next_deadline(self) -> float | None:
+    def get_timer(self) -> float | None:
         if self.done:
             return None
         if self.sent < self.attempts:
             return min(self._next_send, self.deadline)
         return self.deadline
 
-    def receive(self, env: Envelope, now: float) -> bool:
+    def receive_envelope(self, env: Envelope, now: float) -> bool:
         """True when ``env`` answered this transaction."""
         if self.done or env.kind is not Kind.RESPONSE or env.msg_id != self.msg_id:
             return False
@@ -176,18 +179,19 @@ async def _run(port: EnvelopePort, txn: BindingTransaction) -> Address | None:
     wake = asyncio.Event()
 
     def on_envelope(env: Envelope, addr: Address) -> None:
-        if txn.receive(env, time.monotonic()):
+        if txn.receive_envelope(env, time.monotonic()):
             wake.set()
 
     port.subscribe(txn.msg_id, on_envelope)
     try:
         while True:
             now = time.monotonic()
-            for datagram in txn.poll(now):
-                port.sendto(datagram, txn.server)
+            txn.handle_timer(now)
+            for datagram, addr in txn.datagrams_to_send(now):
+                port.sendto(datagram, addr)
             if txn.done:
                 return txn.result
-            deadline = txn.next_deadline()
+            deadline = txn.get_timer()
             delay = 0.0 if deadline is None else max(0.0, deadline - now)
             wake.clear()
             with_timeout = loop.call_later(delay, wake.set)

@@ -20,9 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from structlog.typing import FilteringBoundLogger
+
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
-from overlay.media.stream import ByteStream, TcpByteStream
+from overlay.media.errors import MediaError
+from overlay.media.stream import ByteStream, MediaStream, TcpByteStream
 
 log = get_logger(__name__)
 
@@ -33,22 +36,23 @@ RELAY_STAGGER_S = 1.5
 
 DEFAULT_STAGGERS = {"udp-punch": UDP_STAGGER_S, "relay": RELAY_STAGGER_S}
 
-Securer = Callable[[ByteStream], Awaitable[ByteStream]]
+Securer = Callable[[MediaStream], Awaitable[MediaStream]]
+Attempt = Callable[[], Awaitable[MediaStream]]
 
 
 def stagger_for(name: str, staggers: dict[str, float]) -> float:
     """The start delay of attempt ``name`` ("relay-1" takes the delay of "relay")."""
     return next((delay for kind, delay in staggers.items() if name.startswith(kind)), 0.0)
-Attempt = Callable[[], Awaitable[ByteStream]]
 
 
 class Pushback:
-    """A ByteStream that first returns bytes already read from the one it wraps."""
+    """A MediaStream that first returns bytes already read from the one it wraps."""
 
-    def __init__(self, stream: ByteStream, leftover: bytes) -> None:
+    def __init__(self, stream: MediaStream, leftover: bytes) -> None:
         self.stream = stream
         self.leftover = leftover
         self.path = stream.path
+        self.relay = stream.relay
 
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
@@ -78,7 +82,7 @@ def close_later(stream: ByteStream | None) -> None:
     _closing.spawn(close())
 
 
-class NoPath(Exception):
+class NoPath(MediaError):
     """No path completed an authenticated handshake in time."""
 
 
@@ -140,10 +144,10 @@ async def dial_tcp(host: str, port: int, session_id: bytes) -> TcpByteStream:
 async def _first_of(
     attempts: dict[str, Attempt], securer: Securer, timeline: Timeline,
     staggers: dict[str, float], timeout: float,
-) -> tuple[dict[str, ByteStream], dict[str, str]]:
+) -> tuple[dict[str, MediaStream], dict[str, str]]:
     """Run attempts (each delayed by its stagger); return the ones that completed the
     handshake so far once the first does, plus the errors of those that failed."""
-    completed: dict[str, ByteStream] = {}
+    completed: dict[str, MediaStream] = {}
     errors: dict[str, str] = {}
     first = asyncio.Event()
 
@@ -152,7 +156,7 @@ async def _first_of(
         if first.is_set():
             return
         timeline.add(f"{name}: start")
-        raw: ByteStream | None = None
+        raw: MediaStream | None = None
         try:
             raw = await attempt()
             timeline.add(f"{name}: connected")
@@ -190,8 +194,10 @@ async def _first_of(
 
 async def connect_as_initiator(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 12.0,
-    staggers: dict[str, float] | None = None,
-) -> tuple[ByteStream, Timeline]:
+    staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
+) -> tuple[MediaStream, Timeline]:
+    """Race the attempts, select the first path that authenticated, close the others.
+    ``log`` is the caller's logger, bound to its session."""
     timeline = Timeline()
     completed, errors = await _first_of(
         attempts, securer, timeline,
@@ -213,11 +219,13 @@ async def connect_as_initiator(
 
 async def connect_as_responder(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 15.0,
-    staggers: dict[str, float] | None = None,
-) -> tuple[ByteStream, Timeline]:
-    """Complete whatever paths work, and use the one the initiator selects."""
+    staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
+) -> tuple[MediaStream, Timeline]:
+    """Complete whatever paths work, and use the one the initiator selects. ``log`` is the
+    caller's logger, bound to its session."""
     timeline = Timeline()
-    selected: asyncio.Future[tuple[str, ByteStream]] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    selected: asyncio.Future[tuple[str, MediaStream]] = loop.create_future()
     errors: dict[str, str] = {}
 
     async def run(name: str, attempt: Attempt) -> None:
@@ -225,7 +233,7 @@ async def connect_as_responder(
         if selected.done():
             return
         timeline.add(f"{name}: start")
-        raw: ByteStream | None = None
+        raw: MediaStream | None = None
         try:
             raw = await attempt()
             stream = await securer(raw)

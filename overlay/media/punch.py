@@ -1,15 +1,6 @@
-"""UDP hole punching on the client's media socket (sans-IO :class:`Puncher` + asyncio).
-
-One :class:`MediaSocket` per client: a single UDP socket that asks supernodes for its reflexive
-address (:mod:`overlay.media.binding`), punches holes, and then carries QUIC
-(:mod:`overlay.media.quic_path`). It demultiplexes every datagram it receives:
-
-- ``OVL1`` (DHT envelope): RESPONSE envelopes whose msg_id a binding request is waiting for;
-- ``OVLP`` (punch probe, below): to the punching session named in the probe;
-- anything else: QUIC, routed by destination connection id (then by source address); a QUIC
-  Initial from an address a waiting responder accepts creates its connection. QUIC packets
-  that arrive before anyone claims them are kept for a moment (a peer may finish punching
-  first and start QUIC at once).
+"""UDP hole punching, sans-IO: the probe format and :class:`Puncher`, one session's punching
+on one side. :func:`overlay.media.punch_io.punch` drives it on the client's
+:class:`~overlay.media.media_socket.MediaSocket`.
 
 Probe format (46 bytes)::
 
@@ -31,24 +22,15 @@ its source address is the peer's address for QUIC.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import os
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
 
-from aioquic._buffer import Buffer
-from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
-
-from overlay.dht.envelope import MAGIC as ENVELOPE_MAGIC
-from overlay.dht.envelope import MSG_ID_BYTES, Envelope, EnvelopeError, Kind, open_datagram
-
-Address = tuple[str, int]
+from overlay.core.addresses import Address
+from overlay.media.errors import PathLost
 
 PROBE_MAGIC = b"OVLP"
 PROBE = 1
@@ -71,14 +53,9 @@ LINGER_S = 15.0
 #: peer-reflexive addresses learned per session, at most
 MAX_LEARNED = 8
 MAX_TARGETS = 24
-#: QUIC datagrams nobody claimed yet: kept this long, this many
-EARLY_KEEP_S = 3.0
-EARLY_MAX = 32
-#: our QUIC connection ids are this long (short headers do not carry a length)
-QUIC_CID_BYTES = 8
 
 
-class PunchFailed(Exception):
+class PunchFailed(PathLost):
     """No valid probe or ack from the peer within the time allowed."""
 
 
@@ -140,11 +117,13 @@ def punch_feasible(local_nat: str, remote_nat: str) -> bool:
 Datagram = tuple[bytes, Address]
 
 
-class Puncher:
-    """The punching state of one session on one side (sans-IO).
 
-    ``poll(now)`` returns the probes due; ``receive(data, addr, now)`` takes a probe datagram
-    and returns what to answer; ``next_deadline()`` says when to poll again. ``state`` is
+class Puncher:
+    """The punching state of one session on one side (sans-IO, aioquic's vocabulary).
+
+    :meth:`datagrams_to_send` returns what is due (a round of probes, the acks owed);
+    :meth:`receive_datagram` takes a probe datagram; :meth:`get_timer` says when
+    :meth:`handle_timer` is next due (the next probe round, or the deadline). ``state`` is
     ``"punching"``, ``"succeeded"`` (``selected`` is the peer's address) or ``"failed"``.
     After success the puncher stops probing but keeps answering probes.
     """
@@ -181,8 +160,22 @@ class Puncher:
         self.rtt: float | None = None
         self._sent: dict[bytes, tuple[Address, float]] = {}
         self._next_round = now
+        #: acks owed for the probes received, until :meth:`datagrams_to_send` takes them
+        self._replies: list[Datagram] = []
         self.probes_sent = 0
         self.rejected: Counter[str] = Counter()
+
+    # -- timer -----------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        if self.state != "punching":
+            return None
+        return min(self._next_round, self.deadline)
+
+    def handle_timer(self, now: float) -> None:
+        """Past the deadline without an answer, punching has failed."""
+        if self.state == "punching" and now >= self.deadline:
+            self.state = "failed"
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -192,20 +185,14 @@ class Puncher:
         self.probes_sent += 1
         return encode_probe(self.key, PROBE, self.role, self.session_id, txid), addr
 
-    def poll(self, now: float) -> list[Datagram]:
-        if self.state == "punching" and now >= self.deadline:
-            self.state = "failed"
-        if self.state != "punching" or now < self._next_round:
-            return []
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._replies = self._replies, []
+        if self.state != "punching" or now >= self.deadline or now < self._next_round:
+            return out
         fast = now - self.started < FAST_PERIOD_S
         self._next_round = now + (FAST_INTERVAL_S if fast else SLOW_INTERVAL_S)
         # learned (peer-reflexive) addresses first: they are what the peer's NAT really uses
-        return [self._probe(a, now) for a in [*self.learned, *self.targets]]
-
-    def next_deadline(self) -> float | None:
-        if self.state != "punching":
-            return None
-        return min(self._next_round, self.deadline)
+        return out + [self._probe(a, now) for a in [*self.learned, *self.targets]]
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -217,17 +204,17 @@ class Puncher:
             self.selected = addr
             self.succeeded_at = now
 
-    def receive(self, data: bytes, addr: Address, now: float) -> list[Datagram]:
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         probe = decode_probe(self.key, data)
         if probe is None or probe.session_id != self.session_id:
             self.rejected["bad_tag"] += 1
-            return []
+            return
         if probe.role == self.role:
             self.rejected["reflected"] += 1
-            return []
+            return
         if self.state == "failed":
             self.rejected["after_failure"] += 1
-            return []
+            return
         addr = (addr[0], addr[1])
         if probe.kind == PROBE:
             if addr not in self.targets and addr not in self.learned \
@@ -235,300 +222,12 @@ class Puncher:
                 self.learned.append(addr)  # peer-reflexive
             self._verified(addr, "probe", now)
             ack = encode_probe(self.key, ACK, self.role, self.session_id, probe.txid)
-            return [(ack, addr)]
+            self._replies.append((ack, addr))
+            return
         sent = self._sent.get(probe.txid)
         if sent is None:
             self.rejected["unknown_txid"] += 1
-            return []
+            return
         if self.rtt is None:
             self.rtt = now - sent[1]
         self._verified(addr, "ack", now)
-        return []
-
-
-# -- the socket ------------------------------------------------------------------------------
-
-
-class QuicReceiver(Protocol):
-    def datagram_received(self, data: bytes, addr: Address) -> None: ...
-
-    def abort(self, reason: str) -> None: ...
-
-
-#: called with an unclaimed QUIC Initial; returns the receiver that now owns the connection
-InitialHandler = Callable[[bytes, Address, QuicHeader], QuicReceiver | None]
-
-
-@dataclass
-class _Acceptor:
-    accepts: Callable[[Address], bool]
-    on_initial: InitialHandler
-
-
-@dataclass
-class _PunchSession:
-    puncher: Puncher
-    changed: asyncio.Event
-    linger: asyncio.TimerHandle | None = None
-
-
-class MediaSocket(asyncio.DatagramProtocol):
-    """A client's UDP media socket: binding, punching and QUIC on one port (see module doc).
-
-    Create with ``await MediaSocket.open(host, port)``; ``host`` should be the host's own
-    address (it becomes the host candidate)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.local_address: Address = ("0.0.0.0", 0)
-        self._envelope_waiters: dict[bytes, Callable[[Envelope, Address], None]] = {}
-        self._sessions: dict[bytes, _PunchSession] = {}
-        self._quic_by_cid: dict[bytes, QuicReceiver] = {}
-        self._quic_by_addr: dict[Address, QuicReceiver] = {}
-        self._acceptors: list[_Acceptor] = []
-        self._early: deque[tuple[float, bytes, Address]] = deque()
-        self.stats: Counter[str] = Counter()
-        self.closed = False
-
-    @classmethod
-    async def open(cls, host: str = "0.0.0.0", port: int = 0) -> MediaSocket:
-        loop = asyncio.get_running_loop()
-        sock = cls()
-        await loop.create_datagram_endpoint(lambda: sock, local_addr=(host, port))
-        return sock
-
-    # -- asyncio protocol ------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        name = transport.get_extra_info("sockname")
-        self.local_address = (str(name[0]), int(name[1]))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (unreachable candidates) are expected while punching
-        self.stats["icmp_error"] += 1
-
-    def sendto(self, data: bytes, addr: Address) -> None:
-        if self.transport is None or self.closed:
-            return
-        try:
-            self.transport.sendto(data, addr)
-        except OSError:
-            self.stats["send_error"] += 1
-
-    async def close(self) -> None:
-        """Abort the QUIC connections on this socket (telling their peers), then close."""
-        receivers = {id(r): r for r in [*self._quic_by_cid.values(),
-                                         *self._quic_by_addr.values()]}
-        for receiver in receivers.values():
-            receiver.abort("the media socket closed")
-        self.closed = True
-        for session in self._sessions.values():
-            if session.linger is not None:
-                session.linger.cancel()
-        self._sessions.clear()
-        self._quic_by_cid.clear()
-        self._quic_by_addr.clear()
-        self._acceptors.clear()
-        if self.transport is not None:
-            self.transport.close()
-            await asyncio.sleep(0)
-
-    # -- demultiplexing --------------------------------------------------------------------
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        peer = (str(addr[0]), int(addr[1]))
-        self.stats["datagrams_in"] += 1
-        head = data[:4]
-        if head in (ENVELOPE_MAGIC, PROBE_MAGIC):
-            if self._envelope(data, peer) if head == ENVELOPE_MAGIC else self._probe(data, peer):
-                return
-            if peer not in self._quic_by_addr:
-                # a late duplicate answer, or a probe for a session that ended
-                self.stats["stray_" + ("envelope" if head == ENVELOPE_MAGIC else "probe")] += 1
-                return
-            # else: a QUIC packet from a connected peer that happens to start like ours
-        self._quic(data, peer)
-
-    def _envelope(self, data: bytes, addr: Address) -> bool:
-        msg_id = data[5:5 + MSG_ID_BYTES]
-        waiter = self._envelope_waiters.get(msg_id)
-        if waiter is None:  # check before spending a signature verification
-            return False
-        try:
-            env = open_datagram(data)
-        except EnvelopeError:
-            self.stats["bad_envelope"] += 1
-            return True
-        if env.kind is Kind.RESPONSE:
-            waiter(env, addr)
-        return True
-
-    def _probe(self, data: bytes, addr: Address) -> bool:
-        session_id = probe_session_id(data)
-        session = self._sessions.get(session_id) if session_id is not None else None
-        if session is None:
-            return False
-        if addr in self._quic_by_addr and decode_probe(session.puncher.key, data) is None:
-            return False  # not a valid probe: maybe a QUIC packet that looks like one
-        replies = session.puncher.receive(data, addr, time.monotonic())
-        for reply, to in replies:
-            self.sendto(reply, to)
-        session.changed.set()
-        return True
-
-    def _quic(self, data: bytes, addr: Address) -> None:
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=QUIC_CID_BYTES)
-        except ValueError:
-            self.stats["foreign"] += 1
-            return
-        receiver = self._quic_by_cid.get(header.destination_cid) or self._quic_by_addr.get(addr)
-        if receiver is not None:
-            receiver.datagram_received(data, addr)
-            return
-        if header.packet_type == QuicPacketType.INITIAL and self._initial(data, addr, header):
-            return
-        now = time.monotonic()
-        while self._early and (len(self._early) >= EARLY_MAX
-                               or now - self._early[0][0] > EARLY_KEEP_S):
-            self._early.popleft()
-        self._early.append((now, data, addr))
-        self.stats["quic_early"] += 1
-
-    def _initial(self, data: bytes, addr: Address, header: QuicHeader) -> bool:
-        for acceptor in list(self._acceptors):
-            if acceptor.accepts(addr):
-                receiver = acceptor.on_initial(data, addr, header)
-                if receiver is not None:
-                    self._acceptors.remove(acceptor)
-                    return True
-        return False
-
-    # -- for binding -----------------------------------------------------------------------
-
-    def subscribe(self, msg_id: bytes, callback: Callable[[Envelope, Address], None]) -> None:
-        self._envelope_waiters[msg_id] = callback
-
-    def unsubscribe(self, msg_id: bytes) -> None:
-        self._envelope_waiters.pop(msg_id, None)
-
-    # -- for punching ----------------------------------------------------------------------
-
-    def add_puncher(self, puncher: Puncher) -> asyncio.Event:
-        """Route the session's probes to ``puncher``; the event is set whenever one arrives."""
-        old = self._sessions.get(puncher.session_id)
-        if old is not None and old.linger is not None:
-            old.linger.cancel()
-        session = _PunchSession(puncher, asyncio.Event())
-        self._sessions[puncher.session_id] = session
-        return session.changed
-
-    def remove_puncher(self, session_id: bytes, after: float = 0.0) -> None:
-        session = self._sessions.get(session_id)
-        if session is None:
-            return
-        if session.linger is not None:
-            session.linger.cancel()
-            session.linger = None
-        if after <= 0:
-            del self._sessions[session_id]
-            return
-
-        def drop() -> None:
-            if self._sessions.get(session_id) is session:
-                del self._sessions[session_id]
-
-        session.linger = asyncio.get_running_loop().call_later(after, drop)
-
-    def puncher(self, session_id: bytes) -> Puncher | None:
-        session = self._sessions.get(session_id)
-        return session.puncher if session is not None else None
-
-    # -- for QUIC ----------------------------------------------------------------------------
-
-    def add_quic_route(self, receiver: QuicReceiver, cid: bytes | None = None,
-                       addr: Address | None = None) -> None:
-        if cid is not None:
-            self._quic_by_cid[cid] = receiver
-        if addr is not None:
-            self._quic_by_addr[addr] = receiver
-
-    def remove_quic_routes(self, receiver: QuicReceiver) -> None:
-        for cid in [c for c, r in self._quic_by_cid.items() if r is receiver]:
-            del self._quic_by_cid[cid]
-        for addr in [a for a, r in self._quic_by_addr.items() if r is receiver]:
-            del self._quic_by_addr[addr]
-
-    def remove_quic_cid(self, cid: bytes) -> None:
-        self._quic_by_cid.pop(cid, None)
-
-    def accept_quic(self, accepts: Callable[[Address], bool],
-                    on_initial: InitialHandler) -> Callable[[], None]:
-        """Hand the first QUIC Initial from an address ``accepts`` approves (including one that
-        already arrived) to ``on_initial``. Returns a function that stops waiting."""
-        acceptor = _Acceptor(accepts, on_initial)
-        self._acceptors.append(acceptor)
-        # replay what came early, in order, from the addresses this acceptor takes
-        early = [e for e in self._early if accepts(e[2])]
-        for item in early:
-            with contextlib.suppress(ValueError):
-                self._early.remove(item)
-        for _t, data, addr in early:
-            self._quic(data, addr)
-
-        def cancel() -> None:
-            with contextlib.suppress(ValueError):
-                self._acceptors.remove(acceptor)
-
-        return cancel
-
-
-# -- asyncio punching ------------------------------------------------------------------------
-
-
-async def punch(
-    media: MediaSocket, session_id: bytes, key: bytes, initiator: bool,
-    local_candidates: Sequence[Address], remote_candidates: Sequence[Address],
-    timeout: float = DEFAULT_TIMEOUT_S,
-) -> Address:
-    """Punch a hole to the peer; its address (as our socket sees it) or :class:`PunchFailed`
-    within ``timeout``.
-
-    ``key`` is :func:`punch_key` of the session; ``initiator`` is True on the invite's sender
-    and False on the other side (they must differ). The session keeps answering the peer's
-    probes for ``LINGER_S`` afterwards, and the addresses it verified stay available to
-    :func:`overlay.media.quic_path.quic_connect` through ``media.puncher(session_id)``."""
-    loop = asyncio.get_running_loop()
-    puncher = Puncher(session_id, key, local_candidates, remote_candidates,
-                      initiator=initiator, now=time.monotonic(), timeout=timeout)
-    changed = media.add_puncher(puncher)
-    try:
-        while True:
-            now = time.monotonic()
-            for data, addr in puncher.poll(now):
-                media.sendto(data, addr)
-            if puncher.state == "succeeded":
-                assert puncher.selected is not None
-                media.remove_puncher(session_id, after=LINGER_S)
-                return puncher.selected
-            if puncher.state == "failed":
-                break
-            deadline = puncher.next_deadline()
-            changed.clear()
-            timer = loop.call_later(max(0.0, (deadline or now) - now), changed.set)
-            try:
-                await changed.wait()
-            finally:
-                timer.cancel()
-    except BaseException:
-        media.remove_puncher(session_id)
-        raise
-    media.remove_puncher(session_id)
-    elapsed = time.monotonic() - puncher.started
-    tried = ", ".join(f"{h}:{p}" for h, p in puncher.targets) or "no candidates"
-    raise PunchFailed(f"no answer from the peer in {elapsed:.1f}s "
-                      f"({puncher.probes_sent} probes to {tried})")

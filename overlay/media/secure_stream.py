@@ -44,7 +44,8 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from overlay.media.stream import ByteStream
+from overlay.media.errors import PathLost
+from overlay.media.stream import ByteStream, RelayRef
 
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -65,12 +66,13 @@ CLOSE = 2
 _LENGTH = struct.Struct(">I")
 
 
-class SecureStreamError(Exception):
-    """The secured stream cannot go on. ``reason`` is one of: ``"bad_key"``, ``"oversized"``,
-    ``"auth"`` (tampered, replayed, reordered or dropped frame, or wrong keys),
-    ``"unconfirmed"`` (data before the confirmation), ``"bad_confirm"``, ``"after_close"``,
-    ``"truncated"`` (end of stream without a CLOSE frame, or inside a frame), ``"timeout"``,
-    ``"exhausted"`` (counter wrapped), ``"closed"`` (sending after close)."""
+class SecureStreamError(PathLost):
+    """The secured stream cannot go on (the path is lost). ``reason`` is one of:
+    ``"bad_key"``, ``"oversized"``, ``"auth"`` (tampered, replayed, reordered or dropped
+    frame, or wrong keys), ``"unconfirmed"`` (data before the confirmation),
+    ``"bad_confirm"``, ``"after_close"``, ``"truncated"`` (end of stream without a CLOSE
+    frame, or inside a frame), ``"timeout"``, ``"exhausted"`` (counter wrapped), ``"closed"``
+    (sending after close)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -230,10 +232,13 @@ class SecureByteStream:
     :class:`SecureStreamError` instead, so truncation is never mistaken for the end).
     """
 
-    def __init__(self, raw: ByteStream, framer: SecureFramer, pending: bytes = b"") -> None:
+    def __init__(self, raw: ByteStream, framer: SecureFramer, pending: bytes = b"",
+                 relay: RelayRef | None = None) -> None:
         self.raw = raw
         self.framer = framer
         self.path = raw.path
+        #: the relay carrying ``raw``, when the caller says so (a media path's ``relay``)
+        self.relay = relay
         self._pending = bytearray(pending)
         self._eof = False
         self._send_lock = asyncio.Lock()
@@ -281,7 +286,7 @@ class SecureByteStream:
 
 async def secure(
     stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
-    timeout: float = 5.0,
+    timeout: float = 5.0, relay: RelayRef | None = None,
 ) -> SecureByteStream:
     """Both sides send their confirmation and wait for the peer's (within ``timeout``).
 
@@ -307,7 +312,7 @@ async def secure(
     except BaseException:
         await _close_quietly(stream)
         raise
-    secured = SecureByteStream(stream, framer, bytes(pending))
+    secured = SecureByteStream(stream, framer, bytes(pending), relay)
     if framer.peer_closed:
         secured._eof = True
     return secured

@@ -13,28 +13,33 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overlay.attach import AttachOk, SignalDelivery
+from structlog.typing import FilteringBoundLogger
+
+from overlay.attach import SignalDelivery
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
+from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.vivaldi import for_prediction
 from overlay.media import relay_selector, transport_hooks
+from overlay.media.attachment import AttachmentPort
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
     Attempt,
     MediaListener,
     NoPath,
+    Securer,
     connect_as_initiator,
     connect_as_responder,
     dial_tcp,
 )
+from overlay.media.errors import MediaError, PathLost
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.signalling import (
     Candidates,
@@ -46,9 +51,8 @@ from overlay.media.signalling import (
     sign_offer,
     transcript_hash,
 )
-from overlay.media.stream import ByteStream
+from overlay.media.stream import ByteStream, MediaStream, RelayRef
 from overlay.media.transfer import (
-    PATH_LOST,
     PartialStore,
     TransferError,
     file_sha256,
@@ -66,19 +70,27 @@ RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
 
-Lookup = Callable[[str], Awaitable[tuple[list[records.SignedRecord], str]]]
 
-
-class SendFailed(Exception):
+class SendFailed(MediaError):
     """A send did not happen; the message says why in a user's words."""
 
 
-class _PathLost(Exception):
+class _LostMidTransfer(PathLost):
     """The chosen path failed mid-transfer; another session may resume it."""
 
-    def __init__(self, message: str, relay_key: bytes | None) -> None:
+    def __init__(self, message: str, relay: RelayRef | None) -> None:
         super().__init__(message)
-        self.relay_key = relay_key
+        self.relay = relay
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Who this client is, and where received files go."""
+
+    identity: Identity
+    user: str
+    device: str
+    inbox: Path
 
 
 @dataclass
@@ -91,29 +103,12 @@ class Session:
 
 
 class MediaService:
-    def __init__(
-        self,
-        identity: Identity,
-        user: str,
-        device: str,
-        inbox: Path,
-        lookup: Lookup,
-        primary: Callable[[], ClientSession | None],
-        supernodes: Callable[[], list[tuple[tuple[str, int], bytes]]],
-        attach_ok: Callable[[], AttachOk | None],
-        reachable: Callable[[], bool],
-        rtts: Callable[[], dict[bytes, float]] | None = None,
-    ) -> None:
-        self.rtts = rtts or dict
-        self.identity = identity
-        self.user = user
-        self.device = device
-        self.inbox = inbox
-        self.lookup = lookup
-        self.primary = primary
-        self.supernodes = supernodes
-        self.attach_ok = attach_ok
-        self.reachable = reachable
+    """Media for one client: ``config`` says who it is, ``attachment`` is its way to the
+    supernodes (signalling, lookups, addresses)."""
+
+    def __init__(self, config: MediaConfig, attachment: AttachmentPort) -> None:
+        self.config = config
+        self.attachment = attachment
         self.listener = MediaListener()
         self.udp: transport_hooks.UdpState | None = None
         self.sessions: dict[bytes, Session] = {}
@@ -140,16 +135,16 @@ class MediaService:
         transport = session.proto.transport
         local = transport.get_extra_info("sockname") if transport else None
         local_ip = str(local[0]) if local else "127.0.0.1"
-        ok = self.attach_ok()
+        ok = self.attachment.attach_ok()
         tcp = [(local_ip, self.listener.port)]
         if ok is not None and ok.reflexive_host != local_ip:
             tcp.append((ok.reflexive_host, self.listener.port))
-        udp: list[tuple[str, int]] = []
+        udp: list[Address] = []
         nat = "unknown"
         if self.udp is not None:
-            udp, nat = await transport_hooks.udp_candidates(self.udp, self.identity, local_ip,
-                                                            self.supernodes())
-        return Candidates(tuple(tcp), tuple(udp), nat, self.reachable())
+            udp, nat = await transport_hooks.udp_candidates(
+                self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
+        return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable())
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -157,7 +152,7 @@ class MediaService:
                   transcript: bytes) -> dict[str, Attempt]:
         attempts: dict[str, Attempt] = {}
         def dialer(host: str, port: int) -> Attempt:
-            async def dial() -> ByteStream:
+            async def dial() -> MediaStream:
                 return await dial_tcp(host, port, s.session_id)
             return dial
 
@@ -165,15 +160,14 @@ class MediaService:
             attempts[f"tcp-dial-{i}"] = dialer(host, port)
         queue = self.listener.expect(s.session_id)
 
-        async def accept() -> ByteStream:
+        async def accept() -> MediaStream:
             # the peer dials as soon as it has the offer; after its connect timeout (plus
             # the signalling delay) nothing more will come this way
             try:
                 async with asyncio.timeout(ACCEPT_WINDOW_S):
                     return await queue.get()
             except TimeoutError:
-                raise ConnectionError("the peer's direct TCP connection did not arrive") \
-                    from None
+                raise PathLost("the peer's direct TCP connection did not arrive") from None
 
         attempts["tcp-accept"] = accept
         if self.udp is not None:
@@ -183,14 +177,9 @@ class MediaService:
                 attempts["udp-punch"] = punch
         return attempts
 
-    def _securer(self, s: Session, shared: bytes, transcript: bytes
-                 ) -> Callable[[ByteStream], Awaitable[ByteStream]]:
-        async def secure(raw: ByteStream) -> ByteStream:
-            secured = await transport_hooks.secure(raw, shared, transcript, s.initiator)
-            for attr in ("relay_id", "relay_key"):  # which relay carries it, for reports
-                if hasattr(raw, attr):
-                    setattr(secured, attr, getattr(raw, attr))
-            return secured
+    def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
+        async def secure(raw: MediaStream) -> MediaStream:
+            return await transport_hooks.secure(raw, shared, transcript, s.initiator)
         return secure
 
     # -- caller ---------------------------------------------------------------------------------
@@ -204,19 +193,20 @@ class MediaService:
         transfer_id = os.urandom(16)
         sha = await asyncio.to_thread(file_sha256, path)
         failed_relays: set[bytes] = set()
+        slog = log.bind(peer=to_user)
         errors: list[str] = []
         lost_a_path = False
         for _ in range(MAX_SESSIONS_PER_SEND):
             try:
                 return await self._send_once(to_user, path, transfer_id, sha, failed_relays)
-            except _PathLost as exc:
+            except _LostMidTransfer as exc:
                 lost_a_path = True
                 errors.append(str(exc))
-                if exc.relay_key is not None:
-                    failed_relays.add(exc.relay_key)
-                    self.relay_history.failed(exc.relay_key)
-                log.warning("transfer_path_lost", to_user=to_user, error=str(exc),
-                            resuming=True)
+                if exc.relay is not None:
+                    failed_relays.add(exc.relay.key)
+                    self.relay_history.failed(exc.relay.key)
+                slog.warning("transfer_path_lost", to_user=to_user, error=str(exc),
+                             resuming=True)
             except SendFailed as exc:
                 if not lost_a_path:
                     raise
@@ -227,11 +217,11 @@ class MediaService:
 
     async def _send_once(self, to_user: str, path: Path, transfer_id: bytes, sha: str,
                          failed_relays: set[bytes]) -> dict[str, Any]:
-        session = self.primary()
+        session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
         try:
-            found, _ = await self.lookup(to_user)
+            found, _ = await self.attachment.lookup(to_user)
         except SessionError as exc:
             raise SendFailed(f"lookup failed: {exc}") from None
         now = time.time()
@@ -241,17 +231,19 @@ class MediaService:
             raise SendFailed(f"{to_user} is offline or unknown")
         target = max(online, key=lambda r: r.issued_at)
         s = Session(new_session_id(), to_user, initiator=True)
+        slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s
         # the callee may dial us as soon as it has answered, before its answer reaches us
         self.listener.expect(s.session_id)
         try:
             local = await self.candidates(session)
-            relays, secret = await self._choose_relays(session, target, failed_relays)
-            invite = sign_offer(Offer("invite", s.session_id, self.user, self.device,
-                                      self.identity.public_key, to_user, s.keys.public, local,
+            relays, secret = await self._choose_relays(session, target, failed_relays, slog)
+            me = self.config
+            invite = sign_offer(Offer("invite", s.session_id, me.user, me.device,
+                                      me.identity.public_key, to_user, s.keys.public, local,
                                       time.time(), relays=relays, relay_secret=secret),
-                                self.identity)
+                                me.identity)
             result = await session.signal(to_user, invite.wire, to_device=target.device)
             if not result.ok:
                 raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
@@ -271,7 +263,7 @@ class MediaService:
             attempts.update(self._relay_attempts(s, invite))
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self._securer(s, shared, transcript))
+                    attempts, self._securer(s, shared, transcript), log=slog)
             except NoPath as exc:
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
             progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
@@ -281,18 +273,18 @@ class MediaService:
             def update(sent: int, size: int) -> None:
                 progress.update(sent=sent, size=size)
 
-            relay_key = getattr(stream, "relay_key", None)
             try:
                 done = await send_file(stream, path, update, transfer_id, sha)
-            except PATH_LOST as exc:
-                raise _PathLost(f"{stream.path} lost after {progress['sent']} bytes: {exc}",
-                                relay_key) from None
+            except PathLost as exc:
+                raise _LostMidTransfer(
+                    f"{stream.path} lost after {progress['sent']} bytes: {exc}",
+                    stream.relay) from None
             except TransferError as exc:
                 raise SendFailed(f"transfer failed: {exc}") from None
             finally:
                 self.sending.remove(progress)
                 await close_quietly(stream)
-            return {"path": stream.path, "relay": getattr(stream, "relay_id", None),
+            return {"path": stream.path, "relay": stream.relay.id if stream.relay else None,
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
                     "sha256": done.sha256, "resumed_from": done.resumed_from,
                     "timeline": timeline.events}
@@ -301,21 +293,20 @@ class MediaService:
             self.listener.forget(s.session_id)
 
     async def _choose_relays(
-        self, session: ClientSession, target: records.PresenceRecord, exclude: set[bytes]
+        self, session: ClientSession, target: records.PresenceRecord, exclude: set[bytes],
+        slog: FilteringBoundLogger,
     ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
         """The best few relays for this call, from the signed supernode directory."""
-        if not transport_hooks.relay_available():
-            return (), b""
         try:
             directory = await session.directory()
         except SessionError as exc:
-            log.info("relay_directory_unavailable", error=str(exc))
+            slog.info("relay_directory_unavailable", error=str(exc))
             return (), b""
         coords = {s.record.node_key: for_prediction(s.record.coords)
                   for s in directory if isinstance(s.record, records.SupernodeRecord)}
         ranked = relay_selector.rank(
             relay_selector.candidates(directory, RELAY_RATE_BPS),
-            caller_rtt=self.rtts(), caller_coords=coords.get(session.node_key),
+            caller_rtt=self.attachment.relay_rtts(), caller_coords=coords.get(session.node_key),
             callee_coords=coords.get(target.supernode_key),
             callee_supernode=target.supernode_key, history=self.relay_history,
             exclude=exclude,
@@ -344,7 +335,7 @@ class MediaService:
                 return True
             return False
         if offer.from_key != msg.from_key or offer.from_user != msg.from_user \
-                or offer.to_user != self.user:
+                or offer.to_user != self.config.user:
             log.warning("offer_refused", from_user=msg.from_user, reason="misdirected")
             return True
         if offer.kind == "answer":
@@ -356,17 +347,18 @@ class MediaService:
         return True
 
     async def _answer(self, invite: Offer) -> None:
-        session = self.primary()
+        session = self.attachment.primary_session()
         if session is None or invite.session_id in self.sessions:
             return
+        slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
         try:
-            found, _ = await self.lookup(invite.from_user)
+            found, _ = await self.attachment.lookup(invite.from_user)
         except SessionError as exc:
-            log.warning("invite_unverified", from_user=invite.from_user, error=str(exc))
+            slog.warning("invite_unverified", from_user=invite.from_user, error=str(exc))
             return
         if not any(isinstance(r.record, records.PresenceRecord)
                    and r.record.user_key == invite.from_key for r in found):
-            log.warning("invite_refused", from_user=invite.from_user,
+            slog.warning("invite_refused", from_user=invite.from_user,
                         reason="not signed by the key in the caller's presence records")
             return
         s = Session(invite.session_id, invite.from_user, initiator=False)
@@ -375,9 +367,10 @@ class MediaService:
                                  "first_byte_at": None, "done_at": None, "path": None}
         try:
             local = await self.candidates(session)
-            answer = sign_offer(Offer("answer", s.session_id, self.user, self.device,
-                                      self.identity.public_key, invite.from_user, s.keys.public,
-                                      local, time.time()), self.identity)
+            me = self.config
+            answer = sign_offer(Offer("answer", s.session_id, me.user, me.device,
+                                      me.identity.public_key, invite.from_user, s.keys.public,
+                                      local, time.time()), me.identity)
             shared = s.keys.shared_secret(invite.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
@@ -385,26 +378,26 @@ class MediaService:
             result = await session.signal(invite.from_user, answer.wire,
                                           to_device=invite.from_device)
             if not result.ok:
-                log.warning("answer_not_delivered", to_user=invite.from_user,
+                slog.warning("answer_not_delivered", to_user=invite.from_user,
                             reason=result.reason)
                 return
-            stream, _ = await connect_as_responder(attempts,
-                                                   self._securer(s, shared, transcript))
+            stream, _ = await connect_as_responder(
+                attempts, self._securer(s, shared, transcript), log=slog)
             entry["path"] = stream.path
             self._remember(entry)
             try:
-                done = await receive_file(stream, self.inbox, partials=self.partials,
+                done = await receive_file(stream, self.config.inbox, partials=self.partials,
                                           sender=invite.from_user)
             finally:
                 await close_quietly(stream)
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,
                          first_byte_at=done.first_byte_at, done_at=time.time())
-            log.info("file_received", from_user=invite.from_user, name=done.name,
+            slog.info("file_received", from_user=invite.from_user, name=done.name,
                      bytes=done.bytes, path=stream.path)
-        except (NoPath, TransferError, SessionError, SignallingError, *PATH_LOST) as exc:
+        except (NoPath, TransferError, SessionError, SignallingError, PathLost) as exc:
             entry["error"] = str(exc)
             self._remember(entry)
-            log.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))
+            slog.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))
         finally:
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)

@@ -19,8 +19,10 @@ import msgpack
 from nacl.bindings import crypto_scalarmult
 from nacl.public import PrivateKey
 
+from overlay.core.addresses import Address
 from overlay.core.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
 from overlay.core.records import NAME_PATTERN
+from overlay.media.errors import MediaError
 
 INVITE_DOMAIN = b"overlay/invite/v1\x00"
 ANSWER_DOMAIN = b"overlay/answer/v1\x00"
@@ -32,11 +34,8 @@ MAX_AGE_S = 120.0
 NAT_TYPES = ("public", "cone", "symmetric", "no-udp", "unknown")
 
 
-class SignallingError(Exception):
+class SignallingError(MediaError):
     """A malformed, unsigned, stale or misdirected invite or answer."""
-
-
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True)

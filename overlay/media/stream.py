@@ -2,14 +2,31 @@
 
 Direct TCP, QUIC over a punched UDP path and a relay all hand the transfer code a
 :class:`ByteStream`; end-to-end encryption and authentication sit on top of it
-(:mod:`overlay.media.secure_stream`), so no path ever carries plaintext.
+(:mod:`overlay.media.secure_stream`), so no path ever carries plaintext. Every stream says
+which path it is (``path``); a :class:`MediaStream`, what the path race hands over, also says
+which relay carries it (``relay``, None on the other paths), and one wrapping another keeps
+both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol
+
+from overlay.media.errors import path_lost
+
+
+@dataclass(frozen=True)
+class RelayRef:
+    """The relay that carries a path: its node key, and the short id reports show."""
+
+    key: bytes
+
+    @property
+    def id(self) -> str:
+        return self.key.hex()[:16]
 
 
 class ByteStream(Protocol):
@@ -28,8 +45,18 @@ class ByteStream(Protocol):
         """Finish sending and close."""
 
 
+class MediaStream(ByteStream, Protocol):
+    """A :class:`ByteStream` that is one media path, raw or secured."""
+
+    #: the relay carrying the stream; None when the path has none
+    relay: RelayRef | None
+
+
 class TcpByteStream:
-    """A :class:`ByteStream` over an asyncio TCP connection."""
+    """A :class:`MediaStream` over an asyncio TCP connection. The socket's ConnectionErrors
+    come out as :class:`~overlay.media.errors.PathLost`."""
+
+    relay: RelayRef | None = None
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str = "direct-tcp"
@@ -39,11 +66,17 @@ class TcpByteStream:
         self.path = path
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError as exc:
+            raise path_lost(exc) from exc
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
-        return await self.reader.read(max_bytes)
+        try:
+            return await self.reader.read(max_bytes)
+        except ConnectionError as exc:
+            raise path_lost(exc) from exc
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from overlay.media.secure_stream import SecureStreamError
+from overlay.media.errors import MediaError, PathLost
 from overlay.media.stream import ByteStream
 
 HEADER, DATA, END, ACK, READY = 1, 2, 3, 4, 5
@@ -37,18 +37,17 @@ MAX_FILE_BYTES = 64 * 2**30
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,200}$")
 
 
-class TransferError(Exception):
+class TransferError(MediaError):
     """The transfer failed; the message says why (and which side)."""
 
 
-class StreamClosed(TransferError):
-    """The path under the transfer went away: resumable on another path."""
+class StreamClosed(TransferError, PathLost):
+    """The path under the transfer went away: resumable on another path.
 
-
-#: how a path dies under a transfer: the peer's end closed, the socket failed, or the secured
-#: stream broke (ended without its CLOSE frame when a relay cut it off, or failed to
-#: authenticate). Each is met the same way: the transfer resumes on another path.
-PATH_LOST = (StreamClosed, ConnectionError, SecureStreamError)
+    It is one way a path dies under a transfer (:class:`~overlay.media.errors.PathLost`); the
+    others are the socket failing and the secured stream breaking (ending without its CLOSE
+    frame when a relay cut it off, or failing to authenticate). Each is met the same way: the
+    transfer resumes on another path."""
 
 
 @dataclass
@@ -232,7 +231,7 @@ async def receive_file(
             while True:
                 try:
                     kind, payload = await reader.next()
-                except PATH_LOST as exc:
+                except PathLost as exc:
                     raise _Interrupted(str(exc)) from None
                 if kind == DATA:
                     if first_byte_at is None:
@@ -269,5 +268,5 @@ async def receive_file(
                           path=stream.path, resumed_from=resumed_from)
 
 
-class _Interrupted(Exception):
+class _Interrupted(MediaError):
     """The path failed mid-transfer; the partial file is kept for a resume."""

@@ -1,22 +1,25 @@
-"""Where the media service meets the transports: end-to-end securing of a raw path, and the
-client's UDP media socket (binding and NAT type through supernodes, hole punching with QUIC
-on top). Kept in one place so the service reads as a sequence of decisions."""
+"""Where the media service meets the transports: end-to-end securing of a raw path, the relay
+path, and the client's UDP media socket (binding and NAT type through supernodes, hole
+punching with QUIC on top). Kept in one place so the service reads as a sequence of
+decisions."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.media.binding import nat_type
-from overlay.media.punch import MediaSocket, punch_feasible
-from overlay.media.quic_path import udp_path
+from overlay.media.errors import path_lost
+from overlay.media.media_socket import MediaSocket
+from overlay.media.punch import punch_feasible
+from overlay.media.quic.connect import udp_path
 from overlay.media.secure_stream import secure as secure_stream
-from overlay.media.signalling import Address, Candidates
-from overlay.media.stream import ByteStream
+from overlay.media.signalling import Candidates
+from overlay.media.stream import MediaStream, RelayRef
+from overlay.relay.client import RelayByteStream, relay_connect
 
 SECURE_TIMEOUT_S = 5.0
 RELAY_CONNECT_TIMEOUT_S = 8.0
@@ -24,9 +27,11 @@ NAT_CACHE_S = 60.0
 BINDING_TIMEOUT_S = 1.5
 
 
-async def secure(raw: ByteStream, shared: bytes, transcript: bytes, initiator: bool
-                 ) -> ByteStream:
-    return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S)
+async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool
+                 ) -> MediaStream:
+    """End-to-end secure a raw path; the secured stream names the same relay."""
+    return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S,
+                               relay=raw.relay)
 
 
 @dataclass
@@ -65,20 +70,46 @@ async def udp_candidates(
 
 
 def relay_available() -> bool:
-    return importlib.util.find_spec("overlay.relay.client") is not None
+    """Whether this client can use relays: always, since the relay client is part of the
+    tree (``tests/lab/test_connectivity_lab.py`` reads this switch)."""
+    return True
+
+
+class RelayedStream:
+    """The relay client's stream as a media path: labelled with the relay that carries it, and
+    its ConnectionErrors coming out as :class:`~overlay.media.errors.PathLost`."""
+
+    path = "relay"
+
+    def __init__(self, inner: RelayByteStream, relay: RelayRef) -> None:
+        self.inner = inner
+        self.relay: RelayRef | None = relay
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.inner.send(data)
+        except ConnectionError as exc:
+            raise path_lost(exc) from exc
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self.inner.recv(max_bytes)
+        except ConnectionError as exc:
+            raise path_lost(exc) from exc
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator: bool,
-                  rate_bps: int) -> Callable[[], Awaitable[ByteStream]]:
+                  rate_bps: int) -> Callable[[], Awaitable[MediaStream]]:
     """Connect to a relay as the caller's (A) or callee's (B) half of one session."""
+    relay = RelayRef(node_key)
 
-    async def attempt() -> ByteStream:
-        client = importlib.import_module("overlay.relay.client")
-        stream: ByteStream = await client.relay_connect(
-            host, port, token, 0 if initiator else 1, rate_bps, RELAY_CONNECT_TIMEOUT_S)
-        stream.relay_key = node_key  # type: ignore[attr-defined]
-        stream.relay_id = node_key.hex()[:16]  # type: ignore[attr-defined]
-        return stream
+    async def attempt() -> MediaStream:
+        stream = await relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
+                                     RELAY_CONNECT_TIMEOUT_S, relay_id=relay.id)
+        return RelayedStream(stream, relay)
 
     return attempt
 
@@ -86,12 +117,12 @@ def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator
 def udp_attempt(
     udp: UdpState, session_id: bytes, initiator: bool, local: Candidates, remote: Candidates,
     shared: bytes, transcript: bytes,
-) -> Callable[[], Awaitable[ByteStream]] | None:
+) -> Callable[[], Awaitable[MediaStream]] | None:
     """The hole-punching attempt, or None when it cannot work for these NAT types."""
     if not remote.udp or not punch_feasible(local.nat, remote.nat):
         return None
 
-    async def attempt() -> ByteStream:
+    async def attempt() -> MediaStream:
         return await udp_path(udp.media, session_id, shared, transcript, initiator,
                               list(local.udp), list(remote.udp))
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from overlay.core.addresses import resolve
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
+from overlay.core.resolver import resolve
 from overlay.dht import DHTConfig, DHTNode
 from overlay.node.http_api import ExtraMetrics, make_app, start_http
 from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService

@@ -91,8 +91,10 @@ async def reflector(host: str, port: int) -> None:
 
 async def peer(host: str, reflectors: list[str], congestion_control: str) -> None:
     from overlay.media.binding import nat_type
-    from overlay.media.punch import MediaSocket, PunchFailed, punch, punch_key
-    from overlay.media.quic_path import quic_connect
+    from overlay.media.media_socket import MediaSocket
+    from overlay.media.punch import PunchFailed, punch_key
+    from overlay.media.punch_io import punch
+    from overlay.media.quic.connect import quic_connect
     from overlay.media.secure_stream import secure
 
     identity = Identity.generate()

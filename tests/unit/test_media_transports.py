@@ -26,26 +26,22 @@ from overlay.media.binding import (
     parse_binding,
     reflexive_address,
 )
+from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import (
     ACK,
     PROBE,
-    MediaSocket,
     Puncher,
     PunchFailed,
     decode_probe,
     encode_probe,
-    punch,
     punch_feasible,
     punch_key,
 )
-from overlay.media.quic_path import (
-    SEND_HIGH_WATER,
-    MediaCongestionControl,
-    QuicByteStream,
-    QuicPathError,
-    quic_connect,
-    udp_path,
-)
+from overlay.media.punch_io import punch
+from overlay.media.quic.congestion import MediaCongestionControl
+from overlay.media.quic.connect import quic_connect, udp_path
+from overlay.media.quic.core import QuicPathError
+from overlay.media.quic.stream import SEND_HIGH_WATER, QuicByteStream
 from overlay.media.secure_stream import (
     MAX_PLAINTEXT,
     SecureFramer,
@@ -321,9 +317,10 @@ def test_classify() -> None:
 def test_binding_transaction_retransmits_then_times_out() -> None:
     txn = BindingTransaction(Identity.generate(), ("10.0.0.1", 1), os.urandom(32),
                              timeout=2.0, now=0.0, rto=0.3, attempts=3)
-    sent = [t for t in (0.0, 0.1, 0.3, 0.5, 0.9, 1.5, 1.9) if txn.poll(t)]
+    sent = [t for t in (0.0, 0.1, 0.3, 0.5, 0.9, 1.5, 1.9) if txn.datagrams_to_send(t)]
     assert sent == [0.0, 0.3, 0.9]
-    assert txn.poll(2.0) == [] and txn.done and txn.result is None
+    txn.handle_timer(2.0)
+    assert txn.datagrams_to_send(2.0) == [] and txn.done and txn.result is None
     assert parse_binding({"host": "1.2.3.4", "port": 7}) == ("1.2.3.4", 7)
     for bad in ({"host": "h", "port": 0}, {"host": 3, "port": 7}, ["1.2.3.4", 7], None):
         assert parse_binding(bad) is None
@@ -424,26 +421,33 @@ def test_puncher_schedule_success_and_failure() -> None:
     a = Puncher(sid, key, [("10.0.0.1", 1000)], [("10.9.9.9", 2000), ("10.0.0.1", 1000)],
                 initiator=True, now=0.0, timeout=2.0)
     assert a.targets == [("10.9.9.9", 2000)]  # our own address is not a target
-    rounds = [t / 1000 for t in range(0, 2000) if a.poll(t / 1000)]
+    rounds = [t / 1000 for t in range(0, 2000) if a.datagrams_to_send(t / 1000)]
     gaps = [round(y - x, 3) for x, y in itertools.pairwise(rounds)]
     # every 100 ms during the first second, then every 200 ms
     assert all(0.1 <= g <= 0.102 for g in gaps[:10]), gaps
     assert all(0.2 <= g <= 0.202 for g in gaps[10:]) and len(gaps) == 14, gaps
-    assert a.poll(2.0) == [] and a.state == "failed"
+    a.handle_timer(2.0)
+    assert a.datagrams_to_send(2.0) == [] and a.state == "failed"
     # the responder answers the initiator's probe; the ack completes the initiator
     a = Puncher(sid, key, [], [("10.9.9.9", 2000)], initiator=True, now=0.0)
     b = Puncher(sid, key, [], [("10.0.0.1", 1000)], initiator=False, now=0.0)
-    (probe, _), = a.poll(0.0)
-    (ack, to), = b.receive(probe, ("10.0.0.1", 1000), 0.01)
+    (probe, _), = a.datagrams_to_send(0.0)
+    b.receive_datagram(probe, ("10.0.0.1", 1000), 0.01)
+    (ack, to), = b.datagrams_to_send(0.01)
     assert to == ("10.0.0.1", 1000) and b.state == "succeeded"
-    assert a.receive(ack, ("10.9.9.9", 2000), 0.02) == [] and a.state == "succeeded"
+    a.receive_datagram(ack, ("10.9.9.9", 2000), 0.02)
+    assert a.datagrams_to_send(0.02) == [] and a.state == "succeeded"
     assert a.selected == ("10.9.9.9", 2000) and a.verified == {("10.9.9.9", 2000): "ack"}
     assert a.rtt == pytest.approx(0.02)
     # a reflected probe (our own role) and an ack for a probe we never sent are refused
     c = Puncher(sid, key, [], [("10.9.9.9", 2000)], initiator=True, now=0.0)
-    assert c.receive(probe, ("10.6.6.6", 1), 0.0) == [] and c.rejected["reflected"] == 1
+    c.handle_timer(0.0)
+    c.datagrams_to_send(0.0)  # its first round of probes: what follows is only answers
+    c.receive_datagram(probe, ("10.6.6.6", 1), 0.0)
+    assert c.datagrams_to_send(0.0) == [] and c.rejected["reflected"] == 1
     forged = encode_probe(key, ACK, 1, sid, os.urandom(8))
-    assert c.receive(forged, ("10.6.6.6", 1), 0.0) == [] and c.rejected["unknown_txid"] == 1
+    c.receive_datagram(forged, ("10.6.6.6", 1), 0.0)
+    assert c.datagrams_to_send(0.0) == [] and c.rejected["unknown_txid"] == 1
     assert c.state == "punching"
 
 
@@ -451,12 +455,14 @@ def test_puncher_learns_peer_reflexive_address() -> None:
     sid, key = os.urandom(16), os.urandom(32)
     b = Puncher(sid, key, [], [("198.51.100.7", 4000)], initiator=False, now=0.0)
     a = Puncher(sid, key, [], [("203.0.113.5", 5000)], initiator=True, now=0.0)
-    (probe, _), = a.poll(0.0)
-    b.receive(probe, ("198.51.100.7", 4999), 0.05)  # from a port the peer did not announce
+    (probe, _), = a.datagrams_to_send(0.0)
+    b.receive_datagram(probe, ("198.51.100.7", 4999), 0.05)  # from a port not announced
+    b.datagrams_to_send(0.05)  # the ack
     assert b.learned == [("198.51.100.7", 4999)] and b.selected == ("198.51.100.7", 4999)
     assert b.verified == {("198.51.100.7", 4999): "probe"}
-    assert b.poll(0.1) == []  # succeeded: no more probes, only answers
-    assert b.receive(probe, ("198.51.100.7", 4999), 0.2)  # still answered
+    assert b.datagrams_to_send(0.1) == []  # succeeded: no more probes, only answers
+    b.receive_datagram(probe, ("198.51.100.7", 4999), 0.2)
+    assert b.datagrams_to_send(0.2)  # still answered
 
 
 def test_punch_feasible() -> None:

@@ -9,9 +9,10 @@ import os
 
 import pytest
 
+from overlay.media.errors import PathLost
 from overlay.media.secure_stream import secure
 from overlay.media.stream import ByteStream, TcpByteStream
-from overlay.media.transfer import PATH_LOST, PartialStore, receive_file, send_file
+from overlay.media.transfer import PartialStore, receive_file, send_file
 from tests.helpers.netutil import loopback_ips, wait_for
 
 
@@ -79,7 +80,7 @@ async def test_resume_after_the_path_dies(tmp_path, secured):
     try:
         await send_file(await path(*first, True), src, transfer_id=transfer_id)
         raise AssertionError("the first path should have died")
-    except PATH_LOST:
+    except PathLost:
         pass
     await wait_for(lambda: bool(results))
     assert "interrupted" in str(results[0])

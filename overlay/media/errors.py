@@ -1,0 +1,28 @@
+"""The media layer's errors: :class:`MediaError` is the root of every one of them, and
+:class:`PathLost` of every way a media path fails.
+
+A lost path is met the same way wherever it happens (the peer's end closed, a socket or relay
+connection failed, the secured stream broke, punching or QUIC failed): the caller tries or
+resumes on another path. ``PathLost`` is also a ``ConnectionError``, so code that catches
+connection errors keeps catching it. The stream adapters turn the ``ConnectionError`` of a
+socket under them into ``PathLost`` (same message), so ``except PathLost`` sees them all.
+"""
+
+from __future__ import annotations
+
+from overlay.core.errors import OverlayError
+
+
+class MediaError(OverlayError):
+    """Something the media layer detected and refused or could not do."""
+
+
+class PathLost(MediaError, ConnectionError):
+    """A media path failed or went away; another path may take over."""
+
+
+def path_lost(exc: ConnectionError) -> PathLost:
+    """``exc`` (a socket's or relay connection's error) as a :class:`PathLost`, same text."""
+    if isinstance(exc, PathLost):
+        return exc
+    return PathLost(str(exc) or type(exc).__name__)

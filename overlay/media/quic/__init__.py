@@ -1,0 +1,35 @@
+"""QUIC on a punched UDP path: one bidirectional stream as a ByteStream (``path = "udp-punch"``).
+
+After :func:`overlay.media.punch_io.punch` both clients know each other's address as seen
+through their NATs. The initiator (the invite's sender) is the QUIC client, the other side the
+QUIC server, both on their :class:`~overlay.media.media_socket.MediaSocket`, so QUIC packets
+take the very holes the probes opened. aioquic's sans-IO ``QuicConnection`` does the protocol.
+One module per job:
+
+- :mod:`.congestion`: :class:`MediaCongestionControl` (``"overlay-bbr"``);
+- :mod:`.core`: :class:`QuicStreamCore`, sans-IO (explicit ``now``), the one-stream logic;
+- :mod:`.stream`: :class:`QuicByteStream`, the thin asyncio adapter on a MediaSocket;
+- :mod:`.connect`: :func:`quic_connect` (client or server side) and :func:`udp_path`
+  (punch, then QUIC).
+
+Security: QUIC's TLS here is transport encryption only. The server presents an ephemeral
+self-signed certificate made in memory for this connection and the client does not verify it
+(``verify_mode=CERT_NONE``): nobody's identity is, or could be, bound to it. Authentication and
+end-to-end encryption come from :func:`overlay.media.secure_stream.secure` run on top of the
+returned stream with the invite/answer keys; a man in the middle of the QUIC layer ends up
+holding a stream on which that confirmation never completes.
+
+The stream: the client opens stream 0 with an 8-byte preamble (``PREAMBLE``), which the server
+checks and strips, so the server may send as soon as the stream exists. ``send`` applies
+back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or unacknowledged;
+``recv`` returns ``b""`` after the peer's FIN; ``close`` sends FIN, waits until everything
+sent was acknowledged (giving up after ``CLOSE_STALL_S`` without progress), then closes the
+connection with NO_ERROR. A PING every ``KEEPALIVE_S`` keeps NAT mappings and the idle timer
+alive.
+
+Congestion control: :class:`MediaCongestionControl` (``"overlay-bbr"``, BBR-like), because a
+loss-based controller collapses on long paths with random loss; ``congestion_control="cubic"``
+(or ``"reno"``) selects aioquic's own. One place reads aioquic's private state:
+:meth:`QuicStreamCore.unacknowledged` / ``all_acknowledged`` look at the stream's send buffer
+(aioquic offers no back-pressure of its own); pinned by the tests.
+"""

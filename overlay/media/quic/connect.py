@@ -1,0 +1,106 @@
+"""Setting up a media QUIC path (asyncio): :func:`quic_connect` as client or server on a
+:class:`~overlay.media.media_socket.MediaSocket`, and :func:`udp_path` (punch, then QUIC)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicHeader
+
+from overlay.core.addresses import Address
+from overlay.media.media_socket import MediaSocket
+from overlay.media.punch import punch_key
+from overlay.media.punch_io import punch
+from overlay.media.quic.congestion import CONGESTION_CONTROL
+from overlay.media.quic.core import IDLE_TIMEOUT_S, QuicPathError, QuicStreamCore, configuration
+from overlay.media.quic.stream import QuicByteStream
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+async def quic_connect(
+    media: MediaSocket, peer: Address, *, initiator: bool, timeout: float = CONNECT_TIMEOUT_S,
+    session_id: bytes | None = None, idle_timeout: float = IDLE_TIMEOUT_S,
+    congestion_control: str = CONGESTION_CONTROL,
+) -> QuicByteStream:
+    """QUIC to ``peer`` over ``media``: as client when ``initiator``, else as server.
+
+    The server takes the first QUIC Initial from ``peer`` or, when ``session_id`` names a
+    punching session on ``media``, from any address that session verified (the peer may have
+    reached us from another of its addresses). Returns once the handshake completed and the
+    stream is open, or raises :class:`QuicPathError` within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    if initiator:
+        config = configuration(True, idle_timeout, congestion_control)
+        core = QuicStreamCore(QuicConnection(configuration=config), is_client=True)
+        stream = QuicByteStream(media, core, peer)
+        try:
+            core.connect(peer, loop.time())
+            stream._after()
+            ok = await stream._wait(lambda: core.handshake_done or core.terminated, timeout)
+        except BaseException:  # cancelled (another path won): leave nothing behind
+            stream.abort("cancelled")
+            raise
+        if not ok or not core.handshake_done:
+            stream.abort("handshake timeout")
+            raise QuicPathError(core.error or f"no QUIC handshake with {peer[0]}:{peer[1]} "
+                                f"within {timeout}s")
+        return stream
+
+    accepted: asyncio.Future[QuicByteStream] = loop.create_future()
+
+    def accepts(addr: Address) -> bool:
+        if addr == peer:
+            return True
+        puncher = media.puncher(session_id) if session_id is not None else None
+        return puncher is not None and addr in puncher.verified
+
+    def on_initial(data: bytes, addr: Address, header: QuicHeader) -> QuicByteStream | None:
+        if accepted.done() or len(data) < 1200:
+            return None
+        conn = QuicConnection(configuration=configuration(False, idle_timeout,
+                                                          congestion_control),
+                              original_destination_connection_id=header.destination_cid)
+        server = QuicByteStream(media, QuicStreamCore(conn, is_client=False), addr)
+        media.add_quic_route(server, cid=header.destination_cid)
+        accepted.set_result(server)
+        server.datagram_received(data, addr)
+        return server
+
+    cancel = media.accept_quic(accepts, on_initial)
+    server: QuicByteStream | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            server = await accepted
+            srv = server
+            await srv._wait(lambda: (srv.core.handshake_done and srv.core.stream_open)
+                            or srv.core.terminated)
+    except TimeoutError:
+        pass
+    except BaseException:  # cancelled (another path won): leave nothing behind
+        if accepted.done() and not accepted.cancelled():
+            accepted.result().abort("cancelled")
+        raise
+    finally:
+        cancel()
+    if server is None or not server.core.handshake_done or not server.core.stream_open:
+        error = server.core.error if server is not None else None
+        if server is not None:
+            server.abort("handshake timeout")
+        raise QuicPathError(error or f"no QUIC connection from {peer[0]}:{peer[1]} "
+                            f"within {timeout}s")
+    return server
+
+
+async def udp_path(
+    media: MediaSocket, session_id: bytes, shared_secret: bytes, transcript_hash: bytes,
+    initiator: bool, local_candidates: list[Address], remote_candidates: list[Address],
+    punch_timeout: float = 5.0, connect_timeout: float = CONNECT_TIMEOUT_S,
+) -> QuicByteStream:
+    """Punch, then QUIC on the punched address: the raw ``"udp-punch"`` ByteStream for one
+    session (still to be passed through ``secure_stream.secure``)."""
+    peer = await punch(media, session_id, punch_key(shared_secret, transcript_hash), initiator,
+                       local_candidates, remote_candidates, punch_timeout)
+    return await quic_connect(media, peer, initiator=initiator, timeout=connect_timeout,
+                              session_id=session_id)

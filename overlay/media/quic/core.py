@@ -1,0 +1,212 @@
+"""QUIC carrying one bidirectional stream, sans-IO: :class:`QuicStreamCore` over aioquic's
+``QuicConnection`` (explicit ``now``, no asyncio), and the QUIC configuration of media paths
+(ALPN, preamble, windows, an in-memory self-signed certificate on the server side)."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from overlay.core.addresses import Address
+from overlay.media.errors import PathLost
+from overlay.media.quic.congestion import CONGESTION_CONTROL
+
+ALPN = "overlay-media/1"
+PREAMBLE = b"OVLQ\x00\x00\x00\x01"
+IDLE_TIMEOUT_S = 30.0
+#: UDP payload size; 1350 fits under any usual path MTU (1500, PPPoE, most VPNs)
+MAX_DATAGRAM_SIZE = 1350
+#: stream and connection receive windows (bytes in flight the peer may send ahead)
+RECEIVE_WINDOW = 4 * 1024 * 1024
+STREAM_ID = 0
+#: our QUIC connection ids are this long (short headers do not carry a length)
+QUIC_CID_BYTES = 8
+
+
+class QuicPathError(PathLost):
+    """The QUIC connection could not be set up, or ended abnormally."""
+
+
+def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A fresh P-256 key and a self-signed certificate for it, in memory only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "overlay-media")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def configuration(is_client: bool, idle_timeout: float = IDLE_TIMEOUT_S,
+                  congestion_control: str = CONGESTION_CONTROL) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=idle_timeout,
+        connection_id_length=QUIC_CID_BYTES,
+        max_datagram_size=MAX_DATAGRAM_SIZE,
+        max_data=RECEIVE_WINDOW,
+        max_stream_data=RECEIVE_WINDOW,
+        congestion_control_algorithm=congestion_control,
+        verify_mode=ssl.CERT_NONE,
+        server_name="overlay-media",
+    )
+    if not is_client:
+        config.certificate, config.private_key = self_signed_certificate()
+    return config
+
+
+class QuicStreamCore:
+    """Sans-IO: a ``QuicConnection`` carrying one bidirectional stream (stream 0).
+
+    aioquic's vocabulary: feed it with :meth:`receive_datagram` and :meth:`handle_timer`;
+    collect :meth:`datagrams_to_send`; :meth:`get_timer` says when the timer is due.
+    Received stream bytes accumulate in ``received``; ``fin_received``, ``handshake_done``,
+    ``stream_open`` and ``error`` describe the state. ``new_cids`` and ``retired_cids`` list
+    connection ids the socket must start or stop routing here.
+    """
+
+    def __init__(self, conn: QuicConnection, is_client: bool) -> None:
+        self.conn = conn
+        self.is_client = is_client
+        self.received = bytearray()
+        self.fin_received = False
+        self.handshake_done = False
+        #: the client opened the stream (and, server side, its preamble checked out)
+        self.stream_open = is_client
+        self.error: str | None = None
+        self.terminated = False
+        self.new_cids: list[bytes] = []
+        self.retired_cids: list[bytes] = []
+        self._preamble = bytearray()
+        self._fin_sent = False
+        self._ping_uid = 0
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def connect(self, addr: Address, now: float) -> None:
+        """Client: start the handshake and open the stream with the preamble."""
+        self.conn.connect(addr, now=now)
+        self.conn.send_stream_data(STREAM_ID, PREAMBLE)
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.conn.receive_datagram(data, addr, now=now)
+        self._process()
+
+    def handle_timer(self, now: float) -> None:
+        self.conn.handle_timer(now=now)
+        self._process()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        return [(d, (str(a[0]), int(a[1]))) for d, a in self.conn.datagrams_to_send(now=now)]
+
+    def get_timer(self) -> float | None:
+        return self.conn.get_timer()
+
+    def ping(self) -> None:
+        if not self.terminated:
+            self._ping_uid += 1
+            self.conn.send_ping(self._ping_uid)
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.terminated:
+            raise QuicPathError(self.error or "the connection is closed")
+        if self._fin_sent:
+            raise QuicPathError("send after close")
+        if not self.stream_open:
+            raise QuicPathError("the stream is not open yet")
+        self.conn.send_stream_data(STREAM_ID, data)
+
+    def finish(self) -> None:
+        """Send FIN (once)."""
+        if self._fin_sent or self.terminated or not self.stream_open:
+            return
+        self._fin_sent = True
+        self.conn.send_stream_data(STREAM_ID, b"", end_stream=True)
+
+    def unacknowledged(self) -> int:
+        """Bytes written but not yet acknowledged by the peer (including unsent ones)."""
+        stream = self.conn._streams.get(STREAM_ID)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+
+    def all_acknowledged(self) -> bool:
+        """Everything, FIN included, reached the peer."""
+        stream = self.conn._streams.get(STREAM_ID)
+        return stream is None or stream.sender.is_finished
+
+    def close(self, error: str | None = None) -> None:
+        if self.terminated:
+            return
+        if error is None:
+            self.conn.close(error_code=QuicErrorCode.NO_ERROR)
+        else:
+            self.conn.close(error_code=QuicErrorCode.APPLICATION_ERROR, reason_phrase=error)
+            self.error = self.error or error
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, events.HandshakeCompleted):
+                if event.alpn_protocol != ALPN:
+                    self.close(f"ALPN {event.alpn_protocol!r}")
+                else:
+                    self.handshake_done = True
+            elif isinstance(event, events.StreamDataReceived):
+                if event.stream_id == STREAM_ID:
+                    self._stream_data(event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset):
+                if event.stream_id == STREAM_ID:
+                    self.error = self.error or f"stream reset by the peer ({event.error_code})"
+                    self.close(self.error)
+            elif isinstance(event, events.ConnectionTerminated):
+                self.terminated = True
+                if event.error_code != QuicErrorCode.NO_ERROR or not self.fin_received:
+                    self.error = self.error or (
+                        f"connection closed (code {event.error_code}"
+                        + (f": {event.reason_phrase}" if event.reason_phrase else "") + ")")
+            elif isinstance(event, events.ConnectionIdIssued):
+                self.new_cids.append(event.connection_id)
+            elif isinstance(event, events.ConnectionIdRetired):
+                self.retired_cids.append(event.connection_id)
+
+    def _stream_data(self, data: bytes, end: bool) -> None:
+        if not self.stream_open:
+            need = len(PREAMBLE) - len(self._preamble)
+            self._preamble += data[:need]
+            data = data[need:]
+            if len(self._preamble) < len(PREAMBLE):
+                if end:
+                    self.close("stream ended inside the preamble")
+                return
+            if bytes(self._preamble) != PREAMBLE:
+                self.close("not an overlay media stream")
+                return
+            self.stream_open = True
+        self.received += data
+        if end:
+            self.fin_received = True
+
+
