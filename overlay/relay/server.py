@@ -1,10 +1,12 @@
-"""The relay server: pairs two connections by token and forwards bytes between them.
+"""The relay server, one module (~500 lines) as pairing and forwarding share each callback.
 
-:mod:`overlay.node.tcp_service` hands a connection over (:meth:`RelayServer.adopt`) when its first
-four bytes are :data:`~overlay.relay.MAGIC`; from then on its ``ServedProtocol`` passes every
-callback to a :class:`RelayLink`. Forwarding happens in those protocol callbacks: each chunk
-that arrives is charged to the budget (:mod:`overlay.relay.budget`) once and written to the
-peer's transport as it is, or in slices when the budget allows only part of it now.
+It pairs two connections by token and forwards bytes between them.
+
+:mod:`overlay.node.tcp_service` hands a connection over (:meth:`RelayServer.adopt`) when its
+first four bytes are :data:`~overlay.relay.protocol.MAGIC`; from then on its ``ServedProtocol``
+passes every callback to a :class:`RelayLink`. Forwarding happens in those protocol callbacks:
+each chunk that arrives is charged to the budget (:mod:`overlay.relay.budget`) once and written
+to the peer's transport as it is, or in slices when the budget allows only part of it now.
 
 Back-pressure, never drops: while a session (or the relay) is over its rate, the relay stops
 reading from the sender's socket (``pause_reading``) and resumes when the buckets have refilled
