@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -73,17 +72,8 @@ from overlay.relay.protocol import (
     decode_status,
     encode_hello,
 )
-from tools.bench.supernode import (
-    _STARTED,
-    Daemon,
-    ProcSample,
-    cpu_pct,
-    raise_fd_limit,
-    wait_ready,
-)
-from tools.bench.supernode import (
-    proc_sample as tick_sample,
-)
+from tests.helpers.daemons import Daemon, track, wait_ready
+from tools.bench.procstat import ProcSample, cpu_pct, raise_fd_limit, sched_sample
 
 PORT = 4300
 HTTP_PORT = 8300
@@ -120,38 +110,6 @@ class Addrs:
         self._phase += 1
         c = self.b + 2 * self._phase
         return f"127.{self.a}.{c & 255}", f"127.{self.a}.{(c + 1) & 255}"
-
-
-def sched_cpu_s(pid: int) -> float | None:
-    """CPU seconds of every thread of ``pid`` at nanosecond resolution (``se.sum_exec_runtime``
-    in /proc/PID/task/TID/sched, in ms), or None where the kernel does not expose it. The
-    10 ms ticks of /proc/PID/stat are too coarse for one voice session (~1 ms of CPU a second)."""
-    total = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/sched") as f:
-                for line in f:
-                    if line.startswith("se.sum_exec_runtime"):
-                        total += float(line.split(":")[1]) / 1000.0
-                        break
-                else:
-                    return None
-        except FileNotFoundError:
-            continue  # a thread that ended between listdir and open
-        except (OSError, ValueError):
-            return None
-    return total
-
-
-def proc_sample(pid: int) -> ProcSample:
-    """utime/stime split from /proc/PID/stat, total CPU from the scheduler when available."""
-    s = tick_sample(pid)
-    precise = sched_cpu_s(pid)
-    return s if precise is None else dataclasses.replace(s, cpu_s=precise)
 
 
 def cpu_stats(a: ProcSample, b: ProcSample, frames: int, nbytes: int) -> dict[str, Any]:
@@ -260,7 +218,7 @@ async def voice_phase(relay_pid: int, addrs: Addrs, n: int, seconds: float,
     loop = asyncio.get_running_loop()
     rx0 = sum(r.rx for r in receivers)
     ticks_total = int(seconds * FPS)
-    before = proc_sample(relay_pid)
+    before = sched_sample(relay_pid)
     start = loop.time()
     ticks = late = 0
     while ticks < ticks_total:
@@ -278,7 +236,7 @@ async def voice_phase(relay_pid: int, addrs: Addrs, n: int, seconds: float,
         if sum(r.rx for r in receivers) - rx0 >= sent * FRAME:
             break
         await asyncio.sleep(0.01)
-    after = proc_sample(relay_pid)
+    after = sched_sample(relay_pid)
     got = sum(r.rx for r in receivers) - rx0
     for a, b in pairs:
         for half in (a, b):
@@ -365,7 +323,7 @@ def bulk_run(host: str, callers: str, callees: str, seconds: float,
                 with lock:
                     received += k
 
-    before = proc_sample(relay_pid)
+    before = sched_sample(relay_pid)
     while time.monotonic() < stop_at - 0.2:
         sessions += 1
         a, b = _bulk_pair(host, f"{callers}.{sessions}", f"{callees}.{sessions}")
@@ -381,7 +339,7 @@ def bulk_run(host: str, callers: str, callees: str, seconds: float,
         threads[1].join(timeout=2)
         a.close()
         b.close()
-    after = proc_sample(relay_pid)
+    after = sched_sample(relay_pid)
     stats = cpu_stats(before, after, 0, received)
     stats.pop("frames")
     stats.pop("cpu_us_per_frame")
@@ -397,29 +355,29 @@ def bulk_run(host: str, callers: str, callees: str, seconds: float,
 
 async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[str, Any]:
     boot_addr = f"{addrs.bootstrap}:{PORT}"
-    boot = Daemon("bootstrap",
-                  ["--log-level", "warning", "bootstrap", "--listen", boot_addr,
+    boot = Daemon(["--log-level", "warning", "bootstrap", "--listen", boot_addr,
                    "--http", f"{addrs.bootstrap}:{HTTP_PORT}",
                    "--state-dir", str(workdir / "boot")],
-                  workdir / "bootstrap.log", f"{addrs.bootstrap}:{HTTP_PORT}")
-    sn = Daemon("supernode",
-                ["--log-level", "warning", "supernode",
+                  workdir / "bootstrap.log", name="bootstrap", log_json=False,
+                  http=f"{addrs.bootstrap}:{HTTP_PORT}")
+    sn = Daemon(["--log-level", "warning", "supernode",
                  "--listen", f"{addrs.supernode}:{PORT}", "--bootstrap", boot_addr,
                  "--http", f"{addrs.supernode}:{HTTP_PORT}", "--state-dir", str(workdir / "sn"),
                  "--relay-budget", "100Gbit", "--relay-session-cap", "50Gbit",
                  "--relay-max-sessions", "2000", "--max-clients", "20000",
                  "--max-conns-per-ip", "20000"],
-                workdir / "supernode.log", f"{addrs.supernode}:{HTTP_PORT}")
+                workdir / "supernode.log", name="supernode", log_json=False,
+                http=f"{addrs.supernode}:{HTTP_PORT}")
     out: dict[str, Any] = {"relay": f"{addrs.supernode}:{PORT}"}
     try:
         boot.start()
-        await wait_ready(boot)
+        await wait_ready(boot.http, boot, 30.0)
         sn.start()
-        await wait_ready(sn)
+        await wait_ready(sn.http, sn, 30.0)
         await asyncio.sleep(1.0)
-        a, b = proc_sample(sn.pid), None
+        a, b = sched_sample(sn.pid), None
         await asyncio.sleep(2.0)
-        b = proc_sample(sn.pid)
+        b = sched_sample(sn.pid)
         out["idle_cpu_pct"] = cpu_pct(a, b)
         for n in args.sessions:
             log(f"overlay voice x{n}")
@@ -497,13 +455,13 @@ def coturn_bulk_phase(turn_pid: int, host: str, workdir: Path, seconds: float) -
            "-z", "0", "-u", TURN_USER, "-w", TURN_PASS, "-p", str(TURN_PORT), "-e", host, host]
     with open(workdir / "uclient_bulk.log", "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _STARTED.append(proc)
+    track(proc)
     samples: list[tuple[ProcSample, int]] = []
     active: list[int] = []  # indexes of samples after which the output grew
     deadline = time.monotonic() + seconds + 15  # uclient allocates and connects for ~4 s
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            samples.append((proc_sample(turn_pid), written_bytes(turn_pid)))
+            samples.append((sched_sample(turn_pid), written_bytes(turn_pid)))
             if len(samples) > 1 and samples[-1][1] - samples[-2][1] > 1_000_000:
                 active.append(len(samples) - 2)
                 if samples[-1][0].at - samples[active[0]][0].at >= seconds:
@@ -580,7 +538,7 @@ def coturn_voice_phase(turn_pid: int, host: str, workdir: Path, n: int,
                 proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
             procs.append(proc)
-            _STARTED.append(proc)
+            track(proc)
             if i % 25 == 24:
                 time.sleep(0.05)  # uclient allocates in ~1 s; a burst of 1000 is fine, slower
         deadline = time.monotonic() + 30 + n * 0.03
@@ -600,10 +558,10 @@ def coturn_voice_phase(turn_pid: int, host: str, workdir: Path, n: int,
         # call; with many, the other processes' lines are as stale at both ends on average
         _next_progress_line(logs[0])
         c0 = [_last_progress(f) or (0, 0) for f in logs]
-        before = proc_sample(turn_pid)
+        before = sched_sample(turn_pid)
         time.sleep(max(0.0, seconds - 0.5))  # the measuring window itself
         _next_progress_line(logs[0])
-        after = proc_sample(turn_pid)
+        after = sched_sample(turn_pid)
         c1 = [_last_progress(f) or (0, 0) for f in logs]
         frames = sum(b[0] - a[0] for a, b in zip(c0, c1, strict=True))
         nbytes = sum(b[1] - a[1] for a, b in zip(c0, c1, strict=True))
@@ -640,7 +598,7 @@ def run_coturn(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[st
     logf = open(workdir / "turnserver.log", "wb")
     turn = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     logf.close()
-    _STARTED.append(turn)
+    track(turn)
     out: dict[str, Any] = {"version": coturn_version(), "server": f"{host}:{TURN_PORT}",
                            "command": " ".join(cmd)}
     try:
@@ -653,9 +611,9 @@ def run_coturn(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[st
                 break
             time.sleep(0.1)
         time.sleep(1.0)
-        a = proc_sample(turn.pid)
+        a = sched_sample(turn.pid)
         time.sleep(2.0)
-        b = proc_sample(turn.pid)
+        b = sched_sample(turn.pid)
         out["idle_cpu_pct"] = cpu_pct(a, b)
         for n in args.sessions:
             if n > args.coturn_max_sessions:
