@@ -87,15 +87,14 @@ class Daemon:
     log_path: Path
     name: str = ""
     http: str | None = None
-    role: str = ""
+    role: str = ""  # e.g. "bootstrap", "supernode", "client"
     log_json: bool = True
     launcher: Launcher = subprocess.Popen
     process_group: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.name = self.name or self.args[0]
-        self.role = self.role or self.args[0]
+        self.name = self.name or self.role or self.args[0]
 
     @property
     def argv(self) -> list[str]:
@@ -230,17 +229,23 @@ async def wait_ready(http: str | None, daemon: Daemon, timeout: float = 20.0) ->
         raise
 
 
-async def scrape_metrics(daemon: Daemon) -> dict[str, float]:
-    """``overlay_*`` series from the daemon's ``/metrics``, keyed by ``name{labels}``
-    (empty when it does not answer)."""
-    status, text = await http_status_text(f"http://{daemon.http}/metrics")
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition: ``{"name{labels}": value}`` (comments and lines whose value
+    is not a number are left out)."""
     out: dict[str, float] = {}
-    if status != 200:
-        return out
     for line in text.splitlines():
-        if not line.startswith("overlay_"):
+        if not line or line.startswith("#"):
             continue
         name, _, value = line.rpartition(" ")
         with contextlib.suppress(ValueError):
             out[name] = float(value)
     return out
+
+
+async def scrape_metrics(daemon: Daemon) -> dict[str, float]:
+    """``overlay_*`` series from the daemon's ``/metrics``, keyed by ``name{labels}``
+    (empty when it does not answer)."""
+    status, text = await http_status_text(f"http://{daemon.http}/metrics")
+    if status != 200:
+        return {}
+    return {k: v for k, v in parse_metrics(text).items() if k.startswith("overlay_")}
