@@ -23,6 +23,7 @@ after a grace period and tears the lab down (which kills anything else in its na
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -39,12 +40,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from overlay.client.control import ControlSocketError, control_request
+from tests.helpers.daemons import Daemon, overlay_argv
 from tests.helpers.repo import REPO
 from tools.natlab import Lab
 
 KINDS = ("public", "firewalled", "cone", "symmetric", "tcp-only")
 PORT = 4000
-OVERLAY = [sys.executable, "-m", "overlay", "--log-json"]
+OVERLAY = overlay_argv([])
 
 T = TypeVar("T")
 
@@ -117,18 +119,6 @@ class SendResult:
                 f"rc={self.returncode}{' TIMEOUT' if self.timed_out else ''} "
                 f"in {self.seconds:.2f}s\n  stdout: {self.stdout.strip()[:600]}\n"
                 f"  stderr: {self.stderr.strip()[:600]}")
-
-
-@dataclass
-class Daemon:
-    host: str
-    role: str  # "bootstrap", "supernode", "client"
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @dataclass
@@ -254,15 +244,12 @@ class LabOverlay:
                              router=True, check=True)
 
     def _start(self, host: str, role: str, args: list[str]) -> Daemon:
+        """``overlay ARGS`` inside ``host``'s namespace (the lab's ``popen`` puts it in its
+        own process group)."""
         assert self.lab is not None
-        argv = [*OVERLAY, *args]
-        log_path = self.log_path(host)
-        with open(log_path, "ab") as log:
-            proc = self.lab.popen(host, argv, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, cwd=str(REPO),
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        daemon = Daemon(host, role, argv, log_path, proc)
-        self.daemons[host] = daemon
+        daemon = Daemon(args, self.log_path(host), name=host, role=role,
+                        launcher=functools.partial(self.lab.popen, host), process_group=True)
+        self.daemons[host] = daemon.start()
         return daemon
 
     def directory(self, timeout: float = 20.0) -> list[str]:
@@ -288,38 +275,17 @@ class LabOverlay:
             time.sleep(0.3)
 
     def stop_daemon(self, host: str, sig: int = signal.SIGTERM, grace_s: float = 5.0) -> None:
-        daemon = self.daemons[host]
-        proc = daemon.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        self.daemons[host].stop(sig, grace_s)
 
     def close(self) -> None:
         """Stop the daemons (clients first) and tear the lab down. Idempotent."""
         order = sorted(self.daemons.values(),
                        key=lambda d: {"client": 0, "supernode": 1, "bootstrap": 2}[d.role])
         for daemon in order:
-            if daemon.alive():
-                assert daemon.proc is not None
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(daemon.proc.pid, signal.SIGTERM)
+            daemon.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 5.0
         for daemon in order:
-            if daemon.proc is None:
-                continue
-            try:
-                daemon.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(daemon.proc.pid, signal.SIGKILL)
-                daemon.proc.wait()
+            daemon.wait_or_kill(deadline - time.monotonic())
         if self.lab is not None:
             self.lab.close()
 
@@ -336,8 +302,8 @@ class LabOverlay:
         return control_request(self.sock(host), obj, timeout=timeout)
 
     def check_alive(self) -> None:
-        dead = [f"{d.host} ({d.role}) exited {d.proc.returncode}: {self.log_tail(d.host)}"
-                for d in self.daemons.values() if d.proc is not None and d.proc.poll() is not None]
+        dead = [f"{d.name} ({d.role}) exited {d.proc.returncode}: {self.log_tail(d.name)}"
+                for d in self.daemons.values() if d.exited() and d.proc is not None]
         if dead:
             raise AssertionError("daemons died:\n" + "\n".join(dead))
 

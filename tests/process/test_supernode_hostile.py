@@ -12,7 +12,7 @@ from overlay.attach import ClientConnection
 from overlay.attach.adapter import AttachRefused, ClientSession
 from overlay.core import records
 from overlay.core.identity import Identity
-from tests.helpers.daemons import http_get, http_text
+from tests.helpers.daemons import http_get, http_text, parse_metrics
 from tests.helpers.netutil import loopback_ips
 from tests.helpers.overlay_net import ProcessOverlay
 
@@ -134,10 +134,7 @@ async def test_supernode_survives_hostile_peers_and_serves_honest_ones(overlay):
         assert reason in log, reason
 
     text = await http_text(f"http://{overlay.http(0)}/metrics")
-    metrics = {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
-    }
+    metrics = parse_metrics(text)
     assert metrics['overlay_attach_refused_total{reason="name_claimed"}'] == 2
     assert metrics["overlay_attached_clients"] == 1
     cut = "overlay_sessions_cut_off_total"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.repo import REPO
 
 
 def dist_version(dist: str) -> str | None:

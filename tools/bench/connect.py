@@ -251,7 +251,7 @@ def table(pairs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.bench.connect",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=1 << 20, help="file size (1MiB)")
@@ -265,14 +265,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop starting pairs after this (900)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
-    args = ap.parse_args(argv)
-    ok, why = lab_available()
-    if not ok:
-        print(f"connect bench: {why}", file=sys.stderr)
-        return 2
-    if args.repeat < 1:
-        ap.error("--repeat must be >= 1")
+    return ap
 
+
+def run_pairs(ov: LabOverlay, args: argparse.Namespace, started: float,
+              result: dict[str, Any]) -> None:
+    """``--repeat`` transfers per pair, one at a time, into ``result["pairs"]``."""
+    for a, b in args.pairs:
+        key = f"{a}->{b}"
+        if time.monotonic() - started > args.max_run_s:
+            result["pairs"][key] = {"skipped": True}
+            continue
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout))
+            print(f"{key}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
+        result["pairs"][key] = {"runs": runs, "summary": summarize(runs)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the lab with a sender and/or receiver per kind, then run every pair."""
     started = time.monotonic()
     clients = {f"{a}-1": a for a, _ in args.pairs} | {f"{b}-2": b for _, b in args.pairs}
     work = Path(tempfile.mkdtemp(prefix="bc-"))
@@ -286,16 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             result["netem_backend"] = ov.lab.netem_backend
             result["setup_s"] = round(time.monotonic() - started, 2)
             result["attached_to"] = {h: ov.attached_to(h) for h in clients}
-            for a, b in args.pairs:
-                key = f"{a}->{b}"
-                if time.monotonic() - started > args.max_run_s:
-                    result["pairs"][key] = {"skipped": True}
-                    continue
-                runs = []
-                for _ in range(args.repeat):
-                    runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout))
-                    print(f"{key}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
-                result["pairs"][key] = {"runs": runs, "summary": summarize(runs)}
+            run_pairs(ov, args, started, result)
             ov.check_alive()
     finally:
         result["run_s"] = round(time.monotonic() - started, 2)
@@ -303,6 +306,19 @@ def main(argv: list[str] | None = None) -> int:
             result["work_dir"] = str(work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    ok, why = lab_available()
+    if not ok:
+        print(f"connect bench: {why}", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    result = run(args)
     doc = json.dumps(result, indent=2)
     print(doc)
     if args.out:

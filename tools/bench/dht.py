@@ -380,146 +380,195 @@ async def settle(seconds: float) -> None:
     gc.collect()
 
 
+def table_summary(nodes: Sequence[BenchNode]) -> dict[str, Any]:
+    tables = sorted(n.table_size for n in nodes)
+    return {"min": tables[0], "median": statistics.median(tables), "max": tables[-1]}
+
+
+@dataclass
+class NetworkRun:
+    """One implementation at one size: its nodes and what every phase needs."""
+
+    impl: str
+    nodes: list[BenchNode]
+    p: Params
+    rng: random.Random
+    run_deadline: float
+    log: Callable[[str], None]
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def op_timeout(self) -> float:
+        return self.p.overlay_op_timeout_s if self.impl == OVERLAY else self.p.stock_op_timeout_s
+
+    def other_than(self, publisher: int) -> int:
+        """A random node index that is not ``publisher``."""
+        idx = self.rng.randrange(self.size - 1)
+        return idx + (idx >= publisher)
+
+
+async def join_network(net: NetworkRun, ips: list[str]) -> dict[str, Any]:
+    """Setup: listen everywhere, then join through node 0 in concurrent batches."""
+    p, nodes = net.p, net.nodes
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    for node, ip in zip(nodes, ips, strict=True):
+        await node.start(ip)
+    boot = nodes[0].address
+    join_failures: Counter[str] = Counter()
+    joiners = nodes[1:]
+    for i in range(0, len(joiners), p.join_batch):
+        if time.perf_counter() >= net.run_deadline:
+            join_failures["run_deadline"] += len(joiners) - i
+            break
+        batch = joiners[i : i + p.join_batch]
+        done = await asyncio.gather(
+            *(asyncio.wait_for(n.join(boot), p.join_timeout_s) for n in batch),
+            return_exceptions=True,
+        )
+        for r in done:
+            if isinstance(r, BaseException):
+                join_failures[type(r).__name__] += 1
+    return {
+        "setup_s": round(time.perf_counter() - t0, 3),
+        "setup_cpu_s": round(time.process_time() - cpu0, 3),
+        "join_failures": dict(join_failures),
+        "routing_table": table_summary(nodes),
+    }
+
+
+async def put_phase(net: NetworkRun, items: list[Item]) -> tuple[PhaseResult, dict[str, int]]:
+    """Each user's record put once, from a random node: (result, publisher index by name)."""
+    nodes = net.nodes
+    publisher: dict[str, int] = {}
+    stored: list[int] = []
+
+    def put_op(item: Item, idx: int) -> Op:
+        async def op() -> bool:
+            stored.append(await nodes[idx].put(item))
+            return True
+        return op
+
+    put_ops = []
+    for item in items:
+        idx = net.rng.randrange(net.size)
+        publisher[item.name] = idx
+        put_ops.append(put_op(item, idx))
+    c0 = sum_counters(nodes)
+    put = await run_ops(put_ops, net.op_timeout, net.p.phase_budget_s, net.run_deadline)
+    put.extra["per_op"] = per_op(c0, sum_counters(nodes), len(put.latencies_s))
+    if stored and net.impl == OVERLAY:
+        put.extra["replicas_mean"] = round(statistics.fmean(stored), 2)
+        put.extra["replicas_min"] = min(stored)
+    # lookups fill routing tables: the gets below run on these tables
+    put.extra["routing_table_after"] = table_summary(nodes)
+    return put, publisher
+
+
+def read_ops(nodes: Sequence[BenchNode], reads: list[tuple[Item, int]]
+             ) -> tuple[list[Op], Callable[[int], None], Counter[str]]:
+    """Ops reading ``reads`` (item, reader index); counts, untimed, reads of a record
+    the reader holds itself (stock answers those without asking anyone)."""
+    held: Counter[str] = Counter()
+
+    def before(i: int) -> None:
+        item, idx = reads[i]
+        held["reader_held_record"] += nodes[idx].holds(item)
+
+    return [_bound_get(nodes[idx], item) for item, idx in reads], before, held
+
+
+async def get_phase(net: NetworkRun, put_ok: list[Item], publisher: dict[str, int]
+                    ) -> tuple[PhaseResult, list[Item]]:
+    """Each stored user once, in random order, from a node other than its publisher."""
+    get_items = net.rng.sample(put_ok, len(put_ok))
+    reads = [(item, net.other_than(publisher[item.name])) for item in get_items]
+    get_ops, before, held = read_ops(net.nodes, reads)
+    c0 = sum_counters(net.nodes)
+    get = await run_ops(get_ops, net.op_timeout, net.p.phase_budget_s, net.run_deadline, before)
+    get.extra["per_op"] = per_op(c0, sum_counters(net.nodes), len(get.latencies_s))
+    get.extra.update(held)
+    return get, get_items
+
+
+async def loss_phase(net: NetworkRun, put_ok: list[Item]) -> PhaseResult:
+    """Abrupt loss of 20 % of the nodes (readers and the bootstrap node survive), then reads
+    of stored records at once."""
+    p, rng, nodes, size = net.p, net.rng, net.nodes, net.size
+    overlay = net.impl == OVERLAY
+    readers = rng.sample(range(1, size), max(2, size // 10))
+    candidates = [i for i in range(1, size) if i not in set(readers)]
+    victims = set(rng.sample(candidates, min(len(candidates), round(size * LOSS_FRACTION))))
+    loss_ops_n = p.overlay_loss_ops if overlay else p.stock_loss_ops
+    loss_items = (rng.sample(put_ok, loss_ops_n) if loss_ops_n <= len(put_ok)
+                  else [rng.choice(put_ok) for _ in range(loss_ops_n)]) if put_ok else []
+    loss_ops, before, held = read_ops(nodes, [(it, rng.choice(readers)) for it in loss_items])
+    survivors = [n for i, n in enumerate(nodes) if i not in victims]
+    for i in victims:
+        nodes[i].stop()
+    c0 = sum_counters(survivors)
+    loss = await run_ops(
+        loss_ops, net.op_timeout,
+        p.overlay_loss_budget_s if overlay else p.stock_loss_budget_s, net.run_deadline, before,
+    )
+    loss.extra["per_op"] = per_op(c0, sum_counters(survivors), len(loss.latencies_s))
+    loss.extra.update(stopped_nodes=len(victims), readers=len(readers), **held)
+    return loss
+
+
+async def stop_network(nodes: Sequence[BenchNode]) -> None:
+    for node in nodes:
+        try:
+            node.stop()
+        except Exception:  # already stopped, or never started
+            pass
+    await asyncio.sleep(0.2)  # let transports close and stragglers resolve
+    gc.unfreeze()
+    gc.collect()
+
+
 async def bench_network(
     impl: str, size: int, ips: list[str], items: list[Item], p: Params, rng: random.Random,
     run_deadline: float, log: Callable[[str], None],
 ) -> dict[str, Any]:
-    factory = FACTORIES[impl]
-    nodes: list[BenchNode] = [factory() for _ in range(size)]
+    """Set up one network, then its put, get and loss phases (and the overlay's extras)."""
+    net = NetworkRun(impl, [FACTORIES[impl]() for _ in range(size)], p, rng, run_deadline, log)
     out: dict[str, Any] = {"nodes": size, "address_range": f"{ips[0]}..{ips[-1]}"}
     try:
-        # setup: listen everywhere, then join through node 0 in concurrent batches
-        t0 = time.perf_counter()
-        cpu0 = time.process_time()
-        for node, ip in zip(nodes, ips, strict=True):
-            await node.start(ip)
-        boot = nodes[0].address
-        join_failures: Counter[str] = Counter()
-        joiners = nodes[1:]
-        for i in range(0, len(joiners), p.join_batch):
-            if time.perf_counter() >= run_deadline:
-                join_failures["run_deadline"] += len(joiners) - i
-                break
-            batch = joiners[i : i + p.join_batch]
-            done = await asyncio.gather(
-                *(asyncio.wait_for(n.join(boot), p.join_timeout_s) for n in batch),
-                return_exceptions=True,
-            )
-            for r in done:
-                if isinstance(r, BaseException):
-                    join_failures[type(r).__name__] += 1
-        tables = sorted(n.table_size for n in nodes)
-        out["setup"] = {
-            "setup_s": round(time.perf_counter() - t0, 3),
-            "setup_cpu_s": round(time.process_time() - cpu0, 3),
-            "join_failures": dict(join_failures),
-            "routing_table": {"min": tables[0], "median": statistics.median(tables),
-                              "max": tables[-1]},
-        }
+        out["setup"] = await join_network(net, ips)
         log(f"{impl} n={size}: setup {out['setup']['setup_s']:.1f}s, "
             f"table median {out['setup']['routing_table']['median']}")
         await settle(p.settle_s)
         gc.freeze()
 
-        op_timeout = p.overlay_op_timeout_s if impl == OVERLAY else p.stock_op_timeout_s
-
-        # put: each user once, from a random node
-        publisher: dict[str, int] = {}
-        stored: list[int] = []
-
-        def put_op(item: Item, idx: int) -> Op:
-            async def op() -> bool:
-                stored.append(await nodes[idx].put(item))
-                return True
-            return op
-
-        put_ops = []
-        for item in items:
-            idx = rng.randrange(size)
-            publisher[item.name] = idx
-            put_ops.append(put_op(item, idx))
-        c0 = sum_counters(nodes)
-        put = await run_ops(put_ops, op_timeout, p.phase_budget_s, run_deadline)
-        put.extra["per_op"] = per_op(c0, sum_counters(nodes), len(put.latencies_s))
-        if stored and impl == OVERLAY:
-            put.extra["replicas_mean"] = round(statistics.fmean(stored), 2)
-            put.extra["replicas_min"] = min(stored)
-        # lookups fill routing tables: the gets below run on these tables
-        tables = sorted(n.table_size for n in nodes)
-        put.extra["routing_table_after"] = {"min": tables[0], "median": statistics.median(tables),
-                                            "max": tables[-1]}
+        put, publisher = await put_phase(net, items)
         out["put"] = put.as_json()
         log(f"{impl} n={size}: put done")
         await settle(p.settle_s)
 
         # the records that are really out there (a failed put is not read back)
         put_ok = [it for it, ok in zip(items, put.outcomes, strict=False) if ok]
-
-        def get_phase(reads: list[tuple[Item, int]]) -> tuple[list[Op], Callable[[int], None],
-                                                               Counter[str]]:
-            """Ops reading ``reads`` (item, reader index); counts, untimed, reads of a record
-            the reader holds itself (stock answers those without asking anyone)."""
-            held: Counter[str] = Counter()
-
-            def before(i: int) -> None:
-                item, idx = reads[i]
-                held["reader_held_record"] += nodes[idx].holds(item)
-
-            return [_bound_get(nodes[idx], item) for item, idx in reads], before, held
-
-        # get: each stored user once, in random order, from a node other than its publisher
-        get_items = rng.sample(put_ok, len(put_ok))
-        reads = []
-        for item in get_items:
-            idx = rng.randrange(size - 1)
-            reads.append((item, idx + (idx >= publisher[item.name])))
-        get_ops, before, held = get_phase(reads)
-        c0 = sum_counters(nodes)
-        get = await run_ops(get_ops, op_timeout, p.phase_budget_s, run_deadline, before)
-        get.extra["per_op"] = per_op(c0, sum_counters(nodes), len(get.latencies_s))
-        get.extra.update(held)
+        get, get_items = await get_phase(net, put_ok, publisher)
         out["get"] = get.as_json()
         log(f"{impl} n={size}: get done")
 
         if impl == OVERLAY and p.micro:
-            out["micro_us"] = micro_benchmarks(nodes, items)
+            out["micro_us"] = micro_benchmarks(net.nodes, items)
         if impl == OVERLAY and p.profile is not None and size == max(p.sizes):
             await settle(p.settle_s)
-            out["profile_get"] = await profile_gets(nodes, get_items, publisher, rng, p,
+            out["profile_get"] = await profile_gets(net.nodes, get_items, publisher, rng, p,
                                                     run_deadline, size)
 
-        # abrupt loss of 20 %: readers and the bootstrap node survive
         await settle(p.settle_s)
-        readers = rng.sample(range(1, size), max(2, size // 10))
-        candidates = [i for i in range(1, size) if i not in set(readers)]
-        victims = set(rng.sample(candidates, min(len(candidates), round(size * LOSS_FRACTION))))
-        loss_ops_n = p.overlay_loss_ops if impl == OVERLAY else p.stock_loss_ops
-        loss_items = (rng.sample(put_ok, loss_ops_n) if loss_ops_n <= len(put_ok)
-                      else [rng.choice(put_ok) for _ in range(loss_ops_n)]) if put_ok else []
-        loss_ops, before, held = get_phase([(it, rng.choice(readers)) for it in loss_items])
-        survivors = [n for i, n in enumerate(nodes) if i not in victims]
-        for i in victims:
-            nodes[i].stop()
-        c0 = sum_counters(survivors)
-        loss = await run_ops(
-            loss_ops, op_timeout,
-            p.overlay_loss_budget_s if impl == OVERLAY else p.stock_loss_budget_s, run_deadline,
-            before,
-        )
-        loss.extra["per_op"] = per_op(c0, sum_counters(survivors), len(loss.latencies_s))
-        loss.extra.update(stopped_nodes=len(victims), readers=len(readers), **held)
+        loss = await loss_phase(net, put_ok)
         # the stock package runs only a few ops here: compare its numbers with first_<n>
         out[LOSS_PHASE] = loss.as_json(first=p.stock_loss_ops if impl == OVERLAY else 0)
         log(f"{impl} n={size}: loss phase done")
     finally:
-        for node in nodes:
-            try:
-                node.stop()
-            except Exception:  # already stopped, or never started
-                pass
-        await asyncio.sleep(0.2)  # let transports close and stragglers resolve
-        gc.unfreeze()
-        gc.collect()
+        await stop_network(net.nodes)
     return out
 
 

@@ -49,15 +49,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import platform
-import re
-import secrets
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -73,102 +68,18 @@ from overlay.relay.protocol import (
     decode_status,
     encode_hello,
 )
-from tools.bench.supernode import (
-    _STARTED,
-    Daemon,
-    ProcSample,
-    cpu_pct,
-    raise_fd_limit,
-    wait_ready,
-)
-from tools.bench.supernode import (
-    proc_sample as tick_sample,
-)
+from tests.helpers.daemons import Daemon, wait_ready
+from tools.bench.procstat import cpu_pct, raise_fd_limit, sched_sample
+from tools.bench.relay_common import FPS, FRAME, VALID_SHARE, Addrs, cpu_stats, log
+from tools.bench.relay_coturn import COTURN_MAX_SESSIONS, run_coturn
 
 PORT = 4300
 HTTP_PORT = 8300
-TURN_PORT = 3478
-FRAME = 160
-FPS = 50
 SESSIONS_PER_CALLER_IP = 8
 #: rate each voice half asks for (0 would reserve the whole 50 Gbit/s session cap)
 VOICE_RATE_BPS = 10_000_000
 BULK_CHUNK = 256 * 1024
 BULK_SESSION_BYTES = 960 * 2**20
-TURN_USER, TURN_PASS, TURN_REALM = "bench", "benchpw", "bench.local"
-#: a voice row counts when it delivered at least this share of the offered frames
-VALID_SHARE = 0.95
-#: coturn voice runs one uclient process per call (see coturn_voice_phase); each takes ~2 % of
-#: a core by itself, so beyond ~100 calls on 2 cores the generator, not coturn, is measured
-COTURN_MAX_SESSIONS = 100
-
-
-def log(msg: str) -> None:
-    print(f"[relay-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Addrs:
-    def __init__(self) -> None:
-        self.a, self.b = 2 + secrets.randbelow(250), secrets.randbelow(240)
-        self.bootstrap = f"127.{self.a}.{self.b}.1"
-        self.supernode = f"127.{self.a}.{self.b}.2"
-        self.turn = f"127.{self.a}.{self.b}.3"
-        self._phase = 0
-
-    def phase_ips(self) -> tuple[str, str]:
-        """(caller prefix, callee prefix): fresh /24s for every phase."""
-        self._phase += 1
-        c = self.b + 2 * self._phase
-        return f"127.{self.a}.{c & 255}", f"127.{self.a}.{(c + 1) & 255}"
-
-
-def sched_cpu_s(pid: int) -> float | None:
-    """CPU seconds of every thread of ``pid`` at nanosecond resolution (``se.sum_exec_runtime``
-    in /proc/PID/task/TID/sched, in ms), or None where the kernel does not expose it. The
-    10 ms ticks of /proc/PID/stat are too coarse for one voice session (~1 ms of CPU a second)."""
-    total = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/sched") as f:
-                for line in f:
-                    if line.startswith("se.sum_exec_runtime"):
-                        total += float(line.split(":")[1]) / 1000.0
-                        break
-                else:
-                    return None
-        except FileNotFoundError:
-            continue  # a thread that ended between listdir and open
-        except (OSError, ValueError):
-            return None
-    return total
-
-
-def proc_sample(pid: int) -> ProcSample:
-    """utime/stime split from /proc/PID/stat, total CPU from the scheduler when available."""
-    s = tick_sample(pid)
-    precise = sched_cpu_s(pid)
-    return s if precise is None else dataclasses.replace(s, cpu_s=precise)
-
-
-def cpu_stats(a: ProcSample, b: ProcSample, frames: int, nbytes: int) -> dict[str, Any]:
-    cpu = b.cpu_s - a.cpu_s
-    wall = b.at - a.at
-    mbit = nbytes * 8 / 1e6
-    return {
-        "wall_s": round(wall, 3),
-        "cpu_s": round(cpu, 6),
-        "cpu_pct": round(100 * cpu / wall, 2) if wall > 0 else None,
-        "cpu_user_s": round(b.user_s - a.user_s, 3),
-        "cpu_sys_s": round(b.sys_s - a.sys_s, 3),
-        "frames": frames,
-        "cpu_us_per_frame": round(1e6 * cpu / frames, 2) if frames else None,
-        "mbit_s": round(mbit / wall, 3) if wall > 0 else None,
-        "cpu_us_per_mbit": round(1e6 * cpu / mbit, 2) if mbit else None,
-    }
 
 
 # -- overlay: voice sessions (asyncio) ---------------------------------------------------------
@@ -248,19 +159,14 @@ async def pair_sessions(host: str, n: int, callers: str, callees: str,
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def voice_phase(relay_pid: int, addrs: Addrs, n: int, seconds: float,
-                      idle_pct: float | None = None) -> dict[str, Any]:
-    callers, callees = addrs.phase_ips()
-    t0 = time.monotonic()
-    pairs = await pair_sessions(addrs.supernode, n, callers, callees)
-    pair_s = time.monotonic() - t0
+async def send_frames(pairs: list[tuple[VoiceProto, VoiceProto]], seconds: float
+                      ) -> tuple[int, int, float]:
+    """One frame on both halves of every session each 1/FPS s for ``seconds``:
+    (frames sent, late ticks, seconds spent sending)."""
     frame = os.urandom(FRAME)
     writers = [half.transport for pair in pairs for half in pair]
-    receivers = [half for pair in pairs for half in pair]
     loop = asyncio.get_running_loop()
-    rx0 = sum(r.rx for r in receivers)
     ticks_total = int(seconds * FPS)
-    before = proc_sample(relay_pid)
     start = loop.time()
     ticks = late = 0
     while ticks < ticks_total:
@@ -272,22 +178,38 @@ async def voice_phase(relay_pid: int, addrs: Addrs, n: int, seconds: float,
             await asyncio.sleep(delay)
         else:
             late += 1
-    send_s = loop.time() - start
-    sent = ticks * len(writers)
-    for _ in range(300):  # <= 3 s for what is still in flight
-        if sum(r.rx for r in receivers) - rx0 >= sent * FRAME:
-            break
+    return ticks * len(writers), late, loop.time() - start
+
+
+async def wait_delivered(receivers: list[VoiceProto], rx0: int, nbytes: int) -> None:
+    """Wait (<= 3 s) until the receivers got ``nbytes`` more than ``rx0``."""
+    for _ in range(300):
+        if sum(r.rx for r in receivers) - rx0 >= nbytes:
+            return
         await asyncio.sleep(0.01)
-    after = proc_sample(relay_pid)
+
+
+async def voice_phase(relay_pid: int, addrs: Addrs, n: int, seconds: float,
+                      idle_pct: float | None = None) -> dict[str, Any]:
+    """N calls through the relay for ``seconds``; CPU per frame forwarded."""
+    callers, callees = addrs.phase_ips()
+    t0 = time.monotonic()
+    pairs = await pair_sessions(addrs.supernode, n, callers, callees)
+    pair_s = time.monotonic() - t0
+    receivers = [half for pair in pairs for half in pair]
+    rx0 = sum(r.rx for r in receivers)
+    before = sched_sample(relay_pid)
+    sent, late, send_s = await send_frames(pairs, seconds)
+    await wait_delivered(receivers, rx0, sent * FRAME)  # what is still in flight
+    after = sched_sample(relay_pid)
     got = sum(r.rx for r in receivers) - rx0
-    for a, b in pairs:
-        for half in (a, b):
-            if half.transport is not None:
-                half.transport.abort()
+    for half in receivers:
+        if half.transport is not None:
+            half.transport.abort()
     out = {"sessions": n, "direction": "both (a call: caller<->callee)", "frame_bytes": FRAME,
            "fps_per_direction": FPS, "pair_s": round(pair_s, 2),
            "frames_sent": sent, "frames_received": got // FRAME,
-           "offered_fps": len(writers) * FPS, "achieved_fps": round(got / FRAME / send_s, 1),
+           "offered_fps": len(receivers) * FPS, "achieved_fps": round(got / FRAME / send_s, 1),
            "late_ticks": late,
            "valid": got / FRAME >= VALID_SHARE * sent,
            **cpu_stats(before, after, got // FRAME, got)}
@@ -337,24 +259,24 @@ def _bulk_pair(host: str, src_a: str, src_b: str) -> tuple[socket.socket, socket
     return a, b
 
 
-def bulk_run(host: str, callers: str, callees: str, seconds: float,
-             relay_pid: int) -> dict[str, Any]:
-    chunk = os.urandom(BULK_CHUNK)
-    stop_at = time.monotonic() + seconds
-    received = 0
-    sessions = 0
-    lock = threading.Lock()
+def _send_until(sock: socket.socket, chunk: bytes, stop_at: float) -> None:
+    """Write ``chunk`` after ``chunk`` until the session's byte limit or ``stop_at``."""
+    sent = 0
+    with contextlib.suppress(OSError):
+        while sent < BULK_SESSION_BYTES and time.monotonic() < stop_at:
+            sock.sendall(chunk)
+            sent += len(chunk)
+        sock.shutdown(socket.SHUT_WR)
 
-    def sender(sock: socket.socket) -> None:
-        sent = 0
-        with contextlib.suppress(OSError):
-            while sent < BULK_SESSION_BYTES and time.monotonic() < stop_at:
-                sock.sendall(chunk)
-                sent += len(chunk)
-            sock.shutdown(socket.SHUT_WR)
 
-    def receiver(sock: socket.socket) -> None:
-        nonlocal received
+class _ByteCounter:
+    """Bytes received over every bulk session (receiver threads add to it)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._lock = threading.Lock()
+
+    def drain(self, sock: socket.socket) -> None:
         buf = bytearray(1 << 20)
         view = memoryview(buf)
         with contextlib.suppress(OSError):
@@ -362,26 +284,43 @@ def bulk_run(host: str, callers: str, callees: str, seconds: float,
                 k = sock.recv_into(view)
                 if not k:
                     break
-                with lock:
-                    received += k
+                with self._lock:
+                    self.received += k
 
-    before = proc_sample(relay_pid)
+
+def _bulk_session(host: str, src_a: str, src_b: str, chunk: bytes, stop_at: float,
+                  counter: _ByteCounter) -> None:
+    """One paired session: a sender thread on the caller, a receiver thread on the callee."""
+    a, b = _bulk_pair(host, src_a, src_b)
+    a.settimeout(None)
+    b.settimeout(None)
+    threads = [threading.Thread(target=_send_until, args=(a, chunk, stop_at)),
+               threading.Thread(target=counter.drain, args=(b,))]
+    for t in threads:
+        t.start()
+    threads[0].join()
+    threads[1].join(timeout=5)
+    b.shutdown(socket.SHUT_WR) if threads[1].is_alive() else None
+    threads[1].join(timeout=2)
+    a.close()
+    b.close()
+
+
+def bulk_run(host: str, callers: str, callees: str, seconds: float,
+             relay_pid: int) -> dict[str, Any]:
+    """Caller -> callee as fast as one sender writes, for ``seconds`` (a new session when one
+    reaches its byte limit); Gbit/s per core of relay CPU."""
+    chunk = os.urandom(BULK_CHUNK)
+    stop_at = time.monotonic() + seconds
+    counter = _ByteCounter()
+    sessions = 0
+    before = sched_sample(relay_pid)
     while time.monotonic() < stop_at - 0.2:
         sessions += 1
-        a, b = _bulk_pair(host, f"{callers}.{sessions}", f"{callees}.{sessions}")
-        a.settimeout(None)
-        b.settimeout(None)
-        threads = [threading.Thread(target=sender, args=(a,)),
-                   threading.Thread(target=receiver, args=(b,))]
-        for t in threads:
-            t.start()
-        threads[0].join()
-        threads[1].join(timeout=5)
-        b.shutdown(socket.SHUT_WR) if threads[1].is_alive() else None
-        threads[1].join(timeout=2)
-        a.close()
-        b.close()
-    after = proc_sample(relay_pid)
+        _bulk_session(host, f"{callers}.{sessions}", f"{callees}.{sessions}", chunk, stop_at,
+                      counter)
+    after = sched_sample(relay_pid)
+    received = counter.received
     stats = cpu_stats(before, after, 0, received)
     stats.pop("frames")
     stats.pop("cpu_us_per_frame")
@@ -397,29 +336,29 @@ def bulk_run(host: str, callers: str, callees: str, seconds: float,
 
 async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[str, Any]:
     boot_addr = f"{addrs.bootstrap}:{PORT}"
-    boot = Daemon("bootstrap",
-                  ["--log-level", "warning", "bootstrap", "--listen", boot_addr,
+    boot = Daemon(["--log-level", "warning", "bootstrap", "--listen", boot_addr,
                    "--http", f"{addrs.bootstrap}:{HTTP_PORT}",
                    "--state-dir", str(workdir / "boot")],
-                  workdir / "bootstrap.log", f"{addrs.bootstrap}:{HTTP_PORT}")
-    sn = Daemon("supernode",
-                ["--log-level", "warning", "supernode",
+                  workdir / "bootstrap.log", name="bootstrap", log_json=False,
+                  http=f"{addrs.bootstrap}:{HTTP_PORT}")
+    sn = Daemon(["--log-level", "warning", "supernode",
                  "--listen", f"{addrs.supernode}:{PORT}", "--bootstrap", boot_addr,
                  "--http", f"{addrs.supernode}:{HTTP_PORT}", "--state-dir", str(workdir / "sn"),
                  "--relay-budget", "100Gbit", "--relay-session-cap", "50Gbit",
                  "--relay-max-sessions", "2000", "--max-clients", "20000",
                  "--max-conns-per-ip", "20000"],
-                workdir / "supernode.log", f"{addrs.supernode}:{HTTP_PORT}")
+                workdir / "supernode.log", name="supernode", log_json=False,
+                http=f"{addrs.supernode}:{HTTP_PORT}")
     out: dict[str, Any] = {"relay": f"{addrs.supernode}:{PORT}"}
     try:
         boot.start()
-        await wait_ready(boot)
+        await wait_ready(boot.http, boot, 30.0)
         sn.start()
-        await wait_ready(sn)
+        await wait_ready(sn.http, sn, 30.0)
         await asyncio.sleep(1.0)
-        a, b = proc_sample(sn.pid), None
+        a, b = sched_sample(sn.pid), None
         await asyncio.sleep(2.0)
-        b = proc_sample(sn.pid)
+        b = sched_sample(sn.pid)
         out["idle_cpu_pct"] = cpu_pct(a, b)
         for n in args.sessions:
             log(f"overlay voice x{n}")
@@ -440,247 +379,6 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
     finally:
         sn.kill()
         boot.kill()
-    return out
-
-
-# -- coturn ------------------------------------------------------------------------------------
-
-
-def ensure_coturn() -> str | None:
-    """None when turnserver/turnutils_uclient are there (installed now if needed), else why."""
-    if shutil.which("turnserver") and shutil.which("turnutils_uclient"):
-        return None
-    log("turnserver missing: apt-get install -y coturn")
-    try:
-        proc = subprocess.run(["apt-get", "install", "-y", "coturn"], capture_output=True,
-                              timeout=180, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"apt-get install coturn: {exc}"
-    if shutil.which("turnserver") and shutil.which("turnutils_uclient"):
-        return None
-    return f"apt-get install coturn failed: {proc.stderr.decode(errors='replace')[-300:]}"
-
-
-def coturn_version() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "coturn"],
-                             capture_output=True, timeout=5).stdout.decode()
-        return out or None
-    return None
-
-
-#: uclient prints with stdio: into a file that is block-buffered, and its once-a-second progress
-#: lines would reach the log in 4 KiB lumps (tens of seconds late for one call)
-LINE_BUFFERED = ["stdbuf", "-oL", "-eL"] if shutil.which("stdbuf") else []
-
-PROGRESS = re.compile(r"start_mclient: msz=\d+, tot_send_msgs=(\d+), tot_recv_msgs=(\d+), "
-                      r"tot_send_bytes ~ (\d+), tot_recv_bytes ~ (\d+)")
-
-
-def written_bytes(pid: int) -> int:
-    """Bytes the process has written with write/send syscalls (``wchar`` of /proc/PID/io)."""
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no wchar in /proc/{pid}/io")
-
-
-def coturn_bulk_phase(turn_pid: int, host: str, workdir: Path, seconds: float) -> dict[str, Any]:
-    """One ``turnutils_uclient -T -m 1 -l 8000 -z 0`` pair, as fast as it sends.
-
-    What coturn forwards is read from the server itself (bytes it wrote, /proc/PID/io), sampled
-    every 0.1 s with its CPU: uclient's own counters lag, and its send loop stalls after a few
-    seconds at full speed (it stops reading while its sockets are full), so the window is the
-    stretch where the server's output grew, at most ``seconds`` long."""
-    cmd = [*LINE_BUFFERED, "turnutils_uclient", "-T", "-l", "8000", "-m", "1", "-n", "1000000",
-           "-z", "0", "-u", TURN_USER, "-w", TURN_PASS, "-p", str(TURN_PORT), "-e", host, host]
-    with open(workdir / "uclient_bulk.log", "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _STARTED.append(proc)
-    samples: list[tuple[ProcSample, int]] = []
-    active: list[int] = []  # indexes of samples after which the output grew
-    deadline = time.monotonic() + seconds + 15  # uclient allocates and connects for ~4 s
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            samples.append((proc_sample(turn_pid), written_bytes(turn_pid)))
-            if len(samples) > 1 and samples[-1][1] - samples[-2][1] > 1_000_000:
-                active.append(len(samples) - 2)
-                if samples[-1][0].at - samples[active[0]][0].at >= seconds:
-                    break
-            elif active and samples[-1][0].at - samples[active[-1] + 1][0].at > 2.0:
-                break  # stalled for 2 s after traffic: the stretch is over
-            time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-    out: dict[str, Any] = {"command": " ".join(cmd[len(LINE_BUFFERED):]),
-                           "window": "while coturn's output grew (server-side byte count)"}
-    if not active:
-        out["error"] = "coturn forwarded nothing (see uclient_bulk.log)"
-        return out
-    first, last = samples[active[0]], samples[active[-1] + 1]
-    stats = cpu_stats(first[0], last[0], 0, last[1] - first[1])
-    for key in ("frames", "cpu_us_per_frame"):
-        stats.pop(key)
-    gbit = (last[1] - first[1]) * 8 / 1e9 / stats["wall_s"]
-    frac = stats["cpu_s"] / stats["wall_s"]
-    out.update(stats, bytes=last[1] - first[1], gbit_s=round(gbit, 3),
-               gbit_s_per_core=round(gbit / frac, 3) if frac > 0 else None)
-    return out
-
-
-def _last_progress(path: Path) -> tuple[int, int] | None:
-    """(tot_recv_msgs, tot_recv_bytes) of the newest progress line of one uclient log."""
-    try:
-        lines = PROGRESS.findall(path.read_text(errors="replace"))
-    except OSError:
-        return None
-    return (int(lines[-1][1]), int(lines[-1][3])) if lines else None
-
-
-def _next_progress_line(path: Path, timeout: float = 3.0) -> None:
-    """Return as soon as uclient has printed one more progress line (one a second)."""
-    def lines() -> int:
-        try:
-            return len(PROGRESS.findall(path.read_text(errors="replace")))
-        except OSError:
-            return 0
-
-    seen, deadline = lines(), time.monotonic() + timeout
-    while lines() == seen and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def coturn_voice_phase(turn_pid: int, host: str, workdir: Path, n: int,
-                       seconds: float) -> dict[str, Any]:
-    """N calls through coturn: one ``turnutils_uclient -T -m 2`` process per call.
-
-    One process per call because uclient's TCP mode connects every client socket to every
-    other one's relay address (m*(m-1) data connections: -m 200 made ~10k and ran the server
-    out of descriptors). A process sends 160-byte messages every 20 ms from each of its two
-    sockets to the other through the relay: 50 frames/s each way, like ours.
-    The window starts once every process prints a progress line with traffic (setup left out)
-    and lasts ``seconds``; frames = the sum over processes of tot_recv_msgs growth in the
-    window, from uclient's once-a-second progress lines (each end equally up to 1 s old)."""
-    count = int((seconds + 60) * FPS)  # outlasts setup and window; stopped after the window
-    cmd = [*LINE_BUFFERED, "turnutils_uclient", "-T", "-l", str(FRAME), "-m", "2", "-n", str(count),
-           "-z", "20", "-u", TURN_USER, "-w", TURN_PASS, "-p", str(TURN_PORT),
-           "-e", host, host]
-    logs = [workdir / f"uclient_voice{n}_{i}.log" for i in range(n)]
-    procs: list[subprocess.Popen[bytes]] = []
-    out: dict[str, Any] = {"sessions": n, "uclient_processes": n,
-                           "command": " ".join(cmd), "offered_fps": 2 * n * FPS}
-    try:
-        t0 = time.monotonic()
-        for i, logf in enumerate(logs):
-            with open(logf, "wb") as f:
-                proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
-            procs.append(proc)
-            _STARTED.append(proc)
-            if i % 25 == 24:
-                time.sleep(0.05)  # uclient allocates in ~1 s; a burst of 1000 is fine, slower
-        deadline = time.monotonic() + 30 + n * 0.03
-        while True:
-            started = sum(1 for f in logs if (_last_progress(f) or (0, 0))[0] > 0)
-            dead = sum(1 for p in procs if p.poll() is not None)
-            if started == n or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        out["setup_s"] = round(time.monotonic() - t0, 2)
-        out["sending_at_window_start"] = started
-        out["exited_before_window"] = dead
-        if started == 0:
-            out["error"] = f"no uclient process was sending after {out['setup_s']} s"
-            return out
-        # both ends of the window sit just after a progress line of process 0: exact for one
-        # call; with many, the other processes' lines are as stale at both ends on average
-        _next_progress_line(logs[0])
-        c0 = [_last_progress(f) or (0, 0) for f in logs]
-        before = proc_sample(turn_pid)
-        time.sleep(max(0.0, seconds - 0.5))  # the measuring window itself
-        _next_progress_line(logs[0])
-        after = proc_sample(turn_pid)
-        c1 = [_last_progress(f) or (0, 0) for f in logs]
-        frames = sum(b[0] - a[0] for a, b in zip(c0, c1, strict=True))
-        nbytes = sum(b[1] - a[1] for a, b in zip(c0, c1, strict=True))
-        out["exited_early"] = sum(1 for p in procs if p.poll() is not None)
-        out.update(cpu_stats(before, after, frames, nbytes))
-        out["achieved_fps"] = round(frames / out["wall_s"], 1)
-        out["valid"] = out["achieved_fps"] >= VALID_SHARE * out["offered_fps"]
-        if not out["valid"]:
-            out["invalid_because"] = (
-                "the uclient processes did not keep 50 frames/s each way (the load generator "
-                "starved); late frames coalesce into larger TCP reads, so CPU per frame is not "
-                "a voice figure")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-    return out
-
-
-def run_coturn(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[str, Any]:
-    why = ensure_coturn()
-    if why:
-        return {"error": why}
-    host = addrs.turn
-    cmd = ["turnserver", "--listening-ip", host, "--relay-ip", host,
-           "--listening-port", str(TURN_PORT), "--min-port", "20000", "--max-port", "60000",
-           "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--lt-cred-mech",
-           "--user", f"{TURN_USER}:{TURN_PASS}", "--realm", TURN_REALM,
-           "--log-file", "stdout", "--simple-log", "--no-stun", "--total-quota", "0",
-           "--user-quota", "0", "--max-bps", "0", "--pidfile", str(workdir / "turn.pid")]
-    logf = open(workdir / "turnserver.log", "wb")
-    turn = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    logf.close()
-    _STARTED.append(turn)
-    out: dict[str, Any] = {"version": coturn_version(), "server": f"{host}:{TURN_PORT}",
-                           "command": " ".join(cmd)}
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if turn.poll() is not None:
-                raise RuntimeError("turnserver exited: " + (
-                    workdir / "turnserver.log").read_text(errors="replace")[-400:])
-            with contextlib.suppress(OSError), socket.create_connection((host, TURN_PORT), 0.5):
-                break
-            time.sleep(0.1)
-        time.sleep(1.0)
-        a = proc_sample(turn.pid)
-        time.sleep(2.0)
-        b = proc_sample(turn.pid)
-        out["idle_cpu_pct"] = cpu_pct(a, b)
-        for n in args.sessions:
-            if n > args.coturn_max_sessions:
-                out[f"voice_{n}"] = {
-                    "sessions": n, "skipped": True,
-                    "error": f"not run: more than --coturn-max-sessions "
-                             f"{args.coturn_max_sessions} calls; turnutils_uclient needs one "
-                             f"process per call here (~2 % of a core each), so {n} would "
-                             f"measure the starved load generator (at 300 calls: 45 % of the "
-                             f"offered frames, coalesced)"}
-                continue
-            log(f"coturn voice x{n}")
-            out[f"voice_{n}"] = coturn_voice_phase(turn.pid, host, workdir, n, args.voice_s)
-            r = out[f"voice_{n}"]
-            if r.get("frames"):
-                net = max(0.0, r["cpu_s"] - out["idle_cpu_pct"] / 100 * r["wall_s"])
-                r["cpu_us_per_frame_net_of_idle"] = round(1e6 * net / r["frames"], 2)
-        log("coturn bulk")
-        out["bulk"] = coturn_bulk_phase(turn.pid, host, workdir, args.bulk_s)
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        if turn.poll() is None:
-            turn.kill()
-            turn.wait(5)
     return out
 
 

@@ -49,18 +49,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import contextlib
 import gc
 import json
 import os
 import platform
-import random
-import resource
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,46 +63,36 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import aiohttp
-
-from overlay.attach import (
-    Attach,
-    AttachOk,
-    ClientConnection,
-    DirectoryRequest,
-    Event,
-    HandshakeComplete,
-    LookupRequest,
-    LookupResponse,
-    MessageReceived,
-    PeerClosed,
-    PeerDead,
-    ProtocolViolation,
-    Refused,
-)
-from overlay.attach.adapter import ClientSession, SessionError, SessionProtocol
+from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
 from overlay.core.identity import Identity
-from overlay.node.tcp_service import ServiceLimits
-from tools.bench.common import REPO, cpu_affinity, dist_version, git, uncommitted
+from tests.helpers.daemons import Daemon, kill_started, scrape_metrics, wait_ready
+from tools.bench.common import cpu_affinity, dist_version, git, uncommitted
+from tools.bench.procstat import (
+    ProcSample,
+    cpu_pct,
+    cpu_split,
+    proc_sample,
+    raise_fd_limit,
+    sample_series,
+)
+from tools.bench.supernode_lookups import (
+    LOOKUP_RATE_PER_SESSION,
+    SERVICE_LIMITS,
+    percentile,
+    run_lookups,
+)
+from tools.bench.supernode_worker import PRESENCE_LIFETIME_S, Worker, user_name, worker_main
 
 PORT = 4000
 HTTP_PORT = 8080
-DEVICE = "bench"
-#: long enough that no record expires during a run (the supernode republishes, nobody refreshes)
-PRESENCE_LIFETIME_S = 3600.0
-_LIMITS = ServiceLimits()
-#: each lookup session stays under the supernode's per-session request rate (20/s, burst 40)
-LOOKUP_RATE_PER_SESSION = 0.9 * _LIMITS.requests_per_s
-LOOKUP_TIMEOUT_S = 5.0
 #: the issue's targets
 TARGETS = {"clients": 10_000, "rss_per_client_kib": 20.0, "cpu_pct_steady": 5.0,
            "cpu_target_heartbeat_s": 30.0}
 #: a supernode's fds beyond its clients (DHT socket, listener, HTTP, logs, epoll, ...)
 FD_SLACK = 64
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -160,149 +145,6 @@ class Params:
 
 
 # -- processes ------------------------------------------------------------------------------
-
-_STARTED: list[subprocess.Popen[bytes]] = []
-
-
-def _kill_all() -> None:
-    """atexit: kill every process this run started that is still running (ours only)."""
-    for proc in _STARTED:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-
-
-atexit.register(_kill_all)
-
-
-def _child_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
-
-
-@dataclass
-class Daemon:
-    """An ``overlay`` daemon process, output to a log file."""
-
-    name: str
-    args: list[str]
-    log_path: Path
-    http: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "overlay", *self.args],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=_child_env(), cwd=REPO,
-            )
-        _STARTED.append(self.proc)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@dataclass(frozen=True)
-class ProcSample:
-    at: float
-    cpu_s: float
-    user_s: float
-    sys_s: float
-    rss_kib: int
-    hwm_kib: int
-    anon_kib: int
-
-
-def proc_sample(pid: int) -> ProcSample:
-    """CPU seconds (utime + stime) and memory of ``pid`` from /proc."""
-    at = time.monotonic()
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
-    user_s, sys_s = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14, 15
-    mem: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon"):
-                mem[key] = int(value.split()[0])
-    return ProcSample(at, user_s + sys_s, user_s, sys_s, mem.get("VmRSS", 0),
-                      mem.get("VmHWM", 0), mem.get("RssAnon", 0))
-
-
-def cpu_pct(a: ProcSample, b: ProcSample) -> float:
-    wall = b.at - a.at
-    return round(100.0 * (b.cpu_s - a.cpu_s) / wall, 2) if wall > 0 else 0.0
-
-
-def cpu_split(a: ProcSample, b: ProcSample) -> dict[str, float]:
-    """User and kernel CPU % (on loopback the sender's syscall also runs the receive path)."""
-    wall = b.at - a.at
-    if wall <= 0:
-        return {"user": 0.0, "sys": 0.0}
-    return {"user": round(100.0 * (b.user_s - a.user_s) / wall, 2),
-            "sys": round(100.0 * (b.sys_s - a.sys_s) / wall, 2)}
-
-
-async def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(url) as resp,
-        ):
-            return resp.status, await resp.text()
-    except (TimeoutError, aiohttp.ClientError):
-        return 0, ""
-
-
-async def wait_ready(daemon: Daemon, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not daemon.alive():
-            raise RuntimeError(f"{daemon.name} exited early:\n{daemon.log_tail()}")
-        status, _ = await http_get(f"http://{daemon.http}/readyz", timeout=1.0)
-        if status == 200:
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{daemon.name} not ready within {timeout:g} s:\n{daemon.log_tail()}")
-
-
-async def scrape(daemon: Daemon) -> dict[str, float]:
-    """``overlay_*`` series from the daemon's /metrics, keyed by name{labels}."""
-    status, text = await http_get(f"http://{daemon.http}/metrics")
-    out: dict[str, float] = {}
-    if status != 200:
-        return out
-    for line in text.splitlines():
-        if not line.startswith("overlay_"):
-            continue
-        name, _, value = line.rpartition(" ")
-        with contextlib.suppress(ValueError):
-            out[name] = float(value)
-    return out
-
-
 def metric_delta(before: dict[str, float], after: dict[str, float],
                  prefixes: Sequence[str]) -> dict[str, float]:
     keys = sorted(k for k in after if k.startswith(tuple(prefixes)))
@@ -341,383 +183,6 @@ class RunAddresses:
         return f"{self.prefix}.250"
 
 
-def user_name(tag: str, index: int) -> str:
-    return f"sb-{tag}-{index}"
-
-
-# -- worker process: the attached clients ---------------------------------------------------
-
-
-@dataclass
-class BenchClient:
-    identity: Identity
-    user: str
-    proto: SessionProtocol
-    seq: int = 1
-
-
-@dataclass
-class WorkerState:
-    clients: dict[int, BenchClient] = field(default_factory=dict)
-    attached: set[int] = field(default_factory=set)
-    failed: Counter[str] = field(default_factory=Counter)
-    lost: Counter[str] = field(default_factory=Counter)
-    refreshes: int = 0
-    refused_after_attach: Counter[str] = field(default_factory=Counter)
-    refresher: asyncio.Task[None] | None = None
-
-
-def _emit(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc) + "\n")
-    sys.stdout.flush()
-
-
-async def _attach_one(
-    state: WorkerState, index: int, cmd: dict[str, Any], source: str, node_key: bytes
-) -> None:
-    loop = asyncio.get_running_loop()
-    host, port = str(cmd["host"]), int(cmd["port"])
-    user = user_name(str(cmd["tag"]), index)
-    identity = Identity.generate()
-    presence = records.presence(
-        identity, user, DEVICE, seq=1, supernode_key=node_key, supernode_host=host,
-        supernode_port=port,
-        lifetime_s=3 * float(cmd["refresh_s"]) if cmd["refresh_s"] else PRESENCE_LIFETIME_S,
-    )
-    outcome: asyncio.Future[str] = loop.create_future()
-
-    def settle(result: str) -> None:
-        if not outcome.done():
-            outcome.set_result(result)
-
-    def on_event(proto: SessionProtocol, event: Event) -> None:
-        if isinstance(event, HandshakeComplete):
-            proto.send(Attach(presence.wire))
-        elif isinstance(event, MessageReceived):
-            msg = event.message
-            if isinstance(msg, AttachOk):
-                settle("ok")
-            elif isinstance(msg, Refused):
-                if outcome.done():  # a refresh was refused
-                    state.refused_after_attach[f"refused_{msg.reason_code}"] += 1
-                settle(f"refused_{msg.reason_code}")
-        elif isinstance(event, ProtocolViolation):
-            settle(f"violation: {event.reason}"[:80])
-        elif isinstance(event, PeerClosed):
-            settle("peer_closed")
-        elif isinstance(event, PeerDead):
-            settle("peer_dead")
-
-    def on_lost(proto: SessionProtocol) -> None:
-        if not outcome.done():
-            settle("connection_lost")
-        elif index in state.attached:
-            state.attached.discard(index)
-            state.lost[proto.close_reason[:80]] += 1
-
-    def make(now: float) -> ClientConnection:
-        return ClientConnection(identity, expected_node_key=node_key, now=now, user=user,
-                                device=DEVICE)
-
-    transport: asyncio.BaseTransport | None = None
-    proto: SessionProtocol | None = None
-    try:
-        async with asyncio.timeout(float(cmd["timeout_s"])):
-            transport, proto = await loop.create_connection(
-                lambda: SessionProtocol(make, on_event, on_lost), host, port,
-                local_addr=(source, 0),
-            )
-            assert isinstance(proto.conn, ClientConnection)
-            transport.write(proto.conn.start_handshake())
-            result = await outcome
-    except TimeoutError:
-        result = "timeout"
-    except OSError as exc:
-        result = f"os_error_{exc.errno}"
-    if result == "ok" and proto is not None:
-        state.attached.add(index)
-        state.clients[index] = BenchClient(identity, user, proto)
-    else:
-        state.failed[result] += 1
-        if transport is not None:
-            transport.close()
-
-
-async def _worker_attach(state: WorkerState, cmd: dict[str, Any]) -> dict[str, Any]:
-    node_key = bytes.fromhex(str(cmd["node_key"]))
-    sources = [str(s) for s in cmd["sources"]]
-    first, last = int(cmd["first"]), int(cmd["last"])
-    sem = asyncio.Semaphore(int(cmd["concurrency"]))
-    deadline = time.monotonic() + float(cmd["budget_s"])
-    started = time.monotonic()
-    cpu0 = time.process_time()
-    done = 0
-
-    async def one(index: int) -> None:
-        nonlocal done
-        async with sem:
-            if time.monotonic() > deadline:
-                state.failed["attach_budget_exceeded"] += 1
-                return
-            await _attach_one(state, index, cmd, sources[index % len(sources)], node_key)
-            done += 1
-            if done % 1000 == 0:
-                _emit({"progress": done, "attached": len(state.attached)})
-
-    await asyncio.gather(*(one(i) for i in range(first, last)))
-    return {
-        "attached": sorted(state.attached),
-        "failed": dict(state.failed),
-        "seconds": round(time.monotonic() - started, 3),
-        "cpu_s": round(time.process_time() - cpu0, 3),
-    }
-
-
-async def _refresh_presence(state: WorkerState, cmd: dict[str, Any]) -> None:
-    """Like overlay.client.daemon's refresh loop: every ``interval_s`` each client re-signs its
-    presence record (seq + 1), sends it as a new Attach, and asks for the directory. The
-    clients are spread evenly over the interval."""
-    interval = float(cmd["interval_s"])
-    node_key = bytes.fromhex(str(cmd["node_key"]))
-    host, port = str(cmd["host"]), int(cmd["port"])
-    loop = asyncio.get_running_loop()
-    request_ids = 1 << 20
-    while True:
-        order = sorted(state.attached)
-        started = loop.time()
-        for k, index in enumerate(order):
-            due = started + interval * k / max(1, len(order))
-            if due > loop.time():
-                await asyncio.sleep(due - loop.time())
-            client = state.clients.get(index)
-            if client is None or index not in state.attached:
-                continue
-            client.seq += 1
-            signed = records.presence(
-                client.identity, client.user, DEVICE, seq=client.seq, supernode_key=node_key,
-                supernode_host=host, supernode_port=port, lifetime_s=3 * interval,
-            )
-            client.proto.send(Attach(signed.wire))
-            request_ids += 1
-            client.proto.send(DirectoryRequest(request_ids))
-            state.refreshes += 1
-        rest = started + interval - loop.time()
-        if rest > 0:
-            await asyncio.sleep(rest)
-
-
-async def _worker_main() -> int:
-    loop = asyncio.get_running_loop()
-    state = WorkerState()
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            break  # the benchmark is gone
-        cmd = json.loads(line)
-        if cmd["cmd"] == "attach":
-            _emit(await _worker_attach(state, cmd))
-        elif cmd["cmd"] == "refresh":
-            state.refresher = asyncio.create_task(_refresh_presence(state, cmd))
-        elif cmd["cmd"] == "status":
-            _emit({"alive": len(state.attached), "lost": dict(state.lost),
-                   "refreshes": state.refreshes,
-                   "refused_after_attach": dict(state.refused_after_attach),
-                   "cpu_s": time.process_time(), "rss_kib": proc_sample(os.getpid()).rss_kib})
-        elif cmd["cmd"] == "stop":
-            break
-    if state.refresher is not None:
-        state.refresher.cancel()
-    for client in state.clients.values():
-        client.proto.abort_after_flush()
-    await asyncio.sleep(0.1)
-    return 0
-
-
-class Worker:
-    """The benchmark's handle on one worker process (JSON lines over stdin/stdout)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.bench.supernode", "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(), cwd=REPO,
-        )
-        _STARTED.append(self.proc)
-
-    def send(self, cmd: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        self.proc.stdin.flush()
-
-    async def receive(self, timeout: float) -> dict[str, Any]:
-        stdout: IO[bytes] | None = self.proc.stdout
-        assert stdout is not None
-        async with asyncio.timeout(timeout):
-            line = await asyncio.to_thread(stdout.readline)
-        if not line:
-            raise RuntimeError(f"worker {self.index} exited (code {self.proc.poll()})")
-        doc: dict[str, Any] = json.loads(line)
-        return doc
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.send({"cmd": "stop"})
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-# -- lookups ---------------------------------------------------------------------------------
-
-
-class LookupConn:
-    """One lookup-only session to the supernode, driven by the sans-IO ClientConnection."""
-
-    def __init__(self) -> None:
-        self.proto: SessionProtocol | None = None
-        self.pending: dict[int, asyncio.Future[int]] = {}
-        self.next_id = 1
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_event(self, proto: SessionProtocol, event: Event) -> None:
-        if isinstance(event, HandshakeComplete):
-            if not self.ready.done():
-                self.ready.set_result(None)
-        elif isinstance(event, MessageReceived):
-            msg = event.message
-            if type(msg) is LookupResponse:
-                future = self.pending.pop(msg.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(len(msg.records))
-        elif isinstance(event, ProtocolViolation | PeerClosed | PeerDead):
-            self._fail(f"session closed: {type(event).__name__}")
-
-    def on_lost(self, proto: SessionProtocol) -> None:
-        self._fail(f"connection lost: {proto.close_reason}")
-
-    def _fail(self, reason: str) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(SessionError(reason))
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(SessionError(reason))
-        self.pending.clear()
-
-    async def open(self, host: str, port: int, source: str, node_key: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        identity = Identity.generate()
-
-        def make(now: float) -> ClientConnection:
-            return ClientConnection(identity, expected_node_key=node_key, now=now,
-                                    lookup_only=True)
-
-        transport, proto = await loop.create_connection(
-            lambda: SessionProtocol(make, self.on_event, self.on_lost), host, port,
-            local_addr=(source, 0),
-        )
-        self.proto = proto
-        assert isinstance(proto.conn, ClientConnection)
-        transport.write(proto.conn.start_handshake())
-        await self.ready
-
-    def lookup(self, user: str) -> asyncio.Future[int]:
-        assert self.proto is not None
-        if self.proto.conn is None or self.proto.conn.closed:
-            raise SessionError(f"session closed: {self.proto.close_reason}")
-        request_id = self.next_id
-        self.next_id += 1
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = future
-        self.proto.send(LookupRequest(request_id, user))
-        return future
-
-    def close(self) -> None:
-        if self.proto is not None:
-            self.proto.close("bench done")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[idx]
-
-
-async def run_lookups(
-    p: Params, host: str, port: int, source: str, node_key: bytes, users: Sequence[str]
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    conns = [LookupConn() for _ in range(p.lookup_sessions)]
-    opened = await asyncio.gather(
-        *(asyncio.wait_for(c.open(host, port, source, node_key), 10.0) for c in conns),
-        return_exceptions=True,
-    )
-    live = [c for c, r in zip(conns, opened, strict=True) if r is None]
-    latencies: list[float] = []
-    outcome: Counter[str] = Counter()
-    sem = asyncio.Semaphore(p.lookup_concurrency)
-    interval = 1.0 / LOOKUP_RATE_PER_SESSION
-    rng = random.Random(1)
-    started = loop.time()
-    deadline = started + p.lookup_s
-
-    async def drive(conn: LookupConn, offset: float) -> None:
-        next_at = started + offset
-        while True:
-            now = loop.time()
-            if now >= deadline:
-                return
-            if next_at > now:
-                await asyncio.sleep(next_at - now)
-            async with sem:
-                if loop.time() >= deadline:
-                    return
-                next_at = loop.time() + interval
-                t0 = time.perf_counter()
-                try:
-                    found = await asyncio.wait_for(conn.lookup(rng.choice(users)),
-                                                   LOOKUP_TIMEOUT_S)
-                except TimeoutError:
-                    outcome["timeout"] += 1
-                    continue
-                except SessionError:
-                    outcome["session_lost"] += 1
-                    return
-                latencies.append(time.perf_counter() - t0)
-                outcome["found" if found else "empty"] += 1
-
-    await asyncio.gather(*(drive(c, i * interval / max(1, len(live)))
-                           for i, c in enumerate(live)))
-    wall = loop.time() - started
-    for c in conns:
-        c.close()
-    latencies.sort()
-
-    def ms(q: float) -> float | None:
-        v = percentile(latencies, q)
-        return None if v is None else round(v * 1000, 3)
-
-    return {
-        "per_s": round(len(latencies) / wall, 1) if wall > 0 else 0.0,
-        "p50_ms": ms(0.5),
-        "p99_ms": ms(0.99),
-        "max_ms": ms(1.0),
-        "sessions": len(live),
-        "sessions_failed_to_open": len(conns) - len(live),
-        "concurrency": p.lookup_concurrency,
-        "seconds": round(wall, 2),
-        "answered": len(latencies),
-        "found": outcome["found"],
-        "empty": outcome["empty"],
-        "timeouts": outcome["timeout"],
-        "sessions_lost": outcome["session_lost"],
-        "offered_ceiling_per_s": round(len(live) * LOOKUP_RATE_PER_SESSION, 1),
-    }
-
-
 # -- one client count -----------------------------------------------------------------------
 
 
@@ -751,253 +216,322 @@ async def find_supernode_key(boot: str, sn: tuple[str, int], timeout: float = 20
 async def watch_contacts(daemon: Daemon, out: list[float]) -> None:
     """The daemon's DHT routing table size once a second (0: it lost its only contact)."""
     while True:
-        values = await scrape(daemon)
+        values = await scrape_metrics(daemon)
         out.append(values.get("overlay_dht_contacts", -1.0))
         await asyncio.sleep(1.0)
 
 
-async def sample_series(pid: int, seconds: float) -> tuple[ProcSample, ProcSample, list[float]]:
-    """CPU % of ``pid`` per second over ``seconds``: (first, last, per-second values)."""
-    first = prev = proc_sample(pid)
-    series = []
-    end = first.at + seconds
+def make_daemons(p: Params, n: int, addrs: RunAddresses, workdir: Path) -> tuple[Daemon, Daemon]:
+    """The bootstrap node and the supernode of one run (not started yet)."""
+    boot_addr = f"{addrs.bootstrap}:{PORT}"
+    boot_http = f"{addrs.bootstrap}:{HTTP_PORT}"
+    sn_http = f"{addrs.supernode}:{HTTP_PORT}"
+    boot = Daemon(["--log-level", p.log_level, "bootstrap", "--listen", boot_addr,
+                   "--http", boot_http, "--state-dir", str(workdir / "boot")],
+                  workdir / "bootstrap.log", name="bootstrap", http=boot_http)
+    sn = Daemon(["--log-level", p.log_level, "supernode",
+                 "--listen", f"{addrs.supernode}:{PORT}", "--bootstrap", boot_addr,
+                 "--http", sn_http, "--state-dir", str(workdir / "sn"),
+                 "--max-clients", str(max(n, 20_000)), "--max-conns-per-ip", "20000",
+                 "--heartbeat", f"{p.heartbeat_s:g}", "--handshake-timeout", "10"],
+                workdir / "supernode.log", name="supernode", http=sn_http)
+    return boot, sn
+
+
+@dataclass
+class ClientCountRun:
+    """The state one client count's phases share; ``result`` is its JSON object."""
+
+    p: Params
+    n: int
+    addrs: RunAddresses
+    boot: Daemon
+    sn: Daemon
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    node_key: bytes = b""
+    workers: list[Worker] = field(default_factory=list)
+    baseline: ProcSample | None = None
+    attached_idx: list[int] = field(default_factory=list)
+    steady_metrics: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sn_host(self) -> str:
+        return self.addrs.supernode
+
+    @property
+    def attached(self) -> int:
+        return len(self.attached_idx)
+
+    def per_client_kib(self, rss_kib: int) -> float | None:
+        assert self.baseline is not None
+        return round((rss_kib - self.baseline.rss_kib) / self.attached, 2) if self.attached \
+            else None
+
+    async def worker_status(self) -> list[dict[str, Any]]:
+        for w in self.workers:
+            w.send({"cmd": "status"})
+        return [await w.receive(30) for w in self.workers]
+
+
+async def idle_phase(run: ClientCountRun) -> None:
+    """Start both daemons; the supernode's idle CPU and baseline RSS."""
+    p, n = run.p, run.n
+    run.boot.start()
+    await wait_ready(run.boot.http, run.boot, 30.0)
+    run.sn.start()
+    await wait_ready(run.sn.http, run.sn, 30.0)
+    run.node_key = await find_supernode_key(run.addrs.bootstrap, (run.sn_host, PORT))
+    log(f"N={n}: supernode {run.sn_host}:{PORT} (pid {run.sn.pid}) ready, key "
+        f"{run.node_key.hex()[:12]}; idle {p.idle_s:g} s")
+    await asyncio.sleep(p.settle_s)
+    idle0, idle1, _ = await sample_series(run.sn.pid, p.idle_s)
+    run.result["cpu_pct_idle"] = cpu_pct(idle0, idle1)
+    run.baseline = proc_sample(run.sn.pid)
+    run.result["rss_baseline_kib"] = run.baseline.rss_kib
+
+
+async def collect_attach_report(run: ClientCountRun, w: Worker) -> dict[str, Any]:
+    """A worker's attach report (logging its progress lines on the way)."""
     while True:
-        await asyncio.sleep(max(0.0, min(1.0, end - time.monotonic())))
-        cur = proc_sample(pid)
-        series.append(cpu_pct(prev, cur))
-        prev = cur
-        if cur.at >= end - 0.01:
-            return first, cur, series
+        doc = await w.receive(run.p.attach_budget_s + run.p.attach_timeout_s + 30)
+        if "progress" in doc:
+            log(f"  worker {w.index}: {doc['progress']} done, {doc['attached']} attached")
+            continue
+        return doc
+
+
+def send_attach_commands(run: ClientCountRun) -> int:
+    """Split the N clients over the workers; the attaches in flight per worker."""
+    p, n = run.p, run.n
+    per = -(-n // len(run.workers))
+    conc = max(1, p.attach_concurrency // len(run.workers))
+    for w in run.workers:
+        first = w.index * per
+        w.send({"cmd": "attach", "host": run.sn_host, "port": PORT,
+                "node_key": run.node_key.hex(), "tag": run.tag, "first": first,
+                "last": min(n, first + per), "sources": run.addrs.client_sources,
+                "concurrency": conc, "timeout_s": p.attach_timeout_s,
+                "budget_s": p.attach_budget_s, "refresh_s": p.presence_refresh_s})
+    return conc
+
+
+async def attach_phase(run: ClientCountRun) -> None:
+    """N clients attach through the workers; attach time, failures, CPU and DHT effects."""
+    p, n, sn, boot = run.p, run.n, run.sn, run.boot
+    run.workers = [Worker(i) for i in range(max(1, min(p.workers, n)))]
+    pre_sn, pre_boot = await scrape_metrics(sn), await scrape_metrics(boot)
+    before = proc_sample(sn.pid)
+    t0 = time.monotonic()
+    conc = send_attach_commands(run)
+    log(f"N={n}: attaching ({len(run.workers)} workers, {conc * len(run.workers)} in flight)")
+    reports = await asyncio.gather(*(collect_attach_report(run, w) for w in run.workers))
+    attach_s = time.monotonic() - t0
+    after = proc_sample(sn.pid)
+    run.attached_idx = [i for r in reports for i in r["attached"]]
+    failed: Counter[str] = Counter()
+    for r in reports:
+        failed.update(r["failed"])
+    attached = run.attached
+    post_sn, post_boot = await scrape_metrics(sn), await scrape_metrics(boot)
+    run.result.update({
+        "attached": attached,
+        "attach_seconds": round(attach_s, 2),
+        "attach_per_s": round(attached / attach_s, 1) if attach_s > 0 else None,
+        "attach_failures": dict(failed),
+        "supernode_cpu_ms_per_attach": (round(1000 * (after.cpu_s - before.cpu_s)
+                                              / attached, 3) if attached else None),
+        "supernode_cpu_pct_attach": cpu_pct(before, after),
+        "client_cpu_s_attach": round(sum(float(r["cpu_s"]) for r in reports), 2),
+        # each attach is a DHT put: a find_node and a store to the bootstrap node, which
+        # rate-limits per source IP; a put that only the supernode itself stored counts
+        "supernode_metrics_attach_delta": metric_delta(
+            pre_sn, post_sn, ("overlay_dht_rpcs", "overlay_dht_rpc_timeouts",
+                              "overlay_attach_refused", "overlay_sessions_cut_off")),
+        "bootstrap_metrics_attach_delta": metric_delta(
+            pre_boot, post_boot, ("overlay_dht_datagrams_dropped", "overlay_dht_rpcs",
+                                  "overlay_records_rejected")),
+        "bootstrap_presence_records_after_attach": int(
+            post_boot.get("overlay_records_stored", 0)
+            - pre_boot.get("overlay_records_stored", 0)),
+        "supernode_presence_records_after_attach": int(
+            post_sn.get("overlay_records_stored", 0)
+            - pre_sn.get("overlay_records_stored", 0)),
+    })
+    log(f"N={n}: {attached} attached in {attach_s:.1f} s"
+        + (f", failures {dict(failed)}" if failed else ""))
+
+
+def start_presence_refresh(run: ClientCountRun) -> None:
+    """With --presence-refresh: every worker starts re-signing its clients' presence."""
+    p = run.p
+    if not p.presence_refresh_s:
+        return
+    for w in run.workers:
+        w.send({"cmd": "refresh", "interval_s": p.presence_refresh_s,
+                "node_key": run.node_key.hex(), "host": run.sn_host, "port": PORT})
+    log(f"N={run.n}: clients refresh their presence every {p.presence_refresh_s:g} s")
+
+
+async def memory_phase(run: ClientCountRun) -> None:
+    """The supernode's RSS a settle time after the attaches."""
+    await asyncio.sleep(run.p.settle_s)
+    mem = proc_sample(run.sn.pid)
+    run.result["rss_kib"] = mem.rss_kib
+    run.result["rss_anon_kib"] = mem.anon_kib
+    run.result["rss_per_client_kib"] = run.per_client_kib(mem.rss_kib)
+
+
+def summarize_workers(st0: Sequence[dict[str, Any]],
+                      st1: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' status before and after the steady window, summed."""
+    lost: Counter[str] = Counter()
+    refused_after: Counter[str] = Counter()
+    for s in st1:
+        lost.update(s["lost"])
+        refused_after.update(s["refused_after_attach"])
+    pairs = list(zip(st0, st1, strict=True))
+    return {
+        "alive": sum(int(s["alive"]) for s in st1),
+        "lost": dict(lost),
+        "refused_after": dict(refused_after),
+        "cpu_s": sum(float(b["cpu_s"]) - float(a["cpu_s"]) for a, b in pairs),
+        "refreshes": sum(int(b["refreshes"]) - int(a["refreshes"]) for a, b in pairs),
+        "rss_kib": [int(s["rss_kib"]) for s in st1],
+    }
+
+
+async def steady_phase(run: ClientCountRun) -> None:
+    """``--steady-s`` with every client attached: the supernode's CPU, per second too."""
+    p, n, sn = run.p, run.n, run.sn
+    log(f"N={n}: steady window {p.steady_s:g} s at {p.heartbeat_s:g} s heartbeats")
+    m0 = await scrape_metrics(sn)
+    st0 = await run.worker_status()
+    s0, s1, series = await sample_series(sn.pid, p.steady_s)
+    st1 = await run.worker_status()
+    m1 = run.steady_metrics = await scrape_metrics(sn)
+    workers = summarize_workers(st0, st1)
+    srt = sorted(series)
+    steady_delta = metric_delta(
+        m0, m1, ("overlay_dht_rpcs", "overlay_dht_rpc_timeouts",
+                 "overlay_sessions_cut_off", "overlay_attach_refused"))
+    crawls = steady_delta.get('overlay_dht_rpcs_total{direction="out",method="find_node"}', 0)
+    attached = run.attached
+    run.result.update({
+        "cpu_pct_steady": cpu_pct(s0, s1),
+        "cpu_pct_steady_per_s": {"p50": percentile(srt, 0.5), "p90": percentile(srt, 0.9),
+                                 "max": srt[-1] if srt else None},
+        "cpu_pct_steady_series": series,
+        "cpu_pct_steady_user_sys": cpu_split(s0, s1),
+        "steady_s": round(s1.at - s0.at, 1),
+        "alive_after_steady": workers["alive"],
+        "presence_refresh_s": p.presence_refresh_s,
+        "presence_refreshes_in_window": workers["refreshes"],
+        "refreshes_refused": workers["refused_after"],
+        "lost_during_steady": workers["lost"],
+        "rss_end_kib": s1.rss_kib,
+        "rss_hwm_kib": s1.hwm_kib,
+        "rss_per_client_end_kib": run.per_client_kib(s1.rss_kib),
+        "client_cpu_pct_steady": round(100 * workers["cpu_s"] / (s1.at - s0.at), 2),
+        "client_rss_kib": workers["rss_kib"],
+        # the supernode republishes every attached client's presence record every
+        # DHTConfig.republish_interval_s (120 s): one crawl + one store per record
+        # (a presence refresh is a put too, so with --presence-refresh this cannot tell)
+        "dht_republish_in_window": (None if p.presence_refresh_s
+                                    else bool(attached) and crawls >= attached / 2),
+        "dht_puts_in_window": int(crawls),
+        "supernode_metrics_steady_delta": steady_delta,
+        "supernode_metrics": metric_values(
+            m1, ("overlay_attached_clients", "overlay_tcp_sessions",
+                 "overlay_records_stored", "overlay_sessions_cut_off",
+                 "overlay_attach_refused", "overlay_dht_rpc_timeouts",
+                 "overlay_dht_datagrams_dropped")),
+    })
+    log(f"N={n}: steady CPU {run.result['cpu_pct_steady']} %, {workers['alive']} alive")
+
+
+async def timed_lookups(run: ClientCountRun) -> tuple[dict[str, Any], dict[str, float],
+                                                      list[float]]:
+    """The lookups, with CPU of the supernode, the bootstrap node and this process around
+    them: (lookups with CPU figures, bootstrap metrics before, DHT contacts per second)."""
+    p, sn, boot = run.p, run.sn, run.boot
+    users = [user_name(run.tag, i) for i in run.attached_idx]
+    b0 = await scrape_metrics(boot)
+    contacts: list[float] = []
+    watching = asyncio.create_task(watch_contacts(sn, contacts))
+    l_sn0, l_boot0 = proc_sample(sn.pid), proc_sample(boot.pid)
+    l_me0 = proc_sample(os.getpid())
+    try:
+        lookups = await run_lookups(p.lookup_sessions, p.lookup_concurrency, p.lookup_s,
+                                    run.sn_host, PORT, run.addrs.lookup_source, run.node_key,
+                                    users)
+    finally:
+        watching.cancel()
+    l_sn1, l_boot1 = proc_sample(sn.pid), proc_sample(boot.pid)
+    l_me1 = proc_sample(os.getpid())
+    answered = lookups["answered"]
+    lookups.update({
+        "supernode_cpu_pct": cpu_pct(l_sn0, l_sn1),
+        "supernode_cpu_ms_per_lookup": (
+            round(1000 * (l_sn1.cpu_s - l_sn0.cpu_s) / answered, 4) if answered else None),
+        "client_cpu_pct": cpu_pct(l_me0, l_me1),
+        "bootstrap_cpu_pct": cpu_pct(l_boot0, l_boot1),
+    })
+    return lookups, b0, contacts
+
+
+async def lookup_phase(run: ClientCountRun) -> None:
+    """``--lookup-s`` of lookups for attached users (skipped when nobody attached)."""
+    if not run.attached:
+        return
+    p, n = run.p, run.n
+    log(f"N={n}: lookups for {p.lookup_s:g} s over {p.lookup_sessions} sessions")
+    lookups, b0, contacts = await timed_lookups(run)
+    b1, m2 = await scrape_metrics(run.boot), await scrape_metrics(run.sn)
+    sn_delta = metric_delta(run.steady_metrics, m2,
+                            ("overlay_lookups", "overlay_dht_rpc_timeouts",
+                             "overlay_sessions_cut_off", "overlay_dht_rpcs"))
+    via_dht = sn_delta.get('overlay_dht_rpcs_total{direction="out",method="find_value"}', 0)
+    answered = lookups["answered"]
+    lookups.update({
+        # a lookup asks the DHT (find_value to the bootstrap node) unless the supernode
+        # has no DHT contact at that moment; then it answers from its own storage
+        "share_asking_the_dht": round(via_dht / answered, 3) if answered else None,
+        "supernode_dht_contacts_per_s": contacts,
+        "supernode_metrics_delta": sn_delta,
+        "bootstrap_metrics_delta": metric_delta(
+            b0, b1, ("overlay_dht_datagrams_dropped", "overlay_dht_rpcs")),
+    })
+    run.result["lookups"] = lookups
+    log(f"N={n}: {lookups['per_s']} lookups/s, p50 {lookups['p50_ms']} ms, "
+        f"p99 {lookups['p99_ms']} ms")
 
 
 async def bench_one(p: Params, n: int, addrs: RunAddresses, workdir: Path,
                     fd_hard: int) -> dict[str, Any]:
-    tag = secrets.token_hex(3)
-    boot_addr = f"{addrs.bootstrap}:{PORT}"
-    sn_addr = (addrs.supernode, PORT)
-    boot = Daemon("bootstrap",
-                  ["--log-json", "--log-level", p.log_level, "bootstrap", "--listen", boot_addr,
-                   "--http", f"{addrs.bootstrap}:{HTTP_PORT}",
-                   "--state-dir", str(workdir / "boot")],
-                  workdir / "bootstrap.log", f"{addrs.bootstrap}:{HTTP_PORT}")
-    sn = Daemon("supernode",
-                ["--log-json", "--log-level", p.log_level, "supernode",
-                 "--listen", f"{sn_addr[0]}:{PORT}", "--bootstrap", boot_addr,
-                 "--http", f"{addrs.supernode}:{HTTP_PORT}", "--state-dir", str(workdir / "sn"),
-                 "--max-clients", str(max(n, 20_000)), "--max-conns-per-ip", "20000",
-                 "--heartbeat", f"{p.heartbeat_s:g}", "--handshake-timeout", "10"],
-                workdir / "supernode.log", f"{addrs.supernode}:{HTTP_PORT}")
-    workers: list[Worker] = []
-    result: dict[str, Any] = {"clients": n, "heartbeat_s": p.heartbeat_s,
-                              "addresses": {"bootstrap": boot_addr,
-                                            "supernode": f"{sn_addr[0]}:{PORT}"}}
+    """One client count N, phase by phase (idle, attach, memory, steady, lookups)."""
+    boot, sn = make_daemons(p, n, addrs, workdir)
+    run = ClientCountRun(p, n, addrs, boot, sn)
+    run.result = {"clients": n, "heartbeat_s": p.heartbeat_s,
+                  "addresses": {"bootstrap": f"{addrs.bootstrap}:{PORT}",
+                                "supernode": f"{addrs.supernode}:{PORT}"}}
     try:
-        boot.start()
-        await wait_ready(boot)
-        sn.start()
-        await wait_ready(sn)
-        node_key = await find_supernode_key(addrs.bootstrap, sn_addr)
-        log(f"N={n}: supernode {sn_addr[0]}:{PORT} (pid {sn.pid}) ready, key "
-            f"{node_key.hex()[:12]}; idle {p.idle_s:g} s")
-        await asyncio.sleep(p.settle_s)
-        idle0, idle1, _ = await sample_series(sn.pid, p.idle_s)
-        result["cpu_pct_idle"] = cpu_pct(idle0, idle1)
-        base = proc_sample(sn.pid)
-        result["rss_baseline_kib"] = base.rss_kib
-
-        # -- attach --
-        workers = [Worker(i) for i in range(max(1, min(p.workers, n)))]
-        per = -(-n // len(workers))
-        conc = max(1, p.attach_concurrency // len(workers))
-        pre_sn, pre_boot = await scrape(sn), await scrape(boot)
-        before = proc_sample(sn.pid)
-        t0 = time.monotonic()
-        for w in workers:
-            first = w.index * per
-            w.send({"cmd": "attach", "host": sn_addr[0], "port": PORT,
-                    "node_key": node_key.hex(), "tag": tag, "first": first,
-                    "last": min(n, first + per), "sources": addrs.client_sources,
-                    "concurrency": conc, "timeout_s": p.attach_timeout_s,
-                    "budget_s": p.attach_budget_s, "refresh_s": p.presence_refresh_s})
-        log(f"N={n}: attaching ({len(workers)} workers, {conc * len(workers)} in flight)")
-
-        async def collect(w: Worker) -> dict[str, Any]:
-            while True:
-                doc = await w.receive(p.attach_budget_s + p.attach_timeout_s + 30)
-                if "progress" in doc:
-                    log(f"  worker {w.index}: {doc['progress']} done, {doc['attached']} attached")
-                    continue
-                return doc
-
-        reports = await asyncio.gather(*(collect(w) for w in workers))
-        attach_s = time.monotonic() - t0
-        after = proc_sample(sn.pid)
-        attached_idx = [i for r in reports for i in r["attached"]]
-        failed: Counter[str] = Counter()
-        for r in reports:
-            failed.update(r["failed"])
-        attached = len(attached_idx)
-        post_sn, post_boot = await scrape(sn), await scrape(boot)
-        result.update({
-            "attached": attached,
-            "attach_seconds": round(attach_s, 2),
-            "attach_per_s": round(attached / attach_s, 1) if attach_s > 0 else None,
-            "attach_failures": dict(failed),
-            "supernode_cpu_ms_per_attach": (round(1000 * (after.cpu_s - before.cpu_s)
-                                                  / attached, 3) if attached else None),
-            "supernode_cpu_pct_attach": cpu_pct(before, after),
-            "client_cpu_s_attach": round(sum(float(r["cpu_s"]) for r in reports), 2),
-            # each attach is a DHT put: a find_node and a store to the bootstrap node, which
-            # rate-limits per source IP; a put that only the supernode itself stored counts
-            "supernode_metrics_attach_delta": metric_delta(
-                pre_sn, post_sn, ("overlay_dht_rpcs", "overlay_dht_rpc_timeouts",
-                                  "overlay_attach_refused", "overlay_sessions_cut_off")),
-            "bootstrap_metrics_attach_delta": metric_delta(
-                pre_boot, post_boot, ("overlay_dht_datagrams_dropped", "overlay_dht_rpcs",
-                                      "overlay_records_rejected")),
-            "bootstrap_presence_records_after_attach": int(
-                post_boot.get("overlay_records_stored", 0)
-                - pre_boot.get("overlay_records_stored", 0)),
-            "supernode_presence_records_after_attach": int(
-                post_sn.get("overlay_records_stored", 0)
-                - pre_sn.get("overlay_records_stored", 0)),
-        })
-        log(f"N={n}: {attached} attached in {attach_s:.1f} s"
-            + (f", failures {dict(failed)}" if failed else ""))
-
-        if p.presence_refresh_s:
-            for w in workers:
-                w.send({"cmd": "refresh", "interval_s": p.presence_refresh_s,
-                        "node_key": node_key.hex(), "host": sn_addr[0], "port": PORT})
-            log(f"N={n}: clients refresh their presence every {p.presence_refresh_s:g} s")
-
-        # -- memory after attach --
-        await asyncio.sleep(p.settle_s)
-        mem = proc_sample(sn.pid)
-        result["rss_kib"] = mem.rss_kib
-        result["rss_anon_kib"] = mem.anon_kib
-        result["rss_per_client_kib"] = (round((mem.rss_kib - base.rss_kib) / attached, 2)
-                                        if attached else None)
-
-        # -- steady --
-        log(f"N={n}: steady window {p.steady_s:g} s at {p.heartbeat_s:g} s heartbeats")
-        m0 = await scrape(sn)
-        for w in workers:
-            w.send({"cmd": "status"})
-        st0 = [await w.receive(30) for w in workers]
-        s0, s1, series = await sample_series(sn.pid, p.steady_s)
-        for w in workers:
-            w.send({"cmd": "status"})
-        st1 = [await w.receive(30) for w in workers]
-        m1 = await scrape(sn)
-        lost: Counter[str] = Counter()
-        for s in st1:
-            lost.update(s["lost"])
-        alive = sum(int(s["alive"]) for s in st1)
-        refused_after: Counter[str] = Counter()
-        for s in st1:
-            refused_after.update(s["refused_after_attach"])
-        client_cpu = sum(float(b["cpu_s"]) - float(a["cpu_s"]) for a, b in zip(st0, st1,
-                                                                                strict=True))
-        srt = sorted(series)
-        steady_delta = metric_delta(
-            m0, m1, ("overlay_dht_rpcs", "overlay_dht_rpc_timeouts",
-                     "overlay_sessions_cut_off", "overlay_attach_refused"))
-        crawls = steady_delta.get('overlay_dht_rpcs_total{direction="out",method="find_node"}', 0)
-        result.update({
-            "cpu_pct_steady": cpu_pct(s0, s1),
-            "cpu_pct_steady_per_s": {"p50": percentile(srt, 0.5), "p90": percentile(srt, 0.9),
-                                     "max": srt[-1] if srt else None},
-            "cpu_pct_steady_series": series,
-            "cpu_pct_steady_user_sys": cpu_split(s0, s1),
-            "steady_s": round(s1.at - s0.at, 1),
-            "alive_after_steady": alive,
-            "presence_refresh_s": p.presence_refresh_s,
-            "presence_refreshes_in_window": sum(int(b["refreshes"]) - int(a["refreshes"])
-                                                for a, b in zip(st0, st1, strict=True)),
-            "refreshes_refused": dict(refused_after),
-            "lost_during_steady": dict(lost),
-            "rss_end_kib": s1.rss_kib,
-            "rss_hwm_kib": s1.hwm_kib,
-            "rss_per_client_end_kib": (round((s1.rss_kib - base.rss_kib) / attached, 2)
-                                       if attached else None),
-            "client_cpu_pct_steady": round(100 * client_cpu / (s1.at - s0.at), 2),
-            "client_rss_kib": [int(s["rss_kib"]) for s in st1],
-            # the supernode republishes every attached client's presence record every
-            # DHTConfig.republish_interval_s (120 s): one crawl + one store per record
-            # (a presence refresh is a put too, so with --presence-refresh this cannot tell)
-            "dht_republish_in_window": (None if p.presence_refresh_s
-                                        else bool(attached) and crawls >= attached / 2),
-            "dht_puts_in_window": int(crawls),
-            "supernode_metrics_steady_delta": steady_delta,
-            "supernode_metrics": metric_values(
-                m1, ("overlay_attached_clients", "overlay_tcp_sessions",
-                     "overlay_records_stored", "overlay_sessions_cut_off",
-                     "overlay_attach_refused", "overlay_dht_rpc_timeouts",
-                     "overlay_dht_datagrams_dropped")),
-        })
-        log(f"N={n}: steady CPU {result['cpu_pct_steady']} %, {alive} alive")
-
-        # -- lookups --
-        if attached:
-            users = [user_name(tag, i) for i in attached_idx]
-            log(f"N={n}: lookups for {p.lookup_s:g} s over {p.lookup_sessions} sessions")
-            b0 = await scrape(boot)
-            contacts: list[float] = []
-            watching = asyncio.create_task(watch_contacts(sn, contacts))
-            l_sn0, l_boot0 = proc_sample(sn.pid), proc_sample(boot.pid)
-            l_me0 = proc_sample(os.getpid())
-            try:
-                lookups = await run_lookups(p, sn_addr[0], PORT, addrs.lookup_source,
-                                            node_key, users)
-            finally:
-                watching.cancel()
-            l_sn1, l_boot1 = proc_sample(sn.pid), proc_sample(boot.pid)
-            l_me1 = proc_sample(os.getpid())
-            b1, m2 = await scrape(boot), await scrape(sn)
-            sn_delta = metric_delta(m1, m2, ("overlay_lookups", "overlay_dht_rpc_timeouts",
-                                             "overlay_sessions_cut_off", "overlay_dht_rpcs"))
-            via_dht = sn_delta.get('overlay_dht_rpcs_total{direction="out",method="find_value"}',
-                                   0)
-            answered = lookups["answered"]
-            lookups.update({
-                "supernode_cpu_pct": cpu_pct(l_sn0, l_sn1),
-                "supernode_cpu_ms_per_lookup": (
-                    round(1000 * (l_sn1.cpu_s - l_sn0.cpu_s) / answered, 4) if answered
-                    else None),
-                "client_cpu_pct": cpu_pct(l_me0, l_me1),
-                "bootstrap_cpu_pct": cpu_pct(l_boot0, l_boot1),
-                # a lookup asks the DHT (find_value to the bootstrap node) unless the supernode
-                # has no DHT contact at that moment; then it answers from its own storage
-                "share_asking_the_dht": round(via_dht / answered, 3) if answered else None,
-                "supernode_dht_contacts_per_s": contacts,
-                "supernode_metrics_delta": sn_delta,
-                "bootstrap_metrics_delta": metric_delta(
-                    b0, b1, ("overlay_dht_datagrams_dropped", "overlay_dht_rpcs")),
-            })
-            result["lookups"] = lookups
-            log(f"N={n}: {lookups['per_s']} lookups/s, p50 {lookups['p50_ms']} ms, "
-                f"p99 {lookups['p99_ms']} ms")
-        result["fd_limit_sufficient"] = fd_hard >= n + p.lookup_sessions + FD_SLACK
-        result["supernode_alive_at_end"] = sn.alive()
+        await idle_phase(run)
+        await attach_phase(run)
+        start_presence_refresh(run)
+        await memory_phase(run)
+        await steady_phase(run)
+        await lookup_phase(run)
+        run.result["fd_limit_sufficient"] = fd_hard >= n + p.lookup_sessions + FD_SLACK
+        run.result["supernode_alive_at_end"] = sn.alive()
     finally:
-        for w in workers:
+        for w in run.workers:
             w.stop()
         sn.kill()
         boot.kill()
-    return result
+    return run.result
 
-
-# -- the run ---------------------------------------------------------------------------------
-
-
-def raise_fd_limit() -> tuple[int, int]:
-    """Soft RLIMIT_NOFILE up to the hard limit (inherited by every process started later)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    return soft, hard
+# -- the run --------------------------------------------------------------------------------
 
 
 def environment(uvloop_used: bool, fd: tuple[int, int]) -> dict[str, Any]:
@@ -1070,10 +604,11 @@ async def run(p: Params, uvloop_used: bool, fd: tuple[int, int]) -> dict[str, An
         "results": results,
         "meets_targets": evaluate(results, p.heartbeat_s),
         "limits": {
-            "supernode_requests_per_session_per_s": _LIMITS.requests_per_s,
-            "supernode_request_burst": _LIMITS.request_burst,
+            "supernode_requests_per_session_per_s": SERVICE_LIMITS.requests_per_s,
+            "supernode_request_burst": SERVICE_LIMITS.request_burst,
             "note": ("the supernode cuts a session that exceeds ServiceLimits.requests_per_s "
-                     f"({_LIMITS.requests_per_s:g}/s, burst {_LIMITS.request_burst:g}); "
+                     f"({SERVICE_LIMITS.requests_per_s:g}/s, "
+                     f"burst {SERVICE_LIMITS.request_burst:g}); "
                      "lookups are spread over sessions paced at "
                      f"{LOOKUP_RATE_PER_SESSION:g}/s each, so sessions x that rate caps the "
                      "offered load (offered_ceiling_per_s)"),
@@ -1221,7 +756,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--worker"]:  # a client worker process started by this benchmark
-        code, _ = _run_loop(_worker_main())
+        code, _ = _run_loop(worker_main())
         return int(code)
     p = parse_args(args)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -1233,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         doc, uvloop_used = _run_loop(run(p, True, fd))
     finally:
-        _kill_all()
+        kill_started()
     doc["environment"]["uvloop"] = uvloop_used
     text = compact_json(doc)
     print(text)
