@@ -51,11 +51,28 @@ ROOT_MODULE_PACKAGES: dict[str, str] = {"__init__": "core", "__main__": "cli"}
 #: :func:`test_sans_io_modules_exist`).
 SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/attach/frames.py",
+    "overlay/attach/schema.py",
+    "overlay/attach/handshake_messages.py",
+    "overlay/attach/session_messages.py",
     "overlay/attach/messages.py",
     "overlay/attach/handshake.py",
     "overlay/attach/channel.py",
+    "overlay/attach/events.py",
+    "overlay/attach/verification.py",
     "overlay/attach/connection.py",
     "overlay/relay/budget.py",
+    "overlay/relay/protocol.py",
+    "overlay/dht/envelope.py",
+    "overlay/media/punch.py",
+    "overlay/media/quic/core.py",
+    "overlay/media/quic/congestion.py",
+    "overlay/media/relay_selector.py",
+    "overlay/media/signalling.py",
+    "overlay/client/attach_policy.py",
+    "overlay/core/vivaldi.py",
+    "overlay/core/addresses.py",
+    "overlay/core/records.py",
+    "overlay/core/identity.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).
@@ -267,10 +284,28 @@ def find_dynamic_imports(tree: Tree) -> list[str]:
 
 
 def find_sans_io_asyncio(tree: Tree, sans_io: Iterable[str] = SANS_IO_MODULES) -> list[str]:
-    """(f) ``asyncio`` imported by a sans-IO core."""
+    """(f) ``asyncio`` imported by a sans-IO core, itself or through the overlay modules it
+    imports (a core that imports an asyncio module is not sans-IO either)."""
     paths = set(sans_io)
-    return [f"{imp.where()} imports {imp.target}" for imp in tree.imports
-            if _top(imp.target) == "asyncio" and tree.path_of(imp.source) in paths]
+    internal: dict[str, list[str]] = {}
+    for imp in tree.internal():
+        internal.setdefault(imp.source, []).append(imp.target)
+    uses_asyncio = {imp.source: imp for imp in tree.imports if _top(imp.target) == "asyncio"}
+    out = []
+    for module in sorted(m for m in tree.modules if tree.path_of(m) in paths):
+        seen, stack = {module}, [[module]]
+        while stack:
+            chain = stack.pop()
+            found = uses_asyncio.get(chain[-1])
+            if found is not None:
+                via = "" if len(chain) == 1 else " (through " + " -> ".join(chain[1:]) + ")"
+                out.append(f"{module}{via}: {found.where()} imports {found.target}")
+                break
+            for nxt in internal.get(chain[-1], []):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append([*chain, nxt])
+    return out
 
 
 RULES = {
@@ -348,6 +383,9 @@ _BAD_TREES: list[tuple[str, dict[str, str], str]] = [
     ("f_sans_io", {"overlay/attach/frames.py": "def f():\n    import asyncio\n"},
      "overlay.attach.frames:2 (in a function) imports asyncio"),
     ("f_sans_io", {"overlay/relay/budget.py": "from asyncio import sleep\n"}, "imports asyncio"),
+    ("f_sans_io", {"overlay/attach/frames.py": "from overlay.core import net\n",
+                   "overlay/core/__init__.py": "", "overlay/core/net.py": "import asyncio\n"},
+     "overlay.attach.frames (through overlay.core.net)"),
 ]
 
 
