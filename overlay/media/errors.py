@@ -10,6 +10,9 @@ socket under them into ``PathLost`` (same message), so ``except PathLost`` sees 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from overlay.core.errors import OverlayError
 
 
@@ -21,8 +24,13 @@ class PathLost(MediaError, ConnectionError):
     """A media path failed or went away; another path may take over."""
 
 
-def path_lost(exc: ConnectionError) -> PathLost:
-    """``exc`` (a socket's or relay connection's error) as a :class:`PathLost`, same text."""
-    if isinstance(exc, PathLost):
-        return exc
-    return PathLost(str(exc) or type(exc).__name__)
+@contextlib.contextmanager
+def losing_path() -> Iterator[None]:
+    """Inside, a ``ConnectionError`` (a socket's or relay connection's) comes out as a
+    :class:`PathLost` with the same text; a ``PathLost`` passes unchanged."""
+    try:
+        yield
+    except PathLost:
+        raise
+    except ConnectionError as exc:
+        raise PathLost(str(exc) or type(exc).__name__) from exc

@@ -15,7 +15,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from overlay.media.errors import path_lost
+from overlay.media.errors import losing_path
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,13 @@ class TcpByteStream:
         self.path = path
 
     async def send(self, data: bytes) -> None:
-        try:
+        with losing_path():
             self.writer.write(data)
             await self.writer.drain()
-        except ConnectionError as exc:
-            raise path_lost(exc) from exc
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
-        try:
+        with losing_path():
             return await self.reader.read(max_bytes)
-        except ConnectionError as exc:
-            raise path_lost(exc) from exc
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

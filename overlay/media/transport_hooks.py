@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.media.binding import nat_type
-from overlay.media.errors import path_lost
+from overlay.media.errors import losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
@@ -86,16 +86,12 @@ class RelayedStream:
         self.relay: RelayRef | None = relay
 
     async def send(self, data: bytes) -> None:
-        try:
+        with losing_path():
             await self.inner.send(data)
-        except ConnectionError as exc:
-            raise path_lost(exc) from exc
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
-        try:
+        with losing_path():
             return await self.inner.recv(max_bytes)
-        except ConnectionError as exc:
-            raise path_lost(exc) from exc
 
     async def close(self) -> None:
         await self.inner.close()
