@@ -21,11 +21,11 @@ from nacl.public import PrivateKey
 
 from overlay.core.addresses import Address
 from overlay.core.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
+from overlay.core.offers import ANSWER_DOMAIN, INVITE_DOMAIN, MAX_OFFER_BYTES, split_offer
 from overlay.core.records import NAME_PATTERN
+from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
 from overlay.media.errors import MediaError
 
-INVITE_DOMAIN = b"overlay/invite/v1\x00"
-ANSWER_DOMAIN = b"overlay/answer/v1\x00"
 SESSION_ID_BYTES = 16
 MAX_CANDIDATES = 8
 MAX_RELAYS = 4
@@ -121,14 +121,14 @@ def sign_offer(offer: Offer, identity: Identity) -> Offer:
 def open_offer(wire: bytes, now: float | None = None) -> Offer:
     """Parse and verify the signature (by the key inside); the caller must still check that
     ``from_key`` is the key in ``from_user``'s presence records."""
+    parts = split_offer(wire)
+    if parts is None:
+        raise SignallingError("not an offer: not msgpack([body, signature]) within limits")
+    body, signature = parts
     try:
-        outer = msgpack.unpackb(wire, raw=False, max_bin_len=4096, max_str_len=4096,
-                                max_array_len=16, max_map_len=0, max_ext_len=0)
-        body, signature = outer
-        values = msgpack.unpackb(body, raw=False, max_bin_len=4096, max_str_len=4096,
-                                 max_array_len=16, max_map_len=0, max_ext_len=0)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise SignallingError(f"not an offer: {type(exc).__name__}") from None
+        values = unpack_strict(body, max_len=MAX_OFFER_BYTES, max_array=16)
+    except NotMsgpack as exc:
+        raise SignallingError(f"not an offer: {exc}") from None
     if not isinstance(values, list) or len(values) != 14:
         raise SignallingError("an offer has 14 fields")
     (kind, session_id, from_user, from_device, from_key, to_user, ephemeral, candidates,
