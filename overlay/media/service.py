@@ -244,7 +244,12 @@ class MediaService:
                                       me.identity.public_key, to_user, s.keys.public, local,
                                       time.time(), relays=relays, relay_secret=secret),
                                 me.identity)
-            result = await session.signal(to_user, invite.wire, to_device=target.device)
+            try:
+                result = await session.signal(to_user, invite.wire, to_device=target.device)
+            except SessionError as exc:
+                # our supernode went away (it may be the relay that just died): the send
+                # loop waits for the failover and tries again
+                raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
             if not result.ok:
                 raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
             try:
