@@ -183,7 +183,10 @@ async def test_contact_commands_over_the_control_socket(tmp_path: Path):
         return contact
 
     server = ControlServer(tmp_path / "c.sock")
-    ContactCommands(book, lookup, accept, lambda user: None).register(server)
+    def decline(user: str) -> None:
+        book.decline(user)
+
+    ContactCommands(book, lookup, accept, decline).register(server)
 
     async def ask(**req: Any) -> dict[str, Any]:
         return await server.handle_line(json.dumps(req).encode())
