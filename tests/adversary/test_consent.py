@@ -321,6 +321,8 @@ async def test_a_stranger_gets_no_address_until_accepted(tmp_path):
 
 async def test_b_pinned_key_refuses_an_impostor_on_a_network_without_the_claim(tmp_path):
     # -- alice sends to bob once: bob has alice as a contact, her key pinned -----------------
+    for sub in ("n1", "n2"):
+        (tmp_path / sub).mkdir()
     net = await ProcessOverlay(tmp_path / "n1", 1).start()
     clients = Clients(tmp_path, net)
     try:
