@@ -20,6 +20,7 @@ from overlay.cli.common import (
 )
 from overlay.client.control import ControlSocketError, control_request
 from overlay.client.daemon import ClientDaemon
+from overlay.client.errors import ClientError
 from overlay.client.options import ClientOptions, default_device
 from overlay.core.records import RecordError
 
@@ -43,13 +44,18 @@ def cmd_client(args: argparse.Namespace) -> int:
             may_become_supernode=not args.no_supernode, heartbeat_s=args.heartbeat,
             presence_refresh_s=args.presence_refresh,
             promote_after_s=args.promote_after, listen_port=args.listen_port,
+            accept_from=args.accept_from,
         )
     except (ValueError, RecordError) as exc:
         print(f"overlay client: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     async def main() -> int:
-        daemon = ClientDaemon(opts)
+        try:
+            daemon = ClientDaemon(opts)
+        except ClientError as exc:
+            print(f"overlay client: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         if not opts.bootstrap and not len(daemon.cache):
             print("overlay client: no --bootstrap and no supernodes in the host cache "
                   f"({state_dir or 'no --state-dir'}); nothing to attach to", file=sys.stderr)
@@ -121,6 +127,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--listen-port", type=int, default=0, metavar="PORT",
                    help="port (UDP and TCP) offered for the dial-back check and, once "
                         "promoted, for the supernode (default: any free port)")
+    p.add_argument("--accept-from", choices=["contacts", "anyone"], default="contacts",
+                   help="whose invites are answered at once: contacts (default; an invite "
+                        "from anyone else is a request: no answer and no address of ours "
+                        "until `overlay accept NAME`) or anyone")
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("client-ctl", help="ask a running client over its control socket")

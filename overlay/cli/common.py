@@ -15,6 +15,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_OFFLINE = 3
+#: ``overlay send``: the receiver kept the invite as a contact request and did not accept it
+#: within ``--wait`` seconds, or declined it
+EXIT_NOT_ACCEPTED = 5
 EXIT_INTERRUPTED = 130
 EXIT_UNAVAILABLE = 69
 

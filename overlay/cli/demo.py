@@ -4,7 +4,8 @@ A bootstrap node, three supernodes and four client daemons start in this process
 own 127.x address as separate machines would be. The clients discover the supernodes through
 the bootstrap node, measure their round-trip times and attach to the nearest; a lookup (over
 TCP, every signature verified by the reader) shows where each user is reached; alice sends bob
-a file (signalled through supernodes, end-to-end encrypted, the path it took shown); one client
+a file: her invite is a contact request until bob accepts it, then the file goes (signalled
+through supernodes, end-to-end encrypted, the path it took shown); one client
 leaves cleanly and is shown offline; a supernode stops and its clients move. Ctrl-C at any
 point stops everything (all of it lives in this one process).
 """
@@ -87,6 +88,29 @@ async def _lookups(boot: tuple[str, int], names: dict[str, str], title: str) -> 
     return table
 
 
+async def _send_after_consent(console: Console, sender: ClientDaemon, receiver: ClientDaemon,
+                              payload: Path) -> dict[str, Any]:
+    """The sender is not a contact of the receiver: its invite becomes a contact request
+    (answered "pending", no address revealed) until the receiver accepts it."""
+    to, who = receiver.opts.user, sender.opts.user
+    sending = asyncio.create_task(sender.media.send(to, payload))
+    try:
+        await _wait(lambda: receiver.contacts.requests.pending(time.time()) or sending.done(),
+                    20, f"{who}'s contact request reaching {to}")
+        if sending.done():
+            return await sending  # its error, if the request never got there
+        (request,) = receiver.contacts.requests.pending(time.time())
+        console.print(f"[bold]{to}[/] has a contact request from [bold]{who}[/] (key "
+                      f"{request.key.hex()[:16]}…): no answer, no address of {to}'s revealed; "
+                      f"{who}'s send waits")
+        receiver.accept_request(who)
+        console.print(f"[bold]{to}[/] accepts: {who} is now a contact (key pinned), "
+                      "and the waiting invite is answered")
+        return await sending
+    finally:
+        sending.cancel()
+
+
 async def run_demo(console: Console, workdir: Path) -> int:
     base = f"127.{100 + secrets.randbelow(100)}.{secrets.randbelow(256)}"
     dht = DHTConfig(refresh_interval_s=3600)
@@ -129,7 +153,7 @@ async def run_demo(console: Console, workdir: Path) -> int:
 
         payload = workdir / "holiday-photos.tar"
         payload.write_bytes(os.urandom(2 * 2**20))
-        sent = await clients[0].media.send("bob", payload)
+        sent = await _send_after_consent(console, clients[0], clients[1], payload)
         received = workdir / "bob" / "inbox" / payload.name
         same = hashlib.sha256(received.read_bytes()).hexdigest() == sent["sha256"]
         console.print(

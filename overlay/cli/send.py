@@ -1,4 +1,10 @@
-"""``overlay send NAME FILE --control PATH [--json]``: have the running client send a file."""
+"""``overlay send NAME[#KEYPREFIX] FILE --control PATH [--json] [--wait S]``: have the running
+client send a file.
+
+When the receiver keeps the invite as a contact request, the command says so on stderr and
+waits up to ``--wait`` seconds for it to be accepted; it exits with
+:data:`~overlay.cli.common.EXIT_NOT_ACCEPTED` (5) when it is not (or is declined).
+"""
 
 from __future__ import annotations
 
@@ -11,30 +17,67 @@ from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from overlay.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, run_async
+from overlay.cli.common import (
+    EXIT_FAILURE,
+    EXIT_NOT_ACCEPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    positive,
+    run_async,
+)
 from overlay.client.control import ControlSocketError, control_request_async
+from overlay.core.records import RecordError
+from overlay.core.user_ref import parse_user_ref
+from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S
 
 SEND_TIMEOUT_S = 3600.0
 
 
-async def _progress(control: Path, name: str, done: asyncio.Event) -> None:
+async def _sending(control: Path, name: str) -> dict[str, Any] | None:
+    """The client's progress entry for the file ``name``, if it is being sent."""
+    try:
+        status = await control_request_async(control, {"cmd": "status"}, timeout=2)
+    except ControlSocketError:
+        return None
+    for item in status.get("sending") or []:
+        if isinstance(item, dict) and item.get("name") == name:
+            return item
+    return None
+
+
+async def _pause(done: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await done.wait()
+    except TimeoutError:
+        pass
+
+
+async def _progress(control: Path, name: str, to: str, done: asyncio.Event) -> None:
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), transient=True) as bar:
         task = bar.add_task(f"connecting for {name}", total=None)
         while not done.is_set():
-            try:
-                status = await control_request_async(control, {"cmd": "status"}, timeout=2)
-            except ControlSocketError:
-                status = {}
-            for item in status.get("sending") or []:
-                if item.get("name") == name:
-                    bar.update(task, description=f"{name} via {item.get('path')}",
-                               completed=item.get("sent", 0), total=item.get("size") or None)
-            try:
-                async with asyncio.timeout(0.2):
-                    await done.wait()
-            except TimeoutError:
-                pass
+            item = await _sending(control, name)
+            if item is not None and item.get("state") == "waiting for acceptance":
+                bar.update(task, description=f"waiting for {to} to accept the contact request")
+            elif item is not None and item.get("path"):
+                bar.update(task, description=f"{name} via {item.get('path')}",
+                           completed=item.get("sent", 0), total=item.get("size") or None)
+            await _pause(done, 0.2)
+
+
+async def _tell_waiting(control: Path, name: str, to: str, wait: float,
+                        done: asyncio.Event) -> None:
+    """Without a progress bar: say once on stderr that the receiver has not accepted yet."""
+    while not done.is_set():
+        item = await _sending(control, name)
+        if item is not None and item.get("state") == "waiting for acceptance":
+            print(f"overlay send: {to} has not accepted a contact request from you yet; "
+                  f"waiting up to {wait:g}s", file=sys.stderr, flush=True)
+            return
+        await _pause(done, 0.5)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -42,27 +85,35 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"overlay send: {args.file} is not a file", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        to = parse_user_ref(args.name).name
+    except RecordError as exc:
+        print(f"overlay send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.wait > MAX_ACCEPT_WAIT_S:
+        print(f"overlay send: --wait is at most {MAX_ACCEPT_WAIT_S:g}", file=sys.stderr)
+        return EXIT_USAGE
     control = Path(args.control)
 
     async def main() -> int:
         done = asyncio.Event()
-        bar = None
         if not args.json and sys.stderr.isatty():
-            bar = asyncio.create_task(_progress(control, path.name, done))
+            bar = asyncio.create_task(_progress(control, path.name, to, done))
+        else:
+            bar = asyncio.create_task(_tell_waiting(control, path.name, to, args.wait, done))
         try:
             reply: dict[str, Any] = await control_request_async(
-                control, {"cmd": "send", "user": args.name, "path": str(path)},
-                timeout=SEND_TIMEOUT_S)
+                control, {"cmd": "send", "user": args.name, "path": str(path),
+                          "wait_s": args.wait}, timeout=SEND_TIMEOUT_S)
         except ControlSocketError as exc:
             print(f"overlay send: the client is not reachable: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
         finally:
             done.set()
-            if bar is not None:
-                await bar
+            await bar
         if not reply.get("ok"):
             print(f"overlay send: {reply.get('error', 'failed')}", file=sys.stderr)
-            return EXIT_FAILURE
+            return EXIT_NOT_ACCEPTED if reply.get("reason") == "not_accepted" else EXIT_FAILURE
         result = {k: reply.get(k) for k in ("path", "relay", "bytes", "seconds", "sha256")}
         if args.json:
             print(json.dumps(result))
@@ -79,10 +130,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("send", help="send a file to a user through the running client")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME[#KEYPREFIX]",
+                   help="the user; #KEYPREFIX (8 or more hex digits) selects its key")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--control", required=True, metavar="PATH",
                    help="the running client's control socket")
     p.add_argument("--json", action="store_true",
                    help='print {"path", "relay", "bytes", "seconds", "sha256"}')
+    p.add_argument("--wait", type=positive, default=ACCEPT_WAIT_S, metavar="S",
+                   help="when the receiver keeps the invite as a contact request, wait this "
+                        f"long for it to be accepted (default {ACCEPT_WAIT_S:g}, at most "
+                        f"{MAX_ACCEPT_WAIT_S:g}); then exit {EXIT_NOT_ACCEPTED}")
     p.set_defaults(func=cmd_send)

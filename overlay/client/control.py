@@ -43,7 +43,12 @@ Handler = Callable[[JSONObject], Awaitable[JSONObject]]
 
 
 class ControlError(ClientError):
-    """A command failed in an expected way; the message goes back to the caller as is."""
+    """A command failed in an expected way; the message goes back to the caller as is, with
+    ``reason`` (a fixed word a program can test, e.g. ``not_accepted``) when given."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ControlSocketError(ClientError):
@@ -259,7 +264,10 @@ class ControlServer:
             async with asyncio.timeout(None if limit == float("inf") else limit):
                 result = await cmd.handler(args)
         except ControlError as exc:
-            return {"ok": False, "error": str(exc)}
+            failed: JSONObject = {"ok": False, "error": str(exc)}
+            if exc.reason is not None:
+                failed["reason"] = exc.reason
+            return failed
         except TimeoutError:
             return {"ok": False, "error": f"{name} took longer than {limit:g}s"}
         except Exception as exc:

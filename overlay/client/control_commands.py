@@ -1,4 +1,5 @@
-"""The client daemon's control commands: ``status``, ``lookup``, ``supernodes``, ``send``.
+"""The client daemon's control commands: ``status``, ``lookup``, ``supernodes``, ``send``
+(those for contacts are in :mod:`overlay.client.contact_commands`).
 
 The socket and its protocol are :mod:`overlay.client.control`; this module says what each
 command does.
@@ -15,7 +16,9 @@ from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.client.host_cache import HostCache
 from overlay.core import records
 from overlay.core.records import PresenceRecord, SignedRecord
-from overlay.media.service import MediaService, SendFailed
+from overlay.core.user_ref import parse_user_ref
+from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S, NotAccepted, SendFailed
+from overlay.media.service import MediaService
 
 Lookup = Callable[[str], Awaitable[tuple[list[SignedRecord], str]]]
 
@@ -53,16 +56,26 @@ class ClientCommands:
         control.register("lookup", self.lookup, {"user": (str, True)},
                          "a user's verified presence records")
         control.register("supernodes", self.supernodes, help="the host cache")
-        control.register("send", self.send, {"user": (str, True), "path": (str, True)},
-                         "send a file to a user, end-to-end encrypted",
-                         timeout_s=float("inf"))
+        control.register("send", self.send, {"user": (str, True), "path": (str, True),
+                                             "wait_s": ((int, float), False)},
+                         "send a file to a user (NAME or NAME#KEYPREFIX), end-to-end "
+                         "encrypted; wait_s: how long to wait for a contact request to be "
+                         f"accepted (default {ACCEPT_WAIT_S:g}, at most "
+                         f"{MAX_ACCEPT_WAIT_S:g})", timeout_s=float("inf"))
 
     async def status(self, args: JSONObject) -> JSONObject:
         return self._status()
 
     async def send(self, args: JSONObject) -> JSONObject:
         try:
-            return await self.media.send(str(args["user"]), Path(str(args["path"])))
+            ref = parse_user_ref(str(args["user"]))
+        except records.RecordError as exc:
+            raise ControlError(str(exc)) from None
+        wait_s = float(args.get("wait_s", ACCEPT_WAIT_S))
+        try:
+            return await self.media.send(ref, Path(str(args["path"])), wait_s)
+        except NotAccepted as exc:
+            raise ControlError(str(exc), reason="not_accepted") from None
         except SendFailed as exc:
             raise ControlError(str(exc)) from None
 

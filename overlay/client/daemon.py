@@ -13,8 +13,13 @@ sans-IO, in :mod:`overlay.client.attach_policy`):
 * **Clean exit.** SIGINT/SIGTERM: a signed offline record goes out in ``Detach`` and the
   daemon waits briefly for the supernode to publish it and close.
 * **Signals** for the user go to the media service or the inbox (:mod:`overlay.client.inbox`).
+* **Contacts** (:mod:`overlay.client.contacts`, :mod:`overlay.client.requests`): pinned keys
+  (trust on first use) in the state dir, and invites from others kept as requests until the
+  user accepts them (``--accept-from contacts``, the default) or answered (``anyone``).
 * **Control socket** (:mod:`overlay.client.control`, commands in
-  :mod:`overlay.client.control_commands`): ``status``, ``lookup``, ``supernodes``, ``send``.
+  :mod:`overlay.client.control_commands` and :mod:`overlay.client.contact_commands`):
+  ``status``, ``lookup``, ``supernodes``, ``send``, ``contacts``, ``contact_add``,
+  ``contact_forget``, ``requests``, ``accept``, ``decline``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from overlay.attach import AttachOk, SignalDelivery
 from overlay.attach.adapter import ClientSession
 from overlay.client.attach_policy import Measurement
 from overlay.client.backup import BackupKeeper
+from overlay.client.contact_commands import ContactCommands
+from overlay.client.contacts import Contact, Contacts
 from overlay.client.control import ControlServer, JSONObject
 from overlay.client.control_commands import ClientCommands
 from overlay.client.discovery import Discovery
@@ -77,19 +84,22 @@ class ClientDaemon:
                             promote_after_s=opts.promote_after_s),
             opts.listen_port, opts.state_dir, opts.bootstrap,
         )
+        self.contacts = Contacts(opts.state_dir, opts.accept_from)
         self.media = self._make_media()
         self.control: ControlServer | None = None
         if opts.control_path is not None:
             self.control = ControlServer(opts.control_path)
             ClientCommands(self.status, self.lookup, self.cache, self.media).register(
                 self.control)
+            ContactCommands(self.contacts, self.lookup, self.accept_request,
+                            self.decline_request).register(self.control)
 
     def _make_media(self) -> MediaService:
         opts = self.opts
         return MediaService(MediaConfig(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
-        ), self)
+        ), self, self.contacts)
 
     # -- what the parts share ------------------------------------------------------------------
 
@@ -126,6 +136,20 @@ class ClientDaemon:
     async def lookup(self, user: str) -> tuple[list[SignedRecord], str]:
         """Verified presence records for ``user`` via the primary (else the backup)."""
         return await self.links.lookup(user, timeout=self.opts.request_timeout_s)
+
+    # -- contact requests -------------------------------------------------------------------
+
+    def accept_request(self, user: str) -> Contact:
+        """Make the sender of the pending request ``user`` a contact and answer its invite
+        (the caller may still be waiting); :class:`~overlay.client.contacts.ContactsError`
+        when there is no such request."""
+        contact, request = self.contacts.accept(user)
+        self.media.answer_request(request.invite)
+        return contact
+
+    def decline_request(self, user: str) -> None:
+        """Drop the pending request ``user`` and answer it "declined" (no address)."""
+        self.media.decline_request(self.contacts.decline(user).invite)
 
     def register_command(
         self,

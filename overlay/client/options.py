@@ -48,6 +48,8 @@ class ClientOptions:
     detach_wait_s: float = 3.0
     #: candidates probed in one go
     max_probes: int = 16
+    #: whose invites are answered at once: "contacts" (others become requests) or "anyone"
+    accept_from: str = "contacts"
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class ClientOptions:
             raise ValueError(f"presence refresh must be in (0, {MAX_PRESENCE_REFRESH_S:g}] s")
         if self.heartbeat_s <= 0:
             raise ValueError("heartbeat must be positive")
+        if self.accept_from not in ("contacts", "anyone"):
+            raise ValueError("accept-from is contacts or anyone")
 
     @property
     def presence_lifetime_s(self) -> float:

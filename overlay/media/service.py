@@ -1,10 +1,20 @@
 """A client's media service: sends and answers invites, races paths, moves files.
 
-Caller: look the user up (records verified), sign an invite with a fresh X25519 key and our
-candidates, signal it through our supernode, wait for the signed answer (whose key must be the
-key in the callee's presence records), then race the paths and send the file. Callee: check an
-incoming invite against the caller's own presence records, answer, race the paths as the
-responder, and write the file into the inbox.
+Caller: look the user up (records verified), choose the key (:class:`ContactsPort`: the
+pinned one, the one a ``NAME#KEYPREFIX`` selects, or the name's only key; never one of
+several), sign an invite with a fresh X25519 key and our candidates, signal it through our
+supernode, wait for the signed answer (whose key must be the chosen key), then race the paths
+and send the file. An answer ``accept=false, reason="pending"`` without candidates says the
+callee keeps our invite as a contact request: the caller keeps waiting for the real answer
+with the same session id, up to ``accept_wait_s``, then fails with :class:`NotAccepted`.
+
+Callee: an invite signed by another key than the one pinned for its sender is refused (no
+answer). From a contact (pinned key) it is answered at once. From anyone else it must carry
+the name's only key in the caller's presence records; then the contacts port decides: answer
+now (``--accept-from anyone``) or keep it as a request, answered "pending" with no address of
+ours, until the user accepts (:meth:`MediaService.answer_request`) or declines
+(:meth:`MediaService.decline_request`) it. An answered invite races the paths as the responder
+and writes the file into the inbox.
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
+from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
 from overlay.media import relay_selector, transport_hooks
-from overlay.media.attachment import AttachmentPort
+from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
     Attempt,
@@ -39,7 +50,21 @@ from overlay.media.connect import (
     connect_as_responder,
     dial_tcp,
 )
-from overlay.media.errors import MediaError, PathLost
+from overlay.media.consent import (
+    ACCEPT_WAIT_S,
+    ANSWER,
+    DECLINED,
+    MAX_ACCEPT_WAIT_S,
+    PENDING,
+    REQUEST,
+    NotAccepted,
+    SendFailed,
+    answer_without_address,
+    await_answer,
+    choose_target,
+    vet_invite,
+)
+from overlay.media.errors import PathLost
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.signalling import (
     Candidates,
@@ -62,17 +87,12 @@ from overlay.media.transfer import (
 
 log = get_logger(__name__)
 
-ANSWER_TIMEOUT_S = 10.0
 MAX_SESSIONS_PER_SEND = 5
 RESUME_RETRY_PAUSE_S = 2.0
 #: the rate a file transfer asks a relay to reserve: 0 takes the relay's per-session cap
 RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
-
-
-class SendFailed(MediaError):
-    """A send did not happen; the message says why in a user's words."""
 
 
 class _LostMidTransfer(PathLost):
@@ -100,15 +120,21 @@ class Session:
     initiator: bool
     keys: MediaKeys = field(default_factory=MediaKeys)
     answer: asyncio.Future[Offer] | None = None
+    #: caller: the key the answer must be signed by; set when the callee says "pending"
+    peer_key: bytes | None = None
+    pending: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class MediaService:
     """Media for one client: ``config`` says who it is, ``attachment`` is its way to the
-    supernodes (signalling, lookups, addresses)."""
+    supernodes (signalling, lookups, addresses), ``contacts`` its pins and consent policy
+    (default :class:`OpenDoor`: no pins, anyone answered)."""
 
-    def __init__(self, config: MediaConfig, attachment: AttachmentPort) -> None:
+    def __init__(self, config: MediaConfig, attachment: AttachmentPort,
+                 contacts: ContactsPort | None = None) -> None:
         self.config = config
         self.attachment = attachment
+        self.contacts: ContactsPort = contacts or OpenDoor()
         self.listener = MediaListener()
         self.udp: transport_hooks.UdpState | None = None
         self.sessions: dict[bytes, Session] = {}
@@ -184,29 +210,41 @@ class MediaService:
 
     # -- caller ---------------------------------------------------------------------------------
 
-    async def send(self, to_user: str, path: Path) -> dict[str, Any]:
-        """Send ``path`` to ``to_user``. A path that fails mid-transfer (a relay dying, say) is
-        replaced by a new session on another path, and the transfer resumes where the
-        receiver's data ends."""
+    async def send(self, to: UserRef | str, path: Path,
+                   accept_wait_s: float = ACCEPT_WAIT_S) -> dict[str, Any]:
+        """Send ``path`` to ``to`` (``NAME`` or ``NAME#KEYPREFIX``). A path that fails
+        mid-transfer (a relay dying, say) is replaced by a new session on another path, and the
+        transfer resumes where the receiver's data ends. When the callee keeps the invite as a
+        contact request, wait up to ``accept_wait_s`` for it to be accepted
+        (:class:`NotAccepted` otherwise)."""
+        try:
+            ref = to if isinstance(to, UserRef) else parse_user_ref(to)
+        except records.RecordError as exc:
+            raise SendFailed(str(exc)) from None
+        if not 0 < accept_wait_s <= MAX_ACCEPT_WAIT_S:
+            raise SendFailed(f"the wait for acceptance is in (0, {MAX_ACCEPT_WAIT_S:g}] s")
         if not path.is_file():  # noqa: ASYNC240
             raise SendFailed(f"{path} is not a readable file")
         transfer_id = os.urandom(16)
         sha = await asyncio.to_thread(file_sha256, path)
         failed_relays: set[bytes] = set()
-        slog = log.bind(peer=to_user)
+        slog = log.bind(peer=ref.name)
         errors: list[str] = []
         lost_a_path = False
         for _ in range(MAX_SESSIONS_PER_SEND):
             try:
-                return await self._send_once(to_user, path, transfer_id, sha, failed_relays)
+                return await self._send_once(ref, path, transfer_id, sha, failed_relays,
+                                             accept_wait_s)
             except _LostMidTransfer as exc:
                 lost_a_path = True
                 errors.append(str(exc))
                 if exc.relay is not None:
                     failed_relays.add(exc.relay.key)
                     self.relay_history.failed(exc.relay.key)
-                slog.warning("transfer_path_lost", to_user=to_user, error=str(exc),
+                slog.warning("transfer_path_lost", to_user=ref.name, error=str(exc),
                              resuming=True)
+            except NotAccepted:
+                raise
             except SendFailed as exc:
                 if not lost_a_path:
                     raise
@@ -215,27 +253,22 @@ class MediaService:
                 await asyncio.sleep(RESUME_RETRY_PAUSE_S)
         raise SendFailed(f"transfer failed on every path tried: {'; '.join(errors)}")
 
-    async def _send_once(self, to_user: str, path: Path, transfer_id: bytes, sha: str,
-                         failed_relays: set[bytes]) -> dict[str, Any]:
+    async def _send_once(self, ref: UserRef, path: Path, transfer_id: bytes, sha: str,
+                         failed_relays: set[bytes], accept_wait_s: float) -> dict[str, Any]:
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
-        try:
-            found, _ = await self.attachment.lookup(to_user)
-        except SessionError as exc:
-            raise SendFailed(f"lookup failed: {exc}") from None
-        now = time.time()
-        online = [s.record for s in found if isinstance(s.record, records.PresenceRecord)
-                  and s.record.online and s.record.expires_at > now]
-        if not online:
-            raise SendFailed(f"{to_user} is offline or unknown")
-        target = max(online, key=lambda r: r.issued_at)
-        s = Session(new_session_id(), to_user, initiator=True)
+        to_user = ref.name
+        target = await choose_target(self.attachment, self.contacts, ref)
+        s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s
         # the callee may dial us as soon as it has answered, before its answer reaches us
         self.listener.expect(s.session_id)
+        progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
+                                    "size": 0, "path": None, "state": "signalling"}
+        self.sending.append(progress)
         try:
             local = await self.candidates(session)
             relays, secret = await self._choose_relays(session, target, failed_relays, slog)
@@ -252,14 +285,15 @@ class MediaService:
                 raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
             if not result.ok:
                 raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
-            try:
-                async with asyncio.timeout(ANSWER_TIMEOUT_S):
-                    answer = await s.answer
-            except TimeoutError:
-                raise SendFailed(f"{to_user} did not answer within {ANSWER_TIMEOUT_S:.0f}s") \
-                    from None
+            # we dealt with this key: pin it, and the callee becomes a contact of ours
+            self.contacts.dealt_with(to_user, target.user_key)
+            assert s.answer is not None
+            answer = await await_answer(s.answer, s.pending, to_user, accept_wait_s,
+                                        progress, slog)
             if answer.from_key != target.user_key:
                 raise SendFailed(f"the answer is not signed by {to_user}'s key")
+            if not answer.accept and answer.reason == DECLINED:
+                raise NotAccepted(f"{to_user} declined the contact request")
             if not answer.accept:
                 raise SendFailed(f"{to_user} declined: {answer.reason}")
             shared = s.keys.shared_secret(answer.ephemeral)
@@ -271,9 +305,7 @@ class MediaService:
                     attempts, self._securer(s, shared, transcript), log=slog)
             except NoPath as exc:
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
-            progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
-                                        "size": 0, "path": stream.path}
-            self.sending.append(progress)
+            progress.update(path=stream.path, state="sending")
 
             def update(sent: int, size: int) -> None:
                 progress.update(sent=sent, size=size)
@@ -287,13 +319,13 @@ class MediaService:
             except TransferError as exc:
                 raise SendFailed(f"transfer failed: {exc}") from None
             finally:
-                self.sending.remove(progress)
                 await close_quietly(stream)
             return {"path": stream.path, "relay": stream.relay.id if stream.relay else None,
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
                     "sha256": done.sha256, "resumed_from": done.resumed_from,
                     "timeline": timeline.events}
         finally:
+            self.sending.remove(progress)
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
 
@@ -345,27 +377,62 @@ class MediaService:
             return True
         if offer.kind == "answer":
             s = self.sessions.get(offer.session_id)
-            if s is not None and s.answer is not None and not s.answer.done():
-                s.answer.set_result(offer)
+            if s is None or s.answer is None or s.answer.done():
+                return True
+            if not offer.accept and offer.reason == PENDING and offer.from_key == s.peer_key:
+                if not s.pending.is_set():
+                    log.info("answer_pending", session=offer.session_id.hex(),
+                             peer=offer.from_user)
+                s.pending.set()
+                return True
+            s.answer.set_result(offer)
             return True
-        self._tasks.spawn(self._answer(offer))
+        self._tasks.spawn(self._on_invite(offer))
         return True
 
+    async def _on_invite(self, invite: Offer) -> None:
+        """Answer ``invite`` now, keep it as a contact request (answered "pending", no
+        address), or refuse it (no answer at all)."""
+        if invite.session_id in self.sessions:
+            return
+        slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
+        verdict = await vet_invite(self.attachment, self.contacts, invite, slog)
+        if verdict == REQUEST:
+            await self._answer_without_address(invite, PENDING)
+        elif verdict == ANSWER:
+            await self._answer(invite)
+
+    def answer_request(self, invite: Offer) -> None:
+        """The user accepted the request ``invite``: answer it (the caller may still wait)."""
+        self._tasks.spawn(self._answer(invite))
+
+    def decline_request(self, invite: Offer) -> None:
+        """The user declined the request ``invite``: answer "declined", with no address."""
+        self._tasks.spawn(self._answer_without_address(invite, DECLINED))
+
+    async def _answer_without_address(self, invite: Offer, reason: str) -> None:
+        """A signed answer ``accept=false`` with ``reason`` and no candidates: it tells the
+        caller where its invite stands and reveals no address of ours."""
+        session = self.attachment.primary_session()
+        if session is None:
+            return
+        me = self.config
+        answer = answer_without_address(me.identity, me.user, me.device, invite, reason)
+        try:
+            result = await session.signal(invite.from_user, answer.wire,
+                                          to_device=invite.from_device)
+        except SessionError as exc:
+            log.info("answer_not_delivered", to_user=invite.from_user, reason=str(exc))
+            return
+        if not result.ok:
+            log.info("answer_not_delivered", to_user=invite.from_user, reason=result.reason)
+
     async def _answer(self, invite: Offer) -> None:
+        """Answer ``invite`` with our candidates, race the paths, receive the file."""
         session = self.attachment.primary_session()
         if session is None or invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
-        try:
-            found, _ = await self.attachment.lookup(invite.from_user)
-        except SessionError as exc:
-            slog.warning("invite_unverified", from_user=invite.from_user, error=str(exc))
-            return
-        if not any(isinstance(r.record, records.PresenceRecord)
-                   and r.record.user_key == invite.from_key for r in found):
-            slog.warning("invite_refused", from_user=invite.from_user,
-                        reason="not signed by the key in the caller's presence records")
-            return
         s = Session(invite.session_id, invite.from_user, initiator=False)
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),

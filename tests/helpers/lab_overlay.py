@@ -9,7 +9,7 @@ them::
     with LabOverlay(tmp, clients={"cone-1": "cone", "public-2": "public"}) as ov:
         ov.wait_attached()
         f = ov.make_file("cone-1", "hello.bin", 1 << 20)
-        res = ov.send("cone-1", "public-2", f)        # SendResult: rc, json, seconds, ...
+        res = ov.send("cone-1", "public-2", f)        # public-2 adds cone-1 as a contact first
         ov.wait_inbox_file("public-2", "hello.bin")
 
 Host names are client user names too (they satisfy the user name pattern). Unix sockets work
@@ -442,10 +442,19 @@ class LabOverlay:
         return [*OVERLAY, "send", self.user(dst), str(file), "--control", str(self.sock(src)),
                 *(["--json"] if json_out else [])]
 
+    def add_contact(self, host: str, other: str) -> None:
+        """``host``'s client adds ``other``'s user as a contact (its key looked up and pinned),
+        as a user would with ``overlay contacts add``: ``other``'s invites get answered."""
+        answer = self.control(host, {"cmd": "contact_add", "user": self.user(other)})
+        if not answer.get("ok"):
+            raise AssertionError(f"{host}: contacts add {other}: {answer.get('error')}")
+
     def send(self, src: str, dst: str, file: Path, timeout: float = 120.0,
              json_out: bool = True) -> SendResult:
-        """Run ``overlay send DST FILE --control SRC.sock --json`` in ``src``'s host."""
+        """Run ``overlay send DST FILE --control SRC.sock --json`` in ``src``'s host, once
+        ``dst`` has ``src`` as a contact."""
         assert self.lab is not None
+        self.add_contact(dst, src)
         argv = self.send_argv(src, dst, file, json_out)
         started_at = time.time()
         t0 = time.monotonic()

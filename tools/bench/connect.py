@@ -155,6 +155,7 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
     watcher = InboxWatcher(ov.inbox(dst), name)
     ov.inbox(dst).mkdir(parents=True, exist_ok=True)
     watcher.start()
+    ov.add_contact(dst, src)
     t0 = time.time()
     try:
         answer = control_request(ov.sock(src), {"cmd": "send", "user": ov.user(dst),
