@@ -32,6 +32,7 @@ import msgpack
 import pytest
 
 from overlay.attach.adapter import ClientSession, SessionError
+from overlay.attach.messages import CLIENT_SENDS
 from overlay.client.control import ControlSocketError, control_request_async
 from overlay.core import records
 from overlay.core.identity import Identity
@@ -315,3 +316,41 @@ async def test_a_genuine_caller_is_limited_after_its_burst(world: World) -> None
     assert all("rate_caller" in reason for reason in refused), refused
     counted = await refusals(world.bob_sn_http)
     assert counted.get("rate_caller", 0) >= len(refused), counted
+
+
+async def test_only_an_attached_session_can_signal(world: World) -> None:
+    """Straight to bob's own supernode over TCP: a session that completed the handshake as
+    "alice" (with mallory's key) but never attached, and a lookup-only session that sends a
+    Signal anyway (its own client code patched), are both cut off; bob gets nothing."""
+    host, port = world.bob_sn
+    node_key = next(s.record.node_key for s in await _directory(*world.boot)
+                    if isinstance(s.record, records.SupernodeRecord) and s.record.host == host)
+    mallory = Identity.generate()
+    unattached = await ClientSession.connect(host, port, mallory, expected_node_key=node_key,
+                                             user="alice", device="laptop")
+    lookup = await ClientSession.connect(host, port, mallory, expected_node_key=node_key,
+                                         lookup_only=True)
+    try:
+        with pytest.raises(SessionError):
+            await unattached.signal("bob", offer(mallory, b"unattached"), to_device="laptop",
+                                    timeout=5)
+        assert lookup.proto.conn is not None
+        lookup.proto.conn._may_send = lambda: CLIENT_SENDS  # type: ignore[method-assign]
+        with pytest.raises(SessionError):
+            await lookup.signal("bob", offer(mallory, b"lookup only"), to_device="laptop",
+                                timeout=5)
+    finally:
+        unattached.close()
+        lookup.close()
+    await wait_for(lambda: unattached.closed and lookup.closed, timeout=5)
+    # two genuine signals after them: a forged one delivered before would be logged before
+    # the first, so bob's lines from "alice" would not double with the second
+    await genuine_signal(world, 3)
+    await wait_for(lambda: len(lines_from(world.bob, "alice")) > 0, timeout=10)
+    first = len(lines_from(world.bob, "alice"))
+    await genuine_signal(world, 4)
+    await wait_for(lambda: len(lines_from(world.bob, "alice")) > first, timeout=10)
+    assert len(lines_from(world.bob, "alice")) == 2 * first
+    assert list(world.inbox.iterdir()) == []
+    cut = parse_metrics(await http_text(f"http://{world.bob_sn_http}/metrics"))
+    assert cut.get('overlay_sessions_cut_off_total{reason="not_attached"}', 0) >= 1, cut
