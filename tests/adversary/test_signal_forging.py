@@ -15,6 +15,8 @@ answered ``{"ok": bool, "reason": str}``.
    not alice's (refused ``not_owner``).
 3. Genuine alice, attached, bursts signals to bob: the first ``per_caller_burst`` are
    delivered, the rest refused ``rate_caller``.
+4. Straight to bob's supernode over TCP, a session that never attached and a lookup-only one
+   send a Signal: both are cut off and bob gets nothing (this held before issue 11 already).
 """
 
 from __future__ import annotations
