@@ -1,5 +1,5 @@
 """A supernode's Prometheus metrics beyond the DHT's (:mod:`overlay.node.http_api`):
-attached clients, TCP sessions, refusals and cut-offs, lookups, and the relay."""
+attached clients, TCP sessions, refusals and cut-offs, lookups, signals, and the relay."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from overlay.node.admission import Admission
 from overlay.node.http_api import ExtraMetrics
 from overlay.node.record_publisher import relay_capacity
+from overlay.node.signal_gate import SignalStats
 from overlay.node.tcp_service import TcpService
 from overlay.relay.server import RelayServer
 
 
-def supernode_metrics(admission: Admission, tcp: TcpService, relay: RelayServer) -> ExtraMetrics:
+def supernode_metrics(
+    admission: Admission, tcp: TcpService, relay: RelayServer, signals: SignalStats
+) -> ExtraMetrics:
     def collect() -> Iterable[Metric]:
         yield GaugeMetricFamily("overlay_attached_clients", "Clients attached",
                                 value=len(admission.attached))
@@ -32,9 +35,24 @@ def supernode_metrics(admission: Admission, tcp: TcpService, relay: RelayServer)
         yield refused
         yield CounterMetricFamily("overlay_lookups", "Lookups served",
                                   value=tcp.stats.lookups)
+        yield from signal_metrics(signals)
         yield from relay_metrics(relay)
 
     return collect
+
+
+def signal_metrics(signals: SignalStats) -> Iterable[Metric]:
+    refused = CounterMetricFamily("overlay_signals_refused",
+                                  "Signals not delivered, by reason", labels=["reason"])
+    for reason, n in signals.refused.items():
+        refused.add_metric([reason], n)
+    yield refused
+    yield CounterMetricFamily("overlay_signals_delivered",
+                              "Signals that passed every check, handed to a client here",
+                              value=signals.delivered)
+    yield CounterMetricFamily("overlay_signals_forwarded",
+                              "Clients' signals accepted by the receiver's supernode",
+                              value=signals.forwarded)
 
 
 def relay_metrics(relay: RelayServer) -> Iterable[Metric]:

@@ -1,105 +1,85 @@
-"""Signalling: an attached client's opaque, end-to-end signed signal, routed to the
-supernode(s) the receiver is attached to.
+"""Signalling: an attached client's signed offer, routed to the supernode(s) the receiver is
+attached to, and delivered only past :mod:`~overlay.node.signal_gate`'s checks.
 
-The sender's supernode finds the receiver's online presence records and, for each device,
-delivers the signal itself (the receiver is attached here) or forwards it in one DHT request,
-method ``signal``, to the supernode the record names. On the wire that request's arguments are
-``[from_user, from_device, from_key, to_user, to_device, payload]`` (see docs/ARCHITECTURE.md);
-:class:`ForwardedSignal` is that list, parsed once. Supernodes never read the payload: the
-receiver checks its signature against the sender's own presence records.
+The sender's supernode takes signals only from clients attached to it, with the sender's
+user, device and key from the session (never from the message), and only payloads that are
+offers signed by the session's key. For each of the receiver's online devices it delivers the
+signal itself (the receiver is attached here) or forwards it in one DHT request, method
+``signal``, to the supernode the presence record names; on the wire that request's arguments
+are ``[from_user, from_device, from_key, to_user, to_device, payload]``
+(:class:`ForwardedSignal`) and the answer is ``{"ok": bool, "reason": str}``. A receiving
+supernode answers ``checking`` while it looks the sender up; the sender asks again a few
+times. Supernodes never read the payload beyond its outer signature.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
-from typing import TypeVar
 
-from overlay.attach import Signal, SignalDelivery, SignalResult
+from overlay.attach import Signal, SignalResult
 from overlay.core import records
 from overlay.core.identity import node_id_for
+from overlay.core.logs import get_logger
+from overlay.core.offers import signed_by
+from overlay.core.tasks import TaskSet
 from overlay.dht import DHTNode
+from overlay.dht.names import name_owner
 from overlay.node.admission import Admission
 from overlay.node.errors import BadSignal
+from overlay.node.forwarded_signal import ForwardedSignal
+from overlay.node.signal_gate import Refusal, SignalGate, SignalStats
+from overlay.node.supernode_options import SignalLimits
 from overlay.node.tcp_service import ServedSession, TcpService
+
+__all__ = ["ForwardedSignal", "SignalForwarder"]
+
+log = get_logger(__name__)
 
 #: signals travel between supernodes in one DHT datagram (requests are capped at 4 KiB)
 SIGNAL_FORWARD_MAX = 3072
+#: a request that gets no answer is sent again this many times in all
 SIGNAL_FORWARD_TRIES = 3
-
-_SCHEMA = "signal takes from_user, from_device, from_key, to_user, to_device, payload"
-
-_T = TypeVar("_T")
-
-
-def _exactly(kind: type[_T], value: object) -> _T:
-    """``value`` if its type is exactly ``kind`` (no subclasses: msgpack gives exact types)."""
-    if type(value) is not kind:
-        raise BadSignal(_SCHEMA)
-    return value
-
-
-@dataclass(frozen=True)
-class ForwardedSignal:
-    """The arguments of the DHT method ``signal``: who sent it, to whom, and the payload."""
-
-    from_user: str
-    from_device: str
-    #: the sender's identity key, as its supernode saw it in the session's handshake
-    from_key: bytes
-    to_user: str
-    to_device: str
-    payload: bytes
-
-    @classmethod
-    def from_args(cls, args: list[object]) -> ForwardedSignal:
-        """Parse the request's argument list; raises :class:`BadSignal` (a ``ValueError``)."""
-        if len(args) != 6:
-            raise BadSignal(_SCHEMA)
-        signal = cls(
-            from_user=_exactly(str, args[0]),
-            from_device=_exactly(str, args[1]),
-            from_key=_exactly(bytes, args[2]),
-            to_user=_exactly(str, args[3]),
-            to_device=_exactly(str, args[4]),
-            payload=_exactly(bytes, args[5]),
-        )
-        try:
-            signal.delivery()
-        except Exception as exc:
-            raise BadSignal(f"bad signal: {exc}") from None
-        return signal
-
-    def to_args(self) -> list[object]:
-        """The request's argument list, in wire order."""
-        return [self.from_user, self.from_device, self.from_key, self.to_user,
-                self.to_device, self.payload]
-
-    def delivery(self) -> SignalDelivery:
-        """The message the receiving client gets (checks the sender's fields and payload)."""
-        return SignalDelivery(self.from_user, self.from_device, self.from_key, self.payload)
+#: pauses before asking again while the receiving supernode answers "checking"
+CHECKING_RETRY_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class SignalForwarder:
     def __init__(
-        self, own_key: bytes, dht: DHTNode, tcp: TcpService, admission: Admission
+        self, own_key: bytes, dht: DHTNode, tcp: TcpService, admission: Admission,
+        limits: SignalLimits | None = None,
     ) -> None:
         self.own_key = own_key
         self.dht = dht
         self.tcp = tcp
         self.admission = admission
+        self.gate = SignalGate(limits or SignalLimits())
+        self._tasks = TaskSet()
+
+    @property
+    def stats(self) -> SignalStats:
+        return self.gate.stats
+
+    def stop(self) -> None:
+        self._tasks.cancel_all()
+
+    # -- sending: a client attached here -----------------------------------------------------
 
     async def forward(self, session: ServedSession, msg: Signal) -> None:
         """Route an attached client's signal to ``msg.to_user``'s supernode(s) and answer
         with a ``SignalResult`` (ok when at least one device got it)."""
-        assert session.result is not None
-        if session.attached is None:
+        result = session.result
+        if session.attached is None or result is None or result.lookup_only:
             self.tcp.cut_off(session, "signalling needs an attached session", "not_attached")
             return
         if len(msg.payload) > SIGNAL_FORWARD_MAX:
             session.proto.send(SignalResult(msg.request_id, False,
                                             f"signal payload over {SIGNAL_FORWARD_MAX} bytes"))
+            return
+        if not signed_by(msg.payload, result.client_key):
+            self.gate.refuse(Refusal.BAD_INVITE)
+            session.proto.send(SignalResult(msg.request_id, False, Refusal.BAD_INVITE.value))
             return
         now = time.time()
         targets = [
@@ -112,51 +92,121 @@ class SignalForwarder:
             session.proto.send(SignalResult(msg.request_id, False,
                                             f"{msg.to_user} is offline or unknown"))
             return
+        # who sent it is the session's, as the handshake proved it; the message names no sender
         outgoing = ForwardedSignal(
-            from_user=session.result.user, from_device=session.result.device,
-            from_key=session.result.client_key, to_user=msg.to_user, to_device="",
+            from_user=result.user, from_device=result.device,
+            from_key=result.client_key, to_user=msg.to_user, to_device="",
             payload=msg.payload,
         )
         delivered, errors = 0, []
         for rec in targets:
             signal = dataclasses.replace(outgoing, to_device=rec.device)
             if rec.supernode_key == self.own_key:
-                ok, reason = self.deliver(signal)
+                ok, reason = await self._deliver_local(signal)
             else:
                 ok, reason = await self._send(rec, signal)
+                self.stats.forwarded += ok
             delivered += ok
             if not ok:
                 errors.append(f"{rec.device}: {reason}")
         session.proto.send(SignalResult(msg.request_id, delivered > 0,
                                         "; ".join(errors)[:200]))
 
+    async def _deliver_local(self, signal: ForwardedSignal) -> tuple[bool, str]:
+        """Both ends attached here: the same checks but the directory's, waiting for
+        lookups the way a forwarding supernode would."""
+        waits = iter(CHECKING_RETRY_S)
+        while True:
+            reason = self.gate.check(signal, time.time(), forwarder=None)
+            self._start_lookups()
+            if reason is not Refusal.CHECKING:
+                break
+            delay = next(waits, None)
+            if delay is None:
+                break
+            await asyncio.sleep(delay)
+        if reason is not None:
+            return False, reason.value
+        return self._hand_over(signal)
+
     async def _send(
         self, rec: records.PresenceRecord, signal: ForwardedSignal
     ) -> tuple[bool, str]:
-        """One UDP request to the user's supernode, retried: a datagram may be lost, and a
-        repeated delivery is harmless (receivers drop a session id they already have)."""
-        for _ in range(SIGNAL_FORWARD_TRIES):
+        """One UDP request to the user's supernode, sent again when lost (a repeated delivery
+        is harmless: receivers drop a session id they already have) or answered "checking"."""
+        waits = iter(CHECKING_RETRY_S)
+        unanswered = 0
+        while True:
             try:
                 reply = await self.dht.call((rec.supernode_host, rec.supernode_port), "signal",
                                             *signal.to_args(),
                                             node_id=node_id_for(rec.supernode_key))
             except TimeoutError:
+                unanswered += 1
+                if unanswered >= SIGNAL_FORWARD_TRIES:
+                    return False, "the user's supernode did not answer"
                 continue
-            ok = isinstance(reply, dict) and reply.get("ok") is True
-            return ok, str(reply.get("reason", "")) if isinstance(reply, dict) else ""
-        return False, "the user's supernode did not answer"
+            if not isinstance(reply, dict):
+                return False, "the user's supernode answered off the schema"
+            if reply.get("ok") is True:
+                return True, ""
+            reason = str(reply.get("reason", reply.get("error", "")))[:100]
+            delay = next(waits, None) if reason == Refusal.CHECKING.value else None
+            if delay is None:
+                return False, reason
+            await asyncio.sleep(delay)
 
-    def deliver(self, signal: ForwardedSignal) -> tuple[bool, str]:
-        """Hand ``signal`` to the receiving device if it is attached here."""
-        target = self.admission.session_of(signal.to_user, signal.to_device)
-        if target is None or target.proto.conn is None or target.proto.conn.closed:
-            return False, f"{signal.to_user}/{signal.to_device} is not attached here"
-        target.proto.send(signal.delivery())
-        return True, ""
+    # -- receiving: DHT method "signal" ------------------------------------------------------
 
     def answer_signal(
         self, addr: tuple[str, int], sender_key: bytes, args: list[object]
     ) -> object:
-        """DHT method "signal": another supernode forwards a signal to a client attached here."""
-        ok, reason = self.deliver(ForwardedSignal.from_args(args))
-        return {"ok": ok, "reason": reason}
+        """DHT method "signal": another supernode forwards a signal to a client attached
+        here. Answered at once: what needs a lookup is answered "checking" (ask again)."""
+        try:
+            signal = ForwardedSignal.from_args(args)
+        except BadSignal:
+            self.gate.refuse(Refusal.MALFORMED)
+            raise
+        reason = self.gate.check(signal, time.time(), forwarder=sender_key)
+        self._start_lookups()  # what the gate wants to know (a stale directory, an owner)
+        if reason is not None:
+            return {"ok": False, "reason": reason.value}
+        ok, why = self._hand_over(signal)
+        return {"ok": ok, "reason": why}
+
+    def _hand_over(self, signal: ForwardedSignal) -> tuple[bool, str]:
+        """Give ``signal`` to the receiving device if it is attached here."""
+        target = self.admission.session_of(signal.to_user, signal.to_device)
+        if target is None or target.proto.conn is None or target.proto.conn.closed:
+            self.gate.refuse(Refusal.NOT_ATTACHED)
+            return False, Refusal.NOT_ATTACHED.value
+        target.proto.send(signal.delivery())
+        self.stats.delivered += 1
+        return True, ""
+
+    # -- lookups the gate asked for ------------------------------------------------------------
+
+    def _start_lookups(self) -> None:
+        if self.gate.directory_due():
+            self._tasks.spawn(self._read_directory())
+        for name in self.gate.owners_due():
+            self._tasks.spawn(self._look_up_owner(name))
+
+    async def _read_directory(self) -> None:
+        try:
+            found = await self.dht.get(records.SUPERNODE_DIRECTORY_KEY)
+        except Exception as exc:  # a failed read only delays the answer; never kills the node
+            log.warning("signal_directory_unread", error=str(exc))
+            self.gate.directory_failed()
+            return
+        self.gate.learn_directory((s.record for s in found), time.time())
+
+    async def _look_up_owner(self, name: str) -> None:
+        try:
+            owner = await name_owner(self.dht, name)
+        except Exception as exc:  # as above: the sender asks again
+            log.warning("signal_owner_unknown", user=name, error=str(exc))
+            self.gate.owner_failed(name)
+            return
+        self.gate.learn_owner(name, owner.key, time.time())

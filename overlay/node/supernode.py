@@ -4,8 +4,10 @@ A supernode is a :class:`~overlay.node.daemon.NodeDaemon` plus these parts, wire
 
 - :mod:`~overlay.node.admission`: admits clients up to ``max_clients`` (then refuses with
   alternatives) and keeps each attached client's signed presence record published;
-- :mod:`~overlay.node.signal_forwarding`: routes clients' signals to the receiver's
-  supernode (DHT method ``signal``);
+- :mod:`~overlay.node.signal_forwarding`: routes attached clients' signals to the receiver's
+  supernode (DHT method ``signal``), and delivers only what passes
+  :mod:`~overlay.node.signal_gate` (a directory supernode, a signed invite, the name's key,
+  the rate limits of ``SupernodeOptions.signals``);
 - :mod:`~overlay.node.reachability`: dial-back checks, and the DHT method ``binding``;
 - :mod:`~overlay.node.record_publisher`: its own signed record (address, load, capacity,
   relay capacity and spare rate, coordinate) in the supernode directory;
@@ -74,7 +76,7 @@ class Supernode(NodeDaemon, AttachHandler):
         self.coordinates = CoordinateUpkeep(key, self.dht, self.tcp, sn, vivaldi=self.vivaldi,
                                             publisher=self.publisher)
         self.reachability = ReachabilityChecker(self.identity, self.dht, self.tcp)
-        self.signals = SignalForwarder(key, self.dht, self.tcp, self.admission)
+        self.signals = SignalForwarder(key, self.dht, self.tcp, self.admission, sn.signals)
 
     @property
     def attached(self) -> dict[tuple[str, str], ServedSession]:
@@ -130,6 +132,7 @@ class Supernode(NodeDaemon, AttachHandler):
     async def stop(self) -> None:
         self.stopping.set()
         self.publisher.stop()
+        self.signals.stop()
         alternatives = await self.tcp.alternatives(exclude=self.identity.public_key)
         for session in list(self.attached.values()):
             session.proto.send(Moving("supernode shutting down", alternatives))
@@ -137,4 +140,4 @@ class Supernode(NodeDaemon, AttachHandler):
         await super().stop()
 
     def extra_metrics(self) -> ExtraMetrics | None:
-        return supernode_metrics(self.admission, self.tcp, self.relay)
+        return supernode_metrics(self.admission, self.tcp, self.relay, self.signals.stats)

@@ -73,6 +73,9 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/core/addresses.py",
     "overlay/core/records.py",
     "overlay/core/identity.py",
+    "overlay/node/forwarded_signal.py",
+    "overlay/node/signal_limits.py",
+    "overlay/node/signal_gate.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).
