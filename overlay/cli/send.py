@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from overlay.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, run_async
 from overlay.client.control import ControlSocketError, control_request_async
+from overlay.core.text import printable
 
 SEND_TIMEOUT_S = 3600.0
 
@@ -61,7 +62,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             if bar is not None:
                 await bar
         if not reply.get("ok"):
-            print(f"overlay send: {reply.get('error', 'failed')}", file=sys.stderr)
+            # the error may carry a peer's words (a refusal, a decline): escaped, never obeyed
+            print(f"overlay send: {printable(str(reply.get('error', 'failed')))}",
+                  file=sys.stderr)
             return EXIT_FAILURE
         result = {k: reply.get(k) for k in ("path", "relay", "bytes", "seconds", "sha256")}
         if args.json:
