@@ -96,8 +96,8 @@ def local_overlay(own_reflexive: Iterable[str]) -> bool:
 
 def decide(host: str, own_reflexive: Iterable[str], peer_public: Iterable[str]) -> Verdict:
     """Whether to dial ``host``, named by a peer whose public reflexive addresses are
-    ``peer_public``, given our own reflexive addresses ``own_reflexive`` (from our
-    supernode's AttachOk and UDP bindings)."""
+    ``peer_public``, given our own reflexive address(es) ``own_reflexive`` (what our
+    primary supernode saw: its AttachOk)."""
     own = tuple(own_reflexive)
     kind = scope(host)
     if kind in NEVER:

@@ -165,12 +165,10 @@ class MediaService:
     # -- paths ----------------------------------------------------------------------------------
 
     def _own_reflexive(self) -> tuple[str, ...]:
-        """Our reflexive addresses: what our supernode saw (AttachOk) and our UDP mappings."""
+        """Our reflexive address as our primary supernode saw it (AttachOk), if attached.
+        (Not the UDP mappings: any binding supernode could claim we are on loopback.)"""
         ok = self.attachment.attach_ok()
-        hosts = [ok.reflexive_host] if ok is not None else []
-        if self.udp is not None:
-            hosts += [host for host, _ in self.udp.mapped]
-        return tuple(hosts)
+        return (ok.reflexive_host,) if ok is not None else ()
 
     def _dialable(self, remote: Candidates, slog: FilteringBoundLogger) -> Candidates:
         """``remote`` without the candidates :mod:`.candidate_policy` says not to dial."""
