@@ -23,6 +23,21 @@ from overlay.client.daemon import ClientDaemon
 from overlay.client.errors import ClientError
 from overlay.client.options import ClientOptions, default_device
 from overlay.core.records import RecordError
+from overlay.core.units import parse_size
+from overlay.media.inbox_limits import DEFAULT_MAX_FILES, InboxLimits
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -45,6 +60,8 @@ def cmd_client(args: argparse.Namespace) -> int:
             presence_refresh_s=args.presence_refresh,
             promote_after_s=args.promote_after, listen_port=args.listen_port,
             accept_from=args.accept_from,
+            inbox_limits=InboxLimits(max_bytes=args.inbox_quota,
+                                     max_files=args.inbox_max_files),
         )
     except (ValueError, RecordError) as exc:
         print(f"overlay client: {exc}", file=sys.stderr)
@@ -116,6 +133,11 @@ def add_commands(sub: Any) -> None:
                    help="host cache and sequence numbers are kept here")
     p.add_argument("--control", metavar="PATH", help="Unix control socket (JSON lines)")
     p.add_argument("--inbox", metavar="DIR", help="delivered signals are written here")
+    p.add_argument("--inbox-quota", type=_size, default="1G", metavar="SIZE",
+                   help="the inbox (received files, .partial files, signals) holds at most "
+                        "this many bytes, e.g. 500M, 2G (default 1G = 1 GiB)")
+    p.add_argument("--inbox-max-files", type=_count, default=DEFAULT_MAX_FILES, metavar="N",
+                   help=f"... and at most N files (default {DEFAULT_MAX_FILES})")
     p.add_argument("--no-supernode", action="store_true",
                    help="never offer to serve as a supernode")
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",

@@ -28,6 +28,7 @@ from overlay.cli.common import (
 )
 from overlay.client.control import ControlSocketError, control_request_async
 from overlay.core.records import RecordError
+from overlay.core.text import printable
 from overlay.core.user_ref import parse_user_ref
 from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S
 
@@ -112,7 +113,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             done.set()
             await bar
         if not reply.get("ok"):
-            print(f"overlay send: {reply.get('error', 'failed')}", file=sys.stderr)
+            # the error may carry a peer's words (a refusal, a decline): escaped, never obeyed
+            print(f"overlay send: {printable(str(reply.get('error', 'failed')))}",
+                  file=sys.stderr)
             return EXIT_NOT_ACCEPTED if reply.get("reason") == "not_accepted" else EXIT_FAILURE
         result = {k: reply.get(k) for k in ("path", "relay", "bytes", "seconds", "sha256")}
         if args.json:

@@ -99,6 +99,7 @@ class ClientDaemon:
         return MediaService(MediaConfig(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
+            opts.inbox_limits,
         ), self, self.contacts)
 
     # -- what the parts share ------------------------------------------------------------------
@@ -221,7 +222,7 @@ class ClientDaemon:
             log.info("signal_dropped", from_user=msg.from_user, reason="no --inbox")
             return
         try:
-            name = store_signal(self.opts.inbox, msg)
+            name = store_signal(self.opts.inbox, msg, self.opts.inbox_limits)
         except OSError as exc:
             log.warning("signal_not_stored", error=str(exc))
             return

@@ -11,6 +11,7 @@ from overlay.attach import SessionConfig
 from overlay.client.attach_policy import BackoffPolicy
 from overlay.core import records
 from overlay.core.records import NAME_PATTERN
+from overlay.media.inbox_limits import InboxLimits
 
 MAX_PRESENCE_REFRESH_S = 8 * 3600.0
 
@@ -31,6 +32,8 @@ class ClientOptions:
     state_dir: Path | None = None
     control_path: Path | None = None
     inbox: Path | None = None
+    #: quota of the inbox (received files and signal files): bytes, files, free space kept
+    inbox_limits: InboxLimits = field(default_factory=InboxLimits)
     #: False with ``--no-supernode``: this client never offers to serve as a supernode
     may_become_supernode: bool = True
     #: uptime before a publicly reachable client becomes a supernode

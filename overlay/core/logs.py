@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from overlay.core.text import printable
+
 
 def configure(level: str = "info", json: bool | None = None) -> None:
     if json is None:
@@ -26,12 +28,22 @@ def configure(level: str = "info", json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,
+            *([] if json else [_escape_controls]),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def _escape_controls(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """On a terminal, text values (peer-supplied ones among them) are printed with control
+    characters escaped (JSON lines escape them anyway)."""
+    return {k: printable(v) if isinstance(v, str) and k != "exception" else v
+            for k, v in event.items()}
 
 
 def get_logger(module: str, **context: object) -> structlog.typing.FilteringBoundLogger:

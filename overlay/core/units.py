@@ -20,3 +20,24 @@ def parse_rate(text: str) -> int:
     if value < 0:
         raise ValueError("a rate cannot be negative")
     return int(value)
+
+
+_SIZE_UNITS = {"tib": 2**40, "gib": 2**30, "mib": 2**20, "kib": 2**10,
+               "t": 2**40, "g": 2**30, "m": 2**20, "k": 2**10, "b": 1}
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``500M``, ``64KiB`` or plain bytes -> bytes (K, M, G, T are powers of 1024).
+
+    Raises ``ValueError`` with a message meant for the user.
+    """
+    lowered = text.strip().lower()
+    unit = next((u for u in _SIZE_UNITS if lowered.endswith(u)), "")
+    number, factor = (lowered[: -len(unit)], _SIZE_UNITS[unit]) if unit else (lowered, 1)
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size like 1G or 500M") from None
+    if not 0 <= value < 2**63:
+        raise ValueError(f"{text!r} is not a size from 0 to 8 EiB")
+    return int(value)

@@ -5,13 +5,20 @@ module produces, so no path, relay or supernode ever sees plaintext, and a path 
 someone without the session keys never completes.
 
 Keys. The two clients agreed on an X25519 shared secret through the signed invite and answer;
-``transcript_hash`` is the hash of those two signed messages. :func:`derive_keys` turns them
-into one key per direction with BLAKE2b keyed by the shared secret over the transcript hash,
-with a different personalization for each direction, so the two directions never share a key
-and a frame reflected back to its sender never authenticates.
+``transcript_hash`` is the hash of those two signed messages. One session races several paths
+(direct TCP each way, UDP punch with QUIC, each relay), and each path starts its counters at 0,
+so each path must have keys of its own: before anything else, each side sends a fresh random
+``PATH_SALT_BYTES`` salt in clear on the path, and :func:`derive_keys` turns the secret, the
+transcript hash and both salts (the session initiator's first) into one key per direction with
+BLAKE2b keyed by the shared secret over ``transcript_hash | initiator salt | responder salt``,
+with a different personalization for each direction. So no (key, nonce) pair is used on two
+paths (either side's fresh salt changes both keys), the two directions never share a key, a
+frame reflected back to its sender never authenticates, and frames replayed from one path
+into another do not either.
 
 Wire format (both directions)::
 
+    path       = salt(16, random, in clear) | frame | frame | ...
     frame      = length(4, big endian) | ciphertext
     ciphertext = ChaCha20-Poly1305-IETF(key, nonce = 0(4) | counter(8, big endian),
                                         aad = length, plaintext = type(1) | body)
@@ -36,6 +43,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import os
 import struct
 
 from nacl.bindings import (
@@ -55,8 +63,10 @@ MAX_PLAINTEXT = 16 * 1024
 #: the largest ciphertext a peer may announce: type byte + plaintext + tag
 MAX_CIPHERTEXT = 1 + MAX_PLAINTEXT + TAG_BYTES
 CONFIRM_LABEL = b"overlay/media/confirm/v1\x00"
-PERSON_I2R = b"ovl-media-i2r-v1"
-PERSON_R2I = b"ovl-media-r2i-v1"
+PERSON_I2R = b"ovl-media-i2r-v2"
+PERSON_R2I = b"ovl-media-r2i-v2"
+#: each side's fresh random salt, sent in clear first on every path
+PATH_SALT_BYTES = 16
 MAX_COUNTER = 2**64 - 1
 
 CONFIRM = 0
@@ -80,17 +90,21 @@ class SecureStreamError(PathLost):
 
 
 def derive_keys(
-    shared_secret: bytes, transcript_hash: bytes, initiator: bool
+    shared_secret: bytes, transcript_hash: bytes, initiator: bool, path_salts: bytes
 ) -> tuple[bytes, bytes]:
-    """``(send_key, recv_key)`` for one side: BLAKE2b keyed by the X25519 shared secret over the
-    transcript hash, one personalization per direction (initiator-to-responder and back)."""
+    """``(send_key, recv_key)`` for one side on one path: BLAKE2b keyed by the X25519 shared
+    secret over the transcript hash and ``path_salts`` (the initiator's salt, then the
+    responder's), one personalization per direction (initiator-to-responder and back)."""
     if len(shared_secret) != 32 or not any(shared_secret):
         raise SecureStreamError("bad_key", "the shared secret is 32 non-zero bytes")
     if not 16 <= len(transcript_hash) <= 64:
         raise SecureStreamError("bad_key", "the transcript hash is 16 to 64 bytes")
-    i2r = hashlib.blake2b(transcript_hash, key=shared_secret, digest_size=KEY_BYTES,
+    if len(path_salts) != 2 * PATH_SALT_BYTES:
+        raise SecureStreamError("bad_key", f"the path salts are 2 x {PATH_SALT_BYTES} bytes")
+    material = transcript_hash + path_salts
+    i2r = hashlib.blake2b(material, key=shared_secret, digest_size=KEY_BYTES,
                           person=PERSON_I2R).digest()
-    r2i = hashlib.blake2b(transcript_hash, key=shared_secret, digest_size=KEY_BYTES,
+    r2i = hashlib.blake2b(material, key=shared_secret, digest_size=KEY_BYTES,
                           person=PERSON_R2I).digest()
     return (i2r, r2i) if initiator else (r2i, i2r)
 
@@ -288,17 +302,30 @@ async def secure(
     stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
     timeout: float = 5.0, relay: RelayRef | None = None,
 ) -> SecureByteStream:
-    """Both sides send their confirmation and wait for the peer's (within ``timeout``).
+    """Both sides send a fresh path salt, derive this path's keys from both salts, send their
+    confirmation and wait for the peer's (all within ``timeout``).
 
     On success the path is authenticated end to end. On any failure the raw stream is closed
     and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
     """
-    send_key, recv_key = derive_keys(shared_secret, transcript_hash, initiator)
-    framer = SecureFramer(send_key, recv_key, transcript_hash)
+    own_salt = os.urandom(PATH_SALT_BYTES)
     pending = bytearray()
     try:
         async with asyncio.timeout(timeout):
+            await stream.send(own_salt)
+            received = bytearray()
+            while len(received) < PATH_SALT_BYTES:
+                data = await stream.recv(65536)
+                if not data:
+                    raise SecureStreamError("truncated", "the stream ended before the salt")
+                received += data
+            peer_salt = bytes(received[:PATH_SALT_BYTES])
+            salts = own_salt + peer_salt if initiator else peer_salt + own_salt
+            send_key, recv_key = derive_keys(shared_secret, transcript_hash, initiator, salts)
+            framer = SecureFramer(send_key, recv_key, transcript_hash)
             await stream.send(framer.hello())
+            for msg in framer.feed(bytes(received[PATH_SALT_BYTES:])):
+                pending += msg
             while not framer.confirmed:
                 data = await stream.recv(65536)
                 if not data:

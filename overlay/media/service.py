@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
-from overlay.media import relay_selector, transport_hooks
+from overlay.media import candidate_policy, relay_selector, transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
@@ -65,6 +65,7 @@ from overlay.media.consent import (
     vet_invite,
 )
 from overlay.media.errors import PathLost
+from overlay.media.inbox_limits import InboxGuard, InboxLimits
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.signalling import (
     Candidates,
@@ -80,6 +81,7 @@ from overlay.media.stream import ByteStream, MediaStream, RelayRef
 from overlay.media.transfer import (
     PartialStore,
     TransferError,
+    expire_interval,
     file_sha256,
     receive_file,
     send_file,
@@ -111,6 +113,8 @@ class MediaConfig:
     user: str
     device: str
     inbox: Path
+    #: quota and free space for received files (documented defaults: 1 GiB, 1000 files)
+    inbox_limits: InboxLimits = field(default_factory=InboxLimits)
 
 
 @dataclass
@@ -142,12 +146,24 @@ class MediaService:
         #: outgoing transfers in progress, for progress bars: {"to", "name", "sent", "size"}
         self.sending: list[dict[str, Any]] = []
         self.partials = PartialStore()
+        self.inbox_guard = InboxGuard(config.inbox_limits)
         self.relay_history = RelayHistory()
         self._tasks = TaskSet()
 
     async def start(self) -> None:
         await self.listener.start("0.0.0.0", 0)
         self.udp = await transport_hooks.open_udp()
+        self._tasks.spawn(self._expire_partials())
+
+    async def _expire_partials(self) -> None:
+        """Remove the ``.partial`` files of transfers not resumed in time, on a timer (not
+        only when another transfer arrives)."""
+        while True:
+            await asyncio.sleep(expire_interval())
+            try:
+                self.partials.expire()
+            except OSError as exc:
+                log.warning("partial_expiry_failed", error=str(exc))
 
     async def stop(self) -> None:
         self._tasks.cancel_all()
@@ -174,9 +190,27 @@ class MediaService:
 
     # -- paths ----------------------------------------------------------------------------------
 
+    def _own_reflexive(self) -> tuple[str, ...]:
+        """Our reflexive address as our primary supernode saw it (AttachOk), if attached.
+        (Not the UDP mappings: any binding supernode could claim we are on loopback.)"""
+        ok = self.attachment.attach_ok()
+        return (ok.reflexive_host,) if ok is not None else ()
+
+    def _dialable(self, remote: Candidates, slog: FilteringBoundLogger) -> Candidates:
+        """``remote`` without the candidates :mod:`.candidate_policy` says not to dial."""
+        own = self._own_reflexive()
+        peer = candidate_policy.public_of(h for h, _ in (*remote.tcp, *remote.udp))
+        tcp, dropped_tcp = candidate_policy.select(remote.tcp, own, peer)
+        udp, dropped_udp = candidate_policy.select(remote.udp, own, peer)
+        for kind, dropped in (("tcp", dropped_tcp), ("udp", dropped_udp)):
+            for (host, port), reason in dropped:
+                slog.info("candidate_dropped", kind=kind, host=host, port=port, reason=reason)
+        return replace(remote, tcp=tcp, udp=udp)
+
     def _attempts(self, s: Session, local: Candidates, remote: Candidates, shared: bytes,
                   transcript: bytes) -> dict[str, Attempt]:
         attempts: dict[str, Attempt] = {}
+        remote = self._dialable(remote, log.bind(session=s.session_id.hex(), peer=s.peer_user))
         def dialer(host: str, port: int) -> Attempt:
             async def dial() -> MediaStream:
                 return await dial_tcp(host, port, s.session_id)
@@ -354,7 +388,15 @@ class MediaService:
         """One attempt per relay the invite names: the first relay that admits the session
         and pairs both halves wins the race like any other path."""
         attempts: dict[str, Attempt] = {}
+        own = self._own_reflexive()
+        peer = candidate_policy.public_of(
+            h for h, _ in (*offer.candidates.tcp, *offer.candidates.udp))
         for i, (host, port, key) in enumerate(offer.relays):
+            verdict = candidate_policy.decide(host, own, peer)
+            if not verdict.dial:
+                log.info("relay_dropped", session=s.session_id.hex(), host=host, port=port,
+                         reason=verdict.reason)
+                continue
             token = relay_selector.session_token(offer.relay_secret, key)
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
                 host, port, key, token, s.initiator, RELAY_RATE_BPS)
@@ -459,7 +501,7 @@ class MediaService:
             self._remember(entry)
             try:
                 done = await receive_file(stream, self.config.inbox, partials=self.partials,
-                                          sender=invite.from_user)
+                                          sender=invite.from_user, guard=self.inbox_guard)
             finally:
                 await close_quietly(stream)
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,

@@ -24,6 +24,7 @@ from overlay.core.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
 from overlay.core.offers import ANSWER_DOMAIN, INVITE_DOMAIN, MAX_OFFER_BYTES, split_offer
 from overlay.core.records import NAME_PATTERN
 from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
+from overlay.media.candidate_policy import ip_literal
 from overlay.media.errors import MediaError
 
 SESSION_ID_BYTES = 16
@@ -41,7 +42,9 @@ class SignallingError(MediaError):
 @dataclass(frozen=True)
 class Candidates:
     """Where a peer may be reached: TCP listeners (host and server-reflexive) and UDP
-    addresses of its media socket (host and server-reflexive), plus its NAT type."""
+    addresses of its media socket (host and server-reflexive), plus its NAT type. Hosts are
+    IP literals (a name is refused when parsed); which of them are dialled is
+    :mod:`overlay.media.candidate_policy`'s decision."""
 
     tcp: tuple[Address, ...] = ()
     udp: tuple[Address, ...] = ()
@@ -73,6 +76,8 @@ def _addresses(value: Any) -> tuple[Address, ...]:
             or len(item[0]) > 64 or type(item[1]) is not int or not 0 < item[1] < 65536
         ):
             raise SignallingError("a candidate is [host, port]")
+        if ip_literal(item[0]) is None:
+            raise SignallingError(f"a candidate host is an IP literal, not {item[0]!r}")
         out.append((item[0], item[1]))
     return tuple(out)
 
@@ -139,6 +144,8 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
         and len(r[2]) == PUBLIC_KEY_BYTES for r in relays
     ):
         raise SignallingError(f"relays are up to {MAX_RELAYS} [host, port, node key]")
+    if any(ip_literal(r[0]) is None for r in relays):
+        raise SignallingError("a relay host is an IP literal")
     if type(relay_secret) is not bytes or len(relay_secret) not in (0, 32):
         raise SignallingError("bad relay secret")
     if kind not in ("invite", "answer"):

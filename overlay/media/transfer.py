@@ -6,7 +6,12 @@ already holds (0 for a new transfer; for one resumed after its path failed, ever
 before); the sender sends ``DATA`` from there and ``END``; the receiver checks size and
 sha256, renames the partial file into place and answers ``ACK``. No byte is lost or written
 twice across a path failure. A receiver never writes outside its inbox, never past the
-announced size, and never keeps a file whose hash does not match.
+announced size, never past its inbox quota or the disk's free space (:mod:`.inbox_limits`,
+checked before ``READY``), and never keeps a file whose hash does not match. Frame payloads
+are msgpack maps decoded by :func:`overlay.core.strict_msgpack.unpack_strict`; anything
+malformed is a :class:`TransferError` (the receiver answers it with a refusing ``ACK``), and
+``.partial`` files of interrupted transfers are removed by :meth:`PartialStore.expire`, which
+the media service calls on a timer.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from typing import Any
 
 import msgpack
 
+from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
+from overlay.core.text import printable
 from overlay.media.errors import MediaError, PathLost
+from overlay.media.inbox_limits import InboxFull, InboxGuard
 from overlay.media.stream import ByteStream
 
 HEADER, DATA, END, ACK, READY = 1, 2, 3, 4, 5
@@ -35,6 +43,10 @@ CHUNK = 60 * 1024
 MAX_FRAME = CHUNK + 64
 MAX_FILE_BYTES = 64 * 2**30
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,200}$")
+#: the longest string a control frame (HEADER, READY, ACK) may carry
+MAX_FIELD_CHARS = 512
+#: how often the media service runs :meth:`PartialStore.expire`, at most
+EXPIRE_TICK_S = 15.0
 
 
 class TransferError(MediaError):
@@ -75,7 +87,9 @@ class Partial:
 
 
 class PartialStore:
-    """Interrupted incoming transfers by (sender, transfer id), dropped after a while."""
+    """Interrupted incoming transfers by (sender, transfer id), dropped (the ``.partial``
+    file removed) ``RESUME_WINDOW_S`` after their last byte: :meth:`expire` runs on every
+    resume and on the media service's timer (:func:`expire_interval`)."""
 
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], Partial] = {}
@@ -100,6 +114,29 @@ class PartialStore:
             if now - item.updated > RESUME_WINDOW_S:
                 item.path.unlink(missing_ok=True)
                 del self.items[key]
+
+
+def expire_interval() -> float:
+    """How often to run :meth:`PartialStore.expire` so a partial outlives its window by at
+    most a quarter of it."""
+    return min(EXPIRE_TICK_S, RESUME_WINDOW_S / 4)
+
+
+def decode_control(payload: bytes, what: str) -> dict[str, Any]:
+    """A HEADER, READY or ACK payload: a msgpack map with str keys and short values, else
+    :class:`TransferError` (never a decoder's own exception)."""
+    try:
+        value = unpack_strict(payload, max_len=MAX_FIELD_CHARS, max_array=0, max_map=8)
+    except NotMsgpack as exc:
+        raise TransferError(f"malformed {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise TransferError(f"malformed {what}: not a map")
+    return value
+
+
+def _refusal(ack: dict[str, Any]) -> str:
+    error = ack.get("error")
+    return printable(error) if isinstance(error, str) else "no reason given"
 
 
 class FrameReader:
@@ -151,10 +188,13 @@ async def send_file(
     await stream.send(frame(HEADER, msgpack.packb(header)))
     reader = FrameReader(stream)
     kind, payload = await reader.next()
-    ready = msgpack.unpackb(payload, raw=False, max_map_len=4) if kind == READY else None
-    if kind == ACK or not isinstance(ready, dict) or type(ready.get("offset")) is not int \
+    if kind == ACK:
+        raise TransferError(
+            f"the receiver refused the transfer: {_refusal(decode_control(payload, 'ACK'))}")
+    ready = decode_control(payload, "READY") if kind == READY else None
+    if not isinstance(ready, dict) or type(ready.get("offset")) is not int \
             or not 0 <= ready["offset"] <= size:
-        raise TransferError("the receiver refused the transfer")
+        raise TransferError("the receiver refused the transfer: no valid READY")
     offset: int = ready["offset"]
     sent = offset
     with path.open("rb") as f:
@@ -168,10 +208,9 @@ async def send_file(
     kind, payload = await reader.next()
     if kind != ACK:
         raise TransferError("the receiver did not acknowledge")
-    ack = msgpack.unpackb(payload, raw=False, max_map_len=8, max_str_len=512)
-    if not isinstance(ack, dict) or ack.get("ok") is not True:
-        error = ack.get("error") if isinstance(ack, dict) else None
-        raise TransferError(f"the receiver refused the file: {error}")
+    ack = decode_control(payload, "ACK")
+    if ack.get("ok") is not True:
+        raise TransferError(f"the receiver refused the file: {_refusal(ack)}")
     if ack.get("sha256") != sha:
         raise TransferError("the receiver stored a different sha256")
     assert sha is not None
@@ -191,15 +230,21 @@ def _final_name(inbox: Path, name: str) -> Path:
 
 async def receive_file(
     stream: ByteStream, inbox: Path, max_bytes: int = MAX_FILE_BYTES,
-    partials: PartialStore | None = None, sender: str = "",
+    partials: PartialStore | None = None, sender: str = "", guard: InboxGuard | None = None,
 ) -> TransferResult:
+    """Receive one file into ``inbox``. ``guard`` holds the inbox limits and the other
+    transfers in progress (default: the default limits, this transfer alone)."""
+    guard = guard or InboxGuard()
     reader = FrameReader(stream)
     kind, payload = await reader.next()
     if kind != HEADER:
         raise TransferError("a transfer starts with a header")
-    header = msgpack.unpackb(payload, raw=False, max_map_len=8, max_str_len=512)
-    name, size, sha, tid = (header.get(k) for k in ("name", "size", "sha256", "id")) \
-        if isinstance(header, dict) else (None, None, None, None)
+    try:
+        header = decode_control(payload, "HEADER")
+    except TransferError as exc:
+        await _refuse(stream, str(exc))
+        raise TransferError(f"refused an incoming file: {exc}") from None
+    name, size, sha, tid = (header.get(k) for k in ("name", "size", "sha256", "id"))
     error = None
     if not isinstance(name, str) or not SAFE_NAME.match(name) or name in (".", ".."):
         error = "unsafe file name"
@@ -210,21 +255,49 @@ async def receive_file(
     elif not isinstance(tid, str) or not re.fullmatch(r"[0-9a-f]{32}", tid):
         error = "bad transfer id"
     if error is not None:
-        await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": error})))
+        await _refuse(stream, error)
         raise TransferError(f"refused an incoming file: {error}")
     assert isinstance(name, str) and isinstance(size, int) and isinstance(sha, str)
     assert isinstance(tid, str)
     inbox.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per transfer
     item = partials.take(sender, tid, name, size, sha) if partials is not None else None
-    if item is None:
-        partial = inbox / f".{name}.{os.urandom(4).hex()}.partial"
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        item = Partial(partial, name, size, sha, 0, hashlib.sha256(), time.monotonic())
+    fresh = item is None
+    partial = item.path if item is not None else \
+        inbox / f".{name}.{os.urandom(4).hex()}.partial"
+    try:
+        with guard.admit(inbox, partial, size, item.received if item is not None else 0):
+            if item is None:
+                try:
+                    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except OSError as exc:
+                    raise InboxFull(f"the receiver cannot create the file: {exc.strerror}") \
+                        from None
+                item = Partial(partial, name, size, sha, 0, hashlib.sha256(),
+                               time.monotonic())
+            return await _receive_body(stream, reader, inbox, item, tid, partials, sender)
+    except InboxFull as exc:
+        if not fresh and item is not None:
+            item.path.unlink(missing_ok=True)
+        await _refuse(stream, str(exc))
+        raise TransferError(f"refused an incoming file: {exc}") from None
+
+
+async def _refuse(stream: ByteStream, error: str) -> None:
+    with contextlib.suppress(Exception):
+        await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": error})))
+
+
+async def _receive_body(
+    stream: ByteStream, reader: FrameReader, inbox: Path, item: Partial, tid: str,
+    partials: PartialStore | None, sender: str,
+) -> TransferResult:
+    """READY, then DATA until END, then the checks and the ACK."""
+    name, size, sha = item.name, item.size, item.sha256
     resumed_from = item.received
-    await stream.send(frame(READY, msgpack.packb({"offset": item.received})))
     first_byte_at: float | None = None
     started = time.monotonic()
     try:
+        await stream.send(frame(READY, msgpack.packb({"offset": item.received})))
         with item.path.open("r+b") as out:
             out.truncate(item.received)
             out.seek(item.received)
@@ -257,9 +330,15 @@ async def receive_file(
         raise TransferError(f"interrupted at {item.received} of {size} bytes: {exc}") from None
     except TransferError as exc:
         item.path.unlink(missing_ok=True)
-        with contextlib.suppress(Exception):
-            await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": str(exc)})))
+        await _refuse(stream, str(exc))
         raise
+    except OSError as exc:  # the disk (full, say), not the path: PathLost is handled above
+        if isinstance(exc, PathLost):
+            item.path.unlink(missing_ok=True)
+            raise
+        item.path.unlink(missing_ok=True)
+        await _refuse(stream, "the receiver could not write the file")
+        raise TransferError(f"could not write {name}: {exc}") from None
     except BaseException:
         item.path.unlink(missing_ok=True)
         raise

@@ -67,6 +67,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/quic/core.py",
     "overlay/media/quic/congestion.py",
     "overlay/media/relay_selector.py",
+    "overlay/media/candidate_policy.py",
     "overlay/media/signalling.py",
     "overlay/client/attach_policy.py",
     "overlay/core/vivaldi.py",

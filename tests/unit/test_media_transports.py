@@ -66,8 +66,9 @@ def framers(secret: bytes | None = None, transcript: bytes | None = None
             ) -> tuple[SecureFramer, SecureFramer]:
     _, s, t = session_material()
     secret, transcript = secret or s, transcript or t
-    a = SecureFramer(*derive_keys(secret, transcript, True), transcript)
-    b = SecureFramer(*derive_keys(secret, transcript, False), transcript)
+    salts = os.urandom(2 * ss.PATH_SALT_BYTES)
+    a = SecureFramer(*derive_keys(secret, transcript, True, salts), transcript)
+    b = SecureFramer(*derive_keys(secret, transcript, False, salts), transcript)
     return a, b
 
 
@@ -83,13 +84,26 @@ def expect_error(reason: str, fn: object, *args: object) -> SecureStreamError:
 
 def test_keys_are_per_direction_and_bound_to_secret_and_transcript() -> None:
     _, secret, transcript = session_material()
-    i_send, i_recv = derive_keys(secret, transcript, True)
-    r_send, r_recv = derive_keys(secret, transcript, False)
+    salts = os.urandom(32)
+    i_send, i_recv = derive_keys(secret, transcript, True, salts)
+    r_send, r_recv = derive_keys(secret, transcript, False, salts)
     assert (i_send, i_recv) == (r_recv, r_send)
     assert i_send != i_recv
-    assert derive_keys(secret, b"\x01" * 32, True) != (i_send, i_recv)
-    assert derive_keys(os.urandom(32), transcript, True) != (i_send, i_recv)
-    expect_error("bad_key", derive_keys, bytes(32), transcript, True)
+    assert derive_keys(secret, b"\x01" * 32, True, salts) != (i_send, i_recv)
+    assert derive_keys(os.urandom(32), transcript, True, salts) != (i_send, i_recv)
+    expect_error("bad_key", derive_keys, bytes(32), transcript, True, salts)
+    expect_error("bad_key", derive_keys, secret, transcript, True, b"")
+
+
+def test_each_path_salt_changes_both_keys() -> None:
+    """Either side's salt alone gives both directions new keys: a path never shares keys
+    with another path of the same session."""
+    _, secret, transcript = session_material()
+    salts = os.urandom(32)
+    keys = derive_keys(secret, transcript, True, salts)
+    for changed in (os.urandom(16) + salts[16:], salts[:16] + os.urandom(16)):
+        other = derive_keys(secret, transcript, True, changed)
+        assert other[0] != keys[0] and other[1] != keys[1]
 
 
 def test_confirmation_then_messages_both_ways() -> None:
@@ -117,8 +131,9 @@ def test_wrong_keys_cannot_confirm() -> None:
     _, other = framers(secret, os.urandom(32))
     expect_error("auth", other.feed, hello)
     # same keys, confirmation naming another transcript
-    keys = derive_keys(secret, transcript, False)
-    liar = SecureFramer(*derive_keys(secret, transcript, True), os.urandom(32))
+    salts = os.urandom(32)
+    keys = derive_keys(secret, transcript, False, salts)
+    liar = SecureFramer(*derive_keys(secret, transcript, True, salts), os.urandom(32))
     expect_error("bad_confirm", SecureFramer(*keys, transcript).feed, liar.hello())
 
 
@@ -263,6 +278,38 @@ async def test_secure_over_tcp_carries_only_ciphertext(
     assert b"hello back" not in raw_a.received
     # 1 MiB in 16 KiB frames: 64 frames of overhead 4 + 1 + 16, and the confirmation
     assert len(raw_a.sent) < len(payload) + 80 * 21 + 200
+
+
+async def test_two_raced_paths_have_their_own_keys() -> None:
+    """Two paths of one session (same secret and transcript), secured at once: each begins
+    with its own salt and its first encrypted frames (the confirmations, same plaintext,
+    nonce 0) differ, so the keys differ; each path still carries the session."""
+    _, secret, transcript = session_material()
+    accepted: asyncio.Queue[TcpByteStream] = asyncio.Queue()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(TcpByteStream(reader, writer))
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dialled = [Recorder(TcpByteStream(*await asyncio.open_connection("127.0.0.1", port)))
+               for _ in range(2)]
+    answered = [await asyncio.wait_for(accepted.get(), 5) for _ in range(2)]
+    paths = await asyncio.gather(*(secure(d, secret, transcript, True, 5) for d in dialled),
+                                 *(secure(a, secret, transcript, False, 5) for a in answered))
+    salt = ss.PATH_SALT_BYTES
+    first = [bytes(d.sent[salt:salt + 4 + 74]) for d in dialled]
+    assert first[0][:4] == first[1][:4] == struct.pack(">I", 74)  # a confirmation each
+    assert first[0] != first[1]
+    assert dialled[0].sent[:salt] != dialled[1].sent[:salt]
+    assert paths[0].framer._send_key != paths[1].framer._send_key  # type: ignore[attr-defined]
+    for i in range(2):
+        await paths[i].send(b"path %d" % i)
+        assert await paths[2 + i].recv() == b"path %d" % i
+    for p in paths:
+        await p.close()
+    server.close()
+    await server.wait_closed()
 
 
 async def test_secure_with_wrong_keys_fails_on_both_sides(
