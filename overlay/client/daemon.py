@@ -55,7 +55,8 @@ from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import SignedRecord
 from overlay.core.tasks import TaskSet
-from overlay.media.service import MediaConfig, MediaService
+from overlay.media.service import MediaService
+from overlay.media.session import MediaConfig
 
 log = get_logger(__name__)
 

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from overlay.attach import SignalDelivery
 from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
 from overlay.core.addresses import Address
-from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
@@ -65,11 +64,11 @@ from overlay.media.consent import (
     vet_invite,
 )
 from overlay.media.errors import PathLost
-from overlay.media.inbox_limits import InboxGuard, InboxLimits
+from overlay.media.inbox_limits import InboxGuard
 from overlay.media.relay_selector import RelayHistory
+from overlay.media.session import LostMidTransfer, MediaConfig, Session
 from overlay.media.signalling import (
     Candidates,
-    MediaKeys,
     Offer,
     SignallingError,
     new_session_id,
@@ -77,7 +76,7 @@ from overlay.media.signalling import (
     sign_offer,
     transcript_hash,
 )
-from overlay.media.stream import ByteStream, MediaStream, RelayRef
+from overlay.media.stream import ByteStream, MediaStream
 from overlay.media.transfer import (
     PartialStore,
     TransferError,
@@ -95,38 +94,6 @@ RESUME_RETRY_PAUSE_S = 2.0
 RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
-
-
-class _LostMidTransfer(PathLost):
-    """The chosen path failed mid-transfer; another session may resume it."""
-
-    def __init__(self, message: str, relay: RelayRef | None) -> None:
-        super().__init__(message)
-        self.relay = relay
-
-
-@dataclass(frozen=True)
-class MediaConfig:
-    """Who this client is, and where received files go."""
-
-    identity: Identity
-    user: str
-    device: str
-    inbox: Path
-    #: quota and free space for received files (documented defaults: 1 GiB, 1000 files)
-    inbox_limits: InboxLimits = field(default_factory=InboxLimits)
-
-
-@dataclass
-class Session:
-    session_id: bytes
-    peer_user: str
-    initiator: bool
-    keys: MediaKeys = field(default_factory=MediaKeys)
-    answer: asyncio.Future[Offer] | None = None
-    #: caller: the key the answer must be signed by; set when the callee says "pending"
-    peer_key: bytes | None = None
-    pending: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class MediaService:
@@ -269,7 +236,7 @@ class MediaService:
             try:
                 return await self._send_once(ref, path, transfer_id, sha, failed_relays,
                                              accept_wait_s)
-            except _LostMidTransfer as exc:
+            except LostMidTransfer as exc:
                 lost_a_path = True
                 errors.append(str(exc))
                 if exc.relay is not None:
@@ -347,7 +314,7 @@ class MediaService:
             try:
                 done = await send_file(stream, path, update, transfer_id, sha)
             except PathLost as exc:
-                raise _LostMidTransfer(
+                raise LostMidTransfer(
                     f"{stream.path} lost after {progress['sent']} bytes: {exc}",
                     stream.relay) from None
             except TransferError as exc:

@@ -27,7 +27,8 @@ import pytest
 from overlay.attach.adapter import SessionError
 from overlay.core.identity import Identity
 from overlay.media.connect import NoPath, connect_as_responder
-from overlay.media.service import MediaConfig, MediaService, Session
+from overlay.media.service import MediaService
+from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     Candidates,
     MediaKeys,

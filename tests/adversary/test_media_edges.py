@@ -33,7 +33,9 @@ from overlay.client.control_commands import ClientCommands
 from overlay.client.inbox import store_signal
 from overlay.core.identity import Identity
 from overlay.media import transfer
-from overlay.media.service import MediaConfig, MediaService, SendFailed
+from overlay.media.consent import SendFailed
+from overlay.media.service import MediaService
+from overlay.media.session import MediaConfig
 from overlay.media.stream import ByteStream, TcpByteStream
 from overlay.media.transfer import (
     ACK,

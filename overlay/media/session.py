@@ -1,0 +1,50 @@
+"""The state of one media session and what configures a media service.
+
+:class:`Session` is one invite/answer exchange (its ephemeral keys, the answer awaited);
+:class:`MediaConfig` is who the client is and where received files go;
+:class:`LostMidTransfer` is a path lost after the transfer began (another session resumes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from overlay.core.identity import Identity
+from overlay.media.errors import PathLost
+from overlay.media.inbox_limits import InboxLimits
+from overlay.media.signalling import MediaKeys, Offer
+from overlay.media.stream import RelayRef
+
+
+class LostMidTransfer(PathLost):
+    """The chosen path failed mid-transfer; another session may resume it."""
+
+    def __init__(self, message: str, relay: RelayRef | None) -> None:
+        super().__init__(message)
+        self.relay = relay
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Who this client is, and where received files go."""
+
+    identity: Identity
+    user: str
+    device: str
+    inbox: Path
+    #: quota and free space for received files (documented defaults: 1 GiB, 1000 files)
+    inbox_limits: InboxLimits = field(default_factory=InboxLimits)
+
+
+@dataclass
+class Session:
+    session_id: bytes
+    peer_user: str
+    initiator: bool
+    keys: MediaKeys = field(default_factory=MediaKeys)
+    answer: asyncio.Future[Offer] | None = None
+    #: caller: the key the answer must be signed by; set when the callee says "pending"
+    peer_key: bytes | None = None
+    pending: asyncio.Event = field(default_factory=asyncio.Event)
