@@ -116,7 +116,7 @@ class MediaToMallory:
     def __init__(self, addr: tuple[str, int]) -> None:
         self.addr = addr
 
-    async def send(self, user: str, path: Path) -> dict[str, Any]:
+    async def send(self, user: object, path: Path, accept_wait_s: float = 0.0) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection(*self.addr)
         stream = TcpByteStream(reader, writer)
         try:
