@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from overlay.core.addresses import AddressError, parse_hostport, parse_hostports
+from overlay.core.names import UserRef, parse_user_ref
 from overlay.core.records import RecordError, check_name
 from overlay.core.units import parse_rate
 
@@ -15,6 +16,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_OFFLINE = 3
+#: a name's records are signed by several keys and its holders' majority decides none
+EXIT_CONFLICT = 4
 EXIT_INTERRUPTED = 130
 EXIT_UNAVAILABLE = 69
 
@@ -50,6 +53,14 @@ def user_name(text: str) -> str:
     """argparse type: a valid user name."""
     try:
         return check_name(text)
+    except RecordError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def user_ref(text: str) -> UserRef:
+    """argparse type: ``NAME`` or ``NAME#KEYPREFIX`` (at least 8 hex digits)."""
+    try:
+        return parse_user_ref(text)
     except RecordError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
