@@ -217,7 +217,7 @@ def test_a_claim_makes_a_holder_refuse_every_other_key_for_the_name():
     alice, mallory = Identity.generate(), Identity.generate()
     key = records.user_key("alice")
     claim = records.name_claim(alice, "alice", seq=1, now=NOW)
-    assert claim.expires_at - claim.issued_at >= 30 * DAY
+    assert claim.expires_at - claim.record.issued_at >= 30 * DAY
     storage.put(key, claim.wire)
     online = records.presence(alice, "alice", "laptop", seq=2, supernode_key=b"k" * 32,
                               supernode_host="192.0.2.1", supernode_port=4000,
