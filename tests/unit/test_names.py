@@ -89,3 +89,16 @@ async def test_a_claim_is_handed_over_unchanged_and_then_defends_the_name():
         old.stop()
         new.stop()
 
+
+
+def test_the_client_re_signs_its_claim_at_most_daily(tmp_path):
+    from overlay.client.options import ClientOptions
+    from overlay.client.presence import CLAIM_REFRESH_S, PresenceSigner
+
+    signer = PresenceSigner(ALICE, ClientOptions(user="alice", key_path=tmp_path / "k",
+                                                 state_dir=tmp_path))
+    first = signer.claim(now=1_800_000_000.0)
+    assert signer.claim(now=1_800_000_000.0 + CLAIM_REFRESH_S - 1) is first
+    again = signer.claim(now=1_800_000_000.0 + CLAIM_REFRESH_S)
+    assert again.seq > first.seq and again.expires_at > first.expires_at
+    assert again.expires_at - again.record.issued_at >= 30 * 86400
