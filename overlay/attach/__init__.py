@@ -110,7 +110,11 @@ from overlay.attach.messages import (
     decode,
     encode,
 )
-from overlay.attach.verification import verify_attach, verify_lookup_response
+from overlay.attach.verification import (
+    verify_attach,
+    verify_attach_claim,
+    verify_lookup_response,
+)
 
 __all__ = [
     "CHANNEL_AAD",
@@ -192,5 +196,6 @@ __all__ = [
     "encode",
     "encode_frame",
     "verify_attach",
+    "verify_attach_claim",
     "verify_lookup_response",
 ]

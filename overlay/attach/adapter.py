@@ -385,11 +385,14 @@ class ClientSession:
 
     # calls ------------------------------------------------------------------------------
 
-    async def lookup(self, user: str, timeout: float = 5.0) -> list[SignedRecord]:
-        """The user's presence records, each verified here (the node is not trusted)."""
+    async def lookup(
+        self, user: str, timeout: float = 5.0, claims: bool = False
+    ) -> list[SignedRecord]:
+        """The user's presence records (with ``claims``, name claims too), each verified here
+        (the node is not trusted)."""
         reply = await self._request(lambda rid: LookupRequest(rid, user), timeout)
         assert isinstance(reply, LookupResponse)
-        return verify_lookup_response(reply, user)
+        return verify_lookup_response(reply, user, claims=claims)
 
     async def directory(self, timeout: float = 5.0) -> list[SignedRecord]:
         """Signed supernode records, each verified here."""
@@ -418,13 +421,16 @@ class ClientSession:
         assert isinstance(reply, SignalResult)
         return reply
 
-    async def attach(self, presence: SignedRecord, timeout: float = 5.0) -> AttachOk:
-        """Ask the supernode to publish ``presence``; raises :class:`AttachRefused`."""
+    async def attach(
+        self, presence: SignedRecord, timeout: float = 5.0, claim: SignedRecord | None = None
+    ) -> AttachOk:
+        """Ask the supernode to publish ``presence`` (and the name ``claim``); raises
+        :class:`AttachRefused`."""
         if self.closed:
             raise SessionError(f"session closed: {self.proto.close_reason}")
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._attach = future
-        self.proto.send(Attach(presence.wire))
+        self.proto.send(Attach(presence.wire, claim.wire if claim is not None else b""))
         try:
             async with asyncio.timeout(timeout):
                 reply = await future
@@ -435,10 +441,10 @@ class ClientSession:
         assert isinstance(reply, AttachOk)
         return reply
 
-    def refresh(self, presence: SignedRecord) -> None:
-        """Hand the supernode a newer presence record. No answer is expected; a ``Refused``
-        arrives through :attr:`on_message`."""
-        self.proto.send(Attach(presence.wire))
+    def refresh(self, presence: SignedRecord, claim: SignedRecord | None = None) -> None:
+        """Hand the supernode a newer presence record (and the name claim). No answer is
+        expected; a ``Refused`` arrives through :attr:`on_message`."""
+        self.proto.send(Attach(presence.wire, claim.wire if claim is not None else b""))
 
     def detach(self, offline: SignedRecord) -> None:
         """Clean exit: the supernode publishes ``offline`` and the session ends."""

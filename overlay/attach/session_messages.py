@@ -76,13 +76,16 @@ def _alternatives(value: Any) -> tuple[Alternative, ...]:
 
 @dataclass(frozen=True)
 class Attach(Message):
-    """Client asks to be attached and to have its signed presence record published."""
+    """Client asks to be attached and to have its signed presence record published, and its
+    signed name claim (``b""``: none) published too; the claim outlives the session."""
 
     presence_record: bytes
+    name_claim: bytes = b""
     TAG = MessageType.ATTACH
 
     def _check(self) -> None:
         check_bytes("presence_record", self.presence_record, 1, MAX_RECORD_BYTES)
+        check_bytes("name_claim", self.name_claim, 0, MAX_RECORD_BYTES)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """The record checks of an attachment session: what a supernode may publish for a client
-(``Attach``) and which looked-up records a client may believe (``LookupResponse``)."""
+(``Attach``: presence and name claim) and which looked-up records a client may believe
+(``LookupResponse``)."""
 
 from __future__ import annotations
 
 from overlay.attach.errors import AttachRejected
 from overlay.attach.handshake import HandshakeResult
 from overlay.attach.messages import Attach, LookupResponse
-from overlay.core.records import PresenceRecord, RecordError, SignedRecord, verify
+from overlay.core.records import NameClaim, PresenceRecord, RecordError, SignedRecord, verify
 
 
 def verify_attach(
@@ -40,19 +41,41 @@ def verify_attach(
     return signed
 
 
+def verify_attach_claim(
+    attach: Attach, result: HandshakeResult, *, now: float | None = None
+) -> SignedRecord | None:
+    """Supernode side: the verified name claim this session may publish (None: the Attach
+    carries none). It must be a name claim for the hello's user signed by the session's
+    proven client key. Raises :class:`AttachRejected`."""
+    if not attach.name_claim:
+        return None
+    try:
+        signed = verify(attach.name_claim, now=now)
+    except RecordError as exc:
+        raise AttachRejected(f"name claim refused ({exc.reason}): {exc}") from exc
+    rec = signed.record
+    if not isinstance(rec, NameClaim):
+        raise AttachRejected("an Attach's second record is a name claim")
+    if rec.user_key != result.client_key or rec.user != result.user:
+        raise AttachRejected("the name claim is not this session's user and key")
+    return signed
+
+
 def verify_lookup_response(
-    response: LookupResponse, user: str, *, now: float | None = None
+    response: LookupResponse, user: str, *, now: float | None = None, claims: bool = False
 ) -> list[SignedRecord]:
-    """Client side: the records in ``response`` that verify and are presence for ``user``.
+    """Client side: the records in ``response`` that verify and are presence for ``user``
+    (with ``claims``, name claims for ``user`` too).
 
     Records that fail are dropped, not fatal: a supernode relays what the DHT holds.
     """
+    kinds: tuple[type, ...] = (PresenceRecord, NameClaim) if claims else (PresenceRecord,)
     good: list[SignedRecord] = []
     for wire in response.records:
         try:
             signed = verify(wire, now=now)
         except RecordError:
             continue
-        if isinstance(signed.record, PresenceRecord) and signed.record.user == user:
+        if isinstance(signed.record, kinds) and signed.record.claimed_name == user:
             good.append(signed)
     return good

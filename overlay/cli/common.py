@@ -10,11 +10,14 @@ from typing import Any
 from overlay.core.addresses import AddressError, parse_hostport, parse_hostports
 from overlay.core.records import RecordError, check_name
 from overlay.core.units import parse_rate
+from overlay.core.user_ref import UserRef, parse_user_ref
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_OFFLINE = 3
+#: a name's records are signed by several keys and its holders' majority decides none
+EXIT_CONFLICT = 4
 #: ``overlay send``: the receiver kept the invite as a contact request and did not accept it
 #: within ``--wait`` seconds, or declined it
 EXIT_NOT_ACCEPTED = 5
@@ -53,6 +56,14 @@ def user_name(text: str) -> str:
     """argparse type: a valid user name."""
     try:
         return check_name(text)
+    except RecordError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def user_ref(text: str) -> UserRef:
+    """argparse type: ``NAME`` or ``NAME#KEYPREFIX`` (at least 8 hex digits)."""
+    try:
+        return parse_user_ref(text)
     except RecordError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

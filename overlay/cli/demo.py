@@ -36,6 +36,7 @@ from overlay.client.options import ClientOptions
 from overlay.core import logs, records
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
+from overlay.core.user_ref import UserRef
 from overlay.dht import DHTConfig
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
@@ -76,7 +77,7 @@ async def _lookups(boot: tuple[str, int], names: dict[str, str], title: str) -> 
         table.add_column(column)
     for user in (*(u for u, _ in USERS), "mallory"):
         found, _ = await lookup_via([boot], user, timeout=5)
-        result = lookup_json(user, found)
+        result = lookup_json(UserRef(user), found)
         if not result["devices"]:
             table.add_row(user, "[red]unknown[/]", "-", "-", "-")
         for d in result["devices"]:

@@ -1,12 +1,16 @@
-"""The client's presence records: signed with sequence numbers that only grow.
+"""The client's presence records and its name claim: signed with sequence numbers that only
+grow.
 
 The last sequence number is remembered in ``client.json`` in the state dir, so the numbers
 keep growing across restarts even if the clock steps back
-(:class:`overlay.core.seq_state.SeqCounter`).
+(:class:`overlay.core.seq_state.SeqCounter`). The name claim (31 days) rides along in every
+``Attach`` and is re-signed at most once a day (:data:`CLAIM_REFRESH_S`), so the network keeps
+the name for at least 30 days after this client last ran.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from overlay.client.attach_policy import Candidate
@@ -19,6 +23,8 @@ from overlay.core.seq_state import SeqCounter
 STATE_FILE = "client.json"
 #: an offline record outlives the online ones by far: "offline" beats "unknown"
 OFFLINE_LIFETIME_S = 23 * 3600.0
+#: the name claim is re-signed when it is this old (it lives records.NAME_CLAIM_LIFETIME_S)
+CLAIM_REFRESH_S = 24 * 3600.0
 
 
 def presence_seq(state_dir: Path | None) -> SeqCounter:
@@ -36,6 +42,7 @@ class PresenceSigner:
         self.identity = identity
         self.opts = opts
         self.seq = presence_seq(opts.state_dir)
+        self._claim: SignedRecord | None = None
 
     def online(self, cand: Candidate) -> SignedRecord:
         return records.presence(
@@ -49,3 +56,11 @@ class PresenceSigner:
             self.identity, self.opts.user, self.opts.device, seq=self.seq.next(),
             online=False, lifetime_s=OFFLINE_LIFETIME_S,
         )
+
+    def claim(self, now: float | None = None) -> SignedRecord:
+        """This user's name claim: the same record for a day, then a re-signed one."""
+        t = time.time() if now is None else now
+        if self._claim is None or t - self._claim.record.issued_at >= CLAIM_REFRESH_S:
+            self._claim = records.name_claim(self.identity, self.opts.user,
+                                             seq=self.seq.next(), now=t)
+        return self._claim

@@ -138,7 +138,8 @@ class Supervisor:
         session.on_message = att.on_message
         try:
             signed = self.presence.online(cand)
-            ok = await session.attach(signed, timeout=self.opts.attach_timeout_s)
+            ok = await session.attach(signed, timeout=self.opts.attach_timeout_s,
+                                      claim=self.presence.claim())
         except AttachRefused as exc:
             refused = exc.refused
             alog.warning("attach_refused", source=source.value,
@@ -195,7 +196,7 @@ class Supervisor:
             signed = self.presence.online(att.candidate)
             # a refresh is a plain Attach with a higher seq; a refusal arrives as an
             # unsolicited Refused (see Attachment.on_message)
-            att.session.send(Attach(signed.wire))
+            att.session.send(Attach(signed.wire, self.presence.claim().wire))
             att.presence = signed
             alog.debug("presence_refreshed", seq=signed.seq)
             await self.discovery.learn_from(att.session)

@@ -27,8 +27,13 @@ FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"overlay/record/v1\x00"
 #: A record, with its signature, always fits one unfragmented UDP datagram.
 MAX_RECORD_BYTES = 1024
-#: No record may claim to live longer than this.
+#: No presence or supernode record may claim to live longer than this.
 MAX_LIFETIME_S = 24 * 3600.0
+#: A name claim lives 31 days: the network keeps a name for at least 30 days after its
+#: owner's last signed refresh (one a day while a client runs)...
+NAME_CLAIM_LIFETIME_S = 31 * 24 * 3600.0
+#: ... and may claim at most 32 (a day of slack for clocks and refresh timing).
+MAX_CLAIM_LIFETIME_S = 32 * 24 * 3600.0
 #: How far a signer's clock may be from ours.
 CLOCK_SKEW_S = 60.0
 MAX_SEQ = 2**63 - 1
@@ -92,10 +97,11 @@ class StorageFull(RecordError):
 class RecordKind(IntEnum):
     PRESENCE = 1
     SUPERNODE = 2
+    NAME_CLAIM = 3
 
 
 def user_key(name: str) -> bytes:
-    """The DHT key under which a user's presence records are stored."""
+    """The DHT key under which a user's presence records and name claims are stored."""
     return hashlib.sha256(b"overlay/user/" + name.encode()).digest()[:20]
 
 
@@ -138,6 +144,7 @@ class PresenceRecord:
     expires_at: float
 
     kind: ClassVar[RecordKind] = RecordKind.PRESENCE
+    max_lifetime_s: ClassVar[float] = MAX_LIFETIME_S
     _types: ClassVar[tuple[type, ...]] = (
         str, bytes, str, bool, bytes, str, int, list, int, float, float,
     )
@@ -211,6 +218,7 @@ class SupernodeRecord:
     expires_at: float
 
     kind: ClassVar[RecordKind] = RecordKind.SUPERNODE
+    max_lifetime_s: ClassVar[float] = MAX_LIFETIME_S
     _types: ClassVar[tuple[type, ...]] = (
         bytes, str, int, int, int, int, int, list, int, float, float,
     )
@@ -262,10 +270,57 @@ class SupernodeRecord:
         return None
 
 
-Record = PresenceRecord | SupernodeRecord
-_RECORD_CLASSES: dict[int, type[PresenceRecord] | type[SupernodeRecord]] = {
+@dataclass(frozen=True)
+class NameClaim:
+    """"The name U belongs to this key." Signed by U; outlives presence (31 days), so the
+    holders of the name keep refusing other keys while its owner is offline."""
+
+    user: str
+    user_key: bytes
+    seq: int
+    issued_at: float
+    expires_at: float
+
+    kind: ClassVar[RecordKind] = RecordKind.NAME_CLAIM
+    max_lifetime_s: ClassVar[float] = MAX_CLAIM_LIFETIME_S
+    _types: ClassVar[tuple[type, ...]] = (str, bytes, int, float, float)
+
+    def fields(self) -> list[Any]:
+        return [self.user, self.user_key, self.seq, self.issued_at, self.expires_at]
+
+    @classmethod
+    def from_fields(cls, values: list[Any]) -> NameClaim:
+        v = values
+        return cls(user=v[0], user_key=v[1], seq=v[2], issued_at=v[3], expires_at=v[4])
+
+    def check(self) -> None:
+        check_name(self.user)
+        if len(self.user_key) != PUBLIC_KEY_BYTES:
+            raise MalformedRecord("user key must be 32 bytes")
+
+    @property
+    def signer(self) -> bytes:
+        return self.user_key
+
+    @property
+    def dht_key(self) -> bytes:
+        return user_key(self.user)
+
+    @property
+    def slot(self) -> tuple[bytes, str]:
+        """One claim per key ("" is no device name: device names are never empty)."""
+        return (self.user_key, "")
+
+    @property
+    def claimed_name(self) -> str | None:
+        return self.user
+
+
+Record = PresenceRecord | SupernodeRecord | NameClaim
+_RECORD_CLASSES: dict[int, type[PresenceRecord] | type[SupernodeRecord] | type[NameClaim]] = {
     RecordKind.PRESENCE: PresenceRecord,
     RecordKind.SUPERNODE: SupernodeRecord,
+    RecordKind.NAME_CLAIM: NameClaim,
 }
 
 
@@ -300,9 +355,10 @@ def check_lifetime(record: Record, now: float) -> None:
         raise MalformedRecord("sequence number out of range")
     if record.expires_at <= record.issued_at:
         raise MalformedRecord("record expires before it is issued")
-    if record.expires_at - record.issued_at > MAX_LIFETIME_S:
+    if record.expires_at - record.issued_at > record.max_lifetime_s:
         raise LifetimeTooLong(
-            f"lifetime {record.expires_at - record.issued_at:.0f}s exceeds {MAX_LIFETIME_S:.0f}s"
+            f"lifetime {record.expires_at - record.issued_at:.0f}s exceeds "
+            f"{record.max_lifetime_s:.0f}s"
         )
     if record.issued_at > now + CLOCK_SKEW_S:
         raise FutureRecord(
@@ -420,5 +476,22 @@ def supernode(
         relay_capacity_bps=relay_capacity_bps, relay_spare_bps=relay_spare_bps, load=load,
         max_clients=max_clients, coords=tuple(float(c) for c in coords), seq=seq,
         issued_at=float(t), expires_at=float(t + lifetime_s),
+    )
+    return sign(record, identity, now=t)
+
+
+def name_claim(
+    identity: Identity,
+    user: str,
+    *,
+    seq: int,
+    lifetime_s: float = NAME_CLAIM_LIFETIME_S,
+    now: float | None = None,
+) -> SignedRecord:
+    """Build and sign ``identity``'s claim on the name ``user``."""
+    t = time.time() if now is None else now
+    record = NameClaim(
+        user=user, user_key=identity.public_key, seq=seq, issued_at=float(t),
+        expires_at=float(t + lifetime_s),
     )
     return sign(record, identity, now=t)

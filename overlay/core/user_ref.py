@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from overlay.core.records import MalformedRecord, check_name
+from overlay.core.records import MalformedRecord, RecordError, check_name
 
 MIN_KEY_PREFIX = 8
 MAX_KEY_PREFIX = 64
@@ -30,15 +30,24 @@ class UserRef:
         return self.name if self.key_prefix is None else f"{self.name}#{self.key_prefix}"
 
 
+class BadUserRef(MalformedRecord):
+    """Not ``NAME`` or ``NAME#KEYPREFIX``."""
+
+    reason = "bad_user_ref"
+
+
 def parse_user_ref(text: str) -> UserRef:
-    """``NAME`` or ``NAME#KEYPREFIX``; raises :class:`~overlay.core.records.MalformedRecord`."""
+    """``NAME`` or ``NAME#KEYPREFIX``; raises :class:`BadUserRef` (a ``MalformedRecord``)."""
     name, sep, prefix = text.partition("#")
-    check_name(name)
+    try:
+        check_name(name)
+    except RecordError as exc:
+        raise BadUserRef(str(exc)) from None
     if not sep:
         return UserRef(name)
     prefix = prefix.lower()
     if not MIN_KEY_PREFIX <= len(prefix) <= MAX_KEY_PREFIX or not _HEX.match(prefix):
-        raise MalformedRecord(
+        raise BadUserRef(
             f"{text[:80]!r}: the part after # is {MIN_KEY_PREFIX} to {MAX_KEY_PREFIX} hex "
             "digits of the user's public key")
     return UserRef(name, prefix)

@@ -8,7 +8,11 @@ Fixes over ``kademlia.crawling``:
 * responses are parsed with a strict schema; a malformed answer (``{"value": [...]}``,
   ``{"x": 1}``, junk node tuples) counts as a failed contact instead of raising mid-crawl;
 * a value lookup merges the answers of several close nodes and returns every valid record,
-  newest per (owner, device), instead of the first value that arrived.
+  newest per (owner, device), instead of the first value that arrived; it also keeps each
+  holder's own answer. For a name (records that claim one) it stops early only once more than
+  half of k holders agree on one signer key, else it asks all k closest nodes: a few Sybils
+  placed next to the key and answering first cannot end the lookup (the majority decides:
+  :mod:`overlay.dht.names`).
 """
 
 from __future__ import annotations
@@ -171,23 +175,59 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         alpha: int,
         quorum: int,
         verify: Callable[[object], SignedRecord],
+        name_quorum: int | None = None,
     ) -> None:
         ValueSpiderCrawl.__init__(self, protocol, node, [], ksize, alpha)
         self.nearest = IdNodeHeap(node, ksize)
         self.nearest.push(list(peers))
         self.answered = {}
         self.quorum = quorum
+        #: holders that must agree before a name lookup stops early (default: a majority of k)
+        self.name_quorum = max(quorum, ksize // 2 + 1) if name_quorum is None else name_quorum
         self.verify = verify
         self.found: dict[tuple[bytes, str], SignedRecord] = {}
-        self.holders = 0
+        #: each holder's valid records, by node id: one answer per node, never merged
+        self.by_holder: dict[bytes, tuple[SignedRecord, ...]] = {}
+        #: the signer keys of the name records seen so far, per holder that sent any
+        self._signers: set[frozenset[bytes]] = set()
         self.rejected = 0
+
+    @property
+    def holders(self) -> int:
+        return len(self.by_holder)
+
+    def seed(self, node_id: bytes, held: list[SignedRecord]) -> None:
+        """Count this node's own records as one holder's answer."""
+        if held:
+            self._add_holder(node_id, held)
 
     async def find(self) -> list[SignedRecord]:
         await self._crawl(self.protocol.call_find_value)
         return list(self.found.values())
 
     def _is_done(self) -> bool:
-        return self.holders >= self.quorum
+        if not self._signers:  # no name records (e.g. the supernode directory)
+            return self.holders >= self.quorum
+        if not self.agreed() or self.holders < self.quorum:
+            return False
+        # unanimous: enough of k, or everyone left to ask is only a straggler (whose vote
+        # could turn the answer into a conflict at most, never into another owner)
+        return self.holders >= self.name_quorum or not self.nearest.get_uncontacted()
+
+    def agreed(self) -> bool:
+        """Every holder so far sent records of one and the same signer for a name (or none
+        for a name at all, e.g. the supernode directory)."""
+        return len(self._signers) <= 1 and all(len(keys) <= 1 for keys in self._signers)
+
+    def _add_holder(self, node_id: bytes, held: list[SignedRecord]) -> None:
+        self.by_holder[node_id] = tuple(held)
+        signers = frozenset(s.record.signer for s in held if s.record.claimed_name is not None)
+        if signers:
+            self._signers.add(signers)
+        for signed in held:
+            current = self.found.get(signed.slot)
+            if current is None or signed.seq > current.seq:
+                self.found[signed.slot] = signed
 
     def _accept(self, peer: Node, payload: object) -> bool:
         if not isinstance(payload, dict) or set(payload) != {"values", "nodes"}:
@@ -197,7 +237,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         if nodes is None or not isinstance(values, list) or len(values) > MAX_VALUES_PER_RESPONSE:
             return False
         self.nearest.push(nodes)
-        valid = 0
+        held = []
         for wire in values:
             try:
                 signed = self.verify(wire)
@@ -207,10 +247,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
             if signed.dht_key != self.node.id:
                 self.rejected += 1
                 continue
-            valid += 1
-            current = self.found.get(signed.slot)
-            if current is None or signed.seq > current.seq:
-                self.found[signed.slot] = signed
-        if valid:
-            self.holders += 1
+            held.append(signed)
+        if held and peer.id not in self.by_holder:
+            self._add_holder(peer.id, held)
         return True

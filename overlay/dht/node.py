@@ -16,7 +16,7 @@ from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord
 from overlay.dht.errors import DHTError
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
-from overlay.dht.server import OverlayServer, PutResult
+from overlay.dht.server import OverlayServer, PutResult, ValueAnswers
 from overlay.dht.storage import RecordStorage, StorageLimits
 
 log = get_logger(__name__)
@@ -102,6 +102,11 @@ class DHTNode:
         return result
 
     async def get(self, key: bytes) -> list[SignedRecord]:
+        """Every valid record under ``key``, newest per slot, merged from its holders."""
+        return (await self._server.get(key)).records
+
+    async def get_answers(self, key: bytes) -> ValueAnswers:
+        """:meth:`get`, with each holder's own answer kept (for majority decisions)."""
         return await self._server.get(key)
 
     async def closest(self, key: bytes) -> list[Contact]:
@@ -172,4 +177,6 @@ class DHTNode:
         return [p for p in peers if len(p[0]) == 20]
 
 
-__all__ = ["Contact", "DHTConfig", "DHTNode", "PutFailed", "PutResult", "RecordError"]
+__all__ = [
+    "Contact", "DHTConfig", "DHTNode", "PutFailed", "PutResult", "RecordError", "ValueAnswers",
+]

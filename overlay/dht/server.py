@@ -33,6 +33,15 @@ from overlay.dht.storage import RecordStorage
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class ValueAnswers:
+    """A value lookup: the merged records (newest per slot) and, by node id, what each
+    holder that sent valid records answered (this node's own storage included)."""
+
+    records: list[SignedRecord]
+    holders: dict[bytes, tuple[SignedRecord, ...]]
+
+
 @dataclass
 class PutResult:
     stored: int = 0
@@ -179,28 +188,28 @@ class OverlayServer(Server):  # type: ignore[misc]
         ).find()
         return found
 
-    async def get(self, key: bytes) -> list[SignedRecord]:
-        """Every valid record under DHT ``key``, newest per slot, merged from close nodes."""
+    async def get(self, key: bytes) -> ValueAnswers:
+        """Every valid record under DHT ``key``, newest per slot, merged from close nodes
+        (this one included), and each holder's own answer."""
         node = Node(key)
         now = time.time()
-        local = {s.slot: s for s in self.storage.values(key)}
+        local = self.storage.values(key)
         nearest = self.proto.router.find_neighbors(node)
-        if nearest:
-            quorum = max(1, self.config.get_quorum - (1 if local else 0))
-            crawl = OverlayValueCrawl(
-                self.proto,
-                node,
-                nearest,
-                self.ksize,
-                self.alpha,
-                quorum,
-                lambda wire: self.storage.verifier.verify(wire, now),
-            )
-            for signed in await crawl.find():
-                mine = local.get(signed.slot)
-                if mine is None or signed.seq > mine.seq:
-                    local[signed.slot] = signed
-        return list(local.values())
+        if not nearest:
+            holders = {self.node.id: tuple(local)} if local else {}
+            return ValueAnswers(local, holders)
+        crawl = OverlayValueCrawl(
+            self.proto,
+            node,
+            nearest,
+            self.ksize,
+            self.alpha,
+            self.config.get_quorum,
+            lambda wire: self.storage.verifier.verify(wire, now),
+        )
+        crawl.seed(self.node.id, local)
+        found = await crawl.find()
+        return ValueAnswers(found, dict(crawl.by_holder))
 
     async def set(self, key: Any, value: Any) -> bool:
         raise TypeError("the overlay DHT stores signed records only: use put()")

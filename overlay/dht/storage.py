@@ -7,8 +7,10 @@ key, last writer wins, and lets every holder refresh a value's age forever). Her
   record says it is for;
 * a key holds one record per slot (owner key, device): a higher sequence number replaces a
   lower one, never the other way;
-* names are sticky: while a live record for a name is signed by one key, records for that name
-  signed by any other key are refused;
+* names are sticky: while a live record for a name (a presence record, or a name claim, which
+  lives 31 days) is signed by one key, records for that name signed by any other key are
+  refused (``NameClaimed``). Only nodes that hold the name can refuse: lookups therefore take
+  the key held by the majority of the name's holders (:mod:`overlay.dht.names`);
 * expiry comes from the signed record itself, so handing a record on never extends it;
 * entries, bytes and values per key are bounded.
 """

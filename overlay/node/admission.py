@@ -5,6 +5,11 @@ each ``Attach``'s signed presence record (it must name this supernode's address,
 attached with another key is refused), publishes the record to the DHT and keeps it published
 while the client is attached; a ``Detach`` stores the client's signed offline record. A newer
 session of the same user/device with the same key replaces the older one.
+
+A session's first ``Attach`` is refused when the name's holders decide it belongs to another
+key (:func:`overlay.dht.names.name_owner`: their majority), so an impostor's own supernode
+does not publish for it even where no node it reaches holds the name. The ``Attach``'s name
+claim is published too (when it changed), and outlives the session in the DHT.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from collections.abc import Callable
 
 from overlay.attach import Attach, AttachOk, Detach, Refused, RefuseReason
 from overlay.attach.errors import AttachRejected
-from overlay.attach.verification import verify_attach
+from overlay.attach.verification import verify_attach, verify_attach_claim
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.dht import DHTNode, PutFailed
+from overlay.dht.names import name_owner
 from overlay.node.tcp_service import ServedSession, TcpService
 
 log = get_logger(__name__)
@@ -68,6 +74,7 @@ class Admission:
         assert session.result is not None
         try:
             signed = verify_attach(msg, session.result)
+            claim = verify_attach_claim(msg, session.result)
         except AttachRejected as exc:
             await self._refuse(session, RefuseReason.BAD_RECORD, str(exc), "bad_record")
             return
@@ -95,7 +102,15 @@ class Admission:
                                    f"full ({len(self.attached)} clients); try another supernode",
                                    "full")
                 return
+            owner = await name_owner(self.dht, rec.user)
+            if owner.key is not None and owner.key != rec.user_key:
+                await self._refuse(session, RefuseReason.NOT_ALLOWED,
+                                   f"the name {rec.user!r} is held by another key",
+                                   "name_claimed")
+                return
         try:
+            if claim is not None and (session.claim is None or session.claim.wire != claim.wire):
+                await self._publish_claim(session, claim)
             await self.dht.put(signed)
         except PutFailed as exc:
             if exc.result.refused["name_claimed"]:
@@ -115,6 +130,17 @@ class Admission:
             session.proto.send(AttachOk(session.proto.peer[0], session.proto.peer[1],
                                         max(1, round(heartbeat_s))))
             session.bind(log).info("client_attached", clients=len(self.attached))
+
+    async def _publish_claim(self, session: ServedSession, claim: records.SignedRecord) -> None:
+        """Publish the session's name claim; a claim refused only as stale (another device
+        of the user published a newer one) is no reason to refuse the attachment."""
+        try:
+            await self.dht.put(claim)
+        except PutFailed as exc:
+            if exc.result.refused["name_claimed"] or not exc.result.refused["stale_sequence"]:
+                raise
+            session.bind(log).info("name_claim_superseded")
+        session.claim = claim
 
     async def on_detach(self, session: ServedSession, msg: Detach) -> None:
         assert session.result is not None
@@ -159,3 +185,7 @@ class Admission:
         # stop republishing; the record expires on its own within a few refresh periods
         self.dht.forget_published(session.attached)
         session.attached = None
+        if session.claim is not None:
+            # the claim stays at its holders (and is handed over) until it expires
+            self.dht.forget_published(session.claim)
+            session.claim = None

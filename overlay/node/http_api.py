@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from overlay.core import records
 from overlay.dht import DHTNode
+from overlay.dht.names import lookup_name
 
 ExtraMetrics = Callable[[], Iterable[Metric]]
 
@@ -83,6 +84,8 @@ def record_json(signed: records.SignedRecord) -> dict[str, Any]:
             supernode=f"{r.supernode_host}:{r.supernode_port}" if r.online else None,
             supernode_key=r.supernode_key.hex() or None, capabilities=list(r.capabilities),
         )
+    elif isinstance(r, records.NameClaim):
+        out.update(user=r.user, public_key=r.user_key.hex())
     else:
         out.update(
             node_key=r.node_key.hex(), address=f"{r.host}:{r.port}", load=r.load,
@@ -116,8 +119,15 @@ def make_app(
             records.check_name(name)
         except records.RecordError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        found = await node.get(records.user_key(name))
-        return web.json_response({"user": name, "records": [record_json(s) for s in found]})
+        named = await lookup_name(node, name)
+        owner = named.owner
+        return web.json_response({
+            "user": name,
+            "public_key": owner.key.hex() if owner.key else None,
+            "conflict": owner.conflict,
+            "keys": [k.hex() for k in owner.keys],
+            "records": [record_json(s) for s in named.records],
+        })
 
     app = web.Application(client_max_size=4096)
     app.router.add_get("/healthz", healthz)

@@ -2,7 +2,9 @@
 
 Bootstrap nodes and supernodes both answer ``Probe``, ``LookupRequest`` and
 ``DirectoryRequest`` here (so a client behind a NAT that only lets TCP out can still look users
-up); attachment is delegated to an :class:`AttachHandler`, which only supernodes have.
+up; a lookup answers the name owner's records, or every key's in a conflict:
+:mod:`overlay.dht.names`); attachment is delegated to an :class:`AttachHandler`, which only
+supernodes have.
 
 Every connection is hostile until proven otherwise: per-IP and total connection caps checked
 before any state is allocated, a handshake deadline (slowloris), a frame cap checked before a
@@ -53,6 +55,7 @@ from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.dht import DHTNode
+from overlay.dht.names import lookup_name
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.protocol import MAGIC as RELAY_MAGIC
 from overlay.relay.server import RelayLink, RelayServer
@@ -79,6 +82,8 @@ class ServedSession:
     tokens: float = 0.0
     last_refill: float = 0.0
     attached: records.SignedRecord | None = None
+    #: the last name claim this session had published
+    claim: records.SignedRecord | None = None
     last_reachability_check: float = float("-inf")
 
     @property
@@ -309,9 +314,10 @@ class TcpService:
         try:
             if isinstance(msg, LookupRequest):
                 self.stats.lookups += 1
-                found = await self.dht.get(records.user_key(msg.user))
-                found.sort(key=lambda s: s.record.issued_at, reverse=True)
-                wires = tuple(s.wire for s in found[:MAX_LOOKUP_RECORDS])
+                # the owner's records when the holders' majority decides; every key's in
+                # a conflict (the client then sees several keys and says so)
+                named = await lookup_name(self.dht, msg.user)
+                wires = tuple(s.wire for s in named.records[:MAX_LOOKUP_RECORDS])
                 session.proto.send(LookupResponse(msg.request_id, wires))
             elif isinstance(msg, DirectoryRequest):
                 self.stats.directory_requests += 1

@@ -61,6 +61,31 @@ def long_lived() -> bytes:
     return resign(fields, ALICE)
 
 
+def claim_wire(fields: list, identity: Identity) -> bytes:
+    body = msgpack.packb([records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM), *fields],
+                         use_bin_type=True)
+    return msgpack.packb([body, identity.sign(records.SIGNING_DOMAIN + body)],
+                         use_bin_type=True)
+
+
+def long_claim() -> bytes:
+    fields = records.name_claim(ALICE, "alice", seq=50).record.fields()
+    fields[4] = fields[3] + 33 * 86400.0
+    return claim_wire(fields, ALICE)
+
+
+def int_time_claim() -> bytes:
+    fields = records.name_claim(ALICE, "alice", seq=50).record.fields()
+    fields[3] = int(fields[3])
+    return claim_wire(fields, ALICE)
+
+
+def long_presence() -> bytes:
+    fields = presence(ALICE, seq=50).record.fields()
+    fields[10] = fields[9] + records.NAME_CLAIM_LIFETIME_S
+    return resign(fields, ALICE)
+
+
 BAD_RECORDS = {
     "bad signature": (bad_signature, records.BadSignature),
     "signed by a key other than the name's owner": (
@@ -81,6 +106,11 @@ BAD_RECORDS = {
                                        records.MalformedRecord),
     "not canonically encoded": (non_canonical, records.MalformedRecord),
     "for another user's key": (lambda: presence(ALICE, user="bob", seq=1).wire, records.WrongKey),
+    "a name claim by another key": (
+        lambda: records.name_claim(MALLORY, "alice", seq=100).wire, records.NameClaimed),
+    "a name claim living longer than 32 days": (long_claim, records.LifetimeTooLong),
+    "a name claim with an integer time": (int_time_claim, records.MalformedRecord),
+    "a presence record living as long as a claim": (long_presence, records.LifetimeTooLong),
 }
 
 
@@ -190,3 +220,16 @@ def test_supernode_record_round_trips_and_verifies():
 def test_record_sizes_fit_a_datagram():
     assert len(presence(ALICE, seq=2**62, capabilities=tuple(f"c{i}" for i in range(16))).wire) \
         <= records.MAX_RECORD_BYTES
+
+
+def test_name_claim_round_trips_and_outlives_presence():
+    signed = records.name_claim(ALICE, "alice", seq=7)
+    again = records.verify(signed.wire)
+    assert again.record == signed.record and isinstance(again.record, records.NameClaim)
+    assert again.dht_key == records.user_key("alice") and again.slot == (ALICE.public_key, "")
+    assert signed.expires_at - signed.record.issued_at >= 30 * 86400
+    storage = RecordStorage()
+    storage.put(again.dht_key, signed.wire)
+    storage.put(again.dht_key, presence(ALICE, seq=8).wire)
+    assert {s.record.kind for s in storage.values(again.dht_key)} == {
+        records.RecordKind.NAME_CLAIM, records.RecordKind.PRESENCE}

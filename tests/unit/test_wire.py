@@ -86,6 +86,7 @@ from overlay.attach import (
     encode,
     encode_frame,
     verify_attach,
+    verify_attach_claim,
     verify_lookup_response,
 )
 from overlay.core import records
@@ -246,6 +247,7 @@ SAMPLES: list[Message] = [
     ClientAuth(SIG),
     Error(int(ErrorCode.MALFORMED), "bad message"),
     Attach(b"\x01" * 200),
+    Attach(b"\x01" * 200, b"\x02" * 100),
     AttachOk("198.51.100.9", 53211, 30),
     Refused(int(RefuseReason.FULL), "full, go elsewhere", ALTS),
     Refused(7, "", ()),
@@ -865,6 +867,27 @@ def test_verify_attach_rejections(wire: bytes, why: str) -> None:
     assert server.result is not None
     with pytest.raises(AttachRejected, match=why):
         verify_attach(Attach(wire), server.result, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "claim, why",
+    [
+        (records.name_claim(BOB, "alice", seq=1, now=NOW).wire, "not this session's"),
+        (records.name_claim(ALICE, "bob", seq=1, now=NOW).wire, "not this session's"),
+        (presence_wire(), "is a name claim"),
+        (b"\x00", "malformed"),
+    ],
+    ids=["other-key", "other-user", "presence-record", "junk"],
+)
+def test_verify_attach_claim_rejections(claim: bytes, why: str) -> None:
+    _, server = connect()
+    assert server.result is not None
+    with pytest.raises(AttachRejected, match=why):
+        verify_attach_claim(Attach(presence_wire(), claim), server.result, now=NOW)
+    good = records.name_claim(ALICE, "alice", seq=1, now=NOW)
+    assert verify_attach_claim(Attach(presence_wire(), good.wire), server.result,
+                               now=NOW) == good
+    assert verify_attach_claim(Attach(presence_wire()), server.result, now=NOW) is None
 
 
 def test_handshake_deadline() -> None:
