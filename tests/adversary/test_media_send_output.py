@@ -57,7 +57,8 @@ async def test_overlay_send_prints_a_peers_ack_error_escaped(tmp_path, monkeypat
     mallory = ClientDaemon(ClientOptions(
         user="mallory", device="phone", key_path=tmp_path / "mallory.key",
         bootstrap=[(net.ips[0], net.port)], state_dir=tmp_path / "mallory", heartbeat_s=0.5,
-        presence_refresh_s=2.0, may_become_supernode=False))
+        presence_refresh_s=2.0, may_become_supernode=False,
+        accept_from="anyone"))  # the attacker answers whoever sends
     monkeypatch.setattr(media_service, "receive_file", evil_receive)
     src = tmp_path / "report.txt"
     src.write_bytes(b"quarterly numbers\n" * 100)
