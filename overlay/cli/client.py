@@ -19,7 +19,6 @@ from overlay.cli.common import (
     user_name,
 )
 from overlay.client.control import ControlSocketError, control_request
-from overlay.client.daemon import ClientDaemon
 from overlay.client.errors import ClientError
 from overlay.client.options import ClientOptions, default_device
 from overlay.core.records import RecordError
@@ -41,6 +40,8 @@ def _count(text: str) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    from overlay.client.daemon import ClientDaemon  # the heavy part (media, QUIC): here only
+
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.key:
         key_path = Path(args.key)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlay.cli.common import EXIT_FAILURE, EXIT_OK, hostport, hostports, run_async
 from overlay.core.identity import Identity
-from overlay.node.daemon import NodeDaemon, NodeOptions
+
+if TYPE_CHECKING:
+    from overlay.node.daemon import NodeOptions
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -24,6 +26,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def node_options(args: argparse.Namespace) -> NodeOptions:
+    from overlay.node.daemon import NodeOptions  # imported when a node runs, not to parse
+
     return NodeOptions(
         listen=args.listen,
         bootstrap=args.bootstrap or [],
@@ -35,6 +39,8 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from overlay.node.daemon import NodeDaemon
+
     async def main() -> int:
         await NodeDaemon(node_options(args)).run_until_signalled()
         return EXIT_OK

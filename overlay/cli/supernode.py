@@ -6,16 +6,19 @@ import argparse
 import sys
 from typing import Any
 
-from overlay.attach import SessionConfig
 from overlay.cli.common import EXIT_OK, EXIT_USAGE, positive, rate, run_async
 from overlay.cli.node import add_node_arguments, node_options
 from overlay.core.units import parse_rate
-from overlay.node.supernode import Supernode, SupernodeOptions
-from overlay.node.tcp_service import ServiceLimits
-from overlay.relay.budget import BudgetConfig
 
 
 def cmd_supernode(args: argparse.Namespace) -> int:
+    # imported here: every `overlay` process builds the whole parser, and only this one runs
+    # a supernode
+    from overlay.attach import SessionConfig
+    from overlay.node.supernode import Supernode, SupernodeOptions
+    from overlay.node.tcp_service import ServiceLimits
+    from overlay.relay.budget import BudgetConfig
+
     opts = node_options(args)
     host = args.listen[0]
     if host in ("0.0.0.0", "::") and args.advertise is None:
