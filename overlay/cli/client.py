@@ -13,30 +13,18 @@ from overlay.cli.common import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    count,
     hostports,
     positive,
     run_async,
+    size,
     user_name,
 )
 from overlay.client.control import ControlSocketError, control_request
 from overlay.client.errors import ClientError
 from overlay.client.options import ClientOptions, default_device
 from overlay.core.records import RecordError
-from overlay.core.units import parse_size
 from overlay.media.inbox_limits import DEFAULT_MAX_FILES, InboxLimits
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(text)
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -134,10 +122,10 @@ def add_commands(sub: Any) -> None:
                    help="host cache and sequence numbers are kept here")
     p.add_argument("--control", metavar="PATH", help="Unix control socket (JSON lines)")
     p.add_argument("--inbox", metavar="DIR", help="delivered signals are written here")
-    p.add_argument("--inbox-quota", type=_size, default="1G", metavar="SIZE",
+    p.add_argument("--inbox-quota", type=size, default="1G", metavar="SIZE",
                    help="the inbox (received files, .partial files, signals) holds at most "
                         "this many bytes, e.g. 500M, 2G (default 1G = 1 GiB)")
-    p.add_argument("--inbox-max-files", type=_count, default=DEFAULT_MAX_FILES, metavar="N",
+    p.add_argument("--inbox-max-files", type=count, default=DEFAULT_MAX_FILES, metavar="N",
                    help=f"... and at most N files (default {DEFAULT_MAX_FILES})")
     p.add_argument("--no-supernode", action="store_true",
                    help="never offer to serve as a supernode")

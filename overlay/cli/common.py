@@ -9,7 +9,7 @@ from typing import Any
 
 from overlay.core.addresses import AddressError, parse_hostport, parse_hostports
 from overlay.core.records import RecordError, check_name
-from overlay.core.units import parse_rate
+from overlay.core.units import parse_rate, parse_size
 from overlay.core.user_ref import UserRef, parse_user_ref
 
 EXIT_OK = 0
@@ -74,6 +74,21 @@ def rate(text: str) -> int:
         return parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def size(text: str) -> int:
+    """argparse type: ``1G``, ``500M``, ``64KiB`` or plain bytes (powers of 1024)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:
