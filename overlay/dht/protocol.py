@@ -40,6 +40,7 @@ from overlay.dht.envelope import (
     open_datagram,
     seal,
 )
+from overlay.dht.fairness import NotClose
 from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.storage import RecordStorage
 
@@ -412,11 +413,26 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         return {"pong": True}
 
     def rpc_store(self, sender: tuple[str, int], key: bytes, value: bytes) -> Any:
+        if not self._close_to(key):
+            self.storage.stats.rejected[NotClose.reason] += 1
+            return {"ok": False, "reason": NotClose.reason}
         try:
-            self.storage.put(key, value)
+            self.storage.put(key, value, source=sender[0])
         except RecordError as exc:
             return {"ok": False, "reason": exc.reason}
         return {"ok": True}
+
+    def _close_to(self, key: bytes) -> bool:
+        """Whether this node is among the ksize * close_slack closest nodes it knows to
+        ``key``; a node that knows fewer than ksize nodes cannot tell and says yes."""
+        if len(self.router) < self.router.ksize:
+            return True
+        want = self.router.ksize * self.storage.limits.close_slack
+        target = Node(key)
+        nearest = self.router.find_neighbors(target, k=want)
+        ours: int = self.source_node.distance_to(target)
+        farthest: int = nearest[-1].distance_to(target) if nearest else 0
+        return len(nearest) < want or ours < farthest
 
     def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[list[Any]]:
         requester = Node(b"\0" * 20, sender[0], sender[1])

@@ -12,7 +12,15 @@ key, last writer wins, and lets every holder refresh a value's age forever). Her
   refused (``NameClaimed``). Only nodes that hold the name can refuse: lookups therefore take
   the key held by the majority of the name's holders (:mod:`overlay.dht.names`);
 * expiry comes from the signed record itself, so handing a record on never extends it;
-* entries, bytes and values per key are bounded.
+* entries, bytes and values per key are bounded;
+* fairness (:mod:`overlay.dht.fairness`): each signer and each source network (IPv4 /24, IPv6
+  /48 of the sender) holds at most a quota of entries and bytes (``quota``); when the node is
+  full it evicts instead of refusing, in this order: only records of a source network holding
+  more entries than the newcomer's own; from the most represented network first; newest
+  arrival first; a network holding no more than its fair share (max_entries / networks) keeps
+  its name claims and, per name, its longest-held presence record. Records this node stored
+  itself (``local``) are never evicted. When nothing may be evicted the store is refused
+  (``storage_full``): a record held before a filler started is never the one to go.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from overlay.core import records
 from overlay.core.records import (
     NameClaimed,
     RecordError,
+    RecordKind,
     SignedRecord,
     StaleSequence,
     StorageFull,
     WrongKey,
 )
+from overlay.dht.fairness import LOCAL, Ledger, QuotaExceeded, Ref, source_group
 
 Slot = tuple[bytes, str]
 
@@ -43,6 +53,17 @@ class StorageLimits:
     max_entries: int = 100_000
     max_bytes: int = 64 * 1024 * 1024
     max_values_per_key: int = 256
+    #: per signing key (a user has a claim and a presence record per device)
+    max_entries_per_signer: int = 64
+    max_bytes_per_signer: int = 64 * 1024
+    #: per source network (IPv4 /24, IPv6 /48); an eighth of the node each
+    max_entries_per_source: int = 12_500
+    max_bytes_per_source: int = 8 * 1024 * 1024
+    #: a node takes a ``store`` only when it is among the ksize * close_slack closest nodes
+    #: it knows to the key (or knows fewer than ksize nodes)
+    close_slack: int = 2
+    #: records looked at, at most, to find eviction victims for one store
+    eviction_scan: int = 256
     #: verified records remembered, so a record seen again is not re-verified
     verify_cache_entries: int = 4096
 
@@ -50,6 +71,7 @@ class StorageLimits:
 @dataclass
 class StoredEntry:
     signed: SignedRecord
+    #: when this slot was first stored here (a refresh keeps it)
     stored_at: float
 
 
@@ -58,6 +80,7 @@ class StorageStats:
     stored: int = 0
     replaced: int = 0
     unchanged: int = 0
+    evicted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -97,21 +120,25 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.verifier = RecordVerifier(self.limits.verify_cache_entries)
         self.data: dict[bytes, dict[Slot, StoredEntry]] = {}
         self.stats = StorageStats()
+        self.ledger = Ledger()
         self._entries = 0
         self._bytes = 0
+        self._last_cull = float("-inf")
 
     # -- our interface ---------------------------------------------------------------------
 
-    def put(self, key: bytes, wire: object) -> SignedRecord:
-        """Store a record under ``key``; raises a :class:`RecordError` and changes nothing
-        when the record is refused. Storing the same record again is a no-op."""
+    def put(self, key: bytes, wire: object, source: str | None = None) -> SignedRecord:
+        """Store a record under ``key``, sent from IP ``source`` (``None``: this node itself);
+        raises a :class:`RecordError` and changes nothing when the record is refused (other
+        records may have been evicted to make room). Storing the same record again is a
+        no-op."""
         try:
-            return self._put(key, wire)
+            return self._put(key, wire, source_group(source))
         except RecordError as exc:
             self.stats.rejected[exc.reason] += 1
             raise
 
-    def _put(self, key: bytes, wire: object) -> SignedRecord:
+    def _put(self, key: bytes, wire: object, group: str) -> SignedRecord:
         now = self.clock()
         signed = self.verifier.verify(wire, now)
         if signed.dht_key != key:
@@ -141,23 +168,114 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         grows = existing is None
         if grows and slots is not None and len(slots) >= self.limits.max_values_per_key:
             raise StorageFull(f"key holds {len(slots)} values already")
-        if grows and self._entries >= self.limits.max_entries:
-            self.cull()
-            if self._entries >= self.limits.max_entries:
-                raise StorageFull(f"{self._entries} entries stored already")
+        ref: Ref = (key, signed.slot)
+        owner = self.ledger.usage(ref)
+        if owner is not None:
+            group = owner[1]  # a slot counts under the network it first came from
         added_bytes = size - (len(existing.signed.wire) if existing else 0)
-        if self._bytes + added_bytes > self.limits.max_bytes:
-            self.cull()
-            if self._bytes + added_bytes > self.limits.max_bytes:
-                raise StorageFull(f"{self._bytes} bytes stored already")
-        self.data.setdefault(key, {})[signed.slot] = StoredEntry(signed, now)
+        self._check_quota(signed.record.signer, group, grows, added_bytes)
+        if self._over(grows, added_bytes):
+            self._cull_if_due(now)
+        if self._over(grows, added_bytes):
+            victims = self._victims(ref, group, grows, added_bytes)
+            if victims is None:
+                raise StorageFull(f"{self._entries} entries, {self._bytes} bytes stored already")
+            for victim in victims:
+                self._evict(victim)
+        held_since = existing.stored_at if existing is not None else now
+        self.data.setdefault(key, {})[signed.slot] = StoredEntry(signed, held_since)
         self._bytes += added_bytes
         if grows:
+            self.ledger.add(ref, signed.record.signer, group, size)
             self._entries += 1
             self.stats.stored += 1
         else:
+            self.ledger.resize(ref, added_bytes)
             self.stats.replaced += 1
         return signed
+
+    # -- fairness ----------------------------------------------------------------------------
+
+    def _check_quota(self, signer: bytes, group: str, grows: bool, added: int) -> None:
+        lim = self.limits
+        entries, size = self.ledger.signers.get(signer, (0, 0))
+        if (grows and entries >= lim.max_entries_per_signer) or (
+            added > 0 and size + added > lim.max_bytes_per_signer
+        ):
+            raise QuotaExceeded(f"the signer holds {entries} records, {size} bytes here")
+        if group == LOCAL:
+            return
+        entries, size = self.ledger.sources.get(group, (0, 0))
+        if (grows and entries >= lim.max_entries_per_source) or (
+            added > 0 and size + added > lim.max_bytes_per_source
+        ):
+            raise QuotaExceeded(f"{group} holds {entries} records, {size} bytes here")
+
+    def _over(self, grows: bool, added: int) -> bool:
+        return (grows and self._entries >= self.limits.max_entries) or (
+            self._bytes + added > self.limits.max_bytes
+        )
+
+    def _cull_if_due(self, now: float) -> None:
+        """Drop expired records, at most once a second (a full scan is not per store)."""
+        if abs(now - self._last_cull) >= 1.0:
+            self._last_cull = now
+            self.cull()
+
+    def _victims(self, ref: Ref, group: str, grows: bool, added: int) -> list[Ref] | None:
+        """Records to evict so the newcomer fits, in the documented order; ``None`` when
+        nothing may go."""
+        need_entries = 1 if grows and self._entries >= self.limits.max_entries else 0
+        need_bytes = self._bytes + added - self.limits.max_bytes
+        mine = 0 if group == LOCAL else self.ledger.entries_of(group)
+        fair = self.limits.max_entries // max(1, self.ledger.remote_sources())
+        chosen: list[Ref] = []
+        scanned = 0
+        for source, count in self.ledger.crowded(mine):
+            for victim in self.ledger.newest_first(source):
+                scanned += 1
+                if scanned > self.limits.eviction_scan or count <= mine:
+                    break
+                if victim == ref or (count <= fair and self._protected(victim)):
+                    continue
+                chosen.append(victim)
+                count -= 1
+                need_entries -= 1
+                need_bytes -= len(self.data[victim[0]][victim[1]].signed.wire)
+                if need_entries <= 0 and need_bytes <= 0:
+                    return chosen
+            if scanned > self.limits.eviction_scan:
+                break
+        return None
+
+    def _protected(self, ref: Ref) -> bool:
+        """A name claim, or the presence record held longest under its key."""
+        key, slot = ref
+        slots = self.data[key]
+        kind = slots[slot].signed.record.kind
+        if kind is RecordKind.NAME_CLAIM:
+            return True
+        if kind is not RecordKind.PRESENCE:
+            return False
+        oldest = min(
+            (s for s, e in slots.items() if e.signed.record.kind is RecordKind.PRESENCE),
+            key=lambda s: slots[s].stored_at,
+        )
+        return oldest == slot
+
+    def _evict(self, ref: Ref) -> None:
+        key, slot = ref
+        slots = self.data[key]
+        self._remove(key, slots, slot)
+        self.stats.evicted += 1
+        if not slots:
+            self.data.pop(key, None)
+
+    def _remove(self, key: bytes, slots: dict[Slot, StoredEntry], slot: Slot) -> None:
+        size = len(slots.pop(slot).signed.wire)
+        self.ledger.remove((key, slot), size)
+        self._bytes -= size
+        self._entries -= 1
 
     def values(self, key: bytes) -> list[SignedRecord]:
         """Live records under ``key``."""
@@ -178,8 +296,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
     def _drop_expired(self, key: bytes, slots: dict[Slot, StoredEntry], now: float) -> None:
         dead = [slot for slot, e in slots.items() if e.signed.expires_at <= now]
         for slot in dead:
-            self._bytes -= len(slots.pop(slot).signed.wire)
-            self._entries -= 1
+            self._remove(key, slots, slot)
         if not slots:
             self.data.pop(key, None)
 
