@@ -109,13 +109,15 @@ class Ledger:
     def remote_sources(self) -> int:
         return sum(len(b) for b in self._by_count.values())
 
-    def crowded(self, than: int) -> Iterator[tuple[str, int]]:
-        """Sources other than ``local`` holding more than ``than`` entries, most first."""
+    def crowded(self, than: int) -> Iterator[tuple[str, int, int]]:
+        """(source, entries, bytes) of sources other than ``local`` holding more than
+        ``than`` entries: most entries first; among equals, the one whose count changed
+        last (its newest arrival) first."""
         for count in sorted(self._by_count, reverse=True):
             if count <= than:
                 return
-            for source in list(self._by_count.get(count, ())):
-                yield source, count
+            for source in reversed(list(self._by_count.get(count, ()))):
+                yield source, count, self.sources[source][1]
 
     def newest_first(self, source: str) -> Iterator[Ref]:
         """The source's records, newest arrival first (do not change the ledger meanwhile)."""

@@ -16,11 +16,13 @@ key, last writer wins, and lets every holder refresh a value's age forever). Her
 * fairness (:mod:`overlay.dht.fairness`): each signer and each source network (IPv4 /24, IPv6
   /48 of the sender) holds at most a quota of entries and bytes (``quota``); when the node is
   full it evicts instead of refusing, in this order: only records of a source network holding
-  more entries than the newcomer's own; from the most represented network first; newest
-  arrival first; a network holding no more than its fair share (max_entries / networks) keeps
-  its name claims and, per name, its longest-held presence record. Records this node stored
-  itself (``local``) are never evicted. When nothing may be evicted the store is refused
-  (``storage_full``): a record held before a filler started is never the one to go.
+  more entries than the newcomer's own; from the most represented network first (among
+  equals, the one with the latest arrival); newest arrival first; a network holding no more
+  than its fair share (max_entries and max_bytes divided by the networks holding records,
+  the newcomer's included) keeps its name claims and, per name, its longest-held presence
+  record. Records this node stored itself (``local``) are never evicted. When nothing may be
+  evicted the store is refused (``storage_full``): a filler cannot push out records held
+  before it started, only churn its own.
 """
 
 from __future__ import annotations
@@ -228,20 +230,26 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         need_entries = 1 if grows and self._entries >= self.limits.max_entries else 0
         need_bytes = self._bytes + added - self.limits.max_bytes
         mine = 0 if group == LOCAL else self.ledger.entries_of(group)
-        fair = self.limits.max_entries // max(1, self.ledger.remote_sources())
+        # the fair share: an equal part of the node for each network that would hold records
+        networks = self.ledger.remote_sources() + (1 if group != LOCAL and not mine else 0)
+        fair_entries = self.limits.max_entries // max(1, networks)
+        fair_bytes = self.limits.max_bytes // max(1, networks)
         chosen: list[Ref] = []
         scanned = 0
-        for source, count in self.ledger.crowded(mine):
+        for source, count, size in self.ledger.crowded(mine):
             for victim in self.ledger.newest_first(source):
                 scanned += 1
                 if scanned > self.limits.eviction_scan or count <= mine:
                     break
-                if victim == ref or (count <= fair and self._protected(victim)):
+                within_share = count <= fair_entries and size <= fair_bytes
+                if victim == ref or (within_share and self._protected(victim)):
                     continue
                 chosen.append(victim)
+                victim_size = len(self.data[victim[0]][victim[1]].signed.wire)
                 count -= 1
+                size -= victim_size
                 need_entries -= 1
-                need_bytes -= len(self.data[victim[0]][victim[1]].signed.wire)
+                need_bytes -= victim_size
                 if need_entries <= 0 and need_bytes <= 0:
                     return chosen
             if scanned > self.limits.eviction_scan:
