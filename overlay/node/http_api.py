@@ -63,6 +63,9 @@ class DHTCollector(Collector):
         for reason, n in storage.stats.rejected.items():
             rejected.add_metric([reason], n)
         yield rejected
+        yield CounterMetricFamily("overlay_records_evicted",
+                                  "Records evicted to make room for others",
+                                  value=storage.stats.evicted)
         yield GaugeMetricFamily("overlay_dht_contacts", "Routing table size",
                                 value=self.node.routing_table_size)
         if self.extra is not None:
