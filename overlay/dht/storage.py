@@ -332,7 +332,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         return [s.wire for s in found] if found else default
 
     def iter_older_than(self, seconds_old: float) -> list[tuple[bytes, bytes]]:
-        """Records received more than ``seconds_old`` ago (kademlia's republish input).
+        """Records whose slot was first stored here more than ``seconds_old`` ago (kademlia's
+        republish input).
 
         Our server does not republish what others published; this exists for the interface.
         """
