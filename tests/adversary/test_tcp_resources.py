@@ -1,0 +1,62 @@
+"""A supernode's TCP listener against one attacker holding many addresses of one /24:
+connections are capped per /24 (not only per exact IP) while other networks still get in."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from overlay.attach.adapter import ClientSession
+from overlay.core.identity import Identity
+from tests.helpers.daemons import http_text, parse_metrics
+from tests.helpers.netutil import loopback_ips
+from tests.helpers.overlay_net import ProcessOverlay
+
+#: ServiceLimits.max_connections_per_subnet, the documented default
+SUBNET_CAP = 256
+
+
+async def still_open(reader: asyncio.StreamReader, timeout: float = 2.0) -> bool:
+    """False when the server closed the connection (EOF or reset) within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(1) != b""
+    except ConnectionError:
+        return False
+    except TimeoutError:
+        return True
+
+
+@pytest.fixture
+async def overlay(tmp_path):
+    net = await ProcessOverlay(tmp_path, 1, ["--handshake-timeout", "30"]).start()
+    yield net
+    net.stop()
+
+
+async def test_connections_from_one_slash24_are_capped(overlay):
+    host, port_s = overlay.supernode_addr(0).split(":")
+    port = int(port_s)
+    per_ip = 30  # under the per-IP cap (64): only a per-/24 cap can stop this
+    ips = loopback_ips(SUBNET_CAP // per_ip + 3)  # one /24
+    assert len({ip.rsplit(".", 1)[0] for ip in ips}) == 1
+    conns = []
+    for ip in ips:
+        for _ in range(per_ip):
+            conns.append(await asyncio.open_connection(host, port, local_addr=(ip, 0)))
+    open_now = await asyncio.gather(*(still_open(r) for r, _ in conns))
+    assert len(conns) > SUBNET_CAP
+    assert sum(open_now) <= SUBNET_CAP
+    # a client from another /24 still gets a session and an answer
+    (other,) = loopback_ips(1)
+    assert other.rsplit(".", 1)[0] != ips[0].rsplit(".", 1)[0]
+    session = await ClientSession.connect(host, port, Identity.generate(),
+                                          expected_node_key=None, lookup_only=True)
+    assert await session.directory() is not None
+    session.close()
+    metrics = parse_metrics(await http_text(f"http://{overlay.http(0)}/metrics"))
+    refused = metrics['overlay_sessions_cut_off_total{reason="per_subnet_limit"}']
+    assert refused >= len(conns) - SUBNET_CAP
+    for _, writer in conns:
+        writer.close()
