@@ -6,10 +6,10 @@ up; a lookup answers the name owner's records, or every key's in a conflict:
 :mod:`overlay.dht.names`); attachment is delegated to an :class:`AttachHandler`, which only
 supernodes have.
 
-Every connection is hostile until proven otherwise: per-IP and total connection caps checked
-before any state is allocated, a handshake deadline (slowloris), a frame cap checked before a
-body is read (in :mod:`overlay.attach`), a per-session request rate, and one logged reason for
-every session that is cut off.
+Every connection is hostile until proven otherwise: per-IP, per-network (/24, IPv6 /48) and
+total connection caps checked before any state is allocated, a handshake deadline
+(slowloris), a frame cap checked before a body is read (in :mod:`overlay.attach`), a
+per-session request rate, and one logged reason for every session that is cut off.
 
 The relay (:mod:`overlay.relay`) shares the port: a wire connection starts with a frame length
 (≤ 64 KiB, so its first byte is 0x00), a relay connection with ``b"OVRL"``. The first bytes
@@ -20,6 +20,7 @@ handed to :attr:`TcpService.relay` and stays counted against the same connection
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -67,11 +68,28 @@ log = get_logger(__name__)
 class ServiceLimits:
     max_connections: int = 20_000
     max_connections_per_ip: int = 64
+    #: connections from one network: an IPv4 /24 or an IPv6 /48 (the prefixes below)
+    max_connections_per_subnet: int = 256
+    subnet_prefix_v4: int = 24
+    subnet_prefix_v6: int = 48
     #: every wire session's handshake deadline, heartbeat interval and missed-heartbeat limit
     session: SessionConfig = field(default_factory=SessionConfig)
     requests_per_s: float = 20.0
     request_burst: float = 40.0
     directory_cache_s: float = 5.0
+
+
+def subnet_of(ip: str, limits: ServiceLimits) -> str:
+    """The network ``ip`` is counted in: its /24 (IPv4, also IPv4-mapped IPv6) or /48
+    (IPv6); an address that does not parse is its own network."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = limits.subnet_prefix_v4 if addr.version == 4 else limits.subnet_prefix_v6
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 
 @dataclass
@@ -223,6 +241,7 @@ class TcpService:
         self.attach_handler = attach_handler
         self.sessions: dict[ServedProtocol, ServedSession] = {}
         self.per_ip: Counter[str] = Counter()
+        self.per_subnet: Counter[str] = Counter()
         self.stats = ServiceStats()
         self._server: asyncio.Server | None = None
         self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
@@ -254,6 +273,10 @@ class TcpService:
         if self.per_ip[ip] >= self.limits.max_connections_per_ip:
             return "per_ip_limit", (
                 f"more than {self.limits.max_connections_per_ip} connections from {ip}")
+        subnet = subnet_of(ip, self.limits)
+        if self.per_subnet[subnet] >= self.limits.max_connections_per_subnet:
+            return "per_subnet_limit", (
+                f"more than {self.limits.max_connections_per_subnet} connections from {subnet}")
         return None
 
     def opened(self, proto: ServedProtocol) -> None:
@@ -262,6 +285,7 @@ class TcpService:
             proto, now, tokens=self.limits.request_burst, last_refill=now
         )
         self.per_ip[proto.peer[0]] += 1
+        self.per_subnet[subnet_of(proto.peer[0], self.limits)] += 1
         self.stats.sessions_opened += 1
 
     def _on_lost(self, proto: SessionProtocol) -> None:
@@ -273,6 +297,10 @@ class TcpService:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+        subnet = subnet_of(ip, self.limits)
+        self.per_subnet[subnet] -= 1
+        if self.per_subnet[subnet] <= 0:
+            del self.per_subnet[subnet]
         if self.attach_handler is not None:
             self.attach_handler.on_closed(session)
 
