@@ -10,7 +10,7 @@ import pytest
 from overlay.attach.adapter import ClientSession
 from overlay.core.identity import Identity
 from tests.helpers.daemons import http_text, parse_metrics
-from tests.helpers.netutil import loopback_ips
+from tests.helpers.netutil import loopback_ips, wait_for
 from tests.helpers.overlay_net import ProcessOverlay
 
 #: ServiceLimits.max_connections_per_subnet, the documented default
@@ -59,4 +59,52 @@ async def test_connections_from_one_slash24_are_capped(overlay):
     refused = metrics['overlay_sessions_cut_off_total{reason="per_subnet_limit"}']
     assert refused >= len(conns) - SUBNET_CAP
     for _, writer in conns:
+        writer.close()
+
+
+#: the most a connection may buffer before its handshake (a frame prefix and its body)
+PRE_HANDSHAKE_CAP = 4 + 2048
+
+
+async def test_pre_handshake_frames_stay_small(overlay):
+    """Connections that announce 60 KiB frames before any handshake are cut at the length
+    prefix; ones that trickle a small frame hold at most the pre-handshake cap each."""
+    host, port_s = overlay.supernode_addr(0).split(":")
+    port = int(port_s)
+    ips = loopback_ips(8)  # one /24
+    big, small = [], []
+    for i in range(40):
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(ips[i % 8], 0))
+        writer.write((60 * 1024).to_bytes(4, "big") + b"\x00" * 4096)  # and never the rest
+        big.append((reader, writer))
+    for i in range(40):
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(ips[i % 8], 0))
+        writer.write((2000).to_bytes(4, "big") + b"\x00" * 1000)
+        small.append((reader, writer))
+    for _, writer in big + small:
+        await writer.drain()
+    url = f"http://{overlay.http(0)}/metrics"
+    label = 'overlay_sessions_cut_off_total{reason="pre_handshake_frame_too_large"}'
+
+    async def big_ones_cut() -> bool:
+        return parse_metrics(await http_text(url)).get(label, 0) >= len(big)
+
+    # the handshake deadline is 30 s: only the prefix check can cut them within 10
+    await wait_for(big_ones_cut, timeout=10)
+    assert not any(await asyncio.gather(*(still_open(r, 0.5) for r, _ in big)))
+
+    async def small_ones_buffered() -> bool:
+        held = parse_metrics(await http_text(url)).get("overlay_tcp_pre_handshake_bytes", 0)
+        return held >= len(small) * 1004
+
+    await wait_for(small_ones_buffered, timeout=10)
+    metrics = parse_metrics(await http_text(url))
+    assert metrics["overlay_tcp_pre_handshake_bytes"] <= len(small) * PRE_HANDSHAKE_CAP
+    assert all(await asyncio.gather(*(still_open(r, 0.2) for r, _ in small)))
+    # and an honest client is still served
+    session = await ClientSession.connect(host, port, Identity.generate(),
+                                          expected_node_key=None, lookup_only=True)
+    assert await session.directory() is not None
+    session.close()
+    for _, writer in big + small:
         writer.close()
