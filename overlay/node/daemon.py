@@ -19,6 +19,7 @@ from overlay.core.logs import get_logger
 from overlay.core.resolver import resolve
 from overlay.dht import DHTConfig, DHTNode
 from overlay.node.http_api import ExtraMetrics, HttpLimits, make_app, start_http
+from overlay.node.metrics import tcp_metrics
 from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService
 from overlay.relay.server import RelayServer
 
@@ -81,7 +82,9 @@ class NodeDaemon:
         return self.joined.is_set()
 
     def extra_metrics(self) -> ExtraMetrics | None:
-        return None
+        """A bootstrap node's: its TCP listener's (a supernode adds its own)."""
+        tcp = self.tcp
+        return lambda: tcp_metrics(tcp)
 
     def http_routes(self, app: web.Application) -> None:
         """Subclasses add their own routes."""

@@ -279,6 +279,10 @@ class TcpService:
                 f"more than {self.limits.max_connections_per_subnet} connections from {subnet}")
         return None
 
+    def pre_handshake_bytes(self) -> int:
+        """What connections that have not completed the handshake make this node buffer."""
+        return sum(proto.pre_handshake_bytes for proto in self.sessions)
+
     def opened(self, proto: ServedProtocol) -> None:
         now = time.monotonic()
         self.sessions[proto] = ServedSession(

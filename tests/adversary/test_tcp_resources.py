@@ -21,7 +21,9 @@ async def still_open(reader: asyncio.StreamReader, timeout: float = 2.0) -> bool
     """False when the server closed the connection (EOF or reset) within ``timeout``."""
     try:
         async with asyncio.timeout(timeout):
-            return await reader.read(1) != b""
+            while await reader.read(65536):  # e.g. the Error frame saying why
+                pass
+            return False
     except ConnectionError:
         return False
     except TimeoutError:
