@@ -1,13 +1,24 @@
-"""A supernode's TCP listener against one attacker holding many addresses of one /24:
-connections are capped per /24 (not only per exact IP) while other networks still get in."""
+"""A supernode's TCP listener against one attacker holding many addresses of one /24 and as
+many throwaway keys as it likes: connections are capped per /24 (not only per exact IP) while
+other networks still get in; frames before the handshake stay small; and idle lookup-only
+sessions are evicted so that an honest client can still attach."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from overlay.attach.adapter import ClientSession
+from overlay.attach import (
+    ClientConnection,
+    Event,
+    HandshakeComplete,
+    PeerClosed,
+    ProtocolViolation,
+)
+from overlay.attach.adapter import ClientSession, SessionError, SessionProtocol
+from overlay.core import records
 from overlay.core.identity import Identity
 from tests.helpers.daemons import http_text, parse_metrics
 from tests.helpers.netutil import loopback_ips, wait_for
@@ -15,6 +26,8 @@ from tests.helpers.overlay_net import ProcessOverlay
 
 #: ServiceLimits.max_connections_per_subnet, the documented default
 SUBNET_CAP = 256
+#: the supernode's --max-conns in the eviction test
+MAX_CONNS = 40
 
 
 async def still_open(reader: asyncio.StreamReader, timeout: float = 2.0) -> bool:
@@ -110,3 +123,69 @@ async def test_pre_handshake_frames_stay_small(overlay):
     session.close()
     for _, writer in big + small:
         writer.close()
+
+
+async def lookup_session_from(ip: str, host: str, port: int) -> SessionProtocol:
+    """A lookup-only session with a throwaway key, from ``ip``: it answers every ping (the
+    session does) and never asks anything."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def on_event(_proto: SessionProtocol, event: Event) -> None:
+        if isinstance(event, HandshakeComplete) and not done.done():
+            done.set_result(None)
+        elif isinstance(event, ProtocolViolation | PeerClosed) and not done.done():
+            done.set_exception(ConnectionError(str(event)))
+
+    def make(now: float) -> ClientConnection:
+        return ClientConnection(Identity.generate(), expected_node_key=None, now=now,
+                                lookup_only=True)
+
+    _, proto = await loop.create_connection(lambda: SessionProtocol(make, on_event),
+                                            host, port, local_addr=(ip, 0))
+    assert isinstance(proto.conn, ClientConnection)
+    proto.transmit(proto.conn.start_handshake())
+    async with asyncio.timeout(5):
+        await done
+    return proto
+
+
+async def test_idle_lookup_only_sessions_are_evicted_for_an_honest_client(tmp_path):
+    net = await ProcessOverlay(tmp_path, 1, ["--max-conns", str(MAX_CONNS)]).start()
+    try:
+        host, port_s = net.supernode_addr(0).split(":")
+        port = int(port_s)
+        ips = loopback_ips(8)  # one /24
+        squatters = [await lookup_session_from(ips[i % 8], host, port)
+                     for i in range(MAX_CONNS)]
+        alice = Identity.generate()
+        held: list[ClientSession] = []
+
+        async def attached() -> bool:
+            try:
+                session = await ClientSession.connect(host, port, alice, expected_node_key=None,
+                                                      user="alice", device="laptop", timeout=2)
+                await session.attach(records.presence(
+                    alice, "alice", "laptop", seq=1, supernode_key=session.node_key,
+                    supernode_host=host, supernode_port=port))
+            except SessionError:
+                return False
+            held.append(session)
+            return True
+
+        # the table is full of throwaway sessions: the honest client still gets in
+        await wait_for(attached, timeout=15, interval=0.5)
+        (session,) = held
+        # more squatters only push out squatters, never the attached client
+        for i in range(10):
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                squatters.append(await lookup_session_from(ips[i % 8], host, port))
+        assert not session.closed
+        metrics = parse_metrics(await http_text(f"http://{net.http(0)}/metrics"))
+        assert metrics['overlay_sessions_cut_off_total{reason="lookup_idle_evicted"}'] >= 1
+        assert metrics["overlay_attached_clients"] == 1
+        session.close()
+        for proto in squatters:
+            proto.close()
+    finally:
+        net.stop()
