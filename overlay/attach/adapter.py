@@ -3,9 +3,9 @@
 :class:`SessionProtocol` drives one ``ClientConnection``/``ServerConnection`` over one TCP
 transport in the shape of aioquic's ``asyncio/protocol.py``: bytes in go to
 ``receive_data``, the timer fires ``handle_timer``, and :meth:`SessionProtocol.transmit`
-writes every byte the session has due (in order) and re-arms the timer at ``get_timer()``.
-:class:`ClientSession` adds the client's request/response calls (connect, probe, lookup,
-directory, attach, detach) on top.
+writes every byte the session has due (in order) and re-arms the timer at ``get_timer()``;
+until the handshake, input passes :mod:`overlay.attach.prehandshake` (small frames only).
+:class:`ClientSession` adds the client's calls (connect, probe, lookup, attach...) on top.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from overlay.attach import (
     SignalResult,
 )
 from overlay.attach.connection import Connection
-from overlay.attach.errors import AttachError
+from overlay.attach.errors import AttachError, FrameTooLarge
 from overlay.attach.messages import Alternative
+from overlay.attach.prehandshake import PreHandshakeGate, error_frame
 from overlay.attach.verification import verify_lookup_response
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
@@ -83,6 +84,13 @@ class SessionProtocol(asyncio.Protocol):
         self.close_reason = ""
         self._write_ok = asyncio.Event()
         self._write_ok.set()
+        #: input goes through this one frame at a time until the handshake completes
+        self._gate: PreHandshakeGate | None = PreHandshakeGate()
+
+    @property
+    def pre_handshake_bytes(self) -> int:
+        """Bytes buffered for the peer's frame in progress, before the handshake."""
+        return self._gate.held if self._gate is not None else 0
 
     # asyncio callbacks ----------------------------------------------------------------
 
@@ -98,7 +106,33 @@ class SessionProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn is None or self.conn.closed:
             return
-        self._process(self.conn.receive_data(data, self._loop.time()))
+        if self._gate is None:  # the handshake is done (it completes only in here)
+            self._process(self.conn.receive_data(data, self._loop.time()))
+            return
+        fed = 0
+        try:
+            for piece in self._gate.pieces(data):
+                self._process(self.conn.receive_data(piece, self._loop.time()))
+                fed += len(piece)
+                if self.conn.closed:
+                    return
+                if self.conn.established:
+                    self._gate = None
+                    if fed < len(data):
+                        self._process(self.conn.receive_data(data[fed:], self._loop.time()))
+                    return
+        except FrameTooLarge as exc:
+            self._refuse_pre_handshake(exc)
+
+    def _refuse_pre_handshake(self, exc: FrameTooLarge) -> None:
+        """As the session does for any violation: Error, ProtocolViolation, close."""
+        assert self.conn is not None
+        self._write(error_frame(exc))
+        self.conn.close(str(exc))
+        self._gate = None
+        self.close_reason = self.close_reason or f"protocol violation: {exc}"
+        self._on_event(self, ProtocolViolation(str(exc), exc))
+        self.abort_after_flush()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport

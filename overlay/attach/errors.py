@@ -66,6 +66,13 @@ class FrameTooLarge(FrameError):
         self.complete_frames: list[bytes] = complete_frames or []
 
 
+class PreHandshakeFrameTooLarge(FrameTooLarge):
+    """Before the handshake, a length prefix announced more than any handshake message needs
+    (:mod:`overlay.attach.prehandshake`)."""
+
+    reason = "pre_handshake_frame_too_large"
+
+
 class MalformedMessage(ProtocolError):
     """A message body does not match its schema exactly."""
 

@@ -30,7 +30,9 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             heartbeat_interval_s=args.heartbeat,
             handshake_timeout_s=args.handshake_timeout,
         ),
+        max_connections=args.max_conns,
         max_connections_per_ip=args.max_conns_per_ip,
+        max_connections_per_subnet=args.max_conns_per_subnet,
     )
     sn = SupernodeOptions(
         max_clients=args.max_clients,
@@ -66,7 +68,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",
                    help="client heartbeat interval (dead after 3 missed)")
     p.add_argument("--handshake-timeout", type=positive, default=10.0, metavar="S")
+    p.add_argument("--max-conns", type=int, default=20_000, metavar="N",
+                   help="TCP connections at once (idle lookup-only ones are evicted first)")
     p.add_argument("--max-conns-per-ip", type=int, default=64, metavar="N")
+    p.add_argument("--max-conns-per-subnet", type=int, default=256, metavar="N",
+                   help="TCP connections from one IPv4 /24 or IPv6 /48")
     p.add_argument("--record-refresh", type=positive, default=60.0, metavar="S",
                    help="how often the supernode re-signs its record")
     p.set_defaults(func=cmd_supernode)

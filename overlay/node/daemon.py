@@ -18,7 +18,8 @@ from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.resolver import resolve
 from overlay.dht import DHTConfig, DHTNode
-from overlay.node.http_api import ExtraMetrics, make_app, start_http
+from overlay.node.http_api import ExtraMetrics, HttpLimits, make_app, start_http
+from overlay.node.metrics import tcp_metrics
 from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService
 from overlay.relay.server import RelayServer
 
@@ -35,6 +36,7 @@ class NodeOptions:
     http: tuple[str, int] | None = None
     dht: DHTConfig = field(default_factory=DHTConfig)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     rejoin_interval_s: float = 5.0
     save_interval_s: float = 60.0
 
@@ -80,7 +82,9 @@ class NodeDaemon:
         return self.joined.is_set()
 
     def extra_metrics(self) -> ExtraMetrics | None:
-        return None
+        """A bootstrap node's: its TCP listener's (a supernode adds its own)."""
+        tcp = self.tcp
+        return lambda: tcp_metrics(tcp)
 
     def http_routes(self, app: web.Application) -> None:
         """Subclasses add their own routes."""
@@ -92,7 +96,7 @@ class NodeDaemon:
         log.info("dht_listening", role=self.role, address=f"{host}:{self.dht.address[1]}",
                  node_id=self.identity.node_id.hex(), public_id=self.identity.public_id)
         if self.opts.http is not None:
-            app = make_app(self.dht, self.ready, self.extra_metrics())
+            app = make_app(self.dht, self.ready, self.extra_metrics(), self.opts.http_limits)
             self.http_routes(app)
             self._http = await start_http(app, *self.opts.http)
             log.info("http_listening", address=f"{self.opts.http[0]}:{self.opts.http[1]}")

@@ -1,9 +1,18 @@
-"""HTTP for operators (aiohttp): /healthz, /readyz, /metrics, GET /v1/users/{name}."""
+"""HTTP for operators (aiohttp): /healthz, /readyz, /metrics, GET /v1/users/{name}.
+
+``/v1/users/{name}`` costs a DHT lookup, so it is bounded (:class:`HttpLimits`): a token
+bucket per client IP, one lookup per request, a cap on lookups in flight; a refused request
+gets 429 with ``Retry-After`` and starts nothing.
+"""
 
 from __future__ import annotations
 
 import base64
+import math
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -14,16 +23,51 @@ from prometheus_client.registry import Collector
 from overlay.core import records
 from overlay.dht import DHTNode
 from overlay.dht.names import lookup_name
+from overlay.node.signal_limits import KeyedBuckets
 
 ExtraMetrics = Callable[[], Iterable[Metric]]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What ``GET /v1/users/{name}`` may cost a node (README, docs/ARCHITECTURE.md)."""
+
+    #: per client IP: sustained lookups a second, and the burst a new IP starts with
+    user_rate_per_s: float = 1.0
+    user_burst: float = 10.0
+    #: lookups in flight at once, all clients together (more: 429 at once, nothing queued)
+    max_concurrent_lookups: int = 8
+    #: client IPs remembered (least recently seen forgotten first)
+    max_tracked_ips: int = 16_384
+
+
+@dataclass
+class HttpStats:
+    #: DHT lookups started by ``/v1/users/{name}``
+    user_lookups: int = 0
+    #: requests answered 429, by reason: "rate_limited" (this IP's bucket), "busy" (the cap)
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("overlay_http_user_lookups",
+                                  "DHT lookups started by /v1/users/NAME",
+                                  value=self.user_lookups)
+        refused = CounterMetricFamily("overlay_http_refused",
+                                      "/v1/users/NAME requests answered 429, by reason",
+                                      labels=["reason"])
+        for reason, n in self.refused.items():
+            refused.add_metric([reason], n)
+        yield refused
 
 
 class DHTCollector(Collector):
     """Exports a node's DHT and storage counters; one registry per node, no globals."""
 
-    def __init__(self, node: DHTNode, extra: ExtraMetrics | None = None) -> None:
+    def __init__(self, node: DHTNode, extra: ExtraMetrics | None = None,
+                 http: HttpStats | None = None) -> None:
         self.node = node
         self.extra = extra
+        self.http = http
 
     def collect(self) -> Iterator[Metric]:
         stats = self.node.stats
@@ -68,6 +112,8 @@ class DHTCollector(Collector):
                                   value=storage.stats.evicted)
         yield GaugeMetricFamily("overlay_dht_contacts", "Routing table size",
                                 value=self.node.routing_table_size)
+        if self.http is not None:
+            yield from self.http.collect()
         if self.extra is not None:
             yield from self.extra()
 
@@ -99,10 +145,25 @@ def record_json(signed: records.SignedRecord) -> dict[str, Any]:
 
 
 def make_app(
-    node: DHTNode, ready: Callable[[], bool], extra_metrics: ExtraMetrics | None = None
+    node: DHTNode,
+    ready: Callable[[], bool],
+    extra_metrics: ExtraMetrics | None = None,
+    limits: HttpLimits | None = None,
 ) -> web.Application:
+    limits = limits or HttpLimits()
+    stats = HttpStats()
+    buckets: KeyedBuckets[str] = KeyedBuckets(
+        limits.user_rate_per_s, limits.user_burst, limits.max_tracked_ips)
+    retry_after = str(max(1, math.ceil(1.0 / limits.user_rate_per_s))
+                      if limits.user_rate_per_s > 0 else 60)
+    in_flight = [0]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DHTCollector(node, extra_metrics))
+    registry.register(DHTCollector(node, extra_metrics, stats))
+
+    def too_many(reason: str) -> web.Response:
+        stats.refused[reason] += 1
+        return web.json_response({"error": "too many requests", "reason": reason},
+                                 status=429, headers={"Retry-After": retry_after})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -122,7 +183,16 @@ def make_app(
             records.check_name(name)
         except records.RecordError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        named = await lookup_name(node, name)
+        if not buckets.allow(request.remote or "?", time.monotonic()):
+            return too_many("rate_limited")
+        if in_flight[0] >= limits.max_concurrent_lookups:
+            return too_many("busy")
+        in_flight[0] += 1
+        stats.user_lookups += 1
+        try:
+            named = await lookup_name(node, name)
+        finally:
+            in_flight[0] -= 1
         owner = named.owner
         return web.json_response({
             "user": name,

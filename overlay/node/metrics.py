@@ -21,13 +21,7 @@ def supernode_metrics(
     def collect() -> Iterable[Metric]:
         yield GaugeMetricFamily("overlay_attached_clients", "Clients attached",
                                 value=len(admission.attached))
-        yield GaugeMetricFamily("overlay_tcp_sessions", "Open TCP sessions",
-                                value=len(tcp.sessions))
-        cut = CounterMetricFamily("overlay_sessions_cut_off",
-                                  "Sessions closed for a reason", labels=["reason"])
-        for reason, n in tcp.stats.cut_off.items():
-            cut.add_metric([reason], n)
-        yield cut
+        yield from tcp_metrics(tcp)
         refused = CounterMetricFamily("overlay_attach_refused", "Attachments refused",
                                       labels=["reason"])
         for reason, n in admission.refused.items():
@@ -39,6 +33,21 @@ def supernode_metrics(
         yield from relay_metrics(relay)
 
     return collect
+
+
+def tcp_metrics(tcp: TcpService) -> Iterable[Metric]:
+    """Every public node's TCP listener: sessions, what they buffer before the handshake,
+    and every refusal, cut-off and eviction by reason."""
+    yield GaugeMetricFamily("overlay_tcp_sessions", "Open TCP sessions",
+                            value=len(tcp.sessions))
+    yield GaugeMetricFamily("overlay_tcp_pre_handshake_bytes",
+                            "Bytes buffered for connections that have not completed the "
+                            "handshake", value=tcp.pre_handshake_bytes())
+    cut = CounterMetricFamily("overlay_sessions_cut_off",
+                              "Sessions refused or closed, by reason", labels=["reason"])
+    for reason, n in tcp.stats.cut_off.items():
+        cut.add_metric([reason], n)
+    yield cut
 
 
 def signal_metrics(signals: SignalStats) -> Iterable[Metric]:

@@ -6,10 +6,10 @@ up; a lookup answers the name owner's records, or every key's in a conflict:
 :mod:`overlay.dht.names`); attachment is delegated to an :class:`AttachHandler`, which only
 supernodes have.
 
-Every connection is hostile until proven otherwise: per-IP and total connection caps checked
-before any state is allocated, a handshake deadline (slowloris), a frame cap checked before a
-body is read (in :mod:`overlay.attach`), a per-session request rate, and one logged reason for
-every session that is cut off.
+Every connection is hostile until proven otherwise: per-IP, per-network (/24, IPv6 /48) and
+total connection caps checked before any state is allocated, a handshake deadline
+(slowloris), a frame cap checked before a body is read (in :mod:`overlay.attach`), a
+per-session request rate, and one logged reason for every session that is cut off.
 
 The relay (:mod:`overlay.relay`) shares the port: a wire connection starts with a frame length
 (≤ 64 KiB, so its first byte is 0x00), a relay connection with ``b"OVRL"``. The first bytes
@@ -20,6 +20,7 @@ handed to :attr:`TcpService.relay` and stays counted against the same connection
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -56,6 +57,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.dht import DHTNode
 from overlay.dht.names import lookup_name
+from overlay.node.idle_lookups import IdleLookups
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.protocol import MAGIC as RELAY_MAGIC
 from overlay.relay.server import RelayLink, RelayServer
@@ -67,11 +69,34 @@ log = get_logger(__name__)
 class ServiceLimits:
     max_connections: int = 20_000
     max_connections_per_ip: int = 64
+    #: connections from one network: an IPv4 /24 or an IPv6 /48 (the prefixes below)
+    max_connections_per_subnet: int = 256
+    subnet_prefix_v4: int = 24
+    subnet_prefix_v6: int = 48
+    #: when a connection arrives and the table holds this share of ``max_connections``, the
+    #: longest-idle lookup-only session (idle at least ``lookup_evict_min_idle_s``) is closed
+    lookup_evict_at: float = 0.9
+    lookup_evict_min_idle_s: float = 1.0
+    #: a lookup-only session with no request for this long is closed, load or not
+    lookup_idle_limit_s: float = 900.0
     #: every wire session's handshake deadline, heartbeat interval and missed-heartbeat limit
     session: SessionConfig = field(default_factory=SessionConfig)
     requests_per_s: float = 20.0
     request_burst: float = 40.0
     directory_cache_s: float = 5.0
+
+
+def subnet_of(ip: str, limits: ServiceLimits) -> str:
+    """The network ``ip`` is counted in: its /24 (IPv4, also IPv4-mapped IPv6) or /48
+    (IPv6); an address that does not parse is its own network."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = limits.subnet_prefix_v4 if addr.version == 4 else limits.subnet_prefix_v6
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 
 @dataclass
@@ -223,6 +248,8 @@ class TcpService:
         self.attach_handler = attach_handler
         self.sessions: dict[ServedProtocol, ServedSession] = {}
         self.per_ip: Counter[str] = Counter()
+        self.per_subnet: Counter[str] = Counter()
+        self.idle_lookups: IdleLookups[ServedProtocol] = IdleLookups()
         self.stats = ServiceStats()
         self._server: asyncio.Server | None = None
         self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
@@ -231,6 +258,7 @@ class TcpService:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._make_protocol, host, port, backlog=1024)
+        self._tasks.spawn(self._expire_idle_lookups())
 
     def _make_protocol(self) -> ServedProtocol:
         proto = ServedProtocol(self._make_connection, self._on_event, self._on_lost)
@@ -248,13 +276,44 @@ class TcpService:
         )
 
     def admit(self, ip: str) -> tuple[str, str] | None:
-        """None to admit, else (metric label, reason for the log)."""
-        if len(self.sessions) >= self.limits.max_connections:
-            return "connection_limit", f"{self.limits.max_connections} connections open"
+        """None to admit, else (metric label, reason for the log). Under pressure the
+        longest-idle lookup-only session makes room first."""
         if self.per_ip[ip] >= self.limits.max_connections_per_ip:
             return "per_ip_limit", (
                 f"more than {self.limits.max_connections_per_ip} connections from {ip}")
+        subnet = subnet_of(ip, self.limits)
+        if self.per_subnet[subnet] >= self.limits.max_connections_per_subnet:
+            return "per_subnet_limit", (
+                f"more than {self.limits.max_connections_per_subnet} connections from {subnet}")
+        limits = self.limits
+        if len(self.sessions) >= max(1, int(limits.max_connections * limits.lookup_evict_at)):
+            idle = self.idle_lookups.longest_idle(time.monotonic(),
+                                                  limits.lookup_evict_min_idle_s)
+            if idle is not None:
+                self._evict(idle, "idle lookup-only session closed for a new connection",
+                            "lookup_idle_evicted")
+        if len(self.sessions) >= limits.max_connections:
+            return "connection_limit", f"{limits.max_connections} connections open"
         return None
+
+    def _evict(self, proto: ServedProtocol, reason: str, label: str) -> None:
+        """Close a session and free its slot now (not when its transport is gone)."""
+        session = self.sessions.get(proto)
+        if session is not None:
+            self._on_lost(proto)
+            self.cut_off(session, reason, label, expected=True)
+
+    async def _expire_idle_lookups(self) -> None:
+        limit = self.limits.lookup_idle_limit_s
+        while True:
+            await asyncio.sleep(min(30.0, limit / 4))
+            for proto in self.idle_lookups.idle_for(time.monotonic(), limit):
+                self._evict(proto, f"lookup-only session idle for {limit:g} s",
+                            "lookup_idle_limit")
+
+    def pre_handshake_bytes(self) -> int:
+        """What connections that have not completed the handshake make this node buffer."""
+        return sum(proto.pre_handshake_bytes for proto in self.sessions)
 
     def opened(self, proto: ServedProtocol) -> None:
         now = time.monotonic()
@@ -262,6 +321,7 @@ class TcpService:
             proto, now, tokens=self.limits.request_burst, last_refill=now
         )
         self.per_ip[proto.peer[0]] += 1
+        self.per_subnet[subnet_of(proto.peer[0], self.limits)] += 1
         self.stats.sessions_opened += 1
 
     def _on_lost(self, proto: SessionProtocol) -> None:
@@ -269,10 +329,15 @@ class TcpService:
         session = self.sessions.pop(proto, None)
         if session is None:
             return
+        self.idle_lookups.remove(proto)
         ip = proto.peer[0]
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+        subnet = subnet_of(ip, self.limits)
+        self.per_subnet[subnet] -= 1
+        if self.per_subnet[subnet] <= 0:
+            del self.per_subnet[subnet]
         if self.attach_handler is not None:
             self.attach_handler.on_closed(session)
 
@@ -299,10 +364,13 @@ class TcpService:
             session.bind(log).info("session_dead", silent_s=round(event.silent_s, 1))
         elif isinstance(event, HandshakeComplete):
             session.result = event.result
+            if event.result.lookup_only:
+                self.idle_lookups.add(proto, time.monotonic())
         elif isinstance(event, MessageReceived):
             if not session.allow_request(self.limits, time.monotonic()):
                 self.cut_off(session, "request rate exceeded", "rate_limited")
                 return
+            self.idle_lookups.busy(proto)
             self._spawn(self._handle(session, event.message))
         elif isinstance(event, PeerClosed):
             pass
@@ -341,6 +409,8 @@ class TcpService:
         except Exception:
             session.bind(log).exception("session_handler_failed")
             session.proto.close("internal error")
+        finally:
+            self.idle_lookups.done(session.proto, time.monotonic())
 
     async def directory(self) -> list[records.SignedRecord]:
         """Live supernode records, newest first (cached briefly: it costs a DHT lookup)."""
