@@ -346,7 +346,7 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
                  "--http", f"{addrs.supernode}:{HTTP_PORT}", "--state-dir", str(workdir / "sn"),
                  "--relay-budget", "100Gbit", "--relay-session-cap", "50Gbit",
                  "--relay-max-sessions", "2000", "--max-clients", "20000",
-                 "--max-conns-per-ip", "20000"],
+                 "--max-conns-per-ip", "20000", "--max-conns-per-subnet", "20000"],
                 workdir / "supernode.log", name="supernode", log_json=False,
                 http=f"{addrs.supernode}:{HTTP_PORT}")
     out: dict[str, Any] = {"relay": f"{addrs.supernode}:{PORT}"}

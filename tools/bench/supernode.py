@@ -6,6 +6,7 @@
 For every client count N, a fresh real ``overlay bootstrap`` and ONE ``overlay supernode``
 process are started on loopback (distinct ``127.A.B.*`` addresses, A.B random per run, B + k for
 the k-th N), the supernode with ``--max-clients max(N, 20000) --max-conns-per-ip 20000
+--max-conns-per-subnet 20000
 --heartbeat S``. Then:
 
 1. ``idle``: the supernode's CPU over a few seconds with nobody attached, and its RSS
@@ -233,6 +234,7 @@ def make_daemons(p: Params, n: int, addrs: RunAddresses, workdir: Path) -> tuple
                  "--listen", f"{addrs.supernode}:{PORT}", "--bootstrap", boot_addr,
                  "--http", sn_http, "--state-dir", str(workdir / "sn"),
                  "--max-clients", str(max(n, 20_000)), "--max-conns-per-ip", "20000",
+                 "--max-conns-per-subnet", "20000",
                  "--heartbeat", f"{p.heartbeat_s:g}", "--handshake-timeout", "10"],
                 workdir / "supernode.log", name="supernode", http=sn_http)
     return boot, sn
