@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ from overlay.dht.amplification import (
     subnet_key,
 )
 from overlay.dht.envelope import (
+    ANY_RECIPIENT,
     Envelope,
     EnvelopeError,
     Flags,
@@ -53,7 +54,10 @@ from overlay.dht.envelope import (
     open_datagram,
     seal,
 )
+from overlay.dht.rate_limit import PerIpRateLimiter
+from overlay.dht.replay import ReplayGuard
 from overlay.dht.routing import OverlayRoutingTable
+from overlay.dht.rtt import RttEstimator
 from overlay.dht.storage import RecordStorage
 
 log = get_logger(__name__)
@@ -105,23 +109,6 @@ class Reply:
     payload: Any
 
 
-class PerIpRateLimiter:
-    """Token bucket per source IP, with a bounded number of IPs tracked (LRU)."""
-
-    def __init__(self, rate: float, burst: float, max_ips: int = 65536) -> None:
-        self.rate, self.burst, self.max_ips = rate, burst, max_ips
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, ip: str, now: float) -> bool:
-        tokens, last = self._buckets.pop(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > self.max_ips:
-            self._buckets.popitem(last=False)
-        return allowed
-
-
 @dataclass
 class _Outstanding:
     future: asyncio.Future[tuple[bool, Reply | None]]
@@ -130,39 +117,6 @@ class _Outstanding:
     sent_at: float
     method: str
     address: tuple[str, int]
-
-
-class RttEstimator:
-    """Jacobson/Karels smoothed RTT per contact, with a network-wide fallback."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum, self.maximum = minimum, maximum
-        self.per_node: dict[bytes, tuple[float, float]] = {}
-        self.overall: tuple[float, float] | None = None
-
-    def observe(self, node_id: bytes, rtt: float) -> None:
-        self.per_node[node_id] = self._update(self.per_node.get(node_id), rtt)
-        self.overall = self._update(self.overall, rtt)
-
-    @staticmethod
-    def _update(prev: tuple[float, float] | None, rtt: float) -> tuple[float, float]:
-        if prev is None:
-            return rtt, rtt / 2
-        srtt, var = prev
-        var = 0.75 * var + 0.25 * abs(srtt - rtt)
-        return 0.875 * srtt + 0.125 * rtt, var
-
-    def timeout(self, node_id: bytes | None) -> float:
-        est = self.per_node.get(node_id) if node_id else None
-        if est is None:
-            est = self.overall
-            if est is None:
-                return self.maximum
-        srtt, var = est
-        return max(self.minimum, min(self.maximum, srtt + 4 * var))
-
-    def forget(self, node_id: bytes) -> None:
-        self.per_node.pop(node_id, None)
 
 
 class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -195,7 +149,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         self.gate = AddressGate(time.monotonic())
         self.verify_budget = PerIpRateLimiter(VERIFY_PINGS_PER_S, VERIFY_PING_BURST, 4096)
         self._ping_bytes = len(seal(identity, Kind.REQUEST, new_msg_id(), self.flags,
-                                    ["ping", []]))
+                                    ["ping", []], recipient=ANY_RECIPIENT))
+        self.replay = ReplayGuard(source_node.id)
+        #: the wall clock that stamps our datagrams and judges others' (tests move it)
+        self.clock: Callable[[], float] = time.time
         self._tasks = TaskSet()
         self.closed = False
 
@@ -275,7 +232,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return future
         msg_id = new_msg_id()
         request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
-        datagram = seal(self.identity, Kind.REQUEST, msg_id, self.flags, request)
+        datagram = seal(self.identity, Kind.REQUEST, msg_id, self.flags, request,
+                        recipient=expected_id or ANY_RECIPIENT, now=self.clock())
         timer = loop.call_later(self.rtt.timeout(expected_id), self._timed_out, msg_id)
         self._pending[msg_id] = _Outstanding(
             future, timer, expected_id, time.monotonic(), method, address)
@@ -293,6 +251,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         out = self._pending.get(env.msg_id)
         if out is None:
             self.stats.dropped["unsolicited"] += 1
+            return
+        if env.recipient != self.source_node.id:
+            self.stats.dropped["wrong_recipient"] += 1
             return
         sender_id = node_id_for(env.sender_key)
         if out.expected_id is not None and sender_id != out.expected_id:
@@ -421,10 +382,14 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             or not isinstance(payload[1], list)
             or (len(payload) == 3 and type(payload[2]) is not bytes)
         ):
+            if self._refused_as_replay(env, "", self.clock()):
+                return
             self.stats.dropped["malformed"] += 1
             self._respond(env, addr, {"error": "malformed request"}, size)
             return
         method, args = payload[0], payload[1]
+        if self._refused_as_replay(env, method, self.clock()):
+            return
         if len(payload) == 3 and not self.gate.check_cookie(payload[2], addr, env.sender_key,
                                                             now):
             self.stats.dropped["bad_cookie"] += 1  # answered as if it carried none
@@ -445,6 +410,13 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if not env.flags & Flags.CLIENT:
             self._verify_unknown_sender(env.sender_key, addr, size, now)
 
+    def _refused_as_replay(self, env: Envelope, method: str, wall: float) -> bool:
+        reason = self.replay.check(env, method, wall)
+        if reason is None:
+            return False
+        self.stats.dropped[reason] += 1
+        return True
+
     @staticmethod
     def _arity_ok(method: str, args: list[Any]) -> bool:
         def is_key(x: object) -> bool:
@@ -459,14 +431,17 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
     def _respond(self, env: Envelope, addr: tuple[str, int], result: Any, size: int) -> None:
         if self.transport is None or self.closed:
             return
-        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result)
+        requester = node_id_for(env.sender_key)
+        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result,
+                        recipient=requester, now=self.clock())
         if len(datagram) > self.gate.allowed(size):
             now = time.monotonic()
             if not self.gate.is_proven(addr, now):
                 self.stats.dropped["truncated_unproven"] += 1
                 cookie = self.gate.cookie(addr, env.sender_key, now)
                 datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags,
-                                {"truncated": True, "cookie": cookie})
+                                {"truncated": True, "cookie": cookie}, recipient=requester,
+                                now=self.clock())
                 if len(datagram) > self.gate.allowed(size):
                     return  # cannot happen for a signed request; never reflect more
         self.transport.sendto(datagram, addr)

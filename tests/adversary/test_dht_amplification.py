@@ -23,7 +23,7 @@ from typing import Any
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
-from overlay.dht.envelope import Flags, Kind, new_msg_id, open_datagram, seal
+from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from tests.helpers.netutil import loopback_ips, wait_for
 
 RECORDS = 48
@@ -74,9 +74,10 @@ class Udp:
 
 
 def request(identity: Identity, method: str, args: list[Any], flags: Flags = Flags.NONE,
-            cookie: bytes | None = None) -> bytes:
+            cookie: bytes | None = None, to: bytes = ANY_RECIPIENT) -> bytes:
+    """A request datagram in the documented format (``to``: the recipient's node id)."""
     payload: list[Any] = [method, args] if cookie is None else [method, args, cookie]
-    return seal(identity, Kind.REQUEST, new_msg_id(), flags, payload)
+    return seal(identity, Kind.REQUEST, new_msg_id(), flags, payload, recipient=to)
 
 
 async def start_target() -> tuple[DHTNode, bytes, list[str]]:
@@ -95,7 +96,7 @@ async def test_find_value_answer_to_an_unproven_source_is_at_most_3x_the_request
     mallory = Identity.generate()
     victim = Udp(ips[1])
     try:
-        datagram = request(mallory, "find_value", [key])
+        datagram = request(mallory, "find_value", [key], to=node.node_id)
         first = await victim.ask(datagram, node.address)
         assert len(first) <= 3 * len(datagram), (
             f"{len(datagram)}-byte find_value drew a {len(first)}-byte answer "
@@ -103,14 +104,15 @@ async def test_find_value_answer_to_an_unproven_source_is_at_most_3x_the_request
         answer = open_datagram(first).payload
         assert answer.get("truncated") is True and "values" not in answer
         # the cookie round trip proves the address: then the whole answer comes
-        retry = request(mallory, "find_value", [key], cookie=answer["cookie"])
+        retry = request(mallory, "find_value", [key], cookie=answer["cookie"], to=node.node_id)
         full = open_datagram(await victim.ask(retry, node.address)).payload
         assert len(full["values"]) == RECORDS
         # a cookie is bound to the address it was sent to: another socket cannot use it
         other = Udp(ips[2])
         try:
             stolen = await other.ask(
-                request(mallory, "find_value", [key], cookie=answer["cookie"]), node.address)
+                request(mallory, "find_value", [key], cookie=answer["cookie"], to=node.node_id),
+                node.address)
             assert len(stolen) <= 3 * len(datagram)
             assert "values" not in open_datagram(stolen).payload
         finally:
@@ -130,7 +132,7 @@ async def test_unknown_senders_get_no_more_than_they_sent_to_the_claimed_address
         started = time.monotonic()
         for _ in range(100):  # 100 throwaway "DHT nodes", each asking once from the victim
             for method, args in (("ping", []), ("find_node", [key]), ("find_value", [key])):
-                datagram = request(Identity.generate(), method, args)
+                datagram = request(Identity.generate(), method, args, to=node.node_id)
                 sent += len(datagram)
                 smallest = min(smallest, len(datagram))
                 answer = await victim.ask(datagram, node.address)

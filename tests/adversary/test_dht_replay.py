@@ -101,6 +101,7 @@ async def test_a_request_for_another_node_is_refused() -> None:
         answers = await tap.replay(captured, victim, sentinel)
         assert answers == [], "the victim served a store addressed to another node"
         assert victim.storage.values(signed.dht_key) == []
+        assert victim.stats.dropped["wrong_recipient"] == 1
     finally:
         tap.close()
         victim.stop()
@@ -117,6 +118,7 @@ async def test_the_same_request_is_served_once() -> None:
         again = await tap.capture(honest, "ping", to=victim.node_id)
         answers = await tap.replay(captured, victim, again)
         assert answers == [], "the victim answered the same request (same msg_id) twice"
+        assert victim.stats.dropped["replayed"] == 1
     finally:
         tap.close()
         victim.stop()
@@ -133,6 +135,7 @@ async def test_a_request_replayed_after_the_window_is_refused() -> None:
         honest_later = await tap.capture(honest, "ping", to=victim.node_id)
         answers = await tap.replay(captured, victim, honest_later)
         assert answers == [], "the victim answered a request captured 61 s earlier"
+        assert victim.stats.dropped["stale"] == 1
     finally:
         tap.close()
         victim.stop()
