@@ -11,11 +11,12 @@ from typing import Any
 from kademlia.node import Node
 
 from overlay.core.files import write_private_json
-from overlay.core.identity import Identity
+from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord
 from overlay.dht.errors import DHTError
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
+from overlay.dht.replay import ANY_METHODS
 from overlay.dht.server import OverlayServer, PutResult, ValueAnswers
 from overlay.dht.storage import RecordStorage, StorageLimits
 
@@ -131,7 +132,15 @@ class DHTNode:
     async def call(
         self, addr: tuple[str, int], method: str, *args: Any, node_id: bytes | None = None
     ) -> Any:
-        """Call ``method`` on the node at ``addr``; raises TimeoutError when it does not answer."""
+        """Call ``method`` on the node at ``addr``; raises TimeoutError when it does not answer.
+
+        Requests name their recipient (:mod:`overlay.dht.replay`): without ``node_id``, a
+        method other than ``ping``/``find_node`` first pings ``addr`` to learn whose it is."""
+        if node_id is None and method not in ANY_METHODS:
+            ok, pong = await self._proto.rpc(addr, "ping", [])
+            if not ok or pong is None:
+                raise TimeoutError(f"{addr[0]}:{addr[1]} did not answer ping")
+            node_id = node_id_for(pong.sender_key)
         ok, reply = await self._proto.rpc(addr, method, list(args), expected_id=node_id)
         if not ok or reply is None:
             raise TimeoutError(f"{addr[0]}:{addr[1]} did not answer {method}")

@@ -6,7 +6,13 @@ Fixes over ``kademlia.protocol`` / ``rpcudp``:
   (:mod:`overlay.dht.envelope`); junk and foreign datagrams are dropped and counted, never
   raised inside the handler;
 * a node enters the routing table only after it answered a request of ours, and never when it
-  says it is a client behind NAT; a request from an unknown node triggers a verification ping;
+  says it is a client behind NAT; a request from an unknown node triggers a verification ping,
+  to an unproven source address only when no larger than the request and within a per-/24
+  budget (below), so it amplifies nothing;
+* anti-amplification (:mod:`overlay.dht.amplification`): an answer to a source address that
+  has not proven it receives is at most 3x the request; a larger one is replaced by
+  ``{"truncated": True, "cookie": c}`` and :meth:`OverlayProtocol.rpc` repeats the request
+  with the cookie (one extra round trip to a new peer);
 * per-IP request rate limits; per-contact adaptive timeouts; a contact is evicted only after
   several consecutive failures, not after one timeout;
 * ``welcome_if_new`` uses the stored key itself (the stock code hashes the already-hashed
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +37,15 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, RecordKind
 from overlay.core.tasks import TaskSet
+from overlay.dht.amplification import (
+    COOKIE_BYTES,
+    VERIFY_PING_BURST,
+    VERIFY_PINGS_PER_S,
+    AddressGate,
+    subnet_key,
+)
 from overlay.dht.envelope import (
+    ANY_RECIPIENT,
     Envelope,
     EnvelopeError,
     Flags,
@@ -41,7 +55,10 @@ from overlay.dht.envelope import (
     seal,
 )
 from overlay.dht.fairness import NotClose
+from overlay.dht.rate_limit import PerIpRateLimiter
+from overlay.dht.replay import ReplayGuard
 from overlay.dht.routing import OverlayRoutingTable
+from overlay.dht.rtt import RttEstimator
 from overlay.dht.storage import RecordStorage
 
 log = get_logger(__name__)
@@ -93,23 +110,6 @@ class Reply:
     payload: Any
 
 
-class PerIpRateLimiter:
-    """Token bucket per source IP, with a bounded number of IPs tracked (LRU)."""
-
-    def __init__(self, rate: float, burst: float, max_ips: int = 65536) -> None:
-        self.rate, self.burst, self.max_ips = rate, burst, max_ips
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, ip: str, now: float) -> bool:
-        tokens, last = self._buckets.pop(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._buckets) > self.max_ips:
-            self._buckets.popitem(last=False)
-        return allowed
-
-
 @dataclass
 class _Outstanding:
     future: asyncio.Future[tuple[bool, Reply | None]]
@@ -117,39 +117,7 @@ class _Outstanding:
     expected_id: bytes | None
     sent_at: float
     method: str
-
-
-class RttEstimator:
-    """Jacobson/Karels smoothed RTT per contact, with a network-wide fallback."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum, self.maximum = minimum, maximum
-        self.per_node: dict[bytes, tuple[float, float]] = {}
-        self.overall: tuple[float, float] | None = None
-
-    def observe(self, node_id: bytes, rtt: float) -> None:
-        self.per_node[node_id] = self._update(self.per_node.get(node_id), rtt)
-        self.overall = self._update(self.overall, rtt)
-
-    @staticmethod
-    def _update(prev: tuple[float, float] | None, rtt: float) -> tuple[float, float]:
-        if prev is None:
-            return rtt, rtt / 2
-        srtt, var = prev
-        var = 0.75 * var + 0.25 * abs(srtt - rtt)
-        return 0.875 * srtt + 0.125 * rtt, var
-
-    def timeout(self, node_id: bytes | None) -> float:
-        est = self.per_node.get(node_id) if node_id else None
-        if est is None:
-            est = self.overall
-            if est is None:
-                return self.maximum
-        srtt, var = est
-        return max(self.minimum, min(self.maximum, srtt + 4 * var))
-
-    def forget(self, node_id: bytes) -> None:
-        self.per_node.pop(node_id, None)
+    address: tuple[str, int]
 
 
 class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -179,6 +147,13 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         self.limiter = PerIpRateLimiter(config.requests_per_ip_per_s, config.request_burst_per_ip)
         self._pending: dict[bytes, _Outstanding] = {}
         self._verifying: set[bytes] = set()
+        self.gate = AddressGate(time.monotonic())
+        self.verify_budget = PerIpRateLimiter(VERIFY_PINGS_PER_S, VERIFY_PING_BURST, 4096)
+        self._ping_bytes = len(seal(identity, Kind.REQUEST, new_msg_id(), self.flags,
+                                    ["ping", []], recipient=ANY_RECIPIENT))
+        self.replay = ReplayGuard(source_node.id)
+        #: the wall clock that stamps our datagrams and judges others' (tests move it)
+        self.clock: Callable[[], float] = time.time
         self._tasks = TaskSet()
         self.closed = False
 
@@ -215,7 +190,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return
         try:
             if env.kind is Kind.REQUEST:
-                self._handle_request(env, (addr[0], addr[1]))
+                self._handle_request(env, (addr[0], addr[1]), len(data))
             else:
                 self._handle_response(env, (addr[0], addr[1]))
         except Exception:  # a bug must not take the node down; count and log it
@@ -224,23 +199,45 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
 
     # -- outgoing requests ----------------------------------------------------------------
 
-    def rpc(
+    async def rpc(
         self,
         address: tuple[str, int],
         method: str,
         args: list[Any],
         expected_id: bytes | None = None,
+    ) -> tuple[bool, Reply | None]:
+        """Send a request: (True, Reply) or (False, None). An answer withheld until our
+        address is proven (``{"truncated": True, "cookie": c}``) is asked again with the
+        cookie, once."""
+        result = await self._send(address, method, args, expected_id, None)
+        ok, reply = result
+        if ok and reply is not None:
+            cookie = retry_cookie(reply.payload)
+            if cookie is not None:
+                self.stats.requests_out["cookie_retry"] += 1
+                result = await self._send(address, method, args, expected_id, cookie)
+        return result
+
+    def _send(
+        self,
+        address: tuple[str, int],
+        method: str,
+        args: list[Any],
+        expected_id: bytes | None,
+        cookie: bytes | None,
     ) -> asyncio.Future[tuple[bool, Reply | None]]:
-        """Send a request; the future resolves to (True, Reply) or (False, None)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
         if self.closed or self.transport is None:
             future.set_result((False, None))
             return future
         msg_id = new_msg_id()
-        datagram = seal(self.identity, Kind.REQUEST, msg_id, self.flags, [method, args])
+        request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
+        datagram = seal(self.identity, Kind.REQUEST, msg_id, self.flags, request,
+                        recipient=expected_id or ANY_RECIPIENT, now=self.clock())
         timer = loop.call_later(self.rtt.timeout(expected_id), self._timed_out, msg_id)
-        self._pending[msg_id] = _Outstanding(future, timer, expected_id, time.monotonic(), method)
+        self._pending[msg_id] = _Outstanding(
+            future, timer, expected_id, time.monotonic(), method, address)
         self.stats.requests_out[method] += 1
         self.transport.sendto(datagram, address)
         return future
@@ -256,13 +253,19 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if out is None:
             self.stats.dropped["unsolicited"] += 1
             return
+        if env.recipient != self.source_node.id:
+            self.stats.dropped["wrong_recipient"] += 1
+            return
         sender_id = node_id_for(env.sender_key)
         if out.expected_id is not None and sender_id != out.expected_id:
             self.stats.dropped["wrong_sender"] += 1
             return  # someone else answered for the node we asked: keep waiting, then time out
         del self._pending[env.msg_id]
         out.timer.cancel()
-        self.rtt.observe(sender_id, time.monotonic() - out.sent_at)
+        now = time.monotonic()
+        if addr == out.address:  # it received our random msg_id there: the address is real
+            self.gate.prove(addr, now)
+        self.rtt.observe(sender_id, now - out.sent_at)
         if not out.future.done():
             out.future.set_result((True, Reply(env.sender_key, env.flags, env.payload)))
 
@@ -341,12 +344,19 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 if not ok:
                     return
 
-    def _verify_unknown_sender(self, sender_key: bytes, addr: tuple[str, int]) -> None:
+    def _verify_unknown_sender(
+        self, sender_key: bytes, addr: tuple[str, int], size: int, now: float
+    ) -> None:
         node_id = node_id_for(sender_key)
         if node_id in self._verifying or len(self._verifying) >= 64:
             return
         node = Node(node_id, addr[0], addr[1])
         if not self.router.is_new_node(node):
+            return
+        if not self.gate.is_proven(addr, now) and (
+            self._ping_bytes > size or not self.verify_budget.allow(subnet_key(addr[0]), now)
+        ):
+            self.stats.dropped["verify_ping_withheld"] += 1
             return
         self._verifying.add(node_id)
 
@@ -360,21 +370,30 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
 
     # -- incoming requests ----------------------------------------------------------------
 
-    def _handle_request(self, env: Envelope, addr: tuple[str, int]) -> None:
-        if not self.limiter.allow(addr[0], time.monotonic()):
+    def _handle_request(self, env: Envelope, addr: tuple[str, int], size: int) -> None:
+        now = time.monotonic()
+        if not self.limiter.allow(addr[0], now):
             self.stats.dropped["rate_limited"] += 1
             return
         payload = env.payload
         if (
             not isinstance(payload, list)
-            or len(payload) != 2
+            or len(payload) not in (2, 3)
             or type(payload[0]) is not str
             or not isinstance(payload[1], list)
+            or (len(payload) == 3 and type(payload[2]) is not bytes)
         ):
+            if self._refused_as_replay(env, "", self.clock()):
+                return
             self.stats.dropped["malformed"] += 1
-            self._respond(env, addr, {"error": "malformed request"})
+            self._respond(env, addr, {"error": "malformed request"}, size)
             return
-        method, args = payload
+        method, args = payload[0], payload[1]
+        if self._refused_as_replay(env, method, self.clock()):
+            return
+        if len(payload) == 3 and not self.gate.check_cookie(payload[2], addr, env.sender_key,
+                                                            now):
+            self.stats.dropped["bad_cookie"] += 1  # answered as if it carried none
         if method in CORE_METHODS:
             result = getattr(self, f"rpc_{method}")(addr, *args) if self._arity_ok(
                 method, args
@@ -388,9 +407,16 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["unknown_method"] += 1
             result = {"error": f"unknown method {method[:40]!r}"}
         self.stats.requests_in[method if method in CORE_METHODS else "other"] += 1
-        self._respond(env, addr, result)
+        self._respond(env, addr, result, size)
         if not env.flags & Flags.CLIENT:
-            self._verify_unknown_sender(env.sender_key, addr)
+            self._verify_unknown_sender(env.sender_key, addr, size, now)
+
+    def _refused_as_replay(self, env: Envelope, method: str, wall: float) -> bool:
+        reason = self.replay.check(env, method, wall)
+        if reason is None:
+            return False
+        self.stats.dropped[reason] += 1
+        return True
 
     @staticmethod
     def _arity_ok(method: str, args: list[Any]) -> bool:
@@ -403,17 +429,30 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return len(args) == 2 and is_key(args[0]) and type(args[1]) is bytes
         return len(args) == 1 and is_key(args[0])
 
-    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any) -> None:
+    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any, size: int) -> None:
         if self.transport is None or self.closed:
             return
-        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result)
+        requester = node_id_for(env.sender_key)
+        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result,
+                        recipient=requester, now=self.clock())
+        if len(datagram) > self.gate.allowed(size):
+            now = time.monotonic()
+            if not self.gate.is_proven(addr, now):
+                self.stats.dropped["truncated_unproven"] += 1
+                cookie = self.gate.cookie(addr, env.sender_key, now)
+                datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags,
+                                {"truncated": True, "cookie": cookie}, recipient=requester,
+                                now=self.clock())
+                if len(datagram) > self.gate.allowed(size):
+                    return  # cannot happen for a signed request; never reflect more
         self.transport.sendto(datagram, addr)
 
     def rpc_ping(self, sender: tuple[str, int]) -> Any:
         return {"pong": True}
 
     def rpc_store(self, sender: tuple[str, int], key: bytes, value: bytes) -> Any:
-        if not self._close_to(key):
+        if not self.router.is_among_closest(self.source_node, key,
+                                            self.storage.limits.close_slack):
             self.storage.stats.rejected[NotClose.reason] += 1
             return {"ok": False, "reason": NotClose.reason}
         try:
@@ -421,18 +460,6 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         except RecordError as exc:
             return {"ok": False, "reason": exc.reason}
         return {"ok": True}
-
-    def _close_to(self, key: bytes) -> bool:
-        """Whether this node is among the ksize * close_slack closest nodes it knows to
-        ``key``; a node that knows fewer than ksize nodes cannot tell and says yes."""
-        if len(self.router) < self.router.ksize:
-            return True
-        want = self.router.ksize * self.storage.limits.close_slack
-        target = Node(key)
-        nearest = self.router.find_neighbors(target, k=want)
-        ours: int = self.source_node.distance_to(target)
-        farthest: int = nearest[-1].distance_to(target) if nearest else 0
-        return len(nearest) < want or ours < farthest
 
     def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[list[Any]]:
         requester = Node(b"\0" * 20, sender[0], sender[1])
@@ -450,3 +477,16 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             "values": [s.wire for s in found[:48]],
             "nodes": self._neighbors(sender, key),
         }
+
+
+def retry_cookie(payload: object) -> bytes | None:
+    """The cookie of an answer withheld until the requester's address is proven."""
+    if (
+        isinstance(payload, dict)
+        and set(payload) == {"truncated", "cookie"}
+        and payload["truncated"] is True
+        and type(payload["cookie"]) is bytes
+        and len(payload["cookie"]) == COOKIE_BYTES
+    ):
+        return payload["cookie"]
+    return None

@@ -42,6 +42,18 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         found: Node | None = bucket[node_id]
         return found
 
+    def is_among_closest(self, own: Node, key: bytes, slack: int) -> bool:
+        """Whether ``own`` is among the ksize * ``slack`` closest nodes this table knows to
+        ``key``; a table of fewer than ksize contacts cannot tell and says yes."""
+        if len(self) < self.ksize:
+            return True
+        want = self.ksize * slack
+        target = Node(key)
+        nearest = self.find_neighbors(target, k=want)
+        ours: int = own.distance_to(target)
+        farthest: int = nearest[-1].distance_to(target) if nearest else 0
+        return len(nearest) < want or ours < farthest
+
     def _at_address(self, ip: str, port: int) -> Node | None:
         for n in self.contacts():
             if n.ip == ip and n.port == port:

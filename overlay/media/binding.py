@@ -27,7 +27,7 @@ from typing import Protocol
 
 from overlay.core.addresses import Address
 from overlay.core.identity import NODE_ID_BYTES, PUBLIC_KEY_BYTES, Identity, node_id_for
-from overlay.dht.envelope import Envelope, Flags, Kind, new_msg_id, seal
+from overlay.dht.envelope import ANY_RECIPIENT, Envelope, Flags, Kind, new_msg_id, seal
 
 #: retransmit a binding request this often (doubling), at most this many times in all
 BINDING_RTO_S = 0.3
@@ -96,8 +96,12 @@ class BindingTransaction:
     def __post_init__(self) -> None:
         self.deadline = self.now + self.timeout
         self._next_send = self.now
+        recipient = (node_id_for(self.node_key) if len(self.node_key) == PUBLIC_KEY_BYTES
+                     else self.node_key if len(self.node_key) == NODE_ID_BYTES
+                     else ANY_RECIPIENT)
+        self._own_id = node_id_for(self.identity.public_key)
         self._request = seal(self.identity, Kind.REQUEST, self.msg_id, Flags.CLIENT,
-                             ["binding", []])
+                             ["binding", []], recipient=recipient)
 
     def handle_timer(self, now: float) -> None:
         """Past the deadline without an answer, the transaction is done (``result`` None)."""
@@ -126,6 +130,9 @@ class BindingTransaction:
             return False
         if not _key_matches(env.sender_key, self.node_key):
             self.ignored.append("wrong_sender")
+            return False
+        if env.recipient != self._own_id:
+            self.ignored.append("wrong_recipient")
             return False
         mapped = parse_binding(env.payload)
         if mapped is None:

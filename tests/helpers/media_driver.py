@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from overlay.core.identity import Identity
+from overlay.core.identity import Identity, node_id_for
 from overlay.dht.envelope import EnvelopeError, Flags, Kind, open_datagram, seal
 
 
@@ -53,7 +53,8 @@ class BindingResponder(asyncio.DatagramProtocol):
         if env.kind is not Kind.REQUEST or env.payload != ["binding", []]:
             return
         reply = seal(self.identity, Kind.RESPONSE, env.msg_id, Flags.NONE,
-                     {"host": addr[0], "port": addr[1]})
+                     {"host": addr[0], "port": addr[1]},
+                     recipient=node_id_for(env.sender_key))
         self.transport.sendto(reply, addr)
         self.answered += 1
 

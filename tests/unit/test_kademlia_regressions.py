@@ -20,7 +20,7 @@ from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
 from overlay.dht import DHTConfig, DHTNode
 from overlay.dht.crawling import OverlayValueCrawl
-from overlay.dht.envelope import Flags, Kind, new_msg_id, open_datagram, seal
+from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.storage import RecordStorage
 from tests.helpers.netutil import Network, loopback_ips, wait_for
@@ -222,7 +222,7 @@ async def test_junk_datagrams_are_dropped_and_counted():
         target = net.nodes[0]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((loopback_ips(1)[0], 0))
-        junk = [b"", b"x", os.urandom(100), b"OVL1" + os.urandom(200), b"OVL1" + b"\x00" * 118,
+        junk = [b"", b"x", os.urandom(100), b"OVL2" + os.urandom(200), b"OVL2" + b"\x00" * 146,
                 os.urandom(70_000)[:65_000]]
         for datagram in junk:
             sock.sendto(datagram, target.address)
@@ -250,12 +250,14 @@ class SybilSocket(asyncio.DatagramProtocol):
         if env.kind is Kind.REQUEST:
             for identity in self.identities.values():
                 self.transport.sendto(
-                    seal(identity, Kind.RESPONSE, env.msg_id, Flags.NONE, {"pong": True}), addr)
+                    seal(identity, Kind.RESPONSE, env.msg_id, Flags.NONE, {"pong": True},
+                         recipient=node_id_for(env.sender_key)), addr)
 
     def hello_all(self, addr):
         for identity in self.identities.values():
             self.transport.sendto(
-                seal(identity, Kind.REQUEST, new_msg_id(), Flags.NONE, ["ping", []]), addr)
+                seal(identity, Kind.REQUEST, new_msg_id(), Flags.NONE, ["ping", []],
+                     recipient=ANY_RECIPIENT), addr)
 
 
 async def test_one_socket_cannot_fill_a_victims_routing_table():
@@ -384,5 +386,6 @@ async def test_only_the_publisher_republishes():
 
 def test_node_ids_cannot_be_chosen():
     identity = Identity.generate()
-    datagram = seal(identity, Kind.REQUEST, new_msg_id(), Flags.NONE, ["ping", []])
+    datagram = seal(identity, Kind.REQUEST, new_msg_id(), Flags.NONE, ["ping", []],
+                    recipient=ANY_RECIPIENT)
     assert node_id_for(open_datagram(datagram).sender_key) == identity.node_id

@@ -688,7 +688,7 @@ async def test_media_socket_ignores_garbage(media: MediaSocket) -> None:
     transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                        local_addr=("127.0.0.1", 0))
     try:
-        for junk in (b"", b"OVL1" + os.urandom(200), b"OVLP" + os.urandom(42),
+        for junk in (b"", b"OVL2" + os.urandom(200), b"OVLP" + os.urandom(42),
                      os.urandom(1300), b"\xc0" + os.urandom(60)):
             transport.sendto(junk, media.local_address)
         await asyncio.sleep(0.1)

@@ -591,8 +591,9 @@ def micro_benchmarks(nodes: Sequence[BenchNode], items: Sequence[Item]) -> dict[
     holder = next((n.node for n in ov if n.holds(item)), node)
     reply = holder._proto.rpc_find_value(("127.0.0.1", 1), item.key)
     request = seal(node.identity, Kind.REQUEST, new_msg_id(), proto.flags,
-                   ["find_value", [item.key]])
-    response = seal(holder.identity, Kind.RESPONSE, new_msg_id(), proto.flags, reply)
+                   ["find_value", [item.key]], recipient=holder.node_id)
+    response = seal(holder.identity, Kind.RESPONSE, new_msg_id(), proto.flags, reply,
+                    recipient=node.node_id)
     rng = random.Random(0)
     probes = [(rng.choice(ov).node._proto.router, KNode(rng.choice(items).key),
                KNode(b"\0" * 20, "127.0.0.1", 1)) for _ in range(300)]
@@ -615,10 +616,12 @@ def micro_benchmarks(nodes: Sequence[BenchNode], items: Sequence[Item]) -> dict[
         "table_size_of_measured_node": node.routing_table_size,
         "find_value_response_bytes": len(response),
         "seal_request": _time_us(lambda: seal(node.identity, Kind.REQUEST, new_msg_id(),
-                                              proto.flags, ["find_value", [item.key]]), repeat),
+                                              proto.flags, ["find_value", [item.key]],
+                                              recipient=holder.node_id), repeat),
         "open_request": _time_us(lambda: open_datagram(request), repeat),
         "seal_find_value_response": _time_us(lambda: seal(holder.identity, Kind.RESPONSE,
-                                                          new_msg_id(), proto.flags, reply),
+                                                          new_msg_id(), proto.flags, reply,
+                                                          recipient=node.node_id),
                                              repeat),
         "open_find_value_response": _time_us(lambda: open_datagram(response), repeat),
         "rpc_find_value_handler": _time_us(

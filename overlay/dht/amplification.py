@@ -1,0 +1,106 @@
+"""Anti-amplification for DHT answers (sans-IO): QUIC's 3x rule and WireGuard's cookie.
+
+A UDP source address is spoofable, so until the address has *proven* that it receives what
+is sent to it, no answer to it is larger than :data:`AMPLIFICATION_FACTOR` times the request
+datagram. An address is proven when
+
+* it answered a request this node sent to it (the answer carried our random msg_id), or
+* a request from it carried a valid cookie: ``HMAC-SHA256(secret, ip | port | sender_key)``
+  truncated to :data:`COOKIE_BYTES`, which this node handed out only *to* that address.
+
+The secret rotates every :data:`COOKIE_ROTATE_S`; a cookie made with the current or the
+previous secret is accepted (so a cookie lives 2 to 4 minutes). Proven addresses are
+remembered for :data:`PROVEN_TTL_S`, at most :data:`MAX_PROVEN` of them (least recently
+proven forgotten first).
+
+The verification ping sent to an unknown sender's source address (to admit it to the routing
+table) goes to a proven address at once; to an unproven one only when the ping is no larger
+than the request that triggered it (factor 1: no amplification) and within a budget of
+:data:`VERIFY_PINGS_PER_S` per source /24 (IPv6: /48), so it cannot be aimed at a victim
+network faster than that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+from collections import OrderedDict
+
+AMPLIFICATION_FACTOR = 3
+COOKIE_BYTES = 16
+COOKIE_ROTATE_S = 120.0
+PROVEN_TTL_S = 600.0
+MAX_PROVEN = 65536
+#: verification pings to unproven addresses, per source /24 (IPv6 /48): rate and burst
+VERIFY_PINGS_PER_S = 10.0
+VERIFY_PING_BURST = 20.0
+
+
+def subnet_key(ip: str) -> str:
+    """The /24 of an IPv4 address (the /48 of an IPv6 one) as a string key."""
+    if ":" not in ip:
+        return ip.rsplit(".", 1)[0]
+    return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
+
+
+class AddressGate:
+    """Which source addresses may receive answers larger than 3x their request."""
+
+    def __init__(self, now: float, max_proven: int = MAX_PROVEN) -> None:
+        self.max_proven = max_proven
+        self._secret = os.urandom(32)
+        self._previous = os.urandom(32)
+        self._rotated_at = now
+        self._proven: OrderedDict[tuple[str, int], float] = OrderedDict()
+
+    def _rotate(self, now: float) -> None:
+        if now - self._rotated_at >= COOKIE_ROTATE_S:
+            self._previous = self._secret if now - self._rotated_at < 2 * COOKIE_ROTATE_S \
+                else os.urandom(32)
+            self._secret = os.urandom(32)
+            self._rotated_at = now
+
+    @staticmethod
+    def _mac(secret: bytes, addr: tuple[str, int], sender_key: bytes) -> bytes:
+        msg = addr[0].encode() + b"|" + addr[1].to_bytes(2, "big") + b"|" + sender_key
+        return hmac.new(secret, msg, hashlib.sha256).digest()[:COOKIE_BYTES]
+
+    def cookie(self, addr: tuple[str, int], sender_key: bytes, now: float) -> bytes:
+        """The cookie to hand to ``addr`` (sent only to ``addr`` itself)."""
+        self._rotate(now)
+        return self._mac(self._secret, addr, sender_key)
+
+    def check_cookie(
+        self, cookie: bytes, addr: tuple[str, int], sender_key: bytes, now: float
+    ) -> bool:
+        """A valid cookie proves ``addr``; True when it was valid."""
+        self._rotate(now)
+        if len(cookie) != COOKIE_BYTES:
+            return False
+        for secret in (self._secret, self._previous):
+            if hmac.compare_digest(cookie, self._mac(secret, addr, sender_key)):
+                self.prove(addr, now)
+                return True
+        return False
+
+    def prove(self, addr: tuple[str, int], now: float) -> None:
+        self._proven.pop(addr, None)
+        self._proven[addr] = now + PROVEN_TTL_S
+        while len(self._proven) > self.max_proven:
+            self._proven.popitem(last=False)
+
+    def is_proven(self, addr: tuple[str, int], now: float) -> bool:
+        expiry = self._proven.get(addr)
+        if expiry is None:
+            return False
+        if expiry <= now:
+            del self._proven[addr]
+            return False
+        return True
+
+    @staticmethod
+    def allowed(request_bytes: int) -> int:
+        """The largest answer an unproven address may receive for this request."""
+        return AMPLIFICATION_FACTOR * request_bytes

@@ -1,0 +1,142 @@
+"""Replay of captured DHT requests, attacked (issue 12, flaw 8).
+
+The attacker ("mallory") sits on the path: an honest node sends its requests to a UDP socket
+mallory owns on loopback (as any router on the way would see them), and mallory re-sends the
+captured datagrams, byte for byte, from that socket to the node under attack. Everything runs
+on 127.x; mallory never builds a datagram herself, she only replays what she captured.
+
+* a request addressed to another node (here: to mallory's own key) is refused by the victim:
+  a ``store`` captured that way stores nothing and draws no answer;
+* the same request sent twice (same msg_id) is answered once;
+* a request replayed after the clock-skew window (the nodes' clocks moved on 61 s: the
+  protocol's ``clock`` attribute) is refused.
+
+"Refused" is observed as silence: after the replay mallory passes one fresh honest request
+through, and the victim answers datagrams in order, so an answer to the replay would have
+arrived before the answer to that one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any
+
+from overlay.core import records
+from overlay.core.identity import Identity, node_id_for
+from overlay.dht import DHTConfig, DHTNode
+from tests.helpers.netutil import loopback_ips
+
+MSG_ID = slice(5, 25)  # the msg_id's place in every DHT datagram (documented layout)
+
+
+class Tap:
+    """Mallory's socket: captures what an honest node sends it, replays it to the victim."""
+
+    def __init__(self, ip: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ip, 0))
+        self.sock.setblocking(False)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        addr = self.sock.getsockname()
+        return (addr[0], addr[1])
+
+    async def capture(self, honest: DHTNode, method: str, *args: Any, to: bytes) -> bytes:
+        """The datagram ``honest`` sends when calling ``method`` on the node ``to`` (a node id)
+        that it believes is at mallory's address."""
+        loop = asyncio.get_running_loop()
+
+        async def call() -> None:
+            with contextlib.suppress(TimeoutError):
+                await honest.call(self.address, method, *args, node_id=to)
+
+        task = asyncio.ensure_future(call())
+        try:
+            data: bytes = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 3)
+        finally:
+            task.cancel()
+        return data
+
+    async def replay(self, datagram: bytes, victim: DHTNode, sentinel: bytes) -> list[bytes]:
+        """Send ``datagram`` then ``sentinel`` to ``victim``; the answers to ``datagram``
+        received before the answer to ``sentinel``."""
+        loop = asyncio.get_running_loop()
+        self.sock.sendto(datagram, victim.address)
+        self.sock.sendto(sentinel, victim.address)
+        answers = []
+        while True:
+            data: bytes = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 3)
+            if data[MSG_ID] == sentinel[MSG_ID]:
+                return answers
+            if data[MSG_ID] == datagram[MSG_ID]:
+                answers.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def start() -> tuple[DHTNode, DHTNode, Tap]:
+    ips = loopback_ips(3)
+    config = DHTConfig(refresh_interval_s=3600)
+    victim, honest = DHTNode(Identity.generate(), config), DHTNode(Identity.generate(), config)
+    await victim.start(ips[0], 0)
+    await honest.start(ips[1], 0)
+    return victim, honest, Tap(ips[2])
+
+
+async def test_a_request_for_another_node_is_refused() -> None:
+    victim, honest, tap = await start()
+    mallory = Identity.generate()
+    try:
+        alice = Identity.generate()
+        signed = records.presence(alice, "alice", "phone", seq=1, online=False)
+        # alice's node stores her record at mallory's node; mallory hands it to the victim
+        captured = await tap.capture(honest, "store", signed.dht_key, signed.wire,
+                                     to=node_id_for(mallory.public_key))
+        sentinel = await tap.capture(honest, "ping", to=victim.node_id)
+        answers = await tap.replay(captured, victim, sentinel)
+        assert answers == [], "the victim served a store addressed to another node"
+        assert victim.storage.values(signed.dht_key) == []
+        assert victim.stats.dropped["wrong_recipient"] == 1
+    finally:
+        tap.close()
+        victim.stop()
+        honest.stop()
+
+
+async def test_the_same_request_is_served_once() -> None:
+    victim, honest, tap = await start()
+    try:
+        key = records.user_key("alice")
+        captured = await tap.capture(honest, "find_value", key, to=victim.node_id)
+        first = await tap.capture(honest, "ping", to=victim.node_id)
+        assert len(await tap.replay(captured, victim, first)) == 1  # the genuine delivery
+        again = await tap.capture(honest, "ping", to=victim.node_id)
+        answers = await tap.replay(captured, victim, again)
+        assert answers == [], "the victim answered the same request (same msg_id) twice"
+        assert victim.stats.dropped["replayed"] == 1
+    finally:
+        tap.close()
+        victim.stop()
+        honest.stop()
+
+
+async def test_a_request_replayed_after_the_window_is_refused() -> None:
+    victim, honest, tap = await start()
+    try:
+        captured = await tap.capture(honest, "find_node", victim.node_id, to=victim.node_id)
+        # 61 s later (both clocks move on; the window is 60 s): a fresh request passes
+        later = lambda: time.time() + 61  # noqa: E731
+        victim._proto.clock = honest._proto.clock = later
+        honest_later = await tap.capture(honest, "ping", to=victim.node_id)
+        answers = await tap.replay(captured, victim, honest_later)
+        assert answers == [], "the victim answered a request captured 61 s earlier"
+        assert victim.stats.dropped["stale"] == 1
+    finally:
+        tap.close()
+        victim.stop()
+        honest.stop()
