@@ -1,0 +1,88 @@
+"""Hostile input the fuzzers (tests/fuzz, ``python -m tools.fuzz``) found accepted, attacked.
+
+The attacker ("mallory") has her own key and the documented wire formats only. msgpack
+floats may be NaN: every comparison with NaN is false, so a NaN time passed every lifetime,
+skew and expiry check.
+
+* (a) over raw UDP, mallory ``store``s at a real ``overlay bootstrap`` process a name claim
+  for "victim" signed by her own key whose issued_at and expires_at are NaN: a record that
+  never expires, holding the name for ever. The node must refuse it (``malformed``) and
+  ``find_value`` must not return it.
+* (b) an invite whose issued_at is NaN passed the freshness check at any time, so a captured
+  offer could be replayed for ever.
+* (c) a supernode record with NaN coordinates was accepted (Vivaldi distances to it are NaN,
+  which sorts anywhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+from typing import Any
+
+import msgpack
+import pytest
+
+from overlay.core import records
+from overlay.core.identity import Identity
+from overlay.dht.envelope import Flags, Kind, new_msg_id, open_datagram, seal
+from overlay.media.signalling import SignallingError, open_offer
+from tests.fuzz import seeds
+from tests.helpers.daemons import Daemon, wait_ready
+from tests.helpers.netutil import loopback_ips
+
+NAN = math.nan
+
+
+def signed_body(identity: Identity, body: list[Any]) -> bytes:
+    raw = msgpack.packb(body, use_bin_type=True)
+    wire: bytes = msgpack.packb([raw, identity.sign(records.SIGNING_DOMAIN + raw)],
+                                use_bin_type=True)
+    return wire
+
+
+def ask(mallory: Identity, node: tuple[str, int], method: str, args: list[Any]) -> Any:
+    """One signed DHT request over a raw UDP socket bound to 127.x; the node's answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((node[0], 0))
+        sock.settimeout(5.0)
+        msg_id = new_msg_id()
+        sock.sendto(seal(mallory, Kind.REQUEST, msg_id, Flags.CLIENT, [method, args]), node)
+        while True:
+            data, _ = sock.recvfrom(65536)
+            env = open_datagram(data)
+            if env.msg_id == msg_id:
+                return env.payload
+
+
+async def test_a_node_refuses_a_name_claim_with_nan_times(tmp_path):
+    ip = loopback_ips(1)[0]
+    boot = Daemon(["bootstrap", "--listen", f"{ip}:4000", "--http", f"{ip}:8080"],
+                  tmp_path / "boot.log").start()
+    try:
+        await wait_ready(f"{ip}:8080", boot)
+        mallory = Identity.generate()
+        claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
+                                      "victim", mallory.public_key, 1, NAN, NAN])
+        key = records.user_key("victim")
+        stored = await asyncio.to_thread(ask, mallory, (ip, 4000), "store", [key, claim])
+        held = await asyncio.to_thread(ask, mallory, (ip, 4000), "find_value", [key])
+        assert (stored, held["values"]) == ({"ok": False, "reason": "malformed"}, [])
+    finally:
+        boot.stop()
+
+
+def test_an_offer_with_a_nan_time_is_not_fresh_for_ever():
+    body = list(seeds.OFFER_BODIES[0])
+    body[8] = NAN
+    with pytest.raises(SignallingError):
+        open_offer(seeds.resign_offer(body), now=seeds.NOW + 10**6)
+
+
+@pytest.mark.parametrize("coord", [NAN, math.inf, -math.inf])
+def test_a_supernode_record_with_non_finite_coordinates_is_refused(coord):
+    body = list(seeds.RECORD_BODIES[2])
+    body[9] = [1.0, coord]
+    with pytest.raises(records.MalformedRecord):
+        records.verify(signed_body(seeds.NODE, body), now=seeds.NOW)
