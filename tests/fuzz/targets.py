@@ -6,6 +6,7 @@ format is canonical). Used by tests/fuzz/test_decoders.py (short, in CI) and too
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,9 @@ class Target:
 def _records(wire: bytes) -> None:
     signed = records.verify(wire, now=seeds.NOW)
     assert signed.wire == wire
+    record = signed.record
+    times = [record.issued_at, record.expires_at, *getattr(record, "coords", ())]
+    assert all(math.isfinite(t) for t in times), "a record with a non-finite time or coord"
     if signed.record.signer == seeds.ALICE.public_key:  # ed25519 is deterministic
         assert records.sign(signed.record, seeds.ALICE, now=seeds.NOW).wire == wire
 
@@ -253,6 +257,7 @@ def _offer(wire: bytes) -> None:
     parts = split_offer(wire)
     offer = open_offer(wire, now=seeds.NOW)
     assert parts is not None and offer.wire == wire
+    assert math.isfinite(offer.issued_at), "an offer fresh at any time"
     assert Candidates.from_wire(offer.candidates.to_wire()) == offer.candidates
 
 
@@ -313,4 +318,11 @@ TARGETS: dict[str, Target] = {
 }
 
 #: inputs that once raised something else: each stays a regression example
-REGRESSIONS: dict[str, list[Any]] = {}
+REGRESSIONS: dict[str, list[Any]] = {
+    # NaN passed every lifetime, skew and expiry comparison: records that never expire
+    "records": [seeds.resign_record([*seeds.RECORD_BODIES[3][:5], math.nan, math.nan]),
+                seeds.resign_record([*seeds.RECORD_BODIES[0][:-2], math.nan, math.nan])],
+    # an invite issued at NaN was fresh at any time
+    "offers": [seeds.resign_offer([*seeds.OFFER_BODIES[0][:8], math.nan,
+                                   *seeds.OFFER_BODIES[0][9:]])],
+}
