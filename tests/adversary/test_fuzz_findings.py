@@ -29,8 +29,9 @@ from overlay.core.identity import Identity
 from overlay.dht.envelope import Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.media.signalling import SignallingError, open_offer
 from tests.fuzz import seeds
-from tests.helpers.daemons import Daemon, wait_ready
+from tests.helpers.daemons import Daemon, daemon_env, overlay_argv, wait_ready
 from tests.helpers.netutil import loopback_ips
+from tests.helpers.repo import REPO
 
 NAN = math.nan
 
@@ -86,3 +87,14 @@ def test_a_supernode_record_with_non_finite_coordinates_is_refused(coord):
     body[9] = [1.0, coord]
     with pytest.raises(records.MalformedRecord):
         records.verify(signed_body(seeds.NODE, body), now=seeds.NOW)
+
+
+async def test_a_port_in_other_digits_is_reported_as_not_host_port():
+    """(d) ``str.isdigit`` accepts "²", which ``int`` refuses: parse_hostport raised a bare
+    ValueError instead of AddressError, and the CLI lost its message."""
+    proc = await asyncio.create_subprocess_exec(
+        *overlay_argv(["lookup", "alice", "--bootstrap", "127.0.0.1:²"], log_json=False),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=daemon_env(),
+        cwd=str(REPO))
+    _, err = await proc.communicate()
+    assert (proc.returncode, "is not HOST:PORT" in err.decode()) == (2, True), err.decode()
