@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary here")
     args = parser.parse_args(argv)
+    # a background job may start with SIGINT ignored; SIGTERM stops the run the same way
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     summary: dict[str, Any] = {}
     for name in args.only or sorted(TARGETS):
         summary[name] = run_target(name, TARGETS[name], args.cases, args.seed)
