@@ -322,6 +322,8 @@ REGRESSIONS: dict[str, list[Any]] = {
     # NaN passed every lifetime, skew and expiry comparison: records that never expire
     "records": [seeds.resign_record([*seeds.RECORD_BODIES[3][:5], math.nan, math.nan]),
                 seeds.resign_record([*seeds.RECORD_BODIES[0][:-2], math.nan, math.nan])],
+    # str.isdigit accepts "²", int() refuses it: a bare ValueError, not AddressError
+    "hostport": ["\x0e4j\xce\xf1:\xb2", "127.0.0.1:\u0663"],
     # an invite issued at NaN was fresh at any time
     "offers": [seeds.resign_offer([*seeds.OFFER_BODIES[0][:8], math.nan,
                                    *seeds.OFFER_BODIES[0][9:]])],
