@@ -17,8 +17,10 @@ skew and expiry check.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import socket
+import time
 from typing import Any
 
 import msgpack
@@ -27,10 +29,12 @@ import pytest
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.dht.envelope import Flags, Kind, new_msg_id, open_datagram, seal
+from overlay.media import transfer
 from overlay.media.signalling import SignallingError, open_offer
+from overlay.media.stream import TcpByteStream
 from tests.fuzz import seeds
 from tests.helpers.daemons import Daemon, daemon_env, overlay_argv, wait_ready
-from tests.helpers.netutil import loopback_ips
+from tests.helpers.netutil import loopback_ips, wait_for
 from tests.helpers.repo import REPO
 
 NAN = math.nan
@@ -98,3 +102,56 @@ async def test_a_port_in_other_digits_is_reported_as_not_host_port():
         cwd=str(REPO))
     _, err = await proc.communicate()
     assert (proc.returncode, "is not HOST:PORT" in err.decode()) == (2, True), err.decode()
+
+
+async def test_a_node_refuses_a_name_with_a_trailing_newline(tmp_path):
+    """(e) the name patterns ended in ``$``, which also matches before a final newline:
+    "victim\\n", a different name that prints like "victim", was a valid name."""
+    ip = loopback_ips(1)[0]
+    boot = Daemon(["bootstrap", "--listen", f"{ip}:4000", "--http", f"{ip}:8080"],
+                  tmp_path / "boot.log").start()
+    try:
+        await wait_ready(f"{ip}:8080", boot)
+        mallory = Identity.generate()
+        claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
+                                      "victim\n", mallory.public_key, 1, time.time(),
+                                      time.time() + 86400.0])
+        key = records.user_key("victim\n")
+        stored = await asyncio.to_thread(ask, mallory, (ip, 4000), "store", [key, claim])
+        assert stored == {"ok": False, "reason": "malformed"}
+    finally:
+        boot.stop()
+
+
+async def test_a_received_file_name_with_a_trailing_newline_is_refused(tmp_path):
+    """(f) the sender names the file "notes.txt\\n" in a HEADER frame sent over TCP: the
+    receiver must refuse it, not write a file whose name ends in a newline."""
+    inbox = tmp_path / "inbox"
+    outcome: list[BaseException | None] = []
+
+    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await transfer.receive_file(TcpByteStream(reader, writer), inbox)
+            outcome.append(None)
+        except transfer.TransferError as exc:
+            outcome.append(exc)
+        finally:
+            writer.close()
+
+    ip = loopback_ips(1)[0]
+    server = await asyncio.start_server(receiver, ip, 0)
+    try:
+        reader, writer = await asyncio.open_connection(ip, server.sockets[0].getsockname()[1])
+        body = b"hello\n"
+        header = {"name": "notes.txt\n", "size": len(body),
+                  "sha256": hashlib.sha256(body).hexdigest(), "id": "ab" * 16}
+        writer.write(transfer.frame(transfer.HEADER, msgpack.packb(header))
+                     + transfer.frame(transfer.DATA, body) + transfer.frame(transfer.END, b""))
+        await writer.drain()
+        await reader.read()  # the receiver answers and closes
+        writer.close()
+        await wait_for(lambda: bool(outcome))
+    finally:
+        server.close()
+    written = sorted(p.name for p in inbox.iterdir()) if inbox.exists() else []
+    assert (written, isinstance(outcome[0], transfer.TransferError)) == ([], True)
