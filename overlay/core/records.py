@@ -39,8 +39,8 @@ MAX_CLAIM_LIFETIME_S = 32 * 24 * 3600.0
 CLOCK_SKEW_S = 60.0
 MAX_SEQ = 2**63 - 1
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-CAPABILITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+CAPABILITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}\Z")
 MAX_CAPABILITIES = 16
 SUPERNODE_DIRECTORY_KEY = hashlib.sha256(b"overlay/supernodes").digest()[:20]
 

@@ -7,6 +7,7 @@ format is canonical). Used by tests/fuzz/test_decoders.py (short, in CI) and too
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -271,6 +272,7 @@ def _signal(args: Any) -> None:
 def _user_ref(text: str) -> None:
     ref = parse_user_ref(text)
     assert parse_user_ref(str(ref)) == ref
+    assert re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}(#[0-9a-f]{8,64})?", str(ref)), str(ref)
 
 
 def _candidates(value: Any) -> None:
@@ -324,6 +326,8 @@ REGRESSIONS: dict[str, list[Any]] = {
                 seeds.resign_record([*seeds.RECORD_BODIES[0][:-2], math.nan, math.nan])],
     # str.isdigit accepts "²", int() refuses it: a bare ValueError, not AddressError
     "hostport": ["\x0e4j\xce\xf1:\xb2", "127.0.0.1:\u0663"],
+    # patterns ending in $ also matched before a final newline
+    "user_ref": ["alice\n", "alice#0123abcd\n"],
     # an invite issued at NaN was fresh at any time
     "offers": [seeds.resign_offer([*seeds.OFFER_BODIES[0][:8], math.nan,
                                    *seeds.OFFER_BODIES[0][9:]])],
