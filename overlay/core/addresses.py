@@ -23,7 +23,7 @@ def parse_hostport(text: str) -> Address:
         host, sep, rest = text[1:].partition("]:")
     else:
         host, sep, rest = text.rpartition(":")
-    if not sep or not host or not rest.isdigit():
+    if not sep or not host or not (rest.isascii() and rest.isdigit()):  # "²" is a digit
         raise AddressError(f"{text!r} is not HOST:PORT")
     port = int(rest)
     if not 0 <= port < 65536:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ MAX_CLAIM_LIFETIME_S = 32 * 24 * 3600.0
 CLOCK_SKEW_S = 60.0
 MAX_SEQ = 2**63 - 1
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-CAPABILITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+CAPABILITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}\Z")
 MAX_CAPABILITIES = 16
 SUPERNODE_DIRECTORY_KEY = hashlib.sha256(b"overlay/supernodes").digest()[:20]
 
@@ -233,8 +234,8 @@ class SupernodeRecord:
     @classmethod
     def from_fields(cls, values: list[Any]) -> SupernodeRecord:
         coords = values[7]
-        if len(coords) > 4 or not all(type(c) is float for c in coords):
-            raise MalformedRecord("coords must be up to 4 floats")
+        if len(coords) > 4 or not all(type(c) is float and math.isfinite(c) for c in coords):
+            raise MalformedRecord("coords must be up to 4 finite floats")
         v = values
         return cls(
             node_key=v[0], host=v[1], port=v[2], relay_capacity_bps=v[3], relay_spare_bps=v[4],
@@ -353,6 +354,8 @@ def check_lifetime(record: Record, now: float) -> None:
     """Sequence range, lifetime bounds, clock skew and expiry of a record at time ``now``."""
     if record.seq < 0 or record.seq > MAX_SEQ:
         raise MalformedRecord("sequence number out of range")
+    if not (math.isfinite(record.issued_at) and math.isfinite(record.expires_at)):
+        raise MalformedRecord("record times must be finite")  # NaN passes every comparison
     if record.expires_at <= record.issued_at:
         raise MalformedRecord("record expires before it is issued")
     if record.expires_at - record.issued_at > record.max_lifetime_s:

@@ -14,7 +14,7 @@ from overlay.core.records import MalformedRecord, RecordError, check_name
 
 MIN_KEY_PREFIX = 8
 MAX_KEY_PREFIX = 64
-_HEX = re.compile(r"^[0-9a-f]+$")
+_HEX = re.compile(r"^[0-9a-f]+\Z")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ messages: end to end, and authenticated by both identity keys.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -158,8 +159,8 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
     for key in (from_key, ephemeral):
         if type(key) is not bytes or len(key) != PUBLIC_KEY_BYTES:
             raise SignallingError("bad key")
-    if type(issued_at) is not float or type(accept) is not bool or type(purpose) is not str \
-            or type(reason) is not str or len(reason) > 256:
+    if type(issued_at) is not float or not math.isfinite(issued_at) or type(accept) is not bool \
+            or type(purpose) is not str or type(reason) is not str or len(reason) > 256:
         raise SignallingError("bad offer fields")
     if type(signature) is not bytes or not verify_signature(
             from_key, _domain(kind) + body, signature):

@@ -42,7 +42,7 @@ RESUME_WINDOW_S = 120.0
 CHUNK = 60 * 1024
 MAX_FRAME = CHUNK + 64
 MAX_FILE_BYTES = 64 * 2**30
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,200}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,200}\Z")
 #: the longest string a control frame (HEADER, READY, ACK) may carry
 MAX_FIELD_CHARS = 512
 #: how often the media service runs :meth:`PartialStore.expire`, at most

@@ -1,0 +1,337 @@
+"""Every decoder that reads what a peer sends, as a fuzz target: name -> (strategy, call,
+allowed exceptions). ``call`` raises only the decoder's typed error (listed in ``allowed``)
+and asserts the decoder's own properties (what decodes re-encodes canonically, where the
+format is canonical). Used by tests/fuzz/test_decoders.py (short, in CI) and tools/fuzz
+(100k+ cases per decoder)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import strategies as st
+from kademlia.node import Node
+
+from overlay.attach.connection import ClientConnection, ServerConnection
+from overlay.attach.errors import AttachError, FrameError
+from overlay.attach.frames import FrameDecoder, encode_frame
+from overlay.attach.messages import decode, encode
+from overlay.core import records
+from overlay.core.addresses import AddressError, parse_hostport
+from overlay.core.identity import node_id_for
+from overlay.core.offers import signed_by, split_offer
+from overlay.core.records import RecordError
+from overlay.core.user_ref import BadUserRef, parse_user_ref
+from overlay.dht.crawling import OverlayValueCrawl, parse_nodes
+from overlay.dht.envelope import ANY_RECIPIENT, EnvelopeError, Flags, Kind, open_datagram, seal
+from overlay.dht.protocol import DHTConfig, DHTStats, OverlayProtocol
+from overlay.dht.storage import RecordStorage
+from overlay.media import candidate_policy, transfer
+from overlay.media.punch import ACK, PROBE, Puncher, decode_probe, encode_probe
+from overlay.media.signalling import Candidates, SignallingError, open_offer
+from overlay.node.errors import BadSignal
+from overlay.node.forwarded_signal import ForwardedSignal
+from overlay.relay.protocol import (
+    BadHello,
+    decode_hello,
+    decode_status,
+    encode_hello,
+    encode_status,
+)
+from tests.fuzz import seeds
+from tests.fuzz.strategies import VALUES, msgpack_shaped, mutated_bytes, mutated_value, pack
+
+Call = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    strategy: st.SearchStrategy[Any]
+    call: Call
+    #: the only exceptions ``call`` may raise
+    allowed: tuple[type[BaseException], ...]
+
+    def check(self, case: Any) -> None:
+        """Run one case; an exception not in ``allowed`` propagates (a bug)."""
+        try:
+            self.call(case)
+        except self.allowed:
+            pass
+
+
+# -- records ---------------------------------------------------------------------------------
+
+def _records(wire: bytes) -> None:
+    signed = records.verify(wire, now=seeds.NOW)
+    assert signed.wire == wire
+    record = signed.record
+    times = [record.issued_at, record.expires_at, *getattr(record, "coords", ())]
+    assert all(math.isfinite(t) for t in times), "a record with a non-finite time or coord"
+    if signed.record.signer == seeds.ALICE.public_key:  # ed25519 is deterministic
+        assert records.sign(signed.record, seeds.ALICE, now=seeds.NOW).wire == wire
+
+
+# -- DHT -------------------------------------------------------------------------------------
+
+_SEALED = [seal(seeds.NODE, Kind.REQUEST, b"\x01" * 20, Flags.CLIENT, ["ping", []],
+                recipient=ANY_RECIPIENT, now=seeds.NOW),
+           seal(seeds.NODE, Kind.RESPONSE, b"\x02" * 20, Flags.NONE, {"pong": True},
+                recipient=node_id_for(seeds.ALICE.public_key), now=seeds.NOW)]
+
+
+def _envelope(data: bytes) -> None:
+    env = open_datagram(data)
+    assert len(env.msg_id) == 20 and len(env.sender_key) == 32
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append(data)
+
+
+def _protocol() -> tuple[OverlayProtocol, _Transport]:
+    node = Node(node_id_for(seeds.NODE.public_key), "127.0.0.1", 4000)
+    config = DHTConfig(requests_per_ip_per_s=1e9, request_burst_per_ip=1e9)
+    protocol = OverlayProtocol(node, RecordStorage(), 20, seeds.NODE, config, DHTStats(), {})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+_REQUESTS = [["ping", []], ["find_node", [b"\x01" * 20]], ["find_value", [b"\x02" * 20]],
+             ["store", [seeds.RECORDS[3].dht_key, seeds.RECORDS[3].wire]], ["signal", []]]
+
+
+def _dht_request(payload: Any) -> None:
+    """A request signed by its sender, through the node's whole request path."""
+    protocol, transport = _protocol()
+    try:
+        datagram = seal(seeds.ALICE, Kind.REQUEST, b"\x03" * 20, Flags.CLIENT, payload,
+                        recipient=node_id_for(seeds.NODE.public_key))
+    except EnvelopeError:
+        return  # too large to send
+    protocol.datagram_received(datagram, ("127.0.0.1", 5000))
+    assert not protocol.stats.dropped["handler_error"], "a request raised inside the node"
+    for reply in transport.sent:
+        open_datagram(reply)
+
+
+_RESPONSES = [{"nodes": [[b"\x01" * 20, "192.0.2.1", 4000]]},
+              {"values": [r.wire for r in seeds.RECORDS],
+               "nodes": [[b"\x01" * 20, "::1", 4000]]}]
+
+
+class _Peer:
+    source_node = Node(b"\x00" * 20, "127.0.0.1", 1)
+
+
+def _dht_response(payload: Any) -> None:
+    """What a node answered to find_node / find_value, as a lookup parses it."""
+    if isinstance(payload, dict) and "nodes" in payload:
+        parse_nodes(payload["nodes"], b"\x00" * 20)
+    crawl = OverlayValueCrawl(_Peer(), Node(seeds.RECORDS[0].dht_key), [], 20, 3, 3,
+                              lambda w: records.verify(w, now=seeds.NOW))
+    crawl._accept(Node(b"\x05" * 20, "192.0.2.5", 4000), payload)
+
+
+# -- attachment ------------------------------------------------------------------------------
+
+def _frames(chunks: list[bytes]) -> None:
+    decoder, frames = FrameDecoder(), []
+    try:
+        for chunk in chunks:
+            frames += decoder.feed(chunk)
+    finally:
+        assert b"".join(chunks).startswith(b"".join(encode_frame(f) for f in frames))
+
+
+def _message(body: bytes) -> None:
+    assert encode(decode(body)) == body
+
+
+_FRAMED = st.lists(st.one_of(
+    st.builds(encode_frame, msgpack_shaped(seeds.MESSAGE_VALUES)),
+    mutated_bytes([encode_frame(b) for b in seeds.MESSAGE_BODIES])), max_size=4)
+
+
+def _server(chunks: list[bytes]) -> None:
+    conn = ServerConnection(seeds.NODE, now=0.0)
+    for i, chunk in enumerate(chunks):
+        conn.receive_data(chunk, float(i))
+        conn.data_to_send()
+
+
+def _client(chunks: list[bytes]) -> None:
+    conn = ClientConnection(seeds.ALICE, expected_node_key=seeds.NODE.public_key, now=0.0,
+                            user="alice", device="phone")
+    conn.send_probe(0.0)
+    conn.start_handshake()
+    for i, chunk in enumerate(chunks):
+        conn.receive_data(chunk, float(i))
+        conn.data_to_send()
+
+
+# -- relay -----------------------------------------------------------------------------------
+
+def _hello(data: bytes) -> None:
+    hello = decode_hello(data)
+    assert encode_hello(hello.role, hello.token, hello.requested_rate_bps) == data
+
+
+def _status(data: bytes) -> None:
+    result = decode_status(data)
+    if result is not None:
+        ok, reason, used = result
+        assert 2 <= used <= len(data)
+        if data[2:used] == reason.encode():
+            assert encode_status(ok, reason) == data[:used]
+
+
+# -- media -----------------------------------------------------------------------------------
+
+class _Stream:
+    """A ByteStream whose recv never waits: the reader coroutine runs without a loop."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    async def recv(self, n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def _run(coro: Any) -> Any:
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise AssertionError("the coroutine waited")
+
+
+def _transfer(chunks: list[bytes]) -> None:
+    """Frames as the sender and receiver read them; HEADER/READY/ACK payloads as maps."""
+    reader = transfer.FrameReader(_Stream(chunks))  # type: ignore[arg-type]
+    while True:
+        try:
+            kind, payload = _run(reader.next())
+        except transfer.StreamClosed:
+            if reader.buf:
+                raise
+            return  # the stream ended between frames
+        assert 0 <= len(payload) < transfer.MAX_FRAME
+        if kind in (transfer.HEADER, transfer.READY, transfer.ACK):
+            assert isinstance(transfer.decode_control(payload, "control"), dict)
+
+
+_CONTROL = [{"name": "a.txt", "size": 3, "sha256": "0" * 64, "id": "1" * 32}, {"offset": 0},
+            {"ok": True, "sha256": "0" * 64}, {"error": "no"}]
+_TRANSFER = st.lists(st.one_of(
+    st.builds(lambda kind, body: transfer.frame(kind, body),
+              st.sampled_from([transfer.HEADER, transfer.READY, transfer.ACK, transfer.DATA,
+                               transfer.END, 0, 255]),
+              msgpack_shaped(_CONTROL)),
+    mutated_bytes([transfer.frame(transfer.HEADER, pack(_CONTROL[0])),
+                   transfer.frame(transfer.DATA, b"x" * 40)])), max_size=5)
+
+_PUNCH_KEY = b"\x44" * 32
+_SESSION = b"\x05" * 16
+_PROBES = [encode_probe(_PUNCH_KEY, kind, role, _SESSION, b"\x06" * 8)
+           for kind in (PROBE, ACK) for role in (0, 1)]
+
+
+def _punch(data: bytes) -> None:
+    probe = decode_probe(_PUNCH_KEY, data)
+    if probe is not None:
+        assert encode_probe(_PUNCH_KEY, probe.kind, probe.role, probe.session_id,
+                            probe.txid) == data
+    puncher = Puncher(_SESSION, _PUNCH_KEY, [("127.0.0.1", 1)], [("127.0.0.2", 2)],
+                      initiator=True, now=0.0)
+    puncher.receive_datagram(data, ("127.0.0.2", 2), 0.5)
+    puncher.datagrams_to_send(0.5)
+
+
+def _offer(wire: bytes) -> None:
+    signed_by(wire, seeds.ALICE.public_key)
+    parts = split_offer(wire)
+    offer = open_offer(wire, now=seeds.NOW)
+    assert parts is not None and offer.wire == wire
+    assert math.isfinite(offer.issued_at), "an offer fresh at any time"
+    assert Candidates.from_wire(offer.candidates.to_wire()) == offer.candidates
+
+
+def _signal(args: Any) -> None:
+    if not isinstance(args, list):
+        return
+    signal = ForwardedSignal.from_args(args)
+    assert signal.to_args() == args
+
+
+def _user_ref(text: str) -> None:
+    ref = parse_user_ref(text)
+    assert parse_user_ref(str(ref)) == ref
+    assert re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}(#[0-9a-f]{8,64})?", str(ref)), str(ref)
+
+
+def _candidates(value: Any) -> None:
+    cands = Candidates.from_wire(value)
+    assert Candidates.from_wire(cands.to_wire()) == cands
+    for addrs in (cands.tcp, cands.udp):
+        candidate_policy.select(addrs, ["203.0.113.1"], ["198.51.100.2"])
+
+
+def _hostport(text: str) -> None:
+    _host, port = parse_hostport(text)
+    assert 0 <= port < 65536
+
+
+_CANDS = [seeds.CANDIDATES.to_wire(), Candidates().to_wire()]
+
+TARGETS: dict[str, Target] = {
+    "records": Target(msgpack_shaped(seeds.RECORD_BODIES, seeds.resign_record)
+                      | st.builds(seeds.resign_record, VALUES), _records, (RecordError,)),
+    "dht_envelope": Target(mutated_bytes(_SEALED), _envelope, (EnvelopeError,)),
+    "dht_request": Target(mutated_value(_REQUESTS) | VALUES, _dht_request, ()),
+    "dht_response": Target(mutated_value(_RESPONSES) | VALUES, _dht_response, ()),
+    "attach_frames": Target(_FRAMED, _frames, (FrameError,)),
+    "attach_messages": Target(msgpack_shaped(seeds.MESSAGE_VALUES), _message, (AttachError,)),
+    "attach_server": Target(_FRAMED, _server, ()),
+    "attach_client": Target(_FRAMED, _client, ()),
+    "relay_hello": Target(mutated_bytes([encode_hello(r, b"\x01" * 32, 10**6)
+                                         for r in (0, 1)]), _hello, (BadHello,)),
+    "relay_status": Target(mutated_bytes([encode_status(True), encode_status(False, "budget")]),
+                           _status, (ValueError,)),
+    "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
+    "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
+    "offers": Target(msgpack_shaped(seeds.OFFER_BODIES, seeds.resign_offer)
+                     | mutated_bytes([o.wire for o in seeds.OFFERS]), _offer,
+                     (SignallingError,)),
+    "forwarded_signal": Target(mutated_value(seeds.SIGNAL_ARGS), _signal, (BadSignal,)),
+    "user_ref": Target(st.text(max_size=80) | st.sampled_from(seeds.USER_REFS)
+                       | st.builds(lambda a, b: a + "#" + b, st.text(max_size=20),
+                                   st.text("0123456789abcdefABCDEF", max_size=70)),
+                       _user_ref, (BadUserRef,)),
+    "candidates": Target(mutated_value(_CANDS) | VALUES, _candidates, (SignallingError,)),
+    "hostport": Target(st.text(max_size=60) | st.sampled_from(
+        ["127.0.0.1:4000", "[::1]:4000", "host:0", ":1", "[::1]", "a:b:c"]),
+        _hostport, (AddressError,)),
+}
+
+#: inputs that once raised something else: each stays a regression example
+REGRESSIONS: dict[str, list[Any]] = {
+    # NaN passed every lifetime, skew and expiry comparison: records that never expire
+    "records": [seeds.resign_record([*seeds.RECORD_BODIES[3][:5], math.nan, math.nan]),
+                seeds.resign_record([*seeds.RECORD_BODIES[0][:-2], math.nan, math.nan])],
+    # str.isdigit accepts "²", int() refuses it: a bare ValueError, not AddressError
+    "hostport": ["\x0e4j\xce\xf1:\xb2", "127.0.0.1:\u0663"],
+    # patterns ending in $ also matched before a final newline
+    "user_ref": ["alice\n", "alice#0123abcd\n"],
+    # an invite issued at NaN was fresh at any time
+    "offers": [seeds.resign_offer([*seeds.OFFER_BODIES[0][:8], math.nan,
+                                   *seeds.OFFER_BODIES[0][9:]])],
+}
