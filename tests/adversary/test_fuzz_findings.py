@@ -27,8 +27,8 @@ import msgpack
 import pytest
 
 from overlay.core import records
-from overlay.core.identity import Identity
-from overlay.dht.envelope import Flags, Kind, new_msg_id, open_datagram, seal
+from overlay.core.identity import Identity, node_id_for
+from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.media import transfer
 from overlay.media.signalling import SignallingError, open_offer
 from overlay.media.stream import TcpByteStream
@@ -48,17 +48,29 @@ def signed_body(identity: Identity, body: list[Any]) -> bytes:
 
 
 def ask(mallory: Identity, node: tuple[str, int], method: str, args: list[Any]) -> Any:
-    """One signed DHT request over a raw UDP socket bound to 127.x; the node's answer."""
+    """One signed DHT request over a raw UDP socket bound to 127.x; the node's answer.
+
+    As the documented envelope requires, the node's id is learnt first (a ``ping`` to any
+    recipient), and a truncated answer is asked for again with its cookie."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((node[0], 0))
         sock.settimeout(5.0)
-        msg_id = new_msg_id()
-        sock.sendto(seal(mallory, Kind.REQUEST, msg_id, Flags.CLIENT, [method, args]), node)
-        while True:
-            data, _ = sock.recvfrom(65536)
-            env = open_datagram(data)
-            if env.msg_id == msg_id:
-                return env.payload
+
+        def request(payload: list[Any], recipient: bytes) -> Any:
+            msg_id = new_msg_id()
+            sock.sendto(seal(mallory, Kind.REQUEST, msg_id, Flags.CLIENT, payload,
+                             recipient=recipient), node)
+            while True:
+                data, _ = sock.recvfrom(65536)
+                env = open_datagram(data)
+                if env.msg_id == msg_id:
+                    return env
+
+        node_id = node_id_for(request(["ping", []], ANY_RECIPIENT).sender_key)
+        answer = request([method, args], node_id).payload
+        if isinstance(answer, dict) and answer.get("truncated"):
+            answer = request([method, args, answer["cookie"]], node_id).payload
+        return answer
 
 
 async def test_a_node_refuses_a_name_claim_with_nan_times(tmp_path):
