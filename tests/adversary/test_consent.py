@@ -48,18 +48,6 @@ OBSERVE_S = 3.0
 EXIT_NOT_ACCEPTED = 5
 
 
-def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in daemon.log().splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and item.get("event") == name:
-            out.append(item)
-    return out
-
-
 async def ask(sock: Path, request: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
     try:
         return await control_request_async(sock, request, timeout=timeout)
@@ -239,7 +227,7 @@ async def test_a_stranger_gets_no_address_until_accepted(tmp_path):
         assert stranger.tcp_connections == 0 and stranger.udp_datagrams == 0, \
             (f"bob contacted the stranger's candidates: {stranger.tcp_connections} TCP "
              f"connections, {stranger.udp_datagrams} UDP datagrams")
-        (request,) = [e for e in events(bob, "contact_request") if e["from_user"] == "mallory"]
+        (request,) = [e for e in bob.events("contact_request") if e["from_user"] == "mallory"]
         assert request["key"] == stranger.identity.public_id
 
         code, out, err = await run("requests", "--control", str(clients.sock("bob")), "--json")
@@ -313,7 +301,7 @@ async def test_a_stranger_gets_no_address_until_accepted(tmp_path):
         assert code == 0, err
         _, err_b = await asyncio.wait_for(send.communicate(), 30)
         assert send.returncode == EXIT_NOT_ACCEPTED and "declined" in err_b.decode()
-        assert not any(e.get("from_user") == "dave" for e in events(bob, "file_received"))
+        assert not any(e.get("from_user") == "dave" for e in bob.events("file_received"))
     finally:
         clients.stop()
         net.stop()
@@ -361,9 +349,9 @@ async def test_b_pinned_key_refuses_an_impostor_on_a_network_without_the_claim(t
         received = clients.inbox("bob") / bait.name
         assert not received.exists(), "bob took a file from an impostor of alice"
         assert code != 0
-        refused = [e for e in events(bob, "invite_refused")
+        refused = [e for e in bob.events("invite_refused")
                    if alice_key in e.get("reason", "") and impostor_key in e.get("reason", "")]
-        assert refused, events(bob, "invite_refused")
+        assert refused, bob.events("invite_refused")
 
         # bob sends to "alice": the key changed, refused naming both keys
         code, _, err = await run("send", "alice", str(first), "--control",

@@ -58,17 +58,6 @@ async def lookup(addr: str, ref: str) -> tuple[int, dict[str, Any], str]:
     return proc.returncode, answer, err.decode(errors="replace")
 
 
-def logged(daemon: Daemon, *names: str) -> bool:
-    for line in daemon.log().splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and item.get("event") in names:
-            return True
-    return False
-
-
 async def attacker_node(ip: str, boot_addr: str, *preloaded: records.SignedRecord,
                         stores: bool = True) -> DHTNode:
     """A DHT node of mallory's own, holding ``preloaded`` before it joins the network
@@ -115,7 +104,7 @@ async def test_an_impostor_at_non_holders_never_wins_the_name(overlay, tmp_path)
 
     try:
         alice_client = client("alice", "laptop", "alice.key")
-        await wait_for(lambda: logged(alice_client, "attached"), timeout=20, interval=0.2)
+        await wait_for(lambda: bool(alice_client.events("attached")), timeout=20, interval=0.2)
 
         # -- the attack: mallory's records for "alice" at nodes that do not hold the name -----
         ips = loopback_ips(2)
@@ -129,7 +118,7 @@ async def test_an_impostor_at_non_holders_never_wins_the_name(overlay, tmp_path)
             mallory.public_key], "the attack did not land: no node holds mallory's record"
         # ... and her own client, attached as "alice" with her key
         impostor = client("mallory", "phone", "mallory.key")
-        await wait_for(lambda: logged(impostor, "attached", "attach_refused"),
+        await wait_for(lambda: bool(impostor.events("attached", "attach_refused")),
                        timeout=30, interval=0.2)
 
         # -- while alice is online: alice's key only, no conflict, from every entry point ----

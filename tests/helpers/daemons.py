@@ -125,6 +125,22 @@ class Daemon:
         except OSError:
             return ""
 
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The JSON log lines (``--log-json``) so far, parsed; other lines are skipped."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                out.append(item)
+        return out
+
+    def events(self, *names: str) -> list[dict[str, Any]]:
+        """The log entries whose event is one of ``names``."""
+        return [e for e in self.log_entries() if e.get("event") in names]
+
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 

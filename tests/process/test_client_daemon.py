@@ -31,18 +31,6 @@ SUPERNODE_ARGS = ["--heartbeat", "0.5", "--record-refresh", "2"]
 CLIENT_ARGS = ["--heartbeat", "0.5", "--presence-refresh", "2"]
 
 
-def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in daemon.log().splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and item.get("event") == name:
-            out.append(item)
-    return out
-
-
 async def ask(sock: Path, request: dict[str, Any]) -> dict[str, Any]:
     try:
         return await control_request_async(sock, request, timeout=5)
@@ -124,8 +112,8 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         assert status["backup"]["address"] in supernodes
         assert status["backup"]["node_key"] != first["node_key"]
         assert first["heartbeat_s"] == 1 and status["reflexive"]["port"] > 0
-        assert [e["source"] for e in events(alice, "attached")] == ["discovery"]
-        assert events(alice, "bootstrap_key_pinned")
+        assert [e["source"] for e in alice.events("attached")] == ["discovery"]
+        assert alice.events("bootstrap_key_pinned")
 
         async def bob_sees_alice_via(node_key: str) -> bool:
             answer = await ask(bob_sock, {"cmd": "lookup", "user": "alice"})
@@ -153,11 +141,11 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         await wait_for(lambda: bob_sees_alice_via(second["node_key"]), timeout=10)
         visible_s = time.monotonic() - killed_at
         assert visible_s < 8, visible_s
-        failover = events(alice, "failover")
+        failover = alice.events("failover")
         assert [f["reason"] for f in failover] == ["lost"]
         assert failover[0]["supernode"] == first["address"]
         # the backup was tried first, and it worked
-        assert events(alice, "attached")[-1]["source"] == "backup"
+        assert alice.events("attached")[-1]["source"] == "backup"
         assert second["address"] == status["backup"]["address"]
 
         async def new_backup() -> bool:
@@ -181,7 +169,7 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         finally:
             hung.proc.send_signal(signal.SIGCONT)
         await wait_for(lambda: bob_sees_alice_via(second["node_key"]), timeout=10)
-        failover = events(alice, "failover")
+        failover = alice.events("failover")
         assert [f["reason"] for f in failover] == ["lost", "lost"]
         assert "silent" in failover[1]["detail"]
         assert 2 <= hang_detected_s < 8, hang_detected_s
@@ -190,7 +178,7 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         answer = await ask(bob_sock, {"cmd": "lookup", "user": "alice"})
         online_seq = answer["records"][0]["seq"]
         assert alice.terminate(signal.SIGTERM) == 0
-        assert events(alice, "detached")
+        assert alice.events("detached")
         assert not alice_sock.exists()
 
         offline_seq = 0
@@ -218,8 +206,8 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
             return bool(s.get("ok") and s["supernode"])
 
         await wait_for(alice_back, timeout=15)
-        assert [e["source"] for e in events(alice2, "discovery")] == ["host_cache"]
-        assert not events(alice2, "directory_fetched")
+        assert [e["source"] for e in alice2.events("discovery")] == ["host_cache"]
+        assert not alice2.events("directory_fetched")
         status = await ask(alice_sock, {"cmd": "status"})
         # the SIGKILLed one is still in the cache, but does not answer its probe
         assert status["supernode"]["address"] != failover[0]["supernode"]
@@ -279,8 +267,8 @@ async def test_control_errors_and_usage(tmp_path):
         assert code == 1 and answer["ok"] is False
         code, answer = await ctl("raw", '{"cmd": "help"}')
         assert code == 0 and "lookup" in answer["commands"]
-        await wait_for(lambda: len(events(daemon, "backoff")) >= 2, timeout=10)
-        delays = [e["delay_s"] for e in events(daemon, "backoff")]
+        await wait_for(lambda: len(daemon.events("backoff")) >= 2, timeout=10)
+        delays = [e["delay_s"] for e in daemon.events("backoff")]
         assert all(d > 0 for d in delays)
         assert daemon.terminate() == 0
     finally:
