@@ -35,6 +35,7 @@ from kademlia.protocol import KademliaProtocol
 
 from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
+from overlay.core.rate_limit import KeyedBuckets
 from overlay.core.records import RecordError, RecordKind
 from overlay.core.tasks import TaskSet
 from overlay.dht.amplification import (
@@ -55,7 +56,6 @@ from overlay.dht.envelope import (
     seal,
 )
 from overlay.dht.fairness import NotClose
-from overlay.dht.rate_limit import PerIpRateLimiter
 from overlay.dht.replay import ReplayGuard
 from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.rtt import RttEstimator
@@ -144,11 +144,14 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         self.flags = Flags.CLIENT if config.client else Flags.NONE
         self.rtt = RttEstimator(config.min_rpc_timeout_s, config.rpc_timeout_s)
         self.failures: Counter[bytes] = Counter()
-        self.limiter = PerIpRateLimiter(config.requests_per_ip_per_s, config.request_burst_per_ip)
+        #: requests per source IP, and verification pings per source network (/24, /48)
+        self.limiter: KeyedBuckets[str] = KeyedBuckets(
+            config.requests_per_ip_per_s, config.request_burst_per_ip, 65536)
         self._pending: dict[bytes, _Outstanding] = {}
         self._verifying: set[bytes] = set()
         self.gate = AddressGate(time.monotonic())
-        self.verify_budget = PerIpRateLimiter(VERIFY_PINGS_PER_S, VERIFY_PING_BURST, 4096)
+        self.verify_budget: KeyedBuckets[str] = KeyedBuckets(
+            VERIFY_PINGS_PER_S, VERIFY_PING_BURST, 4096)
         self._ping_bytes = len(seal(identity, Kind.REQUEST, new_msg_id(), self.flags,
                                     ["ping", []], recipient=ANY_RECIPIENT))
         self.replay = ReplayGuard(source_node.id)

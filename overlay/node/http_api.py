@@ -21,9 +21,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from overlay.core import records
+from overlay.core.rate_limit import KeyedBuckets
 from overlay.dht import DHTNode
 from overlay.dht.names import lookup_name
-from overlay.node.signal_limits import KeyedBuckets
 
 ExtraMetrics = Callable[[], Iterable[Metric]]
 

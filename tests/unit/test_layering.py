@@ -76,6 +76,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/core/identity.py",
     "overlay/node/forwarded_signal.py",
     "overlay/node/signal_limits.py",
+    "overlay/core/rate_limit.py",
     "overlay/node/signal_gate.py",
 )
 

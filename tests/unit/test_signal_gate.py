@@ -10,9 +10,9 @@ import pytest
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.core.offers import ANSWER_DOMAIN, INVITE_DOMAIN
+from overlay.core.rate_limit import KeyedBuckets
 from overlay.node.forwarded_signal import ForwardedSignal
 from overlay.node.signal_gate import Refusal, SignalGate
-from overlay.node.signal_limits import KeyedBuckets
 from overlay.node.supernode_options import SignalLimits
 
 T0 = 1_000_000.0
