@@ -41,3 +41,16 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def network_of(ip: str, v4_prefix: int = 24, v6_prefix: int = 48) -> str | None:
+    """The network ``ip`` counts in for per-network limits: its /24 (IPv4, IPv4-mapped IPv6
+    too) or /48 (IPv6), as ``"198.51.100.0/24"``; None when ``ip`` is not an address."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = v4_prefix if addr.version == 4 else v6_prefix
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 from collections import OrderedDict
+
+from overlay.core.addresses import network_of
 
 AMPLIFICATION_FACTOR = 3
 COOKIE_BYTES = 16
@@ -39,10 +40,9 @@ VERIFY_PING_BURST = 20.0
 
 
 def subnet_key(ip: str) -> str:
-    """The /24 of an IPv4 address (the /48 of an IPv6 one) as a string key."""
-    if ":" not in ip:
-        return ip.rsplit(".", 1)[0]
-    return str(ipaddress.ip_network(f"{ip}/48", strict=False).network_address)
+    """The /24 of an IPv4 address (the /48 of an IPv6 one) as a string key (see
+    :func:`overlay.core.addresses.network_of`)."""
+    return network_of(ip) or ip
 
 
 class AddressGate:

@@ -9,10 +9,10 @@ so a refresh never makes a long-held record look new.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterator
 
+from overlay.core.addresses import network_of
 from overlay.core.records import RecordError
 
 LOCAL = "local"
@@ -36,14 +36,7 @@ def source_group(ip: str | None) -> str:
     """The network a sender counts under: IPv4 /24, IPv6 /48, ``local`` for ``None``."""
     if ip is None:
         return LOCAL
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return f"?{ip[:64]}"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+    return network_of(ip) or f"?{ip[:64]}"
 
 
 class Ledger:

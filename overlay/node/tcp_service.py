@@ -20,7 +20,6 @@ handed to :attr:`TcpService.relay` and stays counted against the same connection
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -52,6 +51,7 @@ from overlay.attach.adapter import SessionProtocol
 from overlay.attach.handshake import HandshakeResult
 from overlay.attach.messages import MAX_LOOKUP_RECORDS, Alternative
 from overlay.core import records
+from overlay.core.addresses import network_of
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
@@ -87,16 +87,9 @@ class ServiceLimits:
 
 
 def subnet_of(ip: str, limits: ServiceLimits) -> str:
-    """The network ``ip`` is counted in: its /24 (IPv4, also IPv4-mapped IPv6) or /48
-    (IPv6); an address that does not parse is its own network."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = limits.subnet_prefix_v4 if addr.version == 4 else limits.subnet_prefix_v6
-    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+    """The network ``ip`` is counted in (``limits``' prefixes); an address that does not
+    parse is its own network."""
+    return network_of(ip, limits.subnet_prefix_v4, limits.subnet_prefix_v6) or ip
 
 
 @dataclass
