@@ -4,7 +4,9 @@ Fixes over ``kademlia.crawling``:
 
 * a round no longer waits for all alpha answers: up to alpha requests stay in flight and each
   answer immediately launches the next closest uncontacted node, so a dead contact occupies one
-  slot for one (adaptive, short) timeout instead of stalling the whole lookup;
+  slot for one (adaptive, short) timeout instead of stalling the whole lookup; a request past
+  that timeout is sent once more by the protocol and still waited for (its answer counts if
+  it comes), but frees its slot, as libtorrent's DHT traversal treats a "short timeout";
 * responses are parsed with a strict schema; a malformed answer (``{"value": [...]}``,
   ``{"x": 1}``, junk node tuples) counts as a failed contact instead of raising mid-crawl;
 * a value lookup merges the answers of several close nodes and returns every valid record,
@@ -18,6 +20,7 @@ Fixes over ``kademlia.crawling``:
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,7 +34,7 @@ from overlay.core.records import RecordError, SignedRecord
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
 
-RpcMethod = Callable[[Node, Node], Awaitable[tuple[bool, Any]]]
+RpcMethod = Callable[[Node, Node, Callable[[], None]], Awaitable[tuple[bool, Any]]]
 
 
 def _is_ip(text: str) -> bool:
@@ -111,18 +114,35 @@ class _InflightCrawl:
         raise NotImplementedError
 
     async def _crawl(self, rpcmethod: RpcMethod) -> None:
+        loop = asyncio.get_running_loop()
         pending: dict[asyncio.Future[tuple[bool, Any]], Node] = {}
+        #: requests past their adaptive timeout: still awaited, no longer holding a slot
+        slow: set[bytes] = set()
+        wake: asyncio.Future[None] = loop.create_future()
+
+        def went_slow(peer_id: bytes) -> None:
+            slow.add(peer_id)
+            if not wake.done():
+                wake.set_result(None)
+
         while not self._is_done():
             for peer in self.nearest.get_uncontacted():
-                if len(pending) >= self.alpha:
+                if len(pending) - len(slow) >= self.alpha:
                     break
                 self.nearest.mark_contacted(peer)
-                pending[asyncio.ensure_future(rpcmethod(peer, self.node))] = peer
+                request = rpcmethod(peer, self.node, functools.partial(went_slow, peer.id))
+                pending[asyncio.ensure_future(request)] = peer
             if not pending:
                 break
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Future[Any]] = [*pending, wake]
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if wake.done():
+                wake = loop.create_future()
             for task in done:
+                if task not in pending:
+                    continue
                 peer = pending.pop(task)
+                slow.discard(peer.id)
                 ok, reply = task.result()
                 if ok and self._accept(peer, reply.payload):
                     self.answered[peer.id] = peer

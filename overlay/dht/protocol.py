@@ -13,8 +13,11 @@ Fixes over ``kademlia.protocol`` / ``rpcudp``:
   has not proven it receives is at most 3x the request; a larger one is replaced by
   ``{"truncated": True, "cookie": c}`` and :meth:`OverlayProtocol.rpc` repeats the request
   with the cookie (one extra round trip to a new peer);
-* per-IP request rate limits; per-contact adaptive timeouts; a contact is evicted only after
-  several consecutive failures, not after one timeout;
+* per-IP request rate limits; per-contact adaptive timeouts, and a request unanswered within
+  its adaptive timeout is sent once more (a fresh message id) and waited for up to the full
+  ``rpc_timeout_s``, a late answer to either copy counting, as TCP backs its RTO off: one lost
+  datagram or a queue that briefly outgrew the RTT estimate does not fail a lookup; a contact
+  is evicted only after several consecutive failures, not after one timeout;
 * ``welcome_if_new`` uses the stored key itself (the stock code hashes the already-hashed
   key, so new nodes close to a key rarely receive it), tests each stored key with one bit
   comparison instead of a routing-table scan, and hands records on unchanged;
@@ -97,6 +100,8 @@ class DHTStats:
     requests_out: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     timeouts: int = 0
+    #: requests sent a second time after their adaptive timeout passed unanswered
+    retransmits: int = 0
     evicted: int = 0
     #: puts that only this node stored, and how their retries ended
     puts_local_only: int = 0
@@ -113,11 +118,15 @@ class Reply:
 @dataclass
 class _Outstanding:
     future: asyncio.Future[tuple[bool, Reply | None]]
-    timer: asyncio.TimerHandle
     expected_id: bytes | None
     sent_at: float
     method: str
     address: tuple[str, int]
+    request: list[Any]
+    on_retransmit: Callable[[], None] | None
+    timer: asyncio.TimerHandle | None = None
+    #: every message id this request went out under (the first copy and its retransmission)
+    msg_ids: list[bytes] = field(default_factory=list)
 
 
 class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -171,7 +180,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         for out in self._pending.values():
-            out.timer.cancel()
+            if out.timer is not None:
+                out.timer.cancel()
             if not out.future.done():
                 out.future.set_result((False, None))
         self._pending.clear()
@@ -208,17 +218,20 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         method: str,
         args: list[Any],
         expected_id: bytes | None = None,
+        on_retransmit: Callable[[], None] | None = None,
     ) -> tuple[bool, Reply | None]:
         """Send a request: (True, Reply) or (False, None). An answer withheld until our
         address is proven (``{"truncated": True, "cookie": c}``) is asked again with the
-        cookie, once."""
-        result = await self._send(address, method, args, expected_id, None)
+        cookie, once. ``on_retransmit`` is called when the adaptive timeout passed and the
+        request went out a second time (a lookup then stops counting it as in flight)."""
+        result = await self._send(address, method, args, expected_id, None, on_retransmit)
         ok, reply = result
         if ok and reply is not None:
             cookie = retry_cookie(reply.payload)
             if cookie is not None:
                 self.stats.requests_out["cookie_retry"] += 1
-                result = await self._send(address, method, args, expected_id, cookie)
+                result = await self._send(address, method, args, expected_id, cookie,
+                                          on_retransmit)
         return result
 
     def _send(
@@ -228,26 +241,52 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         args: list[Any],
         expected_id: bytes | None,
         cookie: bytes | None,
+        on_retransmit: Callable[[], None] | None,
     ) -> asyncio.Future[tuple[bool, Reply | None]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
         if self.closed or self.transport is None:
             future.set_result((False, None))
             return future
-        msg_id = new_msg_id()
         request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
-        datagram = seal(self.identity, Kind.REQUEST, msg_id, self.flags, request,
-                        recipient=expected_id or ANY_RECIPIENT, now=self.clock())
-        timer = loop.call_later(self.rtt.timeout(expected_id), self._timed_out, msg_id)
-        self._pending[msg_id] = _Outstanding(
-            future, timer, expected_id, time.monotonic(), method, address)
+        out = _Outstanding(future, expected_id, time.monotonic(), method, address, request,
+                           on_retransmit)
+        out.timer = loop.call_later(self.rtt.timeout(expected_id), self._retransmit, out)
         self.stats.requests_out[method] += 1
-        self.transport.sendto(datagram, address)
+        self._transmit(out)
         return future
 
-    def _timed_out(self, msg_id: bytes) -> None:
-        out = self._pending.pop(msg_id, None)
-        if out is not None and not out.future.done():
+    def _transmit(self, out: _Outstanding) -> None:
+        assert self.transport is not None
+        msg_id = new_msg_id()
+        out.msg_ids.append(msg_id)
+        self._pending[msg_id] = out
+        self.transport.sendto(
+            seal(self.identity, Kind.REQUEST, msg_id, self.flags, out.request,
+                 recipient=out.expected_id or ANY_RECIPIENT, now=self.clock()),
+            out.address)
+
+    def _retransmit(self, out: _Outstanding) -> None:
+        """The adaptive timeout passed: send the request once more and wait up to the full
+        timeout for an answer to either copy."""
+        if out.future.done() or self.closed or self.transport is None:
+            return
+        self.stats.retransmits += 1
+        out.timer = asyncio.get_running_loop().call_later(
+            self.config.rpc_timeout_s, self._timed_out, out)
+        self._transmit(out)
+        if out.on_retransmit is not None:
+            out.on_retransmit()
+
+    def _finish(self, out: _Outstanding) -> None:
+        if out.timer is not None:
+            out.timer.cancel()
+        for msg_id in out.msg_ids:
+            self._pending.pop(msg_id, None)
+
+    def _timed_out(self, out: _Outstanding) -> None:
+        self._finish(out)
+        if not out.future.done():
             self.stats.timeouts += 1
             out.future.set_result((False, None))
 
@@ -263,24 +302,34 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if out.expected_id is not None and sender_id != out.expected_id:
             self.stats.dropped["wrong_sender"] += 1
             return  # someone else answered for the node we asked: keep waiting, then time out
-        del self._pending[env.msg_id]
-        out.timer.cancel()
+        self._finish(out)
         now = time.monotonic()
         if addr == out.address:  # it received our random msg_id there: the address is real
             self.gate.prove(addr, now)
-        self.rtt.observe(sender_id, now - out.sent_at)
+        if len(out.msg_ids) == 1:  # Karn: an answer to a resent request times nothing
+            self.rtt.observe(sender_id, now - out.sent_at)
         if not out.future.done():
             out.future.set_result((True, Reply(env.sender_key, env.flags, env.payload)))
 
-    async def _call(self, node: Node, method: str, args: list[Any]) -> tuple[bool, Any]:
-        result = await self.rpc((node.ip, node.port), method, args, expected_id=node.id)
+    async def _call(
+        self, node: Node, method: str, args: list[Any],
+        on_retransmit: Callable[[], None] | None = None,
+    ) -> tuple[bool, Any]:
+        result = await self.rpc((node.ip, node.port), method, args, expected_id=node.id,
+                                on_retransmit=on_retransmit)
         return self.handle_call_response(result, node)
 
-    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "find_node", [node_to_find.id])
+    async def call_find_node(
+        self, node_to_ask: Node, node_to_find: Node,
+        on_retransmit: Callable[[], None] | None = None,
+    ) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "find_node", [node_to_find.id], on_retransmit)
 
-    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "find_value", [node_to_find.id])
+    async def call_find_value(
+        self, node_to_ask: Node, node_to_find: Node,
+        on_retransmit: Callable[[], None] | None = None,
+    ) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "find_value", [node_to_find.id], on_retransmit)
 
     async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "ping", [])

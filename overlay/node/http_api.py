@@ -88,6 +88,9 @@ class DHTCollector(Collector):
         yield dropped
         yield CounterMetricFamily("overlay_dht_rpc_timeouts", "DHT requests unanswered",
                                   value=stats.timeouts)
+        yield CounterMetricFamily("overlay_dht_rpc_retransmits",
+                                  "DHT requests sent again after their adaptive timeout",
+                                  value=stats.retransmits)
         yield CounterMetricFamily("overlay_dht_puts_local_only",
                                   "Puts no other node took at first (then retried)",
                                   value=stats.puts_local_only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from overlay.core import records
@@ -110,3 +111,56 @@ async def test_a_put_no_other_node_took_reaches_it_once_it_is_back():
         a.stop()
         if b_again is not None:
             b_again.stop()
+
+
+class DropFirstForwarder(asyncio.DatagramProtocol):
+    """A real UDP socket between two nodes that loses the first datagram it is given, as a
+    lossy link would, and forwards everything else both ways."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dropped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        if addr == self.server:
+            if self.client is not None:
+                self.transport.sendto(data, self.client)
+            return
+        self.client = addr
+        if self.dropped == 0:
+            self.dropped += 1
+            return
+        self.transport.sendto(data, self.server)
+
+
+async def test_a_request_whose_datagram_was_lost_is_sent_again_and_answered():
+    """One lost datagram on the way does not fail a request (a lookup under 2 % loss used to
+    drop the one holder it lost a datagram to): it is sent again after the adaptive timeout."""
+    from overlay.dht import DHTNode
+    from overlay.dht.protocol import DHTConfig
+    from tests.helpers.netutil import loopback_ips
+
+    config = DHTConfig(refresh_interval_s=3600)
+    ip_a, ip_b, ip_f = loopback_ips(3)
+    a, b = DHTNode(Identity.generate(), config), DHTNode(Identity.generate(), config)
+    await a.start(ip_a, 0)
+    await b.start(ip_b, 0)
+    loop = asyncio.get_running_loop()
+    transport, wire = await loop.create_datagram_endpoint(
+        lambda: DropFirstForwarder(b.address), local_addr=(ip_f, 0))
+    try:
+        via = transport.get_extra_info("sockname")[:2]
+        await a.call(via, "ping")
+        assert wire.dropped == 1
+        assert a.stats.retransmits == 1
+        assert a.stats.timeouts == 0
+    finally:
+        transport.close()
+        a.stop()
+        b.stop()
