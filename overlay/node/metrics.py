@@ -56,6 +56,9 @@ def signal_metrics(signals: SignalStats) -> Iterable[Metric]:
     for reason, n in signals.refused.items():
         refused.add_metric([reason], n)
     yield refused
+    yield CounterMetricFamily("overlay_signals_deferred",
+                              "Signals answered 'checking' (not decided yet: asked again)",
+                              value=signals.deferred)
     yield CounterMetricFamily("overlay_signals_delivered",
                               "Signals that passed every check, handed to a client here",
                               value=signals.delivered)

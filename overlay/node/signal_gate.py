@@ -61,6 +61,8 @@ class SignalStats:
     """What ``/metrics`` shows about signals."""
 
     refused: Counter[str] = field(default_factory=Counter)
+    #: signals answered ``checking`` (not decided yet: the sender asks again), not refusals
+    deferred: int = 0
     #: signals that passed every check and were handed to a client attached here
     delivered: int = 0
     #: signals of this supernode's clients that the receiver's supernode accepted
@@ -97,7 +99,10 @@ class SignalGate:
         return reason
 
     def refuse(self, reason: Refusal) -> None:
-        self.stats.refused[reason.value] += 1
+        if reason is Refusal.CHECKING:
+            self.stats.deferred += 1
+        else:
+            self.stats.refused[reason.value] += 1
 
     def _check(self, signal: ForwardedSignal, now: float,
                forwarder: bytes | None) -> Refusal | None:

@@ -110,7 +110,8 @@ def test_an_unknown_sender_reads_the_directory_once_then_is_refused() -> None:
     assert not gate.directory_due()
     assert gate.check(signal(), T0 + 2.2, MALLORY.public_key) is Refusal.CHECKING
     assert gate.directory_due()
-    assert gate.stats.refused == {"checking": 3, "not_supernode": 100}
+    assert gate.stats.refused == {"not_supernode": 100}
+    assert gate.stats.deferred == 3
 
 
 def test_a_new_supernode_is_found_on_the_next_read() -> None:
