@@ -69,12 +69,6 @@ async def udp_candidates(
     return list(dict.fromkeys(candidates)), udp.nat
 
 
-def relay_available() -> bool:
-    """Whether this client can use relays: always, since the relay client is part of the
-    tree (``tests/lab/test_connectivity_lab.py`` reads this switch)."""
-    return True
-
-
 class RelayedStream:
     """The relay client's stream as a media path: labelled with the relay that carries it, and
     its ConnectionErrors coming out as :class:`~overlay.media.errors.PathLost`."""

@@ -491,17 +491,6 @@ def _log_time(entry: dict[str, Any]) -> float | None:
     return None
 
 
-def overlay_help(*args: str) -> str:
-    """``overlay ARGS --help`` output ("" when the command does not exist)."""
-    r = subprocess.run([*OVERLAY, *args, "--help"], capture_output=True, text=True,
-                       cwd=str(REPO), timeout=30)
-    return r.stdout if r.returncode == 0 else ""
-
-
-def send_available() -> bool:
-    return "--control" in overlay_help("send")
-
-
 def run_exclusive(
     jobs: Sequence[tuple[tuple[str, ...], Callable[[], T]]], parallel: int
 ) -> list[T]:
