@@ -276,6 +276,7 @@ async def test_a_session_announces_its_limits_and_is_cut_at_them():
         ips = loopback_ips(2)
         status, body, (a, b) = await session(relay, node.identity.public_key, *ips)
         assert status == 0 and limits_of(body)[1] == 1
+        assert (await read_status(b.reader))[0] == 0
         started = time.monotonic()
         a.writer.write(b"x" * 100)
         assert await drain(b.reader, 10) == 100
