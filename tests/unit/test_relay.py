@@ -602,6 +602,22 @@ def test_cli_relay_options() -> None:
         4 * MBIT, 500_000, 8)
     args = parser.parse_args([*node, "--no-relay"])
     assert args.no_relay and args.relay_session_cap == 0
+    # the session limits and the per-IP, per-/24 and per-key limits, documented defaults
+    assert (args.relay_session_bytes, args.relay_session_time, args.relay_max_sessions_per_ip,
+            args.relay_max_sessions_per_subnet, args.relay_subnet_share,
+            args.relay_max_sessions_per_key) == (64 * 2**20, 3600.0, 8, 4, 0.5, 4)
+    defaults = BudgetConfig()
+    assert (defaults.max_session_bytes, defaults.max_session_s, defaults.max_sessions_per_ip,
+            defaults.max_sessions_per_subnet, defaults.subnet_share,
+            defaults.max_sessions_per_key) == (64 * 2**20, 3600.0, 8, 4, 0.5, 4)
+    args = parser.parse_args([*node, "--relay-session-bytes", "1G", "--relay-session-time", "60",
+                              "--relay-max-sessions-per-subnet", "16", "--relay-subnet-share",
+                              "1", "--relay-max-sessions-per-key", "2"])
+    assert (args.relay_session_bytes, args.relay_session_time, args.relay_subnet_share,
+            args.relay_max_sessions_per_subnet, args.relay_max_sessions_per_key) == (
+        2**30, 60.0, 1.0, 16, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*node, "--relay-subnet-share", "0"])
 
 
 

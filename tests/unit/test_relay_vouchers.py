@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -199,3 +200,70 @@ async def test_without_a_countersignature_the_callers_own_supernode_admits_a_res
             assert node.relay.stats.refused["unreserved"] >= 1
         finally:
             session.close("done")
+
+
+@pytest.mark.parametrize(("session_bytes", "size"), [(64 * 2**20, 300_000), (100_000, 650_000)],
+                         ids=["one session", "renewed at the relay's byte limit"])
+async def test_a_send_whose_only_path_is_a_relay_gets_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_bytes: int, size: int,
+) -> None:
+    """The whole caller/callee flow in one process: a bootstrap node, two relaying
+    supernodes, alice and bob as client daemons; direct paths are taken away (as behind two
+    symmetric NATs), so the file must go through a relay chosen from the directory, on the
+    vouchers the invite and the answer carry. A file larger than a relay session may carry
+    goes on in new sessions (more than ``MAX_SESSIONS_PER_SEND``: a session ended at the
+    limit the relay announced is not a failure), resumed where the receiver's data ends."""
+    from overlay.attach import SessionConfig
+    from overlay.client.daemon import ClientDaemon
+    from overlay.client.options import ClientOptions
+    from overlay.dht import DHTConfig
+    from overlay.node.daemon import NodeDaemon
+    from overlay.node.tcp_service import ServiceLimits
+    from tests.helpers.netutil import wait_for
+
+    monkeypatch.setattr(MediaService, "_attempts", lambda *args: {})  # no direct path
+    ips = loopback_ips(5)
+    dht = DHTConfig(refresh_interval_s=3600)
+    limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1.0))
+    boot = NodeDaemon(NodeOptions(listen=(ips[0], PORT), dht=dht, limits=limits),
+                      Identity.generate())
+    nodes: list[NodeDaemon] = [boot]
+    clients: list[ClientDaemon] = []
+    try:
+        await boot.start()
+        for ip in ips[1:3]:
+            sn = Supernode(NodeOptions(listen=(ip, PORT), bootstrap=[(ips[0], PORT)], dht=dht,
+                                       limits=limits),
+                           SupernodeOptions(record_refresh_s=2.0,
+                                            relay=BudgetConfig(
+                                                total_bps=50 * MBIT,
+                                                max_session_bytes=session_bytes)),
+                           Identity.generate())
+            await sn.start()
+            nodes.append(sn)
+        for user in ("alice", "bob"):
+            client = ClientDaemon(ClientOptions(
+                user=user, device="laptop", key_path=tmp_path / f"{user}.key",
+                bootstrap=[(ips[0], PORT)], state_dir=tmp_path / user, heartbeat_s=1.0,
+                may_become_supernode=False, accept_from="anyone", inbox=tmp_path / user / "in"))
+            await client.start()
+            clients.append(client)
+        await wait_for(lambda: all(c.status()["state"] == "attached" for c in clients), 20)
+        payload = tmp_path / "notes.bin"
+        payload.write_bytes(os.urandom(size))
+        alice = clients[0]
+        result = await asyncio.wait_for(alice.media.send("bob", payload), 90)
+        assert result["path"] == "relay" and result["relay"] is not None
+        received = tmp_path / "bob" / "in" / "notes.bin"
+        assert received.read_bytes() == payload.read_bytes()
+        relays = [n for n in nodes[1:] if isinstance(n, Supernode)]
+        assert sum(r.relay.stats.paired for r in relays) >= 1
+        ended_at_limit = sum(r.relay.stats.ended["byte limit"] for r in relays)
+        assert ended_at_limit == 0 if size < session_bytes else ended_at_limit > 5
+        refused = sum((r.relay.stats.refused for r in relays), start=Counter[str]())
+        assert not refused.keys() - {"unknown token"}, refused
+    finally:
+        for c in clients:
+            await c.stop()
+        for n in reversed(nodes):
+            await n.stop()
