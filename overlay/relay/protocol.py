@@ -5,8 +5,9 @@ The relay listens on the supernode's TCP port (the same one as attachment; the f
 tell the two apart, see :mod:`overlay.node.tcp_service`). It never opens a connection anywhere and
 the handshake has no address field: it only joins two connections that present the same
 32-byte token, which the caller chose at random and sent the callee inside the signed
-end-to-end invite. Media paths are end-to-end encrypted above the relay
-(:mod:`overlay.media.secure_stream`), so a relay only ever carries ciphertext.
+end-to-end invite, and only when the caller holds a credential (below). Media paths are
+end-to-end encrypted above the relay (:mod:`overlay.media.secure_stream`), so a relay only
+ever carries ciphertext.
 
 Wire format (all integers big endian)::
 
@@ -34,6 +35,8 @@ caller, or a wrong token), ``token used`` (a third connection, also after the se
 ended), ``relay disabled``, ``timeout`` (the callee did not come), ``bad hello``.
 
 Modules: :mod:`overlay.relay.budget` (sans-IO admission and rate limiting),
+:mod:`overlay.relay.voucher` and :mod:`overlay.relay.admission` (sans-IO: who may open a
+session, and how many per IP, /24 and key),
 :mod:`overlay.relay.server` (the asyncio side, inside a supernode),
 :mod:`overlay.relay.client` (:func:`~overlay.relay.client.relay_connect`).
 """
