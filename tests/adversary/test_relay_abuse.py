@@ -81,6 +81,14 @@ def limits_of(body: bytes) -> tuple[int, int, int]:
     return max_bytes, max_s, rate
 
 
+def refused_metric(node: Supernode, reason: str) -> float:
+    collect = node.extra_metrics()
+    assert collect is not None
+    return sum(sample.value for family in collect() for sample in family.samples
+               if sample.name == "overlay_relay_refused_total"
+               and sample.labels.get("reason") == reason)
+
+
 class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -143,6 +151,7 @@ async def test_anonymous_and_token_only_hellos_are_refused_and_the_honest_pair_g
         status, body, pair = await session(relay, node.identity.public_key, *honest)
         assert status == 0, body
         assert node.relay.stats.refused["unreserved"] == 3
+        assert refused_metric(node, "unreserved") == 3  # what the operator sees in /metrics
         for c in conns + pair:
             c.close()
 

@@ -267,3 +267,43 @@ async def test_a_send_whose_only_path_is_a_relay_gets_through(
             await c.stop()
         for n in reversed(nodes):
             await n.stop()
+
+
+async def test_only_an_attached_client_reserves_and_within_its_key_limit() -> None:
+    from overlay.attach.messages import CLIENT_SENDS, LOOKUP_ONLY_SENDS, RelayReserve
+    from overlay.relay.client import relay_connect
+    from overlay.relay.protocol import ROLE_CALLEE, ROLE_CALLER
+    from overlay.relay.voucher import token_hash
+
+    async with relay_supernode() as node:
+        host, key = node.advertised[0], node.identity.public_key
+        mallory = Identity.generate()
+        # a lookup-only session (throwaway key) may not even send it (the server's check too)
+        assert RelayReserve in CLIENT_SENDS and RelayReserve not in LOOKUP_ONLY_SENDS
+        # a session that has not attached is refused
+        unattached = await ClientSession.connect(host, PORT, mallory, expected_node_key=key,
+                                                 user="mallory", device="box")
+        reply = await unattached.reserve_relay(os.urandom(32))
+        assert (reply.ok, reply.reason) == (False, "not attached")
+        unattached.close("done")
+        # an attached client: up to its key's limit (4), then "key limit"
+        alice = Identity.generate()
+        session = await ClientSession.connect(host, PORT, alice, expected_node_key=key,
+                                              user="alice", device="phone")
+        try:
+            await session.attach(records.presence(
+                alice, "alice", "phone", seq=1, supernode_key=key, supernode_host=host,
+                supernode_port=PORT))
+            tokens = [os.urandom(32) for _ in range(5)]
+            replies = [await session.reserve_relay(token_hash(t)) for t in tokens]
+            assert [r.ok for r in replies] == [True] * 4 + [False]
+            assert replies[-1].reason == "key limit" and replies[0].ttl_s == 60.0
+            # a reserved token opens a session without a voucher, once
+            a = asyncio.create_task(relay_connect(host, PORT, tokens[0], ROLE_CALLER, timeout=5))
+            b = await relay_connect(host, PORT, tokens[0], ROLE_CALLEE, timeout=5)
+            a_stream = await a
+            assert node.relay.admission.per_key[alice.public_key] == 1
+            assert node.relay.admission.reserved[alice.public_key] == 3
+            await asyncio.gather(a_stream.close(), b.close())
+        finally:
+            session.close("done")
