@@ -35,6 +35,11 @@ RESERVATION_TTL_S = 60.0
 MAX_RESERVATIONS = 4096
 
 
+def address_of(ip: str) -> str:
+    """One address as it counts per IP (an IPv4-mapped IPv6 address is its IPv4 one)."""
+    return network_of(ip, 32, 128) or ip
+
+
 def subnet_of(ip: str) -> str:
     """The /24 (IPv6 /48) an address counts in; an unparsable one counts alone."""
     return network_of(ip) or ip
@@ -107,7 +112,7 @@ class RelayAdmission:
     def address_refusal(self, ip: str) -> tuple[str, str] | None:
         """(reason, detail) when the caller's IP or network holds its sessions already."""
         cfg = self.config
-        if self.per_ip[ip] >= cfg.max_sessions_per_ip:
+        if self.per_ip[address_of(ip)] >= cfg.max_sessions_per_ip:
             return REASON_SESSIONS, f"{cfg.max_sessions_per_ip} from {ip}"
         subnet = subnet_of(ip)
         if self.per_subnet[subnet] >= cfg.max_sessions_per_subnet:
@@ -129,7 +134,7 @@ class RelayAdmission:
         """Count an admitted session (and use up its reservation)."""
         if reservation is not None:
             self._forget(reservation.token_hash)
-        holding = Holding(ip, subnet_of(ip), tuple(dict.fromkeys(keys)))
+        holding = Holding(address_of(ip), subnet_of(ip), tuple(dict.fromkeys(keys)))
         self.per_ip[holding.ip] += 1
         self.per_subnet[holding.subnet] += 1
         for key in holding.keys:

@@ -24,6 +24,7 @@ from overlay.media.secure_stream import secure
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits
+from overlay.relay.admission import RelayAdmission
 from overlay.relay.budget import MIN_SLICE, Budget, BudgetConfig, Refusal, default_session_cap
 from overlay.relay.client import (
     RelayByteStream,
@@ -195,6 +196,43 @@ def test_budget_admission_and_limits() -> None:
     assert default_session_cap(2 * MBIT) == MBIT
     assert default_session_cap(100 * MBIT) == 25 * MBIT
     assert default_session_cap(500_000) == 500_000
+
+
+def test_admission_counts_per_ip_per_slash24_or_slash48_and_per_key() -> None:
+    """Sans-IO: the counts a caller's hello is checked against, IPv6 by /48, an IPv4-mapped
+    address as its IPv4 /24; the budget's share per network."""
+    cfg = BudgetConfig(total_bps=8 * MBIT, session_cap_bps=MBIT, max_sessions_per_ip=2,
+                       max_sessions_per_subnet=3, max_sessions_per_key=2)
+    admission = RelayAdmission(cfg)
+    k1, k2, k3 = (bytes([i]) * 32 for i in (1, 2, 3))
+    held = [admission.hold(f"2001:db8:1:{i:x}::1", (bytes([10 + i]) * 32,), None)
+            for i in range(3)]  # three /64s, one /48
+    assert admission.address_refusal("2001:db8:1:ff::9") == (
+        "subnet limit", "3 from 2001:db8:1::/48")
+    assert admission.address_refusal("2001:db8:2::1") is None  # another /48
+    admission.release(held[0])
+    admission.release(held[0])  # once only
+    assert admission.address_refusal("2001:db8:1:ff::9") is None
+    admission.hold("198.51.100.7", (k1, k2), None)
+    admission.hold("::ffff:198.51.100.7", (k1, k3), None)  # the same IP, mapped
+    assert admission.address_refusal("198.51.100.7") == ("sessions", "2 from 198.51.100.7")
+    assert admission.key_refusal((k2, k1))[0] == "key limit"  # k1 holds 2
+    assert admission.key_refusal((k2, k3)) is None
+    # a reservation counts against its key until it is used, then as the session
+    assert admission.reserve(b"t" * 32, k2, 0.0) is None
+    assert admission.reserve(b"u" * 32, k2, 0.0) == "key limit"
+    reservation = admission.reservation(b"t" * 32, 1.0)
+    assert reservation is not None and admission.key_refusal((k2,), k2) is None
+    assert admission.reservation(b"t" * 32, 61.0) is None  # expired after 60 s
+    # the budget: sessions from one /24 reserve at most half of it
+    budget = Budget(BudgetConfig(total_bps=4 * MBIT, session_cap_bps=MBIT), now=0.0)
+    budget.admit(0, 0.0, "198.51.100.0/24")
+    budget.admit(0, 0.0, "198.51.100.0/24")
+    with pytest.raises(Refusal) as refused:
+        budget.admit(0, 0.0, "198.51.100.0/24")
+    assert refused.value.reason == "subnet limit"
+    budget.admit(0, 0.0, "203.0.113.0/24")
+    assert budget.reserved_by_subnet == {"198.51.100.0/24": 2 * MBIT, "203.0.113.0/24": MBIT}
 
 
 def test_budget_bounds_every_window_with_a_simulated_clock() -> None:
