@@ -132,6 +132,7 @@ class Supernode(NodeDaemon, AttachHandler):
         assert session.result is not None
         if session.attached is None:
             reason: str | None = "not attached"
+            self.relay.stats.refused["not attached"] += 1
         else:
             reason = self.relay.reserve(msg.token_hash, session.result.client_key)
         session.bind(log).info("relay_reserve", ok=reason is None, reason=reason)

@@ -285,6 +285,7 @@ async def test_only_an_attached_client_reserves_and_within_its_key_limit() -> No
                                                  user="mallory", device="box")
         reply = await unattached.reserve_relay(os.urandom(32))
         assert (reply.ok, reply.reason) == (False, "not attached")
+        assert node.relay.stats.refused["not attached"] == 1
         unattached.close("done")
         # an attached client: up to its key's limit (4), then "key limit"
         alice = Identity.generate()
