@@ -374,15 +374,14 @@ class MediaService:
         )[: relay_selector.TOP]
         return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
-    def _relay_attempts(self, s: Session, offer: Offer, answer: Offer
-                        ) -> dict[str, Attempt]:
+    def _relay_attempts(self, s: Session, offer: Offer, answer: Offer) -> dict[str, Attempt]:
         """One attempt per relay the invite names: the first relay that admits the session
         and pairs both halves wins the race like any other path. The caller's hello carries
         the voucher both signed (``answer``, ours or the callee's, has the callee's
         countersignatures); where there is none (a peer that does not sign vouchers), a
         relay that is our own supernode is reserved over our attachment instead."""
         attempts: dict[str, Attempt] = {}
-        vouchers = bool(offer.relay_sigs) and answer is not None and bool(answer.relay_sigs)
+        vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
         own = self._own_reflexive()
         peer = candidate_policy.public_of(
             h for h, _ in (*offer.candidates.tcp, *offer.candidates.udp))
@@ -393,7 +392,7 @@ class MediaService:
                          reason=verdict.reason)
                 continue
             token = relay_selector.session_token(offer.relay_secret, key)
-            voucher = voucher_for(offer, answer, i) if s.initiator and answer else None
+            voucher = voucher_for(offer, answer, i) if s.initiator else None
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
                 host, port, key, token, s.initiator, RELAY_RATE_BPS, voucher=voucher,
                 reserve=None if vouchers else self._reserver(key))
