@@ -11,7 +11,7 @@ Layers, bottom up:
   ClientAuth 5, Error 6, Attach 16, AttachOk 17, Refused 18, Moving 19, Goodbye 20, Ping 21,
   Pong 22, Detach 23, LookupRequest 32, LookupResponse 33, DirectoryRequest 34,
   DirectoryResponse 35, ReachabilityRequest 36, ReachabilityResult 37, Signal 48,
-  SignalDelivery 49, SignalResult 50.
+  SignalDelivery 49, SignalResult 50, RelayReserve 52, RelayReserved 53.
 * :mod:`~overlay.attach.handshake` -- ephemeral X25519 + ed25519 signatures over the whole
   transcript; the client pins the supernode's node key (or trusts on first use).
 * :mod:`~overlay.attach.channel` -- ChaCha20-Poly1305 per direction, implicit counter nonces.
@@ -103,6 +103,8 @@ from overlay.attach.messages import (
     ReachabilityResult,
     Refused,
     RefuseReason,
+    RelayReserve,
+    RelayReserved,
     ServerHello,
     Signal,
     SignalDelivery,
@@ -177,6 +179,8 @@ __all__ = [
     "ReachabilityResult",
     "RefuseReason",
     "Refused",
+    "RelayReserve",
+    "RelayReserved",
     "Role",
     "SecureChannel",
     "ServerConnection",

@@ -37,6 +37,8 @@ from overlay.attach import (
     ReachabilityRequest,
     ReachabilityResult,
     Refused,
+    RelayReserve,
+    RelayReserved,
     SessionConfig,
     Signal,
     SignalResult,
@@ -383,7 +385,8 @@ class ClientSession:
 
     def _dispatch(self, msg: Message) -> None:
         request_id = getattr(msg, "request_id", None)
-        answers = LookupResponse | DirectoryResponse | ReachabilityResult | SignalResult
+        answers = (LookupResponse | DirectoryResponse | ReachabilityResult | SignalResult
+                   | RelayReserved)
         if isinstance(msg, answers) and request_id in self._pending:
             future = self._pending.pop(request_id)
             if not future.done():
@@ -445,6 +448,13 @@ class ClientSession:
         """Ask the supernode to dial back to our source IP on ``port`` (TCP and UDP)."""
         reply = await self._request(lambda rid: ReachabilityRequest(rid, port), timeout)
         assert isinstance(reply, ReachabilityResult)
+        return reply
+
+    async def reserve_relay(self, token_hash: bytes, timeout: float = 5.0) -> RelayReserved:
+        """Reserve one relay session on this supernode for the token that hashes to
+        ``token_hash`` (the caller's hello then needs no voucher)."""
+        reply = await self._request(lambda rid: RelayReserve(rid, token_hash), timeout)
+        assert isinstance(reply, RelayReserved)
         return reply
 
     async def signal(

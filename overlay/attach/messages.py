@@ -45,6 +45,9 @@ float), bounded lengths, checked patterns, no maps or ext types, and the same by
   49   SignalDelivery       sealed from_user: name, from_device: name, from_key: bin32,
                                    payload: bin <= 16384
   50   SignalResult         sealed request_id: u64, ok: bool, reason: text
+  52   RelayReserve         sealed request_id: u64, token_hash: bin32
+  53   RelayReserved        sealed request_id: u64, ok: bool, reason: text,
+                                   ttl_s: float 0..3600
 =====  ===================  =====  ====================================================
 
 ``name`` is a user or device name as in :mod:`overlay.core.records` (``[a-z0-9][a-z0-9._-]{0,63}``);
@@ -96,6 +99,8 @@ from overlay.attach.session_messages import (
     ReachabilityResult,
     Refused,
     RefuseReason,
+    RelayReserve,
+    RelayReserved,
     Signal,
     SignalDelivery,
     SignalResult,
@@ -140,6 +145,8 @@ __all__ = [
     "ReachabilityResult",
     "RefuseReason",
     "Refused",
+    "RelayReserve",
+    "RelayReserved",
     "ServerHello",
     "Signal",
     "SignalDelivery",
@@ -155,7 +162,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Probe, ProbeReply, ClientHello, ServerHello, ClientAuth, Error, Attach, AttachOk,
         Refused, Moving, Goodbye, Ping, Pong, LookupRequest, LookupResponse, Signal,
         SignalDelivery, SignalResult, DirectoryRequest, DirectoryResponse, Detach,
-        ReachabilityRequest, ReachabilityResult,
+        ReachabilityRequest, ReachabilityResult, RelayReserve, RelayReserved,
     )
 }
 assert len(MESSAGE_TYPES) == len(MessageType)
@@ -171,11 +178,11 @@ SEALED_TYPES: frozenset[type[Message]] = frozenset(
 #: Sealed messages each side may send.
 CLIENT_SENDS: frozenset[type[Message]] = frozenset(
     {Attach, Detach, Ping, Pong, LookupRequest, DirectoryRequest, Signal, ReachabilityRequest,
-     Goodbye, Error}
+     RelayReserve, Goodbye, Error}
 )
 SERVER_SENDS: frozenset[type[Message]] = frozenset(
     {AttachOk, Refused, Moving, Goodbye, Ping, Pong, LookupResponse, DirectoryResponse,
-     SignalDelivery, SignalResult, ReachabilityResult, Error}
+     SignalDelivery, SignalResult, ReachabilityResult, RelayReserved, Error}
 )
 #: What a LOOKUP_ONLY client may send.
 LOOKUP_ONLY_SENDS: frozenset[type[Message]] = frozenset(

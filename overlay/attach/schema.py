@@ -53,6 +53,8 @@ class MessageType(IntEnum):
     SIGNAL = 48
     SIGNAL_DELIVERY = 49
     SIGNAL_RESULT = 50
+    RELAY_RESERVE = 52
+    RELAY_RESERVED = 53
 
 
 # --- field checks: each raises MalformedMessage unless the value fits exactly ----------------

@@ -1,6 +1,7 @@
 """The sealed messages of an established session: attach and detach, admission
 (``Refused``, ``Moving``), liveness (``Ping``/``Pong``, ``Goodbye``), lookups, the directory,
-reachability checks and signalling. Tags 16-50 in :mod:`overlay.attach.messages`."""
+reachability checks, signalling and relay reservations. Tags 16-53 in
+:mod:`overlay.attach.messages`."""
 
 from __future__ import annotations
 
@@ -321,3 +322,41 @@ class SignalResult(Message):
         check_int("request_id", self.request_id, 0, U64)
         check_bool("ok", self.ok)
         check_text("reason", self.reason)
+
+
+#: a relay token's hash (:func:`overlay.relay.voucher.token_hash`)
+TOKEN_HASH_BYTES = 32
+
+
+@dataclass(frozen=True)
+class RelayReserve(Message):
+    """An attached client reserves one relay session on this supernode: the caller's hello
+    with the token whose hash is ``token_hash`` is then admitted without a voucher."""
+
+    request_id: int
+    token_hash: bytes
+    TAG = MessageType.RELAY_RESERVE
+
+    def _check(self) -> None:
+        check_int("request_id", self.request_id, 0, U64)
+        check_bytes("token_hash", self.token_hash, TOKEN_HASH_BYTES, TOKEN_HASH_BYTES)
+
+
+@dataclass(frozen=True)
+class RelayReserved(Message):
+    """The answer: ``ok`` and, when not, the relay's refusal reason; ``ttl_s``, how long the
+    reservation waits for its caller."""
+
+    request_id: int
+    ok: bool
+    reason: str
+    ttl_s: float
+    TAG = MessageType.RELAY_RESERVED
+
+    def _check(self) -> None:
+        check_int("request_id", self.request_id, 0, U64)
+        check_bool("ok", self.ok)
+        check_text("reason", self.reason)
+        check_float("ttl_s", self.ttl_s)
+        if not 0.0 <= self.ttl_s <= 3600.0:
+            raise MalformedMessage("ttl_s must be in [0, 3600]")

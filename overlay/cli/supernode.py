@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from overlay.cli.common import EXIT_OK, EXIT_USAGE, positive, rate, run_async
+from overlay.cli.common import EXIT_OK, EXIT_USAGE, count, positive, rate, run_async, size
 from overlay.cli.node import add_node_arguments, node_options
 from overlay.core.units import parse_rate
 
@@ -41,6 +41,12 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             total_bps=0 if args.no_relay else args.relay_budget,
             session_cap_bps=args.relay_session_cap,
             max_sessions=args.relay_max_sessions,
+            max_session_bytes=args.relay_session_bytes,
+            max_session_s=args.relay_session_time,
+            max_sessions_per_ip=args.relay_max_sessions_per_ip,
+            max_sessions_per_subnet=args.relay_max_sessions_per_subnet,
+            max_sessions_per_key=args.relay_max_sessions_per_key,
+            subnet_share=args.relay_subnet_share,
         ),
     )
 
@@ -49,6 +55,17 @@ def cmd_supernode(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return run_async(main())
+
+
+def share(text: str) -> float:
+    """A fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError("a share is in (0, 1]")
+    return value
 
 
 def add_commands(sub: Any) -> None:
@@ -63,6 +80,23 @@ def add_commands(sub: Any) -> None:
                         "(default: a quarter of the budget, at least 1Mbit)")
     p.add_argument("--relay-max-sessions", type=int, default=32, metavar="N",
                    help="relay sessions at once (waiting ones count)")
+    p.add_argument("--relay-session-bytes", type=size, default="64M", metavar="SIZE",
+                   help="a relay session ends after this many bytes, both directions "
+                        "(default 64M: an hour of a two-way 64 kbit/s call; a file transfer "
+                        "resumes on a new session)")
+    p.add_argument("--relay-session-time", type=positive, default=3600.0, metavar="S",
+                   help="a relay session ends this long after pairing (default 3600)")
+    p.add_argument("--relay-max-sessions-per-ip", type=count, default=8, metavar="N",
+                   help="relay sessions one caller IP may hold (default 8)")
+    p.add_argument("--relay-max-sessions-per-subnet", type=count, default=4, metavar="N",
+                   help="relay sessions callers in one IPv4 /24 or IPv6 /48 may hold "
+                        "(default 4)")
+    p.add_argument("--relay-subnet-share", type=share, default=0.5, metavar="F",
+                   help="the part of the relay budget the sessions from one /24 (/48) may "
+                        "reserve together, 0..1 (default 0.5; never less than one session)")
+    p.add_argument("--relay-max-sessions-per-key", type=count, default=4, metavar="N",
+                   help="relay sessions one user key (voucher signer or reserving client) "
+                        "may hold (default 4)")
     p.add_argument("--no-relay", action="store_true",
                    help="do not relay for others (relay connections are refused)")
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",

@@ -66,6 +66,12 @@ from overlay.media.consent import (
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.relay_selector import RelayHistory
+from overlay.media.relay_vouchers import (
+    VOUCHER_MARGIN_S,
+    callee_signatures,
+    caller_signatures,
+    voucher_for,
+)
 from overlay.media.session import LostMidTransfer, MediaConfig, Session
 from overlay.media.signalling import (
     Candidates,
@@ -89,6 +95,9 @@ from overlay.media.transfer import (
 log = get_logger(__name__)
 
 MAX_SESSIONS_PER_SEND = 5
+#: sessions a send may use in all, counting those a relay ended at its announced limit (a
+#: large file through relays that allow 64 MiB per session needs one per 64 MiB)
+MAX_RENEWED_SESSIONS = 256
 RESUME_RETRY_PAUSE_S = 2.0
 #: the rate a file transfer asks a relay to reserve: 0 takes the relay's per-session cap
 RELAY_RATE_BPS = 0
@@ -232,12 +241,21 @@ class MediaService:
         slog = log.bind(peer=ref.name)
         errors: list[str] = []
         lost_a_path = False
-        for _ in range(MAX_SESSIONS_PER_SEND):
+        failures = 0
+        for _ in range(MAX_RENEWED_SESSIONS):
+            if failures >= MAX_SESSIONS_PER_SEND:
+                break
             try:
                 return await self._send_once(ref, path, transfer_id, sha, failed_relays,
                                              accept_wait_s)
             except LostMidTransfer as exc:
                 lost_a_path = True
+                if exc.at_relay_limit:
+                    # not a failure: the relay ended the session where it said it would
+                    slog.info("relay_session_limit", to_user=ref.name, reason=str(exc),
+                              resuming=True)
+                    continue
+                failures += 1
                 errors.append(str(exc))
                 if exc.relay is not None:
                     failed_relays.add(exc.relay.key)
@@ -250,6 +268,7 @@ class MediaService:
                 if not lost_a_path:
                     raise
                 # what took the path down (a supernode) may be failing the peer over too
+                failures += 1
                 errors.append(str(exc))
                 await asyncio.sleep(RESUME_RETRY_PAUSE_S)
         raise SendFailed(f"transfer failed on every path tried: {'; '.join(errors)}")
@@ -274,9 +293,13 @@ class MediaService:
             local = await self.candidates(session)
             relays, secret = await self._choose_relays(session, target, failed_relays, slog)
             me = self.config
+            # the relay vouchers' expiry covers the whole wait for an answer and the race
+            expires = int(time.time() + accept_wait_s) + VOUCHER_MARGIN_S
+            sigs = caller_signatures(me.identity, relays, secret, target.user_key, expires)
             invite = sign_offer(Offer("invite", s.session_id, me.user, me.device,
                                       me.identity.public_key, to_user, s.keys.public, local,
-                                      time.time(), relays=relays, relay_secret=secret),
+                                      time.time(), relays=relays, relay_secret=secret,
+                                      relay_expires=expires if sigs else 0, relay_sigs=sigs),
                                 me.identity)
             try:
                 result = await session.signal(to_user, invite.wire, to_device=target.device)
@@ -300,7 +323,7 @@ class MediaService:
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, answer.candidates, shared, transcript)
-            attempts.update(self._relay_attempts(s, invite))
+            attempts.update(self._relay_attempts(s, invite, answer))
             try:
                 stream, timeline = await connect_as_initiator(
                     attempts, self._securer(s, shared, transcript), log=slog)
@@ -316,7 +339,7 @@ class MediaService:
             except PathLost as exc:
                 raise LostMidTransfer(
                     f"{stream.path} lost after {progress['sent']} bytes: {exc}",
-                    stream.relay) from None
+                    stream.relay, at_relay_limit=transport_hooks.at_relay_limit(exc)) from None
             except TransferError as exc:
                 raise SendFailed(f"transfer failed: {exc}") from None
             finally:
@@ -351,10 +374,14 @@ class MediaService:
         )[: relay_selector.TOP]
         return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
-    def _relay_attempts(self, s: Session, offer: Offer) -> dict[str, Attempt]:
+    def _relay_attempts(self, s: Session, offer: Offer, answer: Offer) -> dict[str, Attempt]:
         """One attempt per relay the invite names: the first relay that admits the session
-        and pairs both halves wins the race like any other path."""
+        and pairs both halves wins the race like any other path. The caller's hello carries
+        the voucher both signed (``answer``, ours or the callee's, has the callee's
+        countersignatures); where there is none (a peer that does not sign vouchers), a
+        relay that is our own supernode is reserved over our attachment instead."""
         attempts: dict[str, Attempt] = {}
+        vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
         own = self._own_reflexive()
         peer = candidate_policy.public_of(
             h for h, _ in (*offer.candidates.tcp, *offer.candidates.udp))
@@ -365,9 +392,29 @@ class MediaService:
                          reason=verdict.reason)
                 continue
             token = relay_selector.session_token(offer.relay_secret, key)
+            voucher = voucher_for(offer, answer, i) if s.initiator else None
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
-                host, port, key, token, s.initiator, RELAY_RATE_BPS)
+                host, port, key, token, s.initiator, RELAY_RATE_BPS, voucher=voucher,
+                reserve=None if vouchers else self._reserver(key))
         return attempts
+
+    def _reserver(self, relay_key: bytes) -> transport_hooks.Reserve | None:
+        """Reserving a relay session over our attachment, when the relay is our primary
+        supernode (a reservation is made only where we are attached)."""
+        session = self.attachment.primary_session()
+        if session is None or session.node_key != relay_key:
+            return None
+        attached = session
+
+        async def reserve(token_hash: bytes) -> None:
+            try:
+                reply = await attached.reserve_relay(token_hash)
+            except SessionError as exc:
+                raise PathLost(f"relay reservation failed: {exc}") from None
+            if not reply.ok:
+                raise PathLost(f"relay reservation refused: {reply.reason}")
+
+        return reserve
 
     # -- callee ---------------------------------------------------------------------------------
 
@@ -449,13 +496,16 @@ class MediaService:
         try:
             local = await self.candidates(session)
             me = self.config
+            sigs = callee_signatures(me.identity, invite, time.time())
             answer = sign_offer(Offer("answer", s.session_id, me.user, me.device,
                                       me.identity.public_key, invite.from_user, s.keys.public,
-                                      local, time.time()), me.identity)
+                                      local, time.time(),
+                                      relay_expires=invite.relay_expires if sigs else 0,
+                                      relay_sigs=sigs), me.identity)
             shared = s.keys.shared_secret(invite.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
-            attempts.update(self._relay_attempts(s, invite))
+            attempts.update(self._relay_attempts(s, invite, answer))
             result = await session.signal(invite.from_user, answer.wire,
                                           to_device=invite.from_device)
             if not result.ok:

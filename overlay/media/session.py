@@ -21,9 +21,12 @@ from overlay.media.stream import RelayRef
 class LostMidTransfer(PathLost):
     """The chosen path failed mid-transfer; another session may resume it."""
 
-    def __init__(self, message: str, relay: RelayRef | None) -> None:
+    def __init__(self, message: str, relay: RelayRef | None,
+                 at_relay_limit: bool = False) -> None:
         super().__init__(message)
         self.relay = relay
+        #: the relay ended the session at the limit it announced (not a failure of the relay)
+        self.at_relay_limit = at_relay_limit
 
 
 @dataclass(frozen=True)

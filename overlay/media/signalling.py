@@ -104,13 +104,23 @@ class Offer:
     #: from which each relay's session token is derived
     relays: tuple[tuple[str, int, bytes], ...] = ()
     relay_secret: bytes = b""
+    #: relay vouchers (:mod:`overlay.relay.voucher`): when they expire (Unix seconds) and
+    #: this side's signature for each relay of the invite, in its order (the invite's
+    #: sender signs as the caller, the answer's as the callee); none: ``0, ()``
+    relay_expires: int = 0
+    relay_sigs: tuple[bytes, ...] = ()
     wire: bytes = field(default=b"", repr=False, compare=False)
 
     def fields(self) -> list[Any]:
         return [self.kind, self.session_id, self.from_user, self.from_device, self.from_key,
                 self.to_user, self.ephemeral, self.candidates.to_wire(), self.issued_at,
                 self.purpose, self.accept, self.reason, [list(r) for r in self.relays],
-                self.relay_secret]
+                self.relay_secret, *self._voucher_field()]
+
+    def _voucher_field(self) -> list[Any]:
+        """The 15th field, only when there are signatures (an offer without is 14 fields,
+        as before vouchers)."""
+        return [[self.relay_expires, list(self.relay_sigs)]] if self.relay_sigs else []
 
 
 def _domain(kind: str) -> bytes:
@@ -135,10 +145,11 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
         values = unpack_strict(body, max_len=MAX_OFFER_BYTES, max_array=16)
     except NotMsgpack as exc:
         raise SignallingError(f"not an offer: {exc}") from None
-    if not isinstance(values, list) or len(values) != 14:
-        raise SignallingError("an offer has 14 fields")
+    if not isinstance(values, list) or len(values) not in (14, 15):
+        raise SignallingError("an offer has 14 fields, or 15 with relay vouchers")
     (kind, session_id, from_user, from_device, from_key, to_user, ephemeral, candidates,
-     issued_at, purpose, accept, reason, relays, relay_secret) = values
+     issued_at, purpose, accept, reason, relays, relay_secret) = values[:14]
+    relay_expires, relay_sigs = _voucher_sigs(values[14] if len(values) == 15 else None)
     if not isinstance(relays, list) or len(relays) > MAX_RELAYS or not all(
         isinstance(r, list) and len(r) == 3 and type(r[0]) is str and len(r[0]) <= 64
         and type(r[1]) is int and 0 < r[1] < 65536 and type(r[2]) is bytes
@@ -170,7 +181,20 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
         raise SignallingError("offer is stale or from the future")
     return Offer(kind, session_id, from_user, from_device, from_key, to_user, ephemeral,
                  Candidates.from_wire(candidates), issued_at, purpose, accept, reason,
-                 tuple((r[0], r[1], r[2]) for r in relays), relay_secret, wire=wire)
+                 tuple((r[0], r[1], r[2]) for r in relays), relay_secret, relay_expires,
+                 relay_sigs, wire=wire)
+
+
+def _voucher_sigs(value: Any) -> tuple[int, tuple[bytes, ...]]:
+    """``[expires_at: int, [signature: bin(64), ...]]`` (at most one per relay)."""
+    if value is None:
+        return 0, ()
+    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int
+            or not 0 < value[0] < 2**63 or not isinstance(value[1], list)
+            or not 0 < len(value[1]) <= MAX_RELAYS
+            or not all(type(sig) is bytes and len(sig) == 64 for sig in value[1])):
+        raise SignallingError(f"relay vouchers are [expires_at, up to {MAX_RELAYS} signatures]")
+    return value[0], tuple(value[1])
 
 
 @dataclass

@@ -19,7 +19,8 @@ from overlay.media.quic.connect import udp_path
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream, RelayRef
-from overlay.relay.client import RelayByteStream, relay_connect
+from overlay.relay.client import RelayByteStream, RelayLimitReached, relay_connect
+from overlay.relay.voucher import token_hash
 
 SECURE_TIMEOUT_S = 5.0
 RELAY_CONNECT_TIMEOUT_S = 8.0
@@ -91,17 +92,38 @@ class RelayedStream:
         await self.inner.close()
 
 
+#: reserves the relay session of a token (by its hash) over our attachment; raises PathLost
+Reserve = Callable[[bytes], Awaitable[None]]
+
+
 def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator: bool,
-                  rate_bps: int) -> Callable[[], Awaitable[MediaStream]]:
-    """Connect to a relay as the caller's (A) or callee's (B) half of one session."""
+                  rate_bps: int, *, voucher: bytes | None = None,
+                  reserve: Reserve | None = None) -> Callable[[], Awaitable[MediaStream]]:
+    """Connect to a relay as the caller's (A) or callee's (B) half of one session; the
+    caller's hello carries ``voucher``. ``reserve``, when given, is called first: a relay
+    that is our own supernode admits the session on our reservation."""
     relay = RelayRef(node_key)
 
     async def attempt() -> MediaStream:
+        if reserve is not None:
+            await reserve(token_hash(token))
         stream = await relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
-                                     RELAY_CONNECT_TIMEOUT_S, relay_id=relay.id)
+                                     RELAY_CONNECT_TIMEOUT_S, voucher=voucher,
+                                     relay_id=relay.id)
         return RelayedStream(stream, relay)
 
     return attempt
+
+
+def at_relay_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` (a lost path) comes from a relay ending its session at the limit it
+    announced (:class:`~overlay.relay.client.RelayLimitReached`) rather than failing."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RelayLimitReached):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def udp_attempt(

@@ -23,7 +23,16 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from overlay.attach import Attach, Detach, Message, Moving, ReachabilityRequest, Signal
+from overlay.attach import (
+    Attach,
+    Detach,
+    Message,
+    Moving,
+    ReachabilityRequest,
+    RelayReserve,
+    RelayReserved,
+    Signal,
+)
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
@@ -38,6 +47,7 @@ from overlay.node.record_publisher import RecordPublisher
 from overlay.node.signal_forwarding import SignalForwarder
 from overlay.node.supernode_options import SupernodeOptions
 from overlay.node.tcp_service import AttachHandler, ServedSession
+from overlay.relay.admission import RESERVATION_TTL_S
 from overlay.relay.server import RelayServer
 
 __all__ = ["Supernode", "SupernodeOptions"]
@@ -63,6 +73,7 @@ class Supernode(NodeDaemon, AttachHandler):
         super().__init__(opts, identity, attach_handler=self, relay=relay)
         self.sn = sn
         self.relay = relay
+        relay.node_key = self.identity.public_key  # what a voucher must name
         self.vivaldi = CoordinateKeeper()
         key = self.identity.public_key
         self.admission = Admission(key, self.dht, self.tcp, max_clients=sn.max_clients,
@@ -112,6 +123,21 @@ class Supernode(NodeDaemon, AttachHandler):
             await self.reachability.check(session, msg)
         elif isinstance(msg, Signal):
             await self.signals.forward(session, msg)
+        elif isinstance(msg, RelayReserve):
+            self.reserve_relay(session, msg)
+
+    def reserve_relay(self, session: ServedSession, msg: RelayReserve) -> None:
+        """A relay reservation, only for a client attached here (its proven identity key is
+        what the reservation counts against)."""
+        assert session.result is not None
+        if session.attached is None:
+            reason: str | None = "not attached"
+            self.relay.stats.refused["not attached"] += 1
+        else:
+            reason = self.relay.reserve(msg.token_hash, session.result.client_key)
+        session.bind(log).info("relay_reserve", ok=reason is None, reason=reason)
+        session.proto.send(RelayReserved(msg.request_id, reason is None, reason or "",
+                                         RESERVATION_TTL_S if reason is None else 0.0))
 
     def on_closed(self, session: ServedSession) -> None:
         self.admission.on_closed(session)

@@ -25,8 +25,14 @@ the relay's own handshake bytes are not counted):
   session's and the relay's bucket hold, and nothing rather than a sliver smaller than
   ``min(wanted, MIN_SLICE)``; so over any interval T a session forwards at most
   ``r*T + burst`` bytes and the relay at most ``B*T + burst``.
+- **Per network**: the sessions created from one IPv4 /24 (IPv6 /48) reserve at most
+  ``subnet_share`` of B together (refused ``"subnet limit"``), so one network cannot take a
+  relay whatever credentials it holds. (Session counts per IP, network and key are
+  :mod:`overlay.relay.admission`'s.)
 - **Limits**: ``max_session_bytes`` (both directions together) and ``max_session_s`` (from
-  pairing) end a session; rate never does (the server applies back-pressure instead).
+  pairing) end a session; rate never does (the server applies back-pressure instead). The
+  defaults fit an hour of a two-way 64 kbit/s voice call (57.6 MB) or a bounded piece of a
+  file transfer (64 MiB; a longer transfer resumes on a new session).
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from overlay.relay.errors import RelayError
-from overlay.relay.protocol import REASON_BUDGET, REASON_DISABLED, REASON_SESSIONS
+from overlay.relay.protocol import (
+    REASON_BUDGET,
+    REASON_DISABLED,
+    REASON_SESSIONS,
+    REASON_SUBNET_LIMIT,
+)
 
 #: the smallest piece the relay forwards while throttled (fewer, larger writes)
 MIN_SLICE = 4096
@@ -58,8 +69,15 @@ class BudgetConfig:
     #: C, bits/s a session may reserve (both directions together); 0: ``default_session_cap``
     session_cap_bps: int = 0
     max_sessions: int = 32
-    max_session_bytes: int = 2**30
-    max_session_s: float = 2 * 3600.0
+    #: a session ends after this many bytes (both directions) or seconds from pairing
+    max_session_bytes: int = 64 * 2**20
+    max_session_s: float = 3600.0
+    #: sessions (waiting or paired) one caller IP, one /24 (IPv6 /48), one key may hold
+    max_sessions_per_ip: int = 8
+    max_sessions_per_subnet: int = 4
+    max_sessions_per_key: int = 4
+    #: the part of B the sessions created from one /24 (IPv6 /48) may reserve together
+    subnet_share: float = 0.5
     #: bucket depth, in seconds of the bucket's rate
     burst_s: float = 0.02
 
@@ -72,6 +90,12 @@ class BudgetConfig:
         if self.session_cap_bps > 0:
             return min(self.session_cap_bps, self.total_bps)
         return default_session_cap(self.total_bps)
+
+    @property
+    def subnet_bps(self) -> int:
+        """The rate one /24 (IPv6 /48) may reserve: ``subnet_share`` of B, at least one
+        session's cap (a share smaller than that would refuse every session)."""
+        return max(self.cap_bps, int(self.total_bps * self.subnet_share))
 
 
 class Refusal(RelayError):
@@ -124,6 +148,8 @@ class SessionBudget:
     rate_bps: int
     bucket: Bucket
     created_at: float
+    #: the /24 (IPv6 /48) the session was created from ("" for none)
+    subnet: str = ""
     paired_at: float | None = None
     bytes: int = 0
     open: bool = True
@@ -136,13 +162,16 @@ class Budget:
         self.sessions: set[SessionBudget] = set()
         self.reserved_bps = 0
         self.forwarded_bytes = 0
+        #: rate reserved by the sessions created from each /24 (IPv6 /48)
+        self.reserved_by_subnet: dict[str, int] = {}
 
     @property
     def spare_bps(self) -> int:
         return max(0, self.config.total_bps - self.reserved_bps)
 
-    def admit(self, requested_bps: int, now: float) -> SessionBudget:
-        """Reserve a session's rate, or raise :class:`Refusal`."""
+    def admit(self, requested_bps: int, now: float, subnet: str = "") -> SessionBudget:
+        """Reserve a session's rate for a caller in ``subnet`` (its /24 or /48; ``""``: not
+        counted per network), or raise :class:`Refusal`."""
         cfg = self.config
         if not cfg.enabled:
             raise Refusal(REASON_DISABLED)
@@ -151,15 +180,26 @@ class Budget:
         rate = cfg.cap_bps if requested_bps <= 0 else min(requested_bps, cfg.cap_bps)
         if self.reserved_bps + rate > cfg.total_bps:
             raise Refusal(REASON_BUDGET)
-        session = SessionBudget(rate, Bucket(rate, cfg.burst_s, now), now)
+        if subnet and self.reserved_by_subnet.get(subnet, 0) + rate > cfg.subnet_bps:
+            raise Refusal(REASON_SUBNET_LIMIT)
+        session = SessionBudget(rate, Bucket(rate, cfg.burst_s, now), now, subnet)
         self.sessions.add(session)
-        self.reserved_bps += rate
+        self._reserve(session, rate)
         return session
+
+    def _reserve(self, session: SessionBudget, delta_bps: int) -> None:
+        self.reserved_bps += delta_bps
+        if session.subnet:
+            left = self.reserved_by_subnet.get(session.subnet, 0) + delta_bps
+            if left > 0:
+                self.reserved_by_subnet[session.subnet] = left
+            else:
+                self.reserved_by_subnet.pop(session.subnet, None)
 
     def pair(self, session: SessionBudget, requested_bps: int, now: float) -> None:
         """The callee arrived: the session's rate drops to its request if that is lower."""
         if 0 < requested_bps < session.rate_bps:
-            self.reserved_bps -= session.rate_bps - requested_bps
+            self._reserve(session, requested_bps - session.rate_bps)
             session.rate_bps = requested_bps
             session.bucket.set_rate(requested_bps)
         session.paired_at = now
@@ -168,7 +208,7 @@ class Budget:
         if session.open:
             session.open = False
             self.sessions.discard(session)
-            self.reserved_bps -= session.rate_bps
+            self._reserve(session, -session.rate_bps)
 
     def grant(self, session: SessionBudget, wanted: int, now: float) -> int:
         """How many of ``wanted`` bytes may be forwarded now (0 or at least

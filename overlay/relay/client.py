@@ -17,6 +17,8 @@ from overlay.relay.protocol import (
     REASON_UNKNOWN_TOKEN,
     ROLE_CALLEE,
     ROLE_CALLER,
+    SessionLimits,
+    decode_limits,
     decode_status,
     encode_hello,
 )
@@ -36,12 +38,22 @@ class RelayRefused(RelayError, ConnectionError):
         self.reason = reason
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+class RelayLimitReached(RelayError, ConnectionError):
+    """The relay ended the session at one of the limits its OK status announced (bytes or
+    seconds); a new session (a new invite) may continue, e.g. resume a transfer."""
+
+
 class _RelayProtocol(asyncio.Protocol):
     def __init__(self, hello: bytes) -> None:
         self._hello = hello
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
-        self.answer: asyncio.Future[tuple[bool, str]] = loop.create_future()
+        self.answer: asyncio.Future[tuple[bool, str, SessionLimits | None]] = \
+            loop.create_future()
         self._status = bytearray()
         self.rx = bytearray()
         self.eof = False
@@ -70,9 +82,14 @@ class _RelayProtocol(asyncio.Protocol):
                     self.answer.set_exception(ConnectionError("not a relay"))
                 return
             ok, reason, used = parsed
+            try:
+                limits = decode_limits(bytes(self._status[:used])) if ok else None
+            except ValueError as exc:
+                self.answer.set_exception(ConnectionError(f"not a relay: {exc}"))
+                return
             data = bytes(self._status[used:])
             self._status.clear()
-            self.answer.set_result((ok, reason))
+            self.answer.set_result((ok, reason, limits))
             if not ok or not data:
                 return
         self.rx += data
@@ -116,11 +133,38 @@ class RelayByteStream:
 
     path = "relay"
 
-    def __init__(self, proto: _RelayProtocol, relay_id: str) -> None:
+    def __init__(self, proto: _RelayProtocol, relay_id: str,
+                 limits: SessionLimits | None = None) -> None:
         self._proto = proto
         #: the relay's node id (hex) when known, else its ``host:port``
         self.relay_id = relay_id
+        #: what the relay said it allows this session (None: a relay that does not say)
+        self.limits = limits
         self._closed = False
+        self._paired_at = asyncio.get_running_loop().time()
+        #: bytes we wrote and bytes we received: together at least what the relay counted
+        self.sent = 0
+        self.received = 0
+
+    def limit_reached(self) -> str | None:
+        """Why the relay ended the session, when it ended at an announced limit."""
+        limits = self.limits
+        if limits is None:
+            return None
+        if self.sent + self.received >= limits.max_bytes:
+            return (f"relay {self.relay_id} ended the session at its limit of "
+                    f"{_size(limits.max_bytes)} per session")
+        elapsed = asyncio.get_running_loop().time() - self._paired_at
+        if elapsed >= limits.max_seconds - min(1.0, limits.max_seconds / 10):
+            return (f"relay {self.relay_id} ended the session at its limit of "
+                    f"{limits.max_seconds} s per session")
+        return None
+
+    def _ended(self, detail: str) -> ConnectionError:
+        reason = self.limit_reached()
+        if reason is not None:
+            return RelayLimitReached(reason)
+        return ConnectionError(detail)
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -132,21 +176,25 @@ class RelayByteStream:
         if self._closed or proto.lost or self.transport.is_closing():
             raise ConnectionError("the relay stream is closed")
         self.transport.write(data)
+        self.sent += len(data)
         await proto.writable.wait()
         if proto.lost:
-            raise ConnectionError(f"the relay connection was lost: {proto.error or 'closed'}")
+            raise self._ended(f"the relay connection was lost: {proto.error or 'closed'}")
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
         proto = self._proto
         while not proto.rx:
             if proto.eof or proto.lost:
                 if proto.error is not None:
-                    raise ConnectionError(f"the relay connection was lost: {proto.error}")
+                    raise self._ended(f"the relay connection was lost: {proto.error}")
+                if self.limit_reached() is not None:
+                    raise self._ended("")
                 return b""
             proto.readable.clear()
             await proto.readable.wait()
         out = bytes(proto.rx[:max_bytes])
         del proto.rx[:max_bytes]
+        self.received += len(out)
         proto.consumed()
         return out
 
@@ -184,6 +232,7 @@ async def relay_connect(
     rate_bps: int = 0,
     timeout: float = 20.0,
     *,
+    voucher: bytes | None = None,
     relay_id: str | None = None,
     retry_unknown_token: bool = True,
 ) -> RelayByteStream:
@@ -196,12 +245,14 @@ async def relay_connect(
     before the caller ("unknown token"), which is the usual order (the callee starts its path
     attempts when it sends its answer, the caller when that answer arrives); so by default the
     callee asks again every 0.25 s until ``timeout``. Pass False to fail at once.
+    ``voucher`` (a caller's credential, :mod:`overlay.relay.voucher`): without one, a caller
+    is admitted only for a token an attached client reserved (``RelayReserve``).
 
     Raises :class:`RelayRefused` (``.reason``) or ``ConnectionError`` (also on timeout).
     """
     if role not in (ROLE_CALLER, ROLE_CALLEE):
         raise ValueError("role is ROLE_CALLER (0) or ROLE_CALLEE (1)")
-    hello = encode_hello(role, token, rate_bps)
+    hello = encode_hello(role, token, rate_bps, voucher)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -232,7 +283,7 @@ async def _connect_once(
         async with asyncio.timeout(timeout):
             transport, proto = await loop.create_connection(
                 lambda: _RelayProtocol(hello), host, port)
-            ok, reason = await proto.answer
+            ok, reason, limits = await proto.answer
     except TimeoutError:
         give_up()
         raise ConnectionError(f"relay {host}:{port}: no answer within {timeout:.1f}s") from None
@@ -247,4 +298,4 @@ async def _connect_once(
     if not ok:
         transport.close()
         raise RelayRefused(reason)
-    return RelayByteStream(proto, relay_id)
+    return RelayByteStream(proto, relay_id, limits)

@@ -30,20 +30,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlay.core.logs import get_logger
+from overlay.relay.admission import Holding, RelayAdmission, Reservation, subnet_of
 from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
 from overlay.relay.protocol import (
-    HELLO_BYTES,
+    MAX_HELLO_BYTES,
     REASON_BAD_HELLO,
     REASON_DISABLED,
-    REASON_SESSIONS,
     REASON_TIMEOUT,
     REASON_TOKEN_USED,
     REASON_UNKNOWN_TOKEN,
+    REASON_UNRESERVED,
     ROLE_CALLER,
     BadHello,
+    Hello,
+    SessionLimits,
     decode_hello,
     encode_status,
+    hello_length,
 )
+from overlay.relay.voucher import VoucherRefused, check_voucher, token_hash
 
 log = get_logger(__name__)
 
@@ -57,8 +62,6 @@ HALF_CLOSED_IDLE_S = 5.0
 #: tokens of ended sessions are remembered (refused as "token used") this long, this many
 USED_TOKEN_TTL_S = 600.0
 USED_TOKENS_MAX = 4096
-#: sessions (waiting or paired) one caller IP may hold: reservations are not free to hoard
-MAX_SESSIONS_PER_IP = 8
 #: bytes a waiting caller may send before its answer (it should send none); then reading pauses
 EARLY_BYTES_MAX = 64 * 1024
 
@@ -78,10 +81,12 @@ class RelaySession:
     """One token: the caller's link, then the callee's."""
 
     def __init__(self, server: RelayServer, token: bytes, budget: SessionBudget,
-                 caller: RelayLink) -> None:
+                 caller: RelayLink, holding: Holding) -> None:
         self.server = server
         self.token = token
         self.budget = budget
+        #: what the session counts against (caller IP, its /24, the credential's keys)
+        self.holding = holding
         self.a = caller
         self.b: RelayLink | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -178,13 +183,21 @@ class RelayLink:
             if self._timer is None:
                 self.pump()
         elif self.state == "hello":
-            need = HELLO_BYTES - len(self._hello)
-            self._hello += data[:need]
-            if len(self._hello) < HELLO_BYTES:
+            have = len(self._hello)
+            self._hello += data[:MAX_HELLO_BYTES - have]
+            try:
+                length = hello_length(bytes(self._hello))
+            except BadHello as exc:
+                self._cancel_timer()
+                self.server._refuse(self, REASON_BAD_HELLO, str(exc))
+                return
+            if length is None or len(self._hello) < length:
                 return
             self._cancel_timer()
-            if len(data) > need:
-                self._hold(data[need:])
+            rest = bytes(self._hello[length:]) + data[MAX_HELLO_BYTES - have:]
+            del self._hello[length:]
+            if rest:
+                self._hold(rest)
             self.server._on_hello(self, bytes(self._hello))
         elif self.state == "waiting":
             # a caller should send nothing before its answer; keep a little, then stop reading
@@ -305,9 +318,9 @@ class RelayLink:
 
     # -- ending -------------------------------------------------------------------------------
 
-    def answer(self, ok: bool, reason: str = "") -> None:
+    def answer(self, ok: bool, reason: str = "", limits: SessionLimits | None = None) -> None:
         if not self.transport.is_closing():
-            self.transport.write(encode_status(ok, reason))
+            self.transport.write(encode_status(ok, reason, limits))
 
     def close(self) -> None:
         """Stop forwarding this side and close it once its write buffer is flushed."""
@@ -339,7 +352,7 @@ class RelayServer:
         *,
         pair_timeout_s: float = PAIR_TIMEOUT_S,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
-        max_sessions_per_ip: int = MAX_SESSIONS_PER_IP,
+        node_key: bytes = b"",
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         half_closed_idle_s: float = HALF_CLOSED_IDLE_S,
         on_change: Callable[[], None] | None = None,
@@ -347,8 +360,10 @@ class RelayServer:
         self.config = config
         self.idle_timeout_s = idle_timeout_s
         self.half_closed_idle_s = half_closed_idle_s
-        self.max_sessions_per_ip = max_sessions_per_ip
+        #: this supernode's node key: a voucher must name it (set by the supernode)
+        self.node_key = node_key
         self.budget = Budget(config, time.monotonic())
+        self.admission = RelayAdmission(config)
         self.pair_timeout_s = pair_timeout_s
         self.hello_timeout_s = hello_timeout_s
         self.on_change = on_change
@@ -358,7 +373,6 @@ class RelayServer:
         #: called with (peer, bytes) for every chunk a relay connection delivers (tests)
         self.tap: Tap | None = None
         self._used: OrderedDict[bytes, float] = OrderedDict()
-        self._per_ip: Counter[str] = Counter()
 
     @property
     def forwarded_bytes(self) -> int:
@@ -384,27 +398,7 @@ class RelayServer:
             self._refuse(link, REASON_DISABLED)
             return
         if hello.role == ROLE_CALLER:
-            if token in self.waiting or token in self.active or token in self._used:
-                self._refuse(link, REASON_TOKEN_USED)
-                return
-            if self._per_ip[link.ip] >= self.max_sessions_per_ip:
-                self._refuse(link, REASON_SESSIONS, f"{self.max_sessions_per_ip} from {link.ip}")
-                return
-            try:
-                reservation = self.budget.admit(hello.requested_rate_bps, now)
-            except Refusal as exc:
-                self._refuse(link, exc.reason)
-                return
-            session = RelaySession(self, token, reservation, link)
-            self.waiting[token] = session
-            self._per_ip[link.ip] += 1
-            link.session = session
-            link.state = "waiting"
-            session.timer = asyncio.get_running_loop().call_later(
-                self.pair_timeout_s, self._pair_timeout, session)
-            link.log.info("relay_waiting", rate_bps=reservation.rate_bps,
-                          reserved_bps=self.budget.reserved_bps)
-            self._changed()
+            self._on_caller(link, hello, now)
             return
         found = self.waiting.pop(token, None)
         if found is None:
@@ -423,15 +417,77 @@ class RelayServer:
         session.timer = asyncio.get_running_loop().call_later(
             self.config.max_session_s, session.end, DURATION_LIMIT)
         session.watch_idle()
+        limits = self.limits(session)
         for side in (session.a, link):
             side.state = "paired"
-            side.answer(True)
+            side.answer(True, limits=limits)
         session.log.info("relay_paired", callee=link.peer, rate_bps=session.budget.rate_bps,
                          sessions=len(self.active))
         self._changed()
         for side in (session.a, link):
             if not session.ended:
                 side.pump()
+
+    def _on_caller(self, link: RelayLink, hello: Hello, now: float) -> None:
+        """Checks in order, each before anything is allocated for the session: the token is
+        fresh, the caller's IP and /24 hold fewer sessions than their limits, the credential
+        (a voucher, or a reservation by an attached client), its keys' limits, the budget."""
+        token = hello.token
+        if token in self.waiting or token in self.active or token in self._used:
+            self._refuse(link, REASON_TOKEN_USED)
+            return
+        admission = self.admission
+        refused = admission.address_refusal(link.ip)
+        if refused is not None:
+            self._refuse(link, *refused)
+            return
+        reservation: Reservation | None = None
+        keys: tuple[bytes, ...]
+        if hello.voucher is not None:
+            try:
+                keys = check_voucher(hello.voucher, self.node_key, token, time.time()).keys
+            except VoucherRefused as exc:
+                self._refuse(link, exc.reason, exc.detail)
+                return
+            credential = "voucher"
+        else:
+            reservation = admission.reservation(token_hash(token), now)
+            if reservation is None:
+                self._refuse(link, REASON_UNRESERVED)
+                return
+            keys, credential = (reservation.key,), "reservation"
+        refused = admission.key_refusal(keys, reservation.key if reservation else None)
+        if refused is not None:
+            self._refuse(link, *refused)
+            return
+        try:
+            rate = self.budget.admit(hello.requested_rate_bps, now, subnet_of(link.ip))
+        except Refusal as exc:
+            self._refuse(link, exc.reason)
+            return
+        session = RelaySession(self, token, rate, link, admission.hold(link.ip, keys, reservation))
+        self.waiting[token] = session
+        link.session = session
+        link.state = "waiting"
+        session.timer = asyncio.get_running_loop().call_later(
+            self.pair_timeout_s, self._pair_timeout, session)
+        link.log.info("relay_waiting", rate_bps=rate.rate_bps, credential=credential,
+                      reserved_bps=self.budget.reserved_bps)
+        self._changed()
+
+    def reserve(self, token_hash: bytes, key: bytes) -> str | None:
+        """A client attached to this supernode (identity ``key``) reserves the session whose
+        token hashes to ``token_hash``: its caller may then come with no voucher. The refusal
+        reason, or None."""
+        reason = self.admission.reserve(token_hash, key, time.monotonic())
+        if reason is not None:
+            self.stats.refused[reason] += 1
+        return reason
+
+    def limits(self, session: RelaySession) -> SessionLimits:
+        """What the OK status tells both ends about ``session``."""
+        return SessionLimits(self.config.max_session_bytes,
+                             max(1, round(self.config.max_session_s)), session.budget.rate_bps)
 
     def _refuse(self, link: RelayLink, reason: str, detail: str = "") -> None:
         self.stats.refused[reason] += 1
@@ -483,10 +539,7 @@ class RelayServer:
         self._changed()
 
     def _release(self, session: RelaySession) -> None:
-        if session.budget.open:
-            self._per_ip[session.a.ip] -= 1
-            if self._per_ip[session.a.ip] <= 0:
-                del self._per_ip[session.a.ip]
+        self.admission.release(session.holding)
         self.budget.release(session.budget)
 
     def _expire_used(self, now: float) -> None:

@@ -12,6 +12,8 @@ from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.core.offers import ANSWER_DOMAIN, INVITE_DOMAIN
 from overlay.media.signalling import Candidates, Offer, sign_offer
+from overlay.relay.protocol import SessionLimits
+from overlay.relay.voucher import Voucher, statement_for
 
 NOW = 1_800_000_000.0
 ALICE = Identity.from_seed(b"\x11" * 32)
@@ -57,6 +59,7 @@ MESSAGES: list[m.Message] = [
     m.SignalDelivery("alice", "phone", K32, b"x" * 16), m.SignalResult(11, False, "no"),
     m.DirectoryRequest(13), m.DirectoryResponse(13, (b"s1",)), m.Detach(b"\x02" * 100),
     m.ReachabilityRequest(14, 4000), m.ReachabilityResult(14, "198.51.100.9", True, False),
+    m.RelayReserve(15, b"\x07" * 32), m.RelayReserved(15, False, "key limit", 0.0),
 ]
 MESSAGE_BODIES = [m.encode(msg) for msg in MESSAGES]
 MESSAGE_VALUES = [unpack(b) for b in MESSAGE_BODIES]
@@ -69,6 +72,10 @@ OFFERS = [
                      relay_secret=b"\x03" * 32), ALICE),
     sign_offer(Offer("answer", N16, "alice", "phone", ALICE.public_key, "bob", K32,
                      Candidates(), NOW, accept=False, reason="busy"), ALICE),
+    sign_offer(Offer("invite", N16, "alice", "phone", ALICE.public_key, "bob", K32,
+                     CANDIDATES, NOW, relays=(("192.0.2.9", 7000, K32),),
+                     relay_secret=b"\x03" * 32, relay_expires=int(NOW) + 720,
+                     relay_sigs=(SIG,)), ALICE),
 ]
 OFFER_BODIES = [o.fields() for o in OFFERS]
 
@@ -86,3 +93,11 @@ SIGNAL_ARGS: list[Any] = [
     ["alice", "phone", ALICE.public_key, "bob", "laptop", b""],
 ]
 USER_REFS = ["alice", "alice#0123abcd", "Bob#" + "A" * 64, "a#", "#", "alice#xyz12345"]
+
+RELAY_KEY = K32
+RELAY_TOKEN = b"\x05" * 32
+_BOB = Identity.from_seed(b"\x33" * 32)
+_STATEMENT = statement_for(RELAY_KEY, RELAY_TOKEN, int(NOW) + 300, ALICE.public_key,
+                           _BOB.public_key)
+VOUCHER = Voucher(_STATEMENT, _STATEMENT.sign(ALICE), _STATEMENT.sign(_BOB)).to_bytes()
+LIMITS = SessionLimits(64 * 2**20, 3600, 10**6)

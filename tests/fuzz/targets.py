@@ -37,10 +37,12 @@ from overlay.node.forwarded_signal import ForwardedSignal
 from overlay.relay.protocol import (
     BadHello,
     decode_hello,
+    decode_limits,
     decode_status,
     encode_hello,
     encode_status,
 )
+from overlay.relay.voucher import VoucherRefused, check_voucher
 from tests.fuzz import seeds
 from tests.fuzz.strategies import VALUES, msgpack_shaped, mutated_bytes, mutated_value, pack
 
@@ -181,7 +183,8 @@ def _client(chunks: list[bytes]) -> None:
 
 def _hello(data: bytes) -> None:
     hello = decode_hello(data)
-    assert encode_hello(hello.role, hello.token, hello.requested_rate_bps) == data
+    again = encode_hello(hello.role, hello.token, hello.requested_rate_bps, hello.voucher)
+    assert again == data if hello.version == 2 else again[5:-1] == data[5:]
 
 
 def _status(data: bytes) -> None:
@@ -189,8 +192,16 @@ def _status(data: bytes) -> None:
     if result is not None:
         ok, reason, used = result
         assert 2 <= used <= len(data)
-        if data[2:used] == reason.encode():
+        if ok:
+            limits = decode_limits(data[:used])
+            assert encode_status(True, limits=limits) == data[:used]
+        elif data[2:used] == reason.encode():
             assert encode_status(ok, reason) == data[:used]
+
+
+def _voucher(data: bytes) -> None:
+    voucher = check_voucher(data, seeds.RELAY_KEY, seeds.RELAY_TOKEN, seeds.NOW)
+    assert voucher.to_bytes() == data
 
 
 # -- media -----------------------------------------------------------------------------------
@@ -303,9 +314,13 @@ TARGETS: dict[str, Target] = {
     "attach_server": Target(_FRAMED, _server, ()),
     "attach_client": Target(_FRAMED, _client, ()),
     "relay_hello": Target(mutated_bytes([encode_hello(r, b"\x01" * 32, 10**6)
-                                         for r in (0, 1)]), _hello, (BadHello,)),
-    "relay_status": Target(mutated_bytes([encode_status(True), encode_status(False, "budget")]),
+                                         for r in (0, 1)]
+                                        + [encode_hello(0, seeds.RELAY_TOKEN, 0, seeds.VOUCHER),
+                                           b"OVRL\x01\x00" + bytes(40)]), _hello, (BadHello,)),
+    "relay_status": Target(mutated_bytes([encode_status(True), encode_status(False, "budget"),
+                                          encode_status(True, limits=seeds.LIMITS)]),
                            _status, (ValueError,)),
+    "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "offers": Target(msgpack_shaped(seeds.OFFER_BODIES, seeds.resign_offer)

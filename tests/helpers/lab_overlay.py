@@ -86,6 +86,13 @@ def two_per_kind(kinds: Iterable[str] = KINDS) -> dict[str, str]:
     return {f"{kind}-{i}": kind for kind in kinds for i in (1, 2)}
 
 
+#: Every lab host's public address is in 198.18.0.0/24 (tools/natlab/topology), so a relay
+#: would count all the lab's clients as one network: its per-/24 relay limits (4 sessions,
+#: half the budget) would stand between the lab's concurrent relayed pairs. Real deployments
+#: keep the defaults; the per-/24 limits are tests/adversary/test_relay_abuse.py's.
+LAB_RELAY_ARGS = ("--relay-max-sessions-per-subnet", "64", "--relay-subnet-share", "1")
+
+
 @dataclass
 class SendResult:
     """One ``overlay send`` run."""
@@ -217,7 +224,8 @@ class LabOverlay:
             self._start(sn, "supernode", [
                 "supernode", "--listen", self.supernode_addr(sn), "--bootstrap", boot,
                 "--heartbeat", f"{self.heartbeat_s:g}",
-                "--state-dir", str(self.work / "state" / sn), *self.supernode_args])
+                "--state-dir", str(self.work / "state" / sn), *LAB_RELAY_ARGS,
+                *self.supernode_args])
         self.wait_directory(self.supernode_hosts)
         for host in self.clients:
             self._start(host, "client", [

@@ -9,7 +9,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,20 +24,33 @@ from overlay.media.secure_stream import secure
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits
+from overlay.relay.admission import RelayAdmission
 from overlay.relay.budget import MIN_SLICE, Budget, BudgetConfig, Refusal, default_session_cap
-from overlay.relay.client import RelayByteStream, RelayRefused, relay_connect
+from overlay.relay.client import (
+    RelayByteStream,
+    RelayLimitReached,
+    RelayRefused,
+    relay_connect,
+)
 from overlay.relay.protocol import (
-    HELLO_BYTES,
+    HELLO_HEAD_BYTES,
     MAGIC,
+    MAX_HELLO_BYTES,
     ROLE_CALLEE,
     ROLE_CALLER,
     TOKEN_BYTES,
+    VOUCHER_BYTES,
     BadHello,
+    Hello,
+    SessionLimits,
     decode_hello,
+    decode_limits,
     decode_status,
     encode_hello,
     encode_status,
+    hello_length,
 )
+from overlay.relay.voucher import Voucher, statement_for
 from tests.helpers.netutil import loopback_ips, wait_for
 from tests.helpers.repo import REPO
 
@@ -50,6 +64,10 @@ async def supernode(
     limits: ServiceLimits | None = None, **sn: Any
 ) -> AsyncIterator[tuple[Supernode, str]]:
     (ip,) = loopback_ips(1)
+    if "relay" in sn:  # every connection here comes from one address: only per-IP limits
+        cfg = sn["relay"]  # (the per-/24 ones are tests/adversary/test_relay_abuse.py's)
+        sn["relay"] = replace(cfg, subnet_share=1.0,
+                              max_sessions_per_subnet=cfg.max_sessions_per_ip)
     node = Supernode(NodeOptions(listen=(ip, PORT), limits=limits or ServiceLimits()),
                      SupernodeOptions(**sn))
     await node.start()
@@ -59,12 +77,26 @@ async def supernode(
         await node.stop()
 
 
+def vouch(node: NodeDaemon, token: bytes) -> bytes:
+    """A voucher for ``token`` at ``node``'s relay, from two fresh keys."""
+    caller, callee = Identity.generate(), Identity.generate()
+    statement = statement_for(node.identity.public_key, token, int(time.time()) + 300,
+                              caller.public_key, callee.public_key)
+    return Voucher(statement, statement.sign(caller), statement.sign(callee)).to_bytes()
+
+
+def call(node: NodeDaemon, ip: str, token: bytes, rate: int = 0, **kw: Any
+         ) -> Coroutine[Any, Any, RelayByteStream]:
+    """The caller's half, with a voucher."""
+    return relay_connect(ip, PORT, token, ROLE_CALLER, rate, voucher=vouch(node, token), **kw)
+
+
 async def pair(
     node: Supernode, ip: str, rate_a: int = 0, rate_b: int = 0, token: bytes | None = None
 ) -> tuple[RelayByteStream, RelayByteStream]:
     """Caller first (waiting at the relay), then the callee."""
     token = token or os.urandom(TOKEN_BYTES)
-    a = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLER, rate_a, timeout=10))
+    a = asyncio.create_task(call(node, ip, token, rate_a, timeout=10))
     await wait_for(lambda: token in node.relay.waiting or a.done(), timeout=5)
     b = await relay_connect(ip, PORT, token, ROLE_CALLEE, rate_b, timeout=5)
     return await a, b
@@ -86,20 +118,36 @@ async def send_and_finish(stream: RelayByteStream, data: bytes) -> None:
 # ------------------------------------------------------------------------- sans-IO parts
 
 
-def test_hello_is_magic_role_token_rate_and_nothing_else() -> None:
+def test_hello_is_magic_role_token_rate_credential_and_nothing_else() -> None:
     token = os.urandom(TOKEN_BYTES)
     wire = encode_hello(ROLE_CALLEE, token, 1_500_000)
-    # version(1) | role(1) | token(32) | rate(8): no field could name a third party
-    assert HELLO_BYTES == len(wire) == 4 + 1 + 1 + 32 + 8
-    assert wire[:4] == MAGIC and wire[4] == 1 and wire[5] == ROLE_CALLEE
+    # version(1) | role(1) | token(32) | rate(8) | credential(1): no field names a third party
+    assert len(wire) == HELLO_HEAD_BYTES + 1 == 4 + 1 + 1 + 32 + 8 + 1
+    assert wire[:4] == MAGIC and wire[4] == 2 and wire[5] == ROLE_CALLEE and wire[-1] == 0
+    assert hello_length(wire[:5]) is None and hello_length(wire[:46]) is None
+    assert hello_length(wire) == len(wire)
     hello = decode_hello(wire)
-    assert (hello.role, hello.token, hello.requested_rate_bps) == (ROLE_CALLEE, token, 1_500_000)
-    for bad in (wire[:-1], b"OVRX" + wire[4:], wire[:4] + b"\x02" + wire[5:],
-                wire[:5] + b"\x07" + wire[6:]):
+    assert (hello.role, hello.token, hello.requested_rate_bps, hello.voucher) == (
+        ROLE_CALLEE, token, 1_500_000, None)
+    voucher = os.urandom(VOUCHER_BYTES)
+    with_voucher = encode_hello(ROLE_CALLER, token, 0, voucher)
+    assert len(with_voucher) == MAX_HELLO_BYTES == HELLO_HEAD_BYTES + 1 + 264
+    assert hello_length(with_voucher[:HELLO_HEAD_BYTES + 1]) == MAX_HELLO_BYTES
+    assert decode_hello(with_voucher).voucher == voucher
+    # a version-1 hello (token only) is still read: as a hello with no credential
+    v1 = MAGIC + bytes([1, ROLE_CALLER]) + token + bytes(8)
+    assert hello_length(v1[:5]) == HELLO_HEAD_BYTES
+    assert decode_hello(v1) == Hello(ROLE_CALLER, token, 0, None, 1)
+    for bad in (wire[:-1], b"OVRX" + wire[4:], wire[:4] + b"\x03" + wire[5:],
+                wire[:5] + b"\x07" + wire[6:], wire[:-1] + b"\x02", with_voucher[:-1]):
         with pytest.raises(BadHello):
             decode_hello(bad)
     assert decode_status(encode_status(False, "budget")) == (False, "budget", 8)
+    limits = SessionLimits(64 * 2**20, 3600, MBIT)
+    ok = encode_status(True, limits=limits)
+    assert decode_status(ok) == (True, "", 22) and decode_limits(ok) == limits
     assert decode_status(encode_status(True)) == (True, "", 2)
+    assert decode_limits(encode_status(True)) is None  # a relay that does not say
     assert decode_status(encode_status(False, "budget")[:5]) is None
     # MAGIC's first byte can never start a wire frame (lengths <= 64 KiB start with 0x00)
     assert MAGIC[0] != 0
@@ -150,6 +198,43 @@ def test_budget_admission_and_limits() -> None:
     assert default_session_cap(500_000) == 500_000
 
 
+def test_admission_counts_per_ip_per_slash24_or_slash48_and_per_key() -> None:
+    """Sans-IO: the counts a caller's hello is checked against, IPv6 by /48, an IPv4-mapped
+    address as its IPv4 /24; the budget's share per network."""
+    cfg = BudgetConfig(total_bps=8 * MBIT, session_cap_bps=MBIT, max_sessions_per_ip=2,
+                       max_sessions_per_subnet=3, max_sessions_per_key=2)
+    admission = RelayAdmission(cfg)
+    k1, k2, k3 = (bytes([i]) * 32 for i in (1, 2, 3))
+    held = [admission.hold(f"2001:db8:1:{i:x}::1", (bytes([10 + i]) * 32,), None)
+            for i in range(3)]  # three /64s, one /48
+    assert admission.address_refusal("2001:db8:1:ff::9") == (
+        "subnet limit", "3 from 2001:db8:1::/48")
+    assert admission.address_refusal("2001:db8:2::1") is None  # another /48
+    admission.release(held[0])
+    admission.release(held[0])  # once only
+    assert admission.address_refusal("2001:db8:1:ff::9") is None
+    admission.hold("198.51.100.7", (k1, k2), None)
+    admission.hold("::ffff:198.51.100.7", (k1, k3), None)  # the same IP, mapped
+    assert admission.address_refusal("198.51.100.7") == ("sessions", "2 from 198.51.100.7")
+    assert admission.key_refusal((k2, k1))[0] == "key limit"  # k1 holds 2
+    assert admission.key_refusal((k2, k3)) is None
+    # a reservation counts against its key until it is used, then as the session
+    assert admission.reserve(b"t" * 32, k2, 0.0) is None
+    assert admission.reserve(b"u" * 32, k2, 0.0) == "key limit"
+    reservation = admission.reservation(b"t" * 32, 1.0)
+    assert reservation is not None and admission.key_refusal((k2,), k2) is None
+    assert admission.reservation(b"t" * 32, 61.0) is None  # expired after 60 s
+    # the budget: sessions from one /24 reserve at most half of it
+    budget = Budget(BudgetConfig(total_bps=4 * MBIT, session_cap_bps=MBIT), now=0.0)
+    budget.admit(0, 0.0, "198.51.100.0/24")
+    budget.admit(0, 0.0, "198.51.100.0/24")
+    with pytest.raises(Refusal) as refused:
+        budget.admit(0, 0.0, "198.51.100.0/24")
+    assert refused.value.reason == "subnet limit"
+    budget.admit(0, 0.0, "203.0.113.0/24")
+    assert budget.reserved_by_subnet == {"198.51.100.0/24": 2 * MBIT, "203.0.113.0/24": MBIT}
+
+
 def test_budget_bounds_every_window_with_a_simulated_clock() -> None:
     """A greedy session on a simulated clock: over any 1 s it gets at most r + burst."""
     budget = Budget(BudgetConfig(total_bps=3 * MBIT, session_cap_bps=MBIT), now=0.0)
@@ -191,7 +276,7 @@ async def test_a_callee_that_comes_first_asks_again_until_the_caller_is_there() 
         token = os.urandom(TOKEN_BYTES)
         callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5))
         await wait_for(lambda: node.relay.stats.refused["unknown token"] >= 1)
-        a = await relay_connect(ip, PORT, token, ROLE_CALLER, timeout=5)
+        a = await call(node, ip, token, timeout=5)
         b = await callee
         await a.send(b"hello")
         assert await b.recv() == b"hello"
@@ -242,7 +327,7 @@ async def test_budget_caps_every_session_and_the_total_by_back_pressure(
         sessions = [await pair(node, ip) for _ in range(3)]
         assert node.relay.budget.spare_bps == 0
         with pytest.raises(RelayRefused) as refused:
-            await relay_connect(ip, PORT, os.urandom(32), ROLE_CALLER, 100_000, timeout=3)
+            await call(node, ip, os.urandom(32), 100_000, timeout=3)
         assert refused.value.reason == "budget"
 
         pool = os.urandom(65536) * 2
@@ -319,36 +404,38 @@ async def test_refusals_forward_nothing() -> None:
         async def refused(token: bytes, role: int) -> str:
             with pytest.raises(RelayRefused) as exc:
                 await relay_connect(ip, PORT, token, role, 0, timeout=3,
-                                    retry_unknown_token=False)
+                                    retry_unknown_token=False,
+                                    voucher=vouch(node, token) if role == ROLE_CALLER else None)
             return exc.value.reason
 
         # B without A; a wrong token while A waits
         assert await refused(os.urandom(32), ROLE_CALLEE) == "unknown token"
         token = os.urandom(32)
-        waiting = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLER, timeout=10))
+        waiting = asyncio.create_task(call(node, ip, token, timeout=10))
         await wait_for(lambda: token in relay.waiting)
         wrong = bytearray(token)
         wrong[0] ^= 1
         assert await refused(bytes(wrong), ROLE_CALLEE) == "unknown token"
         assert await refused(token, ROLE_CALLER) == "token used"  # a second caller
         # sessions limit: waiting callers count
-        other = asyncio.create_task(relay_connect(ip, PORT, os.urandom(32), ROLE_CALLER,
-                                                  timeout=10))
+        other = asyncio.create_task(call(node, ip, os.urandom(32), timeout=10))
         await wait_for(lambda: len(relay.waiting) == 2)
         assert await refused(os.urandom(32), ROLE_CALLER) == "sessions"
         other.cancel()
         await asyncio.gather(other, return_exceptions=True)
         await wait_for(lambda: len(relay.waiting) == 1)  # an abandoned wait frees its slot
-        relay.max_sessions_per_ip = 1  # one caller IP cannot hoard reservations
-        assert await refused(os.urandom(32), ROLE_CALLER) == "sessions"
-        relay.max_sessions_per_ip = 8
+        admission = relay.admission
+        admission.config = replace(admission.config, max_sessions_per_ip=1)
+        assert await refused(os.urandom(32), ROLE_CALLER) == "sessions"  # one IP cannot hoard
+        admission.config = replace(admission.config, max_sessions_per_ip=8)
         # the right callee pairs; a third connection with the used token is refused
         b = await relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=3)
         a = await waiting
         assert await refused(token, ROLE_CALLEE) == "token used"
         assert await refused(token, ROLE_CALLER) == "token used"
         assert relay.forwarded_bytes == 0
-        assert all(len(chunk) == HELLO_BYTES for chunk in seen)  # only hellos reached it
+        # only hellos reached it
+        assert all(len(chunk) in (HELLO_HEAD_BYTES + 1, MAX_HELLO_BYTES) for chunk in seen)
         await asyncio.gather(a.close(), b.close())
         await wait_for(lambda: not relay.active)
         # the token stays used after the session ended
@@ -364,7 +451,7 @@ async def test_refusals_forward_nothing() -> None:
     for relay in (BudgetConfig(total_bps=0), BudgetConfig(total_bps=MBIT, max_sessions=0)):
         async with supernode(relay=relay) as (node, ip):
             with pytest.raises(RelayRefused) as exc:
-                await relay_connect(ip, PORT, os.urandom(32), ROLE_CALLER, timeout=3)
+                await call(node, ip, os.urandom(32), timeout=3)
             assert exc.value.reason == "relay disabled"
             assert node.record is not None
             rec = node.record.record
@@ -385,7 +472,7 @@ async def test_refusals_forward_nothing() -> None:
 
 async def test_the_relay_never_connects_anywhere() -> None:
     """There is no way to name a third party; the server never opens a connection."""
-    for name in ("server.py", "budget.py", "__init__.py"):
+    for name in ("server.py", "budget.py", "admission.py", "voucher.py", "__init__.py"):
         tree = ast.parse((RELAY_SOURCES / name).read_text())
         names = {n.attr if isinstance(n, ast.Attribute) else n.id
                  for n in ast.walk(tree) if isinstance(n, ast.Attribute | ast.Name)}
@@ -420,16 +507,20 @@ async def test_byte_and_duration_limits_end_sessions_with_a_reason() -> None:
     async with supernode(relay=BudgetConfig(total_bps=100 * MBIT, max_session_bytes=100_000,
                                             max_session_s=1.0)) as (node, ip):
         a, b = await pair(node, ip)
+        assert a.limits == b.limits == SessionLimits(100_000, 1, 100 * MBIT // 4)
         sender = asyncio.create_task(send_and_finish(a, os.urandom(300_000)))
-        got = b""
-        with contextlib.suppress(ConnectionError):
-            got = await asyncio.wait_for(read_all(b), 10)
+        got = bytearray()
+        # the end comes as an error saying which limit ended it (see a.limits), not as EOF
+        with pytest.raises(RelayLimitReached, match="limit of 100000 bytes per session"):
+            while data := await asyncio.wait_for(b.recv(65536), 10):
+                got += data
         assert len(got) == 100_000
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         await wait_for(lambda: not node.relay.active)
         a2, b2 = await pair(node, ip)  # idle: the duration limit ends it
-        assert await asyncio.wait_for(b2.recv(), 5) == b""
+        with pytest.raises(RelayLimitReached, match="limit of 1 s per session"):
+            await asyncio.wait_for(b2.recv(), 5)
         await wait_for(lambda: not node.relay.active)
         assert node.relay.stats.ended == {"byte limit": 1, "duration limit": 1}
         for s in (a, b, a2, b2):
@@ -549,6 +640,22 @@ def test_cli_relay_options() -> None:
         4 * MBIT, 500_000, 8)
     args = parser.parse_args([*node, "--no-relay"])
     assert args.no_relay and args.relay_session_cap == 0
+    # the session limits and the per-IP, per-/24 and per-key limits, documented defaults
+    assert (args.relay_session_bytes, args.relay_session_time, args.relay_max_sessions_per_ip,
+            args.relay_max_sessions_per_subnet, args.relay_subnet_share,
+            args.relay_max_sessions_per_key) == (64 * 2**20, 3600.0, 8, 4, 0.5, 4)
+    defaults = BudgetConfig()
+    assert (defaults.max_session_bytes, defaults.max_session_s, defaults.max_sessions_per_ip,
+            defaults.max_sessions_per_subnet, defaults.subnet_share,
+            defaults.max_sessions_per_key) == (64 * 2**20, 3600.0, 8, 4, 0.5, 4)
+    args = parser.parse_args([*node, "--relay-session-bytes", "1G", "--relay-session-time", "60",
+                              "--relay-max-sessions-per-subnet", "16", "--relay-subnet-share",
+                              "1", "--relay-max-sessions-per-key", "2"])
+    assert (args.relay_session_bytes, args.relay_session_time, args.relay_subnet_share,
+            args.relay_max_sessions_per_subnet, args.relay_max_sessions_per_key) == (
+        2**30, 60.0, 1.0, 16, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*node, "--relay-subnet-share", "0"])
 
 
 
@@ -577,9 +684,12 @@ async def test_a_relay_refusing_for_budget_hands_the_call_to_the_next_relay() ->
         secret, shared, transcript = os.urandom(32), os.urandom(32), os.urandom(32)
 
         def attempts(initiator: bool) -> dict[str, Any]:
+            nodes = {n.identity.public_key: n for n in (full, free)}
+            tokens = {c.node_key: relay_selector.session_token(secret, c.node_key)
+                      for c in ranked}
             return {f"relay-{i}": relay_attempt(
-                c.host, c.port, c.node_key,
-                relay_selector.session_token(secret, c.node_key), initiator, MBIT)
+                c.host, c.port, c.node_key, tokens[c.node_key], initiator, MBIT,
+                voucher=vouch(nodes[c.node_key], tokens[c.node_key]) if initiator else None)
                 for i, c in enumerate(ranked)}
 
         def securer_for(initiator: bool) -> Any:

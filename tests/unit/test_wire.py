@@ -67,6 +67,8 @@ from overlay.attach import (
     ReachabilityResult,
     Refused,
     RefuseReason,
+    RelayReserve,
+    RelayReserved,
     Role,
     SecureChannel,
     ServerConnection,
@@ -267,6 +269,9 @@ SAMPLES: list[Message] = [
     Detach(b"\x02" * 100),
     ReachabilityRequest(14, 4000),
     ReachabilityResult(14, "198.51.100.9", True, False),
+    RelayReserve(15, b"\x07" * 32),
+    RelayReserved(15, True, "", 60.0),
+    RelayReserved(16, False, "key limit", 0.0),
 ]
 
 
@@ -287,7 +292,8 @@ def test_message_tags_are_stable() -> None:
         "MOVING": 19, "GOODBYE": 20, "PING": 21, "PONG": 22, "LOOKUP_REQUEST": 32,
         "LOOKUP_RESPONSE": 33, "SIGNAL": 48, "SIGNAL_DELIVERY": 49, "SIGNAL_RESULT": 50,
         "DETACH": 23, "DIRECTORY_REQUEST": 34, "DIRECTORY_RESPONSE": 35,
-        "REACHABILITY_REQUEST": 36, "REACHABILITY_RESULT": 37,
+        "REACHABILITY_REQUEST": 36, "REACHABILITY_RESULT": 37, "RELAY_RESERVE": 52,
+        "RELAY_RESERVED": 53,
     }
 
 

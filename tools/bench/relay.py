@@ -5,7 +5,9 @@
 
 Overlay side: one real ``overlay bootstrap`` and one ``overlay supernode`` process on loopback
 (``127.A.B.*``, A.B random per run), the supernode with a relay budget that never throttles
-(``--relay-budget 100Gbit --relay-session-cap 50Gbit --relay-max-sessions 2000``) but with the
+(``--relay-budget 100Gbit --relay-session-cap 50Gbit --relay-max-sessions 2000``, and per-IP,
+per-/24 and per-key relay limits the bench's sessions fit; every caller's hello carries a
+voucher signed by two throwaway keys, made with the supernode's key from its state dir) but with the
 budget accounting on (every chunk is charged). Phases, one after the other:
 
 - ``voice_N`` (N in ``--sessions``): N relay sessions are paired (caller, then callee, same
@@ -60,6 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from overlay.core.identity import Identity
 from overlay.relay.protocol import (
     REASON_UNKNOWN_TOKEN,
     ROLE_CALLEE,
@@ -68,6 +71,7 @@ from overlay.relay.protocol import (
     decode_status,
     encode_hello,
 )
+from overlay.relay.voucher import Voucher, statement_for
 from tests.helpers.daemons import Daemon, wait_ready
 from tools.bench.procstat import cpu_pct, raise_fd_limit, sched_sample
 from tools.bench.relay_common import FPS, FRAME, VALID_SHARE, Addrs, cpu_stats, log
@@ -80,6 +84,23 @@ SESSIONS_PER_CALLER_IP = 8
 VOICE_RATE_BPS = 10_000_000
 BULK_CHUNK = 256 * 1024
 BULK_SESSION_BYTES = 960 * 2**20
+
+
+#: the relay's node key by host (its key file is made before it starts): vouchers name it
+RELAY_KEYS: dict[str, bytes] = {}
+#: two throwaway keys sign every bench voucher (the supernode is started with per-key,
+#: per-IP and per-/24 limits that the bench's thousands of sessions from a few /24s fit)
+_SIGNERS = (Identity.generate(), Identity.generate())
+
+
+def hello(host: str, token: bytes, role: int, rate: int) -> bytes:
+    """A hello; a caller's carries a voucher for ``host``'s relay."""
+    if role != ROLE_CALLER:
+        return encode_hello(role, token, rate)
+    a, b = _SIGNERS
+    st = statement_for(RELAY_KEYS[host], token, int(time.time()) + 600, a.public_key,
+                       b.public_key)
+    return encode_hello(role, token, rate, Voucher(st, st.sign(a), st.sign(b)).to_bytes())
 
 
 # -- overlay: voice sessions (asyncio) ---------------------------------------------------------
@@ -121,10 +142,10 @@ async def open_half(host: str, token: bytes, role: int, source: str,
                     timeout: float) -> VoiceProto:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    hello = encode_hello(role, token, VOICE_RATE_BPS)
+    first = hello(host, token, role, VOICE_RATE_BPS)
     while True:
         _, proto = await loop.create_connection(
-            lambda: VoiceProto(hello), host, PORT, local_addr=(source, 0))
+            lambda: VoiceProto(first), host, PORT, local_addr=(source, 0))
         ok, reason = await asyncio.wait_for(proto.answer, max(0.1, deadline - loop.time()))
         if ok:
             return proto
@@ -238,12 +259,12 @@ def _read_status(sock: socket.socket) -> tuple[bool, str]:
 def _bulk_pair(host: str, src_a: str, src_b: str) -> tuple[socket.socket, socket.socket]:
     token = os.urandom(TOKEN_BYTES)
     a = socket.create_connection((host, PORT), timeout=10, source_address=(src_a, 0))
-    a.sendall(encode_hello(ROLE_CALLER, token, 0))
+    a.sendall(hello(host, token, ROLE_CALLER, 0))
     deadline = time.monotonic() + 10
     while True:
         time.sleep(0.02)
         b = socket.create_connection((host, PORT), timeout=10, source_address=(src_b, 0))
-        b.sendall(encode_hello(ROLE_CALLEE, token, 0))
+        b.sendall(hello(host, token, ROLE_CALLEE, 0))
         ok, reason = _read_status(b)
         if ok:
             break
@@ -346,9 +367,14 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
                  "--http", f"{addrs.supernode}:{HTTP_PORT}", "--state-dir", str(workdir / "sn"),
                  "--relay-budget", "100Gbit", "--relay-session-cap", "50Gbit",
                  "--relay-max-sessions", "2000", "--max-clients", "20000",
+                 "--relay-session-bytes", "1G", "--relay-max-sessions-per-ip", "20000",
+                 "--relay-max-sessions-per-subnet", "20000", "--relay-subnet-share", "1",
+                 "--relay-max-sessions-per-key", "20000",
                  "--max-conns-per-ip", "20000", "--max-conns-per-subnet", "20000"],
                 workdir / "supernode.log", name="supernode", log_json=False,
                 http=f"{addrs.supernode}:{HTTP_PORT}")
+    (workdir / "sn").mkdir(parents=True, exist_ok=True)
+    RELAY_KEYS[addrs.supernode] = Identity.load_or_create(workdir / "sn" / "node.key").public_key
     out: dict[str, Any] = {"relay": f"{addrs.supernode}:{PORT}"}
     try:
         boot.start()
