@@ -107,8 +107,9 @@ class DHTNode:
         return (await self._server.get(key)).records
 
     async def get_answers(self, key: bytes) -> ValueAnswers:
-        """:meth:`get`, with each holder's own answer kept (for majority decisions)."""
-        return await self._server.get(key)
+        """:meth:`get`, with each holder's own answer kept (for majority decisions), over
+        ``config.name_lookup_paths`` disjoint paths."""
+        return await self._server.get(key, self.config.name_lookup_paths)
 
     async def closest(self, key: bytes) -> list[Contact]:
         nodes = await self._server._crawl_nodes(key)

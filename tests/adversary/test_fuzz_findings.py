@@ -28,6 +28,7 @@ import pytest
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
+from overlay.dht import DHTConfig
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.media import transfer
 from overlay.media.signalling import SignallingError, open_offer
@@ -79,7 +80,8 @@ async def test_a_node_refuses_a_name_claim_with_nan_times(tmp_path):
                   tmp_path / "boot.log").start()
     try:
         await wait_ready(f"{ip}:8080", boot)
-        mallory = Identity.generate()
+        # a node key whose id solves the id puzzle: stores from any other sender are refused
+        mallory = await asyncio.to_thread(Identity.generate_node, DHTConfig().id_puzzle_bits)
         claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
                                       "victim", mallory.public_key, 1, NAN, NAN])
         key = records.user_key("victim")
@@ -124,7 +126,8 @@ async def test_a_node_refuses_a_name_with_a_trailing_newline(tmp_path):
                   tmp_path / "boot.log").start()
     try:
         await wait_ready(f"{ip}:8080", boot)
-        mallory = Identity.generate()
+        # a node key whose id solves the id puzzle: stores from any other sender are refused
+        mallory = await asyncio.to_thread(Identity.generate_node, DHTConfig().id_puzzle_bits)
         claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
                                       "victim\n", mallory.public_key, 1, time.time(),
                                       time.time() + 86400.0])
