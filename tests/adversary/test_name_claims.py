@@ -63,7 +63,10 @@ async def attacker_node(ip: str, boot_addr: str, *preloaded: records.SignedRecor
     """A DHT node of mallory's own, holding ``preloaded`` before it joins the network
     (``stores=False``: it takes nothing that others hand it)."""
     limits = None if stores else StorageLimits(max_entries=0)
-    node = DHTNode(Identity.generate(), DHTConfig(refresh_interval_s=3600), limits)
+    config = DHTConfig(refresh_interval_s=3600)
+    # mallory pays the id puzzle (~1 s): a node whose id fails it is never routed to
+    identity = await asyncio.to_thread(Identity.generate_node, config.id_puzzle_bits)
+    node = DHTNode(identity, config, limits)
     for signed in preloaded:
         node.store_local(signed.wire, signed.dht_key)
     await node.start(ip, 0)
