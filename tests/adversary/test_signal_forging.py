@@ -178,8 +178,10 @@ async def _directory(host: str, port: int) -> list[records.SignedRecord]:
 
 
 async def stranger(world: World, ip: str) -> DHTNode:
-    """A DHT node with a key of its own, joined through the bootstrap node."""
-    node = DHTNode(Identity.generate(), DHTConfig())
+    """A DHT node with a key of its own (its id solves the id puzzle, ~1 s: it may store and
+    be routed to), joined through the bootstrap node."""
+    config = DHTConfig()
+    node = DHTNode(await asyncio.to_thread(Identity.generate_node, config.id_puzzle_bits), config)
     await node.start(ip, 0)
     await node.bootstrap([world.boot])
     return node
