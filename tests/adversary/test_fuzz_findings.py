@@ -28,7 +28,6 @@ import pytest
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
-from overlay.dht import DHTConfig
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.media import transfer
 from overlay.media.signalling import SignallingError, open_offer
@@ -36,6 +35,7 @@ from overlay.media.stream import TcpByteStream
 from tests.fuzz import seeds
 from tests.helpers.daemons import Daemon, daemon_env, overlay_argv, wait_ready
 from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.node_keys import production_identity
 from tests.helpers.repo import REPO
 
 NAN = math.nan
@@ -81,7 +81,7 @@ async def test_a_node_refuses_a_name_claim_with_nan_times(tmp_path):
     try:
         await wait_ready(f"{ip}:8080", boot)
         # a node key whose id solves the id puzzle: stores from any other sender are refused
-        mallory = await asyncio.to_thread(Identity.generate_node, DHTConfig().id_puzzle_bits)
+        mallory = production_identity()
         claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
                                       "victim", mallory.public_key, 1, NAN, NAN])
         key = records.user_key("victim")
@@ -127,7 +127,7 @@ async def test_a_node_refuses_a_name_with_a_trailing_newline(tmp_path):
     try:
         await wait_ready(f"{ip}:8080", boot)
         # a node key whose id solves the id puzzle: stores from any other sender are refused
-        mallory = await asyncio.to_thread(Identity.generate_node, DHTConfig().id_puzzle_bits)
+        mallory = production_identity()
         claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
                                       "victim\n", mallory.public_key, 1, time.time(),
                                       time.time() + 86400.0])

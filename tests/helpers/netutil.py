@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
+from tests.helpers.node_keys import production_identity
 
 #: the id puzzle of in-process test networks (:class:`Network`, :func:`node_identity`): 16
 #: key generations per node instead of ~65,536, so 200 nodes start at once. The production
@@ -39,7 +40,10 @@ def network_config(**fields: object) -> DHTConfig:
 
 
 def node_identity(config: DHTConfig) -> Identity:
-    """A public node's key for a network of ``config``: its id solves the id puzzle."""
+    """A public node's key for a network of ``config``: its id solves the id puzzle (the
+    production puzzle's from :mod:`tests.helpers.node_keys`' pool)."""
+    if config.id_puzzle_bits == DHTConfig().id_puzzle_bits:
+        return production_identity()
     return Identity.generate_node(config.id_puzzle_bits)
 
 
@@ -61,12 +65,13 @@ async def wait_for(
 
 class Network:
     """A bootstrap node and ``size`` DHT nodes, each on its own loopback IP (its own /24),
-    with ids solving the test networks' id puzzle (``config``'s puzzle is replaced by
-    :data:`TEST_ID_PUZZLE_BITS`)."""
+    with ids solving the id puzzle of ``id_puzzle_bits`` (``config``'s is replaced: the test
+    networks' by default; the production one to meet ``overlay`` processes)."""
 
-    def __init__(self, size: int, config: DHTConfig | None = None) -> None:
+    def __init__(self, size: int, config: DHTConfig | None = None,
+                 id_puzzle_bits: int = TEST_ID_PUZZLE_BITS) -> None:
         self.config = dataclasses.replace(config or network_config(),
-                                          id_puzzle_bits=TEST_ID_PUZZLE_BITS)
+                                          id_puzzle_bits=id_puzzle_bits)
         self.ips = loopback_ips(size + 1)
         self.bootstrap = DHTNode(node_identity(self.config), self.config)
         self.nodes = [DHTNode(node_identity(self.config), self.config) for _ in range(size)]
