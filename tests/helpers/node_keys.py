@@ -68,3 +68,9 @@ def write_node_key(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     production_identity().save(path)
     return path
+
+
+def key_args(directory: Path, name: str) -> list[str]:
+    """``["--key", PATH]`` for an ``overlay bootstrap``/``supernode`` process: a pooled key
+    written to ``directory/NAME.node.key``."""
+    return ["--key", str(write_node_key(directory / f"{name}.node.key"))]
