@@ -85,7 +85,7 @@ class DHTConfig:
     max_contacts_per_ip: int = 4
     #: routing-table diversity (go-libp2p-kbucket's peerdiversity): contacts of one IPv4 /24
     #: (IPv6 /48) per bucket (common-prefix length with our id) and in the whole table; a
-    #: lookup's candidates hold at most ``max_contacts_per_subnet_per_bucket`` per /24 too
+    #: lookup's candidates hold at most ``max_contacts_per_subnet`` per /24 (< k/2 + 1)
     max_contacts_per_subnet_per_bucket: int = 2
     max_contacts_per_subnet: int = 10
     #: a network constant, the same on every node of a network: a public node's id is valid
