@@ -64,19 +64,21 @@ class LookupShare:
     id; at most ``max_per_subnet`` per /24 or /48 over the whole lookup) and which nodes a
     path already asked (no other path asks them)."""
 
-    def __init__(self, puzzle_bits: int, max_per_subnet: int) -> None:
+    def __init__(self, puzzle_bits: int, max_per_subnet: int,
+                 refused: Counter[str] | None = None) -> None:
         self.puzzle_bits = puzzle_bits
         self.max_per_subnet = max_per_subnet
         self.candidates: set[bytes] = set()
         self.per_subnet: Counter[str] = Counter()
         self.asked: set[bytes] = set()
-        #: contacts refused as candidates, by reason
-        self.refused: Counter[str] = Counter()
+        #: contacts refused as candidates, by reason (the node's ``DHTStats`` counter)
+        self.refused: Counter[str] = Counter() if refused is None else refused
 
     @classmethod
     def for_protocol(cls, protocol: Any) -> LookupShare:
         config = protocol.config
-        return cls(config.id_puzzle_bits, config.max_contacts_per_subnet)
+        return cls(config.id_puzzle_bits, config.max_contacts_per_subnet,
+                   protocol.stats.lookup_contacts_refused)
 
     def admit(self, node: Node) -> bool:
         if node.id in self.candidates:

@@ -121,6 +121,9 @@ class DHTStats:
     #: puts that only this node stored, and how their retries ended
     puts_local_only: int = 0
     replication: Counter[str] = field(default_factory=Counter)
+    #: contacts listed in responses that no lookup took as a candidate, by reason
+    #: (``bad_node_id``, ``per_subnet``); the routing table counts its own (``router.refused``)
+    lookup_contacts_refused: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,6 +131,7 @@ _RESPONSES = [{"nodes": [[b"\x01" * 20, "192.0.2.1", 4000]]},
 class _Peer:
     source_node = Node(b"\x00" * 20, "127.0.0.1", 1)
     config = DHTConfig(id_puzzle_bits=0)  # every listed contact reaches the candidates
+    stats = DHTStats()
 
 
 def _dht_response(payload: Any) -> None:

@@ -18,7 +18,7 @@ from kademlia.storage import ForgetfulStorage
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTConfig, DHTNode, DHTStats
 from overlay.dht.crawling import OverlayValueCrawl
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.dht.routing import OverlayRoutingTable, TableLimits
@@ -206,6 +206,7 @@ def test_malformed_find_responses_raise_in_stock_crawl_but_not_ours():
     class Proto:
         source_node = Node(os.urandom(20))
         config = network_config()
+        stats = DHTStats()
 
     ours = OverlayValueCrawl(Proto(), target, [peer], 20, 3, 3, records.verify)
     for bad in ({"value": [1, 2]}, {"x": 1}, {"values": 7, "nodes": []},
