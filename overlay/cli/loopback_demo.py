@@ -112,25 +112,29 @@ async def _send_after_consent(console: Console, sender: ClientDaemon, receiver: 
 
 
 async def run_demo(console: Console, workdir: Path) -> int:
-    base = f"127.{100 + secrets.randbelow(100)}.{secrets.randbelow(256)}"
+    # each public node in its own /24, as on the internet (DHT tables take at most 2 per /24
+    # per bucket); their keys solve the DHT's id puzzle (~1 s each, ground in parallel)
+    second, third = 100 + secrets.randbelow(100), secrets.randbelow(252)
+    base = f"127.{second}.{third}"
     dht = DHTConfig(refresh_interval_s=3600)
+    keys = await asyncio.gather(*(asyncio.to_thread(Identity.generate_node, dht.id_puzzle_bits)
+                                  for _ in range(4)))
     limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1.0))
     boot_addr = (f"{base}.1", 4000)
     nodes: list[NodeDaemon] = []
     clients: list[ClientDaemon] = []
     names: dict[str, str] = {}
     try:
-        boot = NodeDaemon(NodeOptions(listen=boot_addr, dht=dht, limits=limits),
-                          Identity.generate())
+        boot = NodeDaemon(NodeOptions(listen=boot_addr, dht=dht, limits=limits), keys[0])
         await boot.start()
         nodes.append(boot)
         names[f"{boot_addr[0]}:{boot_addr[1]}"] = "bootstrap"
         console.print(f"[bold]bootstrap node[/] on {boot_addr[0]}:{boot_addr[1]} (UDP DHT, TCP)")
         for i in range(3):
-            addr = (f"{base}.{10 + i}", 4000)
+            addr = (f"127.{second}.{third + 1 + i}.10", 4000)
             sn = Supernode(NodeOptions(listen=addr, bootstrap=[boot_addr], dht=dht, limits=limits),
                            SupernodeOptions(max_clients=100, record_refresh_s=2.0),
-                           Identity.generate())
+                           keys[1 + i])
             await sn.start()
             nodes.append(sn)
             names[f"{addr[0]}:{addr[1]}"] = f"supernode-{i + 1}"

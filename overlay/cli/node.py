@@ -19,7 +19,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if path.exists():
         print(f"overlay keygen: {path} already exists; refusing to overwrite it", file=sys.stderr)
         return EXIT_FAILURE
-    identity = Identity.generate()
+    from overlay.dht import DHTConfig
+
+    # its node id solves the DHT's id puzzle, so the key may also serve a public node
+    identity = Identity.generate_node(DHTConfig().id_puzzle_bits)
     identity.save(path)
     print(identity.public_id)
     return EXIT_OK
@@ -62,7 +65,8 @@ def add_node_arguments(p: argparse.ArgumentParser, bootstrap_required: bool) -> 
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("keygen", help="create an identity key file (mode 0600)")
+    p = sub.add_parser("keygen", help="create an identity key file (mode 0600); its node id "
+                       "solves the DHT's id puzzle, so it may serve a public node (~1 s)")
     p.add_argument("path", metavar="PATH")
     p.set_defaults(func=cmd_keygen)
 

@@ -22,7 +22,7 @@ from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.dht import DHTConfig, DHTNode
-from overlay.node.daemon import NodeOptions
+from overlay.node.daemon import NodeOptions, load_identity
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import TcpService
 
@@ -63,10 +63,11 @@ class PromotionPolicy:
 
 class DialBackListener:
     """What a supernode's dial-back reaches: a TCP probe answerer and a UDP DHT responder,
-    both on one port, the DHT one signing with the client's own key."""
+    both on one port, the DHT one signing with the client's own key (a client's: its id need
+    not solve the id puzzle, and it says so with the client flag, so no table takes it)."""
 
     def __init__(self, identity: Identity) -> None:
-        self.dht = DHTNode(identity, DHTConfig(refresh_interval_s=3600))
+        self.dht = DHTNode(identity, DHTConfig(refresh_interval_s=3600, client=True))
         self.tcp = TcpService(Identity.generate(), self.dht)
 
     async def start(self, host: str, port: int) -> int:
@@ -175,7 +176,9 @@ class Promoter:
             advertise=(check.host, self.state.port),
             state_dir=node_state,
         )
-        node = Supernode(opts, SupernodeOptions(max_clients=1000))
+        # a supernode's id must solve the DHT's id puzzle (~1 s): ground off the event loop
+        identity = await asyncio.to_thread(load_identity, opts)
+        node = Supernode(opts, SupernodeOptions(max_clients=1000), identity)
         try:
             await node.start()
         except OSError as exc:

@@ -15,6 +15,14 @@ Fixes over ``kademlia.crawling``:
   half of k holders agree on one signer key, else it asks all k closest nodes: a few Sybils
   placed next to the key and answering first cannot end the lookup (the majority decides:
   :mod:`overlay.dht.names`).
+
+Sybil checks on every lookup (:class:`LookupShare`): a contact listed in a response becomes a
+candidate only when its id solves the network's id puzzle, and at most
+``max_contacts_per_subnet`` candidates of one lookup share an IPv4 /24 (IPv6 /48): fewer
+than a majority of k, so no response can steer a lookup to invalid ids or fill it from one
+network. A name lookup (:class:`DisjointValueLookup`) takes d disjoint paths as in
+S/Kademlia: the initial contacts are dealt into d sets, each path keeps its own candidates,
+and no node is asked by two paths; the holders' answers of all paths are tallied together.
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ import asyncio
 import functools
 import heapq
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
+from overlay.core.identity import id_puzzle_ok
 from overlay.core.records import RecordError, SignedRecord
+from overlay.dht.routing import subnet_of
 
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
@@ -48,18 +59,63 @@ def _is_ip(text: str) -> bool:
     return False
 
 
+class LookupShare:
+    """What the paths of one lookup share: which contacts may be candidates (a puzzle-valid
+    id; at most ``max_per_subnet`` per /24 or /48 over the whole lookup) and which nodes a
+    path already asked (no other path asks them)."""
+
+    def __init__(self, puzzle_bits: int, max_per_subnet: int,
+                 refused: Counter[str] | None = None) -> None:
+        self.puzzle_bits = puzzle_bits
+        self.max_per_subnet = max_per_subnet
+        self.candidates: set[bytes] = set()
+        self.per_subnet: Counter[str] = Counter()
+        self.asked: set[bytes] = set()
+        #: contacts refused as candidates, by reason (the node's ``DHTStats`` counter)
+        self.refused: Counter[str] = Counter() if refused is None else refused
+
+    @classmethod
+    def for_protocol(cls, protocol: Any) -> LookupShare:
+        config = protocol.config
+        return cls(config.id_puzzle_bits, config.max_contacts_per_subnet,
+                   protocol.stats.lookup_contacts_refused)
+
+    def admit(self, node: Node) -> bool:
+        if node.id in self.candidates:
+            return True
+        if not id_puzzle_ok(node.id, self.puzzle_bits):
+            self.refused["bad_node_id"] += 1
+            return False
+        subnet = subnet_of(node.ip)
+        if self.per_subnet[subnet] >= self.max_per_subnet:
+            self.refused["per_subnet"] += 1
+            return False
+        self.per_subnet[subnet] += 1
+        self.candidates.add(node.id)
+        return True
+
+    def claim(self, node_id: bytes) -> bool:
+        """Take ``node_id`` for one path: False when another path asked it already."""
+        if node_id in self.asked:
+            return False
+        self.asked.add(node_id)
+        return True
+
+
 class IdNodeHeap(NodeHeap):  # type: ignore[misc]
-    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push)."""
+    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push) and
+    only the contacts its lookup's :class:`LookupShare` admits."""
 
     heap: list[tuple[int, Node]]
 
-    def __init__(self, node: Node, maxsize: int) -> None:
+    def __init__(self, node: Node, maxsize: int, share: LookupShare) -> None:
         super().__init__(node, maxsize)
         self.ids: set[bytes] = set()
+        self.share = share
 
     def push(self, nodes: Node | list[Node]) -> None:
         for n in nodes if isinstance(nodes, list) else [nodes]:
-            if n.id not in self.ids:
+            if n.id not in self.ids and self.share.admit(n):
                 self.ids.add(n.id)
                 heapq.heappush(self.heap, (self.node.distance_to(n), n))
 
@@ -101,7 +157,7 @@ class _InflightCrawl:
     """Shared loop: keep up to alpha requests in flight until the crawl says it is done."""
 
     protocol: Any
-    nearest: Any
+    nearest: IdNodeHeap
     alpha: int
     ksize: int
     node: Node
@@ -130,6 +186,9 @@ class _InflightCrawl:
                 if len(pending) - len(slow) >= self.alpha:
                     break
                 self.nearest.mark_contacted(peer)
+                if not self.nearest.share.claim(peer.id):  # another path asked it
+                    self.nearest.remove([peer.id])
+                    continue
                 request = rpcmethod(peer, self.node, functools.partial(went_slow, peer.id))
                 pending[asyncio.ensure_future(request)] = peer
             if not pending:
@@ -163,7 +222,7 @@ class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
 
     def __init__(self, protocol: Any, node: Node, peers: list[Node], ksize: int, alpha: int):
         NodeSpiderCrawl.__init__(self, protocol, node, [], ksize, alpha)
-        self.nearest = IdNodeHeap(node, ksize)
+        self.nearest = IdNodeHeap(node, ksize, LookupShare.for_protocol(protocol))
         self.nearest.push(list(peers))
         self.answered = {}
 
@@ -183,8 +242,43 @@ class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
         return True
 
 
+class ValueTally:
+    """What the holders of one key answered, over every path of a lookup: the merged records
+    (newest per slot), each holder's own answer, and whether the name holders agree."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[bytes, str], SignedRecord] = {}
+        #: each holder's valid records, by node id: one answer per node, never merged
+        self.by_holder: dict[bytes, tuple[SignedRecord, ...]] = {}
+        #: the signer keys of the name records seen so far, per holder that sent any
+        self.signers: set[frozenset[bytes]] = set()
+        self.rejected = 0
+
+    @property
+    def holders(self) -> int:
+        return len(self.by_holder)
+
+    def agreed(self) -> bool:
+        """Every holder so far sent records of one and the same signer for a name (or none
+        for a name at all, e.g. the supernode directory)."""
+        return len(self.signers) <= 1 and all(len(keys) <= 1 for keys in self.signers)
+
+    def add(self, node_id: bytes, held: list[SignedRecord]) -> None:
+        if node_id in self.by_holder:
+            return
+        self.by_holder[node_id] = tuple(held)
+        signers = frozenset(s.record.signer for s in held if s.record.claimed_name is not None)
+        if signers:
+            self.signers.add(signers)
+        for signed in held:
+            current = self.found.get(signed.slot)
+            if current is None or signed.seq > current.seq:
+                self.found[signed.slot] = signed
+
+
 class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
-    """Collect the records under a key from its closest nodes, newest per slot."""
+    """Collect the records under a key from its closest nodes, newest per slot (one path;
+    the paths of a :class:`DisjointValueLookup` share their ``share`` and ``tally``)."""
 
     def __init__(
         self,
@@ -196,58 +290,52 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         quorum: int,
         verify: Callable[[object], SignedRecord],
         name_quorum: int | None = None,
+        share: LookupShare | None = None,
+        tally: ValueTally | None = None,
     ) -> None:
         ValueSpiderCrawl.__init__(self, protocol, node, [], ksize, alpha)
-        self.nearest = IdNodeHeap(node, ksize)
+        self.nearest = IdNodeHeap(node, ksize, share or LookupShare.for_protocol(protocol))
         self.nearest.push(list(peers))
         self.answered = {}
         self.quorum = quorum
         #: holders that must agree before a name lookup stops early (default: a majority of k)
         self.name_quorum = max(quorum, ksize // 2 + 1) if name_quorum is None else name_quorum
         self.verify = verify
-        self.found: dict[tuple[bytes, str], SignedRecord] = {}
-        #: each holder's valid records, by node id: one answer per node, never merged
-        self.by_holder: dict[bytes, tuple[SignedRecord, ...]] = {}
-        #: the signer keys of the name records seen so far, per holder that sent any
-        self._signers: set[frozenset[bytes]] = set()
-        self.rejected = 0
+        self.tally = tally or ValueTally()
 
     @property
     def holders(self) -> int:
-        return len(self.by_holder)
+        return self.tally.holders
+
+    @property
+    def by_holder(self) -> dict[bytes, tuple[SignedRecord, ...]]:
+        return self.tally.by_holder
+
+    @property
+    def rejected(self) -> int:
+        return self.tally.rejected
 
     def seed(self, node_id: bytes, held: list[SignedRecord]) -> None:
         """Count this node's own records as one holder's answer."""
         if held:
-            self._add_holder(node_id, held)
+            self.tally.add(node_id, held)
 
     async def find(self) -> list[SignedRecord]:
         await self._crawl(self.protocol.call_find_value)
-        return list(self.found.values())
+        return list(self.tally.found.values())
 
     def _is_done(self) -> bool:
-        if not self._signers:  # no name records (e.g. the supernode directory)
-            return self.holders >= self.quorum
-        if not self.agreed() or self.holders < self.quorum:
+        tally = self.tally
+        if not tally.signers:  # no name records (e.g. the supernode directory)
+            return tally.holders >= self.quorum
+        if not tally.agreed() or tally.holders < self.quorum:
             return False
         # unanimous: enough of k, or everyone left to ask is only a straggler (whose vote
         # could turn the answer into a conflict at most, never into another owner)
-        return self.holders >= self.name_quorum or not self.nearest.get_uncontacted()
+        return tally.holders >= self.name_quorum or not self.nearest.get_uncontacted()
 
     def agreed(self) -> bool:
-        """Every holder so far sent records of one and the same signer for a name (or none
-        for a name at all, e.g. the supernode directory)."""
-        return len(self._signers) <= 1 and all(len(keys) <= 1 for keys in self._signers)
-
-    def _add_holder(self, node_id: bytes, held: list[SignedRecord]) -> None:
-        self.by_holder[node_id] = tuple(held)
-        signers = frozenset(s.record.signer for s in held if s.record.claimed_name is not None)
-        if signers:
-            self._signers.add(signers)
-        for signed in held:
-            current = self.found.get(signed.slot)
-            if current is None or signed.seq > current.seq:
-                self.found[signed.slot] = signed
+        return self.tally.agreed()
 
     def _accept(self, peer: Node, payload: object) -> bool:
         if not isinstance(payload, dict) or set(payload) != {"values", "nodes"}:
@@ -262,12 +350,52 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
             try:
                 signed = self.verify(wire)
             except RecordError:
-                self.rejected += 1
+                self.tally.rejected += 1
                 continue
             if signed.dht_key != self.node.id:
-                self.rejected += 1
+                self.tally.rejected += 1
                 continue
             held.append(signed)
-        if held and peer.id not in self.by_holder:
-            self._add_holder(peer.id, held)
+        if held:
+            self.tally.add(peer.id, held)
         return True
+
+
+class DisjointValueLookup:
+    """A value lookup over ``paths`` disjoint paths (S/Kademlia): the initial contacts are
+    dealt round-robin into the paths (closest first), each path crawls with its own candidates
+    and never asks a node another path asked, and every holder's answer goes into one
+    :class:`ValueTally`. The lookup ends when every path has ended (a path ends on the tally's
+    early-stop rule, or when its own k closest answered)."""
+
+    def __init__(
+        self,
+        protocol: Any,
+        node: Node,
+        peers: list[Node],
+        ksize: int,
+        alpha: int,
+        quorum: int,
+        verify: Callable[[object], SignedRecord],
+        paths: int,
+    ) -> None:
+        self.share = LookupShare.for_protocol(protocol)
+        self.tally = ValueTally()
+        count = max(1, min(paths, len(peers)))
+        self.paths = [
+            OverlayValueCrawl(protocol, node, peers[i::count], ksize, alpha, quorum, verify,
+                              share=self.share, tally=self.tally)
+            for i in range(count)
+        ]
+
+    def seed(self, node_id: bytes, held: list[SignedRecord]) -> None:
+        if held:
+            self.tally.add(node_id, held)
+
+    async def find(self) -> list[SignedRecord]:
+        await asyncio.gather(*(path.find() for path in self.paths))
+        return list(self.tally.found.values())
+
+    @property
+    def by_holder(self) -> dict[bytes, tuple[SignedRecord, ...]]:
+        return self.tally.by_holder

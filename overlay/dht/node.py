@@ -4,6 +4,7 @@ call. Nothing outside :mod:`overlay.dht` imports ``kademlia``."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,9 @@ class DHTNode:
         return (await self._server.get(key)).records
 
     async def get_answers(self, key: bytes) -> ValueAnswers:
-        """:meth:`get`, with each holder's own answer kept (for majority decisions)."""
-        return await self._server.get(key)
+        """:meth:`get`, with each holder's own answer kept (for majority decisions), over
+        ``config.name_lookup_paths`` disjoint paths."""
+        return await self._server.get(key, self.config.name_lookup_paths)
 
     async def closest(self, key: bytes) -> list[Contact]:
         nodes = await self._server._crawl_nodes(key)
@@ -151,6 +153,11 @@ class DHTNode:
     @property
     def routing_table_size(self) -> int:
         return len(self._proto.router)
+
+    def contacts_refused(self) -> dict[str, Counter[str]]:
+        """Contacts the Sybil limits kept out, by where (``table``, ``lookup``) and reason."""
+        return {"table": Counter(self._proto.router.refused),
+                "lookup": Counter(self.stats.lookup_contacts_refused)}
 
     def contacts(self) -> list[Contact]:
         return [Contact(n.id, n.ip, n.port) for n in self._proto.router.contacts()]

@@ -36,7 +36,7 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
-from overlay.core.identity import Identity, node_id_for
+from overlay.core.identity import Identity, id_puzzle_ok, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.rate_limit import KeyedBuckets
 from overlay.core.records import RecordError, RecordKind
@@ -60,7 +60,7 @@ from overlay.dht.envelope import (
 )
 from overlay.dht.fairness import NotClose
 from overlay.dht.replay import ReplayGuard
-from overlay.dht.routing import OverlayRoutingTable
+from overlay.dht.routing import OverlayRoutingTable, TableLimits
 from overlay.dht.rtt import RttEstimator
 from overlay.dht.storage import RecordStorage
 
@@ -68,6 +68,8 @@ log = get_logger(__name__)
 
 AppHandler = Callable[[tuple[str, int], bytes, list[Any]], Any]
 CORE_METHODS = frozenset({"ping", "store", "find_node", "find_value"})
+#: a ``store`` refusal: the sender's node id does not solve the network's id puzzle
+BAD_NODE_ID = "bad_node_id"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,19 @@ class DHTConfig:
     #: consecutive failed requests before a contact leaves the routing table
     max_failures: int = 3
     max_contacts_per_ip: int = 4
+    #: routing-table diversity (go-libp2p-kbucket's peerdiversity): contacts of one IPv4 /24
+    #: (IPv6 /48) per bucket (common-prefix length with our id) and in the whole table; a
+    #: lookup's candidates hold at most ``max_contacts_per_subnet`` per /24 (< k/2 + 1)
+    max_contacts_per_subnet_per_bucket: int = 2
+    max_contacts_per_subnet: int = 10
+    #: a network constant, the same on every node of a network: a public node's id is valid
+    #: when SHA-256(id) starts with this many zero bits (S/Kademlia's static puzzle). Ids
+    #: that fail never enter routing tables or lookups, and their stores are refused; clients
+    #: (``client``) need none. 16 bits: ~65,536 key generations, ~1 s on one core, once per
+    #: node (the key is kept in the state dir); tools/bench/puzzle.py measures it.
+    id_puzzle_bits: int = 16
+    #: a name lookup (``get_answers``) takes this many disjoint paths (S/Kademlia)
+    name_lookup_paths: int = 3
     #: this node is behind NAT: others answer it but never route to it
     client: bool = False
     #: a supernode with thousands of clients legitimately sends bursts to its few peers
@@ -106,6 +121,9 @@ class DHTStats:
     #: puts that only this node stored, and how their retries ended
     puts_local_only: int = 0
     replication: Counter[str] = field(default_factory=Counter)
+    #: contacts listed in responses that no lookup took as a candidate, by reason
+    #: (``bad_node_id``, ``per_subnet``); the routing table counts its own (``router.refused``)
+    lookup_contacts_refused: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +161,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         # KademliaProtocol.__init__ would build a stock RoutingTable; set fields ourselves.
         self._wait_timeout = config.rpc_timeout_s
         self.transport: asyncio.DatagramTransport | None = None
-        self.router = OverlayRoutingTable(self, ksize, source_node, config.max_contacts_per_ip)
+        self.router = OverlayRoutingTable(self, ksize, source_node, TableLimits(
+            config.id_puzzle_bits, config.max_contacts_per_ip,
+            config.max_contacts_per_subnet_per_bucket, config.max_contacts_per_subnet))
         self.storage = storage
         self.source_node = source_node
         self.identity = identity
@@ -402,6 +422,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         node_id = node_id_for(sender_key)
         if node_id in self._verifying or len(self._verifying) >= 64:
             return
+        if not id_puzzle_ok(node_id, self.config.id_puzzle_bits):
+            self.stats.dropped["verify_bad_node_id"] += 1  # it could never enter the table
+            return
         node = Node(node_id, addr[0], addr[1])
         if not self.router.is_new_node(node):
             return
@@ -446,7 +469,11 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if len(payload) == 3 and not self.gate.check_cookie(payload[2], addr, env.sender_key,
                                                             now):
             self.stats.dropped["bad_cookie"] += 1  # answered as if it carried none
-        if method in CORE_METHODS:
+        if method == "store" and not id_puzzle_ok(node_id_for(env.sender_key),
+                                                  self.config.id_puzzle_bits):
+            self.storage.stats.rejected[BAD_NODE_ID] += 1
+            result = {"ok": False, "reason": BAD_NODE_ID}
+        elif method in CORE_METHODS:
             result = getattr(self, f"rpc_{method}")(addr, *args) if self._arity_ok(
                 method, args
             ) else {"error": f"bad arguments for {method}"}

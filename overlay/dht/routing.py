@@ -7,29 +7,78 @@ Fixes over ``kademlia.routing``:
   stops at the first k contacts *visited*, which are not the k *closest*. Ours visits buckets
   by the smallest distance their range allows and stops only when no unvisited bucket can
   hold a closer contact: exactly the k closest.
-* At most ``max_per_ip`` contacts per IP address, one contact per (IP, port); contacts only
-  enter after they answered (enforced by the protocol, which is the only caller).
+* Sybil limits, checked before a contact enters (contacts only enter after they answered,
+  enforced by the protocol, which is the only caller): its id solves the network's id puzzle
+  (:func:`overlay.core.identity.id_puzzle_ok`); at most ``max_per_ip`` contacts per IP
+  address and one per (IP, port); diversity as go-libp2p-kbucket's peerdiversity filter: at
+  most ``max_per_subnet_per_bucket`` contacts of one IPv4 /24 (IPv6 /48) per bucket (the
+  common-prefix length with our id, so the limit does not depend on how buckets were split)
+  and ``max_per_subnet`` in the whole table. Ids ground next to a key share their prefix with
+  the key, hence one bucket of everyone else's table: one network places at most two there.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
 
+from overlay.core.identity import id_puzzle_ok
+from overlay.dht.amplification import subnet_key
+
+
+@dataclass(frozen=True)
+class TableLimits:
+    """What may enter a routing table (from :class:`overlay.dht.protocol.DHTConfig`)."""
+
+    id_puzzle_bits: int
+    max_per_ip: int
+    max_per_subnet_per_bucket: int
+    max_per_subnet: int
+
+
+@functools.lru_cache(maxsize=65536)
+def subnet_of(ip: str) -> str:
+    """The /24 (/48) a contact's address counts in (cached: asked for every contact)."""
+    return subnet_key(ip)
+
+
+def common_prefix_bits(a: int, b: int) -> int:
+    return 160 - (a ^ b).bit_length()
+
 
 class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
-    def __init__(self, protocol: Any, ksize: int, node: Node, max_per_ip: int) -> None:
-        self.max_per_ip = max_per_ip
+    def __init__(self, protocol: Any, ksize: int, node: Node, limits: TableLimits) -> None:
+        self.limits = limits
         self.per_ip: Counter[str] = Counter()
+        self.per_subnet: Counter[str] = Counter()
+        self.per_subnet_bucket: Counter[tuple[str, int]] = Counter()
+        #: contacts refused by a limit, by limit
+        self.refused: Counter[str] = Counter()
         super().__init__(protocol, ksize, node)
 
     def flush(self) -> None:
         super().flush()
-        self.per_ip = Counter()
+        self._recount()
+
+    def refusal(self, node: Node) -> str | None:
+        """Why ``node`` (not in the table yet) may not enter it, or None."""
+        if not id_puzzle_ok(node.id, self.limits.id_puzzle_bits):
+            return "bad_node_id"
+        if self.per_ip[node.ip] >= self.limits.max_per_ip:
+            return "per_ip"
+        subnet = subnet_of(node.ip)
+        if self.per_subnet[subnet] >= self.limits.max_per_subnet:
+            return "per_subnet"
+        bucket = common_prefix_bits(self.node.long_id, node.long_id)
+        if self.per_subnet_bucket[(subnet, bucket)] >= self.limits.max_per_subnet_per_bucket:
+            return "per_subnet_bucket"
+        return None
 
     def contacts(self) -> list[Node]:
         return [n for bucket in self.buckets for n in bucket.get_nodes()]
@@ -71,27 +120,32 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         if same_address is not None:
             # the socket now answers with another key: the old key is gone from there
             self.remove_contact(same_address)
-        if self.per_ip[node.ip] >= self.max_per_ip:
+        reason = self.refusal(node)
+        if reason is not None:
+            self.refused[reason] += 1
             return False
         before = len(self)
         super().add_contact(node)
         if len(self) > before:
-            self.per_ip[node.ip] += 1
+            self._count(node)
         return True
 
     def remove_contact(self, node: Node) -> None:
-        present = self.find_contact(node.id)
-        before = len(self)
         super().remove_contact(node)
-        if present is not None and len(self) < before:
-            self.per_ip[present.ip] -= 1
-            if self.per_ip[present.ip] <= 0:
-                del self.per_ip[present.ip]
         # a replacement node may have been promoted into the bucket
         self._recount()
 
+    def _count(self, node: Node) -> None:
+        subnet = subnet_of(node.ip)
+        self.per_ip[node.ip] += 1
+        self.per_subnet[subnet] += 1
+        self.per_subnet_bucket[(subnet, common_prefix_bits(self.node.long_id,
+                                                           node.long_id))] += 1
+
     def _recount(self) -> None:
-        self.per_ip = Counter(n.ip for n in self.contacts())
+        self.per_ip, self.per_subnet, self.per_subnet_bucket = Counter(), Counter(), Counter()
+        for n in self.contacts():
+            self._count(n)
 
     def split_bucket(self, index: int) -> None:
         super().split_bucket(index)

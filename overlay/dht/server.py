@@ -26,7 +26,7 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord, WrongKey
 from overlay.core.tasks import TaskSet
-from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
+from overlay.dht.crawling import DisjointValueLookup, OverlayNodeCrawl, OverlayValueCrawl
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
 from overlay.dht.storage import RecordStorage
 
@@ -188,9 +188,9 @@ class OverlayServer(Server):  # type: ignore[misc]
         ).find()
         return found
 
-    async def get(self, key: bytes) -> ValueAnswers:
+    async def get(self, key: bytes, paths: int = 1) -> ValueAnswers:
         """Every valid record under DHT ``key``, newest per slot, merged from close nodes
-        (this one included), and each holder's own answer."""
+        (this one included), and each holder's own answer; over ``paths`` disjoint paths."""
         node = Node(key)
         now = time.time()
         local = self.storage.values(key)
@@ -198,15 +198,18 @@ class OverlayServer(Server):  # type: ignore[misc]
         if not nearest:
             holders = {self.node.id: tuple(local)} if local else {}
             return ValueAnswers(local, holders)
-        crawl = OverlayValueCrawl(
-            self.proto,
-            node,
-            nearest,
-            self.ksize,
-            self.alpha,
-            self.config.get_quorum,
-            lambda wire: self.storage.verifier.verify(wire, now),
-        )
+
+        def verify(wire: object) -> SignedRecord:
+            signed: SignedRecord = self.storage.verifier.verify(wire, now)
+            return signed
+
+        crawl: OverlayValueCrawl | DisjointValueLookup
+        if paths > 1:
+            crawl = DisjointValueLookup(self.proto, node, nearest, self.ksize, self.alpha,
+                                        self.config.get_quorum, verify, paths)
+        else:
+            crawl = OverlayValueCrawl(self.proto, node, nearest, self.ksize, self.alpha,
+                                      self.config.get_quorum, verify)
         crawl.seed(self.node.id, local)
         found = await crawl.find()
         return ValueAnswers(found, dict(crawl.by_holder))

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from overlay.core.identity import Identity
+from overlay.core.identity import Identity, id_puzzle_ok
 from overlay.core.logs import get_logger
 from overlay.core.resolver import resolve
 from overlay.dht import DHTConfig, DHTNode
+from overlay.node.errors import NodeError
 from overlay.node.http_api import ExtraMetrics, HttpLimits, make_app, start_http
 from overlay.node.metrics import tcp_metrics
 from overlay.node.tcp_service import AttachHandler, ServiceLimits, TcpService
@@ -42,13 +43,15 @@ class NodeOptions:
 
 
 def load_identity(opts: NodeOptions) -> Identity:
+    """The node's key: kept in the key file or state dir (created once, its id solving the
+    network's id puzzle: ~1 s), else a new one for this run."""
     path = opts.key_path
     if path is None and opts.state_dir is not None:
         path = opts.state_dir / "node.key"
     if path is not None:
-        return Identity.load_or_create(path)
+        return Identity.load_or_create(path, opts.dht.id_puzzle_bits)
     log.warning("ephemeral_key", hint="pass --state-dir or --key to keep this node's identity")
-    return Identity.generate()
+    return Identity.generate_node(opts.dht.id_puzzle_bits)
 
 
 class NodeDaemon:
@@ -67,6 +70,9 @@ class NodeDaemon:
     ) -> None:
         self.opts = opts
         self.identity = identity or load_identity(opts)
+        if not id_puzzle_ok(self.identity.node_id, opts.dht.id_puzzle_bits):
+            raise NodeError("a public node's key must solve the DHT's id puzzle "
+                            f"({opts.dht.id_puzzle_bits} bits): Identity.generate_node")
         self.dht = DHTNode(self.identity, opts.dht, state_dir=opts.state_dir)
         self.tcp = TcpService(self.identity, self.dht, opts.limits, attach_handler, relay)
         self.joined = asyncio.Event()

@@ -115,6 +115,14 @@ class DHTCollector(Collector):
                                   value=storage.stats.evicted)
         yield GaugeMetricFamily("overlay_dht_contacts", "Routing table size",
                                 value=self.node.routing_table_size)
+        refused_contacts = CounterMetricFamily(
+            "overlay_dht_contacts_refused",
+            "Contacts kept out of the routing table or lookups by the Sybil limits",
+            labels=["where", "reason"])
+        for where, reasons in self.node.contacts_refused().items():
+            for reason, n in reasons.items():
+                refused_contacts.add_metric([where, reason], n)
+        yield refused_contacts
         if self.http is not None:
             yield from self.http.collect()
         if self.extra is not None:

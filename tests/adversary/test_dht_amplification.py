@@ -22,9 +22,9 @@ from typing import Any
 
 from overlay.core import records
 from overlay.core.identity import Identity
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTNode
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, network_config, node_identity, wait_for
 
 RECORDS = 48
 
@@ -82,7 +82,7 @@ def request(identity: Identity, method: str, args: list[Any], flags: Flags = Fla
 
 async def start_target() -> tuple[DHTNode, bytes, list[str]]:
     ips = loopback_ips(3)
-    node = DHTNode(Identity.generate(), DHTConfig(refresh_interval_s=3600))
+    node = DHTNode(node_identity(network_config()), network_config())
     await node.start(ips[0], 0)
     recs = directory_records()
     for signed in recs:

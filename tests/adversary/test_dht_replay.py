@@ -26,8 +26,8 @@ from typing import Any
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
-from overlay.dht import DHTConfig, DHTNode
-from tests.helpers.netutil import loopback_ips
+from overlay.dht import DHTNode
+from tests.helpers.netutil import loopback_ips, network_config, node_identity
 
 MSG_ID = slice(5, 25)  # the msg_id's place in every DHT datagram (documented layout)
 
@@ -81,8 +81,8 @@ class Tap:
 
 async def start() -> tuple[DHTNode, DHTNode, Tap]:
     ips = loopback_ips(3)
-    config = DHTConfig(refresh_interval_s=3600)
-    victim, honest = DHTNode(Identity.generate(), config), DHTNode(Identity.generate(), config)
+    config = network_config()
+    victim, honest = DHTNode(node_identity(config), config), DHTNode(node_identity(config), config)
     await victim.start(ips[0], 0)
     await honest.start(ips[1], 0)
     return victim, honest, Tap(ips[2])

@@ -35,6 +35,7 @@ from overlay.media.stream import TcpByteStream
 from tests.fuzz import seeds
 from tests.helpers.daemons import Daemon, daemon_env, overlay_argv, wait_ready
 from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.node_keys import key_args, production_identity
 from tests.helpers.repo import REPO
 
 NAN = math.nan
@@ -75,11 +76,12 @@ def ask(mallory: Identity, node: tuple[str, int], method: str, args: list[Any]) 
 
 async def test_a_node_refuses_a_name_claim_with_nan_times(tmp_path):
     ip = loopback_ips(1)[0]
-    boot = Daemon(["bootstrap", "--listen", f"{ip}:4000", "--http", f"{ip}:8080"],
-                  tmp_path / "boot.log").start()
+    boot = Daemon(["bootstrap", "--listen", f"{ip}:4000", "--http", f"{ip}:8080",
+                   *key_args(tmp_path, "boot")], tmp_path / "boot.log").start()
     try:
         await wait_ready(f"{ip}:8080", boot)
-        mallory = Identity.generate()
+        # a node key whose id solves the id puzzle: stores from any other sender are refused
+        mallory = production_identity()
         claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
                                       "victim", mallory.public_key, 1, NAN, NAN])
         key = records.user_key("victim")
@@ -120,11 +122,12 @@ async def test_a_node_refuses_a_name_with_a_trailing_newline(tmp_path):
     """(e) the name patterns ended in ``$``, which also matches before a final newline:
     "victim\\n", a different name that prints like "victim", was a valid name."""
     ip = loopback_ips(1)[0]
-    boot = Daemon(["bootstrap", "--listen", f"{ip}:4000", "--http", f"{ip}:8080"],
-                  tmp_path / "boot.log").start()
+    boot = Daemon(["bootstrap", "--listen", f"{ip}:4000", "--http", f"{ip}:8080",
+                   *key_args(tmp_path, "boot")], tmp_path / "boot.log").start()
     try:
         await wait_ready(f"{ip}:8080", boot)
-        mallory = Identity.generate()
+        # a node key whose id solves the id puzzle: stores from any other sender are refused
+        mallory = production_identity()
         claim = signed_body(mallory, [records.FORMAT_VERSION, int(records.RecordKind.NAME_CLAIM),
                                       "victim\n", mallory.public_key, 1, time.time(),
                                       time.time() + 86400.0])

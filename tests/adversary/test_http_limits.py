@@ -10,6 +10,7 @@ import aiohttp
 
 from tests.helpers.daemons import Daemon, http_text, parse_metrics, wait_ready
 from tests.helpers.netutil import loopback_ips
+from tests.helpers.node_keys import key_args
 
 FLOOD = 60
 #: HttpLimits.user_burst, the documented default
@@ -30,8 +31,8 @@ async def get_from(local_ip: str, url: str) -> tuple[int, str]:
 async def test_user_lookup_flood_from_one_ip_is_limited(tmp_path):
     node_ip, attacker_ip, other_ip = loopback_ips(3)
     http = f"{node_ip}:8080"
-    boot = Daemon(["bootstrap", "--listen", f"{node_ip}:4000", "--http", http],
-                  tmp_path / "boot.log").start()
+    boot = Daemon(["bootstrap", "--listen", f"{node_ip}:4000", "--http", http,
+                   *key_args(tmp_path, "boot")], tmp_path / "boot.log").start()
     try:
         await wait_ready(http, boot)
         url = f"http://{http}/v1/users/alice"

@@ -33,6 +33,7 @@ from overlay.dht import DHTConfig, DHTNode
 from overlay.dht.storage import RecordStorage, StorageLimits
 from tests.helpers.daemons import Daemon, daemon_env, overlay_argv
 from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.node_keys import production_identity
 from tests.helpers.overlay_net import ProcessOverlay
 from tests.helpers.repo import REPO
 
@@ -63,7 +64,9 @@ async def attacker_node(ip: str, boot_addr: str, *preloaded: records.SignedRecor
     """A DHT node of mallory's own, holding ``preloaded`` before it joins the network
     (``stores=False``: it takes nothing that others hand it)."""
     limits = None if stores else StorageLimits(max_entries=0)
-    node = DHTNode(Identity.generate(), DHTConfig(refresh_interval_s=3600), limits)
+    # mallory pays the id puzzle (~1 s; pooled here): a node whose id fails it is never
+    # routed to
+    node = DHTNode(production_identity(), DHTConfig(refresh_interval_s=3600), limits)
     for signed in preloaded:
         node.store_local(signed.wire, signed.dht_key)
     await node.start(ip, 0)

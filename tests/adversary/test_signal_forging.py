@@ -41,6 +41,7 @@ from overlay.core.offers import INVITE_DOMAIN
 from overlay.dht import DHTConfig, DHTNode
 from tests.helpers.daemons import Daemon, http_text, parse_metrics
 from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.node_keys import production_identity
 from tests.helpers.overlay_net import ProcessOverlay
 
 REFUSED = "overlay_signals_refused_total"
@@ -178,8 +179,9 @@ async def _directory(host: str, port: int) -> list[records.SignedRecord]:
 
 
 async def stranger(world: World, ip: str) -> DHTNode:
-    """A DHT node with a key of its own, joined through the bootstrap node."""
-    node = DHTNode(Identity.generate(), DHTConfig())
+    """A DHT node with a key of its own (its id solves the id puzzle, ~1 s: it may store and
+    be routed to), joined through the bootstrap node."""
+    node = DHTNode(production_identity(), DHTConfig())
     await node.start(ip, 0)
     await node.bootstrap([world.boot])
     return node

@@ -20,11 +20,11 @@ from typing import Any
 
 from overlay.core import records
 from overlay.core.identity import Identity
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTNode
 from overlay.dht.storage import StorageLimits
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, network_config, node_identity, wait_for
 
-CONFIG = DHTConfig(refresh_interval_s=3600)
+CONFIG = network_config()
 
 
 def three_subnets() -> tuple[str, str, list[str]]:
@@ -35,7 +35,7 @@ def three_subnets() -> tuple[str, str, list[str]]:
 
 async def started(ip: str, identity: Identity | None = None,
                   limits: StorageLimits | None = None) -> DHTNode:
-    node = DHTNode(identity or Identity.generate(), CONFIG, limits)
+    node = DHTNode(identity or node_identity(CONFIG), CONFIG, limits)
     await node.start(ip, 0)
     return node
 
@@ -124,15 +124,17 @@ def name_on_side(bit: int, prefix: str) -> str:
 
 
 async def test_a_node_refuses_keys_it_is_far_from():
-    victim_ip, _, mallory_ips = three_subnets()
+    victim_ip, _, _ = three_subnets()
     victim = await started(victim_ip)
     far_side = 1 - top_bit(victim.node_id)
-    # 48 nodes whose ids lie on the other half of the id space (4 per IP, the table's limit)
+    # 48 nodes whose ids lie on the other half of the id space, each on its own /24 (a table
+    # takes at most 2 per /24 in one bucket)
+    helper_ips = loopback_ips(48)
     helpers = []
     while len(helpers) < 48:
-        identity = Identity.generate()
+        identity = node_identity(CONFIG)
         if top_bit(identity.node_id) == far_side:
-            helpers.append(await started(mallory_ips[len(helpers) // 4], identity))
+            helpers.append(await started(helper_ips[len(helpers)], identity))
     try:
         async def victim_knows_the_far_side() -> bool:
             # the victim verifies a newcomer by pinging it back, at most 10/s per /24 (the

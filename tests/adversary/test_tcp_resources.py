@@ -21,7 +21,7 @@ from overlay.attach.adapter import ClientSession, SessionError, SessionProtocol
 from overlay.core import records
 from overlay.core.identity import Identity
 from tests.helpers.daemons import http_text, parse_metrics
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, subnet_ips, wait_for
 from tests.helpers.overlay_net import ProcessOverlay
 
 #: ServiceLimits.max_connections_per_subnet, the documented default
@@ -54,7 +54,7 @@ async def test_connections_from_one_slash24_are_capped(overlay):
     host, port_s = overlay.supernode_addr(0).split(":")
     port = int(port_s)
     per_ip = 30  # under the per-IP cap (64): only a per-/24 cap can stop this
-    ips = loopback_ips(SUBNET_CAP // per_ip + 3)  # one /24
+    ips = subnet_ips(SUBNET_CAP // per_ip + 3)  # one /24
     assert len({ip.rsplit(".", 1)[0] for ip in ips}) == 1
     conns = []
     for ip in ips:
@@ -86,7 +86,7 @@ async def test_pre_handshake_frames_stay_small(overlay):
     prefix; ones that trickle a small frame hold at most the pre-handshake cap each."""
     host, port_s = overlay.supernode_addr(0).split(":")
     port = int(port_s)
-    ips = loopback_ips(8)  # one /24
+    ips = subnet_ips(8)  # one /24
     big, small = [], []
     for i in range(40):
         reader, writer = await asyncio.open_connection(host, port, local_addr=(ips[i % 8], 0))
@@ -155,7 +155,7 @@ async def test_idle_lookup_only_sessions_are_evicted_for_an_honest_client(tmp_pa
     try:
         host, port_s = net.supernode_addr(0).split(":")
         port = int(port_s)
-        ips = loopback_ips(8)  # one /24
+        ips = subnet_ips(8)  # one /24
         squatters = [await lookup_session_from(ips[i % 8], host, port)
                      for i in range(MAX_CONNS)]
         alice = Identity.generate()

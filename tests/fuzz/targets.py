@@ -99,7 +99,8 @@ class _Transport:
 
 def _protocol() -> tuple[OverlayProtocol, _Transport]:
     node = Node(node_id_for(seeds.NODE.public_key), "127.0.0.1", 4000)
-    config = DHTConfig(requests_per_ip_per_s=1e9, request_burst_per_ip=1e9)
+    # no id puzzle: the fuzzed stores (signed by seeds.ALICE) reach the storage path
+    config = DHTConfig(requests_per_ip_per_s=1e9, request_burst_per_ip=1e9, id_puzzle_bits=0)
     protocol = OverlayProtocol(node, RecordStorage(), 20, seeds.NODE, config, DHTStats(), {})
     transport = _Transport()
     protocol.connection_made(transport)
@@ -131,6 +132,8 @@ _RESPONSES = [{"nodes": [[b"\x01" * 20, "192.0.2.1", 4000]]},
 
 class _Peer:
     source_node = Node(b"\x00" * 20, "127.0.0.1", 1)
+    config = DHTConfig(id_puzzle_bits=0)  # every listed contact reaches the candidates
+    stats = DHTStats()
 
 
 def _dht_response(payload: Any) -> None:

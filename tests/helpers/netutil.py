@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
+from tests.helpers.node_keys import production_identity
+
+#: the id puzzle of in-process test networks (:class:`Network`, :func:`node_identity`): 16
+#: key generations per node instead of ~65,536, so 200 nodes start at once. The production
+#: constant (``DHTConfig.id_puzzle_bits``) is what every process test and the CLI use.
+TEST_ID_PUZZLE_BITS = 4
 
 
 def loopback_ips(n: int) -> list[str]:
-    """``n`` distinct 127.x.y.z addresses in a random /16, so parallel tests do not meet."""
+    """``n`` distinct 127.x.y.z addresses in a random /16 (so parallel tests do not meet),
+    each in its own /24 up to 256 (then two per /24, ...), as distinct hosts on the internet
+    would be: DHT routing tables take at most 2 contacts of one /24 per bucket and 10 in all
+    (``DHTConfig.max_contacts_per_subnet*``). 127.0.0.0/8 is all loopback."""
     a, b = 2 + secrets.randbelow(250), secrets.randbelow(256)
-    return [f"127.{a}.{b + i // 250 & 255}.{1 + i % 250}" for i in range(n)]
+    return [f"127.{a}.{(b + i) & 255}.{1 + i // 256}" for i in range(n)]
+
+
+def subnet_ips(n: int) -> list[str]:
+    """``n`` (≤ 250) distinct addresses of one random /24: one attacker's, or one network's."""
+    a, b = 2 + secrets.randbelow(250), secrets.randbelow(256)
+    return [f"127.{a}.{b}.{1 + i}" for i in range(n)]
+
+
+def network_config(**fields: object) -> DHTConfig:
+    """A DHT config for an in-process test network (:data:`TEST_ID_PUZZLE_BITS`)."""
+    return DHTConfig(**{"refresh_interval_s": 3600, "id_puzzle_bits": TEST_ID_PUZZLE_BITS,
+                        **fields})  # type: ignore[arg-type]
+
+
+def node_identity(config: DHTConfig) -> Identity:
+    """A public node's key for a network of ``config``: its id solves the id puzzle (the
+    production puzzle's from :mod:`tests.helpers.node_keys`' pool)."""
+    if config.id_puzzle_bits == DHTConfig().id_puzzle_bits:
+        return production_identity()
+    return Identity.generate_node(config.id_puzzle_bits)
 
 
 async def wait_for(
@@ -34,13 +64,17 @@ async def wait_for(
 
 
 class Network:
-    """A bootstrap node and ``size`` DHT nodes, each on its own loopback IP."""
+    """A bootstrap node and ``size`` DHT nodes, each on its own loopback IP (its own /24),
+    with ids solving the id puzzle of ``id_puzzle_bits`` (``config``'s is replaced: the test
+    networks' by default; the production one to meet ``overlay`` processes)."""
 
-    def __init__(self, size: int, config: DHTConfig | None = None) -> None:
-        self.config = config or DHTConfig(refresh_interval_s=3600)
+    def __init__(self, size: int, config: DHTConfig | None = None,
+                 id_puzzle_bits: int = TEST_ID_PUZZLE_BITS) -> None:
+        self.config = dataclasses.replace(config or network_config(),
+                                          id_puzzle_bits=id_puzzle_bits)
         self.ips = loopback_ips(size + 1)
-        self.bootstrap = DHTNode(Identity.generate(), self.config)
-        self.nodes = [DHTNode(Identity.generate(), self.config) for _ in range(size)]
+        self.bootstrap = DHTNode(node_identity(self.config), self.config)
+        self.nodes = [DHTNode(node_identity(self.config), self.config) for _ in range(size)]
 
     async def start(self) -> Network:
         await self.bootstrap.start(self.ips[0], 0)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.helpers.daemons import Daemon, wait_ready
 from tests.helpers.netutil import loopback_ips
+from tests.helpers.node_keys import write_node_key
 
 
 class ProcessOverlay:
@@ -35,6 +36,9 @@ class ProcessOverlay:
                 "--state-dir", str(self.tmp / f"sn{i}"), *self.extra]
 
     async def start(self) -> ProcessOverlay:
+        # pooled keys solving the id puzzle: no daemon grinds one at start (~1 s each)
+        for state in ["boot", *(f"sn{i}" for i in range(len(self.ips) - 1))]:
+            write_node_key(self.tmp / state / "node.key")
         self.bootstrap = Daemon(["bootstrap", "--listen", self.bootstrap_addr, "--http",
                                  self.http(None), "--state-dir", str(self.tmp / "boot")],
                                 self.tmp / "boot.log").start()

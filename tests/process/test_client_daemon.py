@@ -24,6 +24,7 @@ from overlay.client.control import ControlSocketError, control_request_async
 from overlay.core.identity import Identity
 from tests.helpers.daemons import Daemon, wait_ready
 from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.node_keys import key_args
 
 PORT = 4000
 #: test-sized timers: supernodes announce a 1 s heartbeat (dead after 3 missed)
@@ -73,12 +74,13 @@ async def test_client_attaches_fails_over_exits_cleanly_and_restarts_from_cache(
         return daemon, sock
 
     try:
-        boot = run("boot", ["bootstrap", "--listen", boot_addr, "--http", f"{boot_ip}:8080"])
+        boot = run("boot", ["bootstrap", "--listen", boot_addr, "--http", f"{boot_ip}:8080",
+                            *key_args(tmp_path, "boot")])
         await wait_ready(f"{boot_ip}:8080", boot)
         supernodes = {
             f"{ip}:{PORT}": run(f"sn{i}", [
                 "supernode", "--listen", f"{ip}:{PORT}", "--bootstrap", boot_addr,
-                "--http", f"{ip}:8080", *SUPERNODE_ARGS,
+                "--http", f"{ip}:8080", *SUPERNODE_ARGS, *key_args(tmp_path, f"sn{i}"),
             ])
             for i, ip in enumerate(sn_ips)
         }

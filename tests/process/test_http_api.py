@@ -9,14 +9,16 @@ from overlay.core import records
 from overlay.core.identity import Identity
 from tests.helpers.daemons import Daemon, http_get, http_text, wait_ready
 from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.node_keys import key_args
 
 
 async def test_readyz_waits_for_join_then_users_and_metrics_are_served(tmp_path):
     boot_ip, sn_ip = loopback_ips(2)
     supernode = Daemon(["supernode", "--listen", f"{sn_ip}:4000", "--http", f"{sn_ip}:8080",
-                        "--bootstrap", f"{boot_ip}:4000"], tmp_path / "sn.log").start()
-    boot = Daemon(["bootstrap", "--listen", f"{boot_ip}:4000", "--http", f"{boot_ip}:8080"],
-                  tmp_path / "boot.log")
+                        "--bootstrap", f"{boot_ip}:4000", *key_args(tmp_path, "sn")],
+                       tmp_path / "sn.log").start()
+    boot = Daemon(["bootstrap", "--listen", f"{boot_ip}:4000", "--http", f"{boot_ip}:8080",
+                   *key_args(tmp_path, "boot")], tmp_path / "boot.log")
     try:
         async def serving_not_ready() -> bool:
             status, body = await http_get(f"http://{sn_ip}:8080/readyz")

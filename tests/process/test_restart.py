@@ -6,14 +6,18 @@ import json
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
+from overlay.dht import DHTConfig
 from tests.helpers.daemons import Daemon, http_get, wait_ready
 from tests.helpers.netutil import Network, loopback_ips, wait_for
+from tests.helpers.node_keys import write_node_key
 
 
 async def test_restart_with_state_dir_rejoins_without_bootstrap(tmp_path):
-    net = await Network(6).start()
+    # the daemon is a public node of the production network: so are the in-process nodes
+    net = await Network(6, id_puzzle_bits=DHTConfig().id_puzzle_bits).start()
     ip = loopback_ips(1)[0]
     state = tmp_path / "state"
+    write_node_key(state / "node.key")
     listen, http = f"{ip}:4000", f"{ip}:8080"
     daemon = Daemon(["bootstrap", "--listen", listen, "--http", http, "--state-dir", str(state),
                      "--bootstrap", "{}:{}".format(*net.bootstrap.address)], tmp_path / "log")

@@ -9,7 +9,7 @@ from overlay.dht import DHTConfig, DHTNode
 from overlay.dht.amplification import COOKIE_ROTATE_S, AddressGate, subnet_key
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.dht.replay import ReplayGuard
-from tests.helpers.netutil import loopback_ips
+from tests.helpers.netutil import loopback_ips, network_config, node_identity
 
 ME = Identity.generate()
 PEER = Identity.generate()
@@ -63,7 +63,7 @@ def test_replay_cache_never_lets_a_replay_through_when_full():
 
 async def test_a_new_requester_gets_the_whole_answer_after_one_cookie_round_trip():
     ips = loopback_ips(2)
-    holder = DHTNode(Identity.generate(), DHTConfig(refresh_interval_s=3600))
+    holder = DHTNode(node_identity(network_config()), network_config())
     reader = DHTNode(Identity.generate(), DHTConfig(refresh_interval_s=3600, client=True))
     await holder.start(ips[0], 0)
     await reader.start(ips[1], 0)

@@ -80,13 +80,12 @@ async def test_a_put_no_other_node_took_reaches_it_once_it_is_back():
     retries with backoff, so the record reaches that node seconds after it returns instead of
     at the next republish (5 minutes)."""
     from overlay.dht import DHTNode
-    from overlay.dht.protocol import DHTConfig
-    from tests.helpers.netutil import loopback_ips, wait_for
+    from tests.helpers.netutil import loopback_ips, network_config, node_identity, wait_for
 
-    config = DHTConfig(refresh_interval_s=3600, replicate_retry_s=(0.2, 0.4, 0.8, 1.6, 3.2))
+    config = network_config(replicate_retry_s=(0.2, 0.4, 0.8, 1.6, 3.2))
     ip_a, ip_b = loopback_ips(2)
-    b_identity = Identity.generate()
-    a, b = DHTNode(Identity.generate(), config), DHTNode(b_identity, config)
+    b_identity = node_identity(config)
+    a, b = DHTNode(node_identity(config), config), DHTNode(b_identity, config)
     await b.start(ip_b, 0)
     b_port = b.address[1]
     await a.start(ip_a, 0)
@@ -143,12 +142,11 @@ async def test_a_request_whose_datagram_was_lost_is_sent_again_and_answered():
     """One lost datagram on the way does not fail a request (a lookup under 2 % loss used to
     drop the one holder it lost a datagram to): it is sent again after the adaptive timeout."""
     from overlay.dht import DHTNode
-    from overlay.dht.protocol import DHTConfig
-    from tests.helpers.netutil import loopback_ips
+    from tests.helpers.netutil import loopback_ips, network_config, node_identity
 
-    config = DHTConfig(refresh_interval_s=3600)
+    config = network_config()
     ip_a, ip_b, ip_f = loopback_ips(3)
-    a, b = DHTNode(Identity.generate(), config), DHTNode(Identity.generate(), config)
+    a, b = DHTNode(node_identity(config), config), DHTNode(node_identity(config), config)
     await a.start(ip_a, 0)
     await b.start(ip_b, 0)
     loop = asyncio.get_running_loop()

@@ -18,12 +18,12 @@ from kademlia.storage import ForgetfulStorage
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTConfig, DHTNode, DHTStats
 from overlay.dht.crawling import OverlayValueCrawl
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
-from overlay.dht.routing import OverlayRoutingTable
+from overlay.dht.routing import OverlayRoutingTable, TableLimits
 from overlay.dht.storage import RecordStorage
-from tests.helpers.netutil import Network, loopback_ips, wait_for
+from tests.helpers.netutil import Network, loopback_ips, network_config, node_identity, wait_for
 
 
 class NoPingProtocolFake:
@@ -59,7 +59,8 @@ async def test_find_neighbors_returns_the_k_closest():
     rng = random.Random(1)
     me = Node(rng.randbytes(20))
     stock = RoutingTable(NoPingProtocolFake(), 20, me)
-    ours = OverlayRoutingTable(NoPingProtocolFake(), 20, me, max_per_ip=10**6)
+    ours = OverlayRoutingTable(NoPingProtocolFake(), 20, me,  # no Sybil limits: traversal only
+                               TableLimits(0, 10**6, 10**6, 10**6))
     fill(stock, 120, random.Random(2))
     fill(ours, 120, random.Random(2))
     assert short_answers(stock, random.Random(3)) > 0  # the defect
@@ -79,8 +80,10 @@ class SpyStockProtocol(KademliaProtocol):
 
 
 def identity_near(key: bytes, bits: int) -> Identity:
+    """A key whose node id shares ``bits`` leading bits with ``key`` and solves the test
+    networks' id puzzle."""
     while True:
-        identity = Identity.generate()
+        identity = node_identity(network_config())
         distance = int.from_bytes(identity.node_id, "big") ^ int.from_bytes(key, "big")
         if distance >> (160 - bits) == 0:
             return identity
@@ -111,8 +114,8 @@ async def test_new_node_close_to_a_key_receives_it():
 
     # ours, over the network: a node holding the key hands it to the newcomer once it answers
     ips = loopback_ips(2)
-    config = DHTConfig(refresh_interval_s=3600)
-    old = DHTNode(Identity.generate(), config)
+    config = network_config()
+    old = DHTNode(node_identity(config), config)
     await old.start(ips[0], 0)
     new = DHTNode(newcomer, config)
     await new.start(ips[1], 0)
@@ -202,13 +205,15 @@ def test_malformed_find_responses_raise_in_stock_crawl_but_not_ours():
 
     class Proto:
         source_node = Node(os.urandom(20))
+        config = network_config()
+        stats = DHTStats()
 
     ours = OverlayValueCrawl(Proto(), target, [peer], 20, 3, 3, records.verify)
     for bad in ({"value": [1, 2]}, {"x": 1}, {"values": 7, "nodes": []},
                 {"values": [], "nodes": [[b"short", "127.0.0.1", 1]]},
                 {"values": [b"junk"], "nodes": [[os.urandom(20), "not-an-ip", 1]]}):
         assert ours._accept(peer, bad) is False
-    assert ours.found == {}
+    assert ours.tally.found == {}
 
 
 async def test_junk_datagrams_are_dropped_and_counted():
@@ -288,7 +293,7 @@ async def test_one_socket_cannot_fill_a_victims_routing_table():
 
 
 async def test_contact_is_evicted_after_several_failures_not_one():
-    node = Node(os.urandom(20), "127.0.0.1", 9)
+    node = Node(node_identity(network_config()).node_id, "127.0.0.1", 9)
     stock = KademliaProtocol(Node(os.urandom(20)), ForgetfulStorage(), 20)
     stock.router.add_contact(node)
     stock.handle_call_response((False, None), node)

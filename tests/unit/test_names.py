@@ -8,9 +8,9 @@ import pytest
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.core.user_ref import BadUserRef, UserRef, parse_user_ref
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTNode
 from overlay.dht.names import decide, name_owner, owner_from_records
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, network_config, node_identity, wait_for
 from tests.unit.test_kademlia_regressions import identity_near
 
 ALICE, MALLORY, CAROL = (Identity.generate() for _ in range(3))
@@ -72,8 +72,8 @@ async def test_a_claim_is_handed_over_unchanged_and_then_defends_the_name():
     claim = records.name_claim(ALICE, "alice", seq=1)
     key = claim.dht_key
     ips = loopback_ips(2)
-    config = DHTConfig(refresh_interval_s=3600)
-    old = DHTNode(Identity.generate(), config)
+    config = network_config()
+    old = DHTNode(node_identity(config), config)
     new = DHTNode(identity_near(key, 10), config)
     await old.start(ips[0], 0)
     await new.start(ips[1], 0)

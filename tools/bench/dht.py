@@ -69,7 +69,9 @@ LOSS_PHASE = "get_after_20pct_loss"
 
 #: the overlay's maintenance (table refresh, republish) would otherwise start mid-run; the
 #: stock package refreshes hourly. Same setting as tests/helpers/netutil.py.
-OVERLAY_CONFIG = DHTConfig(refresh_interval_s=3600)
+#: ids solve a 4-bit id puzzle so a network sets up in seconds (the production 16 bits cost
+#: ~1 s per node: tools/bench/puzzle.py)
+OVERLAY_CONFIG = DHTConfig(refresh_interval_s=3600, id_puzzle_bits=4)
 
 TARGETS = {"get_p50_ms": 1.5, "get_success_rate": 1.0, "loss_get_p90_ms": 500.0}
 
@@ -181,7 +183,7 @@ class BenchNode(Protocol):
 
 class OverlayBenchNode:
     def __init__(self) -> None:
-        self.node = DHTNode(Identity.generate(), OVERLAY_CONFIG)
+        self.node = DHTNode(Identity.generate_node(OVERLAY_CONFIG.id_puzzle_bits), OVERLAY_CONFIG)
 
     async def start(self, host: str) -> None:
         await self.node.start(host, 0)
@@ -372,7 +374,9 @@ def per_op(before: Counter[str], after: Counter[str], ops: int) -> dict[str, flo
 
 
 def loopback_ips(second_octet: int, third_base: int, count: int) -> list[str]:
-    return [f"127.{second_octet}.{third_base + i // 250}.{1 + i % 250}" for i in range(count)]
+    """Each node in its own /24 (tables take at most 2 per /24 per bucket, 10 in all)."""
+    return [f"127.{second_octet}.{(third_base + i) & 255}.{1 + i // 256}"
+            for i in range(count)]
 
 
 async def settle(seconds: float) -> None:
