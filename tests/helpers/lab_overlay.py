@@ -147,6 +147,8 @@ class LabOverlay:
     client_args: Sequence[str] = ()
     supernode_args: Sequence[str] = ()
     lab_prefix: str | None = None
+    #: more lab hosts (name -> kind) where the test runs its own programs; no daemon starts
+    extra_hosts: dict[str, str] = field(default_factory=dict)
     #: see :meth:`_no_proxy_arp_delay`
     no_proxy_arp_delay: bool = True
     daemons: dict[str, Daemon] = field(default_factory=dict)
@@ -165,6 +167,8 @@ class LabOverlay:
         for host, kind in self.clients.items():
             if kind not in KINDS:
                 raise ValueError(f"{host}: unknown kind {kind!r}")
+            hosts[host] = {"kind": kind}
+        for host, kind in self.extra_hosts.items():
             hosts[host] = {"kind": kind}
         if self.netem:
             for host in [*self.supernode_hosts, *self.clients]:
