@@ -149,6 +149,10 @@ class LabOverlay:
     lab_prefix: str | None = None
     #: more lab hosts (name -> kind) where the test runs its own programs; no daemon starts
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    #: the bootstrap node and each supernode listen in a /24 of their own (198.18.100.0/24,
+    #: 198.18.101.0/24, ...; see :meth:`own_subnet`) instead of all sharing the public
+    #: segment's 198.18.0.0/24, as independent operators on the internet do
+    own_subnets: bool = False
     #: see :meth:`_no_proxy_arp_delay`
     no_proxy_arp_delay: bool = True
     daemons: dict[str, Daemon] = field(default_factory=dict)
@@ -177,12 +181,42 @@ class LabOverlay:
 
     @property
     def bootstrap_addr(self) -> str:
-        assert self.lab is not None
-        return f"{self.lab.public_ip('boot')}:{PORT}"
+        return f"{self.daemon_ip('boot')}:{PORT}"
 
     def supernode_addr(self, host: str) -> str:
+        return f"{self.daemon_ip(host)}:{PORT}"
+
+    def daemon_ip(self, host: str) -> str:
+        """The address the bootstrap node or a supernode on ``host`` listens on."""
         assert self.lab is not None
-        return f"{self.lab.public_ip(host)}:{PORT}"
+        if self.own_subnets:
+            return self.own_subnet(host).replace(".0/24", ".1")
+        return self.lab.public_ip(host)
+
+    def own_subnet(self, host: str) -> str:
+        """The /24 of the bootstrap host (198.18.100.0/24) or of supernode host i
+        (198.18.(100+i).0/24), with ``own_subnets``."""
+        index = ["boot", *self.supernode_hosts].index(host)
+        return f"198.18.{100 + index}.0/24"
+
+    def add_subnet(self, owner: str, subnet: str, addresses: Iterable[str]) -> None:
+        """Give public host ``owner`` ``addresses`` in ``subnet`` (a /24) and route that /24
+        to it from every other host (from the router of a host behind one), as the internet
+        routes an operator's network to its machines."""
+        lab = self.lab
+        assert lab is not None
+        if lab.kind(owner) != "public":
+            raise ValueError(f"{owner}: only a public host can own a subnet")
+        for ip in addresses:
+            lab.run(owner, ["ip", "addr", "add", f"{ip}/24", "dev", lab.iface(owner)],
+                    check=True)
+        gateway = lab.public_ip(owner)
+        for host in lab.hosts:
+            if host == owner:
+                continue
+            routed = lab.kind(host) != "public"
+            lab.run(host, ["ip", "route", "add", subnet, "via", gateway], router=routed,
+                    check=True)
 
     def sock(self, host: str) -> Path:
         return self.work / "s" / f"{host}.sock"
@@ -221,6 +255,9 @@ class LabOverlay:
         self.lab.start()
         if self.no_proxy_arp_delay:
             self._no_proxy_arp_delay()
+        if self.own_subnets:
+            for host in ["boot", *self.supernode_hosts]:
+                self.add_subnet(host, self.own_subnet(host), [self.daemon_ip(host)])
         boot = self.bootstrap_addr
         self._start("boot", "bootstrap", ["bootstrap", "--listen", boot,
                                            "--state-dir", str(self.work / "state" / "boot")])

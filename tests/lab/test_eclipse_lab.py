@@ -1,8 +1,9 @@
 """An eclipse attempt on a name, in the NAT lab with real processes.
 
-The honest network: a bootstrap node and four supernodes on the public segment
-(198.18.0.0/24), and ``victim``, a client behind a cone NAT that claims its name. Mallory owns
-one other /24 (198.18.66.0/24, five addresses on one lab host routed from the public segment)
+The honest network: a bootstrap node and four supernodes, each in a /24 of its own as
+independent operators are (198.18.100-104.x, routed over the lab's public segment), and
+``victim``, a client behind a cone NAT that claims its name. Mallory owns one other /24
+(198.18.66.0/24: five addresses on one lab host)
 and runs 20 DHT node ids there (4 per address), each holding a forged claim on ``victim`` and a
 presence record under it, both signed by mallory's own key, and taking no record others hand
 them. Twenty of the 25 DHT nodes are then mallory's, so the k = 20 nodes closest to the name's
@@ -57,24 +58,8 @@ def lookup(ov: LabOverlay, name: str) -> tuple[int, dict[str, Any], str]:
     return r.returncode, answer, r.stderr
 
 
-def route_mallory_net(ov: LabOverlay) -> None:
-    """Put mallory's five addresses on the ``evil`` host and route her /24 to it from every
-    honest host (and the victim's router), as the internet would."""
-    lab = ov.lab
-    assert lab is not None
-    iface = lab.iface("evil")
-    for ip in MALLORY_IPS:
-        lab.run("evil", ["ip", "addr", "add", f"{ip}/24", "dev", iface], check=True)
-    gateway = lab.public_ip("evil")
-    for host in ["boot", *ov.supernode_hosts, "asker"]:
-        lab.run(host, ["ip", "route", "add", f"{MALLORY_NET}.0/24", "via", gateway],
-                check=True)
-    lab.run("victim", ["ip", "route", "add", f"{MALLORY_NET}.0/24", "via", gateway],
-            router=True, check=True)
-
-
 def test_hosts_of_one_subnet_cannot_take_a_name_over(tmp_path: Path) -> None:
-    with LabOverlay(tmp_path, clients={"victim": "cone"}, supernodes=4,
+    with LabOverlay(tmp_path, clients={"victim": "cone"}, supernodes=4, own_subnets=True,
                     extra_hosts={"evil": "public", "asker": "public"}) as ov:
         assert ov.lab is not None
         victim_key = ov.status("victim")["public_key"]
@@ -87,7 +72,7 @@ def test_hosts_of_one_subnet_cannot_take_a_name_over(tmp_path: Path) -> None:
                                                 f"{answer} {err}"
             time.sleep(1)
 
-        route_mallory_net(ov)
+        ov.add_subnet("evil", f"{MALLORY_NET}.0/24", MALLORY_IPS)
         attacker = ov.lab.spawn("evil", [
             sys.executable, "-m", "tests.helpers.dht_eclipse_attacker",
             "--ips", ",".join(MALLORY_IPS), "--per-ip", str(IDS_PER_IP),
