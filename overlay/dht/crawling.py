@@ -18,11 +18,12 @@ Fixes over ``kademlia.crawling``:
 
 Sybil checks on every lookup (:class:`LookupShare`): a contact listed in a response becomes a
 candidate only when its id solves the network's id puzzle, and at most
-``max_contacts_per_subnet`` candidates of one lookup share an IPv4 /24 (IPv6 /48): fewer
-than a majority of k, so no response can steer a lookup to invalid ids or fill it from one
-network. A name lookup (:class:`DisjointValueLookup`) takes d disjoint paths as in
-S/Kademlia: the initial contacts are dealt into d sets, each path keeps its own candidates,
-and no node is asked by two paths; the holders' answers of all paths are tallied together.
+``max_lookup_contacts_per_subnet`` (3) candidates of one lookup share an IPv4 /24 (IPv6 /48),
+so no response can steer a lookup to invalid ids or fill it from one network, and one network
+never holds more than a few of the votes that decide a name. A name lookup
+(:class:`DisjointValueLookup`) takes d disjoint paths as in S/Kademlia: the initial contacts
+are dealt into d sets, each path keeps its own candidates, and no node is asked by two paths;
+the holders' answers of all paths are tallied together.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class LookupShare:
     @classmethod
     def for_protocol(cls, protocol: Any) -> LookupShare:
         config = protocol.config
-        return cls(config.id_puzzle_bits, config.max_contacts_per_subnet,
+        return cls(config.id_puzzle_bits, config.max_lookup_contacts_per_subnet,
                    protocol.stats.lookup_contacts_refused)
 
     def admit(self, node: Node) -> bool:

@@ -84,10 +84,16 @@ class DHTConfig:
     max_failures: int = 3
     max_contacts_per_ip: int = 4
     #: routing-table diversity (go-libp2p-kbucket's peerdiversity): contacts of one IPv4 /24
-    #: (IPv6 /48) per bucket (common-prefix length with our id) and in the whole table; a
-    #: lookup's candidates hold at most ``max_contacts_per_subnet`` per /24 (< k/2 + 1)
+    #: (IPv6 /48) per bucket (common-prefix length with our id) and in the whole table
     max_contacts_per_subnet_per_bucket: int = 2
     max_contacts_per_subnet: int = 10
+    #: a lookup's candidates of one /24 (/48): a name is decided by the majority of the
+    #: holders a lookup asked, so one network may supply only a few of them. 3 of k = 20:
+    #: mallory needs 4 networks to outvote even 11 honest holders, and where honest holders
+    #: are few (a small network) one network of hers is outvoted by 4 honest ones (the NAT
+    #: lab's eclipse test: 20 Sybil ids from one /24 against 5 honest nodes; with 10 per
+    #: lookup her 10 outvoted the 5)
+    max_lookup_contacts_per_subnet: int = 3
     #: a network constant, the same on every node of a network: a public node's id is valid
     #: when SHA-256(id) starts with this many zero bits (S/Kademlia's static puzzle). Ids
     #: that fail never enter routing tables or lookups, and their stores are refused; clients
@@ -239,11 +245,17 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         args: list[Any],
         expected_id: bytes | None = None,
         on_retransmit: Callable[[], None] | None = None,
+        retransmit: bool = True,
     ) -> tuple[bool, Reply | None]:
         """Send a request: (True, Reply) or (False, None). An answer withheld until our
         address is proven (``{"truncated": True, "cookie": c}``) is asked again with the
         cookie, once. ``on_retransmit`` is called when the adaptive timeout passed and the
-        request went out a second time (a lookup then stops counting it as in flight)."""
+        request went out a second time (a lookup then stops counting it as in flight);
+        ``retransmit=False`` sends it once (verification pings to unproven addresses: their
+        per-/24 budget counts datagrams)."""
+        if not retransmit:
+            return await self._send(address, method, args, expected_id, None, None,
+                                    retransmit=False)
         result = await self._send(address, method, args, expected_id, None, on_retransmit)
         ok, reply = result
         if ok and reply is not None:
@@ -262,6 +274,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         expected_id: bytes | None,
         cookie: bytes | None,
         on_retransmit: Callable[[], None] | None,
+        retransmit: bool = True,
     ) -> asyncio.Future[tuple[bool, Reply | None]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
@@ -271,7 +284,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
         out = _Outstanding(future, expected_id, time.monotonic(), method, address, request,
                            on_retransmit)
-        out.timer = loop.call_later(self.rtt.timeout(expected_id), self._retransmit, out)
+        out.timer = loop.call_later(self.rtt.timeout(expected_id),
+                                     self._retransmit if retransmit else self._timed_out, out)
         self.stats.requests_out[method] += 1
         self._transmit(out)
         return future
@@ -351,8 +365,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
     ) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "find_value", [node_to_find.id], on_retransmit)
 
-    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "ping", [])
+    async def call_ping(self, node_to_ask: Node, retransmit: bool = True) -> tuple[bool, Any]:
+        result = await self.rpc((node_to_ask.ip, node_to_ask.port), "ping", [],
+                                expected_id=node_to_ask.id, retransmit=retransmit)
+        return self.handle_call_response(result, node_to_ask)
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "store", [key, value])
@@ -437,7 +453,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
 
         async def verify() -> None:
             try:
-                await self.call_ping(node)
+                await self.call_ping(node, retransmit=False)
             finally:
                 self._verifying.discard(node_id)
 

@@ -77,7 +77,7 @@ def test_hosts_of_one_subnet_cannot_take_a_name_over(tmp_path: Path) -> None:
             sys.executable, "-m", "tests.helpers.dht_eclipse_attacker",
             "--ips", ",".join(MALLORY_IPS), "--per-ip", str(IDS_PER_IP),
             "--bootstrap", ov.bootstrap_addr, "--name", "victim"], cwd=str(REPO))
-        ready = attacker.read_json(120)
+        ready = attacker.read_json(300)  # 20 ids, each paying the id puzzle
         assert ready["event"] == "ready", ready
         impostor_key = ready["impostor_key"]
         assert len(ready["ids"]) == len(MALLORY_IPS) * IDS_PER_IP
