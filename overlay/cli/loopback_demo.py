@@ -36,7 +36,7 @@ from overlay.core import logs, records
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.user_ref import UserRef
-from overlay.dht import DHTConfig
+from overlay.dht import DHTConfig, DirectoryLimits, StorageLimits
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits
@@ -115,12 +115,15 @@ async def run_demo(console: Console, workdir: Path) -> int:
     base = f"127.{100 + secrets.randbelow(100)}.{secrets.randbelow(256)}"
     dht = DHTConfig(refresh_interval_s=3600)
     limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1.0))
+    # every supernode shares one /24 here: list them all (the default is 4 per /24)
+    storage = StorageLimits(directory=DirectoryLimits(listed_per_network=64))
     boot_addr = (f"{base}.1", 4000)
     nodes: list[NodeDaemon] = []
     clients: list[ClientDaemon] = []
     names: dict[str, str] = {}
     try:
-        boot = NodeDaemon(NodeOptions(listen=boot_addr, dht=dht, limits=limits),
+        boot = NodeDaemon(NodeOptions(listen=boot_addr, dht=dht, limits=limits,
+                                      storage=storage),
                           Identity.generate())
         await boot.start()
         nodes.append(boot)
@@ -128,7 +131,8 @@ async def run_demo(console: Console, workdir: Path) -> int:
         console.print(f"[bold]bootstrap node[/] on {boot_addr[0]}:{boot_addr[1]} (UDP DHT, TCP)")
         for i in range(3):
             addr = (f"{base}.{10 + i}", 4000)
-            sn = Supernode(NodeOptions(listen=addr, bootstrap=[boot_addr], dht=dht, limits=limits),
+            sn = Supernode(NodeOptions(listen=addr, bootstrap=[boot_addr], dht=dht, limits=limits,
+                                       storage=storage),
                            SupernodeOptions(max_clients=100, record_refresh_s=2.0),
                            Identity.generate())
             await sn.start()
