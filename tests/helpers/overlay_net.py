@@ -7,6 +7,9 @@ from pathlib import Path
 from tests.helpers.daemons import Daemon, wait_ready
 from tests.helpers.netutil import loopback_ips
 
+#: every node lists all of them: these supernodes share one loopback /24 (the default is 4)
+DIRECTORY_ARGS = ["--directory-per-network", "64"]
+
 
 class ProcessOverlay:
     """``overlay bootstrap`` + N ``overlay supernode`` processes on distinct loopback IPs."""
@@ -32,11 +35,12 @@ class ProcessOverlay:
     def supernode_args(self, i: int) -> list[str]:
         return ["supernode", "--listen", self.supernode_addr(i), "--bootstrap",
                 self.bootstrap_addr, "--http", self.http(i),
-                "--state-dir", str(self.tmp / f"sn{i}"), *self.extra]
+                "--state-dir", str(self.tmp / f"sn{i}"), *DIRECTORY_ARGS, *self.extra]
 
     async def start(self) -> ProcessOverlay:
         self.bootstrap = Daemon(["bootstrap", "--listen", self.bootstrap_addr, "--http",
-                                 self.http(None), "--state-dir", str(self.tmp / "boot")],
+                                 self.http(None), "--state-dir", str(self.tmp / "boot"),
+                                 *DIRECTORY_ARGS],
                                 self.tmp / "boot.log").start()
         await wait_ready(self.http(None), self.bootstrap)
         for i in range(len(self.ips) - 1):
