@@ -136,6 +136,8 @@ class Directory:
             max(self.limits.target_dial_burst, self.limits.listed_per_network), 4096)
         self._last_turn: dict[str, int] = {}
         self._turns = 0
+        #: the last answer, reused within the same second until the listing changes
+        self._answer: tuple[int, int, list[SignedRecord]] | None = None
 
     def enable_dial_backs(self, own_host: str) -> None:
         """Dial-backs run (an adapter calls :meth:`dials_due`); ``own_host`` is this holder's
@@ -182,6 +184,7 @@ class Directory:
         sent from network ``source`` (``local``: stored by this node itself)."""
         record = signed.record
         assert isinstance(record, SupernodeRecord)
+        self._answer = None
         entry = self.entries.get(signed.slot)
         if entry is not None and entry.address == (record.host, record.port):
             entry.signed, entry.record = signed, record  # a refresh: the proof still holds
@@ -207,6 +210,7 @@ class Directory:
     def removed(self, slot: Slot, now: float) -> None:
         """The slot's record left the storage (expired or evicted)."""
         entry = self.entries.pop(slot, None)
+        self._answer = None
         if entry is not None and entry.status is Status.LISTED:
             self._fill(entry.network, now)
 
@@ -265,15 +269,20 @@ class Directory:
 
     def answer(self, now: float, rng: random.Random, limit: int | None = None
                ) -> list[SignedRecord]:
-        """Listed records for a ``find_value`` answer, spread over networks (see above)."""
+        """Listed records for a ``find_value`` answer, spread over networks (see above); the
+        same answer within a second while the listing does not change."""
+        cap = self.limits.answer_max if limit is None else limit
+        if self._answer is not None and self._answer[:2] == (int(now), cap):
+            return list(self._answer[2])
         ranked = [
             (entry.network, -int(math.log2(1.0 + max(0.0, now - entry.listed_since))),
              entry.signed)
             for entry in self.entries.values()
             if entry.status is Status.LISTED and entry.signed.expires_at > now
         ]
-        cap = self.limits.answer_max if limit is None else limit
-        return round_robin(ranked, self.limits.listed_per_network, cap, rng)
+        chosen = round_robin(ranked, self.limits.listed_per_network, cap, rng)
+        self._answer = (int(now), cap, chosen)
+        return list(chosen)
 
     # -- dial-backs --------------------------------------------------------------------------
 
@@ -318,6 +327,7 @@ class Directory:
     def dial_done(self, dial: DialBack, proven: bool, now: float) -> None:
         """A dial-back ended: the server at the address proved ``dial.node_key`` or not."""
         self.in_flight = max(0, self.in_flight - 1)
+        self._answer = None
         entry = self.entries.get((dial.node_key, ""))
         if entry is None or not entry.dialling:
             return
