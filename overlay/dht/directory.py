@@ -107,6 +107,12 @@ class Entry:
     def address(self) -> tuple[str, int]:
         return (self.record.host, self.record.port)
 
+    @property
+    def failed(self) -> bool:
+        """Waiting after a failed dial-back, or at an address never dialled."""
+        return self.status is Status.WAITING and not self.dialling and (
+            self.failures > 0 or math.isinf(self.next_dial))
+
 
 @dataclass
 class DirectoryStats:
@@ -162,6 +168,12 @@ class Directory:
                           if e.status is not Status.LISTED)
         mine = waiting[source]
         if mine >= lim.waiting_per_source:
+            # the network's newest record already found wanting makes room (so a spoofer
+            # sending junk in a network's name cannot lock its supernodes out), else refused
+            failed = [s for s, e in self.entries.items() if e.source == source and e.failed]
+            if failed:
+                self.stats.refused["pushed_out"] += 1
+                return [max(failed, key=lambda s: self.entries[s].arrival)]
             self.stats.refused["quota"] += 1
             raise QuotaExceeded(f"{source} has {mine} supernode records waiting for a dial-back")
         if sum(waiting.values()) < lim.max_waiting:

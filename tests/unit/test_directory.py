@@ -132,6 +132,21 @@ def test_the_waiting_pool_is_bounded_per_source_network_and_in_all() -> None:
         storage.put(KEY, supernode("198.51.103.1").wire, source="192.0.2.50")
 
 
+def test_a_network_at_its_quota_makes_room_with_its_records_found_wanting() -> None:
+    storage, clock = holder(waiting_per_source=3, target_dial_burst=8)
+    junk = [supernode(f"198.51.100.{i + 1}") for i in range(3)]
+    for rec in junk:  # e.g. spoofed from the honest supernode's /24
+        storage.put(KEY, rec.wire, source="192.0.2.1")
+    honest = supernode("198.51.100.99")
+    with pytest.raises(QuotaExceeded):  # none has been dialled yet
+        storage.put(KEY, honest.wire, source="192.0.2.2")
+    dial_all(storage, clock, proven=False)
+    storage.put(KEY, honest.wire, source="192.0.2.2")  # pushes out a failed one
+    assert len(storage.data[KEY]) == 3
+    dial_all(storage, clock, proven=True)
+    assert served(storage) == {honest.record.node_key}  # type: ignore[union-attr]
+
+
 def test_dial_backs_are_budgeted_per_target_network_and_in_flight() -> None:
     storage, clock = holder(dials_in_flight=4, target_dial_burst=2, target_dials_per_s=0.2,
                             listed_per_network=2)
