@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from overlay.cli.common import EXIT_FAILURE, EXIT_OK, hostport, hostports, run_async
+from overlay.cli.common import EXIT_FAILURE, EXIT_OK, count, hostport, hostports, run_async
 from overlay.core.identity import Identity
 
 if TYPE_CHECKING:
@@ -29,7 +29,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def node_options(args: argparse.Namespace) -> NodeOptions:
-    from overlay.node.daemon import NodeOptions  # imported when a node runs, not to parse
+    # imported when a node runs, not to parse
+    from overlay.dht import DirectoryLimits, StorageLimits
+    from overlay.node.daemon import NodeOptions
 
     return NodeOptions(
         listen=args.listen,
@@ -38,6 +40,8 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         key_path=Path(args.key) if args.key else None,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         http=args.http,
+        storage=StorageLimits(directory=DirectoryLimits(
+            listed_per_network=args.directory_per_network)),
     )
 
 
@@ -62,6 +66,9 @@ def add_node_arguments(p: argparse.ArgumentParser, bootstrap_required: bool) -> 
     p.add_argument("--state-dir", metavar="DIR", help="where the key and known peers are kept")
     p.add_argument("--http", type=hostport, metavar="IP:PORT",
                    help="serve /healthz, /readyz, /metrics and /v1/users/NAME here")
+    p.add_argument("--directory-per-network", type=count, default=4, metavar="N",
+                   help="supernodes of one IPv4 /24 or IPv6 /48 this node lists in the "
+                        "directory it holds (default 4; tests on one loopback /24 raise it)")
 
 
 def add_commands(sub: Any) -> None:

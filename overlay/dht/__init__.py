@@ -4,6 +4,7 @@ Supernode and client code use only :class:`DHTNode` (start, bootstrap, put, get,
 call); nothing outside this package imports ``kademlia``.
 """
 
+from overlay.dht.directory import DirectoryLimits
 from overlay.dht.errors import DHTError
 from overlay.dht.node import Contact, DHTNode, PutFailed
 from overlay.dht.protocol import DHTConfig, DHTStats
@@ -16,6 +17,7 @@ __all__ = [
     "DHTError",
     "DHTNode",
     "DHTStats",
+    "DirectoryLimits",
     "PutFailed",
     "PutResult",
     "StorageLimits",

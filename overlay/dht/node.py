@@ -14,7 +14,8 @@ from kademlia.node import Node
 from overlay.core.files import write_private_json
 from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
-from overlay.core.records import RecordError, SignedRecord
+from overlay.core.records import SUPERNODE_DIRECTORY_KEY, RecordError, SignedRecord
+from overlay.dht.directory import choose
 from overlay.dht.errors import DHTError
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.replay import ANY_METHODS
@@ -111,6 +112,14 @@ class DHTNode:
         """:meth:`get`, with each holder's own answer kept (for majority decisions), over
         ``config.name_lookup_paths`` disjoint paths."""
         return await self._server.get(key, self.config.name_lookup_paths)
+
+    async def supernodes(self, limit: int) -> list[SignedRecord]:
+        """The supernode directory as readers use it: the records its holders list (proven
+        by dial-backs), vouched for by two holders, spread over networks, at most ``limit``
+        (:func:`overlay.dht.directory.choose`)."""
+        answers = await self.get_answers(SUPERNODE_DIRECTORY_KEY)
+        per_network = self.storage.limits.directory.listed_per_network
+        return choose(answers.records, answers.holders, per_network, limit, self.storage.rng)
 
     async def closest(self, key: bytes) -> list[Contact]:
         nodes = await self._server._crawl_nodes(key)

@@ -39,7 +39,7 @@ from kademlia.protocol import KademliaProtocol
 from overlay.core.identity import Identity, id_puzzle_ok, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.rate_limit import KeyedBuckets
-from overlay.core.records import RecordError, RecordKind
+from overlay.core.records import RecordError
 from overlay.core.tasks import TaskSet
 from overlay.dht.amplification import (
     COOKIE_BYTES,
@@ -565,11 +565,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         return {"nodes": self._neighbors(sender, key)}
 
     def rpc_find_value(self, sender: tuple[str, int], key: bytes) -> Any:
-        found = self.storage.values(key)
-        # name claims first (they decide who owns a name), then the newest
-        found.sort(key=lambda s: (s.record.kind != RecordKind.NAME_CLAIM, -s.record.issued_at))
         return {
-            "values": [s.wire for s in found[:48]],
+            "values": [s.wire for s in self.storage.answer(key, 48)],
             "nodes": self._neighbors(sender, key),
         }
 

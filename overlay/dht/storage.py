@@ -23,11 +23,16 @@ key, last writer wins, and lets every holder refresh a value's age forever). Her
   record. Records this node stored itself (``local``) are never evicted. When nothing may be
   evicted the store is refused (``storage_full``): a filler cannot push out records held
   before it started, only churn its own.
+* the supernode directory's key (:mod:`overlay.dht.directory`): a supernode record is served
+  (:meth:`RecordStorage.values`, :meth:`RecordStorage.answer`) only once listed, i.e. once a
+  dial-back proved its address holds its key (or this node stored it itself); records waiting
+  for that are bounded per source network, and a listed one is protected like a name claim.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -37,14 +42,17 @@ from kademlia.storage import IStorage
 
 from overlay.core import records
 from overlay.core.records import (
+    SUPERNODE_DIRECTORY_KEY,
     NameClaimed,
     RecordError,
     RecordKind,
     SignedRecord,
     StaleSequence,
     StorageFull,
+    SupernodeRecord,
     WrongKey,
 )
+from overlay.dht.directory import Directory, DirectoryLimits
 from overlay.dht.fairness import LOCAL, Ledger, QuotaExceeded, Ref, source_group
 
 Slot = tuple[bytes, str]
@@ -68,6 +76,8 @@ class StorageLimits:
     eviction_scan: int = 256
     #: verified records remembered, so a record seen again is not re-verified
     verify_cache_entries: int = 4096
+    #: which supernode records are listed (served) under the directory key
+    directory: DirectoryLimits = field(default_factory=DirectoryLimits)
 
 
 @dataclass
@@ -123,6 +133,9 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.data: dict[bytes, dict[Slot, StoredEntry]] = {}
         self.stats = StorageStats()
         self.ledger = Ledger()
+        #: the supernode directory: dial-back state of the records under its key
+        self.directory = Directory(self.limits.directory)
+        self.rng = random.Random()
         self._entries = 0
         self._bytes = 0
         self._last_cull = float("-inf")
@@ -168,7 +181,11 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                     )
         size = len(signed.wire)
         grows = existing is None
-        if grows and slots is not None and len(slots) >= self.limits.max_values_per_key:
+        supernode = isinstance(signed.record, SupernodeRecord)
+        sender = group
+        pushed_out = self.directory.make_room(signed.slot, sender) if supernode and grows else []
+        if grows and slots is not None and len(slots) - len(pushed_out) >= \
+                self.limits.max_values_per_key:
             raise StorageFull(f"key holds {len(slots)} values already")
         ref: Ref = (key, signed.slot)
         owner = self.ledger.usage(ref)
@@ -176,6 +193,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
             group = owner[1]  # a slot counts under the network it first came from
         added_bytes = size - (len(existing.signed.wire) if existing else 0)
         self._check_quota(signed.record.signer, group, grows, added_bytes)
+        for slot in pushed_out:  # waiting supernode records of a crowded network
+            self._evict((key, slot))
         if self._over(grows, added_bytes):
             self._cull_if_due(now)
         if self._over(grows, added_bytes):
@@ -194,6 +213,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         else:
             self.ledger.resize(ref, added_bytes)
             self.stats.replaced += 1
+        if supernode:
+            self.directory.stored(signed, sender, now)
         return signed
 
     # -- fairness ----------------------------------------------------------------------------
@@ -263,6 +284,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         kind = slots[slot].signed.record.kind
         if kind is RecordKind.NAME_CLAIM:
             return True
+        if kind is RecordKind.SUPERNODE:
+            return self.directory.is_listed(slot)
         if kind is not RecordKind.PRESENCE:
             return False
         oldest = min(
@@ -284,14 +307,32 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.ledger.remove((key, slot), size)
         self._bytes -= size
         self._entries -= 1
+        if key == SUPERNODE_DIRECTORY_KEY:
+            self.directory.removed(slot, self.clock())
 
     def values(self, key: bytes) -> list[SignedRecord]:
-        """Live records under ``key``."""
+        """Live records under ``key`` that this node serves: under the supernode directory's
+        key, only the listed ones (proven by a dial-back, :mod:`overlay.dht.directory`)."""
         slots = self.data.get(key)
         if not slots:
             return []
         self._drop_expired(key, slots, self.clock())
-        return [entry.signed for entry in self.data.get(key, {}).values()]
+        held = self.data.get(key, {})
+        if key == SUPERNODE_DIRECTORY_KEY:
+            return [e.signed for slot, e in held.items() if self.directory.is_listed(slot)]
+        return [entry.signed for entry in held.values()]
+
+    def answer(self, key: bytes, limit: int) -> list[SignedRecord]:
+        """What a ``find_value`` for ``key`` is answered with, at most ``limit`` records:
+        the directory's choice (spread over networks, longest listed first) for the
+        supernode directory; otherwise name claims first, then the newest."""
+        if key == SUPERNODE_DIRECTORY_KEY:
+            self.values(key)  # drop the expired
+            return self.directory.answer(self.clock(), self.rng, limit)
+        found = self.values(key)
+        # name claims first (they decide who owns a name), then the newest
+        found.sort(key=lambda s: (s.record.kind != RecordKind.NAME_CLAIM, -s.record.issued_at))
+        return found[:limit]
 
     def keys(self) -> list[bytes]:
         return list(self.data)

@@ -23,60 +23,20 @@ candidates also rely on), but loopback never depends on it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from overlay.core.addresses import Address
+from overlay.core.addresses import (
+    LOOPBACK,
+    NEVER,
+    PUBLIC,
+    Address,
+    ip_literal,
+    scope,
+)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7",
-    "fec0::/10",
-))
-THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
-
-PUBLIC = "public"
-PRIVATE = "private"
-LOOPBACK = "loopback"
-#: scopes never dialled, whoever names them
-NEVER = ("unspecified", "link-local", "multicast", "reserved", "not an IP literal")
-
-
-def ip_literal(host: str) -> IPAddress | None:
-    """``host`` as an IP address when it is a plain IP literal (no scope id, no name), with
-    IPv4-mapped IPv6 unwrapped; else None."""
-    if "%" in host:
-        return None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def scope(host: str) -> str:
-    """``public``, ``private``, ``loopback`` or one of :data:`NEVER`."""
-    ip = ip_literal(host)
-    if ip is None:
-        return "not an IP literal"
-    if ip.is_unspecified or (isinstance(ip, ipaddress.IPv4Address) and ip in THIS_NETWORK):
-        return "unspecified"
-    if ip.is_loopback:
-        return LOOPBACK
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_multicast:
-        return "multicast"
-    if ip.is_reserved:
-        return "reserved"
-    if any(ip in net for net in PRIVATE_NETS):
-        return PRIVATE
-    return PUBLIC
-
+__all__ = ["LOOPBACK", "NEVER", "PUBLIC", "Verdict", "decide", "ip_literal", "local_overlay",
+           "public_of", "scope", "select"]
 
 @dataclass(frozen=True)
 class Verdict:

@@ -17,7 +17,8 @@ from aiohttp import web
 from overlay.core.identity import Identity, id_puzzle_ok
 from overlay.core.logs import get_logger
 from overlay.core.resolver import resolve
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTConfig, DHTNode, StorageLimits
+from overlay.node.directory_checks import DirectoryChecks
 from overlay.node.errors import NodeError
 from overlay.node.http_api import ExtraMetrics, HttpLimits, make_app, start_http
 from overlay.node.metrics import tcp_metrics
@@ -36,6 +37,8 @@ class NodeOptions:
     state_dir: Path | None = None
     http: tuple[str, int] | None = None
     dht: DHTConfig = field(default_factory=DHTConfig)
+    #: what the node holds for others, the supernode directory's limits among them
+    storage: StorageLimits = field(default_factory=StorageLimits)
     limits: ServiceLimits = field(default_factory=ServiceLimits)
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     rejoin_interval_s: float = 5.0
@@ -73,8 +76,9 @@ class NodeDaemon:
         if not id_puzzle_ok(self.identity.node_id, opts.dht.id_puzzle_bits):
             raise NodeError("a public node's key must solve the DHT's id puzzle "
                             f"({opts.dht.id_puzzle_bits} bits): Identity.generate_node")
-        self.dht = DHTNode(self.identity, opts.dht, state_dir=opts.state_dir)
+        self.dht = DHTNode(self.identity, opts.dht, opts.storage, state_dir=opts.state_dir)
         self.tcp = TcpService(self.identity, self.dht, opts.limits, attach_handler, relay)
+        self.directory_checks: DirectoryChecks | None = None
         self.joined = asyncio.Event()
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,6 +103,10 @@ class NodeDaemon:
         host, port = self.opts.listen
         await self.dht.start(host, port)
         await self.tcp.start(host, self.dht.address[1])
+        # the supernode records this node holds are listed once their address proves the key
+        self.directory_checks = DirectoryChecks(self.dht.storage.directory, self.advertised[0],
+                                                self.opts.limits.session)
+        self.directory_checks.start()
         log.info("dht_listening", role=self.role, address=f"{host}:{self.dht.address[1]}",
                  node_id=self.identity.node_id.hex(), public_id=self.identity.public_id)
         if self.opts.http is not None:
@@ -149,6 +157,8 @@ class NodeDaemon:
                 await task
         if self._http is not None:
             await self._http.cleanup()
+        if self.directory_checks is not None:
+            self.directory_checks.stop()
         await self.tcp.stop()
         self.dht.stop()
 

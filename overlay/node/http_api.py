@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from overlay.core import records
 from overlay.core.rate_limit import KeyedBuckets
 from overlay.dht import DHTNode
+from overlay.dht.directory import Directory
 from overlay.dht.names import lookup_name
 
 ExtraMetrics = Callable[[], Iterable[Metric]]
@@ -123,10 +124,35 @@ class DHTCollector(Collector):
             for reason, n in reasons.items():
                 refused_contacts.add_metric([where, reason], n)
         yield refused_contacts
+        yield from directory_metrics(storage.directory)
         if self.http is not None:
             yield from self.http.collect()
         if self.extra is not None:
             yield from self.extra()
+
+
+def directory_metrics(directory: Directory) -> Iterator[Metric]:
+    """The supernode directory this node holds: records by state, dial-backs by outcome,
+    records refused or pushed out of the waiting pool by reason."""
+    held = GaugeMetricFamily("overlay_directory_records",
+                             "Supernode records held, by state (listed: proven and served)",
+                             labels=["state"])
+    counts = directory.counts()
+    for state in ("listed", "standby", "waiting"):
+        held.add_metric([state], counts.get(state, 0))
+    yield held
+    dials = CounterMetricFamily("overlay_directory_dial_backs",
+                                "Dial-backs to supernode records' addresses, by outcome",
+                                labels=["outcome"])
+    for outcome, n in directory.stats.dials.items():
+        dials.add_metric([outcome], n)
+    yield dials
+    refused = CounterMetricFamily("overlay_directory_refused",
+                                  "Supernode records refused or pushed out before a dial-back",
+                                  labels=["reason"])
+    for reason, n in directory.stats.refused.items():
+        refused.add_metric([reason], n)
+    yield refused
 
 
 def record_json(signed: records.SignedRecord) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 The record carries the supernode's address, load (attached clients) and capacity, its relay
 capacity and spare relay rate, and its Vivaldi coordinate. It is re-signed every
 ``record_refresh_s`` (lifetime: three periods), and soon after relay sessions start or end
-when the spare rate changed (coalesced: at most once per ``relay_republish_min_s``).
+when the spare rate changed (coalesced: at most once per ``relay_republish_min_s``). The
+directory's holders list it once they dialled the advertised address back and this node's TCP
+service proved the key there (:mod:`overlay.dht.directory`).
 """
 
 from __future__ import annotations

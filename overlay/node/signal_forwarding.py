@@ -37,6 +37,9 @@ __all__ = ["ForwardedSignal", "SignalForwarder"]
 
 log = get_logger(__name__)
 
+#: supernodes the gate learns per directory read (every holder answers at most 48)
+MAX_DIRECTORY_READ = 4096
+
 #: signals travel between supernodes in one DHT datagram (requests are capped at 4 KiB)
 SIGNAL_FORWARD_MAX = 3072
 #: a request that gets no answer is sent again this many times in all
@@ -195,7 +198,7 @@ class SignalForwarder:
 
     async def _read_directory(self) -> None:
         try:
-            found = await self.dht.get(records.SUPERNODE_DIRECTORY_KEY)
+            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ)
         except Exception as exc:  # a failed read only delays the answer; never kills the node
             log.warning("signal_directory_unread", error=str(exc))
             self.gate.directory_failed()

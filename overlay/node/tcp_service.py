@@ -406,13 +406,13 @@ class TcpService:
             self.idle_lookups.done(session.proto, time.monotonic())
 
     async def directory(self) -> list[records.SignedRecord]:
-        """Live supernode records, newest first (cached briefly: it costs a DHT lookup)."""
+        """Live supernode records as :meth:`overlay.dht.DHTNode.supernodes` chooses them
+        (proven, vouched for, spread over networks), cached briefly: it costs a DHT lookup."""
         fetched_at, cached = self._directory
         now = time.monotonic()
         if now - fetched_at < self.limits.directory_cache_s and cached:
             return cached
-        found = await self.dht.get(records.SUPERNODE_DIRECTORY_KEY)
-        found.sort(key=lambda s: s.record.issued_at, reverse=True)
+        found = await self.dht.supernodes(MAX_LOOKUP_RECORDS)
         self._directory = (now, found)
         return found
 

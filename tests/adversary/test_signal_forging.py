@@ -39,6 +39,7 @@ from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.core.offers import INVITE_DOMAIN
 from overlay.dht import DHTConfig, DHTNode
+from overlay.node.tcp_service import TcpService
 from tests.helpers.daemons import Daemon, http_text, parse_metrics
 from tests.helpers.netutil import loopback_ips, wait_for
 from tests.helpers.node_keys import production_identity
@@ -248,8 +249,12 @@ async def test_a_stranger_cannot_signal_as_alice(world: World) -> None:
 
 async def test_a_registered_supernode_cannot_forge_alices_invite(world: World) -> None:
     mallory = await stranger(world, world.spare_ips[0])
+    host, port = mallory.address
+    # a supernode is listed once its address proves its key (a dial-back): mallory serves
+    # the attachment handshake there with her key
+    tcp = TcpService(mallory.identity, mallory)
+    await tcp.start(host, port)
     try:
-        host, port = mallory.address
         await mallory.put(records.supernode(mallory.identity, host, port, seq=1))
         await wait_for(
             lambda: _has(directory_keys(*world.boot), mallory.identity.public_key),
@@ -280,6 +285,7 @@ async def test_a_registered_supernode_cannot_forge_alices_invite(world: World) -
                                    offer(impostor, b"I am alice")])
         assert wrong_key == {"ok": False, "reason": "not_owner"}
     finally:
+        await tcp.stop()
         mallory.stop()
 
     assert lines_from(world.bob, "alice") == []

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from overlay.client.control import ControlSocketError, control_request
 from tests.helpers.daemons import Daemon, overlay_argv
+from tests.helpers.overlay_net import DIRECTORY_ARGS
 from tests.helpers.repo import REPO
 from tools.natlab import Lab
 
@@ -260,12 +261,13 @@ class LabOverlay:
                 self.add_subnet(host, self.own_subnet(host), [self.daemon_ip(host)])
         boot = self.bootstrap_addr
         self._start("boot", "bootstrap", ["bootstrap", "--listen", boot,
-                                           "--state-dir", str(self.work / "state" / "boot")])
+                                           "--state-dir", str(self.work / "state" / "boot"),
+                                           *DIRECTORY_ARGS])
         for sn in self.supernode_hosts:
             self._start(sn, "supernode", [
                 "supernode", "--listen", self.supernode_addr(sn), "--bootstrap", boot,
                 "--heartbeat", f"{self.heartbeat_s:g}",
-                "--state-dir", str(self.work / "state" / sn), *LAB_RELAY_ARGS,
+                "--state-dir", str(self.work / "state" / sn), *LAB_RELAY_ARGS, *DIRECTORY_ARGS,
                 *self.supernode_args])
         self.wait_directory(self.supernode_hosts)
         for host in self.clients:

@@ -8,6 +8,9 @@ from tests.helpers.daemons import Daemon, wait_ready
 from tests.helpers.netutil import loopback_ips
 from tests.helpers.node_keys import write_node_key
 
+#: every node lists all of them: these supernodes share one loopback /24 (the default is 4)
+DIRECTORY_ARGS = ["--directory-per-network", "64"]
+
 
 class ProcessOverlay:
     """``overlay bootstrap`` + N ``overlay supernode`` processes on distinct loopback IPs."""
@@ -33,14 +36,15 @@ class ProcessOverlay:
     def supernode_args(self, i: int) -> list[str]:
         return ["supernode", "--listen", self.supernode_addr(i), "--bootstrap",
                 self.bootstrap_addr, "--http", self.http(i),
-                "--state-dir", str(self.tmp / f"sn{i}"), *self.extra]
+                "--state-dir", str(self.tmp / f"sn{i}"), *DIRECTORY_ARGS, *self.extra]
 
     async def start(self) -> ProcessOverlay:
         # pooled keys solving the id puzzle: no daemon grinds one at start (~1 s each)
         for state in ["boot", *(f"sn{i}" for i in range(len(self.ips) - 1))]:
             write_node_key(self.tmp / state / "node.key")
         self.bootstrap = Daemon(["bootstrap", "--listen", self.bootstrap_addr, "--http",
-                                 self.http(None), "--state-dir", str(self.tmp / "boot")],
+                                 self.http(None), "--state-dir", str(self.tmp / "boot"),
+                                 *DIRECTORY_ARGS],
                                 self.tmp / "boot.log").start()
         await wait_ready(self.http(None), self.bootstrap)
         for i in range(len(self.ips) - 1):

@@ -54,6 +54,14 @@ async def test_readyz_waits_for_join_then_users_and_metrics_are_served(tmp_path)
                      'overlay_dht_rpcs_total{direction="in"', "overlay_records_rejected_total",
                      "overlay_dht_contacts"):
             assert name in metrics, name
+
+        async def boot_verified_the_supernode() -> bool:
+            """The bootstrap node lists the supernode's record once its dial-back proved it."""
+            text = await http_text(f"http://{boot_ip}:8080/metrics")
+            return ('overlay_directory_records{state="listed"} 1.0' in text
+                    and 'overlay_directory_dial_backs_total{outcome="verified"} 1.0' in text)
+
+        await wait_for(boot_verified_the_supernode, timeout=10)
         attached.close()
         session.close()
     finally:

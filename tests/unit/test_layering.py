@@ -65,6 +65,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/relay/admission.py",
     "overlay/relay/voucher.py",
     "overlay/dht/envelope.py",
+    "overlay/dht/directory.py",
     "overlay/media/punch.py",
     "overlay/media/quic/core.py",
     "overlay/media/quic/congestion.py",
