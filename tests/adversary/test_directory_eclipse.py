@@ -39,13 +39,14 @@ from overlay.dht import DHTConfig, DHTNode
 from overlay.node.daemon import NodeDaemon, NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits, TcpService
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, network_config, wait_for
 
 HONEST = 8
 JUNK = 1000
 SYBILS = 6  # mallory's servers that do hold their keys, on one /24
 PER_NETWORK = 4  # the documented default: listed supernodes per /24
-CONFIG = DHTConfig(refresh_interval_s=3600)
+#: an in-process network: the test puzzle (4 bits), which mallory's DHT nodes pay too
+CONFIG = network_config()
 #: the bootstrap node re-reads the directory for every request (no 5 s cache)
 LIMITS = ServiceLimits(directory_cache_s=0.05)
 
@@ -80,7 +81,8 @@ class Mallory:
 
     def __init__(self, base: str) -> None:
         self.base = base
-        self.senders = [DHTNode(Identity.generate(), CONFIG) for _ in range(6)]
+        self.senders = [DHTNode(Identity.generate_node(CONFIG.id_puzzle_bits), CONFIG)
+                        for _ in range(6)]
         self.servers: list[TcpService] = []
         self.junk: list[records.SignedRecord] = []
         self.sybils: list[records.SignedRecord] = []

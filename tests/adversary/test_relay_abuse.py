@@ -30,7 +30,7 @@ from overlay.core.identity import Identity
 from overlay.node.daemon import NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.relay.budget import BudgetConfig
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, subnet_ips, wait_for
 
 MBIT = 1_000_000
 #: `overlay supernode`'s default --relay-budget
@@ -203,7 +203,7 @@ async def test_forged_expired_and_misdirected_vouchers_are_refused():
 async def test_one_slash24_cannot_take_the_default_relay():
     async with relay_node(total_bps=CLI_DEFAULT_BUDGET) as (node, relay):
         key = node.identity.public_key
-        one_net = loopback_ips(20)  # one /24, fresh keys for every session
+        one_net = subnet_ips(20)  # one /24, fresh keys for every session
         assert len({ip.rsplit(".", 1)[0] for ip in one_net}) == 1
         statuses, conns = [], []
         for i in range(0, 20, 2):
@@ -212,7 +212,7 @@ async def test_one_slash24_cannot_take_the_default_relay():
             conns += pair
         assert statuses[0] == "ok"
         assert set(statuses[1:]) == {"subnet limit"}, statuses
-        other = [ip for ip in loopback_ips(600) if ip.rsplit(".", 1)[0]
+        other = [ip for ip in loopback_ips(3) if ip.rsplit(".", 1)[0]
                  != one_net[0].rsplit(".", 1)[0]][:2]
         status, body, pair = await session(relay, key, *other)
         assert status == 0, body  # the honest caller elsewhere is not starved
@@ -224,7 +224,7 @@ async def test_sessions_per_slash24_and_per_key_are_capped_on_a_large_relay():
     async with relay_node(total_bps=1000 * MBIT, session_cap_bps=MBIT,
                           max_sessions=256) as (node, relay):
         key = node.identity.public_key
-        one_net = loopback_ips(40)
+        one_net = subnet_ips(40)
         statuses, conns = [], []
         for i in range(0, 40, 2):
             status, body, pair = await session(relay, key, one_net[i], one_net[i + 1])
@@ -233,7 +233,7 @@ async def test_sessions_per_slash24_and_per_key_are_capped_on_a_large_relay():
         assert 1 <= statuses.count("ok") <= 8 and statuses[-1] == "subnet limit", statuses
         # one key pair from many /24s
         caller, callee = Identity.generate(), Identity.generate()
-        nets = loopback_ips(250 * 12)[::250]  # one address in each of 12 /24s
+        nets = loopback_ips(12)  # one address in each of 12 /24s
         assert len({ip.rsplit(".", 1)[0] for ip in nets}) == 12
         statuses = []
         for i in range(0, 12, 2):

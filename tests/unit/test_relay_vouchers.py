@@ -40,6 +40,7 @@ from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.voucher import check_voucher
 from tests.helpers.netutil import loopback_ips
+from tests.helpers.node_keys import production_identity
 
 PORT = 4320
 MBIT = 1_000_000
@@ -226,7 +227,7 @@ async def test_a_send_whose_only_path_is_a_relay_gets_through(
     dht = DHTConfig(refresh_interval_s=3600)
     limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1.0))
     boot = NodeDaemon(NodeOptions(listen=(ips[0], PORT), dht=dht, limits=limits),
-                      Identity.generate())
+                      production_identity())
     nodes: list[NodeDaemon] = [boot]
     clients: list[ClientDaemon] = []
     try:
@@ -238,7 +239,7 @@ async def test_a_send_whose_only_path_is_a_relay_gets_through(
                                             relay=BudgetConfig(
                                                 total_bps=50 * MBIT,
                                                 max_session_bytes=session_bytes)),
-                           Identity.generate())
+                           production_identity())
             await sn.start()
             nodes.append(sn)
         for user in ("alice", "bob"):
