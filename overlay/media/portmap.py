@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from overlay.core.addresses import Address
+from overlay.media.candidate_policy import LOOPBACK, scope
 from overlay.media.portmap_wire import (
     IANA,
     PCP_VERSION,
@@ -56,6 +57,13 @@ MIN_RENEW_RETRY_S = 1.0
 
 Method = Literal["pcp", "nat-pmp"]
 State = Literal["idle", "requesting", "mapped", "deleting", "unavailable", "lost", "closed"]
+
+
+def behind_nat(local_ip: str, reflexive_host: str) -> bool:
+    """Whether to ask the gateway for mappings: the supernode sees us at another address
+    than our own (a NAT is on the way). Never for a loopback overlay (no router on the way;
+    the machine's real gateway is not asked)."""
+    return (local_ip != reflexive_host and LOOPBACK not in (scope(local_ip), scope(reflexive_host)))
 
 
 @dataclass(frozen=True)

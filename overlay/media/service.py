@@ -37,7 +37,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
-from overlay.media import candidate_policy, relay_selector, transport_hooks
+from overlay.media import candidate_policy, portmap, relay_selector, transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
@@ -65,6 +65,7 @@ from overlay.media.consent import (
 )
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.portmap_io import PortMaps, default_gateway
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.session import LostMidTransfer, MediaConfig, Session
 from overlay.media.signalling import (
@@ -94,6 +95,8 @@ RESUME_RETRY_PAUSE_S = 2.0
 RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
+#: how long gathering candidates waits for port mappings still being asked for
+PORTMAP_SETTLE_S = 1.0
 
 
 class MediaService:
@@ -115,6 +118,8 @@ class MediaService:
         self.partials = PartialStore()
         self.inbox_guard = InboxGuard(config.inbox_limits)
         self.relay_history = RelayHistory()
+        #: mappings of our media ports from the router (PCP/NAT-PMP), once asked for
+        self.portmaps: PortMaps | None = None
         self._tasks = TaskSet()
 
     async def start(self) -> None:
@@ -134,16 +139,41 @@ class MediaService:
 
     async def stop(self) -> None:
         self._tasks.cancel_all()
+        if self.portmaps is not None:
+            await self.portmaps.close()  # delete them at the router
         await self.listener.stop()
         if self.udp is not None:
             await transport_hooks.close_udp(self.udp)
 
     # -- candidates -----------------------------------------------------------------------------
 
-    async def candidates(self, session: ClientSession) -> Candidates:
+    @staticmethod
+    def _local_ip(session: ClientSession) -> str:
+        """Our address on the way to the primary supernode."""
         transport = session.proto.transport
         local = transport.get_extra_info("sockname") if transport else None
-        local_ip = str(local[0]) if local else "127.0.0.1"
+        return str(local[0]) if local else "127.0.0.1"
+
+    async def map_ports(self, session: ClientSession) -> None:
+        """Ask the default gateway for mappings of our TCP listener and UDP socket (once),
+        when the supernode sees us behind a NAT (:func:`.portmap.behind_nat`)."""
+        ok = self.attachment.attach_ok()
+        if self.portmaps is not None or ok is None:
+            return
+        if not portmap.behind_nat(self._local_ip(session), ok.reflexive_host):
+            return
+        gateway = default_gateway()
+        if gateway is None:
+            return
+        self.portmaps = PortMaps()
+        udp_port = self.udp.media.local_address[1] if self.udp is not None else None
+        await self.portmaps.start(gateway, self.listener.port, udp_port)
+
+    def port_mapping_status(self) -> dict[str, Any] | None:
+        return self.portmaps.to_json() if self.portmaps is not None else None
+
+    async def candidates(self, session: ClientSession) -> Candidates:
+        local_ip = self._local_ip(session)
         ok = self.attachment.attach_ok()
         tcp = [(local_ip, self.listener.port)]
         if ok is not None and ok.reflexive_host != local_ip:
@@ -153,6 +183,13 @@ class MediaService:
         if self.udp is not None:
             udp, nat = await transport_hooks.udp_candidates(
                 self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
+        await self.map_ports(session)
+        if self.portmaps is not None:  # a mapped address is a public candidate like any other
+            await self.portmaps.wait_settled(PORTMAP_SETTLE_S)
+            for out, external in ((tcp, self.portmaps.external("tcp")),
+                                  (udp, self.portmaps.external("udp"))):
+                if external is not None and external not in out:
+                    out.append(external)
         return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable())
 
     # -- paths ----------------------------------------------------------------------------------
