@@ -3,10 +3,10 @@
 ``datagrams_to_send``, ``get_timer``, ``handle_timer``), like Tailscale's
 ``net/portmapper`` (PCP first, NAT-PMP as the fallback; UPnP IGD is not spoken).
 
-- **Getting one.** A PCP MAP request goes to the gateway's port 5351 at once and is sent
-  again after 0.25, 0.5 and 1 s (RFC 6887 starts at 3 s and never stops; a client that waits
-  that long has no mapping when the user sends a file, so, like Tailscale, we stay quick and
-  bounded). No answer, or a NAT-PMP "unsupported version" answer, moves to NAT-PMP (a map
+- **Getting one.** A PCP MAP request goes to the gateway's port 5351 at once and again
+  0.25 and 0.75 s later (RFC 6887 starts at 3 s and never stops; a client that waits that
+  long has no mapping when the user sends a file, so, like Tailscale, we stay quick and
+  bounded). No answer by 1.75 s, or a NAT-PMP "unsupported version" answer, moves to NAT-PMP (a map
   request and an external-address request, same schedule). A PCP refusal (``NOT_AUTHORIZED``,
   ``NO_RESOURCES``...) or a NAT-PMP one ends it: :class:`Unavailable`. So a router that
   speaks neither costs 3.5 s of background datagrams, one that is closed (ICMP port
@@ -20,7 +20,9 @@
 
 Answers are accepted only from ``(gateway, 5351)``, only when they match what we asked
 (PCP: nonce, protocol, internal port; NAT-PMP: opcode and internal port), and only in a state
-that awaits one; anything malformed is counted (:attr:`PortMapper.ignored`) and dropped.
+that awaits one; anything malformed is counted (:attr:`PortMapper.ignored`) and dropped. A
+mapping whose external address is not public (a router behind another NAT) is no use to a
+peer: it counts as refused.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from overlay.core.addresses import Address
-from overlay.media.candidate_policy import LOOPBACK, scope
+from overlay.media.candidate_policy import LOOPBACK, PUBLIC, scope
 from overlay.media.portmap_wire import (
     IANA,
     PCP_VERSION,
@@ -49,7 +51,8 @@ from overlay.media.portmap_wire import (
     result_name,
 )
 
-#: seconds between sends of one request; after the last one the request has failed
+#: seconds from each send of a request to the next; after the last gap it has failed
+#: (sends at 0, 0.25 and 0.75 s, given up at 1.75 s)
 RETRANSMITS = (0.25, 0.5, 1.0)
 #: what we ask for (Tailscale asks for 2 h too); the router may grant less
 REQUESTED_LIFETIME_S = 7200
@@ -206,7 +209,7 @@ class PortMapper:
     def handle_timer(self, now: float) -> None:
         pending = self._pending
         if pending is not None and now >= pending.next_at:
-            if pending.sent < len(self.retransmits) + 1:
+            if pending.sent < len(self.retransmits):
                 self._send(now)
             else:
                 self._gave_up(now)
@@ -337,6 +340,9 @@ class PortMapper:
             return
         if lifetime <= 0 or port == 0 or not ip:
             self._refused("a mapping with no lifetime, port or address")
+            return
+        if scope(ip) != PUBLIC:  # double NAT, or nonsense: no peer could dial it
+            self._refused(f"its external address {ip} is not a public address")
             return
         renewed = self.mapping is not None
         self.mapping = Mapping(self.protocol, self.internal_port, ip, port, lifetime, now,

@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from overlay.core.addresses import Address
 from overlay.core.logs import get_logger
 from overlay.media.portmap import (
     REQUESTED_LIFETIME_S,
-    Deleted,
+    Event,
     Lost,
     Mapped,
     Mapping,
@@ -91,6 +92,8 @@ class PortMapping:
         #: seconds from the first request to the first grant
         self.time_to_map: float | None = None
         self.renewals = 0
+        #: called with every event of the core, after it was handled here
+        self.on_event: Callable[[Event], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._log = log.bind(protocol=mapper.protocol, internal_port=mapper.internal_port,
                              gateway=mapper.gateway)
@@ -134,7 +137,7 @@ class PortMapping:
         self.mapper.handle_timer(time.monotonic())
         self.transmit()
 
-    def _on_event(self, event: Mapped | Unavailable | Lost | Deleted, now: float) -> None:
+    def _on_event(self, event: Event, now: float) -> None:
         if isinstance(event, Mapped):
             m = event.mapping
             if event.renewed:
@@ -155,6 +158,8 @@ class PortMapping:
         else:
             self._log.info("port_mapping_deleted", confirmed=event.confirmed)
             self._close_transport()
+        if self.on_event is not None:
+            self.on_event(event)
 
     def _close_transport(self) -> None:
         self.closed.set()

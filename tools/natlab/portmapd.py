@@ -80,6 +80,7 @@ class Server:
         self.wan_ip: str = args.wan_ip
         self.table: str = args.table
         self.max_lifetime: int = args.max_lifetime
+        self.nft: bool = not args.no_nft
         self.started = time.monotonic()
         self.grants: dict[tuple[str, str, int], Grant] = {}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -103,6 +104,8 @@ class Server:
         return "\n".join(lines) + "\n"
 
     def apply(self) -> bool:
+        if not self.nft:
+            return True
         proc = subprocess.run(["nft", "-f", "-"], input=self.render(), text=True,
                               capture_output=True, check=False)
         if proc.returncode != 0:
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wan-ip", required=True)
     parser.add_argument("--table", default="natlab_portmap")
     parser.add_argument("--max-lifetime", type=int, default=3600)
+    parser.add_argument("--no-nft", action="store_true",
+                        help="grant mappings without installing rules (tests on loopback)")
     args = parser.parse_args(argv)
 
     def on_signal(signum: int, frame: object) -> None:
