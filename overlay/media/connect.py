@@ -92,6 +92,8 @@ class NoPath(MediaError):
 class Timeline:
     started: float = field(default_factory=time.monotonic)
     events: list[tuple[float, str]] = field(default_factory=list)
+    #: the attempt whose path was selected
+    selected: str | None = None
 
     def add(self, event: str) -> None:
         self.events.append((round(time.monotonic() - self.started, 4), event))
@@ -213,6 +215,7 @@ async def connect_as_initiator(
     winner = completed.pop(winner_name)
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
+    timeline.selected = winner_name
     for loser in completed.values():
         close_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
@@ -278,5 +281,6 @@ async def connect_as_responder(
         raise NoPath(f"no path: {detail}")
     name, stream = selected.result()
     timeline.add(f"selected {name}")
+    timeline.selected = name
     log.info("path_selection", outcome=name, timeline=timeline.events)
     return stream, timeline

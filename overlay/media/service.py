@@ -184,13 +184,37 @@ class MediaService:
             udp, nat = await transport_hooks.udp_candidates(
                 self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
         await self.map_ports(session)
+        mapped: dict[str, tuple[Address, ...]] = {"tcp": (), "udp": ()}
         if self.portmaps is not None:  # a mapped address is a public candidate like any other
             await self.portmaps.wait_settled(PORTMAP_SETTLE_S)
-            for out, external in ((tcp, self.portmaps.external("tcp")),
-                                  (udp, self.portmaps.external("udp"))):
-                if external is not None and external not in out:
-                    out.append(external)
-        return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable())
+            for proto, out in (("tcp", tcp), ("udp", udp)):
+                external = self.portmaps.external("tcp" if proto == "tcp" else "udp")
+                if external is not None:
+                    mapped[proto] = (external,)
+                    if external not in out:
+                        out.append(external)
+        return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable(),
+                          mapped_tcp=mapped["tcp"], mapped_udp=mapped["udp"])
+
+    def _technique(self, winner: str | None, remote: Candidates) -> str:
+        """How the selected path got through: ``mapping`` (we dialled the peer's mapped
+        address, or the peer reached our listener from outside our NAT, which only our
+        mapping lets in), ``direct`` (other TCP), ``punch``, ``relay``."""
+        if winner is None:
+            return "unknown"
+        if winner.startswith("relay"):
+            return "relay"
+        if winner == "udp-punch":
+            return "punch"
+        if winner.startswith("tcp-dial-mapped"):
+            return "mapping"
+        ok = self.attachment.attach_ok()
+        if winner == "tcp-accept" and self.portmaps is not None and ok is not None \
+                and self.portmaps.external("tcp") is not None \
+                and ok.reflexive_host not in candidate_policy.public_of(
+                    h for h, _ in (*remote.tcp, *remote.udp)):
+            return "mapping"
+        return "direct"
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -220,8 +244,10 @@ class MediaService:
                 return await dial_tcp(host, port, s.session_id)
             return dial
 
+        mapped = set(remote.mapped_tcp)
         for i, (host, port) in enumerate(dict.fromkeys(remote.tcp)):
-            attempts[f"tcp-dial-{i}"] = dialer(host, port)
+            kind = "tcp-dial-mapped" if (host, port) in mapped else "tcp-dial"
+            attempts[f"{kind}-{i}"] = dialer(host, port)
         queue = self.listener.expect(s.session_id)
 
         async def accept() -> MediaStream:
@@ -358,7 +384,9 @@ class MediaService:
                 raise SendFailed(f"transfer failed: {exc}") from None
             finally:
                 await close_quietly(stream)
-            return {"path": stream.path, "relay": stream.relay.id if stream.relay else None,
+            return {"path": stream.path,
+                    "technique": self._technique(timeline.selected, answer.candidates),
+                    "relay": stream.relay.id if stream.relay else None,
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
                     "sha256": done.sha256, "resumed_from": done.resumed_from,
                     "timeline": timeline.events}
@@ -499,9 +527,10 @@ class MediaService:
                 slog.warning("answer_not_delivered", to_user=invite.from_user,
                             reason=result.reason)
                 return
-            stream, _ = await connect_as_responder(
+            stream, timeline = await connect_as_responder(
                 attempts, self._securer(s, shared, transcript), log=slog)
             entry["path"] = stream.path
+            entry["technique"] = self._technique(timeline.selected, invite.candidates)
             self._remember(entry)
             try:
                 done = await receive_file(stream, self.config.inbox, partials=self.partials,

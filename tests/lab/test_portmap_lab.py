@@ -10,7 +10,8 @@
   the client without a mapping, quickly.
 - ``test_pairs_with_a_mapping_side_go_direct``: overlay clients behind ``symmetric`` and
   ``mapping`` routers send each other files: both directions deliver over ``direct-tcp``
-  (dialling the mapped address), where two ``symmetric`` sides need a relay
+  with technique ``mapping`` (the symmetric side dials the mapped address), where two
+  ``symmetric`` sides need a relay
   (tests/lab/test_connectivity_lab.py); the client deletes its mappings when it stops.
 """
 
@@ -172,8 +173,10 @@ def test_pairs_with_a_mapping_side_go_direct(tmp_path: Path) -> None:
             res = ov.send(src, dst, file, timeout=90)
             assert res.ok, res.describe()
             assert res.json is not None
-            rows.append(f"{src} -> {dst}: {res.json.get('path')} in {res.json.get('seconds')} s")
+            rows.append(f"{src} -> {dst}: {res.json.get('path')} "
+                        f"({res.json.get('technique')}) in {res.json.get('seconds')} s")
             assert res.json.get("path") == "direct-tcp", res.describe()
+            assert res.json.get("technique") == "mapping", res.describe()
             assert res.json.get("relay") is None
             received = ov.wait_inbox_file(dst, name, timeout=10)
             assert sha256_file(received) == sha256_file(file)

@@ -37,6 +37,7 @@ from overlay.media.portmap_wire import (
     PmpMapResponse,
     decode_response,
 )
+from overlay.media.signalling import Candidates, SignallingError
 from tests.helpers.repo import REPO
 
 pytestmark = pytest.mark.unit
@@ -264,6 +265,17 @@ def test_gateway_from_proc_net_route_and_when_to_ask() -> None:
     assert behind_nat("198.19.3.2", "198.18.0.13")
     assert not behind_nat("198.18.0.13", "198.18.0.13")  # public or firewalled: no NAT
     assert not behind_nat("127.0.0.1", "127.0.0.1") and not behind_nat("127.0.0.1", "127.0.0.2")
+
+
+def test_mapped_candidates_travel_typed_and_only_as_candidates() -> None:
+    cands = Candidates((("198.19.7.2", 5000), (EXT, 40000)), ((EXT, 40001),), "symmetric",
+                       False, mapped_tcp=((EXT, 40000),), mapped_udp=((EXT, 40001),))
+    wire = cands.to_wire()
+    assert wire[4] == [[[EXT, 40000]], [[EXT, 40001]]]
+    assert Candidates.from_wire(wire) == cands
+    assert len(Candidates(cands.tcp).to_wire()) == 4  # without mappings: the old shape
+    with pytest.raises(SignallingError):  # a "mapped" address that is not a candidate
+        Candidates.from_wire([*wire[:4], [[["198.18.0.99", 1]], []]])
 
 
 # -- the adapter against the lab's responder, on loopback ----------------------------------------
