@@ -198,18 +198,27 @@ class PortMaps:
     def __init__(self) -> None:
         self.gateway: str | None = None
         self.maps: dict[Protocol, PortMapping] = {}
+        self.started = asyncio.Event()  # every mapping asked for (or failed to be)
 
     async def start(self, gateway: str, tcp_port: int | None, udp_port: int | None) -> None:
         self.gateway = gateway
         wanted: tuple[tuple[Protocol, int | None], ...] = (("tcp", tcp_port), ("udp", udp_port))
-        for protocol, port in wanted:
-            if port:
-                self.maps[protocol] = await PortMapping.open(gateway, protocol, port)
+        try:
+            for protocol, port in wanted:
+                if port:
+                    try:
+                        self.maps[protocol] = await PortMapping.open(gateway, protocol, port)
+                    except OSError as exc:  # no route to the gateway, say
+                        log.info("port_mapping_unavailable", protocol=protocol,
+                                 gateway=gateway, reason=str(exc))
+        finally:
+            self.started.set()
 
     async def wait_settled(self, timeout: float) -> None:
         """Until every mapping is granted or known unavailable, at most ``timeout``."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
+                await self.started.wait()
                 for m in self.maps.values():
                     await m.settled.wait()
 

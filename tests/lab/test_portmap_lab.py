@@ -8,11 +8,12 @@
   not without a mapping: the control); the router grants at most 4 s, so the client renews;
   closing deletes the mappings and their rules. A ``symmetric`` router (no responder) leaves
   the client without a mapping, quickly.
-- ``test_pairs_with_a_mapping_side_go_direct``: overlay clients behind ``symmetric`` and
-  ``mapping`` routers send each other files: both directions deliver over ``direct-tcp``
-  with technique ``mapping`` (the symmetric side dials the mapped address), where two
-  ``symmetric`` sides need a relay
-  (tests/lab/test_connectivity_lab.py); the client deletes its mappings when it stops.
+- ``test_pairs_with_a_mapping_side_go_direct``: overlay clients behind ``symmetric``,
+  ``tcp-only``, ``cone`` and ``mapping`` routers send each other files (:data:`PAIRS`):
+  every pair delivers over ``direct-tcp`` with technique ``mapping`` (the other side dials
+  the mapped address), where a ``symmetric`` or ``tcp-only`` side with a NATed peer needs a
+  relay (tests/lab/test_connectivity_lab.py); the client deletes its mappings when it
+  stops.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ if not _ok:
 pytestmark = pytest.mark.netlab
 
 MAX_LIFETIME_S = 4
+#: every pair must deliver over direct-tcp with technique "mapping"; without the mapping
+#: each of them goes through a relay (tests/lab/test_connectivity_lab.py's table)
+PAIRS = [("sym-1", "map-1"), ("map-1", "sym-1"), ("tcp-1", "map-1"), ("map-1", "tcp-1"),
+         ("cone-1", "map-2"), ("map-1", "map-2")]
 
 
 def nft_table(lab: Lab, host: str) -> str:
@@ -150,7 +155,8 @@ def test_mapping_reaches_the_listener_is_renewed_and_deleted() -> None:
 
 @pytest.mark.timeout(240)
 def test_pairs_with_a_mapping_side_go_direct(tmp_path: Path) -> None:
-    clients = {"sym-1": "symmetric", "map-1": "mapping"}
+    clients = {"sym-1": "symmetric", "map-1": "mapping", "map-2": "mapping",
+               "tcp-1": "tcp-only", "cone-1": "cone"}
     with LabOverlay(tmp_path, clients) as ov:
         assert ov.lab is not None
         deadline = time.monotonic() + 15
@@ -167,7 +173,7 @@ def test_pairs_with_a_mapping_side_go_direct(tmp_path: Path) -> None:
         assert (sym.get("tcp") or {}).get("state") in ("requesting", "unavailable"), sym
 
         rows = []
-        for src, dst in (("sym-1", "map-1"), ("map-1", "sym-1")):
+        for src, dst in PAIRS:
             name = f"{src}-to-{dst}-{os.urandom(3).hex()}.bin"
             file = ov.make_file(src, name, 1 << 20)
             res = ov.send(src, dst, file, timeout=90)
