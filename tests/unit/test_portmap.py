@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -281,28 +282,35 @@ def test_mapped_candidates_travel_typed_and_only_as_candidates() -> None:
 # -- the adapter against the lab's responder, on loopback ----------------------------------------
 
 
-@pytest.fixture
-def responder() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+@dataclass
+class Responder:
+    listen: str
+    proc: subprocess.Popen[str]
+    method: str
+
+
+@pytest.fixture(params=["pcp", "nat-pmp"])
+def responder(request: pytest.FixtureRequest) -> Iterator[Responder]:
     """``tools/natlab/portmapd.py`` on a random 127.x address (no nft: rules are not
-    installed), granting at most 2 s."""
+    installed), granting at most 2 s; speaking PCP and NAT-PMP, or NAT-PMP only."""
     listen = f"127.{os.urandom(1)[0] % 200 + 20}.{os.urandom(1)[0]}.{os.urandom(1)[0] % 250 + 2}"
+    only = ["--nat-pmp-only"] if request.param == "nat-pmp" else []
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "tools/natlab/portmapd.py"), "--listen", listen,
          "--lan-net", "127.0.0.0/8", "--wan-if", "lo", "--wan-ip", "198.18.0.99",
-         "--max-lifetime", "2", "--no-nft"],
+         "--max-lifetime", "2", "--no-nft", *only],
         stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert json.loads(proc.stdout.readline())["event"] == "ready"
-        yield listen, proc
+        yield Responder(listen, proc, request.param)
     finally:
         proc.terminate()
         proc.wait(5)
 
 
-def test_adapter_maps_renews_and_deletes_with_the_real_responder(
-        responder: tuple[str, subprocess.Popen[str]]) -> None:
-    listen, proc = responder
+def test_adapter_maps_renews_and_deletes_with_the_real_responder(responder: Responder) -> None:
+    listen, proc = responder.listen, responder.proc
 
     async def run() -> PortMapping:
         mapping = await PortMapping.open(listen, "udp", 45678)
@@ -314,6 +322,7 @@ def test_adapter_maps_renews_and_deletes_with_the_real_responder(
         assert mapping.mapping is not None
         assert mapping.mapping.external == ("198.18.0.99", 45678)
         assert mapping.mapping.lifetime == 2  # the responder's cap, not our 7200
+        assert mapping.mapping.method == responder.method
         async with asyncio.timeout(3):  # renewed at half of 2 s
             await renewed.wait()
         await mapping.close()
@@ -325,5 +334,5 @@ def test_adapter_maps_renews_and_deletes_with_the_real_responder(
     proc.terminate()
     assert proc.stdout is not None
     seen = [json.loads(line)["event"] for line in proc.stdout.read().splitlines()]
-    assert seen[0] == "map" and "renew" in seen and "delete" in seen
+    assert seen[0] == "map" and "renew" in seen and "delete" in seen, seen
     assert "expire" not in seen  # deleted by us, not timed out

@@ -81,6 +81,7 @@ class Server:
         self.table: str = args.table
         self.max_lifetime: int = args.max_lifetime
         self.nft: bool = not args.no_nft
+        self.pcp_enabled: bool = not args.nat_pmp_only
         self.started = time.monotonic()
         self.grants: dict[tuple[str, str, int], Grant] = {}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -258,7 +259,13 @@ class Server:
     def handle(self, data: bytes, src: str) -> bytes | None:
         if not data:
             return None
-        return self.pmp(data, src) if data[0] == 0 else self.pcp(data, src)
+        if data[0] == 0:
+            return self.pmp(data, src)
+        if not self.pcp_enabled:  # a NAT-PMP-only router: "unsupported version" (RFC 6886 3.5)
+            if len(data) < 2 or data[1] >= 128:
+                return None
+            return struct.pack("!BBHI", 0, 128 + data[1], 1, self.epoch())
+        return self.pcp(data, src)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (:class:`Stop`), then remove every rule."""
@@ -298,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wan-ip", required=True)
     parser.add_argument("--table", default="natlab_portmap")
     parser.add_argument("--max-lifetime", type=int, default=3600)
+    parser.add_argument("--nat-pmp-only", action="store_true",
+                        help="answer PCP requests as a NAT-PMP-only router does")
     parser.add_argument("--no-nft", action="store_true",
                         help="grant mappings without installing rules (tests on loopback)")
     args = parser.parse_args(argv)
