@@ -169,15 +169,17 @@ class PortMapper:
         self._request("pcp", self.lifetime, now)
 
     def close(self, now: float) -> None:
-        """Delete the mapping (lifetime 0) if we hold one; otherwise just stop."""
+        """Delete the mapping (lifetime 0) if we hold one, or may get one (a request is
+        still unanswered: its grant may be on the way); otherwise just stop."""
         if self.state in ("closed", "deleting"):
             return
-        if self.mapping is None:
+        if self.mapping is None and self.state != "requesting":
             self._finish("closed", None)
             return
+        method = self.mapping.method if self.mapping is not None else self.method
         self.state = "deleting"
         self._renew_at = None
-        self._request(self.mapping.method, 0, now)
+        self._request(method, 0, now)
 
     def unreachable(self, now: float) -> None:
         """The gateway said nothing listens on its port 5351 (ICMP port unreachable)."""

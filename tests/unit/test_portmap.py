@@ -210,6 +210,19 @@ def test_close_without_an_answer_gives_up_after_the_retransmits() -> None:
     assert m.state == "closed" and events(m) == [Deleted(confirmed=False)]
 
 
+def test_close_while_asking_deletes_what_may_have_been_granted() -> None:
+    m = mapper()
+    m.datagrams_to_send(0.0)
+    m.close(0.1)
+    (delete, _), = m.datagrams_to_send(0.1)
+    assert delete[24:36] == NONCE and struct.unpack("!I", delete[4:8]) == (0,)
+    m.receive_datagram(pcp_answer(lifetime=0), (GW, 5351), 0.11)
+    assert m.state == "closed" and events(m) == [Deleted(confirmed=True)]
+    idle = PortMapper(GW, ME, "tcp", 5000, NONCE)
+    idle.close(0.0)  # never asked: nothing to delete
+    assert idle.state == "closed" and idle.datagrams_to_send(0.0) == []
+
+
 def test_nat_pmp_only_router_gets_nat_pmp_at_once_and_renewal_keeps_the_port() -> None:
     m = mapper()
     m.datagrams_to_send(0.0)
