@@ -34,6 +34,9 @@ log = get_logger(__name__)
 ROUTE_TABLE = Path("/proc/net/route")
 RTF_UP, RTF_GATEWAY = 0x1, 0x2
 CLOSE_TIMEOUT_S = 2.0
+#: a mapping lost or unavailable is asked for again when candidates are gathered this long
+#: after the last attempt began (a router that rebooted, or came back)
+RETRY_AFTER_S = 60.0
 
 
 def parse_default_gateway(route_table: str) -> str | None:
@@ -198,6 +201,7 @@ class PortMaps:
     def __init__(self) -> None:
         self.gateway: str | None = None
         self.maps: dict[Protocol, PortMapping] = {}
+        self.ports: dict[Protocol, int] = {}
         self.started = asyncio.Event()  # every mapping asked for (or failed to be)
 
     async def start(self, gateway: str, tcp_port: int | None, udp_port: int | None) -> None:
@@ -206,13 +210,30 @@ class PortMaps:
         try:
             for protocol, port in wanted:
                 if port:
-                    try:
-                        self.maps[protocol] = await PortMapping.open(gateway, protocol, port)
-                    except OSError as exc:  # no route to the gateway, say
-                        log.info("port_mapping_unavailable", protocol=protocol,
-                                 gateway=gateway, reason=str(exc))
+                    self.ports[protocol] = port
+                    await self._open(protocol)
         finally:
             self.started.set()
+
+    async def _open(self, protocol: Protocol) -> None:
+        assert self.gateway is not None
+        try:
+            self.maps[protocol] = await PortMapping.open(self.gateway, protocol,
+                                                         self.ports[protocol])
+        except OSError as exc:  # no route to the gateway, say
+            log.info("port_mapping_unavailable", protocol=protocol, gateway=self.gateway,
+                     reason=str(exc))
+
+    async def retry(self, now: float) -> None:
+        """Ask again for mappings that were lost or unavailable, :data:`RETRY_AFTER_S` after
+        the last attempt began."""
+        if not self.started.is_set():
+            return
+        for protocol in self.ports:
+            m = self.maps.get(protocol)
+            if m is not None and m.mapper.state in ("lost", "unavailable") \
+                    and now - m.started >= RETRY_AFTER_S:
+                await self._open(protocol)
 
     async def wait_settled(self, timeout: float) -> None:
         """Until every mapping is granted or known unavailable, at most ``timeout``."""

@@ -158,7 +158,10 @@ class MediaService:
         """Ask the default gateway for mappings of our TCP listener and UDP socket (once),
         when the supernode sees us behind a NAT (:func:`.portmap.behind_nat`)."""
         ok = self.attachment.attach_ok()
-        if self.portmaps is not None or ok is None:
+        if self.portmaps is not None:
+            await self.portmaps.retry(time.monotonic())
+            return
+        if ok is None:
             return
         if not portmap.behind_nat(self._local_ip(session), ok.reflexive_host):
             return

@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,7 +27,12 @@ from overlay.media.portmap import (
     Unavailable,
     behind_nat,
 )
-from overlay.media.portmap_io import PortMapping, parse_default_gateway
+from overlay.media.portmap_io import (
+    RETRY_AFTER_S,
+    PortMapping,
+    PortMaps,
+    parse_default_gateway,
+)
 from overlay.media.portmap_wire import (
     BadPortMapMessage,
     PcpMapRequest,
@@ -302,20 +308,29 @@ class Responder:
     method: str
 
 
-@pytest.fixture(params=["pcp", "nat-pmp"])
-def responder(request: pytest.FixtureRequest) -> Iterator[Responder]:
-    """``tools/natlab/portmapd.py`` on a random 127.x address (no nft: rules are not
-    installed), granting at most 2 s; speaking PCP and NAT-PMP, or NAT-PMP only."""
-    listen = f"127.{os.urandom(1)[0] % 200 + 20}.{os.urandom(1)[0]}.{os.urandom(1)[0] % 250 + 2}"
-    only = ["--nat-pmp-only"] if request.param == "nat-pmp" else []
+def loopback_address() -> str:
+    return f"127.{os.urandom(1)[0] % 200 + 20}.{os.urandom(1)[0]}.{os.urandom(1)[0] % 250 + 2}"
+
+
+def start_responder(listen: str, method: str = "pcp") -> subprocess.Popen[str]:
+    """``tools/natlab/portmapd.py`` on ``listen`` (no nft: rules are not installed), granting
+    at most 2 s; speaking PCP and NAT-PMP, or (``method="nat-pmp"``) NAT-PMP only."""
+    only = ["--nat-pmp-only"] if method == "nat-pmp" else []
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "tools/natlab/portmapd.py"), "--listen", listen,
          "--lan-net", "127.0.0.0/8", "--wan-if", "lo", "--wan-ip", "198.18.0.99",
          "--max-lifetime", "2", "--no-nft", *only],
         stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["event"] == "ready"
+    return proc
+
+
+@pytest.fixture(params=["pcp", "nat-pmp"])
+def responder(request: pytest.FixtureRequest) -> Iterator[Responder]:
+    listen = loopback_address()
+    proc = start_responder(listen, request.param)
     try:
-        assert proc.stdout is not None
-        assert json.loads(proc.stdout.readline())["event"] == "ready"
         yield Responder(listen, proc, request.param)
     finally:
         proc.terminate()
@@ -349,3 +364,26 @@ def test_adapter_maps_renews_and_deletes_with_the_real_responder(responder: Resp
     seen = [json.loads(line)["event"] for line in proc.stdout.read().splitlines()]
     assert seen[0] == "map" and "renew" in seen and "delete" in seen, seen
     assert "expire" not in seen  # deleted by us, not timed out
+
+
+def test_lost_or_unavailable_mappings_are_asked_for_again_later() -> None:
+    listen = loopback_address()  # nothing listens there yet: ICMP port unreachable
+
+    async def run() -> None:
+        maps = PortMaps()
+        await maps.start(listen, 45679, None)
+        await maps.wait_settled(3)
+        assert maps.maps["tcp"].mapper.state == "unavailable" and maps.external("tcp") is None
+        proc = start_responder(listen)
+        try:
+            await maps.retry(time.monotonic())  # too soon: not asked again
+            assert maps.maps["tcp"].mapper.state == "unavailable"
+            await maps.retry(time.monotonic() + RETRY_AFTER_S)
+            await maps.wait_settled(3)
+            assert maps.external("tcp") == ("198.18.0.99", 45679)
+            await maps.close()
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+    asyncio.run(run())
