@@ -100,7 +100,7 @@ class ClientDaemon:
         return MediaService(MediaConfig(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
-            opts.inbox_limits,
+            opts.inbox_limits, port_mapping=opts.port_mapping,
         ), self, self.contacts)
 
     # -- what the parts share ------------------------------------------------------------------

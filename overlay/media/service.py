@@ -158,6 +158,8 @@ class MediaService:
         """Ask the default gateway for mappings of our TCP listener and UDP socket (once),
         when the supernode sees us behind a NAT (:func:`.portmap.behind_nat`)."""
         ok = self.attachment.attach_ok()
+        if not self.config.port_mapping:
+            return
         if self.portmaps is not None:
             await self.portmaps.retry(time.monotonic())
             return

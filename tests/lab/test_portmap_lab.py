@@ -14,6 +14,8 @@
   the mapped address), where a ``symmetric`` or ``tcp-only`` side with a NATed peer needs a
   relay (tests/lab/test_connectivity_lab.py); the client deletes its mappings when it
   stops.
+- ``test_with_no_port_mapping_the_same_pair_needs_a_relay``: the control, with
+  ``--no-port-mapping``.
 """
 
 from __future__ import annotations
@@ -194,3 +196,19 @@ def test_pairs_with_a_mapping_side_go_direct(tmp_path: Path) -> None:
         assert {e["protocol"] for e in events if e["event"] == "delete"} == {"tcp", "udp"}
         table = nft_table(ov.lab, "map-1")
         assert "dnat" not in table, table
+
+
+@pytest.mark.timeout(180)
+def test_with_no_port_mapping_the_same_pair_needs_a_relay(tmp_path: Path) -> None:
+    """The control: the same routers, clients started with ``--no-port-mapping``: nothing is
+    mapped and symmetric -> mapping goes through a relay (the symmetric NAT as it is)."""
+    clients = {"sym-1": "symmetric", "map-1": "mapping"}
+    with LabOverlay(tmp_path, clients, client_args=("--no-port-mapping",)) as ov:
+        assert ov.status("map-1").get("port_mapping") is None
+        file = ov.make_file("sym-1", "control.bin", 1 << 16)
+        res = ov.send("sym-1", "map-1", file, timeout=90)
+        assert res.ok and res.json is not None, res.describe()
+        assert res.json.get("path") == "relay" and res.json.get("technique") == "relay", \
+            res.describe()
+        assert ov.lab is not None
+        assert "dnat" not in nft_table(ov.lab, "map-1")
