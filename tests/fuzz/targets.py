@@ -325,7 +325,9 @@ def _hostport(text: str) -> None:
     assert 0 <= port < 65536
 
 
-_CANDS = [seeds.CANDIDATES.to_wire(), Candidates().to_wire()]
+_MAPPED = (("198.18.0.5", 40000),)
+_CANDS = [seeds.CANDIDATES.to_wire(), Candidates().to_wire(),
+          Candidates(_MAPPED, _MAPPED, "cone", False, _MAPPED, _MAPPED).to_wire()]
 
 TARGETS: dict[str, Target] = {
     "records": Target(msgpack_shaped(seeds.RECORD_BODIES, seeds.resign_record)
