@@ -84,6 +84,23 @@ def close_later(stream: ByteStream | None) -> None:
     _closing.spawn(close())
 
 
+def technique(selected: str | None, inbound_via_mapping: bool) -> str:
+    """How the path of the ``selected`` attempt got through, as ``overlay send --json``
+    reports it: ``mapping`` (we dialled the peer's router-mapped address, or the peer's
+    connection reached our listener through our own mapping: ``inbound_via_mapping``),
+    ``direct`` (other TCP), ``punch`` (UDP hole punching), ``relay``."""
+    if selected is None:
+        return "unknown"
+    if selected.startswith("relay"):
+        return "relay"
+    if selected == "udp-punch":
+        return "punch"
+    if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
+                                                  and inbound_via_mapping):
+        return "mapping"
+    return "direct"
+
+
 class NoPath(MediaError):
     """No path completed an authenticated handshake in time."""
 

@@ -243,10 +243,11 @@ class PortMaps:
                 for m in self.maps.values():
                     await m.settled.wait()
 
-    def external(self, protocol: Protocol) -> Address | None:
+    def mapped(self, protocol: Protocol) -> tuple[Address, ...]:
+        """The mapped external address of our ``protocol`` port, if the router granted one."""
         m = self.maps.get(protocol)
         mapping = m.mapping if m is not None else None
-        return mapping.external if mapping is not None else None
+        return (mapping.external,) if mapping is not None else ()
 
     def to_json(self) -> dict[str, Any]:
         return {"gateway": self.gateway,

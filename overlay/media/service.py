@@ -48,6 +48,7 @@ from overlay.media.connect import (
     connect_as_initiator,
     connect_as_responder,
     dial_tcp,
+    technique,
 )
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
@@ -155,17 +156,15 @@ class MediaService:
         return str(local[0]) if local else "127.0.0.1"
 
     async def map_ports(self, session: ClientSession) -> None:
-        """Ask the default gateway for mappings of our TCP listener and UDP socket (once),
-        when the supernode sees us behind a NAT (:func:`.portmap.behind_nat`)."""
-        ok = self.attachment.attach_ok()
-        if not self.config.port_mapping:
-            return
+        """Ask the default gateway for mappings of our TCP listener and UDP socket (once; then
+        again for those lost), when the supernode sees us behind a NAT
+        (:func:`.portmap.behind_nat`) and ``--no-port-mapping`` was not given."""
         if self.portmaps is not None:
             await self.portmaps.retry(time.monotonic())
             return
-        if ok is None:
-            return
-        if not portmap.behind_nat(self._local_ip(session), ok.reflexive_host):
+        ok = self.attachment.attach_ok()
+        if not self.config.port_mapping or ok is None \
+                or not portmap.behind_nat(self._local_ip(session), ok.reflexive_host):
             return
         gateway = default_gateway()
         if gateway is None:
@@ -189,37 +188,23 @@ class MediaService:
             udp, nat = await transport_hooks.udp_candidates(
                 self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
         await self.map_ports(session)
-        mapped: dict[str, tuple[Address, ...]] = {"tcp": (), "udp": ()}
+        mapped_tcp: tuple[Address, ...] = ()
+        mapped_udp: tuple[Address, ...] = ()
         if self.portmaps is not None:  # a mapped address is a public candidate like any other
             await self.portmaps.wait_settled(PORTMAP_SETTLE_S)
-            for proto, out in (("tcp", tcp), ("udp", udp)):
-                external = self.portmaps.external("tcp" if proto == "tcp" else "udp")
-                if external is not None:
-                    mapped[proto] = (external,)
-                    if external not in out:
-                        out.append(external)
-        return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable(),
-                          mapped_tcp=mapped["tcp"], mapped_udp=mapped["udp"])
+            mapped_tcp, mapped_udp = self.portmaps.mapped("tcp"), self.portmaps.mapped("udp")
+        return Candidates(tuple(dict.fromkeys((*tcp, *mapped_tcp))),
+                          tuple(dict.fromkeys((*udp, *mapped_udp))), nat,
+                          self.attachment.reachable(), mapped_tcp, mapped_udp)
 
-    def _technique(self, winner: str | None, remote: Candidates) -> str:
-        """How the selected path got through: ``mapping`` (we dialled the peer's mapped
-        address, or the peer reached our listener from outside our NAT, which only our
-        mapping lets in), ``direct`` (other TCP), ``punch``, ``relay``."""
-        if winner is None:
-            return "unknown"
-        if winner.startswith("relay"):
-            return "relay"
-        if winner == "udp-punch":
-            return "punch"
-        if winner.startswith("tcp-dial-mapped"):
-            return "mapping"
+    def _inbound_via_mapping(self, remote: Candidates) -> bool:
+        """A TCP connection from the peer that named ``remote`` can only have reached our
+        listener through our mapping: we hold a TCP mapping and the peer is not behind our
+        public address (not on our LAN)."""
         ok = self.attachment.attach_ok()
-        if winner == "tcp-accept" and self.portmaps is not None and ok is not None \
-                and self.portmaps.external("tcp") is not None \
-                and ok.reflexive_host not in candidate_policy.public_of(
-                    h for h, _ in (*remote.tcp, *remote.udp)):
-            return "mapping"
-        return "direct"
+        return (self.portmaps is not None and bool(self.portmaps.mapped("tcp"))
+                and ok is not None and ok.reflexive_host not in candidate_policy.public_of(
+                    h for h, _ in (*remote.tcp, *remote.udp)))
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -390,7 +375,8 @@ class MediaService:
             finally:
                 await close_quietly(stream)
             return {"path": stream.path,
-                    "technique": self._technique(timeline.selected, answer.candidates),
+                    "technique": technique(timeline.selected,
+                                           self._inbound_via_mapping(answer.candidates)),
                     "relay": stream.relay.id if stream.relay else None,
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
                     "sha256": done.sha256, "resumed_from": done.resumed_from,
@@ -535,7 +521,8 @@ class MediaService:
             stream, timeline = await connect_as_responder(
                 attempts, self._securer(s, shared, transcript), log=slog)
             entry["path"] = stream.path
-            entry["technique"] = self._technique(timeline.selected, invite.candidates)
+            entry["technique"] = technique(timeline.selected,
+                                           self._inbound_via_mapping(invite.candidates))
             self._remember(entry)
             try:
                 done = await receive_file(stream, self.config.inbox, partials=self.partials,

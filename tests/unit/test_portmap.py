@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from overlay.media.connect import technique
 from overlay.media.portmap import (
     RETRANSMITS,
     Deleted,
@@ -298,6 +299,15 @@ def test_mapped_candidates_travel_typed_and_only_as_candidates() -> None:
         Candidates.from_wire([*wire[:4], [[["198.18.0.99", 1]], []]])
 
 
+def test_technique_names_how_the_selected_path_got_through() -> None:
+    assert technique("tcp-dial-mapped-1", False) == "mapping"   # we dialled their mapping
+    assert technique("tcp-accept", True) == "mapping"           # they came in through ours
+    assert technique("tcp-accept", False) == "direct"
+    assert technique("tcp-dial-0", True) == "direct"
+    assert technique("udp-punch", True) == "punch"
+    assert technique("relay-1", True) == "relay"
+
+
 # -- the adapter against the lab's responder, on loopback ----------------------------------------
 
 
@@ -373,14 +383,14 @@ def test_lost_or_unavailable_mappings_are_asked_for_again_later() -> None:
         maps = PortMaps()
         await maps.start(listen, 45679, None)
         await maps.wait_settled(3)
-        assert maps.maps["tcp"].mapper.state == "unavailable" and maps.external("tcp") is None
+        assert maps.maps["tcp"].mapper.state == "unavailable" and maps.mapped("tcp") == ()
         proc = start_responder(listen)
         try:
             await maps.retry(time.monotonic())  # too soon: not asked again
             assert maps.maps["tcp"].mapper.state == "unavailable"
             await maps.retry(time.monotonic() + RETRY_AFTER_S)
             await maps.wait_settled(3)
-            assert maps.external("tcp") == ("198.18.0.99", 45679)
+            assert maps.mapped("tcp") == (("198.18.0.99", 45679),)
             await maps.close()
         finally:
             proc.terminate()
