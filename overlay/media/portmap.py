@@ -14,7 +14,9 @@
 - **Keeping it.** A granted mapping (:class:`Mapping`) is renewed at half its lifetime (the
   same request; PCP with the same nonce, suggesting the external address and port we hold).
   A renewal that gets no answer is tried again at half the remaining time, down to 1 s; once
-  the lifetime is over without an answer the mapping is :class:`Lost`.
+  the lifetime is over without an answer the mapping is :class:`Lost`. An answer whose
+  epoch goes back, or drifts from our clock (RFC 6887 8.5), means the router restarted and
+  lost its mappings: :class:`RouterReset`, and the adapter renews the other mappings now.
 - **Giving it back.** :meth:`PortMapper.close` sends the same request with lifetime 0 (a
   delete; same schedule) and ends :class:`Deleted` on the answer or when the tries run out.
 
@@ -116,7 +118,13 @@ class Deleted:
     confirmed: bool
 
 
-Event = Mapped | Unavailable | Lost | Deleted
+@dataclass(frozen=True)
+class RouterReset:
+    """The router's epoch went back (RFC 6887 8.5, RFC 6886 3.6): it restarted and lost its
+    mappings. This mapping was just granted again; every other one should be renewed now."""
+
+
+Event = Mapped | Unavailable | Lost | Deleted | RouterReset
 
 
 @dataclass
@@ -152,6 +160,7 @@ class PortMapper:
     _renew_at: float | None = None
     _pmp_port: tuple[int, int] | None = None  # (external port, lifetime) from NAT-PMP
     _pmp_ip: str | None = None
+    _epoch: tuple[int, float] | None = None  # the router's last epoch, and when we saw it
     _out: list[bytes] = field(default_factory=list)
     _events: list[Event] = field(default_factory=list)
 
@@ -187,6 +196,11 @@ class PortMapper:
             self._finish("unavailable", Unavailable("nothing listens on the gateway's port 5351"))
         elif self.state == "deleting":
             self._finish("closed", Deleted(False))
+
+    def renew_now(self, now: float) -> None:
+        """Renew at once (another mapping saw the router restart)."""
+        if self.state == "mapped" and self._pending is None:
+            self._renew_at = now
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if (addr[0], addr[1]) != self.server or self._pending is None:
@@ -308,7 +322,10 @@ class PortMapper:
         if msg.nonce is None:
             self.ignored += 1
             return
+        reset = self._router_reset(msg.epoch, now)
         self._granted(msg.external_ip, msg.external_port, msg.lifetime, now)
+        if reset:
+            self._events.append(RouterReset())
 
     def _on_pmp(self, msg: PmpMapResponse | PmpExternalResponse | PmpErrorResponse,
                 now: float) -> None:
@@ -322,10 +339,24 @@ class PortMapper:
         else:
             self.ignored += 1
             return
+        reset = self._router_reset(msg.epoch, now)
         if self.state == "deleting" and self._pmp_port is not None:
             self._granted("", 0, 0, now)
         elif self._pmp_port is not None and self._pmp_ip is not None:
             self._granted(self._pmp_ip, self._pmp_port[0], self._pmp_port[1], now)
+        if reset and self.state == "mapped":
+            self._events.append(RouterReset())
+
+    def _router_reset(self, epoch: int, now: float) -> bool:
+        """RFC 6887 8.5: the router's epoch must not go back, nor drift from our clock by
+        more than 2 s plus 1/16 of the time between two answers."""
+        previous, self._epoch = self._epoch, (epoch, now)
+        if previous is None:
+            return False
+        server_delta, client_delta = epoch - previous[0], now - previous[1]
+        return (epoch < previous[0] - 1
+                or client_delta + 2 < server_delta - server_delta / 16
+                or server_delta + 2 < client_delta - client_delta / 16)
 
     def _refused(self, reason: str) -> None:
         if self.state == "deleting":

@@ -25,6 +25,7 @@ from overlay.media.portmap import (
     Mapped,
     Mapping,
     PortMapper,
+    RouterReset,
     Unavailable,
 )
 from overlay.media.portmap_wire import NONCE_BYTES, PORT, Protocol
@@ -158,6 +159,8 @@ class PortMapping:
         elif isinstance(event, Lost):
             self._log.warning("port_mapping_lost", reason=event.reason)
             self._close_transport()
+        elif isinstance(event, RouterReset):
+            self._log.info("port_mapping_router_reset")
         else:
             self._log.info("port_mapping_deleted", confirmed=event.confirmed)
             self._close_transport()
@@ -218,11 +221,21 @@ class PortMaps:
     async def _open(self, protocol: Protocol) -> None:
         assert self.gateway is not None
         try:
-            self.maps[protocol] = await PortMapping.open(self.gateway, protocol,
-                                                         self.ports[protocol])
+            mapping = await PortMapping.open(self.gateway, protocol, self.ports[protocol])
         except OSError as exc:  # no route to the gateway, say
             log.info("port_mapping_unavailable", protocol=protocol, gateway=self.gateway,
                      reason=str(exc))
+            return
+        self.maps[protocol] = mapping
+        mapping.on_event = lambda event: self._on_event(mapping, event)
+
+    def _on_event(self, source: PortMapping, event: Event) -> None:
+        """A router that restarted lost every mapping: renew the others now."""
+        if isinstance(event, RouterReset):
+            for m in self.maps.values():
+                if m is not source and not m.closed.is_set():
+                    m.mapper.renew_now(time.monotonic())
+                    m.transmit()
 
     async def retry(self, now: float) -> None:
         """Ask again for mappings that were lost or unavailable, :data:`RETRY_AFTER_S` after

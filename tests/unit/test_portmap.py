@@ -25,6 +25,7 @@ from overlay.media.portmap import (
     Lost,
     Mapped,
     PortMapper,
+    RouterReset,
     Unavailable,
     behind_nat,
 )
@@ -61,9 +62,10 @@ def mapped16(ip: str) -> bytes:
 
 
 def pcp_answer(result: int = 0, lifetime: int = 600, nonce: bytes = NONCE, proto: int = 6,
-               internal: int = 5000, external: int = 40000, ip: str = EXT) -> bytes:
+               internal: int = 5000, external: int = 40000, ip: str = EXT,
+               epoch: int = 7) -> bytes:
     """A PCP MAP response as RFC 6887 lays it out, built field by field."""
-    header = bytes([2, 0x81, 0, result]) + struct.pack("!II", lifetime, 7) + bytes(12)
+    header = bytes([2, 0x81, 0, result]) + struct.pack("!II", lifetime, epoch) + bytes(12)
     return header + nonce + bytes([proto, 0, 0, 0]) + struct.pack("!HH", internal, external) \
         + mapped16(ip)
 
@@ -173,7 +175,7 @@ def test_granted_mapping_is_renewed_at_half_lifetime_with_the_same_nonce() -> No
     renewal = m.datagrams_to_send(300.01)[0][0]
     assert renewal[24:36] == first[24:36] == NONCE
     assert struct.unpack("!H", renewal[42:44]) == (40000,) and renewal[44:60] == mapped16(EXT)
-    m.receive_datagram(pcp_answer(lifetime=600), (GW, 5351), 300.02)
+    m.receive_datagram(pcp_answer(lifetime=600, epoch=307), (GW, 5351), 300.02)
     (ev,) = events(m)
     assert isinstance(ev, Mapped) and ev.renewed and m.get_timer() == pytest.approx(600.02)
 
@@ -191,6 +193,27 @@ def test_unanswered_renewals_retry_then_the_mapping_is_lost_at_expiry() -> None:
         renewals += sum(1 for d, _ in m.datagrams_to_send(now) if d[0] == 2)
     assert m.state == "lost" and m.mapping is None and now == pytest.approx(10.0)
     assert isinstance(events(m)[0], Lost) and renewals >= 6  # tried more than once
+
+
+def test_a_router_whose_epoch_goes_back_lost_its_mappings() -> None:
+    m = mapper()
+    m.receive_datagram(pcp_answer(epoch=1000), (GW, 5351), 0.0)
+    m.handle_timer(300.0)  # the renewal's answer says epoch 3: the router restarted
+    m.receive_datagram(pcp_answer(epoch=3), (GW, 5351), 300.0)
+    evs = events(m)
+    assert [type(e) for e in evs] == [Mapped, Mapped, RouterReset]
+    sibling = mapper()  # another mapping at the same router: renewed at once
+    sibling.receive_datagram(pcp_answer(), (GW, 5351), 0.0)
+    sibling.datagrams_to_send(0.0)
+    sibling.renew_now(300.0)
+    assert sibling.get_timer() == 300.0
+    sibling.handle_timer(300.0)
+    assert len(sibling.datagrams_to_send(300.0)) == 1
+    steady = mapper()  # an epoch that keeps time with our clock is no restart
+    steady.receive_datagram(pcp_answer(epoch=1000), (GW, 5351), 0.0)
+    steady.handle_timer(300.0)
+    steady.receive_datagram(pcp_answer(epoch=1300), (GW, 5351), 300.0)
+    assert RouterReset() not in events(steady)
 
 
 def test_close_deletes_with_lifetime_zero_and_waits_for_the_answer() -> None:
