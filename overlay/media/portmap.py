@@ -235,7 +235,7 @@ class PortMapper:
         if self._renew_at is not None and now >= self._renew_at and self._pending is None \
                 and self.mapping is not None:
             self._renew_at = None
-            self._request(self.mapping.method, self.lifetime, now, renewal=True)
+            self._request(self.mapping.method, self.lifetime, now)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -258,8 +258,7 @@ class PortMapper:
 
     # -- inside ------------------------------------------------------------------------------
 
-    def _request(self, method: Method, lifetime: int, now: float, renewal: bool = False
-                 ) -> None:
+    def _request(self, method: Method, lifetime: int, now: float) -> None:
         self.method = method
         held = self.mapping
         if method == "pcp":
