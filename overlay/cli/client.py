@@ -46,6 +46,7 @@ def cmd_client(args: argparse.Namespace) -> int:
             control_path=Path(args.control) if args.control else None,
             inbox=Path(args.inbox) if args.inbox else None,
             may_become_supernode=not args.no_supernode, heartbeat_s=args.heartbeat,
+            port_mapping=not args.no_port_mapping,
             presence_refresh_s=args.presence_refresh,
             promote_after_s=args.promote_after, listen_port=args.listen_port,
             accept_from=args.accept_from,
@@ -129,6 +130,8 @@ def add_commands(sub: Any) -> None:
                    help=f"... and at most N files (default {DEFAULT_MAX_FILES})")
     p.add_argument("--no-supernode", action="store_true",
                    help="never offer to serve as a supernode")
+    p.add_argument("--no-port-mapping", action="store_true",
+                   help="never ask the router for port mappings (PCP, NAT-PMP)")
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",
                    help="heartbeat before the supernode announces its own (default 30)")
     p.add_argument("--presence-refresh", type=positive, default=300.0, metavar="S",

@@ -100,7 +100,7 @@ class ClientDaemon:
         return MediaService(MediaConfig(
             self.identity, opts.user, opts.device,
             opts.inbox or (opts.state_dir / "inbox" if opts.state_dir else Path("inbox")),
-            opts.inbox_limits,
+            opts.inbox_limits, port_mapping=opts.port_mapping,
         ), self, self.contacts)
 
     # -- what the parts share ------------------------------------------------------------------
@@ -179,9 +179,18 @@ class ClientDaemon:
                  bootstrap=[f"{h}:{p}" for h, p in self.opts.bootstrap])
         self._tasks.append(asyncio.create_task(self.supervisor.run()))
         self._tasks.append(asyncio.create_task(self.backup_keeper.run()))
+        self._tasks.append(asyncio.create_task(self._map_ports()))
         if self.opts.may_become_supernode:
             self._tasks.append(asyncio.create_task(
                 run_promotion(self.promoter, self.primary_session, self.stopping)))
+
+    async def _map_ports(self) -> None:
+        """Once attached, ask the router to map the media ports (when we are behind a NAT),
+        so that the first send already advertises the mapped addresses."""
+        await self.attached.wait()
+        session = self.primary_session()
+        if session is not None:
+            await self.media.map_ports(session)
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -238,5 +247,5 @@ class ClientDaemon:
             stopping=self.stopping.is_set(), started_at=self.started_at,
             failovers=self.supervisor.failovers, known_supernodes=len(self.cache),
             promotion=self.promoter.status(), transfers=self.media.transfers[-8:],
-            sending=self.media.sending,
+            sending=self.media.sending, port_mapping=self.media.port_mapping_status(),
         )

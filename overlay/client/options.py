@@ -36,6 +36,8 @@ class ClientOptions:
     inbox_limits: InboxLimits = field(default_factory=InboxLimits)
     #: False with ``--no-supernode``: this client never offers to serve as a supernode
     may_become_supernode: bool = True
+    #: False with ``--no-port-mapping``: never ask the router to map the media ports
+    port_mapping: bool = True
     #: uptime before a publicly reachable client becomes a supernode
     promote_after_s: float = 600.0
     #: port for the dial-back check and, once promoted, the supernode (0: any free port)

@@ -23,6 +23,7 @@ def status_json(
     promotion: dict[str, object],
     transfers: list[JSONObject],
     sending: list[JSONObject],
+    port_mapping: JSONObject | None = None,
 ) -> JSONObject:
     """Attachment (with presence and reflexive address), backup, and the daemon's counters."""
     att = links.live_primary()
@@ -52,4 +53,6 @@ def status_json(
         "promotion": promotion,
         "transfers": transfers,
         "sending": sending,
+        #: the router's mappings of our media ports (PCP/NAT-PMP), None when not asked for
+        "port_mapping": port_mapping,
     }

@@ -84,6 +84,23 @@ def close_later(stream: ByteStream | None) -> None:
     _closing.spawn(close())
 
 
+def technique(selected: str | None, inbound_via_mapping: bool) -> str:
+    """How the path of the ``selected`` attempt got through, as ``overlay send --json``
+    reports it: ``mapping`` (we dialled the peer's router-mapped address, or the peer's
+    connection reached our listener through our own mapping: ``inbound_via_mapping``),
+    ``direct`` (other TCP), ``punch`` (UDP hole punching), ``relay``."""
+    if selected is None:
+        return "unknown"
+    if selected.startswith("relay"):
+        return "relay"
+    if selected == "udp-punch":
+        return "punch"
+    if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
+                                                  and inbound_via_mapping):
+        return "mapping"
+    return "direct"
+
+
 class NoPath(MediaError):
     """No path completed an authenticated handshake in time."""
 
@@ -92,6 +109,8 @@ class NoPath(MediaError):
 class Timeline:
     started: float = field(default_factory=time.monotonic)
     events: list[tuple[float, str]] = field(default_factory=list)
+    #: the attempt whose path was selected
+    selected: str | None = None
 
     def add(self, event: str) -> None:
         self.events.append((round(time.monotonic() - self.started, 4), event))
@@ -213,6 +232,7 @@ async def connect_as_initiator(
     winner = completed.pop(winner_name)
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
+    timeline.selected = winner_name
     for loser in completed.values():
         close_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
@@ -278,5 +298,6 @@ async def connect_as_responder(
         raise NoPath(f"no path: {detail}")
     name, stream = selected.result()
     timeline.add(f"selected {name}")
+    timeline.selected = name
     log.info("path_selection", outcome=name, timeline=timeline.events)
     return stream, timeline

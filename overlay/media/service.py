@@ -37,7 +37,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
-from overlay.media import candidate_policy, relay_selector, transport_hooks
+from overlay.media import candidate_policy, portmap, relay_selector, transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
@@ -48,6 +48,7 @@ from overlay.media.connect import (
     connect_as_initiator,
     connect_as_responder,
     dial_tcp,
+    technique,
 )
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
@@ -65,6 +66,7 @@ from overlay.media.consent import (
 )
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.portmap_io import PortMaps, default_gateway
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.relay_vouchers import (
     VOUCHER_MARGIN_S,
@@ -103,6 +105,8 @@ RESUME_RETRY_PAUSE_S = 2.0
 RELAY_RATE_BPS = 0
 ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
+#: how long gathering candidates waits for port mappings still being asked for
+PORTMAP_SETTLE_S = 1.0
 
 
 class MediaService:
@@ -124,6 +128,8 @@ class MediaService:
         self.partials = PartialStore()
         self.inbox_guard = InboxGuard(config.inbox_limits)
         self.relay_history = RelayHistory()
+        #: mappings of our media ports from the router (PCP/NAT-PMP), once asked for
+        self.portmaps: PortMaps | None = None
         self._tasks = TaskSet()
 
     async def start(self) -> None:
@@ -143,16 +149,44 @@ class MediaService:
 
     async def stop(self) -> None:
         self._tasks.cancel_all()
+        if self.portmaps is not None:
+            await self.portmaps.close()  # delete them at the router
         await self.listener.stop()
         if self.udp is not None:
             await transport_hooks.close_udp(self.udp)
 
     # -- candidates -----------------------------------------------------------------------------
 
-    async def candidates(self, session: ClientSession) -> Candidates:
+    @staticmethod
+    def _local_ip(session: ClientSession) -> str:
+        """Our address on the way to the primary supernode."""
         transport = session.proto.transport
         local = transport.get_extra_info("sockname") if transport else None
-        local_ip = str(local[0]) if local else "127.0.0.1"
+        return str(local[0]) if local else "127.0.0.1"
+
+    async def map_ports(self, session: ClientSession) -> None:
+        """Ask the default gateway for mappings of our TCP listener and UDP socket (once; then
+        again for those lost), when the supernode sees us behind a NAT
+        (:func:`.portmap.behind_nat`) and ``--no-port-mapping`` was not given."""
+        if self.portmaps is not None:
+            await self.portmaps.retry(time.monotonic())
+            return
+        ok = self.attachment.attach_ok()
+        if not self.config.port_mapping or ok is None \
+                or not portmap.behind_nat(self._local_ip(session), ok.reflexive_host):
+            return
+        gateway = default_gateway()
+        if gateway is None:
+            return
+        self.portmaps = PortMaps()
+        udp_port = self.udp.media.local_address[1] if self.udp is not None else None
+        await self.portmaps.start(gateway, self.listener.port, udp_port)
+
+    def port_mapping_status(self) -> dict[str, Any] | None:
+        return self.portmaps.to_json() if self.portmaps is not None else None
+
+    async def candidates(self, session: ClientSession) -> Candidates:
+        local_ip = self._local_ip(session)
         ok = self.attachment.attach_ok()
         tcp = [(local_ip, self.listener.port)]
         if ok is not None and ok.reflexive_host != local_ip:
@@ -162,7 +196,24 @@ class MediaService:
         if self.udp is not None:
             udp, nat = await transport_hooks.udp_candidates(
                 self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
-        return Candidates(tuple(tcp), tuple(udp), nat, self.attachment.reachable())
+        await self.map_ports(session)
+        mapped_tcp: tuple[Address, ...] = ()
+        mapped_udp: tuple[Address, ...] = ()
+        if self.portmaps is not None:  # a mapped address is a public candidate like any other
+            await self.portmaps.wait_settled(PORTMAP_SETTLE_S)
+            mapped_tcp, mapped_udp = self.portmaps.mapped("tcp"), self.portmaps.mapped("udp")
+        return Candidates(tuple(dict.fromkeys((*tcp, *mapped_tcp))),
+                          tuple(dict.fromkeys((*udp, *mapped_udp))), nat,
+                          self.attachment.reachable(), mapped_tcp, mapped_udp)
+
+    def _inbound_via_mapping(self, remote: Candidates) -> bool:
+        """A TCP connection from the peer that named ``remote`` can only have reached our
+        listener through our mapping: we hold a TCP mapping and the peer is not behind our
+        public address (not on our LAN)."""
+        ok = self.attachment.attach_ok()
+        return (self.portmaps is not None and bool(self.portmaps.mapped("tcp"))
+                and ok is not None and ok.reflexive_host not in candidate_policy.public_of(
+                    h for h, _ in (*remote.tcp, *remote.udp)))
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -192,8 +243,10 @@ class MediaService:
                 return await dial_tcp(host, port, s.session_id)
             return dial
 
+        mapped = set(remote.mapped_tcp)
         for i, (host, port) in enumerate(dict.fromkeys(remote.tcp)):
-            attempts[f"tcp-dial-{i}"] = dialer(host, port)
+            kind = "tcp-dial-mapped" if (host, port) in mapped else "tcp-dial"
+            attempts[f"{kind}-{i}"] = dialer(host, port)
         queue = self.listener.expect(s.session_id)
 
         async def accept() -> MediaStream:
@@ -344,7 +397,10 @@ class MediaService:
                 raise SendFailed(f"transfer failed: {exc}") from None
             finally:
                 await close_quietly(stream)
-            return {"path": stream.path, "relay": stream.relay.id if stream.relay else None,
+            return {"path": stream.path,
+                    "technique": technique(timeline.selected,
+                                           self._inbound_via_mapping(answer.candidates)),
+                    "relay": stream.relay.id if stream.relay else None,
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
                     "sha256": done.sha256, "resumed_from": done.resumed_from,
                     "timeline": timeline.events}
@@ -512,9 +568,11 @@ class MediaService:
                 slog.warning("answer_not_delivered", to_user=invite.from_user,
                             reason=result.reason)
                 return
-            stream, _ = await connect_as_responder(
+            stream, timeline = await connect_as_responder(
                 attempts, self._securer(s, shared, transcript), log=slog)
             entry["path"] = stream.path
+            entry["technique"] = technique(timeline.selected,
+                                           self._inbound_via_mapping(invite.candidates))
             self._remember(entry)
             try:
                 done = await receive_file(stream, self.config.inbox, partials=self.partials,

@@ -39,6 +39,8 @@ class MediaConfig:
     inbox: Path
     #: quota and free space for received files (documented defaults: 1 GiB, 1000 files)
     inbox_limits: InboxLimits = field(default_factory=InboxLimits)
+    #: ask the router to map our media ports when behind a NAT (PCP, NAT-PMP)
+    port_mapping: bool = True
 
 
 @dataclass

@@ -45,26 +45,46 @@ class Candidates:
     """Where a peer may be reached: TCP listeners (host and server-reflexive) and UDP
     addresses of its media socket (host and server-reflexive), plus its NAT type. Hosts are
     IP literals (a name is refused when parsed); which of them are dialled is
-    :mod:`overlay.media.candidate_policy`'s decision."""
+    :mod:`overlay.media.candidate_policy`'s decision.
+
+    ``mapped_tcp``/``mapped_udp`` say which of ``tcp``/``udp`` are mappings the peer's
+    router granted (PCP/NAT-PMP, :mod:`overlay.media.portmap`): public addresses that reach
+    its listener or socket from anywhere. On the wire they are an optional fifth element
+    ``[mapped_tcp, mapped_udp]``, present only when one is not empty; each must also be
+    listed in ``tcp``/``udp``, so they change nothing about what is dialled."""
 
     tcp: tuple[Address, ...] = ()
     udp: tuple[Address, ...] = ()
     nat: str = "unknown"
     #: the supernode's dial-back succeeded: others can open TCP connections to us
     reachable: bool = False
+    mapped_tcp: tuple[Address, ...] = ()
+    mapped_udp: tuple[Address, ...] = ()
 
     def to_wire(self) -> list[Any]:
-        return [[list(a) for a in self.tcp], [list(a) for a in self.udp], self.nat,
-                self.reachable]
+        wire: list[Any] = [[list(a) for a in self.tcp], [list(a) for a in self.udp],
+                           self.nat, self.reachable]
+        if self.mapped_tcp or self.mapped_udp:
+            wire.append([[list(a) for a in self.mapped_tcp], [list(a) for a in self.mapped_udp]])
+        return wire
 
     @classmethod
     def from_wire(cls, value: Any) -> Candidates:
-        if not isinstance(value, list) or len(value) != 4:
-            raise SignallingError("candidates are [tcp, udp, nat, reachable]")
-        tcp, udp, nat, reachable = value
+        if not isinstance(value, list) or len(value) not in (4, 5):
+            raise SignallingError("candidates are [tcp, udp, nat, reachable(, mapped)]")
+        tcp, udp, nat, reachable = value[:4]
         if nat not in NAT_TYPES or type(reachable) is not bool:
             raise SignallingError("bad nat type or reachable flag")
-        return cls(_addresses(tcp), _addresses(udp), nat, reachable)
+        out = cls(_addresses(tcp), _addresses(udp), nat, reachable)
+        if len(value) == 4:
+            return out
+        mapped = value[4]
+        if not isinstance(mapped, list) or len(mapped) != 2:
+            raise SignallingError("mapped candidates are [tcp, udp]")
+        mapped_tcp, mapped_udp = _addresses(mapped[0]), _addresses(mapped[1])
+        if not set(mapped_tcp) <= set(out.tcp) or not set(mapped_udp) <= set(out.udp):
+            raise SignallingError("a mapped candidate is also a candidate")
+        return replace(out, mapped_tcp=mapped_tcp, mapped_udp=mapped_udp)
 
 
 def _addresses(value: Any) -> tuple[Address, ...]:

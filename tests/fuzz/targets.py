@@ -30,6 +30,8 @@ from overlay.dht.envelope import ANY_RECIPIENT, EnvelopeError, Flags, Kind, open
 from overlay.dht.protocol import DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.storage import RecordStorage
 from overlay.media import candidate_policy, transfer
+from overlay.media.portmap import PortMapper
+from overlay.media.portmap_wire import BadPortMapMessage, decode_response
 from overlay.media.punch import ACK, PROBE, Puncher, decode_probe, encode_probe
 from overlay.media.signalling import Candidates, SignallingError, open_offer
 from overlay.node.errors import BadSignal
@@ -270,6 +272,39 @@ def _punch(data: bytes) -> None:
     puncher.datagrams_to_send(0.5)
 
 
+_GW = ("198.19.7.1", 5351)
+_PM_NONCE = b"\x07" * 12
+_PORTMAP_ANSWERS = [
+    # PCP MAP success, NAT-PMP map and external-address answers, a short NAT-PMP error
+    bytes.fromhex("0281000000000258000000070000000000000000000000000000000000000000")[:24]
+    + _PM_NONCE + bytes([6, 0, 0, 0]) + (5000).to_bytes(2, "big") + (40000).to_bytes(2, "big")
+    + bytes(10) + b"\xff\xff" + bytes([198, 18, 0, 17]),
+    bytes([0, 130, 0, 0, 0, 0, 0, 7]) + bytes.fromhex("13889c4000000258"),
+    bytes([0, 128, 0, 0, 0, 0, 0, 7, 198, 18, 0, 17]),
+    bytes([0, 129, 0, 1, 0, 0, 0, 9]),
+]
+
+
+def _portmap(data: bytes) -> None:
+    """What the gateway (or anyone on the LAN spoofing it) sends: decoded strictly, and fed
+    to a mapper that is asking by PCP, by NAT-PMP, renewing, and deleting."""
+    for step in range(4):
+        mapper = PortMapper(_GW[0], "198.19.7.2", "tcp", 5000, _PM_NONCE)
+        mapper.start(0.0)
+        if step == 1:
+            mapper.receive_datagram(_PORTMAP_ANSWERS[3], _GW, 0.01)  # NAT-PMP only
+        if step >= 2:
+            mapper.receive_datagram(_PORTMAP_ANSWERS[0], _GW, 0.01)
+            mapper.handle_timer(400.0)
+        if step == 3:
+            mapper.close(401.0)
+        mapper.receive_datagram(data, _GW, 401.5)
+        mapper.handle_timer(402.0)
+        mapper.datagrams_to_send(402.0)
+        assert mapper.mapping is None or mapper.mapping.lifetime > 0
+    decode_response(data)
+
+
 def _offer(wire: bytes) -> None:
     signed_by(wire, seeds.ALICE.public_key)
     parts = split_offer(wire)
@@ -304,7 +339,9 @@ def _hostport(text: str) -> None:
     assert 0 <= port < 65536
 
 
-_CANDS = [seeds.CANDIDATES.to_wire(), Candidates().to_wire()]
+_MAPPED = (("198.18.0.5", 40000),)
+_CANDS = [seeds.CANDIDATES.to_wire(), Candidates().to_wire(),
+          Candidates(_MAPPED, _MAPPED, "cone", False, _MAPPED, _MAPPED).to_wire()]
 
 TARGETS: dict[str, Target] = {
     "records": Target(msgpack_shaped(seeds.RECORD_BODIES, seeds.resign_record)
@@ -326,6 +363,7 @@ TARGETS: dict[str, Target] = {
     "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
+    "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),
     "offers": Target(msgpack_shaped(seeds.OFFER_BODIES, seeds.resign_offer)
                      | mutated_bytes([o.wire for o in seeds.OFFERS]), _offer,
                      (SignallingError,)),

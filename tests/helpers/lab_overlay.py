@@ -44,7 +44,10 @@ from tests.helpers.daemons import Daemon, overlay_argv
 from tests.helpers.overlay_net import DIRECTORY_ARGS
 from tests.helpers.repo import REPO
 from tools.natlab import Lab
+from tools.natlab.topology import KINDS as LAB_KINDS
 
+#: the kinds of the connectivity matrix (every lab kind may be given to :class:`LabOverlay`;
+#: ``mapping`` has tests of its own, tests/lab/test_portmap_lab.py)
 KINDS = ("public", "firewalled", "cone", "symmetric", "tcp-only")
 PORT = 4000
 OVERLAY = overlay_argv([])
@@ -133,7 +136,7 @@ class SendResult:
 class LabOverlay:
     """Bootstrap node + supernodes on public hosts, client daemons on the given hosts.
 
-    ``clients`` maps host name -> router kind (one of :data:`KINDS`); each client runs as user
+    ``clients`` maps host name -> router kind (a ``tools.natlab`` kind); each client runs as user
     ``<host>``. ``netem`` (e.g. ``{"delay_ms": 100, "loss_pct": 2}``) is put on the uplink of
     every client host and every supernode host (not the bootstrap node's). ``work`` holds
     logs, state dirs, inboxes and control sockets (keep the path short: a socket path is at
@@ -170,7 +173,7 @@ class LabOverlay:
         for sn in self.supernode_hosts:
             hosts[sn] = {"kind": "public"}
         for host, kind in self.clients.items():
-            if kind not in KINDS:
+            if kind not in LAB_KINDS:
                 raise ValueError(f"{host}: unknown kind {kind!r}")
             hosts[host] = {"kind": kind}
         for host, kind in self.extra_hosts.items():

@@ -154,6 +154,12 @@ def test_topology_validation() -> None:
         Topology.from_dict({"hosts": {"a b": {"kind": "public"}}})
     with pytest.raises(TopologyError, match="non-empty"):
         Topology.from_dict({"hosts": {}})
+    with pytest.raises(TopologyError, match="for kind 'mapping' only"):
+        Topology.from_dict({"hosts": {"a": {"kind": "cone", "max_lifetime_s": 5}}})
+    with pytest.raises(TopologyError, match=r"an integer in 1\.\.86400"):
+        Topology.from_dict({"hosts": {"a": {"kind": "mapping", "max_lifetime_s": 0}}})
+    assert Topology.from_dict({"hosts": {"a": {"kind": "mapping", "max_lifetime_s": 5}}}
+                              ).host("a").max_lifetime_s == 5
 
 
 def test_every_router_drops_unsolicited_input(lab: Lab) -> None:

@@ -73,6 +73,8 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/relay_vouchers.py",
     "overlay/media/candidate_policy.py",
     "overlay/media/signalling.py",
+    "overlay/media/portmap.py",
+    "overlay/media/portmap_wire.py",
     "overlay/client/attach_policy.py",
     "overlay/core/vivaldi.py",
     "overlay/core/addresses.py",

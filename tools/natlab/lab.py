@@ -4,7 +4,8 @@ Layout (``P`` is the lab's prefix, e.g. ``nl3fa2``; ``n`` a host's 1-based index
 
     netns P-inet     bridge Pbr = the public segment 198.18.0.0/24, nothing routed here
     netns P-h-NAME   the host (always)
-    netns P-r-NAME   the host's router (firewalled, cone, symmetric, tcp-only)
+    netns P-r-NAME   the host's router (firewalled, cone, symmetric, tcp-only, mapping;
+                     a mapping router also runs portmapd.py, the PCP/NAT-PMP responder)
 
     public host:  P-h-NAME [Phn] ---- [Phnp] Pbr
     routed host:  P-h-NAME [Plnh] ---- [Pln] P-r-NAME [Pwn] ---- [Pwnp] Pbr
@@ -34,14 +35,15 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Literal
 
-from .rulesets import router_ruleset
-from .topology import HostSpec, Topology
+from .rulesets import PORTMAP_TABLE, router_ruleset
+from .topology import MAPPING_KINDS, HostSpec, Topology
 
 NetemBackend = Literal["auto", "tc", "wire"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WIRE_SCRIPT = PACKAGE_DIR / "wire.py"
 PROBE_SCRIPT = PACKAGE_DIR / "probe.py"
+PORTMAPD_SCRIPT = PACKAGE_DIR / "portmapd.py"
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 STATE_DIR = Path(os.environ.get("NATLAB_STATE_DIR", "/run/natlab"))
 IP_TIMEOUT_S = 30.0
@@ -397,6 +399,7 @@ class Lab:
         self._owner_pid = os.getpid()
         self._procs: list[subprocess.Popen[Any]] = []
         self._infra: list[subprocess.Popen[Any]] = []
+        self._portmapds: dict[str, LabProcess] = {}
         self._claimed = False  # True once self.prefix is ours to clean up
         self._started = False
         self._closed = False
@@ -584,6 +587,8 @@ class Lab:
                 entry["router_netns"] = self.netns(spec.name, router=True)
                 entry["router_wan_ip"] = spec.router_wan_ip
                 entry["router_lan_ip"] = spec.router_lan_ip
+            if spec.kind in MAPPING_KINDS:
+                entry["max_lifetime_s"] = spec.max_lifetime_s
             if spec.netem:
                 entry["netem"] = {
                     "delay_ms": spec.netem.delay_ms,
@@ -806,6 +811,9 @@ class Lab:
             router_cmds.append(_in_ns(rns, "nft", "-f", "-"))
             router_inputs.append(self.ruleset(spec.name))
         self._parallel(router_cmds, inputs=router_inputs)
+        for spec in routed:
+            if spec.kind in MAPPING_KINDS:
+                self._start_portmapd(spec)
 
         # 6. link impairments
         for spec in netem_specs:
@@ -825,6 +833,39 @@ class Lab:
                         _in_ns(self.inet_netns, "tc", "qdisc", "add", "dev", outer, "root", *netem),
                     ]
                 )
+
+    def _start_portmapd(self, spec: HostSpec) -> None:
+        """The PCP/NAT-PMP responder of a ``mapping`` router, on its LAN address."""
+        rns, wan, _ = self._uplink(spec)
+        assert spec.router_lan_ip and spec.lan_net and spec.router_wan_ip
+        argv = [
+            "ip", "netns", "exec", rns, sys.executable, str(PORTMAPD_SCRIPT),
+            "--listen", spec.router_lan_ip, "--lan-net", spec.lan_net,
+            "--wan-if", wan, "--wan-ip", spec.router_wan_ip, "--table", PORTMAP_TABLE,
+            "--max-lifetime", str(spec.max_lifetime_s),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            text=True, bufsize=1, start_new_session=True,
+        )  # fmt: skip
+        self._infra.append(proc)
+        wrapped = LabProcess(proc, f"portmapd for {spec.name}")
+        try:
+            ready = wrapped.read_json(10.0)
+        except (TimeoutError, EOFError) as exc:
+            raise LabError(f"port-mapping responder for {spec.name} did not start: {exc}"
+                           ) from exc
+        if not isinstance(ready, dict) or ready.get("event") != "ready":
+            raise LabError(f"port-mapping responder for {spec.name}: unexpected {ready!r}")
+        self._portmapds[spec.name] = wrapped
+
+    def portmapd(self, host: str) -> LabProcess:
+        """The PCP/NAT-PMP responder on ``host``'s router (kind ``mapping``): its JSON event
+        lines (``map``, ``renew``, ``delete``, ``expire``, ``refused``) via ``read_json``."""
+        try:
+            return self._portmapds[host]
+        except KeyError:
+            raise LabError(f"host {host!r} ({self.kind(host)}) grants no mappings") from None
 
     def _start_wire(self, spec: HostSpec, ns: str, inner: str, outer: str) -> None:
         assert spec.netem is not None

@@ -11,6 +11,10 @@ Every router:
 NAT: ``cone`` masquerades (endpoint-independent mapping, the source port is kept when free),
 ``symmetric`` masquerades with ``random,fully-random`` (a new random port per destination),
 ``tcp-only`` masquerades; ``firewalled`` does no NAT (the host has a public address).
+``mapping`` is ``symmetric`` whose router also grants port mappings: its forward chain
+accepts what was DNATed (``ct status dnat``), and the table ``ip natlab_portmap`` (empty
+``prerouting``/``postrouting`` NAT chains, the latter before the masquerade) holds the DNAT
+and SNAT rules that ``tools/natlab/portmapd.py`` adds and removes for the mappings it grants.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .topology import Kind
 
 FILTER_TABLE = "natlab"
 NAT_TABLE = "natlab_nat"
+PORTMAP_TABLE = "natlab_portmap"
 
 
 def router_ruleset(kind: Kind, wan: str, lan: str) -> str:
@@ -41,16 +46,28 @@ def router_ruleset(kind: Kind, wan: str, lan: str) -> str:
         "    type filter hook forward priority filter; policy drop;",
         "    ct state established,related accept",
         f"    {from_lan}",
+        *(["    ct status dnat accept"] if kind == "mapping" else []),
         "  }",
         "}",
     ]
     if kind != "firewalled":
-        flags = " random,fully-random" if kind == "symmetric" else ""
+        flags = " random,fully-random" if kind in ("symmetric", "mapping") else ""
         lines += [
             f"table ip {NAT_TABLE} {{",
             "  chain postrouting {",
             "    type nat hook postrouting priority srcnat; policy accept;",
             f'    oifname "{wan}" masquerade{flags}',
+            "  }",
+            "}",
+        ]
+    if kind == "mapping":
+        lines += [
+            f"table ip {PORTMAP_TABLE} {{",
+            "  chain prerouting {",
+            "    type nat hook prerouting priority dstnat; policy accept;",
+            "  }",
+            "  chain postrouting {",
+            "    type nat hook postrouting priority srcnat - 1; policy accept;",
             "  }",
             "}",
         ]

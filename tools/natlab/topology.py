@@ -15,7 +15,8 @@ Addresses are assigned by the host's position ``n`` (1-based, in declaration ord
   - ``public`` host n: ``198.18.0.(10+n)``
   - ``firewalled`` host n: ``198.18.0.(10+n)`` (routed to it through its router), router WAN
     ``198.18.0.(130+n)``
-  - NATed host n (``cone``, ``symmetric``, ``tcp-only``): router WAN ``198.18.0.(10+n)``
+  - NATed host n (``cone``, ``symmetric``, ``tcp-only``, ``mapping``): router WAN
+    ``198.18.0.(10+n)``
 * LAN of host n: ``198.19.n.0/24``, router ``198.19.n.1``, host ``198.19.n.2`` (a firewalled
   host carries its public address instead).
 """
@@ -29,10 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-Kind = Literal["public", "firewalled", "cone", "symmetric", "tcp-only"]
+Kind = Literal["public", "firewalled", "cone", "symmetric", "tcp-only", "mapping"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
-ROUTED_KINDS: frozenset[Kind] = frozenset({"firewalled", "cone", "symmetric", "tcp-only"})
-NAT_KINDS: frozenset[Kind] = frozenset({"cone", "symmetric", "tcp-only"})
+ROUTED_KINDS: frozenset[Kind] = frozenset(
+    {"firewalled", "cone", "symmetric", "tcp-only", "mapping"})
+NAT_KINDS: frozenset[Kind] = frozenset({"cone", "symmetric", "tcp-only", "mapping"})
+#: kinds whose router grants port mappings (PCP/NAT-PMP, ``tools/natlab/portmapd.py``)
+MAPPING_KINDS: frozenset[Kind] = frozenset({"mapping"})
+#: the longest mapping lifetime a ``mapping`` router grants unless the host says otherwise
+DEFAULT_MAX_LIFETIME_S = 3600
 
 PUBLIC_NET = "198.18.0.0/24"
 PUBLIC_PREFIXLEN = 24
@@ -89,6 +95,8 @@ class HostSpec:
     kind: Kind
     index: int  # 1-based position in the topology
     netem: Netem | None = None
+    #: ``mapping`` routers: the longest lifetime (s) they grant a mapping
+    max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
     @property
     def routed(self) -> bool:
@@ -147,7 +155,7 @@ class Topology:
                 raise TopologyError(f"{where}: names must match {HOST_NAME_RE.pattern}")
             if not isinstance(spec, Mapping):
                 raise TopologyError(f"{where}: expected a mapping, got {spec!r}")
-            unknown = set(spec) - {"kind", "netem"}
+            unknown = set(spec) - {"kind", "netem", "max_lifetime_s"}
             if unknown:
                 raise TopologyError(f"{where}: unknown keys {sorted(unknown)}")
             kind = spec.get("kind")
@@ -160,7 +168,13 @@ class Topology:
                 netem = Netem.from_dict(spec["netem"], where)
                 if not netem.active:
                     netem = None
-            specs.append(HostSpec(name=name, kind=cast(Kind, kind), index=index, netem=netem))
+            lifetime = spec.get("max_lifetime_s", DEFAULT_MAX_LIFETIME_S)
+            if "max_lifetime_s" in spec and kind not in MAPPING_KINDS:
+                raise TopologyError(f"{where}: max_lifetime_s is for kind 'mapping' only")
+            if type(lifetime) is not int or not 1 <= lifetime <= 86400:
+                raise TopologyError(f"{where}: max_lifetime_s is an integer in 1..86400")
+            specs.append(HostSpec(name=name, kind=cast(Kind, kind), index=index, netem=netem,
+                                  max_lifetime_s=lifetime))
         return cls(tuple(specs))
 
     @classmethod
