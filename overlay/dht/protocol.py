@@ -2,9 +2,11 @@
 
 Fixes over ``kademlia.protocol`` / ``rpcudp``:
 
-* every datagram is signed by its sender's key and the sender's id is derived from that key
-  (:mod:`overlay.dht.envelope`); junk and foreign datagrams are dropped and counted, never
-  raised inside the handler;
+* every datagram is authenticated by its sender's key and the sender's id is derived from that
+  key (:mod:`overlay.dht.envelope`): signed, or, once both nodes hold each other's signed
+  ephemeral key, with a session MAC (:mod:`overlay.dht.sessions`; a response takes the form
+  of its request, a retransmission is always signed); junk and foreign datagrams are dropped
+  and counted, never raised inside the handler;
 * a node enters the routing table only after it answered a request of ours, and never when it
   says it is a client behind NAT; a request from an unknown node triggers a verification ping,
   to an unproven source address only when no larger than the request and within a per-/24
@@ -50,18 +52,24 @@ from overlay.dht.amplification import (
 )
 from overlay.dht.envelope import (
     ANY_RECIPIENT,
+    NO_EPHEMERAL,
     Envelope,
     EnvelopeError,
     Flags,
     Kind,
+    SessionIds,
+    authenticate_mac,
+    authenticate_signature,
     new_msg_id,
-    open_datagram,
+    parse,
     seal,
+    seal_session,
 )
 from overlay.dht.fairness import NotClose
 from overlay.dht.replay import ReplayGuard
 from overlay.dht.routing import OverlayRoutingTable
 from overlay.dht.rtt import RttEstimator
+from overlay.dht.sessions import SessionTable, ephemeral_id
 from overlay.dht.storage import RecordStorage
 
 log = get_logger(__name__)
@@ -103,6 +111,8 @@ class DHTStats:
     #: requests sent a second time after their adaptive timeout passed unanswered
     retransmits: int = 0
     evicted: int = 0
+    #: datagrams sent, by how they were authenticated ("signed", "session")
+    sealed: Counter[str] = field(default_factory=Counter)
     #: puts that only this node stored, and how their retries ended
     puts_local_only: int = 0
     replication: Counter[str] = field(default_factory=Counter)
@@ -127,6 +137,8 @@ class _Outstanding:
     timer: asyncio.TimerHandle | None = None
     #: every message id this request went out under (the first copy and its retransmission)
     msg_ids: list[bytes] = field(default_factory=list)
+    #: the id of our ephemeral each signed copy carried, by message id
+    offered: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -161,8 +173,13 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         self.gate = AddressGate(time.monotonic())
         self.verify_budget: KeyedBuckets[str] = KeyedBuckets(
             VERIFY_PINGS_PER_S, VERIFY_PING_BURST, 4096)
+        self.sessions = SessionTable(source_node.id, identity.public_key, time.monotonic())
+        #: the sizes of a verification ping, signed and under a session
         self._ping_bytes = len(seal(identity, Kind.REQUEST, new_msg_id(), self.flags,
                                     ["ping", []], recipient=ANY_RECIPIENT))
+        self._session_ping_bytes = len(seal_session(
+            b"\0" * 32, identity.public_key, SessionIds(b"\0" * 8, b"\0" * 8), Kind.REQUEST,
+            new_msg_id(), self.flags, ["ping", []], recipient=b"\1" * 20))
         self.replay = ReplayGuard(source_node.id)
         #: the wall clock that stamps our datagrams and judges others' (tests move it)
         self.clock: Callable[[], float] = time.time
@@ -197,7 +214,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if self.closed:
             return
         try:
-            env = open_datagram(data)
+            env = self._open(data)
         except EnvelopeError as exc:
             self.stats.dropped[exc.reason] += 1
             return
@@ -209,6 +226,28 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         except Exception:  # a bug must not take the node down; count and log it
             self.stats.dropped["handler_error"] += 1
             log.exception("dht_handler_error", peer=f"{addr[0]}:{addr[1]}")
+
+    def _open(self, data: bytes) -> Envelope:
+        """Authenticate a datagram: its signature, or its MAC under the session it names."""
+        parsed = parse(data)
+        if parsed.session is None:
+            return authenticate_signature(parsed)
+        key = self.sessions.receiving(node_id_for(parsed.sender_key), parsed.session,
+                                      time.monotonic())
+        if key is None:
+            raise EnvelopeError("no_session", "no session with these ephemerals here")
+        return authenticate_mac(parsed, key)
+
+    def _seal(self, kind: Kind, msg_id: bytes, payload: Any, recipient: bytes,
+              keyed: tuple[bytes, SessionIds] | None) -> bytes:
+        """Our datagram: under the session ``keyed`` names, else signed with our ephemeral."""
+        if keyed is not None:
+            self.stats.sealed["session"] += 1
+            return seal_session(keyed[0], self.identity.public_key, keyed[1], kind, msg_id,
+                                self.flags, payload, recipient=recipient, now=self.clock())
+        self.stats.sealed["signed"] += 1
+        return seal(self.identity, kind, msg_id, self.flags, payload, recipient=recipient,
+                    now=self.clock(), ephemeral=self.sessions.offer(time.monotonic()))
 
     # -- outgoing requests ----------------------------------------------------------------
 
@@ -261,9 +300,14 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         msg_id = new_msg_id()
         out.msg_ids.append(msg_id)
         self._pending[msg_id] = out
+        keyed = None
+        if out.expected_id is not None:
+            keyed = self.sessions.sending(out.expected_id, time.monotonic())
+        if keyed is None:
+            out.offered[msg_id] = self.sessions.offer(time.monotonic())
         self.transport.sendto(
-            seal(self.identity, Kind.REQUEST, msg_id, self.flags, out.request,
-                 recipient=out.expected_id or ANY_RECIPIENT, now=self.clock()),
+            self._seal(Kind.REQUEST, msg_id, out.request, out.expected_id or ANY_RECIPIENT,
+                       keyed),
             out.address)
 
     def _retransmit(self, out: _Outstanding) -> None:
@@ -272,6 +316,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if out.future.done() or self.closed or self.transport is None:
             return
         self.stats.retransmits += 1
+        if out.expected_id is not None:  # it may have lost our session: the copy is signed
+            self.sessions.unacknowledge(out.expected_id)
         out.timer = asyncio.get_running_loop().call_later(
             self.config.rpc_timeout_s, self._timed_out, out)
         self._transmit(out)
@@ -304,12 +350,25 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return  # someone else answered for the node we asked: keep waiting, then time out
         self._finish(out)
         now = time.monotonic()
+        self._note_session(env, sender_id, out.offered.get(env.msg_id))
         if addr == out.address:  # it received our random msg_id there: the address is real
             self.gate.prove(addr, now)
         if len(out.msg_ids) == 1:  # Karn: an answer to a resent request times nothing
             self.rtt.observe(sender_id, now - out.sent_at)
         if not out.future.done():
             out.future.set_result((True, Reply(env.sender_key, env.flags, env.payload)))
+
+    def _note_session(self, env: Envelope, sender_id: bytes, offered: bytes | None) -> None:
+        """What an accepted datagram tells about the session with its sender: a signed one
+        shows its ephemeral (and, answering a request that carried ours, that it holds
+        ours); a session datagram shows it holds the ephemeral of ours it names."""
+        if env.session is not None:
+            self.sessions.acknowledge(sender_id, env.session.recipient_eph_id)
+            return
+        if env.ephemeral != NO_EPHEMERAL:
+            self.sessions.learn(sender_id, env.sender_key, env.ephemeral)
+            if offered is not None:
+                self.sessions.acknowledge(sender_id, ephemeral_id(offered))
 
     async def _call(
         self, node: Node, method: str, args: list[Any],
@@ -405,8 +464,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         node = Node(node_id, addr[0], addr[1])
         if not self.router.is_new_node(node):
             return
+        ping_bytes = (self._session_ping_bytes if self.sessions.established(node_id, now)
+                      else self._ping_bytes)
         if not self.gate.is_proven(addr, now) and (
-            self._ping_bytes > size or not self.verify_budget.allow(subnet_key(addr[0]), now)
+            ping_bytes > size or not self.verify_budget.allow(subnet_key(addr[0]), now)
         ):
             self.stats.dropped["verify_ping_withheld"] += 1
             return
@@ -443,6 +504,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         method, args = payload[0], payload[1]
         if self._refused_as_replay(env, method, self.clock()):
             return
+        self._note_session(env, node_id_for(env.sender_key), None)
         if len(payload) == 3 and not self.gate.check_cookie(payload[2], addr, env.sender_key,
                                                             now):
             self.stats.dropped["bad_cookie"] += 1  # answered as if it carried none
@@ -485,16 +547,16 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if self.transport is None or self.closed:
             return
         requester = node_id_for(env.sender_key)
-        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result,
-                        recipient=requester, now=self.clock())
+        now = time.monotonic()
+        # a response takes the form of its request
+        keyed = None if env.session is None else self.sessions.reply(requester, env.session, now)
+        datagram = self._seal(Kind.RESPONSE, env.msg_id, result, requester, keyed)
         if len(datagram) > self.gate.allowed(size):
-            now = time.monotonic()
             if not self.gate.is_proven(addr, now):
                 self.stats.dropped["truncated_unproven"] += 1
                 cookie = self.gate.cookie(addr, env.sender_key, now)
-                datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags,
-                                {"truncated": True, "cookie": cookie}, recipient=requester,
-                                now=self.clock())
+                datagram = self._seal(Kind.RESPONSE, env.msg_id,
+                                      {"truncated": True, "cookie": cookie}, requester, keyed)
                 if len(datagram) > self.gate.allowed(size):
                     return  # cannot happen for a signed request; never reflect more
         self.transport.sendto(datagram, addr)
