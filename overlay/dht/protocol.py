@@ -258,12 +258,16 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         args: list[Any],
         expected_id: bytes | None = None,
         on_retransmit: Callable[[], None] | None = None,
+        once: bool = False,
     ) -> tuple[bool, Reply | None]:
         """Send a request: (True, Reply) or (False, None). An answer withheld until our
         address is proven (``{"truncated": True, "cookie": c}``) is asked again with the
         cookie, once. ``on_retransmit`` is called when the adaptive timeout passed and the
-        request went out a second time (a lookup then stops counting it as in flight)."""
-        result = await self._send(address, method, args, expected_id, None, on_retransmit)
+        request went out a second time (a lookup then stops counting it as in flight);
+        ``once``: never a second copy (a verification ping to an unproven address, which
+        must not send it more than the one request that triggered it)."""
+        result = await self._send(address, method, args, expected_id, None, on_retransmit,
+                                  once)
         ok, reply = result
         if ok and reply is not None:
             cookie = retry_cookie(reply.payload)
@@ -281,6 +285,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         expected_id: bytes | None,
         cookie: bytes | None,
         on_retransmit: Callable[[], None] | None,
+        once: bool = False,
     ) -> asyncio.Future[tuple[bool, Reply | None]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
@@ -290,7 +295,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
         out = _Outstanding(future, expected_id, time.monotonic(), method, address, request,
                            on_retransmit)
-        out.timer = loop.call_later(self.rtt.timeout(expected_id), self._retransmit, out)
+        out.timer = (loop.call_later(self.config.rpc_timeout_s, self._timed_out, out) if once
+                     else loop.call_later(self.rtt.timeout(expected_id), self._retransmit, out))
         self.stats.requests_out[method] += 1
         self._transmit(out)
         return future
@@ -455,6 +461,15 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 if not ok:
                     return
 
+    def _bucket_closed(self, node: Node) -> bool:
+        """Whether ``node`` could not enter the table even if it answered: its bucket is
+        full and would not split (kademlia's rule in ``RoutingTable.add_contact``). Pinging
+        it then buys nothing but a replacement-cache entry and, on the answer, a ping of the
+        bucket's head: two signed round trips per unknown requester in a full bucket."""
+        bucket = self.router.buckets[self.router.get_bucket_for(node)]
+        return bool(len(bucket) >= bucket.ksize and not (
+            bucket.has_in_range(self.source_node) or bucket.depth() % 5 != 0))
+
     def _verify_unknown_sender(
         self, sender_key: bytes, addr: tuple[str, int], size: int, now: float
     ) -> None:
@@ -464,6 +479,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         node = Node(node_id, addr[0], addr[1])
         if not self.router.is_new_node(node):
             return
+        if self._bucket_closed(node):
+            self.stats.dropped["verify_ping_bucket_full"] += 1
+            return
         ping_bytes = (self._session_ping_bytes if self.sessions.established(node_id, now)
                       else self._ping_bytes)
         if not self.gate.is_proven(addr, now) and (
@@ -472,10 +490,12 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["verify_ping_withheld"] += 1
             return
         self._verifying.add(node_id)
+        once = not self.gate.is_proven(addr, now)
 
         async def verify() -> None:
             try:
-                await self.call_ping(node)
+                result = await self.rpc(addr, "ping", [], expected_id=node_id, once=once)
+                self.handle_call_response(result, node)
             finally:
                 self._verifying.discard(node_id)
 
