@@ -111,6 +111,8 @@ class DHTStats:
     #: requests sent a second time after their adaptive timeout passed unanswered
     retransmits: int = 0
     evicted: int = 0
+    #: pings sent to verify an unknown requester before it may enter the routing table
+    verification_pings: int = 0
     #: datagrams sent, by how they were authenticated ("signed", "session")
     sealed: Counter[str] = field(default_factory=Counter)
     #: puts that only this node stored, and how their retries ended
@@ -490,6 +492,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["verify_ping_withheld"] += 1
             return
         self._verifying.add(node_id)
+        self.stats.verification_pings += 1
         once = not self.gate.is_proven(addr, now)
 
         async def verify() -> None:
@@ -571,6 +574,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         # a response takes the form of its request
         keyed = None if env.session is None else self.sessions.reply(requester, env.session, now)
         datagram = self._seal(Kind.RESPONSE, env.msg_id, result, requester, keyed)
+        if keyed is None and env.session is None and env.ephemeral != NO_EPHEMERAL:
+            self.sessions.answered(requester, now)  # our answer carries our ephemeral
         if len(datagram) > self.gate.allowed(size):
             if not self.gate.is_proven(addr, now):
                 self.stats.dropped["truncated_unproven"] += 1

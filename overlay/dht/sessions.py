@@ -16,13 +16,15 @@ copies someone else's ephemeral into its own signed datagram gets a session with
 Who knows neither ephemeral secret cannot compute K, the thief of a node's long-term key
 included (no key-compromise impersonation: the ephemerals are signed, not derived from it).
 
-A node sends a peer session datagrams (MAC instead of signature) only once the peer has
-*proven* it holds the node's current ephemeral: it answered a signed request that carried it,
-or it sent a session datagram under it. A response takes the form of its request (a session
-request is answered under the same key). State is bounded: at most :data:`MAX_PEERS` peers
-(least recently used forgotten first), at most two ephemerals per peer, the derived keys of
-those only. A node that lost its state (restart, eviction) has no session: its peer's session
-datagrams are dropped unanswered (``no_session``), the peer's retransmission goes signed
+A node sends a peer session datagrams (MAC instead of signature) only once the peer holds
+the node's current ephemeral: it answered a signed request that carried it, it sent a
+session datagram under it, or the node answered its signed request with a signed response
+carrying it (the first exchange; should that response be lost, see below). A response takes
+the form of its request (a session request is answered under the same key). State is
+bounded: at most :data:`MAX_PEERS` peers (least recently used forgotten first), at most two
+ephemerals per peer, the derived keys of those only. A node that lost its state (restart,
+eviction) has no session: its peer's session datagrams are dropped unanswered
+(``no_session``), the peer's retransmission goes signed
 (:meth:`SessionTable.unacknowledge`), and the signed exchange sets the session up again; a
 signed datagram with a new ephemeral from a peer also resets what that peer was proven to
 hold.
@@ -178,6 +180,14 @@ class SessionTable:
         peer = self._peers.get(peer_id)
         if peer is not None and self._own(own_eph_id) is not None:
             peer.acknowledged = own_eph_id
+
+    def answered(self, peer_id: bytes, now: float) -> None:
+        """We answered the peer's signed request (which carried its ephemeral) with a signed
+        response carrying our current one: the peer holds ours once that response arrives.
+        Should it be lost, our next session datagram is dropped there unanswered and its
+        retransmission goes signed (:meth:`unacknowledge`)."""
+        self._rotate(now)
+        self.acknowledge(peer_id, self._current.id)
 
     def unacknowledge(self, peer_id: bytes) -> None:
         """The peer may have lost our ephemeral (a request went unanswered): sign again

@@ -139,3 +139,14 @@ def test_any_flipped_bit_fails_the_mac(position: int) -> None:
     datagram[position] ^= 0x01
     with pytest.raises(EnvelopeError):
         authenticate_mac(parse(bytes(datagram)), key)
+
+
+def test_answering_a_signed_request_lets_the_answerer_use_the_session() -> None:
+    a, b = pair()
+    b.learn(A.node_id, A.public_key, a.offer(1.0))  # a's signed request
+    assert b.sending(A.node_id, 1.0) is None
+    a.learn(B.node_id, B.public_key, b.offer(1.0))  # b's signed answer reaches a
+    b.answered(A.node_id, 1.0)
+    sent = b.sending(A.node_id, 1.0)
+    assert sent is not None
+    assert a.receiving(B.node_id, sent[1], 1.0) == sent[0]

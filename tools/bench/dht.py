@@ -239,6 +239,7 @@ class OverlayBenchNode:
         s = self.node.stats
         c: Counter[str] = Counter({f"rpc_out_{m}": n for m, n in s.requests_out.items()})
         c["rpc_out"] = sum(s.requests_out.values())
+        c["verification_pings"] = s.verification_pings
         c["sealed_signed"] = s.sealed["signed"]
         c["sealed_session"] = s.sealed["session"]
         verifier = self.node.storage.verifier
