@@ -113,6 +113,8 @@ class DHTStats:
     evicted: int = 0
     #: pings sent to verify an unknown requester before it may enter the routing table
     verification_pings: int = 0
+    #: unknown requesters admitted without a ping: proven at their address with their key
+    admitted_proven: int = 0
     #: datagrams sent, by how they were authenticated ("signed", "session")
     sealed: Counter[str] = field(default_factory=Counter)
     #: puts that only this node stored, and how their retries ended
@@ -360,7 +362,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         now = time.monotonic()
         self._note_session(env, sender_id, out.offered.get(env.msg_id))
         if addr == out.address:  # it received our random msg_id there: the address is real
-            self.gate.prove(addr, now)
+            self.gate.prove(addr, now, env.sender_key)
         if len(out.msg_ids) == 1:  # Karn: an answer to a resent request times nothing
             self.rtt.observe(sender_id, now - out.sent_at)
         if not out.future.done():
@@ -481,6 +483,12 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         node = Node(node_id, addr[0], addr[1])
         if not self.router.is_new_node(node):
             return
+        if self.gate.proven_for(addr, sender_key, now):
+            # its key's holder already received at this address what we sent (it answered
+            # us from there, or came back with its cookie): what the ping would show
+            self.stats.admitted_proven += 1
+            self.welcome_if_new(node)
+            return
         if self._bucket_closed(node):
             self.stats.dropped["verify_ping_bucket_full"] += 1
             return
@@ -544,8 +552,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["unknown_method"] += 1
             result = {"error": f"unknown method {method[:40]!r}"}
         self.stats.requests_in[method if method in CORE_METHODS else "other"] += 1
-        self._respond(env, addr, result, size)
-        if not env.flags & Flags.CLIENT:
+        cookie_sent = self._respond(env, addr, result, size)
+        # a sender handed a cookie comes back with it, which proves it at this address with
+        # its key (then admitted without a ping): a ping now would show nothing more
+        if not env.flags & Flags.CLIENT and not cookie_sent:
             self._verify_unknown_sender(env.sender_key, addr, size, now)
 
     def _refused_as_replay(self, env: Envelope, method: str, wall: float) -> bool:
@@ -566,9 +576,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return len(args) == 2 and is_key(args[0]) and type(args[1]) is bytes
         return len(args) == 1 and is_key(args[0])
 
-    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any, size: int) -> None:
+    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any, size: int) -> bool:
+        """Answer ``env``; True when the answer was withheld for a cookie round trip."""
         if self.transport is None or self.closed:
-            return
+            return False
         requester = node_id_for(env.sender_key)
         now = time.monotonic()
         # a response takes the form of its request
@@ -583,8 +594,11 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 datagram = self._seal(Kind.RESPONSE, env.msg_id,
                                       {"truncated": True, "cookie": cookie}, requester, keyed)
                 if len(datagram) > self.gate.allowed(size):
-                    return  # cannot happen for a signed request; never reflect more
+                    return False  # cannot happen for a signed request; never reflect more
+                self.transport.sendto(datagram, addr)
+                return True
         self.transport.sendto(datagram, addr)
+        return False
 
     def rpc_ping(self, sender: tuple[str, int]) -> Any:
         return {"pong": True}

@@ -240,6 +240,7 @@ class OverlayBenchNode:
         c: Counter[str] = Counter({f"rpc_out_{m}": n for m, n in s.requests_out.items()})
         c["rpc_out"] = sum(s.requests_out.values())
         c["verification_pings"] = s.verification_pings
+        c["admitted_without_ping"] = s.admitted_proven
         c["sealed_signed"] = s.sealed["signed"]
         c["sealed_session"] = s.sealed["session"]
         verifier = self.node.storage.verifier
