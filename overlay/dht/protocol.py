@@ -7,10 +7,11 @@ Fixes over ``kademlia.protocol`` / ``rpcudp``:
   ephemeral key, with a session MAC (:mod:`overlay.dht.sessions`; a response takes the form
   of its request, a retransmission is always signed); junk and foreign datagrams are dropped
   and counted, never raised inside the handler;
-* a node enters the routing table only after it answered a request of ours, and never when it
-  says it is a client behind NAT; a request from an unknown node triggers a verification ping,
-  to an unproven source address only when no larger than the request and within a per-/24
-  budget (below), so it amplifies nothing;
+* a node enters the routing table only after it proved it receives at its address with its
+  key (it answered a request of ours, or came back with its cookie), and never when it says
+  it is a client behind NAT; a request from an unknown, unproven node triggers a verification
+  ping, to an unproven source address only when no larger than the request, never
+  retransmitted, and within a per-/24 budget (below), so it amplifies nothing;
 * anti-amplification (:mod:`overlay.dht.amplification`): an answer to a source address that
   has not proven it receives is at most 3x the request; a larger one is replaced by
   ``{"truncated": True, "cookie": c}`` and :meth:`OverlayProtocol.rpc` repeats the request
