@@ -470,7 +470,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         """Whether ``node`` could not enter the table even if it answered: its bucket is
         full and would not split (kademlia's rule in ``RoutingTable.add_contact``). Pinging
         it then buys nothing but a replacement-cache entry and, on the answer, a ping of the
-        bucket's head: two signed round trips per unknown requester in a full bucket."""
+        bucket's head: two round trips per unknown requester in a full bucket."""
         bucket = self.router.buckets[self.router.get_bucket_for(node)]
         return bool(len(bucket) >= bucket.ksize and not (
             bucket.has_in_range(self.source_node) or bucket.depth() % 5 != 0))
