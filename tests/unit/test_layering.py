@@ -63,6 +63,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/relay/budget.py",
     "overlay/relay/protocol.py",
     "overlay/dht/envelope.py",
+    "overlay/dht/sessions.py",
     "overlay/media/punch.py",
     "overlay/media/quic/core.py",
     "overlay/media/quic/congestion.py",
