@@ -1,11 +1,15 @@
-"""DHT session keys (overlay.dht.sessions) and the session envelope: sans-IO, real crypto."""
+"""DHT session keys (overlay.dht.sessions) and the session envelope: sans-IO, real crypto;
+the last test recovers a lost session between two real nodes on loopback."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from nacl.bindings import crypto_scalarmult_base
 
 from overlay.core.identity import Identity, node_id_for
+from overlay.dht import DHTConfig, DHTNode
 from overlay.dht.envelope import (
     EnvelopeError,
     Flags,
@@ -16,6 +20,7 @@ from overlay.dht.envelope import (
     seal_session,
 )
 from overlay.dht.sessions import ROTATE_S, SessionTable, ephemeral_id, session_key
+from tests.helpers.netutil import loopback_ips, wait_for
 
 A, B = Identity.from_seed(b"\x03" * 32), Identity.from_seed(b"\x04" * 32)
 #: docs/ARCHITECTURE.md, "DHT datagram": the session test vector
@@ -150,3 +155,31 @@ def test_answering_a_signed_request_lets_the_answerer_use_the_session() -> None:
     sent = b.sending(A.node_id, 1.0)
     assert sent is not None
     assert a.receiving(B.node_id, sent[1], 1.0) == sent[0]
+
+
+async def test_a_node_that_lost_its_sessions_is_reached_again() -> None:
+    """B forgets every session (a restart, or evicted peers): A's next session request is
+    dropped there, its retransmission goes signed and is answered, and the session is set up
+    again by that exchange."""
+
+    config = DHTConfig(refresh_interval_s=3600)
+    a, b = DHTNode(Identity.generate(), config), DHTNode(Identity.generate(), config)
+    ips = loopback_ips(2)
+    await a.start(ips[0], 0)
+    await b.start(ips[1], 0)
+    try:
+        await a.call(b.address, "ping", node_id=b.node_id)
+        assert a._proto.sessions.established(b.node_id, time.monotonic())
+        await wait_for(lambda: not b._proto._verifying)  # B's check of A is over
+        b._proto.sessions = SessionTable(b.node_id, b.identity.public_key, time.monotonic())
+        reply = await a.call(b.address, "find_node", b"\x01" * 20, node_id=b.node_id)
+        assert set(reply) == {"nodes"}
+        assert b.stats.dropped["no_session"] == 1
+        assert a.stats.retransmits == 1
+        before = a.stats.sealed["session"]
+        await a.call(b.address, "ping", node_id=b.node_id)
+        assert a.stats.sealed["session"] == before + 1  # MAC'd again
+        assert b.stats.dropped["no_session"] == 1
+    finally:
+        a.stop()
+        b.stop()
