@@ -8,6 +8,10 @@ datagram. An address is proven when
 * a request from it carried a valid cookie: ``HMAC-SHA256(secret, ip | port | sender_key)``
   truncated to :data:`COOKIE_BYTES`, which this node handed out only *to* that address.
 
+Either way the proof names the key whose holder received there (the answer's sender, the
+cookie's ``sender_key``): that is what a verification ping shows, so a node proven so need not
+be pinged (:meth:`AddressGate.proven_for`).
+
 The secret rotates every :data:`COOKIE_ROTATE_S`; a cookie made with the current or the
 previous secret is accepted (so a cookie lives 2 to 4 minutes). Proven addresses are
 remembered for :data:`PROVEN_TTL_S`, at most :data:`MAX_PROVEN` of them (least recently
@@ -53,7 +57,8 @@ class AddressGate:
         self._secret = os.urandom(32)
         self._previous = os.urandom(32)
         self._rotated_at = now
-        self._proven: OrderedDict[tuple[str, int], float] = OrderedDict()
+        #: proven addresses: until when, and the key whose datagram proved it
+        self._proven: OrderedDict[tuple[str, int], tuple[float, bytes | None]] = OrderedDict()
 
     def _rotate(self, now: float) -> None:
         if now - self._rotated_at >= COOKIE_ROTATE_S:
@@ -81,24 +86,35 @@ class AddressGate:
             return False
         for secret in (self._secret, self._previous):
             if hmac.compare_digest(cookie, self._mac(secret, addr, sender_key)):
-                self.prove(addr, now)
+                self.prove(addr, now, sender_key)
                 return True
         return False
 
-    def prove(self, addr: tuple[str, int], now: float) -> None:
+    def prove(self, addr: tuple[str, int], now: float, key: bytes | None = None) -> None:
+        """``addr`` received what we sent it: ``key``'s holder answered from there (an
+        answer authenticated by ``key`` to our random msg_id, or ``key``'s valid cookie)."""
         self._proven.pop(addr, None)
-        self._proven[addr] = now + PROVEN_TTL_S
+        self._proven[addr] = (now + PROVEN_TTL_S, key)
         while len(self._proven) > self.max_proven:
             self._proven.popitem(last=False)
 
     def is_proven(self, addr: tuple[str, int], now: float) -> bool:
-        expiry = self._proven.get(addr)
-        if expiry is None:
-            return False
-        if expiry <= now:
+        return self._live(addr, now) is not None
+
+    def proven_for(self, addr: tuple[str, int], key: bytes, now: float) -> bool:
+        """Whether ``key``'s holder proved it receives at ``addr`` (what a verification
+        ping would show), within :data:`PROVEN_TTL_S`."""
+        entry = self._live(addr, now)
+        return entry is not None and entry[1] == key
+
+    def _live(self, addr: tuple[str, int], now: float) -> tuple[float, bytes | None] | None:
+        entry = self._proven.get(addr)
+        if entry is None:
+            return None
+        if entry[0] <= now:
             del self._proven[addr]
-            return False
-        return True
+            return None
+        return entry
 
     @staticmethod
     def allowed(request_bytes: int) -> int:

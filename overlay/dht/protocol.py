@@ -2,13 +2,16 @@
 
 Fixes over ``kademlia.protocol`` / ``rpcudp``:
 
-* every datagram is signed by its sender's key and the sender's id is derived from that key
-  (:mod:`overlay.dht.envelope`); junk and foreign datagrams are dropped and counted, never
-  raised inside the handler;
-* a node enters the routing table only after it answered a request of ours, and never when it
-  says it is a client behind NAT; a request from an unknown node triggers a verification ping,
-  to an unproven source address only when no larger than the request and within a per-/24
-  budget (below), so it amplifies nothing;
+* every datagram is authenticated by its sender's key and the sender's id is derived from that
+  key (:mod:`overlay.dht.envelope`): signed, or, once both nodes hold each other's signed
+  ephemeral key, with a session MAC (:mod:`overlay.dht.sessions`; a response takes the form
+  of its request, a retransmission is always signed); junk and foreign datagrams are dropped
+  and counted, never raised inside the handler;
+* a node enters the routing table only after it proved it receives at its address with its
+  key (it answered a request of ours, or came back with its cookie), and never when it says
+  it is a client behind NAT; a request from an unknown, unproven node triggers a verification
+  ping, to an unproven source address only when no larger than the request, never
+  retransmitted, and within a per-/24 budget (below), so it amplifies nothing;
 * anti-amplification (:mod:`overlay.dht.amplification`): an answer to a source address that
   has not proven it receives is at most 3x the request; a larger one is replaced by
   ``{"truncated": True, "cookie": c}`` and :meth:`OverlayProtocol.rpc` repeats the request
@@ -50,18 +53,24 @@ from overlay.dht.amplification import (
 )
 from overlay.dht.envelope import (
     ANY_RECIPIENT,
+    NO_EPHEMERAL,
     Envelope,
     EnvelopeError,
     Flags,
     Kind,
+    SessionIds,
+    authenticate_mac,
+    authenticate_signature,
     new_msg_id,
-    open_datagram,
+    parse,
     seal,
+    seal_session,
 )
 from overlay.dht.fairness import NotClose
 from overlay.dht.replay import ReplayGuard
 from overlay.dht.routing import OverlayRoutingTable, TableLimits
 from overlay.dht.rtt import RttEstimator
+from overlay.dht.sessions import SessionTable, ephemeral_id
 from overlay.dht.storage import RecordStorage
 
 log = get_logger(__name__)
@@ -124,6 +133,12 @@ class DHTStats:
     #: requests sent a second time after their adaptive timeout passed unanswered
     retransmits: int = 0
     evicted: int = 0
+    #: pings sent to verify an unknown requester before it may enter the routing table
+    verification_pings: int = 0
+    #: unknown requesters admitted without a ping: proven at their address with their key
+    admitted_proven: int = 0
+    #: datagrams sent, by how they were authenticated ("signed", "session")
+    sealed: Counter[str] = field(default_factory=Counter)
     #: puts that only this node stored, and how their retries ended
     puts_local_only: int = 0
     replication: Counter[str] = field(default_factory=Counter)
@@ -151,6 +166,8 @@ class _Outstanding:
     timer: asyncio.TimerHandle | None = None
     #: every message id this request went out under (the first copy and its retransmission)
     msg_ids: list[bytes] = field(default_factory=list)
+    #: the id of our ephemeral each signed copy carried, by message id
+    offered: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
@@ -187,8 +204,13 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         self.gate = AddressGate(time.monotonic())
         self.verify_budget: KeyedBuckets[str] = KeyedBuckets(
             VERIFY_PINGS_PER_S, VERIFY_PING_BURST, 4096)
+        self.sessions = SessionTable(source_node.id, identity.public_key, time.monotonic())
+        #: the sizes of a verification ping, signed and under a session
         self._ping_bytes = len(seal(identity, Kind.REQUEST, new_msg_id(), self.flags,
                                     ["ping", []], recipient=ANY_RECIPIENT))
+        self._session_ping_bytes = len(seal_session(
+            b"\0" * 32, identity.public_key, SessionIds(b"\0" * 8, b"\0" * 8), Kind.REQUEST,
+            new_msg_id(), self.flags, ["ping", []], recipient=b"\1" * 20))
         self.replay = ReplayGuard(source_node.id)
         #: the wall clock that stamps our datagrams and judges others' (tests move it)
         self.clock: Callable[[], float] = time.time
@@ -223,7 +245,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if self.closed:
             return
         try:
-            env = open_datagram(data)
+            env = self._open(data)
         except EnvelopeError as exc:
             self.stats.dropped[exc.reason] += 1
             return
@@ -236,6 +258,28 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["handler_error"] += 1
             log.exception("dht_handler_error", peer=f"{addr[0]}:{addr[1]}")
 
+    def _open(self, data: bytes) -> Envelope:
+        """Authenticate a datagram: its signature, or its MAC under the session it names."""
+        parsed = parse(data)
+        if parsed.session is None:
+            return authenticate_signature(parsed)
+        key = self.sessions.receiving(node_id_for(parsed.sender_key), parsed.session,
+                                      time.monotonic())
+        if key is None:
+            raise EnvelopeError("no_session", "no session with these ephemerals here")
+        return authenticate_mac(parsed, key)
+
+    def _seal(self, kind: Kind, msg_id: bytes, payload: Any, recipient: bytes,
+              keyed: tuple[bytes, SessionIds] | None) -> bytes:
+        """Our datagram: under the session ``keyed`` names, else signed with our ephemeral."""
+        if keyed is not None:
+            self.stats.sealed["session"] += 1
+            return seal_session(keyed[0], self.identity.public_key, keyed[1], kind, msg_id,
+                                self.flags, payload, recipient=recipient, now=self.clock())
+        self.stats.sealed["signed"] += 1
+        return seal(self.identity, kind, msg_id, self.flags, payload, recipient=recipient,
+                    now=self.clock(), ephemeral=self.sessions.offer(time.monotonic()))
+
     # -- outgoing requests ----------------------------------------------------------------
 
     async def rpc(
@@ -245,18 +289,16 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         args: list[Any],
         expected_id: bytes | None = None,
         on_retransmit: Callable[[], None] | None = None,
-        retransmit: bool = True,
+        once: bool = False,
     ) -> tuple[bool, Reply | None]:
         """Send a request: (True, Reply) or (False, None). An answer withheld until our
         address is proven (``{"truncated": True, "cookie": c}``) is asked again with the
         cookie, once. ``on_retransmit`` is called when the adaptive timeout passed and the
         request went out a second time (a lookup then stops counting it as in flight);
-        ``retransmit=False`` sends it once (verification pings to unproven addresses: their
-        per-/24 budget counts datagrams)."""
-        if not retransmit:
-            return await self._send(address, method, args, expected_id, None, None,
-                                    retransmit=False)
-        result = await self._send(address, method, args, expected_id, None, on_retransmit)
+        ``once``: never a second copy (a verification ping to an unproven address, which
+        must not send it more than the one request that triggered it)."""
+        result = await self._send(address, method, args, expected_id, None, on_retransmit,
+                                  once)
         ok, reply = result
         if ok and reply is not None:
             cookie = retry_cookie(reply.payload)
@@ -274,7 +316,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         expected_id: bytes | None,
         cookie: bytes | None,
         on_retransmit: Callable[[], None] | None,
-        retransmit: bool = True,
+        once: bool = False,
     ) -> asyncio.Future[tuple[bool, Reply | None]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
@@ -284,8 +326,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
         out = _Outstanding(future, expected_id, time.monotonic(), method, address, request,
                            on_retransmit)
-        out.timer = loop.call_later(self.rtt.timeout(expected_id),
-                                     self._retransmit if retransmit else self._timed_out, out)
+        out.timer = (loop.call_later(self.config.rpc_timeout_s, self._timed_out, out) if once
+                     else loop.call_later(self.rtt.timeout(expected_id), self._retransmit, out))
         self.stats.requests_out[method] += 1
         self._transmit(out)
         return future
@@ -295,9 +337,14 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         msg_id = new_msg_id()
         out.msg_ids.append(msg_id)
         self._pending[msg_id] = out
+        keyed = None
+        if out.expected_id is not None:
+            keyed = self.sessions.sending(out.expected_id, time.monotonic())
+        if keyed is None:
+            out.offered[msg_id] = self.sessions.offer(time.monotonic())
         self.transport.sendto(
-            seal(self.identity, Kind.REQUEST, msg_id, self.flags, out.request,
-                 recipient=out.expected_id or ANY_RECIPIENT, now=self.clock()),
+            self._seal(Kind.REQUEST, msg_id, out.request, out.expected_id or ANY_RECIPIENT,
+                       keyed),
             out.address)
 
     def _retransmit(self, out: _Outstanding) -> None:
@@ -306,6 +353,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if out.future.done() or self.closed or self.transport is None:
             return
         self.stats.retransmits += 1
+        if out.expected_id is not None:  # it may have lost our session: the copy is signed
+            self.sessions.unacknowledge(out.expected_id)
         out.timer = asyncio.get_running_loop().call_later(
             self.config.rpc_timeout_s, self._timed_out, out)
         self._transmit(out)
@@ -338,12 +387,25 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return  # someone else answered for the node we asked: keep waiting, then time out
         self._finish(out)
         now = time.monotonic()
+        self._note_session(env, sender_id, out.offered.get(env.msg_id))
         if addr == out.address:  # it received our random msg_id there: the address is real
-            self.gate.prove(addr, now)
+            self.gate.prove(addr, now, env.sender_key)
         if len(out.msg_ids) == 1:  # Karn: an answer to a resent request times nothing
             self.rtt.observe(sender_id, now - out.sent_at)
         if not out.future.done():
             out.future.set_result((True, Reply(env.sender_key, env.flags, env.payload)))
+
+    def _note_session(self, env: Envelope, sender_id: bytes, offered: bytes | None) -> None:
+        """What an accepted datagram tells about the session with its sender: a signed one
+        shows its ephemeral (and, answering a request that carried ours, that it holds
+        ours); a session datagram shows it holds the ephemeral of ours it names."""
+        if env.session is not None:
+            self.sessions.acknowledge(sender_id, env.session.recipient_eph_id)
+            return
+        if env.ephemeral != NO_EPHEMERAL:
+            self.sessions.learn(sender_id, env.sender_key, env.ephemeral)
+            if offered is not None:
+                self.sessions.acknowledge(sender_id, ephemeral_id(offered))
 
     async def _call(
         self, node: Node, method: str, args: list[Any],
@@ -365,10 +427,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
     ) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "find_value", [node_to_find.id], on_retransmit)
 
-    async def call_ping(self, node_to_ask: Node, retransmit: bool = True) -> tuple[bool, Any]:
-        result = await self.rpc((node_to_ask.ip, node_to_ask.port), "ping", [],
-                                expected_id=node_to_ask.id, retransmit=retransmit)
-        return self.handle_call_response(result, node_to_ask)
+    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "ping", [])
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "store", [key, value])
@@ -432,6 +492,15 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 if not ok:
                     return
 
+    def _bucket_closed(self, node: Node) -> bool:
+        """Whether ``node`` could not enter the table even if it answered: its bucket is
+        full and would not split (kademlia's rule in ``RoutingTable.add_contact``). Pinging
+        it then buys nothing but a replacement-cache entry and, on the answer, a ping of the
+        bucket's head: two round trips per unknown requester in a full bucket."""
+        bucket = self.router.buckets[self.router.get_bucket_for(node)]
+        return bool(len(bucket) >= bucket.ksize and not (
+            bucket.has_in_range(self.source_node) or bucket.depth() % 5 != 0))
+
     def _verify_unknown_sender(
         self, sender_key: bytes, addr: tuple[str, int], size: int, now: float
     ) -> None:
@@ -444,16 +513,30 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         node = Node(node_id, addr[0], addr[1])
         if not self.router.is_new_node(node):
             return
+        if self.gate.proven_for(addr, sender_key, now):
+            # its key's holder already received at this address what we sent (it answered
+            # us from there, or came back with its cookie): what the ping would show
+            self.stats.admitted_proven += 1
+            self.welcome_if_new(node)
+            return
+        if self._bucket_closed(node):
+            self.stats.dropped["verify_ping_bucket_full"] += 1
+            return
+        ping_bytes = (self._session_ping_bytes if self.sessions.established(node_id, now)
+                      else self._ping_bytes)
         if not self.gate.is_proven(addr, now) and (
-            self._ping_bytes > size or not self.verify_budget.allow(subnet_key(addr[0]), now)
+            ping_bytes > size or not self.verify_budget.allow(subnet_key(addr[0]), now)
         ):
             self.stats.dropped["verify_ping_withheld"] += 1
             return
         self._verifying.add(node_id)
+        self.stats.verification_pings += 1
+        once = not self.gate.is_proven(addr, now)
 
         async def verify() -> None:
             try:
-                await self.call_ping(node, retransmit=False)
+                result = await self.rpc(addr, "ping", [], expected_id=node_id, once=once)
+                self.handle_call_response(result, node)
             finally:
                 self._verifying.discard(node_id)
 
@@ -482,6 +565,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         method, args = payload[0], payload[1]
         if self._refused_as_replay(env, method, self.clock()):
             return
+        self._note_session(env, node_id_for(env.sender_key), None)
         if len(payload) == 3 and not self.gate.check_cookie(payload[2], addr, env.sender_key,
                                                             now):
             self.stats.dropped["bad_cookie"] += 1  # answered as if it carried none
@@ -502,8 +586,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["unknown_method"] += 1
             result = {"error": f"unknown method {method[:40]!r}"}
         self.stats.requests_in[method if method in CORE_METHODS else "other"] += 1
-        self._respond(env, addr, result, size)
-        if not env.flags & Flags.CLIENT:
+        cookie_sent = self._respond(env, addr, result, size)
+        # a sender handed a cookie comes back with it, which proves it at this address with
+        # its key (then admitted without a ping): a ping now would show nothing more
+        if not env.flags & Flags.CLIENT and not cookie_sent:
             self._verify_unknown_sender(env.sender_key, addr, size, now)
 
     def _refused_as_replay(self, env: Envelope, method: str, wall: float) -> bool:
@@ -524,23 +610,29 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return len(args) == 2 and is_key(args[0]) and type(args[1]) is bytes
         return len(args) == 1 and is_key(args[0])
 
-    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any, size: int) -> None:
+    def _respond(self, env: Envelope, addr: tuple[str, int], result: Any, size: int) -> bool:
+        """Answer ``env``; True when the answer was withheld for a cookie round trip."""
         if self.transport is None or self.closed:
-            return
+            return False
         requester = node_id_for(env.sender_key)
-        datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags, result,
-                        recipient=requester, now=self.clock())
+        now = time.monotonic()
+        # a response takes the form of its request
+        keyed = None if env.session is None else self.sessions.reply(requester, env.session, now)
+        datagram = self._seal(Kind.RESPONSE, env.msg_id, result, requester, keyed)
+        if keyed is None and env.session is None and env.ephemeral != NO_EPHEMERAL:
+            self.sessions.answered(requester, now)  # our answer carries our ephemeral
         if len(datagram) > self.gate.allowed(size):
-            now = time.monotonic()
             if not self.gate.is_proven(addr, now):
                 self.stats.dropped["truncated_unproven"] += 1
                 cookie = self.gate.cookie(addr, env.sender_key, now)
-                datagram = seal(self.identity, Kind.RESPONSE, env.msg_id, self.flags,
-                                {"truncated": True, "cookie": cookie}, recipient=requester,
-                                now=self.clock())
+                datagram = self._seal(Kind.RESPONSE, env.msg_id,
+                                      {"truncated": True, "cookie": cookie}, requester, keyed)
                 if len(datagram) > self.gate.allowed(size):
-                    return  # cannot happen for a signed request; never reflect more
+                    return False  # cannot happen for a signed request; never reflect more
+                self.transport.sendto(datagram, addr)
+                return True
         self.transport.sendto(datagram, addr)
+        return False
 
     def rpc_ping(self, sender: tuple[str, int]) -> Any:
         return {"pong": True}

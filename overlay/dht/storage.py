@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -99,26 +99,42 @@ class StorageStats:
 class RecordVerifier:
     """``records.verify`` with a bounded cache of records already verified.
 
-    The signature and schema of a given byte string never change, so a hit only re-checks time.
+    The signature and schema of a given byte string never change, so a hit (the same bytes,
+    found by their BLAKE2b-128 and compared whole) only re-checks time: an expired record is
+    refused and leaves the cache. Least recently used entries go first when it is full. A
+    value lookup meets the same record once per holder that answers (up to k), so each node
+    verifies its signature once.
     """
 
     def __init__(self, entries: int) -> None:
-        self._cache: dict[bytes, SignedRecord] = {}
+        self._cache: OrderedDict[bytes, SignedRecord] = OrderedDict()
         self._entries = entries
+        self.hits = 0
+        self.misses = 0
 
     def verify(self, wire: object, now: float) -> SignedRecord:
-        if isinstance(wire, bytes) and len(wire) <= records.MAX_RECORD_BYTES:
-            tag = hashlib.blake2b(wire, digest_size=16).digest()
-            hit = self._cache.get(tag)
-            if hit is not None and hit.wire == wire:
+        if not isinstance(wire, bytes) or len(wire) > records.MAX_RECORD_BYTES:
+            return records.verify(wire, now)
+        tag = hashlib.blake2b(wire, digest_size=16).digest()
+        hit = self._cache.get(tag)
+        if hit is not None and hit.wire == wire:
+            try:
                 records.check_lifetime(hit.record, now)
-                return hit
-            signed = records.verify(wire, now)
-            if len(self._cache) >= self._entries:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[tag] = signed
-            return signed
-        return records.verify(wire, now)
+            except RecordError:
+                del self._cache[tag]
+                raise
+            self._cache.move_to_end(tag)
+            self.hits += 1
+            return hit
+        signed = records.verify(wire, now)
+        self.misses += 1
+        self._cache[tag] = signed
+        while len(self._cache) > self._entries:
+            self._cache.popitem(last=False)
+        return signed
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 class RecordStorage(IStorage):  # type: ignore[misc]

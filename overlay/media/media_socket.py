@@ -4,7 +4,7 @@ One :class:`MediaSocket` per client: a single UDP socket that asks supernodes fo
 address (:mod:`overlay.media.binding`), punches holes (:mod:`overlay.media.punch_io`), and then
 carries QUIC (:mod:`overlay.media.quic`). It demultiplexes every datagram it receives:
 
-- ``OVL2`` (DHT envelope): RESPONSE envelopes whose msg_id a binding request is waiting for;
+- ``OVL3`` (DHT envelope): signed RESPONSE envelopes whose msg_id a binding request is waiting for;
 - ``OVLP`` (punch probe, :mod:`overlay.media.punch`): to the punching session it names;
 - anything else: QUIC, routed by destination connection id (then by source address); a QUIC
   Initial from an address a waiting responder accepts creates its connection. QUIC packets

@@ -26,7 +26,19 @@ from overlay.core.offers import signed_by, split_offer
 from overlay.core.records import RecordError
 from overlay.core.user_ref import BadUserRef, parse_user_ref
 from overlay.dht.crawling import OverlayValueCrawl, parse_nodes
-from overlay.dht.envelope import ANY_RECIPIENT, EnvelopeError, Flags, Kind, open_datagram, seal
+from overlay.dht.envelope import (
+    ANY_RECIPIENT,
+    EnvelopeError,
+    Flags,
+    Kind,
+    SessionIds,
+    authenticate_mac,
+    authenticate_signature,
+    open_datagram,
+    parse,
+    seal,
+    seal_session,
+)
 from overlay.dht.protocol import DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.storage import RecordStorage
 from overlay.media import candidate_policy, transfer
@@ -80,15 +92,29 @@ def _records(wire: bytes) -> None:
 
 # -- DHT -------------------------------------------------------------------------------------
 
+_SESSION_KEY = b"\x07" * 32
+_SESSION_IDS = SessionIds(b"\x01" * 8, b"\x02" * 8)
 _SEALED = [seal(seeds.NODE, Kind.REQUEST, b"\x01" * 20, Flags.CLIENT, ["ping", []],
                 recipient=ANY_RECIPIENT, now=seeds.NOW),
            seal(seeds.NODE, Kind.RESPONSE, b"\x02" * 20, Flags.NONE, {"pong": True},
-                recipient=node_id_for(seeds.ALICE.public_key), now=seeds.NOW)]
+                recipient=node_id_for(seeds.ALICE.public_key), now=seeds.NOW,
+                ephemeral=b"\x09" * 32),
+           seal_session(_SESSION_KEY, seeds.NODE.public_key, _SESSION_IDS, Kind.REQUEST,
+                        b"\x03" * 20, Flags.NONE, ["find_value", [b"\x02" * 20]],
+                        recipient=node_id_for(seeds.ALICE.public_key), now=seeds.NOW),
+           seal_session(_SESSION_KEY, seeds.NODE.public_key, _SESSION_IDS, Kind.RESPONSE,
+                        b"\x04" * 20, Flags.NONE, {"nodes": []},
+                        recipient=node_id_for(seeds.ALICE.public_key), now=seeds.NOW)]
 
 
 def _envelope(data: bytes) -> None:
-    env = open_datagram(data)
+    """Both forms: a signed datagram checked by its signature, a session one under the seed
+    session key (what a node holding that session does)."""
+    parsed = parse(data)
+    env = (authenticate_signature(parsed) if parsed.session is None
+           else authenticate_mac(parsed, _SESSION_KEY))
     assert len(env.msg_id) == 20 and len(env.sender_key) == 32
+    assert (env.session is None) == (len(env.ephemeral) == 32 and parsed.session is None)
 
 
 class _Transport:

@@ -66,6 +66,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/relay/voucher.py",
     "overlay/dht/envelope.py",
     "overlay/dht/directory.py",
+    "overlay/dht/sessions.py",
     "overlay/media/punch.py",
     "overlay/media/quic/core.py",
     "overlay/media/quic/congestion.py",

@@ -12,6 +12,8 @@ package, with A random per run. The same workload runs on both:
   a value of the same length);
 * ``get``: each user read once from a random node other than its publisher; success means the
   exact bytes that were put came back (overlay: the record for that user's device);
+* ``get_again``: the same users read once more, each from another random node (warmer routing
+  tables and, for the overlay, more node pairs that already hold a session key);
 * ``get_after_20pct_loss``: 20 % of the nodes (never the bootstrap node or the readers) are
   stopped with no goodbye, then records stored before are read from surviving readers at once,
   before any routing table could heal. The stock package waits its fixed 5 s per dead contact,
@@ -57,7 +59,16 @@ from kademlia.utils import digest as stock_digest
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
-from overlay.dht.envelope import Kind, new_msg_id, open_datagram, seal
+from overlay.dht.envelope import (
+    Kind,
+    SessionIds,
+    authenticate_mac,
+    new_msg_id,
+    open_datagram,
+    parse,
+    seal,
+    seal_session,
+)
 from overlay.dht.storage import RecordVerifier
 from tools.bench.common import cpu_affinity, dist_version, git, uncommitted
 
@@ -73,7 +84,18 @@ LOSS_PHASE = "get_after_20pct_loss"
 #: ~1 s per node: tools/bench/puzzle.py)
 OVERLAY_CONFIG = DHTConfig(refresh_interval_s=3600, id_puzzle_bits=4)
 
-TARGETS = {"get_p50_ms": 1.5, "get_success_rate": 1.0, "loss_get_p90_ms": 500.0}
+#: the overlay's figures at 200 nodes before issue 11's defences (git 9d50159) and after them
+#: (issue 12, first part), as recorded in tools/bench/README.md
+PREVIOUS = {
+    "before_issue_11": {"get_p50_ms": 1.32, "cpu_ms_per_get": 1.35, "requests_per_get": 3.0},
+    "issue_12_defences_signed_only": {"get_p50_ms": 5.90, "cpu_ms_per_get": 7.19,
+                                      "requests_per_get": 23.3},
+}
+#: issue 12: get p50 no more than 20 % above the pre-defence 1.32 ms, every defence on
+TARGET_GET_P50_MS = round(PREVIOUS["before_issue_11"]["get_p50_ms"] * 1.2, 3)
+TARGETS = {"get_p50_ms": TARGET_GET_P50_MS, "get_success_rate": 1.0, "loss_get_p90_ms": 500.0}
+#: where tools.bench.puzzle writes its JSON by default (another part of issue 12)
+PUZZLE_JSON = Path("tools/bench/puzzle.json")
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -98,6 +120,7 @@ class Params:
     uvloop: bool
     profile: Path | None
     micro: bool
+    puzzle_json: Path | None
     out: Path | None
 
     def as_json(self) -> dict[str, Any]:
@@ -218,6 +241,14 @@ class OverlayBenchNode:
         s = self.node.stats
         c: Counter[str] = Counter({f"rpc_out_{m}": n for m, n in s.requests_out.items()})
         c["rpc_out"] = sum(s.requests_out.values())
+        c["verification_pings"] = s.verification_pings
+        c["admitted_without_ping"] = s.admitted_proven
+        c["sealed_signed"] = s.sealed["signed"]
+        c["sealed_session"] = s.sealed["session"]
+        verifier = self.node.storage.verifier
+        c["record_verify_cached"] = verifier.hits
+        c["record_verify_full"] = verifier.misses
+        c["session_keys_derived"] = self.node._proto.sessions.stats.derived
         c["rpc_timeouts"] = s.timeouts
         c["evicted"] = s.evicted
         c["dropped"] = sum(s.dropped.values())
@@ -558,6 +589,9 @@ async def bench_network(
         get, get_items = await get_phase(net, put_ok, publisher)
         out["get"] = get.as_json()
         log(f"{impl} n={size}: get done")
+        again, _ = await get_phase(net, put_ok, publisher)
+        out["get_again"] = again.as_json()
+        log(f"{impl} n={size}: get_again done")
 
         if impl == OVERLAY and p.micro:
             out["micro_us"] = micro_benchmarks(net.nodes, items)
@@ -598,6 +632,12 @@ def micro_benchmarks(nodes: Sequence[BenchNode], items: Sequence[Item]) -> dict[
                    ["find_value", [item.key]], recipient=holder.node_id)
     response = seal(holder.identity, Kind.RESPONSE, new_msg_id(), proto.flags, reply,
                     recipient=node.node_id)
+    session_key, ids = os.urandom(32), SessionIds(os.urandom(8), os.urandom(8))
+
+    def seal_session_response() -> bytes:
+        return seal_session(session_key, holder.identity.public_key, ids, Kind.RESPONSE,
+                            new_msg_id(), proto.flags, reply, recipient=node.node_id)
+    session_response = seal_session_response()
     rng = random.Random(0)
     probes = [(rng.choice(ov).node._proto.router, KNode(rng.choice(items).key),
                KNode(b"\0" * 20, "127.0.0.1", 1)) for _ in range(300)]
@@ -628,6 +668,10 @@ def micro_benchmarks(nodes: Sequence[BenchNode], items: Sequence[Item]) -> dict[
                                                           recipient=node.node_id),
                                              repeat),
         "open_find_value_response": _time_us(lambda: open_datagram(response), repeat),
+        "seal_find_value_response_session": _time_us(seal_session_response, repeat),
+        "open_find_value_response_session": _time_us(
+            lambda: authenticate_mac(parse(session_response), session_key), repeat),
+        "session_response_bytes": len(session_response),
         "rpc_find_value_handler": _time_us(
             lambda: holder._proto.rpc_find_value(("127.0.0.1", 1), item.key), repeat),
         "find_neighbors_k20_random_node_and_key": _time_us(find_neighbors_responder, repeat),
@@ -695,7 +739,7 @@ def environment(uvloop_used: bool, loadavg_start: float) -> dict[str, Any]:
                                                   "msgpack", "u-msgpack-python")},
         "git_head": git("rev-parse", "--short", "HEAD"),
         "overlay_dht_uncommitted_changes": uncommitted(
-            "overlay/dht", "overlay/records.py", "overlay/identity.py"),
+            "overlay/dht", "overlay/core/records.py", "overlay/core/identity.py"),
     }
 
 
@@ -710,6 +754,65 @@ def quiet_logging() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
+
+
+def _get_figures(phase: dict[str, Any]) -> dict[str, Any]:
+    per = phase.get("per_op", {})
+    cpu = phase.get("cpu_us_per_op")
+    out: dict[str, Any] = {
+        "get_p50_ms": phase.get("p50_ms"),
+        "cpu_ms_per_get": None if cpu is None else round(cpu / 1000, 3),
+        "success_rate": phase.get("success_rate"),
+    }
+    if per:
+        sealed = per.get("sealed_signed", 0) + per.get("sealed_session", 0)
+        out.update(
+            requests_per_get=per.get("rpc_out"),
+            requests_per_get_by_method={k[len("rpc_out_"):]: v for k, v in per.items()
+                                        if k.startswith("rpc_out_")},
+            datagrams_sealed_per_get=round(sealed, 2),
+            session_mac_share=round(per.get("sealed_session", 0) / sealed, 3) if sealed
+            else None,
+            record_verifications_per_get={"full": per.get("record_verify_full", 0),
+                                          "cached": per.get("record_verify_cached", 0)},
+        )
+    return out
+
+
+def read_puzzle(path: Path | None) -> dict[str, Any]:
+    """tools.bench.puzzle's JSON (the node-id puzzle cost), when it has been run."""
+    target = path or PUZZLE_JSON
+    if not target.is_file():
+        return {"measured": None, "file": str(target),
+                "note": "not run: python -m tools.bench.puzzle --out FILE, then "
+                        "--puzzle-json FILE here"}
+    try:
+        doc: Any = json.loads(target.read_text())
+    except (OSError, ValueError) as exc:
+        return {"measured": None, "file": str(target), "error": str(exc)[:200]}
+    return {"file": str(target), "measured": doc.get("summary", doc)
+            if isinstance(doc, dict) else doc}
+
+
+def side_by_side(results: dict[str, dict[str, Any]], sizes: Sequence[int],
+                 puzzle: dict[str, Any]) -> dict[str, Any]:
+    """Per size, this run's stock and overlay get figures next to each other and the
+    previous figures."""
+    by_size: dict[str, Any] = {}
+    for size in sizes:
+        row: dict[str, Any] = {}
+        for impl in IMPLEMENTATIONS:
+            r = results.get(impl, {}).get(str(size), {})
+            row[impl] = {phase: _get_figures(r[phase]) for phase in ("get", "get_again")
+                         if r.get(phase, {}).get("count")}
+        ov = row.get(OVERLAY, {}).get("get", {})
+        p50 = ov.get("get_p50_ms")
+        if p50 is not None:
+            base = PREVIOUS["before_issue_11"]["get_p50_ms"]
+            row["overlay_get_p50_vs_1.32_ms_pct"] = round((p50 / base - 1) * 100, 1)
+        by_size[str(size)] = row
+    return {"by_size": by_size, "previous_at_200_nodes": PREVIOUS,
+            "target_get_p50_ms": TARGET_GET_P50_MS, "puzzle": puzzle}
 
 
 def evaluate_targets(results: dict[str, dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
@@ -767,6 +870,7 @@ async def run(p: Params, uvloop_used: bool) -> dict[str, Any]:
         "env": environment(uvloop_used, loadavg_start),
         "params": p.as_json(),
         "results": results,
+        "side_by_side": side_by_side(results, p.sizes, read_puzzle(p.puzzle_json)),
         "targets": evaluate_targets(results, p.sizes),
         "loadavg_1m_end": round(os.getloadavg()[0], 2),
         "loop_exceptions": dict(loop_errors),
@@ -792,7 +896,7 @@ def human_table(doc: dict[str, Any]) -> str:
             rows.append((impl, size, "setup", str(int(size) - 1), "",
                          f"{s.get('setup_s', 0):.1f} s", "", "",
                          f"table~{s.get('routing_table', {}).get('median')}", ""))
-            for phase in ("put", "get", LOSS_PHASE):
+            for phase in ("put", "get", "get_again", LOSS_PHASE):
                 ph = r.get(phase)
                 if not ph or not ph.get("count"):
                     continue
@@ -826,6 +930,23 @@ def human_table(doc: dict[str, Any]) -> str:
         f"(<= {TARGETS['loss_get_p90_ms']:g}: {t['overlay_loss_get_p90_ms']['pass']}); "
         f"stock after loss p90 {t['stock_loss_get_p90_ms']} ms"
     )
+    sbs = doc["side_by_side"]
+    for size, row in sbs["by_size"].items():
+        for phase in ("get", "get_again"):
+            st, ov = row.get(STOCK, {}).get(phase), row.get(OVERLAY, {}).get(phase)
+            if not st or not ov:
+                continue
+            lines.append(
+                f"{phase} @{size}: stock p50 {st['get_p50_ms']} ms, {st['cpu_ms_per_get']} ms "
+                f"CPU | overlay p50 {ov['get_p50_ms']} ms, {ov['cpu_ms_per_get']} ms CPU, "
+                f"{ov.get('requests_per_get')} req, MAC share {ov.get('session_mac_share')}")
+    prev = sbs["previous_at_200_nodes"]
+    lines.append(
+        "previous @200: before issue 11 {0[get_p50_ms]} ms / {0[cpu_ms_per_get]} ms CPU; "
+        "signed-only defences {1[get_p50_ms]} ms / {1[cpu_ms_per_get]} ms CPU / "
+        "{1[requests_per_get]} req; target p50 <= {2} ms; puzzle {3}".format(
+            prev["before_issue_11"], prev["issue_12_defences_signed_only"],
+            sbs["target_get_p50_ms"], sbs["puzzle"].get("measured")))
     env = doc["env"]
     lines.append(
         f"env: python {env['python']}, {env['cpu_count']} cpus, "
@@ -850,6 +971,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     ap.add_argument("--profile", type=Path, metavar="FILE.prof",
                     help="also cProfile an extra overlay get pass at the largest size")
     ap.add_argument("--max-run-s", type=float, help="hard bound on the whole run")
+    ap.add_argument("--puzzle-json", type=Path, metavar="FILE",
+                    help=f"tools.bench.puzzle's JSON to report (default {PUZZLE_JSON})")
     a = ap.parse_args(argv)
     quick = a.quick
     sizes = tuple(int(s) for s in a.sizes.split(",")) if a.sizes else ((20,) if quick else
@@ -873,11 +996,12 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         overlay_loss_budget_s=15.0 if quick else 60.0,
         stock_loss_budget_s=20.0 if quick else 75.0,
         settle_s=0.3,
-        max_run_s=a.max_run_s or (55.0 if quick else 345.0),
+        max_run_s=a.max_run_s or (70.0 if quick else 420.0),
         seed=a.seed if a.seed is not None else secrets.randbelow(2**31),
         uvloop=not a.no_uvloop,
         profile=a.profile,
         micro=not a.no_micro,
+        puzzle_json=a.puzzle_json,
         out=a.out,
     )
 
