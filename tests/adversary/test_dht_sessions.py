@@ -32,7 +32,7 @@ import pytest
 
 from overlay.core import records
 from overlay.core.identity import Identity
-from overlay.dht import DHTConfig, DHTNode
+from overlay.dht import DHTNode
 from overlay.dht.envelope import (
     EnvelopeError,
     Flags,
@@ -43,7 +43,7 @@ from overlay.dht.envelope import (
     seal_session,
 )
 from overlay.dht.sessions import ephemeral_id
-from tests.helpers.netutil import loopback_ips
+from tests.helpers.netutil import loopback_ips, network_config
 
 MSG_ID = slice(5, 25)
 RECIPIENT = slice(57, 77)
@@ -103,10 +103,10 @@ class Tap:
 
 async def nodes(count: int) -> tuple[list[DHTNode], Tap]:
     ips = loopback_ips(count + 1)
-    config = DHTConfig(refresh_interval_s=3600)
+    config = network_config()
     started = []
     for ip in ips[:count]:
-        node = DHTNode(Identity.generate(), config)
+        node = DHTNode(Identity.generate_node(config.id_puzzle_bits), config)
         await node.start(ip, 0)
         started.append(node)
     return started, Tap(ips[count])
