@@ -18,65 +18,13 @@ arrived before the answer to that one.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 import time
-from typing import Any
 
 from overlay.core import records
 from overlay.core.identity import Identity, node_id_for
 from overlay.dht import DHTNode
+from tests.helpers.dht_tap import Tap
 from tests.helpers.netutil import loopback_ips, network_config, node_identity
-
-MSG_ID = slice(5, 25)  # the msg_id's place in every DHT datagram (documented layout)
-
-
-class Tap:
-    """Mallory's socket: captures what an honest node sends it, replays it to the victim."""
-
-    def __init__(self, ip: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, 0))
-        self.sock.setblocking(False)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        addr = self.sock.getsockname()
-        return (addr[0], addr[1])
-
-    async def capture(self, honest: DHTNode, method: str, *args: Any, to: bytes) -> bytes:
-        """The datagram ``honest`` sends when calling ``method`` on the node ``to`` (a node id)
-        that it believes is at mallory's address."""
-        loop = asyncio.get_running_loop()
-
-        async def call() -> None:
-            with contextlib.suppress(TimeoutError):
-                await honest.call(self.address, method, *args, node_id=to)
-
-        task = asyncio.ensure_future(call())
-        try:
-            data: bytes = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 3)
-        finally:
-            task.cancel()
-        return data
-
-    async def replay(self, datagram: bytes, victim: DHTNode, sentinel: bytes) -> list[bytes]:
-        """Send ``datagram`` then ``sentinel`` to ``victim``; the answers to ``datagram``
-        received before the answer to ``sentinel``."""
-        loop = asyncio.get_running_loop()
-        self.sock.sendto(datagram, victim.address)
-        self.sock.sendto(sentinel, victim.address)
-        answers = []
-        while True:
-            data: bytes = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 3)
-            if data[MSG_ID] == sentinel[MSG_ID]:
-                return answers
-            if data[MSG_ID] == datagram[MSG_ID]:
-                answers.append(data)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def start() -> tuple[DHTNode, DHTNode, Tap]:

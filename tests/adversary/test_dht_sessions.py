@@ -21,12 +21,8 @@ sent after it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import socket
 import time
-from typing import Any
 
 import pytest
 
@@ -43,62 +39,12 @@ from overlay.dht.envelope import (
     seal_session,
 )
 from overlay.dht.sessions import ephemeral_id
+from tests.helpers.dht_tap import Tap
 from tests.helpers.netutil import loopback_ips, network_config
 
-MSG_ID = slice(5, 25)
 RECIPIENT = slice(57, 77)
 RECIPIENT_EPH_ID = slice(94, 102)
 SESSION_REQUEST = 2  # kind byte of a MAC'd request
-
-
-class Tap:
-    """Mallory's socket: what an honest node sends it, and what she sends from it."""
-
-    def __init__(self, ip: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, 0))
-        self.sock.setblocking(False)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        addr = self.sock.getsockname()
-        return (addr[0], addr[1])
-
-    async def capture(self, honest: DHTNode, method: str, *args: Any, to: bytes) -> bytes:
-        """The datagram ``honest`` sends calling ``method`` on node ``to``, which it believes
-        is at mallory's address."""
-        loop = asyncio.get_running_loop()
-
-        async def call() -> None:
-            with contextlib.suppress(TimeoutError):
-                await honest.call(self.address, method, *args, node_id=to)
-
-        task = asyncio.ensure_future(call())
-        try:
-            data: bytes = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 3)
-        finally:
-            task.cancel()
-        return data
-
-    async def send_then(self, datagrams: list[bytes], genuine: bytes, to: DHTNode
-                        ) -> tuple[list[bytes], bytes]:
-        """Send ``datagrams`` then ``genuine`` to ``to``: (answers to ``datagrams`` that came
-        before the answer to ``genuine``, that answer)."""
-        loop = asyncio.get_running_loop()
-        for datagram in datagrams:
-            self.sock.sendto(datagram, to.address)
-        self.sock.sendto(genuine, to.address)
-        ids = {d[MSG_ID] for d in datagrams}
-        answers = []
-        while True:
-            data: bytes = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), 3)
-            if data[MSG_ID] == genuine[MSG_ID]:
-                return answers, data
-            if data[MSG_ID] in ids:
-                answers.append(data)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def nodes(count: int) -> tuple[list[DHTNode], Tap]:
