@@ -66,7 +66,11 @@ class DirectoryLimits:
     #: TCP connect plus handshake
     dial_timeout_s: float = 5.0
     reverify_s: float = 1800.0
-    retry_s: float = 300.0
+    #: a failed dial-back is tried again after 15 s, doubling up to an hour: a supernode
+    #: that was not listening yet (its record handed over while it started, or one dial lost
+    #: under load) is listed within seconds, not 5 min later; the per-target-/24 budget
+    #: above bounds what junk records' retries cost (the waiting pool holds at most 128)
+    retry_s: float = 15.0
     max_retry_s: float = 3600.0
     #: records per ``find_value`` answer (the datagram's limit)
     answer_max: int = 48

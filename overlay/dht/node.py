@@ -86,12 +86,18 @@ class DHTNode:
     async def bootstrap(self, addrs: list[tuple[str, int]]) -> int:
         """Join through the given addresses; falls back to peers saved in the state dir.
         Returns the number of contacts in the routing table afterwards."""
+        alone = self.routing_table_size == 0
         if addrs:
             await self._server.bootstrap(addrs)
         if not self.routing_table_size and self.state_dir is not None:
             saved = self.load_peers()
             if saved:
                 await self._server.bootstrap_known(saved)
+        if alone and self.routing_table_size:
+            # what this node published while it knew nobody (a supernode whose bootstrap
+            # node was not up yet) reached no other node: publish it now, not at the next
+            # republish minutes later
+            await self._server.republish()
         return self.routing_table_size
 
     # -- records --------------------------------------------------------------------------

@@ -162,3 +162,30 @@ async def test_a_request_whose_datagram_was_lost_is_sent_again_and_answered():
         transport.close()
         a.stop()
         b.stop()
+
+
+async def test_records_published_before_joining_reach_the_network_on_joining():
+    """A supernode whose bootstrap node is not up yet publishes its record to nobody; once it
+    joins, the record is on the other node at once (it was left to the next republish, 5 min,
+    and the lab's relay-failover test saw a supernode missing from the directory)."""
+    from overlay.dht import DHTNode
+    from tests.helpers.netutil import loopback_ips, network_config, node_identity
+
+    config = network_config()
+    ip_a, ip_b = loopback_ips(2)
+    a, b = DHTNode(node_identity(config), config), DHTNode(node_identity(config), config)
+    await a.start(ip_a, 0)
+    try:
+        assert await a.bootstrap([(ip_b, 9)]) == 0  # nobody there yet
+        alice = Identity.generate()
+        signed = records.presence(alice, "alice", "phone", seq=1,
+                                  supernode_key=SUPERNODE.public_key,
+                                  supernode_host="198.18.0.10", supernode_port=4000)
+        result = await a.put(signed)
+        assert (result.stored, result.remote) == (1, 0)
+        await b.start(ip_b, 0)
+        assert await a.bootstrap([b.address]) == 1
+        assert [s.wire for s in b.storage.values(records.user_key("alice"))] == [signed.wire]
+    finally:
+        a.stop()
+        b.stop()
