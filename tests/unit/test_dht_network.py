@@ -166,8 +166,7 @@ async def test_a_request_whose_datagram_was_lost_is_sent_again_and_answered():
 
 async def test_records_published_before_joining_reach_the_network_on_joining():
     """A supernode whose bootstrap node is not up yet publishes its record to nobody; once it
-    joins, the record is on the other node at once (it was left to the next republish, 5 min,
-    and the lab's relay-failover test saw a supernode missing from the directory)."""
+    joins, the record is on the other node at once, not at the next republish (5 min)."""
     from overlay.dht import DHTNode
     from tests.helpers.netutil import loopback_ips, network_config, node_identity
 
