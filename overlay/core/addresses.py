@@ -5,6 +5,7 @@ Resolving names is :mod:`overlay.core.resolver`'s job."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from overlay.core.errors import OverlayError
@@ -55,6 +56,13 @@ def network_of(ip: str, v4_prefix: int = 24, v6_prefix: int = 48) -> str | None:
         addr = addr.ipv4_mapped
     prefix = v4_prefix if addr.version == 4 else v6_prefix
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+@functools.lru_cache(maxsize=65536)
+def network_key(ip: str) -> str:
+    """:func:`network_of` as a key for per-network counts, and ``ip`` itself when it is not an
+    address (it then counts alone). Cached: asked for every contact, datagram and session."""
+    return network_of(ip) or ip
 
 
 # -- scopes: which addresses a node may be asked to dial ------------------------------------

@@ -31,8 +31,6 @@ import hmac
 import os
 from collections import OrderedDict
 
-from overlay.core.addresses import network_of
-
 AMPLIFICATION_FACTOR = 3
 COOKIE_BYTES = 16
 COOKIE_ROTATE_S = 120.0
@@ -41,12 +39,6 @@ MAX_PROVEN = 65536
 #: verification pings to unproven addresses, per source /24 (IPv6 /48): rate and burst
 VERIFY_PINGS_PER_S = 10.0
 VERIFY_PING_BURST = 20.0
-
-
-def subnet_key(ip: str) -> str:
-    """The /24 of an IPv4 address (the /48 of an IPv6 one) as a string key (see
-    :func:`overlay.core.addresses.network_of`)."""
-    return network_of(ip) or ip
 
 
 class AddressGate:

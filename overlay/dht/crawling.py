@@ -39,9 +39,9 @@ from typing import Any
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.node import Node, NodeHeap
 
+from overlay.core.addresses import network_key
 from overlay.core.identity import id_puzzle_ok
 from overlay.core.records import RecordError, SignedRecord
-from overlay.dht.routing import subnet_of
 
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
@@ -87,7 +87,7 @@ class LookupShare:
         if not id_puzzle_ok(node.id, self.puzzle_bits):
             self.refused["bad_node_id"] += 1
             return False
-        subnet = subnet_of(node.ip)
+        subnet = network_key(node.ip)
         if self.per_subnet[subnet] >= self.max_per_subnet:
             self.refused["per_subnet"] += 1
             return False

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from overlay.core.addresses import LOOPBACK, NEVER, PRIVATE, PUBLIC, network_of, scope
+from overlay.core.addresses import LOOPBACK, NEVER, PRIVATE, PUBLIC, network_key, scope
 from overlay.core.rate_limit import KeyedBuckets
 from overlay.core.records import SignedRecord, StorageFull, SupernodeRecord
 from overlay.dht.fairness import LOCAL, QuotaExceeded
@@ -211,7 +211,7 @@ class Directory:
         if entry is not None:
             self._unlist(entry, now)
         self._arrivals += 1
-        entry = Entry(signed, record, source, network_of(record.host) or record.host,
+        entry = Entry(signed, record, source, network_key(record.host),
                       self._arrivals, next_dial=now)
         self.entries[signed.slot] = entry
         if source == LOCAL:
@@ -408,6 +408,6 @@ def choose(found: Iterable[SignedRecord], holders: Mapping[bytes, Iterable[Signe
     for signed in found:
         record = signed.record
         if isinstance(record, SupernodeRecord) and vouched[signed.slot] >= need:
-            network = network_of(record.host) or record.host
+            network = network_key(record.host)
             ranked.append((network, -vouched[signed.slot], signed))
     return round_robin(ranked, per_network, limit, rng)

@@ -39,6 +39,7 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
+from overlay.core.addresses import network_key
 from overlay.core.identity import Identity, id_puzzle_ok, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.rate_limit import KeyedBuckets
@@ -49,7 +50,6 @@ from overlay.dht.amplification import (
     VERIFY_PING_BURST,
     VERIFY_PINGS_PER_S,
     AddressGate,
-    subnet_key,
 )
 from overlay.dht.envelope import (
     ANY_RECIPIENT,
@@ -525,7 +525,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         ping_bytes = (self._session_ping_bytes if self.sessions.established(node_id, now)
                       else self._ping_bytes)
         if not self.gate.is_proven(addr, now) and (
-            ping_bytes > size or not self.verify_budget.allow(subnet_key(addr[0]), now)
+            ping_bytes > size or not self.verify_budget.allow(network_key(addr[0]), now)
         ):
             self.stats.dropped["verify_ping_withheld"] += 1
             return

@@ -19,7 +19,6 @@ Fixes over ``kademlia.routing``:
 
 from __future__ import annotations
 
-import functools
 import heapq
 from collections import Counter
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.routing import KBucket, RoutingTable
 
+from overlay.core.addresses import network_key
 from overlay.core.identity import id_puzzle_ok
-from overlay.dht.amplification import subnet_key
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,6 @@ class TableLimits:
     max_per_ip: int
     max_per_subnet_per_bucket: int
     max_per_subnet: int
-
-
-@functools.lru_cache(maxsize=65536)
-def subnet_of(ip: str) -> str:
-    """The /24 (/48) a contact's address counts in (cached: asked for every contact)."""
-    return subnet_key(ip)
 
 
 def common_prefix_bits(a: int, b: int) -> int:
@@ -72,7 +65,7 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
             return "bad_node_id"
         if self.per_ip[node.ip] >= self.limits.max_per_ip:
             return "per_ip"
-        subnet = subnet_of(node.ip)
+        subnet = network_key(node.ip)
         if self.per_subnet[subnet] >= self.limits.max_per_subnet:
             return "per_subnet"
         bucket = common_prefix_bits(self.node.long_id, node.long_id)
@@ -136,7 +129,7 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         self._recount()
 
     def _count(self, node: Node) -> None:
-        subnet = subnet_of(node.ip)
+        subnet = network_key(node.ip)
         self.per_ip[node.ip] += 1
         self.per_subnet[subnet] += 1
         self.per_subnet_bucket[(subnet, common_prefix_bits(self.node.long_id,

@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from overlay.core.addresses import network_of
+from overlay.core.addresses import network_key, network_of
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.protocol import (
     REASON_DISABLED,
@@ -40,9 +40,6 @@ def address_of(ip: str) -> str:
     return network_of(ip, 32, 128) or ip
 
 
-def subnet_of(ip: str) -> str:
-    """The /24 (IPv6 /48) an address counts in; an unparsable one counts alone."""
-    return network_of(ip) or ip
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ class RelayAdmission:
         cfg = self.config
         if self.per_ip[address_of(ip)] >= cfg.max_sessions_per_ip:
             return REASON_SESSIONS, f"{cfg.max_sessions_per_ip} from {ip}"
-        subnet = subnet_of(ip)
+        subnet = network_key(ip)
         if self.per_subnet[subnet] >= cfg.max_sessions_per_subnet:
             return REASON_SUBNET_LIMIT, f"{cfg.max_sessions_per_subnet} from {subnet}"
         return None
@@ -134,7 +131,7 @@ class RelayAdmission:
         """Count an admitted session (and use up its reservation)."""
         if reservation is not None:
             self._forget(reservation.token_hash)
-        holding = Holding(address_of(ip), subnet_of(ip), tuple(dict.fromkeys(keys)))
+        holding = Holding(address_of(ip), network_key(ip), tuple(dict.fromkeys(keys)))
         self.per_ip[holding.ip] += 1
         self.per_subnet[holding.subnet] += 1
         for key in holding.keys:

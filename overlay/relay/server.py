@@ -29,8 +29,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from overlay.core.addresses import network_key
 from overlay.core.logs import get_logger
-from overlay.relay.admission import Holding, RelayAdmission, Reservation, subnet_of
+from overlay.relay.admission import Holding, RelayAdmission, Reservation
 from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
 from overlay.relay.protocol import (
     MAX_HELLO_BYTES,
@@ -461,7 +462,7 @@ class RelayServer:
             self._refuse(link, *refused)
             return
         try:
-            rate = self.budget.admit(hello.requested_rate_bps, now, subnet_of(link.ip))
+            rate = self.budget.admit(hello.requested_rate_bps, now, network_key(link.ip))
         except Refusal as exc:
             self._refuse(link, exc.reason)
             return

@@ -4,9 +4,10 @@ library's transparent cookie retry."""
 from __future__ import annotations
 
 from overlay.core import records
+from overlay.core.addresses import network_key
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
-from overlay.dht.amplification import COOKIE_ROTATE_S, AddressGate, subnet_key
+from overlay.dht.amplification import COOKIE_ROTATE_S, AddressGate
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.dht.replay import ReplayGuard
 from tests.helpers.netutil import loopback_ips, network_config, node_identity
@@ -34,7 +35,7 @@ def test_proven_addresses_are_bounded():
     for port in (1, 2, 3):
         gate.prove(("127.0.0.1", port), 0.0)
     assert [gate.is_proven(("127.0.0.1", p), 1.0) for p in (1, 2, 3)] == [False, True, True]
-    assert subnet_key("10.1.2.3") == subnet_key("10.1.2.200") != subnet_key("10.1.3.3")
+    assert network_key("10.1.2.3") == network_key("10.1.2.200") != network_key("10.1.3.3")
 
 
 def envelope(now: float, recipient: bytes, method: str = "ping"):
