@@ -36,11 +36,10 @@ from overlay.media import transfer
 from overlay.media.consent import SendFailed
 from overlay.media.service import MediaService
 from overlay.media.session import MediaConfig
-from overlay.media.stream import ByteStream, TcpByteStream
+from overlay.media.stream import TcpByteStream
 from overlay.media.transfer import (
     ACK,
     DATA,
-    END,
     HEADER,
     READY,
     FrameReader,
@@ -50,11 +49,10 @@ from overlay.media.transfer import (
     send_file,
 )
 from tests.helpers.daemons import daemon_env, overlay_argv
-from tests.helpers.media_attacker import Listener, secured_pair
+from tests.helpers.media_attacker import Listener, refuse_with_escapes, secured_pair
 from tests.helpers.netutil import loopback_ips, wait_for
 
 GiB = 2**30
-EVIL = "\x1b]0;owned\x07\x1b[2J\x1b[32msent OK\x1b[0m\r\n\u202eevil\x9b31m"
 
 
 def header(size: int, name: str = "photo.jpg") -> bytes:
@@ -99,16 +97,6 @@ def refusal(answer: Any) -> str:
 # ---------------------------------------------------------------------- (c) escapes
 
 
-async def mallory_refuses_with_escapes(stream: ByteStream) -> None:
-    reader = FrameReader(stream)
-    kind, _ = await reader.next()
-    assert kind == HEADER
-    await stream.send(frame(READY, msgpack.packb({"offset": 0})))
-    while (await reader.next())[0] != END:
-        pass
-    await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": EVIL})))
-
-
 class MediaToMallory:
     """The victim's media service from the control socket's point of view, sending over a
     direct path to mallory (``_send_once``'s error mapping)."""
@@ -135,7 +123,7 @@ async def test_overlay_send_prints_a_peers_error_escaped(tmp_path) -> None:
 
     async def serve() -> None:
         stream = await mallory.accepted.get()
-        await mallory_refuses_with_escapes(stream)
+        await refuse_with_escapes(stream)
 
     served.append(asyncio.ensure_future(serve()))
     control = ControlServer(tmp_path / "alice.sock")

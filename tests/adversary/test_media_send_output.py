@@ -12,30 +12,21 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from overlay.client.control import ControlSocketError, control_request_async
 from overlay.client.daemon import ClientDaemon
 from overlay.client.options import ClientOptions
 from overlay.media import service as media_service
 from overlay.media.stream import ByteStream
-from overlay.media.transfer import ACK, END, HEADER, READY, FrameReader, TransferError, frame
+from overlay.media.transfer import TransferError
 from tests.helpers.daemons import Daemon, daemon_env, overlay_argv
+from tests.helpers.media_attacker import refuse_with_escapes
 from tests.helpers.netutil import wait_for
 from tests.helpers.overlay_net import ProcessOverlay
-
-EVIL = "\x1b]0;owned\x07\x1b[2J\x1b[32msent OK\x1b[0m\r\n\u202eevil\x9b31m"
 
 
 async def evil_receive(stream: ByteStream, inbox: Path, *args: Any, **kwargs: Any) -> Any:
     """Mallory's receiving side: take the whole file, then refuse it with escapes."""
-    reader = FrameReader(stream)
-    kind, _ = await reader.next()
-    assert kind == HEADER
-    await stream.send(frame(READY, msgpack.packb({"offset": 0})))
-    while (await reader.next())[0] != END:
-        pass
-    await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": EVIL})))
+    await refuse_with_escapes(stream)
     raise TransferError("refused with escapes")
 
 

@@ -9,8 +9,27 @@ import contextlib
 import struct
 from collections.abc import AsyncIterator
 
-from overlay.media.stream import MediaStream, TcpByteStream
+import msgpack
+
+from overlay.media.stream import ByteStream, MediaStream, TcpByteStream
+from overlay.media.transfer import ACK, END, HEADER, READY, FrameReader, frame
 from overlay.media.transport_hooks import secure
+
+#: what mallory puts in her refusal: terminal title and screen escapes, a fake "sent OK", a
+#: right-to-left override and a C1 CSI, all of which a terminal would obey
+EVIL = "\x1b]0;owned\x07\x1b[2J\x1b[32msent OK\x1b[0m\r\n\u202eevil\x9b31m"
+
+
+async def refuse_with_escapes(stream: ByteStream) -> None:
+    """Mallory as a file's receiver: take the whole file, then refuse it with :data:`EVIL`
+    as the error the sender prints."""
+    reader = FrameReader(stream)
+    kind, _ = await reader.next()
+    assert kind == HEADER
+    await stream.send(frame(READY, msgpack.packb({"offset": 0})))
+    while (await reader.next())[0] != END:
+        pass
+    await stream.send(frame(ACK, msgpack.packb({"ok": False, "error": EVIL})))
 
 
 class RecordingForwarder:
