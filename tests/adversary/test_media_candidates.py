@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from overlay.attach.adapter import SessionError
 from overlay.core.identity import Identity
 from overlay.media.connect import NoPath, connect_as_responder
 from overlay.media.service import MediaService
@@ -39,35 +37,11 @@ from overlay.media.signalling import (
     sign_offer,
     transcript_hash,
 )
+from tests.helpers.media_attachment import FakeAttachment
 from tests.helpers.media_attacker import Listener
 from tests.helpers.netutil import loopback_ips
 
 PUBLIC_REFLEXIVE = "198.51.100.7"
-
-
-class FakeAttachment:
-    """The callee's attachment as the media service sees it: attached, at ``reflexive``."""
-
-    def __init__(self, reflexive: str) -> None:
-        self.ok = SimpleNamespace(reflexive_host=reflexive, reflexive_port=40000)
-
-    def attach_ok(self) -> Any:
-        return self.ok
-
-    def primary_session(self) -> None:
-        return None
-
-    async def lookup(self, user: str) -> Any:
-        raise SessionError("not in this test")
-
-    def binding_supernodes(self) -> list[Any]:
-        return []
-
-    def reachable(self) -> bool:
-        return True
-
-    def relay_rtts(self) -> dict[bytes, float]:
-        return {}
 
 
 class UdpCounter(asyncio.DatagramProtocol):

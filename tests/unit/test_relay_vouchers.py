@@ -13,12 +13,11 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from overlay.attach.adapter import ClientSession, SessionError
+from overlay.attach.adapter import ClientSession
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.media.connect import connect_as_initiator, connect_as_responder
@@ -39,37 +38,12 @@ from overlay.node.daemon import NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.voucher import check_voucher
+from tests.helpers.media_attachment import FakeAttachment
 from tests.helpers.netutil import loopback_ips
 from tests.helpers.node_keys import production_identity
 
 PORT = 4320
 MBIT = 1_000_000
-
-
-class Attachment:
-    """The media service's view of its attachment: on loopback (so loopback relays are
-    dialled), attached to ``session`` when there is one."""
-
-    def __init__(self, session: ClientSession | None = None) -> None:
-        self.session = session
-
-    def attach_ok(self) -> Any:
-        return SimpleNamespace(reflexive_host="127.0.0.1", reflexive_port=40000)
-
-    def primary_session(self) -> ClientSession | None:
-        return self.session
-
-    async def lookup(self, user: str) -> Any:
-        raise SessionError("not in this test")
-
-    def binding_supernodes(self) -> list[Any]:
-        return []
-
-    def reachable(self) -> bool:
-        return True
-
-    def relay_rtts(self) -> dict[bytes, float]:
-        return {}
 
 
 @contextlib.asynccontextmanager
@@ -125,8 +99,8 @@ async def race(services: tuple[MediaService, MediaService], invite: Offer, answe
 def services(tmp_path: Path, alice: Identity, bob: Identity,
              alice_session: ClientSession | None = None) -> tuple[MediaService, MediaService]:
     return (MediaService(MediaConfig(alice, "alice", "phone", tmp_path / "a"),
-                         Attachment(alice_session)),
-            MediaService(MediaConfig(bob, "bob", "laptop", tmp_path / "b"), Attachment()))
+                         FakeAttachment(session=alice_session)),
+            MediaService(MediaConfig(bob, "bob", "laptop", tmp_path / "b"), FakeAttachment()))
 
 
 def test_offers_carry_the_voucher_signatures_and_older_offers_still_parse() -> None:
