@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
+from pathlib import Path
+from typing import Any
 
 from tests.helpers.repo import REPO
 
@@ -39,3 +42,11 @@ def cpu_affinity() -> int | None:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return None
+
+
+def emit_json(doc: Any, out: str | Path | None) -> None:
+    """A benchmark's JSON document: to stdout, and also to ``out`` when given."""
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

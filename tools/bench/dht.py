@@ -70,7 +70,7 @@ from overlay.dht.envelope import (
     seal_session,
 )
 from overlay.dht.storage import RecordVerifier
-from tools.bench.common import cpu_affinity, dist_version, git, uncommitted
+from tools.bench.common import cpu_affinity, dist_version, emit_json, git, uncommitted
 
 OVERLAY = "overlay"
 STOCK = "kademlia-stock"
@@ -1019,11 +1019,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         doc = runner.run(run(p, loop_factory is not None))
-    text = json.dumps(doc, indent=2)
     print(human_table(doc), file=sys.stderr)
-    print(text)
-    if p.out is not None:
-        p.out.write_text(text + "\n")
+    emit_json(doc, p.out)
     return 0
 
 

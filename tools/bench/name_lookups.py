@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys
@@ -32,7 +31,7 @@ from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
 from tests.helpers.netutil import Network
-from tools.bench.common import git
+from tools.bench.common import emit_json, git
 
 
 def requests_out(net: Network) -> Counter[str]:
@@ -101,11 +100,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out")
     args = p.parse_args()
-    text = json.dumps(asyncio.run(run(args.nodes, args.names, args.seed)), indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit_json(asyncio.run(run(args.nodes, args.names, args.seed)), args.out)
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import statistics
@@ -35,7 +34,7 @@ from nacl.bindings import crypto_sign_seed_keypair
 
 from overlay.core.identity import Identity, id_puzzle_ok, node_id_for
 from overlay.dht import DHTConfig
-from tools.bench.common import cpu_affinity, dist_version, git
+from tools.bench.common import cpu_affinity, dist_version, emit_json, git
 
 K = 20
 
@@ -126,12 +125,7 @@ def main() -> int:
     p.add_argument("--network", type=int, default=10_000, help="honest nodes (attack model)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
-    result = run(args.bits, args.ids, args.rate_s, args.network)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit_json(run(args.bits, args.ids, args.rate_s, args.network), args.out)
     return 0
 
 

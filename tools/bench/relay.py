@@ -73,6 +73,7 @@ from overlay.relay.protocol import (
 )
 from overlay.relay.voucher import Voucher, statement_for
 from tests.helpers.daemons import Daemon, wait_ready
+from tools.bench.common import emit_json
 from tools.bench.procstat import cpu_pct, raise_fd_limit, sched_sample
 from tools.bench.relay_common import FPS, FRAME, VALID_SHARE, Addrs, cpu_stats, log
 from tools.bench.relay_coturn import COTURN_MAX_SESSIONS, run_coturn
@@ -506,10 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     doc = asyncio.run(amain(args))
-    text = json.dumps(doc, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_json(doc, args.out)
     print(table(doc, args.sessions), file=sys.stderr)
     print(json.dumps(doc["targets"]), file=sys.stderr)
     return 0
