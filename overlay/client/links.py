@@ -140,11 +140,18 @@ class Links:
                 for link in self.live()]
 
     async def lookup(self, user: str, timeout: float) -> tuple[list[SignedRecord], str]:
-        """Verified presence records for ``user`` via the primary (else the backup)."""
+        """Verified presence records for ``user`` via the primary (else the backup). A link
+        that fails is not asked again, but the links are looked at anew after each failure:
+        a failover meanwhile (the backup's session closed as it is promoted to primary) gives
+        a new session to ask."""
         errors = []
-        for link in (self.primary, self.backup):
-            if link is None or not link.alive:
-                continue
+        asked: list[ClientSession] = []  # the sessions themselves: an id may be reused
+        while True:
+            link = next((ln for ln in self.live()
+                         if not any(ln.session is s for s in asked)), None)
+            if link is None:
+                break
+            asked.append(link.session)
             try:
                 found = await link.session.lookup(user, timeout=timeout)
             except SessionError as exc:
