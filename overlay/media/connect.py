@@ -86,19 +86,25 @@ def close_later(stream: ByteStream | None) -> None:
 
 def technique(selected: str | None, inbound_via_mapping: bool) -> str:
     """How the path of the ``selected`` attempt got through, as ``overlay send --json``
-    reports it: ``mapping`` (we dialled the peer's router-mapped address, or the peer's
-    connection reached our listener through our own mapping: ``inbound_via_mapping``),
-    ``direct`` (other TCP), ``punch`` (UDP hole punching), ``relay``."""
+    reports it (next to ``path``):
+
+    - ``mapping``: we dialled the peer's router-mapped address, or the peer's connection
+      reached our listener through our own mapping (``inbound_via_mapping``);
+    - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
+    - ``simple``: UDP hole punching, both sides probing each other's candidates;
+    - ``relay``: through a supernode's relay;
+    - ``unknown``: nothing was selected.
+    """
     if selected is None:
         return "unknown"
     if selected.startswith("relay"):
         return "relay"
     if selected == "udp-punch":
-        return "punch"
+        return "simple"
     if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
                                                   and inbound_via_mapping):
         return "mapping"
-    return "direct"
+    return "dial"
 
 
 class NoPath(MediaError):

@@ -325,9 +325,9 @@ def test_mapped_candidates_travel_typed_and_only_as_candidates() -> None:
 def test_technique_names_how_the_selected_path_got_through() -> None:
     assert technique("tcp-dial-mapped-1", False) == "mapping"   # we dialled their mapping
     assert technique("tcp-accept", True) == "mapping"           # they came in through ours
-    assert technique("tcp-accept", False) == "direct"
-    assert technique("tcp-dial-0", True) == "direct"
-    assert technique("udp-punch", True) == "punch"
+    assert technique("tcp-accept", False) == "dial"
+    assert technique("tcp-dial-0", True) == "dial"
+    assert technique("udp-punch", True) == "simple"
     assert technique("relay-1", True) == "relay"
 
 
