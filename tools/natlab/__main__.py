@@ -72,7 +72,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         if not args.host:
             print("exec: give a HOST (or --inet)", file=sys.stderr)
             return 2
-        ns = f"{args.prefix}-{'r' if args.router else 'h'}-{args.host}"
+        ns = f"{args.prefix}-{'c' if args.carrier else 'r' if args.router else 'h'}-{args.host}"
     if ns not in list_netns():
         print(f"exec: no namespace {ns} (see: python -m tools.natlab list)", file=sys.stderr)
         return 2
@@ -131,11 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "exec",
         help="run a command (default: a shell) in a lab host",
-        usage="python -m tools.natlab exec PREFIX [HOST] [--router | --inet] [-- COMMAND...]",
+        usage="python -m tools.natlab exec PREFIX [HOST] [--router | --carrier | --inet] "
+              "[-- COMMAND...]",
     )
     p.add_argument("prefix")
     p.add_argument("host", nargs="?")
-    p.add_argument("--router", action="store_true", help="in the host's router instead")
+    p.add_argument("--router", action="store_true",
+                   help="in the host's router instead (on a shared LAN: give the owner's name)")
+    p.add_argument("--carrier", action="store_true",
+                   help="in the carrier router of a cgnat host instead")
     p.add_argument("--inet", action="store_true", help="in the public segment's namespace")
     p.set_defaults(func=cmd_exec)
 

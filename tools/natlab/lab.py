@@ -4,11 +4,15 @@ Layout (``P`` is the lab's prefix, e.g. ``nl3fa2``; ``n`` a host's 1-based index
 
     netns P-inet     bridge Pbr = the public segment 198.18.0.0/24, nothing routed here
     netns P-h-NAME   the host (always)
-    netns P-r-NAME   the host's router (firewalled, cone, symmetric, tcp-only, mapping;
+    netns P-r-NAME   the host's router (firewalled, cone, symmetric, tcp-only, mapping, cgnat;
                      a mapping router also runs portmapd.py, the PCP/NAT-PMP responder)
+    netns P-c-NAME   the carrier router in front of a cgnat host's router
 
     public host:  P-h-NAME [Phn] ---- [Phnp] Pbr
     routed host:  P-h-NAME [Plnh] ---- [Pln] P-r-NAME [Pwn] ---- [Pwnp] Pbr
+    cgnat host:   P-h-NAME [Plnh] ---- [Pln] P-r-NAME [Pcnh] ---- [Pcn] P-c-NAME [Pwn] ---- Pbr
+    shared LAN:   P-h-NAME [Plnh] ---- [Plnp] bridge Plo (o: the owner's index) in P-r-OWNER,
+                  one such port per host on the LAN (the owner's too)
 
 Nothing is ever attached to the root namespace: the lab is an island, so nothing sent inside
 it can reach any real network. Everything is deleted on ``close()`` (context manager exit),
@@ -47,6 +51,10 @@ PORTMAPD_SCRIPT = PACKAGE_DIR / "portmapd.py"
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 STATE_DIR = Path(os.environ.get("NATLAB_STATE_DIR", "/run/natlab"))
 IP_TIMEOUT_S = 30.0
+#: in a router whose LAN is a bridge: bridged frames skip its nftables (if br_netfilter is
+#: loaded at all: then the sysctl exists)
+_NO_BRIDGE_NF = ("f=/proc/sys/net/bridge/bridge-nf-call-iptables; "
+                 "if [ -e $f ]; then echo 0 > $f; fi")
 
 
 class LabError(RuntimeError):
@@ -108,7 +116,7 @@ def _root_links() -> list[str]:
 
 
 def _link_re(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}(br|p[ab]|[hwl]\d+[ph]?)$")
+    return re.compile(rf"^{re.escape(prefix)}(br|p[ab]|[hwlc]\d+[ph]?)$")
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -138,7 +146,8 @@ def list_labs() -> dict[str, list[str]]:
     labs: dict[str, list[str]] = {}
     for name in list_netns():
         prefix, sep, rest = name.partition("-")
-        if sep and PREFIX_RE.match(prefix) and (rest == "inet" or rest[:2] in ("h-", "r-")):
+        if sep and PREFIX_RE.match(prefix) and (rest == "inet"
+                                                or rest[:2] in ("h-", "r-", "c-")):
             labs.setdefault(prefix, []).append(name)
     if STATE_DIR.is_dir():
         for path in STATE_DIR.glob("*.json"):
@@ -182,7 +191,8 @@ def cleanup(prefix: str, *, grace_s: float = 0.5) -> list[str]:
     namespaces = [
         name
         for name in list_netns()
-        if name == f"{prefix}-inet" or name.startswith((f"{prefix}-h-", f"{prefix}-r-"))
+        if name == f"{prefix}-inet"
+        or name.startswith((f"{prefix}-h-", f"{prefix}-r-", f"{prefix}-c-"))
     ]
     pids = sorted({pid for ns in namespaces for pid in netns_pids(ns)})
     _kill_pids(pids, grace_s)
@@ -510,35 +520,74 @@ class Lab:
     def bridge(self) -> str:
         return f"{self.prefix}br"
 
-    def netns(self, host: str, *, router: bool = False) -> str:
-        """The namespace of ``host`` (or of its router)."""
-        spec = self.topology.host(host)
+    def netns(self, host: str, *, router: bool = False, carrier: bool = False) -> str:
+        """The namespace of ``host``, of its router (the one on its LAN, maybe shared with
+        other hosts), or of its carrier router (``cgnat``)."""
+        spec = self._owner(self.topology.host(host)) if router or carrier else \
+            self.topology.host(host)
+        if carrier:
+            if not spec.carrier:
+                raise LabError(f"host {host!r} ({spec.kind}) has no carrier router")
+            return f"{self.prefix}-c-{spec.name}"
         if router:
             if not spec.routed:
                 raise LabError(f"host {host!r} ({spec.kind}) has no router")
             return f"{self.prefix}-r-{spec.name}"
         return f"{self.prefix}-h-{spec.name}"
 
+    def _owner(self, spec: HostSpec) -> HostSpec:
+        """The host whose router ``spec`` sits behind (``spec`` itself unless it shares one)."""
+        return self.topology.host(spec.router_host) if spec.router_host else spec
+
     def _uplink(self, spec: HostSpec) -> tuple[str, str, str]:
-        """(namespace, inner ifname, bridge-side ifname) of the host's link to the bridge."""
+        """(namespace, inner ifname, bridge-side ifname) of the link to the bridge of the
+        host, or of the router it sits behind (``cgnat``: of the carrier router)."""
+        spec = self._owner(spec)
         if spec.routed:
             name = f"{self.prefix}w{spec.index}"
-            return self.netns(spec.name, router=True), name, name + "p"
+            ns = self.netns(spec.name, carrier=spec.carrier, router=not spec.carrier)
+            return ns, name, name + "p"
         name = f"{self.prefix}h{spec.index}"
         return self.netns(spec.name), name, name + "p"
 
-    def _lan(self, spec: HostSpec) -> tuple[str, str]:
-        """(router-side, host-side) ifnames of a routed host's LAN link."""
-        name = f"{self.prefix}l{spec.index}"
+    def _carrier_link(self, spec: HostSpec) -> tuple[str, str]:
+        """(carrier-side, home-router-side) ifnames of a ``cgnat`` host's link between its two
+        routers."""
+        name = f"{self.prefix}c{self._owner(spec).index}"
         return name, name + "h"
 
-    def iface(self, host: str, *, router: bool = False, lan: bool = False) -> str:
-        """Interface names: the host's own, or its router's WAN (``lan=True``: LAN) interface."""
+    def _router_wan(self, spec: HostSpec) -> str:
+        """The WAN ifname of the router on the host's LAN."""
+        owner = self._owner(spec)
+        return self._carrier_link(owner)[1] if owner.carrier else self._uplink(owner)[1]
+
+    def _lan(self, spec: HostSpec) -> tuple[str, str]:
+        """(router-side, host-side) ifnames of a routed host's LAN link. On a shared LAN the
+        router side is a port of the LAN's bridge, ``_lan_bridge``."""
+        name = f"{self.prefix}l{spec.index}"
+        return (name + "p" if self._shared_lan(spec) else name), name + "h"
+
+    def _shared_lan(self, spec: HostSpec) -> bool:
+        owner = self._owner(spec)
+        return bool(self.topology.lan_members(owner.name))
+
+    def _lan_iface(self, spec: HostSpec) -> str:
+        """The router's LAN interface (a veth, or the bridge of a shared LAN)."""
+        owner = self._owner(spec)
+        return f"{self.prefix}l{owner.index}" if self._shared_lan(owner) else self._lan(owner)[0]
+
+    def iface(self, host: str, *, router: bool = False, lan: bool = False,
+              carrier: bool = False) -> str:
+        """Interface names: the host's own, its router's WAN (``lan=True``: LAN) interface, or
+        (``carrier=True``) its carrier router's WAN interface."""
         spec = self.topology.host(host)
+        if carrier:
+            self.netns(host, carrier=True)  # raises for a host without one
+            return self._uplink(spec)[1]
         if router or lan:
             if not spec.routed:
                 raise LabError(f"host {host!r} ({spec.kind}) has no router")
-            return self._lan(spec)[0] if lan else self._uplink(spec)[1]
+            return self._lan_iface(spec) if lan else self._router_wan(spec)
         return self._lan(spec)[1] if spec.routed else self._uplink(spec)[1]
 
     # -------------------------------------------------------------- addresses
@@ -564,13 +613,15 @@ class Lab:
     def router_lan_ip(self, host: str) -> str | None:
         return self.topology.host(host).router_lan_ip
 
-    def ruleset(self, host: str) -> str:
-        """The nftables ruleset loaded into the host's router."""
+    def ruleset(self, host: str, *, carrier: bool = False) -> str:
+        """The nftables ruleset loaded into the host's router (or its carrier router)."""
         spec = self.topology.host(host)
+        if carrier:
+            self.netns(host, carrier=True)  # raises for a host without one
+            return router_ruleset(spec.kind, self._uplink(spec)[1], self._carrier_link(spec)[0])
         if not spec.routed:
             raise LabError(f"host {host!r} ({spec.kind}) has no router")
-        lan, _ = self._lan(spec)
-        return router_ruleset(spec.kind, self._uplink(spec)[1], lan)
+        return router_ruleset(spec.kind, self._router_wan(spec), self._lan_iface(spec))
 
     def describe(self) -> dict[str, Any]:
         """Everything about the lab as plain data (for printing or JSON)."""
@@ -587,6 +638,11 @@ class Lab:
                 entry["router_netns"] = self.netns(spec.name, router=True)
                 entry["router_wan_ip"] = spec.router_wan_ip
                 entry["router_lan_ip"] = spec.router_lan_ip
+            if spec.router_host:
+                entry["router_host"] = spec.router_host
+            if spec.carrier:
+                entry["carrier_netns"] = self.netns(spec.name, carrier=True)
+                entry["carrier_lan_ip"] = spec.carrier_lan_ip
             if spec.kind in MAPPING_KINDS:
                 entry["max_lifetime_s"] = spec.max_lifetime_s
             if spec.netem:
@@ -606,14 +662,18 @@ class Lab:
 
     # ---------------------------------------------------------------- running
 
-    def exec_argv(self, host: str, argv: Sequence[str], *, router: bool = False) -> list[str]:
-        """argv that runs ``argv`` inside the host's (or its router's) namespace."""
-        return ["ip", "netns", "exec", self.netns(host, router=router), *argv]
+    def exec_argv(self, host: str, argv: Sequence[str], *, router: bool = False,
+                  carrier: bool = False) -> list[str]:
+        """argv that runs ``argv`` inside the host's (or its router's, or carrier router's)
+        namespace."""
+        return ["ip", "netns", "exec", self.netns(host, router=router, carrier=carrier), *argv]
 
     def popen(
-        self, host: str, argv: Sequence[str], *, router: bool = False, **kwargs: Any
+        self, host: str, argv: Sequence[str], *, router: bool = False, carrier: bool = False,
+        **kwargs: Any
     ) -> subprocess.Popen[Any]:
-        """Start ``argv`` in the host (``router=True``: its router). Killed on teardown.
+        """Start ``argv`` in the host (``router=True``: its router; ``carrier=True``: its
+        carrier router). Killed on teardown.
 
         Takes ``subprocess.Popen`` keyword arguments; ``start_new_session`` defaults to True so
         that teardown can kill the whole process group.
@@ -622,7 +682,7 @@ class Lab:
             raise LabError("lab is not running")
         kwargs.setdefault("start_new_session", True)
         proc: subprocess.Popen[Any] = subprocess.Popen(
-            self.exec_argv(host, argv, router=router), **kwargs
+            self.exec_argv(host, argv, router=router, carrier=carrier), **kwargs
         )
         self._procs.append(proc)
         return proc
@@ -633,6 +693,7 @@ class Lab:
         argv: Sequence[str],
         *,
         router: bool = False,
+        carrier: bool = False,
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
     ) -> LabProcess:
@@ -641,6 +702,7 @@ class Lab:
             host,
             argv,
             router=router,
+            carrier=carrier,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -649,7 +711,8 @@ class Lab:
             env=dict(env) if env is not None else None,
             cwd=cwd,
         )
-        return LabProcess(proc, f"{host}{'/router' if router else ''}: {' '.join(argv)}")
+        where = "/carrier" if carrier else "/router" if router else ""
+        return LabProcess(proc, f"{host}{where}: {' '.join(argv)}")
 
     def run(
         self,
@@ -658,6 +721,7 @@ class Lab:
         *,
         timeout: float = 30.0,
         router: bool = False,
+        carrier: bool = False,
         check: bool = False,
         input: str | bytes | None = None,
         capture_output: bool = True,
@@ -673,7 +737,7 @@ class Lab:
             kwargs.setdefault("stderr", subprocess.PIPE)
         if input is not None:
             kwargs["stdin"] = subprocess.PIPE
-        proc = self.popen(host, argv, router=router, text=text, **kwargs)
+        proc = self.popen(host, argv, router=router, carrier=carrier, text=text, **kwargs)
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -692,15 +756,18 @@ class Lab:
 
     def _build(self) -> None:
         specs = self.topology.hosts
-        routed = [s for s in specs if s.routed]
+        routed = [s for s in specs if s.owns_router]  # one entry per router (pair, for cgnat)
         netem_specs = [s for s in specs if s.netem is not None]
 
         # 1. namespaces, with sysctls that must be set before any interface exists in them
         namespaces = [self.inet_netns]
         routers = {self.netns(s.name, router=True) for s in routed}
+        routers |= {self.netns(s.name, carrier=True) for s in routed if s.carrier}
         for spec in specs:
-            if spec.routed:
+            if spec.owns_router:
                 namespaces.append(self.netns(spec.name, router=True))
+            if spec.owns_router and spec.carrier:
+                namespaces.append(self.netns(spec.name, carrier=True))
             namespaces.append(self.netns(spec.name))
         for ns in namespaces:
             _cmd(["ip", "netns", "add", ns])
@@ -735,13 +802,21 @@ class Lab:
         taps: dict[str, list[str]] = {}
         for spec in specs:
             ns, inner, outer = self._uplink(spec)
-            if use_wire and spec.netem is not None:
+            if spec.router_host is not None:
+                pass  # its uplink is its router's owner's
+            elif use_wire and spec.netem is not None:
                 taps.setdefault(ns, []).append(inner)
                 taps.setdefault(self.inet_netns, []).append(outer)
             else:
                 root_batch.append(
                     f"link add {inner} netns {ns} type veth peer name {outer} "
                     f"netns {self.inet_netns}"
+                )
+            if spec.owns_router and spec.carrier:
+                cside, hside = self._carrier_link(spec)
+                root_batch.append(
+                    f"link add {cside} netns {self.netns(spec.name, carrier=True)} type veth "
+                    f"peer name {hside} netns {self.netns(spec.name, router=True)}"
                 )
             if spec.routed:
                 lan, lan_host = self._lan(spec)
@@ -760,19 +835,30 @@ class Lab:
         inet += [f"link add {self.bridge} type bridge", f"link set {self.bridge} up"]
         for spec in specs:
             ns, inner, outer = self._uplink(spec)
-            inet += [f"link set {outer} master {self.bridge}", f"link set {outer} up"]
+            if spec.router_host is None:
+                inet += [f"link set {outer} master {self.bridge}", f"link set {outer} up"]
             if not spec.routed:
                 batches[ns] += [f"addr add {spec.public_ip}/24 dev {inner}", f"link set {inner} up"]
                 continue
             lan, lan_host = self._lan(spec)
             host_ns = self.netns(spec.name)
+            rns = self.netns(spec.name, router=True)
             gw = spec.router_lan_ip
-            batches[ns] += [
-                f"addr add {spec.router_wan_ip}/24 dev {inner}",
-                f"link set {inner} up",
-                f"addr add {gw}/24 dev {lan}",
-                f"link set {lan} up",
-            ]
+            if spec.owns_router:  # first: it creates a shared LAN's bridge
+                batches[rns] += self._router_wan_setup(spec)
+            if self._shared_lan(spec):  # the LAN is a bridge (a switch) in the router
+                batches[rns] += [f"link set {lan} master {self._lan_iface(spec)}",
+                                 f"link set {lan} up"]
+            else:
+                batches[rns] += [f"addr add {gw}/24 dev {lan}", f"link set {lan} up"]
+            if spec.owns_router and spec.carrier:
+                cside, _ = self._carrier_link(spec)
+                batches[ns] += [
+                    f"addr add {spec.public_ip}/24 dev {inner}",
+                    f"link set {inner} up",
+                    f"addr add {spec.carrier_lan_ip}/24 dev {cside}",
+                    f"link set {cside} up",
+                ]
             if spec.kind == "firewalled":
                 # The host keeps its public address; the router routes it to the LAN and
                 # answers ARP for it on the WAN side (proxy_arp, set below).
@@ -801,6 +887,15 @@ class Lab:
         router_inputs: list[str | None] = []
         for spec in routed:
             rns, wan, _ = self._uplink(spec)
+            if spec.carrier:
+                router_cmds.append(_in_ns(rns, "nft", "-f", "-"))
+                router_inputs.append(self.ruleset(spec.name, carrier=True))
+                rns = self.netns(spec.name, router=True)
+            if self._shared_lan(spec):
+                # a LAN switch does not pass frames between its ports through the router's
+                # firewall (br_netfilter would, if loaded)
+                router_cmds.append(_in_ns(rns, "sh", "-c", _NO_BRIDGE_NF))
+                router_inputs.append(None)
             if spec.kind == "firewalled":
                 router_cmds.append(_in_ns(rns, "sysctl", "-qw", f"net.ipv4.conf.{wan}.proxy_arp=1"))
                 # Linux delays proxy ARP replies by up to 0.8 s; a real router answers at once
@@ -833,6 +928,22 @@ class Lab:
                         _in_ns(self.inet_netns, "tc", "qdisc", "add", "dev", outer, "root", *netem),
                     ]
                 )
+
+    def _router_wan_setup(self, spec: HostSpec) -> list[str]:
+        """``ip -batch`` lines for the WAN side (and LAN bridge) of the router ``spec`` owns."""
+        lines: list[str] = []
+        if self._shared_lan(spec):
+            bridge = self._lan_iface(spec)
+            lines += [f"link add {bridge} type bridge", f"link set {bridge} up",
+                      f"addr add {spec.router_lan_ip}/24 dev {bridge}"]
+        if spec.carrier:
+            _, hside = self._carrier_link(spec)
+            # towards the lab's addresses only: a non-lab destination stays unreachable
+            return [*lines, f"addr add {spec.router_wan_ip}/24 dev {hside}",
+                    f"link set {hside} up",
+                    f"route add 198.18.0.0/15 via {spec.carrier_lan_ip} dev {hside}"]
+        _, inner, _ = self._uplink(spec)
+        return [*lines, f"addr add {spec.router_wan_ip}/24 dev {inner}", f"link set {inner} up"]
 
     def _start_portmapd(self, spec: HostSpec) -> None:
         """The PCP/NAT-PMP responder of a ``mapping`` router, on its LAN address."""

@@ -11,6 +11,8 @@ Every router:
 NAT: ``cone`` masquerades (endpoint-independent mapping, the source port is kept when free),
 ``symmetric`` masquerades with ``random,fully-random`` (a new random port per destination),
 ``tcp-only`` masquerades; ``firewalled`` does no NAT (the host has a public address).
+``cgnat`` has two routers, each with this ruleset as ``cone`` has it: the home router (its WAN
+in 100.64.0.0/10) and the carrier router (its "LAN" is the link to the home router).
 ``mapping`` is ``symmetric`` whose router also grants port mappings: its forward chain
 accepts what was DNATed (``ct status dnat``), and the table ``ip natlab_portmap`` (empty
 ``prerouting``/``postrouting`` NAT chains, the latter before the masquerade) holds the DNAT
