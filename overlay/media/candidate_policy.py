@@ -15,7 +15,9 @@ parsed, :func:`ip_literal`), and before dialling each one is checked by :func:`d
   (they share a LAN), or the overlay is local as above;
 - anything else (public, including ``198.18.0.0/15`` which Python calls private): dialled.
 
-IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry. The peer's public
+IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry. :func:`on_shared_lan`
+says which of the dialled candidates are addresses on the LAN both sides share (the media
+service names those attempts ``tcp-dial-lan-N``; their technique is ``lan``). The peer's public
 reflexive addresses are the public-scope addresses among its own candidates; a peer that
 knows our public address can claim it, so "same LAN" is the peer's word (what WebRTC's host
 candidates also rely on), but loopback never depends on it.
@@ -36,7 +38,7 @@ from overlay.core.addresses import (
 )
 
 __all__ = ["LOOPBACK", "NEVER", "PUBLIC", "Verdict", "decide", "ip_literal", "local_overlay",
-           "public_of", "scope", "select"]
+           "on_shared_lan", "public_of", "scope", "select"]
 
 @dataclass(frozen=True)
 class Verdict:
@@ -71,6 +73,19 @@ def decide(host: str, own_reflexive: Iterable[str], peer_public: Iterable[str]) 
     if public_of(own) & frozenset(str(ip_literal(h)) for h in peer_public):
         return Verdict(True, "private, and both sides share a public address (one LAN)")
     return Verdict(False, "private, and the peer is not behind our public address")
+
+
+def on_shared_lan(host: str, own_reflexive: Iterable[str], peer_public: Iterable[str]) -> bool:
+    """``host``, named by a peer whose public reflexive addresses are ``peer_public``, is an
+    address on a LAN we share with it: both sides have the same public reflexive address and
+    ``host`` is not that address (nor loopback, nor one never dialled). Dialling it goes
+    straight over the LAN, not through the router."""
+    if scope(host) in (*NEVER, LOOPBACK):
+        return False
+    own = public_of(own_reflexive)
+    if not own & frozenset(str(ip_literal(h)) for h in peer_public):
+        return False
+    return str(ip_literal(host)) not in own
 
 
 def select(addresses: Iterable[Address], own_reflexive: Iterable[str],

@@ -84,10 +84,13 @@ def close_later(stream: ByteStream | None) -> None:
     _closing.spawn(close())
 
 
-def technique(selected: str | None, inbound_via_mapping: bool) -> str:
+def technique(selected: str | None, inbound_via_mapping: bool,
+              inbound_on_lan: bool = False) -> str:
     """How the path of the ``selected`` attempt got through, as ``overlay send --json``
     reports it (next to ``path``):
 
+    - ``lan``: we dialled the peer's address on the LAN both share (``tcp-dial-lan-N``), or
+      the peer's connection reached our listener from such an address (``inbound_on_lan``);
     - ``mapping``: we dialled the peer's router-mapped address, or the peer's connection
       reached our listener through our own mapping (``inbound_via_mapping``);
     - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
@@ -99,6 +102,8 @@ def technique(selected: str | None, inbound_via_mapping: bool) -> str:
         return "unknown"
     if selected.startswith("relay"):
         return "relay"
+    if selected.startswith("tcp-dial-lan") or (selected == "tcp-accept" and inbound_on_lan):
+        return "lan"
     if selected == "udp-punch":
         return "simple"
     if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"

@@ -217,6 +217,16 @@ class MediaService:
 
     # -- paths ----------------------------------------------------------------------------------
 
+    def _inbound_on_lan(self, s: Session, remote: Candidates) -> bool:
+        """The peer's TCP connection to our listener came from its address on our LAN."""
+        return s.accepted_from is not None and candidate_policy.on_shared_lan(
+            s.accepted_from, self._own_reflexive(), self._peer_public(remote))
+
+    @staticmethod
+    def _peer_public(remote: Candidates) -> frozenset[str]:
+        """The public addresses among the peer's candidates (its reflexive ones)."""
+        return candidate_policy.public_of(h for h, _ in (*remote.tcp, *remote.udp))
+
     def _own_reflexive(self) -> tuple[str, ...]:
         """Our reflexive address as our primary supernode saw it (AttachOk), if attached.
         (Not the UDP mappings: any binding supernode could claim we are on loopback.)"""
@@ -244,8 +254,10 @@ class MediaService:
             return dial
 
         mapped = set(remote.mapped_tcp)
+        own, peer = self._own_reflexive(), self._peer_public(remote)
         for i, (host, port) in enumerate(dict.fromkeys(remote.tcp)):
-            kind = "tcp-dial-mapped" if (host, port) in mapped else "tcp-dial"
+            kind = "tcp-dial-mapped" if (host, port) in mapped else \
+                "tcp-dial-lan" if candidate_policy.on_shared_lan(host, own, peer) else "tcp-dial"
             attempts[f"{kind}-{i}"] = dialer(host, port)
         queue = self.listener.expect(s.session_id)
 
@@ -254,9 +266,12 @@ class MediaService:
             # the signalling delay) nothing more will come this way
             try:
                 async with asyncio.timeout(ACCEPT_WINDOW_S):
-                    return await queue.get()
+                    stream = await queue.get()
             except TimeoutError:
                 raise PathLost("the peer's direct TCP connection did not arrive") from None
+            peername = stream.writer.get_extra_info("peername")
+            s.accepted_from = str(peername[0]) if peername else None
+            return stream
 
         attempts["tcp-accept"] = accept
         if self.udp is not None:
@@ -399,7 +414,8 @@ class MediaService:
                 await close_quietly(stream)
             return {"path": stream.path,
                     "technique": technique(timeline.selected,
-                                           self._inbound_via_mapping(answer.candidates)),
+                                           self._inbound_via_mapping(answer.candidates),
+                                           self._inbound_on_lan(s, answer.candidates)),
                     "relay": stream.relay.id if stream.relay else None,
                     "bytes": done.bytes, "seconds": round(done.seconds, 4),
                     "sha256": done.sha256, "resumed_from": done.resumed_from,
@@ -572,7 +588,8 @@ class MediaService:
                 attempts, self._securer(s, shared, transcript), log=slog)
             entry["path"] = stream.path
             entry["technique"] = technique(timeline.selected,
-                                           self._inbound_via_mapping(invite.candidates))
+                                           self._inbound_via_mapping(invite.candidates),
+                                           self._inbound_on_lan(s, invite.candidates))
             self._remember(entry)
             try:
                 done = await receive_file(stream, self.config.inbox, partials=self.partials,

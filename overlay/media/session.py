@@ -53,3 +53,5 @@ class Session:
     #: caller: the key the answer must be signed by; set when the callee says "pending"
     peer_key: bytes | None = None
     pending: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the address the peer's direct TCP connection to our listener came from, if one came
+    accepted_from: str | None = None

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from overlay.media.candidate_policy import decide, ip_literal, public_of, scope, select
+from overlay.media.candidate_policy import (
+    decide,
+    ip_literal,
+    on_shared_lan,
+    public_of,
+    scope,
+    select,
+)
 
 PUBLIC_ME = ("203.0.113.7",)
 LOCAL_ME = ("127.0.0.1",)
@@ -90,3 +97,17 @@ def test_select_and_public_of() -> None:
                             ("169.254.1.1", 4)], PUBLIC_ME, peer)
     assert kept == (("203.0.113.7", 1), ("10.0.0.2", 2))
     assert [a for a, _ in dropped] == [("127.0.0.1", 3), ("169.254.1.1", 4)]
+
+
+def test_on_shared_lan_names_the_peers_lan_addresses_only() -> None:
+    # the peer behind our public address: its other addresses are on our LAN
+    assert on_shared_lan("192.168.1.3", PUBLIC_ME, PUBLIC_ME)
+    assert on_shared_lan("198.19.4.3", PUBLIC_ME, ("::ffff:203.0.113.7",))  # lab LAN: "public"
+    assert not on_shared_lan("203.0.113.7", PUBLIC_ME, PUBLIC_ME)  # our public one: hairpin
+    assert not on_shared_lan("::ffff:203.0.113.7", PUBLIC_ME, PUBLIC_ME)
+    # another NAT, our address unknown, or everything on this machine: no LAN
+    assert not on_shared_lan("192.168.1.3", PUBLIC_ME, ("203.0.113.8",))
+    assert not on_shared_lan("192.168.1.3", (), PUBLIC_ME)
+    assert not on_shared_lan("127.0.0.1", LOCAL_ME, LOCAL_ME)
+    assert not on_shared_lan("127.0.0.1", PUBLIC_ME, PUBLIC_ME)
+    assert not on_shared_lan("169.254.1.1", PUBLIC_ME, PUBLIC_ME)

@@ -329,6 +329,9 @@ def test_technique_names_how_the_selected_path_got_through() -> None:
     assert technique("tcp-dial-0", True) == "dial"
     assert technique("udp-punch", True) == "simple"
     assert technique("relay-1", True) == "relay"
+    assert technique("tcp-dial-lan-0", False) == "lan"               # we dialled its LAN address
+    assert technique("tcp-accept", False, inbound_on_lan=True) == "lan"  # it dialled ours
+    assert technique("tcp-dial-1", False, inbound_on_lan=True) == "dial"
 
 
 # -- the adapter against the lab's responder, on loopback ----------------------------------------
