@@ -46,9 +46,10 @@ from tests.helpers.repo import REPO
 from tools.natlab import Lab
 from tools.natlab.topology import KINDS as LAB_KINDS
 
-#: the kinds of the connectivity matrix (every lab kind may be given to :class:`LabOverlay`;
-#: ``mapping`` has tests of its own, tests/lab/test_portmap_lab.py)
-KINDS = ("public", "firewalled", "cone", "symmetric", "tcp-only")
+#: the kinds of the connectivity matrix (every lab kind may be given to :class:`LabOverlay`)
+KINDS = ("public", "firewalled", "cone", "symmetric", "tcp-only", "cgnat", "mapping")
+#: the matrix's kinds before ``cgnat`` and ``mapping`` joined (the impaired run keeps to them)
+BASE_KINDS = KINDS[:5]
 PORT = 4000
 OVERLAY = overlay_argv([])
 
@@ -153,6 +154,9 @@ class LabOverlay:
     lab_prefix: str | None = None
     #: more lab hosts (name -> kind) where the test runs its own programs; no daemon starts
     extra_hosts: dict[str, str] = field(default_factory=dict)
+    #: client host -> the (earlier) client host whose router and LAN it shares (both must be
+    #: given the same kind in ``clients``)
+    same_lan: dict[str, str] = field(default_factory=dict)
     #: the bootstrap node and each supernode listen in a /24 of their own (198.18.100.0/24,
     #: 198.18.101.0/24, ...; see :meth:`own_subnet`) instead of all sharing the public
     #: segment's 198.18.0.0/24, as independent operators on the internet do
@@ -176,11 +180,14 @@ class LabOverlay:
             if kind not in LAB_KINDS:
                 raise ValueError(f"{host}: unknown kind {kind!r}")
             hosts[host] = {"kind": kind}
+            if host in self.same_lan:
+                hosts[host]["router"] = self.same_lan[host]
         for host, kind in self.extra_hosts.items():
             hosts[host] = {"kind": kind}
-        if self.netem:
+        if self.netem:  # a host on another's LAN shares that host's (impaired) uplink
             for host in [*self.supernode_hosts, *self.clients]:
-                hosts[host]["netem"] = dict(self.netem)
+                if host not in self.same_lan:
+                    hosts[host]["netem"] = dict(self.netem)
         return {"hosts": hosts}
 
     @property
@@ -216,11 +223,13 @@ class LabOverlay:
                     check=True)
         gateway = lab.public_ip(owner)
         for host in lab.hosts:
-            if host == owner:
+            if host == owner or host in self.same_lan:  # its router got the route
                 continue
-            routed = lab.kind(host) != "public"
-            lab.run(host, ["ip", "route", "add", subnet, "via", gateway], router=routed,
-                    check=True)
+            # the route goes where the public segment is: the host, its router, or its
+            # carrier router (cgnat: the home router routes all of 198.18.0.0/15 there)
+            kind = lab.kind(host)
+            lab.run(host, ["ip", "route", "add", subnet, "via", gateway], check=True,
+                    router=kind not in ("public", "cgnat"), carrier=kind == "cgnat")
 
     def sock(self, host: str) -> Path:
         return self.work / "s" / f"{host}.sock"

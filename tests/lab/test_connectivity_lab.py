@@ -1,18 +1,25 @@
 """End-to-end connectivity acceptance test, in the NAT lab (real nftables routers).
 
 One bootstrap node and two supernodes on the public segment; two clients behind each of the
-five router kinds (``public-1``, ``public-2``, ``firewalled-1``, ... each behind its own
-router). For every ordered pair of kinds (A, B), same-kind pairs included (25 pairs), client
-``A-1`` sends a fresh random 1 MiB file to client ``B-2`` with ``overlay send --json``; the test
-checks the path it reports against :data:`EXPECTED`, and the file's sha256 in ``B-2``'s inbox.
+seven router kinds (``public-1``, ``public-2``, ``firewalled-1``, ... each behind its own
+router; ``cgnat-N`` behind two). For every ordered pair of kinds (A, B), same-kind pairs
+included (49 pairs), client ``A-1`` sends a fresh random 1 MiB file to client ``B-2`` with
+``overlay send --json``; the test checks the path it reports against :data:`EXPECTED`, and the
+file's sha256 in ``B-2``'s inbox.
 
 Expected paths (the issue's table, as data in :data:`EXPECTED`):
 
 - either side ``public``: ``direct-tcp``;
-- both sides in {``firewalled``, ``cone``}: ``udp-punch``;
-- every other pair (a ``symmetric`` or ``tcp-only`` side, neither side ``public``): ``relay``.
+- either side ``mapping``: ``direct-tcp`` (the other side dials the router-mapped address);
+- both sides in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch``;
+- every other pair (a ``symmetric`` or ``tcp-only`` side, no ``public`` or ``mapping`` one):
+  ``relay``.
 
-``test_all_pairs_impaired`` repeats all 25 pairs with 100 ms delay and 2 % loss on every
+``test_same_lan_pair``: two clients behind one router connect over their LAN addresses
+(``direct-tcp``, technique ``lan``, on both sides).
+
+``test_all_pairs_impaired`` repeats the 25 pairs of the first five kinds
+(:data:`~tests.helpers.lab_overlay.BASE_KINDS`) with 100 ms delay and 2 % loss on every
 client's uplink and on both supernodes' links. Each impaired link delays each direction by
 100 ms and drops 2 % of the frames in each direction, so between two clients (two impaired
 links on the way) a round trip takes >= 400 ms and ~7.8 % of round trips lose a packet
@@ -36,6 +43,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.lab_overlay import (
+    BASE_KINDS,
     KINDS,
     LabOverlay,
     SendResult,
@@ -59,12 +67,14 @@ FILE_SIZE = MiB
 D, P, R = "direct-tcp", "udp-punch", "relay"
 #: (sender kind, receiver kind) -> path ``overlay send --json`` must report
 EXPECTED: dict[tuple[str, str], str] = {
-    # sender ↓  receiver →   public     firewalled   cone     symmetric   tcp-only
-    **dict(zip([("public", k) for k in KINDS],     [D, D, D, D, D], strict=True)),
-    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, R, R], strict=True)),
-    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, R, R], strict=True)),
-    **dict(zip([("symmetric", k) for k in KINDS],  [D, R, R, R, R], strict=True)),
-    **dict(zip([("tcp-only", k) for k in KINDS],   [D, R, R, R, R], strict=True)),
+    # sender ↓  receiver →   public firewalled cone symmetric tcp-only cgnat mapping
+    **dict(zip([("public", k) for k in KINDS],     [D, D, D, D, D, D, D], strict=True)),
+    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, R, R, P, D], strict=True)),
+    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, R, R, P, D], strict=True)),
+    **dict(zip([("symmetric", k) for k in KINDS],  [D, R, R, R, R, R, D], strict=True)),
+    **dict(zip([("tcp-only", k) for k in KINDS],   [D, R, R, R, R, R, D], strict=True)),
+    **dict(zip([("cgnat", k) for k in KINDS],      [D, P, P, R, R, P, D], strict=True)),
+    **dict(zip([("mapping", k) for k in KINDS],    [D, D, D, D, D, D, D], strict=True)),
 }
 
 
@@ -92,11 +102,11 @@ def expected_outcome(src_kind: str, dst_kind: str) -> str:
 
 
 def test_expected_table_matches_the_issue_rules() -> None:
-    assert len(EXPECTED) == 25
+    assert len(EXPECTED) == 49
     for (a, b), path in EXPECTED.items():
-        if "public" in (a, b):
+        if {"public", "mapping"} & {a, b}:
             rule = D
-        elif {a, b} <= {"firewalled", "cone"}:
+        elif {a, b} <= {"firewalled", "cone", "cgnat"}:
             rule = P
         else:
             rule = R
@@ -121,6 +131,7 @@ class PairOutcome:
         return {
             "pair": f"{self.src_kind}->{self.dst_kind}", "expected": self.expected,
             "got": r.path if r.ok else "error",
+            "technique": r.json.get("technique") if r.json else None,
             "rc": r.returncode, "seconds": round(r.seconds, 2),
             "send_seconds": r.json.get("seconds") if r.json else None,
             "relay": r.json.get("relay") if r.json else None,
@@ -192,11 +203,12 @@ def run_matrix(ov: LabOverlay, pairs: list[tuple[str, str]], *, size: int, paral
 
 
 def table(outcomes: list[PairOutcome]) -> str:
-    lines = [f"{'pair':<24} {'expected':<11} {'got':<11} {'rc':>3} {'s':>7}  ok"]
+    lines = [f"{'pair':<24} {'expected':<11} {'got':<11} {'technique':<9} {'rc':>3} {'s':>7}  ok"]
     for o in outcomes:
         r = o.row()
         alt = " (accepted alternative)" if r["ok"] and r["got"] != r["expected"] else ""
         lines.append(f"{r['pair']:<24} {r['expected']:<11} {r['got'] or '-':<11} "
+                     f"{r['technique'] or '-':<9} "
                      f"{r['rc']:>3} {r['seconds']:>7.2f}  {'yes' if r['ok'] else 'NO'}{alt}")
     return "\n".join(lines)
 
@@ -240,6 +252,7 @@ def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
 
 
 ALL_PAIRS = [(a, b) for a in KINDS for b in KINDS]
+BASE_PAIRS = [(a, b) for a in BASE_KINDS for b in BASE_KINDS]
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -247,7 +260,7 @@ ALL_PAIRS = [(a, b) for a in KINDS for b in KINDS]
 
 @pytest.mark.timeout(180)
 def test_harness_every_client_attaches(tmp_path: Path) -> None:
-    """The harness itself: 10 clients behind the five router kinds attach, each finds the
+    """The harness itself: 14 clients behind the seven router kinds attach, each finds the
     next one by lookup, and each is seen by its supernode at its public address (its
     router's WAN address when NATed) -- so every client really sits behind its router."""
     with LabOverlay(tmp_path, two_per_kind()) as ov:
@@ -265,14 +278,43 @@ def test_harness_every_client_attaches(tmp_path: Path) -> None:
         ov.check_alive()
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_all_pairs(tmp_path: Path) -> None:
     with LabOverlay(tmp_path, two_per_kind()) as ov:
         ov.wait_attached(timeout=60)
         outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=PARALLEL,
                               send_timeout=90)
         ov.check_alive()
-        report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, no impairment")
+        report(ov, outcomes, tmp_path, "all 49 pairs, 1 MiB, no impairment")
+
+
+@pytest.mark.timeout(180)
+def test_same_lan_pair(tmp_path: Path) -> None:
+    """Two clients behind one cone router: the file goes straight over the LAN (the caller
+    dials the callee's LAN address, ``tcp-dial-lan-N``, or the callee the caller's), not
+    hairpinned through the router: both sides report technique ``lan``, and the callee's
+    is ``lan`` only when the connection it took came from the caller's LAN address."""
+    with LabOverlay(tmp_path, {"home-a": "cone", "home-b": "cone"},
+                    same_lan={"home-b": "home-a"}) as ov:
+        assert ov.lab is not None
+        assert ov.lab.public_ip("home-a") == ov.lab.public_ip("home-b")
+        file = ov.make_file("home-a", "lan.bin", FILE_SIZE)
+        res = ov.send("home-a", "home-b", file, timeout=60)
+        assert res.ok and res.json is not None, res.describe()
+        assert (res.json["path"], res.json["technique"]) == ("direct-tcp", "lan"), \
+            res.describe()
+        assert res.json["relay"] is None
+        assert res.json["sha256"] == sha256_file(file)
+        assert sha256_file(ov.wait_inbox_file("home-b", "lan.bin")) == sha256_file(file)
+        # the race as the caller logged it: the attempt it selected
+        [race] = ov.log_lines("home-a", lambda e: e.get("event") == "path_selection")
+        assert race["outcome"] == "tcp-accept" or race["outcome"].startswith("tcp-dial-lan-"), \
+            race
+        received = [t for t in ov.status("home-b").get("transfers", [])
+                    if t.get("name") == "lan.bin"]
+        assert [(t["path"], t["technique"]) for t in received] == [("direct-tcp", "lan")], \
+            received
+
 
 
 IMPAIRMENT: dict[str, float] = {"delay_ms": 100, "loss_pct": 2}
@@ -292,14 +334,15 @@ IMPAIRED_SUPERNODE_ARGS = ("--relay-budget", "4Mbit")
 
 @pytest.mark.timeout(900)
 def test_all_pairs_impaired(tmp_path: Path) -> None:
-    """All 25 pairs with 100 ms / 2 % loss per direction on every client's and supernode's
-    link: every pair delivers an intact file. Paths are checked too, with the alternatives in
-    :data:`ALSO_ACCEPTED_IMPAIRED`; the table shows which path each pair took."""
-    with LabOverlay(tmp_path, two_per_kind(), netem=IMPAIRMENT,
+    """The 25 pairs of the first five kinds with 100 ms / 2 % loss per direction on every
+    client's and supernode's link: every pair delivers an intact file. Paths are checked too,
+    with the alternatives in :data:`ALSO_ACCEPTED_IMPAIRED`; the table shows which path each
+    pair took."""
+    with LabOverlay(tmp_path, two_per_kind(BASE_KINDS), netem=IMPAIRMENT,
                     heartbeat_s=IMPAIRED_HEARTBEAT_S,
                     supernode_args=IMPAIRED_SUPERNODE_ARGS) as ov:
         ov.wait_attached(timeout=120)
-        outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240,
+        outcomes = run_matrix(ov, BASE_PAIRS, size=FILE_SIZE, parallel=5, send_timeout=240,
                               also_accepted=ALSO_ACCEPTED_IMPAIRED)
         ov.check_alive()
         report(ov, outcomes, tmp_path, "all 25 pairs, 1 MiB, 100 ms + 2 % loss per link")
