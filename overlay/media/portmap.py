@@ -1,7 +1,8 @@
 """Asking the router for a port mapping (sans-IO): one :class:`PortMapper` per mapping
 (protocol, internal port), in the project's datagram-core vocabulary (``receive_datagram``,
 ``datagrams_to_send``, ``get_timer``, ``handle_timer``), like Tailscale's
-``net/portmapper`` (PCP first, NAT-PMP as the fallback; UPnP IGD is not spoken).
+``net/portmapper`` (PCP first, NAT-PMP as the fallback; UPnP IGD, the third method, is
+:mod:`overlay.media.upnp_io`'s, tried when this core ends :class:`Unavailable`).
 
 - **Getting one.** A PCP MAP request goes to the gateway's port 5351 at once and again
   0.25 and 0.75 s later (RFC 6887 starts at 3 s and never stops; a client that waits that
@@ -60,7 +61,7 @@ RETRANSMITS = (0.25, 0.5, 1.0)
 REQUESTED_LIFETIME_S = 7200
 MIN_RENEW_RETRY_S = 1.0
 
-Method = Literal["pcp", "nat-pmp"]
+Method = Literal["pcp", "nat-pmp", "upnp"]
 State = Literal["idle", "requesting", "mapped", "deleting", "unavailable", "lost", "closed"]
 
 

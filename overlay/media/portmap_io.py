@@ -2,7 +2,8 @@
 mapping connected to the gateway's port 5351, driving a sans-IO
 :class:`~overlay.media.portmap.PortMapper` (``transmit()`` after every input: send what is
 due, log its events, re-arm the one timer), and :class:`PortMaps`, the TCP and UDP mappings
-of a client's media ports."""
+of a client's media ports (by PCP or NAT-PMP, else by UPnP IGD,
+:mod:`overlay.media.upnp_io`)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from overlay.media.portmap import (
     Unavailable,
 )
 from overlay.media.portmap_wire import NONCE_BYTES, PORT, Protocol
+from overlay.media.upnp_io import Igd, UpnpMapping, discover
 
 log = get_logger(__name__)
 
@@ -121,6 +123,10 @@ class PortMapping:
     def mapping(self) -> Mapping | None:
         return self.mapper.mapping
 
+    @property
+    def state(self) -> str:
+        return self.mapper.state
+
     def transmit(self) -> None:
         now = time.monotonic()
         for data, _addr in self.mapper.datagrams_to_send(now):
@@ -203,9 +209,12 @@ class PortMaps:
 
     def __init__(self) -> None:
         self.gateway: str | None = None
-        self.maps: dict[Protocol, PortMapping] = {}
+        self.maps: dict[Protocol, PortMapping | UpnpMapping] = {}
         self.ports: dict[Protocol, int] = {}
         self.started = asyncio.Event()  # every mapping asked for (or failed to be)
+        #: UPnP IGD tried after PCP and NAT-PMP gave nothing, per protocol
+        self._upnp: dict[Protocol, asyncio.Task[None]] = {}
+        self._igd: asyncio.Task[Igd | None] | None = None  # one discovery for both
 
     async def start(self, gateway: str, tcp_port: int | None, udp_port: int | None) -> None:
         self.gateway = gateway
@@ -230,12 +239,28 @@ class PortMaps:
         mapping.on_event = lambda event: self._on_event(mapping, event)
 
     def _on_event(self, source: PortMapping, event: Event) -> None:
-        """A router that restarted lost every mapping: renew the others now."""
+        """A router that restarted lost every mapping: renew the others now. No PCP or
+        NAT-PMP mapping to be had: try UPnP IGD."""
         if isinstance(event, RouterReset):
             for m in self.maps.values():
-                if m is not source and not m.closed.is_set():
+                if m is not source and isinstance(m, PortMapping) and not m.closed.is_set():
                     m.mapper.renew_now(time.monotonic())
                     m.transmit()
+        elif isinstance(event, Unavailable) and self.maps.get(source.mapper.protocol) is source:
+            protocol = source.mapper.protocol
+            self._upnp[protocol] = asyncio.get_running_loop().create_task(
+                self._open_upnp(protocol))
+
+    async def _open_upnp(self, protocol: Protocol) -> None:
+        assert self.gateway is not None
+        if self._igd is None:
+            self._igd = asyncio.get_running_loop().create_task(discover(self.gateway))
+        igd = await asyncio.shield(self._igd)
+        if igd is None:
+            return
+        mapping = UpnpMapping.open(igd, protocol, self.ports[protocol])
+        self.maps[protocol] = mapping
+        await mapping.settled.wait()
 
     async def retry(self, now: float) -> None:
         """Ask again for mappings that were lost or unavailable, :data:`RETRY_AFTER_S` after
@@ -244,8 +269,9 @@ class PortMaps:
             return
         for protocol in self.ports:
             m = self.maps.get(protocol)
-            if m is not None and m.mapper.state in ("lost", "unavailable") \
+            if m is not None and m.state in ("lost", "unavailable") \
                     and now - m.started >= RETRY_AFTER_S:
+                self._igd = None  # discover again, the router may have changed
                 await self._open(protocol)
 
     async def wait_settled(self, timeout: float) -> None:
@@ -253,8 +279,10 @@ class PortMaps:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.started.wait()
-                for m in self.maps.values():
+                for m in list(self.maps.values()):
                     await m.settled.wait()
+                if self._upnp:  # asyncio.wait: a timeout here does not cancel them
+                    await asyncio.wait(list(self._upnp.values()))
 
     def mapped(self, protocol: Protocol) -> tuple[Address, ...]:
         """The mapped external address of our ``protocol`` port, if the router granted one."""
@@ -267,4 +295,8 @@ class PortMaps:
                 **{proto: m.to_json() for proto, m in self.maps.items()}}
 
     async def close(self) -> None:
+        for task in [*self._upnp.values(), *([self._igd] if self._igd else [])]:
+            task.cancel()
+        await asyncio.gather(*self._upnp.values(), *([self._igd] if self._igd else []),
+                             return_exceptions=True)
         await asyncio.gather(*(m.close() for m in self.maps.values()))

@@ -6,6 +6,7 @@ format is canonical). Used by tests/fuzz/test_decoders.py (short, in CI) and too
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable
@@ -46,6 +47,14 @@ from overlay.media.portmap import PortMapper
 from overlay.media.portmap_wire import BadPortMapMessage, decode_response
 from overlay.media.punch import ACK, PROBE, Puncher, decode_probe, encode_probe
 from overlay.media.signalling import Candidates, SignallingError, open_offer
+from overlay.media.upnp_wire import (
+    BadUpnpMessage,
+    UpnpFault,
+    find_wan_service,
+    parse_http_answer,
+    parse_soap_answer,
+    parse_ssdp_answer,
+)
 from overlay.node.errors import BadSignal
 from overlay.node.forwarded_signal import ForwardedSignal
 from overlay.relay.protocol import (
@@ -331,6 +340,34 @@ def _portmap(data: bytes) -> None:
     decode_response(data)
 
 
+_UPNP_ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nST: ssdp:all\r\nLOCATION: http://198.19.7.1:5000/rootDesc.xml\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n<root><device><serviceList><service>"
+    b"<serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>"
+    b"/ctl/IPConn</controlURL></service></serviceList></device></root>",
+    b'HTTP/1.1 200 OK\r\n\r\n<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+    b'<s:Body><u:AddPortMappingResponse xmlns:u="x"/></s:Body></s:Envelope>',
+    b'HTTP/1.1 500 Internal Server Error\r\n\r\n<s:Envelope xmlns:s="s"><s:Body><s:Fault>'
+    b"<detail><UPnPError><errorCode>718</errorCode></UPnPError></detail></s:Fault></s:Body>"
+    b"</s:Envelope>",
+]
+
+
+def _upnp(data: bytes) -> None:
+    """What the gateway answers over SSDP and HTTP (or anyone on the LAN spoofing it):
+    the SSDP answer, the description and the SOAP answer parsers, all strict."""
+    with contextlib.suppress(BadUpnpMessage):
+        answer = parse_ssdp_answer(data)
+        assert answer.path.startswith("/") and 0 < answer.port < 65536
+    with contextlib.suppress(BadUpnpMessage):
+        service = find_wan_service(data)
+        assert service.control_path.startswith("/")
+    http = parse_http_answer(data)
+    with contextlib.suppress(BadUpnpMessage):
+        find_wan_service(http.body)
+    parse_soap_answer(http, "AddPortMapping")
+
+
 def _offer(wire: bytes) -> None:
     signed_by(wire, seeds.ALICE.public_key)
     parts = split_offer(wire)
@@ -390,6 +427,7 @@ TARGETS: dict[str, Target] = {
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),
+    "upnp_answers": Target(mutated_bytes(_UPNP_ANSWERS), _upnp, (BadUpnpMessage, UpnpFault)),
     "offers": Target(msgpack_shaped(seeds.OFFER_BODIES, seeds.resign_offer)
                      | mutated_bytes([o.wire for o in seeds.OFFERS]), _offer,
                      (SignallingError,)),

@@ -76,6 +76,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/signalling.py",
     "overlay/media/portmap.py",
     "overlay/media/portmap_wire.py",
+    "overlay/media/upnp_wire.py",
     "overlay/client/attach_policy.py",
     "overlay/core/vivaldi.py",
     "overlay/core/addresses.py",

@@ -409,11 +409,11 @@ def test_lost_or_unavailable_mappings_are_asked_for_again_later() -> None:
         maps = PortMaps()
         await maps.start(listen, 45679, None)
         await maps.wait_settled(3)
-        assert maps.maps["tcp"].mapper.state == "unavailable" and maps.mapped("tcp") == ()
+        assert maps.maps["tcp"].state == "unavailable" and maps.mapped("tcp") == ()
         proc = start_responder(listen)
         try:
             await maps.retry(time.monotonic())  # too soon: not asked again
-            assert maps.maps["tcp"].mapper.state == "unavailable"
+            assert maps.maps["tcp"].state == "unavailable"
             await maps.retry(time.monotonic() + RETRY_AFTER_S)
             await maps.wait_settled(3)
             assert maps.mapped("tcp") == (("198.18.0.99", 45679),)

@@ -645,6 +645,7 @@ class Lab:
                 entry["carrier_lan_ip"] = spec.carrier_lan_ip
             if spec.kind in MAPPING_KINDS:
                 entry["max_lifetime_s"] = spec.max_lifetime_s
+                entry["methods"] = list(spec.portmap_methods)
             if spec.netem:
                 entry["netem"] = {
                     "delay_ms": spec.netem.delay_ms,
@@ -954,6 +955,7 @@ class Lab:
             "--listen", spec.router_lan_ip, "--lan-net", spec.lan_net,
             "--wan-if", wan, "--wan-ip", spec.router_wan_ip, "--table", PORTMAP_TABLE,
             "--max-lifetime", str(spec.max_lifetime_s),
+            "--methods", ",".join(spec.portmap_methods),
         ]  # fmt: skip
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,

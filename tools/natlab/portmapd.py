@@ -15,6 +15,10 @@ internal port per mapping. A PCP mapping belongs to its nonce (a renewal or dele
 another nonce is ``NOT_AUTHORIZED``). Debian's ``miniupnpd-nftables`` would do this but
 refuses to map when its external address is in 198.18.0.0/15, the lab's range.
 
+With ``--methods`` including ``upnp`` it is also a UPnP Internet Gateway Device
+(:mod:`igd`: SSDP on port 1900, HTTP on port 5000); without ``pcp`` and ``nat-pmp`` nothing
+listens on port 5351 (an IGD-only router).
+
 Standard library only. Prints JSON lines: ``{"event": "ready", "port": 5351}`` once bound,
 then ``map``, ``renew``, ``delete``, ``expire`` and ``refused`` events.
 """
@@ -33,6 +37,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from igd import Igd  # type: ignore[import-not-found,unused-ignore]  # run as a script
 
 PORT = 5351
 PROTOCOLS = {6: "tcp", 17: "udp"}
@@ -81,11 +87,18 @@ class Server:
         self.table: str = args.table
         self.max_lifetime: int = args.max_lifetime
         self.nft: bool = not args.no_nft
-        self.pcp_enabled: bool = not args.nat_pmp_only
+        methods = set(args.methods.split(","))
+        if not methods or not methods <= {"pcp", "nat-pmp", "upnp"}:
+            raise SystemExit(f"--methods: a comma list of pcp, nat-pmp, upnp: {args.methods}")
+        self.pcp_enabled: bool = "pcp" in methods and not args.nat_pmp_only
         self.started = time.monotonic()
         self.grants: dict[tuple[str, str, int], Grant] = {}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.lan_ip, PORT))
+        self.sock: socket.socket | None = None
+        if methods & {"pcp", "nat-pmp"}:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((self.lan_ip, PORT))
+        self.igd = Igd(self) if "upnp" in methods else None
+        self.methods = sorted(methods)
 
     # -- nftables ------------------------------------------------------------------------
 
@@ -149,6 +162,9 @@ class Server:
              internal=f"{ip}:{internal_port}", external=f"{self.wan_ip}:{port}",
              lifetime=lifetime)
         return g
+
+    def refused(self, via: str, client: str, result: int) -> None:
+        emit("refused", via=via, client=client, result=result)
 
     def delete(self, key: tuple[str, str, int], via: str, event: str = "delete") -> None:
         g = self.grants.pop(key, None)
@@ -256,6 +272,16 @@ class Server:
 
     # -- loop ----------------------------------------------------------------------------
 
+    def on_datagram(self) -> None:
+        assert self.sock is not None
+        try:
+            data, (src, port) = self.sock.recvfrom(2048)
+        except OSError:
+            return
+        out = self.handle(data, src)
+        if out is not None:
+            self.sock.sendto(out, (src, port))
+
     def handle(self, data: bytes, src: str) -> bytes | None:
         if not data:
             return None
@@ -270,21 +296,19 @@ class Server:
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (:class:`Stop`), then remove every rule."""
         sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
+        if self.sock is not None:
+            sel.register(self.sock, selectors.EVENT_READ, self.on_datagram)
+        if self.igd is not None:
+            sel.register(self.igd.ssdp, selectors.EVENT_READ, self.igd.on_ssdp)
+            sel.register(self.igd.http, selectors.EVENT_READ, self.igd.on_http)
         emit("ready", port=PORT, listen=self.lan_ip, external=self.wan_ip,
-             max_lifetime=self.max_lifetime)
+             max_lifetime=self.max_lifetime, methods=self.methods)
         try:
             while True:
                 expiry = self.next_expiry()
                 timeout = None if expiry is None else max(0.0, expiry - time.monotonic())
-                for _ in sel.select(timeout):
-                    try:
-                        data, (src, port) = self.sock.recvfrom(2048)
-                    except OSError:
-                        continue
-                    out = self.handle(data, src)
-                    if out is not None:
-                        self.sock.sendto(out, (src, port))
+                for key, _ in sel.select(timeout):
+                    key.data()
                 self.expire()
         except Stop:
             pass
@@ -305,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wan-ip", required=True)
     parser.add_argument("--table", default="natlab_portmap")
     parser.add_argument("--max-lifetime", type=int, default=3600)
+    parser.add_argument("--methods", default="pcp,nat-pmp",
+                        help="what the router speaks: a comma list of pcp, nat-pmp, upnp")
     parser.add_argument("--nat-pmp-only", action="store_true",
                         help="answer PCP requests as a NAT-PMP-only router does")
     parser.add_argument("--no-nft", action="store_true",

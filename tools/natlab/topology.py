@@ -47,6 +47,9 @@ CARRIER_KINDS: frozenset[Kind] = frozenset({"cgnat"})
 MAPPING_KINDS: frozenset[Kind] = frozenset({"mapping"})
 #: the longest mapping lifetime a ``mapping`` router grants unless the host says otherwise
 DEFAULT_MAX_LIFETIME_S = 3600
+#: how a ``mapping`` router grants mappings (``methods``), and what it speaks by default
+PORTMAP_METHODS = ("pcp", "nat-pmp", "upnp")
+DEFAULT_PORTMAP_METHODS = ("pcp", "nat-pmp")
 
 PUBLIC_NET = "198.18.0.0/24"
 PUBLIC_PREFIXLEN = 24
@@ -105,6 +108,8 @@ class HostSpec:
     netem: Netem | None = None
     #: ``mapping`` routers: the longest lifetime (s) they grant a mapping
     max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
+    #: ``mapping`` routers: the protocols they grant mappings by
+    portmap_methods: tuple[str, ...] = DEFAULT_PORTMAP_METHODS
     #: the host whose router (and LAN) this one shares; None: its own router (or none)
     router_host: str | None = None
     #: the position of the router's owner (= ``index`` unless ``router_host`` is set): it
@@ -198,7 +203,7 @@ class Topology:
                 raise TopologyError(f"{where}: names must match {HOST_NAME_RE.pattern}")
             if not isinstance(spec, Mapping):
                 raise TopologyError(f"{where}: expected a mapping, got {spec!r}")
-            unknown = set(spec) - {"kind", "netem", "max_lifetime_s", "router"}
+            unknown = set(spec) - {"kind", "netem", "max_lifetime_s", "router", "methods"}
             if unknown:
                 raise TopologyError(f"{where}: unknown keys {sorted(unknown)}")
             if "router" in spec:
@@ -219,8 +224,15 @@ class Topology:
                 raise TopologyError(f"{where}: max_lifetime_s is for kind 'mapping' only")
             if type(lifetime) is not int or not 1 <= lifetime <= 86400:
                 raise TopologyError(f"{where}: max_lifetime_s is an integer in 1..86400")
+            methods = spec.get("methods", list(DEFAULT_PORTMAP_METHODS))
+            if "methods" in spec and kind not in MAPPING_KINDS:
+                raise TopologyError(f"{where}: methods is for kind 'mapping' only")
+            if not isinstance(methods, list) or not methods \
+                    or not set(methods) <= set(PORTMAP_METHODS) or len(set(methods)) < len(methods):
+                raise TopologyError(f"{where}: methods is a non-empty list of distinct "
+                                    f"{list(PORTMAP_METHODS)}, got {methods!r}")
             specs.append(HostSpec(name=name, kind=cast(Kind, kind), index=index, netem=netem,
-                                  max_lifetime_s=lifetime))
+                                  max_lifetime_s=lifetime, portmap_methods=tuple(methods)))
         return cls(tuple(specs))
 
     def lan_members(self, owner: str) -> list[HostSpec]:
@@ -270,7 +282,7 @@ def _sharing(name: str, index: int, spec: Mapping[str, Any],
     if "kind" in spec and spec["kind"] != owner.kind:
         raise TopologyError(f"{where}: kind {spec['kind']!r} differs from its router's "
                             f"({owner.kind!r}); leave kind out")
-    for key in ("netem", "max_lifetime_s"):
+    for key in ("netem", "max_lifetime_s", "methods"):
         if key in spec:
             raise TopologyError(f"{where}: {key} belongs to the router's owner "
                                 f"{owner_name!r}, not to a host that shares it")
@@ -278,4 +290,5 @@ def _sharing(name: str, index: int, spec: Mapping[str, Any],
     if 2 + slot > 254:
         raise TopologyError(f"{where}: the LAN of {owner_name!r} is full")
     return HostSpec(name=name, kind=owner.kind, index=index, max_lifetime_s=owner.max_lifetime_s,
-                    router_host=owner_name, site=owner.site, slot=slot)
+                    portmap_methods=owner.portmap_methods, router_host=owner_name,
+                    site=owner.site, slot=slot)
