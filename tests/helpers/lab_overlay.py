@@ -157,6 +157,8 @@ class LabOverlay:
     #: client host -> the (earlier) client host whose router and LAN it shares (both must be
     #: given the same kind in ``clients``)
     same_lan: dict[str, str] = field(default_factory=dict)
+    #: more topology keys of client hosts, e.g. ``{"igd-1": {"methods": ["upnp"]}}``
+    host_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the bootstrap node and each supernode listen in a /24 of their own (198.18.100.0/24,
     #: 198.18.101.0/24, ...; see :meth:`own_subnet`) instead of all sharing the public
     #: segment's 198.18.0.0/24, as independent operators on the internet do
@@ -182,6 +184,7 @@ class LabOverlay:
             hosts[host] = {"kind": kind}
             if host in self.same_lan:
                 hosts[host]["router"] = self.same_lan[host]
+            hosts[host].update(self.host_options.get(host, {}))
         for host, kind in self.extra_hosts.items():
             hosts[host] = {"kind": kind}
         if self.netem:  # a host on another's LAN shares that host's (impaired) uplink

@@ -16,6 +16,9 @@
   stops.
 - ``test_with_no_port_mapping_the_same_pair_needs_a_relay``: the control, with
   ``--no-port-mapping``.
+- ``test_upnp_igd_only_router``: a ``mapping`` router that speaks UPnP IGD only (nothing on
+  port 5351): the client maps by UPnP (``status`` says ``"method": "upnp"``), the pair goes
+  ``direct-tcp`` with technique ``mapping``, and the client deletes by UPnP when it stops.
 """
 
 from __future__ import annotations
@@ -212,3 +215,32 @@ def test_with_no_port_mapping_the_same_pair_needs_a_relay(tmp_path: Path) -> Non
             res.describe()
         assert ov.lab is not None
         assert "dnat" not in nft_table(ov.lab, "map-1")
+
+
+@pytest.mark.timeout(180)
+def test_upnp_igd_only_router(tmp_path: Path) -> None:
+    clients = {"sym-1": "symmetric", "igd-1": "mapping"}
+    with LabOverlay(tmp_path, clients, host_options={"igd-1": {"methods": ["upnp"]}}) as ov:
+        assert ov.lab is not None
+        deadline = time.monotonic() + 15
+        while True:
+            status = ov.status("igd-1").get("port_mapping") or {}
+            if all((status.get(p) or {}).get("state") == "mapped" for p in ("tcp", "udp")):
+                break
+            assert time.monotonic() < deadline, f"no mappings: {status}"
+            time.sleep(0.1)
+        print(f"\nigd-1 port mapping: {json.dumps(status)}")
+        assert status["tcp"]["method"] == status["udp"]["method"] == "upnp", status
+        assert status["tcp"]["external"].startswith(ov.lab.public_ip("igd-1") + ":")
+        assert "dnat" in nft_table(ov.lab, "igd-1")
+        file = ov.make_file("sym-1", "igd.bin", 1 << 20)
+        res = ov.send("sym-1", "igd-1", file, timeout=90)
+        assert res.ok and res.json is not None, res.describe()
+        assert (res.json["path"], res.json["technique"]) == ("direct-tcp", "mapping"), \
+            res.describe()
+        assert sha256_file(ov.wait_inbox_file("igd-1", "igd.bin")) == sha256_file(file)
+        ov.stop_daemon("igd-1")
+        events = responder_events(ov.lab, "igd-1", 2, "delete")
+        deletes = [e for e in events if e["event"] == "delete"]
+        assert {(e["protocol"], e["via"]) for e in deletes} == {("tcp", "upnp"), ("udp", "upnp")}
+        assert "dnat" not in nft_table(ov.lab, "igd-1")
