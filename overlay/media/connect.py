@@ -92,6 +92,8 @@ def technique(selected: str | None, inbound_via_mapping: bool) -> str:
       reached our listener through our own mapping (``inbound_via_mapping``);
     - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
     - ``simple``: UDP hole punching, both sides probing each other's candidates;
+    - ``simultaneous-open``: TCP hole punching, both sides connecting from their listener's
+      port at the same time (:mod:`overlay.media.tcp_punch`);
     - ``relay``: through a supernode's relay;
     - ``unknown``: nothing was selected.
     """
@@ -101,6 +103,8 @@ def technique(selected: str | None, inbound_via_mapping: bool) -> str:
         return "relay"
     if selected == "udp-punch":
         return "simple"
+    if selected.startswith("tcp-punch"):
+        return "simultaneous-open"
     if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
                                                   and inbound_via_mapping):
         return "mapping"
@@ -132,7 +136,9 @@ class MediaListener:
         self.waiting: dict[bytes, asyncio.Queue[TcpByteStream]] = {}
 
     async def start(self, host: str, port: int = 0) -> None:
-        self.server = await asyncio.start_server(self._accept, host, port)
+        # SO_REUSEPORT: TCP hole punching connects from this port while it listens
+        # (:mod:`overlay.media.tcp_punch_io`); Linux allows that only to the same user
+        self.server = await asyncio.start_server(self._accept, host, port, reuse_port=True)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

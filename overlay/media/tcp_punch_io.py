@@ -1,0 +1,88 @@
+"""TCP hole punching (asyncio): connect from the media listener's port to one peer address
+(the decision where and when is :mod:`overlay.media.tcp_punch`'s).
+
+Both sides do the same, so the connection that comes out has no dialler and no acceptor:
+each side writes the session id and reads the peer's, and a connection whose first 16 bytes
+are not our session id (it reached something else, or the peer's listener took our SYN and
+speaks first) fails the attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import socket
+
+from overlay.media.connect import Attempt
+from overlay.media.errors import PathLost
+from overlay.media.stream import MediaStream, TcpByteStream
+from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
+
+PATH_NAME = "tcp-punch"
+
+
+def _bound_socket(local_port: int) -> socket.socket:
+    """A TCP socket bound to ``local_port`` on every address, next to the listener there."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("0.0.0.0", local_port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
+                    delay_s: float = 0.0, timeout: float = TCP_PUNCH_TIMEOUT_S
+                    ) -> TcpByteStream:
+    """After ``delay_s``, connect from ``local_port`` to ``host:port`` and exchange the
+    session id; the stream's path is ``"tcp-punch"``. :class:`PathLost` on failure."""
+    await asyncio.sleep(delay_s)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = _bound_socket(local_port)
+    except OSError as exc:
+        raise PathLost(f"cannot bind port {local_port} for punching: {exc}") from None
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+    except TimeoutError:
+        sock.close()
+        raise PathLost(f"no simultaneous open with {host}:{port} "
+                       f"in {timeout:g}s") from None
+    except OSError as exc:
+        sock.close()
+        raise PathLost(f"punching {host}:{port} failed: {exc}") from None
+    except BaseException:  # cancelled: another path won
+        sock.close()
+        raise
+    stream = TcpByteStream(reader, writer, path=PATH_NAME)
+    try:
+        writer.write(session_id)
+        async with asyncio.timeout(timeout):
+            theirs = await reader.readexactly(len(session_id))
+    except (TimeoutError, asyncio.IncompleteReadError, OSError):
+        writer.close()
+        raise PathLost(f"the punched connection to {host}:{port} "
+                       "did not name the session") from None
+    except BaseException:
+        writer.close()
+        raise
+    if not hmac.compare_digest(theirs, session_id):
+        writer.close()
+        raise PathLost(f"the punched connection to {host}:{port} named another session")
+    return stream
+
+
+def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes
+                   ) -> dict[str, Attempt]:
+    """The race's attempts for ``plan``: ``tcp-punch-N`` for its N-th target."""
+    def attempt(host: str, port: int) -> Attempt:
+        async def punch() -> MediaStream:
+            return await punch_tcp(local_port, host, port, session_id, plan.delay_s)
+        return punch
+
+    return {f"tcp-punch-{i}": attempt(h, p) for i, (h, p) in enumerate(plan.targets)}
