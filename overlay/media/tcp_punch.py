@@ -25,9 +25,9 @@ When it is tried (:func:`plan`):
   random port, so the peer's SYN never matches (the NAT class is measured on UDP; a NAT that
   randomises UDP ports is taken to randomise TCP ports too). A ``no-udp`` side (TCP only) is
   tried: nothing tells its TCP port behaviour, and a port-preserving one is what this is for;
-- only at the peer's TCP candidates that are not router mappings (those are dialled plainly)
-  and not its address on our own LAN (``own_public``: the same public address as ours; a plain
-  dial to its LAN address does it);
+- only at the peer's public-scope TCP candidates that are not router mappings (those are
+  dialled plainly) nor our own public address (``own_public``: the peer is on our LAN): no NAT
+  stands between us and a loopback or private address, and a plain dial reaches it;
 - started at once when UDP hole punching is not tried (a ``no-udp`` side); else
   :data:`AFTER_UDP_PUNCH_S` later, as a fallback, so that where UDP punching works it stays
   the path it was.
@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from overlay.core.addresses import Address
+from overlay.core.addresses import PUBLIC, Address, scope
 from overlay.media.signalling import Candidates
 
 #: how long one punch attempt waits for the connection (covers SYN retransmits at 1 s, 3 s)
@@ -68,7 +68,8 @@ def plan(local: Candidates, remote: Candidates, own_public: Iterable[str],
         return TcpPunchPlan((), 0.0, "a symmetric NAT picks a random port per connection")
     ours = frozenset(own_public)
     mapped = frozenset(remote.mapped_tcp)
-    targets = tuple(a for a in dict.fromkeys(remote.tcp) if a not in mapped and a[0] not in ours)
+    targets = tuple(a for a in dict.fromkeys(remote.tcp)
+                    if scope(a[0]) == PUBLIC and a not in mapped and a[0] not in ours)
     if not targets:
         return TcpPunchPlan((), 0.0, "no candidate to punch at")
     delay = AFTER_UDP_PUNCH_S if udp_punch_tried else 0.0

@@ -2,9 +2,14 @@
 (the decision where and when is :mod:`overlay.media.tcp_punch`'s).
 
 Both sides do the same, so the connection that comes out has no dialler and no acceptor:
-each side writes the session id and reads the peer's, and a connection whose first 16 bytes
-are not our session id (it reached something else, or the peer's listener took our SYN and
-speaks first) fails the attempt."""
+each side writes the session id and reads 16 bytes. The peer's punching socket answers with
+the session id (a simultaneous open). If our SYN reached the peer's listener instead (its
+punching socket gone, or the peer reachable after all), the listener took our session id as
+a dial's and the peer's ``tcp-accept`` speaks first: the 16 bytes are the start of its
+``secure`` handshake, handed back to it (the path is then ``direct-tcp``), so punching never
+takes a connection away from the peer's accept. Either way ``secure`` decides whether the
+other end holds the session's keys.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ import asyncio
 import hmac
 import socket
 
-from overlay.media.connect import Attempt
+from overlay.media.connect import Attempt, Pushback
 from overlay.media.errors import PathLost
 from overlay.media.stream import MediaStream, TcpByteStream
 from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
 
 PATH_NAME = "tcp-punch"
+#: the path of a punch that reached the peer's listener: a plain TCP connection
+LISTENER_PATH_NAME = "direct-tcp"
 
 
 def _bound_socket(local_port: int) -> socket.socket:
@@ -36,9 +43,10 @@ def _bound_socket(local_port: int) -> socket.socket:
 
 async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
                     delay_s: float = 0.0, timeout: float = TCP_PUNCH_TIMEOUT_S
-                    ) -> TcpByteStream:
+                    ) -> MediaStream:
     """After ``delay_s``, connect from ``local_port`` to ``host:port`` and exchange the
-    session id; the stream's path is ``"tcp-punch"``. :class:`PathLost` on failure."""
+    session id; the stream's path is ``"tcp-punch"`` (``"direct-tcp"`` when it reached the
+    peer's listener). :class:`PathLost` on failure."""
     await asyncio.sleep(delay_s)
     loop = asyncio.get_running_loop()
     try:
@@ -71,11 +79,10 @@ async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
     except BaseException:
         writer.close()
         raise
-    if not hmac.compare_digest(theirs, session_id):
-        writer.close()
-        raise PathLost(f"the punched connection to {host}:{port} named another session")
-    return stream
-
+    if hmac.compare_digest(theirs, session_id):
+        return stream
+    stream.path = LISTENER_PATH_NAME
+    return Pushback(stream, theirs)
 
 def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes
                    ) -> dict[str, Attempt]:

@@ -7,12 +7,16 @@ tests/lab/test_tcp_punch_lab.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
 import pytest
 
 from overlay.media.connect import MediaListener, technique
 from overlay.media.errors import PathLost
+from overlay.media.secure_stream import secure
 from overlay.media.signalling import Candidates
+from overlay.media.stream import MediaStream
 from overlay.media.tcp_punch import AFTER_UDP_PUNCH_S, plan
 from overlay.media.tcp_punch_io import punch_attempts, punch_tcp
 
@@ -67,6 +71,16 @@ def test_router_mappings_and_our_own_public_address_are_not_punched() -> None:
     nothing = plan(cands("no-udp"), cands("cone", mapped=(mapping,)), (ME,),
                    udp_punch_tried=False)
     assert nothing.targets == ()
+
+
+def test_only_public_addresses_are_punched() -> None:
+    """No NAT stands between us and a loopback or private (same LAN) address: a plain dial
+    reaches those, and a punch there would only meet the peer's listener."""
+    local = ((("127.0.0.1", 4000), ("10.0.0.7", 4000), ("192.168.1.9", 4000),
+              ("100.64.3.3", 4000)))
+    p = plan(cands("no-udp"), cands("no-udp", tcp=(*local, (PEER_PUB, 4000))), (ME,),
+             udp_punch_tried=False)
+    assert p.targets == ((PEER_PUB, 4000),)
 
 
 def test_waits_for_udp_punching_when_that_is_tried_too() -> None:
@@ -127,17 +141,58 @@ async def test_connects_from_the_listening_port_and_checks_the_session_id() -> N
         await listener.stop()
 
 
-async def test_a_connection_naming_another_session_fails() -> None:
-    listener = MediaListener()
-    await listener.start("127.0.0.1", 0)
-    server, _ = await _peer(b"X" * 16)
+async def test_a_punch_that_reaches_the_peers_listener_is_its_accept_path() -> None:
+    """The peer has no punching socket (its SYN came and went): our SYN reaches its listener,
+    which routes our session id to its ``tcp-accept``; the peer speaks first there, and both
+    ends still complete the authenticated handshake over that one connection."""
+    session, secret, transcript = b"S" * 16, os.urandom(32), os.urandom(32)
+    ours, peer = MediaListener(), MediaListener()
+    await ours.start("127.0.0.1", 0)
+    await peer.start("127.0.0.1", 0)
+    accept = peer.expect(session)
     try:
-        with pytest.raises(PathLost, match="another session"):
-            await punch_tcp(listener.port, "127.0.0.1", server.sockets[0].getsockname()[1],
-                            b"S" * 16)
+        async def peer_side() -> MediaStream:
+            raw = await asyncio.wait_for(accept.get(), 5)
+            return await secure(raw, secret, transcript, False, 5)
+
+        async def our_side() -> MediaStream:
+            raw = await punch_tcp(ours.port, "127.0.0.1", peer.port, session)
+            assert raw.path == "direct-tcp"
+            return await secure(raw, secret, transcript, True, 5)
+
+        a, b = await asyncio.gather(our_side(), peer_side())
+        await a.send(b"through the listener")
+        assert await b.recv() == b"through the listener"
+        await a.close()
+        await b.close()
     finally:
-        server.close()
-        await listener.stop()
+        await ours.stop()
+        await peer.stop()
+
+
+async def test_wrong_keys_on_a_reached_listener_fail_the_handshake() -> None:
+    """Whatever answers at the punched address, only the session's keys authenticate."""
+    session, transcript = b"S" * 16, os.urandom(32)
+    ours, peer = MediaListener(), MediaListener()
+    await ours.start("127.0.0.1", 0)
+    await peer.start("127.0.0.1", 0)
+    accept = peer.expect(session)
+    try:
+        async def peer_side() -> None:
+            raw = await asyncio.wait_for(accept.get(), 5)
+            with contextlib.suppress(Exception):
+                await secure(raw, os.urandom(32), transcript, False, 2)
+            await raw.close()
+
+        async def our_side() -> None:
+            raw = await punch_tcp(ours.port, "127.0.0.1", peer.port, session)
+            with pytest.raises(PathLost):  # SecureStreamError (or the peer hanging up)
+                await secure(raw, os.urandom(32), transcript, True, 2)
+
+        await asyncio.gather(our_side(), peer_side())
+    finally:
+        await ours.stop()
+        await peer.stop()
 
 
 async def test_nothing_listening_fails_as_a_lost_path() -> None:
