@@ -85,7 +85,7 @@ from overlay.media.signalling import (
     transcript_hash,
 )
 from overlay.media.stream import ByteStream, MediaStream
-from overlay.media.tcp_punch_io import punch_attempts
+from overlay.media.tcp_punch_io import EarlyPunches, punch_attempts
 from overlay.media.transfer import (
     PartialStore,
     TransferError,
@@ -561,6 +561,7 @@ class MediaService:
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
                                  "first_byte_at": None, "done_at": None, "path": None}
+        early = EarlyPunches()
         try:
             local = await self.candidates(session)
             me = self.config
@@ -574,6 +575,7 @@ class MediaService:
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
             attempts.update(self._relay_attempts(s, invite, answer))
+            attempts = early.start(attempts)
             result = await session.signal(invite.from_user, answer.wire,
                                           to_device=invite.from_device)
             if not result.ok:
@@ -600,6 +602,7 @@ class MediaService:
             self._remember(entry)
             slog.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))
         finally:
+            early.release()
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
 

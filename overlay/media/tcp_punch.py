@@ -9,12 +9,13 @@ port), so each side's outgoing SYN opens its own NAT (or stateful firewall) for 
 dropped there (no entry yet; the lab's routers, like most, drop silently); the later one
 matches the entry the other side's SYN created and reaches a socket in ``SYN_SENT`` with the
 same 4-tuple (Linux hands a SYN to the connecting socket before any listener), and the two
-kernels complete a simultaneous open (or a plain handshake when the dropped SYN's
-SYN-ACK follows). No timing is needed for that with routers that drop silently, provided each
-side's socket is still connecting when the passing SYN arrives: the caller dials as soon as
-it has the answer (it learns the candidates last), the callee when its supernode has
-acknowledged the answer (about one signalling leg later, so ~RTT/2 as DCUtR's sync would
-have it; the callee's SYN then usually is the one that passes). A punch attempt lives
+kernels complete a simultaneous open. No timing is needed for that with routers that drop
+silently, provided each side's socket is still connecting when the passing SYN arrives. The
+callee punches as it sends its answer (:class:`overlay.media.tcp_punch_io.EarlyPunches`), the
+caller as soon as it has the answer (it learns the candidates last): the callee's SYN leaves
+first, one signalling leg ahead (DCUtR's sync aims both SYNs at the same instant; with silent
+drops, ahead is as good), and the caller's SYN passes the callee's router into its connecting
+socket, one direct RTT after the caller has the answer. A punch attempt lives
 :data:`TCP_PUNCH_TIMEOUT_S` (SYN retransmits at 1 s and 3 s fall inside it).
 
 When it is tried (:func:`plan`):

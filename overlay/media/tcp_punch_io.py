@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import socket
 
-from overlay.media.connect import Attempt, Pushback
+from overlay.media.connect import Attempt, Pushback, close_later
 from overlay.media.errors import PathLost
 from overlay.media.stream import MediaStream, TcpByteStream
 from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
@@ -93,3 +93,39 @@ def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes
         return punch
 
     return {f"tcp-punch-{i}": attempt(h, p) for i, (h, p) in enumerate(plan.targets)}
+
+
+class EarlyPunches:
+    """The callee's punches, started as it sends its answer rather than when its supernode
+    has acknowledged it (one signalling leg later): its SYNs leave before the caller's,
+    which then pass its router when the caller punches on receiving the answer. The race
+    gets attempts that wait for these; :meth:`release` cancels what the race did not use
+    and closes what it did not take."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[MediaStream]] = {}
+        self.taken: set[str] = set()
+
+    def start(self, attempts: dict[str, Attempt]) -> dict[str, Attempt]:
+        """Start the ``tcp-punch-N`` attempts of ``attempts`` now; ``attempts`` with those
+        replaced by waiting for them."""
+        out = dict(attempts)
+        for name, attempt in attempts.items():
+            if name.startswith(f"{PATH_NAME}-"):
+                self.tasks[name] = asyncio.ensure_future(attempt())
+                out[name] = self._waiter(name)
+        return out
+
+    def _waiter(self, name: str) -> Attempt:
+        async def wait() -> MediaStream:
+            stream = await self.tasks[name]
+            self.taken.add(name)
+            return stream
+        return wait
+
+    def release(self) -> None:
+        for name, task in self.tasks.items():
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None and name not in self.taken:
+                close_later(task.result())

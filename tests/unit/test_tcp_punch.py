@@ -17,8 +17,8 @@ from overlay.media.errors import PathLost
 from overlay.media.secure_stream import secure
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream
-from overlay.media.tcp_punch import AFTER_UDP_PUNCH_S, plan
-from overlay.media.tcp_punch_io import punch_attempts, punch_tcp
+from overlay.media.tcp_punch import AFTER_UDP_PUNCH_S, TcpPunchPlan, plan
+from overlay.media.tcp_punch_io import EarlyPunches, punch_attempts, punch_tcp
 
 ME = "198.18.1.2"
 PEER_LAN, PEER_PUB = "198.18.9.2", "198.18.0.9"
@@ -100,9 +100,11 @@ def test_attempts_are_named_per_target() -> None:
     assert sorted(punch_attempts(p, 4000, b"s" * 16)) == ["tcp-punch-0", "tcp-punch-1"]
 
 
-async def _peer(answer: bytes) -> tuple[asyncio.Server, asyncio.Queue[tuple[str, int, bytes]]]:
+async def _peer(answer: bytes, ended: asyncio.Queue[bytes] | None = None
+                ) -> tuple[asyncio.Server, asyncio.Queue[tuple[str, int, bytes]]]:
     """A TCP peer on loopback that reads 16 bytes, answers ``answer`` and reports the
-    connection's source address and what it read."""
+    connection's source address and what it read (and to ``ended`` what it read after
+    that, once the puncher closes)."""
     seen: asyncio.Queue[tuple[str, int, bytes]] = asyncio.Queue()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,7 +113,9 @@ async def _peer(answer: bytes) -> tuple[asyncio.Server, asyncio.Queue[tuple[str,
         writer.write(answer)
         await writer.drain()
         seen.put_nowait((host, port, got))
-        await reader.read()  # until the puncher closes
+        rest = await reader.read()  # until the puncher closes
+        if ended is not None:
+            ended.put_nowait(rest)
         writer.close()
 
     return await asyncio.start_server(on_client, "127.0.0.1", 0), seen
@@ -207,3 +211,35 @@ async def test_nothing_listening_fails_as_a_lost_path() -> None:
             await punch_tcp(listener.port, "127.0.0.1", port, b"S" * 16, timeout=3)
     finally:
         await listener.stop()
+
+
+async def test_early_punches_run_before_the_race_and_untaken_ones_are_closed() -> None:
+    """The callee starts punching as it sends its answer: the connection is under way before
+    the race asks for it; the race gets that very stream, and one it never took is closed."""
+    session = b"S" * 16
+    listener = MediaListener()
+    await listener.start("127.0.0.1", 0)
+    ended: asyncio.Queue[bytes] = asyncio.Queue()
+    server, seen = await _peer(session, ended)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for take in (True, False):
+            early = EarlyPunches()
+            attempts = early.start(punch_attempts(
+                TcpPunchPlan((("127.0.0.1", port),), 0.0, "loopback"), listener.port, session))
+            await asyncio.wait_for(seen.get(), 5)  # connected without the race asking
+            task = early.tasks["tcp-punch-0"]
+            if take:
+                stream = await attempts["tcp-punch-0"]()
+                assert stream is await task
+                early.release()
+                await stream.send(b"still open")  # taken: release left it alone
+                await stream.close()
+                assert await asyncio.wait_for(ended.get(), 5) == b"still open"
+            else:
+                early.release()
+                assert await asyncio.wait_for(ended.get(), 5) == b""  # closed for us
+    finally:
+        server.close()
+        await listener.stop()
+
