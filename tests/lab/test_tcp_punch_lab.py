@@ -8,7 +8,9 @@ reflexive TCP candidate (:mod:`overlay.media.tcp_punch`); ``tcp-only`` and ``con
 masquerade keeping the source port, and a ``firewalled`` host has its public address, so
 both outgoing SYNs open their own router for the other's and the kernels complete a
 simultaneous open. :data:`PUNCHED` must report ``path`` ``tcp-punch`` and ``technique``
-``simultaneous-open`` on both sides, and deliver the file intact.
+``simultaneous-open`` on both sides, deliver the file intact, and have the connection within
+:data:`NO_RETRANSMIT_S` of the caller's race starting (the callee's SYN left first, so the
+caller's passes at once: no side waits for a SYN retransmission).
 
 A ``symmetric`` router masquerades with ``random,fully-random``: the punching SYN leaves with
 a random port, not the advertised one, so the peer's SYN never matches and
@@ -40,6 +42,9 @@ PUNCHED = [("tcp-only-1", "tcp-only-2"), ("tcp-only-1", "cone-1"), ("cone-1", "t
 #: pairs where punching cannot work and a relay carries the file
 RELAYED = [("tcp-only-1", "symmetric-1")]
 FILE_SIZE = 1 << 20
+#: the punched connection is up this soon after the caller's race starts (it has the answer):
+#: the timing spared both sides a SYN retransmission (the first comes after 1 s)
+NO_RETRANSMIT_S = 0.9
 
 
 def race(ov: LabOverlay, res: SendResult) -> tuple[str | None, float | None]:
@@ -90,6 +95,8 @@ def test_tcp_only_pairs_connect_by_simultaneous_open(tmp_path: Path) -> None:
             assert res.json.get("path") == "tcp-punch", res.describe()
             assert res.json.get("technique") == "simultaneous-open", res.describe()
             assert res.json.get("relay") is None, res.describe()
+            # no SYN was retransmitted for it (Linux's first retransmission is at 1 s)
+            assert connected_s is not None and connected_s < NO_RETRANSMIT_S, rows[-1]
             entry = receiver_entry(ov, dst, src)
             assert (entry.get("path"), entry.get("technique")) == \
                 ("tcp-punch", "simultaneous-open"), entry
