@@ -3,7 +3,8 @@ completes the end-to-end authenticated handshake wins.
 
 Attempts, with short staggered starts: direct TCP in both directions (the side that can be
 reached is dialled by the other; each side dials the other's candidates and accepts on its own
-listener), then UDP hole punching with QUIC on top, then (when available) a relay. Every
+listener), TCP hole punching from the listener's port (:mod:`overlay.media.tcp_punch`), UDP
+hole punching with QUIC on top, then (when available) a relay. Every
 attempt ends in :func:`overlay.media.secure_stream.secure` with the invite/answer keys (and
 keys of its own per path, from both sides' path salts), so a path that reaches the wrong
 party, or a party without the keys, never wins. The addresses dialled are the peer's
@@ -95,6 +96,8 @@ def technique(selected: str | None, inbound_via_mapping: bool,
       reached our listener through our own mapping (``inbound_via_mapping``);
     - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
     - ``simple``: UDP hole punching, both sides probing each other's candidates;
+    - ``simultaneous-open``: TCP hole punching, both sides connecting from their listener's
+      port at the same time (:mod:`overlay.media.tcp_punch`);
     - ``relay``: through a supernode's relay;
     - ``unknown``: nothing was selected.
     """
@@ -106,6 +109,8 @@ def technique(selected: str | None, inbound_via_mapping: bool,
         return "lan"
     if selected == "udp-punch":
         return "simple"
+    if selected.startswith("tcp-punch"):
+        return "simultaneous-open"
     if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
                                                   and inbound_via_mapping):
         return "mapping"
@@ -137,7 +142,9 @@ class MediaListener:
         self.waiting: dict[bytes, asyncio.Queue[TcpByteStream]] = {}
 
     async def start(self, host: str, port: int = 0) -> None:
-        self.server = await asyncio.start_server(self._accept, host, port)
+        # SO_REUSEPORT: TCP hole punching connects from this port while it listens
+        # (:mod:`overlay.media.tcp_punch_io`); Linux allows that only to the same user
+        self.server = await asyncio.start_server(self._accept, host, port, reuse_port=True)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -37,7 +37,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
-from overlay.media import candidate_policy, portmap, relay_selector, transport_hooks
+from overlay.media import candidate_policy, portmap, relay_selector, tcp_punch, transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
@@ -85,6 +85,7 @@ from overlay.media.signalling import (
     transcript_hash,
 )
 from overlay.media.stream import ByteStream, MediaStream
+from overlay.media.tcp_punch_io import EarlyPunches, punch_attempts
 from overlay.media.transfer import (
     PartialStore,
     TransferError,
@@ -279,7 +280,18 @@ class MediaService:
                                                 remote, shared, transcript)
             if punch is not None:
                 attempts["udp-punch"] = punch
+        attempts.update(self._tcp_punch_attempts(s, local, remote, "udp-punch" in attempts))
         return attempts
+
+    def _tcp_punch_attempts(self, s: Session, local: Candidates, remote: Candidates,
+                            udp_punch_tried: bool) -> dict[str, Attempt]:
+        """TCP hole punching from our listener's port (``remote``: its dialable candidates),
+        where :func:`.tcp_punch.plan` says it may work."""
+        plan = tcp_punch.plan(local, remote, candidate_policy.public_of(self._own_reflexive()),
+                              udp_punch_tried)
+        log.info("tcp_punch_plan", session=s.session_id.hex(), reason=plan.reason,
+                 targets=[f"{h}:{p}" for h, p in plan.targets], delay_s=plan.delay_s)
+        return punch_attempts(plan, self.listener.port, s.session_id)
 
     def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
@@ -565,6 +577,7 @@ class MediaService:
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
                                  "first_byte_at": None, "done_at": None, "path": None}
+        early = EarlyPunches()
         try:
             local = await self.candidates(session)
             me = self.config
@@ -578,6 +591,7 @@ class MediaService:
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
             attempts.update(self._relay_attempts(s, invite, answer))
+            attempts = early.start(attempts)
             result = await session.signal(invite.from_user, answer.wire,
                                           to_device=invite.from_device)
             if not result.ok:
@@ -605,6 +619,7 @@ class MediaService:
             self._remember(entry)
             slog.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))
         finally:
+            early.release()
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
 

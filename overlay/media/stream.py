@@ -32,7 +32,7 @@ class RelayRef:
 class ByteStream(Protocol):
     """Ordered, reliable bytes in both directions."""
 
-    #: "direct-tcp", "udp-punch" or "relay"
+    #: "direct-tcp", "tcp-punch", "udp-punch" or "relay"
     path: str
 
     async def send(self, data: bytes) -> None:

@@ -149,5 +149,6 @@ async def test_link_local_multicast_and_unspecified_are_never_dialled(tmp_path) 
     for reflexive in (PUBLIC_REFLEXIVE, "127.0.0.1"):
         attempts = await callee_answers(reflexive, malicious_invite(never[:4], never),
                                         tmp_path / "inbox", callee_ip, race=False)
-        dials = sorted(n for n in attempts if n.startswith("tcp-dial") or n == "udp-punch")
+        dials = sorted(n for n in attempts
+                       if n.startswith(("tcp-dial", "tcp-punch")) or n == "udp-punch")
         assert dials == [], f"the callee (reflexive {reflexive}) tried {dials} for {never}"

@@ -1,0 +1,131 @@
+"""TCP hole punching (asyncio): connect from the media listener's port to one peer address
+(the decision where and when is :mod:`overlay.media.tcp_punch`'s).
+
+Both sides do the same, so the connection that comes out has no dialler and no acceptor:
+each side writes the session id and reads 16 bytes. The peer's punching socket answers with
+the session id (a simultaneous open). If our SYN reached the peer's listener instead (its
+punching socket gone, or the peer reachable after all), the listener took our session id as
+a dial's and the peer's ``tcp-accept`` speaks first: the 16 bytes are the start of its
+``secure`` handshake, handed back to it (the path is then ``direct-tcp``), so punching never
+takes a connection away from the peer's accept. Either way ``secure`` decides whether the
+other end holds the session's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import socket
+
+from overlay.media.connect import Attempt, Pushback, close_later
+from overlay.media.errors import PathLost
+from overlay.media.stream import MediaStream, TcpByteStream
+from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
+
+PATH_NAME = "tcp-punch"
+#: the path of a punch that reached the peer's listener: a plain TCP connection
+LISTENER_PATH_NAME = "direct-tcp"
+
+
+def _bound_socket(local_port: int) -> socket.socket:
+    """A TCP socket bound to ``local_port`` on every address, next to the listener there."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("0.0.0.0", local_port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
+                    delay_s: float = 0.0, timeout: float = TCP_PUNCH_TIMEOUT_S
+                    ) -> MediaStream:
+    """After ``delay_s``, connect from ``local_port`` to ``host:port`` and exchange the
+    session id; the stream's path is ``"tcp-punch"`` (``"direct-tcp"`` when it reached the
+    peer's listener). :class:`PathLost` on failure."""
+    await asyncio.sleep(delay_s)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = _bound_socket(local_port)
+    except OSError as exc:
+        raise PathLost(f"cannot bind port {local_port} for punching: {exc}") from None
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+    except TimeoutError:
+        sock.close()
+        raise PathLost(f"no simultaneous open with {host}:{port} "
+                       f"in {timeout:g}s") from None
+    except OSError as exc:
+        sock.close()
+        raise PathLost(f"punching {host}:{port} failed: {exc}") from None
+    except BaseException:  # cancelled: another path won
+        sock.close()
+        raise
+    stream = TcpByteStream(reader, writer, path=PATH_NAME)
+    try:
+        writer.write(session_id)
+        async with asyncio.timeout(timeout):
+            theirs = await reader.readexactly(len(session_id))
+    except (TimeoutError, asyncio.IncompleteReadError, OSError):
+        writer.close()
+        raise PathLost(f"the punched connection to {host}:{port} "
+                       "did not name the session") from None
+    except BaseException:
+        writer.close()
+        raise
+    if hmac.compare_digest(theirs, session_id):
+        return stream
+    stream.path = LISTENER_PATH_NAME
+    return Pushback(stream, theirs)
+
+def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes
+                   ) -> dict[str, Attempt]:
+    """The race's attempts for ``plan``: ``tcp-punch-N`` for its N-th target."""
+    def attempt(host: str, port: int) -> Attempt:
+        async def punch() -> MediaStream:
+            return await punch_tcp(local_port, host, port, session_id, plan.delay_s)
+        return punch
+
+    return {f"tcp-punch-{i}": attempt(h, p) for i, (h, p) in enumerate(plan.targets)}
+
+
+class EarlyPunches:
+    """The callee's punches, started as it sends its answer rather than when its supernode
+    has acknowledged it (one signalling leg later): its SYNs leave before the caller's,
+    which then pass its router when the caller punches on receiving the answer. The race
+    gets attempts that wait for these; :meth:`release` cancels what the race did not use
+    and closes what it did not take."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[MediaStream]] = {}
+        self.taken: set[str] = set()
+
+    def start(self, attempts: dict[str, Attempt]) -> dict[str, Attempt]:
+        """Start the ``tcp-punch-N`` attempts of ``attempts`` now; ``attempts`` with those
+        replaced by waiting for them."""
+        out = dict(attempts)
+        for name, attempt in attempts.items():
+            if name.startswith(f"{PATH_NAME}-"):
+                self.tasks[name] = asyncio.ensure_future(attempt())
+                out[name] = self._waiter(name)
+        return out
+
+    def _waiter(self, name: str) -> Attempt:
+        async def wait() -> MediaStream:
+            stream = await self.tasks[name]
+            self.taken.add(name)
+            return stream
+        return wait
+
+    def release(self) -> None:
+        for name, task in self.tasks.items():
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None and name not in self.taken:
+                close_later(task.result())
