@@ -263,7 +263,7 @@ class MediaService:
             punch = transport_hooks.udp_attempt(self.udp, s.session_id, s.initiator, local,
                                                 remote, shared, transcript)
             if punch is not None:
-                attempts["udp-punch"] = punch
+                attempts[punch[0]] = punch[1]
         return attempts
 
     def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
