@@ -3,7 +3,8 @@ completes the end-to-end authenticated handshake wins.
 
 Attempts, with short staggered starts: direct TCP in both directions (the side that can be
 reached is dialled by the other; each side dials the other's candidates and accepts on its own
-listener), then UDP hole punching with QUIC on top, then (when available) a relay. Every
+listener), then UDP hole punching with QUIC on top (``udp-punch``, or ``udp-birthday`` when one
+side is a symmetric NAT: the relay then waits longer), then (when available) a relay. Every
 attempt ends in :func:`overlay.media.secure_stream.secure` with the invite/answer keys (and
 keys of its own per path, from both sides' path salts), so a path that reaches the wrong
 party, or a party without the keys, never wins. The addresses dialled are the peer's

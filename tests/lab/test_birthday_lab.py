@@ -44,9 +44,9 @@ BIRTHDAY_PAIRS = [("sym-1", "cone-1"), ("cone-2", "sym-1"), ("sym-1", "fw-1"),
 RUNS = int(os.environ.get("BIRTHDAY_RUNS", "3"))
 #: birthday runs allowed to miss (and go through the relay): P(more) < 0.3 % at 12 runs
 MAX_MISSES = 2
-#: a router tracking fewer flows than its count before any run plus this holds no spray
-#: (one spray leaves up to 1,024 flows, for nf_conntrack_udp_timeout: 30 s)
-SPRAY_LEFTOVER = 64
+#: the easy side's router holds fewer unreplied flows to the hard side than this: no spray left
+#: (one spray leaves up to 1,024 for nf_conntrack_udp_timeout, 30 s)
+SPRAY_LEFTOVER = 16
 FILE_SIZE = 1 << 18
 
 
@@ -55,20 +55,24 @@ def punch_lines(ov: LabOverlay, host: str, res: SendResult) -> list[dict[str, An
                         since=res.started_at)
 
 
-def tracked_flows(ov: LabOverlay, host: str) -> int:
+def unreplied_flows_to(ov: LabOverlay, router_of: str, ip: str) -> int:
+    """UDP flows ``router_of``'s router tracks towards ``ip`` that were never answered."""
     assert ov.lab is not None
-    out = ov.lab.run(host, ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
-                     router=True, check=True).stdout
-    return int(str(out).strip())
+    table = str(ov.lab.run(router_of, ["cat", "/proc/net/nf_conntrack"], router=True,
+                           check=True).stdout)
+    return sum(1 for line in table.splitlines()
+               if " udp " in line and "[UNREPLIED]" in line and f" dst={ip} " in line)
 
 
-def wait_spray_forgotten(ov: LabOverlay, host: str, baseline: int) -> None:
-    """Wait until ``host``'s router dropped the flows a previous spray opened: they would
-    let the next run's hard side in at once (its probes match them), which is real but not
-    what a first contact measures."""
+def wait_spray_forgotten(ov: LabOverlay, easy: str, hard: str) -> None:
+    """Wait until ``easy``'s router dropped the flows a previous spray at ``hard`` opened:
+    they would let the next run's hard side in at once (its probes match them), which is
+    real (a second session within 30 s is quick) but not what a first contact measures."""
+    assert ov.lab is not None
+    ip = ov.lab.public_ip(hard)
     deadline = time.monotonic() + 45
-    while tracked_flows(ov, host) >= baseline + SPRAY_LEFTOVER:
-        assert time.monotonic() < deadline, f"{host}'s router keeps its flows"
+    while unreplied_flows_to(ov, easy, ip) >= SPRAY_LEFTOVER:
+        assert time.monotonic() < deadline, f"{easy}'s router keeps its flows to {hard}"
         time.sleep(0.5)
 
 
@@ -100,12 +104,10 @@ def test_symmetric_against_an_easy_side_punches_with_the_birthday_technique(
         rows: list[str] = []
         misses: list[str] = []
         birthday_runs = 0
-        easy = {p for pair in BIRTHDAY_PAIRS for p in pair if not p.startswith("sym")}
-        baseline = {host: tracked_flows(ov, host) for host in easy}
         for _ in range(RUNS):
             for src, dst in BIRTHDAY_PAIRS:
-                wait_spray_forgotten(ov, dst if dst in easy else src,
-                                     baseline[dst if dst in easy else src])
+                hard, easy = (src, dst) if src.startswith("sym") else (dst, src)
+                wait_spray_forgotten(ov, easy, hard)
                 res, lines, row = run(ov, src, dst)
                 rows.append(row)
                 print(row, flush=True)
