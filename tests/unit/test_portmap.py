@@ -328,6 +328,7 @@ def test_technique_names_how_the_selected_path_got_through() -> None:
     assert technique("tcp-accept", False) == "dial"
     assert technique("tcp-dial-0", True) == "dial"
     assert technique("udp-punch", True) == "simple"
+    assert technique("udp-birthday", False) == "birthday"
     assert technique("relay-1", True) == "relay"
 
 
