@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import resource
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -33,17 +34,32 @@ log = get_logger(__name__)
 #: datagrams read from one extra socket per wake-up, at most; larger ones are cut (and dropped)
 READ_BURST = 16
 READ_MAX_BYTES = 2048
+#: extra sockets open at once in this process (all sessions), at most: two sessions' worth,
+#: and never more than a quarter of the file descriptor limit (the daemon needs the rest)
+MAX_EXTRA_TOTAL = 2 * HARD_SOCKETS
+
+
+def extra_socket_allowance() -> int:
+    """How many more extra sockets this process may open now."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = MAX_EXTRA_TOTAL if soft == resource.RLIM_INFINITY else min(MAX_EXTRA_TOTAL,
+                                                                        soft // 4)
+    return max(0, limit - ExtraSockets.in_use)
 
 
 class ExtraSockets:
     """The hard side's extra UDP sockets: plain non-blocking sockets (one asyncio reader
-    each), numbered from 1. Opens as many as it can, up to ``count``."""
+    each), numbered from 1. Opens as many as it can, up to ``count`` and the process's
+    allowance (:func:`extra_socket_allowance`)."""
+
+    #: extra sockets open in this process
+    in_use = 0
 
     def __init__(self, count: int) -> None:
         self.loop = asyncio.get_running_loop()
         self.socks: dict[int, socket.socket] = {}
         self.opened = 0
-        for index in range(1, count + 1):
+        for index in range(1, min(count, extra_socket_allowance()) + 1):
             try:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             except OSError:  # out of file descriptors: punch with fewer
@@ -56,6 +72,7 @@ class ExtraSockets:
                 break
             self.socks[index] = sock
             self.opened = index
+            ExtraSockets.in_use += 1
         self._reading: set[int] = set()
 
     def __len__(self) -> int:
@@ -93,12 +110,14 @@ class ExtraSockets:
     def take(self, index: int) -> socket.socket:
         """Socket ``index``, no longer read or owned here (the caller closes it)."""
         self._stop_reading(index)
+        ExtraSockets.in_use -= 1
         return self.socks.pop(index)
 
     def close(self) -> None:
         for index in list(self.socks):
             self._stop_reading(index)
             self.socks.pop(index).close()
+            ExtraSockets.in_use -= 1
 
 
 class SocketOwningStream:

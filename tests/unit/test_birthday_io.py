@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 
 import pytest
 
-from overlay.media.birthday_io import SocketOwningStream, birthday_path
+from overlay.media.birthday import HARD_SOCKETS
+from overlay.media.birthday_io import (
+    MAX_EXTRA_TOTAL,
+    ExtraSockets,
+    SocketOwningStream,
+    birthday_path,
+    extra_socket_allowance,
+)
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import PunchFailed
 from overlay.media.quic.connect import udp_path
@@ -113,3 +121,27 @@ async def test_a_cancelled_punch_closes_every_extra_socket() -> None:
         assert media.puncher(b"\x00" * 16) is None and not media._sessions
     finally:
         await media.close()
+
+
+async def test_concurrent_sessions_share_a_bounded_number_of_extra_sockets() -> None:
+    before = open_fds()
+    first, second = ExtraSockets(HARD_SOCKETS), ExtraSockets(HARD_SOCKETS)
+    third = ExtraSockets(HARD_SOCKETS)
+    try:
+        assert len(first) + len(second) + len(third) == MAX_EXTRA_TOTAL
+        assert len(third) == 0 and open_fds() == before + MAX_EXTRA_TOTAL
+    finally:
+        for extra in (first, second, third):
+            extra.close()
+    assert open_fds() == before and extra_socket_allowance() == MAX_EXTRA_TOTAL
+
+
+async def test_a_low_descriptor_limit_leaves_the_daemon_three_quarters() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        extra = ExtraSockets(HARD_SOCKETS)
+        assert len(extra) == 100
+        extra.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
