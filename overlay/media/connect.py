@@ -37,9 +37,10 @@ TCP_CONNECT_TIMEOUT_S = 3.0
 UDP_STAGGER_S = 0.25
 RELAY_STAGGER_S = 1.5
 
-#: with a birthday attempt (one symmetric side), the relay waits out most of its spray
-#: (1,024 probes in 4.1 s, :mod:`overlay.media.birthday`): it succeeds 98 % of the time
-BIRTHDAY_RELAY_STAGGER_S = 4.5
+#: with a birthday attempt (one symmetric side), the relay waits out its spray (1,024 probes
+#: in 4.1 s after the UDP stagger, :mod:`overlay.media.birthday`; later on a loaded machine):
+#: it succeeds 98 % of the time
+BIRTHDAY_RELAY_STAGGER_S = 5.0
 
 DEFAULT_STAGGERS = {"udp-punch": UDP_STAGGER_S, "udp-birthday": UDP_STAGGER_S,
                     "relay": RELAY_STAGGER_S}

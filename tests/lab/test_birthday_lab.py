@@ -121,7 +121,7 @@ def test_symmetric_against_an_easy_side_punches_with_the_birthday_technique(
                     assert lines["easy"]["spray"] <= 1024, row
                     continue
                 # a miss: tried, and failed within its time or was cut short by the relay
-                # that completed first (it starts once most of the spray is out)
+                # that completed first (it starts once the spray is out)
                 assert res.json.get("path") == "relay", row
                 assert lines["hard"]["outcome"] in ("failed", "cancelled"), row
                 misses.append(row)
