@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -82,6 +83,14 @@ class MediaSocket(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         sock = cls()
         await loop.create_datagram_endpoint(lambda: sock, local_addr=(host, port))
+        return sock
+
+    @classmethod
+    async def adopt(cls, udp: socket.socket) -> MediaSocket:
+        """A MediaSocket on an already bound UDP socket (it takes ownership)."""
+        loop = asyncio.get_running_loop()
+        sock = cls()
+        await loop.create_datagram_endpoint(lambda: sock, sock=udp)
         return sock
 
     # -- asyncio protocol ------------------------------------------------------------------

@@ -107,8 +107,8 @@ def punch_feasible(local_nat: str, remote_nat: str) -> bool:
     """Whether punching is worth trying between these NAT types (``binding.classify``).
 
     No UDP on either side never works; two symmetric NATs never do; symmetric against a cone
-    works only with a full- or address-restricted cone, which the types do not tell apart, so
-    that is tried (it fails within the punch timeout against a port-restricted cone)."""
+    or public side is tried with birthday punching (:mod:`overlay.media.birthday`), which
+    also does the simple probing that suffices against a full- or address-restricted cone."""
     if "no-udp" in (local_nat, remote_nat):
         return False
     return not (local_nat == "symmetric" and remote_nat == "symmetric")

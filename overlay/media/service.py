@@ -279,8 +279,9 @@ class MediaService:
             punch = transport_hooks.udp_attempt(self.udp, s.session_id, s.initiator, local,
                                                 remote, shared, transcript)
             if punch is not None:
-                attempts["udp-punch"] = punch
-        attempts.update(self._tcp_punch_attempts(s, local, remote, "udp-punch" in attempts))
+                attempts[punch[0]] = punch[1]
+        udp_tried = any(name.startswith("udp-") for name in attempts)
+        attempts.update(self._tcp_punch_attempts(s, local, remote, udp_tried))
         return attempts
 
     def _tcp_punch_attempts(self, s: Session, local: Candidates, remote: Candidates,

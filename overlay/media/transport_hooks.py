@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from overlay.core.addresses import Address
 from overlay.core.identity import Identity
 from overlay.media.binding import nat_type
+from overlay.media.birthday import birthday_role
+from overlay.media.birthday_io import birthday_path
 from overlay.media.errors import losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
@@ -129,13 +131,19 @@ def at_relay_limit(exc: BaseException) -> bool:
 def udp_attempt(
     udp: UdpState, session_id: bytes, initiator: bool, local: Candidates, remote: Candidates,
     shared: bytes, transcript: bytes,
-) -> Callable[[], Awaitable[MediaStream]] | None:
-    """The hole-punching attempt, or None when it cannot work for these NAT types."""
+) -> tuple[str, Callable[[], Awaitable[MediaStream]]] | None:
+    """The hole-punching attempt and its name, or None when punching cannot work for these NAT
+    types: ``"udp-birthday"`` when exactly one side is symmetric and the other cone or public
+    (:mod:`overlay.media.birthday`), else ``"udp-punch"`` (simple punching)."""
     if not remote.udp or not punch_feasible(local.nat, remote.nat):
         return None
+    role = birthday_role(local.nat, remote.nat)
 
     async def attempt() -> MediaStream:
+        if role is not None:
+            return await birthday_path(udp.media, session_id, shared, transcript, initiator,
+                                       list(local.udp), list(remote.udp), role)
         return await udp_path(udp.media, session_id, shared, transcript, initiator,
                               list(local.udp), list(remote.udp))
 
-    return attempt
+    return ("udp-birthday" if role is not None else "udp-punch"), attempt

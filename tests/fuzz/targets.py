@@ -43,6 +43,7 @@ from overlay.dht.envelope import (
 from overlay.dht.protocol import DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.storage import RecordStorage
 from overlay.media import candidate_policy, transfer
+from overlay.media.birthday import BirthdayPuncher
 from overlay.media.portmap import PortMapper
 from overlay.media.portmap_wire import BadPortMapMessage, decode_response
 from overlay.media.punch import ACK, PROBE, Puncher, decode_probe, encode_probe
@@ -307,6 +308,22 @@ def _punch(data: bytes) -> None:
     puncher.datagrams_to_send(0.5)
 
 
+def _birthday(data: bytes) -> None:
+    """What the hard side's extra sockets hand over (any probe-sized datagram), and the easy
+    side's media socket."""
+    hard = BirthdayPuncher(_SESSION, _PUNCH_KEY, [("127.0.0.1", 1)],
+                           [("127.0.0.2", 2), ("127.0.0.3", 3)], initiator=True, now=0.0,
+                           role="hard", sockets=4)
+    hard.receive_on(2, data, ("127.0.0.3", 3), 0.5)
+    for index, _, _ in hard.extra_datagrams_to_send(0.5):
+        assert 1 <= index <= 4
+    easy = BirthdayPuncher(_SESSION, _PUNCH_KEY, [("127.0.0.1", 1)],
+                           [("127.0.0.2", 2), ("127.0.0.3", 3)], initiator=True, now=0.0,
+                           role="easy", probes=16)
+    easy.receive_datagram(data, ("127.0.0.3", 9), 0.5)
+    assert len(easy.datagrams_to_send(0.5)) <= 16 + 2 + 1
+
+
 _GW = ("198.19.7.1", 5351)
 _PM_NONCE = b"\x07" * 12
 _PORTMAP_ANSWERS = [
@@ -426,6 +443,7 @@ TARGETS: dict[str, Target] = {
     "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
+    "birthday_probes": Target(mutated_bytes(_PROBES), _birthday, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),
     "upnp_answers": Target(mutated_bytes(_UPNP_ANSWERS), _upnp, (BadUpnpMessage, UpnpFault)),
     "offers": Target(msgpack_shaped(seeds.OFFER_BODIES, seeds.resign_offer)

@@ -68,6 +68,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/dht/directory.py",
     "overlay/dht/sessions.py",
     "overlay/media/punch.py",
+    "overlay/media/birthday.py",
     "overlay/media/quic/core.py",
     "overlay/media/quic/congestion.py",
     "overlay/media/relay_selector.py",

@@ -328,6 +328,7 @@ def test_technique_names_how_the_selected_path_got_through() -> None:
     assert technique("tcp-accept", False) == "dial"
     assert technique("tcp-dial-0", True) == "dial"
     assert technique("udp-punch", True) == "simple"
+    assert technique("udp-birthday", False) == "birthday"
     assert technique("relay-1", True) == "relay"
     assert technique("tcp-dial-lan-0", False) == "lan"               # we dialled its LAN address
     assert technique("tcp-accept", False, inbound_on_lan=True) == "lan"  # it dialled ours
