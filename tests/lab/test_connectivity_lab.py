@@ -11,10 +11,14 @@ Expected paths (the issue's table, as data in :data:`EXPECTED`):
 
 - either side ``public``: ``direct-tcp``;
 - either side ``mapping``: ``direct-tcp`` (the other side dials the router-mapped address);
-- both sides in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch``;
+- both sides in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch`` (technique ``simple``);
+- one ``symmetric`` side, the other in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch``
+  (technique ``birthday``);
 - a ``tcp-only`` side and the other in {``tcp-only``, ``firewalled``, ``cone``, ``cgnat``}:
   ``tcp-punch`` (simultaneous open; every one of those NATs keeps TCP ports);
-- every other pair (a ``symmetric`` side, no ``public`` or ``mapping`` one): ``relay``.
+- the rest: ``relay``: ``symmetric`` with ``symmetric`` (both ports random per destination:
+  nothing to aim at) and ``symmetric`` with ``tcp-only`` (no UDP on one side, a random TCP
+  port on the other).
 
 ``test_same_lan_pair``: two clients behind one router connect over their LAN addresses
 (``direct-tcp``, technique ``lan``, on both sides).
@@ -70,11 +74,11 @@ D, P, T, R = "direct-tcp", "udp-punch", "tcp-punch", "relay"
 EXPECTED: dict[tuple[str, str], str] = {
     # sender ↓  receiver →   public firewalled cone symmetric tcp-only cgnat mapping
     **dict(zip([("public", k) for k in KINDS],     [D, D, D, D, D, D, D], strict=True)),
-    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, R, T, P, D], strict=True)),
-    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, R, T, P, D], strict=True)),
-    **dict(zip([("symmetric", k) for k in KINDS],  [D, R, R, R, R, R, D], strict=True)),
+    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, P, T, P, D], strict=True)),
+    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, P, T, P, D], strict=True)),
+    **dict(zip([("symmetric", k) for k in KINDS],  [D, P, P, R, R, P, D], strict=True)),
     **dict(zip([("tcp-only", k) for k in KINDS],   [D, T, T, R, T, T, D], strict=True)),
-    **dict(zip([("cgnat", k) for k in KINDS],      [D, P, P, R, T, P, D], strict=True)),
+    **dict(zip([("cgnat", k) for k in KINDS],      [D, P, P, P, T, P, D], strict=True)),
     **dict(zip([("mapping", k) for k in KINDS],    [D, D, D, D, D, D, D], strict=True)),
 }
 
@@ -111,6 +115,9 @@ def test_expected_table_matches_the_issue_rules() -> None:
             rule = D
         elif {a, b} <= {"firewalled", "cone", "cgnat"}:
             rule = P
+        elif "symmetric" in {a, b} and {a, b} <= {"symmetric", "firewalled", "cone", "cgnat"} \
+                and {a, b} != {"symmetric"}:
+            rule = P  # birthday punching
         elif "tcp-only" in {a, b} and {a, b} <= {"tcp-only", "firewalled", "cone", "cgnat"}:
             rule = T
         else:
