@@ -42,8 +42,9 @@ BIRTHDAY_PAIRS = [("sym-1", "cone-1"), ("cone-2", "sym-1"), ("sym-1", "fw-1"),
                   ("fw-2", "sym-1")]
 #: runs per birthday pair (the figures reported for issue 13: BIRTHDAY_RUNS=10)
 RUNS = int(os.environ.get("BIRTHDAY_RUNS", "3"))
-#: birthday runs allowed to miss (and go through the relay): P(more) < 0.3 % at 12 runs
-MAX_MISSES = 2
+#: birthday runs allowed to miss (and go through the relay): P(more) < 0.05 % at 12 runs at
+#: the theoretical 1.7 % per run, 0.4 % at the 5.4 % measured in the lab (issue 13 note)
+MAX_MISSES = 3
 #: the easy side's router holds fewer unreplied flows to the hard side than this: no spray left
 #: (one spray leaves up to 1,024 for nf_conntrack_udp_timeout, 30 s)
 SPRAY_LEFTOVER = 16
