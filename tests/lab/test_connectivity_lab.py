@@ -137,11 +137,14 @@ class PairOutcome:
     received_sha: str | None
     sent_sha: str
     problems: list[str]
+    #: a birthday pair that went through the relay after its birthday punch missed (logged)
+    birthday_miss: bool = False
 
     def row(self) -> dict[str, Any]:
         r = self.result
         return {
             "pair": f"{self.src_kind}->{self.dst_kind}", "expected": self.expected,
+            "birthday_miss": self.birthday_miss,
             "got": r.path if r.ok else "error",
             "technique": r.json.get("technique") if r.json else None,
             "rc": r.returncode, "seconds": round(r.seconds, 2),
@@ -173,7 +176,9 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
         if res.json is None:
             problems.append(f"no JSON on stdout: {res.stdout[-300:]!r}")
         accepted = {expected} | (also_accepted or {}).get(expected, set())
-        if j.get("path") not in accepted:
+        birthday_miss = (j.get("path") == R and is_birthday_pair(src_kind, dst_kind)
+                         and birthday_missed(ov, res))
+        if j.get("path") not in accepted and not birthday_miss:
             problems.append(f"path {j.get('path')!r}, expected {expected!r}")
         if j.get("path") == R and not ov.is_supernode_id(j.get("relay")):
             problems.append(f"relay {j.get('relay')!r} is not one of the supernodes' ids "
@@ -196,7 +201,30 @@ def check_pair(ov: LabOverlay, src_kind: str, dst_kind: str, size: int,
             received_sha = sha256_file(target)
             if received_sha != sent_sha:
                 problems.append("received file's sha256 differs")
-    return PairOutcome(src_kind, dst_kind, expected, res, received_sha, sent_sha, problems)
+    return PairOutcome(src_kind, dst_kind, expected, res, received_sha, sent_sha, problems,
+                       res.ok and birthday_miss)
+
+
+#: birthday pairs of one matrix run allowed to miss and go through the relay: each misses
+#: with ~1.7 % (theory) to ~5.4 % (measured in the lab, issue 13's note); at 5.4 % over the
+#: six birthday pairs P(more than 2) < 0.3 %
+MAX_BIRTHDAY_MISSES = 2
+
+
+def is_birthday_pair(src_kind: str, dst_kind: str) -> bool:
+    kinds = {src_kind, dst_kind}
+    return "symmetric" in kinds and len(kinds) == 2 \
+        and expected_outcome(src_kind, dst_kind) == P
+
+
+def birthday_missed(ov: LabOverlay, res: SendResult) -> bool:
+    """The hard side of this send logged a birthday punch that failed or was cut short by
+    the relay (tried and missed: birthday punching is a matter of chance, ~98 %)."""
+    lines = [e for host in (res.src, res.dst)
+             for e in ov.log_lines(host, lambda e: e.get("event") == "birthday_punch",
+                                   since=res.started_at - 0.2)]
+    return any(e.get("role") == "hard" and e.get("outcome") in ("failed", "cancelled")
+               for e in lines)
 
 
 def run_matrix(ov: LabOverlay, pairs: list[tuple[str, str]], *, size: int, parallel: int,
@@ -298,6 +326,8 @@ def test_all_pairs(tmp_path: Path) -> None:
                               send_timeout=90)
         ov.check_alive()
         report(ov, outcomes, tmp_path, "all 49 pairs, 1 MiB, no impairment")
+        misses = [o.row()["pair"] for o in outcomes if o.birthday_miss]
+        assert len(misses) <= MAX_BIRTHDAY_MISSES, f"birthday punching missed for {misses}"
 
 
 @pytest.mark.timeout(180)
