@@ -108,7 +108,11 @@ def technique(selected: str | None, inbound_via_mapping: bool) -> str:
 
 
 class NoPath(MediaError):
-    """No path completed an authenticated handshake in time."""
+    """No path completed an authenticated handshake in time; ``timeline`` is the race's."""
+
+    def __init__(self, message: str, timeline: Timeline | None = None) -> None:
+        super().__init__(message)
+        self.timeline = timeline
 
 
 @dataclass
@@ -232,7 +236,7 @@ async def connect_as_initiator(
     if not completed:
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
-        raise NoPath(f"no path: {detail}")
+        raise NoPath(f"no path: {detail}", timeline)
     winner_name = min(completed, key=lambda n: next(
         t for t, e in timeline.events if e == f"{n}: authenticated"))
     winner = completed.pop(winner_name)
@@ -301,7 +305,7 @@ async def connect_as_responder(
     if not selected.done():
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
-        raise NoPath(f"no path: {detail}")
+        raise NoPath(f"no path: {detail}", timeline)
     name, stream = selected.result()
     timeline.add(f"selected {name}")
     timeline.selected = name

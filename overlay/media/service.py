@@ -45,11 +45,13 @@ from overlay.media.connect import (
     MediaListener,
     NoPath,
     Securer,
+    Timeline,
     connect_as_initiator,
     connect_as_responder,
     dial_tcp,
     technique,
 )
+from overlay.media.connect_stats import ConnectStats
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
     ANSWER,
@@ -128,6 +130,8 @@ class MediaService:
         self.partials = PartialStore()
         self.inbox_guard = InboxGuard(config.inbox_limits)
         self.relay_history = RelayHistory()
+        #: how path races turned out, per pair of NAT classes and kind of attempt
+        self.connect_stats = ConnectStats()
         #: mappings of our media ports from the router (PCP/NAT-PMP), once asked for
         self.portmaps: PortMaps | None = None
         self._tasks = TaskSet()
@@ -184,6 +188,14 @@ class MediaService:
 
     def port_mapping_status(self) -> dict[str, Any] | None:
         return self.portmaps.to_json() if self.portmaps is not None else None
+
+    def _count_race(self, local: Candidates, remote: Candidates, timeline: Timeline | None,
+                    setup_started: float) -> None:
+        """Count a race (won or not) in :attr:`connect_stats`; ``setup_started`` is when
+        this side began setting the session up (monotonic)."""
+        if timeline is not None:
+            self.connect_stats.record(local.nat, remote.nat, timeline.events,
+                                      timeline.started - setup_started)
 
     async def candidates(self, session: ClientSession) -> Candidates:
         local_ip = self._local_ip(session)
@@ -332,6 +344,7 @@ class MediaService:
         if session is None:
             raise SendFailed("not attached to a supernode yet")
         to_user = ref.name
+        setup_started = time.monotonic()
         target = await choose_target(self.attachment, self.contacts, ref)
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
@@ -381,7 +394,9 @@ class MediaService:
                 stream, timeline = await connect_as_initiator(
                     attempts, self._securer(s, shared, transcript), log=slog)
             except NoPath as exc:
+                self._count_race(local, answer.candidates, exc.timeline, setup_started)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
+            self._count_race(local, answer.candidates, timeline, setup_started)
             progress.update(path=stream.path, state="sending")
 
             def update(sent: int, size: int) -> None:
@@ -545,6 +560,7 @@ class MediaService:
         if session is None or invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
+        setup_started = time.monotonic()
         s = Session(invite.session_id, invite.from_user, initiator=False)
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
@@ -568,8 +584,13 @@ class MediaService:
                 slog.warning("answer_not_delivered", to_user=invite.from_user,
                             reason=result.reason)
                 return
-            stream, timeline = await connect_as_responder(
-                attempts, self._securer(s, shared, transcript), log=slog)
+            try:
+                stream, timeline = await connect_as_responder(
+                    attempts, self._securer(s, shared, transcript), log=slog)
+            except NoPath as exc:
+                self._count_race(local, invite.candidates, exc.timeline, setup_started)
+                raise
+            self._count_race(local, invite.candidates, timeline, setup_started)
             entry["path"] = stream.path
             entry["technique"] = technique(timeline.selected,
                                            self._inbound_via_mapping(invite.candidates))
