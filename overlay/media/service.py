@@ -37,9 +37,16 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
-from overlay.media import candidate_policy, portmap, relay_selector, transport_hooks
+from overlay.media import (
+    candidate_policy,
+    direct_paths,
+    portmap,
+    relay_selector,
+    transport_hooks,
+)
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
+    DEFAULT_STAGGERS,
     TCP_CONNECT_TIMEOUT_S,
     Attempt,
     MediaListener,
@@ -278,6 +285,16 @@ class MediaService:
                 attempts["udp-punch"] = punch
         return attempts
 
+    def _staggers(self, local: Candidates, remote: Candidates,
+                  slog: FilteringBoundLogger) -> dict[str, float]:
+        """When each kind of attempt starts, for this pair (:mod:`.direct_paths`)."""
+        overrides = direct_paths.stagger_overrides(
+            local, remote, direct_paths.one_network(self._own_reflexive(), remote))
+        if overrides:
+            slog.info("race_staggers", local_nat=local.nat, remote_nat=remote.nat,
+                      staggers=overrides)
+        return {**DEFAULT_STAGGERS, **overrides}
+
     def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
             return await transport_hooks.secure(raw, shared, transcript, s.initiator)
@@ -392,7 +409,8 @@ class MediaService:
             attempts.update(self._relay_attempts(s, invite, answer))
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self._securer(s, shared, transcript), log=slog)
+                    attempts, self._securer(s, shared, transcript),
+                    staggers=self._staggers(local, answer.candidates, slog), log=slog)
             except NoPath as exc:
                 self._count_race(local, answer.candidates, exc.timeline, setup_started)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
@@ -586,7 +604,8 @@ class MediaService:
                 return
             try:
                 stream, timeline = await connect_as_responder(
-                    attempts, self._securer(s, shared, transcript), log=slog)
+                    attempts, self._securer(s, shared, transcript),
+                    staggers=self._staggers(local, invite.candidates, slog), log=slog)
             except NoPath as exc:
                 self._count_race(local, invite.candidates, exc.timeline, setup_started)
                 raise
