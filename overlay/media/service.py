@@ -53,6 +53,7 @@ from overlay.media.connect import (
     NoPath,
     Securer,
     Timeline,
+    close_later,
     connect_as_initiator,
     connect_as_responder,
     dial_tcp,
@@ -362,7 +363,16 @@ class MediaService:
             raise SendFailed("not attached to a supernode yet")
         to_user = ref.name
         setup_started = time.monotonic()
-        target = await choose_target(self.attachment, self.contacts, ref)
+        # what does not depend on the callee (our candidates, the relay directory) is
+        # fetched while the callee is looked up: one or two round trips fewer
+        gathering = self._tasks.spawn(self.candidates(session))
+        listing = self._tasks.spawn(self._relay_directory(session))
+        try:
+            target = await choose_target(self.attachment, self.contacts, ref)
+        except BaseException:
+            for early in (gathering, listing):  # they finish on their own (caches)
+                early.add_done_callback(_retrieve)
+            raise
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
@@ -373,8 +383,8 @@ class MediaService:
                                     "size": 0, "path": None, "state": "signalling"}
         self.sending.append(progress)
         try:
-            local = await self.candidates(session)
-            relays, secret = await self._choose_relays(session, target, failed_relays, slog)
+            local = await gathering
+            relays, secret = self._choose_relays(session, await listing, target, failed_relays)
             me = self.config
             # the relay vouchers' expiry covers the whole wait for an answer and the race
             expires = int(time.time() + accept_wait_s) + VOUCHER_MARGIN_S
@@ -442,15 +452,21 @@ class MediaService:
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
 
-    async def _choose_relays(
-        self, session: ClientSession, target: records.PresenceRecord, exclude: set[bytes],
-        slog: FilteringBoundLogger,
+    @staticmethod
+    async def _relay_directory(session: ClientSession) -> list[records.SignedRecord] | None:
+        """The signed supernode directory (None when it cannot be had)."""
+        try:
+            return await session.directory()
+        except SessionError as exc:
+            log.info("relay_directory_unavailable", error=str(exc))
+            return None
+
+    def _choose_relays(
+        self, session: ClientSession, directory: list[records.SignedRecord] | None,
+        target: records.PresenceRecord, exclude: set[bytes],
     ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
         """The best few relays for this call, from the signed supernode directory."""
-        try:
-            directory = await session.directory()
-        except SessionError as exc:
-            slog.info("relay_directory_unavailable", error=str(exc))
+        if directory is None:
             return (), b""
         coords = {s.record.node_key: for_prediction(s.record.coords)
                   for s in directory if isinstance(s.record, records.SupernodeRecord)}
@@ -596,16 +612,25 @@ class MediaService:
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
             attempts.update(self._relay_attempts(s, invite, answer))
-            result = await session.signal(invite.from_user, answer.wire,
-                                          to_device=invite.from_device)
+            # the race runs while the answer is on its way: our dials, probes and relay half
+            # start a round trip earlier; the caller selects a path only once it has the
+            # answer, and nothing is received before its SELECT
+            racing = asyncio.ensure_future(connect_as_responder(
+                attempts, self._securer(s, shared, transcript),
+                staggers=self._staggers(local, invite.candidates, slog), log=slog))
+            try:
+                result = await session.signal(invite.from_user, answer.wire,
+                                              to_device=invite.from_device)
+            except BaseException:
+                _abandon(racing)
+                raise
             if not result.ok:
+                _abandon(racing)
                 slog.warning("answer_not_delivered", to_user=invite.from_user,
                             reason=result.reason)
                 return
             try:
-                stream, timeline = await connect_as_responder(
-                    attempts, self._securer(s, shared, transcript),
-                    staggers=self._staggers(local, invite.candidates, slog), log=slog)
+                stream, timeline = await racing
             except NoPath as exc:
                 self._count_race(local, invite.candidates, exc.timeline, setup_started)
                 raise
@@ -635,6 +660,23 @@ class MediaService:
         if entry not in self.transfers:
             self.transfers.append(entry)
             del self.transfers[:-MAX_RECENT]
+
+
+def _abandon(racing: asyncio.Future[tuple[MediaStream, Timeline]]) -> None:
+    """Stop a race nobody will use; close the path it may have selected meanwhile."""
+    racing.cancel()
+
+    def closed(task: asyncio.Future[tuple[MediaStream, Timeline]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            close_later(task.result()[0])
+
+    racing.add_done_callback(closed)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's outcome as seen (nobody awaits it any more)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def close_quietly(stream: ByteStream) -> None:
