@@ -198,12 +198,15 @@ class MediaService:
         return self.portmaps.to_json() if self.portmaps is not None else None
 
     def _count_race(self, local: Candidates, remote: Candidates, timeline: Timeline | None,
-                    setup_started: float) -> None:
-        """Count a race (won or not) in :attr:`connect_stats`; ``setup_started`` is when
-        this side began setting the session up (monotonic)."""
-        if timeline is not None:
-            self.connect_stats.record(local.nat, remote.nat, timeline.events,
-                                      timeline.started - setup_started)
+                    setup: Timeline, slog: FilteringBoundLogger) -> None:
+        """Count a race (won or not) in :attr:`connect_stats` and log this side's setup
+        timeline (``setup``: its steps since it began, then the race's events)."""
+        if timeline is None:
+            return
+        offset = timeline.started - setup.started
+        self.connect_stats.record(local.nat, remote.nat, timeline.events, offset)
+        slog.info("setup_timeline", local_nat=local.nat, remote_nat=remote.nat, steps=[
+            *setup.events, *((round(t + offset, 4), e) for t, e in timeline.events)])
 
     async def candidates(self, session: ClientSession) -> Candidates:
         local_ip = self._local_ip(session)
@@ -362,7 +365,7 @@ class MediaService:
         if session is None:
             raise SendFailed("not attached to a supernode yet")
         to_user = ref.name
-        setup_started = time.monotonic()
+        setup = Timeline()
         # what does not depend on the callee (our candidates, the relay directory) is
         # fetched while the callee is looked up: one or two round trips fewer
         gathering = self._tasks.spawn(self.candidates(session))
@@ -373,6 +376,7 @@ class MediaService:
             for early in (gathering, listing):  # they finish on their own (caches)
                 early.add_done_callback(_retrieve)
             raise
+        setup.add("looked up")
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
@@ -384,7 +388,9 @@ class MediaService:
         self.sending.append(progress)
         try:
             local = await gathering
+            setup.add("candidates")
             relays, secret = self._choose_relays(session, await listing, target, failed_relays)
+            setup.add("relays ranked")
             me = self.config
             # the relay vouchers' expiry covers the whole wait for an answer and the race
             expires = int(time.time() + accept_wait_s) + VOUCHER_MARGIN_S
@@ -402,6 +408,7 @@ class MediaService:
                 raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
             if not result.ok:
                 raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
+            setup.add("invite at our supernode")
             # we dealt with this key: pin it, and the callee becomes a contact of ours
             self.contacts.dealt_with(to_user, target.user_key)
             assert s.answer is not None
@@ -413,6 +420,7 @@ class MediaService:
                 raise NotAccepted(f"{to_user} declined the contact request")
             if not answer.accept:
                 raise SendFailed(f"{to_user} declined: {answer.reason}")
+            setup.add("answer")
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, answer.candidates, shared, transcript)
@@ -422,9 +430,9 @@ class MediaService:
                     attempts, self._securer(s, shared, transcript),
                     staggers=self._staggers(local, answer.candidates, slog), log=slog)
             except NoPath as exc:
-                self._count_race(local, answer.candidates, exc.timeline, setup_started)
+                self._count_race(local, answer.candidates, exc.timeline, setup, slog)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
-            self._count_race(local, answer.candidates, timeline, setup_started)
+            self._count_race(local, answer.candidates, timeline, setup, slog)
             progress.update(path=stream.path, state="sending")
 
             def update(sent: int, size: int) -> None:
@@ -557,11 +565,13 @@ class MediaService:
         if invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
+        setup = Timeline()
         verdict = await vet_invite(self.attachment, self.contacts, invite, slog)
+        setup.add("invite vetted")
         if verdict == REQUEST:
             await self._answer_without_address(invite, PENDING)
         elif verdict == ANSWER:
-            await self._answer(invite)
+            await self._answer(invite, setup)
 
     def answer_request(self, invite: Offer) -> None:
         """The user accepted the request ``invite``: answer it (the caller may still wait)."""
@@ -588,19 +598,21 @@ class MediaService:
         if not result.ok:
             log.info("answer_not_delivered", to_user=invite.from_user, reason=result.reason)
 
-    async def _answer(self, invite: Offer) -> None:
-        """Answer ``invite`` with our candidates, race the paths, receive the file."""
+    async def _answer(self, invite: Offer, setup: Timeline | None = None) -> None:
+        """Answer ``invite`` with our candidates, race the paths, receive the file.
+        ``setup`` holds the steps since the invite arrived (when it is answered at once)."""
         session = self.attachment.primary_session()
         if session is None or invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
-        setup_started = time.monotonic()
+        setup = setup or Timeline()
         s = Session(invite.session_id, invite.from_user, initiator=False)
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
                                  "first_byte_at": None, "done_at": None, "path": None}
         try:
             local = await self.candidates(session)
+            setup.add("candidates")
             me = self.config
             sigs = callee_signatures(me.identity, invite, time.time())
             answer = sign_offer(Offer("answer", s.session_id, me.user, me.device,
@@ -624,6 +636,7 @@ class MediaService:
             except BaseException:
                 _abandon(racing)
                 raise
+            setup.add("answer at our supernode")
             if not result.ok:
                 _abandon(racing)
                 slog.warning("answer_not_delivered", to_user=invite.from_user,
@@ -632,9 +645,9 @@ class MediaService:
             try:
                 stream, timeline = await racing
             except NoPath as exc:
-                self._count_race(local, invite.candidates, exc.timeline, setup_started)
+                self._count_race(local, invite.candidates, exc.timeline, setup, slog)
                 raise
-            self._count_race(local, invite.candidates, timeline, setup_started)
+            self._count_race(local, invite.candidates, timeline, setup, slog)
             entry["path"] = stream.path
             entry["technique"] = technique(timeline.selected,
                                            self._inbound_via_mapping(invite.candidates))
