@@ -333,7 +333,7 @@ class MediaService:
                 break
             try:
                 return await self._send_once(ref, path, transfer_id, sha, failed_relays,
-                                             accept_wait_s)
+                                             accept_wait_s, first_attempt=not lost_a_path)
             except LostMidTransfer as exc:
                 lost_a_path = True
                 if exc.at_relay_limit:
@@ -360,7 +360,8 @@ class MediaService:
         raise SendFailed(f"transfer failed on every path tried: {'; '.join(errors)}")
 
     async def _send_once(self, ref: UserRef, path: Path, transfer_id: bytes, sha: str,
-                         failed_relays: set[bytes], accept_wait_s: float) -> dict[str, Any]:
+                         failed_relays: set[bytes], accept_wait_s: float,
+                         first_attempt: bool = False) -> dict[str, Any]:
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -439,7 +440,8 @@ class MediaService:
                 progress.update(sent=sent, size=size)
 
             try:
-                done = await send_file(stream, path, update, transfer_id, sha)
+                done = await send_file(stream, path, update, transfer_id, sha,
+                                       first_attempt=first_attempt)
             except PathLost as exc:
                 raise LostMidTransfer(
                     f"{stream.path} lost after {progress['sent']} bytes: {exc}",
