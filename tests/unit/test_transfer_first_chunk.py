@@ -15,6 +15,7 @@ from overlay.media.inbox_limits import InboxGuard, InboxLimits
 from overlay.media.transfer import (
     CHUNK,
     DATA,
+    FIRST_DATA_BYTES,
     HEADER,
     READY,
     FrameReader,
@@ -38,7 +39,7 @@ async def test_the_first_chunk_arrives_without_waiting_for_ready(tmp_path) -> No
         assert kind == HEADER
         # READY not sent yet: the first chunk is already here
         kind, payload = await asyncio.wait_for(reader.next(), 5)
-        assert (kind, payload) == (DATA, data[:CHUNK])
+        assert (kind, payload) == (DATA, data[:FIRST_DATA_BYTES])
         assert not sending.done()
         await b.send(frame(READY, msgpack.packb({"offset": 0})))
         got = bytearray(payload)
