@@ -1,38 +1,48 @@
 """Which direct paths two sides' candidates leave possible, and so when each attempt of the
-race starts (sans-IO: both sides' :class:`~overlay.media.signalling.Candidates` in, verdicts
-and start delays out).
+race starts (sans-IO: both sides' :class:`~overlay.media.signalling.Candidates` in, a
+:class:`RacePlan` out).
 
 This is the one place that says "no direct path can work between these two": both sides
 compute it from the same invite and answer, so both start their relay halves at the same
 moment. Today's rule is the connectivity matrix of ``tests/lab/test_connectivity_lab.py``:
 
-- a direct TCP connection needs one side that accepts unsolicited connections (the
-  supernode's dial-back reached it: ``reachable``; or a router mapping of its listener), or
-  both sides on one network (one public address, or the whole overlay on one machine);
-- failing that, only UDP hole punching is left, and it needs UDP on both sides and no
-  ``symmetric`` NAT on either (a symmetric NAT's mapping towards the peer is not the one the
-  supernodes saw, and every other NAT of ours filters by port; ``punch.punch_feasible``
-  still tries symmetric against cone, in case the cone is a full or address-restricted one).
+- a direct TCP connection is known to work when one side accepts unsolicited connections
+  (the supernode's dial-back reached it: ``reachable``, which only clients that may become
+  supernodes check; or a router mapping of its listener), or both sides are on one network
+  (one public address, or the whole overlay on one machine). It *may* work when a side's
+  UDP socket is not translated (NAT class ``public``): a public host, or one behind a
+  stateful firewall, which the NAT class does not tell apart;
+- UDP hole punching needs UDP on both sides and no ``symmetric`` NAT on either (a symmetric
+  NAT's mapping towards the peer is not the one the supernodes saw, and every other NAT of
+  ours filters by port; ``punch.punch_feasible`` still tries symmetric against cone, in
+  case the cone is a full or address-restricted one).
 
 Work on TCP simultaneous open (tcp-only pairs) or birthday-style punching (symmetric against
-cone) changes :func:`direct_ruled_out` here and nowhere else.
+cone) changes :func:`plan` here and nowhere else.
 
-Start delays (:func:`stagger_overrides`, on top of ``connect.DEFAULT_STAGGERS``): the relay
-starts at once when no direct path can work (it used to wait 1.5 s); UDP punching starts at
-once when no direct TCP path can work (its 0.25 s only gives a direct TCP connection the
+The plan, on top of ``connect.DEFAULT_STAGGERS`` (UDP punching after 0.25 s, relays after
+1.5 s): when no direct path is known to work, the relay starts at once; if a direct TCP path
+still may work, the caller then waits up to :data:`PREFER_DIRECT_S` after a relay
+authenticated for a direct path to authenticate too, and selects the direct one if it does.
+UDP punching starts at once when no direct TCP path may work (its 0.25 s only gives TCP the
 chance to win first).
 """
+
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from overlay.media.candidate_policy import local_overlay, public_of
 from overlay.media.signalling import Candidates
 
-#: NAT classes (``binding.classify``) between which hole punching cannot work today
+#: NAT classes (``binding.classify``)
 NO_UDP = "no-udp"
 SYMMETRIC = "symmetric"
+PUBLIC = "public"
+#: how long the caller waits, after a relay authenticated, for a direct path that may work
+PREFER_DIRECT_S = 0.1
 
 
 def one_network(own_reflexive: Iterable[str], remote: Candidates) -> bool:
@@ -48,8 +58,12 @@ def accepts_tcp(side: Candidates) -> bool:
     return side.reachable or bool(side.mapped_tcp)
 
 
-def tcp_possible(local: Candidates, remote: Candidates, same_network: bool) -> bool:
+def tcp_known(local: Candidates, remote: Candidates, same_network: bool) -> bool:
     return same_network or accepts_tcp(local) or accepts_tcp(remote)
+
+
+def tcp_maybe(local: Candidates, remote: Candidates, same_network: bool) -> bool:
+    return tcp_known(local, remote, same_network) or PUBLIC in (local.nat, remote.nat)
 
 
 def punch_possible(local: Candidates, remote: Candidates) -> bool:
@@ -64,15 +78,26 @@ def punch_possible(local: Candidates, remote: Candidates) -> bool:
 def direct_ruled_out(local: Candidates, remote: Candidates, same_network: bool) -> bool:
     """No direct path (TCP either way, UDP punching) can work between these two sides.
     Symmetric in ``local`` and ``remote``, so caller and callee agree."""
-    return not tcp_possible(local, remote, same_network) and not punch_possible(local, remote)
+    return not tcp_maybe(local, remote, same_network) and not punch_possible(local, remote)
 
 
-def stagger_overrides(local: Candidates, remote: Candidates,
-                      same_network: bool) -> dict[str, float]:
-    """Start delays to change from the defaults for this pair (attempt kind -> seconds)."""
-    overrides: dict[str, float] = {}
-    if not tcp_possible(local, remote, same_network):
-        overrides["udp-punch"] = 0.0
-    if direct_ruled_out(local, remote, same_network):
-        overrides["relay"] = 0.0
-    return overrides
+@dataclass(frozen=True)
+class RacePlan:
+    #: start delays to change from the defaults (attempt kind -> seconds)
+    staggers: dict[str, float] = field(default_factory=dict)
+    #: after a relay authenticated, how long the caller waits for a direct path
+    prefer_direct_s: float = 0.0
+
+
+def plan(local: Candidates, remote: Candidates, same_network: bool) -> RacePlan:
+    """When each kind of attempt starts for this pair, and whether a late direct path is
+    preferred to a relay."""
+    staggers: dict[str, float] = {}
+    prefer = 0.0
+    if not tcp_maybe(local, remote, same_network):
+        staggers["udp-punch"] = 0.0
+    if not tcp_known(local, remote, same_network) and not punch_possible(local, remote):
+        staggers["relay"] = 0.0
+        if tcp_maybe(local, remote, same_network):
+            prefer = PREFER_DIRECT_S
+    return RacePlan(staggers, prefer)

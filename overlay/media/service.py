@@ -289,15 +289,16 @@ class MediaService:
                 attempts["udp-punch"] = punch
         return attempts
 
-    def _staggers(self, local: Candidates, remote: Candidates,
-                  slog: FilteringBoundLogger) -> dict[str, float]:
-        """When each kind of attempt starts, for this pair (:mod:`.direct_paths`)."""
-        overrides = direct_paths.stagger_overrides(
+    def _plan(self, local: Candidates, remote: Candidates,
+              slog: FilteringBoundLogger) -> tuple[dict[str, float], float]:
+        """When each kind of attempt starts for this pair, and how long a late direct path
+        is preferred to a relay (:mod:`.direct_paths`)."""
+        plan = direct_paths.plan(
             local, remote, direct_paths.one_network(self._own_reflexive(), remote))
-        if overrides:
-            slog.info("race_staggers", local_nat=local.nat, remote_nat=remote.nat,
-                      staggers=overrides)
-        return {**DEFAULT_STAGGERS, **overrides}
+        if plan.staggers:
+            slog.info("race_plan", local_nat=local.nat, remote_nat=remote.nat,
+                      staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s)
+        return {**DEFAULT_STAGGERS, **plan.staggers}, plan.prefer_direct_s
 
     def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
@@ -426,10 +427,11 @@ class MediaService:
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, answer.candidates, shared, transcript)
             attempts.update(self._relay_attempts(s, invite, answer))
+            staggers, prefer_direct_s = self._plan(local, answer.candidates, slog)
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self._securer(s, shared, transcript),
-                    staggers=self._staggers(local, answer.candidates, slog), log=slog)
+                    attempts, self._securer(s, shared, transcript), staggers=staggers,
+                    prefer_direct_s=prefer_direct_s, log=slog)
             except NoPath as exc:
                 self._count_race(local, answer.candidates, exc.timeline, setup, slog)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
@@ -631,7 +633,7 @@ class MediaService:
             # answer, and nothing is received before its SELECT
             racing = asyncio.ensure_future(connect_as_responder(
                 attempts, self._securer(s, shared, transcript),
-                staggers=self._staggers(local, invite.candidates, slog), log=slog))
+                staggers=self._plan(local, invite.candidates, slog)[0], log=slog))
             try:
                 result = await session.signal(invite.from_user, answer.wire,
                                               to_device=invite.from_device)
