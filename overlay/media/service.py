@@ -402,18 +402,26 @@ class MediaService:
                                       time.time(), relays=relays, relay_secret=secret,
                                       relay_expires=expires if sigs else 0, relay_sigs=sigs),
                                 me.identity)
-            try:
-                result = await session.signal(to_user, invite.wire, to_device=target.device)
-            except SessionError as exc:
-                # our supernode went away (it may be the relay that just died): the send
-                # loop waits for the failover and tries again
-                raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
-            if not result.ok:
-                raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
-            setup.add("invite at our supernode")
+            assert s.answer is not None
+            # the answer can come before our supernode's word on the invite's delivery
+            # (between supernodes that word waits for the receiving one's checks)
+            delivery = self._tasks.spawn(
+                session.signal(to_user, invite.wire, to_device=target.device))
+            await asyncio.wait([delivery, s.answer], return_when=asyncio.FIRST_COMPLETED)
+            if delivery.done():
+                try:
+                    result = delivery.result()
+                except SessionError as exc:
+                    # our supernode went away (it may be the relay that just died): the
+                    # send loop waits for the failover and tries again
+                    raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
+                if not result.ok:
+                    raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
+                setup.add("invite at our supernode")
+            else:
+                delivery.add_done_callback(_retrieve)
             # we dealt with this key: pin it, and the callee becomes a contact of ours
             self.contacts.dealt_with(to_user, target.user_key)
-            assert s.answer is not None
             answer = await await_answer(s.answer, s.pending, to_user, accept_wait_s,
                                         progress, slog)
             if answer.from_key != target.user_key:
@@ -630,22 +638,30 @@ class MediaService:
             attempts.update(self._relay_attempts(s, invite, answer))
             # the race runs while the answer is on its way: our dials, probes and relay half
             # start a round trip earlier; the caller selects a path only once it has the
-            # answer, and nothing is received before its SELECT
+            # answer, and nothing is received before its SELECT (which, authenticated with
+            # the answer's keys, also proves the answer arrived: no need to wait for our
+            # supernode's word on its delivery, which can take seconds between supernodes)
             racing = asyncio.ensure_future(connect_as_responder(
                 attempts, self._securer(s, shared, transcript),
                 staggers=self._plan(local, invite.candidates, slog)[0], log=slog))
+            delivery = asyncio.ensure_future(session.signal(
+                invite.from_user, answer.wire, to_device=invite.from_device))
             try:
-                result = await session.signal(invite.from_user, answer.wire,
-                                              to_device=invite.from_device)
+                await asyncio.wait([racing, delivery], return_when=asyncio.FIRST_COMPLETED)
             except BaseException:
                 _abandon(racing)
+                delivery.cancel()
                 raise
-            setup.add("answer at our supernode")
-            if not result.ok:
-                _abandon(racing)
-                slog.warning("answer_not_delivered", to_user=invite.from_user,
-                            reason=result.reason)
-                return
+            if delivery.done() and not racing.done():
+                setup.add("answer at our supernode")
+                if delivery.exception() is not None or not delivery.result().ok:
+                    _abandon(racing)
+                    if (error := delivery.exception()) is not None:
+                        raise error
+                    slog.warning("answer_not_delivered", to_user=invite.from_user,
+                                 reason=delivery.result().reason)
+                    return
+            delivery.add_done_callback(_retrieve)
             try:
                 stream, timeline = await racing
             except NoPath as exc:
