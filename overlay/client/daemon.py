@@ -185,13 +185,12 @@ class ClientDaemon:
                 run_promotion(self.promoter, self.primary_session, self.stopping)))
 
     async def _map_ports(self) -> None:
-        """Once attached, gather our media candidates: ask the router to map the media ports
-        (when we are behind a NAT) and learn our NAT class, so that the first send already
-        advertises the mapped addresses and need not wait for the UDP binding."""
+        """Once attached, ask the router to map the media ports (when we are behind a NAT),
+        so that the first send already advertises the mapped addresses."""
         await self.attached.wait()
         session = self.primary_session()
         if session is not None:
-            await self.media.candidates(session)
+            await self.media.map_ports(session)
 
     async def stop(self) -> None:
         self.stopping.set()
