@@ -248,4 +248,5 @@ class ClientDaemon:
             failovers=self.supervisor.failovers, known_supernodes=len(self.cache),
             promotion=self.promoter.status(), transfers=self.media.transfers[-8:],
             sending=self.media.sending, port_mapping=self.media.port_mapping_status(),
+            connectivity=self.media.connect_stats.to_json(),
         )

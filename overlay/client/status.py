@@ -24,6 +24,7 @@ def status_json(
     transfers: list[JSONObject],
     sending: list[JSONObject],
     port_mapping: JSONObject | None = None,
+    connectivity: JSONObject | None = None,
 ) -> JSONObject:
     """Attachment (with presence and reflexive address), backup, and the daemon's counters."""
     att = links.live_primary()
@@ -55,4 +56,6 @@ def status_json(
         "sending": sending,
         #: the router's mappings of our media ports (PCP/NAT-PMP), None when not asked for
         "port_mapping": port_mapping,
+        #: path races per pair of NAT classes and kind of attempt (media.connect_stats)
+        "connectivity": connectivity,
     }

@@ -136,7 +136,11 @@ def technique(selected: str | None, inbound_via_mapping: bool,
 
 
 class NoPath(MediaError):
-    """No path completed an authenticated handshake in time."""
+    """No path completed an authenticated handshake in time; ``timeline`` is the race's."""
+
+    def __init__(self, message: str, timeline: Timeline | None = None) -> None:
+        super().__init__(message)
+        self.timeline = timeline
 
 
 @dataclass
@@ -198,15 +202,21 @@ async def dial_tcp(host: str, port: int, session_id: bytes) -> TcpByteStream:
     return TcpByteStream(reader, writer)
 
 
+def is_relay(name: str) -> bool:
+    return name.startswith("relay")
+
+
 async def _first_of(
     attempts: dict[str, Attempt], securer: Securer, timeline: Timeline,
-    staggers: dict[str, float], timeout: float,
+    staggers: dict[str, float], timeout: float, prefer_direct_s: float = 0.0,
 ) -> tuple[dict[str, MediaStream], dict[str, str]]:
     """Run attempts (each delayed by its stagger); return the ones that completed the
-    handshake so far once the first does, plus the errors of those that failed."""
+    handshake so far once the first does (when only relays did and ``prefer_direct_s`` > 0,
+    once a direct one does too or that long after), plus the errors of those that failed."""
     completed: dict[str, MediaStream] = {}
     errors: dict[str, str] = {}
     first = asyncio.Event()
+    direct = asyncio.Event()
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers))
@@ -229,6 +239,8 @@ async def _first_of(
         timeline.add(f"{name}: authenticated")
         completed[name] = secured
         first.set()
+        if not is_relay(name):
+            direct.set()
 
     tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
     waiter = asyncio.create_task(first.wait())
@@ -238,33 +250,67 @@ async def _first_of(
             while not first.is_set() and not all(t.done() for t in tasks):
                 await asyncio.wait([waiter, *[t for t in tasks if not t.done()]],
                                    return_when=asyncio.FIRST_COMPLETED)
+        if prefer_direct_s > 0 and first.is_set():
+            await _wait_for_direct(attempts, tasks, direct, prefer_direct_s, timeline)
     except TimeoutError:
         pass
     finally:
         waiter.cancel()
+        _stop_losers(tasks)
+    return completed, errors
+
+
+async def _wait_for_direct(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]],
+                           direct: asyncio.Event, wait_s: float, timeline: Timeline) -> None:
+    """Only relays authenticated: wait up to ``wait_s`` while direct attempts still run."""
+    direct_tasks = [t for n, t in zip(attempts, tasks, strict=True) if not is_relay(n)]
+    deadline = asyncio.get_running_loop().time() + wait_s
+    if direct.is_set() or all(t.done() for t in direct_tasks):
+        return
+    timeline.add("waiting for a direct path")
+    preferred = asyncio.ensure_future(direct.wait())
+    try:
+        while not direct.is_set() and not all(t.done() for t in direct_tasks):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait([preferred, *[t for t in direct_tasks if not t.done()]],
+                               timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        preferred.cancel()
+
+
+def _stop_losers(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the attempts still running, without waiting for them: the selected path
+    must not wait for a losing one to wind down (a QUIC close at 400 ms RTT took up to
+    ~0.9 s). A cancelled attempt adds nothing to the race's results and closes what it
+    holds itself (:func:`close_later`)."""
     for task in tasks:
         if not task.done():
             task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return completed, errors
+    _closing.spawn(asyncio.gather(*tasks, return_exceptions=True))
 
 
 async def connect_as_initiator(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 12.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
+    prefer_direct_s: float = 0.0,
 ) -> tuple[MediaStream, Timeline]:
     """Race the attempts, select the first path that authenticated, close the others.
-    ``log`` is the caller's logger, bound to its session."""
+    With ``prefer_direct_s``, a direct path that authenticates within that long after a
+    relay did is selected instead. ``log`` is the caller's logger, bound to its session."""
     timeline = Timeline()
     completed, errors = await _first_of(
         attempts, securer, timeline,
-        staggers or default_staggers(attempts), timeout)
+        staggers or default_staggers(attempts), timeout, prefer_direct_s)
     if not completed:
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
-        raise NoPath(f"no path: {detail}")
-    winner_name = min(completed, key=lambda n: next(
-        t for t, e in timeline.events if e == f"{n}: authenticated"))
+        raise NoPath(f"no path: {detail}", timeline)
+    direct_done = [n for n in completed if not is_relay(n)]
+    winner_name = min(direct_done if prefer_direct_s > 0 and direct_done else completed,
+                      key=lambda n: next(t for t, e in timeline.events
+                                         if e == f"{n}: authenticated"))
     winner = completed.pop(winner_name)
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
@@ -325,13 +371,12 @@ async def connect_as_responder(
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
         pass
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    finally:  # also when the caller cancels us (its answer could not be delivered)
+        _stop_losers(tasks)
     if not selected.done():
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
-        raise NoPath(f"no path: {detail}")
+        raise NoPath(f"no path: {detail}", timeline)
     name, stream = selected.result()
     timeline.add(f"selected {name}")
     timeline.selected = name

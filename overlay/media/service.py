@@ -37,7 +37,14 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
-from overlay.media import candidate_policy, portmap, relay_selector, tcp_punch, transport_hooks
+from overlay.media import (
+    candidate_policy,
+    direct_paths,
+    portmap,
+    relay_selector,
+    tcp_punch,
+    transport_hooks,
+)
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.connect import (
     TCP_CONNECT_TIMEOUT_S,
@@ -45,11 +52,15 @@ from overlay.media.connect import (
     MediaListener,
     NoPath,
     Securer,
+    Timeline,
+    close_later,
     connect_as_initiator,
     connect_as_responder,
+    default_staggers,
     dial_tcp,
     technique,
 )
+from overlay.media.connect_stats import ConnectStats
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
     ANSWER,
@@ -129,6 +140,8 @@ class MediaService:
         self.partials = PartialStore()
         self.inbox_guard = InboxGuard(config.inbox_limits)
         self.relay_history = RelayHistory()
+        #: how path races turned out, per pair of NAT classes and kind of attempt
+        self.connect_stats = ConnectStats()
         #: mappings of our media ports from the router (PCP/NAT-PMP), once asked for
         self.portmaps: PortMaps | None = None
         self._tasks = TaskSet()
@@ -185,6 +198,17 @@ class MediaService:
 
     def port_mapping_status(self) -> dict[str, Any] | None:
         return self.portmaps.to_json() if self.portmaps is not None else None
+
+    def _count_race(self, local: Candidates, remote: Candidates, timeline: Timeline | None,
+                    setup: Timeline, slog: FilteringBoundLogger) -> None:
+        """Count a race (won or not) in :attr:`connect_stats` and log this side's setup
+        timeline (``setup``: its steps since it began, then the race's events)."""
+        if timeline is None:
+            return
+        offset = timeline.started - setup.started
+        self.connect_stats.record(local.nat, remote.nat, timeline.events, offset)
+        slog.info("setup_timeline", local_nat=local.nat, remote_nat=remote.nat, steps=[
+            *setup.events, *((round(t + offset, 4), e) for t, e in timeline.events)])
 
     async def candidates(self, session: ClientSession) -> Candidates:
         local_ip = self._local_ip(session)
@@ -294,6 +318,17 @@ class MediaService:
                  targets=[f"{h}:{p}" for h, p in plan.targets], delay_s=plan.delay_s)
         return punch_attempts(plan, self.listener.port, s.session_id)
 
+    def _plan(self, local: Candidates, remote: Candidates, attempts: dict[str, Attempt],
+              slog: FilteringBoundLogger) -> tuple[dict[str, float], float]:
+        """When each kind of attempt starts for this pair, and how long a late direct path
+        is preferred to a relay (:mod:`.direct_paths`)."""
+        plan = direct_paths.plan(
+            local, remote, direct_paths.one_network(self._own_reflexive(), remote))
+        if plan.staggers:
+            slog.info("race_plan", local_nat=local.nat, remote_nat=remote.nat,
+                      staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s)
+        return {**default_staggers(attempts), **plan.staggers}, plan.prefer_direct_s
+
     def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
             return await transport_hooks.secure(raw, shared, transcript, s.initiator)
@@ -328,7 +363,7 @@ class MediaService:
                 break
             try:
                 return await self._send_once(ref, path, transfer_id, sha, failed_relays,
-                                             accept_wait_s)
+                                             accept_wait_s, first_attempt=not lost_a_path)
             except LostMidTransfer as exc:
                 lost_a_path = True
                 if exc.at_relay_limit:
@@ -355,12 +390,24 @@ class MediaService:
         raise SendFailed(f"transfer failed on every path tried: {'; '.join(errors)}")
 
     async def _send_once(self, ref: UserRef, path: Path, transfer_id: bytes, sha: str,
-                         failed_relays: set[bytes], accept_wait_s: float) -> dict[str, Any]:
+                         failed_relays: set[bytes], accept_wait_s: float,
+                         first_attempt: bool = False) -> dict[str, Any]:
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
         to_user = ref.name
-        target = await choose_target(self.attachment, self.contacts, ref)
+        setup = Timeline()
+        # what does not depend on the callee (our candidates, the relay directory) is
+        # fetched while the callee is looked up: one or two round trips fewer
+        gathering = self._tasks.spawn(self.candidates(session))
+        listing = self._tasks.spawn(self._relay_directory(session))
+        try:
+            target = await choose_target(self.attachment, self.contacts, ref)
+        except BaseException:
+            for early in (gathering, listing):  # they finish on their own (caches)
+                early.add_done_callback(_retrieve)
+            raise
+        setup.add("looked up")
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
@@ -371,8 +418,10 @@ class MediaService:
                                     "size": 0, "path": None, "state": "signalling"}
         self.sending.append(progress)
         try:
-            local = await self.candidates(session)
-            relays, secret = await self._choose_relays(session, target, failed_relays, slog)
+            local = await gathering
+            setup.add("candidates")
+            relays, secret = self._choose_relays(session, await listing, target, failed_relays)
+            setup.add("relays ranked")
             me = self.config
             # the relay vouchers' expiry covers the whole wait for an answer and the race
             expires = int(time.time() + accept_wait_s) + VOUCHER_MARGIN_S
@@ -382,17 +431,26 @@ class MediaService:
                                       time.time(), relays=relays, relay_secret=secret,
                                       relay_expires=expires if sigs else 0, relay_sigs=sigs),
                                 me.identity)
-            try:
-                result = await session.signal(to_user, invite.wire, to_device=target.device)
-            except SessionError as exc:
-                # our supernode went away (it may be the relay that just died): the send
-                # loop waits for the failover and tries again
-                raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
-            if not result.ok:
-                raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
+            assert s.answer is not None
+            # the answer can come before our supernode's word on the invite's delivery
+            # (between supernodes that word waits for the receiving one's checks)
+            delivery = self._tasks.spawn(
+                session.signal(to_user, invite.wire, to_device=target.device))
+            await asyncio.wait([delivery, s.answer], return_when=asyncio.FIRST_COMPLETED)
+            if delivery.done():
+                try:
+                    result = delivery.result()
+                except SessionError as exc:
+                    # our supernode went away (it may be the relay that just died): the
+                    # send loop waits for the failover and tries again
+                    raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
+                if not result.ok:
+                    raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
+                setup.add("invite at our supernode")
+            else:
+                delivery.add_done_callback(_retrieve)
             # we dealt with this key: pin it, and the callee becomes a contact of ours
             self.contacts.dealt_with(to_user, target.user_key)
-            assert s.answer is not None
             answer = await await_answer(s.answer, s.pending, to_user, accept_wait_s,
                                         progress, slog)
             if answer.from_key != target.user_key:
@@ -401,22 +459,28 @@ class MediaService:
                 raise NotAccepted(f"{to_user} declined the contact request")
             if not answer.accept:
                 raise SendFailed(f"{to_user} declined: {answer.reason}")
+            setup.add("answer")
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, answer.candidates, shared, transcript)
             attempts.update(self._relay_attempts(s, invite, answer))
+            staggers, prefer_direct_s = self._plan(local, answer.candidates, attempts, slog)
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self._securer(s, shared, transcript), log=slog)
+                    attempts, self._securer(s, shared, transcript), staggers=staggers,
+                    prefer_direct_s=prefer_direct_s, log=slog)
             except NoPath as exc:
+                self._count_race(local, answer.candidates, exc.timeline, setup, slog)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
+            self._count_race(local, answer.candidates, timeline, setup, slog)
             progress.update(path=stream.path, state="sending")
 
             def update(sent: int, size: int) -> None:
                 progress.update(sent=sent, size=size)
 
             try:
-                done = await send_file(stream, path, update, transfer_id, sha)
+                done = await send_file(stream, path, update, transfer_id, sha,
+                                       first_attempt=first_attempt)
             except PathLost as exc:
                 raise LostMidTransfer(
                     f"{stream.path} lost after {progress['sent']} bytes: {exc}",
@@ -438,15 +502,21 @@ class MediaService:
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
 
-    async def _choose_relays(
-        self, session: ClientSession, target: records.PresenceRecord, exclude: set[bytes],
-        slog: FilteringBoundLogger,
+    @staticmethod
+    async def _relay_directory(session: ClientSession) -> list[records.SignedRecord] | None:
+        """The signed supernode directory (None when it cannot be had)."""
+        try:
+            return await session.directory()
+        except SessionError as exc:
+            log.info("relay_directory_unavailable", error=str(exc))
+            return None
+
+    def _choose_relays(
+        self, session: ClientSession, directory: list[records.SignedRecord] | None,
+        target: records.PresenceRecord, exclude: set[bytes],
     ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
         """The best few relays for this call, from the signed supernode directory."""
-        try:
-            directory = await session.directory()
-        except SessionError as exc:
-            slog.info("relay_directory_unavailable", error=str(exc))
+        if directory is None:
             return (), b""
         coords = {s.record.node_key: for_prediction(s.record.coords)
                   for s in directory if isinstance(s.record, records.SupernodeRecord)}
@@ -537,11 +607,13 @@ class MediaService:
         if invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
+        setup = Timeline()
         verdict = await vet_invite(self.attachment, self.contacts, invite, slog)
+        setup.add("invite vetted")
         if verdict == REQUEST:
             await self._answer_without_address(invite, PENDING)
         elif verdict == ANSWER:
-            await self._answer(invite)
+            await self._answer(invite, setup)
 
     def answer_request(self, invite: Offer) -> None:
         """The user accepted the request ``invite``: answer it (the caller may still wait)."""
@@ -568,12 +640,14 @@ class MediaService:
         if not result.ok:
             log.info("answer_not_delivered", to_user=invite.from_user, reason=result.reason)
 
-    async def _answer(self, invite: Offer) -> None:
-        """Answer ``invite`` with our candidates, race the paths, receive the file."""
+    async def _answer(self, invite: Offer, setup: Timeline | None = None) -> None:
+        """Answer ``invite`` with our candidates, race the paths, receive the file.
+        ``setup`` holds the steps since the invite arrived (when it is answered at once)."""
         session = self.attachment.primary_session()
         if session is None or invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
+        setup = setup or Timeline()
         s = Session(invite.session_id, invite.from_user, initiator=False)
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
@@ -581,6 +655,7 @@ class MediaService:
         early = EarlyPunches()
         try:
             local = await self.candidates(session)
+            setup.add("candidates")
             me = self.config
             sigs = callee_signatures(me.identity, invite, time.time())
             answer = sign_offer(Offer("answer", s.session_id, me.user, me.device,
@@ -592,15 +667,39 @@ class MediaService:
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, invite.candidates, shared, transcript)
             attempts.update(self._relay_attempts(s, invite, answer))
+            # the race runs while the answer is on its way: our dials, probes and relay half
+            # start a round trip earlier; the caller selects a path only once it has the
+            # answer, and nothing is received before its SELECT (which, authenticated with
+            # the answer's keys, also proves the answer arrived: no need to wait for our
+            # supernode's word on its delivery, which can take seconds between supernodes)
             attempts = early.start(attempts)
-            result = await session.signal(invite.from_user, answer.wire,
-                                          to_device=invite.from_device)
-            if not result.ok:
-                slog.warning("answer_not_delivered", to_user=invite.from_user,
-                            reason=result.reason)
-                return
-            stream, timeline = await connect_as_responder(
-                attempts, self._securer(s, shared, transcript), log=slog)
+            racing = asyncio.ensure_future(connect_as_responder(
+                attempts, self._securer(s, shared, transcript),
+                staggers=self._plan(local, invite.candidates, attempts, slog)[0], log=slog))
+            delivery = asyncio.ensure_future(session.signal(
+                invite.from_user, answer.wire, to_device=invite.from_device))
+            try:
+                await asyncio.wait([racing, delivery], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                _abandon(racing)
+                delivery.cancel()
+                raise
+            if delivery.done() and not racing.done():
+                setup.add("answer at our supernode")
+                if delivery.exception() is not None or not delivery.result().ok:
+                    _abandon(racing)
+                    if (error := delivery.exception()) is not None:
+                        raise error
+                    slog.warning("answer_not_delivered", to_user=invite.from_user,
+                                 reason=delivery.result().reason)
+                    return
+            delivery.add_done_callback(_retrieve)
+            try:
+                stream, timeline = await racing
+            except NoPath as exc:
+                self._count_race(local, invite.candidates, exc.timeline, setup, slog)
+                raise
+            self._count_race(local, invite.candidates, timeline, setup, slog)
             entry["path"] = stream.path
             entry["technique"] = technique(timeline.selected,
                                            self._inbound_via_mapping(invite.candidates),
@@ -628,6 +727,23 @@ class MediaService:
         if entry not in self.transfers:
             self.transfers.append(entry)
             del self.transfers[:-MAX_RECENT]
+
+
+def _abandon(racing: asyncio.Future[tuple[MediaStream, Timeline]]) -> None:
+    """Stop a race nobody will use; close the path it may have selected meanwhile."""
+    racing.cancel()
+
+    def closed(task: asyncio.Future[tuple[MediaStream, Timeline]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            close_later(task.result()[0])
+
+    racing.add_done_callback(closed)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's outcome as seen (nobody awaits it any more)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def close_quietly(stream: ByteStream) -> None:

@@ -40,6 +40,9 @@ HEADER, DATA, END, ACK, READY = 1, 2, 3, 4, 5
 #: how long a receiver keeps an interrupted transfer for the sender to resume
 RESUME_WINDOW_S = 120.0
 CHUNK = 60 * 1024
+#: the first DATA frame of a send's first attempt, sent before READY: small, so that it is
+#: through at once even on a relay session capped at 1 Mbit/s (a whole CHUNK takes ~0.5 s)
+FIRST_DATA_BYTES = 4096
 MAX_FRAME = CHUNK + 64
 MAX_FILE_BYTES = 64 * 2**30
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,200}\Z")
@@ -177,15 +180,26 @@ def file_sha256(path: Path) -> str:
 
 async def send_file(
     stream: ByteStream, path: Path, progress: Callable[[int, int], None] | None = None,
-    transfer_id: bytes | None = None, sha: str | None = None,
+    transfer_id: bytes | None = None, sha: str | None = None, *, first_attempt: bool = False,
 ) -> TransferResult:
-    """Send ``path``; with the ``transfer_id`` of an interrupted attempt, resume it."""
+    """Send ``path``; with the ``transfer_id`` of an interrupted attempt, resume it.
+
+    ``first_attempt``: no earlier attempt sent any of this transfer (the receiver cannot
+    hold a part of it), so a first, small DATA frame (:data:`FIRST_DATA_BYTES`) goes right
+    behind the HEADER instead of waiting a round trip for READY (offset 0); the receiver
+    reads it only after its checks and READY, and a refusal discards it."""
     size = path.stat().st_size  # noqa: ASYNC240 - one stat, not worth a thread
     sha = sha or await asyncio.to_thread(file_sha256, path)
     started = time.monotonic()
     header = {"name": path.name, "size": size, "sha256": sha,
               "id": (transfer_id or os.urandom(16)).hex()}
     await stream.send(frame(HEADER, msgpack.packb(header)))
+    early = b""
+    if first_attempt:
+        with path.open("rb") as f:
+            early = f.read(FIRST_DATA_BYTES)
+        if early:
+            await stream.send(frame(DATA, early))
     reader = FrameReader(stream)
     kind, payload = await reader.next()
     if kind == ACK:
@@ -196,9 +210,13 @@ async def send_file(
             or not 0 <= ready["offset"] <= size:
         raise TransferError("the receiver refused the transfer: no valid READY")
     offset: int = ready["offset"]
-    sent = offset
+    if early and offset != 0:
+        raise TransferError("the receiver claims part of a transfer never sent before")
+    sent = offset + len(early)
+    if early and progress is not None:
+        progress(sent, size)
     with path.open("rb") as f:
-        f.seek(offset)
+        f.seek(sent)
         while chunk := f.read(CHUNK):
             await stream.send(frame(DATA, chunk))
             sent += len(chunk)
@@ -242,7 +260,7 @@ async def receive_file(
     try:
         header = decode_control(payload, "HEADER")
     except TransferError as exc:
-        await _refuse(stream, str(exc))
+        await _refuse_before_ready(stream, str(exc))
         raise TransferError(f"refused an incoming file: {exc}") from None
     name, size, sha, tid = (header.get(k) for k in ("name", "size", "sha256", "id"))
     error = None
@@ -255,7 +273,7 @@ async def receive_file(
     elif not isinstance(tid, str) or not re.fullmatch(r"[0-9a-f]{32}", tid):
         error = "bad transfer id"
     if error is not None:
-        await _refuse(stream, error)
+        await _refuse_before_ready(stream, error)
         raise TransferError(f"refused an incoming file: {error}")
     assert isinstance(name, str) and isinstance(size, int) and isinstance(sha, str)
     assert isinstance(tid, str)
@@ -278,8 +296,27 @@ async def receive_file(
     except InboxFull as exc:
         if not fresh and item is not None:
             item.path.unlink(missing_ok=True)
-        await _refuse(stream, str(exc))
+        await _refuse_before_ready(stream, str(exc))
         raise TransferError(f"refused an incoming file: {exc}") from None
+
+
+#: what a receiver still reads after refusing a transfer before READY: the first DATA frame a
+#: sender may have sent behind its HEADER (``send_file(first_attempt=True)``), so that
+#: closing with it unread does not reset the connection before the refusal is read
+REFUSAL_DRAIN_BYTES = 2 * MAX_FRAME
+REFUSAL_DRAIN_S = 1.0
+
+
+async def _refuse_before_ready(stream: ByteStream, error: str) -> None:
+    await _refuse(stream, error)
+    drained = 0
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REFUSAL_DRAIN_S):
+            while drained < REFUSAL_DRAIN_BYTES:
+                data = await stream.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
 
 
 async def _refuse(stream: ByteStream, error: str) -> None:

@@ -5,9 +5,10 @@ decisions."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from overlay.core.addresses import Address
 from overlay.core.identity import Identity
@@ -27,6 +28,9 @@ from overlay.relay.voucher import token_hash
 SECURE_TIMEOUT_S = 5.0
 RELAY_CONNECT_TIMEOUT_S = 8.0
 NAT_CACHE_S = 60.0
+#: an older answer (from the same supernodes) is still used, while a new one is asked for
+#: in the background: a send does not wait for the binding (up to BINDING_TIMEOUT_S)
+NAT_STALE_S = 600.0
 BINDING_TIMEOUT_S = 1.5
 
 
@@ -44,6 +48,8 @@ class UdpState:
     mapped: tuple[Address, ...] = ()
     checked_at: float = float("-inf")
     checked_with: tuple[Address, ...] = ()
+    #: the background refresh of a stale answer, while it runs
+    refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 async def open_udp() -> UdpState:
@@ -51,6 +57,8 @@ async def open_udp() -> UdpState:
 
 
 async def close_udp(udp: UdpState) -> None:
+    if udp.refreshing is not None:
+        udp.refreshing.cancel()
     await udp.media.close()
 
 
@@ -59,17 +67,32 @@ async def udp_candidates(
     supernodes: list[tuple[Address, bytes]],
 ) -> tuple[list[Address], str]:
     """Host and server-reflexive UDP candidates of the media socket, and the NAT type (asked
-    of up to two supernodes from the same socket; remembered for a minute)."""
+    of up to two supernodes from the same socket; remembered for a minute, and used for up
+    to :data:`NAT_STALE_S` while a new answer is asked for in the background)."""
     port = udp.media.local_address[1]
     addrs = tuple(a for a, _ in supernodes[:2])
-    if time.monotonic() - udp.checked_at > NAT_CACHE_S or addrs != udp.checked_with:
+
+    async def check() -> None:
         report = await nat_type(udp.media, identity, supernodes[:2], BINDING_TIMEOUT_S,
                                 local=(local_ip, port))
         udp.nat = report.nat
         udp.mapped = tuple(report.candidates[1:])
         udp.checked_at, udp.checked_with = time.monotonic(), addrs
+
+    age = time.monotonic() - udp.checked_at
+    if addrs != udp.checked_with or age > NAT_STALE_S:
+        await check()
+    elif age > NAT_CACHE_S and udp.refreshing is None:
+        udp.refreshing = asyncio.ensure_future(check())
+        udp.refreshing.add_done_callback(lambda _: _refreshed(udp))
     candidates = [(local_ip, port), *udp.mapped]
     return list(dict.fromkeys(candidates)), udp.nat
+
+
+def _refreshed(udp: UdpState) -> None:
+    task, udp.refreshing = udp.refreshing, None
+    if task is not None and not task.cancelled():
+        task.exception()  # a failed refresh leaves the old answer; the next send retries
 
 
 class RelayedStream:

@@ -293,6 +293,37 @@ def relevant_logs(ov: LabOverlay, o: PairOutcome, limit: int = 12) -> str:
 
 ALL_PAIRS = [(a, b) for a in KINDS for b in KINDS]
 BASE_PAIRS = [(a, b) for a in BASE_KINDS for b in BASE_KINDS]
+#: the attempt kinds (status ``connectivity``) whose win gives each path ``send`` reports
+WINNING_KINDS = {D: {"tcp-dial", "tcp-dial-mapped", "tcp-dial-lan", "tcp-accept"},
+                 P: {"udp-punch", "udp-birthday"}, T: {"tcp-punch"}, R: {"relay"}}
+
+
+def connectivity_problems(ov: LabOverlay, outcomes: list[PairOutcome]) -> list[str]:
+    """Each sender's ``status`` -> ``connectivity`` counted its races: for every path its
+    sends took, at least that many wins of the matching attempt kinds, and as many attempts
+    as wins or more (a send that resumed on a new path races again, so more is fine)."""
+    problems = []
+    for sender in sorted({f"{o.src_kind}-1" for o in outcomes}):
+        conn = ov.status(sender).get("connectivity") or {}
+        kinds: dict[str, dict[str, int]] = {}
+        for counts in (conn.get("pairs") or {}).values():
+            for kind, c in counts.items():
+                slot = kinds.setdefault(kind, {"attempts": 0, "wins": 0})
+                slot["attempts"] += c["attempts"]
+                slot["wins"] += c["wins"]
+        sent = [o for o in outcomes if f"{o.src_kind}-1" == sender and o.result.ok]
+        for path, winning in WINNING_KINDS.items():
+            took = sum(1 for o in sent if (o.result.json or {}).get("path") == path)
+            won = sum(kinds.get(k, {}).get("wins", 0) for k in winning)
+            if won < took:
+                problems.append(f"{sender}: {took} sends took {path}, status counts {won} "
+                                f"wins of {sorted(winning)}: {conn}")
+        for kind, c in kinds.items():
+            if c["attempts"] < c["wins"]:
+                problems.append(f"{sender}: {kind} won more than it was attempted: {c}")
+        if conn.get("races", 0) < len(sent):
+            problems.append(f"{sender}: {len(sent)} sends, {conn.get('races')} races counted")
+    return problems
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -328,6 +359,8 @@ def test_all_pairs(tmp_path: Path) -> None:
         report(ov, outcomes, tmp_path, "all 49 pairs, 1 MiB, no impairment")
         misses = [o.row()["pair"] for o in outcomes if o.birthday_miss]
         assert len(misses) <= MAX_BIRTHDAY_MISSES, f"birthday punching missed for {misses}"
+        counted = connectivity_problems(ov, outcomes)
+        assert not counted, "\n".join(counted)
 
 
 @pytest.mark.timeout(180)

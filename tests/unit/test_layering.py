@@ -75,6 +75,8 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/relay_vouchers.py",
     "overlay/media/candidate_policy.py",
     "overlay/media/tcp_punch.py",
+    "overlay/media/connect_stats.py",
+    "overlay/media/direct_paths.py",
     "overlay/media/signalling.py",
     "overlay/media/portmap.py",
     "overlay/media/portmap_wire.py",

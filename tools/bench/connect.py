@@ -28,6 +28,11 @@ When the receiver's status has no ``transfers`` (older daemons), a thread polls 
 inbox every 2 ms for the partial file (``.NAME.*.partial``) growing past 0 bytes, and the final
 file; ``timing`` says which source was used.
 
+After the last pair, each sender's control ``status`` -> ``connectivity`` (path races per pair
+of NAT classes and kind of attempt: attempts, wins, time to connect; see
+:mod:`overlay.media.connect_stats`) goes into ``connectivity`` (per sender) and is summed over
+the senders into a second table.
+
 A failed transfer (e.g. "no path" for pairs that need the relay) records its error and the time
 it took to fail. Every send has a ``--timeout``; the whole run is bounded by ``--max-run-s``
 (pairs not started by then are marked ``skipped``). The lab (and every daemon in it) is torn
@@ -252,6 +257,36 @@ def table(pairs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sum_connectivity(per_host: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The senders' ``connectivity`` counts added up per NAT-class pair and kind (the time to
+    connect kept is the median of the senders' medians)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    medians: dict[tuple[str, str], list[float]] = {}
+    for conn in per_host.values():
+        for pair, kinds in ((conn or {}).get("pairs") or {}).items():
+            for kind, c in kinds.items():
+                slot = out.setdefault(pair, {}).setdefault(kind, {"attempts": 0, "wins": 0})
+                slot["attempts"] += c.get("attempts", 0)
+                slot["wins"] += c.get("wins", 0)
+                if "connect_s_p50" in c:
+                    medians.setdefault((pair, kind), []).append(c["connect_s_p50"])
+    for (pair, kind), values in medians.items():
+        out[pair][kind]["connect_s_p50"] = _median(values)
+    return out
+
+
+def connectivity_table(summed: dict[str, dict[str, dict[str, Any]]]) -> str:
+    head = (f"{'NAT classes (ours/peer)':<24} {'kind':<16} {'attempts':>8} {'wins':>5} "
+            f"{'connect s':>9}")
+    lines = [head, "-" * len(head)]
+    for pair, kinds in sorted(summed.items()):
+        for kind, c in sorted(kinds.items()):
+            t = c.get("connect_s_p50")
+            lines.append(f"{pair:<24} {kind:<16} {c['attempts']:>8} {c['wins']:>5} "
+                         f"{t if t is not None else '-':>9}")
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.bench.connect",
                                  description=__doc__.split("\n\n")[0])
@@ -300,6 +335,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["setup_s"] = round(time.monotonic() - started, 2)
             result["attached_to"] = {h: ov.attached_to(h) for h in clients}
             run_pairs(ov, args, started, result)
+            senders = sorted({f"{a}-1" for a, _ in args.pairs})
+            result["connectivity"] = {h: ov.status(h).get("connectivity") for h in senders}
+            result["connectivity_summed"] = sum_connectivity(result["connectivity"])
             ov.check_alive()
     finally:
         result["run_s"] = round(time.monotonic() - started, 2)
@@ -325,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(doc + "\n")
     print("\n" + table(result["pairs"]), file=sys.stderr)
+    if result.get("connectivity_summed"):
+        print("\n" + connectivity_table(result["connectivity_summed"]), file=sys.stderr)
     print(f"size {args.size} B, {args.repeat} per pair, netem {args.netem}, "
           f"run {result['run_s']} s (setup {result.get('setup_s')} s)", file=sys.stderr)
     return 0

@@ -1,0 +1,105 @@
+"""Which direct paths two sides' candidates leave possible, and so when each attempt of the
+race starts (sans-IO: both sides' :class:`~overlay.media.signalling.Candidates` in, a
+:class:`RacePlan` out).
+
+This is the one place that says "no direct path can work between these two": both sides
+compute it from the same invite and answer, so both start their relay halves at the same
+moment. Today's rule is the connectivity matrix of ``tests/lab/test_connectivity_lab.py``:
+
+- a direct TCP connection is known to work when one side accepts unsolicited connections
+  (the supernode's dial-back reached it: ``reachable``, which only clients that may become
+  supernodes check; or a router mapping of its listener), or both sides are on one network
+  (one public address, or the whole overlay on one machine). It *may* work when a side's
+  UDP socket is not translated (NAT class ``public``): a public host, or one behind a
+  stateful firewall, which the NAT class does not tell apart;
+- hole punching may work unless both sides are ``symmetric``, or one is ``symmetric`` and
+  the other has no UDP (or an unknown class): UDP punching needs UDP on both sides and at
+  most one symmetric side (:mod:`.birthday` against a symmetric one), TCP punching
+  (:mod:`.tcp_punch`) needs no symmetric side (a symmetric NAT picks a random port per
+  connection too).
+
+The plan, on top of ``connect.DEFAULT_STAGGERS`` (UDP punching after 0.25 s, relays after
+1.5 s): when no direct path is known to work, the relay starts at once; if a direct TCP path
+still may work, the caller then waits up to :data:`PREFER_DIRECT_S` after a relay
+authenticated for a direct path to authenticate too, and selects the direct one if it does.
+UDP punching starts at once when no direct TCP path may work (its 0.25 s only gives TCP the
+chance to win first).
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from overlay.media.birthday import birthday_role
+from overlay.media.candidate_policy import local_overlay, public_of
+from overlay.media.signalling import Candidates
+
+#: NAT classes (``binding.classify``)
+NO_UDP = "no-udp"
+SYMMETRIC = "symmetric"
+PUBLIC = "public"
+#: how long the caller waits, after a relay authenticated, for a direct path that may work
+PREFER_DIRECT_S = 0.1
+
+
+def one_network(own_reflexive: Iterable[str], remote: Candidates) -> bool:
+    """Both sides share a public address (one LAN), or the whole overlay runs on this
+    machine: private candidates are dialled (:mod:`.candidate_policy`)."""
+    own = tuple(own_reflexive)
+    peer = public_of(h for h, _ in (*remote.tcp, *remote.udp))
+    return local_overlay(own) or bool(public_of(own) & peer)
+
+
+def accepts_tcp(side: Candidates) -> bool:
+    """Others can open TCP connections to this side (dial-back succeeded, or a mapping)."""
+    return side.reachable or bool(side.mapped_tcp)
+
+
+def tcp_known(local: Candidates, remote: Candidates, same_network: bool) -> bool:
+    return same_network or accepts_tcp(local) or accepts_tcp(remote)
+
+
+def tcp_maybe(local: Candidates, remote: Candidates, same_network: bool) -> bool:
+    return tcp_known(local, remote, same_network) or PUBLIC in (local.nat, remote.nat)
+
+
+def punch_possible(local: Candidates, remote: Candidates) -> bool:
+    """Hole punching may work: a router mapping of a UDP socket; TCP punching (no symmetric
+    side); simple UDP punching (UDP on both sides, no symmetric one); birthday punching (one
+    symmetric side, the other ``cone`` or ``public``)."""
+    if local.mapped_udp or remote.mapped_udp:
+        return True
+    classes = (local.nat, remote.nat)
+    if SYMMETRIC not in classes:
+        return True
+    return birthday_role(local.nat, remote.nat) is not None
+
+
+def direct_ruled_out(local: Candidates, remote: Candidates, same_network: bool) -> bool:
+    """No direct path (TCP either way, UDP punching) can work between these two sides.
+    Symmetric in ``local`` and ``remote``, so caller and callee agree."""
+    return not tcp_maybe(local, remote, same_network) and not punch_possible(local, remote)
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    #: start delays to change from the defaults (attempt kind -> seconds)
+    staggers: dict[str, float] = field(default_factory=dict)
+    #: after a relay authenticated, how long the caller waits for a direct path
+    prefer_direct_s: float = 0.0
+
+
+def plan(local: Candidates, remote: Candidates, same_network: bool) -> RacePlan:
+    """When each kind of attempt starts for this pair, and whether a late direct path is
+    preferred to a relay."""
+    staggers: dict[str, float] = {}
+    prefer = 0.0
+    if not tcp_maybe(local, remote, same_network):
+        staggers["udp-punch"] = 0.0
+    if not tcp_known(local, remote, same_network) and not punch_possible(local, remote):
+        staggers["relay"] = 0.0
+        if tcp_maybe(local, remote, same_network):
+            prefer = PREFER_DIRECT_S
+    return RacePlan(staggers, prefer)

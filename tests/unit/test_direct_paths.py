@@ -1,0 +1,106 @@
+"""The rule that starts the relay at once: no direct path known to work between two sides'
+candidates (:mod:`overlay.media.direct_paths`), against the NAT lab's connectivity matrix;
+and the race preferring a direct path that authenticates just after a relay."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from overlay.media.connect import connect_as_initiator
+from overlay.media.direct_paths import PREFER_DIRECT_S, direct_ruled_out, one_network, plan
+from overlay.media.signalling import Candidates
+from overlay.media.stream import MediaStream, TcpByteStream
+
+#: what each lab router kind announces (binding.classify; ``reachable`` is False: only
+#: clients that may become supernodes have the supernode dial them back)
+KIND_CANDIDATES = {
+    "public": Candidates((("198.18.0.5", 4000),), (("198.18.0.5", 5000),), "public", False),
+    "firewalled": Candidates((("198.18.0.11", 4000),), (("198.18.0.11", 5000),), "public",
+                             False),
+    "cone": Candidates((("198.19.3.2", 4000), ("198.18.1.3", 4000)),
+                       (("198.19.3.2", 5000), ("198.18.1.3", 5000)), "cone", False),
+    "symmetric": Candidates((("198.19.4.2", 4000), ("198.18.1.4", 4000)),
+                            (("198.19.4.2", 5000), ("198.18.1.4", 5001),
+                             ("198.18.1.4", 5002)), "symmetric", False),
+    "tcp-only": Candidates((("198.19.5.2", 4000), ("198.18.1.5", 4000)), (), "no-udp", False),
+}
+KINDS = tuple(KIND_CANDIDATES)
+
+
+def lab_needs_relay(a: str, b: str) -> bool:
+    """tests/lab/test_connectivity_lab.EXPECTED: relay for symmetric with symmetric (no UDP
+    port to aim at on either side) and symmetric with tcp-only (no UDP on one side, a random
+    TCP port on the other); TCP punching serves tcp-only with the rest, birthday punching
+    symmetric with cone and firewalled, a dial public with anything."""
+    return {a, b} in ({"symmetric"}, {"symmetric", "tcp-only"})
+
+
+@pytest.mark.parametrize("a", KINDS)
+@pytest.mark.parametrize("b", KINDS)
+def test_the_relay_starts_at_once_exactly_for_the_relay_pairs_of_the_lab_matrix(
+        a: str, b: str) -> None:
+    local, remote = KIND_CANDIDATES[a], KIND_CANDIDATES[b]
+    for one, other in ((local, remote), (remote, local)):  # both sides agree
+        p = plan(one, other, False)
+        at_once = p.staggers.get("relay") == 0.0
+        assert at_once == lab_needs_relay(a, b), (a, b, p)
+        assert p.prefer_direct_s == 0.0, (a, b, p)  # no relay pair has a public side
+        assert direct_ruled_out(one, other, False) == lab_needs_relay(a, b), (a, b)
+
+
+def test_punching_starts_at_once_only_when_no_tcp_path_may_win() -> None:
+    cone, fw = KIND_CANDIDATES["cone"], KIND_CANDIDATES["firewalled"]
+    assert plan(cone, cone, False).staggers == {"udp-punch": 0.0}
+    assert plan(cone, fw, False).staggers == {}  # the firewalled side may be a public one
+    assert plan(cone, KIND_CANDIDATES["public"], False).staggers == {}
+
+
+def test_one_network_or_a_mapping_keeps_the_direct_paths() -> None:
+    sym, tcp_only = KIND_CANDIDATES["symmetric"], KIND_CANDIDATES["tcp-only"]
+    assert not direct_ruled_out(sym, tcp_only, True)
+    assert plan(sym, tcp_only, True).staggers == {}
+    mapped = Candidates((*tcp_only.tcp, ("203.0.113.9", 4000)), (), "no-udp", False,
+                        mapped_tcp=(("203.0.113.9", 4000),))
+    assert not direct_ruled_out(sym, mapped, False)
+    assert "relay" not in plan(sym, mapped, False).staggers
+    # one network: both behind one public address, or the overlay on one machine
+    assert one_network(["198.18.1.4"], sym)
+    assert one_network(["127.0.0.1"], tcp_only)
+    assert not one_network(["198.18.1.9"], sym)
+
+
+async def test_a_direct_path_just_after_a_relay_is_selected() -> None:
+    """Real loopback TCP: the "relay" authenticates first, the direct path 30 ms later; with
+    the preference the direct one is selected, without it the relay."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    def after(delay: float):
+        async def attempt() -> MediaStream:
+            await asyncio.sleep(delay)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            return TcpByteStream(reader, writer)
+        return attempt
+
+    async def secure(raw: MediaStream) -> MediaStream:
+        return raw
+
+    try:
+        for prefer, expected in ((PREFER_DIRECT_S, "tcp-accept"), (0.0, "relay-0")):
+            stream, timeline = await connect_as_initiator(
+                {"relay-0": after(0.0), "tcp-accept": after(0.03)}, secure,
+                staggers={"relay": 0.0}, prefer_direct_s=prefer)
+            await stream.close()
+            assert timeline.selected == expected, timeline.events
+        # no direct path comes: the relay is selected after the wait
+        stream, timeline = await connect_as_initiator(
+            {"relay-0": after(0.0), "tcp-accept": after(5.0)}, secure,
+            staggers={"relay": 0.0}, prefer_direct_s=PREFER_DIRECT_S)
+        await stream.close()
+        assert timeline.selected == "relay-0"
+        chosen = next(t for t, e in timeline.events if e == "selected relay-0")
+        assert PREFER_DIRECT_S * 0.9 <= chosen < 1.0, timeline.events
+    finally:
+        server.close()

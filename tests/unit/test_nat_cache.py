@@ -1,0 +1,45 @@
+"""A send does not wait for the UDP binding while an older answer from the same supernodes is
+at hand (:func:`overlay.media.transport_hooks.udp_candidates`): the old answer is used, a new
+one is asked for in the background. Real UDP sockets; the "supernode" is a silent socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from overlay.core.identity import Identity
+from overlay.media import transport_hooks
+from overlay.media.transport_hooks import BINDING_TIMEOUT_S, NAT_CACHE_S, NAT_STALE_S
+
+
+async def test_a_stale_answer_is_used_at_once_and_refreshed_behind() -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never answers a binding
+    silent.bind(("127.0.0.1", 0))
+    supernodes = [(silent.getsockname(), b"\x01" * 32)]
+    udp = await transport_hooks.open_udp()
+    try:
+        udp.nat, udp.mapped = "cone", (("198.18.1.3", 40000),)
+        udp.checked_with = (silent.getsockname(),)
+        udp.checked_at = time.monotonic() - NAT_CACHE_S - 1  # stale, not too old
+        started = time.monotonic()
+        cands, nat = await transport_hooks.udp_candidates(
+            udp, Identity.generate(), "127.0.0.1", supernodes)
+        assert time.monotonic() - started < BINDING_TIMEOUT_S / 3
+        assert nat == "cone" and ("198.18.1.3", 40000) in cands
+        assert udp.refreshing is not None
+        # the refresh asks the silent supernode, times out and records what it found
+        refresh = udp.refreshing
+        await asyncio.wait([refresh], timeout=BINDING_TIMEOUT_S + 5)
+        await asyncio.sleep(0)  # its done callback runs next
+        assert refresh.done() and udp.refreshing is None and udp.nat == "no-udp"
+
+        # too old (or other supernodes): the send waits for a fresh answer
+        udp.checked_at = time.monotonic() - NAT_STALE_S - 1
+        started = time.monotonic()
+        _, nat = await transport_hooks.udp_candidates(
+            udp, Identity.generate(), "127.0.0.1", supernodes)
+        assert time.monotonic() - started >= BINDING_TIMEOUT_S * 0.9 and nat == "no-udp"
+    finally:
+        await transport_hooks.close_udp(udp)
+        silent.close()
