@@ -20,6 +20,8 @@ from overlay.attach.connection import ClientConnection, ServerConnection
 from overlay.attach.errors import AttachError, FrameError
 from overlay.attach.frames import FrameDecoder, encode_frame
 from overlay.attach.messages import decode, encode
+from overlay.call.errors import BadFrame
+from overlay.call.frames import FrameOpener, FrameSealer, call_keys
 from overlay.core import records
 from overlay.core.addresses import AddressError, parse_hostport
 from overlay.core.identity import node_id_for
@@ -307,6 +309,26 @@ def _punch(data: bytes) -> None:
     puncher.datagrams_to_send(0.5)
 
 
+_CALL_KEYS = call_keys(b"\x31" * 32, b"\x32" * 8)
+
+
+def _call_frames() -> list[bytes]:
+    sealer = FrameSealer(_CALL_KEYS, b"\x32" * 8, caller=True)
+    return [sealer.seal(20 * i, bytes(i * 30)) for i in range(4)]
+
+
+def _call_frame(data: bytes) -> None:
+    opener = FrameOpener(_CALL_KEYS, b"\x32" * 8, caller=False)
+    frame = opener.open(data)
+    assert len(frame.payload) == len(data) - 40 and opener.window.top == frame.seq
+    try:
+        opener.open(data)
+    except BadFrame as exc:
+        assert exc.reason == "replay"
+    else:
+        raise AssertionError("a frame opened twice")
+
+
 _GW = ("198.19.7.1", 5351)
 _PM_NONCE = b"\x07" * 12
 _PORTMAP_ANSWERS = [
@@ -425,6 +447,7 @@ TARGETS: dict[str, Target] = {
                            _status, (ValueError,)),
     "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
+    "call_frames": Target(mutated_bytes(_call_frames()), _call_frame, (BadFrame,)),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),
     "upnp_answers": Target(mutated_bytes(_UPNP_ANSWERS), _upnp, (BadUpnpMessage, UpnpFault)),
