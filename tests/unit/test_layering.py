@@ -87,6 +87,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/core/rate_limit.py",
     "overlay/node/signal_gate.py",
     "overlay/call/frames.py",
+    "overlay/call/jitter.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).
