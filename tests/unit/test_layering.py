@@ -88,6 +88,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/node/signal_gate.py",
     "overlay/call/frames.py",
     "overlay/call/jitter.py",
+    "overlay/call/quality.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).
