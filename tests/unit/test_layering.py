@@ -89,6 +89,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/call/frames.py",
     "overlay/call/jitter.py",
     "overlay/call/quality.py",
+    "overlay/call/session.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).
