@@ -59,6 +59,9 @@ from overlay.media.upnp_wire import (
 )
 from overlay.node.errors import BadSignal
 from overlay.node.forwarded_signal import ForwardedSignal
+from overlay.relay.admission import RelayAdmission
+from overlay.relay.budget import Budget, BudgetConfig
+from overlay.relay.datagram import DatagramRelay, encode_allocate
 from overlay.relay.protocol import (
     BadHello,
     decode_hello,
@@ -329,6 +332,28 @@ def _call_frame(data: bytes) -> None:
         raise AssertionError("a frame opened twice")
 
 
+_DGRAM_CFG = BudgetConfig(total_bps=10**6)
+_DGRAM_SEEDS = [encode_allocate(bytes(16), encode_hello(r, seeds.RELAY_TOKEN, 48_000))
+                for r in (0, 1)] + [
+    encode_allocate(bytes(16), encode_hello(0, seeds.RELAY_TOKEN, 0, seeds.VOUCHER)),
+    b"OVRD\x01\x03", b"OC\x01\x00" + bytes(60)]
+
+
+def _relay_datagram(data: bytes) -> None:
+    relay = DatagramRelay(_DGRAM_CFG, Budget(_DGRAM_CFG, 0.0), RelayAdmission(_DGRAM_CFG),
+                          node_key=seeds.RELAY_KEY, wall_offset=seeds.NOW)
+    addr = ("198.18.0.1", 4000)
+    for sent in relay.datagram_received(data, addr, 1.0):
+        assert sent.addr == addr and len(sent.data) <= len(data)  # never amplifies
+    # the same with the cookie this address would get
+    if data[:6] == b"OVRD\x01\x00" and len(data) >= 22:
+        token = data[28:60]
+        again = data[:6] + relay.cookie(addr, token, 1.0) + data[22:]
+        for sent in relay.datagram_received(again, addr, 1.0):
+            assert sent.addr == addr and len(sent.data) <= len(again)
+    relay.tick(100.0)
+
+
 _GW = ("198.19.7.1", 5351)
 _PM_NONCE = b"\x07" * 12
 _PORTMAP_ANSWERS = [
@@ -448,6 +473,7 @@ TARGETS: dict[str, Target] = {
     "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
     "call_frames": Target(mutated_bytes(_call_frames()), _call_frame, (BadFrame,)),
+    "relay_datagram": Target(mutated_bytes(_DGRAM_SEEDS), _relay_datagram, ()),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),
     "upnp_answers": Target(mutated_bytes(_UPNP_ANSWERS), _upnp, (BadUpnpMessage, UpnpFault)),

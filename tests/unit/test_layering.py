@@ -90,6 +90,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/call/jitter.py",
     "overlay/call/quality.py",
     "overlay/call/session.py",
+    "overlay/relay/datagram.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).
