@@ -36,7 +36,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from overlay.call.errors import BadFrame
-from overlay.call.frames import MAX_PAYLOAD_BYTES, FrameOpener, FrameSealer, call_keys
+from overlay.call.frames import (
+    MAX_PAYLOAD_BYTES,
+    MIN_DATAGRAM_BYTES,
+    FrameOpener,
+    FrameSealer,
+    call_keys,
+)
 from overlay.call.jitter import FRAME_MS, JitterBuffer, percentile
 from overlay.call.quality import CODEC_DELAY_MS, G711_PLC, CodecModel, LossPattern, burst_ratio, mos
 
@@ -103,6 +109,14 @@ def payload_bytes(bitrate_bps: int, frame_ms: int = FRAME_MS) -> int:
     return min(MAX_PAYLOAD_BYTES, max(_ECHO.size, bitrate_bps * frame_ms // 8000))
 
 
+def relay_rate_bps(bitrate_bps: int, frame_ms: int = FRAME_MS) -> int:
+    """The rate to ask a relay for: both directions' frames on the wire (a relay session's
+    rate covers both directions, :mod:`overlay.relay.budget`; UDP/IP headers not counted).
+    At 24 kbit/s of payload: 2 x 100 bytes x 50 frames/s = 80 kbit/s."""
+    frame = payload_bytes(bitrate_bps, frame_ms) + MIN_DATAGRAM_BYTES
+    return 2 * frame * 8 * (1000 // frame_ms)
+
+
 class CallSession:
     def __init__(self, shared_secret: bytes, call_id: bytes, *, caller: bool, now: float,
                  path: str, relay: str | None = None,
@@ -114,6 +128,8 @@ class CallSession:
         self.buffer = JitterBuffer()
         self.codec = codec
         self.size = payload_bytes(bitrate_bps)
+        #: what to ask a relay for (both directions)
+        self.relay_rate_bps = relay_rate_bps(bitrate_bps)
         self.path, self.relay = path, relay
         self.path_changes = 0
         self.started = now
