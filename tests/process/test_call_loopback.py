@@ -29,7 +29,7 @@ from overlay.relay.datagram import DatagramRelay
 from overlay.relay.datagram_io import start_datagram_relay
 from overlay.relay.protocol import encode_hello
 from overlay.relay.voucher import Voucher, statement_for
-from tests.helpers.netutil import loopback_ips
+from tests.helpers.netutil import loopback_ips, wait_for
 
 SECONDS = 5.0
 
@@ -88,7 +88,7 @@ async def test_call_through_the_datagram_relay_then_moved_direct() -> None:
         assert rate == 80_000
         caller = asyncio.ensure_future(
             bind_relay(sa, relay_addr, encode_hello(0, token, rate, voucher)))
-        await asyncio.sleep(0)  # the caller's ALLOCATE goes first (retransmitted anyway)
+        await wait_for(lambda: token in relay.sessions)  # the callee joins after the caller
         limits_b = await bind_relay(sb, relay_addr, encode_hello(1, token, rate))
         limits_a = await caller
         assert limits_a.rate_bps == limits_b.rate_bps == rate
