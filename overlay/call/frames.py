@@ -2,16 +2,19 @@
 
 Wire format (all integers big endian), one frame per UDP datagram (or per relayed datagram)::
 
-    frame = magic "OC"(2) | version(1) = 1 | direction(1) | call_id(8) | seq(8)
+    frame = magic 0x8C 0x43(2) | version(1) = 1 | direction(1) | call_id(8) | seq(8)
             | sent_ms(4) | ciphertext
     ciphertext = ChaCha20-Poly1305-IETF(key[direction], nonce = direction(4) | seq(8),
                                         aad = the 24-byte header, plaintext = payload)
 
-``direction`` is 0 for frames from the caller, 1 for frames from the callee. ``call_id`` is 8
-random bytes the caller draws for each call (:func:`new_call_id`) and sends inside the signed
-invite; ``seq`` counts the sender's frames from 0 and is never reused within a call (a path
-change continues it); ``sent_ms`` is the sender's clock in milliseconds modulo 2**32 (one-way
-delay and RFC 3550 jitter are computed from it).
+The first byte, 0x8C, has QUIC v1's fixed bit (0x40) clear and is not STUN's (0-3), so a
+socket that also carries QUIC (a punched media socket) tells a frame apart by its first byte
+(RFC 9000 17; RFC 9443 demultiplexing). ``direction`` is 0 for frames from the caller, 1
+for frames from the callee. ``call_id`` is 8 random bytes the caller draws for each call
+(:func:`new_call_id`) and sends inside the signed invite; ``seq`` counts the sender's frames
+from 0 and is never reused within a call (a path change continues it); ``sent_ms`` is the
+sender's clock in milliseconds modulo 2**32 (one-way delay and RFC 3550 jitter are computed
+from it).
 
 Keys: ``key[d] = BLAKE2b-256(call_id, key = the call's 32-byte shared secret,
 person = "ovl-call-c2e" or "ovl-call-e2c")``. Each direction has its own key and its own
@@ -41,7 +44,7 @@ from nacl.exceptions import CryptoError
 
 from overlay.call.errors import BadFrame
 
-MAGIC = b"OC"
+MAGIC = b"\x8cC"
 VERSION = 1
 FROM_CALLER = 0
 FROM_CALLEE = 1

@@ -18,8 +18,10 @@ buffer never holds more than its window.
 ``arrival - sent`` (it contains the unknown clock offset, which cancels out). Over the last
 :data:`HISTORY` frames, the target delay is the 95th percentile of ``transit - min(transit)``,
 bounded to [:data:`MIN_TARGET_MS`, :data:`MAX_TARGET_MS`]; the wanted offset is
-``min(transit) + target``. ``play_offset`` moves towards it by at most :data:`ADAPT_STEP_MS`
-per frame played (a 10 % time stretch), so the audio neither jumps nor stalls.
+``min(transit) + target``; a late frame keeps the target at least at its own spread for
+:data:`LATE_MEMORY_MS` (fast attack, slow decay, as NetEq). ``play_offset`` moves towards the
+wanted offset by at most :data:`ADAPT_UP_MS` (up) or :data:`ADAPT_DOWN_MS` (down) per frame
+played, so the audio neither jumps nor stalls.
 
 **Jitter** is RFC 3550 section 6.4.1: ``D = (R_i - R_j) - (S_i - S_j)`` between consecutive
 arrivals and ``J += (|D| - J) / 16``, in ms.
@@ -37,7 +39,12 @@ from dataclasses import dataclass
 FRAME_MS = 20
 MIN_TARGET_MS = 20.0
 MAX_TARGET_MS = 200.0
-ADAPT_STEP_MS = 2.0
+#: how far the playout offset moves per frame played: down slowly (a 10 % time squeeze),
+#: up fast (a 50 % stretch), as a late frame means audio is being lost now
+ADAPT_DOWN_MS = 2.0
+ADAPT_UP_MS = 10.0
+#: a late frame keeps the target at least at its spread for this long
+LATE_MEMORY_MS = 10_000.0
 #: frames whose transit the target is computed over (4 s of audio)
 HISTORY = 200
 #: frames the buffer may hold ahead of the playout point (its window)
@@ -103,6 +110,8 @@ class JitterBuffer:
         self._frames: dict[int, tuple[float, bytes]] = {}
         self._sent_high = 0  # the highest unwrapped sent_ms
         self.highest_seq = -1
+        self._late_spreads: deque[tuple[float, float]] = deque(maxlen=64)
+        self._now_ms = 0.0
         self._gap = 0
 
     # -- arrivals ----------------------------------------------------------------------------
@@ -130,6 +139,7 @@ class JitterBuffer:
         self.transits.append(transit)
         self.highest_seq = max(self.highest_seq, seq)
         if seq < self.next_seq:
+            self._late_spreads.append((arrival_ms, transit - min(self.transits)))
             self.stats.late += 1
             self.stats.late_in_span += seq >= self.first_seq
             return "late"
@@ -152,7 +162,10 @@ class JitterBuffer:
             return MIN_TARGET_MS
         floor = min(self.transits)
         spread = percentile([t - floor for t in self.transits], 0.95)
-        return min(MAX_TARGET_MS, max(MIN_TARGET_MS, spread))
+        while self._late_spreads and self._late_spreads[0][0] < self._now_ms - LATE_MEMORY_MS:
+            self._late_spreads.popleft()
+        late = max((s for _, s in self._late_spreads), default=0.0)
+        return min(MAX_TARGET_MS, max(MIN_TARGET_MS, spread, late))
 
     @property
     def delay_ms(self) -> float:
@@ -162,6 +175,7 @@ class JitterBuffer:
     def play(self, now_ms: float) -> list[Played]:
         """Every slot whose time has come, in order (one per ``frame_ms`` of audio)."""
         out: list[Played] = []
+        self._now_ms = now_ms
         if self.first_seq is None:
             return out
         while self._next_sent + self.play_offset <= now_ms:
@@ -185,7 +199,7 @@ class JitterBuffer:
 
     def _adapt(self) -> None:
         wanted = min(self.transits) + self.target_ms
-        step = max(-ADAPT_STEP_MS, min(ADAPT_STEP_MS, wanted - self.play_offset))
+        step = max(-ADAPT_DOWN_MS, min(ADAPT_UP_MS, wanted - self.play_offset))
         self.play_offset += step
 
     # -- loss -------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_frame_of_another_call_is_refused() -> None:
 def test_oversized_and_garbage_datagrams_are_refused_before_decryption() -> None:
     _, recv, _, _ = _pair()
     for junk in (os.urandom(MAX_DATAGRAM_BYTES + 1), b"\x00" * 64, os.urandom(200),
-                 b"OC\x09\x00" + bytes(60)):
+                 b"\x8cC\x09\x00" + bytes(60)):
         with pytest.raises(BadFrame):
             recv.open(junk)
     assert recv.opened == 0

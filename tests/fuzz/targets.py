@@ -336,7 +336,7 @@ _DGRAM_CFG = BudgetConfig(total_bps=10**6)
 _DGRAM_SEEDS = [encode_allocate(bytes(16), encode_hello(r, seeds.RELAY_TOKEN, 48_000))
                 for r in (0, 1)] + [
     encode_allocate(bytes(16), encode_hello(0, seeds.RELAY_TOKEN, 0, seeds.VOUCHER)),
-    b"OVRD\x01\x03", b"OC\x01\x00" + bytes(60)]
+    b"OVRD\x01\x03", b"\x8cC\x01\x00" + bytes(60)]
 
 
 def _relay_datagram(data: bytes) -> None:

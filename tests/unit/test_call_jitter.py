@@ -110,3 +110,16 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([], 0.95) == 0.0
     assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
     assert percentile([3.0], 0.5) == 3.0
+
+
+def test_a_late_frame_deepens_the_buffer_at_once() -> None:
+    """Stalls of 45 ms every 2 s (a busy sender): the first one costs late frames, the next
+    ones none (fast attack); the buffer does not grow beyond what the stalls need."""
+    delays: list[float | None] = [5.0] * 500
+    for start in range(50, 500, 100):
+        for k in range(3):
+            delays[start + k] = 5.0 + 45.0 - 20.0 * k
+    buf, played = _run(delays, tick_ms=5.0)
+    late_at = [i for i, p in enumerate(played[:500]) if p is None]
+    assert late_at and all(i < 60 for i in late_at)
+    assert buf.target_ms <= 50.0
