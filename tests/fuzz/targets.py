@@ -22,6 +22,7 @@ from overlay.attach.frames import FrameDecoder, encode_frame
 from overlay.attach.messages import decode, encode
 from overlay.call.errors import BadFrame
 from overlay.call.frames import FrameOpener, FrameSealer, call_keys
+from overlay.call.stream_frames import StreamFrameDecoder, encode_stream_frame
 from overlay.core import records
 from overlay.core.addresses import AddressError, parse_hostport
 from overlay.core.identity import node_id_for
@@ -332,6 +333,17 @@ def _call_frame(data: bytes) -> None:
         raise AssertionError("a frame opened twice")
 
 
+def _call_stream(chunks: list[bytes]) -> None:
+    decoder = StreamFrameDecoder()
+    for chunk in chunks:
+        for frame in decoder.feed(chunk):
+            assert encode_stream_frame(frame)[2:] == frame
+
+
+_CALL_STREAM = st.lists(mutated_bytes([encode_stream_frame(f) for f in _call_frames()]
+                                      + [b"".join(encode_stream_frame(f)
+                                                  for f in _call_frames())]), max_size=5)
+
 _DGRAM_CFG = BudgetConfig(total_bps=10**6)
 _DGRAM_SEEDS = [encode_allocate(bytes(16), encode_hello(r, seeds.RELAY_TOKEN, 48_000))
                 for r in (0, 1)] + [
@@ -473,6 +485,7 @@ TARGETS: dict[str, Target] = {
     "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
     "call_frames": Target(mutated_bytes(_call_frames()), _call_frame, (BadFrame,)),
+    "call_stream_frames": Target(_CALL_STREAM, _call_stream, (BadFrame,)),
     "relay_datagram": Target(mutated_bytes(_DGRAM_SEEDS), _relay_datagram, ()),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),

@@ -90,6 +90,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/call/jitter.py",
     "overlay/call/quality.py",
     "overlay/call/session.py",
+    "overlay/call/stream_frames.py",
     "overlay/relay/datagram.py",
 )
 
