@@ -48,6 +48,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             max_sessions_per_key=args.relay_max_sessions_per_key,
             subnet_share=args.relay_subnet_share,
         ),
+        relay_udp_port=args.relay_udp_port,
     )
 
     async def main() -> int:
@@ -97,6 +98,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--relay-max-sessions-per-key", type=count, default=4, metavar="N",
                    help="relay sessions one user key (voucher signer or reserving client) "
                         "may hold (default 4)")
+    p.add_argument("--relay-udp-port", type=int, default=None, metavar="PORT",
+                   help="also relay calls' datagrams on this UDP port of the listen address "
+                        "(same budget and limits; 0: any free port; default: off)")
     p.add_argument("--no-relay", action="store_true",
                    help="do not relay for others (relay connections are refused)")
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",

@@ -12,11 +12,13 @@ from overlay.node.http_api import ExtraMetrics
 from overlay.node.record_publisher import relay_capacity
 from overlay.node.signal_gate import SignalStats
 from overlay.node.tcp_service import TcpService
+from overlay.relay.datagram import DatagramRelay
 from overlay.relay.server import RelayServer
 
 
 def supernode_metrics(
-    admission: Admission, tcp: TcpService, relay: RelayServer, signals: SignalStats
+    admission: Admission, tcp: TcpService, relay: RelayServer, signals: SignalStats,
+    datagram: DatagramRelay | None = None,
 ) -> ExtraMetrics:
     def collect() -> Iterable[Metric]:
         yield GaugeMetricFamily("overlay_attached_clients", "Clients attached",
@@ -31,6 +33,8 @@ def supernode_metrics(
                                   value=tcp.stats.lookups)
         yield from signal_metrics(signals)
         yield from relay_metrics(relay)
+        if datagram is not None:
+            yield from datagram_relay_metrics(datagram)
 
     return collect
 
@@ -94,3 +98,36 @@ def relay_metrics(relay: RelayServer) -> Iterable[Metric]:
     yield CounterMetricFamily("overlay_relay_throttled_seconds",
                               "Seconds relay reading was paused by the budget",
                               value=relay.stats.throttled_s)
+
+
+def datagram_relay_metrics(relay: DatagramRelay) -> Iterable[Metric]:
+    """The datagram relay for calls (its bytes are also in ``overlay_relay_forwarded_bytes``:
+    both relays draw on one budget)."""
+    sessions = GaugeMetricFamily("overlay_relay_call_sessions", "Datagram relay sessions",
+                                 labels=["state"])
+    paired = sum(1 for s in relay.sessions.values() if s.callee is not None)
+    sessions.add_metric(["waiting"], len(relay.sessions) - paired)
+    sessions.add_metric(["paired"], paired)
+    yield sessions
+    stats = relay.stats
+    yield CounterMetricFamily("overlay_relay_calls", "Calls relayed (datagram sessions paired)",
+                              value=stats.calls)
+    yield CounterMetricFamily("overlay_relay_datagrams", "Datagrams forwarded for calls",
+                              value=stats.datagrams)
+    yield CounterMetricFamily("overlay_relay_datagram_bytes",
+                              "Bytes of datagrams forwarded for calls", value=stats.bytes)
+    refused = CounterMetricFamily("overlay_relay_call_refused",
+                                  "Datagram relay allocations refused", labels=["reason"])
+    for reason, n in stats.refused.items():
+        refused.add_metric([reason], n)
+    yield refused
+    dropped = CounterMetricFamily("overlay_relay_datagrams_dropped",
+                                  "Datagrams the relay did not forward", labels=["reason"])
+    for reason, n in stats.dropped.items():
+        dropped.add_metric([reason], n)
+    yield dropped
+    ended = CounterMetricFamily("overlay_relay_call_sessions_ended",
+                                "Datagram relay sessions ended", labels=["reason"])
+    for reason, n in stats.ended.items():
+        ended.add_metric([reason], n)
+    yield ended

@@ -48,6 +48,8 @@ from overlay.node.signal_forwarding import SignalForwarder
 from overlay.node.supernode_options import SupernodeOptions
 from overlay.node.tcp_service import AttachHandler, ServedSession
 from overlay.relay.admission import RESERVATION_TTL_S
+from overlay.relay.datagram import DatagramRelay
+from overlay.relay.datagram_io import DatagramRelayProtocol, start_datagram_relay
 from overlay.relay.server import RelayServer
 
 __all__ = ["Supernode", "SupernodeOptions"]
@@ -74,6 +76,11 @@ class Supernode(NodeDaemon, AttachHandler):
         self.sn = sn
         self.relay = relay
         relay.node_key = self.identity.public_key  # what a voucher must name
+        #: the datagram relay for calls: the same admission, budget and node key
+        self.datagram_relay = DatagramRelay(sn.relay, relay.budget, relay.admission,
+                                            node_key=relay.node_key)
+        self._datagram_endpoint: tuple[asyncio.DatagramTransport,
+                                       DatagramRelayProtocol] | None = None
         self.vivaldi = CoordinateKeeper()
         key = self.identity.public_key
         self.admission = Admission(key, self.dht, self.tcp, max_clients=sn.max_clients,
@@ -148,6 +155,10 @@ class Supernode(NodeDaemon, AttachHandler):
         self.dht.register("binding", answer_binding)
         self.dht.register("signal", self.signals.answer_signal)
         await super().start()
+        if self.sn.relay_udp_port is not None and self.sn.relay.enabled:
+            self._datagram_endpoint = await start_datagram_relay(
+                self.datagram_relay, self.opts.listen[0], self.sn.relay_udp_port)
+            log.info("relay_udp_listening", port=self.relay_udp_address[1])
         await self.publisher.publish()
         self._tasks.append(asyncio.create_task(self.publisher.keep()))
         if self.sn.vivaldi_interval_s > 0:
@@ -163,7 +174,18 @@ class Supernode(NodeDaemon, AttachHandler):
         for session in list(self.attached.values()):
             session.proto.send(Moving("supernode shutting down", alternatives))
             session.proto.close("supernode shutting down")
+        if self._datagram_endpoint is not None:
+            self._datagram_endpoint[0].close()
+            self._datagram_endpoint = None
         await super().stop()
 
+    @property
+    def relay_udp_address(self) -> tuple[str, int]:
+        """Where the datagram relay listens (it must be running)."""
+        assert self._datagram_endpoint is not None
+        host, port = self._datagram_endpoint[0].get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
     def extra_metrics(self) -> ExtraMetrics | None:
-        return supernode_metrics(self.admission, self.tcp, self.relay, self.signals.stats)
+        return supernode_metrics(self.admission, self.tcp, self.relay, self.signals.stats,
+                                 self.datagram_relay)

@@ -44,6 +44,9 @@ class SupernodeOptions:
     #: the relay's budget and limits; its ``total_bps`` (B) is what the record advertises as
     #: ``relay_capacity_bps``, and 0 (the default) means no relaying
     relay: BudgetConfig = field(default_factory=BudgetConfig)
+    #: the UDP port of the datagram relay for calls (:mod:`overlay.relay.datagram`), on the
+    #: listen address; None (the default): no datagram relay; 0: any free port
+    relay_udp_port: int | None = None
     #: the record is re-published on relay load changes, at most this often
     relay_republish_min_s: float = 3.0
     #: a Vivaldi round (RTT to a few other supernodes) about this often; 0: never

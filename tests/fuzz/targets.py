@@ -20,6 +20,9 @@ from overlay.attach.connection import ClientConnection, ServerConnection
 from overlay.attach.errors import AttachError, FrameError
 from overlay.attach.frames import FrameDecoder, encode_frame
 from overlay.attach.messages import decode, encode
+from overlay.call.errors import BadFrame
+from overlay.call.frames import FrameOpener, FrameSealer, call_keys
+from overlay.call.stream_frames import StreamFrameDecoder, encode_stream_frame
 from overlay.core import records
 from overlay.core.addresses import AddressError, parse_hostport
 from overlay.core.identity import node_id_for
@@ -58,6 +61,9 @@ from overlay.media.upnp_wire import (
 )
 from overlay.node.errors import BadSignal
 from overlay.node.forwarded_signal import ForwardedSignal
+from overlay.relay.admission import RelayAdmission
+from overlay.relay.budget import Budget, BudgetConfig
+from overlay.relay.datagram import DatagramRelay, encode_allocate
 from overlay.relay.protocol import (
     BadHello,
     decode_hello,
@@ -324,6 +330,59 @@ def _birthday(data: bytes) -> None:
     assert len(easy.datagrams_to_send(0.5)) <= 16 + 2 + 1
 
 
+_CALL_KEYS = call_keys(b"\x31" * 32, b"\x32" * 8)
+
+
+def _call_frames() -> list[bytes]:
+    sealer = FrameSealer(_CALL_KEYS, b"\x32" * 8, caller=True)
+    return [sealer.seal(20 * i, bytes(i * 30)) for i in range(4)]
+
+
+def _call_frame(data: bytes) -> None:
+    opener = FrameOpener(_CALL_KEYS, b"\x32" * 8, caller=False)
+    frame = opener.open(data)
+    assert len(frame.payload) == len(data) - 40 and opener.window.top == frame.seq
+    try:
+        opener.open(data)
+    except BadFrame as exc:
+        assert exc.reason == "replay"
+    else:
+        raise AssertionError("a frame opened twice")
+
+
+def _call_stream(chunks: list[bytes]) -> None:
+    decoder = StreamFrameDecoder()
+    for chunk in chunks:
+        for frame in decoder.feed(chunk):
+            assert encode_stream_frame(frame)[2:] == frame
+
+
+_CALL_STREAM = st.lists(mutated_bytes([encode_stream_frame(f) for f in _call_frames()]
+                                      + [b"".join(encode_stream_frame(f)
+                                                  for f in _call_frames())]), max_size=5)
+
+_DGRAM_CFG = BudgetConfig(total_bps=10**6)
+_DGRAM_SEEDS = [encode_allocate(bytes(16), encode_hello(r, seeds.RELAY_TOKEN, 48_000))
+                for r in (0, 1)] + [
+    encode_allocate(bytes(16), encode_hello(0, seeds.RELAY_TOKEN, 0, seeds.VOUCHER)),
+    b"OVRD\x01\x03", b"\x8cC\x01\x00" + bytes(60)]
+
+
+def _relay_datagram(data: bytes) -> None:
+    relay = DatagramRelay(_DGRAM_CFG, Budget(_DGRAM_CFG, 0.0), RelayAdmission(_DGRAM_CFG),
+                          node_key=seeds.RELAY_KEY, wall_offset=seeds.NOW)
+    addr = ("198.18.0.1", 4000)
+    for sent in relay.datagram_received(data, addr, 1.0):
+        assert sent.addr == addr and len(sent.data) <= len(data)  # never amplifies
+    # the same with the cookie this address would get
+    if data[:6] == b"OVRD\x01\x00" and len(data) >= 22:
+        token = data[28:60]
+        again = data[:6] + relay.cookie(addr, token, 1.0) + data[22:]
+        for sent in relay.datagram_received(again, addr, 1.0):
+            assert sent.addr == addr and len(sent.data) <= len(again)
+    relay.tick(100.0)
+
+
 _GW = ("198.19.7.1", 5351)
 _PM_NONCE = b"\x07" * 12
 _PORTMAP_ANSWERS = [
@@ -442,6 +501,9 @@ TARGETS: dict[str, Target] = {
                            _status, (ValueError,)),
     "relay_voucher": Target(mutated_bytes([seeds.VOUCHER]), _voucher, (VoucherRefused,)),
     "transfer_frames": Target(_TRANSFER, _transfer, (transfer.TransferError,)),
+    "call_frames": Target(mutated_bytes(_call_frames()), _call_frame, (BadFrame,)),
+    "call_stream_frames": Target(_CALL_STREAM, _call_stream, (BadFrame,)),
+    "relay_datagram": Target(mutated_bytes(_DGRAM_SEEDS), _relay_datagram, ()),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "birthday_probes": Target(mutated_bytes(_PROBES), _birthday, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),

@@ -37,7 +37,7 @@ ROOT_PACKAGE = "overlay"
 PACKAGE_RANKS: dict[str, int] = {
     "core": 0,
     "dht": 1, "attach": 1, "relay": 1,
-    "media": 2, "node": 2,
+    "media": 2, "node": 2, "call": 2,
     "client": 3,
     "cli": 4,
 }
@@ -90,6 +90,12 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/node/signal_limits.py",
     "overlay/core/rate_limit.py",
     "overlay/node/signal_gate.py",
+    "overlay/call/frames.py",
+    "overlay/call/jitter.py",
+    "overlay/call/quality.py",
+    "overlay/call/session.py",
+    "overlay/call/stream_frames.py",
+    "overlay/relay/datagram.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).

@@ -190,7 +190,7 @@ def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def coturn_voice_phase(turn_pid: int, host: str, workdir: Path, n: int,
-                       seconds: float) -> dict[str, Any]:
+                       seconds: float, udp: bool = False) -> dict[str, Any]:
     """N calls through coturn: one ``turnutils_uclient -T -m 2`` process per call.
 
     One process per call because uclient's TCP mode connects every client socket to every
@@ -201,10 +201,12 @@ def coturn_voice_phase(turn_pid: int, host: str, workdir: Path, n: int,
     and lasts ``seconds``; frames = the sum over processes of tot_recv_msgs growth in the
     window, from uclient's once-a-second progress lines (each end equally up to 1 s old)."""
     count = int((seconds + 60) * FPS)  # outlasts setup and window; stopped after the window
-    cmd = [*LINE_BUFFERED, "turnutils_uclient", "-T", "-l", str(FRAME), "-m", "2", "-n", str(count),
+    # -T: RFC 6062 TCP relaying (implies -y); udp: UDP allocations, client to client (-y)
+    mode = "-y" if udp else "-T"
+    cmd = [*LINE_BUFFERED, "turnutils_uclient", mode, "-l", str(FRAME), "-m", "2", "-n", str(count),
            "-z", "20", "-u", TURN_USER, "-w", TURN_PASS, "-p", str(TURN_PORT),
            "-e", host, host]
-    logs = [workdir / f"uclient_voice{n}_{i}.log" for i in range(n)]
+    logs = [workdir / f"uclient_voice{'_udp' if udp else ''}{n}_{i}.log" for i in range(n)]
     procs: list[subprocess.Popen[bytes]] = []
     out: dict[str, Any] = {"sessions": n, "uclient_processes": n,
                            "command": " ".join(cmd), "offered_fps": 2 * n * FPS}

@@ -1,0 +1,232 @@
+"""The receiving side of a call's audio, sans-IO: an adaptive jitter buffer, the RFC 3550
+interarrival jitter, and loss before and after the buffer.
+
+Times are milliseconds: ``arrival_ms`` on the receiver's clock, ``sent_ms`` on the sender's
+(from the frame header, modulo 2**32; unwrapped here). Frame ``seq`` was captured
+``frame_ms`` after frame ``seq - 1``.
+
+**Playout.** Frame ``seq`` plays at ``sent(seq) + play_offset`` (receiver clock), where
+``sent(seq)`` is its header time (or, for a frame that never came, the time interpolated from
+the last frame played). :meth:`JitterBuffer.play` is called on the receiver's 20 ms tick and
+plays, in sequence order, every frame whose time has come; a frame not there at its time is
+concealed (counted, a gap in the audio). A frame that arrives after its sequence number was
+played or concealed is **late**: dropped and counted, never queued. A frame more than
+:data:`MAX_TARGET_MS` of audio ahead of the playout point is dropped too (``overflow``): the
+buffer never holds more than its window.
+
+**Adaptation** (the idea of WebRTC NetEq, simplified). The transit of a frame is
+``arrival - sent`` (it contains the unknown clock offset, which cancels out). Over the last
+:data:`HISTORY` frames, the target delay is the 95th percentile of ``transit - min(transit)``,
+bounded to [:data:`MIN_TARGET_MS`, :data:`MAX_TARGET_MS`]; the wanted offset is
+``min(transit) + target``; a late frame keeps the target at least at its own spread for
+:data:`LATE_MEMORY_MS` (fast attack, slow decay, as NetEq). ``play_offset`` moves towards the
+wanted offset by at most :data:`ADAPT_UP_MS` (up) or :data:`ADAPT_DOWN_MS` (down) per frame
+played, so the audio neither jumps nor stalls.
+
+**Jitter** is RFC 3550 section 6.4.1: ``D = (R_i - R_j) - (S_i - S_j)`` between consecutive
+arrivals and ``J += (|D| - J) / 16``, in ms.
+
+**Loss.** ``expected`` is the span of sequence numbers from the first received to the highest
+one played so far (RFC 3550 A.3); ``lost`` (before the buffer) is expected minus frames that
+arrived; concealed frames (after the buffer) are the lost plus the late ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+FRAME_MS = 20
+MIN_TARGET_MS = 20.0
+MAX_TARGET_MS = 200.0
+#: how far the playout offset moves per frame played: down slowly (a 10 % time squeeze),
+#: up fast (a 50 % stretch), as a late frame means audio is being lost now
+ADAPT_DOWN_MS = 2.0
+ADAPT_UP_MS = 10.0
+#: a late frame keeps the target at least at its spread for this long
+LATE_MEMORY_MS = 10_000.0
+#: frames whose transit the target is computed over (4 s of audio)
+HISTORY = 200
+#: frames the buffer may hold ahead of the playout point (its window)
+CAPACITY = int(MAX_TARGET_MS // FRAME_MS) + 1
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
+
+
+class InterarrivalJitter:
+    """RFC 3550 6.4.1, in milliseconds."""
+
+    def __init__(self) -> None:
+        self.jitter_ms = 0.0
+        self._last_transit: float | None = None
+
+    def add(self, transit_ms: float) -> None:
+        if self._last_transit is not None:
+            d = transit_ms - self._last_transit
+            self.jitter_ms += (abs(d) - self.jitter_ms) / 16.0
+        self._last_transit = transit_ms
+
+
+@dataclass(frozen=True)
+class Played:
+    """One 20 ms slot of audio: the frame's payload, or None (concealed)."""
+
+    seq: int
+    payload: bytes | None
+
+
+@dataclass
+class BufferStats:
+    arrived: int = 0
+    late: int = 0
+    overflow: int = 0
+    duplicates: int = 0
+    played: int = 0
+    concealed: int = 0
+    #: late frames from the first received on (the others were never expected)
+    late_in_span: int = 0
+    #: the longest run of concealed frames that audio resumed after, in ms (a path
+    #: change's gap in the audio)
+    longest_gap_ms: int = 0
+
+
+class JitterBuffer:
+    def __init__(self, frame_ms: int = FRAME_MS) -> None:
+        self.frame_ms = frame_ms
+        self.stats = BufferStats()
+        self.jitter = InterarrivalJitter()
+        self.transits: deque[float] = deque(maxlen=HISTORY)
+        self.first_seq: int | None = None
+        #: the next sequence number to play, and the sender time it has
+        self.next_seq = 0
+        self._next_sent = 0.0
+        self.play_offset = 0.0
+        self._frames: dict[int, tuple[float, bytes]] = {}
+        self._sent_high = 0  # the highest unwrapped sent_ms
+        self.highest_seq = -1
+        self._late_spreads: deque[tuple[float, float]] = deque(maxlen=64)
+        self._now_ms = 0.0
+        self._gap = 0
+
+    # -- arrivals ----------------------------------------------------------------------------
+
+    def _unwrap(self, sent_ms: int) -> float:
+        if self.first_seq is None:
+            self._sent_high = sent_ms
+            return float(sent_ms)
+        delta = (sent_ms - self._sent_high + 2**31) % 2**32 - 2**31
+        value = self._sent_high + delta
+        self._sent_high = max(self._sent_high, value)
+        return float(value)
+
+    def arrive(self, seq: int, sent_ms: int, payload: bytes, arrival_ms: float) -> str:
+        """Take one frame (opened, not a replay); ``"queued"``, ``"late"``, ``"overflow"`` or
+        ``"duplicate"``."""
+        sent = self._unwrap(sent_ms)
+        transit = arrival_ms - sent
+        if self.first_seq is None:
+            self.first_seq = self.next_seq = seq
+            self._next_sent = sent
+            self.play_offset = transit + MIN_TARGET_MS
+        self.stats.arrived += 1
+        self.jitter.add(transit)
+        self.transits.append(transit)
+        self.highest_seq = max(self.highest_seq, seq)
+        if seq < self.next_seq:
+            self._late_spreads.append((arrival_ms, transit - min(self.transits)))
+            self.stats.late += 1
+            self.stats.late_in_span += seq >= self.first_seq
+            return "late"
+        if seq in self._frames:
+            self.stats.duplicates += 1
+            self.stats.arrived -= 1
+            return "duplicate"
+        if seq >= self.next_seq + CAPACITY:
+            self.stats.overflow += 1
+            return "overflow"
+        self._frames[seq] = (sent, payload)
+        return "queued"
+
+    # -- playout ----------------------------------------------------------------------------
+
+    @property
+    def target_ms(self) -> float:
+        """The playout delay the buffer aims at beyond the fastest recent transit."""
+        if not self.transits:
+            return MIN_TARGET_MS
+        floor = min(self.transits)
+        spread = percentile([t - floor for t in self.transits], 0.95)
+        while self._late_spreads and self._late_spreads[0][0] < self._now_ms - LATE_MEMORY_MS:
+            self._late_spreads.popleft()
+        late = max((s for _, s in self._late_spreads), default=0.0)
+        return min(MAX_TARGET_MS, max(MIN_TARGET_MS, spread, late))
+
+    @property
+    def delay_ms(self) -> float:
+        """How long the buffer currently holds audio beyond the fastest recent transit."""
+        return self.play_offset - min(self.transits) if self.transits else 0.0
+
+    def play(self, now_ms: float) -> list[Played]:
+        """Every slot whose time has come, in order (one per ``frame_ms`` of audio)."""
+        out: list[Played] = []
+        self._now_ms = now_ms
+        if self.first_seq is None:
+            return out
+        while self._next_sent + self.play_offset <= now_ms:
+            seq = self.next_seq
+            frame = self._frames.pop(seq, None)
+            if frame is not None:
+                self._next_sent = frame[0]
+                self.stats.played += 1
+                self.stats.longest_gap_ms = max(self.stats.longest_gap_ms,
+                                                self._gap * self.frame_ms)
+                self._gap = 0
+                out.append(Played(seq, frame[1]))
+            else:
+                self.stats.concealed += 1
+                self._gap += 1
+                out.append(Played(seq, None))
+            self.next_seq = seq + 1
+            self._next_sent += self.frame_ms
+            self._adapt()
+        return out
+
+    def _adapt(self) -> None:
+        wanted = min(self.transits) + self.target_ms
+        step = max(-ADAPT_DOWN_MS, min(ADAPT_UP_MS, wanted - self.play_offset))
+        self.play_offset += step
+
+    # -- loss -------------------------------------------------------------------------------
+
+    @property
+    def expected(self) -> int:
+        """Frames from the first received up to the playout point, but not beyond the
+        highest received (slots concealed after the stream stopped are not losses yet)."""
+        if self.first_seq is None:
+            return 0
+        return max(0, min(self.next_seq - 1, self.highest_seq) - self.first_seq + 1)
+
+    @property
+    def lost_before(self) -> int:
+        """Expected frames that never arrived (network loss)."""
+        return max(0, self.expected - self.stats.played - self.stats.late_in_span)
+
+    @property
+    def missing_after(self) -> int:
+        """Expected frames not played: network loss and late frames together."""
+        return max(0, self.expected - self.stats.played)
+
+    def loss_before_pct(self) -> float:
+        return 100.0 * self.lost_before / self.expected if self.expected else 0.0
+
+    def loss_after_pct(self) -> float:
+        return 100.0 * self.missing_after / self.expected if self.expected else 0.0
+
+    def late_pct(self) -> float:
+        return 100.0 * self.stats.late_in_span / self.expected if self.expected else 0.0
