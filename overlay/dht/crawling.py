@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import socket
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from bisect import insort
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
@@ -46,16 +46,28 @@ from overlay.core.records import RecordError, SignedRecord
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
 
+#: a contact as a response lists it: (node id, ip, port)
+ContactTuple = tuple[bytes, str, int]
 RpcMethod = Callable[[Node, Node, Callable[[], None]], Awaitable[tuple[bool, Any]]]
+
+
+#: literal addresses already found valid (contacts repeat across answers); bounded
+_VALID_IPS: set[str] = set()
+_MAX_VALID_IPS = 4096
 
 
 def _is_ip(text: str) -> bool:
     """A literal IPv4 or IPv6 address (inet_pton: ~20x cheaper than ipaddress)."""
+    if text in _VALID_IPS:
+        return True
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, text)
         except OSError:
             continue
+        if len(_VALID_IPS) >= _MAX_VALID_IPS:
+            _VALID_IPS.clear()
+        _VALID_IPS.add(text)
         return True
     return False
 
@@ -104,8 +116,10 @@ class LookupShare:
 
 
 class IdNodeHeap(NodeHeap):  # type: ignore[misc]
-    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push) and
-    only the contacts its lookup's :class:`LookupShare` admits."""
+    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push), kept
+    as a sorted list (a valid heap, so the inherited methods still work) so that the k
+    closest are a slice instead of a ``heapq.nsmallest`` per call, and only the contacts its
+    lookup's :class:`LookupShare` admits."""
 
     heap: list[tuple[int, Node]]
 
@@ -118,21 +132,39 @@ class IdNodeHeap(NodeHeap):  # type: ignore[misc]
         for n in nodes if isinstance(nodes, list) else [nodes]:
             if n.id not in self.ids and self.share.admit(n):
                 self.ids.add(n.id)
-                heapq.heappush(self.heap, (self.node.distance_to(n), n))
+                insort(self.heap, (self.node.long_id ^ n.long_id, n))
+
+    def push_contacts(self, contacts: list[ContactTuple]) -> None:
+        """:meth:`push` for contacts as listed in a response: a Node only for new ids."""
+        ids = self.ids
+        for contact in contacts:
+            if contact[0] not in ids:
+                self.push(Node(*contact))
 
     def remove(self, peers: list[bytes]) -> None:
         gone = set(peers) & self.ids
         if gone:
             self.ids -= gone
             self.heap = [entry for entry in self.heap if entry[1].id not in gone]
-            heapq.heapify(self.heap)
+
+    def __iter__(self) -> Iterator[Node]:
+        return (n for _, n in self.heap[: self.maxsize])
+
+    def get_uncontacted(self) -> list[Node]:
+        contacted = self.contacted
+        return [n for _, n in self.heap[: self.maxsize] if n.id not in contacted]
+
+    def any_uncontacted(self) -> bool:
+        contacted = self.contacted
+        return any(n.id not in contacted for _, n in self.heap[: self.maxsize])
 
     def __contains__(self, node: Node) -> bool:
         return node.id in self.ids
 
 
-def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
-    """Contacts from a response's ``nodes`` field; None when the field is malformed."""
+def parse_nodes(raw: object, own_id: bytes) -> list[ContactTuple] | None:
+    """Contacts (id, ip, port) from a response's ``nodes`` field, ``own_id`` left out; None
+    when the field is malformed."""
     if not isinstance(raw, list) or len(raw) > MAX_NODES_PER_RESPONSE:
         return None
     nodes = []
@@ -150,7 +182,7 @@ def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
         if not _is_ip(item[1]):
             return None
         if item[0] != own_id:
-            nodes.append(Node(item[0], item[1], item[2]))
+            nodes.append((item[0], item[1], item[2]))
     return nodes
 
 
@@ -172,15 +204,25 @@ class _InflightCrawl:
 
     async def _crawl(self, rpcmethod: RpcMethod) -> None:
         loop = asyncio.get_running_loop()
-        pending: dict[asyncio.Future[tuple[bool, Any]], Node] = {}
+        #: requests in flight, by peer id
+        pending: set[bytes] = set()
         #: requests past their adaptive timeout: still awaited, no longer holding a slot
         slow: set[bytes] = set()
-        wake: asyncio.Future[None] = loop.create_future()
+        #: answered (or failed) requests not looked at yet, in the order they ended
+        ended: deque[tuple[Node, asyncio.Future[tuple[bool, Any]]]] = deque()
+        wake: list[asyncio.Future[None]] = [loop.create_future()]
+
+        def nudge() -> None:
+            if not wake[0].done():
+                wake[0].set_result(None)
 
         def went_slow(peer_id: bytes) -> None:
             slow.add(peer_id)
-            if not wake.done():
-                wake.set_result(None)
+            nudge()
+
+        def on_end(peer: Node, request: asyncio.Future[tuple[bool, Any]]) -> None:
+            ended.append((peer, request))
+            nudge()
 
         while not self._is_done():
             for peer in self.nearest.get_uncontacted():
@@ -190,20 +232,20 @@ class _InflightCrawl:
                 if not self.nearest.share.claim(peer.id):  # another path asked it
                     self.nearest.remove([peer.id])
                     continue
-                request = rpcmethod(peer, self.node, functools.partial(went_slow, peer.id))
-                pending[asyncio.ensure_future(request)] = peer
+                request = asyncio.ensure_future(
+                    rpcmethod(peer, self.node, functools.partial(went_slow, peer.id)))
+                request.add_done_callback(functools.partial(on_end, peer))
+                pending.add(peer.id)
             if not pending:
                 break
-            waiting: list[asyncio.Future[Any]] = [*pending, wake]
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if wake.done():
-                wake = loop.create_future()
-            for task in done:
-                if task not in pending:
-                    continue
-                peer = pending.pop(task)
+            if not ended:
+                await wake[0]
+                wake[0] = loop.create_future()
+            while ended:
+                peer, finished = ended.popleft()
+                pending.discard(peer.id)
                 slow.discard(peer.id)
-                ok, reply = task.result()
+                ok, reply = finished.result()
                 if ok and self._accept(peer, reply.payload):
                     self.answered[peer.id] = peer
                 else:
@@ -215,7 +257,7 @@ class _InflightCrawl:
     def _enough_answers(self) -> bool:
         """Once k nodes answered and nobody closer is left to ask, slow contacts are not
         waited for: they are not in the result either."""
-        return len(self.answered) >= self.ksize and not self.nearest.get_uncontacted()
+        return len(self.answered) >= self.ksize and not self.nearest.any_uncontacted()
 
 
 class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
@@ -239,7 +281,7 @@ class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
         nodes = parse_nodes(payload["nodes"], self.protocol.source_node.id)
         if nodes is None:
             return False
-        self.nearest.push(nodes)
+        self.nearest.push_contacts(nodes)
         return True
 
 
@@ -333,7 +375,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
             return False
         # unanimous: enough of k, or everyone left to ask is only a straggler (whose vote
         # could turn the answer into a conflict at most, never into another owner)
-        return tally.holders >= self.name_quorum or not self.nearest.get_uncontacted()
+        return tally.holders >= self.name_quorum or not self.nearest.any_uncontacted()
 
     def agreed(self) -> bool:
         return self.tally.agreed()
@@ -345,7 +387,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         nodes = parse_nodes(payload["nodes"], self.protocol.source_node.id)
         if nodes is None or not isinstance(values, list) or len(values) > MAX_VALUES_PER_RESPONSE:
             return False
-        self.nearest.push(nodes)
+        self.nearest.push_contacts(nodes)
         held = []
         for wire in values:
             try:
