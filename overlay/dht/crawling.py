@@ -225,8 +225,9 @@ class _InflightCrawl:
             nudge()
 
         while not self._is_done():
-            for peer in self.nearest.get_uncontacted():
-                if len(pending) - len(slow) >= self.alpha:
+            limit = self._in_flight_limit()
+            for peer in self._order(self.nearest.get_uncontacted()):
+                if len(pending) - len(slow) >= limit:
                     break
                 self.nearest.mark_contacted(peer)
                 if not self.nearest.share.claim(peer.id):  # another path asked it
@@ -253,6 +254,14 @@ class _InflightCrawl:
             if self._enough_answers():
                 break
         # stragglers finish on their own and still update the routing table
+
+    def _in_flight_limit(self) -> int:
+        """Requests to keep in flight now."""
+        return self.alpha
+
+    def _order(self, uncontacted: list[Node]) -> list[Node]:
+        """The order to ask the uncontacted among the k closest candidates in."""
+        return uncontacted
 
     def _enough_answers(self) -> bool:
         """Once k nodes answered and nobody closer is left to ask, slow contacts are not
@@ -379,6 +388,24 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
 
     def agreed(self) -> bool:
         return self.tally.agreed()
+
+    def _in_flight_limit(self) -> int:
+        """alpha, but no more than the holders still missing for the early stop once holders
+        answered (unanimously): a request the stop makes useless costs both sides a round
+        trip."""
+        tally = self.tally
+        if not tally.holders or not tally.agreed():
+            return self.alpha
+        quorum = self.name_quorum if tally.signers else self.quorum
+        return max(1, min(self.alpha, quorum - tally.holders))
+
+    def _order(self, uncontacted: list[Node]) -> list[Node]:
+        """Closest first, but peers that already share a session key with us before the
+        others (no signature either way, no cookie round trip). Which of the k closest
+        answer first never decides a name: the early stop needs ``name_quorum`` unanimous
+        holders among them, so a mixed set asks all k and the majority decides."""
+        sessions = self.protocol.sessions
+        return sorted(uncontacted, key=lambda n: not sessions.holds_ours(n.id))
 
     def _accept(self, peer: Node, payload: object) -> bool:
         if not isinstance(payload, dict) or set(payload) != {"values", "nodes"}:
