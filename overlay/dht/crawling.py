@@ -225,9 +225,8 @@ class _InflightCrawl:
             nudge()
 
         while not self._is_done():
-            limit = self._in_flight_limit()
             for peer in self._order(self.nearest.get_uncontacted()):
-                if len(pending) - len(slow) >= limit:
+                if len(pending) - len(slow) >= self.alpha:
                     break
                 self.nearest.mark_contacted(peer)
                 if not self.nearest.share.claim(peer.id):  # another path asked it
@@ -254,10 +253,6 @@ class _InflightCrawl:
             if self._enough_answers():
                 break
         # stragglers finish on their own and still update the routing table
-
-    def _in_flight_limit(self) -> int:
-        """Requests to keep in flight now."""
-        return self.alpha
 
     def _order(self, uncontacted: list[Node]) -> list[Node]:
         """The order to ask the uncontacted among the k closest candidates in."""
@@ -388,16 +383,6 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
 
     def agreed(self) -> bool:
         return self.tally.agreed()
-
-    def _in_flight_limit(self) -> int:
-        """alpha, but no more than the holders still missing for the early stop once holders
-        answered (unanimously): a request the stop makes useless costs both sides a round
-        trip."""
-        tally = self.tally
-        if not tally.holders or not tally.agreed():
-            return self.alpha
-        quorum = self.name_quorum if tally.signers else self.quorum
-        return max(1, min(self.alpha, quorum - tally.holders))
 
     def _order(self, uncontacted: list[Node]) -> list[Node]:
         """Closest first, but peers that already share a session key with us before the
