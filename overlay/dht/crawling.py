@@ -33,7 +33,7 @@ import functools
 import socket
 from bisect import insort
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
@@ -254,7 +254,7 @@ class _InflightCrawl:
                 break
         # stragglers finish on their own and still update the routing table
 
-    def _order(self, uncontacted: list[Node]) -> list[Node]:
+    def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """The order to ask the uncontacted among the k closest candidates in."""
         return uncontacted
 
@@ -384,13 +384,19 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
     def agreed(self) -> bool:
         return self.tally.agreed()
 
-    def _order(self, uncontacted: list[Node]) -> list[Node]:
+    def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """Closest first, but peers that already share a session key with us before the
         others (no signature either way, no cookie round trip). Which of the k closest
         answer first never decides a name: the early stop needs ``name_quorum`` unanimous
         holders among them, so a mixed set asks all k and the majority decides."""
-        sessions = self.protocol.sessions
-        return sorted(uncontacted, key=lambda n: not sessions.holds_ours(n.id))
+        holds_ours = self.protocol.sessions.holds_ours
+        later = []
+        for n in uncontacted:
+            if holds_ours(n.id):
+                yield n
+            else:
+                later.append(n)
+        yield from later
 
     def _accept(self, peer: Node, payload: object) -> bool:
         if not isinstance(payload, dict) or set(payload) != {"values", "nodes"}:
