@@ -61,7 +61,10 @@ class _Members:
         self.by_long: dict[int, Node] = {n.long_id: n for n in contacts}
         self.sorted_ids = sorted(self.by_long)
         self.by_id: dict[bytes, Node] = {n.id: n for n in contacts}
-        self.by_address: dict[tuple[str, int], Node] = {(n.ip, n.port): n for n in contacts}
+        #: normally one per address; two after kademlia promoted a replacement node
+        self.by_address: dict[tuple[str, int], list[Node]] = {}
+        for n in contacts:
+            self.by_address.setdefault((n.ip, n.port), []).append(n)
 
     def around(self, target: int, need: int) -> list[int]:
         """The ids in the smallest aligned range (a subtree of the id space) around
@@ -145,7 +148,8 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         return len(nearest) < want or ours < farthest
 
     def _at_address(self, ip: str, port: int) -> Node | None:
-        return self._index().by_address.get((ip, port))
+        at = self._index().by_address.get((ip, port))
+        return at[0] if at else None
 
     def add_contact(self, node: Node) -> bool:
         """Add an answered contact. Returns False when a limit refused it."""
@@ -157,7 +161,8 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
             if (known.ip, known.port) == (node.ip, node.port):
                 members = self._index()
                 members.by_long[node.long_id] = members.by_id[node.id] = node
-                members.by_address[(node.ip, node.port)] = node
+                at = members.by_address[(node.ip, node.port)]
+                at[:] = [node if n.id == node.id else n for n in at]
             else:
                 self._members = None
             return True
@@ -208,7 +213,7 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         never ``node`` itself nor a contact at ``exclude``'s address.
 
         Usually at most two members are left out (one has ``node``'s id, one ``exclude``'s
-        address), so the k closest are among the k + 2 closest, which lie in the range
+        address: the table keeps one contact per address but for promoted replacements), so the k closest are among the k + 2 closest, which lie in the range
         :meth:`_Members.around` returns; when more were left out, the whole table is ranked."""
         k = k or self.ksize
         members = self._index()
@@ -223,14 +228,9 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
                  exclude: Node | None) -> list[Node]:
         target = node.long_id
         by_long = members.by_long
-        found: list[Node] = []
-        for long_id in sorted(ids, key=target.__xor__):
-            n = by_long[long_id]
-            if n.id == node.id or (
-                exclude is not None and n.ip == exclude.ip and n.port == exclude.port
-            ):
-                continue
-            found.append(n)
-            if len(found) == k:
-                break
-        return found
+        left_out = {target}
+        if exclude is not None:
+            for n in members.by_address.get((exclude.ip, exclude.port), ()):
+                left_out.add(n.long_id)
+        ranked = sorted(ids, key=target.__xor__)
+        return [by_long[i] for i in ranked if i not in left_out][:k]
