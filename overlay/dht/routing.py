@@ -213,7 +213,8 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         never ``node`` itself nor a contact at ``exclude``'s address.
 
         Usually at most two members are left out (one has ``node``'s id, one ``exclude``'s
-        address: the table keeps one contact per address but for promoted replacements), so the k closest are among the k + 2 closest, which lie in the range
+        address: the table keeps one contact per address, promoted replacements aside), so
+        the k closest are among the k + 2 closest, which lie in the range
         :meth:`_Members.around` returns; when more were left out, the whole table is ranked."""
         k = k or self.ksize
         members = self._index()
