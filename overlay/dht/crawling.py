@@ -14,7 +14,11 @@ Fixes over ``kademlia.crawling``:
   holder's own answer. For a name (records that claim one) it stops early only once more than
   half of k holders agree on one signer key, else it asks all k closest nodes: a few Sybils
   placed next to the key and answering first cannot end the lookup (the majority decides:
-  :mod:`overlay.dht.names`).
+  :mod:`overlay.dht.names`). Among its k closest candidates, a value lookup asks the peers
+  that already share a session key first (no signature, no cookie): the order never decides
+  a name, since an early stop needs that many unanimous holders;
+* contacts in answers are parsed as tuples, and a ``Node`` is built only for ids new to the
+  lookup; the candidates are a sorted list; each request reports its end by callback.
 
 Sybil checks on every lookup (:class:`LookupShare`): a contact listed in a response becomes a
 candidate only when its id solves the network's id puzzle, and at most

@@ -13,9 +13,10 @@ Fixes over ``kademlia.protocol`` / ``rpcudp``:
   ping, to an unproven source address only when no larger than the request, never
   retransmitted, and within a per-/24 budget (below), so it amplifies nothing;
 * anti-amplification (:mod:`overlay.dht.amplification`): an answer to a source address that
-  has not proven it receives is at most 3x the request; a larger one is replaced by
-  ``{"truncated": True, "cookie": c}`` and :meth:`OverlayProtocol.rpc` repeats the request
-  with the cookie (one extra round trip to a new peer);
+  has not proven it receives is at most 3x the request; a larger ``find_value`` answer that
+  holds values loses contacts from the farthest until it fits (:func:`trim_contacts`), any
+  other larger one is replaced by ``{"truncated": True, "cookie": c}`` and
+  :meth:`OverlayProtocol.rpc` repeats the request with the cookie (one extra round trip);
 * per-IP request rate limits; per-contact adaptive timeouts, and a request unanswered within
   its adaptive timeout is sent once more (a fresh message id) and waited for up to the full
   ``rpc_timeout_s``, a late answer to either copy counting, as TCP backs its RTO off: one lost
