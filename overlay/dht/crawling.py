@@ -14,7 +14,11 @@ Fixes over ``kademlia.crawling``:
   holder's own answer. For a name (records that claim one) it stops early only once more than
   half of k holders agree on one signer key, else it asks all k closest nodes: a few Sybils
   placed next to the key and answering first cannot end the lookup (the majority decides:
-  :mod:`overlay.dht.names`).
+  :mod:`overlay.dht.names`). Among its k closest candidates, a value lookup asks the peers
+  that already share a session key first (no signature, no cookie): the order never decides
+  a name, since an early stop needs that many unanimous holders;
+* contacts in answers are parsed as tuples, and a ``Node`` is built only for ids new to the
+  lookup; the candidates are a sorted list; each request reports its end by callback.
 
 Sybil checks on every lookup (:class:`LookupShare`): a contact listed in a response becomes a
 candidate only when its id solves the network's id puzzle, and at most
@@ -30,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import socket
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from bisect import insort
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
@@ -46,16 +50,28 @@ from overlay.core.records import RecordError, SignedRecord
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
 
+#: a contact as a response lists it: (node id, ip, port)
+ContactTuple = tuple[bytes, str, int]
 RpcMethod = Callable[[Node, Node, Callable[[], None]], Awaitable[tuple[bool, Any]]]
+
+
+#: literal addresses already found valid (contacts repeat across answers); bounded
+_VALID_IPS: set[str] = set()
+_MAX_VALID_IPS = 4096
 
 
 def _is_ip(text: str) -> bool:
     """A literal IPv4 or IPv6 address (inet_pton: ~20x cheaper than ipaddress)."""
+    if text in _VALID_IPS:
+        return True
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, text)
         except OSError:
             continue
+        if len(_VALID_IPS) >= _MAX_VALID_IPS:
+            _VALID_IPS.clear()
+        _VALID_IPS.add(text)
         return True
     return False
 
@@ -104,8 +120,10 @@ class LookupShare:
 
 
 class IdNodeHeap(NodeHeap):  # type: ignore[misc]
-    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push) and
-    only the contacts its lookup's :class:`LookupShare` admits."""
+    """kademlia's NodeHeap with O(1) membership (the stock one scans the heap per push), kept
+    as a sorted list (a valid heap, so the inherited methods still work) so that the k
+    closest are a slice instead of a ``heapq.nsmallest`` per call, and only the contacts its
+    lookup's :class:`LookupShare` admits."""
 
     heap: list[tuple[int, Node]]
 
@@ -118,21 +136,39 @@ class IdNodeHeap(NodeHeap):  # type: ignore[misc]
         for n in nodes if isinstance(nodes, list) else [nodes]:
             if n.id not in self.ids and self.share.admit(n):
                 self.ids.add(n.id)
-                heapq.heappush(self.heap, (self.node.distance_to(n), n))
+                insort(self.heap, (self.node.long_id ^ n.long_id, n))
+
+    def push_contacts(self, contacts: list[ContactTuple]) -> None:
+        """:meth:`push` for contacts as listed in a response: a Node only for new ids."""
+        ids = self.ids
+        for contact in contacts:
+            if contact[0] not in ids:
+                self.push(Node(*contact))
 
     def remove(self, peers: list[bytes]) -> None:
         gone = set(peers) & self.ids
         if gone:
             self.ids -= gone
             self.heap = [entry for entry in self.heap if entry[1].id not in gone]
-            heapq.heapify(self.heap)
+
+    def __iter__(self) -> Iterator[Node]:
+        return (n for _, n in self.heap[: self.maxsize])
+
+    def get_uncontacted(self) -> list[Node]:
+        contacted = self.contacted
+        return [n for _, n in self.heap[: self.maxsize] if n.id not in contacted]
+
+    def any_uncontacted(self) -> bool:
+        contacted = self.contacted
+        return any(n.id not in contacted for _, n in self.heap[: self.maxsize])
 
     def __contains__(self, node: Node) -> bool:
         return node.id in self.ids
 
 
-def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
-    """Contacts from a response's ``nodes`` field; None when the field is malformed."""
+def parse_nodes(raw: object, own_id: bytes) -> list[ContactTuple] | None:
+    """Contacts (id, ip, port) from a response's ``nodes`` field, ``own_id`` left out; None
+    when the field is malformed."""
     if not isinstance(raw, list) or len(raw) > MAX_NODES_PER_RESPONSE:
         return None
     nodes = []
@@ -150,7 +186,7 @@ def parse_nodes(raw: object, own_id: bytes) -> list[Node] | None:
         if not _is_ip(item[1]):
             return None
         if item[0] != own_id:
-            nodes.append(Node(item[0], item[1], item[2]))
+            nodes.append((item[0], item[1], item[2]))
     return nodes
 
 
@@ -172,38 +208,48 @@ class _InflightCrawl:
 
     async def _crawl(self, rpcmethod: RpcMethod) -> None:
         loop = asyncio.get_running_loop()
-        pending: dict[asyncio.Future[tuple[bool, Any]], Node] = {}
+        #: requests in flight, by peer id
+        pending: set[bytes] = set()
         #: requests past their adaptive timeout: still awaited, no longer holding a slot
         slow: set[bytes] = set()
-        wake: asyncio.Future[None] = loop.create_future()
+        #: answered (or failed) requests not looked at yet, in the order they ended
+        ended: deque[tuple[Node, asyncio.Future[tuple[bool, Any]]]] = deque()
+        wake: list[asyncio.Future[None]] = [loop.create_future()]
+
+        def nudge() -> None:
+            if not wake[0].done():
+                wake[0].set_result(None)
 
         def went_slow(peer_id: bytes) -> None:
             slow.add(peer_id)
-            if not wake.done():
-                wake.set_result(None)
+            nudge()
+
+        def on_end(peer: Node, request: asyncio.Future[tuple[bool, Any]]) -> None:
+            ended.append((peer, request))
+            nudge()
 
         while not self._is_done():
-            for peer in self.nearest.get_uncontacted():
+            for peer in self._order(self.nearest.get_uncontacted()):
                 if len(pending) - len(slow) >= self.alpha:
                     break
                 self.nearest.mark_contacted(peer)
                 if not self.nearest.share.claim(peer.id):  # another path asked it
                     self.nearest.remove([peer.id])
                     continue
-                request = rpcmethod(peer, self.node, functools.partial(went_slow, peer.id))
-                pending[asyncio.ensure_future(request)] = peer
+                request = asyncio.ensure_future(
+                    rpcmethod(peer, self.node, functools.partial(went_slow, peer.id)))
+                request.add_done_callback(functools.partial(on_end, peer))
+                pending.add(peer.id)
             if not pending:
                 break
-            waiting: list[asyncio.Future[Any]] = [*pending, wake]
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if wake.done():
-                wake = loop.create_future()
-            for task in done:
-                if task not in pending:
-                    continue
-                peer = pending.pop(task)
+            if not ended:
+                await wake[0]
+                wake[0] = loop.create_future()
+            while ended:
+                peer, finished = ended.popleft()
+                pending.discard(peer.id)
                 slow.discard(peer.id)
-                ok, reply = task.result()
+                ok, reply = finished.result()
                 if ok and self._accept(peer, reply.payload):
                     self.answered[peer.id] = peer
                 else:
@@ -212,10 +258,14 @@ class _InflightCrawl:
                 break
         # stragglers finish on their own and still update the routing table
 
+    def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
+        """The order to ask the uncontacted among the k closest candidates in."""
+        return uncontacted
+
     def _enough_answers(self) -> bool:
         """Once k nodes answered and nobody closer is left to ask, slow contacts are not
         waited for: they are not in the result either."""
-        return len(self.answered) >= self.ksize and not self.nearest.get_uncontacted()
+        return len(self.answered) >= self.ksize and not self.nearest.any_uncontacted()
 
 
 class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
@@ -239,7 +289,7 @@ class OverlayNodeCrawl(_InflightCrawl, NodeSpiderCrawl):  # type: ignore[misc]
         nodes = parse_nodes(payload["nodes"], self.protocol.source_node.id)
         if nodes is None:
             return False
-        self.nearest.push(nodes)
+        self.nearest.push_contacts(nodes)
         return True
 
 
@@ -333,10 +383,24 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
             return False
         # unanimous: enough of k, or everyone left to ask is only a straggler (whose vote
         # could turn the answer into a conflict at most, never into another owner)
-        return tally.holders >= self.name_quorum or not self.nearest.get_uncontacted()
+        return tally.holders >= self.name_quorum or not self.nearest.any_uncontacted()
 
     def agreed(self) -> bool:
         return self.tally.agreed()
+
+    def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
+        """Closest first, but peers that already share a session key with us before the
+        others (no signature either way, no cookie round trip). Which of the k closest
+        answer first never decides a name: the early stop needs ``name_quorum`` unanimous
+        holders among them, so a mixed set asks all k and the majority decides."""
+        holds_ours = self.protocol.sessions.holds_ours
+        later = []
+        for n in uncontacted:
+            if holds_ours(n.id):
+                yield n
+            else:
+                later.append(n)
+        yield from later
 
     def _accept(self, peer: Node, payload: object) -> bool:
         if not isinstance(payload, dict) or set(payload) != {"values", "nodes"}:
@@ -345,7 +409,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         nodes = parse_nodes(payload["nodes"], self.protocol.source_node.id)
         if nodes is None or not isinstance(values, list) or len(values) > MAX_VALUES_PER_RESPONSE:
             return False
-        self.nearest.push(nodes)
+        self.nearest.push_contacts(nodes)
         held = []
         for wire in values:
             try:

@@ -102,6 +102,11 @@ class EnvelopeError(DHTError):
         self.reason = reason
 
 
+#: the members by wire value (calling an enum class costs ~1 µs, twice per datagram)
+_KINDS = (Kind.REQUEST, Kind.RESPONSE)
+_FLAGS = (Flags.NONE, Flags.CLIENT)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionIds:
     """Which session key authenticated a datagram: the ids of both ephemerals."""
@@ -215,7 +220,7 @@ def parse(data: bytes) -> Parsed:
     if kind_byte > Kind.RESPONSE + _SESSION_OFFSET:
         raise EnvelopeError("malformed", f"unknown kind {kind_byte}")
     session = kind_byte >= _SESSION_OFFSET
-    kind = Kind(kind_byte - _SESSION_OFFSET if session else kind_byte)
+    kind = _KINDS[kind_byte - _SESSION_OFFSET if session else kind_byte]
     header = SESSION_HEADER_BYTES if session else SIGNED_HEADER_BYTES
     if len(data) < header:
         raise EnvelopeError("foreign", "short overlay datagram")
@@ -227,7 +232,7 @@ def parse(data: bytes) -> Parsed:
     if len(body) > limit:
         raise EnvelopeError("oversized", f"{len(body)} byte payload")
     msg_id, sender_key, recipient = data[5:25], data[25:57], data[57:77]
-    stamp, flags = int.from_bytes(data[77:85], "big"), Flags(flags_byte)
+    stamp, flags = int.from_bytes(data[77:85], "big"), _FLAGS[flags_byte]
     if session:
         ids_end = COMMON_BYTES + 2 * EPH_ID_BYTES
         ids = SessionIds(data[COMMON_BYTES:COMMON_BYTES + EPH_ID_BYTES],

@@ -13,9 +13,10 @@ Fixes over ``kademlia.protocol`` / ``rpcudp``:
   ping, to an unproven source address only when no larger than the request, never
   retransmitted, and within a per-/24 budget (below), so it amplifies nothing;
 * anti-amplification (:mod:`overlay.dht.amplification`): an answer to a source address that
-  has not proven it receives is at most 3x the request; a larger one is replaced by
-  ``{"truncated": True, "cookie": c}`` and :meth:`OverlayProtocol.rpc` repeats the request
-  with the cookie (one extra round trip to a new peer);
+  has not proven it receives is at most 3x the request; a larger ``find_value`` answer that
+  holds values loses contacts from the farthest until it fits (:func:`trim_contacts`), any
+  other larger one is replaced by ``{"truncated": True, "cookie": c}`` and
+  :meth:`OverlayProtocol.rpc` repeats the request with the cookie (one extra round trip);
 * per-IP request rate limits; per-contact adaptive timeouts, and a request unanswered within
   its adaptive timeout is sent once more (a fresh message id) and waited for up to the full
   ``rpc_timeout_s``, a late answer to either copy counting, as TCP backs its RTO off: one lost
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
@@ -76,6 +78,8 @@ from overlay.dht.storage import RecordStorage
 log = get_logger(__name__)
 
 AppHandler = Callable[[tuple[str, int], bytes, list[Any]], Any]
+#: sender keys whose node ids :meth:`OverlayProtocol.node_id_of` remembers
+MAX_NODE_IDS = 65536
 CORE_METHODS = frozenset({"ping", "store", "find_node", "find_value"})
 #: a ``store`` refusal: the sender's node id does not solve the network's id puzzle
 BAD_NODE_ID = "bad_node_id"
@@ -212,6 +216,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             b"\0" * 32, identity.public_key, SessionIds(b"\0" * 8, b"\0" * 8), Kind.REQUEST,
             new_msg_id(), self.flags, ["ping", []], recipient=b"\1" * 20))
         self.replay = ReplayGuard(source_node.id)
+        self._public_key = identity.public_key
+        #: node ids by sender key (a SHA-256 each, several times per datagram otherwise)
+        self._node_ids: dict[bytes, bytes] = {}
         #: the wall clock that stamps our datagrams and judges others' (tests move it)
         self.clock: Callable[[], float] = time.time
         self._tasks = TaskSet()
@@ -258,12 +265,21 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.dropped["handler_error"] += 1
             log.exception("dht_handler_error", peer=f"{addr[0]}:{addr[1]}")
 
+    def node_id_of(self, sender_key: bytes) -> bytes:
+        """:func:`node_id_for`, remembered (at most :data:`MAX_NODE_IDS` keys)."""
+        node_id = self._node_ids.get(sender_key)
+        if node_id is None:
+            if len(self._node_ids) >= MAX_NODE_IDS:
+                self._node_ids.clear()
+            node_id = self._node_ids[sender_key] = node_id_for(sender_key)
+        return node_id
+
     def _open(self, data: bytes) -> Envelope:
         """Authenticate a datagram: its signature, or its MAC under the session it names."""
         parsed = parse(data)
         if parsed.session is None:
             return authenticate_signature(parsed)
-        key = self.sessions.receiving(node_id_for(parsed.sender_key), parsed.session,
+        key = self.sessions.receiving(self.node_id_of(parsed.sender_key), parsed.session,
                                       time.monotonic())
         if key is None:
             raise EnvelopeError("no_session", "no session with these ephemerals here")
@@ -274,7 +290,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         """Our datagram: under the session ``keyed`` names, else signed with our ephemeral."""
         if keyed is not None:
             self.stats.sealed["session"] += 1
-            return seal_session(keyed[0], self.identity.public_key, keyed[1], kind, msg_id,
+            return seal_session(keyed[0], self._public_key, keyed[1], kind, msg_id,
                                 self.flags, payload, recipient=recipient, now=self.clock())
         self.stats.sealed["signed"] += 1
         return seal(self.identity, kind, msg_id, self.flags, payload, recipient=recipient,
@@ -381,7 +397,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         if env.recipient != self.source_node.id:
             self.stats.dropped["wrong_recipient"] += 1
             return
-        sender_id = node_id_for(env.sender_key)
+        sender_id = self.node_id_of(env.sender_key)
         if out.expected_id is not None and sender_id != out.expected_id:
             self.stats.dropped["wrong_sender"] += 1
             return  # someone else answered for the node we asked: keep waiting, then time out
@@ -445,7 +461,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                     self.rtt.forget(node.id)
             return result
         self.failures.pop(node.id, None)
-        if not reply.flags & Flags.CLIENT:
+        if reply.flags is not Flags.CLIENT:  # the only flag (a member: cheaper than &)
             self.welcome_if_new(node)
         return result
 
@@ -504,7 +520,10 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
     def _verify_unknown_sender(
         self, sender_key: bytes, addr: tuple[str, int], size: int, now: float
     ) -> None:
-        node_id = node_id_for(sender_key)
+        node_id = self.node_id_of(sender_key)
+        known = self.router.find_contact(node_id)
+        if known is not None and (known.ip, known.port) == addr:
+            return  # the common case: a contact of ours
         if node_id in self._verifying or len(self._verifying) >= 64:
             return
         if not id_puzzle_ok(node_id, self.config.id_puzzle_bits):
@@ -565,12 +584,12 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         method, args = payload[0], payload[1]
         if self._refused_as_replay(env, method, self.clock()):
             return
-        self._note_session(env, node_id_for(env.sender_key), None)
+        sender_id = self.node_id_of(env.sender_key)
+        self._note_session(env, sender_id, None)
         if len(payload) == 3 and not self.gate.check_cookie(payload[2], addr, env.sender_key,
                                                             now):
             self.stats.dropped["bad_cookie"] += 1  # answered as if it carried none
-        if method == "store" and not id_puzzle_ok(node_id_for(env.sender_key),
-                                                  self.config.id_puzzle_bits):
+        if method == "store" and not id_puzzle_ok(sender_id, self.config.id_puzzle_bits):
             self.storage.stats.rejected[BAD_NODE_ID] += 1
             result = {"ok": False, "reason": BAD_NODE_ID}
         elif method in CORE_METHODS:
@@ -589,7 +608,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         cookie_sent = self._respond(env, addr, result, size)
         # a sender handed a cookie comes back with it, which proves it at this address with
         # its key (then admitted without a ping): a ping now would show nothing more
-        if not env.flags & Flags.CLIENT and not cookie_sent:
+        if env.flags is not Flags.CLIENT and not cookie_sent:
             self._verify_unknown_sender(env.sender_key, addr, size, now)
 
     def _refused_as_replay(self, env: Envelope, method: str, wall: float) -> bool:
@@ -614,23 +633,30 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         """Answer ``env``; True when the answer was withheld for a cookie round trip."""
         if self.transport is None or self.closed:
             return False
-        requester = node_id_for(env.sender_key)
+        requester = self.node_id_of(env.sender_key)
         now = time.monotonic()
         # a response takes the form of its request
         keyed = None if env.session is None else self.sessions.reply(requester, env.session, now)
         datagram = self._seal(Kind.RESPONSE, env.msg_id, result, requester, keyed)
         if keyed is None and env.session is None and env.ephemeral != NO_EPHEMERAL:
             self.sessions.answered(requester, now)  # our answer carries our ephemeral
-        if len(datagram) > self.gate.allowed(size):
-            if not self.gate.is_proven(addr, now):
-                self.stats.dropped["truncated_unproven"] += 1
-                cookie = self.gate.cookie(addr, env.sender_key, now)
-                datagram = self._seal(Kind.RESPONSE, env.msg_id,
-                                      {"truncated": True, "cookie": cookie}, requester, keyed)
-                if len(datagram) > self.gate.allowed(size):
-                    return False  # cannot happen for a signed request; never reflect more
-                self.transport.sendto(datagram, addr)
-                return True
+        allowed = self.gate.allowed(size)
+        if len(datagram) > allowed and not self.gate.is_proven(addr, now):
+            trimmed = trim_contacts(result, len(datagram) - allowed)
+            if trimmed is not None:
+                datagram = self._seal(Kind.RESPONSE, env.msg_id, trimmed, requester, keyed)
+                if len(datagram) <= allowed:
+                    self.stats.dropped["trimmed_unproven"] += 1
+                    self.transport.sendto(datagram, addr)
+                    return False
+            self.stats.dropped["truncated_unproven"] += 1
+            cookie = self.gate.cookie(addr, env.sender_key, now)
+            datagram = self._seal(Kind.RESPONSE, env.msg_id,
+                                  {"truncated": True, "cookie": cookie}, requester, keyed)
+            if len(datagram) > allowed:
+                return False  # cannot happen for a signed request; never reflect more
+            self.transport.sendto(datagram, addr)
+            return True
         self.transport.sendto(datagram, addr)
         return False
 
@@ -661,6 +687,23 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             "values": [s.wire for s in self.storage.answer(key, 48)],
             "nodes": self._neighbors(sender, key),
         }
+
+
+def trim_contacts(result: object, excess: int) -> dict[str, Any] | None:
+    """A ``find_value`` answer that holds values, with its contacts cut from the farthest
+    until about ``excess`` bytes are gone; None when it holds no values (the contacts are
+    then the answer) or its values alone are too large. An unproven requester gets the
+    values it asked for at once, with fewer hints where to look next, instead of a cookie
+    round trip."""
+    if not isinstance(result, dict) or set(result) != {"values", "nodes"} \
+            or not result["values"]:
+        return None
+    nodes = list(result["nodes"])
+    while nodes and excess > 0:
+        excess -= len(msgpack.packb(nodes.pop(), use_bin_type=True))
+    if excess > 0:
+        return None
+    return {"values": result["values"], "nodes": nodes}
 
 
 def retry_cookie(payload: object) -> bytes | None:

@@ -7,6 +7,10 @@ Fixes over ``kademlia.routing``:
   stops at the first k contacts *visited*, which are not the k *closest*. Ours visits buckets
   by the smallest distance their range allows and stops only when no unvisited bucket can
   hold a closer contact: exactly the k closest.
+* lookups by id and by address, and ``find_neighbors``, use an index of the members (their
+  ids sorted as integers, rebuilt after a membership change): the k closest to a target lie
+  in the smallest aligned id range around it that holds k of them, found by bisection, so a
+  query ranks a few dozen ids instead of walking every bucket (~8x cheaper at 180 contacts);
 * Sybil limits, checked before a contact enters (contacts only enter after they answered,
   enforced by the protocol, which is the only caller): its id solves the network's id puzzle
   (:func:`overlay.core.identity.id_puzzle_ok`); at most ``max_per_ip`` contacts per IP
@@ -19,13 +23,13 @@ Fixes over ``kademlia.routing``:
 
 from __future__ import annotations
 
-import heapq
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from kademlia.node import Node
-from kademlia.routing import KBucket, RoutingTable
+from kademlia.routing import RoutingTable
 
 from overlay.core.addresses import network_key
 from overlay.core.identity import id_puzzle_ok
@@ -45,6 +49,44 @@ def common_prefix_bits(a: int, b: int) -> int:
     return 160 - (a ^ b).bit_length()
 
 
+ID_BITS = 160
+
+
+class _Members:
+    """The table's members, indexed: ids sorted as integers, and by id, address, long id."""
+
+    __slots__ = ("by_address", "by_id", "by_long", "sorted_ids")
+
+    def __init__(self, contacts: list[Node]) -> None:
+        self.by_long: dict[int, Node] = {n.long_id: n for n in contacts}
+        self.sorted_ids = sorted(self.by_long)
+        self.by_id: dict[bytes, Node] = {n.id: n for n in contacts}
+        #: normally one per address; two after kademlia promoted a replacement node
+        self.by_address: dict[tuple[str, int], list[Node]] = {}
+        for n in contacts:
+            self.by_address.setdefault((n.ip, n.port), []).append(n)
+
+    def around(self, target: int, need: int) -> list[int]:
+        """The ids in the smallest aligned range (a subtree of the id space) around
+        ``target`` that holds at least ``need`` ids (all of them when fewer): the ``need``
+        ids closest to ``target`` by XOR are among them."""
+        ids = self.sorted_ids
+        if len(ids) <= need:
+            return ids
+        low, high = 0, ID_BITS  # prefix lengths: the range of ``low`` holds enough
+        while low < high:
+            mid = (low + high + 1) >> 1
+            shift = ID_BITS - mid
+            base = (target >> shift) << shift
+            if bisect_left(ids, base + (1 << shift)) - bisect_left(ids, base) >= need:
+                low = mid
+            else:
+                high = mid - 1
+        shift = ID_BITS - low
+        base = (target >> shift) << shift
+        return ids[bisect_left(ids, base):bisect_left(ids, base + (1 << shift))]
+
+
 class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
     def __init__(self, protocol: Any, ksize: int, node: Node, limits: TableLimits) -> None:
         self.limits = limits
@@ -53,10 +95,18 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         self.per_subnet_bucket: Counter[tuple[str, int]] = Counter()
         #: contacts refused by a limit, by limit
         self.refused: Counter[str] = Counter()
+        self._members: _Members | None = None
+        self._splits = 0
         super().__init__(protocol, ksize, node)
+
+    def _index(self) -> _Members:
+        if self._members is None:
+            self._members = _Members(self.contacts())
+        return self._members
 
     def flush(self) -> None:
         super().flush()
+        self._members = None
         self._recount()
 
     def refusal(self, node: Node) -> str | None:
@@ -80,9 +130,10 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         return sum(len(b) for b in self.buckets)
 
     def find_contact(self, node_id: bytes) -> Node | None:
-        bucket: KBucket = self.buckets[self.get_bucket_for(Node(node_id))]
-        found: Node | None = bucket[node_id]
-        return found
+        return self._index().by_id.get(node_id)
+
+    def is_new_node(self, node: Node) -> bool:
+        return node.id not in self._index().by_id
 
     def is_among_closest(self, own: Node, key: bytes, slack: int) -> bool:
         """Whether ``own`` is among the ksize * ``slack`` closest nodes this table knows to
@@ -97,17 +148,23 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         return len(nearest) < want or ours < farthest
 
     def _at_address(self, ip: str, port: int) -> Node | None:
-        for n in self.contacts():
-            if n.ip == ip and n.port == port:
-                return n
-        return None
+        at = self._index().by_address.get((ip, port))
+        return at[0] if at else None
 
     def add_contact(self, node: Node) -> bool:
         """Add an answered contact. Returns False when a limit refused it."""
         if node.id == self.node.id:
             return False
-        if self.find_contact(node.id) is not None:
-            super().add_contact(node)
+        known = self.find_contact(node.id)
+        if known is not None:
+            super().add_contact(node)  # moves it to its bucket's tail, as this Node object
+            if (known.ip, known.port) == (node.ip, node.port):
+                members = self._index()
+                members.by_long[node.long_id] = members.by_id[node.id] = node
+                at = members.by_address[(node.ip, node.port)]
+                at[:] = [node if n.id == node.id else n for n in at]
+            else:
+                self._members = None
             return True
         same_address = self._at_address(node.ip, node.port)
         if same_address is not None:
@@ -117,14 +174,17 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         if reason is not None:
             self.refused[reason] += 1
             return False
-        before = len(self)
+        before, splits = len(self), self._splits
         super().add_contact(node)
-        if len(self) > before:
+        self._members = None
+        # after a split, kademlia adds the node by calling add_contact again: counted there
+        if len(self) > before and self._splits == splits:
             self._count(node)
         return True
 
     def remove_contact(self, node: Node) -> None:
         super().remove_contact(node)
+        self._members = None
         # a replacement node may have been promoted into the bucket
         self._recount()
 
@@ -142,39 +202,36 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
 
     def split_bucket(self, index: int) -> None:
         super().split_bucket(index)
+        self._splits += 1
+        self._members = None  # replacement nodes may have become members
         self._recount()
 
     def find_neighbors(
         self, node: Node, k: int | None = None, exclude: Node | None = None
     ) -> list[Node]:
-        """The k contacts closest to ``node`` (all of them when fewer than k).
+        """The k contacts closest to ``node`` (all of them when fewer than k), closest first;
+        never ``node`` itself nor a contact at ``exclude``'s address.
 
-        Buckets are visited in order of the smallest XOR distance any id in their range can
-        have to the target, and the search stops once k contacts are known and no unvisited
-        bucket can hold a closer one: the exact k closest, without ranking the whole table.
-        """
+        Usually at most two members are left out (one has ``node``'s id, one ``exclude``'s
+        address: the table keeps one contact per address, promoted replacements aside), so
+        the k closest are among the k + 2 closest, which lie in the range
+        :meth:`_Members.around` returns; when more were left out, the whole table is ranked."""
         k = k or self.ksize
+        members = self._index()
+        near = members.around(node.long_id, k + 2)
+        found = self._closest(members, near, node, k, exclude)
+        if len(found) < k and len(near) < len(members.sorted_ids):
+            found = self._closest(members, members.sorted_ids, node, k, exclude)
+        return found
+
+    @staticmethod
+    def _closest(members: _Members, ids: list[int], node: Node, k: int,
+                 exclude: Node | None) -> list[Node]:
         target = node.long_id
-        bounds = []
-        for bucket in self.buckets:
-            if not bucket.nodes:
-                continue
-            lo, hi = bucket.range
-            m = (lo ^ hi).bit_length()
-            bounds.append((((lo ^ target) >> m) << m, id(bucket), bucket))
-        bounds.sort(key=lambda b: (b[0], b[1]))
-        best: list[tuple[int, int, Node]] = []  # max-heap by distance, as negatives
-        for bound, _, bucket in bounds:
-            if len(best) >= k and bound > -best[0][0]:
-                break
-            for n in bucket.nodes.values():
-                if n.id == node.id or (
-                    exclude is not None and n.ip == exclude.ip and n.port == exclude.port
-                ):
-                    continue
-                d = n.long_id ^ target
-                if len(best) < k:
-                    heapq.heappush(best, (-d, id(n), n))
-                elif d < -best[0][0]:
-                    heapq.heapreplace(best, (-d, id(n), n))
-        return [n for _, _, n in sorted(best, key=lambda e: -e[0])]
+        by_long = members.by_long
+        left_out = {target}
+        if exclude is not None:
+            for n in members.by_address.get((exclude.ip, exclude.port), ()):
+                left_out.add(n.long_id)
+        ranked = sorted(ids, key=target.__xor__)
+        return [by_long[i] for i in ranked if i not in left_out][:k]

@@ -245,6 +245,12 @@ class SessionTable:
             return None
         return key, SessionIds(received.recipient_eph_id, received.sender_eph_id)
 
+    def holds_ours(self, peer_id: bytes) -> bool:
+        """Whether our datagrams to ``peer_id`` go under a session (it holds our current
+        ephemeral), without deriving the key."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.acknowledged == self._current.id
+
     def established(self, peer_id: bytes, now: float) -> bool:
         return self.sending(peer_id, now) is not None
 

@@ -8,6 +8,8 @@ came from: what it receives before proving anything is what a spoofed victim wou
 
 * (a) a small ``find_value`` for the 48-record key draws an answer of at most 3x the request
   datagram from an unproven source; the full 48 records need the cookie round trip.
+* (a') a holder's answer with one record and 20 contacts, too large for 3x, loses contacts
+  (farthest first) until it fits: the values come at once and still within 3x.
 * (b) requests from an unknown sender (not a client) never make the node send the claimed
   address more bytes than the request had, and nothing at all beyond the per-/24 verification
   budget.
@@ -19,6 +21,8 @@ import asyncio
 import socket
 import time
 from typing import Any
+
+from kademlia.node import Node
 
 from overlay.core import records
 from overlay.core.identity import Identity
@@ -117,6 +121,37 @@ async def test_find_value_answer_to_an_unproven_source_is_at_most_3x_the_request
             assert "values" not in open_datagram(stolen).payload
         finally:
             other.close()
+    finally:
+        victim.close()
+        node.stop()
+
+
+async def test_a_holders_answer_cut_to_fit_is_still_at_most_3x_the_request() -> None:
+    ips = loopback_ips(2)
+    config = network_config()
+    node = DHTNode(node_identity(config), config)
+    await node.start(ips[0], 0)
+    signed = records.presence(Identity.generate(), "alice", "phone", seq=1, online=False)
+    node.store_local(signed.wire, signed.dht_key)
+    for i in range(20):  # contacts at addresses nothing listens on: only listed, never asked
+        assert node._proto.router.add_contact(
+            Node(node_identity(config).node_id, f"198.18.{i}.1", 4000))
+    mallory = Identity.generate()
+    victim = Udp(ips[1])
+    try:
+        full = node._proto.rpc_find_value(victim.address, signed.dht_key)
+        assert len(full["nodes"]) == 20
+        datagram = request(mallory, "find_value", [signed.dht_key], to=node.node_id)
+        assert len(seal(node.identity, Kind.RESPONSE, new_msg_id(), Flags.NONE, full,
+                        recipient=ANY_RECIPIENT)) > 3 * len(datagram)
+        first = await victim.ask(datagram, node.address)
+        assert len(first) <= 3 * len(datagram), (
+            f"{len(datagram)}-byte find_value drew a {len(first)}-byte answer")
+        answer = open_datagram(first).payload
+        assert answer["values"] == [signed.wire]
+        assert 0 < len(answer["nodes"]) < 20
+        assert answer["nodes"] == full["nodes"][: len(answer["nodes"])]  # the closest kept
+        assert node.stats.dropped["trimmed_unproven"] == 1
     finally:
         victim.close()
         node.stop()

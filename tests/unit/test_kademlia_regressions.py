@@ -67,6 +67,37 @@ async def test_find_neighbors_returns_the_k_closest():
     assert short_answers(ours, random.Random(3)) == 0
 
 
+def test_find_neighbors_is_exact_with_exclusions_any_k_and_after_removals():
+    rng = random.Random(7)
+    for size in (3, 25, 300):
+        me = Node(rng.randbytes(20))
+        table = OverlayRoutingTable(NoPingProtocolFake(), 20, me,
+                                    TableLimits(0, 10**6, 10**6, 10**6))
+        contacts = fill(table, size, rng)
+        for gone in contacts[: size // 5]:
+            table.remove_contact(gone)
+        members = table.contacts()
+        for _ in range(200):
+            # a random key, or a member's own id (it is never its own neighbour)
+            target = Node(rng.choice(members).id if rng.random() < 0.3 else rng.randbytes(20))
+            asker = rng.choice(members) if rng.random() < 0.5 else None
+            k = rng.choice((1, 3, 20, 45))
+            expected = [n.id for n in sorted(members, key=target.distance_to)
+                        if n.id != target.id
+                        and (asker is None or (n.ip, n.port) != (asker.ip, asker.port))][:k]
+            assert [n.id for n in table.find_neighbors(target, k, exclude=asker)] == expected
+
+
+def test_subnet_counts_stay_exact_when_adding_splits_a_bucket():
+    # kademlia adds the node again after a split: it must be counted once
+    rng = random.Random(8)
+    table = OverlayRoutingTable(NoPingProtocolFake(), 20, Node(rng.randbytes(20)),
+                                TableLimits(0, 10**6, 10**6, 10**6))
+    fill(table, 300, rng)
+    assert len(table.buckets) > 1
+    assert sum(table.per_ip.values()) == len(table) == sum(table.per_subnet.values())
+
+
 class SpyStockProtocol(KademliaProtocol):
     """The stock protocol, recording the stores welcome_if_new decides to send."""
 
