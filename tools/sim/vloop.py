@@ -1,0 +1,125 @@
+"""A virtual-time asyncio event loop: time jumps to the next timer instead of passing.
+
+:class:`VirtualTimeLoop` is asyncio's own ``BaseEventLoop`` (the scheduler every asyncio
+program runs on) with two things replaced:
+
+* :meth:`VirtualTimeLoop.time` reads a virtual clock, starting at 0;
+* the I/O poll (the "selector") never waits: when asyncio would block until its next timer,
+  the clock is moved to that timer's deadline at once and the poll returns no events. There is
+  no real I/O at all (no sockets, no self-pipe): the in-memory network of :mod:`tools.sim.net`
+  delivers data with ``call_at`` timers on this loop, so every event is a timer or a ready
+  callback, and the run is a pure function of the program and its seeds.
+
+So ``await asyncio.sleep(3600)`` finishes in microseconds of wall time with ``loop.time()``
+3600 later, like trio's ``MockClock(autojump_threshold=0)``. Timers fire in deadline order;
+equal deadlines fire in the order they were scheduled (asyncio's heap, fed the same way on every
+run). A loop with nothing ready and no timer can never make progress: :class:`Deadlock` is
+raised instead of hanging (asyncio would block forever on a real selector).
+
+Wall-clock reads inside the code under test (``time.time()``, ``time.monotonic()``) are a
+separate matter: :mod:`tools.sim.clock` points them at this loop's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Mapping
+from typing import Any
+
+
+class Deadlock(RuntimeError):
+    """The loop would wait forever: nothing is ready and no timer is scheduled."""
+
+
+class VirtualSelector(selectors.BaseSelector):
+    """A selector with nothing to select: ``select(timeout)`` advances the loop's clock."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        self._loop = loop
+        self._map: dict[Any, selectors.SelectorKey] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        raise NotImplementedError("the virtual-time loop has no file descriptors")
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        raise KeyError(fileobj)
+
+    def select(
+        self, timeout: float | None = None
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise Deadlock(
+                f"virtual time {self._loop.time():.3f} s: nothing ready and no timer pending"
+            )
+        if timeout > 0:
+            self._loop._advance(timeout)
+        return []
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._map
+
+    def close(self) -> None:
+        self._map.clear()
+
+
+class VirtualTimeLoop(asyncio.BaseEventLoop):
+    """An asyncio event loop on a virtual clock (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._now = 0.0
+        self._selector = VirtualSelector(self)
+        #: how many times the clock jumped forward (a measure of the run's event count)
+        self.jumps = 0
+
+    def time(self) -> float:
+        return self._now
+
+    def _advance(self, timeout: float) -> None:
+        target = self._now + timeout
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        if scheduled:
+            # land exactly on the next deadline (no float drift between "now" and "when")
+            head = scheduled[0].when()
+            if head <= target + 1e-9:
+                target = max(self._now, head)
+        self._now = target
+        self.jumps += 1
+
+    # -- what BaseEventLoop leaves to its subclasses ----------------------------------------
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        """No I/O events exist: data arrives through timers."""
+
+    def _write_to_self(self) -> None:
+        """Nothing to wake: the loop never blocks (``call_soon_threadsafe`` just queues)."""
+
+    def close(self) -> None:
+        super().close()
+        self._selector.close()
+
+
+def run(coro: Any, *, debug: bool = False) -> Any:
+    """``asyncio.run`` on a fresh :class:`VirtualTimeLoop`: run ``coro`` to completion, then
+    cancel what is left and close the loop."""
+    loop = VirtualTimeLoop()
+    loop.set_debug(debug)
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            _cancel_all(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all(loop: VirtualTimeLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
