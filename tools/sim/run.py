@@ -1,0 +1,167 @@
+"""One simulator run: parameters in, the output document (:mod:`tools.sim.metrics`) out."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from overlay.core import logs
+from overlay.dht import DHTConfig
+from tools.sim import metrics
+from tools.sim.clock import SIM_EPOCH, virtual_time
+from tools.sim.dhtsim import BOOTSTRAP_NODES, DHT_PORT, PRESENCE_REFRESH_S, DhtSim, DhtWorkload
+from tools.sim.net import UDP_OVERHEAD, SimNet
+from tools.sim.vloop import VirtualTimeLoop
+from tools.sim.world import DEFAULT_LOSS, World
+
+CHURN_MODELS = ("none", "skype", "harsh")
+#: the in-process test networks' id puzzle (tests/helpers/netutil.TEST_ID_PUZZLE_BITS): the
+#: production 16 bits cost ~1 s of key grinding per node
+SIM_ID_PUZZLE_BITS = 4
+
+
+@dataclass(frozen=True)
+class Params:
+    supernodes: int
+    users: int
+    hours: float
+    churn: str
+    seed: int
+    json: str | None = None
+    plots: str | None = None
+    loss: float = DEFAULT_LOSS
+    id_puzzle_bits: int = SIM_ID_PUZZLE_BITS
+    join_window_s: float = 600.0
+    lookups_per_user_h: float = 1.0
+
+    def check(self) -> None:
+        if self.supernodes < 1 or self.users < 0 or self.hours <= 0:
+            raise ValueError("need --supernodes >= 1, --users >= 0, --hours > 0")
+        if self.churn not in CHURN_MODELS:
+            raise ValueError(f"--churn must be one of {', '.join(CHURN_MODELS)}")
+
+
+def dht_config(params: Params) -> DHTConfig:
+    """Production DHT settings but for the id puzzle (:data:`SIM_ID_PUZZLE_BITS`)."""
+    return DHTConfig(id_puzzle_bits=params.id_puzzle_bits)
+
+
+def simulate(params: Params) -> dict[str, Any]:
+    """Run the simulation described by ``params``; the output document."""
+    params.check()
+    if params.churn != "none":
+        raise NotImplementedError(f"--churn {params.churn} is not implemented yet")
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    logs.configure("error", json=True)
+    random.seed(params.seed)  # kademlia's own draws (refresh ids) use the global RNG
+    loop = VirtualTimeLoop()
+    asyncio.set_event_loop(loop)
+    try:
+        net = SimNet(loop, World(params.seed, params.loss))
+        net.install()
+        config = dht_config(params)
+        work = DhtWorkload(
+            supernodes=params.supernodes, users=params.users,
+            duration_s=params.hours * 3600.0, seed=params.seed, config=config,
+            join_window_s=params.join_window_s, lookups_per_user_h=params.lookups_per_user_h,
+        )
+        sim = DhtSim(net, work)
+        sim.build()
+        with virtual_time(loop):
+            loop.run_until_complete(sim.run())
+            values = measure(sim, params, config)
+            _stop(sim, loop)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    values["wall_s"] = round(time.perf_counter() - started, 3)
+    cpu_s = time.process_time() - cpu_started
+    values["peak_rss_mib"] = round(metrics.peak_rss_mib(), 1)
+    summary(sim, values, cpu_s)
+    return metrics.document(values)
+
+
+def _stop(sim: DhtSim, loop: VirtualTimeLoop) -> None:
+    for sn in sim.nodes:
+        if sn.joined:
+            sn.dht.stop()
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
+    window = sim.work.duration_s - sim.warmup_end
+    lookups = sim.lookups
+    ok = [lk for lk in lookups if lk.ok]
+    seconds = [lk.seconds for lk in ok]
+    hops = [float(lk.hops) for lk in ok if lk.hops is not None]
+    msgs, sent_bytes = [], []
+    for sn in sim.nodes:
+        d0, b0 = sim.window_counts.get(sn.host.index, (0, 0))
+        msgs.append(sn.host.sent_datagrams - d0)
+        sent_bytes.append(sn.host.sent_bytes - b0)
+    msg_mean, msg_max = metrics.rates(msgs, window)
+    byte_mean, byte_max = metrics.rates(sent_bytes, window)
+    per_key = [len(slots) for sn in sim.nodes for slots in sn.dht.storage.data.values()]
+    return {
+        "lookup_success": metrics.rounded(len(ok) / len(lookups)) if lookups else None,
+        "lookup_p50_s": metrics.rounded(metrics.percentile(seconds, 50)),
+        "lookup_p99_s": metrics.rounded(metrics.percentile(seconds, 99)),
+        "lookup_hops_p50": statistics.median(hops) if hops else None,
+        "attach_s_p50": None,
+        "relist_s_p99": None,
+        "dht_msgs_per_node_s": metrics.rounded(msg_mean),
+        "dht_msgs_per_node_s_max": metrics.rounded(msg_max),
+        "dht_bytes_per_node_s": metrics.rounded(byte_mean, 1),
+        "dht_bytes_per_node_s_max": metrics.rounded(byte_max, 1),
+        "max_records_per_key": max(per_key, default=0),
+        "client_share_max_over_mean": None,
+        "params": {
+            **dataclasses.asdict(params),
+            "simulated_s": sim.work.duration_s,
+            "measurement_window_s": [sim.warmup_end, sim.work.duration_s],
+            "supernodes_are": "overlay.dht.DHTNode only (no TCP service, no clients yet)",
+            "users_are": "presence records published by their supernode (DHTNode.put) every "
+                         f"{PRESENCE_REFRESH_S:g} s, looked up with DHTNode.get",
+            "user_placement": "uniform over supernodes (the attach policy does not run yet)",
+            "bootstrap_nodes": BOOTSTRAP_NODES,
+            "dht_port": DHT_PORT,
+            "dht_config": dataclasses.asdict(config),
+            "udp_overhead_bytes": UDP_OVERHEAD,
+            "sim_epoch": SIM_EPOCH,
+        },
+    }
+
+
+def summary(sim: DhtSim, values: dict[str, Any], cpu_s: float) -> None:
+    """A few lines for people on stderr (the JSON is the result)."""
+    net = sim.net
+    joined = [sn for sn in sim.nodes if sn.joined]
+    table = statistics.fmean(sn.dht.routing_table_size for sn in joined) if joined else 0
+    print(
+        f"sim: {len(sim.nodes)} supernodes ({len(joined)} joined, mean table {table:.1f}), "
+        f"{len(sim.users)} users, {sim.work.duration_s:g} s simulated in "
+        f"{values['wall_s']:g} s wall ({cpu_s:.1f} s CPU), {loop_jumps(sim)} clock jumps, "
+        f"peak RSS {values['peak_rss_mib']:g} MiB\n"
+        f"sim: {len(sim.lookups)} lookups, success {values['lookup_success']}, "
+        f"p50 {values['lookup_p50_s']} s, p99 {values['lookup_p99_s']} s, "
+        f"hops p50 {values['lookup_hops_p50']}; publish failures {sim.publish_failures}; "
+        f"datagrams lost {net.datagrams_lost}, undeliverable {net.datagrams_undeliverable}; "
+        f"per node {values['dht_msgs_per_node_s']} msg/s "
+        f"(max {values['dht_msgs_per_node_s_max']})",
+        file=sys.stderr,
+    )
+
+
+def loop_jumps(sim: DhtSim) -> int:
+    loop = sim.net.loop
+    return loop.jumps if isinstance(loop, VirtualTimeLoop) else 0
