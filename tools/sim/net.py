@@ -17,9 +17,10 @@ Delivery: a datagram arrives after the world's one-way delay unless the world lo
 only if the destination host is up and has a socket on that port then (else it vanishes, as
 UDP to a dead host does). A stream connects after one round trip (``ConnectionRefusedError``
 when nothing listens, ``TimeoutError`` after 127 s, Linux's SYN retries, when the host is
-down), then carries bytes reliably and in order with the one-way delay; ``close`` reaches the
-peer after the bytes written before it. Received data is handed to the protocol in the
-receiving host's context (:data:`CURRENT_HOST`).
+down), then carries bytes reliably and in order with the one-way delay; ``write_eof`` and
+``close`` reach the peer (``eof_received``) after the bytes written before them, and a peer
+whose protocol does not keep the half-open connection closes too. Received data is handed to
+the protocol in the receiving host's context (:data:`CURRENT_HOST`).
 """
 
 from __future__ import annotations
@@ -275,6 +276,7 @@ class SimStreamTransport(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._paused = False
+        self._eof_sent = False
         self._held: list[bytes | None] = []
         #: when the last byte this end sent reaches the peer (later bytes queue behind it)
         self._arrival = 0.0
@@ -314,10 +316,16 @@ class SimStreamTransport(asyncio.Transport):
         """Writes never back up (bandwidth is not modelled)."""
 
     def can_write_eof(self) -> bool:
-        return False
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads to the end and may still write back."""
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._send(None)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or not data:
+        if self._closing or self._eof_sent or not data:
             return
         self._host.sent_bytes += len(data)
         self._send(bytes(data))
@@ -348,8 +356,8 @@ class SimStreamTransport(asyncio.Transport):
         if self._lost:
             return
         if chunk is None:
-            self._protocol.eof_received()
-            self._connection_lost()
+            if not self._protocol.eof_received():
+                self.close()
             return
         self._protocol.data_received(chunk)
 
@@ -357,7 +365,7 @@ class SimStreamTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._send(None)
+        self.write_eof()
         self._net.loop.call_soon(self._connection_lost, context=self._host.context)
 
     def abort(self) -> None:

@@ -23,8 +23,10 @@ separate matter: :mod:`tools.sim.clock` points them at this loop's clock.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import selectors
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -63,6 +65,31 @@ class VirtualSelector(selectors.BaseSelector):
         self._map.clear()
 
 
+class _Timer(asyncio.TimerHandle):
+    """A timer ordered by (deadline, scheduling sequence): ties fire first-scheduled first."""
+
+    __slots__ = ("_seq",)
+    _seq: int
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, _Timer):
+            return NotImplemented
+        if self._when != other._when:  # type: ignore[attr-defined]
+            return bool(self._when < other._when)  # type: ignore[attr-defined]
+        return self._seq < other._seq
+
+    def __le__(self, other: object) -> bool:
+        return self == other or self < other
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, _Timer):
+            return NotImplemented
+        return other < self
+
+    def __ge__(self, other: object) -> bool:
+        return self == other or self > other
+
+
 class VirtualTimeLoop(asyncio.BaseEventLoop):
     """An asyncio event loop on a virtual clock (see the module docstring)."""
 
@@ -72,9 +99,24 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self._selector = VirtualSelector(self)
         #: how many times the clock jumped forward (a measure of the run's event count)
         self.jumps = 0
+        self._sequence = itertools.count()
 
     def time(self) -> float:
         return self._now
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+                context: Any = None) -> asyncio.TimerHandle:
+        """``BaseEventLoop.call_at`` with :class:`_Timer` (first-scheduled-first ties)."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()  # type: ignore[attr-defined]
+        timer = _Timer(when, callback, args, self, context)
+        timer._seq = next(self._sequence)
+        if timer._source_traceback:  # type: ignore[attr-defined]
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def _advance(self, timeout: float) -> None:
         target = self._now + timeout
