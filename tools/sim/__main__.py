@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from tools.sim.dhtsim import PRESENCE_REFRESH_S
 from tools.sim.run import CHURN_MODELS, SIM_ID_PUZZLE_BITS, Params, simulate
 from tools.sim.world import DEFAULT_LOSS
 
@@ -29,9 +30,11 @@ def parse(argv: list[str] | None = None) -> Params:
     p.add_argument("--id-puzzle-bits", type=int, default=SIM_ID_PUZZLE_BITS)
     p.add_argument("--join-window-s", type=float, default=600.0)
     p.add_argument("--lookups-per-user-h", type=float, default=1.0)
+    p.add_argument("--presence-refresh-s", type=float, default=PRESENCE_REFRESH_S)
     a = p.parse_args(argv)
     return Params(a.supernodes, a.users, a.hours, a.churn, a.seed, a.json, a.plots, a.loss,
-                  a.id_puzzle_bits, a.join_window_s, a.lookups_per_user_h)
+                  a.id_puzzle_bits, a.join_window_s, a.lookups_per_user_h,
+                  a.presence_refresh_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ class Params:
     id_puzzle_bits: int = SIM_ID_PUZZLE_BITS
     join_window_s: float = 600.0
     lookups_per_user_h: float = 1.0
+    presence_refresh_s: float = PRESENCE_REFRESH_S
 
     def check(self) -> None:
         if self.supernodes < 1 or self.users < 0 or self.hours <= 0:
@@ -71,6 +72,7 @@ def simulate(params: Params) -> dict[str, Any]:
             supernodes=params.supernodes, users=params.users,
             duration_s=params.hours * 3600.0, seed=params.seed, config=config,
             join_window_s=params.join_window_s, lookups_per_user_h=params.lookups_per_user_h,
+            presence_refresh_s=params.presence_refresh_s,
         )
         sim = DhtSim(net, work)
         sim.build()
@@ -131,7 +133,7 @@ def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
             "measurement_window_s": [sim.warmup_end, sim.work.duration_s],
             "supernodes_are": "overlay.dht.DHTNode only (no TCP service, no clients yet)",
             "users_are": "presence records published by their supernode (DHTNode.put) every "
-                         f"{PRESENCE_REFRESH_S:g} s, looked up with DHTNode.get",
+                         "presence_refresh_s, looked up with DHTNode.get",
             "user_placement": "uniform over supernodes (the attach policy does not run yet)",
             "bootstrap_nodes": BOOTSTRAP_NODES,
             "dht_port": DHT_PORT,
