@@ -31,10 +31,12 @@ def parse(argv: list[str] | None = None) -> Params:
     p.add_argument("--join-window-s", type=float, default=600.0)
     p.add_argument("--lookups-per-user-h", type=float, default=1.0)
     p.add_argument("--presence-refresh-s", type=float, default=PRESENCE_REFRESH_S)
+    p.add_argument("--progress-s", type=float, default=0.0,
+                   help="a progress line on stderr every this many simulated seconds")
     a = p.parse_args(argv)
     return Params(a.supernodes, a.users, a.hours, a.churn, a.seed, a.json, a.plots, a.loss,
                   a.id_puzzle_bits, a.join_window_s, a.lookups_per_user_h,
-                  a.presence_refresh_s)
+                  a.presence_refresh_s, a.progress_s)
 
 
 def main(argv: list[str] | None = None) -> int:

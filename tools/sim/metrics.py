@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import resource
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,14 +52,6 @@ def peak_rss_mib() -> float:
 
 def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def rates(sent: Sequence[int], seconds: float) -> tuple[float | None, float | None]:
-    """(mean, max) per-node rate of the per-node counts ``sent`` over ``seconds``."""
-    if not sent or seconds <= 0:
-        return None, None
-    per_s = [n / seconds for n in sent]
-    return statistics.fmean(per_s), max(per_s)
 
 
 def document(values: dict[str, Any]) -> dict[str, Any]:

@@ -112,6 +112,10 @@ class SimNet:
         for stream in list(host.streams):
             stream.abort()
 
+    def recover(self, host: Host) -> None:
+        """``host`` is back (with no sockets: its code opens them again)."""
+        host.up = True
+
     def one_way_s(self, a: Host, b: Host) -> float:
         return self.world.one_way_s(a.place, a.index, b.place, b.index)
 

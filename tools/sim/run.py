@@ -14,13 +14,14 @@ from typing import Any
 from overlay.core import logs
 from overlay.dht import DHTConfig
 from tools.sim import metrics
+from tools.sim.churn import MODELS
 from tools.sim.clock import SIM_EPOCH, virtual_time
 from tools.sim.dhtsim import BOOTSTRAP_NODES, DHT_PORT, PRESENCE_REFRESH_S, DhtSim, DhtWorkload
 from tools.sim.net import UDP_OVERHEAD, SimNet
 from tools.sim.vloop import VirtualTimeLoop
 from tools.sim.world import DEFAULT_LOSS, World
 
-CHURN_MODELS = ("none", "skype", "harsh")
+CHURN_MODELS = tuple(MODELS)
 #: the in-process test networks' id puzzle (tests/helpers/netutil.TEST_ID_PUZZLE_BITS): the
 #: production 16 bits cost ~1 s of key grinding per node
 SIM_ID_PUZZLE_BITS = 4
@@ -40,6 +41,8 @@ class Params:
     join_window_s: float = 600.0
     lookups_per_user_h: float = 1.0
     presence_refresh_s: float = PRESENCE_REFRESH_S
+    #: a progress line on stderr every this many simulated seconds (0: none)
+    progress_s: float = 0.0
 
     def check(self) -> None:
         if self.supernodes < 1 or self.users < 0 or self.hours <= 0:
@@ -56,8 +59,6 @@ def dht_config(params: Params) -> DHTConfig:
 def simulate(params: Params) -> dict[str, Any]:
     """Run the simulation described by ``params``; the output document."""
     params.check()
-    if params.churn != "none":
-        raise NotImplementedError(f"--churn {params.churn} is not implemented yet")
     started = time.perf_counter()
     cpu_started = time.process_time()
     logs.configure("error", json=True)
@@ -72,7 +73,8 @@ def simulate(params: Params) -> dict[str, Any]:
             supernodes=params.supernodes, users=params.users,
             duration_s=params.hours * 3600.0, seed=params.seed, config=config,
             join_window_s=params.join_window_s, lookups_per_user_h=params.lookups_per_user_h,
-            presence_refresh_s=params.presence_refresh_s,
+            presence_refresh_s=params.presence_refresh_s, churn=MODELS[params.churn],
+            progress_s=params.progress_s,
         )
         sim = DhtSim(net, work)
         sim.build()
@@ -92,7 +94,7 @@ def simulate(params: Params) -> dict[str, Any]:
 
 def _stop(sim: DhtSim, loop: VirtualTimeLoop) -> None:
     for sn in sim.nodes:
-        if sn.joined:
+        if sn.dht is not None and sn.host.up:
             sn.dht.stop()
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in tasks:
@@ -100,20 +102,35 @@ def _stop(sim: DhtSim, loop: VirtualTimeLoop) -> None:
     loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
+def traffic(sim: DhtSim) -> dict[str, float | None]:
+    """Per supernode and second it was up in the measurement window: the mean over all
+    supernodes (everything sent / every up-second) and the busiest one's (among those up at
+    least a minute of the window)."""
+    msgs = up = sent_bytes = 0.0
+    msg_max: float | None = None
+    byte_max: float | None = None
+    for sn in sim.nodes:
+        d0, b0 = sim.window_counts.get(sn.index, (sn.host.sent_datagrams, sn.host.sent_bytes))
+        d, b = sn.host.sent_datagrams - d0, sn.host.sent_bytes - b0
+        msgs, sent_bytes, up = msgs + d, sent_bytes + b, up + sn.window_up_s
+        if sn.window_up_s >= 60.0:
+            msg_max = max(msg_max or 0.0, d / sn.window_up_s)
+            byte_max = max(byte_max or 0.0, b / sn.window_up_s)
+    return {
+        "dht_msgs_per_node_s": metrics.rounded(msgs / up) if up else None,
+        "dht_msgs_per_node_s_max": metrics.rounded(msg_max),
+        "dht_bytes_per_node_s": metrics.rounded(sent_bytes / up, 1) if up else None,
+        "dht_bytes_per_node_s_max": metrics.rounded(byte_max, 1),
+    }
+
+
 def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
-    window = sim.work.duration_s - sim.warmup_end
     lookups = sim.lookups
     ok = [lk for lk in lookups if lk.ok]
     seconds = [lk.seconds for lk in ok]
     hops = [float(lk.hops) for lk in ok if lk.hops is not None]
-    msgs, sent_bytes = [], []
-    for sn in sim.nodes:
-        d0, b0 = sim.window_counts.get(sn.host.index, (0, 0))
-        msgs.append(sn.host.sent_datagrams - d0)
-        sent_bytes.append(sn.host.sent_bytes - b0)
-    msg_mean, msg_max = metrics.rates(msgs, window)
-    byte_mean, byte_max = metrics.rates(sent_bytes, window)
-    per_key = [len(slots) for sn in sim.nodes for slots in sn.dht.storage.data.values()]
+    per_key = [len(slots) for sn in sim.nodes if sn.dht is not None and sn.host.up
+               for slots in sn.dht.storage.data.values()]
     return {
         "lookup_success": metrics.rounded(len(ok) / len(lookups)) if lookups else None,
         "lookup_p50_s": metrics.rounded(metrics.percentile(seconds, 50)),
@@ -121,10 +138,7 @@ def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
         "lookup_hops_p50": statistics.median(hops) if hops else None,
         "attach_s_p50": None,
         "relist_s_p99": None,
-        "dht_msgs_per_node_s": metrics.rounded(msg_mean),
-        "dht_msgs_per_node_s_max": metrics.rounded(msg_max),
-        "dht_bytes_per_node_s": metrics.rounded(byte_mean, 1),
-        "dht_bytes_per_node_s_max": metrics.rounded(byte_max, 1),
+        **traffic(sim),
         "max_records_per_key": max(per_key, default=0),
         "client_share_max_over_mean": None,
         "params": {
@@ -134,7 +148,10 @@ def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
             "supernodes_are": "overlay.dht.DHTNode only (no TCP service, no clients yet)",
             "users_are": "presence records published by their supernode (DHTNode.put) every "
                          "presence_refresh_s, looked up with DHTNode.get",
-            "user_placement": "uniform over supernodes (the attach policy does not run yet)",
+            "user_placement": "uniform over live supernodes (the attach policy does not run "
+                              "yet); re-attach rehome_s after the supernode fails",
+            "rehome_s": sim.work.rehome_s,
+            "churn_model": dataclasses.asdict(sim.work.churn),
             "bootstrap_nodes": BOOTSTRAP_NODES,
             "dht_port": DHT_PORT,
             "dht_config": dataclasses.asdict(config),
@@ -148,7 +165,8 @@ def summary(sim: DhtSim, values: dict[str, Any], cpu_s: float) -> None:
     """A few lines for people on stderr (the JSON is the result)."""
     net = sim.net
     joined = [sn for sn in sim.nodes if sn.joined]
-    table = statistics.fmean(sn.dht.routing_table_size for sn in joined) if joined else 0
+    table = statistics.fmean(sn.dht.routing_table_size for sn in joined
+                             if sn.dht is not None) if joined else 0
     print(
         f"sim: {len(sim.nodes)} supernodes ({len(joined)} joined, mean table {table:.1f}), "
         f"{len(sim.users)} users, {sim.work.duration_s:g} s simulated in "
@@ -157,6 +175,7 @@ def summary(sim: DhtSim, values: dict[str, Any], cpu_s: float) -> None:
         f"sim: {len(sim.lookups)} lookups, success {values['lookup_success']}, "
         f"p50 {values['lookup_p50_s']} s, p99 {values['lookup_p99_s']} s, "
         f"hops p50 {values['lookup_hops_p50']}; publish failures {sim.publish_failures}; "
+        f"mass-failed supernodes {sim.mass_failed}; "
         f"datagrams lost {net.datagrams_lost}, undeliverable {net.datagrams_undeliverable}; "
         f"per node {values['dht_msgs_per_node_s']} msg/s "
         f"(max {values['dht_msgs_per_node_s_max']})",
