@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tools.sim.dhtsim import PRESENCE_REFRESH_S
-from tools.sim.run import CHURN_MODELS, SIM_ID_PUZZLE_BITS, Params, simulate
+from tools.sim.run import CHURN_MODELS, SIM_ID_PUZZLE_BITS, USERS_AS, Params, simulate
 from tools.sim.world import DEFAULT_LOSS
 
 
@@ -33,10 +33,13 @@ def parse(argv: list[str] | None = None) -> Params:
     p.add_argument("--presence-refresh-s", type=float, default=PRESENCE_REFRESH_S)
     p.add_argument("--progress-s", type=float, default=0.0,
                    help="a progress line on stderr every this many simulated seconds")
+    p.add_argument("--users-as", choices=USERS_AS, default="records",
+                   help="records: presence records published by supernodes (cheap); daemons: "
+                        "real supernode and client daemons")
     a = p.parse_args(argv)
     return Params(a.supernodes, a.users, a.hours, a.churn, a.seed, a.json, a.plots, a.loss,
                   a.id_puzzle_bits, a.join_window_s, a.lookups_per_user_h,
-                  a.presence_refresh_s, a.progress_s)
+                  a.presence_refresh_s, a.progress_s, a.users_as)
 
 
 def main(argv: list[str] | None = None) -> int:

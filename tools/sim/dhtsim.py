@@ -76,6 +76,8 @@ class Supernode:
     up_since: float | None = None
     #: failed in a mass failure: never comes back
     retired: bool = False
+    #: the real supernode daemon around ``dht`` (:mod:`tools.sim.daemonsim`), if any
+    daemon: Any = None
 
 
 @dataclass(eq=False)
@@ -87,6 +89,9 @@ class User:
     task: asyncio.Task[Any] | None = None
     seq: int = 0
     online: bool = False
+    #: this user's real client daemon and host (:mod:`tools.sim.daemonsim`), if any
+    client: Any = None
+    host: Host | None = None
 
     @property
     def key(self) -> bytes:
@@ -228,7 +233,7 @@ class DhtSim:
                 if stop < end:
                     loop.call_at(stop, self._supernode_down, sn)
         for user in self.users:
-            first = rng.uniform(0, self.work.join_window_s)
+            first = self._first_online(rng)
             for start, stop in churn.user_sessions(first, end, rng):
                 loop.call_at(start, self._user_online, user)
                 if stop < end:
@@ -244,6 +249,10 @@ class DhtSim:
         lookups.cancel()
         if ticker is not None:
             ticker.cancel()
+
+    def _first_online(self, rng: random.Random) -> float:
+        """When a user first comes online."""
+        return rng.uniform(0, self.work.join_window_s)
 
     # -- supernodes -----------------------------------------------------------------------
 

@@ -53,8 +53,11 @@ class Host:
     ip: str
     place: Place
     up: bool = True
+    #: UDP datagrams and their bytes (IP/UDP headers included) this host sent
     sent_datagrams: int = 0
     sent_bytes: int = 0
+    #: TCP payload bytes this host wrote
+    stream_bytes: int = 0
     udp: dict[int, SimDatagramTransport] = field(default_factory=dict)
     listeners: dict[int, SimServer] = field(default_factory=dict)
     streams: set[SimStreamTransport] = field(default_factory=set)
@@ -107,6 +110,8 @@ class SimNet:
     def fail(self, host: Host) -> None:
         """``host`` loses power: its sockets vanish with no goodbye to anyone."""
         host.up = False
+        for server in list(host.listeners.values()):
+            server.close()
         for transport in list(host.udp.values()):
             transport.close()
         for stream in list(host.streams):
@@ -331,7 +336,7 @@ class SimStreamTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._eof_sent or not data:
             return
-        self._host.sent_bytes += len(data)
+        self._host.stream_bytes += len(data)
         self._send(bytes(data))
 
     def writelines(self, chunks: Any) -> None:

@@ -16,12 +16,14 @@ from overlay.dht import DHTConfig
 from tools.sim import metrics
 from tools.sim.churn import MODELS
 from tools.sim.clock import SIM_EPOCH, virtual_time
+from tools.sim.daemonsim import DaemonSim
 from tools.sim.dhtsim import BOOTSTRAP_NODES, DHT_PORT, PRESENCE_REFRESH_S, DhtSim, DhtWorkload
 from tools.sim.net import UDP_OVERHEAD, SimNet
 from tools.sim.vloop import VirtualTimeLoop
 from tools.sim.world import DEFAULT_LOSS, World
 
 CHURN_MODELS = tuple(MODELS)
+USERS_AS = ("records", "daemons")
 #: the in-process test networks' id puzzle (tests/helpers/netutil.TEST_ID_PUZZLE_BITS): the
 #: production 16 bits cost ~1 s of key grinding per node
 SIM_ID_PUZZLE_BITS = 4
@@ -43,10 +45,15 @@ class Params:
     presence_refresh_s: float = PRESENCE_REFRESH_S
     #: a progress line on stderr every this many simulated seconds (0: none)
     progress_s: float = 0.0
+    #: "records": users are presence records their supernode publishes (DhtSim);
+    #: "daemons": real supernode and client daemons (DaemonSim)
+    users_as: str = "records"
 
     def check(self) -> None:
         if self.supernodes < 1 or self.users < 0 or self.hours <= 0:
             raise ValueError("need --supernodes >= 1, --users >= 0, --hours > 0")
+        if self.users_as not in USERS_AS:
+            raise ValueError(f"--users-as must be one of {', '.join(USERS_AS)}")
         if self.churn not in CHURN_MODELS:
             raise ValueError(f"--churn must be one of {', '.join(CHURN_MODELS)}")
 
@@ -76,7 +83,7 @@ def simulate(params: Params) -> dict[str, Any]:
             presence_refresh_s=params.presence_refresh_s, churn=MODELS[params.churn],
             progress_s=params.progress_s,
         )
-        sim = DhtSim(net, work)
+        sim = DaemonSim(net, work) if params.users_as == "daemons" else DhtSim(net, work)
         sim.build()
         with virtual_time(loop):
             loop.run_until_complete(sim.run())
@@ -124,6 +131,20 @@ def traffic(sim: DhtSim) -> dict[str, float | None]:
     }
 
 
+def clients(sim: DhtSim) -> dict[str, float | None]:
+    """What only real client daemons show: attach time, re-listing after a supernode
+    failure, and how evenly clients spread (None with users as records)."""
+    if not isinstance(sim, DaemonSim):
+        return {"attach_s_p50": None, "relist_s_p99": None, "client_share_max_over_mean": None}
+    counts = sim.clients_per_supernode()
+    mean = statistics.fmean(counts) if counts else 0.0
+    return {
+        "attach_s_p50": metrics.rounded(metrics.percentile(sim.attach_s, 50)),
+        "relist_s_p99": metrics.rounded(metrics.percentile(sim.relist_s, 99)),
+        "client_share_max_over_mean": metrics.rounded(max(counts) / mean) if mean else None,
+    }
+
+
 def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
     lookups = sim.lookups
     ok = [lk for lk in lookups if lk.ok]
@@ -136,21 +157,14 @@ def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
         "lookup_p50_s": metrics.rounded(metrics.percentile(seconds, 50)),
         "lookup_p99_s": metrics.rounded(metrics.percentile(seconds, 99)),
         "lookup_hops_p50": statistics.median(hops) if hops else None,
-        "attach_s_p50": None,
-        "relist_s_p99": None,
+        **clients(sim),
         **traffic(sim),
         "max_records_per_key": max(per_key, default=0),
-        "client_share_max_over_mean": None,
         "params": {
             **dataclasses.asdict(params),
             "simulated_s": sim.work.duration_s,
             "measurement_window_s": [sim.warmup_end, sim.work.duration_s],
-            "supernodes_are": "overlay.dht.DHTNode only (no TCP service, no clients yet)",
-            "users_are": "presence records published by their supernode (DHTNode.put) every "
-                         "presence_refresh_s, looked up with DHTNode.get",
-            "user_placement": "uniform over live supernodes (the attach policy does not run "
-                              "yet); re-attach rehome_s after the supernode fails",
-            "rehome_s": sim.work.rehome_s,
+            **users_note(sim),
             "churn_model": dataclasses.asdict(sim.work.churn),
             "bootstrap_nodes": BOOTSTRAP_NODES,
             "dht_port": DHT_PORT,
@@ -158,6 +172,23 @@ def measure(sim: DhtSim, params: Params, config: DHTConfig) -> dict[str, Any]:
             "udp_overhead_bytes": UDP_OVERHEAD,
             "sim_epoch": SIM_EPOCH,
         },
+    }
+
+
+def users_note(sim: DhtSim) -> dict[str, Any]:
+    if isinstance(sim, DaemonSim):
+        return {
+            "supernodes_are": "overlay.node.supernode.Supernode daemons (no HTTP API)",
+            "users_are": "overlay.client.daemon.ClientDaemon daemons, one host each "
+                         "(may_become_supernode=False, port_mapping=False)",
+        }
+    return {
+        "supernodes_are": "overlay.dht.DHTNode only (no TCP service, no clients)",
+        "users_are": "presence records published by their supernode (DHTNode.put) every "
+                     "presence_refresh_s, looked up with DHTNode.get",
+        "user_placement": "uniform over live supernodes (no attach policy); re-attach "
+                          "rehome_s after the supernode fails",
+        "rehome_s": sim.work.rehome_s,
     }
 
 
