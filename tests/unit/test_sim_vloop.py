@@ -73,3 +73,14 @@ def test_code_under_test_reads_the_virtual_clock_and_the_real_one_is_restored() 
     wall, mono = vloop.run(main())
     assert (wall, mono) == (SIM_EPOCH + 7200.0, 7200.0)
     assert overlay.core.records.time is time
+
+
+def test_executor_work_runs_inline_and_takes_no_virtual_time() -> None:
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        result = await asyncio.to_thread(sum, [1, 2, 3])
+        with pytest.raises(ZeroDivisionError):
+            await loop.run_in_executor(None, lambda: 1 / 0)
+        return result, loop.time()
+
+    assert vloop.run(main()) == (6, 0.0)
