@@ -1,13 +1,14 @@
 """Point the code under test's clock reads at the virtual loop's clock.
 
-The real code reads ``time.time()`` (record expiry, datagram timestamps) and
-``time.monotonic()`` (timeouts, rate limits, RTT estimates) through ``import time``. Under the
+The real code reads ``time.time()`` (record expiry, datagram timestamps),
+``time.monotonic()`` (timeouts, rate limits, RTT estimates) and ``time.perf_counter()`` (the
+attach probes' RTTs) through ``import time``. Under the
 simulator those must read virtual time, or a simulated day would expire nothing and every
 rate limit would see a burst. :func:`virtual_time` swaps the ``time`` name inside the modules
-of the packages under test (``overlay``, ``kademlia``, ``rpcudp``) for a :class:`TimeShim` whose
-``time``/``monotonic`` (and ``_ns`` forms) read the loop, everything else being the real
-``time`` module. Nothing else in the process changes: the simulator's own wall-time and RSS
-measurements still read the real clock.
+of the packages under test (``overlay``, ``kademlia``, ``rpcudp``) for a :class:`TimeShim`
+whose ``time``/``monotonic``/``perf_counter`` (and ``_ns`` forms) read the loop, everything
+else being the real ``time`` module. Nothing else in the process changes: the simulator's own
+wall-time and RSS measurements still read the real clock.
 
 ``time.time()`` is ``epoch + loop.time()``: a fixed, seed-independent epoch
 (:data:`SIM_EPOCH`, 2026-01-01 UTC), so record timestamps are the same on every run.
@@ -50,6 +51,13 @@ class TimeShim:
         return self._loop.time()
 
     def monotonic_ns(self) -> int:
+        return int(self._loop.time() * 1e9)
+
+    def perf_counter(self) -> float:
+        """Virtual too: the client times its RTT probes with it."""
+        return self._loop.time()
+
+    def perf_counter_ns(self) -> int:
         return int(self._loop.time() * 1e9)
 
     def __getattr__(self, name: str) -> Any:

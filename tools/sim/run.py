@@ -19,6 +19,7 @@ from tools.sim.clock import SIM_EPOCH, virtual_time
 from tools.sim.daemonsim import DaemonSim
 from tools.sim.dhtsim import BOOTSTRAP_NODES, DHT_PORT, PRESENCE_REFRESH_S, DhtSim, DhtWorkload
 from tools.sim.net import UDP_OVERHEAD, SimNet
+from tools.sim.rand import seeded_random
 from tools.sim.vloop import VirtualTimeLoop
 from tools.sim.world import DEFAULT_LOSS, World
 
@@ -85,7 +86,7 @@ def simulate(params: Params) -> dict[str, Any]:
         )
         sim = DaemonSim(net, work) if params.users_as == "daemons" else DhtSim(net, work)
         sim.build()
-        with virtual_time(loop):
+        with virtual_time(loop), seeded_random(params.seed):
             loop.run_until_complete(sim.run())
             values = measure(sim, params, config)
             _stop(sim, loop)
