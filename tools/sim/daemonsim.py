@@ -11,8 +11,9 @@ Same timeline and churn as :mod:`tools.sim.dhtsim` (whose :class:`DhtSim` this e
   served is then watched until it is attached to another supernode: ``relist_s`` (1 s
   resolution). Its clients fail over by themselves (heartbeat loss, backup link);
 * lookups are ``ClientDaemon.lookup`` (the request goes over the attach session to the
-  supernode, which looks the user up in the DHT); success: a record of the target naming the
-  supernode it is attached to now. Hops are traced on the asker's supernode's DHT;
+  supernode, which looks the user up in the DHT) of a user attached at the time; success: a
+  record of the target naming the supernode it is attached to now. Hops are traced on the
+  asker's supernode's DHT;
 * a user going offline stops its client (``ClientDaemon.stop``: it detaches politely).
 
 Clients run with ``may_become_supernode=False`` and ``port_mapping=False`` (no promotion, no
@@ -155,8 +156,9 @@ class DaemonSim(DhtSim):
                 continue
             asker, other = self.online.draw(rng), self.online.draw(rng)
             home = self.by_key.get(_attached_to(asker) or b"")
-            if other is asker or home is None or not home.joined or asker.host is None:
-                continue
+            if (other is asker or home is None or not home.joined or asker.host is None
+                    or _attached_to(other) is None):
+                continue  # (a target not attached yet is not looked up)
             self.net.spawn(asker.host, self._client_lookup(asker, other, home))
 
     async def _client_lookup(self, asker: User, other: User, home: Supernode) -> None:

@@ -16,10 +16,11 @@ Workload (every time virtual, every draw from the run's seeded RNGs):
   ``DHTNode.put`` (which also republishes it on the DHT's own schedule). When its supernode
   fails, the user re-attaches elsewhere after ``rehome_s`` (a stand-in for client failover,
   which is not simulated yet); a user going offline just stops (no offline record yet);
-* after warm-up (join window + one refresh period), lookups arrive as one Poisson process of
-  rate ``lookups_per_user_h`` x online users: a random online user looks up another random
-  online user through its supernode (``DHTNode.get``). A lookup succeeds when a presence record
-  of that user naming its current supernode comes back.
+* after warm-up (join window + one refresh period, at most half the run), lookups arrive as
+  one Poisson process of rate ``lookups_per_user_h`` x online users: a random online user
+  looks up another random online user whose first record went out, through its supernode
+  (``DHTNode.get``). A lookup succeeds when a presence record of that user naming its current
+  supernode comes back.
 
 Measured per lookup: virtual seconds, and hops: the depth, in the lookup's own graph, of the
 nearest node that answered with the record (depth 1: a node from the asker's routing table;
@@ -370,8 +371,8 @@ class DhtSim:
                 continue
             asker, other = self.online.draw(rng), self.online.draw(rng)
             sn = asker.supernode
-            if other is asker or sn is None or not sn.joined:
-                continue
+            if other is asker or sn is None or not sn.joined or other.seq == 0:
+                continue  # (a target whose first record is not out yet is not looked up)
             self._spawn(sn, self._lookup(sn, other))
 
     async def _lookup(self, sn: Supernode, other: User) -> None:
