@@ -1,4 +1,5 @@
-"""``overlay call NAME[#KEYPREFIX] --control PATH [--seconds S] [--bitrate 24kbit] [--json]``:
+"""``overlay call NAME[#KEYPREFIX] --control PATH [--seconds S] [--bitrate 24kbit] [--json]
+[--wait S]``:
 have the running client call a user (synthetic audio, 20 ms frames, both ways).
 
 With ``--json``: one JSON line a second and a last one with ``"final": true``, each
@@ -33,6 +34,7 @@ from overlay.client.control import ControlSocketError, control_request_async
 from overlay.core.records import RecordError
 from overlay.core.text import printable
 from overlay.core.user_ref import parse_user_ref
+from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S
 
 #: how often the live lines are asked of the client
 POLL_S = 0.25
@@ -94,6 +96,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     except RecordError as exc:
         print(f"overlay call: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.wait > MAX_ACCEPT_WAIT_S:
+        print(f"overlay call: --wait is at most {MAX_ACCEPT_WAIT_S:g}", file=sys.stderr)
+        return EXIT_USAGE
     if not MIN_BITRATE_BPS <= args.bitrate <= MAX_BITRATE_BPS:
         print(f"overlay call: --bitrate is {MIN_BITRATE_BPS // 1000} to "
               f"{MAX_BITRATE_BPS // 1000} kbit/s", file=sys.stderr)
@@ -107,7 +112,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         try:
             reply: dict[str, Any] = await control_request_async(
                 control, {"cmd": "call", "user": args.name, "seconds": args.seconds,
-                          "bitrate_bps": args.bitrate}, timeout=args.seconds + SETUP_MARGIN_S)
+                          "bitrate_bps": args.bitrate, "wait_s": args.wait},
+                timeout=args.wait + args.seconds + SETUP_MARGIN_S)
         except ControlSocketError as exc:
             print(f"overlay call: the client is not reachable: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
@@ -139,4 +145,8 @@ def add_commands(sub: Any) -> None:
                    help="the synthetic audio's bitrate, e.g. 24kbit (default), 64kbit")
     p.add_argument("--json", action="store_true",
                    help='one JSON line a second, the last with "final": true')
+    p.add_argument("--wait", type=positive, default=ACCEPT_WAIT_S, metavar="S",
+                   help="when the callee keeps the invite as a contact request, wait this "
+                        f"long for it to be accepted (default {ACCEPT_WAIT_S:g}, at most "
+                        f"{MAX_ACCEPT_WAIT_S:g}); then exit {EXIT_NOT_ACCEPTED}")
     p.set_defaults(func=cmd_call)

@@ -31,7 +31,13 @@ from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.user_ref import parse_user_ref
-from overlay.media.consent import ACCEPT_WAIT_S, NotAccepted, Offline, SendFailed
+from overlay.media.consent import (
+    ACCEPT_WAIT_S,
+    MAX_ACCEPT_WAIT_S,
+    NotAccepted,
+    Offline,
+    SendFailed,
+)
 from overlay.media.service import CALL, MediaService, OpenedPath
 
 log = get_logger(__name__)
@@ -74,10 +80,13 @@ class Calls:
     def register(self, control: ControlServer) -> None:
         control.register("call", self.call, {"user": (str, True),
                                              "seconds": ((int, float), False),
-                                             "bitrate_bps": (int, False)},
+                                             "bitrate_bps": (int, False),
+                                             "wait_s": ((int, float), False)},
                          "call a user (NAME or NAME#KEYPREFIX) for `seconds` (default "
                          f"{DEFAULT_SECONDS:g}) at `bitrate_bps` (default "
-                         f"{DEFAULT_BITRATE_BPS}): its lines, one a second, and the final one",
+                         f"{DEFAULT_BITRATE_BPS}); wait_s: how long to wait for a contact "
+                         f"request to be accepted (default {ACCEPT_WAIT_S:g}, at most "
+                         f"{MAX_ACCEPT_WAIT_S:g}): its lines, one a second, and the final one",
                          timeout_s=float("inf"))
         control.register("calls", self.calls, help="recent calls and their latest line")
 
@@ -95,8 +104,11 @@ class Calls:
             raise ControlError(f"seconds is in (0, {MAX_SECONDS:g}]")
         if not MIN_BITRATE_BPS <= bitrate <= MAX_BITRATE_BPS:
             raise ControlError(f"bitrate_bps is {MIN_BITRATE_BPS} to {MAX_BITRATE_BPS}")
+        wait_s = float(args.get("wait_s", ACCEPT_WAIT_S))
+        if not 0 < wait_s <= MAX_ACCEPT_WAIT_S:
+            raise ControlError(f"wait_s is in (0, {MAX_ACCEPT_WAIT_S:g}]")
         try:
-            async with self.media.open_path(ref, CALL, set(), ACCEPT_WAIT_S) as opened:
+            async with self.media.open_path(ref, CALL, set(), wait_s) as opened:
                 lines: list[JSONObject] = []
                 entry = self._entry(ref.name, outgoing=True)
                 final = await self._run(opened, True, seconds, bitrate, entry, lines)
