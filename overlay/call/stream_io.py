@@ -3,7 +3,13 @@
 (:mod:`overlay.call.stream_frames`) on any ordered reliable stream (direct TCP, QUIC over a
 punched UDP path, a relay over TCP), already end-to-end encrypted by the media path.
 
-A frame never waits: the timer hands each one to a writer task through a queue, and
+Where the path can carry datagrams beside its stream (QUIC DATAGRAM frames, RFC 9221, on a
+punched UDP path: :class:`DatagramCarrier`), every frame goes as one datagram instead (the
+frames are end-to-end encrypted by the call's own keys) and the QUIC connection drops what
+it cannot send now; frames arriving either way are taken.
+
+On the stream, a frame never waits: the timer hands each one to a writer task through a
+queue, and
 :class:`~overlay.call.stream_frames.SendGate` drops it (a sender-side drop, a lost frame to
 the receiver's jitter buffer) while the unsent backlog -- the queue plus what the transport
 below has not written -- is over three frames.
@@ -34,6 +40,29 @@ class FrameStream(Protocol):
     async def recv(self, max_bytes: int = 65536) -> bytes: ...
 
 
+class DatagramCarrier(Protocol):
+    """A path that also carries unreliable datagrams (the QUIC stream of a punched path)."""
+
+    datagram_handler: Callable[[bytes], None] | None
+
+    def datagrams_supported(self) -> bool: ...
+
+    def send_datagram(self, data: bytes) -> bool: ...
+
+
+def datagram_carrier(stream: object) -> DatagramCarrier | None:
+    """The stream under ``stream`` (through any ``raw`` wrappers) that carries datagrams to
+    the peer now, if there is one."""
+    for _ in range(8):
+        if stream is None:
+            return None
+        supported = getattr(stream, "datagrams_supported", None)
+        if callable(supported) and hasattr(stream, "send_datagram") and supported():
+            return stream  # type: ignore[return-value]
+        stream = getattr(stream, "raw", None)
+    return None
+
+
 def transport_backlog(stream: object) -> int:
     """Bytes the transport under ``stream`` (through any ``raw`` wrappers) has not written
     yet, where it says (an asyncio transport's write buffer); 0 where it does not."""
@@ -60,12 +89,22 @@ class StreamCall:
         self.gate = SendGate(session.size + MIN_DATAGRAM_BYTES)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queued_bytes = 0
+        self.carrier = datagram_carrier(stream)
+        #: "datagram" (frames as QUIC DATAGRAM frames) or "stream"
+        self.mode = "datagram" if self.carrier is not None else "stream"
+        #: frames that came on the stream (the rest came as datagrams)
+        self.stream_frames = 0
         self.peer_ended = asyncio.Event()
         #: why the path ended, when it did not end cleanly
         self.error: str | None = None
 
     def offer(self, frame: bytes) -> None:
-        """Queue ``frame`` unless the backlog says drop it."""
+        """Send ``frame`` as a datagram, or queue it on the stream unless the backlog says
+        drop it."""
+        if self.carrier is not None:
+            if not self.carrier.send_datagram(frame):
+                self.session.sender_dropped()
+            return
         if not self.gate.admit(self._queued_bytes + transport_backlog(self.stream)):
             self.session.sender_dropped()
             return
@@ -87,6 +126,7 @@ class StreamCall:
             while data := await self.stream.recv(READ_BYTES):
                 now = time.monotonic()
                 for frame in decoder.feed(data):
+                    self.stream_frames += 1
                     self.session.datagram_received(frame, now)
         except BadFrame as exc:
             self.error = f"bad call frame: {exc}"
@@ -98,6 +138,10 @@ class StreamCall:
     async def run(self, seconds: float | None,
                   on_line: Callable[[CallStats], None] | None = None) -> CallStats:
         session = self.session
+        if self.carrier is not None:
+            def received(data: bytes) -> None:
+                session.datagram_received(data, time.monotonic())
+            self.carrier.datagram_handler = received
         tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._write())]
         start = time.monotonic()
         try:
@@ -114,6 +158,8 @@ class StreamCall:
                 self.error = self.error or str(tasks[1].exception())
             return session.finish(time.monotonic())
         finally:
+            if self.carrier is not None:
+                self.carrier.datagram_handler = None
             for task in tasks:
                 task.cancel()
             for task in tasks:

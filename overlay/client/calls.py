@@ -152,5 +152,5 @@ class Calls:
         finally:
             entry["active"] = False
         entry["line"] = final
-        slog.info("call_ended", error=runner.error, **final)
+        slog.info("call_ended", error=runner.error, carried_as=runner.mode, **final)
         return final
