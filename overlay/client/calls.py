@@ -46,6 +46,8 @@ DEFAULT_SECONDS = 10.0
 MAX_SECONDS = 3600.0
 #: a callee ends a call the caller has not ended after this long
 MAX_ANSWERED_S = MAX_SECONDS + 60.0
+#: calls a client answers at once; another caller's path is closed unused
+MAX_ANSWERED_CALLS = 4
 #: calls (in progress and ended) the ``calls`` command shows
 MAX_RECENT_CALLS = 16
 #: the keys of a ``--json`` line, exactly as the issue lists them
@@ -121,7 +123,12 @@ class Calls:
         return {"lines": lines, "final": final}
 
     async def answer(self, opened: OpenedPath) -> None:
-        """The media service's call handler: run an answered call until the caller ends it."""
+        """The media service's call handler: run an answered call until the caller ends it
+        (at most :data:`MAX_ANSWERED_CALLS` at once)."""
+        if sum(1 for c in self.recent if c["active"] and not c["outgoing"]) \
+                >= MAX_ANSWERED_CALLS:
+            log.warning("call_refused", peer=opened.invite.from_user, reason="too many calls")
+            return
         entry = self._entry(opened.invite.from_user, outgoing=False)
         await self._run(opened, False, MAX_ANSWERED_S, DEFAULT_BITRATE_BPS, entry, [])
 
