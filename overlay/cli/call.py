@@ -67,8 +67,9 @@ class Printer:
         if self.as_json:
             print(json.dumps(line), flush=True)
         elif line.get("final"):
-            print(f"\rcall ended after {_text(line)}", flush=True)
-        else:
+            print(f"\rcall ended after {_text(line)}" if sys.stdout.isatty()
+                  else f"call ended after {_text(line)}", flush=True)
+        elif sys.stdout.isatty():  # the live line, rewritten in place
             print(f"\r{_text(line)}", end="", flush=True)
 
 
