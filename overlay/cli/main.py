@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from overlay.cli import client, contacts, demo, lookup, node, send, supernode
+from overlay.cli import call, client, contacts, demo, lookup, node, send, supernode
 from overlay.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
 from overlay.core import logs
 from overlay.core.identity import KeyFileError
@@ -14,7 +14,7 @@ from overlay.core.identity import KeyFileError
 Handler = Callable[[argparse.Namespace], int]
 
 # In the order ``overlay --help`` lists them.
-COMMAND_MODULES = (node, supernode, lookup, client, send, contacts, demo)
+COMMAND_MODULES = (node, supernode, lookup, client, send, call, contacts, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

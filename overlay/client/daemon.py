@@ -17,9 +17,10 @@ sans-IO, in :mod:`overlay.client.attach_policy`):
   (trust on first use) in the state dir, and invites from others kept as requests until the
   user accepts them (``--accept-from contacts``, the default) or answered (``anyone``).
 * **Control socket** (:mod:`overlay.client.control`, commands in
-  :mod:`overlay.client.control_commands` and :mod:`overlay.client.contact_commands`):
-  ``status``, ``lookup``, ``supernodes``, ``send``, ``contacts``, ``contact_add``,
-  ``contact_forget``, ``requests``, ``accept``, ``decline``.
+  :mod:`overlay.client.control_commands`, :mod:`overlay.client.contact_commands`,
+  :mod:`overlay.client.calls`):
+  ``status``, ``lookup``, ``supernodes``, ``send``, ``call``, ``calls``, ``contacts``,
+  ``contact_add``, ``contact_forget``, ``requests``, ``accept``, ``decline``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from overlay.attach import AttachOk, SignalDelivery
 from overlay.attach.adapter import ClientSession
 from overlay.client.attach_policy import Measurement
 from overlay.client.backup import BackupKeeper
+from overlay.client.calls import Calls
 from overlay.client.contact_commands import ContactCommands
 from overlay.client.contacts import Contact, Contacts
 from overlay.client.control import ControlServer, JSONObject
@@ -87,6 +89,7 @@ class ClientDaemon:
         )
         self.contacts = Contacts(opts.state_dir, opts.accept_from)
         self.media = self._make_media()
+        self.calls = Calls(self.media)  # answers calls, with or without a control socket
         self.control: ControlServer | None = None
         if opts.control_path is not None:
             self.control = ControlServer(opts.control_path)
@@ -94,6 +97,7 @@ class ClientDaemon:
                 self.control)
             ContactCommands(self.contacts, self.lookup, self.accept_request,
                             self.decline_request).register(self.control)
+            self.calls.register(self.control)
 
     def _make_media(self) -> MediaService:
         opts = self.opts

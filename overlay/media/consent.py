@@ -46,6 +46,10 @@ class SendFailed(MediaError):
     """A send did not happen; the message says why in a user's words."""
 
 
+class Offline(SendFailed):
+    """No online presence record of the user under the chosen key (offline or unknown)."""
+
+
 class NotAccepted(SendFailed):
     """The callee kept our invite as a contact request and did not accept it in time, or
     declined it."""
@@ -68,7 +72,7 @@ async def choose_target(attachment: AttachmentPort, contacts: ContactsPort,
     online = [s.record for s in found if isinstance(s.record, records.PresenceRecord)
               and s.record.user_key == key and s.record.online and s.record.expires_at > now]
     if key is None or not online:
-        raise SendFailed(f"{ref} is offline or unknown")
+        raise Offline(f"{ref} is offline or unknown")
     ignored = {s.record.signer for s in found} - {key}
     if ignored:
         log.warning("other_keys_ignored", to_user=ref.name, key=key.hex(),

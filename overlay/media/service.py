@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,10 @@ from overlay.media.transfer import (
 
 log = get_logger(__name__)
 
+#: an invite's ``purpose``: a file transfer (the default, and what an older client sends)
+#: or a call (:mod:`overlay.client.calls` runs it over the path)
+FILE = "file"
+CALL = "call"
 MAX_SESSIONS_PER_SEND = 5
 #: sessions a send may use in all, counting those a relay ended at its announced limit (a
 #: large file through relays that allow 64 MiB per session needs one per 64 MiB)
@@ -119,6 +124,20 @@ ACCEPT_WINDOW_S = TCP_CONNECT_TIMEOUT_S + 2.0
 MAX_RECENT = 32
 #: how long gathering candidates waits for port mappings still being asked for
 PORTMAP_SETTLE_S = 1.0
+
+
+@dataclass(frozen=True)
+class OpenedPath:
+    """An answered invite's authenticated path, and what both sides derived it from."""
+
+    session: Session
+    invite: Offer
+    answer: Offer
+    stream: MediaStream
+    timeline: Timeline
+    #: the X25519 secret and the transcript hash of the signed invite and answer
+    shared: bytes
+    transcript: bytes
 
 
 class MediaService:
@@ -144,6 +163,8 @@ class MediaService:
         self.connect_stats = ConnectStats()
         #: mappings of our media ports from the router (PCP/NAT-PMP), once asked for
         self.portmaps: PortMaps | None = None
+        #: runs an answered call over its path (set by the client; None: calls are refused)
+        self.call_handler: Callable[[OpenedPath], Awaitable[None]] | None = None
         self._tasks = TaskSet()
 
     async def start(self) -> None:
@@ -392,10 +413,53 @@ class MediaService:
     async def _send_once(self, ref: UserRef, path: Path, transfer_id: bytes, sha: str,
                          failed_relays: set[bytes], accept_wait_s: float,
                          first_attempt: bool = False) -> dict[str, Any]:
+        progress: dict[str, Any] = {"to": ref.name, "name": path.name, "sent": 0,
+                                    "size": 0, "path": None, "state": "signalling"}
+        self.sending.append(progress)
+        try:
+            async with self.open_path(ref, FILE, failed_relays, accept_wait_s,
+                                      progress) as opened:
+                stream, timeline, answer = opened.stream, opened.timeline, opened.answer
+                progress.update(path=stream.path, state="sending")
+
+                def update(sent: int, size: int) -> None:
+                    progress.update(sent=sent, size=size)
+
+                try:
+                    done = await send_file(stream, path, update, transfer_id, sha,
+                                           first_attempt=first_attempt)
+                except PathLost as exc:
+                    raise LostMidTransfer(
+                        f"{stream.path} lost after {progress['sent']} bytes: {exc}",
+                        stream.relay, at_relay_limit=transport_hooks.at_relay_limit(exc)
+                    ) from None
+                except TransferError as exc:
+                    raise SendFailed(f"transfer failed: {exc}") from None
+                return {"path": stream.path,
+                        "technique": technique(timeline.selected,
+                                               self._inbound_via_mapping(answer.candidates),
+                                               self._inbound_on_lan(opened.session,
+                                                                    answer.candidates)),
+                        "relay": stream.relay.id if stream.relay else None,
+                        "bytes": done.bytes, "seconds": round(done.seconds, 4),
+                        "sha256": done.sha256, "resumed_from": done.resumed_from,
+                        "timeline": timeline.events}
+        finally:
+            self.sending.remove(progress)
+
+    @contextlib.asynccontextmanager
+    async def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
+                        accept_wait_s: float, progress: dict[str, Any] | None = None
+                        ) -> AsyncIterator[OpenedPath]:
+        """Look ``ref`` up, invite it (``purpose``: :data:`FILE` or :data:`CALL`), wait for
+        its answer, race the paths: the authenticated stream, closed on leaving the block.
+        :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
+        ``sending`` entry) gets the wait's state."""
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
         to_user = ref.name
+        progress = {} if progress is None else progress
         setup = Timeline()
         # what does not depend on the callee (our candidates, the relay directory) is
         # fetched while the callee is looked up: one or two round trips fewer
@@ -414,9 +478,6 @@ class MediaService:
         self.sessions[s.session_id] = s
         # the callee may dial us as soon as it has answered, before its answer reaches us
         self.listener.expect(s.session_id)
-        progress: dict[str, Any] = {"to": to_user, "name": path.name, "sent": 0,
-                                    "size": 0, "path": None, "state": "signalling"}
-        self.sending.append(progress)
         try:
             local = await gathering
             setup.add("candidates")
@@ -428,7 +489,8 @@ class MediaService:
             sigs = caller_signatures(me.identity, relays, secret, target.user_key, expires)
             invite = sign_offer(Offer("invite", s.session_id, me.user, me.device,
                                       me.identity.public_key, to_user, s.keys.public, local,
-                                      time.time(), relays=relays, relay_secret=secret,
+                                      time.time(), purpose=purpose, relays=relays,
+                                      relay_secret=secret,
                                       relay_expires=expires if sigs else 0, relay_sigs=sigs),
                                 me.identity)
             assert s.answer is not None
@@ -473,32 +535,11 @@ class MediaService:
                 self._count_race(local, answer.candidates, exc.timeline, setup, slog)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
             self._count_race(local, answer.candidates, timeline, setup, slog)
-            progress.update(path=stream.path, state="sending")
-
-            def update(sent: int, size: int) -> None:
-                progress.update(sent=sent, size=size)
-
             try:
-                done = await send_file(stream, path, update, transfer_id, sha,
-                                       first_attempt=first_attempt)
-            except PathLost as exc:
-                raise LostMidTransfer(
-                    f"{stream.path} lost after {progress['sent']} bytes: {exc}",
-                    stream.relay, at_relay_limit=transport_hooks.at_relay_limit(exc)) from None
-            except TransferError as exc:
-                raise SendFailed(f"transfer failed: {exc}") from None
+                yield OpenedPath(s, invite, answer, stream, timeline, shared, transcript)
             finally:
                 await close_quietly(stream)
-            return {"path": stream.path,
-                    "technique": technique(timeline.selected,
-                                           self._inbound_via_mapping(answer.candidates),
-                                           self._inbound_on_lan(s, answer.candidates)),
-                    "relay": stream.relay.id if stream.relay else None,
-                    "bytes": done.bytes, "seconds": round(done.seconds, 4),
-                    "sha256": done.sha256, "resumed_from": done.resumed_from,
-                    "timeline": timeline.events}
         finally:
-            self.sending.remove(progress)
             self.sessions.pop(s.session_id, None)
             self.listener.forget(s.session_id)
 
@@ -607,6 +648,9 @@ class MediaService:
         if invite.session_id in self.sessions:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
+        if invite.purpose == CALL and self.call_handler is None:
+            slog.info("call_refused", reason="this client takes no calls")
+            return
         setup = Timeline()
         verdict = await vet_invite(self.attachment, self.contacts, invite, slog)
         setup.add("invite vetted")
@@ -700,6 +744,13 @@ class MediaService:
                 self._count_race(local, invite.candidates, exc.timeline, setup, slog)
                 raise
             self._count_race(local, invite.candidates, timeline, setup, slog)
+            if invite.purpose == CALL and self.call_handler is not None:
+                try:
+                    await self.call_handler(OpenedPath(s, invite, answer, stream, timeline,
+                                                       shared, transcript))
+                finally:
+                    await close_quietly(stream)
+                return
             entry["path"] = stream.path
             entry["technique"] = technique(timeline.selected,
                                            self._inbound_via_mapping(invite.candidates),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+from collections import deque
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -30,6 +31,16 @@ RECEIVE_WINDOW = 4 * 1024 * 1024
 STREAM_ID = 0
 #: our QUIC connection ids are this long (short headers do not carry a length)
 QUIC_CID_BYTES = 8
+#: the largest DATAGRAM frame (RFC 9221) we accept, advertised in the transport parameters:
+#: a call frame (at most 1200 bytes) fits; a larger one closes the connection
+MAX_DATAGRAM_FRAME_BYTES = 1250
+#: the largest payload we send in one: what the peer's limit must allow with the frame's
+#: type and length (4 bytes at most)
+MAX_DATAGRAM_PAYLOAD_BYTES = 1200
+#: DATAGRAM frames received and not yet taken (the oldest go first), and the most waiting
+#: unsent in the connection before :meth:`QuicStreamCore.send_datagram` refuses (no backlog)
+MAX_RECEIVED_DATAGRAMS = 64
+MAX_PENDING_DATAGRAMS = 3
 
 
 class QuicPathError(PathLost):
@@ -62,6 +73,7 @@ def configuration(is_client: bool, idle_timeout: float = IDLE_TIMEOUT_S,
         idle_timeout=idle_timeout,
         connection_id_length=QUIC_CID_BYTES,
         max_datagram_size=MAX_DATAGRAM_SIZE,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_BYTES,
         max_data=RECEIVE_WINDOW,
         max_stream_data=RECEIVE_WINDOW,
         congestion_control_algorithm=congestion_control,
@@ -95,6 +107,8 @@ class QuicStreamCore:
         self.terminated = False
         self.new_cids: list[bytes] = []
         self.retired_cids: list[bytes] = []
+        #: DATAGRAM frames received (unreliable, beside the stream), bounded
+        self.datagrams: deque[bytes] = deque(maxlen=MAX_RECEIVED_DATAGRAMS)
         self._preamble = bytearray()
         self._fin_sent = False
         self._ping_uid = 0
@@ -143,6 +157,22 @@ class QuicStreamCore:
         self._fin_sent = True
         self.conn.send_stream_data(STREAM_ID, b"", end_stream=True)
 
+    def datagrams_supported(self, size: int = MAX_DATAGRAM_PAYLOAD_BYTES) -> bool:
+        """The peer takes DATAGRAM frames of ``size`` bytes (its transport parameter)."""
+        remote = self.conn._remote_max_datagram_frame_size  # aioquic keeps it private
+        return self.handshake_done and remote is not None and remote >= size + 4
+
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue ``data`` as one DATAGRAM frame; False (dropped) when the peer takes none
+        of its size, the connection is closed, or :data:`MAX_PENDING_DATAGRAMS` still wait
+        unsent (congestion: a real-time frame is dropped, never queued)."""
+        if self.terminated or len(data) > MAX_DATAGRAM_PAYLOAD_BYTES \
+                or not self.datagrams_supported(len(data)) \
+                or len(self.conn._datagrams_pending) >= MAX_PENDING_DATAGRAMS:
+            return False
+        self.conn.send_datagram_frame(data)
+        return True
+
     def unacknowledged(self) -> int:
         """Bytes written but not yet acknowledged by the peer (including unsent ones)."""
         stream = self.conn._streams.get(STREAM_ID)
@@ -187,6 +217,8 @@ class QuicStreamCore:
                     self.error = self.error or (
                         f"connection closed (code {event.error_code}"
                         + (f": {event.reason_phrase}" if event.reason_phrase else "") + ")")
+            elif isinstance(event, events.DatagramFrameReceived):
+                self.datagrams.append(event.data)
             elif isinstance(event, events.ConnectionIdIssued):
                 self.new_cids.append(event.connection_id)
             elif isinstance(event, events.ConnectionIdRetired):

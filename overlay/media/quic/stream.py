@@ -37,6 +37,8 @@ class QuicByteStream:
         self._changed = asyncio.Event()
         self._closed = False
         self._keepalive = self._loop.call_later(KEEPALIVE_S, self._ping)
+        #: takes each DATAGRAM frame received (a call); None: they are discarded
+        self.datagram_handler: Callable[[bytes], None] | None = None
         media.add_quic_route(self, cid=core.conn.host_cid, addr=peer)
 
     # -- MediaSocket side --------------------------------------------------------------------
@@ -68,6 +70,10 @@ class QuicByteStream:
             self.media.remove_quic_cid(cid)
         self.core.new_cids.clear()
         self.core.retired_cids.clear()
+        while self.core.datagrams:
+            data = self.core.datagrams.popleft()
+            if self.datagram_handler is not None:
+                self.datagram_handler(data)
         at = self.core.get_timer()
         if at != self._timer_at:
             if self._timer is not None:
@@ -97,6 +103,18 @@ class QuicByteStream:
         except TimeoutError:
             return False
         return True
+
+    # -- datagrams beside the stream (RFC 9221) ---------------------------------------------
+
+    def datagrams_supported(self) -> bool:
+        return self.core.datagrams_supported()
+
+    def send_datagram(self, data: bytes) -> bool:
+        """Send ``data`` as one unreliable DATAGRAM frame; False when it was dropped."""
+        sent = self.core.send_datagram(data)
+        if sent:
+            self._after()
+        return sent
 
     # -- ByteStream --------------------------------------------------------------------------
 

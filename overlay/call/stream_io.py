@@ -1,0 +1,167 @@
+"""A call over a byte stream, the asyncio side: the call core
+(:class:`~overlay.call.session.CallSession`) driven by its timer, its frames length-prefixed
+(:mod:`overlay.call.stream_frames`) on any ordered reliable stream (direct TCP, QUIC over a
+punched UDP path, a relay over TCP), already end-to-end encrypted by the media path.
+
+Where the path can carry datagrams beside its stream (QUIC DATAGRAM frames, RFC 9221, on a
+punched UDP path: :class:`DatagramCarrier`), every frame goes as one datagram instead (the
+frames are end-to-end encrypted by the call's own keys) and the QUIC connection drops what
+it cannot send now; frames arriving either way are taken.
+
+On the stream, a frame never waits: the timer hands each one to a writer task through a
+queue, and
+:class:`~overlay.call.stream_frames.SendGate` drops it (a sender-side drop, a lost frame to
+the receiver's jitter buffer) while the unsent backlog -- the queue plus what the transport
+below has not written -- is over three frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from overlay.call.errors import BadFrame
+from overlay.call.frames import MIN_DATAGRAM_BYTES
+from overlay.call.session import CallSession, CallStats
+from overlay.call.stream_frames import SendGate, StreamFrameDecoder, encode_stream_frame
+
+#: bytes asked of the stream per read
+READ_BYTES = 16 * 1024
+
+
+class FrameStream(Protocol):
+    """What a call needs of a path: ordered reliable bytes (a media ByteStream)."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def recv(self, max_bytes: int = 65536) -> bytes: ...
+
+
+class DatagramCarrier(Protocol):
+    """A path that also carries unreliable datagrams (the QUIC stream of a punched path)."""
+
+    datagram_handler: Callable[[bytes], None] | None
+
+    def datagrams_supported(self) -> bool: ...
+
+    def send_datagram(self, data: bytes) -> bool: ...
+
+
+def datagram_carrier(stream: object) -> DatagramCarrier | None:
+    """The stream under ``stream`` (through any ``raw`` wrappers) that carries datagrams to
+    the peer now, if there is one."""
+    for _ in range(8):
+        if stream is None:
+            return None
+        supported = getattr(stream, "datagrams_supported", None)
+        if callable(supported) and hasattr(stream, "send_datagram") and supported():
+            return stream  # type: ignore[return-value]
+        stream = getattr(stream, "raw", None)
+    return None
+
+
+def transport_backlog(stream: object) -> int:
+    """Bytes the transport under ``stream`` (through any ``raw`` wrappers) has not written
+    yet, where it says (an asyncio transport's write buffer); 0 where it does not."""
+    seen = 0
+    while stream is not None and seen < 8:
+        for holder in (stream, getattr(stream, "writer", None)):
+            transport = getattr(holder, "transport", None)
+            size = getattr(transport, "get_write_buffer_size", None)
+            if callable(size):
+                with contextlib.suppress(Exception):
+                    return int(size())
+        stream = getattr(stream, "raw", None)
+        seen += 1
+    return 0
+
+
+class StreamCall:
+    """One call's frames on ``stream``: :meth:`run` sends for ``seconds`` (None: until the
+    peer ends the stream), receiving all along."""
+
+    def __init__(self, session: CallSession, stream: FrameStream) -> None:
+        self.session = session
+        self.stream = stream
+        self.gate = SendGate(session.size + MIN_DATAGRAM_BYTES)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queued_bytes = 0
+        self.carrier = datagram_carrier(stream)
+        #: "datagram" (frames as QUIC DATAGRAM frames) or "stream"
+        self.mode = "datagram" if self.carrier is not None else "stream"
+        #: frames that came on the stream (the rest came as datagrams)
+        self.stream_frames = 0
+        self.peer_ended = asyncio.Event()
+        #: why the path ended, when it did not end cleanly
+        self.error: str | None = None
+
+    def offer(self, frame: bytes) -> None:
+        """Send ``frame`` as a datagram, or queue it on the stream unless the backlog says
+        drop it."""
+        if self.carrier is not None:
+            if not self.carrier.send_datagram(frame):
+                self.session.sender_dropped()
+            return
+        if not self.gate.admit(self._queued_bytes + transport_backlog(self.stream)):
+            self.session.sender_dropped()
+            return
+        wire = encode_stream_frame(frame)
+        self._queued_bytes += len(wire)
+        self._queue.put_nowait(wire)
+
+    async def _write(self) -> None:
+        while True:
+            wire = await self._queue.get()
+            try:
+                await self.stream.send(wire)
+            finally:
+                self._queued_bytes -= len(wire)
+
+    async def _read(self) -> None:
+        decoder = StreamFrameDecoder()
+        try:
+            while data := await self.stream.recv(READ_BYTES):
+                now = time.monotonic()
+                for frame in decoder.feed(data):
+                    self.stream_frames += 1
+                    self.session.datagram_received(frame, now)
+        except BadFrame as exc:
+            self.error = f"bad call frame: {exc}"
+        except (ConnectionError, OSError) as exc:
+            self.error = str(exc) or type(exc).__name__
+        finally:
+            self.peer_ended.set()
+
+    async def run(self, seconds: float | None,
+                  on_line: Callable[[CallStats], None] | None = None) -> CallStats:
+        session = self.session
+        if self.carrier is not None:
+            def received(data: bytes) -> None:
+                session.datagram_received(data, time.monotonic())
+            self.carrier.datagram_handler = received
+        tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._write())]
+        start = time.monotonic()
+        try:
+            while (now := time.monotonic()) < start + (seconds or float("inf")):
+                if self.peer_ended.is_set() or tasks[1].done():
+                    break
+                for frame in session.timer(now):
+                    self.offer(frame)
+                line = session.stats_due(now)
+                if line is not None and on_line is not None:
+                    on_line(line)
+                await asyncio.sleep(max(0.0, session.next_timer() - time.monotonic()))
+            if tasks[1].done() and not tasks[1].cancelled() and tasks[1].exception():
+                self.error = self.error or str(tasks[1].exception())
+            return session.finish(time.monotonic())
+        finally:
+            if self.carrier is not None:
+                self.carrier.datagram_handler = None
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
