@@ -1,6 +1,7 @@
 """Kill the relay mid-transfer (SIGKILL): the transfer finishes through another relay, resumed
-from the receiver's offset, with the right sha256. Two clients behind TCP-only NATs, so a relay
-is the only path; three supernodes, so two relays remain."""
+from the receiver's offset, with the right sha256. One client behind a symmetric NAT, the
+other behind a TCP-only NAT, so a relay is the only path (two TCP-only sides punch TCP, a
+symmetric and an easy side punch UDP); three supernodes, so two relays remain."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ if not ok:
 
 
 def test_transfer_survives_its_relay_being_killed(tmp_path):
-    clients = {"t1": "tcp-only", "t2": "tcp-only"}
+    clients = {"t1": "symmetric", "t2": "tcp-only"}
     with LabOverlay(tmp_path, clients, supernodes=3) as ov:
         src = ov.outbox("t1") / "big.bin"
         src.parent.mkdir(parents=True, exist_ok=True)
