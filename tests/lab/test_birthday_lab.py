@@ -40,11 +40,12 @@ CLIENTS = {"sym-1": "symmetric", "sym-2": "symmetric", "cone-1": "cone", "cone-2
 #: previous run's spray (see :func:`wait_spray_forgotten`), so every run starts cold.
 BIRTHDAY_PAIRS = [("sym-1", "cone-1"), ("cone-2", "sym-1"), ("sym-1", "fw-1"),
                   ("fw-2", "sym-1")]
-#: runs per birthday pair (the figures reported for issue 13: BIRTHDAY_RUNS=10)
-RUNS = int(os.environ.get("BIRTHDAY_RUNS", "3"))
-#: birthday runs allowed to miss (and go through the relay): P(more) < 0.05 % at 12 runs at
-#: the theoretical 1.7 % per run, 0.4 % at the 5.4 % measured in the lab (issue 13 note)
-MAX_MISSES = 3
+#: runs per birthday pair (the figures reported for issue 13: BIRTHDAY_RUNS=10); one in CI,
+#: where the connectivity matrix punches six more birthday pairs
+RUNS = int(os.environ.get("BIRTHDAY_RUNS", "1"))
+#: birthday runs allowed to miss (and go through the relay): 2 of 4 runs (P(more) < 0.1 % at
+#: the 5.4 % per run measured in the lab, issue 13's note), 15 % of longer series
+MAX_MISSES = max(2, RUNS * len(BIRTHDAY_PAIRS) * 15 // 100)
 #: the easy side's router holds fewer unreplied flows to the hard side than this: no spray left
 #: (one spray leaves up to 1,024 for nf_conntrack_udp_timeout, 30 s)
 SPRAY_LEFTOVER = 16
