@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from overlay.core.identity import Identity
+from overlay.dht import DHTConfig
 from overlay.relay.protocol import (
     REASON_UNKNOWN_TOKEN,
     ROLE_CALLEE,
@@ -375,7 +376,9 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
                 workdir / "supernode.log", name="supernode", log_json=False,
                 http=f"{addrs.supernode}:{HTTP_PORT}")
     (workdir / "sn").mkdir(parents=True, exist_ok=True)
-    RELAY_KEYS[addrs.supernode] = Identity.load_or_create(workdir / "sn" / "node.key").public_key
+    # a public node's key must solve the DHT's id puzzle (the supernode refuses one that does not)
+    RELAY_KEYS[addrs.supernode] = Identity.load_or_create(
+        workdir / "sn" / "node.key", DHTConfig().id_puzzle_bits).public_key
     out: dict[str, Any] = {"relay": f"{addrs.supernode}:{PORT}"}
     try:
         boot.start()
