@@ -32,13 +32,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from overlay.media import tcp_punch
 from overlay.media.birthday import birthday_role
 from overlay.media.candidate_policy import local_overlay, public_of
 from overlay.media.signalling import Candidates
 
-#: NAT classes (``binding.classify``)
-NO_UDP = "no-udp"
-SYMMETRIC = "symmetric"
+#: the NAT class (``binding.classify``) of an untranslated UDP socket
 PUBLIC = "public"
 #: how long the caller waits, after a relay authenticated, for a direct path that may work
 PREFER_DIRECT_S = 0.1
@@ -48,8 +47,7 @@ def one_network(own_reflexive: Iterable[str], remote: Candidates) -> bool:
     """Both sides share a public address (one LAN), or the whole overlay runs on this
     machine: private candidates are dialled (:mod:`.candidate_policy`)."""
     own = tuple(own_reflexive)
-    peer = public_of(h for h, _ in (*remote.tcp, *remote.udp))
-    return local_overlay(own) or bool(public_of(own) & peer)
+    return local_overlay(own) or bool(public_of(own) & remote.public_hosts())
 
 
 def accepts_tcp(side: Candidates) -> bool:
@@ -71,10 +69,8 @@ def punch_possible(local: Candidates, remote: Candidates) -> bool:
     symmetric side, the other ``cone`` or ``public``)."""
     if local.mapped_udp or remote.mapped_udp:
         return True
-    classes = (local.nat, remote.nat)
-    if SYMMETRIC not in classes:
-        return True
-    return birthday_role(local.nat, remote.nat) is not None
+    return tcp_punch.nat_allows(local.nat, remote.nat) \
+        or birthday_role(local.nat, remote.nat) is not None
 
 
 def direct_ruled_out(local: Candidates, remote: Candidates, same_network: bool) -> bool:

@@ -258,20 +258,14 @@ class MediaService:
         public address (not on our LAN)."""
         ok = self.attachment.attach_ok()
         return (self.portmaps is not None and bool(self.portmaps.mapped("tcp"))
-                and ok is not None and ok.reflexive_host not in candidate_policy.public_of(
-                    h for h, _ in (*remote.tcp, *remote.udp)))
+                and ok is not None and ok.reflexive_host not in remote.public_hosts())
 
     # -- paths ----------------------------------------------------------------------------------
 
     def _inbound_on_lan(self, s: Session, remote: Candidates) -> bool:
         """The peer's TCP connection to our listener came from its address on our LAN."""
         return s.accepted_from is not None and candidate_policy.on_shared_lan(
-            s.accepted_from, self._own_reflexive(), self._peer_public(remote))
-
-    @staticmethod
-    def _peer_public(remote: Candidates) -> frozenset[str]:
-        """The public addresses among the peer's candidates (its reflexive ones)."""
-        return candidate_policy.public_of(h for h, _ in (*remote.tcp, *remote.udp))
+            s.accepted_from, self._own_reflexive(), remote.public_hosts())
 
     def _own_reflexive(self) -> tuple[str, ...]:
         """Our reflexive address as our primary supernode saw it (AttachOk), if attached.
@@ -282,7 +276,7 @@ class MediaService:
     def _dialable(self, remote: Candidates, slog: FilteringBoundLogger) -> Candidates:
         """``remote`` without the candidates :mod:`.candidate_policy` says not to dial."""
         own = self._own_reflexive()
-        peer = candidate_policy.public_of(h for h, _ in (*remote.tcp, *remote.udp))
+        peer = remote.public_hosts()
         tcp, dropped_tcp = candidate_policy.select(remote.tcp, own, peer)
         udp, dropped_udp = candidate_policy.select(remote.udp, own, peer)
         for kind, dropped in (("tcp", dropped_tcp), ("udp", dropped_udp)):
@@ -300,7 +294,7 @@ class MediaService:
             return dial
 
         mapped = set(remote.mapped_tcp)
-        own, peer = self._own_reflexive(), self._peer_public(remote)
+        own, peer = self._own_reflexive(), remote.public_hosts()
         for i, (host, port) in enumerate(dict.fromkeys(remote.tcp)):
             kind = "tcp-dial-mapped" if (host, port) in mapped else \
                 "tcp-dial-lan" if candidate_policy.on_shared_lan(host, own, peer) else "tcp-dial"
@@ -579,8 +573,7 @@ class MediaService:
         attempts: dict[str, Attempt] = {}
         vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
         own = self._own_reflexive()
-        peer = candidate_policy.public_of(
-            h for h, _ in (*offer.candidates.tcp, *offer.candidates.udp))
+        peer = offer.candidates.public_hosts()
         for i, (host, port, key) in enumerate(offer.relays):
             verdict = candidate_policy.decide(host, own, peer)
             if not verdict.dial:

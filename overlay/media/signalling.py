@@ -25,7 +25,7 @@ from overlay.core.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
 from overlay.core.offers import ANSWER_DOMAIN, INVITE_DOMAIN, MAX_OFFER_BYTES, split_offer
 from overlay.core.records import NAME_PATTERN
 from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
-from overlay.media.candidate_policy import ip_literal
+from overlay.media.candidate_policy import ip_literal, public_of
 from overlay.media.errors import MediaError
 
 SESSION_ID_BYTES = 16
@@ -60,6 +60,10 @@ class Candidates:
     reachable: bool = False
     mapped_tcp: tuple[Address, ...] = ()
     mapped_udp: tuple[Address, ...] = ()
+
+    def public_hosts(self) -> frozenset[str]:
+        """The public addresses among these candidates (the side's reflexive ones)."""
+        return public_of(h for h, _ in (*self.tcp, *self.udp))
 
     def to_wire(self) -> list[Any]:
         wire: list[Any] = [[list(a) for a in self.tcp], [list(a) for a in self.udp],

@@ -58,6 +58,12 @@ class TcpPunchPlan:
     reason: str
 
 
+def nat_allows(local_nat: str, remote_nat: str) -> bool:
+    """Neither NAT is symmetric: a symmetric NAT picks a random port per connection, so the
+    peer's SYN never matches the entry our punching connection made."""
+    return "symmetric" not in (local_nat, remote_nat)
+
+
 def plan(local: Candidates, remote: Candidates, own_public: Iterable[str],
          udp_punch_tried: bool) -> TcpPunchPlan:
     """Whether and where to punch: ``local`` are our candidates, ``remote`` the peer's as the
@@ -65,7 +71,7 @@ def plan(local: Candidates, remote: Candidates, own_public: Iterable[str],
     address(es), ``udp_punch_tried`` whether the race punches UDP too."""
     if local.reachable or remote.reachable:
         return TcpPunchPlan((), 0.0, "a side accepts connections: a plain dial reaches it")
-    if "symmetric" in (local.nat, remote.nat):
+    if not nat_allows(local.nat, remote.nat):
         return TcpPunchPlan((), 0.0, "a symmetric NAT picks a random port per connection")
     ours = frozenset(own_public)
     mapped = frozenset(remote.mapped_tcp)
