@@ -20,7 +20,6 @@ from typing import Any
 
 from overlay.call.session import DEFAULT_BITRATE_BPS, MAX_BITRATE_BPS, MIN_BITRATE_BPS
 from overlay.cli.common import (
-    EXIT_FAILURE,
     EXIT_NOT_ACCEPTED,
     EXIT_OFFLINE,
     EXIT_OK,
@@ -28,11 +27,11 @@ from overlay.cli.common import (
     EXIT_USAGE,
     positive,
     rate,
+    refused,
     run_async,
 )
 from overlay.client.control import ControlSocketError, control_request_async
 from overlay.core.records import RecordError
-from overlay.core.text import printable
 from overlay.core.user_ref import parse_user_ref
 from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S
 
@@ -122,10 +121,8 @@ def cmd_call(args: argparse.Namespace) -> int:
             done.set()
             await live
         if not reply.get("ok"):
-            print(f"overlay call: {printable(str(reply.get('error', 'failed')))}",
-                  file=sys.stderr)
-            return {"offline": EXIT_OFFLINE, "not_accepted": EXIT_NOT_ACCEPTED}.get(
-                str(reply.get("reason")), EXIT_FAILURE)
+            return refused("call", reply,
+                           {"offline": EXIT_OFFLINE, "not_accepted": EXIT_NOT_ACCEPTED})
         for line in [*(reply.get("lines") or []), reply.get("final")]:
             if isinstance(line, dict):
                 printer.line(line)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Coroutine
+import sys
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from overlay.core.addresses import AddressError, parse_hostport, parse_hostports
 from overlay.core.records import RecordError, check_name
+from overlay.core.text import printable
 from overlay.core.units import parse_rate, parse_size
 from overlay.core.user_ref import UserRef, parse_user_ref
 
@@ -23,6 +25,16 @@ EXIT_CONFLICT = 4
 EXIT_NOT_ACCEPTED = 5
 EXIT_INTERRUPTED = 130
 EXIT_UNAVAILABLE = 69
+
+
+def refused(command: str, reply: Mapping[str, Any], codes: Mapping[str, int]) -> int:
+    """Report a control reply with ``ok: false`` on stderr and return its exit code.
+
+    The error may carry a peer's words (a refusal, a decline): it is printed escaped, never
+    obeyed. ``codes`` maps the reply's ``reason`` to an exit code; any other reason is
+    :data:`EXIT_FAILURE`."""
+    print(f"overlay {command}: {printable(str(reply.get('error', 'failed')))}", file=sys.stderr)
+    return codes.get(str(reply.get("reason")), EXIT_FAILURE)
 
 
 def hostport(text: str) -> tuple[str, int]:

@@ -18,17 +18,16 @@ from typing import Any
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from overlay.cli.common import (
-    EXIT_FAILURE,
     EXIT_NOT_ACCEPTED,
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     positive,
+    refused,
     run_async,
 )
 from overlay.client.control import ControlSocketError, control_request_async
 from overlay.core.records import RecordError
-from overlay.core.text import printable
 from overlay.core.user_ref import parse_user_ref
 from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S
 
@@ -113,10 +112,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             done.set()
             await bar
         if not reply.get("ok"):
-            # the error may carry a peer's words (a refusal, a decline): escaped, never obeyed
-            print(f"overlay send: {printable(str(reply.get('error', 'failed')))}",
-                  file=sys.stderr)
-            return EXIT_NOT_ACCEPTED if reply.get("reason") == "not_accepted" else EXIT_FAILURE
+            return refused("send", reply, {"not_accepted": EXIT_NOT_ACCEPTED})
         result = {k: reply.get(k)
                   for k in ("path", "technique", "relay", "bytes", "seconds", "sha256")}
         if args.json:
