@@ -119,7 +119,7 @@ def technique(selected: str | None, inbound_via_mapping: bool,
     """
     if selected is None:
         return "unknown"
-    if selected.startswith("relay"):
+    if is_relay(selected):
         return "relay"
     if selected.startswith("tcp-dial-lan") or (selected == "tcp-accept" and inbound_on_lan):
         return "lan"
