@@ -25,6 +25,7 @@ from overlay.media.birthday import (
 )
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import LINGER_S, PROBE_BYTES, PunchFailed, punch_key
+from overlay.media.punch_io import drive
 from overlay.media.quic.connect import CONNECT_TIMEOUT_S, quic_connect
 from overlay.media.quic.stream import QuicByteStream
 from overlay.media.stream import MediaStream, RelayRef
@@ -146,7 +147,6 @@ class SocketOwningStream:
 
 async def _run(puncher: BirthdayPuncher, media: MediaSocket, extra: ExtraSockets) -> None:
     """Punch until the puncher succeeded or failed."""
-    loop = asyncio.get_running_loop()
     changed = media.add_puncher(puncher)
 
     def flush_extra(now: float) -> None:
@@ -160,21 +160,7 @@ async def _run(puncher: BirthdayPuncher, media: MediaSocket, extra: ExtraSockets
         changed.set()
 
     extra.start_reading(on_probe)
-    while True:
-        now = time.monotonic()
-        puncher.handle_timer(now)
-        for data, addr in puncher.datagrams_to_send(now):
-            media.sendto(data, addr)
-        flush_extra(now)
-        if puncher.state != "punching":
-            return
-        due = puncher.get_timer()
-        changed.clear()
-        timer = loop.call_later(max(0.0, (due or now) - now), changed.set)
-        try:
-            await changed.wait()
-        finally:
-            timer.cancel()
+    await drive(puncher, media, changed, flush_extra)
 
 
 async def birthday_path(

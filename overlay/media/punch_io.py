@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from overlay.core.addresses import Address
 from overlay.media.media_socket import MediaSocket
@@ -24,29 +24,15 @@ async def punch(
     and False on the other side (they must differ). The session keeps answering the peer's
     probes for ``LINGER_S`` afterwards, and the addresses it verified stay available to
     :func:`overlay.media.quic.connect.quic_connect` through ``media.puncher(session_id)``."""
-    loop = asyncio.get_running_loop()
     puncher = Puncher(session_id, key, local_candidates, remote_candidates,
                       initiator=initiator, now=time.monotonic(), timeout=timeout)
     changed = media.add_puncher(puncher)
     try:
-        while True:
-            now = time.monotonic()
-            puncher.handle_timer(now)
-            for data, addr in puncher.datagrams_to_send(now):
-                media.sendto(data, addr)
-            if puncher.state == "succeeded":
-                assert puncher.selected is not None
-                media.remove_puncher(session_id, after=LINGER_S)
-                return puncher.selected
-            if puncher.state == "failed":
-                break
-            deadline = puncher.get_timer()
-            changed.clear()
-            timer = loop.call_later(max(0.0, (deadline or now) - now), changed.set)
-            try:
-                await changed.wait()
-            finally:
-                timer.cancel()
+        await drive(puncher, media, changed)
+        if puncher.state == "succeeded":
+            assert puncher.selected is not None
+            media.remove_puncher(session_id, after=LINGER_S)
+            return puncher.selected
     except BaseException:
         media.remove_puncher(session_id)
         raise
@@ -55,3 +41,27 @@ async def punch(
     tried = ", ".join(f"{h}:{p}" for h, p in puncher.targets) or "no candidates"
     raise PunchFailed(f"no answer from the peer in {elapsed:.1f}s "
                       f"({puncher.probes_sent} probes to {tried})")
+
+
+async def drive(puncher: Puncher, media: MediaSocket, changed: asyncio.Event,
+                also_send: Callable[[float], None] | None = None) -> None:
+    """Run ``puncher`` until it is no longer punching: fire its timer, send what it has for
+    the media socket (and, through ``also_send``, for any other socket), then wait for a
+    probe (``changed``, from :meth:`MediaSocket.add_puncher`) or its next timer."""
+    loop = asyncio.get_running_loop()
+    while True:
+        now = time.monotonic()
+        puncher.handle_timer(now)
+        for data, addr in puncher.datagrams_to_send(now):
+            media.sendto(data, addr)
+        if also_send is not None:
+            also_send(now)
+        if puncher.state != "punching":
+            return
+        due = puncher.get_timer()
+        changed.clear()
+        timer = loop.call_later(max(0.0, (due or now) - now), changed.set)
+        try:
+            await changed.wait()
+        finally:
+            timer.cancel()
