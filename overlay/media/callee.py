@@ -23,11 +23,11 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.attachment import AttachmentPort, ContactsPort
 from overlay.media.connect import (
+    LateDirect,
     NoPath,
     Timeline,
     close_later,
     connect_as_responder,
-    technique,
 )
 from overlay.media.consent import (
     ANSWER,
@@ -39,6 +39,7 @@ from overlay.media.consent import (
 )
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.path_move import Moving
 from overlay.media.path_opening import CALL, OpenedPath, close_quietly, retrieve
 from overlay.media.paths import Paths
 from overlay.media.relay_paths import RelayPaths
@@ -53,11 +54,15 @@ from overlay.media.signalling import (
 )
 from overlay.media.stream import MediaStream
 from overlay.media.tcp_punch_io import EarlyPunches
+from overlay.media.techniques import technique
 from overlay.media.transfer import PartialStore, TransferError, receive_file
 
 log = get_logger(__name__)
 
 MAX_RECENT = 32
+#: the responder keeps its direct attempts this much longer than the caller (whose window
+#: starts at its SELECT, which reaches us later)
+LATE_MARGIN_S = 2.0
 
 
 class Callee:
@@ -164,6 +169,7 @@ class Callee:
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
                                  "first_byte_at": None, "done_at": None, "path": None}
         early = EarlyPunches()
+        late: LateDirect | None = None
         try:
             local = await self.paths.candidates(session)
             setup.add("candidates")
@@ -184,9 +190,13 @@ class Callee:
             # the answer's keys, also proves the answer arrived: no need to wait for our
             # supernode's word on its delivery, which can take seconds between supernodes)
             attempts = early.start(attempts)
+            plan = self.paths.plan(local, invite.candidates, attempts, slog,
+                                   upgrade=invite.purpose != CALL)
+            # the caller's window starts at its SELECT, a little after ours
+            late = LateDirect(plan.upgrade_s + LATE_MARGIN_S) if plan.upgrade_s > 0 else None
             racing = asyncio.ensure_future(connect_as_responder(
                 attempts, self.paths.securer(s, shared, transcript),
-                staggers=self.paths.plan(local, invite.candidates, attempts, slog)[0], log=slog))
+                staggers=plan.staggers, log=slog, late=late))
             delivery = asyncio.ensure_future(session.signal(
                 invite.from_user, answer.wire, to_device=invite.from_device))
             try:
@@ -219,27 +229,41 @@ class Callee:
                     await close_quietly(stream)
                 return
             entry["path"] = stream.path
-            entry["technique"] = technique(timeline.selected,
-                                           self.paths.inbound_via_mapping(invite.candidates),
-                                           self.paths.inbound_on_lan(s, invite.candidates))
+            entry["technique"] = self._technique(timeline.selected, s, invite)
             self._remember(entry)
+            moving = Moving(stream, late) if late is not None and late.armed else None
             try:
-                done = await receive_file(stream, self.config.inbox, partials=self.partials,
-                                          sender=invite.from_user, guard=self.inbox_guard)
+                if moving is None:
+                    done = await receive_file(stream, self.config.inbox, partials=self.partials,
+                                              sender=invite.from_user, guard=self.inbox_guard)
+                else:
+                    done = await moving.receive(self.config.inbox, self.partials,
+                                                invite.from_user, self.inbox_guard)
             finally:
                 await close_quietly(stream)
+                if moving is not None:
+                    await close_quietly(moving.stream)
+            if moving is not None and moving.moved_from is not None:
+                entry.update(path=moving.stream.path, upgraded_from=moving.moved_from,
+                             technique=self._technique(moving.attempt, s, invite))
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,
                          first_byte_at=done.first_byte_at, done_at=time.time())
             slog.info("file_received", from_user=invite.from_user, name=done.name,
-                     bytes=done.bytes, path=stream.path)
+                     bytes=done.bytes, path=entry["path"])
         except (NoPath, TransferError, SessionError, SignallingError, PathLost) as exc:
             entry["error"] = str(exc)
             self._remember(entry)
             slog.warning("incoming_transfer_failed", from_user=invite.from_user, error=str(exc))
         finally:
+            if late is not None:
+                late.close()
             early.release()
             self.sessions.pop(s.session_id, None)
             self.paths.listener.forget(s.session_id)
+
+    def _technique(self, selected: str | None, s: Session, invite: Offer) -> str:
+        return technique(selected, self.paths.inbound_via_mapping(invite.candidates),
+                         self.paths.inbound_on_lan(s, invite.candidates))
 
     def _remember(self, entry: dict[str, Any]) -> None:
         if entry not in self.transfers:

@@ -14,6 +14,10 @@ candidates that :mod:`overlay.media.candidate_policy` allows (the media service 
 Both sides may complete more than one path (two TCP connections crossing, say). The invite's
 sender decides: it sends ``SELECT`` on the first path it completed and closes the others; the
 other side uses the path on which ``SELECT`` arrives. A decision timeline is logged.
+
+Relay first, upgrade later: given a :class:`LateDirect`, a race that selected a relay keeps
+its direct attempts running for the plan's window; the first that completes is SELECTed by
+the initiator too, and offered to whoever moves the transfer (:mod:`overlay.media.path_move`).
 """
 
 from __future__ import annotations
@@ -99,42 +103,6 @@ def close_later(stream: ByteStream | None) -> None:
     _closing.spawn(close())
 
 
-def technique(selected: str | None, inbound_via_mapping: bool,
-              inbound_on_lan: bool = False) -> str:
-    """How the path of the ``selected`` attempt got through, as ``overlay send --json``
-    reports it (next to ``path``):
-
-    - ``lan``: we dialled the peer's address on the LAN both share (``tcp-dial-lan-N``), or
-      the peer's connection reached our listener from such an address (``inbound_on_lan``);
-    - ``mapping``: we dialled the peer's router-mapped address, or the peer's connection
-      reached our listener through our own mapping (``inbound_via_mapping``);
-    - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
-    - ``simple``: UDP hole punching, both sides probing each other's candidates;
-    - ``simultaneous-open``: TCP hole punching, both sides connecting from their listener's
-      port at the same time (:mod:`overlay.media.tcp_punch`);
-    - ``birthday``: UDP hole punching with one symmetric side: its extra sockets against the
-      other side's random-port probes (:mod:`overlay.media.birthday`);
-    - ``relay``: through a supernode's relay;
-    - ``unknown``: nothing was selected.
-    """
-    if selected is None:
-        return "unknown"
-    if selected.startswith("relay"):
-        return "relay"
-    if selected.startswith("tcp-dial-lan") or (selected == "tcp-accept" and inbound_on_lan):
-        return "lan"
-    if selected == "udp-punch":
-        return "simple"
-    if selected.startswith("tcp-punch"):
-        return "simultaneous-open"
-    if selected == "udp-birthday":
-        return "birthday"
-    if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
-                                                  and inbound_via_mapping):
-        return "mapping"
-    return "dial"
-
-
 class NoPath(MediaError):
     """No path completed an authenticated handshake in time; ``timeline`` is the race's."""
 
@@ -206,13 +174,101 @@ def is_relay(name: str) -> bool:
     return name.startswith("relay")
 
 
+class LateDirect:
+    """The direct attempts still running after a relay was selected, for ``window_s``: the
+    first that completes (the initiator's: authenticated, then SELECTed by it; the
+    responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). Closed by
+    whoever opened the path (:meth:`close`: stops the attempts, closes a path not taken)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        #: set when a relay was selected and the direct attempts kept running
+        self.armed = False
+        #: set when a direct path completed: :attr:`chosen`
+        self.arrived = asyncio.Event()
+        self.chosen: tuple[str, MediaStream] | None = None
+        self._taken = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ended = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeline: Timeline | None = None
+
+    def arm(self, tasks: list[asyncio.Task[None]], timeline: Timeline) -> None:
+        """A relay was selected: ``tasks`` (the direct attempts) run on for the window."""
+        self.armed = True
+        self._timeline = timeline
+        self._tasks = [t for t in tasks if not t.done()]
+        if not self._tasks:
+            self._ended.set()
+            return
+        timeline.add("direct attempts run on for an upgrade")
+        self._timer = asyncio.get_running_loop().call_later(self.window_s, self._stop)
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, _: asyncio.Task[None]) -> None:
+        if all(t.done() for t in self._tasks):
+            self._ended.set()
+
+    async def offer(self, name: str, stream: MediaStream, select: bool) -> None:
+        """Direct attempt ``name`` completed after the selection: the first one is chosen
+        (``select``: we are the initiator and SELECT it first); the others are closed."""
+        if self.chosen is not None or self._ended.is_set():
+            close_later(stream)
+            return
+        self.chosen = (name, stream)
+        if select:
+            try:
+                await stream.send(SELECT)
+            except Exception:  # the path broke at once: no upgrade from it
+                self.chosen = None
+                close_later(stream)
+                return
+        if self._timeline is not None:
+            self._timeline.add(f"upgrade: {name}")
+        self.arrived.set()
+        self._stop()
+
+    def _stop(self) -> None:
+        """The window is over or a path was chosen: stop the attempts still running."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._ended.set()
+        current = asyncio.current_task()
+        _stop_losers([t for t in self._tasks if t is not current])
+
+    async def wait(self) -> tuple[str, MediaStream] | None:
+        """The direct path to move to, once one completed; None when none did in time."""
+        if not self.armed:
+            return None
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.arrived, self._ended)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.chosen
+
+    def take(self) -> None:
+        """The chosen path is in use: :meth:`close` leaves it open."""
+        self._taken = True
+
+    def close(self) -> None:
+        self._stop()
+        if self.chosen is not None and not self._taken:
+            close_later(self.chosen[1])
+
+
 async def _first_of(
     attempts: dict[str, Attempt], securer: Securer, timeline: Timeline,
     staggers: dict[str, float], timeout: float, prefer_direct_s: float = 0.0,
-) -> tuple[dict[str, MediaStream], dict[str, str]]:
+    late: LateDirect | None = None,
+) -> tuple[dict[str, MediaStream], dict[str, str], list[asyncio.Task[None]]]:
     """Run attempts (each delayed by its stagger); return the ones that completed the
     handshake so far once the first does (when only relays did and ``prefer_direct_s`` > 0,
-    once a direct one does too or that long after), plus the errors of those that failed."""
+    once a direct one does too or that long after), the errors of those that failed, and the
+    attempts' tasks (stopped, unless ``late`` is given: then the caller stops them). A direct
+    attempt that completes once ``late`` is armed goes to it."""
     completed: dict[str, MediaStream] = {}
     errors: dict[str, str] = {}
     first = asyncio.Event()
@@ -220,7 +276,7 @@ async def _first_of(
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers))
-        if first.is_set():
+        if first.is_set() and not (late is not None and late.armed and not is_relay(name)):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -237,6 +293,9 @@ async def _first_of(
             close_later(raw)
             raise
         timeline.add(f"{name}: authenticated")
+        if late is not None and late.armed:
+            await late.offer(name, secured, select=True)
+            return
         completed[name] = secured
         first.set()
         if not is_relay(name):
@@ -254,10 +313,14 @@ async def _first_of(
             await _wait_for_direct(attempts, tasks, direct, prefer_direct_s, timeline)
     except TimeoutError:
         pass
+    except BaseException:
+        _stop_losers(tasks)
+        raise
     finally:
         waiter.cancel()
+    if late is None:
         _stop_losers(tasks)
-    return completed, errors
+    return completed, errors, tasks
 
 
 async def _wait_for_direct(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]],
@@ -280,6 +343,12 @@ async def _wait_for_direct(attempts: dict[str, Attempt], tasks: list[asyncio.Tas
         preferred.cancel()
 
 
+def _earliest(names: dict[str, MediaStream] | list[str], timeline: Timeline) -> str:
+    """Of these completed attempts, the one that authenticated first."""
+    return min(names, key=lambda n: next(t for t, e in timeline.events
+                                         if e == f"{n}: authenticated"))
+
+
 def _stop_losers(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the attempts still running, without waiting for them: the selected path
     must not wait for a losing one to wind down (a QUIC close at 400 ms RTT took up to
@@ -294,24 +363,31 @@ def _stop_losers(tasks: list[asyncio.Task[None]]) -> None:
 async def connect_as_initiator(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 12.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
-    prefer_direct_s: float = 0.0,
+    prefer_direct_s: float = 0.0, late: LateDirect | None = None,
 ) -> tuple[MediaStream, Timeline]:
     """Race the attempts, select the first path that authenticated, close the others.
     With ``prefer_direct_s``, a direct path that authenticates within that long after a
-    relay did is selected instead. ``log`` is the caller's logger, bound to its session."""
+    relay did is selected instead. With ``late``, a selected relay leaves the direct attempts
+    running (:class:`LateDirect`). ``log`` is the caller's logger, bound to its session."""
     timeline = Timeline()
-    completed, errors = await _first_of(
+    completed, errors, tasks = await _first_of(
         attempts, securer, timeline,
-        staggers or default_staggers(attempts), timeout, prefer_direct_s)
+        staggers or default_staggers(attempts), timeout, prefer_direct_s, late)
     if not completed:
+        _stop_losers(tasks)
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
         raise NoPath(f"no path: {detail}", timeline)
     direct_done = [n for n in completed if not is_relay(n)]
-    winner_name = min(direct_done if prefer_direct_s > 0 and direct_done else completed,
-                      key=lambda n: next(t for t, e in timeline.events
-                                         if e == f"{n}: authenticated"))
+    winner_name = _earliest(direct_done if prefer_direct_s > 0 and direct_done else completed,
+                            timeline)
     winner = completed.pop(winner_name)
+    if late is not None and is_relay(winner_name):
+        named = dict(zip(attempts, tasks, strict=True))
+        _stop_losers([t for n, t in named.items() if is_relay(n)])
+        late.arm([t for n, t in named.items() if not is_relay(n)], timeline)
+    elif late is not None:
+        _stop_losers(tasks)
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
@@ -324,8 +400,10 @@ async def connect_as_initiator(
 async def connect_as_responder(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 15.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
+    late: LateDirect | None = None,
 ) -> tuple[MediaStream, Timeline]:
-    """Complete whatever paths work, and use the one the initiator selects. ``log`` is the
+    """Complete whatever paths work, and use the one the initiator selects. With ``late``, a
+    selected relay leaves the direct attempts running (:class:`LateDirect`). ``log`` is the
     caller's logger, bound to its session."""
     timeline = Timeline()
     loop = asyncio.get_running_loop()
@@ -334,7 +412,7 @@ async def connect_as_responder(
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers or default_staggers(attempts)))
-        if selected.done():
+        if selected.done() and not (late is not None and late.armed and not is_relay(name)):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -357,8 +435,14 @@ async def connect_as_responder(
         except BaseException:  # another path was selected: release this one
             close_later(raw)
             raise
-        if first[: len(SELECT)] == SELECT and not selected.done():
+        chosen = first[: len(SELECT)] == SELECT
+        if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first[len(SELECT):])))
+            if late is not None and is_relay(name):
+                late.arm([t for n, t in zip(attempts, tasks, strict=True) if not is_relay(n)],
+                         timeline)
+        elif chosen and late is not None and late.armed and not is_relay(name):
+            await late.offer(name, Pushback(stream, first[len(SELECT):]), select=False)
         else:
             await stream.close()
 
@@ -372,7 +456,10 @@ async def connect_as_responder(
     except TimeoutError:
         pass
     finally:  # also when the caller cancels us (its answer could not be delivered)
-        _stop_losers(tasks)
+        if late is not None and late.armed:  # the direct attempts are late's now
+            _stop_losers([t for n, t in zip(attempts, tasks, strict=True) if is_relay(n)])
+        else:
+            _stop_losers(tasks)
     if not selected.done():
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)

@@ -22,7 +22,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef
 from overlay.media.attachment import AttachmentPort, ContactsPort
-from overlay.media.connect import NoPath, Timeline, connect_as_initiator
+from overlay.media.connect import LateDirect, NoPath, Timeline, connect_as_initiator
 from overlay.media.consent import (
     DECLINED,
     NotAccepted,
@@ -57,6 +57,8 @@ class OpenedPath:
     #: the X25519 secret and the transcript hash of the signed invite and answer
     shared: bytes
     transcript: bytes
+    #: a relay was selected and direct attempts run on: the path a file transfer may move to
+    late: LateDirect | None = None
 
 
 class PathOpener:
@@ -153,18 +155,28 @@ class PathOpener:
             transcript = transcript_hash(invite, answer)
             attempts = self.paths.attempts(s, local, answer.candidates, shared, transcript)
             attempts.update(self.relays.attempts(s, invite, answer))
-            staggers, prefer_direct_s = self.paths.plan(local, answer.candidates, attempts, slog)
+            plan = self.paths.plan(local, answer.candidates, attempts, slog,
+                                   upgrade=purpose == FILE)
+            late = LateDirect(plan.upgrade_s) if plan.upgrade_s > 0 else None
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self.paths.securer(s, shared, transcript), staggers=staggers,
-                    prefer_direct_s=prefer_direct_s, log=slog)
+                    attempts, self.paths.securer(s, shared, transcript),
+                    staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s, log=slog,
+                    late=late)
             except NoPath as exc:
                 self.paths.count_race(local, answer.candidates, exc.timeline, setup, slog)
                 raise SendFailed(f"no path to {to_user}: {exc}") from None
+            except BaseException:
+                if late is not None:
+                    late.close()
+                raise
             self.paths.count_race(local, answer.candidates, timeline, setup, slog)
             try:
-                yield OpenedPath(s, invite, answer, stream, timeline, shared, transcript)
+                yield OpenedPath(s, invite, answer, stream, timeline, shared, transcript,
+                                 late if late is not None and late.armed else None)
             finally:
+                if late is not None:
+                    late.close()
                 await close_quietly(stream)
         finally:
             self.sessions.pop(s.session_id, None)

@@ -219,15 +219,17 @@ class Paths:
         return punch_attempts(plan, self.listener.port, s.session_id)
 
     def plan(self, local: Candidates, remote: Candidates, attempts: dict[str, Attempt],
-              slog: FilteringBoundLogger) -> tuple[dict[str, float], float]:
-        """When each kind of attempt starts for this pair, and how long a late direct path
-        is preferred to a relay (:mod:`.direct_paths`)."""
+             slog: FilteringBoundLogger, upgrade: bool = False) -> direct_paths.RacePlan:
+        """When each kind of attempt starts for this pair (the defaults, changed where
+        :mod:`.direct_paths` says), how long a late direct path is preferred to a relay, and
+        (``upgrade``: the path's user can move) how long one may take over from a relay."""
         plan = direct_paths.plan(
-            local, remote, direct_paths.one_network(self.own_reflexive(), remote))
+            local, remote, direct_paths.one_network(self.own_reflexive(), remote), upgrade)
         if plan.staggers:
             slog.info("race_plan", local_nat=local.nat, remote_nat=remote.nat,
-                      staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s)
-        return {**default_staggers(attempts), **plan.staggers}, plan.prefer_direct_s
+                      staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s,
+                      upgrade_s=plan.upgrade_s)
+        return replace(plan, staggers={**default_staggers(attempts), **plan.staggers})
 
     def securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.media import transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.callee import Callee
-from overlay.media.connect import MediaListener, technique
+from overlay.media.connect import MediaListener
 from overlay.media.connect_stats import ConnectStats
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
@@ -35,14 +36,16 @@ from overlay.media.consent import (
 )
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.path_move import Moving
 from overlay.media.path_opening import CALL as CALL
-from overlay.media.path_opening import FILE, PathOpener
+from overlay.media.path_opening import FILE, PathOpener, close_quietly
 from overlay.media.path_opening import OpenedPath as OpenedPath
 from overlay.media.paths import Paths
 from overlay.media.relay_paths import RelayPaths
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.session import LostMidTransfer, MediaConfig, Session
 from overlay.media.signalling import Offer
+from overlay.media.techniques import technique
 from overlay.media.transfer import (
     PartialStore,
     TransferError,
@@ -232,28 +235,45 @@ class MediaService:
                                       progress) as opened:
                 stream, timeline, answer = opened.stream, opened.timeline, opened.answer
                 progress.update(path=stream.path, state="sending")
+                moving = Moving(stream, opened.late) if opened.late is not None else None
 
                 def update(sent: int, size: int) -> None:
                     progress.update(sent=sent, size=size)
+                    if moving is not None:
+                        progress.update(path=moving.stream.path)
 
+                started = time.monotonic()
                 try:
-                    done = await send_file(stream, path, update, transfer_id, sha,
-                                           first_attempt=first_attempt)
+                    if moving is None:
+                        done = await send_file(stream, path, update, transfer_id, sha,
+                                               first_attempt=first_attempt)
+                    else:
+                        done = await moving.send(path, update, transfer_id, sha,
+                                                 first_attempt=first_attempt)
                 except PathLost as exc:
+                    lost = stream if moving is None else moving.stream
                     raise LostMidTransfer(
-                        f"{stream.path} lost after {progress['sent']} bytes: {exc}",
-                        stream.relay, at_relay_limit=transport_hooks.at_relay_limit(exc)
+                        f"{lost.path} lost after {progress['sent']} bytes: {exc}",
+                        lost.relay, at_relay_limit=transport_hooks.at_relay_limit(exc)
                     ) from None
                 except TransferError as exc:
                     raise SendFailed(f"transfer failed: {exc}") from None
-                return {"path": stream.path,
-                        "technique": technique(timeline.selected,
+                finally:
+                    if moving is not None:
+                        await close_quietly(moving.stream)
+                final, selected, seconds = stream, timeline.selected, done.seconds
+                if moving is not None and moving.moved_from is not None:
+                    final, selected = moving.stream, moving.attempt
+                    seconds = time.monotonic() - started  # both paths
+                return {"path": final.path,
+                        "technique": technique(selected,
                                                self.paths.inbound_via_mapping(answer.candidates),
                                                self.paths.inbound_on_lan(opened.session,
-                                                                    answer.candidates)),
-                        "relay": stream.relay.id if stream.relay else None,
-                        "bytes": done.bytes, "seconds": round(done.seconds, 4),
+                                                                         answer.candidates)),
+                        "relay": final.relay.id if final.relay else None,
+                        "bytes": done.bytes, "seconds": round(seconds, 4),
                         "sha256": done.sha256, "resumed_from": done.resumed_from,
+                        "upgraded_from": moving.moved_from if moving is not None else None,
                         "timeline": timeline.events}
         finally:
             self.sending.remove(progress)
