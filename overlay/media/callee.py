@@ -249,7 +249,8 @@ class Callee:
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,
                          first_byte_at=done.first_byte_at, done_at=time.time())
             slog.info("file_received", from_user=invite.from_user, name=done.name,
-                     bytes=done.bytes, path=entry["path"])
+                     bytes=done.bytes, path=entry["path"], resumed_from=done.resumed_from,
+                     upgraded_from=entry.get("upgraded_from"))
         except (NoPath, TransferError, SessionError, SignallingError, PathLost) as exc:
             entry["error"] = str(exc)
             self._remember(entry)
