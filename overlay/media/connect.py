@@ -33,12 +33,11 @@ from structlog.typing import FilteringBoundLogger
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
-from overlay.media.stream import ByteStream, MediaStream, TcpByteStream
+from overlay.media.stream import ByteStream, MediaStream
 
 log = get_logger(__name__)
 
 SELECT = b"\x00SELECT\x00"
-TCP_CONNECT_TIMEOUT_S = 3.0
 UDP_STAGGER_S = 0.25
 RELAY_STAGGER_S = 1.5
 
@@ -122,112 +121,112 @@ class Timeline:
         self.events.append((round(time.monotonic() - self.started, 4), event))
 
 
-class MediaListener:
-    """A client's TCP listener for direct connections; routes each incoming connection to
-    the session whose id it starts with."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.waiting: dict[bytes, asyncio.Queue[TcpByteStream]] = {}
-
-    async def start(self, host: str, port: int = 0) -> None:
-        # SO_REUSEPORT: TCP hole punching connects from this port while it listens
-        # (:mod:`overlay.media.tcp_punch_io`); Linux allows that only to the same user
-        self.server = await asyncio.start_server(self._accept, host, port, reuse_port=True)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5.0):
-                session_id = await reader.readexactly(16)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        queue = self.waiting.get(session_id)
-        if queue is None:
-            writer.close()  # not a session we expect: drop without a word
-            return
-        queue.put_nowait(TcpByteStream(reader, writer))
-
-    def expect(self, session_id: bytes) -> asyncio.Queue[TcpByteStream]:
-        return self.waiting.setdefault(session_id, asyncio.Queue())
-
-    def forget(self, session_id: bytes) -> None:
-        self.waiting.pop(session_id, None)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await self.server.wait_closed()
-
-
-async def dial_tcp(host: str, port: int, session_id: bytes) -> TcpByteStream:
-    async with asyncio.timeout(TCP_CONNECT_TIMEOUT_S):
-        reader, writer = await asyncio.open_connection(host, port)
-    writer.write(session_id)
-    return TcpByteStream(reader, writer)
-
-
 def is_relay(name: str) -> bool:
     return name.startswith("relay")
 
 
 class LateDirect:
-    """The direct attempts still running after a relay was selected, for ``window_s``: the
-    first that completes (the initiator's: authenticated, then SELECTed by it; the
-    responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). Closed by
-    whoever opened the path (:meth:`close`: stops the attempts, closes a path not taken)."""
+    """The attempts still running after a path was selected, for ``window_s`` (None: until
+    :meth:`close`). For a file (``keep_relays`` False, a relay selected): the first direct
+    path that completes (the initiator's: authenticated, then SELECTed by it; the
+    responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). For a call
+    (``keep_relays``): the other relays that complete are kept as spares too, and the
+    initiator SELECTs one when the path in use dies (:meth:`fail_over`); each path the peer
+    or we SELECT later comes out of :meth:`next_path`. Closed by whoever opened the path
+    (:meth:`close`: stops the attempts, closes the paths not taken)."""
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float | None, keep_relays: bool = False) -> None:
         self.window_s = window_s
-        #: set when a relay was selected and the direct attempts kept running
+        self.keep_relays = keep_relays
+        #: set when the race selected and the other attempts kept running
         self.armed = False
         #: set when a direct path completed: :attr:`chosen`
         self.arrived = asyncio.Event()
         self.chosen: tuple[str, MediaStream] | None = None
         self._taken = False
+        self._selected: asyncio.Queue[tuple[str, MediaStream]] = asyncio.Queue()
+        #: completed paths not selected (the initiator's, for a call)
+        self.spares: list[tuple[str, MediaStream]] = []
+        self._used: list[MediaStream] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._ended = asyncio.Event()
+        self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._timeline: Timeline | None = None
+        self._on_relay = False
 
-    def arm(self, tasks: list[asyncio.Task[None]], timeline: Timeline) -> None:
-        """A relay was selected: ``tasks`` (the direct attempts) run on for the window."""
+    def arm(self, tasks: list[asyncio.Task[None]], timeline: Timeline, selected: str) -> None:
+        """Attempt ``selected`` won: ``tasks`` (the attempts kept) run on for the window."""
         self.armed = True
+        self._on_relay = is_relay(selected)
         self._timeline = timeline
         self._tasks = [t for t in tasks if not t.done()]
         if not self._tasks:
             self._ended.set()
             return
-        timeline.add("direct attempts run on for an upgrade")
-        self._timer = asyncio.get_running_loop().call_later(self.window_s, self._stop)
+        timeline.add("other attempts run on")
+        if self.window_s is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._stop)
         for task in self._tasks:
             task.add_done_callback(self._task_done)
+
+    def keeps(self, name: str) -> bool:
+        """Attempt ``name`` runs on after the selection (once armed)."""
+        return self.armed and (self.keep_relays or not is_relay(name))
+
+    def kept(self, task: asyncio.Task[None]) -> bool:
+        return task in self._tasks
 
     def _task_done(self, _: asyncio.Task[None]) -> None:
         if all(t.done() for t in self._tasks):
             self._ended.set()
 
     async def offer(self, name: str, stream: MediaStream, select: bool) -> None:
-        """Direct attempt ``name`` completed after the selection: the first one is chosen
-        (``select``: we are the initiator and SELECT it first); the others are closed."""
-        if self.chosen is not None or self._ended.is_set():
+        """Attempt ``name`` completed after the selection (``select``: we are the initiator;
+        the responder offers only paths the initiator SELECTed)."""
+        if self._closed or (not self.keep_relays and (self.chosen is not None
+                                                      or self._ended.is_set())):
             close_later(stream)
             return
-        self.chosen = (name, stream)
-        if select:
-            try:
-                await stream.send(SELECT)
-            except Exception:  # the path broke at once: no upgrade from it
-                self.chosen = None
-                close_later(stream)
-                return
+        if select and (is_relay(name) or not self._on_relay or self.chosen is not None):
+            self.spares.append((name, stream))  # a call's spare: SELECTed when needed
+            return
+        if select and not await self._select(name, stream):
+            return
+        if self.chosen is None:
+            self.chosen = (name, stream)
+            self.arrived.set()
+        self._selected.put_nowait((name, stream))
         if self._timeline is not None:
             self._timeline.add(f"upgrade: {name}")
-        self.arrived.set()
-        self._stop()
+        if not self.keep_relays:
+            self._stop()
+
+    @staticmethod
+    async def _select(name: str, stream: MediaStream) -> bool:
+        try:
+            await stream.send(SELECT)
+        except Exception:  # the path broke at once: not one to move to
+            close_later(stream)
+            return False
+        return True
+
+    async def fail_over(self) -> tuple[str, MediaStream] | None:
+        """The initiator's path in use died: SELECT a spare that still works (None: none)."""
+        while self.spares:
+            name, stream = self.spares.pop(0)
+            if await self._select(name, stream):
+                if self._timeline is not None:
+                    self._timeline.add(f"fail over: {name}")
+                self._used.append(stream)
+                return name, stream
+        return None
+
+    async def next_path(self) -> tuple[str, MediaStream]:
+        """The next path SELECTed after the race (a call moves to it)."""
+        chosen = await self._selected.get()
+        self._used.append(chosen[1])
+        return chosen
 
     def _stop(self) -> None:
         """The window is over or a path was chosen: stop the attempts still running."""
@@ -254,9 +253,20 @@ class LateDirect:
         self._taken = True
 
     def close(self) -> None:
+        self._closed = True
         self._stop()
-        if self.chosen is not None and not self._taken:
+        if self.chosen is not None and not self._taken and self.chosen[1] not in self._used:
             close_later(self.chosen[1])
+        for _, stream in self.spares:
+            close_later(stream)
+        self.spares.clear()
+        chosen = self.chosen[1] if self.chosen is not None else None
+        while not self._selected.empty():
+            stream = self._selected.get_nowait()[1]
+            if stream is not chosen and stream not in self._used:
+                close_later(stream)
+        for stream in self._used:
+            close_later(stream)
 
 
 async def _first_of(
@@ -276,7 +286,7 @@ async def _first_of(
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers))
-        if first.is_set() and not (late is not None and late.armed and not is_relay(name)):
+        if first.is_set() and not (late is not None and late.keeps(name)):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -382,17 +392,22 @@ async def connect_as_initiator(
     winner_name = _earliest(direct_done if prefer_direct_s > 0 and direct_done else completed,
                             timeline)
     winner = completed.pop(winner_name)
-    if late is not None and is_relay(winner_name):
+    if late is not None and (late.keep_relays or is_relay(winner_name)):
         named = dict(zip(attempts, tasks, strict=True))
-        _stop_losers([t for n, t in named.items() if is_relay(n)])
-        late.arm([t for n, t in named.items() if not is_relay(n)], timeline)
+        keep = [t for n, t in named.items()
+                if n != winner_name and (late.keep_relays or not is_relay(n))]
+        _stop_losers([t for t in tasks if t not in keep])
+        late.arm(keep, timeline, winner_name)
     elif late is not None:
         _stop_losers(tasks)
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
-    for loser in completed.values():
-        close_later(loser)
+    for name, loser in completed.items():
+        if late is not None and late.keep_relays:
+            late.spares.append((name, loser))
+        else:
+            close_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
     return winner, timeline
 
@@ -412,7 +427,7 @@ async def connect_as_responder(
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers or default_staggers(attempts)))
-        if selected.done() and not (late is not None and late.armed and not is_relay(name)):
+        if selected.done() and not (late is not None and late.keeps(name)):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -438,10 +453,11 @@ async def connect_as_responder(
         chosen = first[: len(SELECT)] == SELECT
         if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first[len(SELECT):])))
-            if late is not None and is_relay(name):
-                late.arm([t for n, t in zip(attempts, tasks, strict=True) if not is_relay(n)],
-                         timeline)
-        elif chosen and late is not None and late.armed and not is_relay(name):
+            if late is not None and (late.keep_relays or is_relay(name)):
+                late.arm([t for n, t in zip(attempts, tasks, strict=True)
+                          if n != name and (late.keep_relays or not is_relay(n))], timeline,
+                         name)
+        elif chosen and late is not None and late.keeps(name):
             await late.offer(name, Pushback(stream, first[len(SELECT):]), select=False)
         else:
             await stream.close()
@@ -456,8 +472,8 @@ async def connect_as_responder(
     except TimeoutError:
         pass
     finally:  # also when the caller cancels us (its answer could not be delivered)
-        if late is not None and late.armed:  # the direct attempts are late's now
-            _stop_losers([t for n, t in zip(attempts, tasks, strict=True) if is_relay(n)])
+        if late is not None and late.armed:  # the attempts kept are late's now
+            _stop_losers([t for t in tasks if not late.kept(t)])
         else:
             _stop_losers(tasks)
     if not selected.done():

@@ -28,13 +28,10 @@ from overlay.media import (
 )
 from overlay.media.attachment import AttachmentPort
 from overlay.media.connect import (
-    TCP_CONNECT_TIMEOUT_S,
     Attempt,
-    MediaListener,
     Securer,
     Timeline,
     default_staggers,
-    dial_tcp,
 )
 from overlay.media.connect_stats import ConnectStats
 from overlay.media.errors import PathLost
@@ -42,6 +39,7 @@ from overlay.media.portmap_io import PortMaps, default_gateway
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream
+from overlay.media.tcp_listener import TCP_CONNECT_TIMEOUT_S, MediaListener, dial_tcp
 from overlay.media.tcp_punch_io import punch_attempts
 
 log = get_logger(__name__)

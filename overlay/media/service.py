@@ -26,7 +26,6 @@ from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.media import transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.callee import Callee
-from overlay.media.connect import MediaListener
 from overlay.media.connect_stats import ConnectStats
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
@@ -45,6 +44,7 @@ from overlay.media.relay_paths import RelayPaths
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.session import LostMidTransfer, MediaConfig, Session
 from overlay.media.signalling import Offer
+from overlay.media.tcp_listener import MediaListener
 from overlay.media.techniques import technique
 from overlay.media.transfer import (
     PartialStore,

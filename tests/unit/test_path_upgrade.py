@@ -20,12 +20,12 @@ from overlay.media.connect import (
     MediaStream,
     connect_as_initiator,
     connect_as_responder,
-    dial_tcp,
 )
 from overlay.media.direct_paths import UPGRADE_WINDOW_S, plan
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.path_move import Moving
 from overlay.media.signalling import transcript_hash
+from overlay.media.tcp_listener import dial_tcp
 from overlay.media.transfer import PartialStore
 from tests.unit.test_direct_paths import KIND_CANDIDATES
 from tests.unit.test_relay_vouchers import offers, relay_supernode, services

@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-from overlay.media.connect import MediaListener
 from overlay.media.errors import PathLost
 from overlay.media.secure_stream import secure
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream
+from overlay.media.tcp_listener import MediaListener
 from overlay.media.tcp_punch import AFTER_UDP_PUNCH_S, TcpPunchPlan, plan
 from overlay.media.tcp_punch_io import EarlyPunches, punch_attempts, punch_tcp
 from overlay.media.techniques import technique
