@@ -40,7 +40,13 @@ from overlay.media.consent import (
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.path_move import Moving
-from overlay.media.path_opening import CALL, OpenedPath, close_quietly, retrieve
+from overlay.media.path_opening import (
+    CALL,
+    OpenedPath,
+    close_quietly,
+    late_paths,
+    retrieve,
+)
 from overlay.media.paths import Paths
 from overlay.media.relay_paths import RelayPaths
 from overlay.media.relay_vouchers import callee_signatures
@@ -190,10 +196,9 @@ class Callee:
             # the answer's keys, also proves the answer arrived: no need to wait for our
             # supernode's word on its delivery, which can take seconds between supernodes)
             attempts = early.start(attempts)
-            plan = self.paths.plan(local, invite.candidates, attempts, slog,
-                                   upgrade=invite.purpose != CALL)
+            plan = self.paths.plan(local, invite.candidates, attempts, slog, upgrade=True)
             # the caller's window starts at its SELECT, a little after ours
-            late = LateDirect(plan.upgrade_s + LATE_MARGIN_S) if plan.upgrade_s > 0 else None
+            late = late_paths(invite.purpose, plan.upgrade_s + LATE_MARGIN_S)
             racing = asyncio.ensure_future(connect_as_responder(
                 attempts, self.paths.securer(s, shared, transcript),
                 staggers=plan.staggers, log=slog, late=late))
@@ -224,7 +229,7 @@ class Callee:
             if invite.purpose == CALL and self.call_handler is not None:
                 try:
                     await self.call_handler(OpenedPath(s, invite, answer, stream, timeline,
-                                                       shared, transcript))
+                                                       shared, transcript, late))
                 finally:
                     await close_quietly(stream)
                 return

@@ -57,8 +57,17 @@ class OpenedPath:
     #: the X25519 secret and the transcript hash of the signed invite and answer
     shared: bytes
     transcript: bytes
-    #: a relay was selected and direct attempts run on: the path a file transfer may move to
+    #: the attempts that ran on after the selection: a direct path a file transfer may move
+    #: to (a relay was selected); a call's later paths and spare relays
     late: LateDirect | None = None
+
+
+def late_paths(purpose: str, upgrade_s: float) -> LateDirect | None:
+    """What runs on after a race for ``purpose``: a file's direct attempts for ``upgrade_s``
+    (0: none); a call's direct attempts and other relays for as long as the call lasts."""
+    if purpose == CALL:
+        return LateDirect(None, keep_relays=True)
+    return LateDirect(upgrade_s) if upgrade_s > 0 else None
 
 
 class PathOpener:
@@ -155,9 +164,8 @@ class PathOpener:
             transcript = transcript_hash(invite, answer)
             attempts = self.paths.attempts(s, local, answer.candidates, shared, transcript)
             attempts.update(self.relays.attempts(s, invite, answer))
-            plan = self.paths.plan(local, answer.candidates, attempts, slog,
-                                   upgrade=purpose == FILE)
-            late = LateDirect(plan.upgrade_s) if plan.upgrade_s > 0 else None
+            plan = self.paths.plan(local, answer.candidates, attempts, slog, upgrade=True)
+            late = late_paths(purpose, plan.upgrade_s)
             try:
                 stream, timeline = await connect_as_initiator(
                     attempts, self.paths.securer(s, shared, transcript),
