@@ -155,24 +155,40 @@ class LateDirect:
         self._timeline: Timeline | None = None
         self._on_relay = False
 
-    def arm(self, tasks: list[asyncio.Task[None]], timeline: Timeline, selected: str) -> None:
-        """Attempt ``selected`` won: ``tasks`` (the attempts kept) run on for the window."""
+    def wants(self, name: str, selected: str) -> bool:
+        """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
+        for a call), another relay only for a call on a relay (its spare: a call on a direct
+        path holds no relay session)."""
+        if name == selected or not (self.keep_relays or is_relay(selected)):
+            return False
+        return not is_relay(name) or (self.keep_relays and is_relay(selected))
+
+    def arm(self, named: dict[str, asyncio.Task[None]], timeline: Timeline,
+            selected: str) -> list[asyncio.Task[None]]:
+        """Attempt ``selected`` won: the attempts :meth:`wants` run on for the window; the
+        others are returned (to stop). Not armed when it wants none by kind."""
+        keep = [t for n, t in named.items() if self.wants(n, selected)]
+        others = [t for t in named.values() if t not in keep]
+        if not (self.keep_relays or is_relay(selected)):
+            return others
         self.armed = True
         self._on_relay = is_relay(selected)
+        tasks = keep
         self._timeline = timeline
         self._tasks = [t for t in tasks if not t.done()]
         if not self._tasks:
             self._ended.set()
-            return
+            return others
         timeline.add("other attempts run on")
         if self.window_s is not None:
             self._timer = asyncio.get_running_loop().call_later(self.window_s, self._stop)
         for task in self._tasks:
             task.add_done_callback(self._task_done)
+        return others
 
     def keeps(self, name: str) -> bool:
         """Attempt ``name`` runs on after the selection (once armed)."""
-        return self.armed and (self.keep_relays or not is_relay(name))
+        return self.armed and any(t.get_name() == name for t in self._tasks)
 
     def kept(self, task: asyncio.Task[None]) -> bool:
         return task in self._tasks
@@ -311,7 +327,7 @@ async def _first_of(
         if not is_relay(name):
             direct.set()
 
-    tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    tasks = [asyncio.create_task(run(n, a), name=n) for n, a in attempts.items()]
     waiter = asyncio.create_task(first.wait())
     try:
         async with asyncio.timeout(timeout):
@@ -392,14 +408,8 @@ async def connect_as_initiator(
     winner_name = _earliest(direct_done if prefer_direct_s > 0 and direct_done else completed,
                             timeline)
     winner = completed.pop(winner_name)
-    if late is not None and (late.keep_relays or is_relay(winner_name)):
-        named = dict(zip(attempts, tasks, strict=True))
-        keep = [t for n, t in named.items()
-                if n != winner_name and (late.keep_relays or not is_relay(n))]
-        _stop_losers([t for t in tasks if t not in keep])
-        late.arm(keep, timeline, winner_name)
-    elif late is not None:
-        _stop_losers(tasks)
+    if late is not None:
+        _stop_losers(late.arm(dict(zip(attempts, tasks, strict=True)), timeline, winner_name))
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
@@ -453,16 +463,14 @@ async def connect_as_responder(
         chosen = first[: len(SELECT)] == SELECT
         if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first[len(SELECT):])))
-            if late is not None and (late.keep_relays or is_relay(name)):
-                late.arm([t for n, t in zip(attempts, tasks, strict=True)
-                          if n != name and (late.keep_relays or not is_relay(n))], timeline,
-                         name)
+            if late is not None:  # what it does not keep is stopped below
+                late.arm(dict(zip(attempts, tasks, strict=True)), timeline, name)
         elif chosen and late is not None and late.keeps(name):
             await late.offer(name, Pushback(stream, first[len(SELECT):]), select=False)
         else:
             await stream.close()
 
-    tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    tasks = [asyncio.create_task(run(n, a), name=n) for n, a in attempts.items()]
     try:
         async with asyncio.timeout(timeout):
             done: asyncio.Future[object] = asyncio.ensure_future(
