@@ -131,3 +131,17 @@ async def test_a_transfer_moves_from_the_relay_to_a_later_direct_path(tmp_path: 
     assert received.sha256 == sha
     assert hashlib.sha256((inbox / "big.bin").read_bytes()).hexdigest() == sha
     assert not list(inbox.glob("*.partial"))
+
+
+def test_what_runs_on_after_the_selection() -> None:
+    file, call = LateDirect(UPGRADE_WINDOW_S), LateDirect(None, keep_relays=True)
+    # a file on a relay keeps its direct attempts only; on a direct path, nothing
+    assert [n for n in ("relay-1", "udp-birthday", "tcp-dial-0")
+            if file.wants(n, "relay-0")] == ["udp-birthday", "tcp-dial-0"]
+    assert not any(file.wants(n, "udp-punch") for n in ("relay-0", "tcp-dial-0"))
+    # a call on a relay keeps the other relays (its spares) and the direct attempts; on a
+    # direct path it holds no relay session
+    assert [n for n in ("relay-0", "relay-1", "udp-birthday")
+            if call.wants(n, "relay-0")] == ["relay-1", "udp-birthday"]
+    assert [n for n in ("relay-0", "tcp-accept") if call.wants(n, "udp-punch")] == \
+        ["tcp-accept"]
