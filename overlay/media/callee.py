@@ -249,6 +249,8 @@ class Callee:
                 if moving is not None:
                     await close_quietly(moving.stream)
             if moving is not None and moving.moved_from is not None:
+                self.paths.connect_stats.record_upgrade(local.nat, invite.candidates.nat,
+                                                        timeline.events)
                 entry.update(path=moving.stream.path, upgraded_from=moving.moved_from,
                              technique=self._technique(moving.attempt, s, invite))
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,

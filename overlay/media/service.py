@@ -265,6 +265,8 @@ class MediaService:
                 if moving is not None and moving.moved_from is not None:
                     final, selected = moving.stream, moving.attempt
                     seconds = time.monotonic() - started  # both paths
+                    self.connect_stats.record_upgrade(opened.invite.candidates.nat,
+                                                      answer.candidates.nat, timeline.events)
                 return {"path": final.path,
                         "technique": technique(selected,
                                                self.paths.inbound_via_mapping(answer.candidates),
