@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.media import move_rules
-from overlay.media.connect import LateDirect
+from overlay.media.connect import LateDirect, close_later
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.stream import MediaStream
@@ -40,13 +40,14 @@ class Moving:
     #: the path the transfer left ("relay"), once it moved
     moved_from: str | None = None
 
-    async def _move(self, to: tuple[str, MediaStream]) -> None:
+    def _move(self, to: tuple[str, MediaStream]) -> None:
         left = self.stream
         self.late.take()
         self.attempt, self.stream = to
         self.moved_from = left.path
-        with contextlib.suppress(Exception):
-            await left.close()
+        # closed in the background: a sender's relay socket may hold a backlog the relay
+        # forwards at its session's rate, and a graceful close waits for it to drain
+        close_later(left)
 
     async def send(self, path: Path, progress: Callable[[int, int], None], transfer_id: bytes,
                    sha: str, first_attempt: bool) -> TransferResult:
@@ -77,7 +78,7 @@ class Moving:
                 await sending
             chosen = upgrade.result()
             assert chosen is not None
-            await self._move(chosen)
+            self._move(chosen)
         finally:
             sending.cancel()
             upgrade.cancel()
@@ -94,7 +95,7 @@ class Moving:
             chosen = await self.late.wait()  # at once when it arrived; None when none did
             if chosen is None or move_rules.receiver_step("lost", "ready") != "move":
                 raise
-        await self._move(chosen)
+        self._move(chosen)
         return await receive_file(self.stream, inbox, partials=partials, sender=sender,
                                   guard=guard)
 
