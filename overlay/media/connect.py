@@ -173,9 +173,8 @@ class LateDirect:
             return others
         self.armed = True
         self._on_relay = is_relay(selected)
-        tasks = keep
         self._timeline = timeline
-        self._tasks = [t for t in tasks if not t.done()]
+        self._tasks = [t for t in keep if not t.done()]
         if not self._tasks:
             self._ended.set()
             return others
