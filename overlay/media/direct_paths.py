@@ -25,11 +25,12 @@ authenticated for a direct path to authenticate too, and selects the direct one 
 UDP punching starts at once when no direct TCP path may work (its 0.25 s only gives TCP the
 chance to win first).
 
-Relay first, upgrade later (``upgrade``: the purpose can move to a direct path mid-way, a
-file transfer): the direct attempts still running when a relay is selected keep running for
-:data:`UPGRADE_WINDOW_S`, and the first that completes takes over
-(:class:`~overlay.media.connect.LateDirect`). A birthday punch (one symmetric side) takes
-1 to 5 s, so for such a pair the relay then starts at once instead of after it.
+Relay first, upgrade later (``upgrade``: what runs on the path can move to a direct path
+mid-way; the media service says so for files and calls): the direct attempts still running
+when a relay is selected keep running (a file's for :data:`UPGRADE_WINDOW_S`), and the first
+that completes takes over (:class:`~overlay.media.connect.LateDirect`). A birthday punch
+(one symmetric side) takes 1 to 5 s, so for such a pair the relay then starts at once
+instead of after it.
 """
 
 
