@@ -13,6 +13,12 @@ queue, and
 :class:`~overlay.call.stream_frames.SendGate` drops it (a sender-side drop, a lost frame to
 the receiver's jitter buffer) while the unsent backlog -- the queue plus what the transport
 below has not written -- is over three frames.
+
+A call moves (:meth:`StreamCall.switch`): it sends on the new path from then on and takes
+frames from every path it was on. Only the path in use ending cleanly ends the call (the peer
+hung up); one failing sets :attr:`StreamCall.path_lost`, and the call waits up to its
+``lost_grace_s`` (:data:`LOST_GRACE_S` where the client can move it to a spare relay or a
+direct path; else 0: it ends) for a switch.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from overlay.call.stream_frames import SendGate, StreamFrameDecoder, encode_stre
 
 #: bytes asked of the stream per read
 READ_BYTES = 16 * 1024
+#: how long a call whose path failed waits for another path before it ends
+LOST_GRACE_S = 5.0
 
 
 class FrameStream(Protocol):
@@ -83,9 +91,12 @@ class StreamCall:
     """One call's frames on ``stream``: :meth:`run` sends for ``seconds`` (None: until the
     peer ends the stream), receiving all along."""
 
-    def __init__(self, session: CallSession, stream: FrameStream) -> None:
+    def __init__(self, session: CallSession, stream: FrameStream,
+                 lost_grace_s: float = 0.0) -> None:
         self.session = session
         self.stream = stream
+        #: how long the call waits for :meth:`switch` after its path failed (0: it ends)
+        self.lost_grace_s = lost_grace_s
         self.gate = SendGate(session.size + MIN_DATAGRAM_BYTES)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queued_bytes = 0
@@ -95,8 +106,11 @@ class StreamCall:
         #: frames that came on the stream (the rest came as datagrams)
         self.stream_frames = 0
         self.peer_ended = asyncio.Event()
+        #: set when the path in use failed (cleared by :meth:`switch`)
+        self.path_lost = asyncio.Event()
         #: why the path ended, when it did not end cleanly
         self.error: str | None = None
+        self._readers: list[asyncio.Future[None]] = []
 
     def offer(self, frame: bytes) -> None:
         """Send ``frame`` as a datagram, or queue it on the stream unless the backlog says
@@ -115,51 +129,85 @@ class StreamCall:
     async def _write(self) -> None:
         while True:
             wire = await self._queue.get()
+            stream = self.stream
             try:
-                await self.stream.send(wire)
+                await stream.send(wire)
+            except (ConnectionError, OSError) as exc:  # dropped: the call may move
+                if stream is self.stream:
+                    self._lost(exc)
             finally:
                 self._queued_bytes -= len(wire)
 
-    async def _read(self) -> None:
+    def _lost(self, exc: BaseException) -> None:
+        self.error = str(exc) or type(exc).__name__
+        self.path_lost.set()
+
+    async def _read(self, stream: FrameStream) -> None:
         decoder = StreamFrameDecoder()
         try:
-            while data := await self.stream.recv(READ_BYTES):
+            while data := await stream.recv(READ_BYTES):
                 now = time.monotonic()
                 for frame in decoder.feed(data):
                     self.stream_frames += 1
                     self.session.datagram_received(frame, now)
         except BadFrame as exc:
-            self.error = f"bad call frame: {exc}"
+            if stream is self.stream:
+                self.error = f"bad call frame: {exc}"
+                self.peer_ended.set()
         except (ConnectionError, OSError) as exc:
-            self.error = str(exc) or type(exc).__name__
-        finally:
-            self.peer_ended.set()
+            if stream is self.stream:
+                self._lost(exc)
+        else:
+            if stream is self.stream:  # the peer ended the call on the path in use
+                self.peer_ended.set()
+
+    def _take_datagrams(self) -> None:
+        if self.carrier is not None:
+            session = self.session
+
+            def received(data: bytes) -> None:
+                session.datagram_received(data, time.monotonic())
+            self.carrier.datagram_handler = received
+
+    def switch(self, stream: FrameStream) -> None:
+        """Carry the call on ``stream`` from now on; frames still arriving on the old path
+        are taken too."""
+        self.stream = stream
+        self.carrier = datagram_carrier(stream)
+        self.mode = "datagram" if self.carrier is not None else "stream"
+        self._take_datagrams()
+        self.path_lost.clear()
+        self.error = None
+        self._readers.append(asyncio.ensure_future(self._read(stream)))
 
     async def run(self, seconds: float | None,
                   on_line: Callable[[CallStats], None] | None = None) -> CallStats:
         session = self.session
-        if self.carrier is not None:
-            def received(data: bytes) -> None:
-                session.datagram_received(data, time.monotonic())
-            self.carrier.datagram_handler = received
-        tasks = [asyncio.ensure_future(self._read()), asyncio.ensure_future(self._write())]
+        self._take_datagrams()
+        self._readers.append(asyncio.ensure_future(self._read(self.stream)))
+        tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(self._write())]
         start = time.monotonic()
+        lost_at: float | None = None
         try:
             while (now := time.monotonic()) < start + (seconds or float("inf")):
-                if self.peer_ended.is_set() or tasks[1].done():
+                if self.peer_ended.is_set() or tasks[0].done():
                     break
+                lost_at = (lost_at or now) if self.path_lost.is_set() else None
+                if lost_at is not None and now - lost_at >= self.lost_grace_s:
+                    break  # no other path came
                 for frame in session.timer(now):
                     self.offer(frame)
                 line = session.stats_due(now)
                 if line is not None and on_line is not None:
                     on_line(line)
                 await asyncio.sleep(max(0.0, session.next_timer() - time.monotonic()))
-            if tasks[1].done() and not tasks[1].cancelled() and tasks[1].exception():
-                self.error = self.error or str(tasks[1].exception())
+            if tasks[0].done() and not tasks[0].cancelled() and tasks[0].exception():
+                self.error = self.error or str(tasks[0].exception())
             return session.finish(time.monotonic())
         finally:
             if self.carrier is not None:
                 self.carrier.datagram_handler = None
+            tasks += self._readers
             for task in tasks:
                 task.cancel()
             for task in tasks:

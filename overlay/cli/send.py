@@ -114,7 +114,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         if not reply.get("ok"):
             return refused("send", reply, {"not_accepted": EXIT_NOT_ACCEPTED})
         result = {k: reply.get(k)
-                  for k in ("path", "technique", "relay", "bytes", "seconds", "sha256")}
+                  for k in ("path", "technique", "relay", "bytes", "seconds", "sha256",
+                            "upgraded_from")}
         if args.json:
             print(json.dumps(result))
         else:
@@ -136,7 +137,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--control", required=True, metavar="PATH",
                    help="the running client's control socket")
     p.add_argument("--json", action="store_true",
-                   help='print {"path", "technique", "relay", "bytes", "seconds", "sha256"}')
+                   help='print {"path", "technique", "relay", "bytes", "seconds", "sha256", '
+                        '"upgraded_from"}')
     p.add_argument("--wait", type=positive, default=ACCEPT_WAIT_S, metavar="S",
                    help="when the receiver keeps the invite as a contact request, wait this "
                         f"long for it to be accepted (default {ACCEPT_WAIT_S:g}, at most "

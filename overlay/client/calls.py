@@ -13,10 +13,13 @@ id ``BLAKE2b-64(session id, person="ovl-call-id")``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import deque
 from typing import Any
+
+from structlog.typing import FilteringBoundLogger
 
 from overlay.call.frames import CALL_ID_BYTES
 from overlay.call.session import (
@@ -26,11 +29,12 @@ from overlay.call.session import (
     CallSession,
     CallStats,
 )
-from overlay.call.stream_io import StreamCall
+from overlay.call.stream_io import LOST_GRACE_S, StreamCall
 from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.user_ref import parse_user_ref
+from overlay.media.connect import LateDirect
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
     MAX_ACCEPT_WAIT_S,
@@ -153,11 +157,47 @@ class Calls:
             lines.append(line)
             entry["line"] = line
 
-        runner = StreamCall(session, stream)
+        late = opened.late
+        runner = StreamCall(session, stream, LOST_GRACE_S if late is not None else 0.0)
+        moving = asyncio.ensure_future(_follow(late, runner, session, caller, slog)) \
+            if late is not None else None
         try:
             final = line_json(await runner.run(seconds, on_line))
         finally:
             entry["active"] = False
+            if moving is not None:
+                moving.cancel()
         entry["line"] = final
-        slog.info("call_ended", error=runner.error, carried_as=runner.mode, **final)
+        entry["gap_ms"] = session.stats(time.monotonic()).gap_ms
+        slog.info("call_ended", error=runner.error, carried_as=runner.mode,
+                  path_changes=session.path_changes, gap_ms=entry["gap_ms"], **final)
         return final
+
+
+async def _follow(late: LateDirect, runner: StreamCall, session: CallSession, caller: bool,
+                  slog: FilteringBoundLogger) -> None:
+    """Move the call to each path selected after the race: a direct path that completed
+    later (an upgrade), or, when the path in use fails, a spare relay (the caller SELECTs
+    it; the callee moves when that SELECT arrives)."""
+    while True:
+        if caller:
+            upgrade = asyncio.ensure_future(late.next_path())
+            lost = asyncio.ensure_future(runner.path_lost.wait())
+            try:
+                await asyncio.wait([upgrade, lost], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+                if not upgrade.done():
+                    upgrade.cancel()
+            chosen = upgrade.result() if upgrade.done() and not upgrade.cancelled() \
+                else await late.fail_over()
+            if chosen is None:
+                slog.warning("call_path_lost", reason="no spare path")
+                return
+        else:
+            chosen = await late.next_path()
+        name, stream = chosen
+        relay = stream.relay.id if stream.relay else None
+        runner.switch(stream)
+        session.switch_path(stream.path, relay)
+        slog.info("call_moved", attempt=name, path=stream.path, relay=relay)

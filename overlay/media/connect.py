@@ -14,6 +14,10 @@ candidates that :mod:`overlay.media.candidate_policy` allows (the media service 
 Both sides may complete more than one path (two TCP connections crossing, say). The invite's
 sender decides: it sends ``SELECT`` on the first path it completed and closes the others; the
 other side uses the path on which ``SELECT`` arrives. A decision timeline is logged.
+
+Relay first, upgrade later: given a :class:`LateDirect`, a race that selected a relay keeps
+its direct attempts running for the plan's window; the first that completes is SELECTed by
+the initiator too, and offered to whoever moves the transfer (:mod:`overlay.media.path_move`).
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from structlog.typing import FilteringBoundLogger
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
-from overlay.media.stream import ByteStream, MediaStream, TcpByteStream
+from overlay.media.stream import ByteStream, MediaStream
+from overlay.media.techniques import is_relay
 
 log = get_logger(__name__)
 
 SELECT = b"\x00SELECT\x00"
-TCP_CONNECT_TIMEOUT_S = 3.0
 UDP_STAGGER_S = 0.25
 RELAY_STAGGER_S = 1.5
 
@@ -99,42 +103,6 @@ def close_later(stream: ByteStream | None) -> None:
     _closing.spawn(close())
 
 
-def technique(selected: str | None, inbound_via_mapping: bool,
-              inbound_on_lan: bool = False) -> str:
-    """How the path of the ``selected`` attempt got through, as ``overlay send --json``
-    reports it (next to ``path``):
-
-    - ``lan``: we dialled the peer's address on the LAN both share (``tcp-dial-lan-N``), or
-      the peer's connection reached our listener from such an address (``inbound_on_lan``);
-    - ``mapping``: we dialled the peer's router-mapped address, or the peer's connection
-      reached our listener through our own mapping (``inbound_via_mapping``);
-    - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
-    - ``simple``: UDP hole punching, both sides probing each other's candidates;
-    - ``simultaneous-open``: TCP hole punching, both sides connecting from their listener's
-      port at the same time (:mod:`overlay.media.tcp_punch`);
-    - ``birthday``: UDP hole punching with one symmetric side: its extra sockets against the
-      other side's random-port probes (:mod:`overlay.media.birthday`);
-    - ``relay``: through a supernode's relay;
-    - ``unknown``: nothing was selected.
-    """
-    if selected is None:
-        return "unknown"
-    if is_relay(selected):
-        return "relay"
-    if selected.startswith("tcp-dial-lan") or (selected == "tcp-accept" and inbound_on_lan):
-        return "lan"
-    if selected == "udp-punch":
-        return "simple"
-    if selected.startswith("tcp-punch"):
-        return "simultaneous-open"
-    if selected == "udp-birthday":
-        return "birthday"
-    if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
-                                                  and inbound_via_mapping):
-        return "mapping"
-    return "dial"
-
-
 class NoPath(MediaError):
     """No path completed an authenticated handshake in time; ``timeline`` is the race's."""
 
@@ -154,65 +122,175 @@ class Timeline:
         self.events.append((round(time.monotonic() - self.started, 4), event))
 
 
-class MediaListener:
-    """A client's TCP listener for direct connections; routes each incoming connection to
-    the session whose id it starts with."""
+class LateDirect:
+    """The attempts still running after a path was selected, for ``window_s`` (None: until
+    :meth:`close`). For a file (``keep_relays`` False, a relay selected): the first direct
+    path that completes (the initiator's: authenticated, then SELECTed by it; the
+    responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). For a call
+    (``keep_relays``): the other relays that complete are kept as spares too, and the
+    initiator SELECTs one when the path in use dies (:meth:`fail_over`); each path the peer
+    or we SELECT later comes out of :meth:`next_path`. Closed by whoever opened the path
+    (:meth:`close`: stops the attempts, closes the paths not taken)."""
 
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.waiting: dict[bytes, asyncio.Queue[TcpByteStream]] = {}
+    def __init__(self, window_s: float | None, keep_relays: bool = False) -> None:
+        self.window_s = window_s
+        self.keep_relays = keep_relays
+        #: set when the race selected and the other attempts kept running
+        self.armed = False
+        #: set when a direct path completed: :attr:`chosen`
+        self.arrived = asyncio.Event()
+        self.chosen: tuple[str, MediaStream] | None = None
+        self._taken = False
+        self._selected: asyncio.Queue[tuple[str, MediaStream]] = asyncio.Queue()
+        #: completed paths not selected (the initiator's, for a call)
+        self.spares: list[tuple[str, MediaStream]] = []
+        self._used: list[MediaStream] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ended = asyncio.Event()
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeline: Timeline | None = None
+        self._on_relay = False
 
-    async def start(self, host: str, port: int = 0) -> None:
-        # SO_REUSEPORT: TCP hole punching connects from this port while it listens
-        # (:mod:`overlay.media.tcp_punch_io`); Linux allows that only to the same user
-        self.server = await asyncio.start_server(self._accept, host, port, reuse_port=True)
-        self.port = self.server.sockets[0].getsockname()[1]
+    def wants(self, name: str, selected: str) -> bool:
+        """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
+        for a call), another relay only for a call on a relay (its spare: a call on a direct
+        path holds no relay session)."""
+        if name == selected or not (self.keep_relays or is_relay(selected)):
+            return False
+        return not is_relay(name) or (self.keep_relays and is_relay(selected))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def arm(self, named: dict[str, asyncio.Task[None]], timeline: Timeline,
+            selected: str) -> list[asyncio.Task[None]]:
+        """Attempt ``selected`` won: the attempts :meth:`wants` run on for the window; the
+        others are returned (to stop). Not armed when it wants none by kind."""
+        keep = [t for n, t in named.items() if self.wants(n, selected)]
+        others = [t for t in named.values() if t not in keep]
+        if not (self.keep_relays or is_relay(selected)):
+            return others
+        self.armed = True
+        self._on_relay = is_relay(selected)
+        self._timeline = timeline
+        self._tasks = [t for t in keep if not t.done()]
+        if not self._tasks:
+            self._ended.set()
+            return others
+        timeline.add("other attempts run on")
+        if self.window_s is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._stop)
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        return others
+
+    def keeps(self, name: str) -> bool:
+        """Attempt ``name`` runs on after the selection (once armed)."""
+        return self.armed and any(t.get_name() == name for t in self._tasks)
+
+    def kept(self, task: asyncio.Task[None]) -> bool:
+        return task in self._tasks
+
+    def _task_done(self, _: asyncio.Task[None]) -> None:
+        if all(t.done() for t in self._tasks):
+            self._ended.set()
+
+    async def offer(self, name: str, stream: MediaStream, select: bool) -> None:
+        """Attempt ``name`` completed after the selection (``select``: we are the initiator;
+        the responder offers only paths the initiator SELECTed)."""
+        if self._closed or (not self.keep_relays and (self.chosen is not None
+                                                      or self._ended.is_set())):
+            close_later(stream)
+            return
+        if select and (is_relay(name) or not self._on_relay or self.chosen is not None):
+            self.spares.append((name, stream))  # a call's spare: SELECTed when needed
+            return
+        if select and not await self._select(name, stream):
+            return
+        if self.chosen is None:
+            self.chosen = (name, stream)
+            self.arrived.set()
+        self._selected.put_nowait((name, stream))
+        if self._timeline is not None:
+            self._timeline.add(f"upgrade: {name}")
+        if not self.keep_relays:
+            self._stop()
+
+    @staticmethod
+    async def _select(name: str, stream: MediaStream) -> bool:
         try:
-            async with asyncio.timeout(5.0):
-                session_id = await reader.readexactly(16)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        queue = self.waiting.get(session_id)
-        if queue is None:
-            writer.close()  # not a session we expect: drop without a word
-            return
-        queue.put_nowait(TcpByteStream(reader, writer))
+            await stream.send(SELECT)
+        except Exception:  # the path broke at once: not one to move to
+            close_later(stream)
+            return False
+        return True
 
-    def expect(self, session_id: bytes) -> asyncio.Queue[TcpByteStream]:
-        return self.waiting.setdefault(session_id, asyncio.Queue())
+    async def fail_over(self) -> tuple[str, MediaStream] | None:
+        """The initiator's path in use died: SELECT a spare that still works (None: none)."""
+        while self.spares:
+            name, stream = self.spares.pop(0)
+            if await self._select(name, stream):
+                if self._timeline is not None:
+                    self._timeline.add(f"fail over: {name}")
+                self._used.append(stream)
+                return name, stream
+        return None
 
-    def forget(self, session_id: bytes) -> None:
-        self.waiting.pop(session_id, None)
+    async def next_path(self) -> tuple[str, MediaStream]:
+        """The next path SELECTed after the race (a call moves to it)."""
+        chosen = await self._selected.get()
+        self._used.append(chosen[1])
+        return chosen
 
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await self.server.wait_closed()
+    def _stop(self) -> None:
+        """The window is over or a path was chosen: stop the attempts still running."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._ended.set()
+        current = asyncio.current_task()
+        _stop_losers([t for t in self._tasks if t is not current])
 
+    async def wait(self) -> tuple[str, MediaStream] | None:
+        """The direct path to move to, once one completed; None when none did in time."""
+        if not self.armed:
+            return None
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.arrived, self._ended)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.chosen
 
-async def dial_tcp(host: str, port: int, session_id: bytes) -> TcpByteStream:
-    async with asyncio.timeout(TCP_CONNECT_TIMEOUT_S):
-        reader, writer = await asyncio.open_connection(host, port)
-    writer.write(session_id)
-    return TcpByteStream(reader, writer)
+    def take(self) -> None:
+        """The chosen path is in use: :meth:`close` leaves it open."""
+        self._taken = True
 
-
-def is_relay(name: str) -> bool:
-    return name.startswith("relay")
+    def close(self) -> None:
+        self._closed = True
+        self._stop()
+        if self.chosen is not None and not self._taken and self.chosen[1] not in self._used:
+            close_later(self.chosen[1])
+        for _, stream in self.spares:
+            close_later(stream)
+        self.spares.clear()
+        chosen = self.chosen[1] if self.chosen is not None else None
+        while not self._selected.empty():
+            stream = self._selected.get_nowait()[1]
+            if stream is not chosen and stream not in self._used:
+                close_later(stream)
+        for stream in self._used:
+            close_later(stream)
 
 
 async def _first_of(
     attempts: dict[str, Attempt], securer: Securer, timeline: Timeline,
     staggers: dict[str, float], timeout: float, prefer_direct_s: float = 0.0,
-) -> tuple[dict[str, MediaStream], dict[str, str]]:
+    late: LateDirect | None = None,
+) -> tuple[dict[str, MediaStream], dict[str, str], list[asyncio.Task[None]]]:
     """Run attempts (each delayed by its stagger); return the ones that completed the
     handshake so far once the first does (when only relays did and ``prefer_direct_s`` > 0,
-    once a direct one does too or that long after), plus the errors of those that failed."""
+    once a direct one does too or that long after), the errors of those that failed, and the
+    attempts' tasks (stopped, unless ``late`` is given: then the caller stops them). A direct
+    attempt that completes once ``late`` is armed goes to it."""
     completed: dict[str, MediaStream] = {}
     errors: dict[str, str] = {}
     first = asyncio.Event()
@@ -220,7 +298,7 @@ async def _first_of(
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers))
-        if first.is_set():
+        if first.is_set() and not (late is not None and late.keeps(name)):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -237,12 +315,15 @@ async def _first_of(
             close_later(raw)
             raise
         timeline.add(f"{name}: authenticated")
+        if late is not None and late.armed:
+            await late.offer(name, secured, select=True)
+            return
         completed[name] = secured
         first.set()
         if not is_relay(name):
             direct.set()
 
-    tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    tasks = [asyncio.create_task(run(n, a), name=n) for n, a in attempts.items()]
     waiter = asyncio.create_task(first.wait())
     try:
         async with asyncio.timeout(timeout):
@@ -254,10 +335,14 @@ async def _first_of(
             await _wait_for_direct(attempts, tasks, direct, prefer_direct_s, timeline)
     except TimeoutError:
         pass
+    except BaseException:
+        _stop_losers(tasks)
+        raise
     finally:
         waiter.cancel()
+    if late is None:
         _stop_losers(tasks)
-    return completed, errors
+    return completed, errors, tasks
 
 
 async def _wait_for_direct(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]],
@@ -280,6 +365,12 @@ async def _wait_for_direct(attempts: dict[str, Attempt], tasks: list[asyncio.Tas
         preferred.cancel()
 
 
+def _earliest(names: dict[str, MediaStream] | list[str], timeline: Timeline) -> str:
+    """Of these completed attempts, the one that authenticated first."""
+    return min(names, key=lambda n: next(t for t, e in timeline.events
+                                         if e == f"{n}: authenticated"))
+
+
 def _stop_losers(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the attempts still running, without waiting for them: the selected path
     must not wait for a losing one to wind down (a QUIC close at 400 ms RTT took up to
@@ -294,29 +385,35 @@ def _stop_losers(tasks: list[asyncio.Task[None]]) -> None:
 async def connect_as_initiator(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 12.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
-    prefer_direct_s: float = 0.0,
+    prefer_direct_s: float = 0.0, late: LateDirect | None = None,
 ) -> tuple[MediaStream, Timeline]:
     """Race the attempts, select the first path that authenticated, close the others.
     With ``prefer_direct_s``, a direct path that authenticates within that long after a
-    relay did is selected instead. ``log`` is the caller's logger, bound to its session."""
+    relay did is selected instead. With ``late``, a selected relay leaves the direct attempts
+    running (:class:`LateDirect`). ``log`` is the caller's logger, bound to its session."""
     timeline = Timeline()
-    completed, errors = await _first_of(
+    completed, errors, tasks = await _first_of(
         attempts, securer, timeline,
-        staggers or default_staggers(attempts), timeout, prefer_direct_s)
+        staggers or default_staggers(attempts), timeout, prefer_direct_s, late)
     if not completed:
+        _stop_losers(tasks)
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
         raise NoPath(f"no path: {detail}", timeline)
     direct_done = [n for n in completed if not is_relay(n)]
-    winner_name = min(direct_done if prefer_direct_s > 0 and direct_done else completed,
-                      key=lambda n: next(t for t, e in timeline.events
-                                         if e == f"{n}: authenticated"))
+    winner_name = _earliest(direct_done if prefer_direct_s > 0 and direct_done else completed,
+                            timeline)
     winner = completed.pop(winner_name)
+    if late is not None:
+        _stop_losers(late.arm(dict(zip(attempts, tasks, strict=True)), timeline, winner_name))
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
-    for loser in completed.values():
-        close_later(loser)
+    for name, loser in completed.items():
+        if late is not None and late.keep_relays:
+            late.spares.append((name, loser))
+        else:
+            close_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
     return winner, timeline
 
@@ -324,8 +421,10 @@ async def connect_as_initiator(
 async def connect_as_responder(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 15.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
+    late: LateDirect | None = None,
 ) -> tuple[MediaStream, Timeline]:
-    """Complete whatever paths work, and use the one the initiator selects. ``log`` is the
+    """Complete whatever paths work, and use the one the initiator selects. With ``late``, a
+    selected relay leaves the direct attempts running (:class:`LateDirect`). ``log`` is the
     caller's logger, bound to its session."""
     timeline = Timeline()
     loop = asyncio.get_running_loop()
@@ -334,7 +433,7 @@ async def connect_as_responder(
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers or default_staggers(attempts)))
-        if selected.done():
+        if selected.done() and not (late is not None and late.keeps(name)):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -357,12 +456,17 @@ async def connect_as_responder(
         except BaseException:  # another path was selected: release this one
             close_later(raw)
             raise
-        if first[: len(SELECT)] == SELECT and not selected.done():
+        chosen = first[: len(SELECT)] == SELECT
+        if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first[len(SELECT):])))
+            if late is not None:  # what it does not keep is stopped below
+                late.arm(dict(zip(attempts, tasks, strict=True)), timeline, name)
+        elif chosen and late is not None and late.keeps(name):
+            await late.offer(name, Pushback(stream, first[len(SELECT):]), select=False)
         else:
             await stream.close()
 
-    tasks = [asyncio.create_task(run(n, a)) for n, a in attempts.items()]
+    tasks = [asyncio.create_task(run(n, a), name=n) for n, a in attempts.items()]
     try:
         async with asyncio.timeout(timeout):
             done: asyncio.Future[object] = asyncio.ensure_future(
@@ -372,7 +476,10 @@ async def connect_as_responder(
     except TimeoutError:
         pass
     finally:  # also when the caller cancels us (its answer could not be delivered)
-        _stop_losers(tasks)
+        if late is not None and late.armed:  # the attempts kept are late's now
+            _stop_losers([t for t in tasks if not late.kept(t)])
+        else:
+            _stop_losers(tasks)
     if not selected.done():
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)

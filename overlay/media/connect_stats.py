@@ -8,7 +8,10 @@ time the race began relative to the start of the whole setup. Per pair and per k
 attempt's name without its index: ``tcp-dial``, ``tcp-dial-mapped``, ``tcp-accept``,
 ``udp-punch``, ``relay``; the attempts of ``none`` count races nothing won) it counts
 attempts started, wins and the winner's time to connect: from the start of setup (lookup,
-invite, answer) to the race's ``selected`` event. The client's ``status`` shows
+invite, answer) to the race's ``selected`` event. A transfer that moved from the selected relay
+to a direct path that completed later (:meth:`ConnectStats.record_upgrade`) counts one
+``upgrades`` for that path's kind, and the attempts that started after the selection. The
+client's ``status`` shows
 :meth:`ConnectStats.to_json` as ``connectivity``; ``tools/bench/connect.py`` reports it.
 """
 
@@ -41,10 +44,14 @@ def pair_key(local_nat: str, remote_nat: str) -> str:
 class KindCounts:
     attempts: int = 0
     wins: int = 0
+    #: moves to this kind's path after a relay won the race
+    upgrades: int = 0
     connect_s: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"attempts": self.attempts, "wins": self.wins}
+        if self.upgrades:
+            out["upgrades"] = self.upgrades
         if self.connect_s:
             out["connect_s_p50"] = round(statistics.median(self.connect_s), 4)
             out["connect_s_last"] = round(self.connect_s[-1], 4)
@@ -109,9 +116,34 @@ class ConnectStats:
                 entry.connect_s.append(max(0.0, setup_s + outcome.selected_at))
         return outcome
 
+    def record_upgrade(self, local_nat: str, remote_nat: str,
+                       events: Iterable[tuple[float, str]]) -> str | None:
+        """Count a move after the race (its whole timeline, ``upgrade: NAME`` in it): the
+        attempts that started after the selection, and an upgrade to ``NAME``'s kind."""
+        pair = pair_key(local_nat, remote_nat)
+        selected, moved_to, late = False, None, []
+        for _, event in events:
+            if event.startswith("selected "):
+                selected = True
+            elif selected and event.endswith(": start"):
+                late.append(event[: -len(": start")])
+            elif selected and event.startswith("upgrade: "):
+                moved_to = event[len("upgrade: "):]
+        if moved_to is None:
+            return None
+        for kind in dict.fromkeys(attempt_kind(n) for n in late):
+            entry = self._entry(pair, kind)
+            if entry is not None:
+                entry.attempts += 1
+        entry = self._entry(pair, attempt_kind(moved_to))
+        if entry is not None:
+            entry.upgrades += 1
+        return moved_to
+
     def to_json(self) -> dict[str, object]:
         """``{"races": N, "pairs": {"cone/symmetric": {"relay": {"attempts", "wins",
-        "connect_s_p50", "connect_s_last"}, ...}}}`` (no times for kinds that never won)."""
+        "connect_s_p50", "connect_s_last"[, "upgrades"]}, ...}}}`` (no times for kinds that never
+        won)."""
         pairs: dict[str, dict[str, object]] = {}
         for (pair, kind), counts in sorted(self.counts.items()):
             pairs.setdefault(pair, {})[kind] = counts.to_json()

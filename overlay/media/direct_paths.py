@@ -24,6 +24,13 @@ still may work, the caller then waits up to :data:`PREFER_DIRECT_S` after a rela
 authenticated for a direct path to authenticate too, and selects the direct one if it does.
 UDP punching starts at once when no direct TCP path may work (its 0.25 s only gives TCP the
 chance to win first).
+
+Relay first, upgrade later (``upgrade``: what runs on the path can move to a direct path
+mid-way; the media service says so for files and calls): the direct attempts still running
+when a relay is selected keep running (a file's for :data:`UPGRADE_WINDOW_S`), and the first
+that completes takes over (:class:`~overlay.media.connect.LateDirect`). A birthday punch
+(one symmetric side) takes 1 to 5 s, so for such a pair the relay then starts at once
+instead of after it.
 """
 
 
@@ -41,6 +48,9 @@ from overlay.media.signalling import Candidates
 PUBLIC = "public"
 #: how long the caller waits, after a relay authenticated, for a direct path that may work
 PREFER_DIRECT_S = 0.1
+#: how long direct attempts keep running after a relay was selected, for a move to a direct
+#: path: a birthday spray takes 4.1 s after its 0.25 s stagger (longer on a loaded machine)
+UPGRADE_WINDOW_S = 10.0
 
 
 def one_network(own_reflexive: Iterable[str], remote: Candidates) -> bool:
@@ -85,11 +95,15 @@ class RacePlan:
     staggers: dict[str, float] = field(default_factory=dict)
     #: after a relay authenticated, how long the caller waits for a direct path
     prefer_direct_s: float = 0.0
+    #: after a relay was selected, how long direct attempts may still take over (0: none)
+    upgrade_s: float = 0.0
 
 
-def plan(local: Candidates, remote: Candidates, same_network: bool) -> RacePlan:
-    """When each kind of attempt starts for this pair, and whether a late direct path is
-    preferred to a relay."""
+def plan(local: Candidates, remote: Candidates, same_network: bool,
+         upgrade: bool = False) -> RacePlan:
+    """When each kind of attempt starts for this pair, whether a late direct path is
+    preferred to a relay, and (``upgrade``: the purpose can move paths) how long a direct path
+    may take over from a selected relay."""
     staggers: dict[str, float] = {}
     prefer = 0.0
     if not tcp_maybe(local, remote, same_network):
@@ -98,4 +112,7 @@ def plan(local: Candidates, remote: Candidates, same_network: bool) -> RacePlan:
         staggers["relay"] = 0.0
         if tcp_maybe(local, remote, same_network):
             prefer = PREFER_DIRECT_S
-    return RacePlan(staggers, prefer)
+    if upgrade and birthday_role(local.nat, remote.nat) is not None \
+            and not tcp_known(local, remote, same_network):
+        staggers["relay"] = 0.0  # data flows on the relay while the birthday punch runs
+    return RacePlan(staggers, prefer, UPGRADE_WINDOW_S if upgrade else 0.0)

@@ -65,6 +65,11 @@ class StreamClosed(TransferError, PathLost):
     transfer resumes on another path."""
 
 
+class TransferInterrupted(TransferError):
+    """The receiver's path failed (or was left) mid-transfer; it keeps the partial file for the
+    sender to resume, on this path's successor or in a new session."""
+
+
 @dataclass
 class TransferResult:
     name: str
@@ -249,9 +254,12 @@ def _final_name(inbox: Path, name: str) -> Path:
 async def receive_file(
     stream: ByteStream, inbox: Path, max_bytes: int = MAX_FILE_BYTES,
     partials: PartialStore | None = None, sender: str = "", guard: InboxGuard | None = None,
+    stop: asyncio.Event | None = None,
 ) -> TransferResult:
     """Receive one file into ``inbox``. ``guard`` holds the inbox limits and the other
-    transfers in progress (default: the default limits, this transfer alone)."""
+    transfers in progress (default: the default limits, this transfer alone). ``stop``: when
+    it is set before ``END`` arrived, stop reading this stream at a frame boundary, as if it
+    had failed (the partial file is kept for a resume on another path)."""
     guard = guard or InboxGuard()
     reader = FrameReader(stream)
     kind, payload = await reader.next()
@@ -292,7 +300,8 @@ async def receive_file(
                         from None
                 item = Partial(partial, name, size, sha, 0, hashlib.sha256(),
                                time.monotonic())
-            return await _receive_body(stream, reader, inbox, item, tid, partials, sender)
+            return await _receive_body(stream, reader, inbox, item, tid, partials, sender,
+                                       stop)
     except InboxFull as exc:
         if not fresh and item is not None:
             item.path.unlink(missing_ok=True)
@@ -326,7 +335,7 @@ async def _refuse(stream: ByteStream, error: str) -> None:
 
 async def _receive_body(
     stream: ByteStream, reader: FrameReader, inbox: Path, item: Partial, tid: str,
-    partials: PartialStore | None, sender: str,
+    partials: PartialStore | None, sender: str, stop: asyncio.Event | None = None,
 ) -> TransferResult:
     """READY, then DATA until END, then the checks and the ACK."""
     name, size, sha = item.name, item.size, item.sha256
@@ -340,7 +349,7 @@ async def _receive_body(
             out.seek(item.received)
             while True:
                 try:
-                    kind, payload = await reader.next()
+                    kind, payload = await _next_unless(reader, stop)
                 except PathLost as exc:
                     raise _Interrupted(str(exc)) from None
                 if kind == DATA:
@@ -364,7 +373,8 @@ async def _receive_body(
             partials.keep(sender, tid, item)
         else:
             item.path.unlink(missing_ok=True)
-        raise TransferError(f"interrupted at {item.received} of {size} bytes: {exc}") from None
+        raise TransferInterrupted(
+            f"interrupted at {item.received} of {size} bytes: {exc}") from None
     except TransferError as exc:
         item.path.unlink(missing_ok=True)
         await _refuse(stream, str(exc))
@@ -382,6 +392,26 @@ async def _receive_body(
     await stream.send(frame(ACK, msgpack.packb({"ok": True, "sha256": sha})))
     return TransferResult(target.name, size, sha, time.monotonic() - started, first_byte_at,
                           path=stream.path, resumed_from=resumed_from)
+
+
+async def _next_unless(reader: FrameReader, stop: asyncio.Event | None) -> tuple[int, bytes]:
+    """The next frame, or :class:`PathLost` once ``stop`` is set (a frame read halfway is
+    dropped with the stream)."""
+    if stop is None:
+        return await reader.next()
+    if stop.is_set():
+        raise PathLost("moving to another path")
+    reading = asyncio.ensure_future(reader.next())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not reading.done():
+            reading.cancel()
+    if reading.done() and not reading.cancelled():
+        return reading.result()
+    raise PathLost("moving to another path")
 
 
 class _Interrupted(MediaError):

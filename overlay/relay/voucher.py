@@ -38,7 +38,7 @@ DOMAIN = b"overlay/relay-voucher/v1\x00"
 #: longest wait for an answer, 600 s, plus the path race)
 MAX_VOUCHER_LIFETIME_S = 900
 #: the clock difference a relay tolerates on the upper bound of ``expires_at`` (none on
-#: expiry: the caller signs for its whole wait plus a margin, see :mod:`overlay.media.service`)
+#: expiry: the caller signs for its whole wait plus a margin, see :mod:`overlay.media.path_opening`)
 CLOCK_SKEW_S = 60
 _STATEMENT = struct.Struct(f">{PUBLIC_KEY_BYTES}s32sQ{PUBLIC_KEY_BYTES}s{PUBLIC_KEY_BYTES}s")
 SIGNATURE_BYTES = 64

@@ -5,7 +5,7 @@ UDP socket it runs on 127.x (standing for anything on the callee's machine or LA
 names, and link-local/multicast addresses. The callee is a real :class:`MediaService` on real
 sockets whose supernode saw it at a public address (its AttachOk), i.e. a client on the
 internet; it does what it does once it answers an invite: build its path attempts from the
-invite's candidates and race them (``_attempts`` + ``connect_as_responder``, the service's own
+invite's candidates and race them (``Paths.attempts`` + ``connect_as_responder``, the service's own
 securer). It must never connect to, or send a datagram to, the loopback service, and must
 refuse host names when parsing the invite.
 
@@ -80,11 +80,11 @@ async def callee_answers(reflexive: str, invite_wire: bytes, inbox: Path,
                                   "mallory", s.keys.public, local, time.time()), bob)
         shared = s.keys.shared_secret(invite.ephemeral)
         transcript = transcript_hash(invite, answer)
-        attempts = service._attempts(s, local, invite.candidates, shared, transcript)
+        attempts = service.paths.attempts(s, local, invite.candidates, shared, transcript)
         if not race:
             return attempts
         with pytest.raises(NoPath):
-            await connect_as_responder(attempts, service._securer(s, shared, transcript),
+            await connect_as_responder(attempts, service.paths.securer(s, shared, transcript),
                                        timeout=2.5)
         return attempts
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 from overlay.client.control import ControlSocketError, control_request_async
 from overlay.client.daemon import ClientDaemon
 from overlay.client.options import ClientOptions
-from overlay.media import service as media_service
+from overlay.media import callee as media_callee
 from overlay.media.stream import ByteStream
 from overlay.media.transfer import TransferError
 from tests.helpers.daemons import Daemon, daemon_env, overlay_argv
@@ -50,7 +50,7 @@ async def test_overlay_send_prints_a_peers_ack_error_escaped(tmp_path, monkeypat
         bootstrap=[(net.ips[0], net.port)], state_dir=tmp_path / "mallory", heartbeat_s=0.5,
         presence_refresh_s=2.0, may_become_supernode=False,
         accept_from="anyone"))  # the attacker answers whoever sends
-    monkeypatch.setattr(media_service, "receive_file", evil_receive)
+    monkeypatch.setattr(media_callee, "receive_file", evil_receive)
     src = tmp_path / "report.txt"
     src.write_bytes(b"quarterly numbers\n" * 100)
     try:

@@ -300,26 +300,31 @@ WINNING_KINDS = {D: {"tcp-dial", "tcp-dial-mapped", "tcp-dial-lan", "tcp-accept"
 
 def connectivity_problems(ov: LabOverlay, outcomes: list[PairOutcome]) -> list[str]:
     """Each sender's ``status`` -> ``connectivity`` counted its races: for every path its
-    sends took, at least that many wins of the matching attempt kinds, and as many attempts
-    as wins or more (a send that resumed on a new path races again, so more is fine)."""
+    sends took, at least that many wins (or upgrades) of the matching attempt kinds, and as
+    many attempts as wins and upgrades or more (a send that resumed on a new path races
+    again, so more is fine)."""
     problems = []
     for sender in sorted({f"{o.src_kind}-1" for o in outcomes}):
         conn = ov.status(sender).get("connectivity") or {}
         kinds: dict[str, dict[str, int]] = {}
         for counts in (conn.get("pairs") or {}).values():
             for kind, c in counts.items():
-                slot = kinds.setdefault(kind, {"attempts": 0, "wins": 0})
+                slot = kinds.setdefault(kind, {"attempts": 0, "wins": 0, "upgrades": 0})
                 slot["attempts"] += c["attempts"]
                 slot["wins"] += c["wins"]
+                slot["upgrades"] += c.get("upgrades", 0)
         sent = [o for o in outcomes if f"{o.src_kind}-1" == sender and o.result.ok]
         for path, winning in WINNING_KINDS.items():
             took = sum(1 for o in sent if (o.result.json or {}).get("path") == path)
-            won = sum(kinds.get(k, {}).get("wins", 0) for k in winning)
+            # a transfer that moved from the relay to a punched path mid-way (issue 13)
+            # counts an upgrade of that path's kind; the race itself was the relay's
+            won = sum(kinds.get(k, {}).get("wins", 0) + kinds.get(k, {}).get("upgrades", 0)
+                      for k in winning)
             if won < took:
                 problems.append(f"{sender}: {took} sends took {path}, status counts {won} "
                                 f"wins of {sorted(winning)}: {conn}")
         for kind, c in kinds.items():
-            if c["attempts"] < c["wins"]:
+            if c["attempts"] < c["wins"] + c["upgrades"]:
                 problems.append(f"{sender}: {kind} won more than it was attempted: {c}")
         if conn.get("races", 0) < len(sent):
             problems.append(f"{sender}: {len(sent)} sends, {conn.get('races')} races counted")

@@ -39,6 +39,23 @@ def test_counts_attempts_wins_and_time_from_the_start_of_setup() -> None:
     assert stats.to_json()["races"] == 2
 
 
+def test_a_move_after_the_race_counts_an_upgrade_and_the_late_attempts() -> None:
+    stats = ConnectStats()
+    events = [(0.0, "tcp-dial-0: start"), (0.0, "relay-0: start"),
+              (0.07, "relay-0: authenticated"), (0.07, "other attempts run on"),
+              (0.07, "selected relay-0"), (0.25, "udp-birthday: start"),
+              (1.2, "udp-birthday: authenticated"), (1.2, "upgrade: udp-birthday")]
+    stats.record("symmetric", "cone", events[:5])  # at the race's end
+    assert stats.record_upgrade("symmetric", "cone", events) == "udp-birthday"
+    pair = stats.to_json()["pairs"]["symmetric/cone"]  # type: ignore[index]
+    assert pair["relay"]["wins"] == 1  # the race was the relay's
+    assert pair["udp-birthday"] == {"attempts": 1, "wins": 0, "upgrades": 1}
+    assert pair["tcp-dial"] == {"attempts": 1, "wins": 0}  # counted once, by the race
+    # no move: nothing counted
+    assert stats.record_upgrade("symmetric", "cone", events[:5]) is None
+    assert stats.to_json()["races"] == 1
+
+
 def test_a_race_nothing_won_counts_under_none() -> None:
     stats = ConnectStats()
     stats.record("symmetric", "no-udp", [(0.0, "relay-0: start"),

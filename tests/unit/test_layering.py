@@ -77,6 +77,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/tcp_punch.py",
     "overlay/media/connect_stats.py",
     "overlay/media/direct_paths.py",
+    "overlay/media/move_rules.py",
     "overlay/media/signalling.py",
     "overlay/media/portmap.py",
     "overlay/media/portmap_wire.py",

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from overlay.media.connect import technique
 from overlay.media.portmap import (
     RETRANSMITS,
     Deleted,
@@ -47,6 +46,7 @@ from overlay.media.portmap_wire import (
     decode_response,
 )
 from overlay.media.signalling import Candidates, SignallingError
+from overlay.media.techniques import technique
 from tests.helpers.repo import REPO
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,6 @@
 """The honest flow with relay credentials: the caller signs a voucher per relay in its invite,
 the callee countersigns in its answer, and the media service's own relay attempts
-(``MediaService._relay_attempts``) take both halves through a real supernode's relay; a peer
+(``RelayPaths.attempts``) take both halves through a real supernode's relay; a peer
 that signs no voucher still gets through a relay that is its caller's own supernode, by a
 reservation over the attachment (``RelayReserve``). Real sockets on loopback."""
 
@@ -21,6 +21,7 @@ from overlay.attach.adapter import ClientSession
 from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.media.connect import connect_as_initiator, connect_as_responder
+from overlay.media.paths import Paths
 from overlay.media.relay_selector import session_token
 from overlay.media.relay_vouchers import callee_signatures, caller_signatures, voucher_for
 from overlay.media.service import MediaService
@@ -84,12 +85,12 @@ async def race(services: tuple[MediaService, MediaService], invite: Offer, answe
     """Both sides' relay attempts, raced as the service races them; the streams talk."""
     shared = caller.keys.shared_secret(answer.ephemeral)
     transcript = transcript_hash(invite, answer)
-    a_attempts = services[0]._relay_attempts(caller, invite, answer)
-    b_attempts = services[1]._relay_attempts(callee, invite, answer)
+    a_attempts = services[0].relays.attempts(caller, invite, answer)
+    b_attempts = services[1].relays.attempts(callee, invite, answer)
     (a, timeline), (b, _) = await asyncio.gather(
-        connect_as_initiator(a_attempts, services[0]._securer(caller, shared, transcript),
+        connect_as_initiator(a_attempts, services[0].paths.securer(caller, shared, transcript),
                              staggers={"relay": 0.0}),
-        connect_as_responder(b_attempts, services[1]._securer(callee, shared, transcript),
+        connect_as_responder(b_attempts, services[1].paths.securer(callee, shared, transcript),
                              staggers={"relay": 0.0}))
     await a.send(b"through the relay, end to end")
     assert await b.recv() == b"through the relay, end to end"
@@ -196,7 +197,7 @@ async def test_a_send_whose_only_path_is_a_relay_gets_through(
     from overlay.node.tcp_service import ServiceLimits
     from tests.helpers.netutil import wait_for
 
-    monkeypatch.setattr(MediaService, "_attempts", lambda *args: {})  # no direct path
+    monkeypatch.setattr(Paths, "attempts", lambda *args: {})  # no direct path
     ips = loopback_ips(5)
     dht = DHTConfig(refresh_interval_s=3600)
     limits = ServiceLimits(session=SessionConfig(heartbeat_interval_s=1.0))

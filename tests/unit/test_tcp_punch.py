@@ -12,13 +12,14 @@ import os
 
 import pytest
 
-from overlay.media.connect import MediaListener, technique
 from overlay.media.errors import PathLost
 from overlay.media.secure_stream import secure
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream
+from overlay.media.tcp_listener import MediaListener
 from overlay.media.tcp_punch import AFTER_UDP_PUNCH_S, TcpPunchPlan, plan
 from overlay.media.tcp_punch_io import EarlyPunches, punch_attempts, punch_tcp
+from overlay.media.techniques import technique
 
 ME = "198.18.1.2"
 PEER_LAN, PEER_PUB = "198.18.9.2", "198.18.0.9"

@@ -1,0 +1,202 @@
+"""The caller's side of opening a path: look the user up (records verified), choose the key
+(:class:`ContactsPort`: the pinned one, the one a ``NAME#KEYPREFIX`` selects, or the name's
+only key; never one of several), sign an invite with a fresh X25519 key and our candidates,
+signal it through our supernode, wait for the signed answer (whose key must be the chosen
+key), then race the paths as the initiator. An answer ``accept=false, reason="pending"``
+without candidates says the callee keeps our invite as a contact request: the caller keeps
+waiting for the real answer with the same session id, up to ``accept_wait_s``, then fails
+with :class:`NotAccepted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from overlay.attach.adapter import SessionError
+from overlay.core.logs import get_logger
+from overlay.core.tasks import TaskSet
+from overlay.core.user_ref import UserRef
+from overlay.media.attachment import AttachmentPort, ContactsPort
+from overlay.media.connect import LateDirect, NoPath, Timeline, connect_as_initiator
+from overlay.media.consent import (
+    DECLINED,
+    NotAccepted,
+    SendFailed,
+    await_answer,
+    choose_target,
+)
+from overlay.media.paths import Paths
+from overlay.media.relay_paths import RelayPaths
+from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
+from overlay.media.session import MediaConfig, Session
+from overlay.media.signalling import Offer, new_session_id, sign_offer, transcript_hash
+from overlay.media.stream import ByteStream, MediaStream
+
+log = get_logger(__name__)
+
+#: an invite's ``purpose``: a file transfer (the default, and what an older client sends)
+#: or a call (:mod:`overlay.client.calls` runs it over the path)
+FILE = "file"
+CALL = "call"
+
+
+@dataclass(frozen=True)
+class OpenedPath:
+    """An answered invite's authenticated path, and what both sides derived it from."""
+
+    session: Session
+    invite: Offer
+    answer: Offer
+    stream: MediaStream
+    timeline: Timeline
+    #: the X25519 secret and the transcript hash of the signed invite and answer
+    shared: bytes
+    transcript: bytes
+    #: the attempts that ran on after the selection: a direct path a file transfer may move
+    #: to (a relay was selected); a call's later paths and spare relays
+    late: LateDirect | None = None
+
+
+def late_paths(purpose: str, upgrade_s: float) -> LateDirect | None:
+    """What runs on after a race for ``purpose``: a file's direct attempts for ``upgrade_s``
+    (0: none); a call's direct attempts and other relays for as long as the call lasts."""
+    if purpose == CALL:
+        return LateDirect(None, keep_relays=True)
+    return LateDirect(upgrade_s) if upgrade_s > 0 else None
+
+
+class PathOpener:
+    """Opens paths to other users for one client (``config``): ``sessions`` holds the
+    sessions in progress (the callee side's too: an answer is delivered to its session)."""
+
+    def __init__(self, config: MediaConfig, attachment: AttachmentPort, contacts: ContactsPort,
+                 paths: Paths, relays: RelayPaths, sessions: dict[bytes, Session],
+                 tasks: TaskSet) -> None:
+        self.config = config
+        self.attachment = attachment
+        self.contacts = contacts
+        self.paths = paths
+        self.relays = relays
+        self.sessions = sessions
+        self._tasks = tasks
+
+    @contextlib.asynccontextmanager
+    async def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
+                        accept_wait_s: float, progress: dict[str, Any] | None = None
+                        ) -> AsyncIterator[OpenedPath]:
+        """Look ``ref`` up, invite it (``purpose``: :data:`FILE` or :data:`CALL`), wait for
+        its answer, race the paths: the authenticated stream, closed on leaving the block.
+        :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
+        ``sending`` entry) gets the wait's state."""
+        session = self.attachment.primary_session()
+        if session is None:
+            raise SendFailed("not attached to a supernode yet")
+        to_user = ref.name
+        progress = {} if progress is None else progress
+        setup = Timeline()
+        # what does not depend on the callee (our candidates, the relay directory) is
+        # fetched while the callee is looked up: one or two round trips fewer
+        gathering = self._tasks.spawn(self.paths.candidates(session))
+        listing = self._tasks.spawn(self.relays.directory(session))
+        try:
+            target = await choose_target(self.attachment, self.contacts, ref)
+        except BaseException:
+            for early in (gathering, listing):  # they finish on their own (caches)
+                early.add_done_callback(retrieve)
+            raise
+        setup.add("looked up")
+        s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
+        slog = log.bind(session=s.session_id.hex(), peer=to_user)
+        s.answer = asyncio.get_running_loop().create_future()
+        self.sessions[s.session_id] = s
+        # the callee may dial us as soon as it has answered, before its answer reaches us
+        self.paths.listener.expect(s.session_id)
+        try:
+            local = await gathering
+            setup.add("candidates")
+            relays, secret = self.relays.choose(session, await listing, target, failed_relays)
+            setup.add("relays ranked")
+            me = self.config
+            # the relay vouchers' expiry covers the whole wait for an answer and the race
+            expires = int(time.time() + accept_wait_s) + VOUCHER_MARGIN_S
+            sigs = caller_signatures(me.identity, relays, secret, target.user_key, expires)
+            invite = sign_offer(Offer("invite", s.session_id, me.user, me.device,
+                                      me.identity.public_key, to_user, s.keys.public, local,
+                                      time.time(), purpose=purpose, relays=relays,
+                                      relay_secret=secret,
+                                      relay_expires=expires if sigs else 0, relay_sigs=sigs),
+                                me.identity)
+            assert s.answer is not None
+            # the answer can come before our supernode's word on the invite's delivery
+            # (between supernodes that word waits for the receiving one's checks)
+            delivery = self._tasks.spawn(
+                session.signal(to_user, invite.wire, to_device=target.device))
+            await asyncio.wait([delivery, s.answer], return_when=asyncio.FIRST_COMPLETED)
+            if delivery.done():
+                try:
+                    result = delivery.result()
+                except SessionError as exc:
+                    # our supernode went away (it may be the relay that just died): the
+                    # send loop waits for the failover and tries again
+                    raise SendFailed(f"{to_user} could not be signalled: {exc}") from None
+                if not result.ok:
+                    raise SendFailed(f"{to_user} could not be signalled: {result.reason}")
+                setup.add("invite at our supernode")
+            else:
+                delivery.add_done_callback(retrieve)
+            # we dealt with this key: pin it, and the callee becomes a contact of ours
+            self.contacts.dealt_with(to_user, target.user_key)
+            answer = await await_answer(s.answer, s.pending, to_user, accept_wait_s,
+                                        progress, slog)
+            if answer.from_key != target.user_key:
+                raise SendFailed(f"the answer is not signed by {to_user}'s key")
+            if not answer.accept and answer.reason == DECLINED:
+                raise NotAccepted(f"{to_user} declined the contact request")
+            if not answer.accept:
+                raise SendFailed(f"{to_user} declined: {answer.reason}")
+            setup.add("answer")
+            shared = s.keys.shared_secret(answer.ephemeral)
+            transcript = transcript_hash(invite, answer)
+            attempts = self.paths.attempts(s, local, answer.candidates, shared, transcript)
+            attempts.update(self.relays.attempts(s, invite, answer))
+            plan = self.paths.plan(local, answer.candidates, attempts, slog, upgrade=True)
+            late = late_paths(purpose, plan.upgrade_s)
+            try:
+                stream, timeline = await connect_as_initiator(
+                    attempts, self.paths.securer(s, shared, transcript),
+                    staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s, log=slog,
+                    late=late)
+            except NoPath as exc:
+                self.paths.count_race(local, answer.candidates, exc.timeline, setup, slog)
+                raise SendFailed(f"no path to {to_user}: {exc}") from None
+            except BaseException:
+                if late is not None:
+                    late.close()
+                raise
+            self.paths.count_race(local, answer.candidates, timeline, setup, slog)
+            try:
+                yield OpenedPath(s, invite, answer, stream, timeline, shared, transcript,
+                                 late if late is not None and late.armed else None)
+            finally:
+                if late is not None:
+                    late.close()
+                await close_quietly(stream)
+        finally:
+            self.sessions.pop(s.session_id, None)
+            self.paths.listener.forget(s.session_id)
+
+
+def retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a background task's outcome as seen (nobody awaits it any more)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def close_quietly(stream: ByteStream) -> None:
+    with contextlib.suppress(Exception):
+        await stream.close()

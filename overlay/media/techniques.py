@@ -1,0 +1,47 @@
+"""How a raced path got through, as ``overlay send --json`` reports it next to ``path``: from
+the name of the attempt that was selected (:mod:`overlay.media.connect`) and how an inbound
+TCP connection reached us.
+"""
+
+from __future__ import annotations
+
+
+def is_relay(name: str) -> bool:
+    """Whether the attempt called ``name`` goes through a supernode's relay."""
+    return name.startswith("relay")
+
+
+def technique(selected: str | None, inbound_via_mapping: bool,
+              inbound_on_lan: bool = False) -> str:
+    """How the path of the ``selected`` attempt got through, as ``overlay send --json``
+    reports it (next to ``path``):
+
+    - ``lan``: we dialled the peer's address on the LAN both share (``tcp-dial-lan-N``), or
+      the peer's connection reached our listener from such an address (``inbound_on_lan``);
+    - ``mapping``: we dialled the peer's router-mapped address, or the peer's connection
+      reached our listener through our own mapping (``inbound_via_mapping``);
+    - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
+    - ``simple``: UDP hole punching, both sides probing each other's candidates;
+    - ``simultaneous-open``: TCP hole punching, both sides connecting from their listener's
+      port at the same time (:mod:`overlay.media.tcp_punch`);
+    - ``birthday``: UDP hole punching with one symmetric side: its extra sockets against the
+      other side's random-port probes (:mod:`overlay.media.birthday`);
+    - ``relay``: through a supernode's relay;
+    - ``unknown``: nothing was selected.
+    """
+    if selected is None:
+        return "unknown"
+    if is_relay(selected):
+        return "relay"
+    if selected.startswith("tcp-dial-lan") or (selected == "tcp-accept" and inbound_on_lan):
+        return "lan"
+    if selected == "udp-punch":
+        return "simple"
+    if selected.startswith("tcp-punch"):
+        return "simultaneous-open"
+    if selected == "udp-birthday":
+        return "birthday"
+    if selected.startswith("tcp-dial-mapped") or (selected == "tcp-accept"
+                                                  and inbound_via_mapping):
+        return "mapping"
+    return "dial"

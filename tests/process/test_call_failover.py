@@ -1,0 +1,87 @@
+"""A call moves when the relay carrying it is killed (issue 15): two ``overlay supernode``
+processes relay, alice and bob are client daemons with their direct paths taken away (as
+behind two symmetric NATs), so the call starts on one relay with the other kept as a spare.
+The supernode carrying the call gets SIGKILL mid-call; the call goes on through the other
+relay: its ``--json`` lines name the new relay, both sides log ``call_moved``, the call lasts
+its seconds, and the longest gap in audio either side received (the call session's own
+measure) is under 1 s."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlay.client.daemon import ClientDaemon
+from overlay.client.options import ClientOptions
+from overlay.core.identity import Identity
+from overlay.media.paths import Paths
+from tests.helpers.netutil import wait_for
+from tests.helpers.overlay_net import ProcessOverlay
+
+SECONDS = 8.0
+MAX_GAP_MS = 1000.0
+
+
+def relay_ids(net: ProcessOverlay) -> list[str]:
+    """The short relay id (as a call line names it) of each supernode process."""
+    return [Identity.load(net.tmp / f"sn{i}" / "node.key").public_key.hex()[:16]
+            for i in range(len(net.supernodes))]
+
+
+@pytest.mark.timeout(180)
+async def test_a_call_moves_to_the_other_relay_when_its_relay_is_killed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Paths, "attempts", lambda *args: {})  # no direct path
+    net = await ProcessOverlay(tmp_path, 2, ["--heartbeat", "0.5"]).start()
+    clients: list[ClientDaemon] = []
+    try:
+        for user in ("alice", "bob"):
+            client = ClientDaemon(ClientOptions(
+                user=user, device="laptop", key_path=tmp_path / f"{user}.key",
+                bootstrap=[(net.ips[0], net.port)], state_dir=tmp_path / user,
+                heartbeat_s=0.5, presence_refresh_s=2.0, may_become_supernode=False,
+                accept_from="anyone"))
+            await client.start()
+            clients.append(client)
+        await wait_for(lambda: all(c.status()["state"] == "attached" for c in clients), 30)
+        alice, bob = clients
+        ids = relay_ids(net)
+        calling = asyncio.ensure_future(alice.calls.call({"user": "bob", "seconds": SECONDS}))
+
+        def first_line() -> dict[str, Any] | None:
+            entry = next((c for c in alice.calls.recent if c["outgoing"]), None)
+            return entry["line"] if entry is not None else None
+
+        await wait_for(lambda: first_line() is not None or calling.done(), 30)
+        assert not calling.done(), calling.result()
+        line = first_line()
+        assert line is not None and line["path"] == "relay" and line["relay"] in ids, line
+        carrying = ids.index(line["relay"])
+        killed_at = time.monotonic()
+        net.supernodes[carrying].send_signal(signal.SIGKILL)
+        result = await asyncio.wait_for(calling, SECONDS + 30)
+        waited = time.monotonic() - killed_at
+        await wait_for(lambda: not any(c["active"] for c in bob.calls.recent), 15)
+    finally:
+        for c in clients:
+            await c.stop()
+        net.stop()
+    lines, final = result["lines"], result["final"]
+    other = ids[1 - carrying]
+    after = [ln for ln in lines if ln["relay"] == other]
+    assert after and all(ln["path"] == "relay" for ln in after), lines
+    assert final["relay"] == other and final["seconds"] >= SECONDS - 0.5, final
+    assert waited < SECONDS + 5, waited
+    (alice_call,) = [c for c in alice.calls.recent if c["outgoing"]]
+    (bob_call,) = [c for c in bob.calls.recent if not c["outgoing"]]
+    print(f"\nkilled relay {line['relay']}; the call moved to {other}; longest audio gap: "
+          f"alice {alice_call['gap_ms']} ms, bob {bob_call['gap_ms']} ms; "
+          f"final {final}")
+    assert bob_call["line"]["relay"] == other, bob_call
+    assert alice_call["gap_ms"] < MAX_GAP_MS and bob_call["gap_ms"] < MAX_GAP_MS, \
+        (alice_call, bob_call)

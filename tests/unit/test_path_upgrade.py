@@ -1,0 +1,147 @@
+"""Relay first, upgrade later (issue 13): the decisions (:mod:`overlay.media.move_rules`,
+:func:`overlay.media.direct_paths.plan` with ``upgrade``), and a file transfer that starts on a
+real supernode's relay (1 Mbit/s per session) and moves mid-transfer to a direct TCP path that
+completes a second later, both sides' races and moves as the media service runs them: the
+received file's sha256 is the sent one's, and the receiver resumed where its data ended."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from overlay.core.identity import Identity
+from overlay.media import move_rules
+from overlay.media.connect import (
+    LateDirect,
+    MediaStream,
+    connect_as_initiator,
+    connect_as_responder,
+)
+from overlay.media.direct_paths import UPGRADE_WINDOW_S, plan
+from overlay.media.inbox_limits import InboxGuard
+from overlay.media.path_move import Moving
+from overlay.media.signalling import transcript_hash
+from overlay.media.tcp_listener import dial_tcp
+from overlay.media.transfer import PartialStore
+from tests.unit.test_direct_paths import KIND_CANDIDATES
+from tests.unit.test_relay_vouchers import offers, relay_supernode, services
+
+LEGS: tuple[move_rules.Leg, ...] = ("running", "done", "lost")
+UPGRADES: tuple[move_rules.Upgrade, ...] = ("ready", "pending", "none")
+
+
+def test_the_sender_moves_only_while_it_still_sends_data() -> None:
+    table = {(leg, up, all_sent): move_rules.sender_step(leg, up, all_sent)
+             for leg in LEGS for up in UPGRADES for all_sent in (False, True)}
+    # a finished relay leg (done, or refused: not the path's fault) is the outcome
+    assert {s for (leg, _, _), s in table.items() if leg == "done"} == {"finish"}
+    # while data still goes out, a ready direct path takes over at once
+    assert table[("running", "ready", False)] == "move"
+    # once every byte went out, END may be on the relay: wait for its ACK there
+    assert table[("running", "ready", True)] == "wait"
+    assert {table[("running", up, s)] for up in ("pending", "none") for s in (False, True)} \
+        == {"wait"}
+    # a lost relay (the receiver moved first, or the relay died) moves when a path is there,
+    # waits for one still running, and fails as before when none completed
+    for all_sent in (False, True):
+        assert table[("lost", "ready", all_sent)] == "move"
+        assert table[("lost", "pending", all_sent)] == "wait"
+        assert table[("lost", "none", all_sent)] == "finish"
+
+
+def test_the_receiver_moves_only_after_its_relay_read_ended() -> None:
+    assert move_rules.receiver_step("done", "ready") == "finish"
+    assert move_rules.receiver_step("lost", "ready") == "move"
+    assert move_rules.receiver_step("lost", "pending") == "wait"
+    assert move_rules.receiver_step("lost", "none") == "finish"
+    assert {move_rules.receiver_step("running", up) for up in UPGRADES} == {"wait"}
+
+
+@pytest.mark.parametrize("a", tuple(KIND_CANDIDATES))
+@pytest.mark.parametrize("b", tuple(KIND_CANDIDATES))
+def test_the_relay_starts_at_once_for_a_birthday_pair_only_when_the_transfer_can_move(
+        a: str, b: str) -> None:
+    local, remote = KIND_CANDIDATES[a], KIND_CANDIDATES[b]
+    fixed, moving = plan(local, remote, False), plan(local, remote, False, upgrade=True)
+    assert fixed.upgrade_s == 0 and moving.upgrade_s == UPGRADE_WINDOW_S
+    # one symmetric side, the other cone or untranslated (public, firewalled): birthday
+    # punching, which takes seconds
+    birthday = {local.nat, remote.nat} in ({"symmetric", "cone"}, {"symmetric", "public"})
+    if birthday:
+        assert "relay" not in fixed.staggers and moving.staggers["relay"] == 0.0
+    else:
+        assert moving.staggers == fixed.staggers
+    assert plan(remote, local, False, upgrade=True) == moving  # both sides agree
+
+
+async def test_a_transfer_moves_from_the_relay_to_a_later_direct_path(tmp_path: Path) -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(768 * 1024))  # ~6 s at the relay's 1 Mbit/s per session
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    inbox = tmp_path / "inbox"
+    async with relay_supernode() as node:
+        a, b = services(tmp_path, alice, bob)
+        await b.start()
+        try:
+            invite, answer, caller, callee = offers(node, alice, bob)
+            shared = caller.keys.shared_secret(answer.ephemeral)
+            transcript = transcript_hash(invite, answer)
+            queue = b.listener.expect(callee.session_id)
+
+            async def dial() -> MediaStream:
+                return await dial_tcp("127.0.0.1", b.listener.port, caller.session_id)
+
+            async def accept() -> MediaStream:
+                return await queue.get()
+
+            staggers = {"relay": 0.0, "tcp": 1.0}  # the direct path comes a second later
+            a_late, b_late = LateDirect(UPGRADE_WINDOW_S), LateDirect(UPGRADE_WINDOW_S + 2)
+            (a_stream, a_timeline), (b_stream, _) = await asyncio.gather(
+                connect_as_initiator(
+                    {**a.relays.attempts(caller, invite, answer), "tcp-dial-0": dial},
+                    a.paths.securer(caller, shared, transcript), staggers=staggers,
+                    late=a_late),
+                connect_as_responder(
+                    {**b.relays.attempts(callee, invite, answer), "tcp-accept": accept},
+                    b.paths.securer(callee, shared, transcript), staggers=staggers,
+                    late=b_late))
+            assert a_timeline.selected == "relay-0" and a_stream.path == "relay"
+            sender, receiver = Moving(a_stream, a_late), Moving(b_stream, b_late)
+            progress: list[int] = []
+            sent, received = await asyncio.wait_for(asyncio.gather(
+                sender.send(src, lambda n, _: progress.append(n), os.urandom(16), sha,
+                            first_attempt=True),
+                receiver.receive(inbox, PartialStore(), "alice", InboxGuard())), 60)
+            for late, moving in ((a_late, sender), (b_late, receiver)):
+                late.close()
+                await moving.stream.close()
+        finally:
+            await b.stop()
+    assert (sender.moved_from, sender.attempt, sender.stream.path) == \
+        ("relay", "tcp-dial-0", "direct-tcp")
+    assert (receiver.moved_from, receiver.attempt) == ("relay", "tcp-accept")
+    # the move happened mid-transfer: part came over the relay, the rest over TCP
+    assert 0 < received.resumed_from < src.stat().st_size
+    assert sent.resumed_from == received.resumed_from
+    assert received.sha256 == sha
+    assert hashlib.sha256((inbox / "big.bin").read_bytes()).hexdigest() == sha
+    assert not list(inbox.glob("*.partial"))
+
+
+def test_what_runs_on_after_the_selection() -> None:
+    file, call = LateDirect(UPGRADE_WINDOW_S), LateDirect(None, keep_relays=True)
+    # a file on a relay keeps its direct attempts only; on a direct path, nothing
+    assert [n for n in ("relay-1", "udp-birthday", "tcp-dial-0")
+            if file.wants(n, "relay-0")] == ["udp-birthday", "tcp-dial-0"]
+    assert not any(file.wants(n, "udp-punch") for n in ("relay-0", "tcp-dial-0"))
+    # a call on a relay keeps the other relays (its spares) and the direct attempts; on a
+    # direct path it holds no relay session
+    assert [n for n in ("relay-0", "relay-1", "udp-birthday")
+            if call.wants(n, "relay-0")] == ["relay-1", "udp-birthday"]
+    assert [n for n in ("relay-0", "tcp-accept") if call.wants(n, "udp-punch")] == \
+        ["tcp-accept"]
