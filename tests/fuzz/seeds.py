@@ -34,6 +34,8 @@ RECORDS = [
                       relay_spare_bps=10**5, load=3, max_clients=100, coords=(1.0, 2.0),
                       now=NOW),
     records.name_claim(ALICE, "alice", seq=1, now=NOW),
+    records.supernode(NODE, "198.51.100.9", 4000, seq=8, relay_capacity_bps=10**6,
+                      relay_spare_bps=10**6, relay_udp_port=4001, now=NOW),
 ]
 #: the signed bodies ``[FORMAT_VERSION, kind, *fields]``
 RECORD_BODIES = [unpack(unpack(r.wire)[0]) for r in RECORDS]
