@@ -25,12 +25,14 @@ from overlay.call.session import (
     MIN_BITRATE_BPS,
     CallSession,
     CallStats,
+    relay_rate_bps,
 )
 from overlay.call.stream_io import StreamCall
 from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.user_ref import parse_user_ref
+from overlay.media.call_relays import call_relay_rate_bps
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
     MAX_ACCEPT_WAIT_S,
@@ -110,7 +112,9 @@ class Calls:
         if not 0 < wait_s <= MAX_ACCEPT_WAIT_S:
             raise ControlError(f"wait_s is in (0, {MAX_ACCEPT_WAIT_S:g}]")
         try:
-            async with self.media.open_path(ref, CALL, set(), wait_s) as opened:
+            relay_rate = call_relay_rate_bps(relay_rate_bps(bitrate))
+            async with self.media.open_path(ref, CALL, set(), wait_s,
+                                            relay_rate_bps=relay_rate) as opened:
                 lines: list[JSONObject] = []
                 entry = self._entry(ref.name, outgoing=True)
                 final = await self._run(opened, True, seconds, bitrate, entry, lines)

@@ -39,6 +39,7 @@ from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
 from overlay.core.vivaldi import for_prediction
 from overlay.media import (
+    call_relays,
     candidate_policy,
     direct_paths,
     portmap,
@@ -342,7 +343,8 @@ class MediaService:
         if plan.staggers:
             slog.info("race_plan", local_nat=local.nat, remote_nat=remote.nat,
                       staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s)
-        return {**default_staggers(attempts), **plan.staggers}, plan.prefer_direct_s
+        staggers = {**default_staggers(attempts), **plan.staggers}
+        return call_relays.call_staggers(staggers, attempts), plan.prefer_direct_s
 
     def _securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
@@ -443,12 +445,13 @@ class MediaService:
 
     @contextlib.asynccontextmanager
     async def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
-                        accept_wait_s: float, progress: dict[str, Any] | None = None
-                        ) -> AsyncIterator[OpenedPath]:
+                        accept_wait_s: float, progress: dict[str, Any] | None = None,
+                        relay_rate_bps: int = RELAY_RATE_BPS) -> AsyncIterator[OpenedPath]:
         """Look ``ref`` up, invite it (``purpose``: :data:`FILE` or :data:`CALL`), wait for
         its answer, race the paths: the authenticated stream, closed on leaving the block.
         :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
-        ``sending`` entry) gets the wait's state."""
+        ``sending`` entry) gets the wait's state. ``relay_rate_bps``: what a relay session
+        is asked to reserve (a call's rate; 0: the relay's cap)."""
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -475,7 +478,10 @@ class MediaService:
         try:
             local = await gathering
             setup.add("candidates")
-            relays, secret = self._choose_relays(session, await listing, target, failed_relays)
+            directory = await listing
+            relays, secret = self._choose_relays(session, directory, target, failed_relays,
+                                                 purpose == CALL)
+            udp_ports = call_relays.udp_ports(directory, relays) if purpose == CALL else ()
             setup.add("relays ranked")
             me = self.config
             # the relay vouchers' expiry covers the whole wait for an answer and the race
@@ -485,7 +491,8 @@ class MediaService:
                                       me.identity.public_key, to_user, s.keys.public, local,
                                       time.time(), purpose=purpose, relays=relays,
                                       relay_secret=secret,
-                                      relay_expires=expires if sigs else 0, relay_sigs=sigs),
+                                      relay_expires=expires if sigs else 0, relay_sigs=sigs,
+                                      relay_udp_ports=udp_ports),
                                 me.identity)
             assert s.answer is not None
             # the answer can come before our supernode's word on the invite's delivery
@@ -519,7 +526,7 @@ class MediaService:
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self._attempts(s, local, answer.candidates, shared, transcript)
-            attempts.update(self._relay_attempts(s, invite, answer))
+            attempts.update(self._relay_attempts(s, invite, answer, relay_rate_bps))
             staggers, prefer_direct_s = self._plan(local, answer.candidates, attempts, slog)
             try:
                 stream, timeline = await connect_as_initiator(
@@ -548,9 +555,10 @@ class MediaService:
 
     def _choose_relays(
         self, session: ClientSession, directory: list[records.SignedRecord] | None,
-        target: records.PresenceRecord, exclude: set[bytes],
+        target: records.PresenceRecord, exclude: set[bytes], call: bool = False,
     ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
-        """The best few relays for this call, from the signed supernode directory."""
+        """The best few relays for this session, from the signed supernode directory (for a
+        ``call``: latency first, then spare budget; :mod:`.relay_selector`)."""
         if directory is None:
             return (), b""
         coords = {s.record.node_key: for_prediction(s.record.coords)
@@ -560,17 +568,20 @@ class MediaService:
             caller_rtt=self.attachment.relay_rtts(), caller_coords=coords.get(session.node_key),
             callee_coords=coords.get(target.supernode_key),
             callee_supernode=target.supernode_key, history=self.relay_history,
-            exclude=exclude,
+            exclude=exclude, call=call,
         )[: relay_selector.TOP]
         return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
-    def _relay_attempts(self, s: Session, offer: Offer, answer: Offer) -> dict[str, Attempt]:
+    def _relay_attempts(self, s: Session, offer: Offer, answer: Offer,
+                        rate_bps: int = RELAY_RATE_BPS) -> dict[str, Attempt]:
         """One attempt per relay the invite names: the first relay that admits the session
         and pairs both halves wins the race like any other path. The caller's hello carries
         the voucher both signed (``answer``, ours or the callee's, has the callee's
         countersignatures); where there is none (a peer that does not sign vouchers), a
-        relay that is our own supernode is reserved over our attachment instead."""
+        relay that is our own supernode is reserved over our attachment instead. A call also
+        tries the relays' datagram relays (:mod:`.call_relays`)."""
         attempts: dict[str, Attempt] = {}
+        dialable: set[int] = set()
         vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
         own = self._own_reflexive()
         peer = offer.candidates.public_hosts()
@@ -580,11 +591,15 @@ class MediaService:
                 log.info("relay_dropped", session=s.session_id.hex(), host=host, port=port,
                          reason=verdict.reason)
                 continue
+            dialable.add(i)
             token = relay_selector.session_token(offer.relay_secret, key)
             voucher = voucher_for(offer, answer, i) if s.initiator else None
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
-                host, port, key, token, s.initiator, RELAY_RATE_BPS, voucher=voucher,
+                host, port, key, token, s.initiator, rate_bps, voucher=voucher,
                 reserve=None if vouchers else self._reserver(key))
+        if offer.purpose == CALL:
+            attempts.update(call_relays.udp_relay_attempts(offer, answer, s.initiator,
+                                                           rate_bps, dialable))
         return attempts
 
     def _reserver(self, relay_key: bytes) -> transport_hooks.Reserve | None:

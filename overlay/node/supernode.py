@@ -91,6 +91,7 @@ class Supernode(NodeDaemon, AttachHandler):
             stopping=self.stopping, relay_udp_port=self._advertised_relay_udp_port,
         )
         relay.on_change = self.publisher.relay_changed
+        self.datagram_relay.on_change = self.publisher.relay_changed
         self.coordinates = CoordinateUpkeep(key, self.dht, self.tcp, sn, vivaldi=self.vivaldi,
                                             publisher=self.publisher)
         self.reachability = ReachabilityChecker(self.identity, self.dht, self.tcp)

@@ -2,10 +2,13 @@
 
 :class:`RelayBinding` sends ALLOCATE with the relay hello (role, token, rate, credential),
 answers the relay's CHALLENGE with the cookie it names, retransmits every
-:data:`RETRANSMIT_S` until a STATUS, and gives up after ``timeout_s`` ("no answer"). Once
+:data:`RETRANSMIT_S` until a STATUS, and gives up after ``timeout_s`` ("no answer"). The
+callee may come first: ``unknown token`` means "not yet", and it keeps asking. Once
 bound it sends a KEEPALIVE every :data:`KEEPALIVE_S`, well within the relay's consent
 window (:data:`~overlay.relay.datagram.CONSENT_S`), so the relay keeps forwarding to this end
-even while it has nothing else to send. Only datagrams from the relay's address that are
+even while it has nothing else to send; :meth:`RelayBinding.release` ends the session at the
+relay (RELEASE with the token) when the path is done with, or abandoned while binding, so its
+reservation does not wait for the relay's timeouts. Only datagrams from the relay's address that are
 well-formed CHALLENGE or STATUS messages are taken; everything else is left to the caller
 (the path's own traffic).
 
@@ -21,12 +24,19 @@ from overlay.relay.datagram import (
     COOKIE_BYTES,
     KEEPALIVE,
     MAGIC,
+    RELEASE,
     STATUS,
     VERSION,
     encode_allocate,
     encode_control,
 )
-from overlay.relay.protocol import SessionLimits, decode_limits, decode_status
+from overlay.relay.protocol import (
+    REASON_UNKNOWN_TOKEN,
+    SessionLimits,
+    decode_hello,
+    decode_limits,
+    decode_status,
+)
 
 Address = tuple[str, int]
 
@@ -39,8 +49,9 @@ KEEPALIVE_S = CONSENT_S / 3
 BINDING = "binding"
 BOUND = "bound"
 REFUSED = "refused"
-#: the reason when the relay never answered
+#: the reason when the relay never answered, and when this end released the session
 NO_ANSWER = "no answer"
+RELEASED = "released"
 _HEAD_BYTES = len(MAGIC) + 2
 
 
@@ -59,6 +70,7 @@ class RelayBinding:
                  keepalive_s: float = KEEPALIVE_S) -> None:
         self.relay = relay
         self.hello = hello
+        self.token = decode_hello(hello).token
         self.retransmit_s = retransmit_s
         self.keepalive_s = keepalive_s
         self.deadline = now + timeout_s
@@ -92,6 +104,8 @@ class RelayBinding:
         if parsed is None:
             return []
         ok, reason, _ = parsed
+        if not ok and reason == REASON_UNKNOWN_TOKEN and self.state == BINDING:
+            return []  # the caller's end is not there yet: keep asking until the deadline
         if not ok:
             self.state, self.reason = REFUSED, reason
         elif self.state == BINDING:
@@ -99,6 +113,14 @@ class RelayBinding:
             self.limits = decode_limits(body) or SessionLimits(0, 0, 0)
             self._due = now + self.keepalive_s
         return []
+
+    def release(self) -> list[bytes]:
+        """End the session at the relay (a caller's waiting one too): the RELEASE to send,
+        none when the relay has refused or ended it already."""
+        if self.state == REFUSED:
+            return []
+        self.state, self.reason = REFUSED, RELEASED
+        return [encode_control(RELEASE, self.token)]
 
     def timer(self, now: float) -> list[bytes]:
         """What is due at ``now``: a retransmitted ALLOCATE, or a KEEPALIVE once bound."""

@@ -46,6 +46,20 @@ def test_both_ends_bind_and_keep_consent_with_keepalives() -> None:
     assert caller.next_timer() - now <= CONSENT_S
 
 
+def test_a_callee_that_comes_first_keeps_asking_until_its_caller_is_there() -> None:
+    r = relay()
+    token = os.urandom(32)
+    callee = RelayBinding(RELAY, hello(1, token), 0.0)
+    exchange(r, {B: callee}, 0.0)
+    exchange(r, {B: callee}, 0.3)
+    assert callee.state == "binding" and r.stats.refused["unknown token"] >= 1
+    caller = RelayBinding(RELAY, hello(0, token, voucher(token, Identity.generate(),
+                                                        Identity.generate())), 0.5)
+    exchange(r, {A: caller}, 0.5)
+    exchange(r, {A: caller, B: callee}, 0.6)
+    assert caller.state == callee.state == BOUND
+
+
 def test_a_refusal_and_silence_end_the_binding() -> None:
     r = relay()
     refused = RelayBinding(RELAY, hello(0, os.urandom(32)), 0.0)  # no credential
@@ -72,3 +86,37 @@ def test_only_the_relays_own_control_answers_are_taken() -> None:
     assert binding.datagram_received(b"OVRD\x01\x02\x07\x00", RELAY, 0.1) == []  # bad status
     assert binding.state == "binding"
     assert binding.datagram_received(ok, RELAY, 0.1) == [] and binding.state == BOUND
+
+
+def test_release_ends_the_session_and_gives_the_budget_back_at_once() -> None:
+    r = relay()
+    changes: list[int] = []
+    r.on_change = lambda: changes.append(len(r.sessions))
+    token = os.urandom(32)
+    caller = RelayBinding(RELAY, hello(0, token, voucher(token, Identity.generate(),
+                                                        Identity.generate()), 48_000), 0.0)
+    callee = RelayBinding(RELAY, hello(1, token, None, 48_000), 0.0)
+    exchange(r, {A: caller, B: callee}, 0.0)
+    exchange(r, {A: caller, B: callee}, 0.3)
+    assert caller.state == callee.state == BOUND and r.budget.reserved_bps == 48_000
+    for datagram in callee.release():
+        r.datagram_received(datagram, B, 1.0)
+    assert not r.sessions and r.budget.reserved_bps == 0
+    assert r.stats.ended["released"] == 1 and changes == [1, 0]
+    assert callee.timer(100.0) == [] and callee.release() == []
+    # the caller's own RELEASE comes after: nothing left to end
+    for datagram in caller.release():
+        assert r.datagram_received(datagram, A, 1.1) == []
+    assert r.stats.ended["released"] == 1
+
+
+def test_a_caller_abandoning_its_wait_releases_the_reservation() -> None:
+    r = relay()
+    token = os.urandom(32)
+    caller = RelayBinding(RELAY, hello(0, token, voucher(token, Identity.generate(),
+                                                        Identity.generate()), 48_000), 0.0)
+    exchange(r, {A: caller}, 0.0)
+    assert r.budget.reserved_bps == 48_000
+    for datagram in caller.release():
+        r.datagram_received(datagram, A, 0.5)
+    assert r.budget.reserved_bps == 0 and not r.admission.per_ip
