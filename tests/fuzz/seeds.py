@@ -78,6 +78,10 @@ OFFERS = [
                      CANDIDATES, NOW, relays=(("192.0.2.9", 7000, K32),),
                      relay_secret=b"\x03" * 32, relay_expires=int(NOW) + 720,
                      relay_sigs=(SIG,)), ALICE),
+    sign_offer(Offer("invite", N16, "alice", "phone", ALICE.public_key, "bob", K32,
+                     CANDIDATES, NOW, purpose="call",
+                     relays=(("192.0.2.9", 7000, K32), ("192.0.2.10", 7000, K32)),
+                     relay_secret=b"\x03" * 32, relay_udp_ports=(0, 7001)), ALICE),
 ]
 OFFER_BODIES = [o.fields() for o in OFFERS]
 
