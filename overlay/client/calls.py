@@ -2,7 +2,9 @@
 
 A call is a media session whose invite says ``purpose: "call"``: the same lookup, signed
 invite and answer, consent rules (:mod:`overlay.media.consent`) and path race as a file
-transfer (:meth:`MediaService.open_path`). Both sides then run a
+transfer (:meth:`MediaService.open_path`; relays in the order of
+:mod:`overlay.media.call_relays`, a datagram relay before a TCP relay, each relay session
+asking for the call's rate). Both sides then run a
 :class:`~overlay.call.session.CallSession` over the path (:mod:`overlay.call.stream_io`):
 the caller for the seconds asked, the callee until the caller ends the stream.
 
