@@ -84,8 +84,8 @@ async def test_calls_take_the_datagram_relay_and_a_full_relay_steers_the_next_ca
             answer = await ask(socks[caller], {"cmd": "lookup", "user": callee})
             return any(r["online"] for r in answer.get("records", []))
 
-        await wait_for(lambda: sees("alice", "bob"), timeout=30, interval=0.2)
-        await wait_for(lambda: sees("carol", "dave"), timeout=30, interval=0.2)
+        await wait_for(lambda: sees("alice", "bob"), timeout=60, interval=0.2)
+        await wait_for(lambda: sees("carol", "dave"), timeout=60, interval=0.2)
 
         async def call(caller: str, callee: str, seconds: str) -> list[dict[str, Any]]:
             code, out, err = await overlay_cli("call", callee, "--control", str(socks[caller]),
