@@ -18,12 +18,10 @@ from typing import cast
 from overlay.call.errors import CallError
 from overlay.call.session import CallSession, CallStats
 from overlay.relay import datagram as dgram
-from overlay.relay.protocol import SessionLimits, decode_limits, decode_status
+from overlay.relay.datagram_client import BIND_TIMEOUT_S, BINDING, REFUSED, RelayBinding
+from overlay.relay.protocol import SessionLimits
 
 Address = tuple[str, int]
-#: ALLOCATE retransmission interval and the longest wait for the relay's OK
-RETRANSMIT_S = 0.25
-BIND_TIMEOUT_S = 20.0
 
 
 class RelayRefused(CallError):
@@ -75,32 +73,26 @@ async def open_call_socket(host: str, port: int = 0) -> CallSocket:
 
 async def bind_relay(sock: CallSocket, relay: Address, hello: bytes,
                      timeout_s: float = BIND_TIMEOUT_S) -> SessionLimits:
-    """ALLOCATE at ``relay`` (answering its CHALLENGE, retransmitting) until STATUS; the
-    session's limits, or :class:`RelayRefused`."""
-    cookie = bytes(dgram.COOKIE_BYTES)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise RelayRefused("no answer")
-        sock.send(dgram.encode_allocate(cookie, hello), relay)
+    """Bind ``sock`` at ``relay`` (:class:`~overlay.relay.datagram_client.RelayBinding`:
+    ALLOCATE, the CHALLENGE's cookie, retransmissions) until STATUS; the session's limits,
+    or :class:`RelayRefused`."""
+    binding = RelayBinding(relay, hello, time.monotonic(), timeout_s=timeout_s)
+    while binding.state == BINDING:
+        for datagram in binding.timer(time.monotonic()):
+            sock.send(datagram, relay)
+        if binding.state != BINDING:
+            break
+        wait = max(0.0, binding.next_timer() - time.monotonic())
         try:
-            data, addr = await asyncio.wait_for(sock.control.get(), min(left, RETRANSMIT_S))
+            data, addr = await asyncio.wait_for(sock.control.get(), wait)
         except TimeoutError:
             continue
-        if addr != relay or len(data) < 6:
-            continue
-        kind, body = data[5], data[6:]
-        if kind == dgram.CHALLENGE and len(body) == dgram.COOKIE_BYTES:
-            cookie = body
-        elif kind == dgram.STATUS:
-            parsed = decode_status(body)
-            if parsed is None:
-                continue
-            if not parsed[0]:
-                raise RelayRefused(parsed[1])
-            limits = decode_limits(body)
-            return limits or SessionLimits(0, 0, 0)
+        for datagram in binding.datagram_received(data, addr, time.monotonic()):
+            sock.send(datagram, relay)
+    if binding.state == REFUSED:
+        raise RelayRefused(binding.reason)
+    assert binding.limits is not None
+    return binding.limits
 
 
 async def run_call(session: CallSession, sock: CallSocket, send_to: Callable[[], Address],

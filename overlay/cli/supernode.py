@@ -100,7 +100,9 @@ def add_commands(sub: Any) -> None:
                         "may hold (default 4)")
     p.add_argument("--relay-udp-port", type=int, default=None, metavar="PORT",
                    help="also relay calls' datagrams on this UDP port of the listen address "
-                        "(same budget and limits; 0: any free port; default: off)")
+                        "(same budget and limits; advertised in the supernode's record, and "
+                        "calls prefer it to the TCP relay; 0: any free port; default: off, "
+                        "as it needs a second port opened beside the listen port)")
     p.add_argument("--no-relay", action="store_true",
                    help="do not relay for others (relay connections are refused)")
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",

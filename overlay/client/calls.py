@@ -2,7 +2,9 @@
 
 A call is a media session whose invite says ``purpose: "call"``: the same lookup, signed
 invite and answer, consent rules (:mod:`overlay.media.consent`) and path race as a file
-transfer (:meth:`MediaService.open_path`). Both sides then run a
+transfer (:meth:`MediaService.open_path`; relays in the order of
+:mod:`overlay.media.call_relays`, a datagram relay before a TCP relay, each relay session
+asking for the call's rate). Both sides then run a
 :class:`~overlay.call.session.CallSession` over the path (:mod:`overlay.call.stream_io`):
 the caller for the seconds asked, the callee until the caller ends the stream.
 
@@ -28,12 +30,14 @@ from overlay.call.session import (
     MIN_BITRATE_BPS,
     CallSession,
     CallStats,
+    relay_rate_bps,
 )
 from overlay.call.stream_io import LOST_GRACE_S, StreamCall
 from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.user_ref import parse_user_ref
+from overlay.media.call_relays import call_relay_rate_bps
 from overlay.media.connect import LateDirect
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
@@ -114,7 +118,9 @@ class Calls:
         if not 0 < wait_s <= MAX_ACCEPT_WAIT_S:
             raise ControlError(f"wait_s is in (0, {MAX_ACCEPT_WAIT_S:g}]")
         try:
-            async with self.media.open_path(ref, CALL, set(), wait_s) as opened:
+            relay_rate = call_relay_rate_bps(relay_rate_bps(bitrate))
+            async with self.media.open_path(ref, CALL, set(), wait_s,
+                                            relay_rate_bps=relay_rate) as opened:
                 lines: list[JSONObject] = []
                 entry = self._entry(ref.name, outgoing=True)
                 final = await self._run(opened, True, seconds, bitrate, entry, lines)

@@ -204,7 +204,11 @@ class PresenceRecord:
 
 @dataclass(frozen=True)
 class SupernodeRecord:
-    """A supernode's public address, load and relay capacity. Signed by the node key."""
+    """A supernode's public address, load and relay capacity. Signed by the node key.
+
+    ``relay_udp_port``: the UDP port of its datagram relay for calls
+    (:mod:`overlay.relay.datagram`) on ``host``; 0: none. It is a 12th field present only
+    when not 0, so a record without it is the 11 fields it always was."""
 
     node_key: bytes
     host: str
@@ -217,18 +221,22 @@ class SupernodeRecord:
     seq: int
     issued_at: float
     expires_at: float
+    relay_udp_port: int = 0
 
     kind: ClassVar[RecordKind] = RecordKind.SUPERNODE
     max_lifetime_s: ClassVar[float] = MAX_LIFETIME_S
     _types: ClassVar[tuple[type, ...]] = (
         bytes, str, int, int, int, int, int, list, int, float, float,
     )
+    #: trailing fields a record may leave out (each only with those after it)
+    _optional_types: ClassVar[tuple[type, ...]] = (int,)
 
     def fields(self) -> list[Any]:
         return [
             self.node_key, self.host, self.port, self.relay_capacity_bps,
             self.relay_spare_bps, self.load, self.max_clients, list(self.coords), self.seq,
             self.issued_at, self.expires_at,
+            *([self.relay_udp_port] if self.relay_udp_port else []),
         ]
 
     @classmethod
@@ -237,10 +245,12 @@ class SupernodeRecord:
         if len(coords) > 4 or not all(type(c) is float and math.isfinite(c) for c in coords):
             raise MalformedRecord("coords must be up to 4 finite floats")
         v = values
+        if len(v) > 11 and v[11] == 0:
+            raise MalformedRecord("a supernode without a UDP relay leaves the port out")
         return cls(
             node_key=v[0], host=v[1], port=v[2], relay_capacity_bps=v[3], relay_spare_bps=v[4],
             load=v[5], max_clients=v[6], coords=tuple(coords), seq=v[8], issued_at=v[9],
-            expires_at=v[10],
+            expires_at=v[10], relay_udp_port=v[11] if len(v) > 11 else 0,
         )
 
     def check(self) -> None:
@@ -253,6 +263,8 @@ class SupernodeRecord:
                 raise MalformedRecord(f"{name} must not be negative")
         if self.relay_spare_bps > self.relay_capacity_bps:
             raise MalformedRecord("relay spare capacity exceeds capacity")
+        if self.relay_udp_port:
+            _check_port(self.relay_udp_port)
 
     @property
     def signer(self) -> bytes:
@@ -419,8 +431,9 @@ def verify(wire: Any, now: float | None = None) -> SignedRecord:
     if cls is None:
         raise MalformedRecord(f"unknown record kind {values[1]!r}")
     fields = values[2:]
-    if len(fields) != len(cls._types) or not all(
-        type(v) is t for v, t in zip(fields, cls._types, strict=True)
+    types = (*cls._types, *getattr(cls, "_optional_types", ()))
+    if not len(cls._types) <= len(fields) <= len(types) or not all(
+        type(v) is t for v, t in zip(fields, types[:len(fields)], strict=True)
     ):
         raise MalformedRecord(f"{cls.__name__} fields have the wrong shape")
     if msgpack.packb(values, use_bin_type=True) != body:
@@ -469,6 +482,7 @@ def supernode(
     load: int = 0,
     max_clients: int = 0,
     coords: tuple[float, ...] = (),
+    relay_udp_port: int = 0,
     lifetime_s: float = 300.0,
     now: float | None = None,
 ) -> SignedRecord:
@@ -478,7 +492,7 @@ def supernode(
         node_key=identity.public_key, host=host, port=port,
         relay_capacity_bps=relay_capacity_bps, relay_spare_bps=relay_spare_bps, load=load,
         max_clients=max_clients, coords=tuple(float(c) for c in coords), seq=seq,
-        issued_at=float(t), expires_at=float(t + lifetime_s),
+        issued_at=float(t), expires_at=float(t + lifetime_s), relay_udp_port=relay_udp_port,
     )
     return sign(record, identity, now=t)
 

@@ -41,7 +41,6 @@ from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.path_move import Moving
 from overlay.media.path_opening import (
-    CALL,
     OpenedPath,
     close_quietly,
     late_paths,
@@ -52,6 +51,7 @@ from overlay.media.relay_paths import RelayPaths
 from overlay.media.relay_vouchers import callee_signatures
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
+    CALL,
     Offer,
     SignallingError,
     open_offer,

@@ -67,10 +67,12 @@ def stagger_for(name: str, staggers: dict[str, float]) -> float:
 
 
 class Pushback:
-    """A MediaStream that first returns bytes already read from the one it wraps."""
+    """A MediaStream that first returns bytes already read from the one it wraps (``raw``
+    too: what looks under a path for its transport, a call for QUIC's datagrams, finds it)."""
 
     def __init__(self, stream: MediaStream, leftover: bytes) -> None:
         self.stream = stream
+        self.raw = stream
         self.leftover = leftover
         self.path = stream.path
         self.relay = stream.relay

@@ -6,6 +6,8 @@ carries QUIC (:mod:`overlay.media.quic`). It demultiplexes every datagram it rec
 
 - ``OVL3`` (DHT envelope): signed RESPONSE envelopes whose msg_id a binding request is waiting for;
 - ``OVLP`` (punch probe, :mod:`overlay.media.punch`): to the punching session it names;
+- ``OVRD`` (datagram relay control, :mod:`overlay.relay.datagram_client`): to
+  :attr:`MediaSocket.relay_control` when the socket is bound at a relay;
 - anything else: QUIC, routed by destination connection id (then by source address); a QUIC
   Initial from an address a waiting responder accepts creates its connection. QUIC packets
   that arrive before anyone claims them are kept for a moment (a peer may finish punching
@@ -31,6 +33,7 @@ from overlay.dht.envelope import MAGIC as ENVELOPE_MAGIC
 from overlay.dht.envelope import MSG_ID_BYTES, Envelope, EnvelopeError, Kind, open_datagram
 from overlay.media.punch import PROBE_MAGIC, Puncher, decode_probe, probe_session_id
 from overlay.media.quic.core import QUIC_CID_BYTES
+from overlay.relay.datagram_client import is_relay_control
 
 #: QUIC datagrams nobody claimed yet: kept this long, this many
 EARLY_KEEP_S = 3.0
@@ -77,6 +80,8 @@ class MediaSocket(asyncio.DatagramProtocol):
         self._early: deque[tuple[float, bytes, Address]] = deque()
         self.stats: Counter[str] = Counter()
         self.closed = False
+        #: takes the datagram relay's control messages (a socket bound at a relay for a call)
+        self.relay_control: Callable[[bytes, Address], None] | None = None
 
     @classmethod
     async def open(cls, host: str = "0.0.0.0", port: int = 0) -> MediaSocket:
@@ -139,6 +144,9 @@ class MediaSocket(asyncio.DatagramProtocol):
         peer = (str(addr[0]), int(addr[1]))
         self.stats["datagrams_in"] += 1
         head = data[:4]
+        if self.relay_control is not None and is_relay_control(data):
+            self.relay_control(data, peer)
+            return
         if head in (ENVELOPE_MAGIC, PROBE_MAGIC):
             if self._envelope(data, peer) if head == ENVELOPE_MAGIC else self._probe(data, peer):
                 return

@@ -21,6 +21,7 @@ from overlay.attach.adapter import SessionError
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef
+from overlay.media import call_relays
 from overlay.media.attachment import AttachmentPort, ContactsPort
 from overlay.media.connect import LateDirect, NoPath, Timeline, connect_as_initiator
 from overlay.media.consent import (
@@ -31,18 +32,20 @@ from overlay.media.consent import (
     choose_target,
 )
 from overlay.media.paths import Paths
-from overlay.media.relay_paths import RelayPaths
+from overlay.media.relay_paths import RELAY_RATE_BPS, RelayPaths
 from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
 from overlay.media.session import MediaConfig, Session
-from overlay.media.signalling import Offer, new_session_id, sign_offer, transcript_hash
+from overlay.media.signalling import (
+    CALL,
+    Offer,
+    new_session_id,
+    sign_offer,
+    transcript_hash,
+)
 from overlay.media.stream import ByteStream, MediaStream
 
 log = get_logger(__name__)
 
-#: an invite's ``purpose``: a file transfer (the default, and what an older client sends)
-#: or a call (:mod:`overlay.client.calls` runs it over the path)
-FILE = "file"
-CALL = "call"
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,13 @@ class PathOpener:
 
     @contextlib.asynccontextmanager
     async def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
-                        accept_wait_s: float, progress: dict[str, Any] | None = None
-                        ) -> AsyncIterator[OpenedPath]:
+                        accept_wait_s: float, progress: dict[str, Any] | None = None,
+                        relay_rate_bps: int = RELAY_RATE_BPS) -> AsyncIterator[OpenedPath]:
         """Look ``ref`` up, invite it (``purpose``: :data:`FILE` or :data:`CALL`), wait for
         its answer, race the paths: the authenticated stream, closed on leaving the block.
         :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
-        ``sending`` entry) gets the wait's state."""
+        ``sending`` entry) gets the wait's state. ``relay_rate_bps``: what a relay session
+        is asked to reserve (a call's rate; 0: the relay's cap)."""
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -119,7 +123,10 @@ class PathOpener:
         try:
             local = await gathering
             setup.add("candidates")
-            relays, secret = self.relays.choose(session, await listing, target, failed_relays)
+            directory = await listing
+            relays, secret = self.relays.choose(session, directory, target, failed_relays,
+                                                purpose == CALL)
+            udp_ports = call_relays.udp_ports(directory, relays) if purpose == CALL else ()
             setup.add("relays ranked")
             me = self.config
             # the relay vouchers' expiry covers the whole wait for an answer and the race
@@ -129,7 +136,8 @@ class PathOpener:
                                       me.identity.public_key, to_user, s.keys.public, local,
                                       time.time(), purpose=purpose, relays=relays,
                                       relay_secret=secret,
-                                      relay_expires=expires if sigs else 0, relay_sigs=sigs),
+                                      relay_expires=expires if sigs else 0, relay_sigs=sigs,
+                                      relay_udp_ports=udp_ports),
                                 me.identity)
             assert s.answer is not None
             # the answer can come before our supernode's word on the invite's delivery
@@ -163,7 +171,7 @@ class PathOpener:
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self.paths.attempts(s, local, answer.candidates, shared, transcript)
-            attempts.update(self.relays.attempts(s, invite, answer))
+            attempts.update(self.relays.attempts(s, invite, answer, relay_rate_bps))
             plan = self.paths.plan(local, answer.candidates, attempts, slog, upgrade=True)
             late = late_paths(purpose, plan.upgrade_s)
             try:

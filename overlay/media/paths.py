@@ -20,6 +20,7 @@ from overlay.attach.adapter import ClientSession
 from overlay.core.addresses import Address
 from overlay.core.logs import get_logger
 from overlay.media import (
+    call_relays,
     candidate_policy,
     direct_paths,
     portmap,
@@ -227,7 +228,8 @@ class Paths:
             slog.info("race_plan", local_nat=local.nat, remote_nat=remote.nat,
                       staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s,
                       upgrade_s=plan.upgrade_s)
-        return replace(plan, staggers={**default_staggers(attempts), **plan.staggers})
+        staggers = {**default_staggers(attempts), **plan.staggers}
+        return replace(plan, staggers=call_relays.call_staggers(staggers, attempts))
 
     def securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:

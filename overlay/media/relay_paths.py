@@ -12,7 +12,7 @@ from overlay.attach.adapter import ClientSession, SessionError
 from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.vivaldi import for_prediction
-from overlay.media import candidate_policy, relay_selector, transport_hooks
+from overlay.media import call_relays, candidate_policy, relay_selector, transport_hooks
 from overlay.media.attachment import AttachmentPort
 from overlay.media.connect import Attempt
 from overlay.media.errors import PathLost
@@ -20,7 +20,7 @@ from overlay.media.paths import Paths
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.relay_vouchers import voucher_for
 from overlay.media.session import Session
-from overlay.media.signalling import Offer
+from overlay.media.signalling import CALL, Offer
 
 log = get_logger(__name__)
 
@@ -48,9 +48,10 @@ class RelayPaths:
 
     def choose(
         self, session: ClientSession, directory: list[records.SignedRecord] | None,
-        target: records.PresenceRecord, exclude: set[bytes],
+        target: records.PresenceRecord, exclude: set[bytes], call: bool = False,
     ) -> tuple[tuple[tuple[str, int, bytes], ...], bytes]:
-        """The best few relays for this call, from the signed supernode directory."""
+        """The best few relays for this session, from the signed supernode directory (for a
+        ``call``: latency first, then spare budget; :mod:`.relay_selector`)."""
         if directory is None:
             return (), b""
         coords = {s.record.node_key: for_prediction(s.record.coords)
@@ -60,17 +61,20 @@ class RelayPaths:
             caller_rtt=self.attachment.relay_rtts(), caller_coords=coords.get(session.node_key),
             callee_coords=coords.get(target.supernode_key),
             callee_supernode=target.supernode_key, history=self.history,
-            exclude=exclude,
+            exclude=exclude, call=call,
         )[: relay_selector.TOP]
         return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
-    def attempts(self, s: Session, offer: Offer, answer: Offer) -> dict[str, Attempt]:
+    def attempts(self, s: Session, offer: Offer, answer: Offer,
+                 rate_bps: int = RELAY_RATE_BPS) -> dict[str, Attempt]:
         """One attempt per relay the invite names: the first relay that admits the session
         and pairs both halves wins the race like any other path. The caller's hello carries
         the voucher both signed (``answer``, ours or the callee's, has the callee's
         countersignatures); where there is none (a peer that does not sign vouchers), a
-        relay that is our own supernode is reserved over our attachment instead."""
+        relay that is our own supernode is reserved over our attachment instead. A call also
+        tries the relays' datagram relays (:mod:`.call_relays`)."""
         attempts: dict[str, Attempt] = {}
+        dialable: set[int] = set()
         vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
         own = self.paths.own_reflexive()
         peer = offer.candidates.public_hosts()
@@ -80,11 +84,15 @@ class RelayPaths:
                 log.info("relay_dropped", session=s.session_id.hex(), host=host, port=port,
                          reason=verdict.reason)
                 continue
+            dialable.add(i)
             token = relay_selector.session_token(offer.relay_secret, key)
             voucher = voucher_for(offer, answer, i) if s.initiator else None
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
-                host, port, key, token, s.initiator, RELAY_RATE_BPS, voucher=voucher,
+                host, port, key, token, s.initiator, rate_bps, voucher=voucher,
                 reserve=None if vouchers else self._reserver(key))
+        if offer.purpose == CALL:
+            attempts.update(call_relays.udp_relay_attempts(offer, answer, s.initiator,
+                                                           rate_bps, dialable))
         return attempts
 
     def _reserver(self, relay_key: bytes) -> transport_hooks.Reserve | None:

@@ -5,6 +5,11 @@ The caller's leg is measured (probe RTTs the client already has) or, failing tha
 from Vivaldi coordinates; the callee's leg is estimated from the relay's coordinates and those
 of the callee's supernode (a client attaches to its nearest supernode, so that is where it is),
 so the callee's side needs no probing. A relay that just failed is avoided for a while.
+
+For a file, the estimate and a small penalty for load make one score. For a call, latency
+decides first (in steps of :data:`CALL_LATENCY_STEP_S`: closer estimates are within
+Vivaldi's error), then spare budget: of relays equally near, the one with the most spare rate
+goes first, so calls spread over relays before any fills up.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ FAILURE_PENALTY_S = 1.0
 FAILURE_MEMORY_S = 300.0
 LOAD_PENALTY_S = 0.05
 TOP = 3
+CALL_LATENCY_STEP_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -97,15 +103,18 @@ def rank(
     found: list[RelayCandidate], *, caller_rtt: dict[bytes, float],
     caller_coords: Coordinate | None, callee_coords: Coordinate | None,
     callee_supernode: bytes, history: RelayHistory, exclude: set[bytes] | None = None,
-    now: float | None = None,
+    now: float | None = None, call: bool = False,
 ) -> list[RelayCandidate]:
-    """Best first: latency estimate, plus penalties for load and recent failures."""
-    def score(c: RelayCandidate) -> tuple[float, bytes]:
+    """Best first: latency estimate plus a penalty for recent failures; then, for a file, a
+    penalty for load, for a ``call`` the most spare budget among equally near relays."""
+    def score(c: RelayCandidate) -> tuple[float, int, bytes]:
         latency = estimated_latency(c, caller_rtt, caller_coords, callee_coords,
                                     callee_supernode)
+        latency += FAILURE_PENALTY_S * history.recent(c.node_key, now)
+        if call:
+            return float(int(latency // CALL_LATENCY_STEP_S)), -c.spare_bps, c.node_key
         load = 1.0 - c.spare_bps / max(1, c.capacity_bps)
-        failures = history.recent(c.node_key, now)
-        return latency + LOAD_PENALTY_S * load + FAILURE_PENALTY_S * failures, c.node_key
+        return latency + LOAD_PENALTY_S * load, 0, c.node_key
 
     return sorted((c for c in found if c.node_key not in (exclude or set())), key=score)
 

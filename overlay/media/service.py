@@ -36,14 +36,14 @@ from overlay.media.consent import (
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.path_move import Moving
-from overlay.media.path_opening import CALL as CALL
-from overlay.media.path_opening import FILE, PathOpener, close_quietly
 from overlay.media.path_opening import OpenedPath as OpenedPath
+from overlay.media.path_opening import PathOpener, close_quietly
 from overlay.media.paths import Paths
-from overlay.media.relay_paths import RelayPaths
+from overlay.media.relay_paths import RELAY_RATE_BPS, RelayPaths
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.session import LostMidTransfer, MediaConfig, Session
-from overlay.media.signalling import Offer
+from overlay.media.signalling import CALL as CALL
+from overlay.media.signalling import FILE, Offer
 from overlay.media.tcp_listener import MediaListener
 from overlay.media.techniques import technique
 from overlay.media.transfer import (
@@ -164,10 +164,12 @@ class MediaService:
         self.callee.decline_request(invite)
 
     def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
-                  accept_wait_s: float, progress: dict[str, Any] | None = None
+                  accept_wait_s: float, progress: dict[str, Any] | None = None,
+                  relay_rate_bps: int = RELAY_RATE_BPS,
                   ) -> contextlib.AbstractAsyncContextManager[OpenedPath]:
         """:meth:`.PathOpener.open_path`: the authenticated stream to ``ref``."""
-        return self.opener.open_path(ref, purpose, failed_relays, accept_wait_s, progress)
+        return self.opener.open_path(ref, purpose, failed_relays, accept_wait_s, progress,
+                                     relay_rate_bps)
 
     # -- caller ---------------------------------------------------------------------------------
 

@@ -40,6 +40,12 @@ class SignallingError(MediaError):
     """A malformed, unsigned, stale or misdirected invite or answer."""
 
 
+#: an invite's ``purpose``: a file transfer (the default, and what an older client sends)
+#: or a call (:mod:`overlay.client.calls` runs it over the path)
+FILE = "file"
+CALL = "call"
+
+
 @dataclass(frozen=True)
 class Candidates:
     """Where a peer may be reached: TCP listeners (host and server-reflexive) and UDP
@@ -120,7 +126,7 @@ class Offer:
     ephemeral: bytes
     candidates: Candidates
     issued_at: float
-    purpose: str = "file"
+    purpose: str = FILE
     #: answers: whether the callee accepts, and why not
     accept: bool = True
     reason: str = ""
@@ -133,13 +139,21 @@ class Offer:
     #: sender signs as the caller, the answer's as the callee); none: ``0, ()``
     relay_expires: int = 0
     relay_sigs: tuple[bytes, ...] = ()
+    #: invites of calls: each relay's datagram relay UDP port (0: none), in ``relays``'
+    #: order; on the wire a 4th element of a relay's entry, only where not 0
+    relay_udp_ports: tuple[int, ...] = ()
     wire: bytes = field(default=b"", repr=False, compare=False)
 
     def fields(self) -> list[Any]:
         return [self.kind, self.session_id, self.from_user, self.from_device, self.from_key,
                 self.to_user, self.ephemeral, self.candidates.to_wire(), self.issued_at,
-                self.purpose, self.accept, self.reason, [list(r) for r in self.relays],
+                self.purpose, self.accept, self.reason, self._relays_field(),
                 self.relay_secret, *self._voucher_field()]
+
+    def _relays_field(self) -> list[Any]:
+        ports = self.relay_udp_ports
+        return [[*r, ports[i]] if i < len(ports) and ports[i] else list(r)
+                for i, r in enumerate(self.relays)]
 
     def _voucher_field(self) -> list[Any]:
         """The 15th field, only when there are signatures (an offer without is 14 fields,
@@ -175,11 +189,13 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
      issued_at, purpose, accept, reason, relays, relay_secret) = values[:14]
     relay_expires, relay_sigs = _voucher_sigs(values[14] if len(values) == 15 else None)
     if not isinstance(relays, list) or len(relays) > MAX_RELAYS or not all(
-        isinstance(r, list) and len(r) == 3 and type(r[0]) is str and len(r[0]) <= 64
+        isinstance(r, list) and len(r) in (3, 4) and type(r[0]) is str and len(r[0]) <= 64
         and type(r[1]) is int and 0 < r[1] < 65536 and type(r[2]) is bytes
-        and len(r[2]) == PUBLIC_KEY_BYTES for r in relays
+        and len(r[2]) == PUBLIC_KEY_BYTES
+        and (len(r) == 3 or (type(r[3]) is int and 0 < r[3] < 65536)) for r in relays
     ):
-        raise SignallingError(f"relays are up to {MAX_RELAYS} [host, port, node key]")
+        raise SignallingError(f"relays are up to {MAX_RELAYS} [host, port, node key] "
+                              "or [host, port, node key, UDP port]")
     if any(ip_literal(r[0]) is None for r in relays):
         raise SignallingError("a relay host is an IP literal")
     if type(relay_secret) is not bytes or len(relay_secret) not in (0, 32):
@@ -206,7 +222,13 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
     return Offer(kind, session_id, from_user, from_device, from_key, to_user, ephemeral,
                  Candidates.from_wire(candidates), issued_at, purpose, accept, reason,
                  tuple((r[0], r[1], r[2]) for r in relays), relay_secret, relay_expires,
-                 relay_sigs, wire=wire)
+                 relay_sigs, _udp_ports(relays), wire=wire)
+
+
+def _udp_ports(relays: list[list[Any]]) -> tuple[int, ...]:
+    """The relays' UDP ports (0: none), or () when none has one."""
+    ports = tuple(int(r[3]) if len(r) == 4 else 0 for r in relays)
+    return ports if any(ports) else ()
 
 
 def _voucher_sigs(value: Any) -> tuple[int, tuple[bytes, ...]]:

@@ -1,7 +1,8 @@
 """The supernode's own signed record in the DHT's supernode directory.
 
 The record carries the supernode's address, load (attached clients) and capacity, its relay
-capacity and spare relay rate, and its Vivaldi coordinate. It is re-signed every
+capacity and spare relay rate, the UDP port of its datagram relay for calls (when it runs one),
+and its Vivaldi coordinate. It is re-signed every
 ``record_refresh_s`` (lifetime: three periods), and soon after relay sessions start or end
 when the spare rate changed (coalesced: at most once per ``relay_republish_min_s``). The
 directory's holders list it once they dialled the advertised address back and this node's TCP
@@ -44,6 +45,7 @@ class RecordPublisher:
         load: Callable[[], int],
         advertised: Callable[[], tuple[str, int]],
         stopping: asyncio.Event,
+        relay_udp_port: Callable[[], int] = lambda: 0,
     ) -> None:
         self.identity = identity
         self.dht = dht
@@ -53,6 +55,8 @@ class RecordPublisher:
         self.load = load
         self.advertised = advertised
         self.stopping = stopping
+        #: the datagram relay's UDP port (0: none), advertised in the record
+        self.relay_udp_port = relay_udp_port
         #: the record last published (None before the first)
         self.record: records.SignedRecord | None = None
         #: the coordinate and spare relay rate the last record carried
@@ -76,6 +80,7 @@ class RecordPublisher:
             relay_spare_bps=spare,
             load=self.load(), max_clients=self.sn.max_clients,
             coords=self.published_coord.to_record(),
+            relay_udp_port=self.relay_udp_port(),
             lifetime_s=3 * self.sn.record_refresh_s,
         )
         try:

@@ -88,9 +88,10 @@ class Supernode(NodeDaemon, AttachHandler):
         self.publisher = RecordPublisher(
             self.identity, self.dht, sn, relay=relay, vivaldi=self.vivaldi,
             load=lambda: len(self.admission.attached), advertised=lambda: self.advertised,
-            stopping=self.stopping,
+            stopping=self.stopping, relay_udp_port=self._advertised_relay_udp_port,
         )
         relay.on_change = self.publisher.relay_changed
+        self.datagram_relay.on_change = self.publisher.relay_changed
         self.coordinates = CoordinateUpkeep(key, self.dht, self.tcp, sn, vivaldi=self.vivaldi,
                                             publisher=self.publisher)
         self.reachability = ReachabilityChecker(self.identity, self.dht, self.tcp)
@@ -178,6 +179,10 @@ class Supernode(NodeDaemon, AttachHandler):
             self._datagram_endpoint[0].close()
             self._datagram_endpoint = None
         await super().stop()
+
+    def _advertised_relay_udp_port(self) -> int:
+        """The datagram relay's port for the record (0: not running)."""
+        return self.relay_udp_address[1] if self._datagram_endpoint is not None else 0
 
     @property
     def relay_udp_address(self) -> tuple[str, int]:

@@ -15,6 +15,7 @@ Wire format (UDP; all integers big endian)::
     CHALLENGE (type 1, relay -> client): cookie(16)
     STATUS    (type 2, relay -> client): status      (as the TCP relay's, limits included)
     KEEPALIVE (type 3, client -> relay): empty       (renews this address's consent)
+    RELEASE   (type 4, client -> relay): token(32)   (ends the session at once)
     data      = any datagram from a bound address that does not start with "OVRD"
 
 ``hello`` is the TCP relay's hello (:mod:`overlay.relay.protocol`: role, token, requested
@@ -36,7 +37,11 @@ only to an address that proved itself with the cookie, that sent something in th
 1/:data:`AMPLIFICATION` of what the relay sent it (minus :data:`AMPLIFICATION_ALLOWANCE`).
 
 Sessions end as over TCP: pairing timeout, idle (no data for :data:`IDLE_TIMEOUT_S`), and
-the budget's byte and duration limits; their tokens are then refused as ``token used``.
+the budget's byte and duration limits; or when one end, done with the call, sends RELEASE
+from its bound address with the session's token (a spoofed source without the token ends
+nothing): its reservation goes back to the budget at once, not after the idle timeout.
+Their tokens are then refused as ``token used``. ``on_change`` is called whenever a session
+starts or ends (the supernode re-publishes its spare relay rate).
 An address serves one session at a time (``address in use``).
 """
 
@@ -47,6 +52,7 @@ import hmac
 import os
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlay.core.addresses import network_key
@@ -69,7 +75,7 @@ from overlay.relay.voucher import VoucherRefused, check_voucher, token_hash
 
 MAGIC = b"OVRD"
 VERSION = 1
-ALLOCATE, CHALLENGE, STATUS, KEEPALIVE = 0, 1, 2, 3
+ALLOCATE, CHALLENGE, STATUS, KEEPALIVE, RELEASE = 0, 1, 2, 3, 4
 COOKIE_BYTES = 16
 _HEAD = struct.Struct(">4sBB")
 #: the largest datagram taken (control or data)
@@ -82,6 +88,8 @@ AMPLIFICATION = 3
 AMPLIFICATION_ALLOWANCE = 16 * 1024
 USED_TOKEN_TTL_S = 600.0
 USED_TOKENS_MAX = 4096
+#: why a session ended when an end released it
+ENDED_RELEASED = "released"
 
 REASON_ADDRESS_IN_USE = "address in use"
 # reasons a datagram is dropped (not answered)
@@ -168,6 +176,8 @@ class DatagramRelay:
         self._used: OrderedDict[bytes, float] = OrderedDict()
         #: Unix time minus the ``now`` clock (voucher expiry is in Unix seconds)
         self.wall_offset = wall_offset
+        #: called when a session starts or ends (its reservation changes the spare rate)
+        self.on_change: Callable[[], None] | None = None
 
     # -- input -------------------------------------------------------------------------------
 
@@ -181,8 +191,11 @@ class DatagramRelay:
             self.stats.dropped[DROP_MALFORMED] += 1
             return []
         _, version, kind = _HEAD.unpack_from(data)
-        if version != VERSION or kind not in (ALLOCATE, KEEPALIVE):
+        if version != VERSION or kind not in (ALLOCATE, KEEPALIVE, RELEASE):
             self.stats.dropped[DROP_MALFORMED] += 1
+            return []
+        if kind == RELEASE:
+            self._release(data[_HEAD.size:], addr, now)
             return []
         if kind == KEEPALIVE:
             session = self.by_addr.get(addr)
@@ -194,6 +207,16 @@ class DatagramRelay:
                 peer.received += len(data)
             return []
         return self._allocate(data, addr, now)
+
+    def _release(self, token: bytes, addr: Address, now: float) -> None:
+        """RELEASE: the session bound at ``addr`` ends, if ``token`` is its token."""
+        session = self.by_addr.get(addr)
+        if session is None:
+            self.stats.dropped[DROP_UNBOUND] += 1
+        elif not hmac.compare_digest(token, session.token):
+            self.stats.dropped[DROP_MALFORMED] += 1
+        else:
+            self._end(session, ENDED_RELEASED, now)
 
     def _answer(self, request: bytes, addr: Address, status: bytes) -> list[Send]:
         """A STATUS answer, never longer than ``request`` (anti-amplification)."""
@@ -274,6 +297,7 @@ class DatagramRelay:
                                   Peer(addr, now, len(data)), now)
         self.sessions[hello.token] = session
         self.by_addr[addr] = session
+        self._changed()
         return []  # the caller hears OK when its callee has come
 
     def _pair(self, data: bytes, session: DatagramSession, addr: Address, hello: Hello,
@@ -372,6 +396,11 @@ class DatagramRelay:
         while len(self._used) > USED_TOKENS_MAX:
             self._used.popitem(last=False)
         self.stats.ended[reason] += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _expire(self, now: float) -> None:
         while self._used:

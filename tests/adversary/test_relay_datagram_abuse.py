@@ -15,6 +15,9 @@ budget like `overlay supernode`'s default; every datagram is built from bytes.
 5. The TCP relay's limits hold across both relays: one /24 and one key pair stop at their
    limits; a relay with budget B admits only as many calls as fit.
 6. A session flooding beyond its rate is cut to its rate (datagrams dropped, not queued).
+7. A RELEASE (hang-up) ends a session only with the session's token, sent from one of its
+   bound addresses: spoofing an end's address without the token, or the token from
+   elsewhere, ends nothing.
 """
 
 from __future__ import annotations
@@ -189,3 +192,20 @@ def test_flood_is_cut_to_the_session_rate() -> None:
         forwarded += sum(len(s.data) for s in r.datagram_received(b"z" * 1000, a, now))
     assert forwarded <= 64_000 / 8 * 10 + 4096 + 1000
     assert r.stats.dropped["budget"] > 9000
+
+
+def test_a_release_without_the_token_or_from_elsewhere_ends_nothing() -> None:
+    r = relay()
+    a, b, evil = ("198.18.1.1", 4000), ("198.18.2.2", 4000), ("198.18.3.3", 4000)
+    token = os.urandom(32)
+    assert call(r, a, b, token)[0][0] == 0
+    release = b"OVRD\x01\x04"
+    for body, src in ((os.urandom(32), a), (b"", b), (token[:16], a), (token + b"x", b),
+                      (token, evil), (token, ("198.18.1.1", 4001))):
+        assert r.datagram_received(release + body, src, 2.0) == []
+    assert token in r.sessions and r.budget.reserved_bps == 48_000
+    assert [s.addr for s in r.datagram_received(b"media", a, 2.0)] == [b]
+    # the end itself, with the token: the session ends, its reservation is free again
+    assert r.datagram_received(release + token, b, 2.5) == []
+    assert not r.sessions and r.budget.reserved_bps == 0
+    assert r.datagram_received(b"media", a, 2.6) == []

@@ -34,6 +34,8 @@ RECORDS = [
                       relay_spare_bps=10**5, load=3, max_clients=100, coords=(1.0, 2.0),
                       now=NOW),
     records.name_claim(ALICE, "alice", seq=1, now=NOW),
+    records.supernode(NODE, "198.51.100.9", 4000, seq=8, relay_capacity_bps=10**6,
+                      relay_spare_bps=10**6, relay_udp_port=4001, now=NOW),
 ]
 #: the signed bodies ``[FORMAT_VERSION, kind, *fields]``
 RECORD_BODIES = [unpack(unpack(r.wire)[0]) for r in RECORDS]
@@ -76,6 +78,10 @@ OFFERS = [
                      CANDIDATES, NOW, relays=(("192.0.2.9", 7000, K32),),
                      relay_secret=b"\x03" * 32, relay_expires=int(NOW) + 720,
                      relay_sigs=(SIG,)), ALICE),
+    sign_offer(Offer("invite", N16, "alice", "phone", ALICE.public_key, "bob", K32,
+                     CANDIDATES, NOW, purpose="call",
+                     relays=(("192.0.2.9", 7000, K32), ("192.0.2.10", 7000, K32)),
+                     relay_secret=b"\x03" * 32, relay_udp_ports=(0, 7001)), ALICE),
 ]
 OFFER_BODIES = [o.fields() for o in OFFERS]
 

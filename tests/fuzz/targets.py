@@ -64,6 +64,7 @@ from overlay.node.forwarded_signal import ForwardedSignal
 from overlay.relay.admission import RelayAdmission
 from overlay.relay.budget import Budget, BudgetConfig
 from overlay.relay.datagram import DatagramRelay, encode_allocate
+from overlay.relay.datagram_client import RelayBinding
 from overlay.relay.protocol import (
     BadHello,
     decode_hello,
@@ -383,6 +384,25 @@ def _relay_datagram(data: bytes) -> None:
     relay.tick(100.0)
 
 
+_RELAY_ADDR = ("198.18.0.9", 4001)
+_BINDING_SEEDS = [b"OVRD\x01\x01" + bytes(16), b"OVRD\x01\x02\x00\x00",
+                  b"OVRD\x01\x02" + encode_status(True, limits=seeds.LIMITS),
+                  b"OVRD\x01\x02" + encode_status(False, "budget"),
+                  b"OVRD\x01\x02" + encode_status(False, "unknown token")]
+
+
+def _relay_binding(data: bytes) -> None:
+    """What the relay's address may send a binding end (or anyone spoofing it)."""
+    binding = RelayBinding(_RELAY_ADDR, encode_hello(1, seeds.RELAY_TOKEN, 0), 0.0)
+    for now in (0.0, 0.1):
+        for out in binding.datagram_received(data, _RELAY_ADDR, now):
+            assert out[:6] == b"OVRD\x01\x00" and len(out) < 200  # only ever an ALLOCATE
+    assert binding.state in ("binding", "bound", "refused")
+    assert (binding.limits is not None) == (binding.state == "bound")
+    binding.timer(100.0)  # past the deadline: bound stays bound, binding gives up
+    assert binding.state in ("bound", "refused")
+
+
 _GW = ("198.19.7.1", 5351)
 _PM_NONCE = b"\x07" * 12
 _PORTMAP_ANSWERS = [
@@ -504,6 +524,7 @@ TARGETS: dict[str, Target] = {
     "call_frames": Target(mutated_bytes(_call_frames()), _call_frame, (BadFrame,)),
     "call_stream_frames": Target(_CALL_STREAM, _call_stream, (BadFrame,)),
     "relay_datagram": Target(mutated_bytes(_DGRAM_SEEDS), _relay_datagram, ()),
+    "relay_binding": Target(mutated_bytes(_BINDING_SEEDS), _relay_binding, ()),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "birthday_probes": Target(mutated_bytes(_PROBES), _birthday, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),

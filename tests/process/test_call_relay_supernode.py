@@ -11,6 +11,7 @@ import time
 from overlay.call.frames import new_call_id
 from overlay.call.session import CallSession, relay_rate_bps
 from overlay.call.udp_io import RelayRefused, bind_relay, open_call_socket, run_call
+from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.node.daemon import NodeOptions
 from overlay.node.supernode import Supernode, SupernodeOptions
@@ -43,6 +44,9 @@ async def test_call_relayed_by_a_supernode_shows_in_its_metrics() -> None:
     try:
         relay = node.relay_udp_address
         key = node.identity.public_key
+        # its signed record advertises the datagram relay's port
+        assert node.record is not None
+        assert records.verify(node.record.wire).record.relay_udp_port == relay[1]
         alice, bob = Identity.generate(), Identity.generate()
         token = os.urandom(32)
         rate = relay_rate_bps(24_000)

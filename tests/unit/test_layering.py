@@ -97,6 +97,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/call/session.py",
     "overlay/call/stream_frames.py",
     "overlay/relay/datagram.py",
+    "overlay/relay/datagram_client.py",
 )
 
 #: Third-party packages only ``overlay/dht`` may import (rule d).

@@ -217,6 +217,47 @@ def test_supernode_record_round_trips_and_verifies():
     assert again.dht_key == records.SUPERNODE_DIRECTORY_KEY
 
 
+def _supernode_body(signed: records.SignedRecord) -> list:
+    return msgpack.unpackb(msgpack.unpackb(signed.wire)[0])
+
+
+def _resign_supernode(body: list) -> bytes:
+    raw = msgpack.packb(body, use_bin_type=True)
+    return msgpack.packb([raw, SUPERNODE.sign(records.SIGNING_DOMAIN + raw)], use_bin_type=True)
+
+
+def test_supernode_record_carries_its_udp_relay_port_and_old_records_stay_valid():
+    with_udp = records.supernode(SUPERNODE, "198.18.0.10", 4000, seq=4,
+                                 relay_capacity_bps=10**6, relay_spare_bps=10**6,
+                                 relay_udp_port=4001)
+    assert records.verify(with_udp.wire).record.relay_udp_port == 4001
+    assert len(_supernode_body(with_udp)) == 2 + 12
+    # a record without a UDP relay is the 11 fields a supernode always signed
+    old = records.supernode(SUPERNODE, "198.18.0.10", 4000, seq=5)
+    assert len(_supernode_body(old)) == 2 + 11
+    assert records.verify(old.wire).record.relay_udp_port == 0
+
+
+@pytest.mark.parametrize("port, match", [
+    (0, "leaves the port out"),        # not canonical: an absent port is left out
+    (65536, "out of range"),
+    (-1, "out of range"),
+    ("4001", "wrong shape"),
+    (1.0, "wrong shape"),
+])
+def test_supernode_record_refuses_a_bad_udp_relay_port(port, match):
+    body = _supernode_body(records.supernode(SUPERNODE, "198.18.0.10", 4000, seq=6))
+    with pytest.raises(records.MalformedRecord, match=match):
+        records.verify(_resign_supernode([*body, port]))
+
+
+def test_supernode_record_refuses_fields_beyond_the_udp_relay_port():
+    body = _supernode_body(records.supernode(SUPERNODE, "198.18.0.10", 4000, seq=7,
+                                             relay_udp_port=4001))
+    with pytest.raises(records.MalformedRecord, match="wrong shape"):
+        records.verify(_resign_supernode([*body, 1]))
+
+
 def test_record_sizes_fit_a_datagram():
     assert len(presence(ALICE, seq=2**62, capabilities=tuple(f"c{i}" for i in range(16))).wire) \
         <= records.MAX_RECORD_BYTES

@@ -38,6 +38,27 @@ def test_rank_prefers_short_paths_then_avoids_recent_failures():
     assert rs.rank([far, near], **args, exclude={far.node_key}) == [near]
 
 
+def test_for_a_call_latency_decides_first_then_spare_budget():
+    callee = Coordinate(0.0, 0.0, 0.001, 0.1)
+    args = {"caller_rtt": {}, "caller_coords": callee, "callee_coords": callee,
+            "callee_supernode": b"", "history": rs.RelayHistory(), "call": True}
+    near_full = relay(0.020, spare=100_000)
+    near_spare = relay(0.022, spare=1_900_000)   # 4 ms further: the same latency step
+    far_spare = relay(0.060, spare=2_000_000)
+    # equally near: the one with more spare budget first; nearer always beats more spare
+    assert rs.rank([far_spare, near_full, near_spare], **args) == \
+        [near_spare, near_full, far_spare]
+    # a file ranks by latency plus a load penalty: the near, nearly full relay is not first
+    del args["call"]
+    assert rs.rank([far_spare, near_full, near_spare], **args)[0] == near_spare
+    assert rs.rank([near_full, relay(0.020, spare=0)], **args)[0] == near_full
+    # a recent failure counts against latency for calls too
+    history = rs.RelayHistory()
+    history.failed(near_spare.node_key)
+    assert rs.rank([near_spare, far_spare], **{**args, "history": history, "call": True}) == \
+        [far_spare, near_spare]
+
+
 def test_measured_caller_leg_beats_estimates_and_callee_supernode_is_free():
     a, b = relay(0.05), relay(0.05)
     args = {"caller_coords": None, "callee_coords": None, "history": rs.RelayHistory()}
