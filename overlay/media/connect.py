@@ -34,7 +34,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.stream import ByteStream, MediaStream
-from overlay.media.techniques import is_relay
+from overlay.media.techniques import is_relay, relay_index
 
 log = get_logger(__name__)
 
@@ -153,6 +153,7 @@ class LateDirect:
         self._timer: asyncio.TimerHandle | None = None
         self._timeline: Timeline | None = None
         self._on_relay = False
+        self._selected_relay: int | None = None
 
     def wants(self, name: str, selected: str) -> bool:
         """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
@@ -172,6 +173,7 @@ class LateDirect:
             return others
         self.armed = True
         self._on_relay = is_relay(selected)
+        self._selected_relay = relay_index(selected)
         self._timeline = timeline
         self._tasks = [t for t in keep if not t.done()]
         if not self._tasks:
@@ -202,6 +204,9 @@ class LateDirect:
                                                       or self._ended.is_set())):
             close_later(stream)
             return
+        if select and is_relay(name) and not self._spare_relay_wanted(name):
+            close_later(stream)
+            return
         if select and (is_relay(name) or not self._on_relay or self.chosen is not None):
             self.spares.append((name, stream))  # a call's spare: SELECTed when needed
             return
@@ -215,6 +220,14 @@ class LateDirect:
             self._timeline.add(f"upgrade: {name}")
         if not self.keep_relays:
             self._stop()
+
+    def _spare_relay_wanted(self, name: str) -> bool:
+        """A call holds at most one spare relay session (each reserves budget at a relay,
+        the network's scarce resource), and only at another supernode than the one carrying
+        it: a spare at the same supernode dies with it."""
+        index = relay_index(name)
+        return (index is not None and index != self._selected_relay
+                and not any(is_relay(n) for n, _ in self.spares))
 
     @staticmethod
     async def _select(name: str, stream: MediaStream) -> bool:

@@ -11,6 +11,15 @@ def is_relay(name: str) -> bool:
     return name.startswith("relay")
 
 
+def relay_index(name: str) -> int | None:
+    """Which relay of the invite the relay attempt ``name`` goes through (its TCP relay,
+    ``relay-N``, and its datagram relay, ``relay-udp-N``, are the same supernode)."""
+    if not is_relay(name):
+        return None
+    last = name.rpartition("-")[2]
+    return int(last) if last.isdigit() else None
+
+
 def technique(selected: str | None, inbound_via_mapping: bool,
               inbound_on_lan: bool = False) -> str:
     """How the path of the ``selected`` attempt got through, as ``overlay send --json``

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from overlay.cli.main import main
-from overlay.media.service import MediaService
+from overlay.media.paths import Paths
 
 
 def no_direct_paths(*args: Any) -> dict[str, Any]:
@@ -17,5 +17,5 @@ def no_direct_paths(*args: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    MediaService._attempts = no_direct_paths  # type: ignore[assignment,method-assign]
+    Paths.attempts = no_direct_paths  # type: ignore[assignment,method-assign]
     sys.exit(main())
