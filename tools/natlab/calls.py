@@ -3,7 +3,10 @@
 line (:mod:`tests.helpers.lab_calls`: the path of the calls' table, loss and MOS thresholds).
 
 ``python -m tools.natlab.calls [--seconds 20] [--impair 40ms,1%] [--pairs all|cone-cone,...]
-[--parallel 7] [--json OUT] [--keep]``
+[--impair-supernodes] [--parallel 7] [--json OUT] [--keep]``
+
+``--impair`` impairs every client's uplink, each direction; the supernodes' links only with
+``--impair-supernodes``.
 
 Needs root (the NAT lab). Not part of CI (about 4 minutes for 49 pairs of 20 s); the CI-sized
 test is ``tests/lab/test_calls_lab.py``. Prints a table to stderr, writes the per-pair rows
@@ -66,9 +69,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="lc-"))
     started = time.monotonic()
     result: dict[str, Any] = {"seconds": args.seconds, "impairment": args.impair,
+                              "impair_supernodes": args.impair_supernodes,
                               "parallel": args.parallel, "work_dir": str(work)}
     try:
         with LabOverlay(work, clients, netem=args.impair,
+                        netem_supernodes=args.impair_supernodes,
                         heartbeat_s=5.0 if impaired else 1.0) as ov:
             assert ov.lab is not None
             result["netem_backend"] = ov.lab.netem_backend
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="impair every client's and supernode's link, each direction "
                          f"(the issue's: {IMPAIRMENT['delay_ms']:g}ms,"
                          f"{IMPAIRMENT['loss_pct']:g}%%)")
+    ap.add_argument("--impair-supernodes", action="store_true",
+                    help="impair the supernodes' links too (the file matrix does)")
     ap.add_argument("--pairs", type=parse_pairs, default=parse_pairs("all"),
                     help="all (default), or CALLER:CALLEE,... e.g. cone:cone,public:tcp-only")
     ap.add_argument("--parallel", type=int, default=PARALLEL,
