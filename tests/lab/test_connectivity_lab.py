@@ -48,7 +48,7 @@ from tests.helpers.lab_overlay import (
     sha256_file,
     two_per_kind,
 )
-from tests.helpers.lab_paths import FILE_PATHS, D, P, R, T
+from tests.helpers.lab_paths import ALSO_ACCEPTED_IMPAIRED, FILE_PATHS, D, P, R, T
 
 _ok, _why = lab_available()
 if not _ok:
@@ -74,15 +74,7 @@ PARALLEL = 3
 RELAY_SLOTS = 2
 
 
-#: On impaired links the path race may legitimately go another way where both paths work: a
-#: lost SYN costs direct TCP ~1 s (the initial RTO), so a punched UDP path to a public peer
-#: wins; and punching plus the QUIC and end-to-end handshakes take ~3 s at 400 ms RTT with
-#: loss, so the relay (started at 1.5 s) sometimes completes first, or TCP punching (started
-#: 1 s after UDP punching as its fallback) does; a punched TCP path whose SYN was lost waits
-#: ~1 s for the retransmission, and the relay may win meanwhile. The impaired test is
-#: about delivery: it accepts these alternatives and marks them in its table. The unimpaired
-#: test does not accept them.
-ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}, P: {R, T}, T: {R}}
+
 
 
 def expected_outcome(src_kind: str, dst_kind: str) -> str:
