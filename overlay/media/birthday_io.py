@@ -128,19 +128,19 @@ class SocketOwningStream:
     relay: RelayRef | None = None
 
     def __init__(self, inner: QuicByteStream, media: MediaSocket) -> None:
-        self.inner = inner
+        self.raw = inner
         self.media = media
         self.path = inner.path
 
     async def send(self, data: bytes) -> None:
-        await self.inner.send(data)
+        await self.raw.send(data)
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
-        return await self.inner.recv(max_bytes)
+        return await self.raw.recv(max_bytes)
 
     async def close(self) -> None:
         try:
-            await self.inner.close()
+            await self.raw.close()
         finally:
             await self.media.close()
 

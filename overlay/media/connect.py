@@ -71,23 +71,22 @@ class Pushback:
     too: what looks under a path for its transport, a call for QUIC's datagrams, finds it)."""
 
     def __init__(self, stream: MediaStream, leftover: bytes) -> None:
-        self.stream = stream
         self.raw = stream
         self.leftover = leftover
         self.path = stream.path
         self.relay = stream.relay
 
     async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
+        await self.raw.send(data)
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
         if self.leftover:
             data, self.leftover = self.leftover[:max_bytes], self.leftover[max_bytes:]
             return data
-        return await self.stream.recv(max_bytes)
+        return await self.raw.recv(max_bytes)
 
     async def close(self) -> None:
-        await self.stream.close()
+        await self.raw.close()
 
 
 _closing = TaskSet()

@@ -5,7 +5,8 @@ Direct TCP, QUIC over a punched UDP path and a relay all hand the transfer code 
 (:mod:`overlay.media.secure_stream`), so no path ever carries plaintext. Every stream says
 which path it is (``path``); a :class:`MediaStream`, what the path race hands over, also says
 which relay carries it (``relay``, None on the other paths), and one wrapping another keeps
-both.
+both and names the stream it wraps ``raw`` (so a call finds the QUIC stream under any
+wrappers, :func:`overlay.call.stream_io.datagram_carrier`, and a TCP socket's write buffer).
 """
 
 from __future__ import annotations

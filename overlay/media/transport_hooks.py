@@ -102,19 +102,19 @@ class RelayedStream:
     path = "relay"
 
     def __init__(self, inner: RelayByteStream, relay: RelayRef) -> None:
-        self.inner = inner
+        self.raw = inner
         self.relay: RelayRef | None = relay
 
     async def send(self, data: bytes) -> None:
         with losing_path():
-            await self.inner.send(data)
+            await self.raw.send(data)
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
         with losing_path():
-            return await self.inner.recv(max_bytes)
+            return await self.raw.recv(max_bytes)
 
     async def close(self) -> None:
-        await self.inner.close()
+        await self.raw.close()
 
 
 #: reserves the relay session of a token (by its hash) over our attachment; raises PathLost

@@ -139,7 +139,8 @@ class LabOverlay:
 
     ``clients`` maps host name -> router kind (a ``tools.natlab`` kind); each client runs as user
     ``<host>``. ``netem`` (e.g. ``{"delay_ms": 100, "loss_pct": 2}``) is put on the uplink of
-    every client host and every supernode host (not the bootstrap node's). ``work`` holds
+    every client host and (unless ``netem_supernodes`` is False) every supernode host (not
+    the bootstrap node's). ``work`` holds
     logs, state dirs, inboxes and control sockets (keep the path short: a socket path is at
     most 107 bytes).
     """
@@ -148,6 +149,9 @@ class LabOverlay:
     clients: dict[str, str]
     supernodes: int = 2
     netem: dict[str, float] | None = None
+    #: ``netem`` on the supernodes' links too (False: the clients' uplinks only, as for
+    #: relays in a data centre)
+    netem_supernodes: bool = True
     heartbeat_s: float = 1.0
     client_args: Sequence[str] = ()
     supernode_args: Sequence[str] = ()
@@ -188,7 +192,9 @@ class LabOverlay:
         for host, kind in self.extra_hosts.items():
             hosts[host] = {"kind": kind}
         if self.netem:  # a host on another's LAN shares that host's (impaired) uplink
-            for host in [*self.supernode_hosts, *self.clients]:
+            impaired = [*(self.supernode_hosts if self.netem_supernodes else []),
+                        *self.clients]
+            for host in impaired:
                 if host not in self.same_lan:
                     hosts[host]["netem"] = dict(self.netem)
         return {"hosts": hosts}

@@ -7,18 +7,9 @@ included (49 pairs), client ``A-1`` sends a fresh random 1 MiB file to client ``
 ``overlay send --json``; the test checks the path it reports against :data:`EXPECTED`, and the
 file's sha256 in ``B-2``'s inbox.
 
-Expected paths (the issue's table, as data in :data:`EXPECTED`):
-
-- either side ``public``: ``direct-tcp``;
-- either side ``mapping``: ``direct-tcp`` (the other side dials the router-mapped address);
-- both sides in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch`` (technique ``simple``);
-- one ``symmetric`` side, the other in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch``
-  (technique ``birthday``);
-- a ``tcp-only`` side and the other in {``tcp-only``, ``firewalled``, ``cone``, ``cgnat``}:
-  ``tcp-punch`` (simultaneous open; every one of those NATs keeps TCP ports);
-- the rest: ``relay``: ``symmetric`` with ``symmetric`` (both ports random per destination:
-  nothing to aim at) and ``symmetric`` with ``tcp-only`` (no UDP on one side, a random TCP
-  port on the other).
+Expected paths: the issue's table, as data in
+:data:`tests.helpers.lab_paths.FILE_PATHS` (its docstring states the rules; the calls'
+table, :data:`~tests.helpers.lab_paths.CALL_PATHS`, is derived from it).
 
 ``test_same_lan_pair``: two clients behind one router connect over their LAN addresses
 (``direct-tcp``, technique ``lan``, on both sides).
@@ -57,6 +48,7 @@ from tests.helpers.lab_overlay import (
     sha256_file,
     two_per_kind,
 )
+from tests.helpers.lab_paths import ALSO_ACCEPTED_IMPAIRED, FILE_PATHS, D, P, R, T
 
 _ok, _why = lab_available()
 if not _ok:
@@ -69,18 +61,8 @@ FILE_SIZE = MiB
 
 # -- the expected table ----------------------------------------------------------------------
 
-D, P, T, R = "direct-tcp", "udp-punch", "tcp-punch", "relay"
 #: (sender kind, receiver kind) -> path ``overlay send --json`` must report
-EXPECTED: dict[tuple[str, str], str] = {
-    # sender ↓  receiver →   public firewalled cone symmetric tcp-only cgnat mapping
-    **dict(zip([("public", k) for k in KINDS],     [D, D, D, D, D, D, D], strict=True)),
-    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, P, T, P, D], strict=True)),
-    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, P, T, P, D], strict=True)),
-    **dict(zip([("symmetric", k) for k in KINDS],  [D, P, P, R, R, P, D], strict=True)),
-    **dict(zip([("tcp-only", k) for k in KINDS],   [D, T, T, R, T, T, D], strict=True)),
-    **dict(zip([("cgnat", k) for k in KINDS],      [D, P, P, P, T, P, D], strict=True)),
-    **dict(zip([("mapping", k) for k in KINDS],    [D, D, D, D, D, D, D], strict=True)),
-}
+EXPECTED = FILE_PATHS
 
 
 #: pairs at once (never two on one client). At most RELAY_SLOTS pairs that must go through a
@@ -92,15 +74,7 @@ PARALLEL = 3
 RELAY_SLOTS = 2
 
 
-#: On impaired links the path race may legitimately go another way where both paths work: a
-#: lost SYN costs direct TCP ~1 s (the initial RTO), so a punched UDP path to a public peer
-#: wins; and punching plus the QUIC and end-to-end handshakes take ~3 s at 400 ms RTT with
-#: loss, so the relay (started at 1.5 s) sometimes completes first, or TCP punching (started
-#: 1 s after UDP punching as its fallback) does; a punched TCP path whose SYN was lost waits
-#: ~1 s for the retransmission, and the relay may win meanwhile. The impaired test is
-#: about delivery: it accepts these alternatives and marks them in its table. The unimpaired
-#: test does not accept them.
-ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}, P: {R, T}, T: {R}}
+
 
 
 def expected_outcome(src_kind: str, dst_kind: str) -> str:

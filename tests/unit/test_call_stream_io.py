@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 
 from overlay.call.frames import new_call_id
 from overlay.call.session import CallSession, CallStats
-from overlay.call.stream_io import StreamCall
+from overlay.call.stream_io import FrameStream, StreamCall
+from overlay.media.birthday_io import SocketOwningStream
+from overlay.media.connect import Pushback
 from overlay.media.media_socket import MediaSocket
 from overlay.media.quic.connect import udp_path
 from overlay.media.secure_stream import SecureByteStream, secure
@@ -20,7 +22,7 @@ from tests.unit.test_media_transports import session_material
 SECONDS = 2.0
 
 
-async def call_both_ways(sa: SecureByteStream, sb: SecureByteStream
+async def call_both_ways(sa: SecureByteStream, sb: FrameStream
                          ) -> tuple[StreamCall, StreamCall, CallStats, CallStats]:
     secret, call_id = os.urandom(32), new_call_id()
     loop = asyncio.get_running_loop()
@@ -91,3 +93,28 @@ async def test_call_on_tcp_goes_on_the_stream() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_call_through_the_race_wrappers_still_goes_as_quic_datagrams() -> None:
+    """What the path race hands the callee is wrapped (``Pushback`` around the secured
+    stream; on a birthday pair's hard side the QUIC stream is in a ``SocketOwningStream``):
+    the call still finds the QUIC stream and both sides send and take datagrams. (Before, the
+    callee found no datagram carrier: it sent on the stream and dropped every datagram the
+    caller sent, so the caller's frames never reached it.)"""
+    a = await MediaSocket.open("127.0.0.1", 0)
+    b = await MediaSocket.open("127.0.0.1", 0)
+    try:
+        sid, secret, transcript = session_material()
+        qa, qb = await asyncio.gather(
+            udp_path(a, sid, secret, transcript, True, [a.local_address], [b.local_address]),
+            udp_path(b, sid, secret, transcript, False, [b.local_address], [a.local_address]))
+        sa, sb = await asyncio.gather(
+            secure(qa, secret, transcript, True),
+            secure(SocketOwningStream(qb, b), secret, transcript, False))
+        caller, callee, ours, theirs = await call_both_ways(sa, Pushback(sb, b""))
+        assert caller.mode == callee.mode == "datagram"
+        assert caller.stream_frames == callee.stream_frames == 0
+        assert_clean(ours, theirs)
+    finally:
+        await a.close()
+        await b.close()

@@ -1,0 +1,65 @@
+"""The paths the NAT lab's pairs of router kinds must take: one table for file transfers
+(``overlay send``), and the calls' table derived from it (``overlay call``).
+
+Rules (the issue's table, as data in :data:`FILE_PATHS`):
+
+- either side ``public``: ``direct-tcp``;
+- either side ``mapping``: ``direct-tcp`` (the other side dials the router-mapped address);
+- both sides in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch`` (technique ``simple``);
+- one ``symmetric`` side, the other in {``firewalled``, ``cone``, ``cgnat``}: ``udp-punch``
+  (technique ``birthday``);
+- a ``tcp-only`` side and the other in {``tcp-only``, ``firewalled``, ``cone``, ``cgnat``}:
+  ``tcp-punch`` (simultaneous open; every one of those NATs keeps TCP ports);
+- the rest: ``relay``: ``symmetric`` with ``symmetric`` (both ports random per destination:
+  nothing to aim at) and ``symmetric`` with ``tcp-only`` (no UDP on one side, a random TCP
+  port on the other).
+
+Calls take the same paths (:data:`CALL_PATHS`), except that a relayed call prefers a UDP
+relay where UDP gets out of both sides: change :data:`CALL_RELAY_PATH` (one place) when the
+supernodes' UDP datagram relay carries calls.
+"""
+
+from __future__ import annotations
+
+from tests.helpers.lab_overlay import KINDS
+
+D, P, T, R = "direct-tcp", "udp-punch", "tcp-punch", "relay"
+#: (sender kind, receiver kind) -> path ``overlay send --json`` must report
+FILE_PATHS: dict[tuple[str, str], str] = {
+    # sender ↓  receiver →   public firewalled cone symmetric tcp-only cgnat mapping
+    **dict(zip([("public", k) for k in KINDS],     [D, D, D, D, D, D, D], strict=True)),
+    **dict(zip([("firewalled", k) for k in KINDS], [D, P, P, P, T, P, D], strict=True)),
+    **dict(zip([("cone", k) for k in KINDS],       [D, P, P, P, T, P, D], strict=True)),
+    **dict(zip([("symmetric", k) for k in KINDS],  [D, P, P, R, R, P, D], strict=True)),
+    **dict(zip([("tcp-only", k) for k in KINDS],   [D, T, T, R, T, T, D], strict=True)),
+    **dict(zip([("cgnat", k) for k in KINDS],      [D, P, P, P, T, P, D], strict=True)),
+    **dict(zip([("mapping", k) for k in KINDS],    [D, D, D, D, D, D, D], strict=True)),
+}
+
+#: On impaired links the path race may legitimately go another way where both paths work: a
+#: lost SYN costs direct TCP ~1 s (the initial RTO), so a punched UDP path to a public peer
+#: wins; and punching plus the QUIC and end-to-end handshakes take ~3 s at 400 ms RTT with
+#: loss, so the relay (started at 1.5 s) sometimes completes first, or TCP punching (started
+#: 1 s after UDP punching as its fallback) does; a punched TCP path whose SYN was lost waits
+#: ~1 s for the retransmission, and the relay may win meanwhile. The impaired file matrix is
+#: about delivery: it accepts these alternatives and marks them in its table; impaired calls
+#: accept them too, each judged by the path it took. Unimpaired runs do not accept them.
+ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P}, P: {R, T}, T: {R}}
+
+#: the path a relayed call reports when neither side is ``tcp-only`` (UDP gets out of both):
+#: ``relay`` (the TCP relay) until the supernodes' UDP datagram relay carries calls
+CALL_RELAY_PATH = R
+#: paths that go through a relay (the rest are direct: the call thresholds differ)
+RELAYED_PATHS = frozenset({R, CALL_RELAY_PATH})
+
+
+def call_path(caller: str, callee: str) -> str:
+    """The path ``overlay call --json`` must report for a call between these kinds."""
+    path = FILE_PATHS[(caller, callee)]
+    if path == R and "tcp-only" not in (caller, callee):
+        return CALL_RELAY_PATH
+    return path
+
+
+#: (caller kind, callee kind) -> path ``overlay call --json`` must report
+CALL_PATHS: dict[tuple[str, str], str] = {pair: call_path(*pair) for pair in FILE_PATHS}
