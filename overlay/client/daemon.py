@@ -183,18 +183,20 @@ class ClientDaemon:
                  bootstrap=[f"{h}:{p}" for h, p in self.opts.bootstrap])
         self._tasks.append(asyncio.create_task(self.supervisor.run()))
         self._tasks.append(asyncio.create_task(self.backup_keeper.run()))
-        self._tasks.append(asyncio.create_task(self._map_ports()))
+        self._tasks.append(asyncio.create_task(self._gather_candidates()))
         if self.opts.may_become_supernode:
             self._tasks.append(asyncio.create_task(
                 run_promotion(self.promoter, self.primary_session, self.stopping)))
 
-    async def _map_ports(self) -> None:
-        """Once attached, ask the router to map the media ports (when we are behind a NAT),
-        so that the first send already advertises the mapped addresses."""
+    async def _gather_candidates(self) -> None:
+        """Once attached, ask the router to map the media ports (when we are behind a NAT)
+        and the supernodes for our UDP address and NAT type, so that the first send already
+        advertises them (and on a network without UDP does not wait for the binding to time
+        out)."""
         await self.attached.wait()
         session = self.primary_session()
         if session is not None:
-            await self.media.map_ports(session)
+            await self.media.candidates(session)
 
     async def stop(self) -> None:
         self.stopping.set()

@@ -1,6 +1,7 @@
-"""A send does not wait for the UDP binding while an older answer from the same supernodes is
-at hand (:func:`overlay.media.transport_hooks.udp_candidates`): the old answer is used, a new
-one is asked for in the background. Real UDP sockets; the "supernode" is a silent socket."""
+"""A send does not wait for the UDP binding while an older answer is at hand, also one from
+other supernodes (:func:`overlay.media.transport_hooks.udp_candidates`): the old answer is
+used, a new one is asked for in the background. Real UDP sockets; the "supernodes" are
+silent sockets."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ async def test_a_stale_answer_is_used_at_once_and_refreshed_behind() -> None:
         await asyncio.sleep(0)  # its done callback runs next
         assert refresh.done() and udp.refreshing is None and udp.nat == "no-udp"
 
-        # too old (or other supernodes): the send waits for a fresh answer
+        # too old: the send waits for a fresh answer
         udp.checked_at = time.monotonic() - NAT_STALE_S - 1
         started = time.monotonic()
         _, nat = await transport_hooks.udp_candidates(
@@ -43,3 +44,35 @@ async def test_a_stale_answer_is_used_at_once_and_refreshed_behind() -> None:
     finally:
         await transport_hooks.close_udp(udp)
         silent.close()
+
+
+async def test_other_supernodes_refresh_behind_unless_only_one_answered_before() -> None:
+    """A TCP-only client's first send after its attach-time binding (nobody answered) does not
+    wait for the binding again when its backup supernode came up meanwhile; an ``unknown``
+    answer (one supernode) is asked again of two, and that is waited for."""
+    silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in silent:
+        s.bind(("127.0.0.1", 0))
+    one = [(silent[0].getsockname(), b"\x01" * 32)]
+    two = [*one, (silent[1].getsockname(), b"\x02" * 32)]
+    udp = await transport_hooks.open_udp()
+    try:
+        udp.nat, udp.mapped = "no-udp", ()
+        udp.checked_with, udp.checked_at = (one[0][0],), time.monotonic()
+        started = time.monotonic()
+        _, nat = await transport_hooks.udp_candidates(udp, Identity.generate(), "127.0.0.1",
+                                                      two)
+        assert time.monotonic() - started < BINDING_TIMEOUT_S / 3 and nat == "no-udp"
+        assert udp.refreshing is not None
+        udp.refreshing.cancel()
+        udp.refreshing = None
+
+        udp.nat, udp.mapped = "unknown", (("198.18.1.3", 40000),)
+        started = time.monotonic()
+        _, nat = await transport_hooks.udp_candidates(udp, Identity.generate(), "127.0.0.1",
+                                                      two)
+        assert time.monotonic() - started >= BINDING_TIMEOUT_S * 0.9 and nat == "no-udp"
+    finally:
+        await transport_hooks.close_udp(udp)
+        for s in silent:
+            s.close()
