@@ -7,6 +7,8 @@ then on the callee's supernode the signal gate's owner check of the caller, the 
 ``LookupRequest`` for the caller and the forwarding of its answer. Each is a majority lookup
 over the DHT, several round trips apart. :class:`NameLookups` runs one lookup per name at a
 time (later askers join the one in flight) and keeps an answer for :data:`LOOKUP_CACHE_S`.
+A client's ``LookupRequest`` is always asked of the network (:meth:`NameLookups.fresh`: a
+client polling for a change sees it at once); signalling uses what it left.
 
 Only answers that name an online presence are kept: a user who just came online is never
 answered "offline" from memory. An answer is the network's (records verified, the majority

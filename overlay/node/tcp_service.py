@@ -379,7 +379,9 @@ class TcpService:
                 self.stats.lookups += 1
                 # the owner's records when the holders' majority decides; every key's in
                 # a conflict (the client then sees several keys and says so)
-                named = await self.names.lookup(msg.user)
+                # asked of the network (a client polling for a change sees it at once), and
+                # kept for the signalling that usually follows
+                named = await self.names.fresh(msg.user)
                 wires = tuple(s.wire for s in named.records[:MAX_LOOKUP_RECORDS])
                 session.proto.send(LookupResponse(msg.request_id, wires))
             elif isinstance(msg, DirectoryRequest):
