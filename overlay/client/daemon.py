@@ -127,7 +127,17 @@ class ClientDaemon:
         return self.links.primary_session()
 
     def binding_supernodes(self) -> list[tuple[Address, bytes]]:
-        return self.links.supernode_udp_addresses()
+        """The primary and backup supernodes; while the backup is not up, the other supernode
+        that answered our probes fastest (a NAT type needs two views to compare)."""
+        live = self.links.supernode_udp_addresses()
+        if len(live) >= 2:
+            return live
+        have = {key for _, key in live}
+        rtts = self.discovery.rtts()
+        others = sorted((c for c in self.cache.candidates()
+                         if c.node_key not in have and c.node_key in rtts),
+                        key=lambda c: rtts[c.node_key])
+        return live + [((c.host, c.port), c.node_key) for c in others[:1]]
 
     def attach_ok(self) -> AttachOk | None:
         return self.primary.ok if self.primary is not None else None

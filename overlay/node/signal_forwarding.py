@@ -55,6 +55,8 @@ CHECKING_RETRY_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 UNANSWERED = "the user's supernode did not answer"
 #: failures that say a remembered presence is stale (the device is not where it said)
 MOVED = frozenset({Refusal.NOT_ATTACHED.value, UNANSWERED})
+#: the directory is read again this soon after start, then twice as late each time
+DIRECTORY_FIRST_PAUSE_S = 2.0
 #: how long a signal waits for the gate's lookups before it is answered "checking" for good
 HOLD_S = sum(CHECKING_RETRY_S)
 
@@ -217,6 +219,8 @@ class SignalForwarder:
     async def _hold(self, signal: ForwardedSignal, forwarder: bytes, digest: bytes) -> None:
         """Deliver a held signal once the gate passes it (or forget it)."""
         started = time.monotonic()
+        waiting_for = "directory" if self.gate.owner_known(signal.from_user, time.time()) \
+            else "owner"
         ok = False
         try:
             reason = await self._decided(signal, forwarder, Refusal.CHECKING)
@@ -224,7 +228,7 @@ class SignalForwarder:
                 ok, _ = self._hand_over(signal)
             log.info("signal_held", from_user=signal.from_user, to_user=signal.to_user,
                      delivered=ok, reason=reason.value if reason is not None else "",
-                     held_s=round(time.monotonic() - started, 4))
+                     waited_for=waiting_for, held_s=round(time.monotonic() - started, 4))
         finally:
             self.held.release(forwarder, digest, ok, time.monotonic())
 
@@ -274,6 +278,22 @@ class SignalForwarder:
         return True, ""
 
     # -- lookups the gate asked for ------------------------------------------------------------
+
+    async def keep_directory(self) -> None:
+        """Read the supernode directory at start and again before the gate's copy is due for
+        a re-read, so that a signal from a listed supernode is never held for a directory
+        read (a supernode listed since the last read still is)."""
+        pause = DIRECTORY_FIRST_PAUSE_S
+        while True:
+            try:
+                found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ)
+            except Exception as exc:  # as below: the next read, or a signal's, tries again
+                log.warning("signal_directory_unread", error=str(exc))
+            else:
+                self.gate.learn_directory((s.record for s in found), time.time())
+                self._wake()
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.9 * self.gate.limits.directory_ttl_s)
 
     def _start_lookups(self) -> None:
         if self.gate.directory_due():
