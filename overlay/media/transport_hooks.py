@@ -47,7 +47,7 @@ class UdpState:
     mapped: tuple[Address, ...] = ()
     checked_at: float = float("-inf")
     checked_with: tuple[Address, ...] = ()
-    #: the background refresh of a stale answer, while it runs
+    #: the check under way (at attach, or the refresh of a stale answer), while it runs
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -82,20 +82,27 @@ async def udp_candidates(
         udp.mapped = tuple(report.candidates[1:])
         udp.checked_at, udp.checked_with = time.monotonic(), addrs
 
+    def start() -> asyncio.Task[None]:
+        task = asyncio.ensure_future(check())
+        udp.refreshing = task
+        task.add_done_callback(lambda _: _refreshed(udp, task))
+        return task
+
     age = time.monotonic() - udp.checked_at
     other = addrs != udp.checked_with
     if age > NAT_STALE_S or (other and udp.nat == "unknown" and len(addrs) > 1):
-        await check()
+        # a check under way (the one at attach, a refresh) is joined, not begun again
+        await asyncio.shield(udp.refreshing or start())
     elif (age > NAT_CACHE_S or other) and udp.refreshing is None:
-        udp.refreshing = asyncio.ensure_future(check())
-        udp.refreshing.add_done_callback(lambda _: _refreshed(udp))
+        start()
     candidates = [(local_ip, port), *udp.mapped]
     return list(dict.fromkeys(candidates)), udp.nat
 
 
-def _refreshed(udp: UdpState) -> None:
-    task, udp.refreshing = udp.refreshing, None
-    if task is not None and not task.cancelled():
+def _refreshed(udp: UdpState, task: asyncio.Task[None]) -> None:
+    if udp.refreshing is task:
+        udp.refreshing = None
+    if not task.cancelled():
         task.exception()  # a failed refresh leaves the old answer; the next send retries
 
 

@@ -12,6 +12,7 @@ import time
 from overlay.core.identity import Identity
 from overlay.media import transport_hooks
 from overlay.media.transport_hooks import BINDING_TIMEOUT_S, NAT_CACHE_S, NAT_STALE_S
+from tests.helpers.netutil import wait_for
 
 
 async def test_a_stale_answer_is_used_at_once_and_refreshed_behind() -> None:
@@ -76,3 +77,29 @@ async def test_other_supernodes_refresh_behind_unless_only_one_answered_before()
         await transport_hooks.close_udp(udp)
         for s in silent:
             s.close()
+
+
+async def test_a_send_joins_the_check_under_way_instead_of_starting_another() -> None:
+    """The client asks at attach; a send right after (the check still under way: nobody
+    answers on a TCP-only network) waits only for what is left of that check."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    supernodes = [(silent.getsockname(), b"\x01" * 32)]
+    udp = await transport_hooks.open_udp()
+    try:
+        at_attach = asyncio.ensure_future(transport_hooks.udp_candidates(
+            udp, Identity.generate(), "127.0.0.1", supernodes))
+        await wait_for(lambda: udp.refreshing is not None, timeout=5, interval=0.01)
+        first = udp.refreshing
+        assert first is not None
+        # 60 % of the attach-time check's window goes by (nobody answers it)
+        await asyncio.wait([first], timeout=BINDING_TIMEOUT_S * 0.6)
+        assert not first.done()
+        started = time.monotonic()
+        _, nat = await transport_hooks.udp_candidates(udp, Identity.generate(), "127.0.0.1",
+                                                      supernodes)
+        assert nat == "no-udp" and time.monotonic() - started < BINDING_TIMEOUT_S * 0.6
+        assert (await at_attach)[1] == "no-udp" and udp.refreshing is None
+    finally:
+        await transport_hooks.close_udp(udp)
+        silent.close()
