@@ -127,7 +127,17 @@ class ClientDaemon:
         return self.links.primary_session()
 
     def binding_supernodes(self) -> list[tuple[Address, bytes]]:
-        return self.links.supernode_udp_addresses()
+        """The primary and backup supernodes; while the backup is not up, the other supernode
+        that answered our probes fastest (a NAT type needs two views to compare)."""
+        live = self.links.supernode_udp_addresses()
+        if len(live) >= 2:
+            return live
+        have = {key for _, key in live}
+        rtts = self.discovery.rtts()
+        others = sorted((c for c in self.cache.candidates()
+                         if c.node_key not in have and c.node_key in rtts),
+                        key=lambda c: rtts[c.node_key])
+        return live + [((c.host, c.port), c.node_key) for c in others[:1]]
 
     def attach_ok(self) -> AttachOk | None:
         return self.primary.ok if self.primary is not None else None
@@ -183,18 +193,20 @@ class ClientDaemon:
                  bootstrap=[f"{h}:{p}" for h, p in self.opts.bootstrap])
         self._tasks.append(asyncio.create_task(self.supervisor.run()))
         self._tasks.append(asyncio.create_task(self.backup_keeper.run()))
-        self._tasks.append(asyncio.create_task(self._map_ports()))
+        self._tasks.append(asyncio.create_task(self._gather_candidates()))
         if self.opts.may_become_supernode:
             self._tasks.append(asyncio.create_task(
                 run_promotion(self.promoter, self.primary_session, self.stopping)))
 
-    async def _map_ports(self) -> None:
-        """Once attached, ask the router to map the media ports (when we are behind a NAT),
-        so that the first send already advertises the mapped addresses."""
+    async def _gather_candidates(self) -> None:
+        """Once attached, ask the router to map the media ports (when we are behind a NAT)
+        and the supernodes for our UDP address and NAT type, so that the first send already
+        advertises them (and on a network without UDP does not wait for the binding to time
+        out)."""
         await self.attached.wait()
         session = self.primary_session()
         if session is not None:
-            await self.media.map_ports(session)
+            await self.media.candidates(session)
 
     async def stop(self) -> None:
         self.stopping.set()

@@ -15,13 +15,20 @@ NAT type, from two supernodes asked from the same socket (:func:`classify`):
   port-restricted peer fails);
 - ``"no-udp"``: nobody answered (UDP blocked, e.g. a TCP-only network);
 - ``"unknown"``: only one answered.
+
+Retransmissions follow RFC 8489 §6.2.1: when the supernode's RTT is known (the client
+measured it when it chose its supernodes), the first retransmission waits
+:data:`RTO_PER_RTT` RTTs (never less than :data:`BINDING_RTO_S`) and the window lets three
+transmissions be answered (:func:`binding_timing`); on a fast link nothing changes. One
+answer alone (``"unknown"``, say while the backup supernode is away) does not undo a type two
+supernodes gave before when it agrees with it (:func:`settle`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +39,23 @@ from overlay.dht.envelope import ANY_RECIPIENT, Envelope, Flags, Kind, new_msg_i
 #: retransmit a binding request this often (doubling), at most this many times in all
 BINDING_RTO_S = 0.3
 BINDING_ATTEMPTS = 4
+#: how long a binding waits for an answer when the supernode's RTT is not known
+BINDING_TIMEOUT_S = 1.5
+#: when it is known, the first retransmission waits this many RTTs (the RTO exceeds the RTT)
+RTO_PER_RTT = 1.5
+#: and the window is never longer than this
+MAX_BINDING_TIMEOUT_S = 6.0
+
+
+def binding_timing(rtt_s: float | None, timeout: float = BINDING_TIMEOUT_S
+                   ) -> tuple[float, float]:
+    """(first retransmission, window) of a binding to a supernode ``rtt_s`` away (None: not
+    measured; then :data:`BINDING_RTO_S` and ``timeout``). The requests go out at 0, RTO and
+    3 RTO; the window gives the third one an RTT and a half to be answered."""
+    if rtt_s is None or rtt_s <= 0:
+        return BINDING_RTO_S, timeout
+    rto = max(BINDING_RTO_S, RTO_PER_RTT * rtt_s)
+    return rto, min(MAX_BINDING_TIMEOUT_S, max(timeout, 3 * rto + 1.5 * rtt_s))
 
 
 class EnvelopePort(Protocol):
@@ -159,6 +183,19 @@ def classify(local: Address, mapped: Sequence[Address | None]) -> str:
     return "symmetric"
 
 
+def settle(previous: str, previous_mapped: Sequence[Address], nat: str,
+           mapped: Sequence[Address | None]) -> str:
+    """The NAT type to go on with after a check found ``nat`` (``mapped``: each supernode's
+    view): a lone answer (``"unknown"``) keeps a ``"cone"`` found before when it saw the
+    same address, and a ``"symmetric"`` (a NAT does not change how it maps), sans-IO."""
+    answers = [m for m in mapped if m is not None]
+    if nat != "unknown" or len(answers) != 1:
+        return nat
+    if previous == "symmetric" or (previous == "cone" and answers[0] in previous_mapped):
+        return previous
+    return nat
+
+
 @dataclass(frozen=True)
 class NatReport:
     """What :func:`nat_type` found: the type, the socket's address, each supernode's view."""
@@ -212,28 +249,35 @@ async def _run(port: EnvelopePort, txn: BindingTransaction) -> Address | None:
 
 async def reflexive_address(
     media: EnvelopePort, identity: Identity, supernode_addr: Address, node_key: bytes,
-    timeout: float = 2.0,
+    timeout: float = 2.0, rto: float = BINDING_RTO_S,
 ) -> Address | None:
     """The address ``supernode_addr`` sees ``media``'s datagrams come from, or None when it
-    did not answer within ``timeout`` (retransmitting every 0.3 s, 0.6 s, 1.2 s).
+    did not answer within ``timeout`` (retransmitting after ``rto``, then twice as long each
+    time).
 
     ``node_key`` is the supernode's ed25519 public key (or its 20-byte node id); answers
     signed by anyone else are ignored."""
-    txn = BindingTransaction(identity, supernode_addr, node_key, timeout, time.monotonic())
+    txn = BindingTransaction(identity, supernode_addr, node_key, timeout, time.monotonic(),
+                             rto=rto)
     return await _run(media, txn)
 
 
 async def nat_type(
     media: EnvelopePort, identity: Identity, supernodes: Sequence[tuple[Address, bytes]],
     timeout: float = 2.0, local: Address | None = None,
+    rtts: Mapping[bytes, float] | None = None,
 ) -> NatReport:
     """Ask each ``(address, node_key)`` in ``supernodes`` (two of them, on different hosts,
-    for a meaningful answer) at once from ``media``; classify the answers.
+    for a meaningful answer) at once from ``media``; classify the answers. ``rtts`` (by node
+    key) sets each one's retransmissions and window (:func:`binding_timing`); ``timeout`` is
+    the window for a supernode without one.
 
     ``local`` defaults to ``media.local_address``; pass the host address when the socket is
     bound to a wildcard address."""
     started = time.monotonic()
+    timing = [binding_timing((rtts or {}).get(key), timeout) for _, key in supernodes]
     mapped = await asyncio.gather(*[
-        reflexive_address(media, identity, addr, key, timeout) for addr, key in supernodes])
+        reflexive_address(media, identity, addr, key, window, rto)
+        for (addr, key), (rto, window) in zip(supernodes, timing, strict=True)])
     own = local or media.local_address
     return NatReport(classify(own, mapped), own, tuple(mapped), time.monotonic() - started)

@@ -125,7 +125,8 @@ class Paths:
         nat = "unknown"
         if self.udp is not None:
             udp, nat = await transport_hooks.udp_candidates(
-                self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes())
+                self.udp, self.config.identity, local_ip, self.attachment.binding_supernodes(),
+                self.attachment.relay_rtts())
         await self.map_ports(session)
         mapped_tcp: tuple[Address, ...] = ()
         mapped_udp: tuple[Address, ...] = ()

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from overlay.core.addresses import Address
 from overlay.core.identity import Identity
-from overlay.media.binding import nat_type
+from overlay.media.binding import BINDING_TIMEOUT_S, nat_type, settle
 from overlay.media.birthday import birthday_role
 from overlay.media.birthday_io import birthday_path
 from overlay.media.errors import losing_path
@@ -28,10 +28,9 @@ from overlay.relay.voucher import token_hash
 SECURE_TIMEOUT_S = 5.0
 RELAY_CONNECT_TIMEOUT_S = 8.0
 NAT_CACHE_S = 60.0
-#: an older answer (from the same supernodes) is still used, while a new one is asked for
-#: in the background: a send does not wait for the binding (up to BINDING_TIMEOUT_S)
+#: an older answer is still used, while a new one is asked for in the background: a send
+#: does not wait for the binding (up to BINDING_TIMEOUT_S, more on a slow link)
 NAT_STALE_S = 600.0
-BINDING_TIMEOUT_S = 1.5
 
 
 async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool
@@ -48,7 +47,7 @@ class UdpState:
     mapped: tuple[Address, ...] = ()
     checked_at: float = float("-inf")
     checked_with: tuple[Address, ...] = ()
-    #: the background refresh of a stale answer, while it runs
+    #: the check under way (at attach, or the refresh of a stale answer), while it runs
     refreshing: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -64,34 +63,46 @@ async def close_udp(udp: UdpState) -> None:
 
 async def udp_candidates(
     udp: UdpState, identity: Identity, local_ip: str,
-    supernodes: list[tuple[Address, bytes]],
+    supernodes: list[tuple[Address, bytes]], rtts: Mapping[bytes, float] | None = None,
 ) -> tuple[list[Address], str]:
     """Host and server-reflexive UDP candidates of the media socket, and the NAT type (asked
-    of up to two supernodes from the same socket; remembered for a minute, and used for up
-    to :data:`NAT_STALE_S` while a new answer is asked for in the background)."""
+    of up to two supernodes from the same socket, ``rtts`` their measured RTTs by node key;
+    remembered for a minute). An older answer, also one from other supernodes, is used for
+    up to :data:`NAT_STALE_S` while a new one is asked for in the background: only a first
+    answer, or an ``"unknown"`` one (one supernode answered) when two can be asked now, is
+    waited for. So a TCP-only network's send does not wait for its binding to time out once
+    the client has asked (it does when it attaches)."""
     port = udp.media.local_address[1]
     addrs = tuple(a for a, _ in supernodes[:2])
 
     async def check() -> None:
         report = await nat_type(udp.media, identity, supernodes[:2], BINDING_TIMEOUT_S,
-                                local=(local_ip, port))
-        udp.nat = report.nat
+                                local=(local_ip, port), rtts=rtts)
+        udp.nat = settle(udp.nat, udp.mapped, report.nat, report.mapped)
         udp.mapped = tuple(report.candidates[1:])
         udp.checked_at, udp.checked_with = time.monotonic(), addrs
 
+    def start() -> asyncio.Task[None]:
+        task = asyncio.ensure_future(check())
+        udp.refreshing = task
+        task.add_done_callback(lambda _: _refreshed(udp, task))
+        return task
+
     age = time.monotonic() - udp.checked_at
-    if addrs != udp.checked_with or age > NAT_STALE_S:
-        await check()
-    elif age > NAT_CACHE_S and udp.refreshing is None:
-        udp.refreshing = asyncio.ensure_future(check())
-        udp.refreshing.add_done_callback(lambda _: _refreshed(udp))
+    other = addrs != udp.checked_with
+    if age > NAT_STALE_S or (other and udp.nat == "unknown" and len(addrs) > 1):
+        # a check under way (the one at attach, a refresh) is joined, not begun again
+        await asyncio.shield(udp.refreshing or start())
+    elif (age > NAT_CACHE_S or other) and udp.refreshing is None:
+        start()
     candidates = [(local_ip, port), *udp.mapped]
     return list(dict.fromkeys(candidates)), udp.nat
 
 
-def _refreshed(udp: UdpState) -> None:
-    task, udp.refreshing = udp.refreshing, None
-    if task is not None and not task.cancelled():
+def _refreshed(udp: UdpState, task: asyncio.Task[None]) -> None:
+    if udp.refreshing is task:
+        udp.refreshing = None
+    if not task.cancelled():
         task.exception()  # a failed refresh leaves the old answer; the next send retries
 
 

@@ -7,6 +7,7 @@ list with every type checked exactly.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -63,6 +64,15 @@ class ForwardedSignal:
         """The request's argument list, in wire order."""
         return [self.from_user, self.from_device, self.from_key, self.to_user,
                 self.to_device, self.payload]
+
+    def digest(self) -> bytes:
+        """SHA-256 over every field, each length-prefixed: the same signal asked again."""
+        h = hashlib.sha256()
+        for part in (self.from_user.encode(), self.from_device.encode(), self.from_key,
+                     self.to_user.encode(), self.to_device.encode(), self.payload):
+            h.update(len(part).to_bytes(4, "big"))
+            h.update(part)
+        return h.digest()
 
     def delivery(self) -> SignalDelivery:
         """The message the receiving client gets (checks the sender's fields and payload)."""

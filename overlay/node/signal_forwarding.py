@@ -8,8 +8,12 @@ signal itself (the receiver is attached here) or forwards it in one DHT request,
 ``signal``, to the supernode the presence record names; on the wire that request's arguments
 are ``[from_user, from_device, from_key, to_user, to_device, payload]``
 (:class:`ForwardedSignal`) and the answer is ``{"ok": bool, "reason": str}``. A receiving
-supernode answers ``checking`` while it looks the sender up; the sender asks again a few
-times. Supernodes never read the payload beyond its outer signature.
+supernode answers ``checking`` while it looks the sender up, holds the signal and delivers it
+as soon as the lookup completes and the gate passes it (:mod:`~overlay.node.held_signals`);
+the sender asks again a few times, and is answered ``ok`` once it was delivered. Where the
+receiver is found comes from the supernode's shared name lookups
+(:mod:`~overlay.node.name_lookups`: the caller's own lookup a moment before, usually).
+Supernodes never read the payload beyond its outer signature.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from overlay.core.logs import get_logger
 from overlay.core.offers import signed_by
 from overlay.core.tasks import TaskSet
 from overlay.dht import DHTNode
-from overlay.dht.names import name_owner
 from overlay.node.admission import Admission
 from overlay.node.errors import BadSignal
 from overlay.node.forwarded_signal import ForwardedSignal
+from overlay.node.held_signals import Held, HeldSignals
+from overlay.node.name_lookups import NameLookups, online_presence
 from overlay.node.signal_gate import Refusal, SignalGate, SignalStats
 from overlay.node.supernode_options import SignalLimits
 from overlay.node.tcp_service import ServedSession, TcpService
@@ -44,8 +49,16 @@ MAX_DIRECTORY_READ = 4096
 SIGNAL_FORWARD_MAX = 3072
 #: a request that gets no answer is sent again this many times in all
 SIGNAL_FORWARD_TRIES = 3
-#: pauses before asking again while the receiving supernode answers "checking"
+#: pauses before asking again while the receiving supernode answers "checking" (it holds
+#: the signal and delivers it as soon as it is decided: asking again only learns the outcome)
 CHECKING_RETRY_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+UNANSWERED = "the user's supernode did not answer"
+#: failures that say a remembered presence is stale (the device is not where it said)
+MOVED = frozenset({Refusal.NOT_ATTACHED.value, UNANSWERED})
+#: the directory is read again this soon after start, then twice as late each time
+DIRECTORY_FIRST_PAUSE_S = 2.0
+#: how long a signal waits for the gate's lookups before it is answered "checking" for good
+HOLD_S = sum(CHECKING_RETRY_S)
 
 
 class SignalForwarder:
@@ -56,9 +69,13 @@ class SignalForwarder:
         self.own_key = own_key
         self.dht = dht
         self.tcp = tcp
+        self.names: NameLookups = tcp.names
         self.admission = admission
         self.gate = SignalGate(limits or SignalLimits())
+        self.held = HeldSignals()
         self._tasks = TaskSet()
+        #: set (and replaced) whenever the gate learns something: waiting checks look again
+        self._learned = asyncio.Event()
 
     @property
     def stats(self) -> SignalStats:
@@ -84,50 +101,63 @@ class SignalForwarder:
             self.gate.refuse(Refusal.BAD_INVITE)
             session.proto.send(SignalResult(msg.request_id, False, Refusal.BAD_INVITE.value))
             return
-        now = time.time()
-        targets = [
-            s.record for s in await self.dht.get(records.user_key(msg.to_user))
-            if isinstance(s.record, records.PresenceRecord) and s.record.online
-            and s.record.expires_at > now
-            and (not msg.to_device or s.record.device == msg.to_device)
-        ]
-        if not targets:
-            session.proto.send(SignalResult(msg.request_id, False,
-                                            f"{msg.to_user} is offline or unknown"))
-            return
+        started = time.monotonic()
         # who sent it is the session's, as the handshake proved it; the message names no sender
         outgoing = ForwardedSignal(
             from_user=result.user, from_device=result.device,
             from_key=result.client_key, to_user=msg.to_user, to_device="",
             payload=msg.payload,
         )
-        delivered, errors = 0, []
-        for rec in targets:
-            signal = dataclasses.replace(outgoing, to_device=rec.device)
-            if rec.supernode_key == self.own_key:
-                ok, reason = await self._deliver_local(signal)
-            else:
-                ok, reason = await self._send(rec, signal)
-                self.stats.forwarded += ok
-            delivered += ok
-            if not ok:
-                errors.append(f"{rec.device}: {reason}")
+        # where the receiver is attached: as a lookup a moment ago found it (the caller's
+        # own, usually), else asked now; when that fails it may be stale (the device moved):
+        # then as the network says now
+        kept = self.names.cached(msg.to_user)
+        remembered = online_presence(kept, time.time()) if kept is not None else []
+        targets = remembered or await self._presence(msg.to_user)
+        looked_up = time.monotonic()
+        delivered, errors, moved = await self._deliver(msg, targets, outgoing)
+        if not delivered and remembered and moved:
+            self.names.forget(msg.to_user)
+            delivered, errors, _ = await self._deliver(
+                msg, await self._presence(msg.to_user), outgoing)
+        log.info("signal_forwarded", to_user=msg.to_user, ok=delivered > 0,
+                 from_memory=bool(remembered), lookup_s=round(looked_up - started, 4),
+                 total_s=round(time.monotonic() - started, 4))
         session.proto.send(SignalResult(msg.request_id, delivered > 0,
                                         "; ".join(errors)[:200]))
+
+    async def _presence(self, user: str) -> list[records.PresenceRecord]:
+        now = time.time()
+        return [s.record for s in await self.dht.get(records.user_key(user))
+                if isinstance(s.record, records.PresenceRecord) and s.record.online
+                and s.record.expires_at > now]
+
+    async def _deliver(self, msg: Signal, targets: list[records.PresenceRecord],
+                       outgoing: ForwardedSignal) -> tuple[int, list[str], bool]:
+        """Deliver to each of ``targets`` that ``msg`` is for, here or at its supernode, all
+        at once: (delivered, errors, whether every failure says the device is not there)."""
+        targets = [r for r in targets if not msg.to_device or r.device == msg.to_device]
+        if not targets:
+            return 0, [f"{msg.to_user} is offline or unknown"], True
+
+        async def one(rec: records.PresenceRecord) -> tuple[bool, str]:
+            signal = dataclasses.replace(outgoing, to_device=rec.device)
+            if rec.supernode_key == self.own_key:
+                return await self._deliver_local(signal)
+            ok, reason = await self._send(rec, signal)
+            self.stats.forwarded += ok
+            return ok, reason
+
+        outcomes = await asyncio.gather(*(one(rec) for rec in targets))
+        errors = [f"{rec.device}: {reason}"
+                  for rec, (ok, reason) in zip(targets, outcomes, strict=True) if not ok]
+        moved = all(ok or reason in MOVED for ok, reason in outcomes)
+        return sum(ok for ok, _ in outcomes), errors, moved
 
     async def _deliver_local(self, signal: ForwardedSignal) -> tuple[bool, str]:
         """Both ends attached here: the same checks but the directory's, waiting for
         lookups the way a forwarding supernode would."""
-        waits = iter(CHECKING_RETRY_S)
-        while True:
-            reason = self.gate.check(signal, time.time(), forwarder=None)
-            self._start_lookups()
-            if reason is not Refusal.CHECKING:
-                break
-            delay = next(waits, None)
-            if delay is None:
-                break
-            await asyncio.sleep(delay)
+        reason = await self._decided(signal, None, self._check(signal, None))
         if reason is not None:
             return False, reason.value
         return self._hand_over(signal)
@@ -147,7 +177,7 @@ class SignalForwarder:
             except TimeoutError:
                 unanswered += 1
                 if unanswered >= SIGNAL_FORWARD_TRIES:
-                    return False, "the user's supernode did not answer"
+                    return False, UNANSWERED
                 continue
             if not isinstance(reply, dict):
                 return False, "the user's supernode answered off the schema"
@@ -165,18 +195,77 @@ class SignalForwarder:
         self, addr: tuple[str, int], sender_key: bytes, args: list[object]
     ) -> object:
         """DHT method "signal": another supernode forwards a signal to a client attached
-        here. Answered at once: what needs a lookup is answered "checking" (ask again)."""
+        here. Answered at once: what needs a lookup is answered "checking" (ask again), and
+        the signal is held and delivered once the lookup lets the gate pass it."""
         try:
             signal = ForwardedSignal.from_args(args)
         except BadSignal:
             self.gate.refuse(Refusal.MALFORMED)
             raise
-        reason = self.gate.check(signal, time.time(), forwarder=sender_key)
-        self._start_lookups()  # what the gate wants to know (a stale directory, an owner)
+        digest = signal.digest()
+        held = self.held.state(sender_key, digest, time.monotonic())
+        if held is Held.DELIVERED:
+            return {"ok": True, "reason": ""}
+        if held is Held.PENDING:
+            return {"ok": False, "reason": Refusal.CHECKING.value}
+        reason = self._check(signal, sender_key)
+        if reason is Refusal.CHECKING and self.held.hold(sender_key, digest):
+            self._tasks.spawn(self._hold(signal, sender_key, digest))
         if reason is not None:
             return {"ok": False, "reason": reason.value}
         ok, why = self._hand_over(signal)
         return {"ok": ok, "reason": why}
+
+    async def _hold(self, signal: ForwardedSignal, forwarder: bytes, digest: bytes) -> None:
+        """Deliver a held signal once the gate passes it (or forget it)."""
+        started = time.monotonic()
+        waiting_for = "directory" if self.gate.owner_known(signal.from_user, time.time()) \
+            else "owner"
+        ok = False
+        try:
+            reason = await self._decided(signal, forwarder, Refusal.CHECKING)
+            if reason is None:
+                ok, _ = self._hand_over(signal)
+            log.info("signal_held", from_user=signal.from_user, to_user=signal.to_user,
+                     delivered=ok, reason=reason.value if reason is not None else "",
+                     waited_for=waiting_for, held_s=round(time.monotonic() - started, 4))
+        finally:
+            self.held.release(forwarder, digest, ok, time.monotonic())
+
+    def _check(self, signal: ForwardedSignal, forwarder: bytes | None) -> Refusal | None:
+        """The gate's verdict now, with what the name lookups already know of the sender;
+        starts the lookups it asks for."""
+        now = time.time()
+        if not self.gate.owner_known(signal.from_user, now):
+            kept = self.names.cached(signal.from_user)
+            if kept is not None:
+                self.gate.learn_owner(signal.from_user, kept.owner.key, now)
+        reason = self.gate.check(signal, now, forwarder)
+        self._start_lookups()  # what the gate wants to know (a stale directory, an owner)
+        return reason
+
+    async def _decided(self, signal: ForwardedSignal, forwarder: bytes | None,
+                       reason: Refusal | None) -> Refusal | None:
+        """``reason`` (the first check's), or while it is "checking", the check again each
+        time the gate learns something, for up to :data:`HOLD_S` (no polling)."""
+        deadline = time.monotonic() + HOLD_S
+        while reason is Refusal.CHECKING:
+            learned = self._learned
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await learned.wait()
+            except TimeoutError:
+                break
+            reason = self._check(signal, forwarder)
+        return reason
+
+    def _wake(self) -> None:
+        """The gate learned something (or a lookup failed): waiting checks look again."""
+        self._learned.set()
+        self._learned = asyncio.Event()
 
     def _hand_over(self, signal: ForwardedSignal) -> tuple[bool, str]:
         """Give ``signal`` to the receiving device if it is attached here."""
@@ -190,6 +279,22 @@ class SignalForwarder:
 
     # -- lookups the gate asked for ------------------------------------------------------------
 
+    async def keep_directory(self) -> None:
+        """Read the supernode directory at start and again before the gate's copy is due for
+        a re-read, so that a signal from a listed supernode is never held for a directory
+        read (a supernode listed since the last read still is)."""
+        pause = DIRECTORY_FIRST_PAUSE_S
+        while True:
+            try:
+                found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ)
+            except Exception as exc:  # as below: the next read, or a signal's, tries again
+                log.warning("signal_directory_unread", error=str(exc))
+            else:
+                self.gate.learn_directory((s.record for s in found), time.time())
+                self._wake()
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.9 * self.gate.limits.directory_ttl_s)
+
     def _start_lookups(self) -> None:
         if self.gate.directory_due():
             self._tasks.spawn(self._read_directory())
@@ -202,14 +307,16 @@ class SignalForwarder:
         except Exception as exc:  # a failed read only delays the answer; never kills the node
             log.warning("signal_directory_unread", error=str(exc))
             self.gate.directory_failed()
-            return
-        self.gate.learn_directory((s.record for s in found), time.time())
+        else:
+            self.gate.learn_directory((s.record for s in found), time.time())
+        self._wake()
 
     async def _look_up_owner(self, name: str) -> None:
         try:
-            owner = await name_owner(self.dht, name)
+            found = await self.names.lookup(name)
         except Exception as exc:  # as above: the sender asks again
             log.warning("signal_owner_unknown", user=name, error=str(exc))
             self.gate.owner_failed(name)
-            return
-        self.gate.learn_owner(name, owner.key, time.time())
+        else:
+            self.gate.learn_owner(name, found.owner.key, time.time())
+        self._wake()

@@ -14,8 +14,9 @@ this order:
 
 A signal between two clients of this supernode skips step 1. What the gate does not know
 yet (the directory, a name's owner) it answers ``checking``: the adapter looks it up (what
-:meth:`SignalGate.directory_due` and :meth:`SignalGate.owners_due` hand out) and feeds the
-answer back; the sender asks again. Directory refreshes are rate-limited and owner lookups
+:meth:`SignalGate.directory_due` and :meth:`SignalGate.owners_due` hand out), feeds the
+answer back and checks the signal again (:mod:`overlay.node.held_signals`); the sender asks
+again meanwhile. Directory refreshes are rate-limited and owner lookups
 capped, so a stranger's datagrams never make the supernode crawl the DHT per datagram.
 """
 
@@ -181,6 +182,11 @@ class SignalGate:
 
     def directory_failed(self) -> None:
         self._directory_in_flight = False
+
+    def owner_known(self, name: str, now: float) -> bool:
+        """Whether ``name``'s owner is remembered (no lookup needed)."""
+        known = self._owners.get(name)
+        return known is not None and known[1] > now
 
     def learn_owner(self, name: str, key: bytes | None, now: float) -> None:
         """``name`` is owned by ``key`` (None: by nobody, or in conflict)."""

@@ -162,6 +162,7 @@ class Supernode(NodeDaemon, AttachHandler):
             log.info("relay_udp_listening", port=self.relay_udp_address[1])
         await self.publisher.publish()
         self._tasks.append(asyncio.create_task(self.publisher.keep()))
+        self._tasks.append(asyncio.create_task(self.signals.keep_directory()))
         if self.sn.vivaldi_interval_s > 0:
             self._tasks.append(asyncio.create_task(self.coordinates.keep()))
         log.info("supernode_ready", address="{}:{}".format(*self.advertised),

@@ -56,8 +56,8 @@ from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.dht import DHTNode
-from overlay.dht.names import lookup_name
 from overlay.node.idle_lookups import IdleLookups
+from overlay.node.name_lookups import NameLookups
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.protocol import MAGIC as RELAY_MAGIC
 from overlay.relay.server import RelayLink, RelayServer
@@ -246,6 +246,8 @@ class TcpService:
         self.stats = ServiceStats()
         self._server: asyncio.Server | None = None
         self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
+        #: name lookups, shared with signalling and kept a few seconds
+        self.names = NameLookups(dht)
         self._tasks = TaskSet()
 
     async def start(self, host: str, port: int) -> None:
@@ -377,7 +379,9 @@ class TcpService:
                 self.stats.lookups += 1
                 # the owner's records when the holders' majority decides; every key's in
                 # a conflict (the client then sees several keys and says so)
-                named = await lookup_name(self.dht, msg.user)
+                # asked of the network (a client polling for a change sees it at once), and
+                # kept for the signalling that usually follows
+                named = await self.names.fresh(msg.user)
                 wires = tuple(s.wire for s in named.records[:MAX_LOOKUP_RECORDS])
                 session.proto.send(LookupResponse(msg.request_id, wires))
             elif isinstance(msg, DirectoryRequest):

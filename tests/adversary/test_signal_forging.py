@@ -354,3 +354,60 @@ async def test_only_an_attached_session_can_signal(world: World) -> None:
     assert list(world.inbox.iterdir()) == []
     cut = parse_metrics(await http_text(f"http://{world.bob_sn_http}/metrics"))
     assert cut.get('overlay_sessions_cut_off_total{reason="not_attached"}', 0) >= 1, cut
+
+
+async def test_a_held_signal_is_delivered_once_checked_and_a_forged_one_never(
+        world: World) -> None:
+    """Bob's supernode answers a new sender's signal "checking" and holds it while it looks
+    the sender up. A registered supernode (mallory's) asks once and never again: its own
+    user carol's genuine signal reaches bob as soon as the check passes (once, even when
+    asked again afterwards), while a signal "from alice" signed by another key, held the same
+    way, never does."""
+    mallory = await stranger(world, world.spare_ips[0])
+    host, port = mallory.address
+    tcp = TcpService(mallory.identity, mallory)
+    await tcp.start(host, port)
+    try:
+        await mallory.put(records.supernode(mallory.identity, host, port, seq=1))
+        await wait_for(
+            lambda: _has(directory_keys(*world.boot), mallory.identity.public_key),
+            timeout=15, interval=0.2)
+        carol = Identity.generate()
+        await mallory.put(records.presence(carol, "carol", "laptop", seq=1,
+                                           supernode_key=mallory.identity.public_key,
+                                           supernode_host=host, supernode_port=port))
+        impostor = Identity.generate()
+        forged = ["alice", "laptop", impostor.public_key, "bob", "laptop",
+                  offer(impostor, b"I am alice")]
+        genuine = ["carol", "laptop", carol.public_key, "bob", "laptop",
+                   offer(carol, b"hello bob, this is carol")]
+
+        async def first_answer(args: list[object]) -> object:
+            """The first answer past "not_supernode" (bob's supernode has not read mallory's
+            record yet: nothing is held then)."""
+            reply: object = None
+
+            async def answered() -> bool:
+                nonlocal reply
+                reply = await mallory.call(world.bob_sn, "signal", *args)
+                return not (isinstance(reply, dict) and reply.get("reason") == "not_supernode")
+
+            await wait_for(answered, timeout=15, interval=0.3)
+            return reply
+
+        assert (await first_answer(forged))["reason"] in ("checking", "not_owner")
+        # carol is new to bob's supernode: looked up, meanwhile held
+        assert await first_answer(genuine) == {"ok": False, "reason": "checking"}
+        await wait_for(lambda: len(lines_from(world.bob, "carol")) > 0, timeout=10)
+        delivered = len(lines_from(world.bob, "carol"))
+        assert await mallory.call(world.bob_sn, "signal", *genuine) == {"ok": True,
+                                                                       "reason": ""}
+        # the forged one was decided long before: asked again, it is refused as not alice's
+        assert await mallory.call(world.bob_sn, "signal", *forged) == {"ok": False,
+                                                                      "reason": "not_owner"}
+    finally:
+        await tcp.stop()
+        mallory.stop()
+    assert len(lines_from(world.bob, "carol")) == delivered
+    assert lines_from(world.bob, "alice") == []
+    assert list(world.inbox.iterdir()) == []

@@ -37,8 +37,9 @@ class BindingResponder(asyncio.DatagramProtocol):
         self.identity = identity
         self.transport: asyncio.DatagramTransport | None = None
         self.answered = 0
-        #: test hooks: answer with another key / not at all
+        #: test hooks: answer with another key / not at all / this long after the request
         self.silent = False
+        self.delay_s = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -55,7 +56,11 @@ class BindingResponder(asyncio.DatagramProtocol):
         reply = seal(self.identity, Kind.RESPONSE, env.msg_id, Flags.NONE,
                      {"host": addr[0], "port": addr[1]},
                      recipient=node_id_for(env.sender_key))
-        self.transport.sendto(reply, addr)
+        if self.delay_s > 0:
+            asyncio.get_running_loop().call_later(self.delay_s, self.transport.sendto, reply,
+                                                  addr)
+        else:
+            self.transport.sendto(reply, addr)
         self.answered += 1
 
     @property

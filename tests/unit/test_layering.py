@@ -91,6 +91,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/node/signal_limits.py",
     "overlay/core/rate_limit.py",
     "overlay/node/signal_gate.py",
+    "overlay/node/held_signals.py",
     "overlay/call/frames.py",
     "overlay/call/jitter.py",
     "overlay/call/quality.py",

@@ -20,11 +20,15 @@ import pytest
 from overlay.core.identity import Identity
 from overlay.media import secure_stream as ss
 from overlay.media.binding import (
+    BINDING_RTO_S,
+    BINDING_TIMEOUT_S,
     BindingTransaction,
+    binding_timing,
     classify,
     nat_type,
     parse_binding,
     reflexive_address,
+    settle,
 )
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import (
@@ -361,6 +365,25 @@ def test_classify() -> None:
     assert classify(local, [local, None]) == "public"
 
 
+def test_binding_timing_follows_the_rtt_and_is_unchanged_on_a_fast_link() -> None:
+    assert binding_timing(None) == (BINDING_RTO_S, BINDING_TIMEOUT_S)
+    assert binding_timing(0.002) == (BINDING_RTO_S, BINDING_TIMEOUT_S)  # the LAN's: as before
+    rto, window = binding_timing(0.4)  # 100 ms each way on both ends' links
+    assert rto > 0.4  # no retransmission before the first answer can be back
+    assert window >= 3 * rto + 0.4  # the third transmission can still be answered
+    assert binding_timing(5.0)[1] <= 6.0  # bounded
+
+
+def test_a_lone_answer_keeps_the_type_two_answers_gave_when_it_agrees() -> None:
+    m, other = ("1.2.3.4", 5000), ("1.2.3.4", 5001)
+    assert settle("cone", [m], "unknown", [m, None]) == "cone"
+    assert settle("cone", [m], "unknown", [None, other]) == "unknown"  # remapped: not sure
+    assert settle("symmetric", [m, other], "unknown", [("1.2.3.4", 5002), None]) == "symmetric"
+    assert settle("unknown", [m], "unknown", [m, None]) == "unknown"
+    assert settle("cone", [m], "no-udp", [None, None]) == "no-udp"  # none is news, not noise
+    assert settle("symmetric", [m], "cone", [m, m]) == "cone"  # two answers decide
+
+
 def test_binding_transaction_retransmits_then_times_out() -> None:
     txn = BindingTransaction(Identity.generate(), ("10.0.0.1", 1), os.urandom(32),
                              timeout=2.0, now=0.0, rto=0.3, attempts=3)
@@ -430,6 +453,23 @@ async def test_nat_type_public_and_no_udp(
     report = await nat_type(media, me, servers, timeout=0.5)
     assert report.nat == "no-udp" and report.mapped == (None, None)
     assert report.elapsed < 1.0  # asked in parallel
+
+
+async def test_a_binding_waits_as_long_as_the_supernodes_rtt_needs(
+    media: MediaSocket, responders: list[BindingResponder],
+) -> None:
+    """A supernode 1.6 s away (the link's RTT, as the client measured it) answers after the
+    1.5 s a binding waits by default: with its RTT known, the binding gets the answer."""
+    me = Identity.generate()
+    far = responders[0]
+    far.delay_s = 1.6
+    servers = [(where(far), far.identity.public_key)]
+    blind = await nat_type(media, me, servers, timeout=BINDING_TIMEOUT_S)
+    assert blind.mapped == (None,) and blind.nat == "no-udp"
+    informed = await nat_type(media, me, servers, timeout=BINDING_TIMEOUT_S,
+                              rtts={far.identity.public_key: 1.6})
+    assert informed.mapped == (media.local_address,) and informed.nat == "public"
+    assert 1.5 < informed.elapsed < 2.5
 
 
 async def test_binding_against_a_real_supernode(media: MediaSocket) -> None:

@@ -2,7 +2,7 @@
 receiver, and throughput, over real nftables routers in the NAT lab.
 
 ``python -m tools.bench.connect [--size 1MiB] [--pairs all|cone-cone,public-tcp-only,...]
-[--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--out FILE]``
+[--kinds public,cone,...] [--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--out FILE]``
 
 Needs root, ``ip`` and ``nft`` (the NAT lab, :mod:`tools.natlab`); it builds a lab with a
 bootstrap node and two supernodes on the public segment and, for each kind in the chosen pairs,
@@ -22,7 +22,11 @@ one clock):
   race, end-to-end handshake, first data frame written;
 - ``transfer_s`` = ``done_at - first_byte_at``; ``throughput_mbps`` = bytes * 8 /
   ``transfer_s`` / 1e6 (payload, at the receiver);
-- ``total_s`` = the ``send`` request's wall time (until the receiver's ACK reached the sender).
+- ``total_s`` = the ``send`` request's wall time (until the receiver's ACK reached the sender);
+- ``timeline``: both sides' ``setup_timeline`` log (steps, seconds from each side's start)
+  and the supernodes' ``signal_forwarded``/``signal_held`` lines of the transfer; ``steps``:
+  when the sender had looked the receiver up, its invite was at its supernode, the answer
+  came and a path was selected (a second table shows their medians per pair).
 
 When the receiver's status has no ``transfers`` (older daemons), a thread polls the receiver's
 inbox every 2 ms for the partial file (``.NAME.*.partial``) growing past 0 bytes, and the final
@@ -98,6 +102,15 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
     return list(dict.fromkeys(pairs))
 
 
+def parse_kinds(text: str) -> list[tuple[str, str]]:
+    """``public,cone`` -> every ordered pair of those kinds (4 here)."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"kinds are {', '.join(KINDS)}")
+    return [(a, b) for a in dict.fromkeys(kinds) for b in dict.fromkeys(kinds)]
+
+
 def parse_netem(text: str) -> dict[str, float]:
     try:
         delay, loss = (float(x) for x in text.split(","))
@@ -152,6 +165,63 @@ def receiver_entry(ov: LabOverlay, host: str, name: str, wait_s: float = 3.0
         time.sleep(0.05)
 
 
+#: supernode log events about one signal (:mod:`overlay.node.signal_forwarding`)
+SIGNAL_EVENTS = ("signal_forwarded", "signal_held")
+#: the sender's setup steps summarised per transfer (``steps``), as its timeline names them
+KEY_STEPS = {"looked_up": "looked up", "invite_at_supernode": "invite at our supernode",
+             "answer": "answer"}
+
+
+def log_offsets(ov: LabOverlay, hosts: list[str]) -> dict[str, int]:
+    """Where each host's log ends now."""
+    out = {}
+    for host in hosts:
+        try:
+            out[host] = ov.log_path(host).stat().st_size
+        except OSError:
+            out[host] = 0
+    return out
+
+
+def new_events(ov: LabOverlay, host: str, offset: int, names: tuple[str, ...]
+               ) -> list[dict[str, Any]]:
+    """The JSON log entries of ``host`` past ``offset`` whose event is one of ``names``."""
+    try:
+        with ov.log_path(host).open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        if not any(n in line for n in names):
+            continue
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") in names:
+                out.append(entry)
+    return out
+
+
+def setup_steps(ov: LabOverlay, offsets: dict[str, int], src: str, dst: str
+                ) -> dict[str, Any]:
+    """Both sides' ``setup_timeline`` (steps in seconds from each side's start, attempts'
+    "start" events left out) and the supernodes' signal events of one transfer."""
+    def steps(host: str) -> list[Any]:
+        found = new_events(ov, host, offsets[host], ("setup_timeline",))
+        return [[t, e] for t, e in (found[0].get("steps") or []) if not e.endswith(": start")
+                ] if found else []
+
+    supernodes = [
+        {"host": sn, **{k: e.get(k) for k in ("event", "to_user", "from_user", "ok",
+                                               "delivered", "from_memory", "lookup_s",
+                                               "total_s", "held_s", "reason")
+                        if e.get(k) is not None}}
+        for sn in offsets if sn not in (src, dst)
+        for e in new_events(ov, sn, offsets[sn], SIGNAL_EVENTS)]
+    return {"sender": steps(src), "receiver": steps(dst), "supernodes": supernodes}
+
+
 def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
                  ) -> dict[str, Any]:
     name = f"bench-{src}-{dst}-{os.urandom(4).hex()}.bin"
@@ -161,6 +231,7 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
     ov.inbox(dst).mkdir(parents=True, exist_ok=True)
     watcher.start()
     ov.add_contact(dst, src)
+    offsets = log_offsets(ov, [src, dst, *ov.supernode_hosts])
     t0 = time.time()
     try:
         answer = control_request(ov.sock(src), {"cmd": "send", "user": ov.user(dst),
@@ -176,6 +247,11 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
         return run
     run.update(path=answer.get("path"), relay=answer.get("relay"), bytes=answer.get("bytes"),
                sender_seconds=answer.get("seconds"))
+    run["timeline"] = setup_steps(ov, offsets, src, dst)
+    run["steps"] = {key: next((t for t, e in run["timeline"]["sender"] if e == step), None)
+                    for key, step in KEY_STEPS.items()}
+    run["steps"]["selected"] = next((t for t, e in run["timeline"]["sender"]
+                                     if e.startswith("selected")), None)
     entry = receiver_entry(ov, dst, name)
     deadline = time.monotonic() + 3.0
     while watcher.done_at is None and time.monotonic() < deadline and entry is None:
@@ -223,6 +299,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "total_s_median": _median([r["total_s"] for r in ok]),
         "fail_s_median": _median([r["total_s"] for r in runs if not r["ok"]]),
         "errors": dict(errors),
+        "steps_median": {key: _median([r["steps"][key] for r in ok
+                                       if r.get("steps", {}).get(key) is not None])
+                         for key in (*KEY_STEPS, "selected")},
     }
 
 
@@ -254,6 +333,25 @@ def table(pairs: dict[str, dict[str, Any]]) -> str:
                      f"{f(s['ttfb_s_median'], 7, 3)} {f(s['ttfb_s_min'], 6)} "
                      f"{f(s['ttfb_s_max'], 6)} {f(s['throughput_mbps_median'], 8, 1)} "
                      f"{f(s['total_s_median'], 8)}  {note}")
+    return "\n".join(lines)
+
+
+def steps_table(pairs: dict[str, dict[str, Any]]) -> str:
+    """Per pair, the median time from ``send`` to each of the sender's setup steps."""
+    keys = (*KEY_STEPS, "selected")
+    head = f"{'pair (sender steps, s)':<24} " + " ".join(f"{k:>19}" for k in keys) \
+        + f" {'ttfb':>7}"
+    lines = [head, "-" * len(head)]
+    for key, p in pairs.items():
+        s = p.get("summary")
+        if s is None:
+            continue
+        med = s.get("steps_median") or {}
+        cells = " ".join(f"{med[k]:>19.3f}" if med.get(k) is not None else f"{'-':>19}"
+                         for k in keys)
+        ttfb = s["ttfb_s_median"]
+        lines.append(f"{key:<24} {cells} "
+                     + (f"{ttfb:>7.3f}" if ttfb is not None else f"{'-':>7}"))
     return "\n".join(lines)
 
 
@@ -293,6 +391,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=parse_size, default=1 << 20, help="file size (1MiB)")
     ap.add_argument("--pairs", type=parse_pairs, default=parse_pairs("all"),
                     help="all, or SENDERKIND-RECEIVERKIND,... (e.g. cone-cone,public-tcp-only)")
+    ap.add_argument("--kinds", type=parse_kinds, default=None,
+                    help="every pair of these kinds (e.g. public,cone,symmetric); "
+                         "replaces --pairs")
     ap.add_argument("--repeat", type=int, default=3, help="transfers per pair (3)")
     ap.add_argument("--netem", type=parse_netem, default=None, metavar="DELAY_MS,LOSS_PCT",
                     help="impair every client's and supernode's link (each direction)")
@@ -357,12 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if args.kinds is not None:
+        args.pairs = args.kinds
     result = run(args)
     doc = json.dumps(result, indent=2)
     print(doc)
     if args.out:
         args.out.write_text(doc + "\n")
     print("\n" + table(result["pairs"]), file=sys.stderr)
+    print("\n" + steps_table(result["pairs"]), file=sys.stderr)
     if result.get("connectivity_summed"):
         print("\n" + connectivity_table(result["connectivity_summed"]), file=sys.stderr)
     print(f"size {args.size} B, {args.repeat} per pair, netem {args.netem}, "
