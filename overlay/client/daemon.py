@@ -206,7 +206,7 @@ class ClientDaemon:
         await self.attached.wait()
         session = self.primary_session()
         if session is not None:
-            await self.media.candidates(session)
+            await self.media.paths.candidates(session)
 
     async def stop(self) -> None:
         self.stopping.set()
