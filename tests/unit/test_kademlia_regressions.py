@@ -88,6 +88,32 @@ def test_find_neighbors_is_exact_with_exclusions_any_k_and_after_removals():
             assert [n.id for n in table.find_neighbors(target, k, exclude=asker)] == expected
 
 
+async def test_find_neighbors_stays_exact_while_contacts_arrive_and_leave():
+    # the index is updated in place when a contact enters a bucket: queried between adds
+    # (buckets splitting, full buckets sending contacts to their replacement cache, removals
+    # promoting replacements), it must answer as a table ranked from scratch
+    rng = random.Random(11)
+    me = Node(rng.randbytes(20))
+    table = OverlayRoutingTable(NoPingProtocolFake(), 4, me,  # small buckets: they fill
+                                TableLimits(0, 10**6, 10**6, 10**6))
+    added: list[Node] = []
+    to_replacements = 0
+    for i in range(400):
+        node = Node(rng.randbytes(20), f"127.1.{i // 250}.{i % 250 + 1}", 4000)
+        table.add_contact(node)
+        added.append(node)
+        to_replacements += table.find_contact(node.id) is None
+        if i % 37 == 5:
+            table.remove_contact(rng.choice(added))
+        members = table.contacts()
+        assert sorted(n.id for n in members) == sorted(table._index().by_id)
+        target = Node(rng.randbytes(20))
+        expected = [n.id for n in sorted(members, key=target.distance_to)][:20]
+        assert [n.id for n in table.find_neighbors(target, 20)] == expected
+        assert all(table.find_contact(n.id) is n for n in members)
+    assert to_replacements > 50  # full buckets were exercised
+
+
 def test_subnet_counts_stay_exact_when_adding_splits_a_bucket():
     # kademlia adds the node again after a split: it must be counted once
     rng = random.Random(8)
