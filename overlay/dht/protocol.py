@@ -518,15 +518,6 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 if not ok:
                     return
 
-    def _bucket_closed(self, node: Node) -> bool:
-        """Whether ``node`` could not enter the table even if it answered: its bucket is
-        full and would not split (kademlia's rule in ``RoutingTable.add_contact``). Pinging
-        it then buys nothing but a replacement-cache entry and, on the answer, a ping of the
-        bucket's head: two round trips per unknown requester in a full bucket."""
-        bucket = self.router.buckets[self.router.get_bucket_for(node)]
-        return bool(len(bucket) >= bucket.ksize and not (
-            bucket.has_in_range(self.source_node) or bucket.depth() % 5 != 0))
-
     def _verify_unknown_sender(
         self, sender_key: bytes, addr: tuple[str, int], size: int, now: float
     ) -> None:
@@ -548,7 +539,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.admitted_proven += 1
             self.welcome_if_new(node)
             return
-        if self._bucket_closed(node):
+        # its bucket is full and would not split: a ping would buy nothing but a
+        # replacement-cache entry and, on the answer, a ping of the bucket's head
+        if self.router.bucket_closed(node):
             self.stats.dropped["verify_ping_bucket_full"] += 1
             return
         ping_bytes = (self._session_ping_bytes if self.sessions.established(node_id, now)

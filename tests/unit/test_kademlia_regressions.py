@@ -13,7 +13,7 @@ from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
-from kademlia.routing import RoutingTable
+from kademlia.routing import KBucket, RoutingTable
 from kademlia.storage import ForgetfulStorage
 
 from overlay.core import records
@@ -21,7 +21,7 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.dht import DHTConfig, DHTNode, DHTStats
 from overlay.dht.crawling import OverlayValueCrawl
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
-from overlay.dht.routing import OverlayRoutingTable, TableLimits
+from overlay.dht.routing import OverlayRoutingTable, TableLimits, bucket_depth
 from overlay.dht.storage import RecordStorage
 from tests.helpers.netutil import Network, loopback_ips, network_config, node_identity, wait_for
 
@@ -112,6 +112,19 @@ async def test_find_neighbors_stays_exact_while_contacts_arrive_and_leave():
         assert [n.id for n in table.find_neighbors(target, 20)] == expected
         assert all(table.find_contact(n.id) is n for n in members)
     assert to_replacements > 50  # full buckets were exercised
+
+
+def test_bucket_depth_is_kademlias():
+    rng = random.Random(12)
+    for size in (1, 2, 5, 20):
+        for prefix_bits in (0, 3, 17, 40):
+            bucket = KBucket(0, 2**160, 20)
+            base = rng.getrandbits(160)
+            for _ in range(size):
+                low = rng.getrandbits(160 - prefix_bits)
+                long_id = (base >> (160 - prefix_bits) << (160 - prefix_bits)) | low
+                bucket.add_node(Node(long_id.to_bytes(20, "big")))
+            assert bucket_depth(bucket) == bucket.depth()
 
 
 def test_subnet_counts_stay_exact_when_adding_splits_a_bucket():
