@@ -683,10 +683,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return {"ok": False, "reason": exc.reason}
         return {"ok": True}
 
-    def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[list[Any]]:
-        requester = Node(b"\0" * 20, sender[0], sender[1])
-        neighbors = self.router.find_neighbors(Node(key), exclude=requester)
-        return [[n.id, n.ip, n.port] for n in neighbors]
+    def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[Any]:
+        return self.router.closest_contacts(key, sender)  # type: ignore[no-any-return]
 
     def rpc_find_node(self, sender: tuple[str, int], key: bytes) -> Any:
         return {"nodes": self._neighbors(sender, key)}

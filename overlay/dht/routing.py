@@ -53,6 +53,8 @@ def common_prefix_bits(a: int, b: int) -> int:
 
 
 ID_BITS = 160
+#: a contact as a response lists it: (node id, ip, port)
+ContactTuple = tuple[bytes, str, int]
 
 
 def bucket_depth(bucket: Any) -> int:
@@ -67,12 +69,14 @@ def bucket_depth(bucket: Any) -> int:
 class _Members:
     """The table's members, indexed: ids sorted as integers, and by id, address, long id."""
 
-    __slots__ = ("by_address", "by_id", "by_long", "sorted_ids")
+    __slots__ = ("by_address", "by_id", "by_long", "sorted_ids", "wire")
 
     def __init__(self, contacts: list[Node]) -> None:
         self.by_long: dict[int, Node] = {n.long_id: n for n in contacts}
         self.sorted_ids = sorted(self.by_long)
         self.by_id: dict[bytes, Node] = {n.id: n for n in contacts}
+        #: each member as a response lists it: (id, ip, port)
+        self.wire: dict[int, ContactTuple] = {n.long_id: (n.id, n.ip, n.port) for n in contacts}
         #: normally one per address; two after kademlia promoted a replacement node
         self.by_address: dict[tuple[str, int], list[Node]] = {}
         for n in contacts:
@@ -82,6 +86,7 @@ class _Members:
         """``node`` became a member (not one already indexed)."""
         insort(self.sorted_ids, node.long_id)
         self.by_long[node.long_id] = self.by_id[node.id] = node
+        self.wire[node.long_id] = (node.id, node.ip, node.port)
         self.by_address.setdefault((node.ip, node.port), []).append(node)
 
     def around(self, target: int, need: int) -> list[int]:
@@ -262,22 +267,32 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         address: the table keeps one contact per address, promoted replacements aside), so
         the k closest are among the k + 2 closest, which lie in the range
         :meth:`_Members.around` returns; when more were left out, the whole table is ranked."""
-        k = k or self.ksize
         members = self._index()
-        near = members.around(node.long_id, k + 2)
-        found = self._closest(members, near, node, k, exclude)
-        if len(found) < k and len(near) < len(members.sorted_ids):
-            found = self._closest(members, members.sorted_ids, node, k, exclude)
-        return found
+        by_long = members.by_long
+        exclude_address = None if exclude is None else (exclude.ip, exclude.port)
+        return [by_long[i] for i in self._closest_ids(members, node.long_id, k or self.ksize,
+                                                      exclude_address)]
+
+    def closest_contacts(self, key: bytes, exclude_address: tuple[str, int]
+                         ) -> list[ContactTuple]:
+        """:meth:`find_neighbors` for ``key``, without contacts at ``exclude_address`` (a
+        requester), as a response lists them: (id, ip, port) each."""
+        members = self._index()
+        wire = members.wire
+        return [wire[i] for i in self._closest_ids(members, int.from_bytes(key, "big"),
+                                                   self.ksize, exclude_address)]
 
     @staticmethod
-    def _closest(members: _Members, ids: list[int], node: Node, k: int,
-                 exclude: Node | None) -> list[Node]:
-        target = node.long_id
-        by_long = members.by_long
+    def _closest_ids(members: _Members, target: int, k: int,
+                     exclude_address: tuple[str, int] | None) -> list[int]:
+        """The long ids of the k members closest to ``target`` (see :meth:`find_neighbors`)."""
         left_out = {target}
-        if exclude is not None:
-            for n in members.by_address.get((exclude.ip, exclude.port), ()):
+        if exclude_address is not None:
+            for n in members.by_address.get(exclude_address, ()):
                 left_out.add(n.long_id)
-        ranked = sorted(ids, key=target.__xor__)
-        return [by_long[i] for i in ranked if i not in left_out][:k]
+        near = members.around(target, k + 2)
+        found = [i for i in sorted(near, key=target.__xor__) if i not in left_out][:k]
+        if len(found) < k and len(near) < len(members.sorted_ids):
+            found = [i for i in sorted(members.sorted_ids, key=target.__xor__)
+                     if i not in left_out][:k]
+        return found
