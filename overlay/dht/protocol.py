@@ -684,7 +684,7 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         return {"ok": True}
 
     def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[Any]:
-        return self.router.closest_contacts(key, sender)  # type: ignore[no-any-return]
+        return self.router.closest_contacts(key, sender)
 
     def rpc_find_node(self, sender: tuple[str, int], key: bytes) -> Any:
         return {"nodes": self._neighbors(sender, key)}

@@ -62,7 +62,7 @@ def bucket_depth(bucket: Any) -> int:
     bucket: the common prefix of its smallest and largest id, instead of kademlia's
     comparison of 160-character bit strings one position at a time (~40 us per full
     bucket, on every contact that meets one)."""
-    ids = [n.long_id for n in bucket.nodes.values()]
+    ids: list[int] = [n.long_id for n in bucket.nodes.values()]
     return ID_BITS - (min(ids) ^ max(ids)).bit_length()
 
 
