@@ -46,12 +46,11 @@ from kademlia.node import Node, NodeHeap
 from overlay.core.addresses import network_key
 from overlay.core.identity import id_puzzle_ok
 from overlay.core.records import RecordError, SignedRecord
+from overlay.dht.routing import ContactTuple
 
 MAX_NODES_PER_RESPONSE = 20
 MAX_VALUES_PER_RESPONSE = 48
 
-#: a contact as a response lists it: (node id, ip, port)
-ContactTuple = tuple[bytes, str, int]
 RpcMethod = Callable[[Node, Node, Callable[[], None]], Awaitable[tuple[bool, Any]]]
 
 

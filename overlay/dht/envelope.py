@@ -162,7 +162,8 @@ def _common(kind_byte: int, msg_id: bytes, sender_key: bytes, recipient: bytes,
     return MAGIC + bytes([kind_byte]) + msg_id + sender_key + recipient + stamp + bytes([flags])
 
 
-def _body(kind: Kind, payload: Any) -> bytes:
+def pack_body(kind: Kind, payload: Any) -> bytes:
+    """A datagram's payload as msgpack, within its kind's size limit (else raise)."""
     body: bytes = msgpack.packb(payload, use_bin_type=True)
     limit = MAX_REQUEST_PAYLOAD if kind is Kind.REQUEST else MAX_RESPONSE_PAYLOAD
     if len(body) > limit:
@@ -176,9 +177,17 @@ def seal(
 ) -> bytes:
     """A signed datagram for ``recipient`` (a node id, or :data:`ANY_RECIPIENT`), stamped
     with ``now`` (Unix seconds; default the clock), offering ``ephemeral``."""
+    return seal_body(identity, kind, msg_id, flags, pack_body(kind, payload),
+                     recipient=recipient, now=now, ephemeral=ephemeral)
+
+
+def seal_body(
+    identity: Identity, kind: Kind, msg_id: bytes, flags: Flags, body: bytes, *,
+    recipient: bytes, now: float | None = None, ephemeral: bytes = NO_EPHEMERAL,
+) -> bytes:
+    """:func:`seal` for a payload already packed by :func:`pack_body`."""
     if len(ephemeral) != EPHEMERAL_BYTES:
         raise ValueError("an ephemeral key is 32 bytes")
-    body = _body(kind, payload)
     head = _common(kind, msg_id, identity.public_key, recipient, now, flags) + ephemeral
     signature = identity.sign(DOMAIN + _signed_part(head) + body)
     return head + signature + body
@@ -190,9 +199,17 @@ def seal_session(
 ) -> bytes:
     """A session-authenticated datagram from ``sender_key`` for ``recipient`` (a node id),
     under ``session_key`` (:mod:`overlay.dht.sessions`)."""
+    return seal_session_body(session_key, sender_key, ids, kind, msg_id, flags,
+                             pack_body(kind, payload), recipient=recipient, now=now)
+
+
+def seal_session_body(
+    session_key: bytes, sender_key: bytes, ids: SessionIds, kind: Kind, msg_id: bytes,
+    flags: Flags, body: bytes, *, recipient: bytes, now: float | None = None,
+) -> bytes:
+    """:func:`seal_session` for a payload already packed by :func:`pack_body`."""
     if recipient == ANY_RECIPIENT:
         raise ValueError("a session datagram names its recipient")
-    body = _body(kind, payload)
     head = (_common(kind + _SESSION_OFFSET, msg_id, sender_key, recipient, now, flags)
             + ids.sender_eph_id + ids.recipient_eph_id)
     return head + session_mac(session_key, head, body) + body

@@ -56,6 +56,8 @@ from overlay.dht.amplification import (
 from overlay.dht.envelope import (
     ANY_RECIPIENT,
     NO_EPHEMERAL,
+    SESSION_HEADER_BYTES,
+    SIGNED_HEADER_BYTES,
     Envelope,
     EnvelopeError,
     Flags,
@@ -64,9 +66,12 @@ from overlay.dht.envelope import (
     authenticate_mac,
     authenticate_signature,
     new_msg_id,
+    pack_body,
     parse,
     seal,
+    seal_body,
     seal_session,
+    seal_session_body,
 )
 from overlay.dht.fairness import NotClose
 from overlay.dht.replay import ReplayGuard
@@ -288,13 +293,18 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
     def _seal(self, kind: Kind, msg_id: bytes, payload: Any, recipient: bytes,
               keyed: tuple[bytes, SessionIds] | None) -> bytes:
         """Our datagram: under the session ``keyed`` names, else signed with our ephemeral."""
+        return self._seal_body(kind, msg_id, pack_body(kind, payload), recipient, keyed)
+
+    def _seal_body(self, kind: Kind, msg_id: bytes, body: bytes, recipient: bytes,
+                   keyed: tuple[bytes, SessionIds] | None) -> bytes:
+        """:meth:`_seal` for a payload packed by :func:`pack_body`."""
         if keyed is not None:
             self.stats.sealed["session"] += 1
-            return seal_session(keyed[0], self._public_key, keyed[1], kind, msg_id,
-                                self.flags, payload, recipient=recipient, now=self.clock())
+            return seal_session_body(keyed[0], self._public_key, keyed[1], kind, msg_id,
+                                     self.flags, body, recipient=recipient, now=self.clock())
         self.stats.sealed["signed"] += 1
-        return seal(self.identity, kind, msg_id, self.flags, payload, recipient=recipient,
-                    now=self.clock(), ephemeral=self.sessions.offer(time.monotonic()))
+        return seal_body(self.identity, kind, msg_id, self.flags, body, recipient=recipient,
+                         now=self.clock(), ephemeral=self.sessions.offer(time.monotonic()))
 
     # -- outgoing requests ----------------------------------------------------------------
 
@@ -508,15 +518,6 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 if not ok:
                     return
 
-    def _bucket_closed(self, node: Node) -> bool:
-        """Whether ``node`` could not enter the table even if it answered: its bucket is
-        full and would not split (kademlia's rule in ``RoutingTable.add_contact``). Pinging
-        it then buys nothing but a replacement-cache entry and, on the answer, a ping of the
-        bucket's head: two round trips per unknown requester in a full bucket."""
-        bucket = self.router.buckets[self.router.get_bucket_for(node)]
-        return bool(len(bucket) >= bucket.ksize and not (
-            bucket.has_in_range(self.source_node) or bucket.depth() % 5 != 0))
-
     def _verify_unknown_sender(
         self, sender_key: bytes, addr: tuple[str, int], size: int, now: float
     ) -> None:
@@ -538,7 +539,9 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.stats.admitted_proven += 1
             self.welcome_if_new(node)
             return
-        if self._bucket_closed(node):
+        # its bucket is full and would not split: a ping would buy nothing but a
+        # replacement-cache entry and, on the answer, a ping of the bucket's head
+        if self.router.bucket_closed(node):
             self.stats.dropped["verify_ping_bucket_full"] += 1
             return
         ping_bytes = (self._session_ping_bytes if self.sessions.established(node_id, now)
@@ -637,17 +640,22 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         now = time.monotonic()
         # a response takes the form of its request
         keyed = None if env.session is None else self.sessions.reply(requester, env.session, now)
-        datagram = self._seal(Kind.RESPONSE, env.msg_id, result, requester, keyed)
         if keyed is None and env.session is None and env.ephemeral != NO_EPHEMERAL:
             self.sessions.answered(requester, now)  # our answer carries our ephemeral
+        body = pack_body(Kind.RESPONSE, result)
+        header = SIGNED_HEADER_BYTES if keyed is None else SESSION_HEADER_BYTES
         allowed = self.gate.allowed(size)
-        if len(datagram) > allowed and not self.gate.is_proven(addr, now):
-            trimmed = trim_contacts(result, len(datagram) - allowed)
+        if header + len(body) > allowed and not self.gate.is_proven(addr, now):
+            # sized before sealing: an answer too large for an unproven requester is signed
+            # (or MACed) once, in the form it goes out in
+            trimmed = trim_contacts(result, header + len(body) - allowed)
             if trimmed is not None:
-                datagram = self._seal(Kind.RESPONSE, env.msg_id, trimmed, requester, keyed)
-                if len(datagram) <= allowed:
+                body = pack_body(Kind.RESPONSE, trimmed)
+                if header + len(body) <= allowed:
                     self.stats.dropped["trimmed_unproven"] += 1
-                    self.transport.sendto(datagram, addr)
+                    self.transport.sendto(
+                        self._seal_body(Kind.RESPONSE, env.msg_id, body, requester, keyed),
+                        addr)
                     return False
             self.stats.dropped["truncated_unproven"] += 1
             cookie = self.gate.cookie(addr, env.sender_key, now)
@@ -657,7 +665,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
                 return False  # cannot happen for a signed request; never reflect more
             self.transport.sendto(datagram, addr)
             return True
-        self.transport.sendto(datagram, addr)
+        self.transport.sendto(self._seal_body(Kind.RESPONSE, env.msg_id, body, requester, keyed),
+                              addr)
         return False
 
     def rpc_ping(self, sender: tuple[str, int]) -> Any:
@@ -674,10 +683,8 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             return {"ok": False, "reason": exc.reason}
         return {"ok": True}
 
-    def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[list[Any]]:
-        requester = Node(b"\0" * 20, sender[0], sender[1])
-        neighbors = self.router.find_neighbors(Node(key), exclude=requester)
-        return [[n.id, n.ip, n.port] for n in neighbors]
+    def _neighbors(self, sender: tuple[str, int], key: bytes) -> list[Any]:
+        return self.router.closest_contacts(key, sender)
 
     def rpc_find_node(self, sender: tuple[str, int], key: bytes) -> Any:
         return {"nodes": self._neighbors(sender, key)}

@@ -13,7 +13,7 @@ from kademlia.crawling import NodeSpiderCrawl, ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
-from kademlia.routing import RoutingTable
+from kademlia.routing import KBucket, RoutingTable
 from kademlia.storage import ForgetfulStorage
 
 from overlay.core import records
@@ -21,7 +21,7 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.dht import DHTConfig, DHTNode, DHTStats
 from overlay.dht.crawling import OverlayValueCrawl
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
-from overlay.dht.routing import OverlayRoutingTable, TableLimits
+from overlay.dht.routing import OverlayRoutingTable, TableLimits, bucket_depth
 from overlay.dht.storage import RecordStorage
 from tests.helpers.netutil import Network, loopback_ips, network_config, node_identity, wait_for
 
@@ -86,6 +86,45 @@ def test_find_neighbors_is_exact_with_exclusions_any_k_and_after_removals():
                         if n.id != target.id
                         and (asker is None or (n.ip, n.port) != (asker.ip, asker.port))][:k]
             assert [n.id for n in table.find_neighbors(target, k, exclude=asker)] == expected
+
+
+async def test_find_neighbors_stays_exact_while_contacts_arrive_and_leave():
+    # the index is updated in place when a contact enters a bucket: queried between adds
+    # (buckets splitting, full buckets sending contacts to their replacement cache, removals
+    # promoting replacements), it must answer as a table ranked from scratch
+    rng = random.Random(11)
+    me = Node(rng.randbytes(20))
+    table = OverlayRoutingTable(NoPingProtocolFake(), 4, me,  # small buckets: they fill
+                                TableLimits(0, 10**6, 10**6, 10**6))
+    added: list[Node] = []
+    to_replacements = 0
+    for i in range(400):
+        node = Node(rng.randbytes(20), f"127.1.{i // 250}.{i % 250 + 1}", 4000)
+        table.add_contact(node)
+        added.append(node)
+        to_replacements += table.find_contact(node.id) is None
+        if i % 37 == 5:
+            table.remove_contact(rng.choice(added))
+        members = table.contacts()
+        assert sorted(n.id for n in members) == sorted(table._index().by_id)
+        target = Node(rng.randbytes(20))
+        expected = [n.id for n in sorted(members, key=target.distance_to)][:20]
+        assert [n.id for n in table.find_neighbors(target, 20)] == expected
+        assert all(table.find_contact(n.id) is n for n in members)
+    assert to_replacements > 50  # full buckets were exercised
+
+
+def test_bucket_depth_is_kademlias():
+    rng = random.Random(12)
+    for size in (1, 2, 5, 20):
+        for prefix_bits in (0, 3, 17, 40):
+            bucket = KBucket(0, 2**160, 20)
+            base = rng.getrandbits(160)
+            for _ in range(size):
+                low = rng.getrandbits(160 - prefix_bits)
+                long_id = (base >> (160 - prefix_bits) << (160 - prefix_bits)) | low
+                bucket.add_node(Node(long_id.to_bytes(20, "big")))
+            assert bucket_depth(bucket) == bucket.depth()
 
 
 def test_subnet_counts_stay_exact_when_adding_splits_a_bucket():

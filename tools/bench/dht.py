@@ -255,6 +255,7 @@ class OverlayBenchNode:
         c["rpc_timeouts"] = s.timeouts
         c["evicted"] = s.evicted
         c["dropped"] = sum(s.dropped.values())
+        c.update({f"dropped_{reason}": n for reason, n in s.dropped.items()})
         return c
 
 
