@@ -198,7 +198,8 @@ class SignalForwarder:
 
     async def _read_directory(self) -> None:
         try:
-            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ)
+            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ,
+                                              of=self.gate.directory_wanted())
         except Exception as exc:  # a failed read only delays the answer; never kills the node
             log.warning("signal_directory_unread", error=str(exc))
             self.gate.directory_failed()

@@ -9,13 +9,23 @@ import pytest
 
 from overlay.core import records
 from overlay.core.identity import Identity
-from overlay.core.records import SUPERNODE_DIRECTORY_KEY as KEY
+from overlay.core.directory_keys import SHARD_KEYS, directory_key
 from overlay.core.records import SignedRecord, StorageFull
 from overlay.dht.directory import DialBack, DirectoryLimits, choose
 from overlay.dht.fairness import QuotaExceeded
 from overlay.dht.storage import RecordStorage, StorageLimits
 
 T0 = 1_800_000_000.0
+#: the shard key the tests' supernodes share (each key's caps are its own)
+KEY = SHARD_KEYS[0]
+
+
+def shard_identity(key: bytes = KEY) -> Identity:
+    """A supernode key whose record goes under ``key`` (~256 tries for one shard)."""
+    while True:
+        identity = Identity.generate()
+        if directory_key(identity.public_key) == key:
+            return identity
 
 
 class Clock:
@@ -35,7 +45,7 @@ def holder(own: str = "203.0.113.1", **limits: int | float) -> tuple[RecordStora
 
 def supernode(host: str, port: int = 4000, identity: Identity | None = None, seq: int = 1
               ) -> SignedRecord:
-    return records.supernode(identity or Identity.generate(), host, port, seq=seq,
+    return records.supernode(identity or shard_identity(), host, port, seq=seq,
                              lifetime_s=3600, now=T0)
 
 
@@ -90,7 +100,7 @@ def test_own_records_are_listed_without_a_dial_back() -> None:
 
 def test_a_refresh_keeps_the_proof_a_new_address_needs_a_new_one() -> None:
     storage, clock = holder()
-    me = Identity.generate()
+    me = shard_identity()
     storage.put(KEY, supernode("198.51.100.7", identity=me).wire, source="192.0.2.1")
     dial_all(storage, clock)
     storage.put(KEY, supernode("198.51.100.7", identity=me, seq=2).wire, source="192.0.2.1")
@@ -204,3 +214,23 @@ def test_readers_use_records_two_holders_list() -> None:
     assert {s.slot for s in chosen} == {s.slot for s in honest[:2]}
     alone = choose([*honest, own], {b"m" * 20: (*honest, own)}, 4, 32, random.Random(1))
     assert len(alone) == 4  # a single holder's answer is all there is
+
+
+def test_each_shard_key_has_its_own_cap_and_every_shard_is_listed() -> None:
+    """Under a per-key cap of 2, three shards of 3 supernodes each: 2 listed per key (the
+    cap), 6 in all, where one key (the old directory) would list 2."""
+    storage, clock = holder(max_listed=2, listed_per_network=4)
+    for shard in range(3):
+        key = SHARD_KEYS[shard]
+        for i in range(3):
+            rec = supernode(f"198.51.{100 + i}.{shard + 1}", identity=shard_identity(key))
+            with pytest.raises(records.WrongKey):
+                storage.put(SHARD_KEYS[shard + 1], rec.wire, source="192.0.2.1")
+            storage.put(key, rec.wire, source=f"192.0.{i}.1")
+    dial_all(storage, clock)
+    assert storage.directory.counts() == {"listed": 6, "standby": 3}
+    assert storage.directory.per_key() == {SHARD_KEYS[s]: 3 for s in range(3)}
+    for shard in range(3):
+        answer = storage.answer(SHARD_KEYS[shard], 48)
+        assert len(answer) == 2
+        assert all(s.dht_key == SHARD_KEYS[shard] for s in answer)
