@@ -8,8 +8,8 @@ import random
 import pytest
 
 from overlay.core import records
-from overlay.core.identity import Identity
 from overlay.core.directory_keys import SHARD_KEYS, directory_key
+from overlay.core.identity import Identity
 from overlay.core.records import SignedRecord, StorageFull
 from overlay.dht.directory import DialBack, DirectoryLimits, choose
 from overlay.dht.fairness import QuotaExceeded
