@@ -3,9 +3,10 @@
 A supernode record lives under ``shard_key(shard_of(node_key))``: the shard is the first
 ``SHARD_BITS`` bits of the supernode's node id (SHA-256 of its key), so every node computes
 the same key for a record and a reader can find any supernode's record with one lookup. At
-10,000 supernodes a shard holds ~39 records (Poisson: the fullest of 256 ~60), under the
-per-key cap (``--directory-key-cap``, default 128 listed) and within one ``find_value``
-answer (48). A network constant, like the id puzzle.
+10,000 supernodes a shard holds ~20 records (Poisson; the fullest of 512 ~35, one above 48
+with probability 1e-5): under the per-key cap (``--directory-key-cap``, default 128 listed)
+and within one ``find_value`` answer (48), so every listed record is in every answer. A
+network constant, like the id puzzle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 
 from overlay.core.identity import node_id_for
 
-SHARD_BITS = 8
+SHARD_BITS = 9
 SHARDS = 1 << SHARD_BITS
 
 
@@ -31,7 +32,7 @@ _SHARD_OF_KEY = {key: shard for shard, key in enumerate(SHARD_KEYS)}
 
 def shard_of(node_key: bytes) -> int:
     """The shard of the supernode whose ed25519 public key is ``node_key``."""
-    return node_id_for(node_key)[0] >> (8 - SHARD_BITS)
+    return int.from_bytes(node_id_for(node_key)[:2], "big") >> (16 - SHARD_BITS)
 
 
 def directory_key(node_key: bytes) -> bytes:

@@ -3,9 +3,9 @@ than one directory key can hold under a lowered per-key cap, every one of them d
 and chosen by the clients near it.
 
 A bootstrap node and 6 supernodes, each on its own loopback /24, all run with
-``--directory-key-cap 2``: a holder lists at most 2 supernodes under one directory key (the
-single-key directory before the shards would have shown 2 of the 6). Two of the supernodes'
-keys fall into the same shard, so that key is at its cap. Each supernode advertises a latency
+``--directory-key-cap 1``: a holder lists at most 1 supernode under one directory key (the
+single-key directory before the shards would have shown 1 of the 6); each supernode's shard
+key is at that cap. Each supernode advertises a latency
 proxy (:mod:`tests.helpers.latency_proxy`) that puts the processes on a line: client ``i``
 lives at supernode ``i`` (no added delay), the other supernodes are 80 ms + 20 ms per step
 away. What must hold:
@@ -32,9 +32,9 @@ from tests.helpers.latency_proxy import LatencyProxy
 from tests.helpers.netutil import loopback_ips, wait_for
 from tests.helpers.node_keys import SEEDS
 
-CAP = 2
-#: pooled keys (their ids solve the production puzzle); seeds 9 and 11 share one shard
-SUPERNODE_SEEDS = (9, 11, 0, 1, 2, 3)
+CAP = 1
+#: pooled keys (their ids solve the production puzzle), in 6 shards
+SUPERNODE_SEEDS = (0, 1, 2, 3, 5, 6)
 BOOT_SEED = 4
 PORT, PROXY_PORT = 4000, 4100
 NEAR_S, STEP_S = 0.08, 0.02
@@ -68,7 +68,7 @@ async def test_more_supernodes_than_a_key_holds_are_all_discovered_and_chosen_ne
     boot_addr = f"{boot_ip}:{PORT}"
     identities = [pooled(i) for i in SUPERNODE_SEEDS]
     shards = [shard_of(ident.public_key) for ident in identities]
-    assert len(set(shards)) == len(shards) - 1  # one shard holds two: it is at the cap
+    assert len(set(shards)) == len(shards)
     cap_args = ["--directory-key-cap", str(CAP)]
     started: list[Daemon] = []
     proxies: list[LatencyProxy] = []
