@@ -134,6 +134,11 @@ class DHTNode:
         per_network = self.storage.limits.directory.listed_per_network
         return choose(answers.records, answers.holders, per_network, limit, self.storage.rng)
 
+    def listed_supernodes(self) -> list[SignedRecord]:
+        """The live supernode records this node lists itself (no lookup)."""
+        now = time.time()
+        return [s for s in self.storage.directory.listed() if s.expires_at > now]
+
     async def supernodes(self, limit: int, of: Iterable[bytes] = (),
                          shards: int = DIRECTORY_READ_SHARDS) -> list[SignedRecord]:
         """A sample of the supernode directory at a constant cost whatever its size: the
@@ -148,7 +153,7 @@ class DHTNode:
                                      return_exceptions=True)
         now = time.time()
         merged: dict[tuple[bytes, str], SignedRecord] = {}
-        for found in [self.storage.directory.listed(), *reads]:
+        for found in [self.listed_supernodes(), *reads]:
             if isinstance(found, BaseException):
                 continue
             for signed in found:

@@ -86,7 +86,9 @@ class ServiceLimits:
     session: SessionConfig = field(default_factory=SessionConfig)
     requests_per_s: float = 20.0
     request_burst: float = 40.0
-    directory_cache_s: float = 5.0
+    #: directory shards are read for clients at most this often (this node's own listing
+    #: is taken at every request: it costs no lookup)
+    directory_cache_s: float = 30.0
 
 
 #: records a directory read may bring (its own listing and a few shards)
@@ -421,14 +423,16 @@ class TcpService:
         """Supernode records for a client: the known supernodes
         (:mod:`overlay.node.known_supernodes`) nearest to this node first, then chance. They
         come from :meth:`overlay.dht.DHTNode.supernodes` reads (proven, vouched for: this
-        node's own listing and a few random shards), at most one per ``directory_cache_s``."""
-        fetched_at = self._directory_read_at
+        node's own listing and a few random shards), at most one per ``directory_cache_s``,
+        and from this node's own listing at every call."""
         now = time.monotonic()
         near = self.coordinate() if self.coordinate is not None else None
-        if now - fetched_at >= self.limits.directory_cache_s or not len(self.known):
+        if now - self._directory_read_at >= self.limits.directory_cache_s or not self.known:
             found = await self.dht.supernodes(DIRECTORY_READ_LIMIT)
             self._directory_read_at = now
-            self.known.add(found, time.time(), near, self._rng)
+        else:
+            found = self.dht.listed_supernodes()
+        self.known.add(found, time.time(), near, self._rng)
         return self.known.sample(MAX_LOOKUP_RECORDS, time.time(), near, self._rng)
 
     async def alternatives(self, exclude: bytes = b"") -> tuple[Alternative, ...]:
