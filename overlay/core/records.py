@@ -260,7 +260,7 @@ class SupernodeRecord:
 
     @property
     def dht_key(self) -> bytes:
-        return directory_key(self.node_key)
+        return directory_key(self.host)
 
     @property
     def slot(self) -> tuple[bytes, str]:

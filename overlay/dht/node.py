@@ -139,14 +139,14 @@ class DHTNode:
         now = time.time()
         return [s for s in self.storage.directory.listed() if s.expires_at > now]
 
-    async def supernodes(self, limit: int, of: Iterable[bytes] = (),
+    async def supernodes(self, limit: int, of: Iterable[str] = (),
                          shards: int = DIRECTORY_READ_SHARDS) -> list[SignedRecord]:
         """A sample of the supernode directory at a constant cost whatever its size: the
         records this node lists itself (the shards it holds: about k of them on average,
         every one in a network of fewer than k nodes), ``shards`` random shards read from
-        their holders, and the shards of the supernodes whose keys are in ``of`` (a
+        their holders, and the shards of the supernodes at the addresses in ``of`` (a
         reader checking those); spread over networks, at most ``limit``."""
-        keys = {directory_key(k) for k in of}
+        keys = {directory_key(host) for host in of}
         rng = self.storage.rng
         keys.update(SHARD_KEYS[s] for s in rng.sample(range(SHARDS), min(shards, SHARDS)))
         reads = await asyncio.gather(*(self.directory_shard(k, limit) for k in keys),

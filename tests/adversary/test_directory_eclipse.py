@@ -5,12 +5,13 @@ The network is real and in process on loopback: a bootstrap node and 8 honest su
 has only what anyone has: throwaway keys, DHT nodes of her own on three /24s sending the
 documented ``store`` over UDP, and TCP servers of her own. She stores, at every node, 1,000
 self-signed supernode records from throwaway keys with the newest ``issued_at`` a holder
-accepts (now + 50 s), the keys ground so that the records fall into the directory shards of
-the honest supernodes (the directory is sharded by node id, :mod:`overlay.core.directory_keys`;
-~256 key generations per record), advertising:
+accepts (now + 50 s), at addresses in /24s chosen so that the records fall into the directory
+shards of the honest supernodes (a record's shard is its advertised /24's,
+:mod:`overlay.core.directory_keys`), advertising:
 
 * addresses where nothing listens (half of them);
-* one server of hers that answers the attachment handshake, but with another key;
+* servers of hers (one per targeted shard) that answer the attachment handshake, but with
+  another key;
 * and 6 servers that *do* hold their records' keys, all on one /24.
 
 What a user would notice, and what must hold:
@@ -54,12 +55,17 @@ CONFIG = network_config()
 LIMITS = ServiceLimits(directory_cache_s=0.05)
 
 
-def key_in_shard_of(shard_key: bytes) -> Identity:
-    """A throwaway key whose supernode record goes under ``shard_key``."""
-    while True:
-        identity = Identity.generate()
-        if directory_key(identity.public_key) == shard_key:
-            return identity
+def net_in_shard(shard_key: bytes, avoid: str, taken: set[str]) -> str:
+    """A loopback /24 ("127.a.b", not in the /16 ``avoid`` nor in ``taken``) whose
+    supernode records go under ``shard_key``."""
+    for a in range(2, 252):
+        for b in range(256):
+            net = f"127.{a}.{b}"
+            if (not f"{net}.".startswith(f"{avoid}.") and net not in taken
+                    and directory_key(f"{net}.1") == shard_key):
+                taken.add(net)
+                return net
+    raise AssertionError("no loopback /24 in that shard")
 
 
 def net24(ip: str) -> str:
@@ -103,17 +109,23 @@ class Mallory:
     async def start(self) -> None:
         for i, node in enumerate(self.senders):
             await node.start(f"{self.base}.{66 + i % 3}.{1 + i // 3}", 0)
-        # a server answering the handshake with its own key, not the records'
-        liar = await self.serve(Identity.generate(), f"{self.base}.67.200")
+        # per targeted shard, a /24 of hers: dead addresses, and a server answering the
+        # handshake with its own key, not the records'
+        taken: set[str] = set()
+        nets = [net_in_shard(t, self.base, taken) for t in self.targets]
+        liars = [await self.serve(Identity.generate(), f"{net}.200") for net in nets]
         future = time.time() + 50  # the newest issued_at a holder takes (60 s skew)
         for i in range(JUNK):
-            host, port = ((f"{self.base}.68.{1 + i % 250}", 9) if i % 2 else liar)
-            key = key_in_shard_of(self.targets[i % len(self.targets)])
-            self.junk.append(records.supernode(key, host, port, seq=1,
+            t = i % len(nets)
+            host, port = ((f"{nets[t]}.{1 + (i // len(nets)) % 199}", 9) if i % 2
+                          else liars[t])
+            self.junk.append(records.supernode(Identity.generate(), host, port, seq=1,
                                                lifetime_s=86_000, now=future))
-        for i in range(SYBILS):  # all in one shard: the per-key, per-/24 cap is what holds
-            key = key_in_shard_of(self.targets[0])
-            host, port = await self.serve(key, f"{self.base}.70.{1 + i}")
+        # her servers holding their keys, on one /24: in the first honest supernode's shard
+        sybil_net = net_in_shard(self.targets[0], self.base, taken)
+        for i in range(SYBILS):
+            key = Identity.generate()
+            host, port = await self.serve(key, f"{sybil_net}.{1 + i}")
             self.sybils.append(records.supernode(key, host, port, seq=1, lifetime_s=86_000,
                                                  now=future))
 
@@ -159,7 +171,7 @@ async def test_junk_supernode_records_neither_hide_honest_ones_nor_lock_newcomer
         for i in range(HONEST):
             honest.append(await start_supernode(f"{base}.{10 + i}.1", boot.dht.address))
         honest_keys = {sn.identity.public_key for sn in honest}
-        shards = sorted({directory_key(k) for k in honest_keys})
+        shards = sorted({directory_key(sn.advertised[0]) for sn in honest})
         mallory = Mallory(base, shards)
 
         async def all_listed() -> bool:

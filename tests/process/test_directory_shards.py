@@ -34,7 +34,7 @@ from tests.helpers.netutil import loopback_ips, wait_for
 from tests.helpers.node_keys import SEEDS
 
 CAP = 1
-#: pooled keys (their ids solve the production puzzle), in 6 shards
+#: pooled keys (their ids solve the production puzzle)
 SUPERNODE_SEEDS = (0, 1, 2, 3, 5, 6)
 BOOT_SEED = 4
 PORT, PROXY_PORT = 4000, 4100
@@ -64,12 +64,16 @@ async def directory_keys(host: str) -> set[bytes]:
 async def test_more_supernodes_than_a_key_holds_are_all_discovered_and_chosen_nearby(
     tmp_path: Path,
 ) -> None:
-    ips = loopback_ips(1 + len(SUPERNODE_SEEDS))
-    boot_ip, sn_ips = ips[0], ips[1:]
+    ips = loopback_ips(4 * len(SUPERNODE_SEEDS))
+    boot_ip, sn_ips = ips[0], []
+    for ip in ips[1:]:  # supernodes on /24s of distinct shards: each key at the cap of 1
+        if shard_of(ip) not in {shard_of(other) for other in sn_ips}:
+            sn_ips.append(ip)
+    sn_ips = sn_ips[:len(SUPERNODE_SEEDS)]
     boot_addr = f"{boot_ip}:{PORT}"
     identities = [pooled(i) for i in SUPERNODE_SEEDS]
-    shards = [shard_of(ident.public_key) for ident in identities]
-    assert len(set(shards)) == len(shards)
+    shards = [shard_of(ip) for ip in sn_ips]
+    assert len(set(shards)) == len(identities)
     cap_args = ["--directory-key-cap", str(CAP)]
     started: list[Daemon] = []
     proxies: list[LatencyProxy] = []
