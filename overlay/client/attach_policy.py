@@ -109,9 +109,11 @@ def rank(
 
 
 #: supernodes whose RTT is within NEAR_ABS_S + NEAR_REL x the best RTT count as near: a
-#: client picks among them by spare capacity (:func:`spread`)
-NEAR_ABS_S = 0.005
-NEAR_REL = 0.2
+#: client picks among them by spare capacity (:func:`spread`). Wider bands spread load more
+#: but attach farther (tools/sim, 60 supernodes: 68 % of clients in their 10 % nearest with
+#: 5 ms + 20 %)
+NEAR_ABS_S = 0.002
+NEAR_REL = 0.1
 
 
 def spare_capacity(cand: Candidate, m: Measurement) -> float:
