@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from overlay.core.addresses import LOOPBACK, NEVER, PRIVATE, PUBLIC, network_key, scope
+from overlay.core.directory_keys import directory_key
 from overlay.core.rate_limit import KeyedBuckets
 from overlay.core.records import SignedRecord, StorageFull, SupernodeRecord
 from overlay.dht.fairness import LOCAL, QuotaExceeded
@@ -139,7 +140,9 @@ class Directory:
 
     def __init__(self, limits: DirectoryLimits | None = None) -> None:
         self.limits = limits or DirectoryLimits()
-        self.entries: dict[Slot, Entry] = {}
+        #: by (directory key, slot): a supernode that moved to another network has a record
+        #: under each key until the old one expires
+        self.entries: dict[tuple[bytes, Slot], Entry] = {}
         self.stats = DirectoryStats()
         self.in_flight = 0
         #: the scope of this holder's own address; None: dial nothing (a bare DHT node)
@@ -176,7 +179,7 @@ class Directory:
         """Before a new slot is stored under ``key`` from ``source`` (a network, or
         ``local``): the waiting records to push out (the caller evicts them), or raises
         ``QuotaExceeded`` or ``StorageFull``."""
-        if slot in self.entries or source == LOCAL:
+        if (key, slot) in self.entries or source == LOCAL:
             return []
         lim = self.limits
         under = self._under(key)
@@ -210,7 +213,8 @@ class Directory:
         record = signed.record
         assert isinstance(record, SupernodeRecord)
         self._answers.pop(signed.dht_key, None)
-        entry = self.entries.get(signed.slot)
+        ref = (signed.dht_key, signed.slot)
+        entry = self.entries.get(ref)
         if entry is not None and entry.address == (record.host, record.port):
             entry.signed, entry.record = signed, record  # a refresh: the proof still holds
             if source == LOCAL:
@@ -222,7 +226,7 @@ class Directory:
         self._arrivals += 1
         entry = Entry(signed.dht_key, signed, record, source, network_key(record.host),
                       self._arrivals, next_dial=now)
-        self.entries[signed.slot] = entry
+        self.entries[ref] = entry
         if source == LOCAL:
             entry.next_dial = math.inf
             self._proven(entry, now)
@@ -232,16 +236,16 @@ class Directory:
         elif self.on_work is not None:
             self.on_work()
 
-    def removed(self, slot: Slot, now: float) -> None:
-        """The slot's record left the storage (expired or evicted)."""
-        entry = self.entries.pop(slot, None)
+    def removed(self, key: bytes, slot: Slot, now: float) -> None:
+        """The slot's record under ``key`` left the storage (expired or evicted)."""
+        entry = self.entries.pop((key, slot), None)
         if entry is not None:
             self._answers.pop(entry.key, None)
         if entry is not None and entry.status is Status.LISTED:
             self._fill(entry.key, entry.network, now)
 
-    def is_listed(self, slot: Slot) -> bool:
-        entry = self.entries.get(slot)
+    def is_listed(self, key: bytes, slot: Slot) -> bool:
+        entry = self.entries.get((key, slot))
         return entry is not None and entry.status is Status.LISTED
 
     def counts(self) -> Counter[str]:
@@ -366,7 +370,7 @@ class Directory:
     def dial_done(self, dial: DialBack, proven: bool, now: float) -> None:
         """A dial-back ended: the server at the address proved ``dial.node_key`` or not."""
         self.in_flight = max(0, self.in_flight - 1)
-        entry = self.entries.get((dial.node_key, ""))
+        entry = self.entries.get((directory_key(dial.host), (dial.node_key, "")))
         if entry is None or not entry.dialling:
             return
         self._answers.pop(entry.key, None)

@@ -303,7 +303,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         if kind is RecordKind.NAME_CLAIM:
             return True
         if kind is RecordKind.SUPERNODE:
-            return self.directory.is_listed(slot)
+            return self.directory.is_listed(key, slot)
         if kind is not RecordKind.PRESENCE:
             return False
         oldest = min(
@@ -326,7 +326,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self._bytes -= size
         self._entries -= 1
         if is_directory_key(key):
-            self.directory.removed(slot, self.clock())
+            self.directory.removed(key, slot, self.clock())
 
     def values(self, key: bytes) -> list[SignedRecord]:
         """Live records under ``key`` that this node serves: under the supernode directory's
@@ -337,7 +337,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self._drop_expired(key, slots, self.clock())
         held = self.data.get(key, {})
         if is_directory_key(key):
-            return [e.signed for slot, e in held.items() if self.directory.is_listed(slot)]
+            return [e.signed for slot, e in held.items()
+                    if self.directory.is_listed(key, slot)]
         return [entry.signed for entry in held.values()]
 
     def answer(self, key: bytes, limit: int) -> list[SignedRecord]:

@@ -246,3 +246,20 @@ def test_a_supernodes_shard_is_its_networks() -> None:
     assert directory_key("2001:db8:1:2::1") == directory_key("2001:db8:1:ffff::9")
     shards = {directory_key(f"45.{b}.{c}.1") for b in range(16) for c in range(256)}
     assert len(shards) == len(SHARD_KEYS)  # 4,096 networks reach every shard
+
+
+def test_a_supernode_that_moves_network_is_listed_under_each_key_until_the_old_goes() -> None:
+    storage, clock = holder()
+    me = Identity.generate()
+    old = supernode(f"{N[0]}.7", identity=me)
+    storage.put(old.dht_key, old.wire, source="192.0.2.1")
+    dial_all(storage, clock)
+    moved = records.supernode(me, "198.51.100.7", 4000, seq=2, lifetime_s=7200, now=T0)
+    assert moved.dht_key != old.dht_key
+    storage.put(moved.dht_key, moved.wire, source="192.0.2.1")
+    dial_all(storage, clock)
+    assert [s.seq for s in storage.answer(moved.dht_key, 48)] == [2]
+    clock.now += 3601  # the old record expires where it was
+    storage.cull()
+    assert storage.answer(old.dht_key, 48) == []
+    assert [s.seq for s in storage.answer(moved.dht_key, 48)] == [2]
