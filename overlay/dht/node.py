@@ -142,10 +142,11 @@ class DHTNode:
     async def supernodes(self, limit: int, of: Iterable[str] = (),
                          shards: int = DIRECTORY_READ_SHARDS) -> list[SignedRecord]:
         """A sample of the supernode directory at a constant cost whatever its size: the
-        records this node lists itself (the shards it holds: about k of them on average,
-        every one in a network of fewer than k nodes), ``shards`` random shards read from
-        their holders, and the shards of the supernodes at the addresses in ``of`` (a
-        reader checking those); spread over networks, at most ``limit``."""
+        records this node lists itself (under the keys it is close to: about k records on
+        average, every one in a network of fewer than k public nodes), ``shards`` random
+        shards read from their holders, and the shards of the supernodes at the addresses in
+        ``of`` (a reader checking those); spread over networks, at most ``limit``. A shard
+        that cannot be read adds nothing."""
         keys = {directory_key(host) for host in of}
         rng = self.storage.rng
         keys.update(SHARD_KEYS[s] for s in rng.sample(range(SHARDS), min(shards, SHARDS)))
