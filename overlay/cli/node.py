@@ -41,7 +41,8 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         http=args.http,
         storage=StorageLimits(directory=DirectoryLimits(
-            listed_per_network=args.directory_per_network)),
+            listed_per_network=args.directory_per_network,
+            max_listed=args.directory_key_cap, max_waiting=args.directory_key_cap)),
     )
 
 
@@ -69,6 +70,9 @@ def add_node_arguments(p: argparse.ArgumentParser, bootstrap_required: bool) -> 
     p.add_argument("--directory-per-network", type=count, default=4, metavar="N",
                    help="supernodes of one IPv4 /24 or IPv6 /48 this node lists in the "
                         "directory it holds (default 4; tests on one loopback /24 raise it)")
+    p.add_argument("--directory-key-cap", type=count, default=128, metavar="N",
+                   help="supernode records this node lists under one directory (shard) key, "
+                        "and as many waiting for a dial-back (default 128)")
 
 
 def add_commands(sub: Any) -> None:

@@ -4,7 +4,14 @@ Supernode candidates come from the host cache (:mod:`overlay.client.host_cache`)
 directory of any live session, and -- when none of those answers -- from the bootstrap nodes'
 directory over lookup-only TCP sessions (first contact trusts the bootstrap node's key and
 pins it in the cache). Candidates are probed in parallel and ranked by RTT among those that
-say they accept clients.
+say they accept clients; the near ones (RTT close to the best) are ordered by chance weighted
+by spare capacity (:func:`overlay.client.attach_policy.spread`).
+
+A discovery from the bootstrap nodes is then *refined*: the best candidate's own directory
+(the supernodes it knows nearest to itself first, :mod:`overlay.node.known_supernodes`) is
+fetched and its new supernodes probed too. Whatever the network's size, a new client's
+discovery costs one directory request to a bootstrap node, one to a supernode and at most
+2 x ``max_probes`` probes.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 from collections.abc import Iterable
 
 from overlay.attach.adapter import ClientSession, SessionError, probe
-from overlay.client.attach_policy import Candidate, Measurement, rank
+from overlay.client.attach_policy import Candidate, Measurement, rank, spread
 from overlay.client.host_cache import HostCache
 from overlay.client.links import Link, Links
 from overlay.client.options import ClientOptions
@@ -104,8 +111,16 @@ class Discovery:
 
     async def rank(self, cands: list[Candidate], exclude: Iterable[bytes] = ()
                    ) -> list[Candidate]:
-        """Probe ``cands`` and rank them (see :func:`overlay.client.attach_policy.rank`)."""
-        return rank(cands, await self.probe_all(cands), exclude=exclude, rng=self.rng)
+        """Probe ``cands`` and rank them (see :func:`overlay.client.attach_policy.rank`, then
+        :func:`~overlay.client.attach_policy.spread`)."""
+        await self.probe_all(cands)
+        return self.ranking(cands, exclude)
+
+    def ranking(self, cands: list[Candidate], exclude: Iterable[bytes] = ()
+                ) -> list[Candidate]:
+        """``cands`` ranked from the latest measurements (unmeasured ones left out)."""
+        ranked = rank(cands, self.measured, exclude=exclude, rng=self.rng)
+        return spread(ranked, self.measured, self.rng)
 
     async def discover(self, exclude: set[bytes]) -> list[Candidate]:
         """Rank every supernode we know of; ask the bootstrap nodes only if none answers."""
@@ -124,10 +139,44 @@ class Discovery:
                          if c.node_key in fresh and c.node_key not in exclude]
                 ranked = await self.rank(known, exclude)
                 source = "bootstrap"
+                if ranked:
+                    ranked = await self.refine(ranked, exclude)
         self.save_cache()
         log.info("discovery", source=source, candidates=len(known), usable=len(ranked),
                  best=ranked[0].address if ranked else None)
         return ranked
+
+    async def refine(self, ranked: list[Candidate], exclude: set[bytes]) -> list[Candidate]:
+        """Ask the best candidate which supernodes it knows (nearest to it first), probe the
+        new ones, and rank all measured candidates again."""
+        best = ranked[0]
+        try:
+            session = await ClientSession.connect(
+                best.host, best.port, self.lookup_identity, expected_node_key=best.node_key,
+                lookup_only=True, config=self.opts.session_config(),
+                timeout=self.opts.connect_timeout_s)
+        except SessionError as exc:
+            log.bind(supernode=best.address).info("refine_failed", error=str(exc))
+            return ranked
+        try:
+            found = await session.directory(timeout=self.opts.request_timeout_s)
+        except SessionError as exc:
+            log.bind(supernode=best.address).info("refine_failed", error=str(exc))
+            return ranked
+        finally:
+            session.close("done")
+        self.learn(found)
+        fresh = [c for c in (Candidate.from_record(s) for s in found
+                             if isinstance(s.record, SupernodeRecord))
+                 if c.node_key not in self.measured and c.node_key not in exclude]
+        if fresh:
+            await self.probe_all(fresh)
+        known = {c.node_key: c for c in ranked}
+        known.update((c.node_key, c) for c in fresh)
+        refined = self.ranking(list(known.values()), exclude)
+        log.info("discovery_refined", via=best.address, new=len(fresh),
+                 best=refined[0].address if refined else None)
+        return refined or ranked
 
     async def directory_from_bootstrap(self) -> list[SignedRecord]:
         addrs = await resolve(self.opts.bootstrap)

@@ -7,7 +7,9 @@ re-signs and refreshes it every ``presence_refresh_s`` (lifetime three periods).
 When the supernode's session is lost (closed, or silent for three heartbeats), when it sends
 ``Moving``, or when it refuses us, the client re-attaches: the backup first, then the
 alternatives the supernode named, then a rediscovery; a ``Refused(FULL)`` sends it to the
-alternatives that refusal names. Failed rounds back off exponentially with jitter, capped.
+alternatives that refusal names. A lost attachment's failover starts after a random stagger
+(``BackoffPolicy.failover_jitter_s``), so a supernode's clients do not reach its neighbours at
+once. Failed rounds back off exponentially with jitter, capped.
 On exit a signed offline record goes out in ``Detach`` and the client waits briefly for the
 supernode to publish it and close.
 """
@@ -90,9 +92,10 @@ class Supervisor:
                 attached_s=round(lasted, 3), alternatives=alt_list(ended.alternatives),
                 backup=backup, delay_s=round(delay, 3))
             if delay > 0:
-                log.info("backoff", delay_s=round(delay, 3), attempt=backoff.attempt,
-                         why="the last attachment did not last")
-                await asyncio.sleep(delay)
+                if backoff.attempt:
+                    log.info("backoff", delay_s=round(delay, 3), attempt=backoff.attempt,
+                             why="the last attachment did not last")
+                await asyncio.sleep(delay)  # else the failover's stagger (jitter)
 
     async def acquire(
         self, backoff: Backoff, ended: Ended | None, lost: Candidate | None

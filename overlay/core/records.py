@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from overlay.core.directory_keys import directory_key
 from overlay.core.errors import OverlayError
 from overlay.core.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
 from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
@@ -42,7 +43,6 @@ MAX_SEQ = 2**63 - 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 CAPABILITY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}\Z")
 MAX_CAPABILITIES = 16
-SUPERNODE_DIRECTORY_KEY = hashlib.sha256(b"overlay/supernodes").digest()[:20]
 
 
 class RecordError(OverlayError):
@@ -272,7 +272,7 @@ class SupernodeRecord:
 
     @property
     def dht_key(self) -> bytes:
-        return SUPERNODE_DIRECTORY_KEY
+        return directory_key(self.host)
 
     @property
     def slot(self) -> tuple[bytes, str]:

@@ -1,6 +1,10 @@
 """The supernode directory at one holder (sans-IO; kept by ``dht/storage``, its dial-backs run
 by ``node/directory_checks``).
 
+The directory is sharded (:mod:`overlay.core.directory_keys`): a holder keeps the records of
+every shard key it is close to. The caps below (listed, waiting, per network) hold **per
+key**; dial-back budgets are the holder's, shared by its keys.
+
 A supernode record says "key K is at HOST:PORT"; its signature proves only that K signed it.
 Anyone can sign such records with throwaway keys, so a holder *lists* a record -- serves it in
 ``find_value`` answers for the directory key, and so to clients -- only once it has dialled
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from overlay.core.addresses import LOOPBACK, NEVER, PRIVATE, PUBLIC, network_key, scope
+from overlay.core.directory_keys import directory_key
 from overlay.core.rate_limit import KeyedBuckets
 from overlay.core.records import SignedRecord, StorageFull, SupernodeRecord
 from overlay.dht.fairness import LOCAL, QuotaExceeded
@@ -52,8 +57,10 @@ Slot = tuple[bytes, str]
 class DirectoryLimits:
     #: supernodes listed per advertised IPv4 /24 or IPv6 /48 (``--directory-per-network``)
     listed_per_network: int = 4
+    #: records listed under one directory key (``--directory-key-cap``)
     max_listed: int = 128
-    #: records not listed (unproven, failed, standby), in all and per source network
+    #: records not listed (unproven, failed, standby) under one key, in all and per source
+    #: network (``--directory-key-cap`` sets it equal to ``max_listed``)
     max_waiting: int = 128
     waiting_per_source: int = 16
     dials_in_flight: int = 4
@@ -93,6 +100,8 @@ class DialBack:
 
 @dataclass
 class Entry:
+    #: the directory (shard) key the record is stored under
+    key: bytes
     signed: SignedRecord
     record: SupernodeRecord
     #: the network the record was stored from (``local``: this node)
@@ -131,7 +140,9 @@ class Directory:
 
     def __init__(self, limits: DirectoryLimits | None = None) -> None:
         self.limits = limits or DirectoryLimits()
-        self.entries: dict[Slot, Entry] = {}
+        #: by (directory key, slot): a supernode that moved to another network has a record
+        #: under each key until the old one expires
+        self.entries: dict[tuple[bytes, Slot], Entry] = {}
         self.stats = DirectoryStats()
         self.in_flight = 0
         #: the scope of this holder's own address; None: dial nothing (a bare DHT node)
@@ -146,8 +157,8 @@ class Directory:
             max(self.limits.target_dial_burst, self.limits.listed_per_network), 4096)
         self._last_turn: dict[str, int] = {}
         self._turns = 0
-        #: the last answer, reused within the same second until the listing changes
-        self._answer: tuple[int, int, list[SignedRecord]] | None = None
+        #: the last answer per key, reused within the same second until the listing changes
+        self._answers: dict[bytes, tuple[int, int, list[SignedRecord]]] = {}
 
     def enable_dial_backs(self, own_host: str) -> None:
         """Dial-backs run (an adapter calls :meth:`dials_due`); ``own_host`` is this holder's
@@ -161,47 +172,49 @@ class Directory:
 
     # -- storage's side ------------------------------------------------------------------
 
-    def make_room(self, slot: Slot, source: str) -> list[Slot]:
-        """Before a new slot is stored from ``source`` (a network, or ``local``): the waiting
-        records to push out (the caller evicts them), or raises ``QuotaExceeded`` or
-        ``StorageFull``."""
-        if slot in self.entries or source == LOCAL:
+    def _under(self, key: bytes) -> list[Entry]:
+        return [e for e in self.entries.values() if e.key == key]
+
+    def make_room(self, key: bytes, slot: Slot, source: str) -> list[Slot]:
+        """Before a new slot is stored under ``key`` from ``source`` (a network, or
+        ``local``): the waiting records to push out (the caller evicts them), or raises
+        ``QuotaExceeded`` or ``StorageFull``."""
+        if (key, slot) in self.entries or source == LOCAL:
             return []
         lim = self.limits
-        waiting = Counter(e.source for e in self.entries.values()
-                          if e.status is not Status.LISTED)
+        under = self._under(key)
+        waiting = Counter(e.source for e in under if e.status is not Status.LISTED)
         mine = waiting[source]
         if mine >= lim.waiting_per_source:
             # the network's newest record already found wanting makes room (so a spoofer
             # sending junk in a network's name cannot lock its supernodes out), else refused
-            failed = [s for s, e in self.entries.items() if e.source == source and e.failed]
+            failed = [e for e in under if e.source == source and e.failed]
             if failed:
                 self.stats.refused["pushed_out"] += 1
-                return [max(failed, key=lambda s: self.entries[s].arrival)]
+                return [max(failed, key=lambda e: e.arrival).signed.slot]
             self.stats.refused["quota"] += 1
             raise QuotaExceeded(f"{source} has {mine} supernode records waiting for a dial-back")
         if sum(waiting.values()) < lim.max_waiting:
             return []
-        crowded, most = max(waiting.items(), key=lambda kv: (kv[1], self._newest_of(kv[0])))
+        newest = {src: max(e.arrival for e in under if e.source == src) for src in waiting}
+        crowded, most = max(waiting.items(), key=lambda kv: (kv[1], newest[kv[0]]))
         if most <= mine:
             self.stats.refused["storage_full"] += 1
             raise StorageFull(f"{sum(waiting.values())} supernode records wait for a dial-back")
-        victim = max((s for s, e in self.entries.items()
+        victim = max((e for e in under
                       if e.source == crowded and e.status is not Status.LISTED),
-                     key=lambda s: self.entries[s].arrival)
+                     key=lambda e: e.arrival)
         self.stats.refused["pushed_out"] += 1
-        return [victim]
-
-    def _newest_of(self, source: str) -> int:
-        return max(e.arrival for e in self.entries.values() if e.source == source)
+        return [victim.signed.slot]
 
     def stored(self, signed: SignedRecord, source: str, now: float) -> None:
         """``signed`` is now the record of its slot (new, or replacing the slot's record),
         sent from network ``source`` (``local``: stored by this node itself)."""
         record = signed.record
         assert isinstance(record, SupernodeRecord)
-        self._answer = None
-        entry = self.entries.get(signed.slot)
+        self._answers.pop(signed.dht_key, None)
+        ref = (signed.dht_key, signed.slot)
+        entry = self.entries.get(ref)
         if entry is not None and entry.address == (record.host, record.port):
             entry.signed, entry.record = signed, record  # a refresh: the proof still holds
             if source == LOCAL:
@@ -211,9 +224,9 @@ class Directory:
         if entry is not None:
             self._unlist(entry, now)
         self._arrivals += 1
-        entry = Entry(signed, record, source, network_key(record.host),
+        entry = Entry(signed.dht_key, signed, record, source, network_key(record.host),
                       self._arrivals, next_dial=now)
-        self.entries[signed.slot] = entry
+        self.entries[ref] = entry
         if source == LOCAL:
             entry.next_dial = math.inf
             self._proven(entry, now)
@@ -223,26 +236,35 @@ class Directory:
         elif self.on_work is not None:
             self.on_work()
 
-    def removed(self, slot: Slot, now: float) -> None:
-        """The slot's record left the storage (expired or evicted)."""
-        entry = self.entries.pop(slot, None)
-        self._answer = None
+    def removed(self, key: bytes, slot: Slot, now: float) -> None:
+        """The slot's record under ``key`` left the storage (expired or evicted)."""
+        entry = self.entries.pop((key, slot), None)
+        if entry is not None:
+            self._answers.pop(entry.key, None)
         if entry is not None and entry.status is Status.LISTED:
-            self._fill(entry.network, now)
+            self._fill(entry.key, entry.network, now)
 
-    def is_listed(self, slot: Slot) -> bool:
-        entry = self.entries.get(slot)
+    def is_listed(self, key: bytes, slot: Slot) -> bool:
+        entry = self.entries.get((key, slot))
         return entry is not None and entry.status is Status.LISTED
 
     def counts(self) -> Counter[str]:
-        """Records by status (``listed``, ``standby``, ``waiting``)."""
+        """Records by status (``listed``, ``standby``, ``waiting``), over every key."""
         return Counter(e.status.value for e in self.entries.values())
+
+    def per_key(self) -> Counter[bytes]:
+        """Records held under each directory key (listed and not)."""
+        return Counter(e.key for e in self.entries.values())
+
+    def listed(self) -> list[SignedRecord]:
+        """Every listed record this holder has, whatever its key."""
+        return [e.signed for e in self.entries.values() if e.status is Status.LISTED]
 
     # -- listing ---------------------------------------------------------------------------
 
-    def _listed_in(self, network: str) -> int:
+    def _listed_in(self, key: bytes, network: str) -> int:
         return sum(1 for e in self.entries.values()
-                   if e.status is Status.LISTED and e.network == network)
+                   if e.status is Status.LISTED and e.key == key and e.network == network)
 
     def _proven(self, entry: Entry, now: float) -> None:
         """The record's address proved its key: list it if there is room, else standby."""
@@ -250,17 +272,18 @@ class Directory:
         if entry.status is Status.LISTED:
             return
         lim = self.limits
-        if self._listed_in(entry.network) >= lim.listed_per_network:
+        if self._listed_in(entry.key, entry.network) >= lim.listed_per_network:
             entry.status = Status.STANDBY
             return
-        listed = Counter(e.network for e in self.entries.values() if e.status is Status.LISTED)
+        listed = Counter(e.network for e in self.entries.values()
+                         if e.status is Status.LISTED and e.key == entry.key)
         if sum(listed.values()) >= lim.max_listed:
             crowded, most = max(listed.items(), key=lambda kv: kv[1])
             if most <= listed[entry.network] + 1:
                 entry.status = Status.STANDBY
                 return
-            latest = max((e for e in self.entries.values()
-                          if e.status is Status.LISTED and e.network == crowded),
+            latest = max((e for e in self.entries.values() if e.status is Status.LISTED
+                          and e.key == entry.key and e.network == crowded),
                          key=lambda e: e.listed_since)
             latest.status = Status.STANDBY
         entry.status = Status.LISTED
@@ -271,33 +294,37 @@ class Directory:
         entry.status = Status.WAITING
         entry.listed_since = math.inf
         if was_listed:
-            self._fill(entry.network, now)
+            self._fill(entry.key, entry.network, now)
 
-    def _fill(self, network: str, now: float) -> None:
-        """A listed place came free in ``network``: the standby proven first takes it (one of
-        that network, else any)."""
-        standby = [e for e in self.entries.values() if e.status is Status.STANDBY]
+    def _fill(self, key: bytes, network: str, now: float) -> None:
+        """A listed place came free under ``key`` in ``network``: the standby proven first
+        takes it (one of that network, else any)."""
+        self._answers.pop(key, None)
+        standby = [e for e in self.entries.values()
+                   if e.status is Status.STANDBY and e.key == key]
         standby.sort(key=lambda e: (e.network != network, e.arrival))
         for entry in standby:
             self._proven(entry, now)
             if entry.status is Status.LISTED:
                 return
 
-    def answer(self, now: float, rng: random.Random, limit: int | None = None
+    def answer(self, key: bytes, now: float, rng: random.Random, limit: int | None = None
                ) -> list[SignedRecord]:
-        """Listed records for a ``find_value`` answer, spread over networks (see above); the
-        same answer within a second while the listing does not change."""
+        """Listed records under ``key`` for a ``find_value`` answer, spread over networks
+        (see above); the same answer within a second while the listing does not change."""
         cap = self.limits.answer_max if limit is None else limit
-        if self._answer is not None and self._answer[:2] == (int(now), cap):
-            return list(self._answer[2])
+        cached = self._answers.get(key)
+        if cached is not None and cached[:2] == (int(now), cap):
+            return list(cached[2])
         ranked = [
             (entry.network, -int(math.log2(1.0 + max(0.0, now - entry.listed_since))),
              entry.signed)
             for entry in self.entries.values()
-            if entry.status is Status.LISTED and entry.signed.expires_at > now
+            if entry.status is Status.LISTED and entry.key == key
+            and entry.signed.expires_at > now
         ]
         chosen = round_robin(ranked, self.limits.listed_per_network, cap, rng)
-        self._answer = (int(now), cap, chosen)
+        self._answers[key] = (int(now), cap, chosen)
         return list(chosen)
 
     # -- dial-backs --------------------------------------------------------------------------
@@ -343,10 +370,10 @@ class Directory:
     def dial_done(self, dial: DialBack, proven: bool, now: float) -> None:
         """A dial-back ended: the server at the address proved ``dial.node_key`` or not."""
         self.in_flight = max(0, self.in_flight - 1)
-        self._answer = None
-        entry = self.entries.get((dial.node_key, ""))
+        entry = self.entries.get((directory_key(dial.host), (dial.node_key, "")))
         if entry is None or not entry.dialling:
             return
+        self._answers.pop(entry.key, None)
         entry.dialling = False
         if entry.address != (dial.host, dial.port):
             entry.next_dial = now  # the address changed meanwhile: dial the new one

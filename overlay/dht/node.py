@@ -3,19 +3,24 @@ call. Nothing outside :mod:`overlay.dht` imports ``kademlia``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kademlia.node import Node
 
+from overlay.core.addresses import network_key
+from overlay.core.directory_keys import SHARD_KEYS, SHARDS, directory_key
 from overlay.core.files import write_private_json
 from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
-from overlay.core.records import SUPERNODE_DIRECTORY_KEY, RecordError, SignedRecord
-from overlay.dht.directory import choose
+from overlay.core.records import RecordError, SignedRecord, SupernodeRecord
+from overlay.dht.directory import choose, round_robin
 from overlay.dht.errors import DHTError
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
 from overlay.dht.replay import ANY_METHODS
@@ -25,6 +30,8 @@ from overlay.dht.storage import RecordStorage, StorageLimits
 log = get_logger(__name__)
 
 PEERS_FILE = "peers.json"
+#: random directory shards a :meth:`DHTNode.supernodes` read looks up besides its own
+DIRECTORY_READ_SHARDS = 2
 
 
 @dataclass(frozen=True)
@@ -119,13 +126,45 @@ class DHTNode:
         ``config.name_lookup_paths`` disjoint paths."""
         return await self._server.get(key, self.config.name_lookup_paths)
 
-    async def supernodes(self, limit: int) -> list[SignedRecord]:
-        """The supernode directory as readers use it: the records its holders list (proven
-        by dial-backs), vouched for by two holders, spread over networks, at most ``limit``
-        (:func:`overlay.dht.directory.choose`)."""
-        answers = await self.get_answers(SUPERNODE_DIRECTORY_KEY)
+    async def directory_shard(self, key: bytes, limit: int) -> list[SignedRecord]:
+        """The records under one directory (shard) key as readers use them: those its
+        holders list (proven by dial-backs), vouched for by two holders, spread over
+        networks, at most ``limit`` (:func:`overlay.dht.directory.choose`)."""
+        answers = await self.get_answers(key)
         per_network = self.storage.limits.directory.listed_per_network
         return choose(answers.records, answers.holders, per_network, limit, self.storage.rng)
+
+    def listed_supernodes(self) -> list[SignedRecord]:
+        """The live supernode records this node lists itself (no lookup)."""
+        now = time.time()
+        return [s for s in self.storage.directory.listed() if s.expires_at > now]
+
+    async def supernodes(self, limit: int, of: Iterable[str] = (),
+                         shards: int = DIRECTORY_READ_SHARDS) -> list[SignedRecord]:
+        """A sample of the supernode directory at a constant cost whatever its size: the
+        records this node lists itself (under the keys it is close to: about k records on
+        average, every one in a network of fewer than k public nodes), ``shards`` random
+        shards read from their holders, and the shards of the supernodes at the addresses in
+        ``of`` (a reader checking those); spread over networks, at most ``limit``. A shard
+        that cannot be read adds nothing."""
+        keys = {directory_key(host) for host in of}
+        rng = self.storage.rng
+        keys.update(SHARD_KEYS[s] for s in rng.sample(range(SHARDS), min(shards, SHARDS)))
+        reads = await asyncio.gather(*(self.directory_shard(k, limit) for k in keys),
+                                     return_exceptions=True)
+        now = time.time()
+        merged: dict[tuple[bytes, str], SignedRecord] = {}
+        for found in [self.listed_supernodes(), *reads]:
+            if isinstance(found, BaseException):
+                continue
+            for signed in found:
+                held = merged.get(signed.slot)
+                if signed.expires_at > now and (held is None or signed.seq > held.seq):
+                    merged[signed.slot] = signed
+        per_network = self.storage.limits.directory.listed_per_network
+        ranked = [(network_key(s.record.host), 0, s) for s in merged.values()
+                  if isinstance(s.record, SupernodeRecord)]
+        return round_robin(ranked, per_network, limit, rng)
 
     async def closest(self, key: bytes) -> list[Contact]:
         nodes = await self._server._crawl_nodes(key)

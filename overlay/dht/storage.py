@@ -23,7 +23,8 @@ key, last writer wins, and lets every holder refresh a value's age forever). Her
   record. Records this node stored itself (``local``) are never evicted. When nothing may be
   evicted the store is refused (``storage_full``): a filler cannot push out records held
   before it started, only churn its own.
-* the supernode directory's key (:mod:`overlay.dht.directory`): a supernode record is served
+* the supernode directory's keys (:mod:`overlay.dht.directory`, one per shard:
+  :mod:`overlay.core.directory_keys`): a supernode record is served
   (:meth:`RecordStorage.values`, :meth:`RecordStorage.answer`) only once listed, i.e. once a
   dial-back proved its address holds its key (or this node stored it itself); records waiting
   for that are bounded per source network, and a listed one is protected like a name claim.
@@ -41,8 +42,8 @@ from dataclasses import dataclass, field
 from kademlia.storage import IStorage
 
 from overlay.core import records
+from overlay.core.directory_keys import is_directory_key
 from overlay.core.records import (
-    SUPERNODE_DIRECTORY_KEY,
     NameClaimed,
     RecordError,
     RecordKind,
@@ -199,7 +200,8 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         grows = existing is None
         supernode = isinstance(signed.record, SupernodeRecord)
         sender = group
-        pushed_out = self.directory.make_room(signed.slot, sender) if supernode and grows else []
+        pushed_out = (self.directory.make_room(key, signed.slot, sender)
+                      if supernode and grows else [])
         if grows and slots is not None and len(slots) - len(pushed_out) >= \
                 self.limits.max_values_per_key:
             raise StorageFull(f"key holds {len(slots)} values already")
@@ -301,7 +303,7 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         if kind is RecordKind.NAME_CLAIM:
             return True
         if kind is RecordKind.SUPERNODE:
-            return self.directory.is_listed(slot)
+            return self.directory.is_listed(key, slot)
         if kind is not RecordKind.PRESENCE:
             return False
         oldest = min(
@@ -323,28 +325,29 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.ledger.remove((key, slot), size)
         self._bytes -= size
         self._entries -= 1
-        if key == SUPERNODE_DIRECTORY_KEY:
-            self.directory.removed(slot, self.clock())
+        if is_directory_key(key):
+            self.directory.removed(key, slot, self.clock())
 
     def values(self, key: bytes) -> list[SignedRecord]:
         """Live records under ``key`` that this node serves: under the supernode directory's
-        key, only the listed ones (proven by a dial-back, :mod:`overlay.dht.directory`)."""
+        keys, only the listed ones (proven by a dial-back, :mod:`overlay.dht.directory`)."""
         slots = self.data.get(key)
         if not slots:
             return []
         self._drop_expired(key, slots, self.clock())
         held = self.data.get(key, {})
-        if key == SUPERNODE_DIRECTORY_KEY:
-            return [e.signed for slot, e in held.items() if self.directory.is_listed(slot)]
+        if is_directory_key(key):
+            return [e.signed for slot, e in held.items()
+                    if self.directory.is_listed(key, slot)]
         return [entry.signed for entry in held.values()]
 
     def answer(self, key: bytes, limit: int) -> list[SignedRecord]:
         """What a ``find_value`` for ``key`` is answered with, at most ``limit`` records:
         the directory's choice (spread over networks, longest listed first) for the
         supernode directory; otherwise name claims first, then the newest."""
-        if key == SUPERNODE_DIRECTORY_KEY:
+        if is_directory_key(key):
             self.values(key)  # drop the expired
-            return self.directory.answer(self.clock(), self.rng, limit)
+            return self.directory.answer(key, self.clock(), self.rng, limit)
         found = self.values(key)
         # name claims first (they decide who owns a name), then the newest
         found.sort(key=lambda s: (s.record.kind != RecordKind.NAME_CLAIM, -s.record.issued_at))

@@ -141,6 +141,13 @@ def directory_metrics(directory: Directory) -> Iterator[Metric]:
     for state in ("listed", "standby", "waiting"):
         held.add_metric([state], counts.get(state, 0))
     yield held
+    per_key = directory.per_key()
+    yield GaugeMetricFamily("overlay_directory_keys",
+                            "Directory (shard) keys this node holds supernode records under",
+                            value=len(per_key))
+    yield GaugeMetricFamily("overlay_directory_max_records_per_key",
+                            "Supernode records held under the fullest directory key",
+                            value=max(per_key.values(), default=0))
     dials = CounterMetricFamily("overlay_directory_dial_backs",
                                 "Dial-backs to supernode records' addresses, by outcome",
                                 labels=["outcome"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import OrderedDict
 
 from overlay.attach import Signal, SignalResult
 from overlay.core import records
@@ -44,6 +45,8 @@ log = get_logger(__name__)
 
 #: supernodes the gate learns per directory read (every holder answers at most 48)
 MAX_DIRECTORY_READ = 4096
+#: the source IP of the latest forwarders, whose directory shards a read may need
+MAX_SENDER_HOSTS = 256
 
 #: signals travel between supernodes in one DHT datagram (requests are capped at 4 KiB)
 SIGNAL_FORWARD_MAX = 3072
@@ -73,6 +76,7 @@ class SignalForwarder:
         self.admission = admission
         self.gate = SignalGate(limits or SignalLimits())
         self.held = HeldSignals()
+        self._sender_hosts: OrderedDict[bytes, str] = OrderedDict()
         self._tasks = TaskSet()
         #: set (and replaced) whenever the gate learns something: waiting checks look again
         self._learned = asyncio.Event()
@@ -202,6 +206,11 @@ class SignalForwarder:
         except BadSignal:
             self.gate.refuse(Refusal.MALFORMED)
             raise
+        # the forwarder's shard is its network's (overlay.core.directory_keys)
+        self._sender_hosts.pop(sender_key, None)
+        self._sender_hosts[sender_key] = addr[0]
+        while len(self._sender_hosts) > MAX_SENDER_HOSTS:
+            self._sender_hosts.popitem(last=False)
         digest = signal.digest()
         held = self.held.state(sender_key, digest, time.monotonic())
         if held is Held.DELIVERED:
@@ -303,7 +312,9 @@ class SignalForwarder:
 
     async def _read_directory(self) -> None:
         try:
-            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ)
+            wanted = [self._sender_hosts[k] for k in self.gate.directory_wanted()
+                      if k in self._sender_hosts]
+            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ, of=wanted)
         except Exception as exc:  # a failed read only delays the answer; never kills the node
             log.warning("signal_directory_unread", error=str(exc))
             self.gate.directory_failed()

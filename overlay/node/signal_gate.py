@@ -70,6 +70,11 @@ class SignalStats:
     forwarded: int = 0
 
 
+#: forwarders remembered for the next directory read, and supernodes known at most
+MAX_WANTED_SUPERNODES = 64
+MAX_KNOWN_SUPERNODES = 16_384
+
+
 class SignalGate:
     """The checks and limits, with the directory and name owners they remember."""
 
@@ -83,6 +88,8 @@ class SignalGate:
         self._directory_asked_at = float("-inf")
         self._directory_in_flight = False
         self._directory_due = False
+        #: forwarders missing from what was read: the next read includes their shards
+        self._directory_wanted: set[bytes] = set()
         #: name -> (owner key or None, remembered until)
         self._owners: OrderedDict[str, tuple[bytes | None, float]] = OrderedDict()
         self._owners_in_flight: set[str] = set()
@@ -131,6 +138,8 @@ class SignalGate:
             if stale:
                 self._want_directory(now)  # read it again, meanwhile trust what we have
             return None
+        if len(self._directory_wanted) < MAX_WANTED_SUPERNODES:
+            self._directory_wanted.add(key)
         if self._want_directory(now):
             return Refusal.CHECKING
         return Refusal.NOT_SUPERNODE
@@ -171,10 +180,22 @@ class SignalGate:
         due, self._owners_due = self._owners_due, []
         return due
 
+    def directory_wanted(self) -> list[bytes]:
+        """The supernodes the next directory read must cover (their shards are read)."""
+        return list(self._directory_wanted)
+
     def learn_directory(self, found: Iterable[Record], now: float) -> None:
-        """The directory's records (verified by the DHT layer); live supernodes are kept."""
-        self._directory = {r.node_key: r.expires_at for r in found
-                           if isinstance(r, SupernodeRecord) and r.expires_at > now}
+        """The directory's records (verified by the DHT layer), added to those still live
+        (the directory is sharded: one read covers a few shards); at most
+        ``MAX_KNOWN_SUPERNODES``, those expiring first forgotten first."""
+        known = {k: t for k, t in self._directory.items() if t > now}
+        known.update((r.node_key, r.expires_at) for r in found
+                     if isinstance(r, SupernodeRecord) and r.expires_at > now)
+        if len(known) > MAX_KNOWN_SUPERNODES:
+            keep = sorted(known, key=known.__getitem__)[-MAX_KNOWN_SUPERNODES:]
+            known = {k: known[k] for k in keep}
+        self._directory = known
+        self._directory_wanted.clear()
         self._directory_read_at = now
         # the next read on a miss waits directory_refresh_min_s from this one
         self._directory_asked_at = max(self._directory_asked_at, now)

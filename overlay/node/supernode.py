@@ -82,6 +82,7 @@ class Supernode(NodeDaemon, AttachHandler):
         self._datagram_endpoint: tuple[asyncio.DatagramTransport,
                                        DatagramRelayProtocol] | None = None
         self.vivaldi = CoordinateKeeper()
+        self.tcp.coordinate = lambda: self.vivaldi.coord
         key = self.identity.public_key
         self.admission = Admission(key, self.dht, self.tcp, max_clients=sn.max_clients,
                                    advertised=lambda: self.advertised, stopping=self.stopping)

@@ -20,9 +20,10 @@ handed to :attr:`TcpService.relay` and stays counted against the same connection
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,8 +56,10 @@ from overlay.core.addresses import network_of
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
+from overlay.core.vivaldi import Coordinate
 from overlay.dht import DHTNode
 from overlay.node.idle_lookups import IdleLookups
+from overlay.node.known_supernodes import KnownSupernodes
 from overlay.node.name_lookups import NameLookups
 from overlay.relay.budget import BudgetConfig
 from overlay.relay.protocol import MAGIC as RELAY_MAGIC
@@ -83,7 +86,13 @@ class ServiceLimits:
     session: SessionConfig = field(default_factory=SessionConfig)
     requests_per_s: float = 20.0
     request_burst: float = 40.0
-    directory_cache_s: float = 5.0
+    #: directory shards are read for clients at most this often (this node's own listing
+    #: is taken at every request: it costs no lookup)
+    directory_cache_s: float = 30.0
+
+
+#: records a directory read may bring (its own listing and a few shards)
+DIRECTORY_READ_LIMIT = 512
 
 
 def subnet_of(ip: str, limits: ServiceLimits) -> str:
@@ -245,9 +254,14 @@ class TcpService:
         self.idle_lookups: IdleLookups[ServedProtocol] = IdleLookups()
         self.stats = ServiceStats()
         self._server: asyncio.Server | None = None
-        self._directory: tuple[float, list[records.SignedRecord]] = (0.0, [])
         #: name lookups, shared with signalling and kept a few seconds
         self.names = NameLookups(dht)
+        #: the supernodes this node knows from its directory reads, and when it last read
+        self.known = KnownSupernodes()
+        self._directory_read_at = float("-inf")
+        #: this node's Vivaldi coordinate (a supernode sets it): samples are nearest first
+        self.coordinate: Callable[[], Coordinate] | None = None
+        self._rng = random.Random()
         self._tasks = TaskSet()
 
     async def start(self, host: str, port: int) -> None:
@@ -410,15 +424,20 @@ class TcpService:
             self.idle_lookups.done(session.proto, time.monotonic())
 
     async def directory(self) -> list[records.SignedRecord]:
-        """Live supernode records as :meth:`overlay.dht.DHTNode.supernodes` chooses them
-        (proven, vouched for, spread over networks), cached briefly: it costs a DHT lookup."""
-        fetched_at, cached = self._directory
+        """Supernode records for a client: the known supernodes
+        (:mod:`overlay.node.known_supernodes`) nearest to this node first, then chance. They
+        come from :meth:`overlay.dht.DHTNode.supernodes` reads (proven, vouched for: this
+        node's own listing and a few random shards), at most one per ``directory_cache_s``,
+        and from this node's own listing at every call."""
         now = time.monotonic()
-        if now - fetched_at < self.limits.directory_cache_s and cached:
-            return cached
-        found = await self.dht.supernodes(MAX_LOOKUP_RECORDS)
-        self._directory = (now, found)
-        return found
+        near = self.coordinate() if self.coordinate is not None else None
+        if now - self._directory_read_at >= self.limits.directory_cache_s or not self.known:
+            found = await self.dht.supernodes(DIRECTORY_READ_LIMIT)
+            self._directory_read_at = now
+        else:
+            found = self.dht.listed_supernodes()
+        self.known.add(found, time.time(), near, self._rng)
+        return self.known.sample(MAX_LOOKUP_RECORDS, time.time(), near, self._rng)
 
     async def alternatives(self, exclude: bytes = b"") -> tuple[Alternative, ...]:
         out = []

@@ -5,16 +5,19 @@ The network is real and in process on loopback: a bootstrap node and 8 honest su
 has only what anyone has: throwaway keys, DHT nodes of her own on three /24s sending the
 documented ``store`` over UDP, and TCP servers of her own. She stores, at every node, 1,000
 self-signed supernode records from throwaway keys with the newest ``issued_at`` a holder
-accepts (now + 50 s), advertising:
+accepts (now + 50 s), at addresses in /24s chosen so that the records fall into the directory
+shards of the honest supernodes (a record's shard is its advertised /24's,
+:mod:`overlay.core.directory_keys`), advertising:
 
 * addresses where nothing listens (half of them);
-* one server of hers that answers the attachment handshake, but with another key;
+* servers of hers (one per targeted shard) that answer the attachment handshake, but with
+  another key;
 * and 6 servers that *do* hold their records' keys, all on one /24.
 
 What a user would notice, and what must hold:
 
 * the directory a client fetches from the bootstrap node (``DirectoryRequest``, as
-  ``overlay client`` does) and every node's UDP ``find_value`` answer for the directory key
+  ``overlay client`` does) and every node's UDP ``find_value`` answer for the directory keys
   still list every honest supernode, and no record whose address did not prove its key; at
   most 4 supernodes of one /24 are listed;
 * a client's discovery (``Discovery``: the bootstrap directory, probes, ranking) attaches to
@@ -34,6 +37,7 @@ from overlay.client.host_cache import HostCache
 from overlay.client.links import Links
 from overlay.client.options import ClientOptions
 from overlay.core import records
+from overlay.core.directory_keys import directory_key
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig, DHTNode
 from overlay.node.daemon import NodeDaemon, NodeOptions
@@ -49,6 +53,19 @@ PER_NETWORK = 4  # the documented default: listed supernodes per /24
 CONFIG = network_config()
 #: the bootstrap node re-reads the directory for every request (no 5 s cache)
 LIMITS = ServiceLimits(directory_cache_s=0.05)
+
+
+def net_in_shard(shard_key: bytes, avoid: str, taken: set[str]) -> str:
+    """A loopback /24 ("127.a.b", not in the /16 ``avoid`` nor in ``taken``) whose
+    supernode records go under ``shard_key``."""
+    for a in range(2, 252):
+        for b in range(256):
+            net = f"127.{a}.{b}"
+            if (not f"{net}.".startswith(f"{avoid}.") and net not in taken
+                    and directory_key(f"{net}.1") == shard_key):
+                taken.add(net)
+                return net
+    raise AssertionError("no loopback /24 in that shard")
 
 
 def net24(ip: str) -> str:
@@ -79,8 +96,10 @@ def keys_of(found: list[records.SignedRecord]) -> set[bytes]:
 class Mallory:
     """Her DHT nodes (two IPs on each of three /24s) and her TCP servers."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, targets: list[bytes]) -> None:
         self.base = base
+        #: the directory keys she floods (the honest supernodes' shards)
+        self.targets = targets
         self.senders = [DHTNode(Identity.generate_node(CONFIG.id_puzzle_bits), CONFIG)
                         for _ in range(6)]
         self.servers: list[TcpService] = []
@@ -90,16 +109,23 @@ class Mallory:
     async def start(self) -> None:
         for i, node in enumerate(self.senders):
             await node.start(f"{self.base}.{66 + i % 3}.{1 + i // 3}", 0)
-        # a server answering the handshake with its own key, not the records'
-        liar = await self.serve(Identity.generate(), f"{self.base}.67.200")
+        # per targeted shard, a /24 of hers: dead addresses, and a server answering the
+        # handshake with its own key, not the records'
+        taken: set[str] = set()
+        nets = [net_in_shard(t, self.base, taken) for t in self.targets]
+        liars = [await self.serve(Identity.generate(), f"{net}.200") for net in nets]
         future = time.time() + 50  # the newest issued_at a holder takes (60 s skew)
         for i in range(JUNK):
-            host, port = ((f"{self.base}.68.{1 + i % 250}", 9) if i % 2 else liar)
+            t = i % len(nets)
+            host, port = ((f"{nets[t]}.{1 + (i // len(nets)) % 199}", 9) if i % 2
+                          else liars[t])
             self.junk.append(records.supernode(Identity.generate(), host, port, seq=1,
                                                lifetime_s=86_000, now=future))
+        # her servers holding their keys, on one /24: in the first honest supernode's shard
+        sybil_net = net_in_shard(self.targets[0], self.base, taken)
         for i in range(SYBILS):
             key = Identity.generate()
-            host, port = await self.serve(key, f"{self.base}.70.{1 + i}")
+            host, port = await self.serve(key, f"{sybil_net}.{1 + i}")
             self.sybils.append(records.supernode(key, host, port, seq=1, lifetime_s=86_000,
                                                  now=future))
 
@@ -138,13 +164,15 @@ async def test_junk_supernode_records_neither_hide_honest_ones_nor_lock_newcomer
     boot = NodeDaemon(NodeOptions(listen=(f"{base}.1.1", 0), dht=CONFIG, limits=LIMITS))
     await boot.start()
     honest: list[Supernode] = []
-    mallory = Mallory(base)
+    mallory: Mallory | None = None
     newcomer: Supernode | None = None
     reader: DHTNode | None = None
     try:
         for i in range(HONEST):
             honest.append(await start_supernode(f"{base}.{10 + i}.1", boot.dht.address))
         honest_keys = {sn.identity.public_key for sn in honest}
+        shards = sorted({directory_key(sn.advertised[0]) for sn in honest})
+        mallory = Mallory(base, shards)
 
         async def all_listed() -> bool:
             return honest_keys <= keys_of(await directory(boot.dht.address))
@@ -155,10 +183,14 @@ async def test_junk_supernode_records_neither_hide_honest_ones_nor_lock_newcomer
         await reader.start(f"{base}.2.1", 0)
 
         async def served_by(holder: DHTNode) -> set[bytes]:
-            """The node keys of the records ``holder`` answers a UDP ``find_value`` with."""
-            reply = await reader.call(holder.address, "find_value",
-                                      records.SUPERNODE_DIRECTORY_KEY, node_id=holder.node_id)
-            return {records.verify(w).record.node_key for w in reply["values"]}
+            """The node keys of the records ``holder`` answers UDP ``find_value``s for the
+            honest supernodes' directory keys with."""
+            out: set[bytes] = set()
+            for shard in shards:
+                reply = await reader.call(holder.address, "find_value", shard,
+                                          node_id=holder.node_id)
+                out |= {records.verify(w).record.node_key for w in reply["values"]}
+            return out
 
         # what each holder served before the attack (not every node holds every record)
         before = [await served_by(holder) for holder in holders]
@@ -228,7 +260,8 @@ async def test_junk_supernode_records_neither_hide_honest_ones_nor_lock_newcomer
     finally:
         if newcomer is not None:
             await newcomer.stop()
-        await mallory.stop()
+        if mallory is not None:
+            await mallory.stop()
         if reader is not None:
             reader.stop()
         for sn in honest:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import stat
+from collections import Counter
 
 import pytest
 
@@ -23,6 +24,7 @@ from overlay.client.attach_policy import (
     merge_candidates,
     rank,
     resolve_alternatives,
+    spread,
 )
 from overlay.client.control import (
     ControlError,
@@ -148,7 +150,8 @@ def test_backoff_survives_a_long_outage() -> None:
 
 
 def test_backoff_after_a_session_stable_resets_short_grows() -> None:
-    b = Backoff(BackoffPolicy(initial_s=1, cap_s=60, jitter=0.0, stable_after_s=10))
+    b = Backoff(BackoffPolicy(initial_s=1, cap_s=60, jitter=0.0, stable_after_s=10,
+                              failover_jitter_s=0.0))
     assert b.session_ended(0.2) == 0  # the first failover is immediate
     assert b.session_ended(0.2) == 1  # flapping supernode: back off
     assert b.session_ended(0.2) == 2
@@ -157,9 +160,37 @@ def test_backoff_after_a_session_stable_resets_short_grows() -> None:
     assert b.session_ended(0.2) == 1
 
 
+def test_the_clients_of_a_lost_supernode_stagger_their_failover() -> None:
+    """1,000 clients lose a healthy attachment at once: their re-attachments spread over
+    the 2 s jitter window, at most ~1/10 of them in any 0.2 s of it (no thundering herd)."""
+    delays = [Backoff(rng=random.Random(seed)).session_ended(3600) for seed in range(1000)]
+    assert all(0 <= d < 2.0 for d in delays)
+    per_slot = Counter(int(d / 0.2) for d in delays)
+    assert len(per_slot) == 10 and max(per_slot.values()) < 140
+
+
+def test_clients_spread_over_near_supernodes_in_proportion_to_capacity() -> None:
+    big = Candidate("10.0.0.1", 4000, b"\x01" * 32, max_clients=3000)
+    small = Candidate("10.0.0.2", 4000, b"\x02" * 32, max_clients=1000)
+    half_full = Candidate("10.0.0.3", 4000, b"\x03" * 32, max_clients=2000)
+    far = Candidate("10.0.0.4", 4000, b"\x04" * 32, max_clients=100_000)
+    measured = {big.node_key: Measurement(0.020, True), small.node_key: Measurement(0.021, True),
+                half_full.node_key: Measurement(0.022, True, load_permille=500),
+                far.node_key: Measurement(0.080, True)}
+    ranked = rank([big, small, half_full, far], measured)
+    firsts = Counter(spread(ranked, measured, random.Random(seed))[0].node_key
+                     for seed in range(5000))
+    # spare capacity 3000 : 1000 : 1000; the far one (not near the best) is never first
+    assert firsts[far.node_key] == 0
+    assert 0.56 < firsts[big.node_key] / 5000 < 0.64
+    assert 0.16 < firsts[small.node_key] / 5000 < 0.24
+    assert 0.16 < firsts[half_full.node_key] / 5000 < 0.24
+    assert spread(ranked, measured, random.Random(1))[-1] == far
+
+
 def test_backoff_policy_rejects_nonsense() -> None:
     for kwargs in ({"initial_s": 0}, {"cap_s": 0.1, "initial_s": 1}, {"jitter": 1.0},
-                   {"multiplier": 0.5}):
+                   {"multiplier": 0.5}, {"failover_jitter_s": -1}):
         with pytest.raises(ValueError):
             BackoffPolicy(**kwargs)  # type: ignore[arg-type]
 

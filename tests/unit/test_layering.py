@@ -66,6 +66,8 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/relay/voucher.py",
     "overlay/dht/envelope.py",
     "overlay/dht/directory.py",
+    "overlay/core/directory_keys.py",
+    "overlay/node/known_supernodes.py",
     "overlay/dht/sessions.py",
     "overlay/media/punch.py",
     "overlay/media/birthday.py",

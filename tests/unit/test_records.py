@@ -9,6 +9,7 @@ import msgpack
 import pytest
 
 from overlay.core import records
+from overlay.core.directory_keys import directory_key
 from overlay.core.identity import Identity
 from overlay.dht.storage import RecordStorage
 from tests.helpers.netutil import Network
@@ -214,7 +215,7 @@ def test_supernode_record_round_trips_and_verifies():
                                coords=(1.5, -2.0, 0.01))
     again = records.verify(signed.wire)
     assert again.record == signed.record
-    assert again.dht_key == records.SUPERNODE_DIRECTORY_KEY
+    assert again.dht_key == directory_key("198.18.0.10")
 
 
 def _supernode_body(signed: records.SignedRecord) -> list:

@@ -123,6 +123,19 @@ def test_a_new_supernode_is_found_on_the_next_read() -> None:
     assert gate.check(signal(), T0 + 5.1, other.public_key) is None
 
 
+def test_a_read_covers_the_missing_senders_shards_and_adds_to_what_was_known() -> None:
+    """The directory is sharded: the read a miss starts names the sender (its shard is read),
+    and what it finds is added to the supernodes known from earlier reads."""
+    gate = ready_gate()
+    other = Identity.from_seed(b"o" * 32)
+    assert gate.check(signal(), T0 + 5, other.public_key) is Refusal.CHECKING
+    assert gate.directory_due() and gate.directory_wanted() == [other.public_key]
+    gate.learn_directory(directory(other, now=T0 + 5), T0 + 5)  # only the other's shard
+    assert gate.directory_wanted() == []
+    assert gate.check(signal(), T0 + 5.1, other.public_key) is None
+    assert gate.check(signal(), T0 + 5.1, SUPERNODE.public_key) is None  # still known
+
+
 def test_an_expired_or_foreign_record_is_no_supernode() -> None:
     gate = SignalGate(SignalLimits(directory_refresh_min_s=2.0))
     presence = records.presence(MALLORY, "mallory", "x", seq=1, online=False, now=T0).record
