@@ -295,7 +295,8 @@ class SignalForwarder:
         pause = DIRECTORY_FIRST_PAUSE_S
         while True:
             try:
-                found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ)
+                found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ,
+                                                  of=self._wanted_hosts())
             except Exception as exc:  # as below: the next read, or a signal's, tries again
                 log.warning("signal_directory_unread", error=str(exc))
             else:
@@ -306,15 +307,20 @@ class SignalForwarder:
 
     def _start_lookups(self) -> None:
         if self.gate.directory_due():
-            self._tasks.spawn(self._read_directory())
+            self._tasks.spawn(self._read_directory(self.gate.directory_delay()))
         for name in self.gate.owners_due():
             self._tasks.spawn(self._look_up_owner(name))
 
-    async def _read_directory(self) -> None:
+    def _wanted_hosts(self) -> list[str]:
+        """The source addresses of the forwarders the gate misses (their shards are read)."""
+        return [self._sender_hosts[k] for k in self.gate.directory_wanted()
+                if k in self._sender_hosts]
+
+    async def _read_directory(self, delay: float = 0.0) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         try:
-            wanted = [self._sender_hosts[k] for k in self.gate.directory_wanted()
-                      if k in self._sender_hosts]
-            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ, of=wanted)
+            found = await self.dht.supernodes(limit=MAX_DIRECTORY_READ, of=self._wanted_hosts())
         except Exception as exc:  # a failed read only delays the answer; never kills the node
             log.warning("signal_directory_unread", error=str(exc))
             self.gate.directory_failed()

@@ -90,6 +90,11 @@ class SignalGate:
         self._directory_due = False
         #: forwarders missing from what was read: the next read includes their shards
         self._directory_wanted: set[bytes] = set()
+        #: the forwarders the last read looked for (their shards): a miss of another one
+        #: within ``directory_refresh_min_s`` waits for the next read instead of a refusal
+        self._directory_covered: set[bytes] = set()
+        #: how long the adapter waits before the read it is handed (0: at once)
+        self._directory_delay = 0.0
         #: name -> (owner key or None, remembered until)
         self._owners: OrderedDict[str, tuple[bytes | None, float]] = OrderedDict()
         self._owners_in_flight: set[str] = set()
@@ -142,6 +147,11 @@ class SignalGate:
             self._directory_wanted.add(key)
         if self._want_directory(now):
             return Refusal.CHECKING
+        if key not in self._directory_covered:
+            # the last read did not look for it (a periodic read, or one for other
+            # forwarders): read again when the window allows, still one per window
+            self._defer_directory(now)
+            return Refusal.CHECKING
         return Refusal.NOT_SUPERNODE
 
     def _want_directory(self, now: float) -> bool:
@@ -153,7 +163,18 @@ class SignalGate:
             return False
         self._directory_asked_at = now
         self._directory_in_flight = self._directory_due = True
+        self._directory_delay = 0.0
         return True
+
+    def _defer_directory(self, now: float) -> None:
+        """A read at the end of the current window (``directory_refresh_min_s`` after the
+        last one), unless one is already set for then."""
+        if self._directory_asked_at > now:
+            return
+        at = self._directory_asked_at + self.limits.directory_refresh_min_s
+        self._directory_delay = max(0.0, at - now)
+        self._directory_asked_at = at
+        self._directory_in_flight = self._directory_due = True
 
     def _owned_by(self, name: str, key: bytes, now: float) -> Refusal | None:
         known = self._owners.get(name)
@@ -174,6 +195,11 @@ class SignalGate:
         due, self._directory_due = self._directory_due, False
         return due
 
+    def directory_delay(self) -> float:
+        """How long the adapter waits before the read :meth:`directory_due` handed out (a
+        deferred read keeps to one per ``directory_refresh_min_s``)."""
+        return self._directory_delay
+
     def owners_due(self) -> list[str]:
         """Names whose owner the adapter should look up now (then :meth:`learn_owner` or
         :meth:`owner_failed` for each)."""
@@ -188,13 +214,16 @@ class SignalGate:
         """The directory's records (verified by the DHT layer), added to those still live
         (the directory is sharded: one read covers a few shards); at most
         ``MAX_KNOWN_SUPERNODES``, those expiring first forgotten first."""
+        found_list = list(found)
         known = {k: t for k, t in self._directory.items() if t > now}
-        known.update((r.node_key, r.expires_at) for r in found
+        known.update((r.node_key, r.expires_at) for r in found_list
                      if isinstance(r, SupernodeRecord) and r.expires_at > now)
         if len(known) > MAX_KNOWN_SUPERNODES:
             keep = sorted(known, key=known.__getitem__)[-MAX_KNOWN_SUPERNODES:]
             known = {k: known[k] for k in keep}
         self._directory = known
+        self._directory_covered = self._directory_wanted | {
+            r.node_key for r in found_list if isinstance(r, SupernodeRecord)}
         self._directory_wanted.clear()
         self._directory_read_at = now
         # the next read on a miss waits directory_refresh_min_s from this one

@@ -143,7 +143,12 @@ def test_an_expired_or_foreign_record_is_no_supernode() -> None:
     gate.learn_directory([*directory(SUPERNODE, now=T0 - 290, lifetime_s=300), presence],
                          T0 + 9.5)
     assert gate.check(signal(), T0 + 11, SUPERNODE.public_key) is Refusal.NOT_SUPERNODE
-    assert gate.check(signal(), T0 + 11, MALLORY.public_key) is Refusal.NOT_SUPERNODE
+    # the read did not look for mallory's shard: one more read, which does
+    assert gate.check(signal(), T0 + 11, MALLORY.public_key) is Refusal.CHECKING
+    assert gate.directory_due()
+    gate.learn_directory([*directory(SUPERNODE, now=T0 - 290, lifetime_s=300), presence],
+                         T0 + 11.5)
+    assert gate.check(signal(), T0 + 11.6, MALLORY.public_key) is Refusal.NOT_SUPERNODE
 
 
 def test_a_stale_directory_is_read_again_but_still_trusted_meanwhile() -> None:
@@ -237,3 +242,25 @@ def test_a_local_signal_skips_the_directory_but_not_the_rest() -> None:
     gate.learn_owner("alice", ALICE.public_key, T0)
     assert gate.check(signal(), T0, None) is None
     assert gate.check(signal(MALLORY.public_key, offer(MALLORY)), T0, None) is Refusal.NOT_OWNER
+
+
+def test_a_sender_missed_by_a_read_that_did_not_look_for_it_waits_for_the_next_one() -> None:
+    """A periodic read (or one for other forwarders) just before a new supernode's first
+    signal: the signal is not refused for a read that never looked for its sender; it waits
+    ("checking") for one read at the end of the window, still one read per window."""
+    gate = ready_gate(SignalLimits(directory_refresh_min_s=2.0))  # its read wanted nobody
+    other = Identity.from_seed(b"o" * 32)
+    assert gate.check(signal(), T0 + 0.5, other.public_key) is Refusal.CHECKING
+    assert gate.directory_due() and gate.directory_delay() == pytest.approx(1.5)
+    assert gate.directory_wanted() == [other.public_key]
+    for i in range(50):  # more misses while it waits: no second read
+        assert gate.check(signal(), T0 + 0.6 + i * 0.01, other.public_key) is Refusal.CHECKING
+        assert not gate.directory_due()
+    gate.learn_directory(directory(SUPERNODE, other, now=T0 + 2), T0 + 2)
+    assert gate.check(signal(), T0 + 2.1, other.public_key) is None
+    # a read that looked for mallory and did not find her: refused until the window ends
+    assert gate.check(signal(), T0 + 4.1, MALLORY.public_key) is Refusal.CHECKING
+    assert gate.directory_due() and gate.directory_delay() == 0.0
+    gate.learn_directory(directory(SUPERNODE, other, now=T0 + 4.2), T0 + 4.2)
+    assert gate.check(signal(), T0 + 4.3, MALLORY.public_key) is Refusal.NOT_SUPERNODE
+    assert not gate.directory_due()
