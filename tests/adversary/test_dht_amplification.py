@@ -29,14 +29,16 @@ from overlay.core.identity import Identity
 from overlay.dht import DHTNode
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from tests.helpers.netutil import loopback_ips, network_config, node_identity, wait_for
+from tests.helpers.shards import hosts_in_one_shard
 
 RECORDS = 48
 
 
 def directory_records() -> list[records.SignedRecord]:
-    """48 honest-looking supernode records, each by its own key, hosts in distinct /24s."""
-    return [records.supernode(Identity.generate(), f"198.18.{i}.10", 4000, seq=1)
-            for i in range(RECORDS)]
+    """48 honest-looking supernode records, each by its own key, hosts in distinct /24s of
+    one directory shard (so all 48 are under one key)."""
+    return [records.supernode(Identity.generate(), host, 4000, seq=1)
+            for host in hosts_in_one_shard(RECORDS)]
 
 
 class Udp:

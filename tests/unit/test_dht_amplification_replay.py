@@ -11,6 +11,7 @@ from overlay.dht.amplification import COOKIE_ROTATE_S, AddressGate
 from overlay.dht.envelope import ANY_RECIPIENT, Flags, Kind, new_msg_id, open_datagram, seal
 from overlay.dht.replay import ReplayGuard
 from tests.helpers.netutil import loopback_ips, network_config, node_identity
+from tests.helpers.shards import hosts_in_one_shard
 
 ME = Identity.generate()
 PEER = Identity.generate()
@@ -69,8 +70,8 @@ async def test_a_new_requester_gets_the_whole_answer_after_one_cookie_round_trip
     await holder.start(ips[0], 0)
     await reader.start(ips[1], 0)
     try:
-        recs = [records.supernode(Identity.generate(), f"198.18.{i}.1", 4000, seq=1)
-                for i in range(48)]
+        recs = [records.supernode(Identity.generate(), host, 4000, seq=1)
+                for host in hosts_in_one_shard(48, last_octet=1)]
         for signed in recs:
             holder.storage.put(signed.dht_key, signed.wire)
         reply = await reader.call(holder.address, "find_value", recs[0].dht_key,
