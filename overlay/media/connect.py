@@ -34,7 +34,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.stream import ByteStream, MediaStream
-from overlay.media.techniques import is_relay, relay_index
+from overlay.media.techniques import call_moves_to, is_relay, relay_index
 
 log = get_logger(__name__)
 
@@ -128,7 +128,9 @@ class LateDirect:
     :meth:`close`). For a file (``keep_relays`` False, a relay selected): the first direct
     path that completes (the initiator's: authenticated, then SELECTed by it; the
     responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). For a call
-    (``keep_relays``): the other relays that complete are kept as spares too, and the
+    (``keep_relays``): the initiator SELECTs a later path the call moves to
+    (:func:`~overlay.media.techniques.call_moves_to`: off a relay to a direct path, off
+    direct TCP to direct UDP); the others that complete, relays too, are spares, and the
     initiator SELECTs one when the path in use dies (:meth:`fail_over`); each path the peer
     or we SELECT later comes out of :meth:`next_path`. Closed by whoever opened the path
     (:meth:`close`: stops the attempts, closes the paths not taken)."""
@@ -153,6 +155,8 @@ class LateDirect:
         self._timeline: Timeline | None = None
         self._on_relay = False
         self._selected_relay: int | None = None
+        #: the attempt whose path is in use (the initiator's: selected, moved to, failed over)
+        self._current = ""
 
     def wants(self, name: str, selected: str) -> bool:
         """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
@@ -173,6 +177,7 @@ class LateDirect:
         self.armed = True
         self._on_relay = is_relay(selected)
         self._selected_relay = relay_index(selected)
+        self._current = selected
         self._timeline = timeline
         self._tasks = [t for t in keep if not t.done()]
         if not self._tasks:
@@ -206,11 +211,12 @@ class LateDirect:
         if select and is_relay(name) and not self._spare_relay_wanted(name):
             close_later(stream)
             return
-        if select and (is_relay(name) or not self._on_relay or self.chosen is not None):
+        if select and not self._moves_to(name):
             self.spares.append((name, stream))  # a call's spare: SELECTed when needed
             return
         if select and not await self._select(name, stream):
             return
+        self._current = name
         if self.chosen is None:
             self.chosen = (name, stream)
             self.arrived.set()
@@ -219,6 +225,12 @@ class LateDirect:
             self._timeline.add(f"upgrade: {name}")
         if not self.keep_relays:
             self._stop()
+
+    def _moves_to(self, name: str) -> bool:
+        """The initiator's late path ``name`` is SELECTed at once (not kept as a spare)."""
+        if self.keep_relays:
+            return call_moves_to(self._current, name)
+        return not is_relay(name) and self._on_relay and self.chosen is None
 
     def _spare_relay_wanted(self, name: str) -> bool:
         """A call holds at most one spare relay session (each reserves budget at a relay,
@@ -242,6 +254,7 @@ class LateDirect:
         while self.spares:
             name, stream = self.spares.pop(0)
             if await self._select(name, stream):
+                self._current = name
                 if self._timeline is not None:
                     self._timeline.add(f"fail over: {name}")
                 self._used.append(stream)
