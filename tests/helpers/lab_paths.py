@@ -57,11 +57,13 @@ RELAYED_PATHS = frozenset({R, CALL_RELAY_PATH})
 
 
 def call_path(caller: str, callee: str) -> str:
-    """The path ``overlay call --json`` must report for a call between these kinds."""
+    """The path ``overlay call --json`` must report (its final line) for a call between these
+    kinds: where UDP gets out of both sides, a call that started on direct TCP moves to the
+    punched UDP path that completes later (:func:`overlay.media.techniques.call_moves_to`)."""
     path = FILE_PATHS[(caller, callee)]
-    if path == R and "tcp-only" not in (caller, callee):
-        return CALL_RELAY_PATH
-    return path
+    if "tcp-only" in (caller, callee):
+        return path
+    return {R: CALL_RELAY_PATH, D: P}.get(path, path)
 
 
 #: (caller kind, callee kind) -> path ``overlay call --json`` must report
