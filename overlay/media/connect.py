@@ -451,8 +451,9 @@ async def connect_as_initiator(
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
-    for name, loser in completed.items():
-        if late is not None and late.keep_relays:
+    for name, loser in completed.items():  # a call on a direct path holds no relay session
+        if late is not None and late.keep_relays and (is_relay(winner_name)
+                                                      or not is_relay(name)):
             late.spares.append((name, loser))
         else:
             close_later(loser)

@@ -141,16 +141,23 @@ class LoopbackPair:
     a_attempts: dict[str, Attempt]
     b_attempts: dict[str, Attempt]
 
-    async def race(self, staggers: dict[str, float], prefer_udp_s: float = 0.0
-                   ) -> tuple[tuple[MediaStream, Timeline, LateDirect],
-                              tuple[MediaStream, Timeline, LateDirect]]:
-        """Both sides' races, each with a call's :class:`LateDirect`."""
+    async def race(self, staggers: dict[str, float], prefer_udp_s: float = 0.0,
+                   relays: bool = False) -> tuple[tuple[MediaStream, Timeline, LateDirect],
+                                                  tuple[MediaStream, Timeline, LateDirect]]:
+        """Both sides' races, each with a call's :class:`LateDirect` (``relays``: the
+        supernode's relay attempts too)."""
+        a_attempts, b_attempts = self.a_attempts, self.b_attempts
+        if relays:
+            a_attempts = {**self.a.relays.attempts(self.caller, self.invite, self.answer),
+                          **a_attempts}
+            b_attempts = {**self.b.relays.attempts(self.callee, self.invite, self.answer),
+                          **b_attempts}
         a_late, b_late = LateDirect(None, keep_relays=True), LateDirect(None, True)
         (a_stream, a_tl), (b_stream, b_tl) = await asyncio.gather(
-            connect_as_initiator(self.a_attempts,
+            connect_as_initiator(a_attempts,
                                  self.a.paths.securer(self.caller, self.shared, self.transcript),
                                  staggers=staggers, late=a_late, prefer_udp_s=prefer_udp_s),
-            connect_as_responder(self.b_attempts,
+            connect_as_responder(b_attempts,
                                  self.b.paths.securer(self.callee, self.shared, self.transcript),
                                  staggers=staggers, late=b_late))
         return (a_stream, a_tl, a_late), (b_stream, b_tl, b_late)
@@ -238,15 +245,19 @@ async def test_a_call_moves_from_direct_tcp_to_a_later_udp_path(tmp_path: Path) 
 
 async def test_a_call_race_waits_briefly_for_direct_udp_after_direct_tcp(
         tmp_path: Path) -> None:
-    """With the call's wait, a UDP path that authenticates 0.3 s after direct TCP is the one
-    selected (the TCP path is kept as a spare); without it, direct TCP is."""
+    """With the call's wait, a UDP path that authenticates 0.3 s after direct TCP and a relay
+    is the one selected (the TCP path is kept as a spare, the relay session is closed: a call
+    on a direct path holds none); without it, direct TCP is."""
     async with loopback_pair(tmp_path) as pair:
         (a_stream, a_tl, a_late), (b_stream, b_tl, b_late) = await pair.race(
-            {"tcp": 0.0, "udp": 0.3}, prefer_udp_s=CALL_PREFER_UDP_S)
+            {"tcp": 0.0, "relay": 0.0, "udp": 0.3}, prefer_udp_s=CALL_PREFER_UDP_S,
+            relays=True)
         try:
             assert a_tl.selected == b_tl.selected == "udp-punch", (a_tl.events, b_tl.events)
             assert a_stream.path == b_stream.path == "udp-punch"
-            assert "waiting for a direct UDP path" in [e for _, e in a_tl.events]
+            events = [e for _, e in a_tl.events]
+            assert "waiting for a direct UDP path" in events
+            assert "relay-0: authenticated" in events, events
             assert [n for n, _ in a_late.spares] == ["tcp-dial-0"]
         finally:
             for late, stream in ((a_late, a_stream), (b_late, b_stream)):
