@@ -34,7 +34,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.stream import ByteStream, MediaStream
-from overlay.media.techniques import is_relay, relay_index
+from overlay.media.techniques import call_moves_to, is_direct_udp, is_relay, relay_index
 
 log = get_logger(__name__)
 
@@ -128,7 +128,9 @@ class LateDirect:
     :meth:`close`). For a file (``keep_relays`` False, a relay selected): the first direct
     path that completes (the initiator's: authenticated, then SELECTed by it; the
     responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). For a call
-    (``keep_relays``): the other relays that complete are kept as spares too, and the
+    (``keep_relays``): the initiator SELECTs a later path the call moves to
+    (:func:`~overlay.media.techniques.call_moves_to`: off a relay to a direct path, off
+    direct TCP to direct UDP); the others that complete, relays too, are spares, and the
     initiator SELECTs one when the path in use dies (:meth:`fail_over`); each path the peer
     or we SELECT later comes out of :meth:`next_path`. Closed by whoever opened the path
     (:meth:`close`: stops the attempts, closes the paths not taken)."""
@@ -153,6 +155,8 @@ class LateDirect:
         self._timeline: Timeline | None = None
         self._on_relay = False
         self._selected_relay: int | None = None
+        #: the attempt whose path is in use (the initiator's: selected, moved to, failed over)
+        self._current = ""
 
     def wants(self, name: str, selected: str) -> bool:
         """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
@@ -173,6 +177,7 @@ class LateDirect:
         self.armed = True
         self._on_relay = is_relay(selected)
         self._selected_relay = relay_index(selected)
+        self._current = selected
         self._timeline = timeline
         self._tasks = [t for t in keep if not t.done()]
         if not self._tasks:
@@ -206,11 +211,12 @@ class LateDirect:
         if select and is_relay(name) and not self._spare_relay_wanted(name):
             close_later(stream)
             return
-        if select and (is_relay(name) or not self._on_relay or self.chosen is not None):
+        if select and not self._moves_to(name):
             self.spares.append((name, stream))  # a call's spare: SELECTed when needed
             return
         if select and not await self._select(name, stream):
             return
+        self._current = name
         if self.chosen is None:
             self.chosen = (name, stream)
             self.arrived.set()
@@ -219,6 +225,12 @@ class LateDirect:
             self._timeline.add(f"upgrade: {name}")
         if not self.keep_relays:
             self._stop()
+
+    def _moves_to(self, name: str) -> bool:
+        """The initiator's late path ``name`` is SELECTed at once (not kept as a spare)."""
+        if self.keep_relays:
+            return call_moves_to(self._current, name)
+        return not is_relay(name) and self._on_relay and self.chosen is None
 
     def _spare_relay_wanted(self, name: str) -> bool:
         """A call holds at most one spare relay session (each reserves budget at a relay,
@@ -242,6 +254,7 @@ class LateDirect:
         while self.spares:
             name, stream = self.spares.pop(0)
             if await self._select(name, stream):
+                self._current = name
                 if self._timeline is not None:
                     self._timeline.add(f"fail over: {name}")
                 self._used.append(stream)
@@ -298,21 +311,24 @@ class LateDirect:
 async def _first_of(
     attempts: dict[str, Attempt], securer: Securer, timeline: Timeline,
     staggers: dict[str, float], timeout: float, prefer_direct_s: float = 0.0,
-    late: LateDirect | None = None,
+    late: LateDirect | None = None, prefer_udp_s: float = 0.0,
 ) -> tuple[dict[str, MediaStream], dict[str, str], list[asyncio.Task[None]]]:
     """Run attempts (each delayed by its stagger); return the ones that completed the
     handshake so far once the first does (when only relays did and ``prefer_direct_s`` > 0,
-    once a direct one does too or that long after), the errors of those that failed, and the
+    once a direct one does too or that long after; then with ``prefer_udp_s`` > 0 and no
+    direct UDP one yet, once one does or that long after), the errors of those that failed, the
     attempts' tasks (stopped, unless ``late`` is given: then the caller stops them). A direct
     attempt that completes once ``late`` is armed goes to it."""
     completed: dict[str, MediaStream] = {}
     errors: dict[str, str] = {}
     first = asyncio.Event()
     direct = asyncio.Event()
+    udp = asyncio.Event()
 
     async def run(name: str, attempt: Attempt) -> None:
         await asyncio.sleep(stagger_for(name, staggers))
-        if first.is_set() and not (late is not None and late.keeps(name)):
+        awaited = prefer_udp_s > 0 and is_direct_udp(name)  # the race may wait for it
+        if first.is_set() and not (awaited or (late is not None and late.keeps(name))):
             return
         timeline.add(f"{name}: start")
         raw: MediaStream | None = None
@@ -336,6 +352,8 @@ async def _first_of(
         first.set()
         if not is_relay(name):
             direct.set()
+        if is_direct_udp(name):
+            udp.set()
 
     tasks = [asyncio.create_task(run(n, a), name=n) for n, a in attempts.items()]
     waiter = asyncio.create_task(first.wait())
@@ -346,7 +364,11 @@ async def _first_of(
                 await asyncio.wait([waiter, *[t for t in tasks if not t.done()]],
                                    return_when=asyncio.FIRST_COMPLETED)
         if prefer_direct_s > 0 and first.is_set():
-            await _wait_for_direct(attempts, tasks, direct, prefer_direct_s, timeline)
+            await _wait_for(attempts, tasks, lambda n: not is_relay(n), direct,
+                            prefer_direct_s, timeline, "a direct path")
+        if prefer_udp_s > 0 and first.is_set():
+            await _wait_for(attempts, tasks, is_direct_udp, udp, prefer_udp_s, timeline,
+                            "a direct UDP path")
     except TimeoutError:
         pass
     except BaseException:
@@ -359,21 +381,23 @@ async def _first_of(
     return completed, errors, tasks
 
 
-async def _wait_for_direct(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]],
-                           direct: asyncio.Event, wait_s: float, timeline: Timeline) -> None:
-    """Only relays authenticated: wait up to ``wait_s`` while direct attempts still run."""
-    direct_tasks = [t for n, t in zip(attempts, tasks, strict=True) if not is_relay(n)]
+async def _wait_for(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]],
+                    kind: Callable[[str], bool], done: asyncio.Event, wait_s: float,
+                    timeline: Timeline, what: str) -> None:
+    """None of the attempts of this ``kind`` authenticated (``done`` unset): wait up to
+    ``wait_s`` while some still run."""
+    kind_tasks = [t for n, t in zip(attempts, tasks, strict=True) if kind(n)]
     deadline = asyncio.get_running_loop().time() + wait_s
-    if direct.is_set() or all(t.done() for t in direct_tasks):
+    if done.is_set() or all(t.done() for t in kind_tasks):
         return
-    timeline.add("waiting for a direct path")
-    preferred = asyncio.ensure_future(direct.wait())
+    timeline.add(f"waiting for {what}")
+    preferred = asyncio.ensure_future(done.wait())
     try:
-        while not direct.is_set() and not all(t.done() for t in direct_tasks):
+        while not done.is_set() and not all(t.done() for t in kind_tasks):
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
-            await asyncio.wait([preferred, *[t for t in direct_tasks if not t.done()]],
+            await asyncio.wait([preferred, *[t for t in kind_tasks if not t.done()]],
                                timeout=left, return_when=asyncio.FIRST_COMPLETED)
     finally:
         preferred.cancel()
@@ -399,23 +423,27 @@ def _stop_losers(tasks: list[asyncio.Task[None]]) -> None:
 async def connect_as_initiator(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 12.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
-    prefer_direct_s: float = 0.0, late: LateDirect | None = None,
+    prefer_direct_s: float = 0.0, late: LateDirect | None = None, prefer_udp_s: float = 0.0,
 ) -> tuple[MediaStream, Timeline]:
     """Race the attempts, select the first path that authenticated, close the others.
     With ``prefer_direct_s``, a direct path that authenticates within that long after a
-    relay did is selected instead. With ``late``, a selected relay leaves the direct attempts
-    running (:class:`LateDirect`). ``log`` is the caller's logger, bound to its session."""
+    relay did is selected instead; with ``prefer_udp_s`` (a call's), a direct UDP path that
+    authenticates within that long after that. With ``late``, a selected relay leaves the
+    direct attempts running (:class:`LateDirect`). ``log`` is the caller's logger, bound to
+    its session."""
     timeline = Timeline()
     completed, errors, tasks = await _first_of(
         attempts, securer, timeline,
-        staggers or default_staggers(attempts), timeout, prefer_direct_s, late)
+        staggers or default_staggers(attempts), timeout, prefer_direct_s, late, prefer_udp_s)
     if not completed:
         _stop_losers(tasks)
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items()) or "timed out"
         log.info("path_selection", outcome="no path", timeline=timeline.events)
         raise NoPath(f"no path: {detail}", timeline)
+    udp_done = [n for n in completed if is_direct_udp(n)]
     direct_done = [n for n in completed if not is_relay(n)]
-    winner_name = _earliest(direct_done if prefer_direct_s > 0 and direct_done else completed,
+    winner_name = _earliest(udp_done if prefer_udp_s > 0 and udp_done else
+                            direct_done if prefer_direct_s > 0 and direct_done else completed,
                             timeline)
     winner = completed.pop(winner_name)
     if late is not None:
@@ -423,8 +451,9 @@ async def connect_as_initiator(
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
-    for name, loser in completed.items():
-        if late is not None and late.keep_relays:
+    for name, loser in completed.items():  # a call on a direct path holds no relay session
+        if late is not None and late.keep_relays and (is_relay(winner_name)
+                                                      or not is_relay(name)):
             late.spares.append((name, loser))
         else:
             close_later(loser)

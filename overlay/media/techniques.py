@@ -11,6 +11,22 @@ def is_relay(name: str) -> bool:
     return name.startswith("relay")
 
 
+def is_direct_udp(name: str) -> bool:
+    """Whether the attempt called ``name`` is a direct UDP path (QUIC on a punched socket)."""
+    return name in ("udp-punch", "udp-birthday")
+
+
+def call_moves_to(current: str, new: str) -> bool:
+    """Whether a call on the path of attempt ``current`` moves to the path of attempt ``new``
+    that completed after the race (else ``new`` is a spare, SELECTed if the path in use
+    fails): off a relay to any direct path (as a file does), and off a direct TCP path to a
+    direct UDP one (on TCP, one lost segment holds every later frame back). A relay is never
+    moved to while the path in use works."""
+    if is_relay(new) or is_direct_udp(current):
+        return False
+    return is_relay(current) or is_direct_udp(new)
+
+
 def relay_index(name: str) -> int | None:
     """Which relay of the invite the relay attempt ``name`` goes through (its TCP relay,
     ``relay-N``, and its datagram relay, ``relay-udp-N``, are the same supernode)."""

@@ -56,12 +56,22 @@ CALL_RELAY_PATH = R
 RELAYED_PATHS = frozenset({R, CALL_RELAY_PATH})
 
 
+#: kinds whose routers translate UDP randomly: between two of them no UDP attempt runs (a
+#: ``mapping`` router's NAT is symmetric too), so a call stays on direct TCP
+RANDOM_UDP_KINDS = frozenset({"symmetric", "mapping"})
+
+
 def call_path(caller: str, callee: str) -> str:
-    """The path ``overlay call --json`` must report for a call between these kinds."""
+    """The path ``overlay call --json`` must report (its final line) for a call between these
+    kinds: where a UDP attempt runs, a call moves off direct TCP to the punched UDP path
+    that completes later, or starts on it (:func:`overlay.media.techniques.call_moves_to`,
+    :data:`overlay.media.path_opening.CALL_PREFER_UDP_S`)."""
     path = FILE_PATHS[(caller, callee)]
-    if path == R and "tcp-only" not in (caller, callee):
-        return CALL_RELAY_PATH
-    return path
+    if "tcp-only" in (caller, callee):
+        return path
+    if path == D and {caller, callee} <= RANDOM_UDP_KINDS:
+        return D
+    return {R: CALL_RELAY_PATH, D: P}.get(path, path)
 
 
 #: (caller kind, callee kind) -> path ``overlay call --json`` must report

@@ -2,7 +2,8 @@
 routers, all three calls at once, judged at both ends (:mod:`tests.helpers.lab_calls`).
 
 - ``cone -> cone``: a punched UDP path (the call's frames go as QUIC datagrams);
-- ``public -> cone``: direct TCP;
+- ``public -> cone``: direct TCP first (it completes first), then the punched UDP path
+  that completes later (a call moves off direct TCP to direct UDP);
 - ``symmetric -> symmetric``: relayed (the TCP relay until the UDP datagram relay carries
   calls: :data:`tests.helpers.lab_paths.CALL_RELAY_PATH`).
 
@@ -69,7 +70,7 @@ def run(tmp: Path, impaired: bool) -> list[CallOutcome]:
 
 
 def test_expected_call_paths() -> None:
-    assert [CALL_PATHS[p] for p in PAIRS] == ["udp-punch", "direct-tcp", CALL_PATHS[
+    assert [CALL_PATHS[p] for p in PAIRS] == ["udp-punch", "udp-punch", CALL_PATHS[
         ("symmetric", "symmetric")]]
     assert CALL_PATHS[("symmetric", "symmetric")] in RELAYED_PATHS
 
