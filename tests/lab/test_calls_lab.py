@@ -4,8 +4,8 @@ routers, all three calls at once, judged at both ends (:mod:`tests.helpers.lab_c
 - ``cone -> cone``: a punched UDP path (the call's frames go as QUIC datagrams);
 - ``public -> cone``: direct TCP first (it completes first), then the punched UDP path
   that completes later (a call moves off direct TCP to direct UDP);
-- ``symmetric -> symmetric``: relayed (the TCP relay until the UDP datagram relay carries
-  calls: :data:`tests.helpers.lab_paths.CALL_RELAY_PATH`).
+- ``symmetric -> symmetric``: relayed (the TCP relay: the lab's supernodes run no datagram
+  relay, ``--relay-udp-port``; :data:`tests.helpers.lab_paths.CALL_RELAY_PATH`).
 
 Unimpaired, every pair meets the issue's bar (loss 0, MOS >= 4.3, both ends). With 40 ms
 one way and 1 % loss on each client's uplink, the punched UDP pair meets it (MOS >= 4.0).
