@@ -154,7 +154,6 @@ class LateDirect:
         self._timer: asyncio.TimerHandle | None = None
         self._timeline: Timeline | None = None
         self._on_relay = False
-        self._selected_relay: int | None = None
         #: the attempt whose path is in use (the initiator's: selected, moved to, failed over)
         self._current = ""
 
@@ -176,7 +175,6 @@ class LateDirect:
             return others
         self.armed = True
         self._on_relay = is_relay(selected)
-        self._selected_relay = relay_index(selected)
         self._current = selected
         self._timeline = timeline
         self._tasks = [t for t in keep if not t.done()]
@@ -237,7 +235,7 @@ class LateDirect:
         the network's scarce resource), and only at another supernode than the one carrying
         it: a spare at the same supernode dies with it."""
         index = relay_index(name)
-        return (index is not None and index != self._selected_relay
+        return (index is not None and index != relay_index(self._current)
                 and not any(is_relay(n) for n, _ in self.spares))
 
     @staticmethod
