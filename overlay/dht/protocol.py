@@ -489,20 +489,26 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self._spawn(self._hand_over(node, keys))
 
     def _keys_to_hand_over(self, node: Node) -> list[bytes]:
-        """Stored keys the new node is closer to than we are, and we are the closest to.
+        """Stored keys the new node should hold that we are the closest known holder of:
+        those it is closer to than we are and, while the table holds fewer than k contacts
+        (every node is then among the k closest of every key), all of them. Without the
+        second rule a node that joined after a record was published never held it (a
+        supernode missed another's directory record until the next republish).
 
         d(new, K) < d(us, K) holds exactly when K agrees with ``new`` on the highest bit where
-        ``new`` and ``us`` differ: one integer test per key.
+        ``new`` and ``us`` differ: one integer test per key; in a table of k contacts or more
+        a key that fails it costs nothing more.
         """
         ours = self.source_node.long_id
         top_bit = (ours ^ node.long_id).bit_length() - 1
         if top_bit < 0:
             return []
         new_bit = (node.long_id >> top_bit) & 1
+        small = len(self.router) < self.router.ksize
         chosen = []
         for key in self.storage.keys():
             key_long = int.from_bytes(key, "big")
-            if (key_long >> top_bit) & 1 != new_bit:
+            if (key_long >> top_bit) & 1 != new_bit and not small:
                 continue
             keynode = Node(key)
             closest_other = self.router.find_neighbors(keynode, k=1, exclude=node)

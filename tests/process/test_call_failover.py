@@ -19,6 +19,7 @@ import pytest
 from overlay.client.daemon import ClientDaemon
 from overlay.client.options import ClientOptions
 from overlay.core.identity import Identity
+from overlay.core.records import SupernodeRecord
 from overlay.media.paths import Paths
 from tests.helpers.netutil import wait_for
 from tests.helpers.overlay_net import ProcessOverlay
@@ -51,6 +52,20 @@ async def test_a_call_moves_to_the_other_relay_when_its_relay_is_killed(
         await wait_for(lambda: all(c.status()["state"] == "attached" for c in clients), 30)
         alice, bob = clients
         ids = relay_ids(net)
+
+        async def both_relays_listed() -> bool:
+            """The invite names the relays alice's supernode lists: the call has a spare
+            only once that lists both (each supernode holds the other's record: the DHT
+            hands a joining node the records it should hold)."""
+            session = alice.primary_session()
+            if session is None:
+                return False
+            listed = await session.directory()
+            return {s.record.node_key.hex()[:16] for s in listed
+                    if isinstance(s.record, SupernodeRecord)
+                    and s.record.relay_capacity_bps > 0} == set(ids)
+
+        await wait_for(both_relays_listed, 30)
         calling = asyncio.ensure_future(alice.calls.call({"user": "bob", "seconds": SECONDS}))
 
         def first_line() -> dict[str, Any] | None:

@@ -198,11 +198,44 @@ async def test_new_node_close_to_a_key_receives_it():
         new.stop()
 
 
+async def test_a_node_joining_a_small_network_receives_keys_it_is_farther_from():
+    """Fewer nodes than k: every node is among the k closest of every key, so one that joins
+    after a record was stored gets it from the closest holder even when it is farther from
+    the key than that holder (it had to wait for the publisher's next republish)."""
+    alice = Identity.generate()
+    signed = records.presence(alice, "alice", "phone", seq=1, online=False)
+    key = signed.dht_key
+    key_long = int.from_bytes(key, "big")
+    config = network_config()
+    while True:
+        holder_identity = node_identity(config)
+        newcomer = node_identity(config)
+        holder_d = int.from_bytes(holder_identity.node_id, "big") ^ key_long
+        if holder_d < int.from_bytes(newcomer.node_id, "big") ^ key_long:
+            break
+    ips = loopback_ips(2)
+    old = DHTNode(holder_identity, config)
+    await old.start(ips[0], 0)
+    new = DHTNode(newcomer, config)
+    await new.start(ips[1], 0)
+    try:
+        old.store_local(signed.wire, key)
+        await new.bootstrap([old.address])
+        await wait_for(lambda: [s.wire for s in new.storage.values(key)] == [signed.wire])
+    finally:
+        old.stop()
+        new.stop()
+
+
 async def test_welcome_does_not_scan_routing_table_for_far_keys():
-    """Keys the newcomer is farther from than we are cost one bit test, no table scan."""
+    """In a table of k contacts or more, keys the newcomer is farther from than we are cost
+    one bit test, no table scan."""
     net = await Network(3).start()
     try:
         proto = net.nodes[0]._proto
+        for i in range(proto.router.ksize):
+            proto.router.add_contact(Node(node_identity(net.config).node_id, f"127.{i}.9.1", 9))
+        assert len(proto.router) >= proto.router.ksize
         calls = []
         original = proto.router.find_neighbors
         proto.router.find_neighbors = lambda *a, **k: calls.append(a) or original(*a, **k)
