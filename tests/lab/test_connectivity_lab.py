@@ -308,30 +308,26 @@ def connectivity_problems(ov: LabOverlay, outcomes: list[PairOutcome]) -> list[s
 # -- tests ------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(180)
-def test_harness_every_client_attaches(tmp_path: Path) -> None:
-    """The harness itself: 14 clients behind the seven router kinds attach, each finds the
-    next one by lookup, and each is seen by its supernode at its public address (its
-    router's WAN address when NATed) -- so every client really sits behind its router."""
-    with LabOverlay(tmp_path, two_per_kind()) as ov:
-        statuses = ov.wait_attached(timeout=60)
-        assert ov.lab is not None
-        used = set()
-        for host, status in statuses.items():
-            assert status["state"] == "attached", (host, status)
-            reflexive = status["reflexive"]["host"]
-            assert reflexive == ov.lab.public_ip(host), (host, reflexive)
-            used.add(status["supernode"]["address"])
-        # clients start once both supernodes are in the directory and spread over them
-        # (equal RTTs, then load, then chance), so signalling crosses supernodes
-        assert used == {ov.supernode_addr(sn) for sn in ov.supernode_hosts}, used
-        ov.check_alive()
+def assert_every_client_behind_its_router(ov: LabOverlay, statuses: dict[str, Any]) -> None:
+    """The harness itself: the clients behind the seven router kinds attached, and each is
+    seen by its supernode at its public address (its router's WAN address when NATed) -- so
+    every client really sits behind its router."""
+    assert ov.lab is not None
+    used = set()
+    for host, status in statuses.items():
+        assert status["state"] == "attached", (host, status)
+        reflexive = status["reflexive"]["host"]
+        assert reflexive == ov.lab.public_ip(host), (host, reflexive)
+        used.add(status["supernode"]["address"])
+    # clients start once both supernodes are in the directory and spread over them
+    # (equal RTTs, then load, then chance), so signalling crosses supernodes
+    assert used == {ov.supernode_addr(sn) for sn in ov.supernode_hosts}, used
 
 
 @pytest.mark.timeout(600)
 def test_all_pairs(tmp_path: Path) -> None:
     with LabOverlay(tmp_path, two_per_kind()) as ov:
-        ov.wait_attached(timeout=60)
+        assert_every_client_behind_its_router(ov, ov.wait_attached(timeout=60))
         outcomes = run_matrix(ov, ALL_PAIRS, size=FILE_SIZE, parallel=PARALLEL,
                               send_timeout=90)
         ov.check_alive()
