@@ -14,9 +14,12 @@ Rules (the issue's table, as data in :data:`FILE_PATHS`):
   nothing to aim at) and ``symmetric`` with ``tcp-only`` (no UDP on one side, a random TCP
   port on the other).
 
-Calls take the same paths (:data:`CALL_PATHS`), except that a relayed call prefers a UDP
-relay where UDP gets out of both sides: change :data:`CALL_RELAY_PATH` (one place) when the
-supernodes' UDP datagram relay carries calls.
+Calls take the same paths (:data:`CALL_PATHS`), except that a relayed call goes through the
+supernodes' datagram relay (UDP) where UDP gets out of both sides, and through the TCP relay
+where one side is ``tcp-only`` (:func:`call_relay_carriage`). ``overlay call --json`` reports
+both as path ``relay`` (with the relay's key); which one carried the call is the caller's
+``call_ended`` log line's ``carried_as``: ``datagram`` (QUIC datagrams through the UDP relay)
+or ``stream`` (the TCP relay's byte stream).
 """
 
 from __future__ import annotations
@@ -49,11 +52,21 @@ FILE_PATHS: dict[tuple[str, str], str] = {
 #: accept them too, each judged by the path it took. Unimpaired runs do not accept them.
 ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P, T}, P: {R, T}, T: {R}}
 
-#: the path a relayed call reports when neither side is ``tcp-only`` (UDP gets out of both):
-#: ``relay`` (the TCP relay) until the supernodes' UDP datagram relay carries calls
+#: the path ``overlay call --json`` reports for a relayed call, through the datagram relay
+#: (UDP) or the TCP relay alike: ``relay``
 CALL_RELAY_PATH = R
 #: paths that go through a relay (the rest are direct: the call thresholds differ)
 RELAYED_PATHS = frozenset({R, CALL_RELAY_PATH})
+#: how a relayed call's frames are carried (the caller's ``call_ended`` log: ``carried_as``):
+#: as QUIC datagrams through a supernode's datagram relay (the lab's supernodes run one,
+#: :data:`tests.helpers.lab_overlay.RELAY_UDP_PORT`), or on the TCP relay's stream
+UDP_RELAY, TCP_RELAY = "datagram", "stream"
+
+
+def call_relay_carriage(caller: str, callee: str) -> str:
+    """How a call between these kinds is carried when it is relayed: through the datagram
+    relay where UDP gets out of both sides (a call prefers it), else through the TCP relay."""
+    return TCP_RELAY if "tcp-only" in (caller, callee) else UDP_RELAY
 
 
 #: kinds whose routers translate UDP randomly: between two of them no UDP attempt runs (a
