@@ -69,21 +69,17 @@ def call_relay_carriage(caller: str, callee: str) -> str:
     return TCP_RELAY if "tcp-only" in (caller, callee) else UDP_RELAY
 
 
-#: kinds whose routers translate UDP randomly: between two of them no UDP attempt runs (a
-#: ``mapping`` router's NAT is symmetric too), so a call stays on direct TCP
-RANDOM_UDP_KINDS = frozenset({"symmetric", "mapping"})
-
-
 def call_path(caller: str, callee: str) -> str:
     """The path ``overlay call --json`` must report (its final line) for a call between these
     kinds: where a UDP attempt runs, a call moves off direct TCP to the punched UDP path
     that completes later, or starts on it (:func:`overlay.media.techniques.call_moves_to`,
-    :data:`overlay.media.path_opening.CALL_PREFER_UDP_S`)."""
+    :data:`overlay.media.path_opening.CALL_PREFER_UDP_S`). A UDP attempt runs wherever UDP
+    gets out of both sides, except between two ``symmetric`` ones: a ``mapping`` side's
+    router-mapped UDP port takes the other side's probes whatever port its NAT picks
+    (:func:`overlay.media.punch.punch_feasible`)."""
     path = FILE_PATHS[(caller, callee)]
     if "tcp-only" in (caller, callee):
         return path
-    if path == D and {caller, callee} <= RANDOM_UDP_KINDS:
-        return D
     return {R: CALL_RELAY_PATH, D: P}.get(path, path)
 
 
