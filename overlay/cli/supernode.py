@@ -49,6 +49,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             subnet_share=args.relay_subnet_share,
         ),
         relay_udp_port=args.relay_udp_port,
+        relay_idle_timeout_s=args.relay_idle_timeout,
     )
 
     async def main() -> int:
@@ -103,6 +104,8 @@ def add_commands(sub: Any) -> None:
                         "(same budget and limits; advertised in the supernode's record, and "
                         "calls prefer it to the TCP relay; 0: any free port; default: off, "
                         "as it needs a second port opened beside the listen port)")
+    p.add_argument("--relay-idle-timeout", type=positive, default=60.0, metavar="S",
+                   help="end a relay session that forwards nothing for S seconds (default 60)")
     p.add_argument("--no-relay", action="store_true",
                    help="do not relay for others (relay connections are refused)")
     p.add_argument("--heartbeat", type=positive, default=30.0, metavar="S",

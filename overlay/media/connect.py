@@ -32,13 +32,14 @@ from structlog.typing import FilteringBoundLogger
 
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
+from overlay.media import selection
 from overlay.media.errors import MediaError
+from overlay.media.selection import KEEPALIVE, SELECT, read_selection
 from overlay.media.stream import ByteStream, MediaStream
 from overlay.media.techniques import call_moves_to, is_direct_udp, is_relay, relay_index
 
 log = get_logger(__name__)
 
-SELECT = b"\x00SELECT\x00"
 UDP_STAGGER_S = 0.25
 RELAY_STAGGER_S = 1.5
 
@@ -131,13 +132,20 @@ class LateDirect:
     (``keep_relays``): the initiator SELECTs a later path the call moves to
     (:func:`~overlay.media.techniques.call_moves_to`: off a relay to a direct path, off
     direct TCP to direct UDP); the others that complete, relays too, are spares, and the
-    initiator SELECTs one when the path in use dies (:meth:`fail_over`); each path the peer
-    or we SELECT later comes out of :meth:`next_path`. Closed by whoever opened the path
+    initiator SELECTs one when the path in use dies (:meth:`fail_over`), and until then sends
+    a keepalive on each every ``keepalive_s`` (:mod:`overlay.media.selection`; default
+    ``SPARE_KEEPALIVE_S``), so a relay does not end a spare session as idle; each path the
+    peer or we SELECT later comes out of :meth:`next_path`. Closed by whoever opened the path
     (:meth:`close`: stops the attempts, closes the paths not taken)."""
 
-    def __init__(self, window_s: float | None, keep_relays: bool = False) -> None:
+    def __init__(self, window_s: float | None, keep_relays: bool = False,
+                 keepalive_s: float | None = None) -> None:
         self.window_s = window_s
         self.keep_relays = keep_relays
+        self.keepalive_s = selection.SPARE_KEEPALIVE_S if keepalive_s is None else keepalive_s
+        #: keepalives and SELECTs on a spare one at a time: none follows its SELECT
+        self._sending = asyncio.Lock()
+        self._keepalive: asyncio.Task[None] | None = None
         #: set when the race selected and the other attempts kept running
         self.armed = False
         #: set when a direct path completed: :attr:`chosen`
@@ -174,6 +182,8 @@ class LateDirect:
         if not (self.keep_relays or is_relay(selected)):
             return others
         self.armed = True
+        if self.keep_relays and self._keepalive is None:
+            self._keepalive = asyncio.ensure_future(self._keep_spares_alive())
         self._on_relay = is_relay(selected)
         self._current = selected
         self._timeline = timeline
@@ -238,14 +248,29 @@ class LateDirect:
         return (index is not None and index != relay_index(self._current)
                 and not any(is_relay(n) for n, _ in self.spares))
 
-    @staticmethod
-    async def _select(name: str, stream: MediaStream) -> bool:
+    async def _select(self, name: str, stream: MediaStream) -> bool:
         try:
-            await stream.send(SELECT)
+            async with self._sending:
+                await stream.send(SELECT)
         except Exception:  # the path broke at once: not one to move to
             close_later(stream)
             return False
         return True
+
+    async def _keep_spares_alive(self) -> None:
+        """Every ``keepalive_s``, a keepalive on each spare still held (one that fails is
+        dropped: no path to fail over to)."""
+        while not self._closed:
+            await asyncio.sleep(self.keepalive_s)
+            for spare in list(self.spares):
+                async with self._sending:
+                    if spare not in self.spares:  # SELECTed meanwhile
+                        continue
+                    try:
+                        await spare[1].send(KEEPALIVE)
+                    except Exception:
+                        self.spares.remove(spare)
+                        close_later(spare[1])
 
     async def fail_over(self) -> tuple[str, MediaStream] | None:
         """The initiator's path in use died: SELECT a spare that still works (None: none)."""
@@ -291,6 +316,8 @@ class LateDirect:
 
     def close(self) -> None:
         self._closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         self._stop()
         if self.chosen is not None and not self._taken and self.chosen[1] not in self._used:
             close_later(self.chosen[1])
@@ -483,12 +510,12 @@ async def connect_as_responder(
             stream = await securer(raw)
             raw = stream
             timeline.add(f"{name}: authenticated")
-            first = b""
-            while len(first) < len(SELECT):
+            first = read_selection(b"")
+            while first.state == "more":  # keepalives before SELECT (a spare) are dropped
                 data = await stream.recv(65536)
                 if not data:
                     break
-                first += data
+                first = read_selection(first.rest + data)
         except Exception as exc:
             errors[name] = str(exc) or type(exc).__name__
             timeline.add(f"{name}: failed ({errors[name]})")
@@ -497,13 +524,13 @@ async def connect_as_responder(
         except BaseException:  # another path was selected: release this one
             close_later(raw)
             raise
-        chosen = first[: len(SELECT)] == SELECT
+        chosen = first.state == "selected"
         if chosen and not selected.done():
-            selected.set_result((name, Pushback(stream, first[len(SELECT):])))
+            selected.set_result((name, Pushback(stream, first.rest)))
             if late is not None:  # what it does not keep is stopped below
                 late.arm(dict(zip(attempts, tasks, strict=True)), timeline, name)
         elif chosen and late is not None and late.keeps(name):
-            await late.offer(name, Pushback(stream, first[len(SELECT):]), select=False)
+            await late.offer(name, Pushback(stream, first.rest), select=False)
         else:
             await stream.close()
 

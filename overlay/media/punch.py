@@ -103,15 +103,20 @@ def probe_session_id(data: bytes) -> bytes | None:
     return data[6:6 + SESSION_ID_BYTES]
 
 
-def punch_feasible(local_nat: str, remote_nat: str) -> bool:
-    """Whether punching is worth trying between these NAT types (``binding.classify``).
+def punch_feasible(local_nat: str, remote_nat: str, mapped: bool = False) -> bool:
+    """Whether punching is worth trying between these NAT types (``binding.classify``);
+    ``mapped``: a side holds a router mapping of its UDP socket (PCP/NAT-PMP/UPnP).
 
-    No UDP on either side never works; two symmetric NATs never do; symmetric against a cone
-    or public side is tried with birthday punching (:mod:`overlay.media.birthday`), which
-    also does the simple probing that suffices against a full- or address-restricted cone."""
+    No UDP on either side never works; two symmetric NATs never do, unless a side's socket
+    is mapped: its mapped port takes datagrams from anywhere, so the other side's probes to
+    it get through whatever port its own NAT picks, and the mapped side acks to the source
+    it saw (simple punching; a symmetric NAT's router with a mapping is the lab's
+    ``mapping`` kind). Symmetric against a cone or public side is tried with birthday
+    punching (:mod:`overlay.media.birthday`), which also does the simple probing that
+    suffices against a full- or address-restricted cone."""
     if "no-udp" in (local_nat, remote_nat):
         return False
-    return not (local_nat == "symmetric" and remote_nat == "symmetric")
+    return mapped or not (local_nat == "symmetric" and remote_nat == "symmetric")
 
 
 Datagram = tuple[bytes, Address]

@@ -168,8 +168,10 @@ def udp_attempt(
 ) -> tuple[str, Callable[[], Awaitable[MediaStream]]] | None:
     """The hole-punching attempt and its name, or None when punching cannot work for these NAT
     types: ``"udp-birthday"`` when exactly one side is symmetric and the other cone or public
-    (:mod:`overlay.media.birthday`), else ``"udp-punch"`` (simple punching)."""
-    if not remote.udp or not punch_feasible(local.nat, remote.nat):
+    (:mod:`overlay.media.birthday`), else ``"udp-punch"`` (simple punching; also between two
+    symmetric sides when one holds a router mapping of its UDP socket)."""
+    mapped = bool(local.mapped_udp or remote.mapped_udp)
+    if not remote.udp or not punch_feasible(local.nat, remote.nat, mapped):
         return None
     role = birthday_role(local.nat, remote.nat)
 

@@ -70,7 +70,7 @@ class Supernode(NodeDaemon, AttachHandler):
         identity: Identity | None = None,
     ) -> None:
         sn = sn or SupernodeOptions()
-        relay = RelayServer(sn.relay)
+        relay = RelayServer(sn.relay, idle_timeout_s=sn.relay_idle_timeout_s)
         # the TCP service only keeps its handler (self) until connections arrive after start()
         super().__init__(opts, identity, attach_handler=self, relay=relay)
         self.sn = sn
@@ -78,7 +78,8 @@ class Supernode(NodeDaemon, AttachHandler):
         relay.node_key = self.identity.public_key  # what a voucher must name
         #: the datagram relay for calls: the same admission, budget and node key
         self.datagram_relay = DatagramRelay(sn.relay, relay.budget, relay.admission,
-                                            node_key=relay.node_key)
+                                            node_key=relay.node_key,
+                                            idle_timeout_s=sn.relay_idle_timeout_s)
         self._datagram_endpoint: tuple[asyncio.DatagramTransport,
                                        DatagramRelayProtocol] | None = None
         self.vivaldi = CoordinateKeeper()

@@ -47,6 +47,8 @@ class SupernodeOptions:
     #: the UDP port of the datagram relay for calls (:mod:`overlay.relay.datagram`), on the
     #: listen address; None (the default): no datagram relay; 0: any free port
     relay_udp_port: int | None = None
+    #: a relay session (TCP or datagram) that forwards nothing for this long ends ("idle")
+    relay_idle_timeout_s: float = 60.0
     #: the record is re-published on relay load changes, at most this often
     relay_republish_min_s: float = 3.0
     #: a Vivaldi round (RTT to a few other supernodes) about this often; 0: never

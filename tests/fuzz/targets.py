@@ -50,6 +50,7 @@ from overlay.media.birthday import BirthdayPuncher
 from overlay.media.portmap import PortMapper
 from overlay.media.portmap_wire import BadPortMapMessage, decode_response
 from overlay.media.punch import ACK, PROBE, Puncher, decode_probe, encode_probe
+from overlay.media.selection import KEEPALIVE, MARK_BYTES, SELECT, read_selection
 from overlay.media.signalling import Candidates, SignallingError, open_offer
 from overlay.media.upnp_wire import (
     BadUpnpMessage,
@@ -315,6 +316,15 @@ def _punch(data: bytes) -> None:
     puncher.datagrams_to_send(0.5)
 
 
+def _selection(data: bytes) -> None:
+    """A path's first bytes as the responder reads them (a hostile initiator's)."""
+    first = read_selection(data)
+    if first.state == "more":
+        assert len(first.rest) < MARK_BYTES and data.endswith(first.rest)
+    elif first.state == "selected":
+        assert data.endswith(SELECT + first.rest)
+
+
 def _birthday(data: bytes) -> None:
     """What the hard side's extra sockets hand over (any probe-sized datagram), and the easy
     side's media socket."""
@@ -527,6 +537,8 @@ TARGETS: dict[str, Target] = {
     "relay_binding": Target(mutated_bytes(_BINDING_SEEDS), _relay_binding, ()),
     "punch_probes": Target(mutated_bytes(_PROBES), _punch, ()),
     "birthday_probes": Target(mutated_bytes(_PROBES), _birthday, ()),
+    "path_selection": Target(mutated_bytes([SELECT, KEEPALIVE * 2 + SELECT + b"frame",
+                                            KEEPALIVE + SELECT[:3]]), _selection, ()),
     "portmap_answers": Target(mutated_bytes(_PORTMAP_ANSWERS), _portmap, (BadPortMapMessage,)),
     "upnp_answers": Target(mutated_bytes(_UPNP_ANSWERS), _upnp, (BadUpnpMessage, UpnpFault)),
     "offers": Target(msgpack_shaped(seeds.OFFER_BODIES, seeds.resign_offer)

@@ -28,7 +28,12 @@ from typing import Any
 
 from overlay.client.control import ControlSocketError
 from tests.helpers.lab_overlay import OVERLAY, LabOverlay, run_exclusive
-from tests.helpers.lab_paths import ALSO_ACCEPTED_IMPAIRED, CALL_PATHS, RELAYED_PATHS
+from tests.helpers.lab_paths import (
+    ALSO_ACCEPTED_IMPAIRED,
+    CALL_PATHS,
+    RELAYED_PATHS,
+    call_relay_carriage,
+)
 from tests.helpers.repo import REPO
 
 #: the issue's impairment: each direction of every client's and supernode's link
@@ -82,6 +87,9 @@ class CallOutcome:
     #: the callee's final line (what it heard), from its ``calls`` entry
     callee_final: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    #: how the caller carried the call's frames at its end (``carried_as`` of its
+    #: ``call_ended`` log line): ``datagram`` or ``stream``
+    carried_as: str | None = None
 
     @property
     def pair(self) -> str:
@@ -90,7 +98,8 @@ class CallOutcome:
     def row(self) -> dict[str, Any]:
         f = self.final or {}
         return {"pair": self.pair, "expected": self.expected, "path": f.get("path"),
-                "relay": f.get("relay"), "mos": f.get("mos"), "loss_pct": f.get("loss_pct"),
+                "relay": f.get("relay"), "carried_as": self.carried_as, "mos": f.get("mos"),
+                "loss_pct": f.get("loss_pct"),
                 "late_pct": f.get("late_pct"), "jitter_ms": f.get("jitter_ms"),
                 "one_way_ms_p50": f.get("one_way_ms_p50"),
                 "one_way_ms_p95": f.get("one_way_ms_p95"),
@@ -157,15 +166,29 @@ def callee_final(ov: LabOverlay, callee: str, caller: str, since: float,
         time.sleep(0.2)
 
 
+def carried_as(ov: LabOverlay, caller: str, since: float) -> str | None:
+    """``carried_as`` of the caller's last ``call_ended`` log line logged after ``since``
+    (wall time): ``datagram`` or ``stream``."""
+    ended = ov.log_lines(caller, lambda e: e.get("event") == "call_ended", since=since)
+    value = ended[-1].get("carried_as") if ended else None
+    return value if isinstance(value, str) else None
+
+
 def judge(final: dict[str, Any] | None, rc: int, expected: str, seconds: float,
           impaired: bool, callee: dict[str, Any] | None = None,
-          floors: MosFloors | None = None) -> list[str]:
-    """What is wrong with a call's outcome (nothing: it meets the issue's bar)."""
+          floors: MosFloors | None = None, relay_carriage: str | None = None,
+          carried: str | None = None) -> list[str]:
+    """What is wrong with a call's outcome (nothing: it meets the issue's bar).
+    ``relay_carriage``: how the call must be carried if it is relayed (``carried``: how the
+    caller carried it)."""
     if rc != 0:
         return [f"overlay call exited {rc}"]
     if final is None:
         return ["no final JSON line"]
     problems = judge_line(final, expected, seconds, impaired, floors)
+    if relay_carriage is not None and final.get("path") in RELAYED_PATHS \
+            and carried != relay_carriage:
+        problems.append(f"relayed as {carried!r}, expected {relay_carriage!r}")
     if callee is None:
         problems.append("the callee shows no ended call")
     else:
@@ -209,8 +232,11 @@ def check_call(ov: LabOverlay, caller_kind: str, callee_kind: str, seconds: floa
     since = time.time() - 1.0
     rc, wall, output, final = place_call(ov, caller, callee, seconds)
     heard = callee_final(ov, callee, caller, since) if rc == 0 else None
+    carried = carried_as(ov, caller, since) if rc == 0 else None
     return CallOutcome(caller_kind, callee_kind, expected, rc, wall, final, output, heard,
-                       judge(final, rc, expected, seconds, impaired, heard, floors))
+                       judge(final, rc, expected, seconds, impaired, heard, floors,
+                             call_relay_carriage(caller_kind, callee_kind), carried),
+                       carried_as=carried)
 
 
 def run_calls(ov: LabOverlay, pairs: list[tuple[str, str]], seconds: float, impaired: bool,
@@ -240,7 +266,10 @@ def table(outcomes: list[CallOutcome]) -> str:
 
     for o in outcomes:
         r = o.row()
-        lines.append(f"{r['pair']:<24} {r['expected']:<10} {r['path'] or 'error':<10} "
+        path = r["path"] or "error"
+        if path in RELAYED_PATHS:  # which relay: the datagram relay (UDP) or the TCP relay
+            path += {"datagram": ":udp", "stream": ":tcp"}.get(str(r["carried_as"]), ":?")
+        lines.append(f"{r['pair']:<24} {r['expected']:<10} {path:<10} "
                      f"{f(r['mos'], 5)} {f(r['loss_pct'], 6)} {f(r['late_pct'], 6)} "
                      f"{f(r['jitter_ms'], 7)} {f(r['one_way_ms_p50'], 7)} "
                      f"{f(r['one_way_ms_p95'], 7)}  "

@@ -91,11 +91,16 @@ def two_per_kind(kinds: Iterable[str] = KINDS) -> dict[str, str]:
     return {f"{kind}-{i}": kind for kind in kinds for i in (1, 2)}
 
 
+#: the UDP port of each supernode's datagram relay (calls prefer it to the TCP relay); a
+#: supernode host is ``public`` (no router, no filtering), so nothing needs opening for it
+RELAY_UDP_PORT = 4001
+
 #: Every lab host's public address is in 198.18.0.0/24 (tools/natlab/topology), so a relay
 #: would count all the lab's clients as one network: its per-/24 relay limits (4 sessions,
 #: half the budget) would stand between the lab's concurrent relayed pairs. Real deployments
 #: keep the defaults; the per-/24 limits are tests/adversary/test_relay_abuse.py's.
-LAB_RELAY_ARGS = ("--relay-max-sessions-per-subnet", "64", "--relay-subnet-share", "1")
+LAB_RELAY_ARGS = ("--relay-max-sessions-per-subnet", "64", "--relay-subnet-share", "1",
+                  "--relay-udp-port", str(RELAY_UDP_PORT))
 
 
 @dataclass

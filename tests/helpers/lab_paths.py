@@ -14,9 +14,12 @@ Rules (the issue's table, as data in :data:`FILE_PATHS`):
   nothing to aim at) and ``symmetric`` with ``tcp-only`` (no UDP on one side, a random TCP
   port on the other).
 
-Calls take the same paths (:data:`CALL_PATHS`), except that a relayed call prefers a UDP
-relay where UDP gets out of both sides: change :data:`CALL_RELAY_PATH` (one place) when the
-supernodes' UDP datagram relay carries calls.
+Calls take the same paths (:data:`CALL_PATHS`), except that a relayed call goes through the
+supernodes' datagram relay (UDP) where UDP gets out of both sides, and through the TCP relay
+where one side is ``tcp-only`` (:func:`call_relay_carriage`). ``overlay call --json`` reports
+both as path ``relay`` (with the relay's key); which one carried the call is the caller's
+``call_ended`` log line's ``carried_as``: ``datagram`` (QUIC datagrams through the UDP relay)
+or ``stream`` (the TCP relay's byte stream).
 """
 
 from __future__ import annotations
@@ -49,28 +52,34 @@ FILE_PATHS: dict[tuple[str, str], str] = {
 #: accept them too, each judged by the path it took. Unimpaired runs do not accept them.
 ALSO_ACCEPTED_IMPAIRED: dict[str, set[str]] = {D: {P, T}, P: {R, T}, T: {R}}
 
-#: the path a relayed call reports when neither side is ``tcp-only`` (UDP gets out of both):
-#: ``relay`` (the TCP relay) until the supernodes' UDP datagram relay carries calls
+#: the path ``overlay call --json`` reports for a relayed call, through the datagram relay
+#: (UDP) or the TCP relay alike: ``relay``
 CALL_RELAY_PATH = R
 #: paths that go through a relay (the rest are direct: the call thresholds differ)
 RELAYED_PATHS = frozenset({R, CALL_RELAY_PATH})
+#: how a relayed call's frames are carried (the caller's ``call_ended`` log: ``carried_as``):
+#: as QUIC datagrams through a supernode's datagram relay (the lab's supernodes run one,
+#: :data:`tests.helpers.lab_overlay.RELAY_UDP_PORT`), or on the TCP relay's stream
+UDP_RELAY, TCP_RELAY = "datagram", "stream"
 
 
-#: kinds whose routers translate UDP randomly: between two of them no UDP attempt runs (a
-#: ``mapping`` router's NAT is symmetric too), so a call stays on direct TCP
-RANDOM_UDP_KINDS = frozenset({"symmetric", "mapping"})
+def call_relay_carriage(caller: str, callee: str) -> str:
+    """How a call between these kinds is carried when it is relayed: through the datagram
+    relay where UDP gets out of both sides (a call prefers it), else through the TCP relay."""
+    return TCP_RELAY if "tcp-only" in (caller, callee) else UDP_RELAY
 
 
 def call_path(caller: str, callee: str) -> str:
     """The path ``overlay call --json`` must report (its final line) for a call between these
     kinds: where a UDP attempt runs, a call moves off direct TCP to the punched UDP path
     that completes later, or starts on it (:func:`overlay.media.techniques.call_moves_to`,
-    :data:`overlay.media.path_opening.CALL_PREFER_UDP_S`)."""
+    :data:`overlay.media.path_opening.CALL_PREFER_UDP_S`). A UDP attempt runs wherever UDP
+    gets out of both sides, except between two ``symmetric`` ones: a ``mapping`` side's
+    router-mapped UDP port takes the other side's probes whatever port its NAT picks
+    (:func:`overlay.media.punch.punch_feasible`)."""
     path = FILE_PATHS[(caller, callee)]
     if "tcp-only" in (caller, callee):
         return path
-    if path == D and {caller, callee} <= RANDOM_UDP_KINDS:
-        return D
     return {R: CALL_RELAY_PATH, D: P}.get(path, path)
 
 

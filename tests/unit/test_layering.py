@@ -80,6 +80,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/connect_stats.py",
     "overlay/media/direct_paths.py",
     "overlay/media/move_rules.py",
+    "overlay/media/selection.py",
     "overlay/media/signalling.py",
     "overlay/media/portmap.py",
     "overlay/media/portmap_wire.py",

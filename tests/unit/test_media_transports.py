@@ -556,6 +556,9 @@ def test_punch_feasible() -> None:
     assert punch_feasible("cone", "cone") and punch_feasible("public", "symmetric")
     assert not punch_feasible("symmetric", "symmetric")
     assert not punch_feasible("no-udp", "cone")
+    # a router mapping of one side's UDP socket: its port takes the other side's probes
+    assert punch_feasible("symmetric", "symmetric", mapped=True)
+    assert not punch_feasible("no-udp", "symmetric", mapped=True)
 
 
 async def punched_pair(
