@@ -11,12 +11,14 @@ Fixes over ``kademlia.crawling``:
   ``{"x": 1}``, junk node tuples) counts as a failed contact instead of raising mid-crawl;
 * a value lookup merges the answers of several close nodes and returns every valid record,
   newest per (owner, device), instead of the first value that arrived; it also keeps each
-  holder's own answer. For a name (records that claim one) it stops early only once more than
-  half of k holders agree on one signer key, else it asks all k closest nodes: a few Sybils
-  placed next to the key and answering first cannot end the lookup (the majority decides:
-  :mod:`overlay.dht.names`). Among its k closest candidates, a value lookup asks the peers
-  that already share a session key first (no signature, no cookie): the order never decides
-  a name, since an early stop needs that many unanimous holders;
+  holder's own answer. For a name (records that claim one) it stops early only while every
+  holder so far agrees on one signer key: once holders of ``name_uncontested_networks`` (5)
+  distinct /24s (/48s) answered (the uncontested fast path), or more than half of k holders;
+  any other key seen and it asks all k closest nodes: a few Sybils of one network placed
+  next to the key and answering first cannot end the lookup, they contest it (the majority
+  decides: :mod:`overlay.dht.names`). Among its k closest candidates, a value lookup asks the
+  peers that already share a session key first (no signature, no cookie): the order never
+  decides a name, since an early stop needs that many unanimous networks or holders;
 * contacts in answers are parsed as tuples, and a ``Node`` is built only for ids new to the
   lookup; the candidates are a sorted list; each request reports its end by callback.
 
@@ -302,6 +304,8 @@ class ValueTally:
         self.by_holder: dict[bytes, tuple[SignedRecord, ...]] = {}
         #: the signer keys of the name records seen so far, per holder that sent any
         self.signers: set[frozenset[bytes]] = set()
+        #: the networks (/24, /48) of the asked holders that sent name records
+        self.name_networks: set[str] = set()
         self.rejected = 0
 
     @property
@@ -313,13 +317,17 @@ class ValueTally:
         for a name at all, e.g. the supernode directory)."""
         return len(self.signers) <= 1 and all(len(keys) <= 1 for keys in self.signers)
 
-    def add(self, node_id: bytes, held: list[SignedRecord]) -> None:
+    def add(self, node_id: bytes, held: list[SignedRecord], network: str | None = None) -> None:
+        """One holder's answer; ``network`` is the /24 (/48) it answered from (None for this
+        node's own records: they count as a holder, never as a network)."""
         if node_id in self.by_holder:
             return
         self.by_holder[node_id] = tuple(held)
         signers = frozenset(s.record.signer for s in held if s.record.claimed_name is not None)
         if signers:
             self.signers.add(signers)
+            if network is not None:
+                self.name_networks.add(network)
         for signed in held:
             current = self.found.get(signed.slot)
             if current is None or signed.seq > current.seq:
@@ -350,6 +358,8 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         self.quorum = quorum
         #: holders that must agree before a name lookup stops early (default: a majority of k)
         self.name_quorum = max(quorum, ksize // 2 + 1) if name_quorum is None else name_quorum
+        #: unanimous holders of this many distinct networks also end a name lookup
+        self.uncontested_networks: int = protocol.config.name_uncontested_networks
         self.verify = verify
         self.tally = tally or ValueTally()
 
@@ -380,9 +390,11 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
             return tally.holders >= self.quorum
         if not tally.agreed() or tally.holders < self.quorum:
             return False
-        # unanimous: enough of k, or everyone left to ask is only a straggler (whose vote
-        # could turn the answer into a conflict at most, never into another owner)
-        return tally.holders >= self.name_quorum or not self.nearest.any_uncontacted()
+        # unanimous so far: holders of enough distinct networks (the uncontested fast path),
+        # enough of k, or everyone left to ask is only a straggler (whose vote could turn the
+        # answer into a conflict at most, never into another owner)
+        return (len(tally.name_networks) >= self.uncontested_networks
+                or tally.holders >= self.name_quorum or not self.nearest.any_uncontacted())
 
     def agreed(self) -> bool:
         return self.tally.agreed()
@@ -390,8 +402,9 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
     def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """Closest first, but peers that already share a session key with us before the
         others (no signature either way, no cookie round trip). Which of the k closest
-        answer first never decides a name: the early stop needs ``name_quorum`` unanimous
-        holders among them, so a mixed set asks all k and the majority decides."""
+        answer first never decides a name: the early stop needs unanimous holders of
+        ``uncontested_networks`` networks (or ``name_quorum`` holders) among them, so a mixed
+        set asks all k and the majority decides."""
         holds_ours = self.protocol.sessions.holds_ours
         later = []
         for n in uncontacted:
@@ -421,7 +434,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
                 continue
             held.append(signed)
         if held:
-            self.tally.add(peer.id, held)
+            self.tally.add(peer.id, held, network_key(peer.ip))
         return True
 
 
