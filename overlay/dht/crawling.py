@@ -230,8 +230,9 @@ class _InflightCrawl:
             nudge()
 
         while not self._is_done():
+            slots = self._slots()
             for peer in self._order(self.nearest.get_uncontacted()):
-                if len(pending) - len(slow) >= self.alpha:
+                if len(pending) - len(slow) >= slots:
                     break
                 self.nearest.mark_contacted(peer)
                 if not self.nearest.share.claim(peer.id):  # another path asked it
@@ -262,6 +263,10 @@ class _InflightCrawl:
     def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """The order to ask the uncontacted among the k closest candidates in."""
         return uncontacted
+
+    def _slots(self) -> int:
+        """How many requests may be in flight now (not counting slow ones)."""
+        return self.alpha
 
     def _enough_answers(self) -> bool:
         """Once k nodes answered and nobody closer is left to ask, slow contacts are not
@@ -398,6 +403,20 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
 
     def agreed(self) -> bool:
         return self.tally.agreed()
+
+    def _slots(self) -> int:
+        """alpha, but no more requests in flight than answers that could still be needed
+        for an early stop: each answer adds at most one holder and one network, so asking
+        more would only send requests whose answers come after the lookup ended."""
+        tally = self.tally
+        if not tally.holders or not tally.agreed():
+            return self.alpha
+        if not tally.signers:
+            needed = self.quorum - tally.holders
+        else:
+            needed = min(self.uncontested_networks - len(tally.name_networks),
+                         max(self.quorum, self.name_quorum) - tally.holders)
+        return max(1, min(self.alpha, needed))
 
     def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """Closest first, but peers that already share a session key with us before the
