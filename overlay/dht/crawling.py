@@ -204,6 +204,15 @@ class _InflightCrawl:
     def _is_done(self) -> bool:
         return False
 
+    #: wakes the running crawl's loop (set while it runs)
+    _nudge: Callable[[], None] | None = None
+
+    def wake_up(self) -> None:
+        """Make a running crawl look at its state again (e.g. a shared tally that says it
+        is done)."""
+        if self._nudge is not None:
+            self._nudge()
+
     def _accept(self, peer: Node, payload: object) -> bool:
         raise NotImplementedError
 
@@ -221,6 +230,8 @@ class _InflightCrawl:
             if not wake[0].done():
                 wake[0].set_result(None)
 
+        self._nudge = nudge
+
         def went_slow(peer_id: bytes) -> None:
             slow.add(peer_id)
             nudge()
@@ -229,10 +240,20 @@ class _InflightCrawl:
             ended.append((peer, request))
             nudge()
 
+        #: requests past the expected round trip: they hold an alpha slot until slow, but
+        #: no longer a slot of a lookup that asks only as many as it still needs (a dead
+        #: contact near the end would otherwise stall it for a whole short timeout)
+        overdue: set[bytes] = set()
+
+        def went_overdue(peer_ids: list[bytes]) -> None:
+            overdue.update(peer_ids)
+            nudge()
+
         while not self._is_done():
             slots = self._slots()
             for peer in self._order(self.nearest.get_uncontacted()):
-                if len(pending) - len(slow) >= slots:
+                if (len(pending) - len(slow) >= self.alpha
+                        or len(pending) - len(slow | overdue) >= slots):
                     break
                 self.nearest.mark_contacted(peer)
                 if not self.nearest.share.claim(peer.id):  # another path asked it
@@ -245,12 +266,19 @@ class _InflightCrawl:
             if not pending:
                 break
             if not ended:
+                timer = None
+                if slots < self.alpha:
+                    waiting = [p for p in pending if p not in overdue]
+                    timer = loop.call_later(self.protocol.rtt.expected(), went_overdue, waiting)
                 await wake[0]
                 wake[0] = loop.create_future()
+                if timer is not None:
+                    timer.cancel()
             while ended:
                 peer, finished = ended.popleft()
                 pending.discard(peer.id)
                 slow.discard(peer.id)
+                overdue.discard(peer.id)
                 ok, reply = finished.result()
                 if ok and self._accept(peer, reply.payload):
                     self.answered[peer.id] = peer
@@ -265,7 +293,7 @@ class _InflightCrawl:
         return uncontacted
 
     def _slots(self) -> int:
-        """How many requests may be in flight now (not counting slow ones)."""
+        """How many requests may be in flight now (not counting slow or overdue ones)."""
         return self.alpha
 
     def _enough_answers(self) -> bool:
@@ -489,8 +517,17 @@ class DisjointValueLookup:
             self.tally.add(node_id, held)
 
     async def find(self) -> list[SignedRecord]:
-        await asyncio.gather(*(path.find() for path in self.paths))
+        """Every path's crawl; when one ends, the others look at the shared tally at once
+        instead of at their next answer (which, from a dead node, is a timeout away)."""
+        crawls = [asyncio.ensure_future(path.find()) for path in self.paths]
+        for crawl in crawls:
+            crawl.add_done_callback(self._wake_paths)
+        await asyncio.gather(*crawls)
         return list(self.tally.found.values())
+
+    def _wake_paths(self, _: object) -> None:
+        for path in self.paths:
+            path.wake_up()
 
     @property
     def by_holder(self) -> dict[bytes, tuple[SignedRecord, ...]]:
