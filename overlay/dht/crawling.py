@@ -27,7 +27,7 @@ candidate only when its id solves the network's id puzzle, and at most
 ``max_lookup_contacts_per_subnet`` (3) candidates of one lookup share an IPv4 /24 (IPv6 /48),
 so no response can steer a lookup to invalid ids or fill it from one network, and one network
 never holds more than a few of the votes that decide a name. A name lookup
-(:class:`DisjointValueLookup`) takes d disjoint paths as in S/Kademlia: the initial contacts
+(:class:`overlay.dht.disjoint.DisjointValueLookup`) takes d disjoint paths as in S/Kademlia: the initial contacts
 are dealt into d sets, each path keeps its own candidates, and no node is asked by two paths;
 the holders' answers of all paths are tallied together.
 """
@@ -369,7 +369,7 @@ class ValueTally:
 
 class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
     """Collect the records under a key from its closest nodes, newest per slot (one path;
-    the paths of a :class:`DisjointValueLookup` share their ``share`` and ``tally``)."""
+    the paths of a :class:`~overlay.dht.disjoint.DisjointValueLookup` share their ``share`` and ``tally``)."""
 
     def __init__(
         self,
@@ -483,52 +483,3 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         if held:
             self.tally.add(peer.id, held, network_key(peer.ip))
         return True
-
-
-class DisjointValueLookup:
-    """A value lookup over ``paths`` disjoint paths (S/Kademlia): the initial contacts are
-    dealt round-robin into the paths (closest first), each path crawls with its own candidates
-    and never asks a node another path asked, and every holder's answer goes into one
-    :class:`ValueTally`. The lookup ends when every path has ended (a path ends on the tally's
-    early-stop rule, or when its own k closest answered)."""
-
-    def __init__(
-        self,
-        protocol: Any,
-        node: Node,
-        peers: list[Node],
-        ksize: int,
-        alpha: int,
-        quorum: int,
-        verify: Callable[[object], SignedRecord],
-        paths: int,
-    ) -> None:
-        self.share = LookupShare.for_protocol(protocol)
-        self.tally = ValueTally()
-        count = max(1, min(paths, len(peers)))
-        self.paths = [
-            OverlayValueCrawl(protocol, node, peers[i::count], ksize, alpha, quorum, verify,
-                              share=self.share, tally=self.tally)
-            for i in range(count)
-        ]
-
-    def seed(self, node_id: bytes, held: list[SignedRecord]) -> None:
-        if held:
-            self.tally.add(node_id, held)
-
-    async def find(self) -> list[SignedRecord]:
-        """Every path's crawl; when one ends, the others look at the shared tally at once
-        instead of at their next answer (which, from a dead node, is a timeout away)."""
-        crawls = [asyncio.ensure_future(path.find()) for path in self.paths]
-        for crawl in crawls:
-            crawl.add_done_callback(self._wake_paths)
-        await asyncio.gather(*crawls)
-        return list(self.tally.found.values())
-
-    def _wake_paths(self, _: object) -> None:
-        for path in self.paths:
-            path.wake_up()
-
-    @property
-    def by_holder(self) -> dict[bytes, tuple[SignedRecord, ...]]:
-        return self.tally.by_holder

@@ -13,7 +13,8 @@ from kademlia.node import Node
 from overlay.core import records
 from overlay.core.identity import Identity, KeyFileError, id_puzzle_ok
 from overlay.dht import DHTConfig, DHTNode
-from overlay.dht.crawling import DisjointValueLookup, LookupShare
+from overlay.dht.crawling import LookupShare
+from overlay.dht.disjoint import DisjointValueLookup
 from overlay.dht.routing import OverlayRoutingTable, TableLimits
 from tests.helpers.netutil import Network, loopback_ips, network_config, node_identity, wait_for
 
