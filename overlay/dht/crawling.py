@@ -11,12 +11,14 @@ Fixes over ``kademlia.crawling``:
   ``{"x": 1}``, junk node tuples) counts as a failed contact instead of raising mid-crawl;
 * a value lookup merges the answers of several close nodes and returns every valid record,
   newest per (owner, device), instead of the first value that arrived; it also keeps each
-  holder's own answer. For a name (records that claim one) it stops early only once more than
-  half of k holders agree on one signer key, else it asks all k closest nodes: a few Sybils
-  placed next to the key and answering first cannot end the lookup (the majority decides:
-  :mod:`overlay.dht.names`). Among its k closest candidates, a value lookup asks the peers
-  that already share a session key first (no signature, no cookie): the order never decides
-  a name, since an early stop needs that many unanimous holders;
+  holder's own answer. For a name (records that claim one) it stops early only while every
+  holder so far agrees on one signer key: once holders of ``name_uncontested_networks`` (5)
+  distinct /24s (/48s) answered (the uncontested fast path), or more than half of k holders;
+  any other key seen and it asks all k closest nodes: a few Sybils of one network placed
+  next to the key and answering first cannot end the lookup, they contest it (the majority
+  decides: :mod:`overlay.dht.names`). Among its k closest candidates, a value lookup asks the
+  peers that already share a session key first (no signature, no cookie): the order never
+  decides a name, since an early stop needs that many unanimous networks or holders;
 * contacts in answers are parsed as tuples, and a ``Node`` is built only for ids new to the
   lookup; the candidates are a sorted list; each request reports its end by callback.
 
@@ -25,7 +27,7 @@ candidate only when its id solves the network's id puzzle, and at most
 ``max_lookup_contacts_per_subnet`` (3) candidates of one lookup share an IPv4 /24 (IPv6 /48),
 so no response can steer a lookup to invalid ids or fill it from one network, and one network
 never holds more than a few of the votes that decide a name. A name lookup
-(:class:`DisjointValueLookup`) takes d disjoint paths as in S/Kademlia: the initial contacts
+(:class:`overlay.dht.disjoint.DisjointValueLookup`) takes d disjoint paths as in S/Kademlia: the initial contacts
 are dealt into d sets, each path keeps its own candidates, and no node is asked by two paths;
 the holders' answers of all paths are tallied together.
 """
@@ -202,6 +204,15 @@ class _InflightCrawl:
     def _is_done(self) -> bool:
         return False
 
+    #: wakes the running crawl's loop (set while it runs)
+    _nudge: Callable[[], None] | None = None
+
+    def wake_up(self) -> None:
+        """Make a running crawl look at its state again (e.g. a shared tally that says it
+        is done)."""
+        if self._nudge is not None:
+            self._nudge()
+
     def _accept(self, peer: Node, payload: object) -> bool:
         raise NotImplementedError
 
@@ -219,6 +230,8 @@ class _InflightCrawl:
             if not wake[0].done():
                 wake[0].set_result(None)
 
+        self._nudge = nudge
+
         def went_slow(peer_id: bytes) -> None:
             slow.add(peer_id)
             nudge()
@@ -227,9 +240,20 @@ class _InflightCrawl:
             ended.append((peer, request))
             nudge()
 
+        #: requests past the expected round trip: they hold an alpha slot until slow, but
+        #: no longer a slot of a lookup that asks only as many as it still needs (a dead
+        #: contact near the end would otherwise stall it for a whole short timeout)
+        overdue: set[bytes] = set()
+
+        def went_overdue(peer_ids: list[bytes]) -> None:
+            overdue.update(peer_ids)
+            nudge()
+
         while not self._is_done():
+            slots = self._slots()
             for peer in self._order(self.nearest.get_uncontacted()):
-                if len(pending) - len(slow) >= self.alpha:
+                if (len(pending) - len(slow) >= self.alpha
+                        or len(pending) - len(slow | overdue) >= slots):
                     break
                 self.nearest.mark_contacted(peer)
                 if not self.nearest.share.claim(peer.id):  # another path asked it
@@ -242,12 +266,19 @@ class _InflightCrawl:
             if not pending:
                 break
             if not ended:
+                timer = None
+                if slots < self.alpha:
+                    waiting = [p for p in pending if p not in overdue]
+                    timer = loop.call_later(self.protocol.rtt.expected(), went_overdue, waiting)
                 await wake[0]
                 wake[0] = loop.create_future()
+                if timer is not None:
+                    timer.cancel()
             while ended:
                 peer, finished = ended.popleft()
                 pending.discard(peer.id)
                 slow.discard(peer.id)
+                overdue.discard(peer.id)
                 ok, reply = finished.result()
                 if ok and self._accept(peer, reply.payload):
                     self.answered[peer.id] = peer
@@ -260,6 +291,10 @@ class _InflightCrawl:
     def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """The order to ask the uncontacted among the k closest candidates in."""
         return uncontacted
+
+    def _slots(self) -> int:
+        """How many requests may be in flight now (not counting slow or overdue ones)."""
+        return self.alpha
 
     def _enough_answers(self) -> bool:
         """Once k nodes answered and nobody closer is left to ask, slow contacts are not
@@ -302,6 +337,8 @@ class ValueTally:
         self.by_holder: dict[bytes, tuple[SignedRecord, ...]] = {}
         #: the signer keys of the name records seen so far, per holder that sent any
         self.signers: set[frozenset[bytes]] = set()
+        #: the networks (/24, /48) of the asked holders that sent name records
+        self.name_networks: set[str] = set()
         self.rejected = 0
 
     @property
@@ -313,13 +350,17 @@ class ValueTally:
         for a name at all, e.g. the supernode directory)."""
         return len(self.signers) <= 1 and all(len(keys) <= 1 for keys in self.signers)
 
-    def add(self, node_id: bytes, held: list[SignedRecord]) -> None:
+    def add(self, node_id: bytes, held: list[SignedRecord], network: str | None = None) -> None:
+        """One holder's answer; ``network`` is the /24 (/48) it answered from (None for this
+        node's own records: they count as a holder, never as a network)."""
         if node_id in self.by_holder:
             return
         self.by_holder[node_id] = tuple(held)
         signers = frozenset(s.record.signer for s in held if s.record.claimed_name is not None)
         if signers:
             self.signers.add(signers)
+            if network is not None:
+                self.name_networks.add(network)
         for signed in held:
             current = self.found.get(signed.slot)
             if current is None or signed.seq > current.seq:
@@ -328,7 +369,7 @@ class ValueTally:
 
 class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
     """Collect the records under a key from its closest nodes, newest per slot (one path;
-    the paths of a :class:`DisjointValueLookup` share their ``share`` and ``tally``)."""
+    the paths of a :class:`~overlay.dht.disjoint.DisjointValueLookup` share their ``share`` and ``tally``)."""
 
     def __init__(
         self,
@@ -350,6 +391,8 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         self.quorum = quorum
         #: holders that must agree before a name lookup stops early (default: a majority of k)
         self.name_quorum = max(quorum, ksize // 2 + 1) if name_quorum is None else name_quorum
+        #: unanimous holders of this many distinct networks also end a name lookup
+        self.uncontested_networks: int = protocol.config.name_uncontested_networks
         self.verify = verify
         self.tally = tally or ValueTally()
 
@@ -380,18 +423,35 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
             return tally.holders >= self.quorum
         if not tally.agreed() or tally.holders < self.quorum:
             return False
-        # unanimous: enough of k, or everyone left to ask is only a straggler (whose vote
-        # could turn the answer into a conflict at most, never into another owner)
-        return tally.holders >= self.name_quorum or not self.nearest.any_uncontacted()
+        # unanimous so far: holders of enough distinct networks (the uncontested fast path),
+        # enough of k, or everyone left to ask is only a straggler (whose vote could turn the
+        # answer into a conflict at most, never into another owner)
+        return (len(tally.name_networks) >= self.uncontested_networks
+                or tally.holders >= self.name_quorum or not self.nearest.any_uncontacted())
 
     def agreed(self) -> bool:
         return self.tally.agreed()
 
+    def _slots(self) -> int:
+        """alpha, but no more requests in flight than answers that could still be needed
+        for an early stop: each answer adds at most one holder and one network, so asking
+        more would only send requests whose answers come after the lookup ended."""
+        tally = self.tally
+        if not tally.holders or not tally.agreed():
+            return self.alpha
+        if not tally.signers:
+            needed = self.quorum - tally.holders
+        else:
+            needed = min(self.uncontested_networks - len(tally.name_networks),
+                         max(self.quorum, self.name_quorum) - tally.holders)
+        return max(1, min(self.alpha, needed))
+
     def _order(self, uncontacted: list[Node]) -> Iterable[Node]:
         """Closest first, but peers that already share a session key with us before the
         others (no signature either way, no cookie round trip). Which of the k closest
-        answer first never decides a name: the early stop needs ``name_quorum`` unanimous
-        holders among them, so a mixed set asks all k and the majority decides."""
+        answer first never decides a name: the early stop needs unanimous holders of
+        ``uncontested_networks`` networks (or ``name_quorum`` holders) among them, so a mixed
+        set asks all k and the majority decides."""
         holds_ours = self.protocol.sessions.holds_ours
         later = []
         for n in uncontacted:
@@ -421,45 +481,5 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
                 continue
             held.append(signed)
         if held:
-            self.tally.add(peer.id, held)
+            self.tally.add(peer.id, held, network_key(peer.ip))
         return True
-
-
-class DisjointValueLookup:
-    """A value lookup over ``paths`` disjoint paths (S/Kademlia): the initial contacts are
-    dealt round-robin into the paths (closest first), each path crawls with its own candidates
-    and never asks a node another path asked, and every holder's answer goes into one
-    :class:`ValueTally`. The lookup ends when every path has ended (a path ends on the tally's
-    early-stop rule, or when its own k closest answered)."""
-
-    def __init__(
-        self,
-        protocol: Any,
-        node: Node,
-        peers: list[Node],
-        ksize: int,
-        alpha: int,
-        quorum: int,
-        verify: Callable[[object], SignedRecord],
-        paths: int,
-    ) -> None:
-        self.share = LookupShare.for_protocol(protocol)
-        self.tally = ValueTally()
-        count = max(1, min(paths, len(peers)))
-        self.paths = [
-            OverlayValueCrawl(protocol, node, peers[i::count], ksize, alpha, quorum, verify,
-                              share=self.share, tally=self.tally)
-            for i in range(count)
-        ]
-
-    def seed(self, node_id: bytes, held: list[SignedRecord]) -> None:
-        if held:
-            self.tally.add(node_id, held)
-
-    async def find(self) -> list[SignedRecord]:
-        await asyncio.gather(*(path.find() for path in self.paths))
-        return list(self.tally.found.values())
-
-    @property
-    def by_holder(self) -> dict[bytes, tuple[SignedRecord, ...]]:
-        return self.tally.by_holder

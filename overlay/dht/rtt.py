@@ -32,5 +32,13 @@ class RttEstimator:
         srtt, var = est
         return max(self.minimum, min(self.maximum, srtt + 4 * var))
 
+    def expected(self) -> float:
+        """How long a round trip takes at most in the network as seen so far (the RTO
+        without its minimum): a request unanswered past this is probably lost."""
+        if self.overall is None:
+            return self.maximum
+        srtt, var = self.overall
+        return min(self.maximum, srtt + 4 * var)
+
     def forget(self, node_id: bytes) -> None:
         self.per_node.pop(node_id, None)

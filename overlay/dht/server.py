@@ -26,7 +26,8 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord, WrongKey
 from overlay.core.tasks import TaskSet
-from overlay.dht.crawling import DisjointValueLookup, OverlayNodeCrawl, OverlayValueCrawl
+from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
+from overlay.dht.disjoint import DisjointValueLookup
 from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
 from overlay.dht.storage import RecordStorage
 

@@ -13,7 +13,8 @@ from kademlia.node import Node
 from overlay.core import records
 from overlay.core.identity import Identity, KeyFileError, id_puzzle_ok
 from overlay.dht import DHTConfig, DHTNode
-from overlay.dht.crawling import DisjointValueLookup, LookupShare
+from overlay.dht.crawling import LookupShare
+from overlay.dht.disjoint import DisjointValueLookup
 from overlay.dht.routing import OverlayRoutingTable, TableLimits
 from tests.helpers.netutil import Network, loopback_ips, network_config, node_identity, wait_for
 
@@ -122,7 +123,8 @@ async def test_name_lookup_paths_are_disjoint_and_tallied_together():
         for i in range(3):
             for j in range(i + 1, 3):
                 assert not asked_by_path[i] & asked_by_path[j], "two paths asked one node"
-        assert len(lookup.by_holder) >= 11  # the holders' early-stop majority, over all paths
+        # unanimous holders of enough networks (the fast path), tallied over all paths
+        assert len(lookup.tally.name_networks) >= proto.config.name_uncontested_networks
     finally:
         net.stop()
 
