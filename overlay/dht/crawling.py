@@ -27,9 +27,9 @@ candidate only when its id solves the network's id puzzle, and at most
 ``max_lookup_contacts_per_subnet`` (3) candidates of one lookup share an IPv4 /24 (IPv6 /48),
 so no response can steer a lookup to invalid ids or fill it from one network, and one network
 never holds more than a few of the votes that decide a name. A name lookup
-(:class:`overlay.dht.disjoint.DisjointValueLookup`) takes d disjoint paths as in S/Kademlia: the initial contacts
-are dealt into d sets, each path keeps its own candidates, and no node is asked by two paths;
-the holders' answers of all paths are tallied together.
+(:class:`overlay.dht.disjoint.DisjointValueLookup`) takes d disjoint paths as in S/Kademlia:
+the initial contacts are dealt into d sets, each path keeps its own candidates, and no node
+is asked by two paths; the holders' answers of all paths are tallied together.
 """
 
 from __future__ import annotations
@@ -369,7 +369,8 @@ class ValueTally:
 
 class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
     """Collect the records under a key from its closest nodes, newest per slot (one path;
-    the paths of a :class:`~overlay.dht.disjoint.DisjointValueLookup` share their ``share`` and ``tally``)."""
+    the paths of a :class:`~overlay.dht.disjoint.DisjointValueLookup` share their ``share``
+    and ``tally``)."""
 
     def __init__(
         self,
