@@ -122,8 +122,9 @@ class PathOpener:
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s
-        # the callee may dial us as soon as it has answered, before its answer reaches us
-        self.paths.listener.expect(s.session_id)
+        # the callee may dial us as soon as it has answered, before its answer reaches us:
+        # our salt goes out on its connection at once, so its confirmation is here with it
+        self.paths.listener.expect(s.session_id, early_salt=True)
         try:
             local = await gathering
             setup.add("candidates")

@@ -109,6 +109,11 @@ def derive_keys(
     return (i2r, r2i) if initiator else (r2i, i2r)
 
 
+def new_path_salt() -> bytes:
+    """A fresh random path salt (one per side per path, never reused)."""
+    return os.urandom(PATH_SALT_BYTES)
+
+
 def _nonce(counter: int) -> bytes:
     return b"\x00\x00\x00\x00" + counter.to_bytes(8, "big")
 
@@ -300,19 +305,23 @@ class SecureByteStream:
 
 async def secure(
     stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
-    timeout: float = 5.0, relay: RelayRef | None = None,
+    timeout: float = 5.0, relay: RelayRef | None = None, sent_salt: bytes | None = None,
 ) -> SecureByteStream:
     """Both sides send a fresh path salt, derive this path's keys from both salts, send their
-    confirmation and wait for the peer's (all within ``timeout``).
+    confirmation and wait for the peer's (all within ``timeout``). ``sent_salt``: the salt
+    this side already sent first on ``stream`` (before it knew the keys), not sent again.
 
     On success the path is authenticated end to end. On any failure the raw stream is closed
     and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
     """
-    own_salt = os.urandom(PATH_SALT_BYTES)
+    own_salt = sent_salt if sent_salt is not None else new_path_salt()
+    if len(own_salt) != PATH_SALT_BYTES:
+        raise SecureStreamError("bad_key", f"a path salt is {PATH_SALT_BYTES} bytes")
     pending = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            await stream.send(own_salt)
+            if sent_salt is None:
+                await stream.send(own_salt)
             received = bytearray()
             while len(received) < PATH_SALT_BYTES:
                 data = await stream.recv(65536)
