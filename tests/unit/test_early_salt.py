@@ -15,7 +15,7 @@ from overlay.media.tcp_listener import MediaListener, dial_tcp
 from tests.helpers.latency_proxy import LatencyProxy
 from tests.helpers.netutil import loopback_ips
 
-RTT_S = 1.0
+RTT_S = 1.6
 PROXY_PORT = 45123
 
 
