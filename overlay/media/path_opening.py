@@ -37,6 +37,7 @@ from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
+    FILE,
     Offer,
     new_session_id,
     sign_offer,
@@ -122,8 +123,9 @@ class PathOpener:
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s
-        # the callee may dial us as soon as it has answered, before its answer reaches us
-        self.paths.listener.expect(s.session_id)
+        # the callee may dial us as soon as it has answered, before its answer reaches us:
+        # our salt goes out on its connection at once, so its confirmation is here with it
+        self.paths.listener.expect(s.session_id, early_salt=True)
         try:
             local = await gathering
             setup.add("candidates")
@@ -180,7 +182,8 @@ class PathOpener:
             late = late_paths(purpose, plan.upgrade_s)
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self.paths.securer(s, shared, transcript),
+                    attempts, self.paths.securer(s, shared, transcript,
+                                                 early_select=purpose == FILE),
                     staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s, log=slog,
                     late=late, prefer_udp_s=CALL_PREFER_UDP_S if purpose == CALL else 0.0)
             except NoPath as exc:
