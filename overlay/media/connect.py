@@ -8,10 +8,7 @@ hole punching with QUIC on top (``udp-punch``, or ``udp-birthday`` when one side
 symmetric NAT: the relay then waits longer), then (when available) a relay. Every
 attempt ends in :func:`overlay.media.secure_stream.secure` with the invite/answer keys (and
 keys of its own per path, from both sides' path salts), so a path that reaches the wrong
-party, or a party without the keys, never wins. One exception, for speed: a file's caller
-takes the callee's connection to its listener once its own confirmation is out (the first
-read checks the callee's; :func:`overlay.media.transport_hooks.secure`): whoever dialled
-it with the session id may win that way, reads nothing, and fails the send's first read. The addresses dialled are the peer's
+party, or a party without the keys, never wins. The addresses dialled are the peer's
 candidates that :mod:`overlay.media.candidate_policy` allows (the media service filters them).
 
 Both sides may complete more than one path (two TCP connections crossing, say). The invite's
