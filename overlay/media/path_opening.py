@@ -37,7 +37,6 @@ from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
-    FILE,
     Offer,
     new_session_id,
     sign_offer,
@@ -182,8 +181,7 @@ class PathOpener:
             late = late_paths(purpose, plan.upgrade_s)
             try:
                 stream, timeline = await connect_as_initiator(
-                    attempts, self.paths.securer(s, shared, transcript,
-                                                 early_select=purpose == FILE),
+                    attempts, self.paths.securer(s, shared, transcript),
                     staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s, log=slog,
                     late=late, prefer_udp_s=CALL_PREFER_UDP_S if purpose == CALL else 0.0)
             except NoPath as exc:

@@ -232,12 +232,8 @@ class Paths:
         staggers = {**default_staggers(attempts), **plan.staggers}
         return replace(plan, staggers=call_relays.call_staggers(staggers, attempts))
 
-    def securer(self, s: Session, shared: bytes, transcript: bytes,
-                early_select: bool = False) -> Securer:
-        """Secures each raw path of session ``s`` (``early_select``:
-        :func:`.transport_hooks.secure`'s)."""
+    def securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
-            return await transport_hooks.secure(raw, shared, transcript, s.initiator,
-                                                early_select)
+            return await transport_hooks.secure(raw, shared, transcript, s.initiator)
         return secure
 

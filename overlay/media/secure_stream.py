@@ -252,15 +252,12 @@ class SecureByteStream:
     """
 
     def __init__(self, raw: ByteStream, framer: SecureFramer, pending: bytes = b"",
-                 relay: RelayRef | None = None, confirm_by: float | None = None) -> None:
+                 relay: RelayRef | None = None) -> None:
         self.raw = raw
         self.framer = framer
         self.path = raw.path
         #: the relay carrying ``raw``, when the caller says so (a media path's ``relay``)
         self.relay = relay
-        #: the peer's confirmation is still to come (``secure(confirm_later=True)``): the
-        #: event loop time by which it must have arrived, checked on reading
-        self.confirm_by = confirm_by
         self._pending = bytearray(pending)
         self._eof = False
         self._send_lock = asyncio.Lock()
@@ -281,7 +278,7 @@ class SecureByteStream:
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
         while not self._pending and not self._eof:
-            data = await self._raw_recv()
+            data = await self.raw.recv(65536)
             if not data:
                 self.framer.feed_eof()
                 self._eof = True
@@ -293,18 +290,6 @@ class SecureByteStream:
         out = bytes(self._pending[:max_bytes])
         del self._pending[:max_bytes]
         return out
-
-    async def _raw_recv(self) -> bytes:
-        """The next bytes of ``raw``; while the peer's confirmation is still to come, only
-        until :attr:`confirm_by` (then ``"timeout"``)."""
-        if self.confirm_by is None or self.framer.confirmed:
-            return await self.raw.recv(65536)
-        left = self.confirm_by - asyncio.get_running_loop().time()
-        try:
-            async with asyncio.timeout(max(left, 0.0)):
-                return await self.raw.recv(65536)
-        except TimeoutError:
-            raise SecureStreamError("timeout", "the peer's confirmation did not come") from None
 
     async def close(self) -> None:
         if self._closed:
@@ -321,14 +306,10 @@ class SecureByteStream:
 async def secure(
     stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
     timeout: float = 5.0, relay: RelayRef | None = None, sent_salt: bytes | None = None,
-    confirm_later: bool = False,
 ) -> SecureByteStream:
     """Both sides send a fresh path salt, derive this path's keys from both salts, send their
     confirmation and wait for the peer's (all within ``timeout``). ``sent_salt``: the salt
     this side already sent first on ``stream`` (before it knew the keys), not sent again.
-    ``confirm_later``: return once our confirmation is sent; the peer's is checked by the
-    first read, which fails unless it came within ``timeout`` (what we send is sealed with
-    this path's keys either way: only a holder of the session keys can read it).
 
     On success the path is authenticated end to end. On any failure the raw stream is closed
     and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
@@ -337,7 +318,6 @@ async def secure(
     if len(own_salt) != PATH_SALT_BYTES:
         raise SecureStreamError("bad_key", f"a path salt is {PATH_SALT_BYTES} bytes")
     pending = bytearray()
-    confirm_by = asyncio.get_running_loop().time() + timeout
     try:
         async with asyncio.timeout(timeout):
             if sent_salt is None:
@@ -355,7 +335,7 @@ async def secure(
             await stream.send(framer.hello())
             for msg in framer.feed(bytes(received[PATH_SALT_BYTES:])):
                 pending += msg
-            while not framer.confirmed and not confirm_later:
+            while not framer.confirmed:
                 data = await stream.recv(65536)
                 if not data:
                     framer.feed_eof()
@@ -368,8 +348,7 @@ async def secure(
     except BaseException:
         await _close_quietly(stream)
         raise
-    secured = SecureByteStream(stream, framer, bytes(pending), relay,
-                               None if framer.confirmed else confirm_by)
+    secured = SecureByteStream(stream, framer, bytes(pending), relay)
     if framer.peer_closed:
         secured._eof = True
     return secured

@@ -33,17 +33,13 @@ NAT_CACHE_S = 60.0
 NAT_STALE_S = 600.0
 
 
-async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool,
-                 early_select: bool = False) -> MediaStream:
+async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool
+                 ) -> MediaStream:
     """End-to-end secure a raw path; the secured stream names the same relay (a connection
-    our listener already sent its salt on: :mod:`.tcp_listener`). ``early_select`` (the
-    caller's, for a file): on such a connection, the path is ready once our confirmation is
-    sent, the peer's is checked by the first read (:func:`secure_stream`'s
-    ``confirm_later``), so that ``SELECT`` and the first data go with our confirmation."""
+    our listener already sent its salt on: :mod:`.tcp_listener`)."""
     sent_salt = raw.early_salt if isinstance(raw, TcpByteStream) else None
     return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S,
-                               relay=raw.relay, sent_salt=sent_salt,
-                               confirm_later=early_select and sent_salt is not None)
+                               relay=raw.relay, sent_salt=sent_salt)
 
 
 @dataclass

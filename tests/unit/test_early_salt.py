@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from overlay.media.connect import SELECT
-from overlay.media.secure_stream import PATH_SALT_BYTES, SecureByteStream, secure
+from overlay.media.secure_stream import PATH_SALT_BYTES, secure
 from overlay.media.stream import TcpByteStream
 from overlay.media.tcp_listener import MediaListener, dial_tcp
-from overlay.media.transport_hooks import secure as hooks_secure
 from tests.helpers.latency_proxy import LatencyProxy
 from tests.helpers.netutil import loopback_ips
 
@@ -98,74 +96,6 @@ async def test_a_session_without_early_salt_gets_no_salt_from_the_listener() -> 
         callee_side = await asyncio.wait_for(callee, 5)
         await caller_side.send(b"x")
         assert await asyncio.wait_for(callee_side.recv(), 5) == b"x"
-        await caller_side.close()
-        await callee_side.close()
-    finally:
-        listener.forget(session_id)
-        await listener.stop()
-
-
-async def test_the_callers_select_and_first_data_go_with_its_confirmation() -> None:
-    """A file's caller (``early_select``) holding the answer when the callee's connection
-    arrives: its confirmation, ``SELECT`` and first data leave at once, without waiting the
-    round trip for the callee's confirmation, so the callee reads them half a round trip
-    after the connection reached the caller (it took a round trip and a half); the
-    callee's confirmation is checked by the caller's first read."""
-    ip = loopback_ips(1)[0]
-    listener = MediaListener()
-    await listener.start(ip)
-    proxy = await LatencyProxy((ip, PROXY_PORT + 1), (ip, listener.port), lambda: (),
-                               lambda _pid: RTT_S).start()
-    session_id, shared, transcript = os.urandom(16), os.urandom(32), os.urandom(32)
-    queue = listener.expect(session_id, early_salt=True)
-    loop = asyncio.get_running_loop()
-    callee_side = None
-    try:
-        callee_raw = await dial_tcp(ip, PROXY_PORT + 1, session_id)
-        callee = asyncio.ensure_future(hooks_secure(callee_raw, shared, transcript, False))
-        caller_raw = await asyncio.wait_for(queue.get(), 2 * RTT_S)
-        arrived = loop.time()
-        caller_side = await hooks_secure(caller_raw, shared, transcript, True,
-                                         early_select=True)
-        assert loop.time() - arrived < 0.25 * RTT_S  # no round trip waited
-        await caller_side.send(SELECT + b"first byte")
-        callee_side = await asyncio.wait_for(callee, 2 * RTT_S)
-        got = b""
-        while len(got) < len(SELECT) + 10:
-            got += await asyncio.wait_for(callee_side.recv(), 2 * RTT_S)
-        assert got == SELECT + b"first byte"
-        assert loop.time() - arrived < 0.8 * RTT_S
-        # the callee's confirmation is checked on the caller's first read
-        await callee_side.send(b"READY")
-        assert await asyncio.wait_for(caller_side.recv(), 2 * RTT_S) == b"READY"
-        await caller_side.close()
-    finally:
-        if callee_side is not None:
-            await callee_side.close()
-        listener.forget(session_id)
-        await proxy.stop()
-        await listener.stop()
-
-
-async def test_a_call_or_a_dialled_path_still_waits_for_the_confirmation() -> None:
-    """``early_select`` applies only to a connection our listener salted early: on any other
-    path (here the callee's own accept side, no early salt) the handshake waits for the
-    peer's confirmation as before."""
-    ip = loopback_ips(1)[0]
-    listener = MediaListener()
-    await listener.start(ip)
-    session_id, shared, transcript = os.urandom(16), os.urandom(32), os.urandom(32)
-    queue = listener.expect(session_id)
-    try:
-        dialled = await dial_tcp(ip, listener.port, session_id)
-        caller = asyncio.ensure_future(hooks_secure(dialled, shared, transcript, True,
-                                                    early_select=True))
-        accepted = await asyncio.wait_for(queue.get(), 5)
-        callee_side = await hooks_secure(accepted, shared, transcript, False)
-        caller_side = await asyncio.wait_for(caller, 5)
-        # it came back with the callee's confirmation verified, nothing left to check
-        assert isinstance(caller_side, SecureByteStream)
-        assert caller_side.framer.confirmed and caller_side.confirm_by is None
         await caller_side.close()
         await callee_side.close()
     finally:
