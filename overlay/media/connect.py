@@ -163,6 +163,9 @@ class LateDirect:
         self._mirrored: asyncio.Queue[tuple[str, MediaStream]] = asyncio.Queue()
         #: set each time a spare is added (the initiator's call may mirror it)
         self.spare_added = asyncio.Event()
+        #: set when a call's race selected a TCP stream: the relay attempts kept start now
+        #: (the relay that becomes its mirror is wanted at once, not at its stagger)
+        self.hurry = asyncio.Event()
         #: completed paths not selected (the initiator's, for a call)
         self.spares: list[tuple[str, MediaStream]] = []
         self._used: list[MediaStream] = []
@@ -200,6 +203,8 @@ class LateDirect:
         if not (self.keep_relays or is_relay(selected)):
             return others
         self.armed = True
+        if self.keep_relays and is_stream_carried(selected):
+            self.hurry.set()
         if self.keep_relays and self._keepalive is None:
             self._keepalive = asyncio.ensure_future(self._keep_spares_alive())
         self._on_relay = is_relay(selected)
@@ -404,7 +409,7 @@ async def _first_of(
     udp = asyncio.Event()
 
     async def run(name: str, attempt: Attempt) -> None:
-        await asyncio.sleep(stagger_for(name, staggers))
+        await _start_delay(stagger_for(name, staggers), late if is_relay(name) else None)
         awaited = prefer_udp_s > 0 and is_direct_udp(name)  # the race may wait for it
         if first.is_set() and not (awaited or (late is not None and late.keeps(name))):
             return
@@ -481,6 +486,15 @@ async def _wait_for(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]
         preferred.cancel()
 
 
+async def _start_delay(delay: float, late: LateDirect | None) -> None:
+    """An attempt's stagger, cut short when ``late`` (given for relay attempts) hurries."""
+    if late is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(late.hurry.wait(), delay)
+
+
 def _earliest(names: dict[str, MediaStream] | list[str], timeline: Timeline) -> str:
     """Of these completed attempts, the one that authenticated first."""
     return min(names, key=lambda n: next(t for t, e in timeline.events
@@ -552,7 +566,8 @@ async def connect_as_responder(
     errors: dict[str, str] = {}
 
     async def run(name: str, attempt: Attempt) -> None:
-        await asyncio.sleep(stagger_for(name, staggers or default_staggers(attempts)))
+        await _start_delay(stagger_for(name, staggers or default_staggers(attempts)),
+                           late if is_relay(name) else None)
         if selected.done() and not (late is not None and late.keeps(name)):
             return
         timeline.add(f"{name}: start")
