@@ -15,10 +15,17 @@ the receiver's jitter buffer) while the unsent backlog -- the queue plus what th
 below has not written -- is over three frames.
 
 A call moves (:meth:`StreamCall.switch`): it sends on the new path from then on and takes
-frames from every path it was on. Only the path in use ending cleanly ends the call (the peer
-hung up); one failing sets :attr:`StreamCall.path_lost`, and the call waits up to its
-``lost_grace_s`` (:data:`LOST_GRACE_S` where the client can move it to a spare relay or a
-direct path; else 0: it ends) for a switch.
+frames from every path it was on. A call on a TCP stream can also have mirrors
+(:meth:`StreamCall.add_mirror`: a relay path made so by ``MIRROR``,
+:mod:`overlay.media.selection`): each frame goes on the path in use and on every mirror,
+each with its own backlog gate, and the receiver takes the first copy (the replay filter
+drops the other). One lost segment on TCP holds every later frame back for a round trip or
+more; two TCP connections seldom stall at once, so the copies keep the frames on time. When
+the path in use fails, a mirror becomes it at once (no SELECT: both sides already send on
+it). Only the path in use ending cleanly ends the call (the peer hung up); one failing sets
+:attr:`StreamCall.path_lost`, and the call waits up to its ``lost_grace_s``
+(:data:`LOST_GRACE_S` where the client can move it to a spare relay or a direct path; else
+0: it ends) for a switch.
 """
 
 from __future__ import annotations
@@ -87,6 +94,40 @@ def transport_backlog(stream: object) -> int:
     return 0
 
 
+class _Mirror:
+    """A mirror path's sender: its own queue, backlog gate and writer task."""
+
+    def __init__(self, stream: FrameStream, frame_bytes: int) -> None:
+        self.stream = stream
+        self.gate = SendGate(frame_bytes)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queued_bytes = 0
+        self.failed = False
+        self.writer = asyncio.ensure_future(self._write())
+
+    def offer(self, wire: bytes) -> bool:
+        if self.failed or not self.gate.admit(self.queued_bytes
+                                              + transport_backlog(self.stream)):
+            return False
+        self.queued_bytes += len(wire)
+        self.queue.put_nowait(wire)
+        return True
+
+    async def _write(self) -> None:
+        while True:
+            wire = await self.queue.get()
+            try:
+                await self.stream.send(wire)
+            except (ConnectionError, OSError):
+                self.failed = True
+                return
+            finally:
+                self.queued_bytes -= len(wire)
+
+    def stop(self) -> None:
+        self.writer.cancel()
+
+
 class StreamCall:
     """One call's frames on ``stream``: :meth:`run` sends for ``seconds`` (None: until the
     peer ends the stream), receiving all along."""
@@ -111,20 +152,33 @@ class StreamCall:
         #: why the path ended, when it did not end cleanly
         self.error: str | None = None
         self._readers: list[asyncio.Future[None]] = []
+        #: paths that carry a copy of every frame (a call on a TCP stream)
+        self.mirrors: list[_Mirror] = []
+        #: called with the mirror that became the path in use when the path in use failed
+        self.promoted: Callable[[FrameStream], None] | None = None
 
     def offer(self, frame: bytes) -> None:
-        """Send ``frame`` as a datagram, or queue it on the stream unless the backlog says
-        drop it."""
+        """Send ``frame`` as a datagram, or queue it on the stream and on each mirror unless
+        their backlogs say drop it (a sender-side drop only when no path took it)."""
         if self.carrier is not None:
             if not self.carrier.send_datagram(frame):
                 self.session.sender_dropped()
             return
-        if not self.gate.admit(self._queued_bytes + transport_backlog(self.stream)):
-            self.session.sender_dropped()
-            return
         wire = encode_stream_frame(frame)
-        self._queued_bytes += len(wire)
-        self._queue.put_nowait(wire)
+        taken = False
+        if self.gate.admit(self._queued_bytes + transport_backlog(self.stream)):
+            self._queued_bytes += len(wire)
+            self._queue.put_nowait(wire)
+            taken = True
+        for mirror in self.mirrors:
+            taken = mirror.offer(wire) or taken
+        if not taken:
+            self.session.sender_dropped()
+
+    def add_mirror(self, stream: FrameStream) -> None:
+        """Send a copy of every frame on ``stream`` too, and take the frames arriving on it."""
+        self.mirrors.append(_Mirror(stream, self.session.size + MIN_DATAGRAM_BYTES))
+        self._readers.append(asyncio.ensure_future(self._read(stream)))
 
     async def _write(self) -> None:
         while True:
@@ -139,6 +193,15 @@ class StreamCall:
                 self._queued_bytes -= len(wire)
 
     def _lost(self, exc: BaseException) -> None:
+        live = [m for m in self.mirrors if not m.failed]
+        if live:  # a mirror is the path in use now: both sides already send on it
+            mirror = live[0]
+            self.mirrors.remove(mirror)
+            mirror.stop()
+            self.stream = mirror.stream
+            if self.promoted is not None:
+                self.promoted(mirror.stream)
+            return
         self.error = str(exc) or type(exc).__name__
         self.path_lost.set()
 
@@ -175,10 +238,17 @@ class StreamCall:
         self.stream = stream
         self.carrier = datagram_carrier(stream)
         self.mode = "datagram" if self.carrier is not None else "stream"
+        if self.carrier is not None:  # datagrams do not stall: no more copies
+            self._stop_mirrors()
         self._take_datagrams()
         self.path_lost.clear()
         self.error = None
         self._readers.append(asyncio.ensure_future(self._read(stream)))
+
+    def _stop_mirrors(self) -> None:
+        for mirror in self.mirrors:
+            mirror.stop()
+        self.mirrors.clear()
 
     async def run(self, seconds: float | None,
                   on_line: Callable[[CallStats], None] | None = None) -> CallStats:
@@ -207,7 +277,7 @@ class StreamCall:
         finally:
             if self.carrier is not None:
                 self.carrier.datagram_handler = None
-            tasks += self._readers
+            tasks += self._readers + [m.writer for m in self.mirrors]
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -32,7 +32,7 @@ from overlay.call.session import (
     CallStats,
     relay_rate_bps,
 )
-from overlay.call.stream_io import LOST_GRACE_S, StreamCall
+from overlay.call.stream_io import LOST_GRACE_S, FrameStream, StreamCall
 from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.core import records
 from overlay.core.logs import get_logger
@@ -47,6 +47,7 @@ from overlay.media.consent import (
     SendFailed,
 )
 from overlay.media.service import CALL, MediaService, OpenedPath
+from overlay.media.stream import MediaStream
 
 log = get_logger(__name__)
 
@@ -165,19 +166,54 @@ class Calls:
 
         late = opened.late
         runner = StreamCall(session, stream, LOST_GRACE_S if late is not None else 0.0)
-        moving = asyncio.ensure_future(_follow(late, runner, session, caller, slog)) \
-            if late is not None else None
+        following = [asyncio.ensure_future(_follow(late, runner, session, caller, slog)),
+                     asyncio.ensure_future(_mirror(late, runner, session, caller, slog))] \
+            if late is not None else []
         try:
             final = line_json(await runner.run(seconds, on_line))
         finally:
             entry["active"] = False
-            if moving is not None:
-                moving.cancel()
+            for task in following:
+                task.cancel()
         entry["line"] = final
         entry["gap_ms"] = session.stats(time.monotonic()).gap_ms
         slog.info("call_ended", error=runner.error, carried_as=runner.mode,
                   path_changes=session.path_changes, gap_ms=entry["gap_ms"], **final)
         return final
+
+
+async def _mirror(late: LateDirect, runner: StreamCall, session: CallSession, caller: bool,
+                  slog: FilteringBoundLogger) -> None:
+    """A call on a TCP stream sends a copy of each frame on a relay path too (its mirror,
+    :mod:`overlay.call.stream_io`): the caller makes a spare relay path the mirror as soon as
+    one is held (``MIRROR``), the callee adds each path so marked. When the path in use
+    fails, the mirror becomes it at once."""
+    mirrors: dict[int, MediaStream] = {}
+
+    def promoted(frames: FrameStream) -> None:
+        stream = mirrors.get(id(frames))
+        if stream is not None:
+            relay = stream.relay.id if stream.relay else None
+            session.switch_path(stream.path, relay)
+            slog.info("call_moved", attempt="mirror", path=stream.path, relay=relay)
+
+    runner.promoted = promoted
+    while True:
+        if caller:
+            await late.spare_added.wait()
+            late.spare_added.clear()
+            if runner.mode != "stream" or runner.mirrors:
+                continue
+            chosen = await late.mirror()
+            if chosen is None:
+                continue
+        else:
+            chosen = await late.next_mirror()
+        name, stream = chosen
+        mirrors[id(stream)] = stream
+        runner.add_mirror(stream)
+        slog.info("call_mirrored", attempt=name, path=stream.path,
+                  relay=stream.relay.id if stream.relay else None)
 
 
 async def _follow(late: LateDirect, runner: StreamCall, session: CallSession, caller: bool,

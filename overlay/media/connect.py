@@ -34,9 +34,15 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media import selection
 from overlay.media.errors import MediaError
-from overlay.media.selection import KEEPALIVE, SELECT, read_selection
+from overlay.media.selection import KEEPALIVE, MIRROR, SELECT, read_selection
 from overlay.media.stream import ByteStream, MediaStream
-from overlay.media.techniques import call_moves_to, is_direct_udp, is_relay, relay_index
+from overlay.media.techniques import (
+    call_moves_to,
+    is_direct_udp,
+    is_relay,
+    is_stream_carried,
+    relay_index,
+)
 
 log = get_logger(__name__)
 
@@ -153,6 +159,13 @@ class LateDirect:
         self.chosen: tuple[str, MediaStream] | None = None
         self._taken = False
         self._selected: asyncio.Queue[tuple[str, MediaStream]] = asyncio.Queue()
+        #: the paths the peer made a call's mirror (the responder's)
+        self._mirrored: asyncio.Queue[tuple[str, MediaStream]] = asyncio.Queue()
+        #: set each time a spare is added (the initiator's call may mirror it)
+        self.spare_added = asyncio.Event()
+        #: set when a call's race selected a TCP stream: the relay attempts kept start now
+        #: (the relay that becomes its mirror is wanted at once, not at its stagger)
+        self.hurry = asyncio.Event()
         #: completed paths not selected (the initiator's, for a call)
         self.spares: list[tuple[str, MediaStream]] = []
         self._used: list[MediaStream] = []
@@ -167,11 +180,19 @@ class LateDirect:
 
     def wants(self, name: str, selected: str) -> bool:
         """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
-        for a call), another relay only for a call on a relay (its spare: a call on a direct
-        path holds no relay session)."""
+        for a call), another relay only for a call on a relay (its spare) or on a TCP
+        stream (its spare and mirror, :meth:`mirror`: a call on direct UDP holds no relay
+        session)."""
         if name == selected or not (self.keep_relays or is_relay(selected)):
             return False
-        return not is_relay(name) or (self.keep_relays and is_relay(selected))
+        return not is_relay(name) or (self.keep_relays and (is_relay(selected)
+                                                            or is_stream_carried(selected)))
+
+    def add_spare(self, name: str, stream: MediaStream) -> None:
+        """A completed path not selected (the initiator's): SELECTed if the path in use dies,
+        or made the call's mirror."""
+        self.spares.append((name, stream))
+        self.spare_added.set()
 
     def arm(self, named: dict[str, asyncio.Task[None]], timeline: Timeline,
             selected: str) -> list[asyncio.Task[None]]:
@@ -182,6 +203,8 @@ class LateDirect:
         if not (self.keep_relays or is_relay(selected)):
             return others
         self.armed = True
+        if self.keep_relays and is_stream_carried(selected):
+            self.hurry.set()
         if self.keep_relays and self._keepalive is None:
             self._keepalive = asyncio.ensure_future(self._keep_spares_alive())
         self._on_relay = is_relay(selected)
@@ -220,7 +243,7 @@ class LateDirect:
             close_later(stream)
             return
         if select and not self._moves_to(name):
-            self.spares.append((name, stream))  # a call's spare: SELECTed when needed
+            self.add_spare(name, stream)  # a call's spare: SELECTed when needed
             return
         if select and not await self._select(name, stream):
             return
@@ -271,6 +294,41 @@ class LateDirect:
                     except Exception:
                         self.spares.remove(spare)
                         close_later(spare[1])
+
+    async def mirror(self) -> tuple[str, MediaStream] | None:
+        """The initiator's call on a TCP stream: make a spare relay path (at another supernode
+        than the one carrying the call, if any) its mirror: ``MIRROR`` on it, and the peer
+        sends a copy of each frame on it too (None: no such spare works)."""
+        if not is_stream_carried(self._current):
+            return None
+        for spare in list(self.spares):
+            name, stream = spare
+            if not is_relay(name) or relay_index(name) == relay_index(self._current):
+                continue
+            self.spares.remove(spare)
+            try:
+                async with self._sending:
+                    await stream.send(MIRROR)
+            except Exception:
+                close_later(stream)
+                continue
+            self._used.append(stream)
+            if self._timeline is not None:
+                self._timeline.add(f"mirror: {name}")
+            return spare
+        return None
+
+    def offer_mirror(self, name: str, stream: MediaStream) -> None:
+        """The responder: the initiator made the path of attempt ``name`` the call's mirror."""
+        if self._closed:
+            close_later(stream)
+            return
+        self._used.append(stream)
+        self._mirrored.put_nowait((name, stream))
+
+    async def next_mirror(self) -> tuple[str, MediaStream]:
+        """The next path the initiator made the call's mirror (the responder's)."""
+        return await self._mirrored.get()
 
     async def fail_over(self) -> tuple[str, MediaStream] | None:
         """The initiator's path in use died: SELECT a spare that still works (None: none)."""
@@ -351,7 +409,7 @@ async def _first_of(
     udp = asyncio.Event()
 
     async def run(name: str, attempt: Attempt) -> None:
-        await asyncio.sleep(stagger_for(name, staggers))
+        await _start_delay(stagger_for(name, staggers), late if is_relay(name) else None)
         awaited = prefer_udp_s > 0 and is_direct_udp(name)  # the race may wait for it
         if first.is_set() and not (awaited or (late is not None and late.keeps(name))):
             return
@@ -428,6 +486,15 @@ async def _wait_for(attempts: dict[str, Attempt], tasks: list[asyncio.Task[None]
         preferred.cancel()
 
 
+async def _start_delay(delay: float, late: LateDirect | None) -> None:
+    """An attempt's stagger, cut short when ``late`` (given for relay attempts) hurries."""
+    if late is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(late.hurry.wait(), delay)
+
+
 def _earliest(names: dict[str, MediaStream] | list[str], timeline: Timeline) -> str:
     """Of these completed attempts, the one that authenticated first."""
     return min(names, key=lambda n: next(t for t, e in timeline.events
@@ -476,10 +543,9 @@ async def connect_as_initiator(
     await winner.send(SELECT)  # first: the peer waits for it; closing losers can take an RTT
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
-    for name, loser in completed.items():  # a call on a direct path holds no relay session
-        if late is not None and late.keep_relays and (is_relay(winner_name)
-                                                      or not is_relay(name)):
-            late.spares.append((name, loser))
+    for name, loser in completed.items():  # a call on direct UDP holds no relay session
+        if late is not None and late.keep_relays and late.wants(name, winner_name):
+            late.add_spare(name, loser)
         else:
             close_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
@@ -500,7 +566,8 @@ async def connect_as_responder(
     errors: dict[str, str] = {}
 
     async def run(name: str, attempt: Attempt) -> None:
-        await asyncio.sleep(stagger_for(name, staggers or default_staggers(attempts)))
+        await _start_delay(stagger_for(name, staggers or default_staggers(attempts)),
+                           late if is_relay(name) else None)
         if selected.done() and not (late is not None and late.keeps(name)):
             return
         timeline.add(f"{name}: start")
@@ -531,6 +598,8 @@ async def connect_as_responder(
                 late.arm(dict(zip(attempts, tasks, strict=True)), timeline, name)
         elif chosen and late is not None and late.keeps(name):
             await late.offer(name, Pushback(stream, first.rest), select=False)
+        elif first.state == "mirrored" and late is not None and late.keeps(name):
+            late.offer_mirror(name, Pushback(stream, first.rest))
         else:
             await stream.close()
 

@@ -16,6 +16,13 @@ def is_direct_udp(name: str) -> bool:
     return name in ("udp-punch", "udp-birthday")
 
 
+def is_stream_carried(name: str) -> bool:
+    """Whether a call on the path of attempt ``name`` goes on a TCP stream (direct TCP, TCP
+    punching, the TCP relay) rather than as QUIC datagrams (direct UDP, the datagram relay):
+    such a call mirrors its frames on a relay path (:mod:`overlay.call.stream_io`)."""
+    return not (is_direct_udp(name) or name.startswith("relay-udp"))
+
+
 def call_moves_to(current: str, new: str) -> bool:
     """Whether a call on the path of attempt ``current`` moves to the path of attempt ``new``
     that completed after the race (else ``new`` is a spare, SELECTed if the path in use

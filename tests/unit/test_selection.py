@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay.media.selection import KEEPALIVE, SELECT, Selection, read_selection
+from overlay.media.selection import KEEPALIVE, MIRROR, SELECT, Selection, read_selection
 
 
 def feed(chunks: list[bytes]) -> tuple[Selection, bytes]:
@@ -61,3 +61,12 @@ def test_keepalives_then_the_end_of_the_stream_is_no_selection(
     data = KEEPALIVE * keepalives + SELECT[:5]
     state, _ = feed(split(data, cuts))
     assert state.state == "more"  # the stream ended: the responder takes it as not selected
+
+
+@given(st.integers(0, 5), st.binary(max_size=40), st.lists(st.integers(0, 200), max_size=8))
+def test_a_mirror_mark_after_keepalives_gives_the_data_after_it(
+        keepalives: int, payload: bytes, cuts: list[int]) -> None:
+    data = KEEPALIVE * keepalives + MIRROR + payload
+    state, after = feed(split(data, cuts))
+    assert state.state == "mirrored"
+    assert after == payload
