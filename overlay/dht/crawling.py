@@ -12,7 +12,7 @@ Fixes over ``kademlia.crawling``:
 * a value lookup merges the answers of several close nodes and returns every valid record,
   newest per (owner, device), instead of the first value that arrived; it also keeps each
   holder's own answer. For a name (records that claim one) it stops early only while every
-  holder so far agrees on one signer key: once holders of ``name_uncontested_networks`` (5)
+  holder so far agrees on one signer key: once holders of ``name_uncontested_networks`` (4)
   distinct /24s (/48s) answered (the uncontested fast path), or more than half of k holders;
   any other key seen and it asks all k closest nodes: a few Sybils of one network placed
   next to the key and answering first cannot end the lookup, they contest it (the majority

@@ -120,10 +120,10 @@ class DHTConfig:
     id_puzzle_bits: int = 16
     #: the uncontested fast path: a name lookup also stops once holders of this many
     #: distinct /24s (/48s) answered and every answer so far named one key; any other key
-    #: seen sends it on to the majority of k. 5 is one network more than mallory needs to
+    #: seen sends it on to the majority of k. 4 is as many networks as mallory needs to
     #: supply a majority of k (4 x ``max_lookup_contacts_per_subnet`` = 12 > 20 / 2), so the
     #: fast path never yields to fewer networks than the majority rule does
-    name_uncontested_networks: int = 5
+    name_uncontested_networks: int = 4
     #: a name lookup (``get_answers``) takes this many disjoint paths (S/Kademlia)
     name_lookup_paths: int = 3
     #: this node is behind NAT: others answer it but never route to it

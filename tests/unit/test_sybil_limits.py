@@ -119,7 +119,9 @@ async def test_name_lookup_paths_are_disjoint_and_tallied_together():
             path._accept = accept
         found = await lookup.find()
         assert [s.wire for s in found] == [claim.wire]
-        assert all(asked_by_path), "a path asked nobody"
+        # the paths share the lookup's request slots: the fast path may end before the last
+        # path asked anyone, never before two did
+        assert sum(1 for asked in asked_by_path if asked) >= 2, "one path asked everyone"
         for i in range(3):
             for j in range(i + 1, 3):
                 assert not asked_by_path[i] & asked_by_path[j], "two paths asked one node"
