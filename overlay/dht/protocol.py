@@ -495,26 +495,28 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self._spawn(self._hand_over(node, keys))
 
     def _keys_to_hand_over(self, node: Node) -> list[bytes]:
-        """Stored keys the new node should hold that we are the closest known holder of:
-        those it is closer to than we are and, while the table holds fewer than k contacts
-        (every node is then among the k closest of every key), all of them. Without the
-        second rule a node that joined after a record was published never held it (a
-        supernode missed another's directory record until the next republish).
+        """Stored keys the new node should hold. While the table holds fewer than k contacts
+        every node is among the k closest of every key, so it gets them all (from each holder
+        that meets it as new: the closest holder may have met it before it held the key, and
+        a node that joined after a record was published would hold it only at the next
+        republish; a supernode missed another's directory record so). Otherwise the keys it
+        is closer to than we are, that we are the closest known holder of.
 
         d(new, K) < d(us, K) holds exactly when K agrees with ``new`` on the highest bit where
-        ``new`` and ``us`` differ: one integer test per key; in a table of k contacts or more
-        a key that fails it costs nothing more.
+        ``new`` and ``us`` differ: one integer test per key; a key that fails it costs
+        nothing more.
         """
+        if len(self.router) < self.router.ksize:
+            return list(self.storage.keys())
         ours = self.source_node.long_id
         top_bit = (ours ^ node.long_id).bit_length() - 1
         if top_bit < 0:
             return []
         new_bit = (node.long_id >> top_bit) & 1
-        small = len(self.router) < self.router.ksize
         chosen = []
         for key in self.storage.keys():
             key_long = int.from_bytes(key, "big")
-            if (key_long >> top_bit) & 1 != new_bit and not small:
+            if (key_long >> top_bit) & 1 != new_bit:
                 continue
             keynode = Node(key)
             closest_other = self.router.find_neighbors(keynode, k=1, exclude=node)

@@ -227,6 +227,39 @@ async def test_a_node_joining_a_small_network_receives_keys_it_is_farther_from()
         new.stop()
 
 
+async def test_a_node_gets_a_record_stored_after_it_joined_from_a_holder_meeting_it_later():
+    """Three nodes: x joins through the bootstrap b; then y, holding a record that b holds
+    too (b closer to its key than y), joins. b met x before it held the record, so it hands
+    x nothing; y meets x as new and hands it over although b is the closer holder (fewer
+    nodes than k: each holder hands every key to a node it meets as new). Before, x held the
+    record only at the publisher's next republish: a supernode that started while another
+    was starting did not list it."""
+    alice = Identity.generate()
+    signed = records.presence(alice, "alice", "phone", seq=1, online=False)
+    key_long = int.from_bytes(signed.dht_key, "big")
+    config = network_config()
+    while True:
+        b_id, x_id, y_id = (node_identity(config) for _ in range(3))
+        if (int.from_bytes(b_id.node_id, "big") ^ key_long
+                < int.from_bytes(y_id.node_id, "big") ^ key_long):
+            break
+    ips = loopback_ips(3)
+    b, x, y = DHTNode(b_id, config), DHTNode(x_id, config), DHTNode(y_id, config)
+    for node, ip in zip((b, x, y), ips, strict=True):
+        await node.start(ip, 0)
+    try:
+        await x.bootstrap([b.address])
+        await wait_for(lambda: b._proto.router.find_contact(x.node_id) is not None)
+        b.store_local(signed.wire, signed.dht_key)
+        y.store_local(signed.wire, signed.dht_key)
+        await y.bootstrap([b.address])
+        await wait_for(lambda: [s.wire for s in x.storage.values(signed.dht_key)]
+                       == [signed.wire])
+    finally:
+        for node in (b, x, y):
+            node.stop()
+
+
 async def test_welcome_does_not_scan_routing_table_for_far_keys():
     """In a table of k contacts or more, keys the newcomer is farther from than we are cost
     one bit test, no table scan."""
