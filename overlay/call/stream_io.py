@@ -103,6 +103,8 @@ class _Mirror:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.queued_bytes = 0
         self.failed = False
+        #: the peer ended this path cleanly (it hangs up on every path of the call)
+        self.ended = False
         self.writer = asyncio.ensure_future(self._write())
 
     def offer(self, wire: bytes) -> bool:
@@ -193,6 +195,9 @@ class StreamCall:
                 self._queued_bytes -= len(wire)
 
     def _lost(self, exc: BaseException) -> None:
+        if any(m.ended for m in self.mirrors):  # the peer hung up (it ended a mirror first)
+            self.peer_ended.set()
+            return
         live = [m for m in self.mirrors if not m.failed]
         if live:  # a mirror is the path in use now: both sides already send on it
             mirror = live[0]
@@ -214,15 +219,27 @@ class StreamCall:
                     self.stream_frames += 1
                     self.session.datagram_received(frame, now)
         except BadFrame as exc:
+            self._mirror_gone(stream, ended=False)
             if stream is self.stream:
                 self.error = f"bad call frame: {exc}"
                 self.peer_ended.set()
         except (ConnectionError, OSError) as exc:
+            self._mirror_gone(stream, ended=False)
             if stream is self.stream:
                 self._lost(exc)
         else:
+            self._mirror_gone(stream, ended=True)
             if stream is self.stream:  # the peer ended the call on the path in use
                 self.peer_ended.set()
+
+    def _mirror_gone(self, stream: FrameStream, ended: bool) -> None:
+        """A mirror's reader stopped: the path is no mirror to move to any more (``ended``:
+        the peer closed it cleanly, so the path in use failing next means it hung up, the
+        reset of a socket closed with frames unread, not a path lost)."""
+        for mirror in self.mirrors:
+            if mirror.stream is stream:
+                mirror.failed = True
+                mirror.ended = mirror.ended or ended
 
     def _take_datagrams(self) -> None:
         if self.carrier is not None:
