@@ -20,9 +20,12 @@ frames from every path it was on. A call on a TCP stream can also have mirrors
 :mod:`overlay.media.selection`): each frame goes on the path in use and on every mirror,
 each with its own backlog gate, and the receiver takes the first copy (the replay filter
 drops the other). One lost segment on TCP holds every later frame back for a round trip or
-more; two TCP connections seldom stall at once, so the copies keep the frames on time. When
-the path in use fails, a mirror becomes it at once (no SELECT: both sides already send on
-it). Only the path in use ending cleanly ends the call (the peer hung up); one failing sets
+more; two TCP connections seldom stall at once, so the copies keep the frames on time (the
+jitter buffer of a call on a stream keeps :data:`STREAM_MIN_TARGET_MS`, so the mirror's copy,
+a relay hop slower, is in time when the stream stalls). When the path in use fails, a
+mirror becomes it at once (no SELECT: both sides already send on it), unless the peer closed
+a mirror cleanly first: then the failure is its hang-up. Only the path in use ending cleanly
+ends the call (the peer hung up); one failing sets
 :attr:`StreamCall.path_lost`, and the call waits up to its ``lost_grace_s``
 (:data:`LOST_GRACE_S` where the client can move it to a spare relay or a direct path; else
 0: it ends) for a switch.
@@ -38,11 +41,15 @@ from typing import Protocol
 
 from overlay.call.errors import BadFrame
 from overlay.call.frames import MIN_DATAGRAM_BYTES
+from overlay.call.jitter import MIN_TARGET_MS
 from overlay.call.session import CallSession, CallStats
 from overlay.call.stream_frames import SendGate, StreamFrameDecoder, encode_stream_frame
 
 #: bytes asked of the stream per read
 READ_BYTES = 16 * 1024
+#: the jitter buffer's least target on a stream: a mirror's copy (a relay's extra hop)
+#: comes a few tens of ms after the stream's, and must be in time when the stream stalls
+STREAM_MIN_TARGET_MS = 60.0
 #: how long a call whose path failed waits for another path before it ends
 LOST_GRACE_S = 5.0
 
@@ -146,6 +153,8 @@ class StreamCall:
         self.carrier = datagram_carrier(stream)
         #: "datagram" (frames as QUIC DATAGRAM frames) or "stream"
         self.mode = "datagram" if self.carrier is not None else "stream"
+        if self.mode == "stream":
+            session.buffer.min_target_ms = STREAM_MIN_TARGET_MS
         #: frames that came on the stream (the rest came as datagrams)
         self.stream_frames = 0
         self.peer_ended = asyncio.Event()
@@ -255,6 +264,8 @@ class StreamCall:
         self.stream = stream
         self.carrier = datagram_carrier(stream)
         self.mode = "datagram" if self.carrier is not None else "stream"
+        self.session.buffer.min_target_ms = STREAM_MIN_TARGET_MS if self.mode == "stream" \
+            else MIN_TARGET_MS
         if self.carrier is not None:  # datagrams do not stall: no more copies
             self._stop_mirrors()
         self._take_datagrams()
