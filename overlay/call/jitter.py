@@ -17,7 +17,8 @@ buffer never holds more than its window.
 **Adaptation** (the idea of WebRTC NetEq, simplified). The transit of a frame is
 ``arrival - sent`` (it contains the unknown clock offset, which cancels out). Over the last
 :data:`HISTORY` frames, the target delay is the 95th percentile of ``transit - min(transit)``,
-bounded to [:data:`MIN_TARGET_MS`, :data:`MAX_TARGET_MS`]; the wanted offset is
+bounded to [``min_target_ms`` (default :data:`MIN_TARGET_MS`; a call on a TCP stream asks
+more, :mod:`overlay.call.stream_io`), :data:`MAX_TARGET_MS`]; the wanted offset is
 ``min(transit) + target``; a late frame keeps the target at least at its own spread for
 :data:`LATE_MEMORY_MS` (fast attack, slow decay, as NetEq). ``play_offset`` moves towards the
 wanted offset by at most :data:`ADAPT_UP_MS` (up) or :data:`ADAPT_DOWN_MS` (down) per frame
@@ -97,8 +98,10 @@ class BufferStats:
 
 
 class JitterBuffer:
-    def __init__(self, frame_ms: int = FRAME_MS) -> None:
+    def __init__(self, frame_ms: int = FRAME_MS, min_target_ms: float = MIN_TARGET_MS) -> None:
         self.frame_ms = frame_ms
+        #: the least playout delay beyond the fastest recent transit
+        self.min_target_ms = min_target_ms
         self.stats = BufferStats()
         self.jitter = InterarrivalJitter()
         self.transits: deque[float] = deque(maxlen=HISTORY)
@@ -133,7 +136,7 @@ class JitterBuffer:
         if self.first_seq is None:
             self.first_seq = self.next_seq = seq
             self._next_sent = sent
-            self.play_offset = transit + MIN_TARGET_MS
+            self.play_offset = transit + self.min_target_ms
         self.stats.arrived += 1
         self.jitter.add(transit)
         self.transits.append(transit)
@@ -159,13 +162,13 @@ class JitterBuffer:
     def target_ms(self) -> float:
         """The playout delay the buffer aims at beyond the fastest recent transit."""
         if not self.transits:
-            return MIN_TARGET_MS
+            return self.min_target_ms
         floor = min(self.transits)
         spread = percentile([t - floor for t in self.transits], 0.95)
         while self._late_spreads and self._late_spreads[0][0] < self._now_ms - LATE_MEMORY_MS:
             self._late_spreads.popleft()
         late = max((s for _, s in self._late_spreads), default=0.0)
-        return min(MAX_TARGET_MS, max(MIN_TARGET_MS, spread, late))
+        return min(MAX_TARGET_MS, max(self.min_target_ms, spread, late))
 
     @property
     def delay_ms(self) -> float:

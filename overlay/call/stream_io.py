@@ -20,9 +20,12 @@ frames from every path it was on. A call on a TCP stream can also have mirrors
 :mod:`overlay.media.selection`): each frame goes on the path in use and on every mirror,
 each with its own backlog gate, and the receiver takes the first copy (the replay filter
 drops the other). One lost segment on TCP holds every later frame back for a round trip or
-more; two TCP connections seldom stall at once, so the copies keep the frames on time. When
-the path in use fails, a mirror becomes it at once (no SELECT: both sides already send on
-it). Only the path in use ending cleanly ends the call (the peer hung up); one failing sets
+more; two TCP connections seldom stall at once, so the copies keep the frames on time (the
+jitter buffer of a call on a stream keeps :data:`STREAM_MIN_TARGET_MS`, so the mirror's copy,
+a relay hop slower, is in time when the stream stalls). When the path in use fails, a
+mirror becomes it at once (no SELECT: both sides already send on it), unless the peer closed
+a mirror cleanly first: then the failure is its hang-up. Only the path in use ending cleanly
+ends the call (the peer hung up); one failing sets
 :attr:`StreamCall.path_lost`, and the call waits up to its ``lost_grace_s``
 (:data:`LOST_GRACE_S` where the client can move it to a spare relay or a direct path; else
 0: it ends) for a switch.
@@ -38,11 +41,15 @@ from typing import Protocol
 
 from overlay.call.errors import BadFrame
 from overlay.call.frames import MIN_DATAGRAM_BYTES
+from overlay.call.jitter import MIN_TARGET_MS
 from overlay.call.session import CallSession, CallStats
 from overlay.call.stream_frames import SendGate, StreamFrameDecoder, encode_stream_frame
 
 #: bytes asked of the stream per read
 READ_BYTES = 16 * 1024
+#: the jitter buffer's least target on a stream: a mirror's copy (a relay's extra hop)
+#: comes a few tens of ms after the stream's, and must be in time when the stream stalls
+STREAM_MIN_TARGET_MS = 60.0
 #: how long a call whose path failed waits for another path before it ends
 LOST_GRACE_S = 5.0
 
@@ -103,6 +110,8 @@ class _Mirror:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.queued_bytes = 0
         self.failed = False
+        #: the peer ended this path cleanly (it hangs up on every path of the call)
+        self.ended = False
         self.writer = asyncio.ensure_future(self._write())
 
     def offer(self, wire: bytes) -> bool:
@@ -144,6 +153,8 @@ class StreamCall:
         self.carrier = datagram_carrier(stream)
         #: "datagram" (frames as QUIC DATAGRAM frames) or "stream"
         self.mode = "datagram" if self.carrier is not None else "stream"
+        if self.mode == "stream":
+            session.buffer.min_target_ms = STREAM_MIN_TARGET_MS
         #: frames that came on the stream (the rest came as datagrams)
         self.stream_frames = 0
         self.peer_ended = asyncio.Event()
@@ -193,6 +204,9 @@ class StreamCall:
                 self._queued_bytes -= len(wire)
 
     def _lost(self, exc: BaseException) -> None:
+        if any(m.ended for m in self.mirrors):  # the peer hung up (it ended a mirror first)
+            self.peer_ended.set()
+            return
         live = [m for m in self.mirrors if not m.failed]
         if live:  # a mirror is the path in use now: both sides already send on it
             mirror = live[0]
@@ -214,15 +228,27 @@ class StreamCall:
                     self.stream_frames += 1
                     self.session.datagram_received(frame, now)
         except BadFrame as exc:
+            self._mirror_gone(stream, ended=False)
             if stream is self.stream:
                 self.error = f"bad call frame: {exc}"
                 self.peer_ended.set()
         except (ConnectionError, OSError) as exc:
+            self._mirror_gone(stream, ended=False)
             if stream is self.stream:
                 self._lost(exc)
         else:
+            self._mirror_gone(stream, ended=True)
             if stream is self.stream:  # the peer ended the call on the path in use
                 self.peer_ended.set()
+
+    def _mirror_gone(self, stream: FrameStream, ended: bool) -> None:
+        """A mirror's reader stopped: the path is no mirror to move to any more (``ended``:
+        the peer closed it cleanly, so the path in use failing next means it hung up, the
+        reset of a socket closed with frames unread, not a path lost)."""
+        for mirror in self.mirrors:
+            if mirror.stream is stream:
+                mirror.failed = True
+                mirror.ended = mirror.ended or ended
 
     def _take_datagrams(self) -> None:
         if self.carrier is not None:
@@ -238,6 +264,8 @@ class StreamCall:
         self.stream = stream
         self.carrier = datagram_carrier(stream)
         self.mode = "datagram" if self.carrier is not None else "stream"
+        self.session.buffer.min_target_ms = STREAM_MIN_TARGET_MS if self.mode == "stream" \
+            else MIN_TARGET_MS
         if self.carrier is not None:  # datagrams do not stall: no more copies
             self._stop_mirrors()
         self._take_datagrams()

@@ -16,11 +16,11 @@ from overlay.call.jitter import (
 )
 
 
-def _run(delays: list[float | None], *, tick_ms: float = 20.0, offset: float = 5000.0
-         ) -> tuple[JitterBuffer, list[int | None]]:
+def _run(delays: list[float | None], *, tick_ms: float = 20.0, offset: float = 5000.0,
+         min_target_ms: float = MIN_TARGET_MS) -> tuple[JitterBuffer, list[int | None]]:
     """Frame i sent at 20*i (sender clock), arrives at 20*i + offset + delays[i] (None: lost);
     the receiver ticks every ``tick_ms``; the sequence numbers it plays (None: concealed)."""
-    buf = JitterBuffer()
+    buf = JitterBuffer(min_target_ms=min_target_ms)
     arrivals = sorted((20 * i + offset + d, i) for i, d in enumerate(delays) if d is not None)
     played: list[int | None] = []
     now, k = offset, 0
@@ -123,3 +123,23 @@ def test_a_late_frame_deepens_the_buffer_at_once() -> None:
     late_at = [i for i, p in enumerate(played[:500]) if p is None]
     assert late_at and all(i < 60 for i in late_at)
     assert buf.target_ms <= 50.0
+
+
+def test_a_mirrored_streams_slower_copy_is_in_time_above_the_floor() -> None:
+    """A call on a TCP stream with a mirror: the stream's copy comes in 30 ms, the mirror's
+    (a relay's extra hop) in 65 ms; now and then the stream stalls for an RTT and the
+    mirror's copy is the first. At the buffer's 20 ms floor some of those come too late (the
+    target follows the first copies and lags each stall); at the stream floor
+    (60 ms) every one plays."""
+    rng = random.Random(7)
+    delays: list[float | None] = []
+    stalled_until = -1
+    for i in range(500):
+        if i > stalled_until and rng.random() < 0.02:
+            stalled_until = i + 8
+        delays.append(65.0 if i <= stalled_until else 30.0)
+    buf_low, _ = _run(delays)
+    buf_floor, played = _run(delays, min_target_ms=60.0)
+    assert buf_low.stats.late > 0
+    assert buf_floor.stats.late == 0 and None not in played[:500]
+    assert buf_floor.target_ms == 60.0
