@@ -76,6 +76,8 @@ class Supervisor:
         self.busy = busy
         self.failovers = 0
         self.late_moves = 0
+        #: late refines that reached a decision (to stay or to move)
+        self.late_refines = 0
         #: supernodes a late move left: never moved back to
         self.left: set[bytes] = set()
         self.moved_to: Attachment | None = None
@@ -263,6 +265,7 @@ class Supervisor:
             return None
         decision = decide(att.candidate, cands, self.discovery.measured, policy, self.rng,
                           left=self.left, moves_so_far=self.late_moves)
+        self.late_refines += 1
         if isinstance(decision, Stay):
             alog.info("late_refine_stay", reason=decision.reason, candidates=len(cands))
             return None
