@@ -21,7 +21,6 @@ supernode to publish it and close.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -81,7 +80,9 @@ class Supervisor:
         #: supernodes a late move left: never moved back to
         self.left: set[bytes] = set()
         self.moved_to: Attachment | None = None
-        self.rng = random.Random()
+        #: discovery's: no Random of its own, so tools/sim runs with and without the late
+        #: refine draw the same until the first one
+        self.rng = discovery.rng
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
