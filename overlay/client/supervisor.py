@@ -80,8 +80,8 @@ class Supervisor:
         #: supernodes a late move left: never moved back to
         self.left: set[bytes] = set()
         self.moved_to: Attachment | None = None
-        #: discovery's: no Random of its own, so tools/sim runs with and without the late
-        #: refine draw the same until the first one
+        #: discovery's: no Random of its own, which would shift the seeds tools/sim hands
+        #: every later Random()
         self.rng = discovery.rng
 
     async def run(self) -> None:
