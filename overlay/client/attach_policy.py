@@ -280,12 +280,14 @@ class EndReason(Enum):
     MOVING = "moving"  # the supernode told us to move
     REFUSED = "refused"  # it refused an attach or a refresh
     STOPPING = "stopping"  # we are shutting down
+    NEARER = "nearer"  # a late refine attached us to a nearer supernode (make-before-break)
 
 
 class Source(Enum):
     BACKUP = "backup"
     ALTERNATIVE = "alternative"
     DISCOVERY = "discovery"
+    LATE_REFINE = "late_refine"
 
 
 @dataclass(frozen=True)

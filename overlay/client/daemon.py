@@ -79,6 +79,7 @@ class ClientDaemon:
         self.supervisor = Supervisor(
             opts, self.identity, self.links, self.discovery,
             PresenceSigner(self.identity, opts), self.stopping, self._deliver, self._spawn,
+            busy=lambda: bool(self.media.sessions),
         )
         self.backup_keeper = BackupKeeper(opts, self.links, self.discovery, self.stopping)
         self.promoter = Promoter(

@@ -208,3 +208,23 @@ class Discovery:
             if found:
                 return found
         return []
+
+    async def late_candidates(self, session: ClientSession, current: Candidate
+                              ) -> list[Candidate] | None:
+        """For the late refine: ``session``'s supernode's directory (near it first), probed
+        anew together with ``current`` (the supernode itself: RTTs taken at the same time),
+        at most ``max_probes`` in all, plus the other supernodes measured before (with that
+        measurement). None if it did not answer."""
+        try:
+            found = await session.directory(timeout=self.opts.request_timeout_s)
+        except SessionError:
+            return None
+        self.learn(found)
+        listed = [c for c in (Candidate.from_record(s) for s in found)
+                  if c.node_key != current.node_key]
+        await self.probe_all([current, *listed[: max(0, self.opts.max_probes - 1)]])
+        self.save_cache()
+        known = {c.node_key: c for c in self.cache.candidates()}
+        known.update((c.node_key, c) for c in listed)
+        known.pop(current.node_key, None)
+        return [c for k, c in known.items() if k in self.measured]

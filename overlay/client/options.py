@@ -9,6 +9,7 @@ from pathlib import Path
 
 from overlay.attach import SessionConfig
 from overlay.client.attach_policy import BackoffPolicy
+from overlay.client.late_refine import LateRefinePolicy
 from overlay.core import records
 from overlay.core.records import NAME_PATTERN
 from overlay.media.inbox_limits import InboxLimits
@@ -56,6 +57,8 @@ class ClientOptions:
     #: whose invites are answered at once: "contacts" (others become requests) or "anyone"
     accept_from: str = "contacts"
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    #: some minutes after attaching, move to a clearly nearer supernode if there is one
+    late_refine: LateRefinePolicy = field(default_factory=LateRefinePolicy)
 
     def __post_init__(self) -> None:
         records.check_name(self.user)

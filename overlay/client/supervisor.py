@@ -10,6 +10,10 @@ alternatives the supernode named, then a rediscovery; a ``Refused(FULL)`` sends 
 alternatives that refusal names. A lost attachment's failover starts after a random stagger
 (``BackoffPolicy.failover_jitter_s``), so a supernode's clients do not reach its neighbours at
 once. Failed rounds back off exponentially with jitter, capped.
+Some minutes after attaching, a late refine (:mod:`overlay.client.late_refine`) may move the
+client to a clearly nearer supernode: attach there first, then close the old session (not a
+``Detach``: its offline record would supersede the new presence record). Never while a call
+or transfer runs.
 On exit a signed offline record goes out in ``Detach`` and the client waits briefly for the
 supernode to publish it and close.
 """
@@ -33,11 +37,13 @@ from overlay.client.attach_policy import (
     resolve_alternatives,
 )
 from overlay.client.discovery import Discovery
+from overlay.client.late_refine import Stay, decide
 from overlay.client.links import Attachment, AttemptFailed, Ended, Links, alt_list, refuse_label
 from overlay.client.options import ClientOptions
 from overlay.client.presence import PresenceSigner
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
+from overlay.core.records import SignedRecord
 
 log = get_logger(__name__)
 
@@ -55,6 +61,7 @@ class Supervisor:
         stopping: asyncio.Event,
         deliver: Callable[[SignalDelivery], None],
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.opts = opts
         self.identity = identity
@@ -64,7 +71,18 @@ class Supervisor:
         self.stopping = stopping
         self.deliver = deliver
         self.spawn = spawn
+        #: True while a call or transfer runs: no late move then
+        self.busy = busy
         self.failovers = 0
+        self.late_moves = 0
+        #: late refines that reached a decision (to stay or to move)
+        self.late_refines = 0
+        #: supernodes a late move left: never moved back to
+        self.left: set[bytes] = set()
+        self.moved_to: Attachment | None = None
+        #: discovery's: no Random of its own, which would shift the seeds tools/sim hands
+        #: every later Random()
+        self.rng = discovery.rng
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -73,8 +91,12 @@ class Supervisor:
         lost: Candidate | None = None
         while not self.stopping.is_set():
             att = await self.acquire(backoff, ended, lost)
-            started = loop.time()
-            ended = await self.hold(att)
+            while True:
+                started = loop.time()
+                ended = await self.hold(att)
+                if ended.reason is not EndReason.NEARER or self.moved_to is None:
+                    break
+                att = self.switch(att, self.moved_to)
             if ended.reason is EndReason.STOPPING:
                 return
             lasted = loop.time() - started
@@ -180,30 +202,107 @@ class Supervisor:
         refresher = asyncio.create_task(self.refresh_loop(att))
         closed = asyncio.create_task(att.session.wait_closed())
         stop = asyncio.create_task(self.stopping.wait())
-        waited: set[asyncio.Future[Any]] = {att.ended, closed, stop}
+        refine = asyncio.create_task(self.late_refine(att))
+        waited: set[asyncio.Future[Any]] = {att.ended, closed, stop, refine}
         try:
-            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+                if done != {refine} or (refine.exception() is None
+                                        and refine.result() is not None):
+                    break
+                if refine.exception() is not None:
+                    log.bind(supernode=att.candidate.address).warning(
+                        "late_refine_failed", error=repr(refine.exception()))
+                waited.discard(refine)  # staying: hold on without it
         finally:
-            for task in (refresher, closed, stop):
+            for task in (refresher, closed, stop, refine):
                 task.cancel()
+        nearer = (refine.result() if refine.done() and not refine.cancelled()
+                  and refine.exception() is None else None)
+        if nearer is not None and (att.ended.done() or self.stopping.is_set()):
+            nearer.session.close("move given up")
+            nearer = None
         if att.ended.done():
             return att.ended.result()
         if self.stopping.is_set():
             return Ended(EndReason.STOPPING, "stopping")
+        if nearer is not None:
+            self.moved_to = nearer
+            return Ended(EndReason.NEARER, nearer.candidate.address)
         return Ended(EndReason.LOST, att.session.proto.close_reason or "connection closed")
+
+    def switch(self, old: Attachment, new: Attachment) -> Attachment:
+        """Break after make: ``new`` is the primary, then ``old``'s session closes (the old
+        supernode stops republishing our presence record; the new one's is newer)."""
+        self.moved_to = None
+        self.late_moves += 1
+        self.left.add(old.candidate.node_key)
+        self.links.set_primary(new)
+        old.session.close("moved to a nearer supernode")
+        log.bind(supernode=new.candidate.address).info(
+            "moved_nearer", left=old.candidate.address, moves=self.late_moves,
+            rtt_ms=None if new.rtt_s is None else round(new.rtt_s * 1000, 3),
+            left_rtt_ms=None if old.rtt_s is None else round(old.rtt_s * 1000, 3))
+        return new
+
+    async def late_refine(self, att: Attachment) -> Attachment | None:
+        """After the policy's delay, attach to a clearly nearer supernode if there is one
+        (:func:`overlay.client.late_refine.decide`); None when staying (then it is done)."""
+        policy = self.opts.late_refine
+        if not policy.enabled or self.late_moves >= policy.max_moves:
+            return None
+        alog = log.bind(supernode=att.candidate.address)
+        await asyncio.sleep(policy.delay(self.rng))
+        waits = 0
+        while self.busy():
+            if waits >= policy.max_busy_retries:
+                alog.info("late_refine_skipped", reason="busy")
+                return None
+            waits += 1
+            await asyncio.sleep(policy.busy_retry_s)
+        cands = await self.discovery.late_candidates(att.session, att.candidate)
+        if cands is None:
+            alog.info("late_refine_skipped", reason="no_directory")
+            return None
+        decision = decide(att.candidate, cands, self.discovery.measured, policy, self.rng,
+                          left=self.left, moves_so_far=self.late_moves)
+        self.late_refines += 1
+        if isinstance(decision, Stay):
+            alog.info("late_refine_stay", reason=decision.reason, candidates=len(cands))
+            return None
+        if self.busy():
+            return None
+        alog.info("late_refine_move", to=decision.target.address,
+                  rtt_ms=round(decision.current_rtt_s * 1000, 3),
+                  to_rtt_ms=round(decision.target_rtt_s * 1000, 3))
+        new = await self.try_attach(decision.target, Source.LATE_REFINE)
+        if isinstance(new, AttemptFailed):
+            return None
+        if self.busy():
+            # a call or transfer started meanwhile: stay, and name the old supernode again
+            new.session.close("move given up")
+            self.refresh(att)
+            alog.info("late_refine_given_up", reason="busy")
+            return None
+        return new
 
     async def refresh_loop(self, att: Attachment) -> None:
         alog = log.bind(supernode=att.candidate.address)
         while True:
             await asyncio.sleep(self.opts.presence_refresh_s)
-            signed = self.presence.online(att.candidate)
-            # a refresh is a plain Attach with a higher seq; a refusal arrives as an
-            # unsolicited Refused (see Attachment.on_message)
-            att.session.send(Attach(signed.wire, self.presence.claim().wire))
-            att.presence = signed
+            signed = self.refresh(att)
             alog.debug("presence_refreshed", seq=signed.seq)
             await self.discovery.learn_from(att.session)
             self.discovery.save_cache()
+
+    def refresh(self, att: Attachment) -> SignedRecord:
+        """Send a newly signed presence record naming ``att``'s supernode."""
+        signed = self.presence.online(att.candidate)
+        # a refresh is a plain Attach with a higher seq; a refusal arrives as an
+        # unsolicited Refused (see Attachment.on_message)
+        att.session.send(Attach(signed.wire, self.presence.claim().wire))
+        att.presence = signed
+        return signed
 
     async def detach(self) -> None:
         """Send a signed offline record in ``Detach`` and wait briefly for the close."""

@@ -86,6 +86,7 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/portmap_wire.py",
     "overlay/media/upnp_wire.py",
     "overlay/client/attach_policy.py",
+    "overlay/client/late_refine.py",
     "overlay/core/vivaldi.py",
     "overlay/core/addresses.py",
     "overlay/core/records.py",
