@@ -38,7 +38,6 @@ from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.user_ref import parse_user_ref
 from overlay.media.call_relays import call_relay_rate_bps
-from overlay.media.connect import LateDirect
 from overlay.media.consent import (
     ACCEPT_WAIT_S,
     MAX_ACCEPT_WAIT_S,
@@ -46,6 +45,7 @@ from overlay.media.consent import (
     Offline,
     SendFailed,
 )
+from overlay.media.late_paths import LateDirect
 from overlay.media.service import CALL, MediaService, OpenedPath
 from overlay.media.stream import MediaStream
 

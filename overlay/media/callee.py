@@ -23,7 +23,6 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.attachment import AttachmentPort, ContactsPort
 from overlay.media.connect import (
-    LateDirect,
     NoPath,
     Timeline,
     close_later,
@@ -39,6 +38,7 @@ from overlay.media.consent import (
 )
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.late_paths import LateDirect
 from overlay.media.path_move import Moving
 from overlay.media.path_opening import (
     OpenedPath,

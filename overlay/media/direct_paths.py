@@ -28,7 +28,7 @@ chance to win first).
 Relay first, upgrade later (``upgrade``: what runs on the path can move to a direct path
 mid-way; the media service says so for files and calls): the direct attempts still running
 when a relay is selected keep running (a file's for :data:`UPGRADE_WINDOW_S`), and the first
-that completes takes over (:class:`~overlay.media.connect.LateDirect`). A birthday punch
+that completes takes over (:class:`~overlay.media.late_paths.LateDirect`). A birthday punch
 (one symmetric side) takes 1 to 5 s, so for such a pair the relay then starts at once
 instead of after it.
 """

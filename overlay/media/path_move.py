@@ -1,5 +1,5 @@
 """Moving a file transfer from the relay it started on to a direct path that completed later
-(relay first, upgrade later; :class:`~overlay.media.connect.LateDirect` keeps the direct
+(relay first, upgrade later; :class:`~overlay.media.late_paths.LateDirect` keeps the direct
 attempts running, :mod:`.move_rules` decides). The move is the transfer's own resume: the
 sender stops writing on the relay (between frames), closes it, and sends the ``HEADER`` with
 the same transfer id on the direct path; the receiver, whose relay read ended at a frame
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.media import move_rules
-from overlay.media.connect import LateDirect, close_later
+from overlay.media.connect import close_later
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.late_paths import LateDirect
 from overlay.media.stream import MediaStream
 from overlay.media.transfer import (
     PartialStore,

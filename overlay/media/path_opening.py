@@ -23,7 +23,7 @@ from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef
 from overlay.media import call_relays
 from overlay.media.attachment import AttachmentPort, ContactsPort
-from overlay.media.connect import LateDirect, NoPath, Timeline, connect_as_initiator
+from overlay.media.connect import NoPath, Timeline, connect_as_initiator
 from overlay.media.consent import (
     DECLINED,
     NotAccepted,
@@ -31,6 +31,7 @@ from overlay.media.consent import (
     await_answer,
     choose_target,
 )
+from overlay.media.late_paths import LateDirect
 from overlay.media.paths import Paths
 from overlay.media.relay_paths import RELAY_RATE_BPS, RelayPaths
 from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures

@@ -22,12 +22,12 @@ from overlay.client.calls import Calls
 from overlay.core.identity import Identity
 from overlay.media.connect import (
     Attempt,
-    LateDirect,
     MediaStream,
     Timeline,
     connect_as_initiator,
     connect_as_responder,
 )
+from overlay.media.late_paths import LateDirect
 from overlay.media.media_socket import MediaSocket
 from overlay.media.path_opening import CALL_PREFER_UDP_S, OpenedPath
 from overlay.media.quic.connect import udp_path

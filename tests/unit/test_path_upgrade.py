@@ -16,13 +16,13 @@ import pytest
 from overlay.core.identity import Identity
 from overlay.media import move_rules
 from overlay.media.connect import (
-    LateDirect,
     MediaStream,
     connect_as_initiator,
     connect_as_responder,
 )
 from overlay.media.direct_paths import UPGRADE_WINDOW_S, plan
 from overlay.media.inbox_limits import InboxGuard
+from overlay.media.late_paths import LateDirect
 from overlay.media.path_move import Moving
 from overlay.media.signalling import transcript_hash
 from overlay.media.tcp_listener import dial_tcp
