@@ -279,8 +279,8 @@ async def connect_as_initiator(
     With ``prefer_direct_s``, a direct path that authenticates within that long after a
     relay did is selected instead; with ``prefer_udp_s`` (a call's), a direct UDP path that
     authenticates within that long after that. With ``late``, a selected relay leaves the
-    direct attempts running (:class:`~overlay.media.late_paths.LateDirect`). ``log`` is the caller's logger, bound to
-    its session."""
+    direct attempts running (:class:`~overlay.media.late_paths.LateDirect`). ``log`` is the
+    caller's logger, bound to its session."""
     timeline = Timeline()
     completed, errors, tasks = await _first_of(
         attempts, securer, timeline,
@@ -316,8 +316,9 @@ async def connect_as_responder(
     late: LatePaths | None = None,
 ) -> tuple[MediaStream, Timeline]:
     """Complete whatever paths work, and use the one the initiator selects. With ``late``, a
-    selected relay leaves the direct attempts running (:class:`~overlay.media.late_paths.LateDirect`). ``log`` is the
-    caller's logger, bound to its session."""
+    selected relay leaves the direct attempts running
+    (:class:`~overlay.media.late_paths.LateDirect`). ``log`` is the caller's logger, bound to
+    its session."""
     timeline = Timeline()
     loop = asyncio.get_running_loop()
     selected: asyncio.Future[tuple[str, MediaStream]] = loop.create_future()
