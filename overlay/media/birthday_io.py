@@ -27,8 +27,8 @@ from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import LINGER_S, PROBE_BYTES, PunchFailed, punch_key
 from overlay.media.punch_io import drive
 from overlay.media.quic.connect import CONNECT_TIMEOUT_S, quic_connect
-from overlay.media.quic.stream import QuicByteStream
-from overlay.media.stream import MediaStream, RelayRef
+from overlay.media.quic.stream import OwningQuicStream
+from overlay.media.stream import MediaStream
 
 log = get_logger(__name__)
 
@@ -121,30 +121,6 @@ class ExtraSockets:
             ExtraSockets.in_use -= 1
 
 
-class SocketOwningStream:
-    """The QUIC stream on the hard side's winning extra socket: closing (or losing) the stream
-    closes the socket too."""
-
-    relay: RelayRef | None = None
-
-    def __init__(self, inner: QuicByteStream, media: MediaSocket) -> None:
-        self.raw = inner
-        self.media = media
-        self.path = inner.path
-
-    async def send(self, data: bytes) -> None:
-        await self.raw.send(data)
-
-    async def recv(self, max_bytes: int = 65536) -> bytes:
-        return await self.raw.recv(max_bytes)
-
-    async def close(self) -> None:
-        try:
-            await self.raw.close()
-        finally:
-            await self.media.close()
-
-
 async def _run(puncher: BirthdayPuncher, media: MediaSocket, extra: ExtraSockets) -> None:
     """Punch until the puncher succeeded or failed."""
     changed = media.add_puncher(puncher)
@@ -225,4 +201,4 @@ async def birthday_path(
     except BaseException:
         await own.close()
         raise
-    return SocketOwningStream(stream, own)
+    return OwningQuicStream(stream, own.close, path=stream.path)

@@ -23,7 +23,7 @@ from overlay.core.addresses import Address
 from overlay.media.errors import PathLost
 from overlay.media.media_socket import MediaSocket
 from overlay.media.quic.connect import quic_connect
-from overlay.media.quic.stream import QuicByteStream
+from overlay.media.quic.stream import OwningQuicStream
 from overlay.media.stream import MediaStream, RelayRef
 from overlay.relay.datagram_client import BINDING, REFUSED, RelayBinding
 from overlay.relay.protocol import ROLE_CALLEE, ROLE_CALLER, SessionLimits, encode_hello
@@ -90,32 +90,6 @@ class BoundRelay:
             self._timer = None
 
 
-class UdpRelayedStream:
-    """QUIC through a datagram relay as a media path: ``"relay"``, labelled with the relay;
-    closing it ends the binding and closes its socket. ``raw`` is the QUIC stream (its
-    DATAGRAM frames carry a call's frames)."""
-
-    path = "relay"
-
-    def __init__(self, raw: QuicByteStream, relay: RelayRef, bound: BoundRelay) -> None:
-        self.raw = raw
-        self.relay: RelayRef | None = relay
-        self.bound = bound
-
-    async def send(self, data: bytes) -> None:
-        await self.raw.send(data)
-
-    async def recv(self, max_bytes: int = 65536) -> bytes:
-        return await self.raw.recv(max_bytes)
-
-    async def close(self) -> None:
-        try:
-            await self.raw.close()
-        finally:
-            self.bound.stop()
-            await self.bound.media.close()
-
-
 def udp_relay_attempt(host: str, udp_port: int, node_key: bytes, token: bytes,
                       initiator: bool, rate_bps: int, *, voucher: bytes | None = None,
                       bind_timeout_s: float = BIND_TIMEOUT_S
@@ -138,6 +112,11 @@ def udp_relay_attempt(host: str, udp_port: int, node_key: bytes, token: bytes,
             bound.stop()
             await media.close()
             raise
-        return UdpRelayedStream(raw, relay, bound)
+
+        async def release() -> None:
+            bound.stop()
+            await media.close()
+
+        return OwningQuicStream(raw, release, path="relay", relay=relay)
 
     return attempt

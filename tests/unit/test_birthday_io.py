@@ -18,13 +18,13 @@ from overlay.media.birthday import HARD_SOCKETS
 from overlay.media.birthday_io import (
     MAX_EXTRA_TOTAL,
     ExtraSockets,
-    SocketOwningStream,
     birthday_path,
     extra_socket_allowance,
 )
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import PunchFailed
 from overlay.media.quic.connect import udp_path
+from overlay.media.quic.stream import OwningQuicStream
 
 SHARED, TRANSCRIPT = os.urandom(32), os.urandom(32)
 
@@ -68,8 +68,8 @@ async def test_an_extra_socket_wins_carries_quic_and_every_socket_is_closed() ->
     hard_media = await MediaSocket.open("127.0.0.1", 0)
     await hard_media.close()  # its probes go nowhere: only the extra sockets reach the peer
     stream, during = await exchange(hard_media, sockets=32)
-    assert isinstance(stream, SocketOwningStream)  # QUIC ran on the winning extra socket
-    assert stream.media is not hard_media and stream.media.closed
+    assert isinstance(stream, OwningQuicStream)  # QUIC ran on the winning extra socket
+    assert stream.raw.media is not hard_media and stream.raw.media.closed
     assert during <= before + 3  # the 31 losers were closed as soon as one won
     assert open_fds() == before
 
@@ -79,7 +79,7 @@ async def test_when_the_media_socket_wins_the_extra_sockets_are_closed() -> None
     before = open_fds()
     try:
         stream, _ = await exchange(hard_media, sockets=32)
-        assert not isinstance(stream, SocketOwningStream)
+        assert not isinstance(stream, OwningQuicStream)
         assert open_fds() == before
     finally:
         await hard_media.close()

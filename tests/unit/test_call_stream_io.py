@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from overlay.call.frames import new_call_id
 from overlay.call.session import CallSession, CallStats
 from overlay.call.stream_io import FrameStream, StreamCall
-from overlay.media.birthday_io import SocketOwningStream
 from overlay.media.connect import Pushback
 from overlay.media.media_socket import MediaSocket
 from overlay.media.quic.connect import udp_path
+from overlay.media.quic.stream import OwningQuicStream
 from overlay.media.secure_stream import SecureByteStream, secure
 from overlay.media.stream import TcpByteStream
 from tests.unit.test_media_transports import session_material
@@ -103,7 +103,7 @@ async def test_call_on_tcp_goes_on_the_stream() -> None:
 
 async def test_call_through_the_race_wrappers_still_goes_as_quic_datagrams() -> None:
     """What the path race hands the callee is wrapped (``Pushback`` around the secured
-    stream; on a birthday pair's hard side the QUIC stream is in a ``SocketOwningStream``):
+    stream; on a birthday pair's hard side the QUIC stream is in an ``OwningQuicStream``):
     the call still finds the QUIC stream and both sides send and take datagrams. (Before, the
     callee found no datagram carrier: it sent on the stream and dropped every datagram the
     caller sent, so the caller's frames never reached it.)"""
@@ -116,7 +116,7 @@ async def test_call_through_the_race_wrappers_still_goes_as_quic_datagrams() -> 
             udp_path(b, sid, secret, transcript, False, [b.local_address], [a.local_address]))
         sa, sb = await asyncio.gather(
             secure(qa, secret, transcript, True),
-            secure(SocketOwningStream(qb, b), secret, transcript, False))
+            secure(OwningQuicStream(qb, b.close), secret, transcript, False))
         caller, callee, ours, theirs = await call_both_ways(sa, Pushback(sb, b""))
         assert caller.mode == callee.mode == "datagram"
         assert caller.stream_frames == callee.stream_frames == 0

@@ -5,7 +5,7 @@ sans-IO :class:`~overlay.media.quic.core.QuicStreamCore` on a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from overlay.core.addresses import Address
 from overlay.media.media_socket import MediaSocket
@@ -173,3 +173,27 @@ class QuicByteStream:
         self.core.terminated = True
         self._changed.set()
 
+
+class OwningQuicStream:
+    """A QUIC media path that owns what it runs on: closing (or losing) it also runs
+    ``release`` (close its own socket, end a relay binding). ``raw`` is the QUIC stream (its
+    DATAGRAM frames carry a call's frames); ``path`` and ``relay`` label the path."""
+
+    def __init__(self, raw: QuicByteStream, release: Callable[[], Awaitable[None]], *,
+                 path: str = PATH_NAME, relay: RelayRef | None = None) -> None:
+        self.raw = raw
+        self.path = path
+        self.relay = relay
+        self._release = release
+
+    async def send(self, data: bytes) -> None:
+        await self.raw.send(data)
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        return await self.raw.recv(max_bytes)
+
+    async def close(self) -> None:
+        try:
+            await self.raw.close()
+        finally:
+            await self._release()
