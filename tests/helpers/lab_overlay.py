@@ -138,6 +138,15 @@ class SendResult:
                 f"  stderr: {self.stderr.strip()[:600]}")
 
 
+#: the supernode session heartbeat on clean lab links: dead after 3 s of silence, quick failovers
+CLEAN_HEARTBEAT_S = 1.0
+#: ... and on impaired ones. With 1 s the attachment itself flaps there: a lost TCP segment at
+#: RTT 400 ms is retransmitted after ~1 s, twice is 3 s (three failovers in two minutes were
+#: seen, and a send during a failover fails for reasons that are not connectivity). 5 s (dead
+#: after 15 s) keeps attachments stable. Production's default is 30 s.
+IMPAIRED_HEARTBEAT_S = 5.0
+
+
 @dataclass
 class LabOverlay:
     """Bootstrap node + supernodes on public hosts, client daemons on the given hosts.
@@ -157,7 +166,9 @@ class LabOverlay:
     #: ``netem`` on the supernodes' links too (False: the clients' uplinks only, as for
     #: relays in a data centre)
     netem_supernodes: bool = True
-    heartbeat_s: float = 1.0
+    #: the supernode session heartbeat: None is 1 s on clean links (quick failovers) and
+    #: :data:`IMPAIRED_HEARTBEAT_S` under ``netem``
+    heartbeat_s: float | None = None
     client_args: Sequence[str] = ()
     supernode_args: Sequence[str] = ()
     lab_prefix: str | None = None
@@ -178,6 +189,13 @@ class LabOverlay:
     lab: Lab | None = None
 
     # -- layout ---------------------------------------------------------------------------
+
+    @property
+    def heartbeat(self) -> float:
+        """The heartbeat the daemons run with (``heartbeat_s``, or its default)."""
+        if self.heartbeat_s is not None:
+            return self.heartbeat_s
+        return IMPAIRED_HEARTBEAT_S if self.netem else CLEAN_HEARTBEAT_S
 
     @property
     def supernode_hosts(self) -> list[str]:
@@ -292,7 +310,7 @@ class LabOverlay:
         for sn in self.supernode_hosts:
             self._start(sn, "supernode", [
                 "supernode", "--listen", self.supernode_addr(sn), "--bootstrap", boot,
-                "--heartbeat", f"{self.heartbeat_s:g}",
+                "--heartbeat", f"{self.heartbeat:g}",
                 "--state-dir", str(self.work / "state" / sn), *LAB_RELAY_ARGS, *DIRECTORY_ARGS,
                 *self.supernode_args])
         self.wait_directory(self.supernode_hosts)
@@ -301,7 +319,7 @@ class LabOverlay:
                 "client", "--user", self.user(host),
                 "--state-dir", str(self.work / "state" / host),
                 "--control", str(self.sock(host)), "--inbox", str(self.inbox(host)),
-                "--bootstrap", boot, "--no-supernode", "--heartbeat", f"{self.heartbeat_s:g}",
+                "--bootstrap", boot, "--no-supernode", "--heartbeat", f"{self.heartbeat:g}",
                 *self.client_args])
         if wait:
             self.wait_attached()

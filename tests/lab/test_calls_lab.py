@@ -71,7 +71,7 @@ TCP_PATHS = {D, T}
 def run(tmp: Path, impaired: bool) -> list[CallOutcome]:
     floors = {path: TCP_IMPAIRED_FLOOR for path in TCP_PATHS} if impaired else None
     with LabOverlay(tmp, CLIENTS, netem=IMPAIRMENT if impaired else None,
-                    netem_supernodes=False, heartbeat_s=5.0 if impaired else 1.0) as ov:
+                    netem_supernodes=False) as ov:
         seconds = IMPAIRED_SECONDS if impaired else UNIMPAIRED_SECONDS
         outcomes = run_calls(ov, PAIRS, seconds, impaired, floors=floors)
         ov.check_alive()

@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "parallel": args.parallel, "work_dir": str(work)}
     try:
         with LabOverlay(work, clients, netem=args.impair,
-                        netem_supernodes=args.impair_supernodes,
-                        heartbeat_s=5.0 if impaired else 1.0) as ov:
+                        netem_supernodes=args.impair_supernodes) as ov:
             assert ov.lab is not None
             result["netem_backend"] = ov.lab.netem_backend
             result["setup_s"] = round(time.monotonic() - started, 1)
