@@ -1,4 +1,5 @@
-"""DHT benchmark: put/get latency, success and CPU per op, overlay vs the stock ``kademlia``.
+"""DHT benchmark: put/get latency, success and CPU per op, overlay vs the stock ``kademlia``
+and OpenDHT (:mod:`tools.bench.dht_opendht`, when ``opendht`` is installed).
 
 ``python -m tools.bench.dht [--sizes 50,200] [--ops N] [--out FILE] [--quick]``
 
@@ -70,11 +71,15 @@ from overlay.dht.envelope import (
     seal_session,
 )
 from overlay.dht.storage import RecordVerifier
+from tools.bench import dht_opendht
 from tools.bench.common import cpu_affinity, dist_version, emit_json, git, uncommitted
 
 OVERLAY = "overlay"
 STOCK = "kademlia-stock"
-IMPLEMENTATIONS = (OVERLAY, STOCK)
+OPENDHT = dht_opendht.NAME
+#: every implementation this bench knows, in run order (OpenDHT only when installed and not
+#: ``--no-opendht``: :attr:`Params.implementations`)
+IMPLEMENTATIONS = (OVERLAY, STOCK, OPENDHT)
 LOSS_FRACTION = 0.2
 LOSS_PHASE = "get_after_20pct_loss"
 
@@ -125,6 +130,12 @@ class Params:
     micro: bool
     puzzle_json: Path | None
     out: Path | None
+    opendht: bool = True
+
+    @property
+    def implementations(self) -> tuple[str, ...]:
+        with_opendht = self.opendht and dht_opendht.available()
+        return tuple(i for i in IMPLEMENTATIONS if i != OPENDHT or with_opendht)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +162,10 @@ class Params:
                           "max_failures", "refresh_interval_s")
             },
             "stock_config": {"ksize": 20, "alpha": 3, "rpc_timeout_s": 5.0},
+            "implementations": list(self.implementations),
+            "opendht": {"installed": dht_opendht.available(), "version": dht_opendht.version(),
+                        "setup": "DhtRunner per node on 127.0.0.1, IPv6 on ::1, rate limits off, "
+                                 "plain Value(bytes) of the overlay record's length"},
             "gc": "gc.collect() + gc.freeze() after each network's setup (one process holds "
                   "every node's heap; freezing keeps full collections from scanning it)",
         }
@@ -305,7 +320,8 @@ class StockBenchNode:
         return Counter()
 
 
-FACTORIES: dict[str, Callable[[], BenchNode]] = {OVERLAY: OverlayBenchNode, STOCK: StockBenchNode}
+FACTORIES: dict[str, Callable[[], BenchNode]] = {
+    OVERLAY: OverlayBenchNode, STOCK: StockBenchNode, OPENDHT: dht_opendht.OpenDhtBenchNode}
 
 
 # -- measurement ----------------------------------------------------------------------------
@@ -441,7 +457,7 @@ class NetworkRun:
 
     @property
     def op_timeout(self) -> float:
-        return self.p.overlay_op_timeout_s if self.impl == OVERLAY else self.p.stock_op_timeout_s
+        return self.p.stock_op_timeout_s if self.impl == STOCK else self.p.overlay_op_timeout_s
 
     def other_than(self, publisher: int) -> int:
         """A random node index that is not ``publisher``."""
@@ -537,7 +553,7 @@ async def loss_phase(net: NetworkRun, put_ok: list[Item]) -> PhaseResult:
     """Abrupt loss of 20 % of the nodes (readers and the bootstrap node survive), then reads
     of stored records at once."""
     p, rng, nodes, size = net.p, net.rng, net.nodes, net.size
-    overlay = net.impl == OVERLAY
+    overlay = net.impl != STOCK  # the stock package's 5 s timeouts need the shorter phase
     readers = rng.sample(range(1, size), max(2, size // 10))
     candidates = [i for i in range(1, size) if i not in set(readers)]
     victims = set(rng.sample(candidates, min(len(candidates), round(size * LOSS_FRACTION))))
@@ -740,7 +756,7 @@ def environment(uvloop_used: bool, loadavg_start: float) -> dict[str, Any]:
         "cpu_affinity": cpu_affinity(),
         "uvloop": uvloop_used,
         "versions": {d: dist_version(d) for d in ("kademlia", "rpcudp", "uvloop", "PyNaCl",
-                                                  "msgpack", "u-msgpack-python")},
+                                                  "msgpack", "u-msgpack-python", "opendht")},
         "git_head": git("rev-parse", "--short", "HEAD"),
         "overlay_dht_uncommitted_changes": uncommitted(
             "overlay/dht", "overlay/core/records.py", "overlay/core/identity.py"),
@@ -858,10 +874,10 @@ async def run(p: Params, uvloop_used: bool) -> dict[str, Any]:
 
     rng = random.Random(p.seed)
     second = 2 + secrets.randbelow(252)  # overlay 127.second.*, stock 127.second+1.*
-    results: dict[str, dict[str, Any]] = {impl: {} for impl in IMPLEMENTATIONS}
+    results: dict[str, dict[str, Any]] = {impl: {} for impl in p.implementations}
     for si, size in enumerate(p.sizes):
         items = make_items(p.ops, rng, f"{si}")
-        for ii, impl in enumerate(IMPLEMENTATIONS):
+        for ii, impl in enumerate(p.implementations):
             if time.perf_counter() >= run_deadline:
                 results[impl][str(size)] = {"nodes": size, "skipped": "max_run_s reached"}
                 continue
@@ -940,10 +956,13 @@ def human_table(doc: dict[str, Any]) -> str:
             st, ov = row.get(STOCK, {}).get(phase), row.get(OVERLAY, {}).get(phase)
             if not st or not ov:
                 continue
+            od = row.get(OPENDHT, {}).get(phase)
             lines.append(
                 f"{phase} @{size}: stock p50 {st['get_p50_ms']} ms, {st['cpu_ms_per_get']} ms "
                 f"CPU | overlay p50 {ov['get_p50_ms']} ms, {ov['cpu_ms_per_get']} ms CPU, "
-                f"{ov.get('requests_per_get')} req, MAC share {ov.get('session_mac_share')}")
+                f"{ov.get('requests_per_get')} req, MAC share {ov.get('session_mac_share')}"
+                + (f" | opendht p50 {od['get_p50_ms']} ms, {od['cpu_ms_per_get']} ms CPU"
+                   if od else ""))
     prev = sbs["previous_at_200_nodes"]
     lines.append(
         "previous @200: before issue 11 {0[get_p50_ms]} ms / {0[cpu_ms_per_get]} ms CPU; "
@@ -978,6 +997,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     ap.add_argument("--profile", type=Path, metavar="FILE.prof",
                     help="also cProfile an extra overlay get pass at the largest size")
     ap.add_argument("--max-run-s", type=float, help="hard bound on the whole run")
+    ap.add_argument("--no-opendht", action="store_true",
+                    help="leave OpenDHT out (it runs when the opendht package is installed)")
     ap.add_argument("--puzzle-json", type=Path, metavar="FILE",
                     help=f"tools.bench.puzzle's JSON to report (default {PUZZLE_JSON})")
     a = ap.parse_args(argv)
@@ -1010,6 +1031,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         micro=not a.no_micro,
         puzzle_json=a.puzzle_json,
         out=a.out,
+        opendht=not a.no_opendht,
     )
 
 
