@@ -45,11 +45,10 @@ from overlay.call.frames import (
 )
 from overlay.call.jitter import FRAME_MS, JitterBuffer, percentile
 from overlay.call.quality import CODEC_DELAY_MS, G711_PLC, CodecModel, LossPattern, burst_ratio, mos
+from overlay.core.offers import MAX_BITRATE_BPS, MIN_BITRATE_BPS
 
 _ECHO = struct.Struct(">IH")
 NO_ECHO = 0xFFFF
-MIN_BITRATE_BPS = 8_000
-MAX_BITRATE_BPS = 256_000
 DEFAULT_BITRATE_BPS = 24_000
 #: frames sent at most in one timer call when the loop was late (older ones are skipped)
 MAX_CATCH_UP = 3
@@ -128,6 +127,8 @@ class CallSession:
         self.buffer = JitterBuffer()
         self.codec = codec
         self.size = payload_bytes(bitrate_bps)
+        #: the payload size of the peer's latest frame (its bitrate; 0: none yet)
+        self.peer_payload_bytes = 0
         #: what to ask a relay for (both directions)
         self.relay_rate_bps = relay_rate_bps(bitrate_bps)
         self.path, self.relay = path, relay
@@ -193,6 +194,7 @@ class CallSession:
             self.recv.refused[exc.reason] += 1
             return
         self.recv.received += 1
+        self.peer_payload_bytes = len(frame.payload)
         now_ms = now * 1000.0
         self.buffer.arrive(frame.seq, frame.sent_ms, frame.payload, now_ms)
         self._echo = (frame.sent_ms, now)

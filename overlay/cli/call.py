@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from overlay.call.session import DEFAULT_BITRATE_BPS, MAX_BITRATE_BPS, MIN_BITRATE_BPS
+from overlay.call.session import DEFAULT_BITRATE_BPS
 from overlay.cli.common import (
     EXIT_NOT_ACCEPTED,
     EXIT_OFFLINE,
@@ -31,6 +31,7 @@ from overlay.cli.common import (
     run_async,
 )
 from overlay.client.control import ControlSocketError, control_request_async
+from overlay.core.offers import MAX_BITRATE_BPS, MIN_BITRATE_BPS
 from overlay.core.records import RecordError
 from overlay.core.user_ref import parse_user_ref
 from overlay.media.consent import ACCEPT_WAIT_S, MAX_ACCEPT_WAIT_S

@@ -26,8 +26,6 @@ from structlog.typing import FilteringBoundLogger
 from overlay.call.frames import CALL_ID_BYTES
 from overlay.call.session import (
     DEFAULT_BITRATE_BPS,
-    MAX_BITRATE_BPS,
-    MIN_BITRATE_BPS,
     CallSession,
     CallStats,
     relay_rate_bps,
@@ -36,6 +34,7 @@ from overlay.call.stream_io import LOST_GRACE_S, FrameStream, StreamCall
 from overlay.client.control import ControlError, ControlServer, JSONObject
 from overlay.core import records
 from overlay.core.logs import get_logger
+from overlay.core.offers import MAX_BITRATE_BPS, MIN_BITRATE_BPS
 from overlay.core.user_ref import parse_user_ref
 from overlay.media.call_relays import call_relay_rate_bps
 from overlay.media.consent import (
@@ -120,8 +119,8 @@ class Calls:
             raise ControlError(f"wait_s is in (0, {MAX_ACCEPT_WAIT_S:g}]")
         try:
             relay_rate = call_relay_rate_bps(relay_rate_bps(bitrate))
-            async with self.media.open_path(ref, CALL, set(), wait_s,
-                                            relay_rate_bps=relay_rate) as opened:
+            async with self.media.open_path(ref, CALL, set(), wait_s, relay_rate_bps=relay_rate,
+                                            bitrate_bps=bitrate) as opened:
                 lines: list[JSONObject] = []
                 entry = self._entry(ref.name, outgoing=True)
                 final = await self._run(opened, True, seconds, bitrate, entry, lines)
@@ -141,7 +140,9 @@ class Calls:
             log.warning("call_refused", peer=opened.invite.from_user, reason="too many calls")
             return
         entry = self._entry(opened.invite.from_user, outgoing=False)
-        await self._run(opened, False, MAX_ANSWERED_S, DEFAULT_BITRATE_BPS, entry, [])
+        # the caller's bitrate when its invite says it (an older caller's: the default)
+        bitrate = opened.invite.bitrate_bps or DEFAULT_BITRATE_BPS
+        await self._run(opened, False, MAX_ANSWERED_S, bitrate, entry, [])
 
     def _entry(self, peer: str, outgoing: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {"peer": peer, "outgoing": outgoing, "started_at": time.time(),
@@ -177,6 +178,8 @@ class Calls:
                 task.cancel()
         entry["line"] = final
         entry["gap_ms"] = session.stats(time.monotonic()).gap_ms
+        # what this side sent at, and the size of the peer's frames (the peer's bitrate)
+        entry.update(bitrate_bps=bitrate, peer_payload_bytes=session.peer_payload_bytes)
         slog.info("call_ended", error=runner.error, carried_as=runner.mode,
                   path_changes=session.path_changes, gap_ms=entry["gap_ms"], **final)
         return final

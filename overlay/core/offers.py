@@ -16,6 +16,10 @@ ANSWER_DOMAIN = b"overlay/answer/v1\x00"
 OFFER_DOMAINS = (INVITE_DOMAIN, ANSWER_DOMAIN)
 #: an offer fits in one forwarded signal
 MAX_OFFER_BYTES = 4096
+#: a call's bitrate (bit/s): what ``overlay call --bitrate`` and an invite's ``bitrate_bps``
+#: may ask for
+MIN_BITRATE_BPS = 8_000
+MAX_BITRATE_BPS = 256_000
 
 
 def split_offer(wire: bytes) -> tuple[bytes, bytes] | None:

@@ -49,6 +49,7 @@ from overlay.media.path_opening import (
 from overlay.media.paths import Paths
 from overlay.media.relay_paths import RelayPaths
 from overlay.media.relay_vouchers import callee_signatures
+from overlay.media.secure_stream import InviteSalt
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
@@ -170,7 +171,8 @@ class Callee:
             return
         slog = log.bind(session=invite.session_id.hex(), peer=invite.from_user)
         setup = setup or Timeline()
-        s = Session(invite.session_id, invite.from_user, initiator=False)
+        s = Session(invite.session_id, invite.from_user, initiator=False,
+                    invite_salt=InviteSalt(invite.path_salt) if invite.path_salt else None)
         self.sessions[s.session_id] = s
         entry: dict[str, Any] = {"from": invite.from_user, "started_at": time.time(),
                                  "first_byte_at": None, "done_at": None, "path": None}

@@ -35,6 +35,7 @@ from overlay.media.late_paths import LateDirect
 from overlay.media.paths import Paths
 from overlay.media.relay_paths import RELAY_RATE_BPS, RelayPaths
 from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
+from overlay.media.secure_stream import InviteSalt, new_path_salt
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
@@ -96,12 +97,14 @@ class PathOpener:
     @contextlib.asynccontextmanager
     async def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
                         accept_wait_s: float, progress: dict[str, Any] | None = None,
-                        relay_rate_bps: int = RELAY_RATE_BPS) -> AsyncIterator[OpenedPath]:
+                        relay_rate_bps: int = RELAY_RATE_BPS, bitrate_bps: int = 0,
+                        ) -> AsyncIterator[OpenedPath]:
         """Look ``ref`` up, invite it (``purpose``: :data:`FILE` or :data:`CALL`), wait for
         its answer, race the paths: the authenticated stream, closed on leaving the block.
         :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
         ``sending`` entry) gets the wait's state. ``relay_rate_bps``: what a relay session
-        is asked to reserve (a call's rate; 0: the relay's cap)."""
+        is asked to reserve (a call's rate; 0: the relay's cap); ``bitrate_bps``: a call's
+        bitrate, which the invite asks the callee to send at (0: not said)."""
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -119,13 +122,15 @@ class PathOpener:
                 early.add_done_callback(retrieve)
             raise
         setup.add("looked up")
-        s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key)
+        invite_salt = InviteSalt(new_path_salt())
+        s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key,
+                    invite_salt=invite_salt)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s
-        # the callee may dial us as soon as it has answered, before its answer reaches us:
-        # our salt goes out on its connection at once, so its confirmation is here with it
-        self.paths.listener.expect(s.session_id, early_salt=True)
+        # the callee may dial us as soon as it has answered, before its answer reaches us
+        # (with the invite's path salt it confirms on connecting, see .secure_stream)
+        self.paths.listener.expect(s.session_id)
         try:
             local = await gathering
             setup.add("candidates")
@@ -143,7 +148,8 @@ class PathOpener:
                                       time.time(), purpose=purpose, relays=relays,
                                       relay_secret=secret,
                                       relay_expires=expires if sigs else 0, relay_sigs=sigs,
-                                      relay_udp_ports=udp_ports),
+                                      relay_udp_ports=udp_ports,
+                                      path_salt=invite_salt.salt, bitrate_bps=bitrate_bps),
                                 me.identity)
             assert s.answer is not None
             # the answer can come before our supernode's word on the invite's delivery

@@ -234,6 +234,7 @@ class Paths:
 
     def securer(self, s: Session, shared: bytes, transcript: bytes) -> Securer:
         async def secure(raw: MediaStream) -> MediaStream:
-            return await transport_hooks.secure(raw, shared, transcript, s.initiator)
+            return await transport_hooks.secure(raw, shared, transcript, s.initiator,
+                                                s.invite_salt)
         return secure
 

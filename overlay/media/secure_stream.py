@@ -16,6 +16,17 @@ paths (either side's fresh salt changes both keys), the two directions never sha
 frame reflected back to its sender never authenticates, and frames replayed from one path
 into another do not either.
 
+Invite salt. When the signed invite carries the caller's ``path_salt`` (an :class:`InviteSalt`),
+the caller's salt on a path is not random but ``BLAKE2b(key = invite path_salt, callee's salt
+on that path)``: the callee, whose own salt is fresh, derives both salts and sends its salt and
+its confirmation the moment the path is up, without waiting for anything from the caller (one
+round trip less on every path). The caller sends its (derived) salt and confirmation once the
+callee's salt arrived, and refuses a callee salt it has already seen in the session
+(``"replayed_salt"``): so the callee's fresh salt still makes each path's keys its own, and a
+path replayed into another (the callee's salt and frames played again to the caller) neither
+authenticates nor makes the caller seal under a key it used before. The callee checks that
+the caller's salt is the derived one (``"bad_salt"``).
+
 Wire format (both directions)::
 
     path       = salt(16, random, in clear) | frame | frame | ...
@@ -45,6 +56,7 @@ import hashlib
 import hmac
 import os
 import struct
+from dataclasses import dataclass, field
 
 from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_decrypt,
@@ -53,6 +65,7 @@ from nacl.bindings import (
 from nacl.exceptions import CryptoError
 
 from overlay.media.errors import PathLost
+from overlay.media.signalling import PATH_SALT_BYTES
 from overlay.media.stream import ByteStream, RelayRef
 
 KEY_BYTES = 32
@@ -65,8 +78,7 @@ MAX_CIPHERTEXT = 1 + MAX_PLAINTEXT + TAG_BYTES
 CONFIRM_LABEL = b"overlay/media/confirm/v1\x00"
 PERSON_I2R = b"ovl-media-i2r-v2"
 PERSON_R2I = b"ovl-media-r2i-v2"
-#: each side's fresh random salt, sent in clear first on every path
-PATH_SALT_BYTES = 16
+PERSON_CALLER_SALT = b"ovl-caller-salt1"
 MAX_COUNTER = 2**64 - 1
 
 CONFIRM = 0
@@ -78,11 +90,12 @@ _LENGTH = struct.Struct(">I")
 
 class SecureStreamError(PathLost):
     """The secured stream cannot go on (the path is lost). ``reason`` is one of:
-    ``"bad_key"``, ``"oversized"``, ``"auth"`` (tampered, replayed, reordered or dropped
-    frame, or wrong keys), ``"unconfirmed"`` (data before the confirmation),
-    ``"bad_confirm"``, ``"after_close"``, ``"truncated"`` (end of stream without a CLOSE
-    frame, or inside a frame), ``"timeout"``, ``"exhausted"`` (counter wrapped), ``"closed"``
-    (sending after close)."""
+    ``"bad_key"``, ``"bad_salt"`` (the caller's salt is not the one the invite's derives),
+    ``"replayed_salt"`` (a callee salt seen on another path), ``"oversized"``, ``"auth"``
+    (tampered, replayed, reordered or dropped frame, or wrong keys), ``"unconfirmed"`` (data
+    before the confirmation), ``"bad_confirm"``, ``"after_close"``, ``"truncated"`` (end of
+    stream without a CLOSE frame, or inside a frame), ``"timeout"``, ``"exhausted"`` (counter
+    wrapped), ``"closed"`` (sending after close)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -112,6 +125,30 @@ def derive_keys(
 def new_path_salt() -> bytes:
     """A fresh random path salt (one per side per path, never reused)."""
     return os.urandom(PATH_SALT_BYTES)
+
+
+@dataclass
+class InviteSalt:
+    """The caller's ``path_salt`` from a signed invite, for one session (both sides hold one;
+    ``seen``: the callee salts the caller has keyed a path with, each accepted once)."""
+
+    salt: bytes
+    seen: set[bytes] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if len(self.salt) != PATH_SALT_BYTES:
+            raise SecureStreamError("bad_key", f"a path salt is {PATH_SALT_BYTES} bytes")
+
+    def caller_salt(self, callee_salt: bytes) -> bytes:
+        """The caller's salt on the path where the callee sent ``callee_salt``."""
+        return hashlib.blake2b(callee_salt, key=self.salt, digest_size=PATH_SALT_BYTES,
+                               person=PERSON_CALLER_SALT).digest()
+
+    def accept(self, callee_salt: bytes) -> None:
+        """The caller keys a path with ``callee_salt``: once per session."""
+        if callee_salt in self.seen:
+            raise SecureStreamError("replayed_salt", "the callee's salt of another path")
+        self.seen.add(callee_salt)
 
 
 def _nonce(counter: int) -> bytes:
@@ -305,34 +342,44 @@ class SecureByteStream:
 
 async def secure(
     stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
-    timeout: float = 5.0, relay: RelayRef | None = None, sent_salt: bytes | None = None,
+    timeout: float = 5.0, relay: RelayRef | None = None,
+    invite_salt: InviteSalt | None = None,
 ) -> SecureByteStream:
-    """Both sides send a fresh path salt, derive this path's keys from both salts, send their
-    confirmation and wait for the peer's (all within ``timeout``). ``sent_salt``: the salt
-    this side already sent first on ``stream`` (before it knew the keys), not sent again.
+    """Both sides send a path salt, derive this path's keys from both salts, send their
+    confirmation and wait for the peer's (all within ``timeout``). Without ``invite_salt``
+    both salts are fresh and sent at once; with it (the invite carried the caller's path
+    salt) the callee sends its fresh salt and its confirmation at once, and the caller
+    answers with the salt derived from the callee's (see the module's docstring).
 
     On success the path is authenticated end to end. On any failure the raw stream is closed
     and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
     """
-    own_salt = sent_salt if sent_salt is not None else new_path_salt()
-    if len(own_salt) != PATH_SALT_BYTES:
-        raise SecureStreamError("bad_key", f"a path salt is {PATH_SALT_BYTES} bytes")
     pending = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            if sent_salt is None:
-                await stream.send(own_salt)
-            received = bytearray()
-            while len(received) < PATH_SALT_BYTES:
-                data = await stream.recv(65536)
-                if not data:
-                    raise SecureStreamError("truncated", "the stream ended before the salt")
-                received += data
-            peer_salt = bytes(received[:PATH_SALT_BYTES])
-            salts = own_salt + peer_salt if initiator else peer_salt + own_salt
-            send_key, recv_key = derive_keys(shared_secret, transcript_hash, initiator, salts)
-            framer = SecureFramer(send_key, recv_key, transcript_hash)
-            await stream.send(framer.hello())
+            if invite_salt is not None and not initiator:
+                own = new_path_salt()
+                expected = invite_salt.caller_salt(own)
+                framer = _framer(shared_secret, transcript_hash, False, expected + own)
+                await stream.send(own + framer.hello())
+                received = await _recv_salt(stream)
+                if not hmac.compare_digest(bytes(received[:PATH_SALT_BYTES]), expected):
+                    raise SecureStreamError("bad_salt", "not the salt the invite's derives")
+            elif invite_salt is not None:
+                received = await _recv_salt(stream)
+                peer = bytes(received[:PATH_SALT_BYTES])
+                invite_salt.accept(peer)
+                own = invite_salt.caller_salt(peer)
+                framer = _framer(shared_secret, transcript_hash, True, own + peer)
+                await stream.send(own + framer.hello())
+            else:
+                own = new_path_salt()
+                await stream.send(own)
+                received = await _recv_salt(stream)
+                peer = bytes(received[:PATH_SALT_BYTES])
+                salts = own + peer if initiator else peer + own
+                framer = _framer(shared_secret, transcript_hash, initiator, salts)
+                await stream.send(framer.hello())
             for msg in framer.feed(bytes(received[PATH_SALT_BYTES:])):
                 pending += msg
             while not framer.confirmed:
@@ -352,6 +399,23 @@ async def secure(
     if framer.peer_closed:
         secured._eof = True
     return secured
+
+
+def _framer(shared_secret: bytes, transcript_hash: bytes, initiator: bool,
+            path_salts: bytes) -> SecureFramer:
+    send_key, recv_key = derive_keys(shared_secret, transcript_hash, initiator, path_salts)
+    return SecureFramer(send_key, recv_key, transcript_hash)
+
+
+async def _recv_salt(stream: ByteStream) -> bytearray:
+    """The peer's first bytes, at least its salt."""
+    received = bytearray()
+    while len(received) < PATH_SALT_BYTES:
+        data = await stream.recv(65536)
+        if not data:
+            raise SecureStreamError("truncated", "the stream ended before the salt")
+        received += data
+    return received
 
 
 async def _close_quietly(stream: ByteStream) -> None:

@@ -165,11 +165,11 @@ class MediaService:
 
     def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
                   accept_wait_s: float, progress: dict[str, Any] | None = None,
-                  relay_rate_bps: int = RELAY_RATE_BPS,
+                  relay_rate_bps: int = RELAY_RATE_BPS, bitrate_bps: int = 0,
                   ) -> contextlib.AbstractAsyncContextManager[OpenedPath]:
         """:meth:`.PathOpener.open_path`: the authenticated stream to ``ref``."""
         return self.opener.open_path(ref, purpose, failed_relays, accept_wait_s, progress,
-                                     relay_rate_bps)
+                                     relay_rate_bps, bitrate_bps)
 
     # -- caller ---------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from overlay.core.identity import Identity
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxLimits
+from overlay.media.secure_stream import InviteSalt
 from overlay.media.signalling import MediaKeys, Offer
 from overlay.media.stream import RelayRef
 
@@ -55,3 +56,6 @@ class Session:
     pending: asyncio.Event = field(default_factory=asyncio.Event)
     #: the address the peer's direct TCP connection to our listener came from, if one came
     accepted_from: str | None = None
+    #: the caller's path salt from the signed invite, when it carried one
+    #: (:class:`~overlay.media.secure_stream.InviteSalt`: the callee confirms paths at once)
+    invite_salt: InviteSalt | None = None

@@ -22,7 +22,14 @@ from nacl.public import PrivateKey
 
 from overlay.core.addresses import Address
 from overlay.core.identity import PUBLIC_KEY_BYTES, Identity, verify_signature
-from overlay.core.offers import ANSWER_DOMAIN, INVITE_DOMAIN, MAX_OFFER_BYTES, split_offer
+from overlay.core.offers import (
+    ANSWER_DOMAIN,
+    INVITE_DOMAIN,
+    MAX_BITRATE_BPS,
+    MAX_OFFER_BYTES,
+    MIN_BITRATE_BPS,
+    split_offer,
+)
 from overlay.core.records import NAME_PATTERN
 from overlay.core.strict_msgpack import NotMsgpack, unpack_strict
 from overlay.media.candidate_policy import ip_literal, public_of
@@ -34,6 +41,11 @@ MAX_RELAYS = 4
 #: an invite older than this (or this far in the future) is refused: no replays
 MAX_AGE_S = 120.0
 NAT_TYPES = ("public", "cone", "symmetric", "no-udp", "unknown")
+#: the keys an offer's 16th field (a map) may hold
+EXTENSION_KEYS = ("path_salt", "bitrate_bps")
+#: a path salt (:mod:`overlay.media.secure_stream`): each side's, sent in clear first on
+#: every path, and the caller's in an invite
+PATH_SALT_BYTES = 16
 
 
 class SignallingError(MediaError):
@@ -142,13 +154,31 @@ class Offer:
     #: invites of calls: each relay's datagram relay UDP port (0: none), in ``relays``'
     #: order; on the wire a 4th element of a relay's entry, only where not 0
     relay_udp_ports: tuple[int, ...] = ()
+    #: invites: the caller's path salt (:class:`~overlay.media.secure_stream.InviteSalt`:
+    #: the callee confirms each path at once); b"": none (an older caller's invite)
+    path_salt: bytes = b""
+    #: invites of calls: the caller's bitrate, for the callee to send at (0: not said)
+    bitrate_bps: int = 0
     wire: bytes = field(default=b"", repr=False, compare=False)
 
     def fields(self) -> list[Any]:
-        return [self.kind, self.session_id, self.from_user, self.from_device, self.from_key,
+        base = [self.kind, self.session_id, self.from_user, self.from_device, self.from_key,
                 self.to_user, self.ephemeral, self.candidates.to_wire(), self.issued_at,
                 self.purpose, self.accept, self.reason, self._relays_field(),
-                self.relay_secret, *self._voucher_field()]
+                self.relay_secret]
+        extensions = self._extensions()
+        if not extensions:
+            return [*base, *self._voucher_field()]
+        return [*base, (self._voucher_field() or [None])[0], extensions]
+
+    def _extensions(self) -> dict[str, Any]:
+        """The 16th field (:data:`EXTENSION_KEYS`), only when one is set."""
+        out: dict[str, Any] = {}
+        if self.path_salt:
+            out["path_salt"] = self.path_salt
+        if self.bitrate_bps:
+            out["bitrate_bps"] = self.bitrate_bps
+        return out
 
     def _relays_field(self) -> list[Any]:
         ports = self.relay_udp_ports
@@ -180,14 +210,20 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
         raise SignallingError("not an offer: not msgpack([body, signature]) within limits")
     body, signature = parts
     try:
-        values = unpack_strict(body, max_len=MAX_OFFER_BYTES, max_array=16)
+        values = unpack_strict(body, max_len=MAX_OFFER_BYTES, max_array=16,
+                               max_map=len(EXTENSION_KEYS))
     except NotMsgpack as exc:
         raise SignallingError(f"not an offer: {exc}") from None
-    if not isinstance(values, list) or len(values) not in (14, 15):
-        raise SignallingError("an offer has 14 fields, or 15 with relay vouchers")
+    if not isinstance(values, list) or len(values) not in (14, 15, 16):
+        raise SignallingError("an offer has 14 fields, 15 with relay vouchers, or 16 with "
+                              "extensions")
     (kind, session_id, from_user, from_device, from_key, to_user, ephemeral, candidates,
      issued_at, purpose, accept, reason, relays, relay_secret) = values[:14]
-    relay_expires, relay_sigs = _voucher_sigs(values[14] if len(values) == 15 else None)
+    if len(values) == 15 and values[14] is None:
+        raise SignallingError("no relay vouchers is 14 fields")
+    relay_expires, relay_sigs = _voucher_sigs(values[14] if len(values) >= 15 else None)
+    path_salt, bitrate_bps = _extensions(values[15] if len(values) == 16 else None, kind,
+                                         purpose)
     if not isinstance(relays, list) or len(relays) > MAX_RELAYS or not all(
         isinstance(r, list) and len(r) in (3, 4) and type(r[0]) is str and len(r[0]) <= 64
         and type(r[1]) is int and 0 < r[1] < 65536 and type(r[2]) is bytes
@@ -222,7 +258,25 @@ def open_offer(wire: bytes, now: float | None = None) -> Offer:
     return Offer(kind, session_id, from_user, from_device, from_key, to_user, ephemeral,
                  Candidates.from_wire(candidates), issued_at, purpose, accept, reason,
                  tuple((r[0], r[1], r[2]) for r in relays), relay_secret, relay_expires,
-                 relay_sigs, _udp_ports(relays), wire=wire)
+                 relay_sigs, _udp_ports(relays), path_salt, bitrate_bps, wire=wire)
+
+
+def _extensions(value: Any, kind: Any, purpose: Any) -> tuple[bytes, int]:
+    """``(path_salt, bitrate_bps)`` from the 16th field: a map of :data:`EXTENSION_KEYS`
+    only, not empty, in invites only; ``bitrate_bps`` in invites of calls only."""
+    if value is None:
+        return b"", 0
+    if not isinstance(value, dict) or not value or not set(value) <= set(EXTENSION_KEYS) \
+            or kind != "invite":
+        raise SignallingError(f"an invite's extensions are a map of {EXTENSION_KEYS}")
+    salt = value.get("path_salt", b"")
+    bitrate = value.get("bitrate_bps", 0)
+    if "path_salt" in value and (type(salt) is not bytes or len(salt) != PATH_SALT_BYTES):
+        raise SignallingError(f"a path salt is {PATH_SALT_BYTES} bytes")
+    if "bitrate_bps" in value and (type(bitrate) is not int or purpose != CALL
+                                   or not MIN_BITRATE_BPS <= bitrate <= MAX_BITRATE_BPS):
+        raise SignallingError(f"a call's bitrate is {MIN_BITRATE_BPS} to {MAX_BITRATE_BPS}")
+    return salt, bitrate
 
 
 def _udp_ports(relays: list[list[Any]]) -> tuple[int, ...]:

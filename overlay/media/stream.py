@@ -65,8 +65,6 @@ class TcpByteStream:
         self.reader = reader
         self.writer = writer
         self.path = path
-        #: the path salt our listener already sent on this connection (None: not sent)
-        self.early_salt: bytes | None = None
 
     async def send(self, data: bytes) -> None:
         with losing_path():

@@ -1,13 +1,6 @@
 """A client's TCP listener for direct media connections, and dialling one: a connection
 starts with the 16-byte session id it belongs to (the listener routes it to that session's
 race, and drops one for a session it does not expect).
-
-The caller's listener sends its path salt (:mod:`overlay.media.secure_stream`) on a
-connection the moment it is routed (``expect(..., early_salt=True)``), before the caller
-holds the answer's keys: the callee, which dialled as soon as it answered, then sends its
-confirmation at once, and the caller's handshake on that path completes as soon as the
-answer arrives instead of a round trip later. The bytes on the wire are the same, only
-earlier.
 """
 
 from __future__ import annotations
@@ -15,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from overlay.media.secure_stream import new_path_salt
 from overlay.media.stream import TcpByteStream
 
 TCP_CONNECT_TIMEOUT_S = 3.0
@@ -29,8 +21,6 @@ class MediaListener:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.waiting: dict[bytes, asyncio.Queue[TcpByteStream]] = {}
-        #: the sessions whose connections get our path salt on arrival
-        self.early_salt: set[bytes] = set()
 
     async def start(self, host: str, port: int = 0) -> None:
         # SO_REUSEPORT: TCP hole punching connects from this port while it listens
@@ -49,22 +39,13 @@ class MediaListener:
         if queue is None:
             writer.close()  # not a session we expect: drop without a word
             return
-        stream = TcpByteStream(reader, writer)
-        if session_id in self.early_salt:
-            stream.early_salt = new_path_salt()
-            writer.write(stream.early_salt)
-        queue.put_nowait(stream)
+        queue.put_nowait(TcpByteStream(reader, writer))
 
-    def expect(self, session_id: bytes, early_salt: bool = False
-               ) -> asyncio.Queue[TcpByteStream]:
-        """The queue of connections for ``session_id``; ``early_salt``: each gets our path
-        salt as it arrives (the caller's, before the answer)."""
-        if early_salt:
-            self.early_salt.add(session_id)
+    def expect(self, session_id: bytes) -> asyncio.Queue[TcpByteStream]:
+        """The queue of connections for ``session_id``."""
         return self.waiting.setdefault(session_id, asyncio.Queue())
 
     def forget(self, session_id: bytes) -> None:
-        self.early_salt.discard(session_id)
         self.waiting.pop(session_id, None)
 
     async def stop(self) -> None:

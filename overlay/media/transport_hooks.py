@@ -19,9 +19,10 @@ from overlay.media.errors import losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
+from overlay.media.secure_stream import InviteSalt
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
-from overlay.media.stream import MediaStream, RelayRef, TcpByteStream
+from overlay.media.stream import MediaStream, RelayRef
 from overlay.relay.client import RelayByteStream, RelayLimitReached, relay_connect
 from overlay.relay.voucher import token_hash
 
@@ -33,13 +34,12 @@ NAT_CACHE_S = 60.0
 NAT_STALE_S = 600.0
 
 
-async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool
-                 ) -> MediaStream:
-    """End-to-end secure a raw path; the secured stream names the same relay (a connection
-    our listener already sent its salt on: :mod:`.tcp_listener`)."""
-    sent_salt = raw.early_salt if isinstance(raw, TcpByteStream) else None
+async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool,
+                 invite_salt: InviteSalt | None = None) -> MediaStream:
+    """End-to-end secure a raw path; the secured stream names the same relay.
+    ``invite_salt``: the session's, when its invite carried the caller's path salt."""
     return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S,
-                               relay=raw.relay, sent_salt=sent_salt)
+                               relay=raw.relay, invite_salt=invite_salt)
 
 
 @dataclass

@@ -82,6 +82,15 @@ OFFERS = [
                      CANDIDATES, NOW, purpose="call",
                      relays=(("192.0.2.9", 7000, K32), ("192.0.2.10", 7000, K32)),
                      relay_secret=b"\x03" * 32, relay_udp_ports=(0, 7001)), ALICE),
+    # 16 fields: the extensions map (the caller's path salt; a call's bitrate), with and
+    # without relay vouchers (nil in the 15th field)
+    sign_offer(Offer("invite", N16, "alice", "phone", ALICE.public_key, "bob", K32,
+                     CANDIDATES, NOW, purpose="call", path_salt=b"\x05" * 16,
+                     bitrate_bps=64_000), ALICE),
+    sign_offer(Offer("invite", N16, "alice", "phone", ALICE.public_key, "bob", K32,
+                     CANDIDATES, NOW, relays=(("192.0.2.9", 7000, K32),),
+                     relay_secret=b"\x03" * 32, relay_expires=int(NOW) + 720,
+                     relay_sigs=(SIG,), path_salt=b"\x05" * 16), ALICE),
 ]
 OFFER_BODIES = [o.fields() for o in OFFERS]
 

@@ -481,6 +481,8 @@ def _offer(wire: bytes) -> None:
     assert parts is not None and offer.wire == wire
     assert math.isfinite(offer.issued_at), "an offer fresh at any time"
     assert Candidates.from_wire(offer.candidates.to_wire()) == offer.candidates
+    assert len(offer.path_salt) in (0, 16) and (offer.kind == "invite" or not offer.path_salt)
+    assert not offer.bitrate_bps or (offer.purpose == "call" and offer.kind == "invite")
 
 
 def _signal(args: Any) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from overlay.call.session import payload_bytes
 from overlay.cli.common import EXIT_OFFLINE
 from overlay.client.calls import LINE_KEYS
 from overlay.client.control import ControlSocketError, control_request_async
@@ -58,7 +59,7 @@ async def test_call_between_two_clients_reports_quality_each_second(tmp_path):
         await wait_for(alice_sees_bob, timeout=30, interval=0.2)
 
         code, out, err = await overlay_cli("call", "bob", "--control", str(socks["alice"]),
-                                           "--seconds", "3", "--json")
+                                           "--seconds", "3", "--bitrate", "64kbit", "--json")
         assert code == 0, err
         lines = [json.loads(line) for line in out.splitlines()]
         assert len(lines) >= 3, out
@@ -85,6 +86,12 @@ async def test_call_between_two_clients_reports_quality_each_second(tmp_path):
         bob_side = (await ask(socks["bob"], {"cmd": "calls"}))["calls"][-1]
         assert bob_side["peer"] == "alice" and bob_side["outgoing"] is False
         assert bob_side["line"]["frames_received"] >= 100
+        # the invite carried alice's --bitrate: bob sent at it, and alice got frames of its
+        # size (payload_bytes(64 kbit/s) = 160 bytes; bob's default would give 60)
+        assert bob_side["bitrate_bps"] == 64_000
+        alice_side = (await ask(socks["alice"], {"cmd": "calls"}))["calls"][-1]
+        assert alice_side["peer_payload_bytes"] == payload_bytes(64_000) == 160, alice_side
+        assert bob_side["peer_payload_bytes"] == 160, bob_side
 
         # a user nobody knows: the documented exit code, nothing on stdout
         code, out, err = await overlay_cli("call", "nobody", "--control", str(socks["alice"]),
