@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import math
 import multiprocessing
+import os
 import select
 import socket
 import struct
@@ -72,11 +73,13 @@ def payload_offset(datagram: bytes) -> int | None:
 
 
 def _worker(sends: list[tuple[socket.socket, Address, bytes]], start_at: float,
-            interval_s: float, seconds: float, conn: Connection) -> None:
+            interval_s: float, seconds: float, nice: int, conn: Connection) -> None:
     """Send on schedule from every leg for ``seconds`` from ``start_at``, receive throughout
     and for up to :data:`DRAIN_S` after; report (offered, sent, received, late) and the
     delays. A worker that falls behind sends late, and stops at the window's end: what it
     had not sent by then counts as offered, not sent."""
+    if nice:
+        os.nice(nice)
     poller = select.epoll()
     by_fd = {}
     for sock, _, _ in sends:
@@ -136,7 +139,7 @@ def _worker(sends: list[tuple[socket.socket, Address, bytes]], start_at: float,
 
 def run_load(calls: list[Call], interval_s: float, seconds: float, relayed: bool,
              procs: int = 2, on_start: Callable[[], None] | None = None,
-             lead_s: float = 0.3) -> LoadResult:
+             lead_s: float = 0.3, nice: int = 0) -> LoadResult:
     """Offer the load (through the relay, or ``relayed=False``: straight to the peer) from
     ``procs`` forked workers. ``on_start`` runs in this process when sending starts (a CPU
     sample of the relay); returns once every worker has drained and reported."""
@@ -151,7 +154,7 @@ def run_load(calls: list[Call], interval_s: float, seconds: float, relayed: bool
     running = []
     for share in shares:
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=(share, start_at, interval_s, seconds, child),
+        proc = ctx.Process(target=_worker, args=(share, start_at, interval_s, seconds, nice, child),
                            daemon=True)
         proc.start()
         child.close()

@@ -47,7 +47,7 @@ from overlay.core.identity import Identity
 from overlay.dht import DHTConfig
 from overlay.relay.protocol import ROLE_CALLEE, ROLE_CALLER, encode_hello
 from overlay.relay.voucher import Voucher, statement_for
-from tests.helpers.daemons import Daemon, wait_ready
+from tests.helpers.daemons import Daemon, http_status_text, parse_metrics, wait_ready
 from tools.bench.common import emit_json
 from tools.bench.datagram_load import Call, Leg, run_load
 from tools.bench.procstat import ProcSample, cpu_pct, raise_fd_limit, sched_sample
@@ -89,6 +89,14 @@ async def pair_calls(relay: tuple[str, int], relay_key: bytes, n: int, callers: 
     return pairs
 
 
+def udp_rcvbuf_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (the whole
+    machine: other processes' drops count too)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
 def interval_for(n: int, max_dps: float) -> float:
     """20 ms (a voice call), or longer so that 2N legs offer at most ``max_dps``."""
     return max(1 / FPS, 2 * n / max_dps)
@@ -101,22 +109,36 @@ def _pct(values: Sequence[int], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
 
 
+def warm_up(calls: list[Call], args: argparse.Namespace) -> None:
+    """The row's load for ``--warmup`` s, not measured: every leg heard by the relay again
+    after the setup (the overlay relay forwards only to an end heard in the last 10 s)."""
+    if args.warmup > 0:
+        run_load(calls, interval_for(len(calls), args.max_offered_dps), args.warmup, True,
+                 args.procs, nice=args.generator_nice)
+
+
 def measure_row(pid: int, calls: list[Call], args: argparse.Namespace,
                 idle_pct: float) -> dict[str, Any]:
     """The relayed window (relay CPU around it), then the direct one: one row."""
     n = len(calls)
     interval = interval_for(n, args.max_offered_dps)
     samples: list[ProcSample] = []
+    rcvbuf_errors = udp_rcvbuf_errors()
     relayed = run_load(calls, interval, args.seconds, True, args.procs,
-                       on_start=lambda: samples.append(sched_sample(pid)))
+                       on_start=lambda: samples.append(sched_sample(pid)),
+                       nice=args.generator_nice)
     after = sched_sample(pid)
-    direct = run_load(calls, interval, min(args.seconds, 5.0), False, args.procs)
+    rcvbuf_errors = udp_rcvbuf_errors() - rcvbuf_errors
+    direct = run_load(calls, interval, min(args.seconds, 5.0), False, args.procs,
+                      nice=args.generator_nice)
     got = relayed.received
     out: dict[str, Any] = {
-        "calls": n, "datagram_bytes": FRAME, "interval_ms": round(1000 * interval, 3),
+        "calls": n, "datagram_bytes": FRAME, "warmup_s": args.warmup,
+        "generator_nice": args.generator_nice, "interval_ms": round(1000 * interval, 3),
         "per_leg_dps": round(1 / interval, 2), "generator_processes": relayed.workers,
         "datagrams_offered": relayed.offered, "datagrams_sent": relayed.sent,
         "datagrams_received": got, "late_sends": relayed.late_sends,
+        "udp_rcvbuf_errors_machine_wide": rcvbuf_errors,
         "offered_dps": round(2 * n / interval, 1),
         "delivered_fraction": round(got / relayed.offered, 4) if relayed.offered else None,
         "valid": relayed.offered > 0 and got >= VALID_SHARE * relayed.offered,
@@ -158,15 +180,29 @@ def _plain(sock: CallSocket) -> socket.socket:
     return plain
 
 
-async def calls_phase(pid: int, relay: tuple[str, int], relay_key: bytes, addrs: Addrs, n: int,
-                      args: argparse.Namespace, idle_pct: float) -> dict[str, Any]:
+async def _relay_drops(http: str) -> dict[str, float]:
+    """The supernode's ``overlay_relay_datagrams_dropped`` counters by reason."""
+    _, text = await http_status_text(f"http://{http}/metrics")
+    return {k.partition("reason=")[2].strip('"}'): v for k, v in parse_metrics(text).items()
+            if k.startswith("overlay_relay_datagrams_dropped")}
+
+
+async def calls_phase(pid: int, http: str, relay: tuple[str, int], relay_key: bytes,
+                      addrs: Addrs, n: int, args: argparse.Namespace,
+                      idle_pct: float) -> dict[str, Any]:
     callers, callees = addrs.phase_ips()
     t0 = time.monotonic()
     pairs = await pair_calls(relay, relay_key, n, callers, callees)
     pair_s = time.monotonic() - t0
     calls = _legs(pairs, relay)
     try:
-        return {**measure_row(pid, calls, args, idle_pct), "pair_s": round(pair_s, 2)}
+        warm_up(calls, args)
+        dropped = await _relay_drops(http)
+        row = measure_row(pid, calls, args, idle_pct)
+        after = await _relay_drops(http)
+        return {**row, "pair_s": round(pair_s, 2),
+                "relay_dropped": {k: v - dropped.get(k, 0) for k, v in after.items()
+                                  if v - dropped.get(k, 0)}}
     finally:
         for call in calls:
             for leg in call:
@@ -206,8 +242,8 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
             log(f"overlay datagram relay x{n}")
             try:
                 out[f"calls_{n}"] = await asyncio.wait_for(
-                    calls_phase(sn.pid, relay, relay_key, addrs, n, args,
-                                out["idle_cpu_pct"]),
+                    calls_phase(sn.pid, f"{addrs.supernode}:{HTTP_PORT}", relay, relay_key,
+                                addrs, n, args, out["idle_cpu_pct"]),
                     args.seconds * 2 + 60 + n * 0.1)
             except Exception as exc:
                 out[f"calls_{n}"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -245,6 +281,7 @@ def run_coturn_udp(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dic
                 calls, allocs = turn_calls(addrs.turn, n, callers, callees)
                 setup_s = round(time.monotonic() - t0, 2)
                 try:
+                    warm_up(calls, args)
                     out[f"calls_{n}"] = {**measure_row(turn.pid, calls, args,
                                                        out["idle_cpu_pct"]),
                                          "pair_s": setup_s}
@@ -288,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-offered-dps", type=float, default=20000.0,
                    help="longer send interval than 20 ms where 2N legs would offer more")
     p.add_argument("--procs", type=int, default=2, help="load generator processes")
+    p.add_argument("--generator-nice", type=int, default=0,
+                   help="nice increment of the generator's workers")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds of the same load, not measured, before each row's window")
     p.add_argument("--out")
     args = p.parse_args(argv)
     doc = asyncio.run(amain(args))
