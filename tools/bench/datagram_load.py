@@ -33,6 +33,8 @@ _STAMP = struct.Struct(">Q")
 _FILLER = bytes(FRAME - _STAMP.size)
 #: after the sending window, how long a worker waits for what is still in flight
 DRAIN_S = 1.0
+#: ... or until nothing has arrived for this long
+DRAIN_QUIET_S = 0.25
 SLOT_S = 0.001
 
 
@@ -130,8 +132,13 @@ def _worker(sends: list[tuple[socket.socket, Address, bytes]], start_at: float,
                 pass  # a full send buffer or an ICMP error: not sent
         k += 1
     deadline = time.monotonic() + DRAIN_S
+    quiet_since, seen = time.monotonic(), received
     while received < sent and (left := deadline - time.monotonic()) > 0:
         drain(min(left, 0.05))
+        if received != seen:
+            quiet_since, seen = time.monotonic(), received
+        elif time.monotonic() - quiet_since > DRAIN_QUIET_S:
+            break  # nothing for a while: the rest was lost
     conn.send((offered, sent, received, late))
     conn.send_bytes(delays.tobytes())
     conn.close()

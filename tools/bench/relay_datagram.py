@@ -149,7 +149,7 @@ def measure_row(pid: int, calls: list[Call], args: argparse.Namespace,
         "direct_delivered_fraction": round(direct.received / direct.offered, 4)
         if direct.offered else None,
         **cpu_stats(samples[0], after, got, got * FRAME)}
-    out["achieved_dps"] = round(got / out["wall_s"], 1) if out["wall_s"] else None
+    out["achieved_dps"] = round(got / args.seconds, 1)  # over the sending window
     out["cpu_us_per_datagram"] = out.pop("cpu_us_per_frame")
     if got:
         net = max(0.0, out["cpu_s"] - idle_pct / 100 * out["wall_s"])
@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-offered-dps", type=float, default=20000.0,
                    help="longer send interval than 20 ms where 2N legs would offer more")
     p.add_argument("--procs", type=int, default=2, help="load generator processes")
-    p.add_argument("--generator-nice", type=int, default=0,
-                   help="nice increment of the generator's workers")
+    p.add_argument("--generator-nice", type=int, default=10,
+                   help="nice increment of the generator's workers (the relay under test "
+                        "goes first; a generator that falls behind shows as late/unsent)")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="seconds of the same load, not measured, before each row's window")
     p.add_argument("--out")
