@@ -124,6 +124,7 @@ def measure_row(pid: int, calls: list[Call], args: argparse.Namespace,
     interval = interval_for(n, args.max_offered_dps)
     samples: list[ProcSample] = []
     rcvbuf_errors = udp_rcvbuf_errors()
+    load_before = os.getloadavg()[0]
     relayed = run_load(calls, interval, args.seconds, True, args.procs,
                        on_start=lambda: samples.append(sched_sample(pid)),
                        nice=args.generator_nice)
@@ -139,6 +140,7 @@ def measure_row(pid: int, calls: list[Call], args: argparse.Namespace,
         "datagrams_offered": relayed.offered, "datagrams_sent": relayed.sent,
         "datagrams_received": got, "late_sends": relayed.late_sends,
         "udp_rcvbuf_errors_machine_wide": rcvbuf_errors,
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "offered_dps": round(2 * n / interval, 1),
         "delivered_fraction": round(got / relayed.offered, 4) if relayed.offered else None,
         "valid": relayed.offered > 0 and got >= VALID_SHARE * relayed.offered,
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     emit_json(doc, args.out)
     for side in ("overlay", "coturn"):
         for key, row in doc.get(side, {}).items():
-            if key.startswith("calls_"):
+            if "calls_" in key:
                 log(f"{side} {key}: " + json.dumps({k: row.get(k) for k in (
                     "valid", "interval_ms", "delivered_fraction", "achieved_dps",
                     "cpu_us_per_datagram",
