@@ -6,23 +6,26 @@ latency the relay adds, overlay's UDP relay vs coturn's UDP relaying.
 
 Overlay side: one ``overlay bootstrap`` and one ``overlay supernode --relay-udp-port`` process
 on loopback (``127.A.B.*``), relay limits the bench's sessions fit, the budget accounting on.
-For N calls: 2N UDP sockets (callers and callees on two fresh /24s) bind at the relay the way
-a client does (:func:`overlay.call.udp_io.bind_relay`: ALLOCATE, CHALLENGE, ALLOCATE with
-the cookie; the caller's hello carries a voucher), then one shared 20 ms timer sends one
-160-byte datagram from every socket through the relay for ``--seconds``: a call, 50
-datagrams/s each way. Each datagram carries its send time (``perf_counter_ns``, one process,
-one clock), so the receiver has its one-way delay. The same sockets then send straight to
-each other for the same time (``direct``): ``added_ms_p50/p99`` = relayed minus direct
-percentiles, the relay's share of the delay. CPU is the supernode's (``/proc`` sched time)
-over the relayed window, per forwarded datagram.
+For N calls: 2N UDP sockets
+(callers and callees on two fresh /24s) bind at the relay the way a client does
+(:func:`overlay.call.udp_io.bind_relay`: ALLOCATE, CHALLENGE, ALLOCATE with the cookie; the
+caller's hello carries a voucher).
 
 coturn side (``--no-coturn`` to skip; ``apt-get install coturn`` when missing): the same
-``turnserver`` as :mod:`tools.bench.relay`, driven by ``turnutils_uclient -y`` (UDP
-allocations, client to client through the relay; no ``-T``): one ``-m 2 -l 160 -z 20``
-process per call.
+``turnserver`` as :mod:`tools.bench.relay`; N calls are 2N UDP allocations of the bench's own
+TURN client (:mod:`tools.bench.relay_datagram_turn`), each ChannelBound to its peer's relayed
+address.
 
-The load generator is one Python process: beyond a few hundred calls it, not the relay,
-sets the pace; a row that delivered < 95 % of the offered datagrams is marked invalid.
+Both relays then get the same load from the same generator (:mod:`tools.bench.datagram_load`,
+``--procs`` forked workers): every socket sends one 160-byte datagram per interval through
+the relay for ``--seconds`` (send times spread over the interval), then straight to its peer
+for comparison (``direct``; ``added_ms_p50/p99`` = relayed minus direct percentiles). The
+interval is 20 ms (50 datagrams/s each way, a voice call) unless 2N/20 ms would exceed
+``--max-offered-dps``: then it is 2N/max (1,000 calls at the default 20,000/s: 100 ms), and
+the row says so (``interval_ms``). CPU is the relay process's scheduler time over the
+window, per datagram delivered. A row counts (``valid``) when >= 95 % of the offered
+datagrams arrived. ``--uclient`` rows (coturn driven by ``turnutils_uclient -y -m 2``, one
+process per call, at most ``--coturn-max-calls``) are kept for comparison with earlier runs.
 """
 
 from __future__ import annotations
@@ -31,45 +34,30 @@ import argparse
 import asyncio
 import contextlib
 import json
-import struct
+import os
+import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from overlay.call.udp_io import CallSocket, bind_relay
+from overlay.call.udp_io import CallSocket, bind_relay, open_call_socket
 from overlay.core.identity import Identity
 from overlay.dht import DHTConfig
 from overlay.relay.protocol import ROLE_CALLEE, ROLE_CALLER, encode_hello
 from overlay.relay.voucher import Voucher, statement_for
-from tests.helpers.daemons import Daemon, wait_ready
+from tests.helpers.daemons import Daemon, http_status_text, parse_metrics, wait_ready
 from tools.bench.common import emit_json
-from tools.bench.procstat import cpu_pct, raise_fd_limit, sched_sample
+from tools.bench.datagram_load import Call, Leg, run_load
+from tools.bench.procstat import ProcSample, cpu_pct, raise_fd_limit, sched_sample
 from tools.bench.relay_common import FPS, FRAME, VALID_SHARE, Addrs, cpu_stats, log
 
 PORT = 4320
 UDP_PORT = 4321
 HTTP_PORT = 8320
 RATE_BPS = 2 * FRAME * 8 * FPS
-_STAMP = struct.Struct(">Q")
 _SIGNERS = (Identity.generate(), Identity.generate())
-
-
-class BenchSocket(CallSocket):
-    """A call socket that timestamps what it sends and measures what it receives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delays_ns: list[int] = []
-        self.rx = 0
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        if data[:4] == b"OVRD":
-            super().datagram_received(data, addr)
-            return
-        if len(data) == FRAME:
-            self.rx += 1
-            self.delays_ns.append(time.perf_counter_ns() - _STAMP.unpack_from(data)[0])
 
 
 def _voucher(relay_key: bytes, token: bytes) -> bytes:
@@ -78,18 +66,12 @@ def _voucher(relay_key: bytes, token: bytes) -> bytes:
     return Voucher(st, st.sign(a), st.sign(b)).to_bytes()
 
 
-async def _open(host: str) -> BenchSocket:
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_datagram_endpoint(BenchSocket, local_addr=(host, 0))
-    return proto
-
-
 async def pair_calls(relay: tuple[str, int], relay_key: bytes, n: int, callers: str,
-                     callees: str) -> list[tuple[BenchSocket, BenchSocket]]:
+                     callees: str) -> list[tuple[CallSocket, CallSocket]]:
     pairs = []
     for i in range(n):
-        a = await _open(f"{callers}.{1 + i % 250}")
-        b = await _open(f"{callees}.{1 + i % 250}")
+        a = await open_call_socket(f"{callers}.{1 + i % 250}")
+        b = await open_call_socket(f"{callees}.{1 + i % 250}")
         token = Identity.generate().public_key  # 32 random bytes
         caller = asyncio.ensure_future(bind_relay(
             a, relay, encode_hello(ROLE_CALLER, token, RATE_BPS, _voucher(relay_key, token))))
@@ -107,59 +89,69 @@ async def pair_calls(relay: tuple[str, int], relay_key: bytes, n: int, callers: 
     return pairs
 
 
-async def send_phase(pairs: list[tuple[BenchSocket, BenchSocket]], seconds: float,
-                     to: dict[int, tuple[str, int]]) -> tuple[int, float]:
-    """One 20 ms timer; every socket sends one stamped datagram to ``to[id(socket)]``."""
-    filler = bytes(FRAME - _STAMP.size)
-    sent, start = 0, time.monotonic()
-    tick = 0
-    while (now := time.monotonic()) < start + seconds:
-        for a, b in pairs:
-            for sock in (a, b):
-                sock.send(_STAMP.pack(time.perf_counter_ns()) + filler, to[id(sock)])
-                sent += 1
-        tick += 1
-        await asyncio.sleep(max(0.0, start + tick * 0.02 - time.monotonic()))
-    del now
-    return sent, time.monotonic() - start
+def udp_rcvbuf_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full receive buffer (the whole
+    machine: other processes' drops count too)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
 
 
-def _pct(values: list[int], q: float) -> float | None:
+def interval_for(n: int, max_dps: float) -> float:
+    """20 ms (a voice call), or longer so that 2N legs offer at most ``max_dps``."""
+    return max(1 / FPS, 2 * n / max_dps)
+
+
+def _pct(values: Sequence[int], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
 
 
-async def calls_phase(pid: int, relay: tuple[str, int], relay_key: bytes, addrs: Addrs, n: int,
-                      seconds: float, idle_pct: float) -> dict[str, Any]:
-    callers, callees = addrs.phase_ips()
-    t0 = time.monotonic()
-    pairs = await pair_calls(relay, relay_key, n, callers, callees)
-    pair_s = time.monotonic() - t0
-    socks = [s for p in pairs for s in p]
-    via_relay = {id(s): relay for s in socks}
-    direct = {id(a): b.local for a, b in pairs} | {id(b): a.local for a, b in pairs}
-    before = sched_sample(pid)
-    sent, wall = await send_phase(pairs, seconds, via_relay)
-    await _drained(socks, sent)
+def warm_up(calls: list[Call], args: argparse.Namespace) -> None:
+    """The row's load for ``--warmup`` s, not measured: every leg heard by the relay again
+    after the setup (the overlay relay forwards only to an end heard in the last 10 s)."""
+    if args.warmup > 0:
+        run_load(calls, interval_for(len(calls), args.max_offered_dps), args.warmup, True,
+                 args.procs, nice=args.generator_nice)
+
+
+def measure_row(pid: int, calls: list[Call], args: argparse.Namespace,
+                idle_pct: float) -> dict[str, Any]:
+    """The relayed window (relay CPU around it), then the direct one: one row."""
+    n = len(calls)
+    interval = interval_for(n, args.max_offered_dps)
+    samples: list[ProcSample] = []
+    rcvbuf_errors = udp_rcvbuf_errors()
+    load_before = os.getloadavg()[0]
+    relayed = run_load(calls, interval, args.seconds, True, args.procs,
+                       on_start=lambda: samples.append(sched_sample(pid)),
+                       nice=args.generator_nice)
     after = sched_sample(pid)
-    got = sum(s.rx for s in socks)
-    relayed = [d for s in socks for d in s.delays_ns]
-    for s in socks:
-        s.delays_ns, s.rx = [], 0
-    await send_phase(pairs, min(seconds, 5.0), direct)
-    await asyncio.sleep(0.2)  # in flight on loopback: well under 1 ms
-    straight = [d for s in socks for d in s.delays_ns]
-    for s in socks:
-        s.close()
+    rcvbuf_errors = udp_rcvbuf_errors() - rcvbuf_errors
+    direct = run_load(calls, interval, min(args.seconds, 5.0), False, args.procs,
+                      nice=args.generator_nice)
+    got = relayed.received
     out: dict[str, Any] = {
-        "calls": n, "datagram_bytes": FRAME, "per_direction_fps": FPS, "pair_s": round(pair_s, 2),
-        "datagrams_sent": sent, "datagrams_received": got, "offered_dps": 2 * n * FPS,
-        "achieved_dps": round(got / wall, 1), "valid": got >= VALID_SHARE * sent,
-        "one_way_ms_p50": _pct(relayed, 0.5), "one_way_ms_p99": _pct(relayed, 0.99),
-        "direct_ms_p50": _pct(straight, 0.5), "direct_ms_p99": _pct(straight, 0.99),
-        **cpu_stats(before, after, got, got * FRAME)}
+        "calls": n, "datagram_bytes": FRAME, "warmup_s": args.warmup,
+        "generator_nice": args.generator_nice, "interval_ms": round(1000 * interval, 3),
+        "per_leg_dps": round(1 / interval, 2), "generator_processes": relayed.workers,
+        "datagrams_offered": relayed.offered, "datagrams_sent": relayed.sent,
+        "datagrams_received": got, "late_sends": relayed.late_sends,
+        "udp_rcvbuf_errors_machine_wide": rcvbuf_errors,
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "offered_dps": round(2 * n / interval, 1),
+        "delivered_fraction": round(got / relayed.offered, 4) if relayed.offered else None,
+        "valid": relayed.offered > 0 and got >= VALID_SHARE * relayed.offered,
+        "one_way_ms_p50": _pct(relayed.delays_ns, 0.5),
+        "one_way_ms_p99": _pct(relayed.delays_ns, 0.99),
+        "direct_ms_p50": _pct(direct.delays_ns, 0.5),
+        "direct_ms_p99": _pct(direct.delays_ns, 0.99),
+        "direct_delivered_fraction": round(direct.received / direct.offered, 4)
+        if direct.offered else None,
+        **cpu_stats(samples[0], after, got, got * FRAME)}
+    out["achieved_dps"] = round(got / args.seconds, 1)  # over the sending window
     out["cpu_us_per_datagram"] = out.pop("cpu_us_per_frame")
     if got:
         net = max(0.0, out["cpu_s"] - idle_pct / 100 * out["wall_s"])
@@ -170,12 +162,53 @@ async def calls_phase(pid: int, relay: tuple[str, int], relay_key: bytes, addrs:
     return out
 
 
-async def _drained(socks: list[BenchSocket], sent: int) -> None:
-    """Wait (<= 3 s) for what is still in flight."""
-    for _ in range(300):
-        if sum(s.rx for s in socks) >= sent:
-            return
-        await asyncio.sleep(0.01)
+def _legs(pairs: list[tuple[CallSocket, CallSocket]], relay: tuple[str, int]) -> list[Call]:
+    """The bound sockets as plain sockets (duplicated descriptors; the asyncio transports
+    are closed, the bindings at the relay stay: same address and port)."""
+    calls = []
+    for a, b in pairs:
+        sa, sb = (_plain(x) for x in (a, b))
+        calls.append((Leg(sa, relay, b"", b.local), Leg(sb, relay, b"", a.local)))
+        a.close()
+        b.close()
+    return calls
+
+
+def _plain(sock: CallSocket) -> socket.socket:
+    assert sock.transport is not None
+    fd = sock.transport.get_extra_info("socket").fileno()
+    plain = socket.socket(fileno=os.dup(fd))
+    plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+    return plain
+
+
+async def _relay_drops(http: str) -> dict[str, float]:
+    """The supernode's ``overlay_relay_datagrams_dropped`` counters by reason."""
+    _, text = await http_status_text(f"http://{http}/metrics")
+    return {k.partition("reason=")[2].strip('"}'): v for k, v in parse_metrics(text).items()
+            if k.startswith("overlay_relay_datagrams_dropped")}
+
+
+async def calls_phase(pid: int, http: str, relay: tuple[str, int], relay_key: bytes,
+                      addrs: Addrs, n: int, args: argparse.Namespace,
+                      idle_pct: float) -> dict[str, Any]:
+    callers, callees = addrs.phase_ips()
+    t0 = time.monotonic()
+    pairs = await pair_calls(relay, relay_key, n, callers, callees)
+    pair_s = time.monotonic() - t0
+    calls = _legs(pairs, relay)
+    try:
+        warm_up(calls, args)
+        dropped = await _relay_drops(http)
+        row = measure_row(pid, calls, args, idle_pct)
+        after = await _relay_drops(http)
+        return {**row, "pair_s": round(pair_s, 2),
+                "relay_dropped": {k: v - dropped.get(k, 0) for k, v in after.items()
+                                  if v - dropped.get(k, 0)}}
+    finally:
+        for call in calls:
+            for leg in call:
+                leg.sock.close()
 
 
 async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dict[str, Any]:
@@ -211,8 +244,8 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
             log(f"overlay datagram relay x{n}")
             try:
                 out[f"calls_{n}"] = await asyncio.wait_for(
-                    calls_phase(sn.pid, relay, relay_key, addrs, n, args.seconds,
-                                out["idle_cpu_pct"]),
+                    calls_phase(sn.pid, f"{addrs.supernode}:{HTTP_PORT}", relay, relay_key,
+                                addrs, n, args, out["idle_cpu_pct"]),
                     args.seconds * 2 + 60 + n * 0.1)
             except Exception as exc:
                 out[f"calls_{n}"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -230,20 +263,38 @@ def run_coturn_udp(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> dic
         start_turnserver,
         wait_listening,
     )
+    from tools.bench.relay_datagram_turn import close_calls, turn_calls
     why = ensure_coturn()
     if why is not None:
         return {"error": why}
     turn, cmd = start_turnserver(addrs.turn, workdir)
-    out: dict[str, Any] = {"version": coturn_version(), "server": " ".join(cmd)}
+    out: dict[str, Any] = {"version": coturn_version(), "server": " ".join(cmd),
+                           "client": "tools.bench.turn_client: UDP allocations, ChannelData"}
     try:
         wait_listening(turn, addrs.turn, workdir)
+        idle0 = sched_sample(turn.pid)
+        time.sleep(2.0)
+        out["idle_cpu_pct"] = cpu_pct(idle0, sched_sample(turn.pid))
         for n in args.calls:
-            if n > args.coturn_max_calls:
-                out[f"calls_{n}"] = {"calls": n, "skipped": True}
-                continue
-            log(f"coturn udp x{n}")
-            out[f"calls_{n}"] = coturn_voice_phase(turn.pid, addrs.turn, workdir, n,
-                                                   args.seconds, udp=True)
+            log(f"coturn udp x{n} (bench generator)")
+            callers, callees = addrs.phase_ips()
+            try:
+                t0 = time.monotonic()
+                calls, allocs = turn_calls(addrs.turn, n, callers, callees)
+                setup_s = round(time.monotonic() - t0, 2)
+                try:
+                    warm_up(calls, args)
+                    out[f"calls_{n}"] = {**measure_row(turn.pid, calls, args,
+                                                       out["idle_cpu_pct"]),
+                                         "pair_s": setup_s}
+                finally:
+                    close_calls(allocs)
+            except Exception as exc:
+                out[f"calls_{n}"] = {"error": f"{type(exc).__name__}: {exc}"}
+            if args.uclient and n <= args.coturn_max_calls:
+                log(f"coturn udp x{n} (turnutils_uclient)")
+                out[f"uclient_calls_{n}"] = coturn_voice_phase(turn.pid, addrs.turn, workdir,
+                                                               n, args.seconds, udp=True)
     finally:
         turn.kill()
         with contextlib.suppress(Exception):
@@ -269,16 +320,28 @@ def main(argv: list[str] | None = None) -> int:
                    default=[1, 100, 1000])
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--no-coturn", action="store_true")
-    p.add_argument("--coturn-max-calls", type=int, default=100)
+    p.add_argument("--coturn-max-calls", type=int, default=100,
+                   help="uclient rows only up to this many calls (one process per call)")
+    p.add_argument("--uclient", action=argparse.BooleanOptionalAction, default=True,
+                   help="also drive coturn with turnutils_uclient (<= --coturn-max-calls)")
+    p.add_argument("--max-offered-dps", type=float, default=20000.0,
+                   help="longer send interval than 20 ms where 2N legs would offer more")
+    p.add_argument("--procs", type=int, default=2, help="load generator processes")
+    p.add_argument("--generator-nice", type=int, default=10,
+                   help="nice increment of the generator's workers (the relay under test "
+                        "goes first; a generator that falls behind shows as late/unsent)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds of the same load, not measured, before each row's window")
     p.add_argument("--out")
     args = p.parse_args(argv)
     doc = asyncio.run(amain(args))
     emit_json(doc, args.out)
     for side in ("overlay", "coturn"):
         for key, row in doc.get(side, {}).items():
-            if key.startswith("calls_"):
+            if "calls_" in key:
                 log(f"{side} {key}: " + json.dumps({k: row.get(k) for k in (
-                    "valid", "achieved_dps", "cpu_us_per_datagram",
+                    "valid", "interval_ms", "delivered_fraction", "achieved_dps",
+                    "cpu_us_per_datagram",
                     "cpu_us_per_datagram_net_of_idle", "cpu_us_per_frame",
                     "added_ms_p50", "added_ms_p99", "error")}))
     return 0
