@@ -26,9 +26,11 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord, WrongKey
 from overlay.core.tasks import TaskSet
+from overlay.dht.config import DHTConfig, DHTStats
 from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
 from overlay.dht.disjoint import DisjointValueLookup
-from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
+from overlay.dht.protocol import AppHandler, OverlayProtocol
+from overlay.dht.requests import Reply
 from overlay.dht.storage import RecordStorage
 
 log = get_logger(__name__)
