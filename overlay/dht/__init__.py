@@ -4,10 +4,10 @@ Supernode and client code use only :class:`DHTNode` (start, bootstrap, put, get,
 call); nothing outside this package imports ``kademlia``.
 """
 
+from overlay.dht.config import DHTConfig, DHTStats
 from overlay.dht.directory import DirectoryLimits
 from overlay.dht.errors import DHTError
 from overlay.dht.node import Contact, DHTNode, PutFailed
-from overlay.dht.protocol import DHTConfig, DHTStats
 from overlay.dht.server import PutResult
 from overlay.dht.storage import StorageLimits
 

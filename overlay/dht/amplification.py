@@ -30,6 +30,9 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
+from typing import Any
+
+import msgpack
 
 AMPLIFICATION_FACTOR = 3
 COOKIE_BYTES = 16
@@ -112,3 +115,21 @@ class AddressGate:
     def allowed(request_bytes: int) -> int:
         """The largest answer an unproven address may receive for this request."""
         return AMPLIFICATION_FACTOR * request_bytes
+
+
+def trim_contacts(result: object, excess: int) -> dict[str, Any] | None:
+    """A ``find_value`` answer that holds values, with its contacts cut from the farthest
+    until about ``excess`` bytes are gone; None when it holds no values (the contacts are
+    then the answer) or its values alone are too large. An unproven requester gets the
+    values it asked for at once, with fewer hints where to look next, instead of a cookie
+    round trip."""
+    if not isinstance(result, dict) or set(result) != {"values", "nodes"} \
+            or not result["values"]:
+        return None
+    nodes = list(result["nodes"])
+    while nodes and excess > 0:
+        excess -= len(msgpack.packb(nodes.pop(), use_bin_type=True))
+    if excess > 0:
+        return None
+    return {"values": result["values"], "nodes": nodes}
+

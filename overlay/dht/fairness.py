@@ -9,6 +9,7 @@ so a refresh never makes a long-held record look new.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -32,8 +33,10 @@ class NotClose(RecordError):
     reason = "not_close"
 
 
+@functools.lru_cache(maxsize=65536)
 def source_group(ip: str | None) -> str:
-    """The network a sender counts under: IPv4 /24, IPv6 /48, ``local`` for ``None``."""
+    """The network a sender counts under: IPv4 /24, IPv6 /48, ``local`` for ``None``.
+    Cached: asked on every ``store`` (``ipaddress`` parsing costs ~30 us)."""
     if ip is None:
         return LOCAL
     return network_of(ip) or f"?{ip[:64]}"

@@ -20,9 +20,10 @@ from overlay.core.files import write_private_json
 from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord, SupernodeRecord
+from overlay.dht.config import DHTConfig, DHTStats
 from overlay.dht.directory import choose, round_robin
 from overlay.dht.errors import DHTError
-from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol
+from overlay.dht.protocol import AppHandler, OverlayProtocol
 from overlay.dht.replay import ANY_METHODS
 from overlay.dht.server import OverlayServer, PutResult, ValueAnswers
 from overlay.dht.storage import RecordStorage, StorageLimits

@@ -1,5 +1,8 @@
 """The DHT's datagram protocol: kademlia's KademliaProtocol, authenticated and hardened.
 
+Its settings and counters are :mod:`overlay.dht.config`; the requesting half (requests in
+flight, retransmission, cookie retries) is :mod:`overlay.dht.requests`.
+
 Fixes over ``kademlia.protocol`` / ``rpcudp``:
 
 * every datagram is authenticated by its sender's key and the sender's id is derived from that
@@ -34,10 +37,8 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
@@ -48,11 +49,12 @@ from overlay.core.rate_limit import KeyedBuckets
 from overlay.core.records import RecordError
 from overlay.core.tasks import TaskSet
 from overlay.dht.amplification import (
-    COOKIE_BYTES,
     VERIFY_PING_BURST,
     VERIFY_PINGS_PER_S,
     AddressGate,
+    trim_contacts,
 )
+from overlay.dht.config import DHTConfig, DHTStats
 from overlay.dht.envelope import (
     ANY_RECIPIENT,
     NO_EPHEMERAL,
@@ -75,6 +77,7 @@ from overlay.dht.envelope import (
 )
 from overlay.dht.fairness import NotClose
 from overlay.dht.replay import ReplayGuard
+from overlay.dht.requests import RequestSender, _Outstanding
 from overlay.dht.routing import OverlayRoutingTable, TableLimits
 from overlay.dht.rtt import RttEstimator
 from overlay.dht.sessions import SessionTable, ephemeral_id
@@ -90,102 +93,7 @@ CORE_METHODS = frozenset({"ping", "store", "find_node", "find_value"})
 BAD_NODE_ID = "bad_node_id"
 
 
-@dataclass(frozen=True)
-class DHTConfig:
-    ksize: int = 20
-    alpha: int = 3
-    #: value lookups stop once this many holders answered with records
-    get_quorum: int = 3
-    rpc_timeout_s: float = 1.0
-    min_rpc_timeout_s: float = 0.25
-    #: consecutive failed requests before a contact leaves the routing table
-    max_failures: int = 3
-    max_contacts_per_ip: int = 4
-    #: routing-table diversity (go-libp2p-kbucket's peerdiversity): contacts of one IPv4 /24
-    #: (IPv6 /48) per bucket (common-prefix length with our id) and in the whole table
-    max_contacts_per_subnet_per_bucket: int = 2
-    max_contacts_per_subnet: int = 10
-    #: a lookup's candidates of one /24 (/48): a name is decided by the majority of the
-    #: holders a lookup asked, so one network may supply only a few of them. 3 of k = 20:
-    #: mallory needs 4 networks to outvote even 11 honest holders, and where honest holders
-    #: are few (a small network) one network of hers is outvoted by 4 honest ones (the NAT
-    #: lab's eclipse test: 20 Sybil ids from one /24 against 5 honest nodes; with 10 per
-    #: lookup her 10 outvoted the 5)
-    max_lookup_contacts_per_subnet: int = 3
-    #: a network constant, the same on every node of a network: a public node's id is valid
-    #: when SHA-256(id) starts with this many zero bits (S/Kademlia's static puzzle). Ids
-    #: that fail never enter routing tables or lookups, and their stores are refused; clients
-    #: (``client``) need none. 16 bits: ~65,536 key generations, ~1 s on one core, once per
-    #: node (the key is kept in the state dir); tools/bench/puzzle.py measures it.
-    id_puzzle_bits: int = 16
-    #: the uncontested fast path: a name lookup also stops once holders of this many
-    #: distinct /24s (/48s) answered and every answer so far named one key; any other key
-    #: seen sends it on to the majority of k. 4 is as many networks as mallory needs to
-    #: supply a majority of k (4 x ``max_lookup_contacts_per_subnet`` = 12 > 20 / 2), so the
-    #: fast path never yields to fewer networks than the majority rule does
-    name_uncontested_networks: int = 4
-    #: a name lookup (``get_answers``) takes this many disjoint paths (S/Kademlia)
-    name_lookup_paths: int = 3
-    #: this node is behind NAT: others answer it but never route to it
-    client: bool = False
-    #: a supernode with thousands of clients legitimately sends bursts to its few peers
-    requests_per_ip_per_s: float = 2000.0
-    request_burst_per_ip: float = 4000.0
-    refresh_interval_s: float = 60.0
-    #: only the publisher republishes; records are re-signed by their owners far more often
-    republish_interval_s: float = 300.0
-    #: a put that no other node took (they were busy, rate-limited or briefly away) is tried
-    #: again after these delays, not left to the next republish
-    replicate_retry_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-
-
-@dataclass
-class DHTStats:
-    requests_in: Counter[str] = field(default_factory=Counter)
-    requests_out: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    timeouts: int = 0
-    #: requests sent a second time after their adaptive timeout passed unanswered
-    retransmits: int = 0
-    evicted: int = 0
-    #: pings sent to verify an unknown requester before it may enter the routing table
-    verification_pings: int = 0
-    #: unknown requesters admitted without a ping: proven at their address with their key
-    admitted_proven: int = 0
-    #: datagrams sent, by how they were authenticated ("signed", "session")
-    sealed: Counter[str] = field(default_factory=Counter)
-    #: puts that only this node stored, and how their retries ended
-    puts_local_only: int = 0
-    replication: Counter[str] = field(default_factory=Counter)
-    #: contacts listed in responses that no lookup took as a candidate, by reason
-    #: (``bad_node_id``, ``per_subnet``); the routing table counts its own (``router.refused``)
-    lookup_contacts_refused: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    sender_key: bytes
-    flags: Flags
-    payload: Any
-
-
-@dataclass
-class _Outstanding:
-    future: asyncio.Future[tuple[bool, Reply | None]]
-    expected_id: bytes | None
-    sent_at: float
-    method: str
-    address: tuple[str, int]
-    request: list[Any]
-    on_retransmit: Callable[[], None] | None
-    timer: asyncio.TimerHandle | None = None
-    #: every message id this request went out under (the first copy and its retransmission)
-    msg_ids: list[bytes] = field(default_factory=list)
-    #: the id of our ephemeral each signed copy carried, by message id
-    offered: dict[bytes, bytes] = field(default_factory=dict)
-
-
-class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
+class OverlayProtocol(RequestSender, KademliaProtocol):  # type: ignore[misc]
     def __init__(
         self,
         source_node: Node,
@@ -312,121 +220,6 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
         return seal_body(self.identity, kind, msg_id, self.flags, body, recipient=recipient,
                          now=self.clock(), ephemeral=self.sessions.offer(time.monotonic()))
 
-    # -- outgoing requests ----------------------------------------------------------------
-
-    async def rpc(
-        self,
-        address: tuple[str, int],
-        method: str,
-        args: list[Any],
-        expected_id: bytes | None = None,
-        on_retransmit: Callable[[], None] | None = None,
-        once: bool = False,
-    ) -> tuple[bool, Reply | None]:
-        """Send a request: (True, Reply) or (False, None). An answer withheld until our
-        address is proven (``{"truncated": True, "cookie": c}``) is asked again with the
-        cookie, once. ``on_retransmit`` is called when the adaptive timeout passed and the
-        request went out a second time (a lookup then stops counting it as in flight);
-        ``once``: never a second copy (a verification ping to an unproven address, which
-        must not send it more than the one request that triggered it)."""
-        result = await self._send(address, method, args, expected_id, None, on_retransmit,
-                                  once)
-        ok, reply = result
-        if ok and reply is not None:
-            cookie = retry_cookie(reply.payload)
-            if cookie is not None:
-                self.stats.requests_out["cookie_retry"] += 1
-                result = await self._send(address, method, args, expected_id, cookie,
-                                          on_retransmit)
-        return result
-
-    def _send(
-        self,
-        address: tuple[str, int],
-        method: str,
-        args: list[Any],
-        expected_id: bytes | None,
-        cookie: bytes | None,
-        on_retransmit: Callable[[], None] | None,
-        once: bool = False,
-    ) -> asyncio.Future[tuple[bool, Reply | None]]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[bool, Reply | None]] = loop.create_future()
-        if self.closed or self.transport is None:
-            future.set_result((False, None))
-            return future
-        request: list[Any] = [method, args] if cookie is None else [method, args, cookie]
-        out = _Outstanding(future, expected_id, time.monotonic(), method, address, request,
-                           on_retransmit)
-        out.timer = (loop.call_later(self.config.rpc_timeout_s, self._timed_out, out) if once
-                     else loop.call_later(self.rtt.timeout(expected_id), self._retransmit, out))
-        self.stats.requests_out[method] += 1
-        self._transmit(out)
-        return future
-
-    def _transmit(self, out: _Outstanding) -> None:
-        assert self.transport is not None
-        msg_id = new_msg_id()
-        out.msg_ids.append(msg_id)
-        self._pending[msg_id] = out
-        keyed = None
-        if out.expected_id is not None:
-            keyed = self.sessions.sending(out.expected_id, time.monotonic())
-        if keyed is None:
-            out.offered[msg_id] = self.sessions.offer(time.monotonic())
-        self.transport.sendto(
-            self._seal(Kind.REQUEST, msg_id, out.request, out.expected_id or ANY_RECIPIENT,
-                       keyed),
-            out.address)
-
-    def _retransmit(self, out: _Outstanding) -> None:
-        """The adaptive timeout passed: send the request once more and wait up to the full
-        timeout for an answer to either copy."""
-        if out.future.done() or self.closed or self.transport is None:
-            return
-        self.stats.retransmits += 1
-        if out.expected_id is not None:  # it may have lost our session: the copy is signed
-            self.sessions.unacknowledge(out.expected_id)
-        out.timer = asyncio.get_running_loop().call_later(
-            self.config.rpc_timeout_s, self._timed_out, out)
-        self._transmit(out)
-        if out.on_retransmit is not None:
-            out.on_retransmit()
-
-    def _finish(self, out: _Outstanding) -> None:
-        if out.timer is not None:
-            out.timer.cancel()
-        for msg_id in out.msg_ids:
-            self._pending.pop(msg_id, None)
-
-    def _timed_out(self, out: _Outstanding) -> None:
-        self._finish(out)
-        if not out.future.done():
-            self.stats.timeouts += 1
-            out.future.set_result((False, None))
-
-    def _handle_response(self, env: Envelope, addr: tuple[str, int]) -> None:
-        out = self._pending.get(env.msg_id)
-        if out is None:
-            self.stats.dropped["unsolicited"] += 1
-            return
-        if env.recipient != self.source_node.id:
-            self.stats.dropped["wrong_recipient"] += 1
-            return
-        sender_id = self.node_id_of(env.sender_key)
-        if out.expected_id is not None and sender_id != out.expected_id:
-            self.stats.dropped["wrong_sender"] += 1
-            return  # someone else answered for the node we asked: keep waiting, then time out
-        self._finish(out)
-        now = time.monotonic()
-        self._note_session(env, sender_id, out.offered.get(env.msg_id))
-        if addr == out.address:  # it received our random msg_id there: the address is real
-            self.gate.prove(addr, now, env.sender_key)
-        if len(out.msg_ids) == 1:  # Karn: an answer to a resent request times nothing
-            self.rtt.observe(sender_id, now - out.sent_at)
-        if not out.future.done():
-            out.future.set_result((True, Reply(env.sender_key, env.flags, env.payload)))
-
     def _note_session(self, env: Envelope, sender_id: bytes, offered: bytes | None) -> None:
         """What an accepted datagram tells about the session with its sender: a signed one
         shows its ephemeral (and, answering a request that carried ours, that it holds
@@ -438,32 +231,6 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             self.sessions.learn(sender_id, env.sender_key, env.ephemeral)
             if offered is not None:
                 self.sessions.acknowledge(sender_id, ephemeral_id(offered))
-
-    async def _call(
-        self, node: Node, method: str, args: list[Any],
-        on_retransmit: Callable[[], None] | None = None,
-    ) -> tuple[bool, Any]:
-        result = await self.rpc((node.ip, node.port), method, args, expected_id=node.id,
-                                on_retransmit=on_retransmit)
-        return self.handle_call_response(result, node)
-
-    async def call_find_node(
-        self, node_to_ask: Node, node_to_find: Node,
-        on_retransmit: Callable[[], None] | None = None,
-    ) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "find_node", [node_to_find.id], on_retransmit)
-
-    async def call_find_value(
-        self, node_to_ask: Node, node_to_find: Node,
-        on_retransmit: Callable[[], None] | None = None,
-    ) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "find_value", [node_to_find.id], on_retransmit)
-
-    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "ping", [])
-
-    async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "store", [key, value])
 
     def handle_call_response(self, result: tuple[bool, Any], node: Node) -> tuple[bool, Any]:
         ok, reply = result
@@ -708,33 +475,3 @@ class OverlayProtocol(KademliaProtocol):  # type: ignore[misc]
             "values": [s.wire for s in self.storage.answer(key, 48)],
             "nodes": self._neighbors(sender, key),
         }
-
-
-def trim_contacts(result: object, excess: int) -> dict[str, Any] | None:
-    """A ``find_value`` answer that holds values, with its contacts cut from the farthest
-    until about ``excess`` bytes are gone; None when it holds no values (the contacts are
-    then the answer) or its values alone are too large. An unproven requester gets the
-    values it asked for at once, with fewer hints where to look next, instead of a cookie
-    round trip."""
-    if not isinstance(result, dict) or set(result) != {"values", "nodes"} \
-            or not result["values"]:
-        return None
-    nodes = list(result["nodes"])
-    while nodes and excess > 0:
-        excess -= len(msgpack.packb(nodes.pop(), use_bin_type=True))
-    if excess > 0:
-        return None
-    return {"values": result["values"], "nodes": nodes}
-
-
-def retry_cookie(payload: object) -> bytes | None:
-    """The cookie of an answer withheld until the requester's address is proven."""
-    if (
-        isinstance(payload, dict)
-        and set(payload) == {"truncated", "cookie"}
-        and payload["truncated"] is True
-        and type(payload["cookie"]) is bytes
-        and len(payload["cookie"]) == COOKIE_BYTES
-    ):
-        return payload["cookie"]
-    return None

@@ -163,14 +163,17 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
     def is_among_closest(self, own: Node, key: bytes, slack: int) -> bool:
         """Whether ``own`` is among the ksize * ``slack`` closest nodes this table knows to
         ``key``; a table of fewer than ksize contacts cannot tell and says yes."""
-        if len(self) < self.ksize:
+        members = self._index()
+        if len(members.sorted_ids) < self.ksize:
             return True
-        want = self.ksize * slack
-        target = Node(key)
-        nearest = self.find_neighbors(target, k=want)
-        ours: int = own.distance_to(target)
-        farthest: int = nearest[-1].distance_to(target) if nearest else 0
-        return len(nearest) < want or ours < farthest
+        want: int = self.ksize * slack
+        target = int.from_bytes(key, "big")
+        ours: int = own.long_id ^ target
+        # the want closest (plus one: a member whose id is the key itself does not count)
+        # lie in this range; we are among them when fewer than want of its members are
+        # closer than we are
+        closer = sum(1 for i in members.around(target, want + 1) if 0 < i ^ target < ours)
+        return closer < want
 
     def _at_address(self, ip: str, port: int) -> Node | None:
         at = self._index().by_address.get((ip, port))
@@ -199,12 +202,13 @@ class OverlayRoutingTable(RoutingTable):  # type: ignore[misc]
         if reason is not None:
             self.refused[reason] += 1
             return False
-        before, splits = len(self), self._splits
+        bucket = self.buckets[self.get_bucket_for(node)]
+        before, splits = len(bucket), self._splits
         self._insert(node)
         # after a split, kademlia adds the node by calling add_contact again: counted (and
         # indexed: a split drops the index) there; a node that went to the bucket's
-        # replacement cache changes no membership
-        if len(self) > before and self._splits == splits:
+        # replacement cache changes no membership (no split: the same bucket object)
+        if self._splits == splits and len(bucket) > before:
             self._count(node)
             if self._members is not None:
                 self._members.add(node)

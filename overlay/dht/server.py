@@ -4,6 +4,8 @@ Fixes over ``kademlia.network.Server``:
 
 * ``set_digest`` counts the nodes that really stored the value (the stock one reports success
   when nothing was stored) and survives every contact being dead (stock: ``max([])``);
+* a put returns once a majority of k holders (11 of 20) stored the record, not after the
+  slowest of the k: the other stores carry on in the background (:meth:`store_quorum`);
 * only the original publisher republishes, with the record's own expiry (stock: every holder
   republishes and refreshes the timestamp, so values never expire);
 * a put that only this node stored while it knows other nodes is tried again with backoff
@@ -26,9 +28,11 @@ from overlay.core.identity import Identity, node_id_for
 from overlay.core.logs import get_logger
 from overlay.core.records import RecordError, SignedRecord, WrongKey
 from overlay.core.tasks import TaskSet
+from overlay.dht.config import DHTConfig, DHTStats
 from overlay.dht.crawling import OverlayNodeCrawl, OverlayValueCrawl
 from overlay.dht.disjoint import DisjointValueLookup
-from overlay.dht.protocol import AppHandler, DHTConfig, DHTStats, OverlayProtocol, Reply
+from overlay.dht.protocol import AppHandler, OverlayProtocol
+from overlay.dht.requests import Reply
 from overlay.dht.storage import RecordStorage
 
 log = get_logger(__name__)
@@ -74,6 +78,8 @@ class OverlayServer(Server):  # type: ignore[misc]
         self.published: dict[tuple[bytes, tuple[bytes, str]], SignedRecord] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._retries = TaskSet()
+        #: stores of puts in flight (those past a put's quorum end on their own)
+        self._stores = TaskSet()
 
     def _create_protocol(self) -> OverlayProtocol:
         return OverlayProtocol(
@@ -101,6 +107,7 @@ class OverlayServer(Server):  # type: ignore[misc]
         if self._maintenance is not None:
             self._maintenance.cancel()
         self._retries.cancel_all()
+        self._stores.cancel_all()
         if self.transport is not None:
             self.transport.close()
 
@@ -234,8 +241,29 @@ class OverlayServer(Server):  # type: ignore[misc]
                 result.stored += 1
             except RecordError as exc:
                 result.refused[exc.reason] += 1
-        replies = await asyncio.gather(*(self.proto.call_store(n, dkey, value) for n in nodes))
-        for ok, reply in replies:
+        await self._store_on(nodes, dkey, value, result)
+        return result
+
+    async def _store_on(self, nodes: list[Node], dkey: bytes, value: bytes,
+                        result: PutResult) -> None:
+        """Send ``value`` to every node in ``nodes`` at once and count their answers into
+        ``result`` until a majority of k (:meth:`store_quorum`) stored it, or every answer
+        is in. The stores still in flight then carry on in the background (their answers
+        still update the routing table); a put waits for its slowest holder no longer."""
+        stores = [self._stores.spawn(self.proto.call_store(n, dkey, value)) for n in nodes]
+        if not stores:
+            return
+        quorum = self.store_quorum()
+        left = len(stores)
+        enough = asyncio.get_running_loop().create_future()
+
+        def count(store: asyncio.Future[tuple[bool, Any]]) -> None:
+            nonlocal left
+            left -= 1
+            if enough.done():
+                return  # answered after the put returned: no longer its result's
+            ok, reply = (False, None) if store.cancelled() or store.exception() is not None \
+                else store.result()
             if not ok or not isinstance(reply, Reply) or not isinstance(reply.payload, dict):
                 result.refused["unreachable"] += 1
             elif reply.payload.get("ok") is True:
@@ -244,7 +272,19 @@ class OverlayServer(Server):  # type: ignore[misc]
             else:
                 reason = reply.payload.get("reason")
                 result.refused[reason if isinstance(reason, str) else "refused"] += 1
-        return result
+            if result.remote >= quorum or not left:
+                enough.set_result(None)
+
+        for store in stores:
+            store.add_done_callback(count)
+        await enough
+
+    def store_quorum(self) -> int:
+        """Remote holders a put waits for: a majority of k (11 of 20). The record is then
+        held by more than half of the k closest nodes, so a name lookup's majority rule
+        (:mod:`overlay.dht.names`) can already decide for it; fewer holders acknowledged
+        (a small network, refusals) and the put waits for every answer, as before."""
+        return self.config.ksize // 2 + 1
 
     async def publish(self, signed: SignedRecord) -> PutResult:
         result = await self.set_digest(signed.dht_key, signed.wire)

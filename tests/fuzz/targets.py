@@ -29,6 +29,7 @@ from overlay.core.identity import node_id_for
 from overlay.core.offers import signed_by, split_offer
 from overlay.core.records import RecordError
 from overlay.core.user_ref import BadUserRef, parse_user_ref
+from overlay.dht.config import DHTConfig, DHTStats
 from overlay.dht.crawling import OverlayValueCrawl, parse_nodes
 from overlay.dht.envelope import (
     ANY_RECIPIENT,
@@ -43,7 +44,7 @@ from overlay.dht.envelope import (
     seal,
     seal_session,
 )
-from overlay.dht.protocol import DHTConfig, DHTStats, OverlayProtocol
+from overlay.dht.protocol import OverlayProtocol
 from overlay.dht.storage import RecordStorage
 from overlay.media import candidate_policy, transfer
 from overlay.media.birthday import BirthdayPuncher

@@ -7,7 +7,7 @@ import random
 
 from overlay.core import records
 from overlay.core.identity import Identity
-from tests.helpers.netutil import Network
+from tests.helpers.netutil import Network, wait_for
 
 SUPERNODE = Identity.generate()
 
@@ -188,3 +188,38 @@ async def test_records_published_before_joining_reach_the_network_on_joining():
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_put_returns_once_a_majority_of_k_stored_it_not_after_its_slowest_holder():
+    """Five of a record's k closest nodes answer stores only after 1 s (far, or busy): the
+    put returns as soon as 11 holders stored it, and the slow five still end up holding it."""
+    net = await Network(24).start()
+    try:
+        alice = Identity.generate()
+        signed = records.presence(alice, "alice", "phone", seq=1, online=False)
+        publisher = net.nodes[0]
+        closest = await publisher.closest(signed.dht_key)
+        assert len(closest) == 20
+        slow_ids = {c.node_id for c in closest[-5:]}
+        slow = [n for n in [net.bootstrap, *net.nodes] if n.node_id in slow_ids]
+        assert len(slow) == 5
+        loop = asyncio.get_running_loop()
+        for node in slow:
+            proto = node._proto
+            handle = proto._handle_request
+
+            def late(env, addr, size, handle=handle):  # type: ignore[no-untyped-def]
+                if isinstance(env.payload, list) and env.payload[:1] == ["store"]:
+                    loop.call_later(1.0, handle, env, addr, size)
+                else:
+                    handle(env, addr, size)
+
+            proto._handle_request = late
+        started = loop.time()
+        result = await publisher.put(signed)
+        elapsed = loop.time() - started
+        assert result.remote >= 11
+        assert elapsed < 0.6, f"the put waited {elapsed:.2f} s for its slowest holders"
+        await wait_for(lambda: all(n.storage.values(signed.dht_key) for n in slow), 5.0)
+    finally:
+        net.stop()

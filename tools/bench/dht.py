@@ -523,6 +523,16 @@ async def put_phase(net: NetworkRun, items: list[Item]) -> tuple[PhaseResult, di
     return put, publisher
 
 
+def holder_counts(nodes: Sequence[BenchNode], items: Sequence[Item],
+                  outcomes: Sequence[bool]) -> dict[str, float] | None:
+    """Nodes holding each successfully put record: mean and min over the records."""
+    counts = [sum(n.holds(item) for n in nodes)
+              for item, ok in zip(items, outcomes, strict=False) if ok]
+    if not counts:
+        return None
+    return {"mean": round(statistics.fmean(counts), 2), "min": min(counts)}
+
+
 def read_ops(nodes: Sequence[BenchNode], reads: list[tuple[Item, int]]
              ) -> tuple[list[Op], Callable[[int], None], Counter[str]]:
     """Ops reading ``reads`` (item, reader index); counts, untimed, reads of a record
@@ -603,6 +613,9 @@ async def bench_network(
         out["put"] = put.as_json()
         log(f"{impl} n={size}: put done")
         await settle(p.settle_s)
+        # a put returns once a quorum stored it (overlay: a majority of k); the others
+        # store in the background: how many nodes hold each record once they are done
+        out["put"]["holders_after_settle"] = holder_counts(net.nodes, items, put.outcomes)
 
         # the records that are really out there (a failed put is not read back)
         put_ok = [it for it, ok in zip(items, put.outcomes, strict=False) if ok]
