@@ -79,7 +79,7 @@ class Discovery:
         Vivaldi position puts nearest and ``listed``'s order in turn
         (:mod:`overlay.client.probe_order`)."""
         return probe_order(listed, estimated_nearest(
-            [*listed, *pool], self.coords, self.rtts()))
+            [*listed, *pool], self.coords, self.rtts(), self.rng))
 
     async def learn_from(self, session: ClientSession) -> bool:
         """Learn the directory ``session``'s supernode knows; False if it did not answer."""

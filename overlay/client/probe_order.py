@@ -12,6 +12,7 @@ so a poor estimate (few or unsettled landmarks) costs only half of the probes.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 
 from overlay.client.attach_policy import Candidate
@@ -19,11 +20,11 @@ from overlay.core.vivaldi import Coordinate, fit
 
 
 def estimated_nearest(cands: Sequence[Candidate], coords: Mapping[bytes, Coordinate],
-                      rtts: Mapping[bytes, float]) -> list[Candidate]:
+                      rtts: Mapping[bytes, float], rng: random.Random) -> list[Candidate]:
     """``cands`` with a known coordinate, nearest first by the position that ``rtts`` (the
     client's measured round trips, by node key) give the client among ``coords``; [] when
     fewer than :data:`~overlay.core.vivaldi.MIN_LANDMARKS` measured supernodes have one."""
-    me = fit([(coords[key], rtt) for key, rtt in sorted(rtts.items()) if key in coords])
+    me = fit([(coords[key], rtt) for key, rtt in sorted(rtts.items()) if key in coords], rng)
     if me is None:
         return []
     placed = [c for c in cands if c.node_key in coords]

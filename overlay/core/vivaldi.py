@@ -82,21 +82,20 @@ MIN_LANDMARKS = 3
 FIT_ROUNDS = 40
 
 
-def fit(landmarks: Sequence[tuple[Coordinate, float]], rounds: int = FIT_ROUNDS
-        ) -> Coordinate | None:
+def fit(landmarks: Sequence[tuple[Coordinate, float]], rng: random.Random | None = None,
+        rounds: int = FIT_ROUNDS) -> Coordinate | None:
     """A coordinate for a node that does not take part in Vivaldi (a client) from its
     round-trip times to ``landmarks`` (their coordinates, held still, and the RTT in seconds):
-    Vivaldi's own update run over the samples ``rounds`` times, starting a millisecond from
-    the nearest landmark (deterministic: no random push apart). None with fewer than
-    :data:`MIN_LANDMARKS`."""
+    Vivaldi's own update run over the samples ``rounds`` times, starting at the nearest
+    landmark. None with fewer than :data:`MIN_LANDMARKS`."""
     usable = [(c, rtt) for c, rtt in landmarks if 0 < rtt < 10]
     if len(usable) < MIN_LANDMARKS:
         return None
     nearest = min(usable, key=lambda sample: sample[1])[0]
-    me = replace(nearest, x=nearest.x + 0.001, error=INITIAL_ERROR)
+    me = replace(nearest, error=INITIAL_ERROR)
     for _ in range(rounds):
         for peer, rtt in usable:
-            me = update(me, peer, rtt)
+            me = update(me, peer, rtt, rng)
     return me
 
 
