@@ -9,8 +9,7 @@ by spare capacity (:func:`overlay.client.attach_policy.spread`).
 
 A discovery from the bootstrap nodes is then *refined*: the best candidate's own directory
 (the supernodes it knows nearest to itself first, :mod:`overlay.node.known_supernodes`) is
-fetched and its new supernodes probed too, those our own Vivaldi position puts nearest among
-the first (:mod:`overlay.client.probe_order`). Whatever the network's size, a new client's
+fetched and its new supernodes probed too. Whatever the network's size, a new client's
 discovery costs one directory request to a bootstrap node, one to a supernode and at most
 2 x ``max_probes`` probes.
 """
@@ -27,17 +26,12 @@ from overlay.client.attach_policy import Candidate, Measurement, rank, spread
 from overlay.client.host_cache import HostCache
 from overlay.client.links import Link, Links
 from overlay.client.options import ClientOptions
-from overlay.client.probe_order import estimated_nearest, probe_order
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
 from overlay.core.records import SignedRecord, SupernodeRecord
 from overlay.core.resolver import resolve
-from overlay.core.vivaldi import Coordinate, for_prediction
 
 log = get_logger(__name__)
-
-#: supernode coordinates remembered at most (the oldest learnt is forgotten first)
-MAX_COORDS = 1024
 
 
 class Discovery:
@@ -50,8 +44,6 @@ class Discovery:
         #: lookup-only sessions and probes use a throwaway key: they publish nothing
         self.lookup_identity = Identity.generate()
         self.measured: dict[bytes, Measurement] = {}
-        #: settled Vivaldi coordinates from verified supernode records, by node key
-        self.coords: dict[bytes, Coordinate] = {}
         self.rng = random.Random()
 
     def learn(self, found: list[SignedRecord]) -> int:
@@ -61,25 +53,8 @@ class Discovery:
         for signed in found:
             if isinstance(signed.record, SupernodeRecord):
                 self.cache.add(Candidate.from_record(signed), now)
-                self._learn_coords(signed.record)
                 n += 1
         return n
-
-    def _learn_coords(self, record: SupernodeRecord) -> None:
-        coord = for_prediction(record.coords)
-        self.coords.pop(record.node_key, None)  # re-inserted last: the oldest go first
-        if coord is not None:
-            self.coords[record.node_key] = coord
-            while len(self.coords) > MAX_COORDS:
-                del self.coords[next(iter(self.coords))]
-
-    def nearest_first(self, listed: list[Candidate], pool: Iterable[Candidate] = ()
-                      ) -> list[Candidate]:
-        """``listed`` (and ``pool``) in the order to probe them: the supernodes our own
-        Vivaldi position puts nearest and ``listed``'s order in turn
-        (:mod:`overlay.client.probe_order`)."""
-        return probe_order(listed, estimated_nearest(
-            [*listed, *pool], self.coords, self.rtts(), self.rng))
 
     async def learn_from(self, session: ClientSession) -> bool:
         """Learn the directory ``session``'s supernode knows; False if it did not answer."""
@@ -195,7 +170,7 @@ class Discovery:
                              if isinstance(s.record, SupernodeRecord))
                  if c.node_key not in self.measured and c.node_key not in exclude]
         if fresh:
-            await self.probe_all(self.nearest_first(fresh))
+            await self.probe_all(fresh)
         known = {c.node_key: c for c in ranked}
         known.update((c.node_key, c) for c in fresh)
         refined = self.ranking(list(known.values()), exclude)
@@ -236,11 +211,10 @@ class Discovery:
 
     async def late_candidates(self, session: ClientSession, current: Candidate
                               ) -> list[Candidate] | None:
-        """For the late refine: ``session``'s supernode's directory (near it first) and the
-        host cache, probed anew together with ``current`` (the supernode itself: RTTs taken
-        at the same time), at most ``max_probes`` in all, in :meth:`nearest_first`'s order,
-        plus the other supernodes measured before (with that measurement). None if it did
-        not answer."""
+        """For the late refine: ``session``'s supernode's directory (near it first), probed
+        anew together with ``current`` (the supernode itself: RTTs taken at the same time),
+        at most ``max_probes`` in all, plus the other supernodes measured before (with that
+        measurement). None if it did not answer."""
         try:
             found = await session.directory(timeout=self.opts.request_timeout_s)
         except SessionError:
@@ -248,9 +222,7 @@ class Discovery:
         self.learn(found)
         listed = [c for c in (Candidate.from_record(s) for s in found)
                   if c.node_key != current.node_key]
-        cached = [c for c in self.cache.candidates() if c.node_key != current.node_key]
-        order = self.nearest_first(listed, cached)
-        await self.probe_all([current, *order[: max(0, self.opts.max_probes - 1)]])
+        await self.probe_all([current, *listed[: max(0, self.opts.max_probes - 1)]])
         self.save_cache()
         known = {c.node_key: c for c in self.cache.candidates()}
         known.update((c.node_key, c) for c in listed)

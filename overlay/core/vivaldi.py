@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 CE = 0.25  # error weight
 CC = 0.25  # coordinate step
@@ -74,29 +73,6 @@ def update(me: Coordinate, peer: Coordinate, rtt_s: float,
     y = me.y + force * dy / norm
     height = max(MIN_HEIGHT, me.height + force * (me.height + peer.height) / max(predicted, 1e-9))
     return Coordinate(x, y, height, error)
-
-
-#: at least this many landmarks before :func:`fit` places a node
-MIN_LANDMARKS = 3
-#: passes of Vivaldi's update over the landmarks in :func:`fit`
-FIT_ROUNDS = 40
-
-
-def fit(landmarks: Sequence[tuple[Coordinate, float]], rng: random.Random | None = None,
-        rounds: int = FIT_ROUNDS) -> Coordinate | None:
-    """A coordinate for a node that does not take part in Vivaldi (a client) from its
-    round-trip times to ``landmarks`` (their coordinates, held still, and the RTT in seconds):
-    Vivaldi's own update run over the samples ``rounds`` times, starting at the nearest
-    landmark. None with fewer than :data:`MIN_LANDMARKS`."""
-    usable = [(c, rtt) for c, rtt in landmarks if 0 < rtt < 10]
-    if len(usable) < MIN_LANDMARKS:
-        return None
-    nearest = min(usable, key=lambda sample: sample[1])[0]
-    me = replace(nearest, error=INITIAL_ERROR)
-    for _ in range(rounds):
-        for peer, rtt in usable:
-            me = update(me, peer, rtt, rng)
-    return me
 
 
 #: samples kept per peer; the coordinate moves by the smallest (queueing only ever adds delay)

@@ -87,7 +87,6 @@ SANS_IO_MODULES: tuple[str, ...] = (
     "overlay/media/upnp_wire.py",
     "overlay/client/attach_policy.py",
     "overlay/client/late_refine.py",
-    "overlay/client/probe_order.py",
     "overlay/core/vivaldi.py",
     "overlay/core/addresses.py",
     "overlay/core/records.py",
