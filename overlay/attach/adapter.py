@@ -47,6 +47,7 @@ from overlay.attach.connection import Connection
 from overlay.attach.errors import AttachError, FrameTooLarge
 from overlay.attach.messages import Alternative
 from overlay.attach.prehandshake import PreHandshakeGate, error_frame
+from overlay.attach.tcp_keepalive import TcpKeepalive, enable_keepalive
 from overlay.attach.verification import verify_lookup_response
 from overlay.core.identity import Identity
 from overlay.core.logs import get_logger
@@ -335,7 +336,10 @@ class ClientSession:
         lookup_only: bool = False,
         config: SessionConfig | None = None,
         timeout: float = 5.0,
+        keepalive: TcpKeepalive | None = None,
     ) -> ClientSession:
+        """A session with the supernode at ``host:port``; ``keepalive``: end it within
+        seconds once that host falls silent (:mod:`overlay.attach.tcp_keepalive`)."""
         loop = asyncio.get_running_loop()
         established: asyncio.Future[bytes] = loop.create_future()
         holder: list[ClientSession] = []
@@ -368,6 +372,8 @@ class ClientSession:
                 transport, proto = await loop.create_connection(
                     lambda: SessionProtocol(make, on_event, on_lost), host, port
                 )
+                if keepalive is not None:
+                    enable_keepalive(transport, keepalive)
                 assert isinstance(proto.conn, ClientConnection)
                 proto.transmit(proto.conn.start_handshake())
                 node_key = await established

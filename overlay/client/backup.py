@@ -80,6 +80,7 @@ class BackupKeeper:
                 cand.host, cand.port, self.discovery.lookup_identity,
                 expected_node_key=cand.node_key, lookup_only=True,
                 config=self.opts.session_config(), timeout=self.opts.connect_timeout_s,
+                keepalive=self.opts.keepalive,
             )
         except SessionError as exc:
             log.bind(supernode=cand.address).warning("backup_failed", error=str(exc))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from overlay.attach import SessionConfig
+from overlay.attach.tcp_keepalive import TcpKeepalive
 from overlay.client.attach_policy import BackoffPolicy
 from overlay.client.late_refine import LateRefinePolicy
 from overlay.core import records
@@ -44,6 +45,9 @@ class ClientOptions:
     #: port for the dial-back check and, once promoted, the supernode (0: any free port)
     listen_port: int = 0
     heartbeat_s: float = 30.0
+    #: the kernel's TCP keepalive on the attachment and the backup: a supernode host that
+    #: went silent is noticed within ``dead_after_s`` (6 s), not 3 heartbeats; None: off
+    keepalive: TcpKeepalive | None = field(default_factory=TcpKeepalive)
     #: 5 min: at 10k clients per supernode, 60 s refreshes cost ~25% of a core (bench);
     #: a crashed client's record lingers at most 3 periods
     presence_refresh_s: float = 300.0

@@ -153,6 +153,7 @@ class Supervisor:
                 cand.host, cand.port, self.identity, expected_node_key=cand.node_key,
                 user=self.opts.user, device=self.opts.device,
                 config=self.opts.session_config(), timeout=self.opts.connect_timeout_s,
+                keepalive=self.opts.keepalive,
             )
         except SessionError as exc:
             alog.warning("attach_failed", source=source.value, error=str(exc))

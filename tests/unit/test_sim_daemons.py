@@ -57,4 +57,6 @@ def test_the_clients_of_a_crashed_supernode_attach_elsewhere() -> None:
     assert len(sim.attach_s) == 12
     assert crashed and crashed[0] > 0
     assert len(sim.relist_s) == crashed[0]  # every client it served is attached again
-    assert max(sim.relist_s) < 120.0
+    # issue 14: within 10 s (the kernel's keepalive notices the silent host in <= 6 s; three
+    # missed 30 s heartbeats took 90 s)
+    assert max(sim.relist_s) <= 10.0, sim.relist_s

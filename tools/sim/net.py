@@ -20,13 +20,19 @@ when nothing listens, ``TimeoutError`` after 127 s, Linux's SYN retries, when th
 down), then carries bytes reliably and in order with the one-way delay; ``write_eof`` and
 ``close`` reach the peer (``eof_received``) after the bytes written before them, and a peer
 whose protocol does not keep the half-open connection closes too. Received data is handed to
-the protocol in the receiving host's context (:data:`CURRENT_HOST`).
+the protocol in the receiving host's context (:data:`CURRENT_HOST`). A stream whose peer
+vanished (its host failed: no FIN, no RST) stays open, as TCP does, unless the code asked its
+socket for keepalive (``SO_KEEPALIVE``, ``TCP_KEEPIDLE``, ``TCP_KEEPINTVL``, ``TCP_KEEPCNT``):
+then it ends with ``TimeoutError`` when the kernel would give up, the last unanswered probe
+``idle + interval x count`` after the last traffic, or ``interval x count`` after the peer
+vanished if that is later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,11 +295,30 @@ class SimStreamTransport(asyncio.Transport):
         self._held: list[bytes | None] = []
         #: when the last byte this end sent reaches the peer (later bytes queue behind it)
         self._arrival = 0.0
+        #: when this end last sent or received anything (keepalive's idle time counts from it)
+        self._active_at = net.loop.time()
+        self._socket = SimStreamSocket()
         host.streams.add(self)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": (self._host.ip, self._port), "peername": self._remote}.get(
-            name, default)
+        return {"sockname": (self._host.ip, self._port), "peername": self._remote,
+                "socket": self._socket}.get(name, default)
+
+    def _peer_vanished(self) -> None:
+        """The peer's host failed: with keepalive, time out when the kernel would."""
+        keepalive = self._socket.keepalive()
+        if keepalive is None or self._lost:
+            return
+        idle, interval, count = keepalive
+        now = self._net.loop.time()
+        gives_up = max(now, self._active_at + idle) + interval * count
+        self._net.loop.call_at(gives_up, self._timed_out, context=self._host.context)
+
+    def _timed_out(self) -> None:
+        if self._lost:
+            return
+        self._closing = True
+        self._connection_lost(TimeoutError(110, "Connection timed out"))
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -350,12 +375,14 @@ class SimStreamTransport(asyncio.Transport):
             return
         net = self._net
         now = net.loop.time()
+        self._active_at = now
         self._arrival = max(self._arrival, now + net.one_way_s(self._host, peer._host))
         net.loop.call_at(self._arrival, peer._arrived, chunk, context=peer._host.context)
 
     def _arrived(self, chunk: bytes | None) -> None:
         if self._lost or not self._host.up:
             return
+        self._active_at = self._net.loop.time()
         if self._paused and chunk is not None:
             self._held.append(chunk)
             return
@@ -381,13 +408,36 @@ class SimStreamTransport(asyncio.Transport):
         """Gone at once (a reset, or the host lost power): the peer hears nothing."""
         self._closing = True
         self._connection_lost()
+        if self.peer is not None:
+            self.peer._peer_vanished()
 
-    def _connection_lost(self) -> None:
+    def _connection_lost(self, exc: Exception | None = None) -> None:
         if self._lost:
             return
         self._lost = self._closing = True
         self._host.streams.discard(self)
-        self._protocol.connection_lost(None)
+        self._protocol.connection_lost(exc)
+
+
+class SimStreamSocket:
+    """A stream's socket as far as the code under test sets options on it: the keepalive
+    it asks for is honoured by :class:`SimStreamTransport`; the rest is recorded."""
+
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], int] = {}
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options[(level, option)] = int(value)
+
+    def keepalive(self) -> tuple[float, float, int] | None:
+        """(idle s, interval s, probes) when keepalive is on, else None (Linux defaults for
+        what was not set: 7200 s, 75 s, 9)."""
+        o = self.options
+        if not o.get((socket.SOL_SOCKET, socket.SO_KEEPALIVE)):
+            return None
+        return (float(o.get((socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 7200)),
+                float(o.get((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), 75)),
+                o.get((socket.IPPROTO_TCP, socket.TCP_KEEPCNT), 9))
 
 
 class _SimSocket:
