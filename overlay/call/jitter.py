@@ -37,7 +37,9 @@ arrivals and ``J += (|D| - J) / 16``, in ms.
 
 **Loss.** ``expected`` is the span of sequence numbers from the first received to the highest
 one played so far (RFC 3550 A.3); ``lost`` (before the buffer) is expected minus frames that
-arrived; concealed frames (after the buffer) are the lost plus the late ones.
+arrived (played, late, or dropped as overflow); concealed frames (after the buffer) are the
+lost plus the late and overflow ones. Each sequence number counts once: a second copy (a
+mirror's) is a replay the frame opener refuses before the buffer.
 """
 
 from __future__ import annotations
@@ -272,8 +274,10 @@ class JitterBuffer:
 
     @property
     def lost_before(self) -> int:
-        """Expected frames that never arrived (network loss)."""
-        return max(0, self.expected - self.stats.played - self.stats.late_in_span)
+        """Expected frames that never arrived (network loss; frames the buffer dropped as
+        overflow, e.g. read in one go after the receiver's loop stalled, did arrive)."""
+        stats = self.stats
+        return max(0, self.expected - stats.played - stats.late_in_span - stats.overflow)
 
     @property
     def missing_after(self) -> int:

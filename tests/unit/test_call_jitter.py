@@ -112,6 +112,9 @@ def test_buffer_never_holds_more_than_its_window() -> None:
     assert results.count("queued") == CAPACITY - 1
     assert buf.stats.overflow == 200 - CAPACITY
     assert buf.arrive(5, 100, b"", 1000.0) == "duplicate"
+    buf.play(1000.0 + 20 * 200 + MIN_TARGET_MS)
+    assert buf.lost_before == 0  # they arrived: dropped by the buffer, not lost on the way
+    assert buf.missing_after == 200 - CAPACITY
 
 
 def test_sender_clock_wraps() -> None:
@@ -232,3 +235,4 @@ def test_late_hold_lets_go() -> None:
     _, trace = _trace(delays)
     held = [t for t, target, _ in trace if target >= 80.0]
     assert held and max(held) - min(held) <= LATE_HOLD_MS + 100
+
