@@ -165,6 +165,8 @@ class JitterBuffer:
         self._held: deque[tuple[float, float]] = deque(maxlen=64)
         self._now_ms = 0.0
         self._gap = 0
+        #: the sum of :attr:`delay_ms` over the slots played (for :attr:`mean_delay_ms`)
+        self._delay_sum = 0.0
 
     # -- arrivals ----------------------------------------------------------------------------
 
@@ -232,6 +234,13 @@ class JitterBuffer:
         """How long the buffer currently holds audio beyond the fastest recent transit."""
         return self.play_offset - min(self.transits) if self.transits else 0.0
 
+    @property
+    def mean_delay_ms(self) -> float:
+        """:attr:`delay_ms` averaged over every slot played so far (the current delay before
+        the first)."""
+        slots = self.stats.played + self.stats.concealed
+        return self._delay_sum / slots if slots else self.delay_ms
+
     def play(self, now_ms: float) -> list[Played]:
         """Every slot whose time has come, in order (one per ``frame_ms`` of audio)."""
         out: list[Played] = []
@@ -239,6 +248,7 @@ class JitterBuffer:
         if self.first_seq is None:
             return out
         while self._next_sent + self.play_offset <= now_ms:
+            self._delay_sum += self.delay_ms
             seq = self.next_seq
             frame = self._frames.pop(seq, None)
             if frame is not None:

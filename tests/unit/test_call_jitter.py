@@ -236,3 +236,17 @@ def test_late_hold_lets_go() -> None:
     held = [t for t, target, _ in trace if target >= 80.0]
     assert held and max(held) - min(held) <= LATE_HOLD_MS + 100
 
+
+def test_mean_delay_weighs_a_late_burst_by_its_share_of_the_call() -> None:
+    """A burst 1 s before the end of a 10 s call: the buffer is deep at the end, but the
+    delay averaged over the call's slots (what the E-model's mean delay takes) is near the
+    floor it kept for 9 s."""
+    delays: list[float | None] = [30.0] * 500
+    for k in range(11):
+        delays[450 + k] = 30.0 + 200.0 - 20.0 * k
+    buf, trace = _trace(delays[:], min_target_ms=60.0)
+    end_delay = [delay for t, _, delay in trace if t <= 9800][-1]
+    assert end_delay >= 150.0
+    assert 60.0 <= buf.mean_delay_ms <= 75.0
+    steady, _ = _trace([30.0] * 500, min_target_ms=60.0)
+    assert steady.mean_delay_ms == pytest.approx(60.0, abs=0.5)
