@@ -12,7 +12,10 @@ plays, in sequence order, every frame whose time has come; a frame not there at 
 concealed (counted, a gap in the audio). A frame that arrives after its sequence number was
 played or concealed is **late**: dropped and counted, never queued. A frame more than
 :data:`MAX_TARGET_MS` of audio ahead of the playout point is dropped too (``overflow``): the
-buffer never holds more than its window.
+buffer never holds more than its window. Until the first slot is played, ``play_offset``
+follows the fastest transit yet (``+ min_target_ms``; no audio has played, so nothing jumps)
+and the window starts at the slot due: frames read in one go at the start do not anchor the
+playout half a second behind the stream.
 
 **Adaptation** (modelled on the delay manager of WebRTC's NetEq,
 ``modules/audio_coding/neteq/delay_manager.cc``: a histogram of relative arrival delays with
@@ -188,6 +191,8 @@ class JitterBuffer:
             self.first_seq = self.next_seq = seq
             self._next_sent = sent
             self.play_offset = transit + self.min_target_ms
+        elif not self._started_playing:  # no audio to jump yet: follow the fastest transit
+            self.play_offset = min(self.play_offset, transit + self.min_target_ms)
         self.stats.arrived += 1
         self.jitter.add(transit)
         self.transits.append(transit)
@@ -205,11 +210,25 @@ class JitterBuffer:
             self.stats.duplicates += 1
             self.stats.arrived -= 1
             return "duplicate"
-        if seq >= self.next_seq + CAPACITY:
+        if seq >= self._playout_seq(arrival_ms) + CAPACITY:
             self.stats.overflow += 1
             return "overflow"
         self._frames[seq] = (sent, payload)
         return "queued"
+
+    @property
+    def _started_playing(self) -> bool:
+        return bool(self.stats.played or self.stats.concealed)
+
+    def _playout_seq(self, now_ms: float) -> int:
+        """Where the window starts: the next slot to play, or, before the first one played,
+        the slot due at ``now_ms`` (frames read in one go at the start, e.g. after the
+        receiver's loop was busy setting the call up, are not ahead of a playout point that
+        has not started; at most :data:`HISTORY` slots)."""
+        if self._started_playing:
+            return self.next_seq
+        overdue = int((now_ms - self._next_sent - self.play_offset) // self.frame_ms) + 1
+        return self.next_seq + min(HISTORY, max(0, overdue))
 
     # -- playout ----------------------------------------------------------------------------
 

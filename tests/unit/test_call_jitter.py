@@ -106,15 +106,32 @@ def test_target_is_bounded() -> None:
 
 
 def test_buffer_never_holds_more_than_its_window() -> None:
+    """Once playing, a frame more than the window ahead of the playout point is dropped."""
     buf = JitterBuffer()
     buf.arrive(0, 0, b"", 1000.0)
-    results = [buf.arrive(i, 20 * i, b"", 1000.0) for i in range(1, 200)]
-    assert results.count("queued") == CAPACITY - 1
-    assert buf.stats.overflow == 200 - CAPACITY
-    assert buf.arrive(5, 100, b"", 1000.0) == "duplicate"
+    assert [p.seq for p in buf.play(1000.0 + MIN_TARGET_MS)] == [0]
+    results = [buf.arrive(i, 20 * i, b"", 1020.0) for i in range(1, 200)]
+    assert results.count("queued") == CAPACITY
+    assert buf.stats.overflow == 199 - CAPACITY
+    assert buf.arrive(5, 100, b"", 1020.0) == "duplicate"
     buf.play(1000.0 + 20 * 200 + MIN_TARGET_MS)
     assert buf.lost_before == 0  # they arrived: dropped by the buffer, not lost on the way
-    assert buf.missing_after == 200 - CAPACITY
+    assert buf.missing_after == 199 - CAPACITY
+
+
+def test_frames_read_in_one_go_at_the_start_are_played_not_dropped() -> None:
+    """The first half second of frames is read at once (the receiver's loop was busy setting
+    the call up), then the stream is steady. The playout point starts from the fastest of
+    them, not the first (which would lag 0.5 s behind the stream, drop every frame beyond its
+    window as overflow while it came down: 155 of them, and hold half a second of delay for
+    seconds), and nothing is lost."""
+    delays: list[float | None] = [30.0] * 1000
+    for i in range(25):
+        delays[i] = 30.0 + 500.0 - 20.0 * i
+    buf, played = _run(delays, tick_ms=10.0)
+    assert buf.stats.overflow == 0 and buf.stats.late == 0
+    assert played[:1000] == list(range(1000))
+    assert buf.mean_delay_ms <= MIN_TARGET_MS + 2
 
 
 def test_sender_clock_wraps() -> None:
