@@ -12,24 +12,37 @@ plays, in sequence order, every frame whose time has come; a frame not there at 
 concealed (counted, a gap in the audio). A frame that arrives after its sequence number was
 played or concealed is **late**: dropped and counted, never queued. A frame more than
 :data:`MAX_TARGET_MS` of audio ahead of the playout point is dropped too (``overflow``): the
-buffer never holds more than its window.
+buffer never holds more than its window. Until the first slot is played, ``play_offset``
+follows the fastest transit yet (``+ min_target_ms``; no audio has played, so nothing jumps)
+and the window starts at the slot due: frames read in one go at the start do not anchor the
+playout half a second behind the stream.
 
-**Adaptation** (the idea of WebRTC NetEq, simplified). The transit of a frame is
-``arrival - sent`` (it contains the unknown clock offset, which cancels out). Over the last
-:data:`HISTORY` frames, the target delay is the 95th percentile of ``transit - min(transit)``,
-bounded to [``min_target_ms`` (default :data:`MIN_TARGET_MS`; a call on a TCP stream asks
-more, :mod:`overlay.call.stream_io`), :data:`MAX_TARGET_MS`]; the wanted offset is
-``min(transit) + target``; a late frame keeps the target at least at its own spread for
-:data:`LATE_MEMORY_MS` (fast attack, slow decay, as NetEq). ``play_offset`` moves towards the
-wanted offset by at most :data:`ADAPT_UP_MS` (up) or :data:`ADAPT_DOWN_MS` (down) per frame
-played, so the audio neither jumps nor stalls.
+**Adaptation** (modelled on the delay manager of WebRTC's NetEq,
+``modules/audio_coding/neteq/delay_manager.cc``: a histogram of relative arrival delays with
+a forgetting factor, the target its 95 % quantile). The transit of a frame is
+``arrival - sent`` (it contains the unknown clock offset, which cancels out); its relative
+delay is ``transit - min(transit)`` over the last :data:`HISTORY` frames. Each arrival
+enters its relative delay into :class:`DelayHistogram` (:data:`BUCKET_MS` buckets) after
+scaling every bucket by :data:`FORGET` (per frame: a half-life of about 1.4 s of audio; the
+first frames are averaged evenly, as NetEq's start weight does). The target delay is the
+histogram's :data:`QUANTILE` quantile, bounded to [``min_target_ms`` (default
+:data:`MIN_TARGET_MS`; a call on a TCP stream asks more, :mod:`overlay.call.stream_io`),
+:data:`MAX_TARGET_MS`]; the wanted offset is ``min(transit) + target``. A late frame keeps
+the target at least at its own relative delay for :data:`LATE_HOLD_MS` (fast attack: stalls
+that recur every second or two cost late frames once), then lets go: a one-off burst (a TCP
+stall, a path's hiccup) is forgotten within a few seconds instead of holding the delay, which
+costs MOS, for the rest of the call. ``play_offset`` moves towards the wanted offset by at
+most :data:`ADAPT_UP_MS` (up) or :data:`ADAPT_DOWN_MS` (down) per frame played, so the audio
+neither jumps nor stalls.
 
 **Jitter** is RFC 3550 section 6.4.1: ``D = (R_i - R_j) - (S_i - S_j)`` between consecutive
 arrivals and ``J += (|D| - J) / 16``, in ms.
 
 **Loss.** ``expected`` is the span of sequence numbers from the first received to the highest
 one played so far (RFC 3550 A.3); ``lost`` (before the buffer) is expected minus frames that
-arrived; concealed frames (after the buffer) are the lost plus the late ones.
+arrived (played, late, or dropped as overflow); concealed frames (after the buffer) are the
+lost plus the late and overflow ones. Each sequence number counts once: a second copy (a
+mirror's) is a replay the frame opener refuses before the buffer.
 """
 
 from __future__ import annotations
@@ -44,10 +57,14 @@ MAX_TARGET_MS = 200.0
 #: up fast (a 50 % stretch), as a late frame means audio is being lost now
 ADAPT_DOWN_MS = 2.0
 ADAPT_UP_MS = 10.0
-#: a late frame keeps the target at least at its spread for this long
-LATE_MEMORY_MS = 10_000.0
-#: frames whose transit the target is computed over (4 s of audio)
+#: a late frame keeps the target at least at its relative delay for this long
+LATE_HOLD_MS = 2_500.0
+#: frames whose fastest transit relative delays are measured from (4 s of audio)
 HISTORY = 200
+#: the delay histogram: bucket width, per-frame forgetting factor, the quantile targeted
+BUCKET_MS = 5.0
+FORGET = 0.99
+QUANTILE = 0.95
 #: frames the buffer may hold ahead of the playout point (its window)
 CAPACITY = int(MAX_TARGET_MS // FRAME_MS) + 1
 
@@ -58,6 +75,38 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
+
+
+class DelayHistogram:
+    """Relative delays (ms) with exponential forgetting (NetEq's ``Histogram``): each sample
+    adds ``1 - FORGET`` of the mass after every bucket was scaled by :data:`FORGET` (while
+    fewer than ``1 / (1 - FORGET)`` samples came, the samples are averaged evenly)."""
+
+    def __init__(self, top_ms: float = MAX_TARGET_MS) -> None:
+        self._buckets = [0.0] * (int(top_ms // BUCKET_MS) + 1)
+        self._samples = 0
+
+    def add(self, delay_ms: float) -> None:
+        self._samples += 1
+        weight = max(1.0 - FORGET, 1.0 / self._samples)
+        keep = 1.0 - weight
+        buckets = self._buckets
+        for i in range(len(buckets)):
+            buckets[i] *= keep
+        index = min(len(buckets) - 1, max(0, int(delay_ms // BUCKET_MS)))
+        buckets[index] += weight
+
+    def quantile(self, q: float) -> float:
+        """The upper edge of the bucket where the mass reaches ``q`` (0.0 with no samples)."""
+        if not self._samples:
+            return 0.0
+        total = sum(self._buckets)
+        mass = 0.0
+        for i, share in enumerate(self._buckets):
+            mass += share
+            if mass >= q * total:
+                return (i + 1) * BUCKET_MS
+        return len(self._buckets) * BUCKET_MS
 
 
 class InterarrivalJitter:
@@ -105,6 +154,7 @@ class JitterBuffer:
         self.stats = BufferStats()
         self.jitter = InterarrivalJitter()
         self.transits: deque[float] = deque(maxlen=HISTORY)
+        self.delays = DelayHistogram()
         self.first_seq: int | None = None
         #: the next sequence number to play, and the sender time it has
         self.next_seq = 0
@@ -113,9 +163,13 @@ class JitterBuffer:
         self._frames: dict[int, tuple[float, bytes]] = {}
         self._sent_high = 0  # the highest unwrapped sent_ms
         self.highest_seq = -1
-        self._late_spreads: deque[tuple[float, float]] = deque(maxlen=64)
+        #: (arrival, relative delay) of the frames that hold the target up: late ones, and
+        #: those that came in time only thanks to the hold (the stall recurred)
+        self._held: deque[tuple[float, float]] = deque(maxlen=64)
         self._now_ms = 0.0
         self._gap = 0
+        #: the sum of :attr:`delay_ms` over the slots played (for :attr:`mean_delay_ms`)
+        self._delay_sum = 0.0
 
     # -- arrivals ----------------------------------------------------------------------------
 
@@ -137,24 +191,44 @@ class JitterBuffer:
             self.first_seq = self.next_seq = seq
             self._next_sent = sent
             self.play_offset = transit + self.min_target_ms
+        elif not self._started_playing:  # no audio to jump yet: follow the fastest transit
+            self.play_offset = min(self.play_offset, transit + self.min_target_ms)
         self.stats.arrived += 1
         self.jitter.add(transit)
         self.transits.append(transit)
+        relative = transit - min(self.transits)
+        self.delays.add(relative)
         self.highest_seq = max(self.highest_seq, seq)
         if seq < self.next_seq:
-            self._late_spreads.append((arrival_ms, transit - min(self.transits)))
+            self._held.append((arrival_ms, relative))
             self.stats.late += 1
             self.stats.late_in_span += seq >= self.first_seq
             return "late"
+        if self._holding(arrival_ms) and relative > self.delays.quantile(QUANTILE):
+            self._held.append((arrival_ms, relative))  # in time only thanks to the hold
         if seq in self._frames:
             self.stats.duplicates += 1
             self.stats.arrived -= 1
             return "duplicate"
-        if seq >= self.next_seq + CAPACITY:
+        if seq >= self._playout_seq(arrival_ms) + CAPACITY:
             self.stats.overflow += 1
             return "overflow"
         self._frames[seq] = (sent, payload)
         return "queued"
+
+    @property
+    def _started_playing(self) -> bool:
+        return bool(self.stats.played or self.stats.concealed)
+
+    def _playout_seq(self, now_ms: float) -> int:
+        """Where the window starts: the next slot to play, or, before the first one played,
+        the slot due at ``now_ms`` (frames read in one go at the start, e.g. after the
+        receiver's loop was busy setting the call up, are not ahead of a playout point that
+        has not started; at most :data:`HISTORY` slots)."""
+        if self._started_playing:
+            return self.next_seq
+        overdue = int((now_ms - self._next_sent - self.play_offset) // self.frame_ms) + 1
+        return self.next_seq + min(HISTORY, max(0, overdue))
 
     # -- playout ----------------------------------------------------------------------------
 
@@ -163,17 +237,28 @@ class JitterBuffer:
         """The playout delay the buffer aims at beyond the fastest recent transit."""
         if not self.transits:
             return self.min_target_ms
-        floor = min(self.transits)
-        spread = percentile([t - floor for t in self.transits], 0.95)
-        while self._late_spreads and self._late_spreads[0][0] < self._now_ms - LATE_MEMORY_MS:
-            self._late_spreads.popleft()
-        late = max((s for _, s in self._late_spreads), default=0.0)
-        return min(MAX_TARGET_MS, max(self.min_target_ms, spread, late))
+        spread = self.delays.quantile(QUANTILE)
+        self._holding(self._now_ms)
+        held = max((s for _, s in self._held), default=0.0)
+        return min(MAX_TARGET_MS, max(self.min_target_ms, spread, held))
+
+    def _holding(self, now_ms: float) -> bool:
+        """Whether a frame within :data:`LATE_HOLD_MS` of ``now_ms`` holds the target up."""
+        while self._held and self._held[0][0] < now_ms - LATE_HOLD_MS:
+            self._held.popleft()
+        return bool(self._held)
 
     @property
     def delay_ms(self) -> float:
         """How long the buffer currently holds audio beyond the fastest recent transit."""
         return self.play_offset - min(self.transits) if self.transits else 0.0
+
+    @property
+    def mean_delay_ms(self) -> float:
+        """:attr:`delay_ms` averaged over every slot played so far (the current delay before
+        the first)."""
+        slots = self.stats.played + self.stats.concealed
+        return self._delay_sum / slots if slots else self.delay_ms
 
     def play(self, now_ms: float) -> list[Played]:
         """Every slot whose time has come, in order (one per ``frame_ms`` of audio)."""
@@ -182,6 +267,7 @@ class JitterBuffer:
         if self.first_seq is None:
             return out
         while self._next_sent + self.play_offset <= now_ms:
+            self._delay_sum += self.delay_ms
             seq = self.next_seq
             frame = self._frames.pop(seq, None)
             if frame is not None:
@@ -217,8 +303,10 @@ class JitterBuffer:
 
     @property
     def lost_before(self) -> int:
-        """Expected frames that never arrived (network loss)."""
-        return max(0, self.expected - self.stats.played - self.stats.late_in_span)
+        """Expected frames that never arrived (network loss; frames the buffer dropped as
+        overflow, e.g. read in one go after the receiver's loop stalled, did arrive)."""
+        stats = self.stats
+        return max(0, self.expected - stats.played - stats.late_in_span - stats.overflow)
 
     @property
     def missing_after(self) -> int:

@@ -23,9 +23,10 @@ pseudo-random bytes so that the payload is ``bitrate * 20 ms`` bytes (60 at 24 k
 **Delay without synchronized clocks.** The one-way delay of frame i is estimated as
 ``min RTT / 2 + (transit_i - min transit)`` (``transit = arrival - sent`` on two clocks: the
 offset cancels in the difference). The mouth-to-ear delay used for the MOS is
-``min RTT / 2 +`` the jitter buffer's delay ``+`` :data:`~overlay.call.quality.CODEC_DELAY_MS`,
-with the loss after the jitter buffer (network loss and late frames), for the codec model
-:data:`~overlay.call.quality.G711_PLC`.
+``min RTT / 2 +`` the jitter buffer's delay averaged over the call so far (G.107's ``Ta`` is a
+mean one-way delay; the loss is the call's so far too) ``+``
+:data:`~overlay.call.quality.CODEC_DELAY_MS`, with the loss after the jitter buffer (network
+loss and late frames), for the codec model :data:`~overlay.call.quality.G711_PLC`.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class CallSession:
         return min(self._rtts) / 2.0 if self._rtts else 0.0
 
     def mouth_to_ear_ms(self) -> float:
-        return self._rtt_floor_half() + self.buffer.delay_ms + CODEC_DELAY_MS
+        return self._rtt_floor_half() + self.buffer.mean_delay_ms + CODEC_DELAY_MS
 
     def stats(self, now: float, final: bool = False) -> CallStats:
         buf = self.buffer

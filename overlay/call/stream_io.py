@@ -22,10 +22,12 @@ each with its own backlog gate, and the receiver takes the first copy (the repla
 drops the other). One lost segment on TCP holds every later frame back for a round trip or
 more; two TCP connections seldom stall at once, so the copies keep the frames on time (the
 jitter buffer of a call on a stream keeps :data:`STREAM_MIN_TARGET_MS`, so the mirror's copy,
-a relay hop slower, is in time when the stream stalls). When the path in use fails, a
-mirror becomes it at once (no SELECT: both sides already send on it), unless the peer closed
-a mirror cleanly first: then the failure is its hang-up. Only the path in use ending cleanly
-ends the call (the peer hung up); one failing sets
+a relay hop slower, is in time when the stream stalls). Until its first mirror is up (about
+0.4 s into a call; at most :data:`STREAM_START_S`), a call that awaits one (``awaits_mirror``)
+keeps :data:`STREAM_START_TARGET_MS` instead: a stall then has no copy to cover it. When the
+path in use fails, a mirror becomes it at once (no SELECT: both sides already send on it),
+unless the peer closed a mirror cleanly first: then the failure is its hang-up. Only the path
+in use ending cleanly ends the call (the peer hung up); one failing sets
 :attr:`StreamCall.path_lost`, and the call waits up to its ``lost_grace_s``
 (:data:`LOST_GRACE_S` where the client can move it to a spare relay or a direct path; else
 0: it ends) for a switch.
@@ -41,7 +43,7 @@ from typing import Protocol
 
 from overlay.call.errors import BadFrame
 from overlay.call.frames import MIN_DATAGRAM_BYTES
-from overlay.call.jitter import MIN_TARGET_MS
+from overlay.call.jitter import MAX_TARGET_MS, MIN_TARGET_MS
 from overlay.call.session import CallSession, CallStats
 from overlay.call.stream_frames import SendGate, StreamFrameDecoder, encode_stream_frame
 
@@ -50,6 +52,10 @@ READ_BYTES = 16 * 1024
 #: the jitter buffer's least target on a stream: a mirror's copy (a relay's extra hop)
 #: comes a few tens of ms after the stream's, and must be in time when the stream stalls
 STREAM_MIN_TARGET_MS = 60.0
+#: the jitter buffer's least target on a stream until the call's first mirror is up (a stall
+#: then has no copy to cover it), for at most STREAM_START_S
+STREAM_START_TARGET_MS = MAX_TARGET_MS
+STREAM_START_S = 2.0
 #: how long a call whose path failed waits for another path before it ends
 LOST_GRACE_S = 5.0
 
@@ -142,7 +148,7 @@ class StreamCall:
     peer ends the stream), receiving all along."""
 
     def __init__(self, session: CallSession, stream: FrameStream,
-                 lost_grace_s: float = 0.0) -> None:
+                 lost_grace_s: float = 0.0, *, awaits_mirror: bool = False) -> None:
         self.session = session
         self.stream = stream
         #: how long the call waits for :meth:`switch` after its path failed (0: it ends)
@@ -153,8 +159,11 @@ class StreamCall:
         self.carrier = datagram_carrier(stream)
         #: "datagram" (frames as QUIC DATAGRAM frames) or "stream"
         self.mode = "datagram" if self.carrier is not None else "stream"
+        #: the buffer keeps the start target (a mirror is on its way, not up yet)
+        self.starting = awaits_mirror and self.mode == "stream"
         if self.mode == "stream":
-            session.buffer.min_target_ms = STREAM_MIN_TARGET_MS
+            session.buffer.min_target_ms = STREAM_START_TARGET_MS if self.starting \
+                else STREAM_MIN_TARGET_MS
         #: frames that came on the stream (the rest came as datagrams)
         self.stream_frames = 0
         self.peer_ended = asyncio.Event()
@@ -189,7 +198,15 @@ class StreamCall:
     def add_mirror(self, stream: FrameStream) -> None:
         """Send a copy of every frame on ``stream`` too, and take the frames arriving on it."""
         self.mirrors.append(_Mirror(stream, self.session.size + MIN_DATAGRAM_BYTES))
+        self._started()
         self._readers.append(asyncio.ensure_future(self._read(stream)))
+
+    def _started(self) -> None:
+        """The start is over (a mirror is up, or it took too long): the stream's floor."""
+        if self.starting:
+            self.starting = False
+            if self.mode == "stream":
+                self.session.buffer.min_target_ms = STREAM_MIN_TARGET_MS
 
     async def _write(self) -> None:
         while True:
@@ -264,6 +281,7 @@ class StreamCall:
         self.stream = stream
         self.carrier = datagram_carrier(stream)
         self.mode = "datagram" if self.carrier is not None else "stream"
+        self.starting = False
         self.session.buffer.min_target_ms = STREAM_MIN_TARGET_MS if self.mode == "stream" \
             else MIN_TARGET_MS
         if self.carrier is not None:  # datagrams do not stall: no more copies
@@ -290,6 +308,8 @@ class StreamCall:
             while (now := time.monotonic()) < start + (seconds or float("inf")):
                 if self.peer_ended.is_set() or tasks[0].done():
                     break
+                if self.starting and now - start >= STREAM_START_S:
+                    self._started()
                 lost_at = (lost_at or now) if self.path_lost.is_set() else None
                 if lost_at is not None and now - lost_at >= self.lost_grace_s:
                     break  # no other path came

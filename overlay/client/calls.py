@@ -166,7 +166,8 @@ class Calls:
             entry["line"] = line
 
         late = opened.late
-        runner = StreamCall(session, stream, LOST_GRACE_S if late is not None else 0.0)
+        runner = StreamCall(session, stream, LOST_GRACE_S if late is not None else 0.0,
+                            awaits_mirror=late is not None)
         following = [asyncio.ensure_future(_follow(late, runner, session, caller, slog)),
                      asyncio.ensure_future(_mirror(late, runner, session, caller, slog))] \
             if late is not None else []

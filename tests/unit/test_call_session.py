@@ -143,3 +143,44 @@ def test_bitrate_sets_the_payload() -> None:
     assert payload_bytes(24_000) == 60 and payload_bytes(64_000) == 160
     with pytest.raises(ValueError):
         payload_bytes(1_000_000)
+
+
+def test_a_mirrored_calls_copies_and_late_frames_count_once() -> None:
+    """Every frame comes twice (a call on a TCP stream with a mirror: the stream's copy in
+    30 ms, the mirror's in 65 ms); the stream stalls for frames 100-109 (the mirror's copy
+    comes first), both copies of 300-304 come half a second late, 400-401 are lost on both
+    paths. Loss before the buffer is the 2 lost frames, late the 5 late ones (their second
+    copies are replays, not a second late count), and the loss the MOS is computed from is
+    those 7, once each."""
+    a = CallSession(SECRET, CALL_ID, caller=True, now=0.0, path="direct-tcp")
+    b = CallSession(SECRET, CALL_ID, caller=False, now=0.0, path="direct-tcp")
+    b.buffer.min_target_ms = 60.0  # what StreamCall sets on a stream
+    queue: list[tuple[float, int, bytes]] = []
+    seq = n = 0
+    t = 0.0
+    while t < 12.0:
+        while queue and queue[0][0] <= t:
+            b.datagram_received(heapq.heappop(queue)[2], t)
+        for frame in a.timer(t):
+            stream, mirror = 0.030, 0.065
+            if 100 <= seq < 110:
+                stream = 0.400
+            if 300 <= seq < 305:
+                stream = mirror = 0.500
+            if seq not in (400, 401):
+                for delay in (stream, mirror):
+                    n += 1
+                    heapq.heappush(queue, (t + delay, n, frame))
+            seq += 1
+        b.buffer_play(t)
+        t = round(t + 0.005, 6)
+    for _, _, frame in sorted(queue):  # the copies still in flight come too
+        b.datagram_received(frame, t)
+    final = b.finish(t)
+    buf = b.buffer
+    assert buf.stats.late == 5 and buf.lost_before == 2 and buf.missing_after == 7
+    assert buf.stats.duplicates == 0
+    assert b.recv.refused["replay"] == b.recv.received  # each second copy
+    assert final.late_pct == pytest.approx(500 / buf.expected, abs=0.01)
+    assert final.loss_pct == pytest.approx(200 / buf.expected, abs=0.01)
+    assert b.loss_pattern.received_to_lost + b.loss_pattern.lost_to_lost == 7
