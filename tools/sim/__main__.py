@@ -44,6 +44,13 @@ def parse(argv: list[str] | None = None) -> Params:
 
 def main(argv: list[str] | None = None) -> int:
     params = parse(argv)
+    if params.plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("tools.sim: --plots needs matplotlib (pip install -e '.[bench]')",
+                  file=sys.stderr)
+            return 2
     try:
         doc = simulate(params)
     except (ValueError, NotImplementedError) as exc:
@@ -54,12 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
     else:
         Path(params.json).write_text(text)
-    if params.plots:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("tools.sim: --plots needs matplotlib, which is not installed: no plots",
-                  file=sys.stderr)
     return 0
 
 

@@ -9,11 +9,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from overlay.core import logs
 from overlay.dht import DHTConfig
-from tools.sim import metrics
+from tools.sim import metrics, plots
 from tools.sim.churn import MODELS
 from tools.sim.clock import SIM_EPOCH, virtual_time
 from tools.sim.daemonsim import DaemonSim
@@ -89,6 +90,7 @@ def simulate(params: Params) -> dict[str, Any]:
         with virtual_time(loop), seeded_random(params.seed):
             loop.run_until_complete(sim.run())
             values = measure(sim, params, config)
+            raw = plots.series(sim) if params.plots else None
             _stop(sim, loop)
     finally:
         asyncio.set_event_loop(None)
@@ -97,6 +99,11 @@ def simulate(params: Params) -> dict[str, Any]:
     cpu_s = time.process_time() - cpu_started
     values["peak_rss_mib"] = round(metrics.peak_rss_mib(), 1)
     summary(sim, values, cpu_s)
+    if raw is not None and params.plots:
+        title = (f"{params.supernodes} supernodes, {params.users} users, {params.hours:g} h, "
+                 f"churn {params.churn}, seed {params.seed}, users as {params.users_as}")
+        for path in plots.write(raw, Path(params.plots), title):
+            print(f"tools.sim: wrote {path}", file=sys.stderr)
     return metrics.document(values)
 
 
