@@ -4,7 +4,8 @@ limits and one tally of the holders' answers (:mod:`overlay.dht.crawling`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kademlia.node import Node
@@ -18,7 +19,9 @@ class DisjointValueLookup:
     dealt round-robin into the paths (closest first), each path crawls with its own candidates
     and never asks a node another path asked, and every holder's answer goes into one
     :class:`ValueTally`. The lookup ends when every path has ended (a path ends on the tally's
-    early-stop rule, or when its own k closest answered)."""
+    early-stop rule, or when its own k closest answered); a path that stopped early keeps
+    counting the answers it asked for while another path runs (the tally may still turn
+    contested, and then they count)."""
 
     def __init__(
         self,
@@ -48,7 +51,9 @@ class DisjointValueLookup:
         """Every path's crawl; when one ends, the others look at the shared tally at once
         instead of at their next answer (which, from a dead node, is a timeout away)."""
         crawls = [asyncio.ensure_future(path.find()) for path in self.paths]
-        for crawl in crawls:
+        for i, (path, crawl) in enumerate(zip(self.paths, crawls, strict=True)):
+            others = crawls[:i] + crawls[i + 1:]
+            path.others_running = functools.partial(_any_running, others)
             crawl.add_done_callback(self._wake_paths)
         await asyncio.gather(*crawls)
         return list(self.tally.found.values())
@@ -60,3 +65,7 @@ class DisjointValueLookup:
     @property
     def by_holder(self) -> dict[bytes, tuple[SignedRecord, ...]]:
         return self.tally.by_holder
+
+
+def _any_running(crawls: Sequence[asyncio.Future[list[SignedRecord]]]) -> bool:
+    return any(not crawl.done() for crawl in crawls)
