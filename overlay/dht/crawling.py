@@ -404,7 +404,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         self.uncontested_networks: int = protocol.config.name_uncontested_networks
         self.verify = verify
         self.tally = tally or ValueTally()
-        #: whether another path of the same lookup (sharing ``tally``) still runs
+        #: whether another path of the same lookup (sharing ``tally``) still asks
         self.others_running: Callable[[], bool] = lambda: False
 
     @property
@@ -442,6 +442,11 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
 
     def agreed(self) -> bool:
         return self.tally.agreed()
+
+    def still_asking(self) -> bool:
+        """Whether this path is not done (it may still ask, and its answers may still turn
+        the shared tally)."""
+        return not self._is_done()
 
     def _drain_pending(self) -> bool:
         """A path that stopped early on an agreed tally still counts the answers it asked

@@ -51,9 +51,9 @@ class DisjointValueLookup:
         """Every path's crawl; when one ends, the others look at the shared tally at once
         instead of at their next answer (which, from a dead node, is a timeout away)."""
         crawls = [asyncio.ensure_future(path.find()) for path in self.paths]
-        for i, (path, crawl) in enumerate(zip(self.paths, crawls, strict=True)):
-            others = crawls[:i] + crawls[i + 1:]
-            path.others_running = functools.partial(_any_running, others)
+        running = list(zip(self.paths, crawls, strict=True))
+        for i, (path, crawl) in enumerate(running):
+            path.others_running = functools.partial(_any_asking, running[:i] + running[i + 1:])
             crawl.add_done_callback(self._wake_paths)
         await asyncio.gather(*crawls)
         return list(self.tally.found.values())
@@ -67,5 +67,7 @@ class DisjointValueLookup:
         return self.tally.by_holder
 
 
-def _any_running(crawls: Sequence[asyncio.Future[list[SignedRecord]]]) -> bool:
-    return any(not crawl.done() for crawl in crawls)
+def _any_asking(others: Sequence[tuple[OverlayValueCrawl, asyncio.Future[list[SignedRecord]]]]
+                ) -> bool:
+    """Whether another path still runs and is not done itself (only draining, like us)."""
+    return any(not crawl.done() and path.still_asking() for path, crawl in others)
