@@ -405,7 +405,7 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
         self.verify = verify
         self.tally = tally or ValueTally()
         #: whether another path of the same lookup (sharing ``tally``) still asks
-        self.others_running: Callable[[], bool] = lambda: False
+        self.others_asking: Callable[[], bool] = lambda: False
 
     @property
     def holders(self) -> int:
@@ -450,12 +450,12 @@ class OverlayValueCrawl(_InflightCrawl, ValueSpiderCrawl):  # type: ignore[misc]
 
     def _drain_pending(self) -> bool:
         """A path that stopped early on an agreed tally still counts the answers it asked
-        for while another path runs: that path may yet find a second key, and then these
+        for while another path still asks: that path may yet find a second key, and then these
         answers (honest holders, often) decide the majority. Without this, one path ended
         on four agreeing networks, dropped two honest holders' answers in flight, the other
         path then met an attacker's three and the lookup ended in a 3-3 conflict
         (tests/lab/test_eclipse_lab.py, ~1 run in 5)."""
-        return self.others_running()
+        return self.others_asking()
 
     def _slots(self) -> int:
         """alpha, but no more requests in flight than answers that could still be needed

@@ -53,7 +53,7 @@ class DisjointValueLookup:
         crawls = [asyncio.ensure_future(path.find()) for path in self.paths]
         running = list(zip(self.paths, crawls, strict=True))
         for i, (path, crawl) in enumerate(running):
-            path.others_running = functools.partial(_any_asking, running[:i] + running[i + 1:])
+            path.others_asking = functools.partial(_any_asking, running[:i] + running[i + 1:])
             crawl.add_done_callback(self._wake_paths)
         await asyncio.gather(*crawls)
         return list(self.tally.found.values())
