@@ -19,8 +19,14 @@ end-to-end encryption come from :func:`overlay.media.secure_stream.secure` run o
 returned stream with the invite/answer keys; a man in the middle of the QUIC layer ends up
 holding a stream on which that confirmation never completes.
 
-The stream: the client opens stream 0 with an 8-byte preamble (``PREAMBLE``), which the server
-checks and strips, so the server may send as soon as the stream exists. ``send`` applies
+The stream: the server opens stream 1 (its first bidirectional stream) with an 8-byte preamble
+(``PREAMBLE``), which the client checks and strips, the moment it has read the client's Initial:
+what the server writes next (the callee's path salt and ``CONFIRM``) goes as 0.5-RTT data with
+its handshake flight, and the client returns from :func:`~.connect.quic_connect` holding it,
+one round trip after its Initial. The server's :func:`~.connect.quic_connect` returns then too,
+before the handshake completes; its stream aborts (``QuicPathError``) if the handshake does not
+complete within the connect timeout (the client of an early-kept Initial may be gone). The
+client writes nothing before the server's stream is open. ``send`` applies
 back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or unacknowledged;
 ``recv`` returns ``b""`` after the peer's FIN; ``close`` sends FIN, waits until everything
 sent was acknowledged (giving up after ``CLOSE_STALL_S`` without progress), then closes the

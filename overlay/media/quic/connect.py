@@ -28,8 +28,12 @@ async def quic_connect(
 
     The server takes the first QUIC Initial from ``peer`` or, when ``session_id`` names a
     punching session on ``media``, from any address that session verified (the peer may have
-    reached us from another of its addresses). Returns once the handshake completed and the
-    stream is open, or raises :class:`QuicPathError` within ``timeout``."""
+    reached us from another of its addresses). The client returns once the handshake
+    completed and the server's stream is open; the server once it has read the ClientHello
+    and opened the stream, so that what it sends first goes with its handshake flight
+    (0.5-RTT: it may not know yet that the client completes the handshake; the
+    end-to-end confirmation on top tells). Raises :class:`QuicPathError` within
+    ``timeout``."""
     loop = asyncio.get_running_loop()
     if initiator:
         config = configuration(True, idle_timeout, congestion_control)
@@ -38,11 +42,12 @@ async def quic_connect(
         try:
             core.connect(peer, loop.time())
             stream._after()
-            ok = await stream._wait(lambda: core.handshake_done or core.terminated, timeout)
+            ok = await stream._wait(lambda: (core.handshake_done and core.stream_open)
+                                    or core.terminated, timeout)
         except BaseException:  # cancelled (another path won): leave nothing behind
             stream.abort("cancelled")
             raise
-        if not ok or not core.handshake_done:
+        if not ok or not core.handshake_done or not core.stream_open:
             stream.abort("handshake timeout")
             raise QuicPathError(core.error or f"no QUIC handshake with {peer[0]}:{peer[1]} "
                                 f"within {timeout}s")
@@ -68,14 +73,14 @@ async def quic_connect(
         server.datagram_received(data, addr)
         return server
 
+    deadline = loop.time() + timeout
     cancel = media.accept_quic(accepts, on_initial)
     server: QuicByteStream | None = None
     try:
         async with asyncio.timeout(timeout):
             server = await accepted
             srv = server
-            await srv._wait(lambda: (srv.core.handshake_done and srv.core.stream_open)
-                            or srv.core.terminated)
+            await srv._wait(lambda: srv.core.stream_open or srv.core.terminated)
     except TimeoutError:
         pass
     except BaseException:  # cancelled (another path won): leave nothing behind
@@ -84,12 +89,13 @@ async def quic_connect(
         raise
     finally:
         cancel()
-    if server is None or not server.core.handshake_done or not server.core.stream_open:
+    if server is None or server.core.terminated or not server.core.stream_open:
         error = server.core.error if server is not None else None
         if server is not None:
             server.abort("handshake timeout")
         raise QuicPathError(error or f"no QUIC connection from {peer[0]}:{peer[1]} "
                             f"within {timeout}s")
+    server.require_handshake(max(0.0, deadline - loop.time()))
     return server
 
 

@@ -28,7 +28,11 @@ IDLE_TIMEOUT_S = 30.0
 MAX_DATAGRAM_SIZE = 1350
 #: stream and connection receive windows (bytes in flight the peer may send ahead)
 RECEIVE_WINDOW = 4 * 1024 * 1024
-STREAM_ID = 0
+#: the one stream: the first server-initiated bidirectional stream (RFC 9000 §2.1). The
+#: server (the callee) opens it the moment it has read the ClientHello, so its first bytes
+#: (the preamble, then its path salt and ``CONFIRM``) go out as 0.5-RTT data with its
+#: handshake flight, and the client can select the path as its handshake completes.
+STREAM_ID = 1
 #: our QUIC connection ids are this long (short headers do not carry a length)
 QUIC_CID_BYTES = 8
 #: the largest DATAGRAM frame (RFC 9221) we accept, advertised in the transport parameters:
@@ -101,8 +105,8 @@ class QuicStreamCore:
         self.received = bytearray()
         self.fin_received = False
         self.handshake_done = False
-        #: the client opened the stream (and, server side, its preamble checked out)
-        self.stream_open = is_client
+        #: the server opened the stream (client side: and its preamble checked out)
+        self.stream_open = False
         self.error: str | None = None
         self.terminated = False
         self.new_cids: list[bytes] = []
@@ -116,9 +120,8 @@ class QuicStreamCore:
     # -- driving ---------------------------------------------------------------------------
 
     def connect(self, addr: Address, now: float) -> None:
-        """Client: start the handshake and open the stream with the preamble."""
+        """Client: start the handshake (the server opens the stream)."""
         self.conn.connect(addr, now=now)
-        self.conn.send_stream_data(STREAM_ID, PREAMBLE)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self.conn.receive_datagram(data, addr, now=now)
@@ -199,7 +202,13 @@ class QuicStreamCore:
 
     def _process(self) -> None:
         while (event := self.conn.next_event()) is not None:
-            if isinstance(event, events.HandshakeCompleted):
+            if isinstance(event, events.ProtocolNegotiated):
+                # server: the ClientHello is read (the client's transport parameters too)
+                # and the 1-RTT keys are there: open the stream, 0.5-RTT
+                if not self.is_client and event.alpn_protocol == ALPN and not self.stream_open:
+                    self.conn.send_stream_data(STREAM_ID, PREAMBLE)
+                    self.stream_open = True
+            elif isinstance(event, events.HandshakeCompleted):
                 if event.alpn_protocol != ALPN:
                     self.close(f"ALPN {event.alpn_protocol!r}")
                 else:

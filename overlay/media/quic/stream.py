@@ -37,6 +37,7 @@ class QuicByteStream:
         self._changed = asyncio.Event()
         self._closed = False
         self._keepalive = self._loop.call_later(KEEPALIVE_S, self._ping)
+        self._handshake_deadline: asyncio.TimerHandle | None = None
         #: takes each DATAGRAM frame received (a call); None: they are discarded
         self.datagram_handler: Callable[[bytes], None] | None = None
         media.add_quic_route(self, cid=core.conn.host_cid, addr=peer)
@@ -86,7 +87,24 @@ class QuicByteStream:
             self._teardown()
         self._changed.set()
 
+    def require_handshake(self, within_s: float) -> None:
+        """Abort unless the handshake completes within ``within_s``: a server sends before it
+        (0.5-RTT), and the client of an Initial that arrived early may be gone, or was never
+        there."""
+
+        def check() -> None:
+            self._handshake_deadline = None
+            if not self.core.handshake_done and not self.core.terminated:
+                self.abort(f"no QUIC handshake with {self.peer[0]}:{self.peer[1]} "
+                           f"within {within_s}s")
+
+        if not self.core.handshake_done:
+            self._handshake_deadline = self._loop.call_later(within_s, check)
+
     def _teardown(self) -> None:
+        if self._handshake_deadline is not None:
+            self._handshake_deadline.cancel()
+            self._handshake_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
