@@ -166,7 +166,6 @@ class JitterBuffer:
         #: (arrival, relative delay) of the frames that hold the target up: late ones, and
         #: those that came in time only thanks to the hold (the stall recurred)
         self._held: deque[tuple[float, float]] = deque(maxlen=64)
-        self._now_ms = 0.0
         self._gap = 0
         #: the sum of :attr:`delay_ms` over the slots played (for :attr:`mean_delay_ms`)
         self._delay_sum = 0.0
@@ -204,7 +203,8 @@ class JitterBuffer:
             self.stats.late += 1
             self.stats.late_in_span += seq >= self.first_seq
             return "late"
-        if self._holding(arrival_ms) and relative > self.delays.quantile(QUANTILE):
+        self._expire_held(arrival_ms)
+        if self._held and relative > self.delays.quantile(QUANTILE):
             self._held.append((arrival_ms, relative))  # in time only thanks to the hold
         if seq in self._frames:
             self.stats.duplicates += 1
@@ -238,15 +238,14 @@ class JitterBuffer:
         if not self.transits:
             return self.min_target_ms
         spread = self.delays.quantile(QUANTILE)
-        self._holding(self._now_ms)
         held = max((s for _, s in self._held), default=0.0)
         return min(MAX_TARGET_MS, max(self.min_target_ms, spread, held))
 
-    def _holding(self, now_ms: float) -> bool:
-        """Whether a frame within :data:`LATE_HOLD_MS` of ``now_ms`` holds the target up."""
+    def _expire_held(self, now_ms: float) -> None:
+        """Forget the frames that came more than :data:`LATE_HOLD_MS` before ``now_ms``: they
+        no longer hold the target up."""
         while self._held and self._held[0][0] < now_ms - LATE_HOLD_MS:
             self._held.popleft()
-        return bool(self._held)
 
     @property
     def delay_ms(self) -> float:
@@ -263,7 +262,7 @@ class JitterBuffer:
     def play(self, now_ms: float) -> list[Played]:
         """Every slot whose time has come, in order (one per ``frame_ms`` of audio)."""
         out: list[Played] = []
-        self._now_ms = now_ms
+        self._expire_held(now_ms)
         if self.first_seq is None:
             return out
         while self._next_sent + self.play_offset <= now_ms:
