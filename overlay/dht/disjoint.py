@@ -18,10 +18,11 @@ class DisjointValueLookup:
     """A value lookup over ``paths`` disjoint paths (S/Kademlia): the initial contacts are
     dealt round-robin into the paths (closest first), each path crawls with its own candidates
     and never asks a node another path asked, and every holder's answer goes into one
-    :class:`ValueTally`. The lookup ends when every path has ended (a path ends on the tally's
-    early-stop rule, or when its own k closest answered); a path that stopped early keeps
-    counting the answers it asked for while another path runs (the tally may still turn
-    contested, and then they count)."""
+    :class:`ValueTally`. The lookup ends when every path has ended: all at once when the tally
+    meets the early-stop rule (it closes: answers read later do not count), or each when its
+    own k closest answered or only stragglers are left; such a path keeps counting the
+    answers it asked for while another path still asks (the tally may still turn contested,
+    and then they count)."""
 
     def __init__(
         self,
