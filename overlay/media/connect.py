@@ -351,6 +351,15 @@ async def connect_as_responder(
             close_later(raw)
             raise
         chosen = first.state == "selected"
+        if first.state == "mirrored" and late is not None and not selected.done():
+            # the caller marks its mirror right after its SELECT on the path in use, but on
+            # another path (another relay): the mark can come first. Decide once the SELECT
+            # has (the race arms ``late`` then; no SELECT at all ends this task with the race)
+            try:
+                await asyncio.wait([selected])
+            except BaseException:  # no SELECT came: the race is over, this path with it
+                close_later(stream)
+                raise
         if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first.rest)))
             if late is not None:  # what it does not keep is stopped below
