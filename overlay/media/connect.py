@@ -342,6 +342,11 @@ async def connect_as_responder(
                 if not data:
                     break
                 first = read_selection(first.rest + data)
+            if first.state == "mirrored" and late is not None and not selected.done():
+                # the caller marks its mirror right after its SELECT on the path in use, but
+                # on another path (another relay): the mark can come first. Decide once the
+                # SELECT has (the race arms ``late`` then; none at all: the race cancels us)
+                await asyncio.wait([selected])
         except Exception as exc:
             errors[name] = str(exc) or type(exc).__name__
             timeline.add(f"{name}: failed ({errors[name]})")
@@ -351,15 +356,6 @@ async def connect_as_responder(
             close_later(raw)
             raise
         chosen = first.state == "selected"
-        if first.state == "mirrored" and late is not None and not selected.done():
-            # the caller marks its mirror right after its SELECT on the path in use, but on
-            # another path (another relay): the mark can come first. Decide once the SELECT
-            # has (the race arms ``late`` then; no SELECT at all ends this task with the race)
-            try:
-                await asyncio.wait([selected])
-            except BaseException:  # no SELECT came: the race is over, this path with it
-                close_later(stream)
-                raise
         if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first.rest)))
             if late is not None:  # what it does not keep is stopped below

@@ -77,7 +77,7 @@ async def quic_connect(
     cancel = media.accept_quic(accepts, on_initial)
     server: QuicByteStream | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             server = await accepted
             srv = server
             await srv._wait(lambda: srv.core.stream_open or srv.core.terminated)
