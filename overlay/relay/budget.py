@@ -132,8 +132,14 @@ class Bucket:
 
     def refill(self, now: float) -> None:
         if now > self.now:
-            self.tokens = min(self.depth, self.tokens + (now - self.now) * self.bytes_per_s)
+            if self.tokens < self.depth:  # (a credit above the depth is spent, not cut)
+                self.tokens = min(self.depth, self.tokens + (now - self.now) * self.bytes_per_s)
             self.now = now
+
+    def credit(self, nbytes: float) -> None:
+        """A one-time allowance on top of what the bucket holds, at most ``nbytes`` above its
+        depth: spent like tokens, never refilled."""
+        self.tokens = min(self.tokens + nbytes, self.depth + nbytes)
 
     def wait_for(self, nbytes: float) -> float:
         """Seconds (after the last refill) until the bucket holds ``nbytes``."""
@@ -203,6 +209,13 @@ class Budget:
             session.rate_bps = requested_bps
             session.bucket.set_rate(requested_bps)
         session.paired_at = now
+
+    def start_credit(self, session: SessionBudget, nbytes: int) -> None:
+        """Let a session that just paired forward ``nbytes`` at once beyond its rate (its
+        bucket's and the relay's: the relay's holds at most one such credit above its depth,
+        however many sessions pair together)."""
+        session.bucket.credit(nbytes)
+        self.bucket.credit(nbytes)
 
     def release(self, session: SessionBudget) -> None:
         if session.open:

@@ -86,6 +86,11 @@ IDLE_TIMEOUT_S = 60.0
 CONSENT_S = 10.0
 AMPLIFICATION = 3
 AMPLIFICATION_ALLOWANCE = 16 * 1024
+#: what a session may forward at once when it pairs, beyond its rate: one QUIC handshake
+#: both ways (~4-5 KB through the relay) and the first frames after it. With only the 4 KiB
+#: buckets, every relayed call had 2-6 datagrams dropped for budget at its start, now and
+#: then a call frame among them (lost: QUIC does not resend DATAGRAM frames)
+START_CREDIT_BYTES = 12 * 1024
 USED_TOKEN_TTL_S = 600.0
 USED_TOKENS_MAX = 4096
 #: why a session ended when an end released it
@@ -303,6 +308,7 @@ class DatagramRelay:
     def _pair(self, data: bytes, session: DatagramSession, addr: Address, hello: Hello,
               now: float) -> list[Send]:
         self.budget.pair(session.budget, hello.requested_rate_bps, now)
+        self.budget.start_credit(session.budget, START_CREDIT_BYTES)
         session.callee = Peer(addr, now, len(data))
         session.last_forward = now
         self.by_addr[addr] = session
