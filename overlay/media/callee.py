@@ -25,8 +25,8 @@ from overlay.media.attachment import AttachmentPort, ContactsPort
 from overlay.media.connect import (
     NoPath,
     Timeline,
-    close_later,
     connect_as_responder,
+    discard_later,
 )
 from overlay.media.consent import (
     ANSWER,
@@ -287,6 +287,6 @@ def _abandon(racing: asyncio.Future[tuple[MediaStream, Timeline]]) -> None:
 
     def closed(task: asyncio.Future[tuple[MediaStream, Timeline]]) -> None:
         if not task.cancelled() and task.exception() is None:
-            close_later(task.result()[0])
+            discard_later(task.result()[0])
 
     racing.add_done_callback(closed)

@@ -36,7 +36,7 @@ from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.selection import SELECT, read_selection
-from overlay.media.stream import ByteStream, MediaStream
+from overlay.media.stream import ByteStream, MediaStream, discard
 from overlay.media.techniques import is_direct_udp, is_relay
 
 log = get_logger(__name__)
@@ -90,6 +90,9 @@ class Pushback:
     async def close(self) -> None:
         await self.raw.close()
 
+    async def discard(self) -> None:
+        await discard(self.raw)
+
 
 _closing = TaskSet()
 
@@ -104,6 +107,20 @@ def close_later(stream: ByteStream | None) -> None:
             await stream.close()
 
     _closing.spawn(close())
+
+
+def discard_later(stream: ByteStream | None) -> None:
+    """Drop a path that carried nothing of ours (:func:`~overlay.media.stream.discard`),
+    without waiting (also from a cancelled task): a relay session it holds is released now,
+    its budget free for the next call."""
+    if stream is None:
+        return
+
+    async def drop() -> None:
+        with contextlib.suppress(Exception):
+            await discard(stream)
+
+    _closing.spawn(drop())
 
 
 class NoPath(MediaError):
@@ -134,6 +151,8 @@ class LatePaths(Protocol):
     hurry: asyncio.Event
 
     def wants(self, name: str, selected: str) -> bool: ...
+
+    def spare_wanted(self, name: str) -> bool: ...
 
     def add_spare(self, name: str, stream: MediaStream) -> None: ...
 
@@ -180,10 +199,10 @@ async def _first_of(
         except Exception as exc:  # each path fails for its own reasons; keep them all
             errors[name] = str(exc) or type(exc).__name__
             timeline.add(f"{name}: failed ({errors[name]})")
-            close_later(raw)
+            discard_later(raw)
             return
         except BaseException:  # lost the race: release what it holds (a relay reservation)
-            close_later(raw)
+            discard_later(raw)
             raise
         timeline.add(f"{name}: authenticated")
         if late is not None and late.armed:
@@ -263,7 +282,7 @@ def stop_losers(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the attempts still running, without waiting for them: the selected path
     must not wait for a losing one to wind down (a QUIC close at 400 ms RTT took up to
     ~0.9 s). A cancelled attempt adds nothing to the race's results and closes what it
-    holds itself (:func:`close_later`)."""
+    holds itself (:func:`discard_later`)."""
     for task in tasks:
         if not task.done():
             task.cancel()
@@ -302,10 +321,11 @@ async def connect_as_initiator(
     timeline.add(f"selected {winner_name}")
     timeline.selected = winner_name
     for name, loser in completed.items():  # a call on direct UDP holds no relay session
-        if late is not None and late.keep_relays and late.wants(name, winner_name):
+        if late is not None and late.keep_relays and late.wants(name, winner_name) \
+                and late.spare_wanted(name):
             late.add_spare(name, loser)
         else:
-            close_later(loser)
+            discard_later(loser)
     log.info("path_selection", outcome=winner_name, timeline=timeline.events)
     return winner, timeline
 
@@ -350,10 +370,10 @@ async def connect_as_responder(
         except Exception as exc:
             errors[name] = str(exc) or type(exc).__name__
             timeline.add(f"{name}: failed ({errors[name]})")
-            close_later(raw)
+            discard_later(raw)
             return
         except BaseException:  # another path was selected: release this one
-            close_later(raw)
+            discard_later(raw)
             raise
         chosen = first.state == "selected"
         if chosen and not selected.done():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from overlay.media import selection
-from overlay.media.connect import Timeline, close_later, stop_losers
+from overlay.media.connect import Timeline, close_later, discard_later, stop_losers
 from overlay.media.selection import KEEPALIVE, MIRROR, SELECT
 from overlay.media.stream import MediaStream
 from overlay.media.techniques import call_moves_to, is_relay, is_stream_carried, relay_index
@@ -76,9 +76,15 @@ class LateDirect:
 
     def add_spare(self, name: str, stream: MediaStream) -> None:
         """A completed path not selected (the initiator's): SELECTed if the path in use dies,
-        or made the call's mirror."""
+        or made the call's mirror. A relay's is the one spare relay a call holds
+        (:meth:`spare_wanted`): the relay attempts still running stop now, and
+        release what they reserved, not when they complete (each holds budget at a relay)."""
         self.spares.append((name, stream))
         self.spare_added.set()
+        if is_relay(name):
+            current = asyncio.current_task()
+            stop_losers([t for t in self._tasks
+                         if is_relay(t.get_name()) and not t.done() and t is not current])
 
     def arm(self, named: dict[str, asyncio.Task[None]], timeline: Timeline,
             selected: str) -> list[asyncio.Task[None]]:
@@ -123,10 +129,10 @@ class LateDirect:
         the responder offers only paths the initiator SELECTed)."""
         if self._closed or (not self.keep_relays and (self.chosen is not None
                                                       or self._ended.is_set())):
-            close_later(stream)
+            discard_later(stream)
             return
-        if select and is_relay(name) and not self._spare_relay_wanted(name):
-            close_later(stream)
+        if select and not self.spare_wanted(name):
+            discard_later(stream)
             return
         if select and not self._moves_to(name):
             self.add_spare(name, stream)  # a call's spare: SELECTed when needed
@@ -149,10 +155,13 @@ class LateDirect:
             return call_moves_to(self._current, name)
         return not is_relay(name) and self._on_relay and self.chosen is None
 
-    def _spare_relay_wanted(self, name: str) -> bool:
-        """A call holds at most one spare relay session (each reserves budget at a relay,
+    def spare_wanted(self, name: str) -> bool:
+        """The initiator keeps the completed path of attempt ``name`` (once armed): any
+        direct one, but at most one spare relay session (each reserves budget at a relay,
         the network's scarce resource), and only at another supernode than the one carrying
-        it: a spare at the same supernode dies with it."""
+        the call: a spare at the same supernode dies with it."""
+        if not is_relay(name):
+            return True
         index = relay_index(name)
         return (index is not None and index != relay_index(self._current)
                 and not any(is_relay(n) for n, _ in self.spares))
@@ -162,7 +171,7 @@ class LateDirect:
             async with self._sending:
                 await stream.send(SELECT)
         except Exception:  # the path broke at once: not one to move to
-            close_later(stream)
+            discard_later(stream)
             return False
         return True
 
@@ -179,7 +188,7 @@ class LateDirect:
                         await spare[1].send(KEEPALIVE)
                     except Exception:
                         self.spares.remove(spare)
-                        close_later(spare[1])
+                        discard_later(spare[1])
 
     async def mirror(self) -> tuple[str, MediaStream] | None:
         """The initiator's call on a TCP stream: make a spare relay path (at another supernode
@@ -196,7 +205,7 @@ class LateDirect:
                 async with self._sending:
                     await stream.send(MIRROR)
             except Exception:
-                close_later(stream)
+                discard_later(stream)
                 continue
             self._used.append(stream)
             if self._timeline is not None:
@@ -266,7 +275,7 @@ class LateDirect:
         if self.chosen is not None and not self._taken and self.chosen[1] not in self._used:
             close_later(self.chosen[1])
         for _, stream in self.spares:
-            close_later(stream)
+            discard_later(stream)
         self.spares.clear()
         chosen = self.chosen[1] if self.chosen is not None else None
         while not self._selected.empty():

@@ -66,7 +66,7 @@ from nacl.exceptions import CryptoError
 
 from overlay.media.errors import PathLost
 from overlay.media.signalling import PATH_SALT_BYTES
-from overlay.media.stream import ByteStream, RelayRef
+from overlay.media.stream import ByteStream, RelayRef, discard
 
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -338,6 +338,11 @@ class SecureByteStream:
                 if frame:
                     await self.raw.send(frame)
         await self.raw.close()
+
+    async def discard(self) -> None:
+        """Drop the path with no CLOSE frame (:func:`~overlay.media.stream.discard`)."""
+        self._closed = True
+        await discard(self.raw)
 
 
 async def secure(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from overlay.media.errors import losing_path
 
@@ -51,6 +51,26 @@ class MediaStream(ByteStream, Protocol):
 
     #: the relay carrying the stream; None when the path has none
     relay: RelayRef | None
+
+
+@runtime_checkable
+class Discardable(Protocol):
+    """A stream that can be dropped at once (:func:`discard`)."""
+
+    async def discard(self) -> None:
+        """Close with no graceful end and give back what the path holds, now."""
+
+
+async def discard(stream: ByteStream) -> None:
+    """Drop a path that carried nothing of ours (a race's loser, a spare never used): what it
+    holds -- a relay session's budget, a socket -- is given back at once, not after a graceful
+    close's round trips (a QUIC close waits for its FIN to be acknowledged, then for the
+    peer's CONNECTION_CLOSE). A stream with no quicker way (TCP: its close is immediate) is
+    closed."""
+    if isinstance(stream, Discardable):
+        await stream.discard()
+    else:
+        await stream.close()
 
 
 class TcpByteStream:

@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import socket
 
-from overlay.media.connect import Attempt, Pushback, close_later
+from overlay.media.connect import Attempt, Pushback, discard_later
 from overlay.media.errors import PathLost
 from overlay.media.stream import MediaStream, TcpByteStream
 from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
@@ -128,4 +128,4 @@ class EarlyPunches:
             if not task.done():
                 task.cancel()
             elif not task.cancelled() and task.exception() is None and name not in self.taken:
-                close_later(task.result())
+                discard_later(task.result())

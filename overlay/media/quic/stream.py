@@ -203,6 +203,7 @@ class OwningQuicStream:
         self.path = path
         self.relay = relay
         self._release = release
+        self._released = False
 
     async def send(self, data: bytes) -> None:
         await self.raw.send(data)
@@ -214,4 +215,17 @@ class OwningQuicStream:
         try:
             await self.raw.close()
         finally:
+            await self._release_once()
+
+    async def discard(self) -> None:
+        """Abort the QUIC connection (no waiting for acknowledgements) and release what it
+        runs on at once (:func:`~overlay.media.stream.discard`)."""
+        try:
+            self.raw.abort("path not used")
+        finally:
+            await self._release_once()
+
+    async def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
             await self._release()

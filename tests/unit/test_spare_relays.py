@@ -1,0 +1,102 @@
+"""A call's race holds at most one spare relay session (each reserves budget at a relay):
+when several relay paths complete before the race selects, the initiator keeps the one
+selected and one spare at another supernode, and drops the others at once; once it holds a
+spare, the relay attempts still running stop. It used to keep every relay path that
+completed before the selection as a spare: a relayed call held all three relays of
+``tests/process/test_call_udp_relay.py``, and the next call was refused for budget by each
+(a CI failure). Real loopback TCP connections stand in for the relay paths (the race's
+bookkeeping is under test, not the relays)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from overlay.media.connect import connect_as_initiator
+from overlay.media.late_paths import LateDirect
+from overlay.media.selection import SELECT
+from overlay.media.stream import MediaStream
+from tests.unit.test_mirror_mark_order import tcp_pair
+
+NOW = {"relay-udp-0": 0.0, "relay-udp-1": 0.0, "relay-udp-2": 0.0}
+
+
+async def as_is(raw: MediaStream) -> MediaStream:  # the paths' encryption is not tested here
+    return raw
+
+
+class Together:
+    """Attempts that complete in one turn of the loop, once ``n`` of them have started (three
+    relays that pair within a millisecond, as on loopback)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.started = 0
+        self.go = asyncio.Event()
+
+    def attempt(self, stream: MediaStream) -> Callable[[], Awaitable[MediaStream]]:
+        async def run() -> MediaStream:
+            self.arrive()
+            await self.go.wait()
+            return stream
+        return run
+
+    def arrive(self) -> None:
+        self.started += 1
+        if self.started == self.n:
+            self.go.set()
+
+
+async def test_relay_paths_done_before_the_selection_leave_one_spare() -> None:
+    pairs = [await tcp_pair() for _ in range(3)]
+    together = Together(3)
+    late = LateDirect(None, keep_relays=True)
+    winner, timeline = await connect_as_initiator(
+        {name: together.attempt(ours) for name, (ours, _) in zip(NOW, pairs, strict=True)},
+        as_is, timeout=10.0, staggers=NOW, late=late)
+    assert sum(1 for _, event in timeline.events if event.endswith("authenticated")) == 3
+    ours = [o for o, _ in pairs]
+    (spare_name, spare_stream), = late.spares
+    assert spare_name != timeline.selected
+    far = {name: pairs[ours.index(o)][1] for name, o in
+           ((timeline.selected, winner), (spare_name, spare_stream))}
+    dropped_name, = set(NOW) - set(far)
+    dropped = pairs[list(NOW).index(dropped_name)][1]
+    assert await asyncio.wait_for(far[timeline.selected].recv(len(SELECT)), 5.0) == SELECT
+    # the third relay's path is closed at once (its far end reads the end of the stream)
+    assert await asyncio.wait_for(dropped.recv(64), 5.0) == b""
+    # the spare stays open
+    await spare_stream.send(b"keep")
+    assert await asyncio.wait_for(far[spare_name].recv(4), 5.0) == b"keep"
+    late.close()
+    assert await asyncio.wait_for(far[spare_name].recv(64), 5.0) == b""
+    for ours, far in pairs:
+        await ours.close()
+        await far.close()
+
+
+async def test_relay_attempts_still_running_stop_once_a_spare_is_held() -> None:
+    pairs = [await tcp_pair() for _ in range(2)]
+    stopped = asyncio.Event()
+
+    async def slow() -> MediaStream:  # a relay binding still waiting for its callee
+        together.arrive()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.set()  # udp_relay_attempt RELEASEs its binding here
+            raise
+        raise AssertionError("not reached")
+
+    together = Together(3)
+    late = LateDirect(None, keep_relays=True)
+    await connect_as_initiator(
+        {"relay-udp-0": together.attempt(pairs[0][0]),
+         "relay-udp-1": together.attempt(pairs[1][0]), "relay-udp-2": slow},
+        as_is, timeout=10.0, staggers=NOW, late=late)
+    assert len(late.spares) == 1
+    await asyncio.wait_for(stopped.wait(), 5.0)
+    late.close()
+    for ours, far in pairs:
+        await ours.close()
+        await far.close()
