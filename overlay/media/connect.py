@@ -294,9 +294,10 @@ async def connect_as_initiator(
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
     prefer_direct_s: float = 0.0, late: LatePaths | None = None, prefer_udp_s: float = 0.0,
 ) -> tuple[MediaStream, Timeline]:
-    """Race the attempts, select the first path that authenticated, close the others.
-    With ``prefer_direct_s``, a direct path that authenticates within that long after a
-    relay did is selected instead; with ``prefer_udp_s`` (a call's), a direct UDP path that
+    """Race the attempts, select the first path that authenticated, close the others; a
+    direct path that authenticated by the time the race selects is taken over a relay that
+    did first. With ``prefer_direct_s``, a direct path that authenticates within that long
+    after a relay did is selected instead; with ``prefer_udp_s`` (a call's), a direct UDP path that
     authenticates within that long after that. With ``late``, a selected relay leaves the
     direct attempts running (:class:`~overlay.media.late_paths.LateDirect`). ``log`` is the
     caller's logger, bound to its session."""
@@ -311,9 +312,10 @@ async def connect_as_initiator(
         raise NoPath(f"no path: {detail}", timeline)
     udp_done = [n for n in completed if is_direct_udp(n)]
     direct_done = [n for n in completed if not is_relay(n)]
+    # a direct path that authenticated by now wins over a relay that did first (it costs the
+    # network nothing; a file would otherwise close it and wait for another to move to)
     winner_name = _earliest(udp_done if prefer_udp_s > 0 and udp_done else
-                            direct_done if prefer_direct_s > 0 and direct_done else completed,
-                            timeline)
+                            direct_done or completed, timeline)
     winner = completed.pop(winner_name)
     if late is not None:
         stop_losers(late.arm(dict(zip(attempts, tasks, strict=True)), timeline, winner_name))
