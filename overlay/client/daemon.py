@@ -195,9 +195,10 @@ class ClientDaemon:
         self._tasks.append(asyncio.create_task(self.supervisor.run()))
         self._tasks.append(asyncio.create_task(self.backup_keeper.run()))
         self._tasks.append(asyncio.create_task(self._gather_candidates()))
-        if self.opts.may_become_supernode:
-            self._tasks.append(asyncio.create_task(
-                run_promotion(self.promoter, self.primary_session, self.stopping)))
+        # the reachability check runs with --no-supernode too (``reachable``); only the
+        # promotion is opted out of
+        self._tasks.append(asyncio.create_task(
+            run_promotion(self.promoter, self.primary_session, self.stopping)))
 
     async def _gather_candidates(self) -> None:
         """Once attached, ask the router to map the media ports (when we are behind a NAT)

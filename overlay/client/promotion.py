@@ -1,11 +1,14 @@
 """Promotion: a publicly reachable client becomes a supernode.
 
-The decision is sans-IO (:class:`PromotionPolicy`): never with ``--no-supernode``; otherwise,
-once attached, the client opens a listener on TCP and UDP and asks its supernode to dial back
-to the client's *source* address (never an address the client names). Only when both dial-backs
-succeed, and the client has been up for ``promote_after_s``, does it start a supernode on that
-port, with a node key of its own, advertising the address the supernode saw. A client behind NAT
-fails the dial-back and is never promoted; it asks again after ``recheck_s``.
+The decision is sans-IO (:class:`PromotionPolicy`): once attached, the client opens a listener
+on TCP and UDP and asks its supernode to dial back to the client's *source* address (never an
+address the client names). Only when both dial-backs succeed, and the client has been up for
+``promote_after_s``, does it start a supernode on that port, with a node key of its own,
+advertising the address the supernode saw; never with ``--no-supernode``. Every client checks,
+``--no-supernode`` too: the TCP dial-back is also what its invites and answers say as
+``reachable`` (others may dial it: a peer behind a symmetric NAT then does not start a relay
+at once). A client behind NAT fails the dial-back and is never promoted; it asks again after
+``recheck_s``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ log = get_logger(__name__)
 
 
 class Step(Enum):
-    NEVER = "never"  # opted out
     WAIT = "wait"  # not attached yet, or too early, or checked recently
     CHECK = "check"  # ask the supernode to dial back
     PROMOTE = "promote"
@@ -50,12 +52,12 @@ class PromotionPolicy:
         last_check: ReachabilityResult | None,
         since_check_s: float,
     ) -> Step:
-        if not self.enabled:
-            return Step.NEVER
         if not attached:
             return Step.WAIT
         if last_check is None or since_check_s >= self.recheck_s:
             return Step.CHECK
+        if not self.enabled:  # opted out: checked (reachable), never promoted
+            return Step.WAIT
         if last_check.tcp_ok and last_check.udp_ok:
             return Step.PROMOTE if uptime_s >= self.promote_after_s else Step.WAIT
         return Step.WAIT
@@ -201,11 +203,10 @@ async def run(promoter: Promoter, current: object, stopping: asyncio.Event,
     while not stopping.is_set():
         session = current()  # type: ignore[operator]
         try:
-            step = await promoter.step(session)
+            await promoter.step(session)
         except Exception:
             log.exception("promotion_step_failed")
-            step = Step.WAIT
-        if step is Step.NEVER or promoter.state.promoted is not None:
+        if promoter.state.promoted is not None:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):

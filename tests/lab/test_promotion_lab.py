@@ -1,6 +1,7 @@
 """Promotion against real kernel NAT and firewall: a publicly reachable client becomes a
 supernode (its record enters the directory); clients behind a cone NAT or a stateful firewall
-fail the dial-back and are never promoted."""
+fail the dial-back and are never promoted. A public client run with ``--no-supernode`` is
+checked too (its invites say it takes TCP: ``reachable``) and never promoted."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ asyncio.run(main())
 def test_public_client_is_promoted_and_clients_behind_nat_or_firewall_are_not(tmp_path):
     topology = {"hosts": {"boot": {"kind": "public"}, "sn": {"kind": "public"},
                           "pub": {"kind": "public"}, "nat": {"kind": "cone"},
-                          "fw": {"kind": "firewalled"}}}
+                          "fw": {"kind": "firewalled"}, "optout": {"kind": "public"}}}
     overlay = [sys.executable, "-m", "overlay", "--log-json"]
     with Lab(topology) as lab:
         boot = f"{lab.public_ip('boot')}:4000"
@@ -53,6 +54,10 @@ def test_public_client_is_promoted_and_clients_behind_nat_or_firewall_are_not(tm
             start(host, ["client", "--user", f"user-{host}", "--state-dir", str(tmp_path / host),
                          "--control", str(tmp_path / f"{host}.sock"), "--bootstrap", boot,
                          "--promote-after", "1", "--listen-port", "4100"])
+        start("optout", ["client", "--user", "user-optout", "--state-dir",
+                         str(tmp_path / "optout"), "--control", str(tmp_path / "optout.sock"),
+                         "--bootstrap", boot, "--promote-after", "1", "--listen-port", "4100",
+                         "--no-supernode"])
 
         def status(host: str) -> dict:
             try:
@@ -87,3 +92,10 @@ def test_public_client_is_promoted_and_clients_behind_nat_or_firewall_are_not(tm
             assert s["state"] == "attached"
         # the NATed client's supernode saw it at its router's public address, not its own
         assert checked("nat")["promotion"]["reachable"]["host"] == lab.public_ip("nat")
+        # opted out: checked all the same (what its invites and answers say as reachable),
+        # and, up as long as the promoted one was, not a supernode
+        s = wait_until(lambda: checked("optout"), 30, "optout dial-back check")
+        assert s["promotion"]["reachable"] == {"host": lab.public_ip("optout"), "tcp": True,
+                                               "udp": True}
+        assert s["promotion"]["enabled"] is False and s["promotion"]["promoted"] is False
+        assert status("optout")["promotion"]["supernode"] is None

@@ -10,9 +10,12 @@ def decide(policy: PromotionPolicy, **kw) -> Step:
     return policy.decide(**{**args, **kw})
 
 
-def test_opted_out_client_never_promotes():
-    policy = PromotionPolicy(enabled=False, promote_after_s=0)
-    assert decide(policy, uptime_s=10**6, last_check=REACHABLE) is Step.NEVER
+def test_opted_out_client_checks_its_reachability_but_never_promotes():
+    policy = PromotionPolicy(enabled=False, promote_after_s=0, recheck_s=600)
+    assert decide(policy, attached=False) is Step.WAIT
+    assert decide(policy) is Step.CHECK  # what its invites say as ``reachable``
+    assert decide(policy, uptime_s=10**6, last_check=REACHABLE) is Step.WAIT
+    assert decide(policy, last_check=REACHABLE, since_check_s=600) is Step.CHECK
 
 
 def test_checks_once_attached_then_promotes_after_uptime_when_reachable_both_ways():
