@@ -198,7 +198,7 @@ class ClientDaemon:
         # the reachability check runs with --no-supernode too (``reachable``); only the
         # promotion is opted out of
         self._tasks.append(asyncio.create_task(
-            run_promotion(self.promoter, self.primary_session, self.stopping)))
+            run_promotion(self.promoter, self.primary_session, self.stopping, self.attached)))
 
     async def _gather_candidates(self) -> None:
         """Once attached, ask the router to map the media ports (when we are behind a NAT)

@@ -198,8 +198,11 @@ class Promoter:
 
 
 async def run(promoter: Promoter, current: object, stopping: asyncio.Event,
-              interval: float = 1.0) -> None:
-    """Drive ``promoter`` until ``stopping``; ``current()`` returns the primary session."""
+              attached: asyncio.Event, interval: float = 1.0) -> None:
+    """Drive ``promoter`` until ``stopping``; ``current()`` returns the primary session. A
+    step is taken every ``interval``, and at once when the client attaches (``attached`` set):
+    the first dial-back, and so ``reachable`` in its invites and answers, does not wait for
+    the next tick."""
     while not stopping.is_set():
         session = current()  # type: ignore[operator]
         try:
@@ -208,6 +211,11 @@ async def run(promoter: Promoter, current: object, stopping: asyncio.Event,
             log.exception("promotion_step_failed")
         if promoter.state.promoted is not None:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await stopping.wait()
+        waits = [asyncio.ensure_future(stopping.wait())]
+        if session is None and not attached.is_set():
+            waits.append(asyncio.ensure_future(attached.wait()))
+        try:
+            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
