@@ -25,22 +25,8 @@ from overlay.media.secure_stream import (
     new_path_salt,
     secure,
 )
-from overlay.media.stream import TcpByteStream
 from tests.helpers.netutil import loopback_ips
-
-
-async def _pair(host: str) -> tuple[TcpByteStream, TcpByteStream]:
-    """Two ends of one real TCP connection on loopback."""
-    accepted: asyncio.Queue[TcpByteStream] = asyncio.Queue()
-
-    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.put_nowait(TcpByteStream(reader, writer))
-
-    server = await asyncio.start_server(on_client, host, 0)
-    reader, writer = await asyncio.open_connection(host, server.sockets[0].getsockname()[1])
-    other = await asyncio.wait_for(accepted.get(), 5)
-    server.close()
-    return TcpByteStream(reader, writer), other
+from tests.helpers.stream_pairs import tcp_stream_pair
 
 
 async def test_a_callee_salt_replayed_into_another_path_is_refused() -> None:
@@ -51,7 +37,7 @@ async def test_a_callee_salt_replayed_into_another_path_is_refused() -> None:
     callee_salts = InviteSalt(caller_salts.salt)  # what the callee read in the invite
 
     # path 1: a real path, recorded by the attacker that carries it
-    caller_raw, callee_raw = await _pair(host)
+    caller_raw, callee_raw = await tcp_stream_pair(host)
     callee_sent = bytearray()
     original_send = callee_raw.send
 
@@ -67,7 +53,7 @@ async def test_a_callee_salt_replayed_into_another_path_is_refused() -> None:
     assert await first[1].recv() == b"path one"
 
     # path 2: the attacker plays the callee's salt and confirmation from path 1 to the caller
-    caller_raw2, attacker = await _pair(host)
+    caller_raw2, attacker = await tcp_stream_pair(host)
     await attacker.send(bytes(callee_sent))
     with pytest.raises(SecureStreamError) as refused:
         await secure(caller_raw2, shared, transcript, True, timeout=5,

@@ -13,15 +13,12 @@ from overlay.media.connect import connect_as_initiator
 from overlay.media.late_paths import LateDirect
 from overlay.media.selection import SELECT
 from overlay.media.stream import MediaStream
-from tests.unit.test_mirror_mark_order import tcp_pair
-
-
-async def as_is(raw: MediaStream) -> MediaStream:  # the paths' encryption is not tested here
-    return raw
+from tests.helpers.stream_pairs import tcp_stream_pair, unsecured
 
 
 async def race(late: LateDirect | None) -> None:
-    (relay_ours, relay_far), (tcp_ours, tcp_far) = await tcp_pair(), await tcp_pair()
+    relay_ours, relay_far = await tcp_stream_pair(path="relay")
+    tcp_ours, tcp_far = await tcp_stream_pair()
     relay_done = asyncio.Event()
 
     async def relay() -> MediaStream:
@@ -33,7 +30,7 @@ async def race(late: LateDirect | None) -> None:
         return tcp_ours
 
     winner, timeline = await connect_as_initiator(
-        {"tcp-dial-0": tcp_dial, "relay-0": relay}, as_is, timeout=10.0,
+        {"tcp-dial-0": tcp_dial, "relay-0": relay}, unsecured, timeout=10.0,
         staggers={"relay": 0.0}, late=late)
     events = [e for _, e in timeline.events]
     assert events.index("relay-0: authenticated") < events.index(

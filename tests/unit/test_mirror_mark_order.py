@@ -15,25 +15,13 @@ from collections.abc import Awaitable, Callable
 from overlay.media.connect import connect_as_responder
 from overlay.media.late_paths import LateDirect
 from overlay.media.selection import MIRROR, SELECT
-from overlay.media.stream import MediaStream, TcpByteStream
-
-
-async def tcp_pair() -> tuple[TcpByteStream, TcpByteStream]:
-    accepted: asyncio.Future[TcpByteStream] = asyncio.get_running_loop().create_future()
-
-    def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        accepted.set_result(TcpByteStream(r, w, path="relay"))
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    ours = await accepted
-    server.close()
-    return TcpByteStream(r, w, path="relay"), ours
+from overlay.media.stream import MediaStream
+from tests.helpers.stream_pairs import tcp_stream_pair, unsecured
 
 
 async def test_a_mirror_mark_that_comes_before_the_select_is_kept() -> None:
-    (caller0, callee0), (caller1, callee1) = await tcp_pair(), await tcp_pair()
+    (caller0, callee0) = await tcp_stream_pair(path="relay")
+    (caller1, callee1) = await tcp_stream_pair(path="relay")
     ready = {"relay-0": asyncio.Event(), "relay-1": asyncio.Event()}
 
     def attempt(name: str, stream: MediaStream) -> Callable[[], Awaitable[MediaStream]]:
@@ -42,13 +30,10 @@ async def test_a_mirror_mark_that_comes_before_the_select_is_kept() -> None:
             return stream
         return run
 
-    async def as_is(raw: MediaStream) -> MediaStream:  # the paths' encryption is not tested here
-        return raw
-
     late = LateDirect(None, keep_relays=True)
     responding = asyncio.ensure_future(connect_as_responder(
         {"relay-0": attempt("relay-0", callee0), "relay-1": attempt("relay-1", callee1)},
-        as_is, timeout=10.0, staggers={"relay-0": 0.0, "relay-1": 0.0}, late=late))
+        unsecured, timeout=10.0, staggers={"relay-0": 0.0, "relay-1": 0.0}, late=late))
     await asyncio.gather(*(e.wait() for e in ready.values()))
     await caller1.send(MIRROR)  # the mark first, on the other relay's path
     for _ in range(20):  # the callee reads it before any SELECT

@@ -16,13 +16,9 @@ from overlay.media.connect import connect_as_initiator
 from overlay.media.late_paths import LateDirect
 from overlay.media.selection import SELECT
 from overlay.media.stream import MediaStream
-from tests.unit.test_mirror_mark_order import tcp_pair
+from tests.helpers.stream_pairs import tcp_stream_pair, unsecured
 
 NOW = {"relay-udp-0": 0.0, "relay-udp-1": 0.0, "relay-udp-2": 0.0}
-
-
-async def as_is(raw: MediaStream) -> MediaStream:  # the paths' encryption is not tested here
-    return raw
 
 
 class Together:
@@ -48,12 +44,12 @@ class Together:
 
 
 async def test_relay_paths_done_before_the_selection_leave_one_spare() -> None:
-    pairs = [await tcp_pair() for _ in range(3)]
+    pairs = [await tcp_stream_pair(path="relay") for _ in range(3)]
     together = Together(3)
     late = LateDirect(None, keep_relays=True)
     winner, timeline = await connect_as_initiator(
         {name: together.attempt(ours) for name, (ours, _) in zip(NOW, pairs, strict=True)},
-        as_is, timeout=10.0, staggers=NOW, late=late)
+        unsecured, timeout=10.0, staggers=NOW, late=late)
     assert sum(1 for _, event in timeline.events if event.endswith("authenticated")) == 3
     ours = [o for o, _ in pairs]
     (spare_name, spare_stream), = late.spares
@@ -76,7 +72,7 @@ async def test_relay_paths_done_before_the_selection_leave_one_spare() -> None:
 
 
 async def test_relay_attempts_still_running_stop_once_a_spare_is_held() -> None:
-    pairs = [await tcp_pair() for _ in range(2)]
+    pairs = [await tcp_stream_pair(path="relay") for _ in range(2)]
     stopped = asyncio.Event()
 
     async def slow() -> MediaStream:  # a relay binding still waiting for its callee
@@ -93,7 +89,7 @@ async def test_relay_attempts_still_running_stop_once_a_spare_is_held() -> None:
     await connect_as_initiator(
         {"relay-udp-0": together.attempt(pairs[0][0]),
          "relay-udp-1": together.attempt(pairs[1][0]), "relay-udp-2": slow},
-        as_is, timeout=10.0, staggers=NOW, late=late)
+        unsecured, timeout=10.0, staggers=NOW, late=late)
     assert len(late.spares) == 1
     await asyncio.wait_for(stopped.wait(), 5.0)
     late.close()

@@ -1,0 +1,30 @@
+"""Real loopback TCP connections as media paths, for tests of what runs on top of a path
+(the race's choices, selection marks, salts) rather than of the path itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+from overlay.media.stream import MediaStream, TcpByteStream
+
+
+async def tcp_stream_pair(host: str = "127.0.0.1", path: str = "direct-tcp"
+                          ) -> tuple[TcpByteStream, TcpByteStream]:
+    """The two ends of one real TCP connection on ``host``, each labelled ``path``: the
+    dialling end first."""
+    accepted: asyncio.Queue[TcpByteStream] = asyncio.Queue()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.put_nowait(TcpByteStream(reader, writer, path=path))
+
+    server = await asyncio.start_server(on_client, host, 0)
+    reader, writer = await asyncio.open_connection(host, server.sockets[0].getsockname()[1])
+    other = await asyncio.wait_for(accepted.get(), 5)
+    server.close()
+    return TcpByteStream(reader, writer, path=path), other
+
+
+async def unsecured(raw: MediaStream) -> MediaStream:
+    """A race's securer that leaves the path as it is (where its encryption is not under
+    test)."""
+    return raw
