@@ -212,7 +212,7 @@ async def run(promoter: Promoter, current: object, stopping: asyncio.Event,
         if promoter.state.promoted is not None:
             return
         waits = [asyncio.ensure_future(stopping.wait())]
-        if session is None and not attached.is_set():
+        if not attached.is_set():
             waits.append(asyncio.ensure_future(attached.wait()))
         try:
             await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
