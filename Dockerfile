@@ -22,9 +22,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# A C compiler for the datagram relay's fast path (overlay/relay/_forwarder.c; the official
+# images carry Python's headers). Optional: without one (an image with no package source) the
+# package installs without it and the relay forwards every datagram in Python.
+RUN command -v cc > /dev/null \
+ || (apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+     && rm -rf /var/lib/apt/lists/*) \
+ || echo "no C compiler: the datagram relay's fast path is not built"
+
 WORKDIR /src
 # Metadata first, then the package; README*/LICENSE* are optional (the globs may match nothing).
-COPY pyproject.toml README* LICENSE* ./
+COPY pyproject.toml setup.py README* LICENSE* ./
 COPY overlay ./overlay
 RUN pip install --no-compile . \
  && python -m compileall -q -j 0 /opt/venv/lib \

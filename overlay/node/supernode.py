@@ -49,7 +49,7 @@ from overlay.node.supernode_options import SupernodeOptions
 from overlay.node.tcp_service import AttachHandler, ServedSession
 from overlay.relay.admission import RESERVATION_TTL_S
 from overlay.relay.datagram import DatagramRelay
-from overlay.relay.datagram_io import DatagramRelayProtocol, start_datagram_relay
+from overlay.relay.datagram_io import DatagramRelayEndpoint, start_datagram_relay
 from overlay.relay.server import RelayServer
 
 __all__ = ["Supernode", "SupernodeOptions"]
@@ -80,8 +80,7 @@ class Supernode(NodeDaemon, AttachHandler):
         self.datagram_relay = DatagramRelay(sn.relay, relay.budget, relay.admission,
                                             node_key=relay.node_key,
                                             idle_timeout_s=sn.relay_idle_timeout_s)
-        self._datagram_endpoint: tuple[asyncio.DatagramTransport,
-                                       DatagramRelayProtocol] | None = None
+        self._datagram_endpoint: DatagramRelayEndpoint | None = None
         self.vivaldi = CoordinateKeeper()
         self.tcp.coordinate = lambda: self.vivaldi.coord
         key = self.identity.public_key
@@ -179,7 +178,7 @@ class Supernode(NodeDaemon, AttachHandler):
             session.proto.send(Moving("supernode shutting down", alternatives))
             session.proto.close("supernode shutting down")
         if self._datagram_endpoint is not None:
-            self._datagram_endpoint[0].close()
+            self._datagram_endpoint.close()
             self._datagram_endpoint = None
         await super().stop()
 
@@ -191,8 +190,7 @@ class Supernode(NodeDaemon, AttachHandler):
     def relay_udp_address(self) -> tuple[str, int]:
         """Where the datagram relay listens (it must be running)."""
         assert self._datagram_endpoint is not None
-        host, port = self._datagram_endpoint[0].get_extra_info("sockname")[:2]
-        return str(host), int(port)
+        return self._datagram_endpoint.address
 
     def extra_metrics(self) -> ExtraMetrics | None:
         return supernode_metrics(self.admission, self.tcp, self.relay, self.signals.stats,

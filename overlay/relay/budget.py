@@ -243,6 +243,37 @@ class Budget:
         self.forwarded_bytes += n
         return n
 
+    def lend(self, session: SessionBudget, now: float, least: int, most: int) -> int:
+        """Take up to ``most`` bytes from both buckets at once, for forwarding done elsewhere
+        (the datagram relay's fast path): all they hold, but 0 rather than less than
+        ``least``. Charged as :meth:`grant` charges; :meth:`refund` gives back what was not
+        used. (The bounds above hold: what is lent was in the buckets.)"""
+        if not session.open:
+            return 0
+        session.bucket.refill(now)
+        self.bucket.refill(now)
+        n = int(min(session.bucket.tokens, self.bucket.tokens, most,
+                    self.config.max_session_bytes - session.bytes))
+        if n < least:
+            return 0
+        session.bucket.tokens -= n
+        self.bucket.tokens -= n
+        session.bytes += n
+        self.forwarded_bytes += n
+        return n
+
+    def refund(self, session: SessionBudget, nbytes: int) -> None:
+        """Give back ``nbytes`` of a :meth:`lend` that were not forwarded, whole (a credit
+        above the depth is not cut: it was lent from the bucket). The buckets refill while
+        a lend is out, so a session lent to the fast path may forward up to one more bucket
+        depth beyond ``r*T + burst`` over an interval."""
+        if nbytes <= 0:
+            return
+        session.bytes -= nbytes
+        self.forwarded_bytes -= nbytes
+        session.bucket.credit(nbytes)
+        self.bucket.credit(nbytes)
+
     def wait_s(self, session: SessionBudget, wanted: int, now: float) -> float:
         """Seconds until :meth:`grant` can give something for ``wanted`` bytes."""
         session.bucket.refill(now)

@@ -43,6 +43,18 @@ nothing): its reservation goes back to the budget at once, not after the idle ti
 Their tokens are then refused as ``token used``. ``on_change`` is called whenever a session
 starts or ends (the supernode re-publishes its spare relay rate).
 An address serves one session at a time (``address in use``).
+
+Fast path: when a :class:`FastPath` is set (``fast_path``; the supernode's is the C
+:mod:`overlay.relay._forwarder`), the core lends every paired session to it: the two
+addresses, when each was last heard, how much the relay may still send to each (the
+anti-amplification rule above, as room in bytes) and a credit it takes from the session's
+and the relay's token buckets (:meth:`~overlay.relay.budget.Budget.lend`, at least
+:data:`LEASE_MIN_BYTES`, at most :data:`LEASE_MAX_BYTES`). The fast path forwards a data
+datagram only if the same rules let it through, within the credit; everything else comes
+here, and the core first takes the lease back (what was forwarded, heard and left of the
+credit, which goes back to the buckets), decides as without a fast path, and lends the session
+again when it is done with the input. :meth:`tick` takes every lease back, so ``stats``
+and the idle timeout are at most one tick behind the fast path.
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from overlay.core.addresses import network_key
 from overlay.relay.admission import Holding, RelayAdmission, Reservation
@@ -91,6 +104,10 @@ AMPLIFICATION_ALLOWANCE = 16 * 1024
 #: buckets, every relayed call had 2-6 datagrams dropped for budget at its start, now and
 #: then a call frame among them (lost: QUIC does not resend DATAGRAM frames)
 START_CREDIT_BYTES = 12 * 1024
+#: a session is lent to the fast path with at least one largest datagram of credit, and at
+#: most this much (the core sees every session again after at most this many bytes)
+LEASE_MIN_BYTES = MAX_DATAGRAM_BYTES
+LEASE_MAX_BYTES = 64 * 1024
 USED_TOKEN_TTL_S = 600.0
 USED_TOKENS_MAX = 4096
 #: why a session ended when an end released it
@@ -125,6 +142,20 @@ class Peer:
     sent: int = 0      # bytes the relay sent to it
 
 
+#: what a lease did while it was lent: (received from, sent to, last heard) of the caller's
+#: address, the same of the callee's, datagrams, bytes, last forward, credit left
+LeaseUse = tuple[int, int, float, int, int, float, int, int, float, int]
+
+
+class FastPath(Protocol):
+    """Forwarding outside the core for the sessions it lends (see the module's doc)."""
+
+    def put(self, a: Address, b: Address, heard_a: float, heard_b: float, room_a: int,
+            room_b: int, credit: int, /) -> int: ...
+
+    def take(self, handle: int, /) -> LeaseUse: ...
+
+
 @dataclass(eq=False)
 class DatagramSession:
     token: bytes
@@ -135,6 +166,8 @@ class DatagramSession:
     callee: Peer | None = None
     last_forward: float = 0.0
     datagrams: int = 0
+    #: its lease at the fast path, while lent
+    lease: int | None = None
 
     def peer_of(self, addr: Address) -> tuple[Peer, Peer | None]:
         if self.caller.addr == addr:
@@ -162,6 +195,11 @@ def encode_allocate(cookie: bytes, hello: bytes) -> bytes:
     return encode_control(ALLOCATE, cookie.ljust(COOKIE_BYTES, b"\x00")[:COOKIE_BYTES] + hello)
 
 
+def _room(peer: Peer) -> int:
+    """What the relay may still send to ``peer`` (anti-amplification)."""
+    return AMPLIFICATION * peer.received + AMPLIFICATION_ALLOWANCE - peer.sent
+
+
 class DatagramRelay:
     def __init__(self, config: BudgetConfig, budget: Budget, admission: RelayAdmission, *,
                  node_key: bytes = b"", secret: bytes | None = None,
@@ -183,13 +221,24 @@ class DatagramRelay:
         self.wall_offset = wall_offset
         #: called when a session starts or ends (its reservation changes the spare rate)
         self.on_change: Callable[[], None] | None = None
+        self.fast_path: FastPath | None = None
+        #: paired sessions to lend (again) when the current input is done
+        self._to_lend: list[DatagramSession] = []
 
     # -- input -------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Address, now: float) -> list[Send]:
+        out = self._received(data, addr, now)
+        self._lend_all(now)
+        return out
+
+    def _received(self, data: bytes, addr: Address, now: float) -> list[Send]:
         if len(data) > MAX_DATAGRAM_BYTES:
             self.stats.dropped[DROP_MALFORMED] += 1
             return []
+        bound = self.by_addr.get(addr)
+        if bound is not None:
+            self._take_back(bound)
         if data[:len(MAGIC)] != MAGIC:
             return self._data(data, addr, now)
         if len(data) < _HEAD.size:
@@ -246,6 +295,9 @@ class DatagramRelay:
         except BadHello:
             return self._refuse(data, addr, REASON_BAD_HELLO)
         cookie = body[:COOKIE_BYTES]
+        known = self.sessions.get(hello.token)
+        if known is not None:
+            self._take_back(known)
         if not any(hmac.compare_digest(cookie, self.cookie(addr, hello.token, now, ago))
                    for ago in (0, 1)):
             self.stats.dropped[DROP_COOKIE] += 1
@@ -313,6 +365,7 @@ class DatagramRelay:
         session.last_forward = now
         self.by_addr[addr] = session
         self.stats.calls += 1
+        self._to_lend.append(session)
         ok = encode_status(True, limits=self.limits(session))
         return [*self._answer(data, addr, ok),
                 Send(encode_control(STATUS, ok), session.caller.addr)]
@@ -349,10 +402,11 @@ class DatagramRelay:
         if dst is None:
             self.stats.dropped[DROP_UNPAIRED] += 1
             return []
+        self._to_lend.append(session)
         if now - dst.last_heard > CONSENT_S:
             self.stats.dropped[DROP_CONSENT] += 1
             return []
-        if dst.sent + len(data) > AMPLIFICATION * dst.received + AMPLIFICATION_ALLOWANCE:
+        if len(data) > _room(dst):
             self.stats.dropped[DROP_AMPLIFICATION] += 1
             return []
         if self.budget.grant(session.budget, len(data), now) < len(data):
@@ -374,6 +428,8 @@ class DatagramRelay:
         """End what timed out; call about once a second."""
         out: list[Send] = []
         for session in list(self.sessions.values()):
+            self._take_back(session)
+        for session in list(self.sessions.values()):
             if session.callee is None:
                 if now - session.created_at >= self.pair_timeout_s:
                     self.stats.refused[REASON_TIMEOUT] += 1
@@ -387,11 +443,58 @@ class DatagramRelay:
             elif now - session.last_forward >= self.idle_timeout_s:
                 self._end(session, "idle", now)
         self._expire(now)
+        self._lend_all(now)
         return out
+
+    # -- the fast path -----------------------------------------------------------------------
+
+    def _lend_all(self, now: float) -> None:
+        for session in self._to_lend:
+            if session.lease is None and self.sessions.get(session.token) is session:
+                self._lend(session, now)
+        self._to_lend.clear()
+
+    def _lend(self, session: DatagramSession, now: float) -> None:
+        callee = session.callee
+        if self.fast_path is None or callee is None:
+            return
+        credit = self.budget.lend(session.budget, now, LEASE_MIN_BYTES, LEASE_MAX_BYTES)
+        if credit == 0:
+            return
+        caller = session.caller
+        try:
+            session.lease = self.fast_path.put(caller.addr, callee.addr, caller.last_heard,
+                                               callee.last_heard, _room(caller), _room(callee),
+                                               credit)
+        except ValueError:  # (not a numeric address: such a session stays in the core)
+            self.budget.refund(session.budget, credit)
+
+    def _take_back(self, session: DatagramSession) -> None:
+        """End the session's lease, if it has one: what the fast path did becomes the core's."""
+        if session.lease is None or self.fast_path is None:
+            return
+        (caller_received, caller_sent, caller_heard, callee_received, callee_sent, callee_heard,
+         datagrams, nbytes, last_forward, credit) = self.fast_path.take(session.lease)
+        session.lease = None
+        caller, callee = session.caller, session.callee
+        assert callee is not None  # (only paired sessions are lent)
+        caller.received += caller_received
+        caller.sent += caller_sent
+        caller.last_heard = max(caller.last_heard, caller_heard)
+        callee.received += callee_received
+        callee.sent += callee_sent
+        callee.last_heard = max(callee.last_heard, callee_heard)
+        session.datagrams += datagrams
+        session.last_forward = max(session.last_forward, last_forward)
+        self.stats.datagrams += datagrams
+        self.stats.bytes += nbytes
+        self.budget.refund(session.budget, credit)
+        self._to_lend.append(session)
 
     def _end(self, session: DatagramSession, reason: str, now: float) -> None:
         if self.sessions.get(session.token) is not session:
             return
+        self._take_back(session)
         del self.sessions[session.token]
         for peer in (session.caller, session.callee):
             if peer is not None and self.by_addr.get(peer.addr) is session:

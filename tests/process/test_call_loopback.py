@@ -74,9 +74,8 @@ async def test_call_through_the_datagram_relay_then_moved_direct() -> None:
     config = BudgetConfig(total_bps=2_000_000)
     relay = DatagramRelay(config, Budget(config, 0.0), RelayAdmission(config),
                           node_key=relay_id.public_key)
-    transport, _ = await start_datagram_relay(relay, ip_r, 0)
-    host, port = transport.get_extra_info("sockname")[:2]
-    relay_addr = (str(host), int(port))
+    endpoint = await start_datagram_relay(relay, ip_r, 0)
+    relay_addr = endpoint.address
     sa, sb = await open_call_socket(ip_a), await open_call_socket(ip_b)
     try:
         token = os.urandom(32)
@@ -116,7 +115,7 @@ async def test_call_through_the_datagram_relay_then_moved_direct() -> None:
     finally:
         sa.close()
         sb.close()
-        transport.close()
+        endpoint.close()
     for final in (fa, fb):
         _check_clean(final)
         assert final.path == "direct-udp" and final.gap_ms <= 60, final
@@ -131,12 +130,11 @@ async def test_relay_refuses_a_caller_without_credential_over_udp() -> None:
     ip_a, ip_r = loopback_ips(2)
     config = BudgetConfig(total_bps=2_000_000)
     relay = DatagramRelay(config, Budget(config, 0.0), RelayAdmission(config))
-    transport, _ = await start_datagram_relay(relay, ip_r, 0)
+    endpoint = await start_datagram_relay(relay, ip_r, 0)
     sa = await open_call_socket(ip_a)
     try:
         try:
-            host, port = transport.get_extra_info("sockname")[:2]
-            await bind_relay(sa, (str(host), int(port)),
+            await bind_relay(sa, endpoint.address,
                              encode_hello(0, os.urandom(32), 48_000), timeout_s=5.0)
         except RelayRefused as exc:
             assert exc.reason == "unreserved"
@@ -144,4 +142,4 @@ async def test_relay_refuses_a_caller_without_credential_over_udp() -> None:
             raise AssertionError("a caller without a credential got a relay session")
     finally:
         sa.close()
-        transport.close()
+        endpoint.close()
