@@ -109,6 +109,9 @@ def datagram_relay_metrics(relay: DatagramRelay) -> Iterable[Metric]:
     sessions.add_metric(["waiting"], len(relay.sessions) - paired)
     sessions.add_metric(["paired"], paired)
     yield sessions
+    yield GaugeMetricFamily("overlay_relay_call_fast_path_sessions",
+                            "Paired datagram relay sessions lent to the C fast path now",
+                            value=sum(1 for s in relay.sessions.values() if s.lease is not None))
     stats = relay.stats
     yield CounterMetricFamily("overlay_relay_calls", "Calls relayed (datagram sessions paired)",
                               value=stats.calls)

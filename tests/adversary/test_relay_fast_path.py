@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from overlay.core.identity import Identity
+from overlay.node.metrics import datagram_relay_metrics
 from overlay.relay.admission import RelayAdmission
 from overlay.relay.budget import Budget, BudgetConfig
 from overlay.relay.datagram import (
@@ -109,6 +110,12 @@ async def endpoint(request: pytest.FixtureRequest) -> AsyncIterator[DatagramRela
         ep.close()
 
 
+def lent_now(ep: DatagramRelayEndpoint) -> float:
+    (gauge,) = [m for m in datagram_relay_metrics(ep.relay)
+                if m.name == "overlay_relay_call_fast_path_sessions"]
+    return float(gauge.samples[0].value)
+
+
 def fast_forwarded(ep: DatagramRelayEndpoint) -> int:
     fast = ep.relay.fast_path
     return 0 if fast is None else int(fast.forwarded)  # type: ignore[attr-defined]
@@ -180,6 +187,7 @@ async def test_nothing_is_forwarded_after_a_hang_up(endpoint: DatagramRelayEndpo
         assert await recv(a) == b"hi"
         a.sendto(b"hello", endpoint.address)
         assert await recv(b) == b"hello"
+        assert lent_now(endpoint) == (1 if endpoint.fast_path else 0)  # (as /metrics says)
         b.sendto(b"OVRD\x01\x04" + token, endpoint.address)  # RELEASE
         await asyncio.sleep(0.05)
         for _ in range(20):

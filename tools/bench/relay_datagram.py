@@ -24,8 +24,11 @@ interval is 20 ms (50 datagrams/s each way, a voice call) unless 2N/20 ms would 
 ``--max-offered-dps``: then it is 2N/max (1,000 calls at the default 20,000/s: 100 ms), and
 the row says so (``interval_ms``). CPU is the relay process's scheduler time over the
 window, per datagram delivered. A row counts (``valid``) when >= 95 % of the offered
-datagrams arrived. ``--uclient`` rows (coturn driven by ``turnutils_uclient -y -m 2``, one
-process per call, at most ``--coturn-max-calls``) are kept for comparison with earlier runs.
+datagrams arrived. ``fast_path_sessions``: the supernode's sessions lent to its C fast path
+(:mod:`overlay.relay._forwarder`) at the row's end, from its ``/metrics`` (0: forwarding in
+Python; None: a supernode without the metric). ``--uclient`` rows (coturn driven by
+``turnutils_uclient -y -m 2``, one process per call, at most ``--coturn-max-calls``) are kept
+for comparison with earlier runs.
 """
 
 from __future__ import annotations
@@ -202,7 +205,9 @@ async def calls_phase(pid: int, http: str, relay: tuple[str, int], relay_key: by
         dropped = await _relay_drops(http)
         row = measure_row(pid, calls, args, idle_pct)
         after = await _relay_drops(http)
-        return {**row, "pair_s": round(pair_s, 2),
+        _, text = await http_status_text(f"http://{http}/metrics")
+        lent = parse_metrics(text).get("overlay_relay_call_fast_path_sessions")
+        return {**row, "pair_s": round(pair_s, 2), "fast_path_sessions": lent,
                 "relay_dropped": {k: v - dropped.get(k, 0) for k, v in after.items()
                                   if v - dropped.get(k, 0)}}
     finally:
