@@ -25,8 +25,9 @@ interval is 20 ms (50 datagrams/s each way, a voice call) unless 2N/20 ms would 
 the row says so (``interval_ms``). CPU is the relay process's scheduler time over the
 window, per datagram delivered. A row counts (``valid``) when >= 95 % of the offered
 datagrams arrived. ``fast_path_sessions``: the supernode's sessions lent to its C fast path
-(:mod:`overlay.relay._forwarder`) at the row's end, from its ``/metrics`` (0: forwarding in
-Python; None: a supernode without the metric). ``--uclient`` rows (coturn driven by
+(:mod:`overlay.relay._forwarder`) at the row's end, from its ``/metrics``, earlier rows'
+sessions included until their idle timeout (0: forwarding in Python; None: a supernode
+without the metric). ``--uclient`` rows (coturn driven by
 ``turnutils_uclient -y -m 2``, one process per call, at most ``--coturn-max-calls``) are kept
 for comparison with earlier runs.
 """
