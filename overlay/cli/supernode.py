@@ -49,6 +49,7 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             subnet_share=args.relay_subnet_share,
         ),
         relay_udp_port=args.relay_udp_port,
+        relay_udp_fast_path=not args.no_relay_fast_path,
         relay_idle_timeout_s=args.relay_idle_timeout,
     )
 
@@ -104,6 +105,9 @@ def add_commands(sub: Any) -> None:
                         "(same budget and limits; advertised in the supernode's record, and "
                         "calls prefer it to the TCP relay; 0: any free port; default: off, "
                         "as it needs a second port opened beside the listen port)")
+    p.add_argument("--no-relay-fast-path", action="store_true",
+                   help="forward every call datagram in Python, not in the C fast path "
+                        "(which is used when built: the log's relay_udp_started says)")
     p.add_argument("--relay-idle-timeout", type=positive, default=60.0, metavar="S",
                    help="end a relay session that forwards nothing for S seconds (default 60)")
     p.add_argument("--no-relay", action="store_true",

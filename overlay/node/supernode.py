@@ -159,7 +159,8 @@ class Supernode(NodeDaemon, AttachHandler):
         await super().start()
         if self.sn.relay_udp_port is not None and self.sn.relay.enabled:
             self._datagram_endpoint = await start_datagram_relay(
-                self.datagram_relay, self.opts.listen[0], self.sn.relay_udp_port)
+                self.datagram_relay, self.opts.listen[0], self.sn.relay_udp_port,
+                fast_path=self.sn.relay_udp_fast_path)
             log.info("relay_udp_listening", port=self.relay_udp_address[1])
         await self.publisher.publish()
         self._tasks.append(asyncio.create_task(self.publisher.keep()))

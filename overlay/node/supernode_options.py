@@ -47,6 +47,9 @@ class SupernodeOptions:
     #: the UDP port of the datagram relay for calls (:mod:`overlay.relay.datagram`), on the
     #: listen address; None (the default): no datagram relay; 0: any free port
     relay_udp_port: int | None = None
+    #: forward paired call sessions' datagrams in the C fast path when it is built
+    #: (:mod:`overlay.relay._forwarder`); False: every datagram through the Python core
+    relay_udp_fast_path: bool = True
     #: a relay session (TCP or datagram) that forwards nothing for this long ends ("idle")
     relay_idle_timeout_s: float = 60.0
     #: the record is re-published on relay load changes, at most this often

@@ -2,7 +2,7 @@
 latency the relay adds, overlay's UDP relay vs coturn's UDP relaying.
 
 ``python -m tools.bench.relay_datagram [--calls 1,100,1000] [--seconds 10] [--no-coturn]
-[--out FILE]``
+[--no-fast-path] [--out FILE]``
 
 Overlay side: one ``overlay bootstrap`` and one ``overlay supernode --relay-udp-port`` process
 on loopback (``127.A.B.*``), relay limits the bench's sessions fit, the budget accounting on.
@@ -230,7 +230,8 @@ async def run_overlay(args: argparse.Namespace, addrs: Addrs, workdir: Path) -> 
                  "--relay-udp-port", str(UDP_PORT), "--relay-budget", "10Gbit",
                  "--relay-max-sessions", "2000", "--relay-max-sessions-per-ip", "20000",
                  "--relay-max-sessions-per-subnet", "20000", "--relay-subnet-share", "1",
-                 "--relay-max-sessions-per-key", "20000"],
+                 "--relay-max-sessions-per-key", "20000",
+                 *(["--no-relay-fast-path"] if args.no_fast_path else [])],
                 workdir / "supernode.log", name="supernode", log_json=False,
                 http=f"{addrs.supernode}:{HTTP_PORT}")
     (workdir / "sn").mkdir(parents=True, exist_ok=True)
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                         "goes first; a generator that falls behind shows as late/unsent)")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="seconds of the same load, not measured, before each row's window")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="run the supernode with --no-relay-fast-path (every datagram in Python)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     doc = asyncio.run(amain(args))
