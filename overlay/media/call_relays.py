@@ -20,6 +20,8 @@ the invite's other relays).
 
 from __future__ import annotations
 
+import asyncio
+
 from overlay.core.records import SignedRecord, SupernodeRecord
 from overlay.media.connect import RELAY_STAGGER_S, Attempt
 from overlay.media.relay_selector import session_token
@@ -62,9 +64,11 @@ def udp_relay_usable(invite: Offer, answer: Offer) -> bool:
 
 
 def udp_relay_attempts(invite: Offer, answer: Offer, initiator: bool, rate_bps: int,
-                       dialable: set[int]) -> dict[str, Attempt]:
+                       dialable: set[int], stop_pairing: asyncio.Event | None = None
+                       ) -> dict[str, Attempt]:
     """One attempt per datagram relay of ``invite`` (of the relays whose index is in
-    ``dialable``), named ``relay-udp-<index>``."""
+    ``dialable``), named ``relay-udp-<index>``; ``stop_pairing``: the callee's, see
+    :func:`~overlay.media.relay_udp.udp_relay_attempt`."""
     if not udp_relay_usable(invite, answer):
         return {}
     attempts: dict[str, Attempt] = {}
@@ -77,7 +81,7 @@ def udp_relay_attempts(invite: Offer, answer: Offer, initiator: bool, rate_bps: 
             continue
         attempts[f"{ATTEMPT_PREFIX}-{i}"] = udp_relay_attempt(
             host, port, key, session_token(invite.relay_secret, key), initiator, rate_bps,
-            voucher=voucher)
+            voucher=voucher, stop_pairing=stop_pairing)
     return attempts
 
 

@@ -191,7 +191,11 @@ class Callee:
             shared = s.keys.shared_secret(invite.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self.paths.attempts(s, local, invite.candidates, shared, transcript)
-            attempts.update(self.relays.attempts(s, invite, answer))
+            # our relay attempts not paired yet stop once the caller holds its spare relay
+            # session (it makes no more): not 8 s of "unknown token" at each relay
+            peer_holds_spare = asyncio.Event()
+            attempts.update(self.relays.attempts(s, invite, answer,
+                                                 stop_pairing=peer_holds_spare))
             # the race runs while the answer is on its way: our dials, probes and relay half
             # start a round trip earlier; the caller selects a path only once it has the
             # answer, and nothing is received before its SELECT (which, authenticated with
@@ -203,7 +207,8 @@ class Callee:
             late = late_paths(invite.purpose, plan.upgrade_s + LATE_MARGIN_S)
             racing = asyncio.ensure_future(connect_as_responder(
                 attempts, self.paths.securer(s, shared, transcript),
-                staggers=plan.staggers, log=slog, late=late))
+                staggers=plan.staggers, log=slog, late=late,
+                peer_holds_spare=peer_holds_spare))
             delivery = asyncio.ensure_future(session.signal(
                 invite.from_user, answer.wire, to_device=invite.from_device))
             try:

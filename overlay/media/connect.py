@@ -37,7 +37,7 @@ from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.selection import SELECT, read_selection
 from overlay.media.stream import ByteStream, MediaStream, discard
-from overlay.media.techniques import is_direct_udp, is_relay
+from overlay.media.techniques import is_direct_udp, is_relay, relay_index
 
 log = get_logger(__name__)
 
@@ -335,16 +335,28 @@ async def connect_as_initiator(
 async def connect_as_responder(
     attempts: dict[str, Attempt], securer: Securer, timeout: float = 15.0,
     staggers: dict[str, float] | None = None, log: FilteringBoundLogger = log,
-    late: LatePaths | None = None,
+    late: LatePaths | None = None, peer_holds_spare: asyncio.Event | None = None,
 ) -> tuple[MediaStream, Timeline]:
     """Complete whatever paths work, and use the one the initiator selects. With ``late``, a
     selected relay leaves the direct attempts running
     (:class:`~overlay.media.late_paths.LateDirect`). ``log`` is the caller's logger, bound to
-    its session."""
+    its session. ``peer_holds_spare`` is set once a relay path at another supernode than the
+    selected path's has completed besides it: the initiator's one spare relay session (it
+    keeps at most one, and stops its other relay attempts then), so our relay attempts not
+    paired yet, given this event, stop rather than ask their relays again for 8 s."""
     timeline = Timeline()
     loop = asyncio.get_running_loop()
     selected: asyncio.Future[tuple[str, MediaStream]] = loop.create_future()
     errors: dict[str, str] = {}
+    #: the relay attempts whose paths completed
+    relays_done: set[str] = set()
+
+    def spare_check() -> None:
+        if peer_holds_spare is None or not selected.done():
+            return
+        current = relay_index(selected.result()[0])
+        if any(relay_index(name) != current for name in relays_done):
+            peer_holds_spare.set()
 
     async def run(name: str, attempt: Attempt) -> None:
         await _start_delay(stagger_for(name, staggers or default_staggers(attempts)),
@@ -358,6 +370,9 @@ async def connect_as_responder(
             stream = await securer(raw)
             raw = stream
             timeline.add(f"{name}: authenticated")
+            if is_relay(name):
+                relays_done.add(name)
+                spare_check()
             first = read_selection(b"")
             while first.state == "more":  # keepalives before SELECT (a spare) are dropped
                 data = await stream.recv(65536)
@@ -380,6 +395,7 @@ async def connect_as_responder(
         chosen = first.state == "selected"
         if chosen and not selected.done():
             selected.set_result((name, Pushback(stream, first.rest)))
+            spare_check()
             if late is not None:  # what it does not keep is stopped below
                 late.arm(dict(zip(attempts, tasks, strict=True)), timeline, name)
         elif chosen and late is not None and late.keeps(name):

@@ -6,6 +6,7 @@ peer signs no vouchers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from overlay.attach.adapter import ClientSession, SessionError
@@ -66,13 +67,16 @@ class RelayPaths:
         return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
     def attempts(self, s: Session, offer: Offer, answer: Offer,
-                 rate_bps: int = RELAY_RATE_BPS) -> dict[str, Attempt]:
+                 rate_bps: int = RELAY_RATE_BPS, stop_pairing: asyncio.Event | None = None
+                 ) -> dict[str, Attempt]:
         """One attempt per relay the invite names: the first relay that admits the session
         and pairs both halves wins the race like any other path. The caller's hello carries
         the voucher both signed (``answer``, ours or the callee's, has the callee's
         countersignatures); where there is none (a peer that does not sign vouchers), a
         relay that is our own supernode is reserved over our attachment instead. A call also
-        tries the relays' datagram relays (:mod:`.call_relays`)."""
+        tries the relays' datagram relays (:mod:`.call_relays`). ``stop_pairing`` (the
+        callee's): set once the caller holds its spare relay session; the attempts not
+        paired yet then stop (:func:`~.connect.connect_as_responder`)."""
         attempts: dict[str, Attempt] = {}
         dialable: set[int] = set()
         vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
@@ -89,10 +93,10 @@ class RelayPaths:
             voucher = voucher_for(offer, answer, i) if s.initiator else None
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
                 host, port, key, token, s.initiator, rate_bps, voucher=voucher,
-                reserve=None if vouchers else self._reserver(key))
+                reserve=None if vouchers else self._reserver(key), stop_pairing=stop_pairing)
         if offer.purpose == CALL:
             attempts.update(call_relays.udp_relay_attempts(offer, answer, s.initiator,
-                                                           rate_bps, dialable))
+                                                           rate_bps, dialable, stop_pairing))
         return attempts
 
     def _reserver(self, relay_key: bytes) -> transport_hooks.Reserve | None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from overlay.core.addresses import Address
-from overlay.media.errors import PathLost
+from overlay.media.errors import PEER_HOLDS_SPARE, PathLost, unless_stopped
 from overlay.media.media_socket import MediaSocket
 from overlay.media.quic.connect import quic_connect
 from overlay.media.quic.stream import OwningQuicStream
@@ -92,10 +92,13 @@ class BoundRelay:
 
 def udp_relay_attempt(host: str, udp_port: int, node_key: bytes, token: bytes,
                       initiator: bool, rate_bps: int, *, voucher: bytes | None = None,
-                      bind_timeout_s: float = BIND_TIMEOUT_S
+                      bind_timeout_s: float = BIND_TIMEOUT_S,
+                      stop_pairing: asyncio.Event | None = None
                       ) -> Callable[[], Awaitable[MediaStream]]:
     """Bind at the datagram relay ``host:udp_port`` as the caller's (``initiator``, its
-    hello with ``voucher``) or the callee's end of the session of ``token``, then QUIC."""
+    hello with ``voucher``) or the callee's end of the session of ``token``, then QUIC.
+    ``stop_pairing``: as :func:`overlay.media.transport_hooks.relay_attempt`'s (a binding
+    not paired yet gives up; one paired goes on to its QUIC handshake)."""
     relay = RelayRef(node_key)
     addr = (host, udp_port)
     hello = encode_hello(ROLE_CALLER if initiator else ROLE_CALLEE, token, rate_bps,
@@ -106,7 +109,7 @@ def udp_relay_attempt(host: str, udp_port: int, node_key: bytes, token: bytes,
         bound = BoundRelay(media, RelayBinding(addr, hello, time.monotonic(),
                                                timeout_s=bind_timeout_s))
         try:
-            await bound.bound()
+            await unless_stopped(bound.bound(), stop_pairing, PEER_HOLDS_SPARE)
             raw = await quic_connect(media, addr, initiator=initiator)
         except BaseException:
             bound.stop()

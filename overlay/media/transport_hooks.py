@@ -15,7 +15,7 @@ from overlay.core.identity import Identity
 from overlay.media.binding import BINDING_TIMEOUT_S, nat_type, settle
 from overlay.media.birthday import birthday_role
 from overlay.media.birthday_io import birthday_path
-from overlay.media.errors import losing_path
+from overlay.media.errors import PEER_HOLDS_SPARE, losing_path, unless_stopped
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
@@ -136,18 +136,23 @@ Reserve = Callable[[bytes], Awaitable[None]]
 
 def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator: bool,
                   rate_bps: int, *, voucher: bytes | None = None,
-                  reserve: Reserve | None = None) -> Callable[[], Awaitable[MediaStream]]:
+                  reserve: Reserve | None = None,
+                  stop_pairing: asyncio.Event | None = None
+                  ) -> Callable[[], Awaitable[MediaStream]]:
     """Connect to a relay as the caller's (A) or callee's (B) half of one session; the
     caller's hello carries ``voucher``. ``reserve``, when given, is called first: a relay
-    that is our own supernode admits the session on our reservation."""
+    that is our own supernode admits the session on our reservation. ``stop_pairing`` (the
+    callee's): once set, an attempt not paired yet (asking again while the relay does not
+    know the token) gives up (:class:`PathLost`)."""
     relay = RelayRef(node_key)
 
     async def attempt() -> MediaStream:
         if reserve is not None:
             await reserve(token_hash(token))
-        stream = await relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
-                                     RELAY_CONNECT_TIMEOUT_S, voucher=voucher,
-                                     relay_id=relay.id)
+        stream = await unless_stopped(
+            relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
+                          RELAY_CONNECT_TIMEOUT_S, voucher=voucher, relay_id=relay.id),
+            stop_pairing, PEER_HOLDS_SPARE)
         return RelayedStream(stream, relay)
 
     return attempt

@@ -1,7 +1,13 @@
 """Relay benchmark: forwarded throughput and CPU per frame / per Mbit/s, overlay vs coturn.
 
 ``python -m tools.bench.relay [--quick] [--sessions 1,100,1000] [--voice-s 10] [--bulk-s 5]
-[--no-coturn] [--out FILE]``
+[--no-coturn] [--no-datagram] [--out FILE]``
+
+The last phase (``--no-datagram`` to skip) is the datagram relay's
+(:mod:`tools.bench.relay_datagram`, its document under ``"datagram"``): the same call counts
+as UDP calls through the supernode's datagram relay and through coturn's UDP relaying, CPU
+per datagram and the one-way latency each adds, and ``targets`` gains
+``datagram_calls_N_cpu_per_datagram_le_coturn``.
 
 Overlay side: one real ``overlay bootstrap`` and one ``overlay supernode`` process on loopback
 (``127.A.B.*``, A.B random per run), the supernode with a relay budget that never throttles
@@ -74,6 +80,7 @@ from overlay.relay.protocol import (
 )
 from overlay.relay.voucher import Voucher, statement_for
 from tests.helpers.daemons import Daemon, wait_ready
+from tools.bench import relay_datagram
 from tools.bench.common import emit_json
 from tools.bench.procstat import cpu_pct, raise_fd_limit, sched_sample
 from tools.bench.relay_common import FPS, FRAME, VALID_SHARE, Addrs, cpu_stats, log
@@ -486,6 +493,12 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     else:
         doc["coturn"] = await asyncio.to_thread(run_coturn, args, addrs, workdir)
     doc["targets"] = targets(doc, args.sessions)
+    if args.datagram:  # calls through the UDP relays, next to coturn's (relay_datagram)
+        doc["datagram"] = await relay_datagram.amain(relay_datagram.parser().parse_args(
+            ["--calls", ",".join(map(str, args.sessions)), "--seconds", str(args.voice_s),
+             "--no-uclient", *(["--no-coturn"] if args.no_coturn else [])]))
+        doc["targets"].update({f"datagram_{k}": v
+                               for k, v in relay_datagram.le_coturn(doc["datagram"]).items()})
     doc["run_s"] = round(time.monotonic() - started, 1)
     return doc
 
@@ -500,6 +513,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-coturn", action="store_true")
     p.add_argument("--coturn-max-sessions", type=int, default=COTURN_MAX_SESSIONS,
                    help="largest voice run driven through coturn (default %(default)s)")
+    p.add_argument("--datagram", action=argparse.BooleanOptionalAction, default=True,
+                   help="then the datagram phase: the same call counts through overlay's UDP "
+                        "relay and coturn's UDP relaying (tools.bench.relay_datagram, JSON "
+                        "under \"datagram\")")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     q = args.quick

@@ -321,7 +321,20 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def main(argv: list[str] | None = None) -> int:
+def le_coturn(doc: dict[str, Any]) -> dict[str, bool | None]:
+    """Per row: overlay's CPU per datagram at most coturn's (None: a row missing or invalid)."""
+    out: dict[str, bool | None] = {}
+    for key, ours in doc.get("overlay", {}).items():
+        theirs = doc.get("coturn", {}).get(key)
+        if not key.startswith("calls_") or not isinstance(theirs, dict):
+            continue
+        valid = ours.get("valid") and theirs.get("valid")
+        out[f"{key}_cpu_per_datagram_le_coturn"] = (
+            ours["cpu_us_per_datagram"] <= theirs["cpu_us_per_datagram"] if valid else None)
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.bench.relay_datagram")
     p.add_argument("--calls", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 100, 1000])
@@ -342,8 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fast-path", action="store_true",
                    help="run the supernode with --no-relay-fast-path (every datagram in Python)")
     p.add_argument("--out")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     doc = asyncio.run(amain(args))
+    doc["targets"] = le_coturn(doc)
     emit_json(doc, args.out)
     for side in ("overlay", "coturn"):
         for key, row in doc.get(side, {}).items():
