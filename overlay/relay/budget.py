@@ -237,11 +237,7 @@ class Budget:
         n = min(wanted, available, self.config.max_session_bytes - session.bytes)
         if n <= 0:
             return 0
-        session.bucket.tokens -= n
-        self.bucket.tokens -= n
-        session.bytes += n
-        self.forwarded_bytes += n
-        return n
+        return self._charge(session, n)
 
     def lend(self, session: SessionBudget, now: float, least: int, most: int) -> int:
         """Take up to ``most`` bytes from both buckets at once, for forwarding done elsewhere
@@ -256,6 +252,10 @@ class Budget:
                     self.config.max_session_bytes - session.bytes))
         if n < least:
             return 0
+        return self._charge(session, n)
+
+    def _charge(self, session: SessionBudget, n: int) -> int:
+        """``n`` bytes forwarded (or lent): taken from both buckets and counted."""
         session.bucket.tokens -= n
         self.bucket.tokens -= n
         session.bytes += n

@@ -39,7 +39,7 @@ from overlay.relay.datagram import (
 )
 from overlay.relay.datagram_io import DatagramRelayEndpoint, start_datagram_relay
 from tests.adversary.test_relay_datagram_abuse import RELAY_KEY, allocate, hello
-from tests.helpers.netutil import loopback_ips
+from tests.helpers.netutil import loopback_ips, wait_for
 
 forwarder_module = pytest.importorskip("overlay.relay._forwarder")
 
@@ -151,17 +151,24 @@ async def test_a_flood_gets_its_rate_through_and_no_more(endpoint: DatagramRelay
         assert fast_forwarded(endpoint) > 0
 
 
+async def talking(relay: tuple[str, int], caller: socket.socket, callee: socket.socket,
+                  token: bytes) -> None:
+    """Paired, and a datagram each way (the second on the fast path, under a lease, when
+    there is one)."""
+    await pair(relay, caller, callee, token)
+    callee.sendto(b"hi", relay)
+    assert await recv(caller) == b"hi"
+    caller.sendto(b"hello", relay)
+    assert await recv(callee) == b"hello"
+
+
 async def test_an_end_that_moves_takes_the_session_with_it(endpoint: DatagramRelayEndpoint
                                                            ) -> None:
     ip_a, ip_b = loopback_ips(2)
     a, b, b2 = udp(ip_a), udp(ip_b), udp(ip_b)
     token = os.urandom(32)
     try:
-        await pair(endpoint.address, a, b, token)
-        b.sendto(b"hi from b", endpoint.address)
-        assert await recv(a) == b"hi from b"
-        a.sendto(b"one", endpoint.address)
-        assert await recv(b) == b"one"  # (on the fast path, under a lease, when there is one)
+        await talking(endpoint.address, a, b, token)
         await bind(b2, endpoint.address, hello(1, token))  # the callee moves to b2
         assert (await recv(b2))[:7] == STATUS_OK
         for i in range(20):
@@ -182,14 +189,10 @@ async def test_nothing_is_forwarded_after_a_hang_up(endpoint: DatagramRelayEndpo
     a, b = udp(ip_a), udp(ip_b)
     token = os.urandom(32)
     try:
-        await pair(endpoint.address, a, b, token)
-        b.sendto(b"hi", endpoint.address)
-        assert await recv(a) == b"hi"
-        a.sendto(b"hello", endpoint.address)
-        assert await recv(b) == b"hello"
+        await talking(endpoint.address, a, b, token)
         assert lent_now(endpoint) == (1 if endpoint.fast_path else 0)  # (as /metrics says)
         b.sendto(b"OVRD\x01\x04" + token, endpoint.address)  # RELEASE
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: not endpoint.relay.sessions, 2.0)
         for _ in range(20):
             a.sendto(b"still there?", endpoint.address)
         assert await drain(b, 0.3) == 0
