@@ -107,10 +107,14 @@ def transport_backlog(stream: object) -> int:
     return 0
 
 
-class _Mirror:
-    """A mirror path's sender: its own queue, backlog gate and writer task."""
+class _FrameSender:
+    """One path's sender of a call's stream frames: its queue, backlog gate and writer task
+    (:meth:`start`). A mirror's sender stops at its first failed write (``failed``); the
+    call's own (``on_lost`` given) tells ``on_lost`` and writes on, to the stream it holds by
+    then (the call may have switched to another)."""
 
-    def __init__(self, stream: FrameStream, frame_bytes: int) -> None:
+    def __init__(self, stream: FrameStream, frame_bytes: int,
+                 on_lost: Callable[[BaseException], None] | None = None) -> None:
         self.stream = stream
         self.gate = SendGate(frame_bytes)
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -118,7 +122,12 @@ class _Mirror:
         self.failed = False
         #: the peer ended this path cleanly (it hangs up on every path of the call)
         self.ended = False
+        self._on_lost = on_lost
+        self.writer: asyncio.Future[None] | None = None
+
+    def start(self) -> asyncio.Future[None]:
         self.writer = asyncio.ensure_future(self._write())
+        return self.writer
 
     def offer(self, wire: bytes) -> bool:
         if self.failed or not self.gate.admit(self.queued_bytes
@@ -131,16 +140,21 @@ class _Mirror:
     async def _write(self) -> None:
         while True:
             wire = await self.queue.get()
+            stream = self.stream
             try:
-                await self.stream.send(wire)
-            except (ConnectionError, OSError):
-                self.failed = True
-                return
+                await stream.send(wire)
+            except (ConnectionError, OSError) as exc:  # dropped: the call may move
+                if self._on_lost is None:
+                    self.failed = True
+                    return
+                if stream is self.stream:
+                    self._on_lost(exc)
             finally:
                 self.queued_bytes -= len(wire)
 
     def stop(self) -> None:
-        self.writer.cancel()
+        if self.writer is not None:
+            self.writer.cancel()
 
 
 class StreamCall:
@@ -150,12 +164,10 @@ class StreamCall:
     def __init__(self, session: CallSession, stream: FrameStream,
                  lost_grace_s: float = 0.0, *, awaits_mirror: bool = False) -> None:
         self.session = session
-        self.stream = stream
+        #: the frames on the path in use (its stream: :attr:`stream`)
+        self._sender = _FrameSender(stream, session.size + MIN_DATAGRAM_BYTES, self._lost)
         #: how long the call waits for :meth:`switch` after its path failed (0: it ends)
         self.lost_grace_s = lost_grace_s
-        self.gate = SendGate(session.size + MIN_DATAGRAM_BYTES)
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._queued_bytes = 0
         self.carrier = datagram_carrier(stream)
         #: "datagram" (frames as QUIC DATAGRAM frames) or "stream"
         self.mode = "datagram" if self.carrier is not None else "stream"
@@ -173,9 +185,18 @@ class StreamCall:
         self.error: str | None = None
         self._readers: list[asyncio.Future[None]] = []
         #: paths that carry a copy of every frame (a call on a TCP stream)
-        self.mirrors: list[_Mirror] = []
+        self.mirrors: list[_FrameSender] = []
         #: called with the mirror that became the path in use when the path in use failed
         self.promoted: Callable[[FrameStream], None] | None = None
+
+    @property
+    def stream(self) -> FrameStream:
+        """The path in use."""
+        return self._sender.stream
+
+    @stream.setter
+    def stream(self, stream: FrameStream) -> None:
+        self._sender.stream = stream
 
     def offer(self, frame: bytes) -> None:
         """Send ``frame`` as a datagram, or queue it on the stream and on each mirror unless
@@ -185,11 +206,7 @@ class StreamCall:
                 self.session.sender_dropped()
             return
         wire = encode_stream_frame(frame)
-        taken = False
-        if self.gate.admit(self._queued_bytes + transport_backlog(self.stream)):
-            self._queued_bytes += len(wire)
-            self._queue.put_nowait(wire)
-            taken = True
+        taken = self._sender.offer(wire)
         for mirror in self.mirrors:
             taken = mirror.offer(wire) or taken
         if not taken:
@@ -197,7 +214,9 @@ class StreamCall:
 
     def add_mirror(self, stream: FrameStream) -> None:
         """Send a copy of every frame on ``stream`` too, and take the frames arriving on it."""
-        self.mirrors.append(_Mirror(stream, self.session.size + MIN_DATAGRAM_BYTES))
+        mirror = _FrameSender(stream, self.session.size + MIN_DATAGRAM_BYTES)
+        mirror.start()
+        self.mirrors.append(mirror)
         self._started()
         self._readers.append(asyncio.ensure_future(self._read(stream)))
 
@@ -207,18 +226,6 @@ class StreamCall:
             self.starting = False
             if self.mode == "stream":
                 self.session.buffer.min_target_ms = STREAM_MIN_TARGET_MS
-
-    async def _write(self) -> None:
-        while True:
-            wire = await self._queue.get()
-            stream = self.stream
-            try:
-                await stream.send(wire)
-            except (ConnectionError, OSError) as exc:  # dropped: the call may move
-                if stream is self.stream:
-                    self._lost(exc)
-            finally:
-                self._queued_bytes -= len(wire)
 
     def _lost(self, exc: BaseException) -> None:
         if any(m.ended for m in self.mirrors):  # the peer hung up (it ended a mirror first)
@@ -301,7 +308,7 @@ class StreamCall:
         session = self.session
         self._take_datagrams()
         self._readers.append(asyncio.ensure_future(self._read(self.stream)))
-        tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(self._write())]
+        tasks: list[asyncio.Future[None]] = [self._sender.start()]
         start = time.monotonic()
         lost_at: float | None = None
         try:
@@ -325,7 +332,7 @@ class StreamCall:
         finally:
             if self.carrier is not None:
                 self.carrier.datagram_handler = None
-            tasks += self._readers + [m.writer for m in self.mirrors]
+            tasks += self._readers + [m.writer for m in self.mirrors if m.writer is not None]
             for task in tasks:
                 task.cancel()
             for task in tasks:
