@@ -1,10 +1,14 @@
-"""Fire-and-forget tasks that stay referenced until they finish, and that a stop cancels."""
+"""Fire-and-forget tasks that stay referenced until they finish, and that a stop cancels; a
+step that an event may cut short (:func:`unless_set`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class TaskSet:
@@ -26,3 +30,25 @@ class TaskSet:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+async def unless_set(step: Awaitable[T], stop: asyncio.Event | None, error: BaseException) -> T:
+    """``step``, unless ``stop`` is set before it is done: then ``step`` is cancelled and
+    ``error`` raised (a step done in the same turn wins). ``stop`` None: just ``step``."""
+    if stop is None:
+        return await step
+    task = asyncio.ensure_future(step)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise error

@@ -10,14 +10,10 @@ socket under them into ``PathLost`` (same message), so ``except PathLost`` sees 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 from overlay.core.errors import OverlayError
-
-T = TypeVar("T")
 
 #: why a callee's relay attempt not paired yet stops: the caller holds its one spare relay
 #: session already, so it makes no more (:mod:`overlay.media.late_paths`)
@@ -30,28 +26,6 @@ class MediaError(OverlayError):
 
 class PathLost(MediaError, ConnectionError):
     """A media path failed or went away; another path may take over."""
-
-
-async def unless_stopped(step: Awaitable[T], stop: asyncio.Event | None, why: str) -> T:
-    """``step``, unless ``stop`` is set before it is done: then it is cancelled and
-    :class:`PathLost` (``why``) raised (a step done in the same turn wins)."""
-    if stop is None:
-        return await step
-    task = asyncio.ensure_future(step)
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        waiter.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise PathLost(why)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from overlay.core.addresses import Address
-from overlay.media.errors import PEER_HOLDS_SPARE, PathLost, unless_stopped
+from overlay.core.tasks import unless_set
+from overlay.media.errors import PEER_HOLDS_SPARE, PathLost
 from overlay.media.media_socket import MediaSocket
 from overlay.media.quic.connect import quic_connect
 from overlay.media.quic.stream import OwningQuicStream
@@ -109,7 +110,7 @@ def udp_relay_attempt(host: str, udp_port: int, node_key: bytes, token: bytes,
         bound = BoundRelay(media, RelayBinding(addr, hello, time.monotonic(),
                                                timeout_s=bind_timeout_s))
         try:
-            await unless_stopped(bound.bound(), stop_pairing, PEER_HOLDS_SPARE)
+            await unless_set(bound.bound(), stop_pairing, PathLost(PEER_HOLDS_SPARE))
             raw = await quic_connect(media, addr, initiator=initiator)
         except BaseException:
             bound.stop()

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from overlay.core.addresses import Address
 from overlay.core.identity import Identity
+from overlay.core.tasks import unless_set
 from overlay.media.binding import BINDING_TIMEOUT_S, nat_type, settle
 from overlay.media.birthday import birthday_role
 from overlay.media.birthday_io import birthday_path
-from overlay.media.errors import PEER_HOLDS_SPARE, losing_path, unless_stopped
+from overlay.media.errors import PEER_HOLDS_SPARE, PathLost, losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
@@ -149,10 +150,10 @@ def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator
     async def attempt() -> MediaStream:
         if reserve is not None:
             await reserve(token_hash(token))
-        stream = await unless_stopped(
+        stream = await unless_set(
             relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
                           RELAY_CONNECT_TIMEOUT_S, voucher=voucher, relay_id=relay.id),
-            stop_pairing, PEER_HOLDS_SPARE)
+            stop_pairing, PathLost(PEER_HOLDS_SPARE))
         return RelayedStream(stream, relay)
 
     return attempt
