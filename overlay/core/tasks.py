@@ -4,8 +4,7 @@ step that an event may cut short (:func:`unless_set`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,9 +31,13 @@ class TaskSet:
         return len(self._tasks)
 
 
-async def unless_set(step: Awaitable[T], stop: asyncio.Event | None, error: BaseException) -> T:
+async def unless_set(step: Awaitable[T], stop: asyncio.Event | None, error: BaseException,
+                     discard: Callable[[T], object] | None = None) -> T:
     """``step``, unless ``stop`` is set before it is done: then ``step`` is cancelled and
-    ``error`` raised (a step done in the same turn wins). ``stop`` None: just ``step``."""
+    ``error`` raised (a step done in the same turn wins). ``stop`` None: just ``step``.
+    ``discard`` gets what ``step`` returns when nobody will take it: the step completed but
+    this call was cancelled (or stopped) before it could hand the result on, e.g. a
+    connection that must be closed, not left open."""
     if stop is None:
         return await step
     task = asyncio.ensure_future(step)
@@ -42,13 +45,25 @@ async def unless_set(step: Awaitable[T], stop: asyncio.Event | None, error: Base
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
-        task.cancel()
+        _drop(task, discard)
         raise
     finally:
         waiter.cancel()
     if task.done():
         return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    _drop(task, discard)
     raise error
+
+
+def _drop(task: asyncio.Future[T], discard: Callable[[T], object] | None) -> None:
+    """Cancel ``task``; what it returns all the same (done already, or done before the
+    cancellation reached it) goes to ``discard``."""
+
+    def done(finished: asyncio.Future[T]) -> None:
+        if finished.cancelled() or finished.exception() is not None:
+            return
+        if discard is not None:
+            discard(finished.result())
+
+    task.cancel()
+    task.add_done_callback(done)

@@ -16,6 +16,7 @@ from overlay.core.tasks import unless_set
 from overlay.media.binding import BINDING_TIMEOUT_S, nat_type, settle
 from overlay.media.birthday import birthday_role
 from overlay.media.birthday_io import birthday_path
+from overlay.media.connect import discard_later
 from overlay.media.errors import PEER_HOLDS_SPARE, PathLost, losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
@@ -153,7 +154,7 @@ def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator
         stream = await unless_set(
             relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
                           RELAY_CONNECT_TIMEOUT_S, voucher=voucher, relay_id=relay.id),
-            stop_pairing, PathLost(PEER_HOLDS_SPARE))
+            stop_pairing, PathLost(PEER_HOLDS_SPARE), discard=discard_later)
         return RelayedStream(stream, relay)
 
     return attempt

@@ -129,16 +129,21 @@ class CalleeRace:
         host, port = endpoint.address
         asking = udp_relay_attempt(host, port, b"\x07" * 32, os.urandom(32), False, 64_000,
                                    stop_pairing=self.peer_holds_spare)
-        attempts = {name: ready(ours) for name, (ours, _) in zip(self.names, self.pairs,
-                                                                  strict=True)}
-        attempts["relay-udp-2"] = asking
+        def told_not_yet() -> bool:
+            return relay.stats.refused["unknown token"] >= 1
+
+        # the second path completes once the third is asking its relay (told "not yet")
+        attempts = {self.names[0]: ready(self.pairs[0][0]),
+                    self.names[1]: ready(self.pairs[1][0], after=told_not_yet),
+                    "relay-udp-2": asking}
         await self.pairs[0][1].send(SELECT)  # the caller's SELECT on the first; the other waits
         try:
             _, timeline = await connect_as_responder(
                 attempts, unsecured, timeout=10.0, staggers=dict.fromkeys(attempts, 0.0),
                 late=self.late, peer_holds_spare=self.peer_holds_spare)
             assert timeline.selected == self.names[0]
-            await wait_for(lambda: relay.stats.refused["unknown token"] >= 1, 5.0)
+            await wait_for(lambda: any(e == f"{self.names[1]}: authenticated"
+                                       for _, e in timeline.events), 5.0)
             return timeline
         finally:
             self.endpoint = endpoint
@@ -151,8 +156,11 @@ class CalleeRace:
             await far.close()
 
 
-def ready(stream: MediaStream) -> Callable[[], Awaitable[MediaStream]]:
+def ready(stream: MediaStream, after: Callable[[], bool] | None = None
+          ) -> Callable[[], Awaitable[MediaStream]]:
     async def run() -> MediaStream:
+        if after is not None:
+            await wait_for(after, 5.0, interval=0.01)
         return stream
     return run
 
