@@ -161,7 +161,6 @@ class Supernode(NodeDaemon, AttachHandler):
             self._datagram_endpoint = await start_datagram_relay(
                 self.datagram_relay, self.opts.listen[0], self.sn.relay_udp_port,
                 fast_path=self.sn.relay_udp_fast_path)
-            log.info("relay_udp_listening", port=self.relay_udp_address[1])
         await self.publisher.publish()
         self._tasks.append(asyncio.create_task(self.publisher.keep()))
         self._tasks.append(asyncio.create_task(self.signals.keep_directory()))
