@@ -39,7 +39,7 @@ from overlay.relay.datagram import (
 )
 from overlay.relay.datagram_io import DatagramRelayEndpoint, start_datagram_relay
 from tests.adversary.test_relay_datagram_abuse import RELAY_KEY, allocate, hello
-from tests.helpers.netutil import loopback_ips, wait_for
+from tests.helpers.netutil import loopback_ips, udp_socket, wait_for
 
 forwarder_module = pytest.importorskip("overlay.relay._forwarder")
 
@@ -54,13 +54,6 @@ def voucher(token: bytes, caller: Identity, callee: Identity) -> bytes:
     st = statement_for(RELAY_KEY, token, int(time.time()) + 300, caller.public_key,
                        callee.public_key)
     return Voucher(st, st.sign(caller), st.sign(callee)).to_bytes()
-
-
-def udp(ip: str) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((ip, 0))
-    s.setblocking(False)
-    return s
 
 
 async def recv(s: socket.socket, timeout_s: float = 2.0) -> bytes:
@@ -124,7 +117,7 @@ def fast_forwarded(ep: DatagramRelayEndpoint) -> int:
 async def test_a_flood_gets_its_rate_through_and_no_more(endpoint: DatagramRelayEndpoint
                                                          ) -> None:
     ip_a, ip_b = loopback_ips(2)
-    a, b = udp(ip_a), udp(ip_b)
+    a, b = udp_socket(ip_a), udp_socket(ip_b)
     try:
         await pair(endpoint.address, a, b, os.urandom(32))
         receiving = asyncio.ensure_future(drain(b, 0.5))
@@ -165,7 +158,7 @@ async def talking(relay: tuple[str, int], caller: socket.socket, callee: socket.
 async def test_an_end_that_moves_takes_the_session_with_it(endpoint: DatagramRelayEndpoint
                                                            ) -> None:
     ip_a, ip_b = loopback_ips(2)
-    a, b, b2 = udp(ip_a), udp(ip_b), udp(ip_b)
+    a, b, b2 = udp_socket(ip_a), udp_socket(ip_b), udp_socket(ip_b)
     token = os.urandom(32)
     try:
         await talking(endpoint.address, a, b, token)
@@ -186,7 +179,7 @@ async def test_an_end_that_moves_takes_the_session_with_it(endpoint: DatagramRel
 
 async def test_nothing_is_forwarded_after_a_hang_up(endpoint: DatagramRelayEndpoint) -> None:
     ip_a, ip_b = loopback_ips(2)
-    a, b = udp(ip_a), udp(ip_b)
+    a, b = udp_socket(ip_a), udp_socket(ip_b)
     token = os.urandom(32)
     try:
         await talking(endpoint.address, a, b, token)
@@ -211,8 +204,8 @@ class Lab:
 
     def __init__(self) -> None:
         ip_r, ip_a, ip_b, ip_c = loopback_ips(4)
-        self.relay = udp(ip_r)
-        self.a, self.b, self.c = udp(ip_a), udp(ip_b), udp(ip_c)
+        self.relay = udp_socket(ip_r)
+        self.a, self.b, self.c = udp_socket(ip_a), udp_socket(ip_b), udp_socket(ip_c)
         self.to_core: list[tuple[bytes, tuple[str, int]]] = []
         self.forwarder = forwarder_module.Forwarder(
             self.relay.fileno(), lambda d, addr: self.to_core.append((d, addr)), MAGIC,

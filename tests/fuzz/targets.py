@@ -87,6 +87,7 @@ from overlay.relay.protocol import (
 from overlay.relay.voucher import VoucherRefused, check_voucher
 from tests.fuzz import seeds
 from tests.fuzz.strategies import VALUES, msgpack_shaped, mutated_bytes, mutated_value, pack
+from tests.helpers.netutil import udp_socket
 
 Call = Callable[[Any], None]
 
@@ -410,18 +411,11 @@ class _FastPathSockets:
 
     def __init__(self) -> None:
         from overlay.relay._forwarder import Forwarder
-        self.relay, self.a, self.b, self.c = (self._udp() for _ in range(4))
+        self.relay, self.a, self.b, self.c = (udp_socket() for _ in range(4))
         self.to_core: list[tuple[bytes, tuple[str, int]]] = []
         self.forwarder = Forwarder(self.relay.fileno(),
                                    lambda d, addr: self.to_core.append((d, addr)),
                                    b"OVRD", MAX_DATAGRAM_BYTES, CONSENT_S, AMPLIFICATION)
-
-    @staticmethod
-    def _udp() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
-        return s
 
     @staticmethod
     def drain(s: socket.socket) -> list[bytes]:

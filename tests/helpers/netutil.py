@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +26,18 @@ def loopback_ips(n: int) -> list[str]:
     (``DHTConfig.max_contacts_per_subnet*``). 127.0.0.0/8 is all loopback."""
     a, b = 2 + secrets.randbelow(250), secrets.randbelow(256)
     return [f"127.{a}.{(b + i) & 255}.{1 + i // 256}" for i in range(n)]
+
+
+def udp_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A non-blocking IPv4 UDP socket bound to ``host`` on a free port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((host, 0))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
 
 
 def subnet_ips(n: int) -> list[str]:

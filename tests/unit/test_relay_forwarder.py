@@ -6,20 +6,18 @@ socket side; this, its table."""
 from __future__ import annotations
 
 import random
-import socket
 import time
 
 import pytest
+
+from tests.helpers.netutil import udp_socket
 
 forwarder_module = pytest.importorskip("overlay.relay._forwarder")
 
 
 def test_many_leases_come_and_go_and_each_live_one_is_found() -> None:
-    relay, a, b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    relay, a, b = (udp_socket() for _ in range(3))
     try:
-        for s in (relay, a, b):
-            s.bind(("127.0.0.1", 0))
-            s.setblocking(False)
         to_core: list[tuple[str, int]] = []
         fw = forwarder_module.Forwarder(relay.fileno(), lambda d, addr: to_core.append(addr),
                                         b"OVRD", 1400, 10.0, 3)
