@@ -5,7 +5,9 @@
 
 The last phase (``--no-datagram`` to skip) is the datagram relay's
 (:mod:`tools.bench.relay_datagram`, its document under ``"datagram"``): the same call counts
-as UDP calls through the supernode's datagram relay and through coturn's UDP relaying, CPU
+as UDP calls through the supernode's datagram relay and through coturn's UDP relaying (driven
+by the bench's TURN client, and by ``turnutils_uclient`` without ``-T`` up to
+``--coturn-max-sessions`` calls: the ``uclient_calls_N`` rows), CPU
 per datagram and the one-way latency each adds, and ``targets`` gains
 ``datagram_calls_N_cpu_per_datagram_le_coturn``.
 
@@ -496,7 +498,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if args.datagram:  # calls through the UDP relays, next to coturn's (relay_datagram)
         doc["datagram"] = await relay_datagram.amain(relay_datagram.parser().parse_args(
             ["--calls", ",".join(map(str, args.sessions)), "--seconds", str(args.voice_s),
-             "--no-uclient", *(["--no-coturn"] if args.no_coturn else [])]))
+             "--coturn-max-calls", str(args.coturn_max_sessions),
+             *(["--no-coturn"] if args.no_coturn else [])]))
         doc["targets"].update({f"datagram_{k}": v
                                for k, v in relay_datagram.le_coturn(doc["datagram"]).items()})
     doc["run_s"] = round(time.monotonic() - started, 1)
