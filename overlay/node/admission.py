@@ -9,7 +9,8 @@ session of the same user/device with the same key replaces the older one.
 A session's first ``Attach`` is refused when the name's holders decide it belongs to another
 key (:func:`overlay.dht.names.name_owner`: their majority), so an impostor's own supernode
 does not publish for it even where no node it reaches holds the name. The ``Attach``'s name
-claim is published too (when it changed), and outlives the session in the DHT.
+claim is published too (when it changed, at the same time as the presence record), and
+outlives the session in the DHT.
 """
 
 from __future__ import annotations
@@ -109,9 +110,7 @@ class Admission:
                                    "name_claimed")
                 return
         try:
-            if claim is not None and (session.claim is None or session.claim.wire != claim.wire):
-                await self._publish_claim(session, claim)
-            await self.dht.put(signed)
+            await self._publish(session, signed, claim)
         except PutFailed as exc:
             if exc.result.refused["name_claimed"]:
                 await self._refuse(session, RefuseReason.NOT_ALLOWED,
@@ -130,6 +129,29 @@ class Admission:
             session.proto.send(AttachOk(session.proto.peer[0], session.proto.peer[1],
                                         max(1, round(heartbeat_s))))
             session.bind(log).info("client_attached", clients=len(self.attached))
+
+    async def _publish(
+        self, session: ServedSession, signed: records.SignedRecord,
+        claim: records.SignedRecord | None,
+    ) -> None:
+        """Store the presence record and, when it changed, the session's name claim. Both
+        live under the name's key and neither needs the other stored first, so the two
+        publishes run at once: an ``Attach`` (a failover's above all) waits for one DHT
+        publish, not two. When either fails the presence record is not kept published, and
+        a ``name_claimed`` refusal is the failure reported."""
+        if claim is None or (session.claim is not None and session.claim.wire == claim.wire):
+            await self.dht.put(signed)
+            return
+        claimed, stored = await asyncio.gather(
+            self._publish_claim(session, claim), self.dht.put(signed), return_exceptions=True)
+        failures = [r for r in (claimed, stored) if isinstance(r, BaseException)]
+        if not failures:
+            return
+        if not isinstance(stored, BaseException):
+            self.dht.forget_published(signed)
+        refusals = [f for f in failures
+                    if isinstance(f, PutFailed) and f.result.refused["name_claimed"]]
+        raise (refusals or failures)[0]
 
     async def _publish_claim(self, session: ServedSession, claim: records.SignedRecord) -> None:
         """Publish the session's name claim; a claim refused only as stale (another device

@@ -8,7 +8,7 @@ Same timeline and churn as :mod:`tools.sim.dhtsim` (whose :class:`DhtSim` this e
 * users come online in [join window, 2 x join window] (once supernodes exist) and attach on
   their own; ``attach_s`` is the time from a client's start to its first attachment;
 * a supernode failing is a crash (host gone, no ``Moving`` to its clients); each client it
-  served is then watched until it is attached to another supernode: ``relist_s`` (1 s
+  served is then watched until it is attached to another supernode: ``relist_s`` (0.1 s
   resolution). Its clients fail over by themselves (heartbeat loss, backup link);
 * lookups are ``ClientDaemon.lookup`` (the request goes over the attach session to the
   supernode, which looks the user up in the DHT) of a user attached at the time; success: a
@@ -45,7 +45,7 @@ from tools.sim.dhtsim import (
 from tools.sim.net import SimNet
 
 #: how often a client whose supernode failed is checked for a new attachment
-RELIST_POLL_S = 1.0
+RELIST_POLL_S = 0.1
 
 
 class DaemonSim(DhtSim):
