@@ -20,6 +20,10 @@ one clock):
 
 - ``ttfb_s`` = ``first_byte_at - t0``: lookup, invite and answer through the supernodes, path
   race, end-to-end handshake, first data frame written;
+- ``after_lookup_rt`` (under ``--netem``): ``ttfb_s`` less the sender's ``looked up`` step, in
+  the pair's nominal round trips (4 x the delay: each way crosses both clients' uplinks);
+  ``supernodes``: 1 when both clients were attached to one supernode at the send, else 2 (the
+  invite and answer then cross a supernode-to-supernode hop too);
 - ``transfer_s`` = ``done_at - first_byte_at``; ``throughput_mbps`` = bytes * 8 /
   ``transfer_s`` / 1e6 (payload, at the receiver);
 - ``total_s`` = the ``send`` request's wall time (until the receiver's ACK reached the sender);
@@ -31,6 +35,9 @@ one clock):
 When the receiver's status has no ``transfers`` (older daemons), a thread polls the receiver's
 inbox every 2 ms for the partial file (``.NAME.*.partial``) growing past 0 bytes, and the final
 file; ``timing`` says which source was used.
+
+``targets`` judges each pair's medians against issue 13: a pair that went direct, under
+``--netem``, ``after_lookup_rt`` <= 3; a relayed pair, unimpaired, ``ttfb_s`` <= 0.5 s.
 
 After the last pair, each sender's control ``status`` -> ``connectivity`` (path races per pair
 of NAT classes and kind of attempt: attempts, wins, time to connect; see
@@ -222,8 +229,8 @@ def setup_steps(ov: LabOverlay, offsets: dict[str, int], src: str, dst: str
     return {"sender": steps(src), "receiver": steps(dst), "supernodes": supernodes}
 
 
-def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
-                 ) -> dict[str, Any]:
+def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float,
+                 rtt_s: float | None = None) -> dict[str, Any]:
     name = f"bench-{src}-{dst}-{os.urandom(4).hex()}.bin"
     file = ov.make_file(src, name, size)
     sha = sha256_file(file)
@@ -232,6 +239,7 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
     watcher.start()
     ov.add_contact(dst, src)
     offsets = log_offsets(ov, [src, dst, *ov.supernode_hosts])
+    via = {ov.attached_to(src), ov.attached_to(dst)}
     t0 = time.time()
     try:
         answer = control_request(ov.sock(src), {"cmd": "send", "user": ov.user(dst),
@@ -245,8 +253,10 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
         run["error"] = str(answer.get("error"))[:500]
         file.unlink(missing_ok=True)
         return run
-    run.update(path=answer.get("path"), relay=answer.get("relay"), bytes=answer.get("bytes"),
-               sender_seconds=answer.get("seconds"))
+    run.update(path=answer.get("path"), technique=answer.get("technique"),
+               relay=answer.get("relay"), bytes=answer.get("bytes"),
+               sender_seconds=answer.get("seconds"),
+               supernodes=len(via) if None not in via else None)
     run["timeline"] = setup_steps(ov, offsets, src, dst)
     run["steps"] = {key: next((t for t, e in run["timeline"]["sender"] if e == step), None)
                     for key, step in KEY_STEPS.items()}
@@ -271,6 +281,9 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
         run["error"] = "the receiver's file is missing or differs"
     if first is not None:
         run["ttfb_s"] = round(first - t0, 4)
+        looked_up = run["steps"]["looked_up"]
+        if rtt_s and looked_up is not None:
+            run["after_lookup_rt"] = round((first - t0 - looked_up) / rtt_s, 2)
     if first is not None and done is not None and done > first:
         run["transfer_s"] = round(done - first, 4)
         run["throughput_mbps"] = round(size * 8 / (done - first) / 1e6, 2)
@@ -281,6 +294,13 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 4) if values else None
+
+
+def pair_rtt_s(netem: dict[str, float] | None) -> float | None:
+    """The nominal round trip between two clients: each crosses its own impaired uplink and
+    the other's, each way (``LabOverlay`` delays every client's and supernode's uplink by
+    ``delay_ms`` in each direction); None unimpaired (the lab's links add ~0)."""
+    return 4 * netem["delay_ms"] / 1000 if netem and netem.get("delay_ms") else None
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -299,6 +319,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "total_s_median": _median([r["total_s"] for r in ok]),
         "fail_s_median": _median([r["total_s"] for r in runs if not r["ok"]]),
         "errors": dict(errors),
+        "after_lookup_rt_median": _median([r["after_lookup_rt"] for r in ok
+                                           if "after_lookup_rt" in r]),
+        "after_lookup_rt_median_by_supernodes": {
+            str(n): _median([r["after_lookup_rt"] for r in ok
+                             if "after_lookup_rt" in r and r.get("supernodes") == n])
+            for n in sorted({int(r["supernodes"]) for r in ok
+                             if "after_lookup_rt" in r and r.get("supernodes")})},
         "steps_median": {key: _median([r["steps"][key] for r in ok
                                        if r.get("steps", {}).get(key) is not None])
                          for key in (*KEY_STEPS, "selected")},
@@ -340,7 +367,7 @@ def steps_table(pairs: dict[str, dict[str, Any]]) -> str:
     """Per pair, the median time from ``send`` to each of the sender's setup steps."""
     keys = (*KEY_STEPS, "selected")
     head = f"{'pair (sender steps, s)':<24} " + " ".join(f"{k:>19}" for k in keys) \
-        + f" {'ttfb':>7}"
+        + f" {'ttfb':>7} {'RT>lookup':>9}"
     lines = [head, "-" * len(head)]
     for key, p in pairs.items():
         s = p.get("summary")
@@ -350,8 +377,10 @@ def steps_table(pairs: dict[str, dict[str, Any]]) -> str:
         cells = " ".join(f"{med[k]:>19.3f}" if med.get(k) is not None else f"{'-':>19}"
                          for k in keys)
         ttfb = s["ttfb_s_median"]
+        rt = s.get("after_lookup_rt_median")
         lines.append(f"{key:<24} {cells} "
-                     + (f"{ttfb:>7.3f}" if ttfb is not None else f"{'-':>7}"))
+                     + (f"{ttfb:>7.3f}" if ttfb is not None else f"{'-':>7}")
+                     + (f" {rt:>9.2f}" if rt is not None else f" {'-':>9}"))
     return "\n".join(lines)
 
 
@@ -415,9 +444,37 @@ def run_pairs(ov: LabOverlay, args: argparse.Namespace, started: float,
             continue
         runs = []
         for _ in range(args.repeat):
-            runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout))
+            runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout,
+                                     pair_rtt_s(args.netem)))
             print(f"{key}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         result["pairs"][key] = {"runs": runs, "summary": summarize(runs)}
+    result["targets"] = targets(result["pairs"], args.netem)
+
+
+#: issue 13's targets: a direct or punched pair's first byte within lookup + this many
+#: round trips (at 100 ms one way), a relayed pair's within this many seconds (unimpaired)
+DIRECT_TARGET_RT = 3.0
+RELAY_TARGET_S = 0.5
+
+
+def targets(pairs: dict[str, dict[str, Any]], netem: dict[str, float] | None
+            ) -> dict[str, Any]:
+    """Per pair, whether its median meets issue 13's target: ``after_lookup_rt`` <= 3 for
+    pairs whose transfers went direct (impaired runs), ``ttfb_s`` <= 0.5 s for relayed pairs
+    (unimpaired runs); pairs the run cannot judge are left out."""
+    out: dict[str, Any] = {}
+    for key, p in pairs.items():
+        s = p.get("summary")
+        if not s or not s["ok"]:
+            continue
+        if s["path"] == "relay" and not netem and s["ttfb_s_median"] is not None:
+            out[key] = {"relay_ttfb_s": s["ttfb_s_median"],
+                        "met": s["ttfb_s_median"] <= RELAY_TARGET_S}
+        elif s["path"] != "relay" and netem and s["after_lookup_rt_median"] is not None:
+            out[key] = {"after_lookup_rt": s["after_lookup_rt_median"],
+                        "by_supernodes": s["after_lookup_rt_median_by_supernodes"],
+                        "met": s["after_lookup_rt_median"] <= DIRECT_TARGET_RT}
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
