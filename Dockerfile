@@ -22,13 +22,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# A C compiler for the datagram relay's fast path (overlay/relay/_forwarder.c; the official
-# images carry Python's headers). Optional: without one (an image with no package source) the
-# package installs without it and the relay forwards every datagram in Python.
-RUN command -v cc > /dev/null \
+# A C compiler and Python's headers for the datagram relay's fast path
+# (overlay/relay/_forwarder.c). The official Python images carry the headers; a Debian base
+# with Debian's python3 gets them from python3-dev. Optional: without them (an image with no
+# package source) the package installs without the extension and the relay forwards every
+# datagram in Python.
+RUN (command -v cc > /dev/null \
+     && python -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/Python.h")' \
+        2> /dev/null) \
  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+     $(python -c 'import os, sysconfig; os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") or print("python3-dev")') \
      && rm -rf /var/lib/apt/lists/*) \
- || echo "no C compiler: the datagram relay's fast path is not built"
+ || echo "no C compiler or Python headers: the datagram relay's fast path is not built"
 
 WORKDIR /src
 # Metadata first, then the package; README*/LICENSE* are optional (the globs may match nothing).
@@ -36,7 +41,8 @@ COPY pyproject.toml setup.py README* LICENSE* ./
 COPY overlay ./overlay
 RUN pip install --no-compile . \
  && python -m compileall -q -j 0 /opt/venv/lib \
- && overlay --help > /dev/null
+ && overlay --help > /dev/null \
+ && cd / && python -c 'from overlay.relay.datagram_io import fast_path_available as f; print("relay fast path:", f())'
 
 # ---- runtime ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
