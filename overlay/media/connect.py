@@ -37,7 +37,7 @@ from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.selection import SELECT, read_selection
 from overlay.media.stream import ByteStream, MediaStream, discard
-from overlay.media.techniques import is_direct_udp, is_relay, relay_index
+from overlay.media.techniques import is_direct_udp, is_relay, relay_elsewhere
 
 log = get_logger(__name__)
 
@@ -354,8 +354,8 @@ async def connect_as_responder(
     def spare_check() -> None:
         if peer_holds_spare is None or not selected.done():
             return
-        current = relay_index(selected.result()[0])
-        if any(relay_index(name) != current for name in relays_done):
+        current = selected.result()[0]
+        if any(relay_elsewhere(name, current) for name in relays_done):
             peer_holds_spare.set()
 
     async def run(name: str, attempt: Attempt) -> None:

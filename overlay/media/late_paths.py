@@ -13,7 +13,7 @@ from overlay.media import selection
 from overlay.media.connect import Timeline, close_later, discard_later, stop_losers
 from overlay.media.selection import KEEPALIVE, MIRROR, SELECT
 from overlay.media.stream import MediaStream
-from overlay.media.techniques import call_moves_to, is_relay, is_stream_carried, relay_index
+from overlay.media.techniques import call_moves_to, is_relay, is_stream_carried, relay_elsewhere
 
 
 class LateDirect:
@@ -162,8 +162,7 @@ class LateDirect:
         the call: a spare at the same supernode dies with it."""
         if not is_relay(name):
             return True
-        index = relay_index(name)
-        return (index is not None and index != relay_index(self._current)
+        return (relay_elsewhere(name, self._current)
                 and not any(is_relay(n) for n, _ in self.spares))
 
     async def _select(self, name: str, stream: MediaStream) -> bool:
@@ -198,7 +197,7 @@ class LateDirect:
             return None
         for spare in list(self.spares):
             name, stream = spare
-            if not is_relay(name) or relay_index(name) == relay_index(self._current):
+            if not relay_elsewhere(name, self._current):
                 continue
             self.spares.remove(spare)
             try:
