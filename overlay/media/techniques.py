@@ -43,12 +43,12 @@ def relay_index(name: str) -> int | None:
     return int(last) if last.isdigit() else None
 
 
-def relay_elsewhere(name: str, current: str | None) -> bool:
+def relay_elsewhere(name: str, current: str) -> bool:
     """Whether attempt ``name`` is a relay path at another supernode than the path of attempt
     ``current`` (any relay when that is a direct path): the one kind of relay path that is a
     spare for a session on ``current``, since it does not die with ``current``'s supernode."""
     index = relay_index(name)
-    return index is not None and (current is None or index != relay_index(current))
+    return index is not None and index != relay_index(current)
 
 
 def technique(selected: str | None, inbound_via_mapping: bool,
