@@ -8,7 +8,6 @@ so nothing is ever confirmed on it."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from aioquic.quic.connection import QuicConnection
 from overlay.media.media_socket import MediaSocket
 from overlay.media.quic.connect import quic_connect
 from overlay.media.quic.core import QuicPathError, QuicStreamCore, configuration
+from tests.helpers.netutil import udp_socket
 
 
 def attacker_initial(to: tuple[str, int]) -> list[bytes]:
@@ -28,9 +28,7 @@ def attacker_initial(to: tuple[str, int]) -> list[bytes]:
 async def test_an_initial_from_another_address_gets_nothing() -> None:
     callee = await MediaSocket.open("127.0.0.1", 0)
     peer = await MediaSocket.open("127.0.0.1", 0)  # the real caller: it stays silent here
-    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    raw.bind(("127.0.0.1", 0))
-    raw.setblocking(False)
+    raw = udp_socket()
     try:
         accepting = asyncio.ensure_future(
             quic_connect(callee, peer.local_address, initiator=False, timeout=1.0))
@@ -49,9 +47,7 @@ async def test_an_initial_from_another_address_gets_nothing() -> None:
 
 async def test_an_initial_that_never_completes_leaves_a_stream_that_fails() -> None:
     callee = await MediaSocket.open("127.0.0.1", 0)
-    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    raw.bind(("127.0.0.1", 0))
-    raw.setblocking(False)
+    raw = udp_socket()
     try:
         accepting = asyncio.ensure_future(
             quic_connect(callee, raw.getsockname(), initiator=False, timeout=1.0))
