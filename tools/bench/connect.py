@@ -305,6 +305,7 @@ def pair_rtt_s(netem: dict[str, float] | None) -> float | None:
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if r["ok"]]
+    timed = [r for r in ok if "after_lookup_rt" in r]
     paths = Counter(r.get("path") for r in ok)
     errors = Counter(r.get("error", "")[:120] for r in runs if not r["ok"])
     return {
@@ -319,13 +320,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "total_s_median": _median([r["total_s"] for r in ok]),
         "fail_s_median": _median([r["total_s"] for r in runs if not r["ok"]]),
         "errors": dict(errors),
-        "after_lookup_rt_median": _median([r["after_lookup_rt"] for r in ok
-                                           if "after_lookup_rt" in r]),
+        "after_lookup_rt_median": _median([r["after_lookup_rt"] for r in timed]),
         "after_lookup_rt_median_by_supernodes": {
-            str(n): _median([r["after_lookup_rt"] for r in ok
-                             if "after_lookup_rt" in r and r.get("supernodes") == n])
-            for n in sorted({int(r["supernodes"]) for r in ok
-                             if "after_lookup_rt" in r and r.get("supernodes")})},
+            str(n): _median([r["after_lookup_rt"] for r in timed if r.get("supernodes") == n])
+            for n in sorted({int(r["supernodes"]) for r in timed if r.get("supernodes")})},
         "steps_median": {key: _median([r["steps"][key] for r in ok
                                        if r.get("steps", {}).get(key) is not None])
                          for key in (*KEY_STEPS, "selected")},
@@ -437,6 +435,7 @@ def parser() -> argparse.ArgumentParser:
 def run_pairs(ov: LabOverlay, args: argparse.Namespace, started: float,
               result: dict[str, Any]) -> None:
     """``--repeat`` transfers per pair, one at a time, into ``result["pairs"]``."""
+    rtt_s = pair_rtt_s(args.netem)
     for a, b in args.pairs:
         key = f"{a}->{b}"
         if time.monotonic() - started > args.max_run_s:
@@ -444,8 +443,7 @@ def run_pairs(ov: LabOverlay, args: argparse.Namespace, started: float,
             continue
         runs = []
         for _ in range(args.repeat):
-            runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout,
-                                     pair_rtt_s(args.netem)))
+            runs.append(one_transfer(ov, f"{a}-1", f"{b}-2", args.size, args.timeout, rtt_s))
             print(f"{key}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
         result["pairs"][key] = {"runs": runs, "summary": summarize(runs)}
     result["targets"] = targets(result["pairs"], args.netem)
