@@ -19,12 +19,15 @@ from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.core.records import SignedRecord
 from overlay.core.seq_state import SeqCounter
+from overlay.media.quic.core import ZERO_RTT_CAPABILITY
 
 STATE_FILE = "client.json"
 #: an offline record outlives the online ones by far: "offline" beats "unknown"
 OFFLINE_LIFETIME_S = 23 * 3600.0
 #: the name claim is re-signed when it is this old (it lives records.NAME_CLAIM_LIFETIME_S)
 CLAIM_REFRESH_S = 24 * 3600.0
+#: what an online record says this client takes (a caller reads them from it)
+CAPABILITIES = (ZERO_RTT_CAPABILITY,)
 
 
 def presence_seq(state_dir: Path | None) -> SeqCounter:
@@ -48,7 +51,7 @@ class PresenceSigner:
         return records.presence(
             self.identity, self.opts.user, self.opts.device, seq=self.seq.next(),
             supernode_key=cand.node_key, supernode_host=cand.host, supernode_port=cand.port,
-            lifetime_s=self.opts.presence_lifetime_s,
+            capabilities=CAPABILITIES, lifetime_s=self.opts.presence_lifetime_s,
         )
 
     def offline(self) -> SignedRecord:

@@ -35,12 +35,15 @@ from structlog.typing import FilteringBoundLogger
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
+from overlay.media.secure_stream import SecureByteStream
 from overlay.media.selection import SELECT, read_selection
 from overlay.media.stream import ByteStream, MediaStream, discard
 from overlay.media.techniques import is_direct_udp, is_relay, relay_elsewhere
 
 log = get_logger(__name__)
 
+#: a 0-RTT path's completion in the timeline (see :func:`completion`)
+ZERO_RTT_SENT = "0-RTT sent"
 UDP_STAGGER_S = 0.25
 RELAY_STAGGER_S = 1.5
 
@@ -204,7 +207,7 @@ async def _first_of(
         except BaseException:  # lost the race: release what it holds (a relay reservation)
             discard_later(raw)
             raise
-        timeline.add(f"{name}: authenticated")
+        timeline.add(f"{name}: {completion(secured)}")
         if late is not None and late.armed:
             await late.offer(name, secured, select=True)
             return
@@ -272,10 +275,20 @@ async def _start_delay(delay: float, late: LatePaths | None) -> None:
         await asyncio.wait_for(late.hurry.wait(), delay)
 
 
+def completion(secured: MediaStream) -> str:
+    """How an attempt completed, for the timeline: ``authenticated``, or (a 0-RTT path, whose
+    caller writes before the callee's confirmation arrives: checked as it does)
+    :data:`ZERO_RTT_SENT`."""
+    if isinstance(secured, SecureByteStream) and not secured.framer.confirmed:
+        return ZERO_RTT_SENT
+    return "authenticated"
+
+
 def _earliest(names: dict[str, MediaStream] | list[str], timeline: Timeline) -> str:
-    """Of these completed attempts, the one that authenticated first."""
+    """Of these completed attempts, the one that completed first."""
     return min(names, key=lambda n: next(t for t, e in timeline.events
-                                         if e == f"{n}: authenticated"))
+                                         if e in (f"{n}: authenticated",
+                                                  f"{n}: {ZERO_RTT_SENT}")))
 
 
 def stop_losers(tasks: list[asyncio.Task[None]]) -> None:

@@ -33,12 +33,14 @@ from overlay.media.consent import (
 )
 from overlay.media.late_paths import LateDirect
 from overlay.media.paths import Paths
+from overlay.media.quic.core import ZERO_RTT_CAPABILITY
 from overlay.media.relay_paths import RELAY_RATE_BPS, RelayPaths
 from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
 from overlay.media.secure_stream import InviteSalt, new_path_salt
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
+    FILE,
     Offer,
     new_session_id,
     sign_offer,
@@ -124,7 +126,8 @@ class PathOpener:
         setup.add("looked up")
         invite_salt = InviteSalt(new_path_salt())
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key,
-                    invite_salt=invite_salt)
+                    invite_salt=invite_salt,
+                    zero_rtt=purpose == FILE and ZERO_RTT_CAPABILITY in target.capabilities)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s

@@ -201,7 +201,8 @@ class Paths:
         attempts["tcp-accept"] = accept
         if self.udp is not None:
             punch = transport_hooks.udp_attempt(self.udp, s.session_id, s.initiator, local,
-                                                remote, shared, transcript)
+                                                remote, shared, transcript,
+                                                zero_rtt=s.zero_rtt)
             if punch is not None:
                 attempts[punch[0]] = punch[1]
         udp_tried = any(name.startswith("udp-") for name in attempts)

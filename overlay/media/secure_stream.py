@@ -79,6 +79,7 @@ CONFIRM_LABEL = b"overlay/media/confirm/v1\x00"
 PERSON_I2R = b"ovl-media-i2r-v2"
 PERSON_R2I = b"ovl-media-r2i-v2"
 PERSON_CALLER_SALT = b"ovl-caller-salt1"
+PERSON_CALLEE_SALT = b"ovl-callee-salt1"
 MAX_COUNTER = 2**64 - 1
 
 CONFIRM = 0
@@ -149,6 +150,18 @@ class InviteSalt:
         if callee_salt in self.seen:
             raise SecureStreamError("replayed_salt", "the callee's salt of another path")
         self.seen.add(callee_salt)
+
+    def callee_salt(self, caller_salt: bytes) -> bytes:
+        """The callee's salt on a 0-RTT path where the caller sent ``caller_salt`` first."""
+        return hashlib.blake2b(caller_salt, key=self.salt, digest_size=PATH_SALT_BYTES,
+                               person=PERSON_CALLEE_SALT).digest()
+
+    def accept_caller(self, caller_salt: bytes) -> None:
+        """The callee keys a 0-RTT path with ``caller_salt``: once per session (a replayed
+        first flight would make it seal again under keys it used)."""
+        if caller_salt in self.seen:
+            raise SecureStreamError("replayed_salt", "the caller's salt of another path")
+        self.seen.add(caller_salt)
 
 
 def _nonce(counter: int) -> bytes:
@@ -289,9 +302,12 @@ class SecureByteStream:
     """
 
     def __init__(self, raw: ByteStream, framer: SecureFramer, pending: bytes = b"",
-                 relay: RelayRef | None = None) -> None:
+                 relay: RelayRef | None = None, expect_salt: bytes | None = None) -> None:
         self.raw = raw
         self.framer = framer
+        #: the peer's salt, still to arrive before its frames (a 0-RTT caller's stream)
+        self._expect_salt = expect_salt
+        self._salt = bytearray()
         self.path = raw.path
         #: the relay carrying ``raw``, when the caller says so (a media path's ``relay``)
         self.relay = relay
@@ -320,6 +336,8 @@ class SecureByteStream:
                 self.framer.feed_eof()
                 self._eof = True
                 break
+            if self._expect_salt is not None:
+                data = self._strip_salt(data)
             for msg in self.framer.feed(data):
                 self._pending += msg
             if self.framer.peer_closed:
@@ -327,6 +345,18 @@ class SecureByteStream:
         out = bytes(self._pending[:max_bytes])
         del self._pending[:max_bytes]
         return out
+
+    def _strip_salt(self, data: bytes) -> bytes:
+        """``data`` after the peer's salt, once that arrived and is the expected one."""
+        assert self._expect_salt is not None
+        need = PATH_SALT_BYTES - len(self._salt)
+        self._salt += data[:need]
+        if len(self._salt) < PATH_SALT_BYTES:
+            return b""
+        if not hmac.compare_digest(bytes(self._salt), self._expect_salt):
+            raise SecureStreamError("bad_salt", "not the salt the invite's derives")
+        self._expect_salt = None
+        return data[need:]
 
     async def close(self) -> None:
         if self._closed:
@@ -394,6 +424,58 @@ async def secure(
                     raise SecureStreamError("truncated", "the stream ended before confirmation")
                 for msg in framer.feed(data):
                     pending += msg
+    except TimeoutError:
+        await _close_quietly(stream)
+        raise SecureStreamError("timeout", f"no confirmation within {timeout}s") from None
+    except BaseException:
+        await _close_quietly(stream)
+        raise
+    secured = SecureByteStream(stream, framer, bytes(pending), relay)
+    if framer.peer_closed:
+        secured._eof = True
+    return secured
+
+
+async def secure_zero_rtt(
+    stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
+    invite_salt: InviteSalt | None, timeout: float = 5.0, relay: RelayRef | None = None,
+) -> SecureByteStream:
+    """:func:`secure` on a path where the caller writes first (0-RTT): the caller sends a
+    fresh salt and its confirmation and returns at once, unconfirmed (the callee's salt and
+    confirmation are checked as they arrive, before any byte of the callee's is returned);
+    the callee reads the caller's salt, refuses one it has seen in the session
+    (``"replayed_salt"``), sends its salt (derived from the caller's and the invite's) and
+    confirmation, and returns once the caller's confirmation verified. Needs the invite's
+    path salt (``"bad_salt"`` without)."""
+    if invite_salt is None:
+        await _close_quietly(stream)
+        raise SecureStreamError("bad_salt", "a 0-RTT path needs the invite's path salt")
+    if initiator:
+        own = new_path_salt()
+        expected = invite_salt.callee_salt(own)
+        framer = _framer(shared_secret, transcript_hash, True, own + expected)
+        try:
+            await stream.send(own + framer.hello())
+        except BaseException:
+            await _close_quietly(stream)
+            raise
+        return SecureByteStream(stream, framer, relay=relay, expect_salt=expected)
+    pending = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            received = await _recv_salt(stream)
+            peer = bytes(received[:PATH_SALT_BYTES])
+            invite_salt.accept_caller(peer)
+            own = invite_salt.callee_salt(peer)
+            framer = _framer(shared_secret, transcript_hash, False, peer + own)
+            await stream.send(own + framer.hello())
+            pending += b"".join(framer.feed(bytes(received[PATH_SALT_BYTES:])))
+            while not framer.confirmed:
+                data = await stream.recv(65536)
+                if not data:
+                    framer.feed_eof()
+                    raise SecureStreamError("truncated", "the stream ended before confirmation")
+                pending += b"".join(framer.feed(data))
     except TimeoutError:
         await _close_quietly(stream)
         raise SecureStreamError("timeout", f"no confirmation within {timeout}s") from None

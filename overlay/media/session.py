@@ -59,3 +59,6 @@ class Session:
     #: the caller's path salt from the signed invite, when it carried one
     #: (:class:`~overlay.media.secure_stream.InviteSalt`: the callee confirms paths at once)
     invite_salt: InviteSalt | None = None
+    #: caller: open the punched UDP path with 0-RTT (a file, to a callee whose presence says
+    #: it takes them: :data:`~overlay.media.quic.core.ZERO_RTT_CAPABILITY`)
+    zero_rtt: bool = False

@@ -21,7 +21,8 @@ from overlay.media.errors import PEER_HOLDS_SPARE, PathLost, losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
-from overlay.media.secure_stream import InviteSalt
+from overlay.media.quic.stream import QuicByteStream
+from overlay.media.secure_stream import InviteSalt, secure_zero_rtt
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream, RelayRef
@@ -39,7 +40,12 @@ NAT_STALE_S = 600.0
 async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: bool,
                  invite_salt: InviteSalt | None = None) -> MediaStream:
     """End-to-end secure a raw path; the secured stream names the same relay.
-    ``invite_salt``: the session's, when its invite carried the caller's path salt."""
+    ``invite_salt``: the session's, when its invite carried the caller's path salt. A 0-RTT
+    QUIC path is secured caller first (the caller returns at once, unconfirmed: its bytes go
+    with its first flight)."""
+    if isinstance(raw, QuicByteStream) and raw.core.zero_rtt:
+        return await secure_zero_rtt(raw, shared, transcript, initiator, invite_salt,
+                                     SECURE_TIMEOUT_S, relay=raw.relay)
     return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S,
                                relay=raw.relay, invite_salt=invite_salt)
 
@@ -173,12 +179,13 @@ def at_relay_limit(exc: BaseException) -> bool:
 
 def udp_attempt(
     udp: UdpState, session_id: bytes, initiator: bool, local: Candidates, remote: Candidates,
-    shared: bytes, transcript: bytes,
+    shared: bytes, transcript: bytes, zero_rtt: bool = False,
 ) -> tuple[str, Callable[[], Awaitable[MediaStream]]] | None:
     """The hole-punching attempt and its name, or None when punching cannot work for these NAT
     types: ``"udp-birthday"`` when exactly one side is symmetric and the other cone or public
     (:mod:`overlay.media.birthday`), else ``"udp-punch"`` (simple punching; also between two
-    symmetric sides when one holds a router mapping of its UDP socket)."""
+    symmetric sides when one holds a router mapping of its UDP socket; with ``zero_rtt``, the
+    caller's QUIC opens with 0-RTT)."""
     mapped = bool(local.mapped_udp or remote.mapped_udp)
     if not remote.udp or not punch_feasible(local.nat, remote.nat, mapped):
         return None
@@ -189,6 +196,6 @@ def udp_attempt(
             return await birthday_path(udp.media, session_id, shared, transcript, initiator,
                                        list(local.udp), list(remote.udp), role)
         return await udp_path(udp.media, session_id, shared, transcript, initiator,
-                              list(local.udp), list(remote.udp))
+                              list(local.udp), list(remote.udp), zero_rtt=zero_rtt)
 
     return ("udp-birthday" if role is not None else "udp-punch"), attempt

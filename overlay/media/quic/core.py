@@ -8,6 +8,7 @@ import datetime
 import ssl
 from collections import deque
 
+from aioquic import tls
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -21,18 +22,29 @@ from overlay.core.addresses import Address
 from overlay.media.errors import PathLost
 from overlay.media.quic.congestion import CONGESTION_CONTROL
 
+#: a path whose client waits for the handshake (the server opens the stream, 0.5-RTT)
 ALPN = "overlay-media/1"
+#: a path whose client sends its stream bytes in its first flight (0-RTT) under the session's
+#: pre-shared key (:mod:`.ticket`); both ends close it unless the handshake resumed that key
+ALPN_ZERO_RTT = "overlay-media/2"
+#: a client's presence capability: it takes :data:`ALPN_ZERO_RTT` paths
+ZERO_RTT_CAPABILITY = "media-0rtt"
 PREAMBLE = b"OVLQ\x00\x00\x00\x01"
+#: the TLS server name both ends use (no certificate is checked against it)
+SERVER_NAME = "overlay-media"
 IDLE_TIMEOUT_S = 30.0
 #: UDP payload size; 1350 fits under any usual path MTU (1500, PPPoE, most VPNs)
 MAX_DATAGRAM_SIZE = 1350
 #: stream and connection receive windows (bytes in flight the peer may send ahead)
 RECEIVE_WINDOW = 4 * 1024 * 1024
-#: the one stream: the first server-initiated bidirectional stream (RFC 9000 §2.1). The
-#: server (the callee) opens it the moment it has read the ClientHello, so its first bytes
-#: (the preamble, then its path salt and ``CONFIRM``) go out as 0.5-RTT data with its
-#: handshake flight, and the client can select the path as its handshake completes.
-STREAM_ID = 1
+#: the one stream under :data:`ALPN`: the first server-initiated bidirectional stream (RFC
+#: 9000 §2.1). The server (the callee) opens it the moment it has read the ClientHello, so its
+#: first bytes (the preamble, then its path salt and ``CONFIRM``) go out as 0.5-RTT data with
+#: its handshake flight, and the client can select the path as its handshake completes.
+SERVER_STREAM_ID = 1
+#: the one stream under :data:`ALPN_ZERO_RTT`: the first client-initiated bidirectional
+#: stream, which the client opens (preamble first) in its first flight
+CLIENT_STREAM_ID = 0
 #: our QUIC connection ids are this long (short headers do not carry a length)
 QUIC_CID_BYTES = 8
 #: the largest DATAGRAM frame (RFC 9221) we accept, advertised in the transport parameters:
@@ -70,10 +82,18 @@ def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivate
 
 
 def configuration(is_client: bool, idle_timeout: float = IDLE_TIMEOUT_S,
-                  congestion_control: str = CONGESTION_CONTROL) -> QuicConfiguration:
+                  congestion_control: str = CONGESTION_CONTROL,
+                  session_ticket: tls.SessionTicket | None = None) -> QuicConfiguration:
+    """A media path's QUIC configuration. A client given the session's ``session_ticket``
+    (:func:`.ticket.session_ticket`) speaks :data:`ALPN_ZERO_RTT` only, else :data:`ALPN`
+    only; a server takes either (a client's one protocol decides)."""
+    if is_client:
+        alpn = [ALPN_ZERO_RTT] if session_ticket is not None else [ALPN]
+    else:
+        alpn = [ALPN_ZERO_RTT, ALPN]
     config = QuicConfiguration(
         is_client=is_client,
-        alpn_protocols=[ALPN],
+        alpn_protocols=alpn,
         idle_timeout=idle_timeout,
         connection_id_length=QUIC_CID_BYTES,
         max_datagram_size=MAX_DATAGRAM_SIZE,
@@ -82,7 +102,8 @@ def configuration(is_client: bool, idle_timeout: float = IDLE_TIMEOUT_S,
         max_stream_data=RECEIVE_WINDOW,
         congestion_control_algorithm=congestion_control,
         verify_mode=ssl.CERT_NONE,
-        server_name="overlay-media",
+        server_name=SERVER_NAME,
+        session_ticket=session_ticket if is_client else None,
     )
     if not is_client:
         config.certificate, config.private_key = self_signed_certificate()
@@ -90,13 +111,20 @@ def configuration(is_client: bool, idle_timeout: float = IDLE_TIMEOUT_S,
 
 
 class QuicStreamCore:
-    """Sans-IO: a ``QuicConnection`` carrying one bidirectional stream (stream 0).
+    """Sans-IO: a ``QuicConnection`` carrying one bidirectional stream.
 
     aioquic's vocabulary: feed it with :meth:`receive_datagram` and :meth:`handle_timer`;
     collect :meth:`datagrams_to_send`; :meth:`get_timer` says when the timer is due.
     Received stream bytes accumulate in ``received``; ``fin_received``, ``handshake_done``,
     ``stream_open`` and ``error`` describe the state. ``new_cids`` and ``retired_cids`` list
     connection ids the socket must start or stop routing here.
+
+    Under :data:`ALPN` the server opens stream 1 with the preamble (0.5-RTT) and the client
+    writes once it checked it. Under :data:`ALPN_ZERO_RTT` (a client whose configuration
+    holds the session ticket) the client opens stream 0 with the preamble at :meth:`connect`
+    and may write at once (0-RTT); the server closes the connection at the ClientHello unless
+    it resumed the ticket, writes once it checked the client's preamble, and the client
+    closes it at the end of the handshake unless it resumed.
     """
 
     def __init__(self, conn: QuicConnection, is_client: bool) -> None:
@@ -105,8 +133,12 @@ class QuicStreamCore:
         self.received = bytearray()
         self.fin_received = False
         self.handshake_done = False
-        #: the server opened the stream (client side: and its preamble checked out)
+        #: the stream may be written (the server opened it, or a 0-RTT client did) and what
+        #: arrives on it is the peer's (its opener's preamble checked out)
         self.stream_open = False
+        #: the path runs under :data:`ALPN_ZERO_RTT` (a server knows once it read the Hello)
+        self.zero_rtt = is_client and conn.configuration.session_ticket is not None
+        self.stream_id = CLIENT_STREAM_ID if self.zero_rtt else SERVER_STREAM_ID
         self.error: str | None = None
         self.terminated = False
         self.new_cids: list[bytes] = []
@@ -120,8 +152,12 @@ class QuicStreamCore:
     # -- driving ---------------------------------------------------------------------------
 
     def connect(self, addr: Address, now: float) -> None:
-        """Client: start the handshake (the server opens the stream)."""
+        """Client: start the handshake (under :data:`ALPN` the server opens the stream; under
+        :data:`ALPN_ZERO_RTT` we do, and what we write goes with the first flight)."""
         self.conn.connect(addr, now=now)
+        if self.zero_rtt:
+            self.conn.send_stream_data(CLIENT_STREAM_ID, PREAMBLE)
+            self.stream_open = True
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self.conn.receive_datagram(data, addr, now=now)
@@ -151,14 +187,14 @@ class QuicStreamCore:
             raise QuicPathError("send after close")
         if not self.stream_open:
             raise QuicPathError("the stream is not open yet")
-        self.conn.send_stream_data(STREAM_ID, data)
+        self.conn.send_stream_data(self.stream_id, data)
 
     def finish(self) -> None:
         """Send FIN (once)."""
         if self._fin_sent or self.terminated or not self.stream_open:
             return
         self._fin_sent = True
-        self.conn.send_stream_data(STREAM_ID, b"", end_stream=True)
+        self.conn.send_stream_data(self.stream_id, b"", end_stream=True)
 
     def datagrams_supported(self, size: int = MAX_DATAGRAM_PAYLOAD_BYTES) -> bool:
         """The peer takes DATAGRAM frames of ``size`` bytes (its transport parameter)."""
@@ -178,7 +214,7 @@ class QuicStreamCore:
 
     def unacknowledged(self) -> int:
         """Bytes written but not yet acknowledged by the peer (including unsent ones)."""
-        stream = self.conn._streams.get(STREAM_ID)
+        stream = self.conn._streams.get(self.stream_id)
         if stream is None:
             return 0
         sender = stream.sender
@@ -186,7 +222,7 @@ class QuicStreamCore:
 
     def all_acknowledged(self) -> bool:
         """Everything, FIN included, reached the peer."""
-        stream = self.conn._streams.get(STREAM_ID)
+        stream = self.conn._streams.get(self.stream_id)
         return stream is None or stream.sender.is_finished
 
     def close(self, error: str | None = None) -> None:
@@ -204,20 +240,21 @@ class QuicStreamCore:
         while (event := self.conn.next_event()) is not None:
             if isinstance(event, events.ProtocolNegotiated):
                 # server: the ClientHello is read (the client's transport parameters too)
-                # and the 1-RTT keys are there: open the stream, 0.5-RTT
-                if not self.is_client and event.alpn_protocol == ALPN and not self.stream_open:
-                    self.conn.send_stream_data(STREAM_ID, PREAMBLE)
-                    self.stream_open = True
+                # and the 1-RTT keys are there
+                if not self.is_client and not self.stream_open:
+                    self._negotiated(event.alpn_protocol)
             elif isinstance(event, events.HandshakeCompleted):
-                if event.alpn_protocol != ALPN:
+                if event.alpn_protocol != (ALPN_ZERO_RTT if self.zero_rtt else ALPN):
                     self.close(f"ALPN {event.alpn_protocol!r}")
+                elif self.zero_rtt and not event.session_resumed:
+                    self.close("0-RTT path without the session's key")
                 else:
                     self.handshake_done = True
             elif isinstance(event, events.StreamDataReceived):
-                if event.stream_id == STREAM_ID:
+                if event.stream_id == self.stream_id:
                     self._stream_data(event.data, event.end_stream)
             elif isinstance(event, events.StreamReset):
-                if event.stream_id == STREAM_ID:
+                if event.stream_id == self.stream_id:
                     self.error = self.error or f"stream reset by the peer ({event.error_code})"
                     self.close(self.error)
             elif isinstance(event, events.ConnectionTerminated):
@@ -232,6 +269,19 @@ class QuicStreamCore:
                 self.new_cids.append(event.connection_id)
             elif isinstance(event, events.ConnectionIdRetired):
                 self.retired_cids.append(event.connection_id)
+
+    def _negotiated(self, alpn: str | None) -> None:
+        """Server: under :data:`ALPN`, open the stream (0.5-RTT); under
+        :data:`ALPN_ZERO_RTT`, take the client's, or close when the Hello did not resume the
+        session's ticket (its sender does not hold the session's key: nothing is written)."""
+        if alpn == ALPN:
+            self.conn.send_stream_data(SERVER_STREAM_ID, PREAMBLE)
+            self.stream_open = True
+        elif alpn == ALPN_ZERO_RTT:
+            self.zero_rtt = True
+            self.stream_id = CLIENT_STREAM_ID
+            if not self.conn.tls.session_resumed:
+                self.close("0-RTT path without the session's key")
 
     def _stream_data(self, data: bytes, end: bool) -> None:
         if not self.stream_open:
