@@ -13,7 +13,11 @@ candidates that :mod:`overlay.media.candidate_policy` allows (the media service 
 
 Both sides may complete more than one path (two TCP connections crossing, say). The invite's
 sender decides: it sends ``SELECT`` on the first path it completed and closes the others; the
-other side uses the path on which ``SELECT`` arrives. A decision timeline is logged.
+other side uses the path on which ``SELECT`` arrives. A decision timeline is logged. A 0-RTT
+path (a file's punched QUIC path, :mod:`overlay.media.quic`) completes at the initiator as
+soon as its first flight is out (``NAME: 0-RTT sent``): its ``SELECT`` and first bytes ride
+that flight, and the peer's confirmation is checked as it arrives; if it never does, the path
+fails under the transfer, which resumes in a new session.
 
 Relay first, upgrade later: given a :class:`~overlay.media.late_paths.LateDirect`, a race
 that selected a relay keeps its direct attempts running for the plan's window; the first that

@@ -27,6 +27,14 @@ path replayed into another (the callee's salt and frames played again to the cal
 authenticates nor makes the caller seal under a key it used before. The callee checks that
 the caller's salt is the derived one (``"bad_salt"``).
 
+Caller first (:func:`secure_zero_rtt`, a 0-RTT QUIC path): the mirror image. The caller sends
+a fresh salt and its confirmation in its first flight and returns at once, unconfirmed; the
+callee's salt is ``BLAKE2b(key = invite path_salt, caller's salt)`` under another
+personalization, which the caller checks as it arrives (``"bad_salt"``), then the callee's
+confirmation, before it returns any byte of the callee's. The callee refuses a caller salt it
+has already seen in the session (``"replayed_salt"``) before it sends anything: a replayed
+first flight would otherwise make it seal again under keys it used.
+
 Wire format (both directions)::
 
     path       = salt(16, random, in clear) | frame | frame | ...

@@ -2,11 +2,12 @@
 receiver, and throughput, over real nftables routers in the NAT lab.
 
 ``python -m tools.bench.connect [--size 1MiB] [--pairs all|cone-cone,public-tcp-only,...]
-[--kinds public,cone,...] [--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--out FILE]``
+[--kinds public,cone,...] [--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--supernodes 2] [--out FILE]``
 
 Needs root, ``ip`` and ``nft`` (the NAT lab, :mod:`tools.natlab`); it builds a lab with a
-bootstrap node and two supernodes on the public segment and, for each kind in the chosen pairs,
-client ``KIND-1`` (sender) and/or ``KIND-2`` (receiver), each behind its own router
+bootstrap node and two supernodes (``--supernodes``) on the public segment and, for each kind
+in the chosen pairs, client ``KIND-1`` (sender) and/or ``KIND-2`` (receiver), each behind its
+own router
 (:class:`tests.helpers.lab_overlay.LabOverlay`, the same harness as the acceptance test).
 Pairs run one
 after the other, ``--repeat`` transfers each, one transfer at a time, each a fresh file of
@@ -427,6 +428,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=120.0, help="per send, seconds (120)")
     ap.add_argument("--max-run-s", type=float, default=900.0,
                     help="stop starting pairs after this (900)")
+    ap.add_argument("--supernodes", type=int, default=2, choices=range(1, 9), metavar="N",
+                    help="supernodes in the lab (2; 1: every pair signals through one)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     return ap
@@ -482,10 +485,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bc-"))
     result: dict[str, Any] = {
         "bench": "connect", "size": args.size, "repeat": args.repeat, "netem": args.netem,
+        "supernodes": args.supernodes,
         "environment": environment(), "pairs": {},
     }
     try:
-        with LabOverlay(work, clients, netem=args.netem) as ov:
+        with LabOverlay(work, clients, netem=args.netem, supernodes=args.supernodes) as ov:
             assert ov.lab is not None
             result["netem_backend"] = ov.lab.netem_backend
             result["setup_s"] = round(time.monotonic() - started, 2)

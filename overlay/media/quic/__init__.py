@@ -8,16 +8,18 @@ One module per job:
 
 - :mod:`.congestion`: :class:`MediaCongestionControl` (``"overlay-bbr"``);
 - :mod:`.core`: :class:`QuicStreamCore`, sans-IO (explicit ``now``), the one-stream logic;
+- :mod:`.ticket`: the 0-RTT path's pre-shared key, from the session secret;
 - :mod:`.stream`: :class:`QuicByteStream`, the thin asyncio adapter on a MediaSocket;
 - :mod:`.connect`: :func:`quic_connect` (client or server side) and :func:`udp_path`
   (punch, then QUIC).
 
-Security: QUIC's TLS here is transport encryption only. The server presents an ephemeral
-self-signed certificate made in memory for this connection and the client does not verify it
-(``verify_mode=CERT_NONE``): nobody's identity is, or could be, bound to it. Authentication and
-end-to-end encryption come from :func:`overlay.media.secure_stream.secure` run on top of the
-returned stream with the invite/answer keys; a man in the middle of the QUIC layer ends up
-holding a stream on which that confirmation never completes.
+Security: QUIC's TLS here is transport encryption only (under ``overlay-media/1``). The
+server presents an ephemeral self-signed certificate made in memory for this connection and
+the client does not verify it (``verify_mode=CERT_NONE``): nobody's identity is, or could
+be, bound to it. Authentication and end-to-end encryption come from
+:func:`overlay.media.secure_stream.secure` run on top of the returned stream with the
+invite/answer keys; a man in the middle of the QUIC layer ends up holding a stream on which
+that confirmation never completes.
 
 The stream: the server opens stream 1 (its first bidirectional stream) with an 8-byte preamble
 (``PREAMBLE``), which the client checks and strips, the moment it has read the client's Initial:
@@ -26,7 +28,15 @@ its handshake flight, and the client returns from :func:`~.connect.quic_connect`
 one round trip after its Initial. The server's :func:`~.connect.quic_connect` returns then too,
 before the handshake completes; its stream aborts (``QuicPathError``) if the handshake does not
 complete within the connect timeout (the client of an early-kept Initial may be gone). The
-client writes nothing before the server's stream is open. ``send`` applies
+client writes nothing before the server's stream is open.
+
+0-RTT (ALPN ``overlay-media/2``, a file's caller whose callee lists the ``media-0rtt``
+capability): the client resumes the ticket :func:`.ticket.session_ticket` derives from the
+session secret, opens stream 0 itself (preamble first) and returns from ``quic_connect`` at
+once, so what it writes goes with its first flight; the server reads it before sending
+anything. Here the handshake does authenticate: only holders of the session secret resume
+the ticket, and both ends close a connection that did not resume (the server at the
+ClientHello, before writing; the client at the end of its handshake). ``send`` applies
 back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or unacknowledged;
 ``recv`` returns ``b""`` after the peer's FIN; ``close`` sends FIN, waits until everything
 sent was acknowledged (giving up after ``CLOSE_STALL_S`` without progress), then closes the
