@@ -69,6 +69,29 @@ def test_the_callers_bytes_ride_in_its_first_flight() -> None:
     assert client.conn.tls.session_resumed and server.conn.tls.session_resumed
 
 
+@pytest.mark.parametrize("lost", ["first", "second"])
+def test_the_first_flight_survives_a_lost_datagram_without_a_retransmission(lost: str) -> None:
+    # a loss there would cost a whole PTO: each of its datagrams goes out twice
+    shared, transcript = material()
+    client = QuicStreamCore(QuicConnection(configuration=configuration(
+        True, session_ticket=session_ticket(shared, transcript))), is_client=True)
+    client.connect(CALLEE, 0.0)
+    client.write(b"SELECT, HEADER, first bytes")
+    flight = client.datagrams_to_send(0.0)
+    assert len(flight) % 2 == 0 and flight[0::2] == flight[1::2]
+    server = server_core(shared, transcript, client.conn.original_destination_connection_id)
+    for data, _ in flight[1::2] if lost == "first" else flight[0::2]:
+        server.receive_datagram(data, CALLER, 0.0)
+    assert bytes(server.received) == b"SELECT, HEADER, first bytes"
+    for data, _ in server.datagrams_to_send(0.01):
+        client.receive_datagram(data, CALLEE, 0.02)
+    # once the handshake is done, no more copies
+    assert client.handshake_done
+    client.write(b"more")
+    after = client.datagrams_to_send(0.03)
+    assert len({d for d, _ in after}) == len(after)
+
+
 def test_a_client_without_the_ticket_is_served_as_before() -> None:
     shared, transcript = material()
     client = QuicStreamCore(QuicConnection(configuration=configuration(True)), is_client=True)
