@@ -139,7 +139,8 @@ def new_path_salt() -> bytes:
 @dataclass
 class InviteSalt:
     """The caller's ``path_salt`` from a signed invite, for one session (both sides hold one;
-    ``seen``: the callee salts the caller has keyed a path with, each accepted once)."""
+    ``seen``: the peer's salts this side keyed a path with, each accepted once: the callee's
+    at the caller, the caller's of 0-RTT paths at the callee)."""
 
     salt: bytes
     seen: set[bytes] = field(default_factory=set)

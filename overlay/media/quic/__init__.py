@@ -36,11 +36,12 @@ session secret, opens stream 0 itself (preamble first) and returns from ``quic_c
 once, so what it writes goes with its first flight; the server reads it before sending
 anything. Here the handshake does authenticate: only holders of the session secret resume
 the ticket, and both ends close a connection that did not resume (the server at the
-ClientHello, before writing; the client at the end of its handshake). ``send`` applies
-back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or unacknowledged;
-``recv`` returns ``b""`` after the peer's FIN; ``close`` sends FIN, waits until everything
-sent was acknowledged (giving up after ``CLOSE_STALL_S`` without progress), then closes the
-connection with NO_ERROR. A PING every ``KEEPALIVE_S`` keeps NAT mappings and the idle timer
+ClientHello, before writing; the client at the end of its handshake).
+
+Either way ``send`` applies back-pressure while more than ``SEND_HIGH_WATER`` bytes are unsent or
+unacknowledged; ``recv`` returns ``b""`` after the peer's FIN; ``close`` sends FIN, waits until
+everything sent was acknowledged (giving up after ``CLOSE_STALL_S`` without progress), then closes
+the connection with NO_ERROR. A PING every ``KEEPALIVE_S`` keeps NAT mappings and the idle timer
 alive.
 
 Congestion control: :class:`MediaCongestionControl` (``"overlay-bbr"``, BBR-like), because a
