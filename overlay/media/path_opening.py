@@ -100,13 +100,15 @@ class PathOpener:
     async def open_path(self, ref: UserRef, purpose: str, failed_relays: set[bytes],
                         accept_wait_s: float, progress: dict[str, Any] | None = None,
                         relay_rate_bps: int = RELAY_RATE_BPS, bitrate_bps: int = 0,
-                        ) -> AsyncIterator[OpenedPath]:
+                        zero_rtt: bool = True) -> AsyncIterator[OpenedPath]:
         """Look ``ref`` up, invite it (``purpose``: :data:`FILE` or :data:`CALL`), wait for
         its answer, race the paths: the authenticated stream, closed on leaving the block.
         :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
         ``sending`` entry) gets the wait's state. ``relay_rate_bps``: what a relay session
         is asked to reserve (a call's rate; 0: the relay's cap); ``bitrate_bps``: a call's
-        bitrate, which the invite asks the callee to send at (0: not said)."""
+        bitrate, which the invite asks the callee to send at (0: not said). ``zero_rtt``: a
+        file's punched UDP path may open with 0-RTT (where the callee takes it); False after
+        a path was lost, so that a peer or network 0-RTT fails on costs one session, not all."""
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -127,7 +129,8 @@ class PathOpener:
         invite_salt = InviteSalt(new_path_salt())
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key,
                     invite_salt=invite_salt,
-                    zero_rtt=purpose == FILE and ZERO_RTT_CAPABILITY in target.capabilities)
+                    zero_rtt=zero_rtt and purpose == FILE
+                    and ZERO_RTT_CAPABILITY in target.capabilities)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s

@@ -234,7 +234,7 @@ class MediaService:
         self.sending.append(progress)
         try:
             async with self.opener.open_path(ref, FILE, failed_relays, accept_wait_s,
-                                      progress) as opened:
+                                      progress, zero_rtt=first_attempt) as opened:
                 stream, timeline, answer = opened.stream, opened.timeline, opened.answer
                 progress.update(path=stream.path, state="sending")
                 moving = Moving(stream, opened.late) if opened.late is not None else None
