@@ -27,13 +27,13 @@ path replayed into another (the callee's salt and frames played again to the cal
 authenticates nor makes the caller seal under a key it used before. The callee checks that
 the caller's salt is the derived one (``"bad_salt"``).
 
-Caller first (:func:`secure_zero_rtt`, a 0-RTT QUIC path): the mirror image. The caller sends
-a fresh salt and its confirmation in its first flight and returns at once, unconfirmed; the
-callee's salt is ``BLAKE2b(key = invite path_salt, caller's salt)`` under another
-personalization, which the caller checks as it arrives (``"bad_salt"``), then the callee's
-confirmation, before it returns any byte of the callee's. The callee refuses a caller salt it
-has already seen in the session (``"replayed_salt"``) before it sends anything: a replayed
-first flight would otherwise make it seal again under keys it used.
+Caller first (:func:`secure` with ``caller_first``, a 0-RTT QUIC path): the mirror image. The
+caller sends a fresh salt and its confirmation in its first flight and returns at once,
+unconfirmed; the callee's salt is ``BLAKE2b(key = invite path_salt, caller's salt)`` under
+another personalization, which the caller checks as it arrives (``"bad_salt"``), then the
+callee's confirmation, before it returns any byte of the callee's. The callee refuses a caller
+salt it has already seen in the session (``"replayed_salt"``) before it sends anything: a
+replayed first flight would otherwise make it seal again under keys it used.
 
 Wire format (both directions)::
 
@@ -387,7 +387,7 @@ class SecureByteStream:
 async def secure(
     stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
     timeout: float = 5.0, relay: RelayRef | None = None,
-    invite_salt: InviteSalt | None = None,
+    invite_salt: InviteSalt | None = None, caller_first: bool = False,
 ) -> SecureByteStream:
     """Both sides send a path salt, derive this path's keys from both salts, send their
     confirmation and wait for the peer's (all within ``timeout``). Without ``invite_salt``
@@ -397,11 +397,33 @@ async def secure(
 
     On success the path is authenticated end to end. On any failure the raw stream is closed
     and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
+
+    ``caller_first`` (a 0-RTT path, where the caller writes first; needs ``invite_salt``,
+    ``"bad_salt"`` without): the caller sends a fresh salt and its confirmation and returns
+    at once, unconfirmed (the callee's salt and confirmation are checked as they arrive,
+    before any byte of the callee's is returned); the callee reads the caller's salt,
+    refuses one it has seen in the session (``"replayed_salt"``), sends its salt (derived
+    from the caller's and the invite's) and confirmation, and returns once the caller's
+    confirmation verified.
     """
+    if caller_first and invite_salt is None:
+        await _close_quietly(stream)
+        raise SecureStreamError("bad_salt", "a 0-RTT path needs the invite's path salt")
+    if caller_first and initiator:
+        assert invite_salt is not None
+        return await _send_first(stream, shared_secret, transcript_hash, invite_salt, relay)
     pending = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            if invite_salt is not None and not initiator:
+            if caller_first:
+                assert invite_salt is not None
+                received = await _recv_salt(stream)
+                peer = bytes(received[:PATH_SALT_BYTES])
+                invite_salt.accept_caller(peer)
+                own = invite_salt.callee_salt(peer)
+                framer = _framer(shared_secret, transcript_hash, False, peer + own)
+                await stream.send(own + framer.hello())
+            elif invite_salt is not None and not initiator:
                 own = new_path_salt()
                 expected = invite_salt.caller_salt(own)
                 framer = _framer(shared_secret, transcript_hash, False, expected + own)
@@ -445,56 +467,18 @@ async def secure(
     return secured
 
 
-async def secure_zero_rtt(
-    stream: ByteStream, shared_secret: bytes, transcript_hash: bytes, initiator: bool,
-    invite_salt: InviteSalt | None, timeout: float = 5.0, relay: RelayRef | None = None,
-) -> SecureByteStream:
-    """:func:`secure` on a path where the caller writes first (0-RTT): the caller sends a
-    fresh salt and its confirmation and returns at once, unconfirmed (the callee's salt and
-    confirmation are checked as they arrive, before any byte of the callee's is returned);
-    the callee reads the caller's salt, refuses one it has seen in the session
-    (``"replayed_salt"``), sends its salt (derived from the caller's and the invite's) and
-    confirmation, and returns once the caller's confirmation verified. Needs the invite's
-    path salt (``"bad_salt"`` without)."""
-    if invite_salt is None:
-        await _close_quietly(stream)
-        raise SecureStreamError("bad_salt", "a 0-RTT path needs the invite's path salt")
-    if initiator:
-        own = new_path_salt()
-        expected = invite_salt.callee_salt(own)
-        framer = _framer(shared_secret, transcript_hash, True, own + expected)
-        try:
-            await stream.send(own + framer.hello())
-        except BaseException:
-            await _close_quietly(stream)
-            raise
-        return SecureByteStream(stream, framer, relay=relay, expect_salt=expected)
-    pending = bytearray()
+async def _send_first(stream: ByteStream, shared_secret: bytes, transcript_hash: bytes,
+                      invite_salt: InviteSalt, relay: RelayRef | None) -> SecureByteStream:
+    """The caller's side of a caller-first path: its fresh salt and confirmation, now."""
+    own = new_path_salt()
+    expected = invite_salt.callee_salt(own)
+    framer = _framer(shared_secret, transcript_hash, True, own + expected)
     try:
-        async with asyncio.timeout(timeout):
-            received = await _recv_salt(stream)
-            peer = bytes(received[:PATH_SALT_BYTES])
-            invite_salt.accept_caller(peer)
-            own = invite_salt.callee_salt(peer)
-            framer = _framer(shared_secret, transcript_hash, False, peer + own)
-            await stream.send(own + framer.hello())
-            pending += b"".join(framer.feed(bytes(received[PATH_SALT_BYTES:])))
-            while not framer.confirmed:
-                data = await stream.recv(65536)
-                if not data:
-                    framer.feed_eof()
-                    raise SecureStreamError("truncated", "the stream ended before confirmation")
-                pending += b"".join(framer.feed(data))
-    except TimeoutError:
-        await _close_quietly(stream)
-        raise SecureStreamError("timeout", f"no confirmation within {timeout}s") from None
+        await stream.send(own + framer.hello())
     except BaseException:
         await _close_quietly(stream)
         raise
-    secured = SecureByteStream(stream, framer, bytes(pending), relay)
-    if framer.peer_closed:
-        secured._eof = True
-    return secured
+    return SecureByteStream(stream, framer, relay=relay, expect_salt=expected)
 
 
 def _framer(shared_secret: bytes, transcript_hash: bytes, initiator: bool,

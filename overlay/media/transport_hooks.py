@@ -22,7 +22,7 @@ from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
 from overlay.media.quic.stream import QuicByteStream
-from overlay.media.secure_stream import InviteSalt, secure_zero_rtt
+from overlay.media.secure_stream import InviteSalt
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream, RelayRef
@@ -43,11 +43,10 @@ async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: 
     ``invite_salt``: the session's, when its invite carried the caller's path salt. A 0-RTT
     QUIC path is secured caller first (the caller returns at once, unconfirmed: its bytes go
     with its first flight)."""
-    if isinstance(raw, QuicByteStream) and raw.core.zero_rtt:
-        return await secure_zero_rtt(raw, shared, transcript, initiator, invite_salt,
-                                     SECURE_TIMEOUT_S, relay=raw.relay)
-    return await secure_stream(raw, shared, transcript, initiator, SECURE_TIMEOUT_S,
-                               relay=raw.relay, invite_salt=invite_salt)
+    return await secure_stream(
+        raw, shared, transcript, initiator, SECURE_TIMEOUT_S, relay=raw.relay,
+        invite_salt=invite_salt,
+        caller_first=isinstance(raw, QuicByteStream) and raw.core.zero_rtt)
 
 
 @dataclass

@@ -17,8 +17,6 @@ way that records the caller's first flight, or a server of its own, tries:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import socket
 import time
 
@@ -37,18 +35,10 @@ from overlay.media.quic.core import (
     configuration,
 )
 from overlay.media.quic.ticket import session_ticket
-from overlay.media.secure_stream import (
-    InviteSalt,
-    SecureStreamError,
-    new_path_salt,
-    secure_zero_rtt,
-)
+from overlay.media.secure_stream import InviteSalt, SecureStreamError, new_path_salt
 from tests.helpers.netutil import loopback_ips, udp_socket
 from tests.helpers.stream_pairs import tcp_stream_pair
-
-
-def material() -> tuple[bytes, bytes]:
-    return os.urandom(32), hashlib.blake2b(os.urandom(64), digest_size=32).digest()
+from tests.helpers.zero_rtt import caller_first, session_material
 
 
 def attacker_client(to: tuple[str, int], ticket_of: tuple[bytes, bytes] | None
@@ -67,7 +57,7 @@ def attacker_client(to: tuple[str, int], ticket_of: tuple[bytes, bytes] | None
 
 @pytest.mark.parametrize("ticket", ["another secret's", "none"])
 async def test_a_first_flight_without_the_session_key_gets_no_path(ticket: str) -> None:
-    shared, transcript = material()
+    shared, transcript = session_material()
     callee = await MediaSocket.open("127.0.0.1", 0)
     raw = udp_socket()
     try:
@@ -76,7 +66,7 @@ async def test_a_first_flight_without_the_session_key_gets_no_path(ticket: str) 
             session_ticket=session_ticket(shared, transcript)))
         await asyncio.sleep(0)
         client = attacker_client(callee.local_address,
-                                 material() if ticket != "none" else None)
+                                 session_material() if ticket != "none" else None)
         for data, _ in client.datagrams_to_send(time.monotonic()):
             raw.sendto(data, callee.local_address)
         with pytest.raises(QuicPathError, match="without the session's key"):
@@ -124,7 +114,7 @@ async def stand_in_server(sock: socket.socket, stop: asyncio.Event) -> bytes:
 
 
 async def test_a_stand_in_without_the_key_reads_nothing_and_the_caller_fails() -> None:
-    shared, transcript = material()
+    shared, transcript = session_material()
     caller = await MediaSocket.open("127.0.0.1", 0)
     sock = udp_socket()
     stop = asyncio.Event()
@@ -133,7 +123,7 @@ async def test_a_stand_in_without_the_key_reads_nothing_and_the_caller_fails() -
         raw = await quic_connect(caller, sock.getsockname(), initiator=True, timeout=2.0,
                                  session_ticket=session_ticket(shared, transcript),
                                  zero_rtt=True)
-        secured = await secure_zero_rtt(raw, shared, transcript, True,
+        secured = await caller_first(raw, shared, transcript, True,
                                         InviteSalt(new_path_salt()))
         await secured.send(b"the file's first bytes")
         with pytest.raises(QuicPathError, match="without the session's key"):
@@ -149,7 +139,7 @@ async def test_a_stand_in_without_the_key_reads_nothing_and_the_caller_fails() -
 
 async def test_a_replayed_first_flight_is_refused_before_the_callee_sends() -> None:
     host = loopback_ips(1)[0]
-    shared, transcript = material()
+    shared, transcript = session_material()
     salt = new_path_salt()
     caller_salts, callee_salts = InviteSalt(salt), InviteSalt(salt)
 
@@ -163,16 +153,16 @@ async def test_a_replayed_first_flight_is_refused_before_the_callee_sends() -> N
         await original_send(data)
 
     caller_raw.send = recording_send  # type: ignore[method-assign]
-    caller = await secure_zero_rtt(caller_raw, shared, transcript, True, caller_salts)
+    caller = await caller_first(caller_raw, shared, transcript, True, caller_salts)
     await caller.send(b"SELECT and the first bytes")
-    callee = await secure_zero_rtt(callee_raw, shared, transcript, False, callee_salts)
+    callee = await caller_first(callee_raw, shared, transcript, False, callee_salts)
     assert await callee.recv() == b"SELECT and the first bytes"
 
     # path 2: the attacker plays the caller's first flight to the callee again
     attacker, callee_raw2 = await tcp_stream_pair(host)
     await attacker.send(bytes(first_flight))
     with pytest.raises(SecureStreamError) as refused:
-        await secure_zero_rtt(callee_raw2, shared, transcript, False, callee_salts)
+        await caller_first(callee_raw2, shared, transcript, False, callee_salts)
     assert refused.value.reason == "replayed_salt"
     leaked = bytearray()
     while data := await asyncio.wait_for(attacker.recv(), 5):

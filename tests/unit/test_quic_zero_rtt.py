@@ -7,14 +7,11 @@ anything. A client that does not ask for 0-RTT is served as before."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 import pytest
 from aioquic.quic.connection import QuicConnection
 
-from overlay.media.media_socket import MediaSocket
-from overlay.media.quic.connect import quic_connect
 from overlay.media.quic.core import (
     ALPN,
     ALPN_ZERO_RTT,
@@ -23,19 +20,11 @@ from overlay.media.quic.core import (
     configuration,
 )
 from overlay.media.quic.ticket import session_ticket
-from overlay.media.secure_stream import (
-    InviteSalt,
-    SecureStreamError,
-    new_path_salt,
-    secure_zero_rtt,
-)
+from overlay.media.secure_stream import InviteSalt, SecureStreamError, new_path_salt
+from tests.helpers.zero_rtt import caller_first, session_material, zero_rtt_quic
 
 CALLER = ("198.18.0.1", 4433)
 CALLEE = ("198.18.0.2", 4433)
-
-
-def material() -> tuple[bytes, bytes]:
-    return os.urandom(32), hashlib.blake2b(os.urandom(64), digest_size=32).digest()
 
 
 def server_core(shared: bytes, transcript: bytes, first: bytes) -> QuicStreamCore:
@@ -46,11 +35,17 @@ def server_core(shared: bytes, transcript: bytes, first: bytes) -> QuicStreamCor
     return QuicStreamCore(conn, is_client=False)
 
 
-def test_the_callers_bytes_ride_in_its_first_flight() -> None:
-    shared, transcript = material()
+def client_core(shared: bytes, transcript: bytes) -> QuicStreamCore:
+    """A 0-RTT client, its handshake begun towards :data:`CALLEE`."""
     client = QuicStreamCore(QuicConnection(configuration=configuration(
         True, session_ticket=session_ticket(shared, transcript))), is_client=True)
     client.connect(CALLEE, 0.0)
+    return client
+
+
+def test_the_callers_bytes_ride_in_its_first_flight() -> None:
+    shared, transcript = session_material()
+    client = client_core(shared, transcript)
     client.write(b"salt, CONFIRM, SELECT, HEADER, first bytes")
     first_flight = client.datagrams_to_send(0.0)
     server = server_core(shared, transcript, client.conn.original_destination_connection_id)
@@ -72,10 +67,8 @@ def test_the_callers_bytes_ride_in_its_first_flight() -> None:
 @pytest.mark.parametrize("lost", ["first", "second"])
 def test_the_first_flight_survives_a_lost_datagram_without_a_retransmission(lost: str) -> None:
     # a loss there would cost a whole PTO: each of its datagrams goes out twice
-    shared, transcript = material()
-    client = QuicStreamCore(QuicConnection(configuration=configuration(
-        True, session_ticket=session_ticket(shared, transcript))), is_client=True)
-    client.connect(CALLEE, 0.0)
+    shared, transcript = session_material()
+    client = client_core(shared, transcript)
     client.write(b"SELECT, HEADER, first bytes")
     flight = client.datagrams_to_send(0.0)
     assert len(flight) % 2 == 0 and flight[0::2] == flight[1::2]
@@ -93,7 +86,7 @@ def test_the_first_flight_survives_a_lost_datagram_without_a_retransmission(lost
 
 
 def test_a_client_without_the_ticket_is_served_as_before() -> None:
-    shared, transcript = material()
+    shared, transcript = session_material()
     client = QuicStreamCore(QuicConnection(configuration=configuration(True)), is_client=True)
     assert configuration(True).alpn_protocols == [ALPN]
     assert configuration(False).alpn_protocols == [ALPN_ZERO_RTT, ALPN]
@@ -110,23 +103,14 @@ def test_a_client_without_the_ticket_is_served_as_before() -> None:
 
 
 async def test_a_zero_rtt_path_carries_a_mebibyte_both_ways() -> None:
-    shared, transcript = material()
-    ticket = session_ticket(shared, transcript)
+    shared, transcript = session_material()
     salt = new_path_salt()
-    a = await MediaSocket.open("127.0.0.1", 0)
-    b = await MediaSocket.open("127.0.0.1", 0)
-    try:
-        server = asyncio.ensure_future(quic_connect(b, a.local_address, initiator=False,
-                                                    session_ticket=ticket))
-        await asyncio.sleep(0)
-        client_raw = await quic_connect(a, b.local_address, initiator=True,
-                                        session_ticket=ticket, zero_rtt=True)
-        caller = await secure_zero_rtt(client_raw, shared, transcript, True, InviteSalt(salt))
+    async with zero_rtt_quic(shared, transcript) as (client_raw, server):
+        caller = await caller_first(client_raw, shared, transcript, True, InviteSalt(salt))
         assert not caller.framer.confirmed  # it returned before the callee said anything
         payload = os.urandom(1 << 20)
         sending = asyncio.ensure_future(caller.send(payload))
-        callee = await secure_zero_rtt(await server, shared, transcript, False,
-                                       InviteSalt(salt))
+        callee = await caller_first(await server, shared, transcript, False, InviteSalt(salt))
         got = bytearray()
         while len(got) < len(payload):
             got += await asyncio.wait_for(callee.recv(), 10)
@@ -136,24 +120,13 @@ async def test_a_zero_rtt_path_carries_a_mebibyte_both_ways() -> None:
         assert await asyncio.wait_for(caller.recv(), 10) == b"ACK"
         assert caller.framer.confirmed
         await asyncio.gather(caller.close(), callee.close())
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_caller_refuses_a_callee_salt_the_invite_does_not_derive() -> None:
-    shared, transcript = material()
-    ticket = session_ticket(shared, transcript)
-    a = await MediaSocket.open("127.0.0.1", 0)
-    b = await MediaSocket.open("127.0.0.1", 0)
-    try:
-        server = asyncio.ensure_future(quic_connect(b, a.local_address, initiator=False,
-                                                    session_ticket=ticket))
-        await asyncio.sleep(0)
-        client_raw = await quic_connect(a, b.local_address, initiator=True,
-                                        session_ticket=ticket, zero_rtt=True)
-        caller = await secure_zero_rtt(client_raw, shared, transcript, True,
-                                       InviteSalt(new_path_salt()))
+    shared, transcript = session_material()
+    async with zero_rtt_quic(shared, transcript) as (client_raw, server):
+        caller = await caller_first(client_raw, shared, transcript, True,
+                                    InviteSalt(new_path_salt()))
         # the other end holds the session's key (its QUIC resumed) but sends another salt
         callee_raw = await server
         await callee_raw.send(os.urandom(16))
@@ -162,6 +135,3 @@ async def test_a_caller_refuses_a_callee_salt_the_invite_does_not_derive() -> No
         assert refused.value.reason == "bad_salt"
         callee_raw.abort("test over")
         await caller.discard()
-    finally:
-        await a.close()
-        await b.close()
