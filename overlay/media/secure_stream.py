@@ -151,26 +151,23 @@ class InviteSalt:
 
     def caller_salt(self, callee_salt: bytes) -> bytes:
         """The caller's salt on the path where the callee sent ``callee_salt``."""
-        return hashlib.blake2b(callee_salt, key=self.salt, digest_size=PATH_SALT_BYTES,
-                               person=PERSON_CALLER_SALT).digest()
-
-    def accept(self, callee_salt: bytes) -> None:
-        """The caller keys a path with ``callee_salt``: once per session."""
-        if callee_salt in self.seen:
-            raise SecureStreamError("replayed_salt", "the callee's salt of another path")
-        self.seen.add(callee_salt)
+        return self._derived(callee_salt, PERSON_CALLER_SALT)
 
     def callee_salt(self, caller_salt: bytes) -> bytes:
         """The callee's salt on a 0-RTT path where the caller sent ``caller_salt`` first."""
-        return hashlib.blake2b(caller_salt, key=self.salt, digest_size=PATH_SALT_BYTES,
-                               person=PERSON_CALLEE_SALT).digest()
+        return self._derived(caller_salt, PERSON_CALLEE_SALT)
 
-    def accept_caller(self, caller_salt: bytes) -> None:
-        """The callee keys a 0-RTT path with ``caller_salt``: once per session (a replayed
-        first flight would make it seal again under keys it used)."""
-        if caller_salt in self.seen:
-            raise SecureStreamError("replayed_salt", "the caller's salt of another path")
-        self.seen.add(caller_salt)
+    def _derived(self, peer_salt: bytes, person: bytes) -> bytes:
+        return hashlib.blake2b(peer_salt, key=self.salt, digest_size=PATH_SALT_BYTES,
+                               person=person).digest()
+
+    def accept(self, peer_salt: bytes) -> None:
+        """This side keys a path with the peer's fresh salt: once per session (the callee's at
+        the caller; the caller's of a 0-RTT path at the callee, where a replayed first flight
+        would make it seal again under keys it used)."""
+        if peer_salt in self.seen:
+            raise SecureStreamError("replayed_salt", "the peer's salt of another path")
+        self.seen.add(peer_salt)
 
 
 def _nonce(counter: int) -> bytes:
@@ -419,7 +416,7 @@ async def secure(
                 assert invite_salt is not None
                 received = await _recv_salt(stream)
                 peer = bytes(received[:PATH_SALT_BYTES])
-                invite_salt.accept_caller(peer)
+                invite_salt.accept(peer)
                 own = invite_salt.callee_salt(peer)
                 framer = _framer(shared_secret, transcript_hash, False, peer + own)
                 await stream.send(own + framer.hello())
