@@ -26,7 +26,7 @@ from overlay.media.secure_stream import (
     secure,
 )
 from tests.helpers.netutil import loopback_ips
-from tests.helpers.stream_pairs import tcp_stream_pair
+from tests.helpers.stream_pairs import record_sends, tcp_stream_pair
 
 
 async def test_a_callee_salt_replayed_into_another_path_is_refused() -> None:
@@ -38,14 +38,7 @@ async def test_a_callee_salt_replayed_into_another_path_is_refused() -> None:
 
     # path 1: a real path, recorded by the attacker that carries it
     caller_raw, callee_raw = await tcp_stream_pair(host)
-    callee_sent = bytearray()
-    original_send = callee_raw.send
-
-    async def recording_send(data: bytes) -> None:
-        callee_sent.extend(data)
-        await original_send(data)
-
-    callee_raw.send = recording_send  # type: ignore[method-assign]
+    callee_sent = record_sends(callee_raw)
     first = await asyncio.gather(
         secure(caller_raw, shared, transcript, True, timeout=5, invite_salt=caller_salts),
         secure(callee_raw, shared, transcript, False, timeout=5, invite_salt=callee_salts))

@@ -37,7 +37,7 @@ from overlay.media.quic.core import (
 from overlay.media.quic.ticket import session_ticket
 from overlay.media.secure_stream import InviteSalt, SecureStreamError, new_path_salt
 from tests.helpers.netutil import loopback_ips, udp_socket
-from tests.helpers.stream_pairs import tcp_stream_pair
+from tests.helpers.stream_pairs import record_sends, tcp_stream_pair
 from tests.helpers.zero_rtt import caller_first, session_material
 
 
@@ -145,14 +145,7 @@ async def test_a_replayed_first_flight_is_refused_before_the_callee_sends() -> N
 
     # path 1: genuine, recorded by the attacker that carries it
     caller_raw, callee_raw = await tcp_stream_pair(host)
-    first_flight = bytearray()
-    original_send = caller_raw.send
-
-    async def recording_send(data: bytes) -> None:
-        first_flight.extend(data)
-        await original_send(data)
-
-    caller_raw.send = recording_send  # type: ignore[method-assign]
+    first_flight = record_sends(caller_raw)
     caller = await caller_first(caller_raw, shared, transcript, True, caller_salts)
     await caller.send(b"SELECT and the first bytes")
     callee = await caller_first(callee_raw, shared, transcript, False, callee_salts)

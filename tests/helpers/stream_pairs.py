@@ -28,3 +28,16 @@ async def unsecured(raw: MediaStream) -> MediaStream:
     """A race's securer that leaves the path as it is (where its encryption is not under
     test)."""
     return raw
+
+
+def record_sends(stream: TcpByteStream) -> bytearray:
+    """Everything ``stream`` sends from now on, as an attacker carrying the path records it."""
+    sent = bytearray()
+    original_send = stream.send
+
+    async def recording_send(data: bytes) -> None:
+        sent.extend(data)
+        await original_send(data)
+
+    stream.send = recording_send  # type: ignore[method-assign]
+    return sent
