@@ -412,15 +412,19 @@ async def secure(
     pending = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            if caller_first:
+            if caller_first or (invite_salt is not None and initiator):
+                # the peer's fresh salt comes first and ours derives from it: the callee's on
+                # a 0-RTT path (the caller returned above), else the caller's
                 assert invite_salt is not None
                 received = await _recv_salt(stream)
                 peer = bytes(received[:PATH_SALT_BYTES])
                 invite_salt.accept(peer)
-                own = invite_salt.callee_salt(peer)
-                framer = _framer(shared_secret, transcript_hash, False, peer + own)
+                own = invite_salt.callee_salt(peer) if caller_first \
+                    else invite_salt.caller_salt(peer)
+                salts = own + peer if initiator else peer + own
+                framer = _framer(shared_secret, transcript_hash, initiator, salts)
                 await stream.send(own + framer.hello())
-            elif invite_salt is not None and not initiator:
+            elif invite_salt is not None:
                 own = new_path_salt()
                 expected = invite_salt.caller_salt(own)
                 framer = _framer(shared_secret, transcript_hash, False, expected + own)
@@ -428,13 +432,6 @@ async def secure(
                 received = await _recv_salt(stream)
                 if not hmac.compare_digest(bytes(received[:PATH_SALT_BYTES]), expected):
                     raise SecureStreamError("bad_salt", "not the salt the invite's derives")
-            elif invite_salt is not None:
-                received = await _recv_salt(stream)
-                peer = bytes(received[:PATH_SALT_BYTES])
-                invite_salt.accept(peer)
-                own = invite_salt.caller_salt(peer)
-                framer = _framer(shared_secret, transcript_hash, True, own + peer)
-                await stream.send(own + framer.hello())
             else:
                 own = new_path_salt()
                 await stream.send(own)
