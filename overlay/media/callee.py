@@ -53,6 +53,7 @@ from overlay.media.secure_stream import InviteSalt
 from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
+    FILE,
     Offer,
     SignallingError,
     open_offer,
@@ -202,9 +203,12 @@ class Callee:
             # the answer's keys, also proves the answer arrived: no need to wait for our
             # supernode's word on its delivery, which can take seconds between supernodes)
             attempts = early.start(attempts)
-            plan = self.paths.plan(local, invite.candidates, attempts, slog, upgrade=True)
+            # a file's caller may open its punched path with 0-RTT at once and move to TCP
+            # later (it alone measured the round trip): punch at once, keep TCP running
+            plan = self.paths.plan(local, invite.candidates, attempts, slog, upgrade=True,
+                                   udp_first=invite.purpose == FILE)
             # the caller's window starts at its SELECT, a little after ours
-            late = late_paths(invite.purpose, plan.upgrade_s + LATE_MARGIN_S)
+            late = late_paths(invite.purpose, plan.upgrade_s + LATE_MARGIN_S, plan.from_udp)
             racing = asyncio.ensure_future(connect_as_responder(
                 attempts, self.paths.securer(s, shared, transcript),
                 staggers=plan.staggers, log=slog, late=late,

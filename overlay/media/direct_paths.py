@@ -25,6 +25,13 @@ authenticated for a direct path to authenticate too, and selects the direct one 
 UDP punching starts at once when no direct TCP path may work (its 0.25 s only gives TCP the
 chance to win first).
 
+UDP first, upgrade to TCP (``udp_first``: a file whose caller opens its punched path with
+0-RTT, :mod:`overlay.media.quic`, once the signalling showed a long round trip): where a
+direct TCP path may work (a side public or reachable) but the sides are not on one network,
+UDP punching starts at once rather than after TCP's head start, so the caller's first bytes
+ride its first QUIC flight; the direct TCP attempts run on (``from_udp``), and the transfer
+moves to the first that completes, for TCP's throughput (:func:`.techniques.file_moves_to`).
+
 Relay first, upgrade later (``upgrade``: what runs on the path can move to a direct path
 mid-way; the media service says so for files and calls): the direct attempts still running
 when a relay is selected keep running (a file's for :data:`UPGRADE_WINDOW_S`), and the first
@@ -97,16 +104,21 @@ class RacePlan:
     prefer_direct_s: float = 0.0
     #: after a relay was selected, how long direct attempts may still take over (0: none)
     upgrade_s: float = 0.0
+    #: UDP first, upgrade to TCP: after a direct UDP path was selected, the direct TCP
+    #: attempts may still take over (for ``upgrade_s``)
+    from_udp: bool = False
 
 
 def plan(local: Candidates, remote: Candidates, same_network: bool,
-         upgrade: bool = False) -> RacePlan:
+         upgrade: bool = False, udp_first: bool = False) -> RacePlan:
     """When each kind of attempt starts for this pair, whether a late direct path is
     preferred to a relay, and (``upgrade``: the purpose can move paths) how long a direct path
-    may take over from a selected relay."""
+    may take over from a selected relay, and (``udp_first``) from a selected UDP path."""
     staggers: dict[str, float] = {}
     prefer = 0.0
-    if not tcp_maybe(local, remote, same_network):
+    from_udp = upgrade and udp_first and not same_network \
+        and tcp_maybe(local, remote, same_network)
+    if from_udp or not tcp_maybe(local, remote, same_network):
         staggers["udp-punch"] = 0.0
     if not tcp_known(local, remote, same_network) and not punch_possible(local, remote):
         staggers["relay"] = 0.0
@@ -115,4 +127,4 @@ def plan(local: Candidates, remote: Candidates, same_network: bool,
     if upgrade and birthday_role(local.nat, remote.nat) is not None \
             and not tcp_known(local, remote, same_network):
         staggers["relay"] = 0.0  # data flows on the relay while the birthday punch runs
-    return RacePlan(staggers, prefer, UPGRADE_WINDOW_S if upgrade else 0.0)
+    return RacePlan(staggers, prefer, UPGRADE_WINDOW_S if upgrade else 0.0, from_udp)

@@ -13,14 +13,23 @@ from overlay.media import selection
 from overlay.media.connect import Timeline, close_later, discard_later, stop_losers
 from overlay.media.selection import KEEPALIVE, MIRROR, SELECT
 from overlay.media.stream import MediaStream
-from overlay.media.techniques import call_moves_to, is_relay, is_stream_carried, relay_elsewhere
+from overlay.media.techniques import (
+    call_moves_to,
+    file_moves_to,
+    is_direct_udp,
+    is_relay,
+    is_stream_carried,
+    relay_elsewhere,
+)
 
 
 class LateDirect:
     """The attempts still running after a path was selected, for ``window_s`` (None: until
-    :meth:`close`). For a file (``keep_relays`` False, a relay selected): the first direct
-    path that completes (the initiator's: authenticated, then SELECTed by it; the
-    responder's: SELECTed by the initiator) is the path to move to (:meth:`wait`). For a call
+    :meth:`close`). For a file (``keep_relays`` False, a relay selected; or, with
+    ``from_udp``, a direct UDP path: its direct TCP attempts run on): the first path it
+    moves to (:func:`~overlay.media.techniques.file_moves_to`) that completes (the
+    initiator's: authenticated, then SELECTed by it; the responder's: SELECTed by the
+    initiator) is the path to move to (:meth:`wait`). For a call
     (``keep_relays``): the initiator SELECTs a later path the call moves to
     (:func:`~overlay.media.techniques.call_moves_to`: off a relay to a direct path, off
     direct TCP to direct UDP); the others that complete, relays too, are spares, and the
@@ -31,9 +40,12 @@ class LateDirect:
     (:meth:`close`: stops the attempts, closes the paths not taken)."""
 
     def __init__(self, window_s: float | None, keep_relays: bool = False,
-                 keepalive_s: float | None = None) -> None:
+                 keepalive_s: float | None = None, from_udp: bool = False) -> None:
         self.window_s = window_s
         self.keep_relays = keep_relays
+        #: a file's transfer selected on a direct UDP path may move to a direct TCP one
+        #: (UDP first, upgrade to TCP: :func:`overlay.media.direct_paths.plan`)
+        self.from_udp = from_udp
         self.keepalive_s = selection.SPARE_KEEPALIVE_S if keepalive_s is None else keepalive_s
         #: keepalives and SELECTs on a spare one at a time: none follows its SELECT
         self._sending = asyncio.Lock()
@@ -60,19 +72,26 @@ class LateDirect:
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._timeline: Timeline | None = None
-        self._on_relay = False
         #: the attempt whose path is in use (the initiator's: selected, moved to, failed over)
         self._current = ""
 
+    def upgrades(self, selected: str) -> bool:
+        """Whether paths completed after ``selected`` won can still take over (or, for a
+        call, be its spares)."""
+        return self.keep_relays or is_relay(selected) or (self.from_udp
+                                                          and is_direct_udp(selected))
+
     def wants(self, name: str, selected: str) -> bool:
-        """Attempt ``name`` runs on once ``selected`` won: a direct one when a relay won (or
-        for a call), another relay only for a call on a relay (its spare) or on a TCP
-        stream (its spare and mirror, :meth:`mirror`: a call on direct UDP holds no relay
-        session)."""
-        if name == selected or not (self.keep_relays or is_relay(selected)):
+        """Attempt ``name`` runs on once ``selected`` won: for a file, one it would move to
+        (a direct one when a relay won; with ``from_udp``, a direct TCP one when direct UDP
+        won); for a call, a direct one, and another relay only on a relay (its spare) or on
+        a TCP stream (its spare and mirror, :meth:`mirror`: a call on direct UDP holds no
+        relay session)."""
+        if name == selected or not self.upgrades(selected):
             return False
-        return not is_relay(name) or (self.keep_relays and (is_relay(selected)
-                                                            or is_stream_carried(selected)))
+        if not self.keep_relays:
+            return file_moves_to(selected, name)
+        return not is_relay(name) or is_relay(selected) or is_stream_carried(selected)
 
     def add_spare(self, name: str, stream: MediaStream) -> None:
         """A completed path not selected (the initiator's): SELECTed if the path in use dies,
@@ -92,14 +111,13 @@ class LateDirect:
         others are returned (to stop). Not armed when it wants none by kind."""
         keep = [t for n, t in named.items() if self.wants(n, selected)]
         others = [t for t in named.values() if t not in keep]
-        if not (self.keep_relays or is_relay(selected)):
+        if not self.upgrades(selected):
             return others
         self.armed = True
         if self.keep_relays and is_stream_carried(selected):
             self.hurry.set()
         if self.keep_relays and self._keepalive is None:
             self._keepalive = asyncio.ensure_future(self._keep_spares_alive())
-        self._on_relay = is_relay(selected)
         self._current = selected
         self._timeline = timeline
         self._tasks = [t for t in keep if not t.done()]
@@ -153,7 +171,7 @@ class LateDirect:
         """The initiator's late path ``name`` is SELECTed at once (not kept as a spare)."""
         if self.keep_relays:
             return call_moves_to(self._current, name)
-        return not is_relay(name) and self._on_relay and self.chosen is None
+        return self.chosen is None and file_moves_to(self._current, name)
 
     def spare_wanted(self, name: str) -> bool:
         """The initiator keeps the completed path of attempt ``name`` (once armed): any

@@ -1,6 +1,7 @@
 """When a file transfer moves from the relay it started on to a direct path that completed
-later (relay first, upgrade later), sans-IO: the state of the relay leg and of the upgrade in,
-the step out. :mod:`overlay.media.path_move` runs it.
+later (relay first, upgrade later; the same from a punched UDP path to direct TCP, UDP
+first, upgrade to TCP: "the relay" below is then that UDP path), sans-IO: the state of the
+relay leg and of the upgrade in, the step out. :mod:`overlay.media.path_move` runs it.
 
 The sender moves while it is still sending data; once every byte went out (its ``END`` may be
 on the way) it waits for the receiver's ``ACK`` on the relay instead, and moves only if the

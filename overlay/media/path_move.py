@@ -1,10 +1,11 @@
 """Moving a file transfer from the relay it started on to a direct path that completed later
-(relay first, upgrade later; :class:`~overlay.media.late_paths.LateDirect` keeps the direct
-attempts running, :mod:`.move_rules` decides). The move is the transfer's own resume: the
-sender stops writing on the relay (between frames), closes it, and sends the ``HEADER`` with
-the same transfer id on the direct path; the receiver, whose relay read ended at a frame
-boundary, kept its partial file and answers ``READY`` with the offset it holds.
-"""
+(relay first, upgrade later), or from a punched UDP path to a direct TCP one (UDP first,
+upgrade to TCP); :class:`~overlay.media.late_paths.LateDirect` keeps the attempts it may
+move to running, :mod:`.move_rules` decides ("the relay" below: the path the transfer
+started on). The move is the transfer's own resume: the sender stops writing on the relay
+(between frames), closes it, and sends the ``HEADER`` with the same transfer id on the
+direct path; the receiver, whose relay read ended at a frame boundary, kept its partial file
+and answers ``READY`` with the offset it holds."""
 
 from __future__ import annotations
 

@@ -73,12 +73,20 @@ class OpenedPath:
     late: LateDirect | None = None
 
 
-def late_paths(purpose: str, upgrade_s: float) -> LateDirect | None:
+#: the caller starts a file's 0-RTT UDP path at once, and moves to direct TCP later (UDP
+#: first, upgrade to TCP: :func:`overlay.media.direct_paths.plan`), when its invite took at
+#: least this long to be answered: a direct TCP path then takes about as long as TCP's head
+#: start (0.25 s) or longer to complete, while on a short round trip it wins within it
+UDP_FIRST_MIN_ANSWER_S = 0.1
+
+
+def late_paths(purpose: str, upgrade_s: float, from_udp: bool = False) -> LateDirect | None:
     """What runs on after a race for ``purpose``: a file's direct attempts for ``upgrade_s``
-    (0: none); a call's direct attempts and other relays for as long as the call lasts."""
+    (0: none; ``from_udp``: its direct TCP attempts after a direct UDP path was selected too);
+    a call's direct attempts and other relays for as long as the call lasts."""
     if purpose == CALL:
         return LateDirect(None, keep_relays=True)
-    return LateDirect(upgrade_s) if upgrade_s > 0 else None
+    return LateDirect(upgrade_s, from_udp=from_udp) if upgrade_s > 0 else None
 
 
 class PathOpener:
@@ -160,6 +168,7 @@ class PathOpener:
             assert s.answer is not None
             # the answer can come before our supernode's word on the invite's delivery
             # (between supernodes that word waits for the receiving one's checks)
+            invited_at = time.monotonic()
             delivery = self._tasks.spawn(
                 session.signal(to_user, invite.wire, to_device=target.device))
             await asyncio.wait([delivery, s.answer], return_when=asyncio.FIRST_COMPLETED)
@@ -186,12 +195,17 @@ class PathOpener:
             if not answer.accept:
                 raise SendFailed(f"{to_user} declined: {answer.reason}")
             setup.add("answer")
+            # a long round trip to the answer (not a contact request's wait for a person):
+            # the file's 0-RTT UDP path goes first, direct TCP takes over when it completes
+            udp_first = s.zero_rtt and not s.pending.is_set() \
+                and time.monotonic() - invited_at >= UDP_FIRST_MIN_ANSWER_S
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self.paths.attempts(s, local, answer.candidates, shared, transcript)
             attempts.update(self.relays.attempts(s, invite, answer, relay_rate_bps))
-            plan = self.paths.plan(local, answer.candidates, attempts, slog, upgrade=True)
-            late = late_paths(purpose, plan.upgrade_s)
+            plan = self.paths.plan(local, answer.candidates, attempts, slog, upgrade=True,
+                                   udp_first=udp_first)
+            late = late_paths(purpose, plan.upgrade_s, plan.from_udp)
             try:
                 stream, timeline = await connect_as_initiator(
                     attempts, self.paths.securer(s, shared, transcript),

@@ -220,16 +220,19 @@ class Paths:
         return punch_attempts(plan, self.listener.port, s.session_id)
 
     def plan(self, local: Candidates, remote: Candidates, attempts: dict[str, Attempt],
-             slog: FilteringBoundLogger, upgrade: bool = False) -> direct_paths.RacePlan:
+             slog: FilteringBoundLogger, upgrade: bool = False,
+             udp_first: bool = False) -> direct_paths.RacePlan:
         """When each kind of attempt starts for this pair (the defaults, changed where
         :mod:`.direct_paths` says), how long a late direct path is preferred to a relay, and
-        (``upgrade``: the path's user can move) how long one may take over from a relay."""
+        (``upgrade``: the path's user can move) how long one may take over from a relay (and,
+        ``udp_first``, from a punched UDP path started at once)."""
         plan = direct_paths.plan(
-            local, remote, direct_paths.one_network(self.own_reflexive(), remote), upgrade)
+            local, remote, direct_paths.one_network(self.own_reflexive(), remote), upgrade,
+            udp_first)
         if plan.staggers:
             slog.info("race_plan", local_nat=local.nat, remote_nat=remote.nat,
                       staggers=plan.staggers, prefer_direct_s=plan.prefer_direct_s,
-                      upgrade_s=plan.upgrade_s)
+                      upgrade_s=plan.upgrade_s, from_udp=plan.from_udp)
         staggers = {**default_staggers(attempts), **plan.staggers}
         return replace(plan, staggers=call_relays.call_staggers(staggers, attempts))
 

@@ -23,6 +23,17 @@ def is_stream_carried(name: str) -> bool:
     return not (is_direct_udp(name) or name.startswith("relay-udp"))
 
 
+def file_moves_to(current: str, new: str) -> bool:
+    """Whether a file transfer on the path of attempt ``current`` moves to the path of attempt
+    ``new`` that completed after the race: off a relay to any direct path (it costs the
+    network nothing), and off a direct UDP path to a direct TCP one (QUIC in Python carries
+    about 40 Mbit/s, a TCP connection what the link carries). Never to a relay, nor from one
+    direct path of a kind to another of the same kind."""
+    if is_relay(new):
+        return False
+    return is_relay(current) or (is_direct_udp(current) and not is_direct_udp(new))
+
+
 def call_moves_to(current: str, new: str) -> bool:
     """Whether a call on the path of attempt ``current`` moves to the path of attempt ``new``
     that completed after the race (else ``new`` is a spare, SELECTed if the path in use

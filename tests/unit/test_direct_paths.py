@@ -57,6 +57,31 @@ def test_punching_starts_at_once_only_when_no_tcp_path_may_win() -> None:
     assert plan(cone, KIND_CANDIDATES["public"], False).staggers == {}
 
 
+@pytest.mark.parametrize("a", KINDS)
+@pytest.mark.parametrize("b", KINDS)
+def test_udp_goes_first_where_tcp_may_work_and_punching_too(a: str, b: str) -> None:
+    """UDP first, upgrade to TCP: a pair with a side TCP may reach (public, firewalled) and
+    UDP punching between them punches at once and keeps TCP running to move to; both sides
+    agree; nothing changes for a call (no ``udp_first``), nor on one network."""
+    local, remote = KIND_CANDIDATES[a], KIND_CANDIDATES[b]
+    base = plan(local, remote, False, upgrade=True)
+    first = plan(local, remote, False, upgrade=True, udp_first=True)
+    assert plan(remote, local, False, upgrade=True, udp_first=True) == first
+    untranslated = "public" in (local.nat, remote.nat)
+    punched = "no-udp" not in (local.nat, remote.nat) \
+        and {local.nat, remote.nat} != {"symmetric"}
+    assert first.from_udp == untranslated, (a, b, first)
+    if first.from_udp:
+        assert first.staggers == {**base.staggers, "udp-punch": 0.0}
+    else:
+        assert first == base
+    assert not base.from_udp
+    assert plan(local, remote, True, upgrade=True, udp_first=True) == \
+        plan(local, remote, True, upgrade=True)
+    if untranslated and punched and {local.nat, remote.nat} <= {"public", "cone"}:
+        assert first.staggers["udp-punch"] == 0.0 and "udp-punch" not in base.staggers
+
+
 def test_one_network_or_a_mapping_keeps_the_direct_paths() -> None:
     sym, tcp_only = KIND_CANDIDATES["symmetric"], KIND_CANDIDATES["tcp-only"]
     assert not direct_ruled_out(sym, tcp_only, True)

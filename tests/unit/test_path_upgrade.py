@@ -23,7 +23,11 @@ from overlay.media.connect import (
 from overlay.media.direct_paths import UPGRADE_WINDOW_S, plan
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.late_paths import LateDirect
+from overlay.media.media_socket import MediaSocket
 from overlay.media.path_move import Moving
+from overlay.media.quic.connect import quic_connect
+from overlay.media.quic.ticket import session_ticket
+from overlay.media.secure_stream import InviteSalt, new_path_salt
 from overlay.media.signalling import transcript_hash
 from overlay.media.tcp_listener import dial_tcp
 from overlay.media.transfer import PartialStore
@@ -139,9 +143,86 @@ def test_what_runs_on_after_the_selection() -> None:
     assert [n for n in ("relay-1", "udp-birthday", "tcp-dial-0")
             if file.wants(n, "relay-0")] == ["udp-birthday", "tcp-dial-0"]
     assert not any(file.wants(n, "udp-punch") for n in ("relay-0", "tcp-dial-0"))
+    # UDP first, upgrade to TCP: on a punched UDP path, the direct TCP attempts run on (not
+    # a relay, not another UDP attempt); on direct TCP, nothing
+    udp_first = LateDirect(UPGRADE_WINDOW_S, from_udp=True)
+    names = ("relay-0", "udp-birthday", "tcp-dial-0", "tcp-accept", "tcp-punch-0")
+    assert [n for n in names if udp_first.wants(n, "udp-punch")] == \
+        ["tcp-dial-0", "tcp-accept", "tcp-punch-0"]
+    assert not any(udp_first.wants(n, "tcp-dial-0") for n in names)
+    assert [n for n in names if udp_first.wants(n, "relay-1")] == list(names[1:])
     # a call on a relay keeps the other relays (its spares) and the direct attempts; on a
     # direct path it holds no relay session
     assert [n for n in ("relay-0", "relay-1", "udp-birthday")
             if call.wants(n, "relay-0")] == ["relay-1", "udp-birthday"]
     assert [n for n in ("relay-0", "tcp-accept") if call.wants(n, "udp-punch")] == \
         ["tcp-accept"]
+
+
+async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(tmp_path: Path) -> None:
+    """UDP first, upgrade to TCP: the caller selects its 0-RTT QUIC path at once (its first
+    bytes ride the first flight); direct TCP completes half a second later and the transfer
+    moves there mid-way, no byte lost."""
+    alice, bob = Identity.generate(), Identity.generate()
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(8 << 20))  # ~1.6 s on QUIC (about 40 Mbit/s)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    inbox = tmp_path / "inbox"
+    async with relay_supernode() as node:
+        a, b = services(tmp_path, alice, bob)
+        await b.start()
+        udp_a = await MediaSocket.open("127.0.0.1", 0)
+        udp_b = await MediaSocket.open("127.0.0.1", 0)
+        try:
+            invite, answer, caller, callee = offers(node, alice, bob)
+            salt = new_path_salt()
+            caller.invite_salt, callee.invite_salt = InviteSalt(salt), InviteSalt(salt)
+            shared = caller.keys.shared_secret(answer.ephemeral)
+            transcript = transcript_hash(invite, answer)
+            ticket = session_ticket(shared, transcript)
+            queue = b.listener.expect(callee.session_id)
+
+            async def dial() -> MediaStream:
+                return await dial_tcp("127.0.0.1", b.listener.port, caller.session_id)
+
+            async def accept() -> MediaStream:
+                return await queue.get()
+
+            async def quic_client() -> MediaStream:
+                return await quic_connect(udp_a, udp_b.local_address, initiator=True,
+                                          session_ticket=ticket, zero_rtt=True)
+
+            async def quic_server() -> MediaStream:
+                return await quic_connect(udp_b, udp_a.local_address, initiator=False,
+                                          session_ticket=ticket)
+
+            staggers = {"udp-punch": 0.0, "tcp": 0.5}  # direct TCP completes later
+            a_late = LateDirect(UPGRADE_WINDOW_S, from_udp=True)
+            b_late = LateDirect(UPGRADE_WINDOW_S + 2, from_udp=True)
+            (b_stream, _), (a_stream, a_timeline) = await asyncio.gather(
+                connect_as_responder({"udp-punch": quic_server, "tcp-accept": accept},
+                                     b.paths.securer(callee, shared, transcript),
+                                     staggers=staggers, late=b_late),
+                connect_as_initiator({"udp-punch": quic_client, "tcp-dial-0": dial},
+                                     a.paths.securer(caller, shared, transcript),
+                                     staggers=staggers, late=a_late))
+            assert a_timeline.selected == "udp-punch" and a_stream.path == "udp-punch"
+            assert "udp-punch: 0-RTT sent" in [e for _, e in a_timeline.events]
+            sender, receiver = Moving(a_stream, a_late), Moving(b_stream, b_late)
+            sent, received = await asyncio.wait_for(asyncio.gather(
+                sender.send(src, lambda n, _: None, os.urandom(16), sha, first_attempt=True),
+                receiver.receive(inbox, PartialStore(), "alice", InboxGuard())), 60)
+            for late, moving in ((a_late, sender), (b_late, receiver)):
+                late.close()
+                await moving.stream.close()
+        finally:
+            await udp_a.close()
+            await udp_b.close()
+            await b.stop()
+    assert (sender.moved_from, sender.attempt, sender.stream.path) == \
+        ("udp-punch", "tcp-dial-0", "direct-tcp")
+    assert (receiver.moved_from, receiver.attempt) == ("udp-punch", "tcp-accept")
+    assert 0 < received.resumed_from < src.stat().st_size
+    assert sent.resumed_from == received.resumed_from
+    assert received.sha256 == sha
+    assert hashlib.sha256((inbox / "big.bin").read_bytes()).hexdigest() == sha
