@@ -8,6 +8,7 @@ The race itself is :mod:`.connect`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from overlay.media import selection
 from overlay.media.connect import Timeline, close_later, discard_later, stop_losers
@@ -46,6 +47,9 @@ class LateDirect:
         #: a file's transfer selected on a direct UDP path may move to a direct TCP one
         #: (UDP first, upgrade to TCP: :func:`overlay.media.direct_paths.plan`)
         self.from_udp = from_udp
+        #: a file's: whether its transfer, now on the path of the attempt given, still moves
+        #: (set by the mover, :class:`~overlay.media.path_move.Moving`)
+        self.still_moves: Callable[[str], bool] = lambda _current: True
         self.keepalive_s = selection.SPARE_KEEPALIVE_S if keepalive_s is None else keepalive_s
         #: keepalives and SELECTs on a spare one at a time: none follows its SELECT
         self._sending = asyncio.Lock()
@@ -153,6 +157,10 @@ class LateDirect:
             discard_later(stream)
             return
         if select and not self._moves_to(name):
+            if not self.keep_relays:  # a file that no longer moves: nothing to keep
+                discard_later(stream)
+                self._stop()
+                return
             self.add_spare(name, stream)  # a call's spare: SELECTed when needed
             return
         if select and not await self._select(name, stream):
@@ -171,7 +179,8 @@ class LateDirect:
         """The initiator's late path ``name`` is SELECTed at once (not kept as a spare)."""
         if self.keep_relays:
             return call_moves_to(self._current, name)
-        return self.chosen is None and file_moves_to(self._current, name)
+        return self.chosen is None and file_moves_to(self._current, name) \
+            and self.still_moves(self._current)
 
     def spare_wanted(self, name: str) -> bool:
         """The initiator keeps the completed path of attempt ``name`` (once armed): any

@@ -57,7 +57,6 @@ class Moving:
         all the data went out (:func:`.move_rules.sender_step`)."""
         size = path.stat().st_size  # noqa: ASYNC240 - one stat
         sent = [0]
-
         def update(done: int, total: int) -> None:
             sent[0] = done
             progress(done, total)
@@ -65,6 +64,10 @@ class Moving:
         sending = asyncio.ensure_future(send_file(self.stream, path, update, transfer_id, sha,
                                                   first_attempt=first_attempt))
         upgrade = asyncio.ensure_future(self.late.wait())
+        # a later path is SELECTed (so the receiver moves) only while moving pays, or when
+        # the path in use was lost
+        self.late.still_moves = lambda current: sending.done() \
+            or move_rules.worth_moving(current, size - sent[0])
         try:
             while True:
                 await asyncio.wait([f for f in (sending, upgrade) if not f.done()],

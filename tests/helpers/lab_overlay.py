@@ -623,3 +623,16 @@ def run_exclusive(
     if error is not None:
         raise error
     return [results[i] for i in range(len(jobs))]
+
+
+def receiver_entry(ov: LabOverlay, dst: str, src: str, name: str) -> dict[str, Any]:
+    """``dst``'s record (its ``status`` ``transfers``) of the file ``name`` it finished
+    receiving from ``src`` (waited for, up to 15 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        for entry in reversed(ov.status(dst).get("transfers") or []):
+            if entry.get("from") == ov.user(src) and entry.get("name") == name \
+                    and entry.get("done_at"):
+                return dict(entry)
+        assert time.monotonic() < deadline, f"{dst} has no finished transfer {name}"
+        time.sleep(0.2)

@@ -15,13 +15,11 @@ left from an earlier run).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers.lab_overlay import LabOverlay, lab_available, sha256_file
+from tests.helpers.lab_overlay import LabOverlay, lab_available, receiver_entry, sha256_file
 
 _ok, _why = lab_available()
 if not _ok:
@@ -31,17 +29,6 @@ pytestmark = pytest.mark.netlab
 
 CLIENTS = {"sym-1": "symmetric", "cone-1": "cone", "cone-2": "cone"}
 FILE_SIZE = 2 * 2**20
-
-
-def receiver_entry(ov: LabOverlay, dst: str, src: str, name: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while True:
-        for entry in reversed(ov.status(dst).get("transfers") or []):
-            if entry.get("from") == ov.user(src) and entry.get("name") == name \
-                    and entry.get("done_at"):
-                return dict(entry)
-        assert time.monotonic() < deadline, f"{dst} has no finished transfer {name}"
-        time.sleep(0.2)
 
 
 def punch_missed(ov: LabOverlay, started_at: float) -> bool:

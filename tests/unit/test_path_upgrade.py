@@ -159,13 +159,24 @@ def test_what_runs_on_after_the_selection() -> None:
         ["tcp-accept"]
 
 
-async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(tmp_path: Path) -> None:
+def test_a_transfer_leaves_udp_for_tcp_only_with_enough_left_to_send() -> None:
+    left = move_rules.UDP_TO_TCP_MIN_LEFT
+    assert move_rules.worth_moving("udp-punch", left)
+    assert not move_rules.worth_moving("udp-punch", left - 1)
+    assert not move_rules.worth_moving("udp-birthday", 0)
+    assert move_rules.worth_moving("relay-0", 0)  # off a relay whatever is left
+
+
+@pytest.mark.parametrize("size", [8 << 20, 2 << 20])
+async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(
+        tmp_path: Path, size: int) -> None:
     """UDP first, upgrade to TCP: the caller selects its 0-RTT QUIC path at once (its first
-    bytes ride the first flight); direct TCP completes half a second later and the transfer
-    moves there mid-way, no byte lost."""
+    bytes ride the first flight); direct TCP completes 0.2 s later. With more than
+    :data:`~overlay.media.move_rules.UDP_TO_TCP_MIN_LEFT` still to send the transfer moves
+    there mid-way, no byte lost; with less it stays on UDP and the TCP path is dropped."""
     alice, bob = Identity.generate(), Identity.generate()
     src = tmp_path / "big.bin"
-    src.write_bytes(os.urandom(8 << 20))  # ~1.6 s on QUIC (about 40 Mbit/s)
+    src.write_bytes(os.urandom(size))  # 8 MiB: ~1.6 s on QUIC (about 40 Mbit/s)
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     inbox = tmp_path / "inbox"
     async with relay_supernode() as node:
@@ -196,7 +207,7 @@ async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(tmp_path:
                 return await quic_connect(udp_b, udp_a.local_address, initiator=False,
                                           session_ticket=ticket)
 
-            staggers = {"udp-punch": 0.0, "tcp": 0.5}  # direct TCP completes later
+            staggers = {"udp-punch": 0.0, "tcp": 0.2}  # direct TCP completes later
             a_late = LateDirect(UPGRADE_WINDOW_S, from_udp=True)
             b_late = LateDirect(UPGRADE_WINDOW_S + 2, from_udp=True)
             (b_stream, _), (a_stream, a_timeline) = await asyncio.gather(
@@ -219,10 +230,18 @@ async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(tmp_path:
             await udp_a.close()
             await udp_b.close()
             await b.stop()
+    assert received.sha256 == sha
+    if size < move_rules.UDP_TO_TCP_MIN_LEFT:
+        assert (sender.moved_from, sender.stream.path, receiver.moved_from) == \
+            (None, "udp-punch", None)
+        events = [e for _, e in a_timeline.events]
+        assert "tcp-dial-0: authenticated" in events  # completed, and was not moved to
+        assert "upgrade: tcp-dial-0" not in events
+        assert received.resumed_from in (None, 0)
+        return
     assert (sender.moved_from, sender.attempt, sender.stream.path) == \
         ("udp-punch", "tcp-dial-0", "direct-tcp")
     assert (receiver.moved_from, receiver.attempt) == ("udp-punch", "tcp-accept")
     assert 0 < received.resumed_from < src.stat().st_size
     assert sent.resumed_from == received.resumed_from
-    assert received.sha256 == sha
     assert hashlib.sha256((inbox / "big.bin").read_bytes()).hexdigest() == sha
