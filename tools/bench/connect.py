@@ -2,7 +2,8 @@
 receiver, and throughput, over real nftables routers in the NAT lab.
 
 ``python -m tools.bench.connect [--size 1MiB] [--pairs all|cone-cone,public-tcp-only,...]
-[--kinds public,cone,...] [--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--supernodes 2] [--out FILE]``
+[--kinds public,cone,...] [--repeat 3] [--netem DELAY_MS,LOSS_PCT] [--clean-supernodes]
+[--supernodes 2] [--out FILE]``
 
 Needs root, ``ip`` and ``nft`` (the NAT lab, :mod:`tools.natlab`); it builds a lab with a
 bootstrap node and two supernodes (``--supernodes``) on the public segment and, for each kind
@@ -24,7 +25,9 @@ one clock):
 - ``after_lookup_rt`` (under ``--netem``): ``ttfb_s`` less the sender's ``looked up`` step, in
   the pair's nominal round trips (4 x the delay: each way crosses both clients' uplinks);
   ``supernodes``: 1 when both clients were attached to one supernode at the send, else 2 (the
-  invite and answer then cross a supernode-to-supernode hop too);
+  invite and answer then cross a supernode-to-supernode hop too). ``--clean-supernodes``
+  impairs the clients' links only (supernodes in a data centre): signalling then crosses
+  two impaired links each way, as the path does, however many supernodes it passes;
 - ``transfer_s`` = ``done_at - first_byte_at``; ``throughput_mbps`` = bytes * 8 /
   ``transfer_s`` / 1e6 (payload, at the receiver);
 - ``total_s`` = the ``send`` request's wall time (until the receiver's ACK reached the sender);
@@ -430,6 +433,8 @@ def parser() -> argparse.ArgumentParser:
                     help="stop starting pairs after this (900)")
     ap.add_argument("--supernodes", type=int, default=2, choices=range(1, 9), metavar="N",
                     help="supernodes in the lab (2; 1: every pair signals through one)")
+    ap.add_argument("--clean-supernodes", action="store_true",
+                    help="--netem on the clients' links only (supernodes in a data centre)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     return ap
@@ -485,11 +490,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bc-"))
     result: dict[str, Any] = {
         "bench": "connect", "size": args.size, "repeat": args.repeat, "netem": args.netem,
-        "supernodes": args.supernodes,
+        "supernodes": args.supernodes, "clean_supernodes": args.clean_supernodes,
         "environment": environment(), "pairs": {},
     }
     try:
-        with LabOverlay(work, clients, netem=args.netem, supernodes=args.supernodes) as ov:
+        with LabOverlay(work, clients, netem=args.netem, supernodes=args.supernodes,
+                        netem_supernodes=not args.clean_supernodes) as ov:
             assert ov.lab is not None
             result["netem_backend"] = ov.lab.netem_backend
             result["setup_s"] = round(time.monotonic() - started, 2)
