@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from overlay.media import move_rules
@@ -96,13 +96,16 @@ class Moving:
         try:
             return await receive_file(self.stream, inbox, partials=partials, sender=sender,
                                       guard=guard, stop=self.late.arrived)
-        except TransferInterrupted:
+        except TransferInterrupted as exc:
+            first_byte_at = exc.first_byte_at
             chosen = await self.late.wait()  # at once when it arrived; None when none did
             if chosen is None or move_rules.receiver_step("lost", "ready") != "move":
                 raise
         self._move(chosen)
-        return await receive_file(self.stream, inbox, partials=partials, sender=sender,
+        done = await receive_file(self.stream, inbox, partials=partials, sender=sender,
                                   guard=guard)
+        # the transfer's first byte is the first leg's, when it carried one
+        return replace(done, first_byte_at=first_byte_at or done.first_byte_at)
 
 def _leg(sending: asyncio.Future[TransferResult]) -> move_rules.Leg:
     if not sending.done():

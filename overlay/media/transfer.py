@@ -67,7 +67,12 @@ class StreamClosed(TransferError, PathLost):
 
 class TransferInterrupted(TransferError):
     """The receiver's path failed (or was left) mid-transfer; it keeps the partial file for the
-    sender to resume, on this path's successor or in a new session."""
+    sender to resume, on this path's successor or in a new session. ``first_byte_at``: when
+    the first data byte came on this path (None: none did)."""
+
+    def __init__(self, message: str, first_byte_at: float | None = None) -> None:
+        super().__init__(message)
+        self.first_byte_at = first_byte_at
 
 
 @dataclass
@@ -374,7 +379,7 @@ async def _receive_body(
         else:
             item.path.unlink(missing_ok=True)
         raise TransferInterrupted(
-            f"interrupted at {item.received} of {size} bytes: {exc}") from None
+            f"interrupted at {item.received} of {size} bytes: {exc}", first_byte_at) from None
     except TransferError as exc:
         item.path.unlink(missing_ok=True)
         await _refuse(stream, str(exc))

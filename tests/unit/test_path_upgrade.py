@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,9 @@ async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(
             assert a_timeline.selected == "udp-punch" and a_stream.path == "udp-punch"
             assert "udp-punch: 0-RTT sent" in [e for _, e in a_timeline.events]
             sender, receiver = Moving(a_stream, a_late), Moving(b_stream, b_late)
+            upgraded_at: list[float] = []
+            watch = asyncio.ensure_future(b_late.arrived.wait())
+            watch.add_done_callback(lambda _: upgraded_at.append(time.time()))
             sent, received = await asyncio.wait_for(asyncio.gather(
                 sender.send(src, lambda n, _: None, os.urandom(16), sha, first_attempt=True),
                 receiver.receive(inbox, PartialStore(), "alice", InboxGuard())), 60)
@@ -244,4 +248,6 @@ async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(
     assert (receiver.moved_from, receiver.attempt) == ("udp-punch", "tcp-accept")
     assert 0 < received.resumed_from < src.stat().st_size
     assert sent.resumed_from == received.resumed_from
+    # the transfer's first byte is the one the UDP path carried, before the move
+    assert received.first_byte_at is not None and received.first_byte_at < upgraded_at[0]
     assert hashlib.sha256((inbox / "big.bin").read_bytes()).hexdigest() == sha
