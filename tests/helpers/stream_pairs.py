@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from overlay.media.connect import Attempt
 from overlay.media.stream import MediaStream, TcpByteStream
+from overlay.media.tcp_listener import MediaListener, dial_tcp
 
 
 async def tcp_stream_pair(host: str = "127.0.0.1", path: str = "direct-tcp"
@@ -41,3 +43,17 @@ def record_sends(stream: TcpByteStream) -> bytearray:
 
     stream.send = recording_send  # type: ignore[method-assign]
     return sent
+
+
+def direct_tcp_attempts(listener: MediaListener, session_id: bytes) -> tuple[Attempt, Attempt]:
+    """A session's direct TCP attempts on loopback: the caller's dial of the callee's media
+    ``listener`` (``tcp-dial-0``) and the callee's accept of it (``tcp-accept``)."""
+    queue = listener.expect(session_id)
+
+    async def dial() -> MediaStream:
+        return await dial_tcp("127.0.0.1", listener.port, session_id)
+
+    async def accept() -> MediaStream:
+        return await queue.get()
+
+    return dial, accept

@@ -17,7 +17,8 @@ from typing import Any
 from overlay.client.calls import Calls
 from overlay.media.path_opening import CALL_PREFER_UDP_S, OpenedPath
 from overlay.media.stream import TcpByteStream
-from tests.unit.test_call_upgrade import MAX_GAP_MS, loopback_pair
+from tests.helpers.loopback_pair import loopback_pair
+from tests.unit.test_call_upgrade import MAX_GAP_MS
 
 SECONDS = 5.0
 RESET_AT_S = 2.5

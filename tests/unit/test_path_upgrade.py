@@ -17,21 +17,17 @@ import pytest
 from overlay.core.identity import Identity
 from overlay.media import move_rules
 from overlay.media.connect import (
-    MediaStream,
     connect_as_initiator,
     connect_as_responder,
 )
 from overlay.media.direct_paths import UPGRADE_WINDOW_S, plan
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.late_paths import LateDirect
-from overlay.media.media_socket import MediaSocket
 from overlay.media.path_move import Moving
-from overlay.media.quic.connect import quic_connect
-from overlay.media.quic.ticket import session_ticket
-from overlay.media.secure_stream import InviteSalt, new_path_salt
 from overlay.media.signalling import transcript_hash
-from overlay.media.tcp_listener import dial_tcp
 from overlay.media.transfer import PartialStore
+from tests.helpers.loopback_pair import loopback_pair
+from tests.helpers.stream_pairs import direct_tcp_attempts
 from tests.unit.test_direct_paths import KIND_CANDIDATES
 from tests.unit.test_relay_vouchers import offers, relay_supernode, services
 
@@ -96,13 +92,7 @@ async def test_a_transfer_moves_from_the_relay_to_a_later_direct_path(tmp_path: 
             invite, answer, caller, callee = offers(node, alice, bob)
             shared = caller.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
-            queue = b.listener.expect(callee.session_id)
-
-            async def dial() -> MediaStream:
-                return await dial_tcp("127.0.0.1", b.listener.port, caller.session_id)
-
-            async def accept() -> MediaStream:
-                return await queue.get()
+            dial, accept = direct_tcp_attempts(b.listener, callee.session_id)
 
             staggers = {"relay": 0.0, "tcp": 1.0}  # the direct path comes a second later
             a_late, b_late = LateDirect(UPGRADE_WINDOW_S), LateDirect(UPGRADE_WINDOW_S + 2)
@@ -175,65 +165,28 @@ async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(
     bytes ride the first flight); direct TCP completes 0.2 s later. With more than
     :data:`~overlay.media.move_rules.UDP_TO_TCP_MIN_LEFT` still to send the transfer moves
     there mid-way, no byte lost; with less it stays on UDP and the TCP path is dropped."""
-    alice, bob = Identity.generate(), Identity.generate()
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(size))  # 8 MiB: ~1.6 s on QUIC (about 40 Mbit/s)
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     inbox = tmp_path / "inbox"
-    async with relay_supernode() as node:
-        a, b = services(tmp_path, alice, bob)
-        await b.start()
-        udp_a = await MediaSocket.open("127.0.0.1", 0)
-        udp_b = await MediaSocket.open("127.0.0.1", 0)
-        try:
-            invite, answer, caller, callee = offers(node, alice, bob)
-            salt = new_path_salt()
-            caller.invite_salt, callee.invite_salt = InviteSalt(salt), InviteSalt(salt)
-            shared = caller.keys.shared_secret(answer.ephemeral)
-            transcript = transcript_hash(invite, answer)
-            ticket = session_ticket(shared, transcript)
-            queue = b.listener.expect(callee.session_id)
-
-            async def dial() -> MediaStream:
-                return await dial_tcp("127.0.0.1", b.listener.port, caller.session_id)
-
-            async def accept() -> MediaStream:
-                return await queue.get()
-
-            async def quic_client() -> MediaStream:
-                return await quic_connect(udp_a, udp_b.local_address, initiator=True,
-                                          session_ticket=ticket, zero_rtt=True)
-
-            async def quic_server() -> MediaStream:
-                return await quic_connect(udp_b, udp_a.local_address, initiator=False,
-                                          session_ticket=ticket)
-
-            staggers = {"udp-punch": 0.0, "tcp": 0.2}  # direct TCP completes later
-            a_late = LateDirect(UPGRADE_WINDOW_S, from_udp=True)
-            b_late = LateDirect(UPGRADE_WINDOW_S + 2, from_udp=True)
-            (b_stream, _), (a_stream, a_timeline) = await asyncio.gather(
-                connect_as_responder({"udp-punch": quic_server, "tcp-accept": accept},
-                                     b.paths.securer(callee, shared, transcript),
-                                     staggers=staggers, late=b_late),
-                connect_as_initiator({"udp-punch": quic_client, "tcp-dial-0": dial},
-                                     a.paths.securer(caller, shared, transcript),
-                                     staggers=staggers, late=a_late))
-            assert a_timeline.selected == "udp-punch" and a_stream.path == "udp-punch"
-            assert "udp-punch: 0-RTT sent" in [e for _, e in a_timeline.events]
-            sender, receiver = Moving(a_stream, a_late), Moving(b_stream, b_late)
-            upgraded_at: list[float] = []
-            watch = asyncio.ensure_future(b_late.arrived.wait())
-            watch.add_done_callback(lambda _: upgraded_at.append(time.time()))
-            sent, received = await asyncio.wait_for(asyncio.gather(
-                sender.send(src, lambda n, _: None, os.urandom(16), sha, first_attempt=True),
-                receiver.receive(inbox, PartialStore(), "alice", InboxGuard())), 60)
-            for late, moving in ((a_late, sender), (b_late, receiver)):
-                late.close()
-                await moving.stream.close()
-        finally:
-            await udp_a.close()
-            await udp_b.close()
-            await b.stop()
+    async with loopback_pair(tmp_path, zero_rtt=True) as pair:
+        a_late = LateDirect(UPGRADE_WINDOW_S, from_udp=True)
+        b_late = LateDirect(UPGRADE_WINDOW_S + 2, from_udp=True)
+        # direct TCP completes later
+        (a_stream, a_timeline, _), (b_stream, _, _) = await pair.race(
+            {"udp-punch": 0.0, "tcp": 0.2}, lates=(a_late, b_late))
+        assert a_timeline.selected == "udp-punch" and a_stream.path == "udp-punch"
+        assert "udp-punch: 0-RTT sent" in [e for _, e in a_timeline.events]
+        sender, receiver = Moving(a_stream, a_late), Moving(b_stream, b_late)
+        upgraded_at: list[float] = []
+        watch = asyncio.ensure_future(b_late.arrived.wait())
+        watch.add_done_callback(lambda _: upgraded_at.append(time.time()))
+        sent, received = await asyncio.wait_for(asyncio.gather(
+            sender.send(src, lambda n, _: None, os.urandom(16), sha, first_attempt=True),
+            receiver.receive(inbox, PartialStore(), "alice", InboxGuard())), 60)
+        for late, moving in ((a_late, sender), (b_late, receiver)):
+            late.close()
+            await moving.stream.close()
     assert received.sha256 == sha
     if size < move_rules.UDP_TO_TCP_MIN_LEFT:
         assert (sender.moved_from, sender.stream.path, receiver.moved_from) == \
