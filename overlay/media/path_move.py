@@ -57,6 +57,7 @@ class Moving:
         all the data went out (:func:`.move_rules.sender_step`)."""
         size = path.stat().st_size  # noqa: ASYNC240 - one stat
         sent = [0]
+
         def update(done: int, total: int) -> None:
             sent[0] = done
             progress(done, total)
@@ -106,6 +107,7 @@ class Moving:
                                   guard=guard)
         # the transfer's first byte is the first leg's, when it carried one
         return replace(done, first_byte_at=first_byte_at or done.first_byte_at)
+
 
 def _leg(sending: asyncio.Future[TransferResult]) -> move_rules.Leg:
     if not sending.done():
