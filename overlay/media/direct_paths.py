@@ -116,15 +116,14 @@ def plan(local: Candidates, remote: Candidates, same_network: bool,
     may take over from a selected relay, and (``udp_first``) from a selected UDP path."""
     staggers: dict[str, float] = {}
     prefer = 0.0
-    from_udp = upgrade and udp_first and not same_network \
-        and tcp_maybe(local, remote, same_network)
-    if from_udp or not tcp_maybe(local, remote, same_network):
+    maybe, known = tcp_maybe(local, remote, same_network), tcp_known(local, remote, same_network)
+    from_udp = upgrade and udp_first and not same_network and maybe
+    if from_udp or not maybe:
         staggers["udp-punch"] = 0.0
-    if not tcp_known(local, remote, same_network) and not punch_possible(local, remote):
+    if not known and not punch_possible(local, remote):
         staggers["relay"] = 0.0
-        if tcp_maybe(local, remote, same_network):
+        if maybe:
             prefer = PREFER_DIRECT_S
-    if upgrade and birthday_role(local.nat, remote.nat) is not None \
-            and not tcp_known(local, remote, same_network):
+    if upgrade and birthday_role(local.nat, remote.nat) is not None and not known:
         staggers["relay"] = 0.0  # data flows on the relay while the birthday punch runs
     return RacePlan(staggers, prefer, UPGRADE_WINDOW_S if upgrade else 0.0, from_udp)
