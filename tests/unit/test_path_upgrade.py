@@ -184,6 +184,7 @@ async def test_a_transfer_moves_from_a_zero_rtt_udp_path_to_direct_tcp(
         sent, received = await asyncio.wait_for(asyncio.gather(
             sender.send(src, lambda n, _: None, os.urandom(16), sha, first_attempt=True),
             receiver.receive(inbox, PartialStore(), "alice", InboxGuard())), 60)
+        watch.cancel()  # never set when the transfer did not move
         for late, moving in ((a_late, sender), (b_late, receiver)):
             late.close()
             await moving.stream.close()
