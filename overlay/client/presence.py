@@ -20,6 +20,7 @@ from overlay.core.identity import Identity
 from overlay.core.records import SignedRecord
 from overlay.core.seq_state import SeqCounter
 from overlay.media.quic.core import ZERO_RTT_CAPABILITY
+from overlay.media.tcp_listener import TCP_FIRST_CAPABILITY
 
 STATE_FILE = "client.json"
 #: an offline record outlives the online ones by far: "offline" beats "unknown"
@@ -27,7 +28,7 @@ OFFLINE_LIFETIME_S = 23 * 3600.0
 #: the name claim is re-signed when it is this old (it lives records.NAME_CLAIM_LIFETIME_S)
 CLAIM_REFRESH_S = 24 * 3600.0
 #: what an online record says this client takes (a caller reads them from it)
-CAPABILITIES = (ZERO_RTT_CAPABILITY,)
+CAPABILITIES = (ZERO_RTT_CAPABILITY, TCP_FIRST_CAPABILITY)
 
 
 def presence_seq(state_dir: Path | None) -> SeqCounter:

@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from overlay.core.addresses import Address
 from overlay.media import tcp_punch
 from overlay.media.birthday import birthday_role
 from overlay.media.candidate_policy import local_overlay, public_of
@@ -70,6 +71,18 @@ def one_network(own_reflexive: Iterable[str], remote: Candidates) -> bool:
 def accepts_tcp(side: Candidates) -> bool:
     """Others can open TCP connections to this side (dial-back succeeded, or a mapping)."""
     return side.reachable or bool(side.mapped_tcp)
+
+
+def known_listener(remote: Candidates, addr: Address, own_reflexive: Iterable[str]) -> bool:
+    """Whether the peer's TCP listener is known to be at ``addr`` (one of its candidates), so
+    that a caller's dial there may go caller first (:mod:`.tcp_listener`): a router mapping
+    of it, or the peer's public address when its socket is not translated (``public``) or the
+    supernode's dial-back reached it; any, when the whole overlay runs on this machine. Not a
+    guess (a NATed peer's public address with its listener's port): that may reach someone
+    else's listener, which the caller would take for the callee's until its deadline."""
+    if addr in remote.mapped_tcp or local_overlay(own_reflexive):
+        return True
+    return addr[0] in remote.public_hosts() and (remote.reachable or remote.nat == PUBLIC)
 
 
 def tcp_known(local: Candidates, remote: Candidates, same_network: bool) -> bool:

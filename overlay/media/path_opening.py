@@ -47,6 +47,7 @@ from overlay.media.signalling import (
     transcript_hash,
 )
 from overlay.media.stream import ByteStream, MediaStream
+from overlay.media.tcp_listener import TCP_FIRST_CAPABILITY
 
 log = get_logger(__name__)
 
@@ -114,9 +115,11 @@ class PathOpener:
         :class:`SendFailed` / :class:`NotAccepted` when there is none. ``progress`` (a
         ``sending`` entry) gets the wait's state. ``relay_rate_bps``: what a relay session
         is asked to reserve (a call's rate; 0: the relay's cap); ``bitrate_bps``: a call's
-        bitrate, which the invite asks the callee to send at (0: not said). ``zero_rtt``: a
-        file's punched UDP path may open with 0-RTT (where the callee takes it); False after
-        a path was lost, so that a peer or network 0-RTT fails on costs one session, not all."""
+        bitrate, which the invite asks the callee to send at (0: not said). ``zero_rtt``: our
+        bytes may go before the callee's confirmation (where the callee takes that): a
+        file's punched UDP path opens with 0-RTT, and our dials to the callee's listener go
+        caller first; False after a path was lost, so that a peer or network such a path
+        fails on costs one session, not all."""
         session = self.attachment.primary_session()
         if session is None:
             raise SendFailed("not attached to a supernode yet")
@@ -138,7 +141,8 @@ class PathOpener:
         s = Session(new_session_id(), to_user, initiator=True, peer_key=target.user_key,
                     invite_salt=invite_salt,
                     zero_rtt=zero_rtt and purpose == FILE
-                    and ZERO_RTT_CAPABILITY in target.capabilities)
+                    and ZERO_RTT_CAPABILITY in target.capabilities,
+                    tcp_first=zero_rtt and TCP_FIRST_CAPABILITY in target.capabilities)
         slog = log.bind(session=s.session_id.hex(), peer=to_user)
         s.answer = asyncio.get_running_loop().create_future()
         self.sessions[s.session_id] = s

@@ -173,18 +173,23 @@ class Paths:
                   transcript: bytes) -> dict[str, Attempt]:
         attempts: dict[str, Attempt] = {}
         remote = self._dialable(remote, log.bind(session=s.session_id.hex(), peer=s.peer_user))
+        own, peer = self.own_reflexive(), remote.public_hosts()
+
         def dialer(host: str, port: int) -> Attempt:
+            # the caller writes first where the callee takes it and its listener is known
+            # to be there: its bytes leave with the connection, a round trip sooner
+            first = s.tcp_first and direct_paths.known_listener(remote, (host, port), own)
+
             async def dial() -> MediaStream:
-                return await dial_tcp(host, port, s.session_id)
+                return await dial_tcp(host, port, s.session_id, caller_first=first)
             return dial
 
         mapped = set(remote.mapped_tcp)
-        own, peer = self.own_reflexive(), remote.public_hosts()
         for i, (host, port) in enumerate(dict.fromkeys(remote.tcp)):
             kind = "tcp-dial-mapped" if (host, port) in mapped else \
                 "tcp-dial-lan" if candidate_policy.on_shared_lan(host, own, peer) else "tcp-dial"
             attempts[f"{kind}-{i}"] = dialer(host, port)
-        queue = self.listener.expect(s.session_id)
+        queue = self.listener.expect(s.session_id, caller_first=not s.initiator)
 
         async def accept() -> MediaStream:
             # the peer dials as soon as it has the offer; after its connect timeout (plus

@@ -27,13 +27,16 @@ path replayed into another (the callee's salt and frames played again to the cal
 authenticates nor makes the caller seal under a key it used before. The callee checks that
 the caller's salt is the derived one (``"bad_salt"``).
 
-Caller first (:func:`secure` with ``caller_first``, a 0-RTT QUIC path): the mirror image. The
-caller sends a fresh salt and its confirmation in its first flight and returns at once,
-unconfirmed; the callee's salt is ``BLAKE2b(key = invite path_salt, caller's salt)`` under
-another personalization, which the caller checks as it arrives (``"bad_salt"``), then the
-callee's confirmation, before it returns any byte of the callee's. The callee refuses a caller
-salt it has already seen in the session (``"replayed_salt"``) before it sends anything: a
-replayed first flight would otherwise make it seal again under keys it used.
+Caller first (:func:`secure` with ``caller_first``: a 0-RTT QUIC path, or a caller's TCP dial
+that says so, :mod:`.tcp_listener`): the mirror image. The caller sends a fresh salt and its
+confirmation in its first flight and returns at once, unconfirmed; the callee's salt is
+``BLAKE2b(key = invite path_salt, caller's salt)`` under another personalization, which the
+caller checks as it arrives (``"bad_salt"``), then the callee's confirmation, before it
+returns any byte of the callee's; the path is dropped (``"timeout"``) unless that
+confirmation verified within the timeout (a far end that is not the callee never sends it).
+The callee refuses a caller salt it has already seen in the session (``"replayed_salt"``)
+before it sends anything: a replayed first flight would otherwise make it seal again under
+keys it used.
 
 Wire format (both directions)::
 
@@ -245,6 +248,17 @@ class SecureFramer:
         self._buffer.clear()
         return self._failed
 
+    def fail(self, reason: str, detail: str = "") -> None:
+        """Kill the framer from outside (a deadline passed): what it is fed from now on, and
+        the end of the stream, raise ``reason``."""
+        if self._failed is None:
+            self._fail(reason, detail)
+
+    @property
+    def failed(self) -> SecureStreamError | None:
+        """Why the framer is dead, or None."""
+        return self._failed
+
     def feed(self, data: bytes) -> list[bytes]:
         """Caller messages completed by ``data`` (possibly none)."""
         if self._failed is not None:
@@ -321,10 +335,34 @@ class SecureByteStream:
         self._eof = False
         self._send_lock = asyncio.Lock()
         self._closed = False
+        self._confirm_deadline: asyncio.TimerHandle | None = None
+        self._dropping: asyncio.Task[None] | None = None
+
+    def require_confirmation(self, within_s: float) -> None:
+        """Drop the path unless the peer's confirmation verified within ``within_s``: a
+        caller-first stream returned before it, and a far end that took the connection but
+        does not hold the session's keys (not the callee) never confirms. Its reader then
+        gets ``"timeout"``; so does a sender."""
+        self._confirm_deadline = asyncio.get_running_loop().call_later(
+            within_s, self._confirmation_overdue, within_s)
+
+    def _confirmation_overdue(self, within_s: float) -> None:
+        self._confirm_deadline = None
+        if self.framer.confirmed or self._closed:
+            return
+        self.framer.fail("timeout", f"no confirmation within {within_s}s")
+        self._dropping = asyncio.ensure_future(discard(self.raw))
+
+    def _stop_deadline(self) -> None:
+        if self._confirm_deadline is not None:
+            self._confirm_deadline.cancel()
+            self._confirm_deadline = None
 
     async def send(self, data: bytes) -> None:
         if self._closed:
             raise SecureStreamError("closed", "send after close")
+        if self.framer.failed is not None:
+            raise self.framer.failed
         view = memoryview(data)
         async with self._send_lock:
             # batch up to 64 KiB of frames per write to the raw stream
@@ -368,6 +406,7 @@ class SecureByteStream:
         if self._closed:
             return
         self._closed = True
+        self._stop_deadline()
         with contextlib.suppress(Exception):
             async with self._send_lock:
                 frame = self.framer.close()
@@ -378,6 +417,7 @@ class SecureByteStream:
     async def discard(self) -> None:
         """Drop the path with no CLOSE frame (:func:`~overlay.media.stream.discard`)."""
         self._closed = True
+        self._stop_deadline()
         await discard(self.raw)
 
 
@@ -395,20 +435,22 @@ async def secure(
     On success the path is authenticated end to end. On any failure the raw stream is closed
     and :class:`SecureStreamError` raised (``"timeout"`` when the peer stayed silent).
 
-    ``caller_first`` (a 0-RTT path, where the caller writes first; needs ``invite_salt``,
-    ``"bad_salt"`` without): the caller sends a fresh salt and its confirmation and returns
-    at once, unconfirmed (the callee's salt and confirmation are checked as they arrive,
-    before any byte of the callee's is returned); the callee reads the caller's salt,
-    refuses one it has seen in the session (``"replayed_salt"``), sends its salt (derived
-    from the caller's and the invite's) and confirmation, and returns once the caller's
-    confirmation verified.
+    ``caller_first`` (a 0-RTT path or a caller-first TCP dial, where the caller writes
+    first; needs ``invite_salt``, ``"bad_salt"`` without): the caller sends a fresh salt and
+    its confirmation and returns at once, unconfirmed (the callee's salt and confirmation
+    are checked as they arrive, before any byte of the callee's is returned, and the path is
+    dropped, ``"timeout"``, unless they verified within ``timeout``); the callee reads the
+    caller's salt, refuses one it has seen in the session (``"replayed_salt"``), sends its
+    salt (derived from the caller's and the invite's) and confirmation, and returns once the
+    caller's confirmation verified.
     """
     if caller_first and invite_salt is None:
         await _close_quietly(stream)
         raise SecureStreamError("bad_salt", "a 0-RTT path needs the invite's path salt")
     if caller_first and initiator:
         assert invite_salt is not None
-        return await _send_first(stream, shared_secret, transcript_hash, invite_salt, relay)
+        return await _send_first(stream, shared_secret, transcript_hash, invite_salt, relay,
+                                 timeout)
     pending = bytearray()
     try:
         async with asyncio.timeout(timeout):
@@ -462,8 +504,10 @@ async def secure(
 
 
 async def _send_first(stream: ByteStream, shared_secret: bytes, transcript_hash: bytes,
-                      invite_salt: InviteSalt, relay: RelayRef | None) -> SecureByteStream:
-    """The caller's side of a caller-first path: its fresh salt and confirmation, now."""
+                      invite_salt: InviteSalt, relay: RelayRef | None,
+                      timeout: float) -> SecureByteStream:
+    """The caller's side of a caller-first path: its fresh salt and confirmation, now (the
+    callee's must verify within ``timeout``)."""
     own = new_path_salt()
     expected = invite_salt.callee_salt(own)
     framer = _framer(shared_secret, transcript_hash, True, own + expected)
@@ -472,7 +516,9 @@ async def _send_first(stream: ByteStream, shared_secret: bytes, transcript_hash:
     except BaseException:
         await _close_quietly(stream)
         raise
-    return SecureByteStream(stream, framer, relay=relay, expect_salt=expected)
+    secured = SecureByteStream(stream, framer, relay=relay, expect_salt=expected)
+    secured.require_confirmation(timeout)
+    return secured
 
 
 def _framer(shared_secret: bytes, transcript_hash: bytes, initiator: bool,

@@ -62,3 +62,7 @@ class Session:
     #: caller: open the punched UDP path with 0-RTT (a file, to a callee whose presence says
     #: it takes them: :data:`~overlay.media.quic.core.ZERO_RTT_CAPABILITY`)
     zero_rtt: bool = False
+    #: caller: dial the callee's listener caller first where it is known to be there (the
+    #: callee's presence says it takes such dials:
+    #: :data:`~overlay.media.tcp_listener.TCP_FIRST_CAPABILITY`)
+    tcp_first: bool = False

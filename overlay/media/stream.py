@@ -75,16 +75,19 @@ async def discard(stream: ByteStream) -> None:
 
 class TcpByteStream:
     """A :class:`MediaStream` over an asyncio TCP connection. The socket's ConnectionErrors
-    come out as :class:`~overlay.media.errors.PathLost`."""
+    come out as :class:`~overlay.media.errors.PathLost`. ``caller_first``: a caller's dial
+    that both sides secure caller first (:mod:`overlay.media.tcp_listener`)."""
 
     relay: RelayRef | None = None
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str = "direct-tcp"
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str = "direct-tcp",
+        caller_first: bool = False,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.path = path
+        self.caller_first = caller_first
 
     async def send(self, data: bytes) -> None:
         with losing_path():

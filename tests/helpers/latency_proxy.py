@@ -68,7 +68,9 @@ class LatencyProxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> LatencyProxy:
+        """Listen (on a free port when ``listen``'s is 0: ``listen`` then names it)."""
         self._server = await asyncio.start_server(self._accept, *self.listen)
+        self.listen = (self.listen[0], self._server.sockets[0].getsockname()[1])
         return self
 
     async def stop(self) -> None:

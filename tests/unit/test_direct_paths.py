@@ -5,11 +5,18 @@ and the race preferring a direct path that authenticates just after a relay."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from overlay.media.connect import connect_as_initiator
-from overlay.media.direct_paths import PREFER_DIRECT_S, direct_ruled_out, one_network, plan
+from overlay.media.direct_paths import (
+    PREFER_DIRECT_S,
+    direct_ruled_out,
+    known_listener,
+    one_network,
+    plan,
+)
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream, TcpByteStream
 
@@ -129,3 +136,23 @@ async def test_a_direct_path_just_after_a_relay_is_selected() -> None:
         assert PREFER_DIRECT_S * 0.9 <= chosen < 1.0, timeline.events
     finally:
         server.close()
+
+
+def test_a_caller_writes_first_only_where_the_callees_listener_is_known_to_be() -> None:
+    own = ("198.18.0.9",)
+    public, cone = KIND_CANDIDATES["public"], KIND_CANDIDATES["cone"]
+    # an untranslated socket: its public address is its own
+    assert known_listener(public, ("198.18.0.5", 4000), own)
+    # a NATed peer's public address with its listener's port is a guess (its router may
+    # forward that port to someone else's listener), and its LAN address is not ours
+    assert not known_listener(cone, ("198.18.1.3", 4000), own)
+    assert not known_listener(cone, ("198.19.3.2", 4000), own)
+    # unless the supernode's dial-back reached it, or its router mapped it
+    assert known_listener(replace(cone, reachable=True), ("198.18.1.3", 4000), own)
+    mapped = replace(cone, tcp=(*cone.tcp, ("198.18.1.3", 7000)),
+                     mapped_tcp=(("198.18.1.3", 7000),))
+    assert known_listener(mapped, ("198.18.1.3", 7000), own)
+    assert not known_listener(mapped, ("198.18.1.3", 4000), own)
+    # the whole overlay on this machine
+    local = Candidates((("127.0.0.1", 4000),), (), "public", False)
+    assert known_listener(local, ("127.0.0.1", 4000), ("127.0.0.1",))
