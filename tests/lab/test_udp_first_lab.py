@@ -15,6 +15,11 @@ lost, none written twice). Before, this send reported ``udp-punch`` and took 8.3
 The other direction (``public`` caller) is checked for delivery and the final path: there the
 callee dials the caller as soon as it answers, so direct TCP may complete before the race
 selects and the transfer then never moves.
+
+A ``tcp-only`` client's send to the ``public`` one dials the callee's listener caller first
+(the callee's presence lists ``media-tcp-first``, and its address is its own): the caller's
+race selects its dial as soon as it connects (``tcp-dial-0: 0-RTT sent``), its first bytes
+leaving with the connection. Before, it waited a round trip more for the callee's salt.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ if not _ok:
 
 pytestmark = pytest.mark.netlab
 
-CLIENTS = {"cone-1": "cone", "public-1": "public"}
+CLIENTS = {"cone-1": "cone", "public-1": "public", "tcp-only-1": "tcp-only"}
 DELAY = {"delay_ms": 100, "loss_pct": 0}
 FILE_SIZE = 8 * 2**20  # moving pays off from 4 MiB left (move_rules)
 
@@ -48,9 +53,7 @@ def test_a_file_starts_on_zero_rtt_udp_and_moves_to_direct_tcp(tmp_path: Path) -
             assert res.ok and res.json is not None, res.describe()
             j = res.json
             # the caller's race, as its log has it (``send --json`` does not carry it)
-            races = ov.log_lines(src, lambda e: e.get("event") == "path_selection",
-                                 since=res.started_at)
-            events = [e for _, e in races[-1].get("timeline") or []] if races else []
+            events = caller_race(ov, src, res.started_at)
             print(f"{src} -> {dst}: {j.get('path')}/{j.get('technique')} upgraded_from="
                   f"{j.get('upgraded_from')} in {j.get('seconds')} s; "
                   f"{[e for e in events if 'udp-punch' in e or 'upgrade' in e]}", flush=True)
@@ -65,3 +68,20 @@ def test_a_file_starts_on_zero_rtt_udp_and_moves_to_direct_tcp(tmp_path: Path) -
             entry = receiver_entry(ov, dst, src, received.name)
             assert (entry.get("path"), entry.get("upgraded_from")) == \
                 ("direct-tcp", "udp-punch"), entry
+
+        # a TCP-only caller dials the public callee caller first
+        file = ov.make_file("tcp-only-1", f"tcp-first-{os.urandom(3).hex()}.bin", 2**16)
+        res = ov.send("tcp-only-1", "public-1", file, timeout=120)
+        assert res.ok and res.json is not None, res.describe()
+        events = caller_race(ov, "tcp-only-1", res.started_at)
+        print(f"tcp-only-1 -> public-1: {res.json.get('path')} {events}", flush=True)
+        assert (res.json.get("path"), res.json.get("technique")) == ("direct-tcp", "dial")
+        assert "tcp-dial-0: 0-RTT sent" in events and "selected tcp-dial-0" in events, events
+        received = ov.wait_inbox_file("public-1", file.name, timeout=30)
+        assert sha256_file(received) == sha256_file(file)
+
+
+def caller_race(ov: LabOverlay, src: str, since: float) -> list[str]:
+    """The events of the caller's last race, as its log has them."""
+    races = ov.log_lines(src, lambda e: e.get("event") == "path_selection", since=since)
+    return [e for _, e in races[-1].get("timeline") or []] if races else []
