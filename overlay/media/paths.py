@@ -222,7 +222,8 @@ class Paths:
                               udp_punch_tried)
         log.info("tcp_punch_plan", session=s.session_id.hex(), reason=plan.reason,
                  targets=[f"{h}:{p}" for h, p in plan.targets], delay_s=plan.delay_s)
-        return punch_attempts(plan, self.listener.port, s.session_id)
+        return punch_attempts(plan, self.listener.port, s.session_id,
+                              sends_first=s.tcp_first, takes_first=not s.initiator)
 
     def plan(self, local: Candidates, remote: Candidates, attempts: dict[str, Attempt],
              slog: FilteringBoundLogger, upgrade: bool = False,

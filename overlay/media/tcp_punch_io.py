@@ -9,6 +9,16 @@ a dial's and the peer's ``tcp-accept`` speaks first: the 16 bytes are the start 
 ``secure`` handshake, handed back to it (the path is then ``direct-tcp``), so punching never
 takes a connection away from the peer's accept. Either way ``secure`` decides whether the
 other end holds the session's keys.
+
+Caller first (the callee's presence lists
+:data:`~overlay.media.tcp_listener.TCP_FIRST_CAPABILITY`): the caller writes the caller-first
+preamble instead of the session id and returns as soon as its connection is up, without
+reading anything (:class:`PunchedFirst`): its salt, confirmation, ``SELECT`` and first bytes
+follow at once, and reach the callee with its id, a round trip before they would have (the
+callee's id reaches the caller half a round trip after the caller's reached the callee, and
+the callee's salt, which the caller waited for, with it). The callee's punch takes the
+preamble as the caller's id and secures the stream caller first; its listener, should the
+caller's SYN reach it, does the same (:mod:`overlay.media.tcp_listener`).
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import socket
 
 from overlay.media.connect import Attempt, Pushback, discard_later
 from overlay.media.errors import PathLost
-from overlay.media.stream import MediaStream, TcpByteStream
+from overlay.media.stream import MediaStream, RelayRef, TcpByteStream, discard
+from overlay.media.tcp_listener import PREAMBLE_BYTES, caller_first_preamble
 from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
 
 PATH_NAME = "tcp-punch"
@@ -42,11 +53,13 @@ def _bound_socket(local_port: int) -> socket.socket:
 
 
 async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
-                    delay_s: float = 0.0, timeout: float = TCP_PUNCH_TIMEOUT_S
-                    ) -> MediaStream:
+                    delay_s: float = 0.0, timeout: float = TCP_PUNCH_TIMEOUT_S,
+                    sends_first: bool = False, takes_first: bool = False) -> MediaStream:
     """After ``delay_s``, connect from ``local_port`` to ``host:port`` and exchange the
     session id; the stream's path is ``"tcp-punch"`` (``"direct-tcp"`` when it reached the
-    peer's listener). :class:`PathLost` on failure."""
+    peer's listener). ``sends_first`` (a caller whose callee takes it): write the caller-first
+    preamble and return at once; ``takes_first`` (a callee): take the caller's preamble as
+    its id, and the stream is secured caller first. :class:`PathLost` on failure."""
     await asyncio.sleep(delay_s)
     loop = asyncio.get_running_loop()
     try:
@@ -67,7 +80,10 @@ async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
     except BaseException:  # cancelled: another path won
         sock.close()
         raise
-    stream = TcpByteStream(reader, writer, path=PATH_NAME)
+    stream = TcpByteStream(reader, writer, path=PATH_NAME, caller_first=sends_first)
+    if sends_first:
+        writer.write(caller_first_preamble(session_id))
+        return PunchedFirst(stream, session_id)
     try:
         writer.write(session_id)
         async with asyncio.timeout(timeout):
@@ -81,15 +97,72 @@ async def punch_tcp(local_port: int, host: str, port: int, session_id: bytes,
         raise
     if hmac.compare_digest(theirs, session_id):
         return stream
+    if takes_first and hmac.compare_digest(theirs, caller_first_preamble(session_id)):
+        stream.caller_first = True
+        return stream
     stream.path = LISTENER_PATH_NAME
     return Pushback(stream, theirs)
 
-def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes
+
+class PunchedFirst:
+    """The caller's caller-first punched connection, returned before anything was read: the
+    peer's first 16 bytes are its session id when its punching socket took our SYN (dropped
+    here), or else the start of its listener's accepted handshake (kept; the path is then
+    ``"direct-tcp"``, from the next read on). Whether the far end holds the session's keys
+    is the caller-first ``secure``'s to find out (it drops the path unless the callee's
+    confirmation verifies in time)."""
+
+    caller_first = True
+    relay: RelayRef | None = None
+
+    def __init__(self, raw: TcpByteStream, session_id: bytes) -> None:
+        self.raw = raw
+        self.path = raw.path
+        self._session_id = session_id
+        self._head_read = False
+        self._leftover = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.raw.send(data)
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        if not self._head_read:
+            await self._read_head()
+        if self._leftover:
+            data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
+            return data
+        return await self.raw.recv(max_bytes)
+
+    async def _read_head(self) -> None:
+        head = bytearray()
+        while len(head) < PREAMBLE_BYTES:
+            data = await self.raw.recv(65536)
+            if not data:
+                break
+            head += data
+        self._head_read = True
+        if len(head) >= PREAMBLE_BYTES and hmac.compare_digest(bytes(head[:PREAMBLE_BYTES]),
+                                                               self._session_id):
+            del head[:PREAMBLE_BYTES]
+        else:
+            self.path = LISTENER_PATH_NAME
+        self._leftover = bytes(head)
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+    async def discard(self) -> None:
+        await discard(self.raw)
+
+def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes,
+                   sends_first: bool = False, takes_first: bool = False
                    ) -> dict[str, Attempt]:
-    """The race's attempts for ``plan``: ``tcp-punch-N`` for its N-th target."""
+    """The race's attempts for ``plan``: ``tcp-punch-N`` for its N-th target (caller first,
+    see :func:`punch_tcp`)."""
     def attempt(host: str, port: int) -> Attempt:
         async def punch() -> MediaStream:
-            return await punch_tcp(local_port, host, port, session_id, plan.delay_s)
+            return await punch_tcp(local_port, host, port, session_id, plan.delay_s,
+                                   sends_first=sends_first, takes_first=takes_first)
         return punch
 
     return {f"tcp-punch-{i}": attempt(h, p) for i, (h, p) in enumerate(plan.targets)}

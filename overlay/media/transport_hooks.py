@@ -26,6 +26,7 @@ from overlay.media.secure_stream import InviteSalt
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream, RelayRef, TcpByteStream
+from overlay.media.tcp_punch_io import PunchedFirst
 from overlay.relay.client import RelayByteStream, RelayLimitReached, relay_connect
 from overlay.relay.voucher import token_hash
 
@@ -41,9 +42,9 @@ async def secure(raw: MediaStream, shared: bytes, transcript: bytes, initiator: 
                  invite_salt: InviteSalt | None = None) -> MediaStream:
     """End-to-end secure a raw path; the secured stream names the same relay.
     ``invite_salt``: the session's, when its invite carried the caller's path salt. A 0-RTT
-    QUIC path, and a caller's TCP dial that says so (:mod:`.tcp_listener`), are secured
-    caller first (the caller returns at once, unconfirmed: its bytes go with its first
-    flight)."""
+    QUIC path, and a caller's TCP dial or punch that says so (:mod:`.tcp_listener`,
+    :mod:`.tcp_punch_io`), are secured caller first (the caller returns at once,
+    unconfirmed: its bytes go with its first flight)."""
     return await secure_stream(
         raw, shared, transcript, initiator, SECURE_TIMEOUT_S, relay=raw.relay,
         invite_salt=invite_salt, caller_first=caller_first(raw))
@@ -53,7 +54,7 @@ def caller_first(raw: MediaStream) -> bool:
     """Whether both sides secure this raw path caller first."""
     if isinstance(raw, QuicByteStream):
         return raw.core.zero_rtt
-    return isinstance(raw, TcpByteStream) and raw.caller_first
+    return isinstance(raw, TcpByteStream | PunchedFirst) and raw.caller_first
 
 
 @dataclass
