@@ -119,40 +119,38 @@ class PunchedFirst:
         self.raw = raw
         self.path = raw.path
         self._session_id = session_id
-        self._head_read = False
-        self._leftover = b""
+        #: where reads come from once the peer's first 16 bytes were looked at
+        self._reads: Pushback | None = None
 
     async def send(self, data: bytes) -> None:
         await self.raw.send(data)
 
     async def recv(self, max_bytes: int = 65536) -> bytes:
-        if not self._head_read:
-            await self._read_head()
-        if self._leftover:
-            data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
-            return data
-        return await self.raw.recv(max_bytes)
+        if self._reads is None:
+            self._reads = Pushback(self.raw, await self._after_peer_id())
+        return await self._reads.recv(max_bytes)
 
-    async def _read_head(self) -> None:
+    async def _after_peer_id(self) -> bytes:
+        """The peer's first bytes without its session id (all of them, path ``direct-tcp``,
+        when they do not start with it)."""
         head = bytearray()
         while len(head) < PREAMBLE_BYTES:
             data = await self.raw.recv(65536)
             if not data:
                 break
             head += data
-        self._head_read = True
         if len(head) >= PREAMBLE_BYTES and hmac.compare_digest(bytes(head[:PREAMBLE_BYTES]),
                                                                self._session_id):
-            del head[:PREAMBLE_BYTES]
-        else:
-            self.path = LISTENER_PATH_NAME
-        self._leftover = bytes(head)
+            return bytes(head[PREAMBLE_BYTES:])
+        self.path = LISTENER_PATH_NAME
+        return bytes(head)
 
     async def close(self) -> None:
         await self.raw.close()
 
     async def discard(self) -> None:
         await discard(self.raw)
+
 
 def punch_attempts(plan: TcpPunchPlan, local_port: int, session_id: bytes,
                    sends_first: bool = False, takes_first: bool = False
