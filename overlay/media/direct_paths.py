@@ -50,6 +50,7 @@ from overlay.core.addresses import Address
 from overlay.media import tcp_punch
 from overlay.media.birthday import birthday_role
 from overlay.media.candidate_policy import local_overlay, public_of
+from overlay.media.punch import punch_feasible
 from overlay.media.signalling import Candidates
 
 #: the NAT class (``binding.classify``) of an untranslated UDP socket
@@ -101,6 +102,14 @@ def punch_possible(local: Candidates, remote: Candidates) -> bool:
         return True
     return tcp_punch.nat_allows(local.nat, remote.nat) \
         or birthday_role(local.nat, remote.nat) is not None
+
+
+def punch_needs_mapping(local: Candidates, remote: Candidates) -> bool:
+    """Simple UDP punching gets through between these sides only by a router mapping of a
+    side's UDP socket (two symmetric NATs, one of them mapped: :func:`.punch.punch_feasible`),
+    so a punched path between them is the mapping's doing. Symmetric in the two sides."""
+    return bool(local.mapped_udp or remote.mapped_udp) \
+        and not punch_feasible(local.nat, remote.nat)
 
 
 def direct_ruled_out(local: Candidates, remote: Candidates, same_network: bool) -> bool:

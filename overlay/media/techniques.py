@@ -63,14 +63,16 @@ def relay_elsewhere(name: str, current: str) -> bool:
 
 
 def technique(selected: str | None, inbound_via_mapping: bool,
-              inbound_on_lan: bool = False) -> str:
+              inbound_on_lan: bool = False, punch_via_mapping: bool = False) -> str:
     """How the path of the ``selected`` attempt got through, as ``overlay send --json``
     reports it (next to ``path``):
 
     - ``lan``: we dialled the peer's address on the LAN both share (``tcp-dial-lan-N``), or
       the peer's connection reached our listener from such an address (``inbound_on_lan``);
     - ``mapping``: we dialled the peer's router-mapped address, or the peer's connection
-      reached our listener through our own mapping (``inbound_via_mapping``);
+      reached our listener through our own mapping (``inbound_via_mapping``), or a UDP punch
+      that only a router mapping of a side's UDP socket lets through (``punch_via_mapping``:
+      :func:`.direct_paths.punch_needs_mapping`);
     - ``dial``: any other direct TCP connection (one side reachable, the other dialled);
     - ``simple``: UDP hole punching, both sides probing each other's candidates;
     - ``simultaneous-open``: TCP hole punching, both sides connecting from their listener's
@@ -87,7 +89,7 @@ def technique(selected: str | None, inbound_via_mapping: bool,
     if selected.startswith("tcp-dial-lan") or (selected == "tcp-accept" and inbound_on_lan):
         return "lan"
     if selected == "udp-punch":
-        return "simple"
+        return "mapping" if punch_via_mapping else "simple"
     if selected.startswith("tcp-punch"):
         return "simultaneous-open"
     if selected == "udp-birthday":

@@ -10,15 +10,15 @@
   the client without a mapping, quickly.
 - ``test_pairs_with_a_mapping_side_go_direct``: overlay clients behind ``symmetric``,
   ``tcp-only``, ``cone`` and ``mapping`` routers send each other files (:data:`PAIRS`):
-  every pair delivers over ``direct-tcp`` with technique ``mapping`` (the other side dials
-  the mapped address), where a ``symmetric`` or ``tcp-only`` side with a NATed peer needs a
-  relay (tests/lab/test_connectivity_lab.py); the client deletes its mappings when it
-  stops.
+  every pair delivers directly with technique ``mapping`` (the other side dials the mapped
+  address, or punches through the mapped UDP socket: :data:`DIRECT`), where a ``symmetric``
+  or ``tcp-only`` side with a NATed peer needs a relay (tests/lab/test_connectivity_lab.py);
+  the client deletes its mappings when it stops.
 - ``test_with_no_port_mapping_the_same_pair_needs_a_relay``: the control, with
   ``--no-port-mapping``.
 - ``test_upnp_igd_only_router``: a ``mapping`` router that speaks UPnP IGD only (nothing on
   port 5351): the client maps by UPnP (``status`` says ``"method": "upnp"``), the pair goes
-  ``direct-tcp`` with technique ``mapping``, and the client deletes by UPnP when it stops.
+  direct with technique ``mapping``, and the client deletes by UPnP when it stops.
 """
 
 from __future__ import annotations
@@ -43,10 +43,15 @@ if not _ok:
 pytestmark = pytest.mark.netlab
 
 MAX_LIFETIME_S = 4
-#: every pair must deliver over direct-tcp with technique "mapping"; without the mapping
-#: each of them goes through a relay (tests/lab/test_connectivity_lab.py's table)
+#: every pair must deliver directly with technique "mapping"; without the mapping each of
+#: them goes through a relay (tests/lab/test_connectivity_lab.py's table)
 PAIRS = [("sym-1", "map-1"), ("map-1", "sym-1"), ("tcp-1", "map-1"), ("map-1", "tcp-1"),
          ("cone-1", "map-2"), ("map-1", "map-2")]
+#: the paths a mapping opens: a dial to the mapped listener (or from the peer through ours),
+#: or a UDP punch through the mapped UDP socket, which wins where the caller's invite took
+#: 0.1 s or more to be answered (a loaded machine: UDP first, path_opening) and the file is
+#: too short to move to TCP
+DIRECT = ("direct-tcp", "udp-punch")
 
 
 def nft_table(lab: Lab, host: str) -> str:
@@ -186,7 +191,7 @@ def test_pairs_with_a_mapping_side_go_direct(tmp_path: Path) -> None:
             assert res.json is not None
             rows.append(f"{src} -> {dst}: {res.json.get('path')} "
                         f"({res.json.get('technique')}) in {res.json.get('seconds')} s")
-            assert res.json.get("path") == "direct-tcp", res.describe()
+            assert res.json.get("path") in DIRECT, res.describe()
             assert res.json.get("technique") == "mapping", res.describe()
             assert res.json.get("relay") is None
             received = ov.wait_inbox_file(dst, name, timeout=10)
@@ -236,7 +241,7 @@ def test_upnp_igd_only_router(tmp_path: Path) -> None:
         file = ov.make_file("sym-1", "igd.bin", 1 << 20)
         res = ov.send("sym-1", "igd-1", file, timeout=90)
         assert res.ok and res.json is not None, res.describe()
-        assert (res.json["path"], res.json["technique"]) == ("direct-tcp", "mapping"), \
+        assert res.json["path"] in DIRECT and res.json["technique"] == "mapping", \
             res.describe()
         assert sha256_file(ov.wait_inbox_file("igd-1", "igd.bin")) == sha256_file(file)
         ov.stop_daemon("igd-1")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from overlay.media.direct_paths import punch_needs_mapping
 from overlay.media.portmap import (
     RETRANSMITS,
     Deleted,
@@ -333,6 +334,16 @@ def test_technique_names_how_the_selected_path_got_through() -> None:
     assert technique("tcp-dial-lan-0", False) == "lan"               # we dialled its LAN address
     assert technique("tcp-accept", False, inbound_on_lan=True) == "lan"  # it dialled ours
     assert technique("tcp-dial-1", False, inbound_on_lan=True) == "dial"
+    assert technique("udp-punch", False, punch_via_mapping=True) == "mapping"
+
+
+def test_a_punch_only_a_udp_mapping_lets_through_is_the_mappings_doing() -> None:
+    mapped = Candidates((), ((EXT, 40001),), "symmetric", False, mapped_udp=((EXT, 40001),))
+    symmetric = Candidates((), (("198.18.0.7", 5000),), "symmetric", False)
+    cone = Candidates((), (("198.18.0.8", 5000),), "cone", False)
+    assert punch_needs_mapping(symmetric, mapped) and punch_needs_mapping(mapped, symmetric)
+    assert not punch_needs_mapping(cone, mapped)       # cone to symmetric punches without it
+    assert not punch_needs_mapping(symmetric, symmetric)  # no mapping: no punch at all
 
 
 # -- the adapter against the lab's responder, on loopback ----------------------------------------
