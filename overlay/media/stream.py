@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -65,8 +67,8 @@ async def discard(stream: ByteStream) -> None:
     """Drop a path that carried nothing of ours (a race's loser, a spare never used): what it
     holds -- a relay session's budget, a socket -- is given back at once, not after a graceful
     close's round trips (a QUIC close waits for its FIN to be acknowledged, then for the
-    peer's CONNECTION_CLOSE). A stream with no quicker way (TCP: its close is immediate) is
-    closed."""
+    peer's CONNECTION_CLOSE; a TCP connection is reset, which also spares both sides its
+    TIME_WAIT). A stream with no quicker way is closed."""
     if isinstance(stream, Discardable):
         await stream.discard()
     else:
@@ -99,8 +101,53 @@ class TcpByteStream:
             return await self.reader.read(max_bytes)
 
     async def close(self) -> None:
+        """Finish sending and close; reset the connection instead when the peer closed first
+        (:func:`peer_closed_first`)."""
+        if peer_closed_first(self.writer):
+            self._reset()
+            return
         with contextlib.suppress(Exception):
             if self.writer.can_write_eof():
                 self.writer.write_eof()
             self.writer.close()
             await self.writer.wait_closed()
+
+    async def discard(self) -> None:
+        """Reset the connection: it carried nothing of ours, and its 4-tuple is free again
+        at once on both sides (no TIME_WAIT)."""
+        self._reset()
+
+    def _reset(self) -> None:
+        with contextlib.suppress(OSError):
+            sock = self.writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.writer.transport.abort()
+
+
+#: ``SO_LINGER`` on, for 0 s: closing the socket sends RST and keeps no TIME_WAIT state
+_LINGER_RESET = struct.pack("ii", 1, 0)
+#: ``tcpi_state`` (the first byte of Linux's ``TCP_INFO``) of a socket whose peer sent its FIN
+#: before we closed
+_TCP_CLOSE_WAIT = 8
+
+
+def peer_closed_first(writer: asyncio.StreamWriter) -> bool:
+    """Whether the peer's FIN has arrived and we have not closed (the kernel's
+    ``CLOSE_WAIT``). Such a connection is closed by a reset: the peer has ended it (it reads
+    nothing more), and its side leaves ``FIN_WAIT_2`` at once instead of holding the 4-tuple
+    in TIME_WAIT for a minute. That matters for TCP hole punching
+    (:mod:`overlay.media.tcp_punch_io`), which connects from the media listener's port to the
+    peer's every time: a 4-tuple in TIME_WAIT refuses the next punch between the same two
+    (``EADDRNOTAVAIL``), and the pair would need a relay. The rule of go-libp2p's TCP
+    transport, which resets every connection (``SO_LINGER`` 0), here only where the peer
+    closed first, so that no byte of ours a live peer still reads is dropped."""
+    sock = writer.get_extra_info("socket")
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if sock is None or tcp_info is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 8)
+    except OSError:
+        return False
+    return len(info) > 0 and info[0] == _TCP_CLOSE_WAIT

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from overlay.media.connect import Attempt
+from overlay.media.errors import PathLost
 from overlay.media.stream import MediaStream, TcpByteStream
 from overlay.media.tcp_listener import MediaListener, dial_tcp
 
@@ -30,6 +31,16 @@ async def unsecured(raw: MediaStream) -> MediaStream:
     """A race's securer that leaves the path as it is (where its encryption is not under
     test)."""
     return raw
+
+
+async def ended(stream: TcpByteStream, timeout: float = 5.0) -> bool:
+    """Whether the far end dropped the path: ``stream`` reads the end of the stream, or a
+    reset (:class:`~overlay.media.errors.PathLost`: how a discarded TCP path ends), within
+    ``timeout``. False when bytes arrive instead."""
+    try:
+        return await asyncio.wait_for(stream.recv(64), timeout) == b""
+    except PathLost:
+        return True
 
 
 def record_sends(stream: TcpByteStream) -> bytearray:
