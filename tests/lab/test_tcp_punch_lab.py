@@ -15,6 +15,12 @@ caller's passes at once: no side waits for a SYN retransmission).
 A ``symmetric`` router masquerades with ``random,fully-random``: the punching SYN leaves with
 a random port, not the advertised one, so the peer's SYN never matches and
 ``tcp-only -> symmetric`` still needs a relay (:data:`RELAYED`).
+
+The same pairs punch again at once, also the other way round (:data:`AGAIN`): every punch
+between two peers uses the same 4-tuple (listener port to listener port), so the last
+connection must not have left it in TIME_WAIT (the side that closes second resets it,
+:class:`overlay.media.stream.TcpByteStream`); before, the kernel refused the new punch
+(``EADDRNOTAVAIL``) and the send went through a relay.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ CLIENTS = {"tcp-only-1": "tcp-only", "tcp-only-2": "tcp-only", "cone-1": "cone",
 #: pairs that must connect directly by TCP hole punching
 PUNCHED = [("tcp-only-1", "tcp-only-2"), ("tcp-only-1", "cone-1"), ("cone-1", "tcp-only-2"),
            ("tcp-only-2", "firewalled-1"), ("firewalled-1", "tcp-only-1")]
+#: then again, within the minute a closed connection's 4-tuple would spend in TIME_WAIT, and
+#: the other way round: the same two listener ports, so the same 4-tuple as before
+AGAIN = [("tcp-only-1", "cone-1"), ("cone-1", "tcp-only-1"), ("tcp-only-2", "tcp-only-1")]
 #: pairs where punching cannot work and a relay carries the file
 RELAYED = [("tcp-only-1", "symmetric-1")]
 FILE_SIZE = 1 << 20
@@ -85,7 +94,7 @@ def send_checked(ov: LabOverlay, src: str, dst: str) -> SendResult:
 def test_tcp_only_pairs_connect_by_simultaneous_open(tmp_path: Path) -> None:
     rows = []
     with LabOverlay(tmp_path, CLIENTS) as ov:
-        for src, dst in PUNCHED:
+        for src, dst in [*PUNCHED, *AGAIN]:
             res = send_checked(ov, src, dst)
             assert res.json is not None
             selected, connected_s = race(ov, res)
