@@ -27,7 +27,6 @@ from overlay.media.connect import (
     NoPath,
     Timeline,
     connect_as_responder,
-    discard_later,
 )
 from overlay.media.consent import (
     ANSWER,
@@ -62,7 +61,7 @@ from overlay.media.signalling import (
     sign_offer,
     transcript_hash,
 )
-from overlay.media.stream import MediaStream
+from overlay.media.stream import MediaStream, discard_later
 from overlay.media.tcp_punch_io import EarlyPunches
 from overlay.media.techniques import technique
 from overlay.media.transfer import PartialStore, TransferError, receive_file

@@ -37,11 +37,15 @@ from typing import Protocol
 from structlog.typing import FilteringBoundLogger
 
 from overlay.core.logs import get_logger
-from overlay.core.tasks import TaskSet
 from overlay.media.errors import MediaError
 from overlay.media.secure_stream import SecureByteStream
 from overlay.media.selection import SELECT, read_selection
-from overlay.media.stream import ByteStream, MediaStream, discard
+from overlay.media.stream import (
+    MediaStream,
+    discard,
+    discard_later,
+    unawaited_closes,
+)
 from overlay.media.techniques import is_direct_udp, is_relay, relay_elsewhere
 
 log = get_logger(__name__)
@@ -99,35 +103,6 @@ class Pushback:
 
     async def discard(self) -> None:
         await discard(self.raw)
-
-
-_closing = TaskSet()
-
-
-def close_later(stream: ByteStream | None) -> None:
-    """Close a stream the race will not use, without waiting (also from a cancelled task)."""
-    if stream is None:
-        return
-
-    async def close() -> None:
-        with contextlib.suppress(Exception):
-            await stream.close()
-
-    _closing.spawn(close())
-
-
-def discard_later(stream: ByteStream | None) -> None:
-    """Drop a path that carried nothing of ours (:func:`~overlay.media.stream.discard`),
-    without waiting (also from a cancelled task): a relay session it holds is released now,
-    its budget free for the next call."""
-    if stream is None:
-        return
-
-    async def drop() -> None:
-        with contextlib.suppress(Exception):
-            await discard(stream)
-
-    _closing.spawn(drop())
 
 
 class NoPath(MediaError):
@@ -303,7 +278,7 @@ def stop_losers(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         if not task.done():
             task.cancel()
-    _closing.spawn(asyncio.gather(*tasks, return_exceptions=True))
+    unawaited_closes.spawn(asyncio.gather(*tasks, return_exceptions=True))
 
 
 async def connect_as_initiator(

@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import Callable
 
 from overlay.media import selection
-from overlay.media.connect import Timeline, close_later, discard_later, stop_losers
+from overlay.media.connect import Timeline, stop_losers
 from overlay.media.selection import KEEPALIVE, MIRROR, SELECT
-from overlay.media.stream import MediaStream
+from overlay.media.stream import MediaStream, close_later, discard_later
 from overlay.media.techniques import (
     call_moves_to,
     file_moves_to,

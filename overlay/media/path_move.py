@@ -16,11 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from overlay.media import move_rules
-from overlay.media.connect import close_later
 from overlay.media.errors import PathLost
 from overlay.media.inbox_limits import InboxGuard
 from overlay.media.late_paths import LateDirect
-from overlay.media.stream import MediaStream
+from overlay.media.stream import MediaStream, close_later
 from overlay.media.transfer import (
     PartialStore,
     TransferInterrupted,

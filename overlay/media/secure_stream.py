@@ -77,7 +77,7 @@ from nacl.exceptions import CryptoError
 
 from overlay.media.errors import PathLost
 from overlay.media.signalling import PATH_SALT_BYTES
-from overlay.media.stream import ByteStream, RelayRef, discard
+from overlay.media.stream import ByteStream, RelayRef, discard, discard_later
 
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -336,7 +336,6 @@ class SecureByteStream:
         self._send_lock = asyncio.Lock()
         self._closed = False
         self._confirm_deadline: asyncio.TimerHandle | None = None
-        self._dropping: asyncio.Task[None] | None = None
 
     def require_confirmation(self, within_s: float) -> None:
         """Drop the path unless the peer's confirmation verified within ``within_s``: a
@@ -351,7 +350,7 @@ class SecureByteStream:
         if self.framer.confirmed or self._closed:
             return
         self.framer.fail("timeout", f"no confirmation within {within_s}s")
-        self._dropping = asyncio.ensure_future(discard(self.raw))
+        discard_later(self.raw)
 
     def _stop_deadline(self) -> None:
         if self._confirm_deadline is not None:

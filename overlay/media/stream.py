@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from overlay.core.tasks import TaskSet
 from overlay.media.errors import losing_path
 
 
@@ -73,6 +74,36 @@ async def discard(stream: ByteStream) -> None:
         await stream.discard()
     else:
         await stream.close()
+
+
+#: closes, discards and cancelled attempts winding down, which nobody awaits
+unawaited_closes = TaskSet()
+
+
+def close_later(stream: ByteStream | None) -> None:
+    """Close a stream the race will not use, without waiting (also from a cancelled task)."""
+    if stream is None:
+        return
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await stream.close()
+
+    unawaited_closes.spawn(close())
+
+
+def discard_later(stream: ByteStream | None) -> None:
+    """Drop a path that carried nothing of ours (:func:`~overlay.media.stream.discard`),
+    without waiting (also from a cancelled task): a relay session it holds is released now,
+    its budget free for the next call."""
+    if stream is None:
+        return
+
+    async def drop() -> None:
+        with contextlib.suppress(Exception):
+            await discard(stream)
+
+    unawaited_closes.spawn(drop())
 
 
 class TcpByteStream:

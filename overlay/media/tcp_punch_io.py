@@ -27,9 +27,9 @@ import asyncio
 import hmac
 import socket
 
-from overlay.media.connect import Attempt, Pushback, discard_later
+from overlay.media.connect import Attempt, Pushback
 from overlay.media.errors import PathLost
-from overlay.media.stream import MediaStream, RelayRef, TcpByteStream, discard
+from overlay.media.stream import MediaStream, RelayRef, TcpByteStream, discard, discard_later
 from overlay.media.tcp_listener import PREAMBLE_BYTES, caller_first_preamble
 from overlay.media.tcp_punch import TCP_PUNCH_TIMEOUT_S, TcpPunchPlan
 

@@ -16,7 +16,6 @@ from overlay.core.tasks import unless_set
 from overlay.media.binding import BINDING_TIMEOUT_S, nat_type, settle
 from overlay.media.birthday import birthday_role
 from overlay.media.birthday_io import birthday_path
-from overlay.media.connect import discard_later
 from overlay.media.errors import PEER_HOLDS_SPARE, PathLost, losing_path
 from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
@@ -25,7 +24,7 @@ from overlay.media.quic.stream import QuicByteStream
 from overlay.media.secure_stream import InviteSalt
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
-from overlay.media.stream import MediaStream, RelayRef, TcpByteStream
+from overlay.media.stream import MediaStream, RelayRef, TcpByteStream, discard_later
 from overlay.media.tcp_punch_io import PunchedFirst
 from overlay.relay.client import RelayByteStream, RelayLimitReached, relay_connect
 from overlay.relay.voucher import token_hash
