@@ -21,7 +21,6 @@ from overlay.attach import SignalDelivery
 from overlay.attach.adapter import SessionError
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
-from overlay.media import direct_paths
 from overlay.media.attachment import AttachmentPort, ContactsPort
 from overlay.media.connect import (
     NoPath,
@@ -54,7 +53,6 @@ from overlay.media.session import MediaConfig, Session
 from overlay.media.signalling import (
     CALL,
     FILE,
-    Candidates,
     Offer,
     SignallingError,
     open_offer,
@@ -63,7 +61,6 @@ from overlay.media.signalling import (
 )
 from overlay.media.stream import MediaStream, discard_later
 from overlay.media.tcp_punch_io import EarlyPunches
-from overlay.media.techniques import technique
 from overlay.media.transfer import PartialStore, TransferError, receive_file
 
 log = get_logger(__name__)
@@ -246,7 +243,8 @@ class Callee:
                     await close_quietly(stream)
                 return
             entry["path"] = stream.path
-            entry["technique"] = self._technique(timeline.selected, s, local, invite)
+            entry["technique"] = self.paths.technique(timeline.selected, s, local,
+                                                      invite.candidates)
             self._remember(entry)
             moving = Moving(stream, late) if late is not None and late.armed else None
             try:
@@ -264,7 +262,8 @@ class Callee:
                 self.paths.connect_stats.record_upgrade(local.nat, invite.candidates.nat,
                                                         timeline.events)
                 entry.update(path=moving.stream.path, upgraded_from=moving.moved_from,
-                             technique=self._technique(moving.attempt, s, local, invite))
+                             technique=self.paths.technique(moving.attempt, s, local,
+                                                            invite.candidates))
             entry.update(name=done.name, bytes=done.bytes, sha256=done.sha256,
                          first_byte_at=done.first_byte_at, done_at=time.time())
             slog.info("file_received", from_user=invite.from_user, name=done.name,
@@ -280,12 +279,6 @@ class Callee:
             early.release()
             self.sessions.pop(s.session_id, None)
             self.paths.listener.forget(s.session_id)
-
-    def _technique(self, selected: str | None, s: Session, local: Candidates,
-                   invite: Offer) -> str:
-        return technique(selected, self.paths.inbound_via_mapping(invite.candidates),
-                         self.paths.inbound_on_lan(s, invite.candidates),
-                         direct_paths.punch_needs_mapping(local, invite.candidates))
 
     def _remember(self, entry: dict[str, Any]) -> None:
         if entry not in self.transfers:

@@ -25,6 +25,7 @@ from overlay.media import (
     direct_paths,
     portmap,
     tcp_punch,
+    techniques,
     transport_hooks,
 )
 from overlay.media.attachment import AttachmentPort
@@ -144,6 +145,15 @@ class Paths:
         ok = self.attachment.attach_ok()
         return (self.portmaps is not None and bool(self.portmaps.mapped("tcp"))
                 and ok is not None and ok.reflexive_host not in remote.public_hosts())
+
+    def technique(self, selected: str | None, s: Session, local: Candidates,
+                  remote: Candidates) -> str:
+        """How the path of attempt ``selected`` got through (:func:`.techniques.technique`),
+        between our ``local`` candidates and the peer's ``remote`` ones in session ``s``: the
+        one place both the caller's ``send --json`` and the callee's record ask."""
+        return techniques.technique(selected, self.inbound_via_mapping(remote),
+                                    self.inbound_on_lan(s, remote),
+                                    direct_paths.punch_needs_mapping(local, remote))
 
     # -- paths ----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from overlay.core import records
 from overlay.core.logs import get_logger
 from overlay.core.tasks import TaskSet
 from overlay.core.user_ref import UserRef, parse_user_ref
-from overlay.media import direct_paths, transport_hooks
+from overlay.media import transport_hooks
 from overlay.media.attachment import AttachmentPort, ContactsPort, OpenDoor
 from overlay.media.callee import Callee
 from overlay.media.connect_stats import ConnectStats
@@ -45,7 +45,6 @@ from overlay.media.session import LostMidTransfer, MediaConfig, Session
 from overlay.media.signalling import CALL as CALL
 from overlay.media.signalling import FILE, Offer
 from overlay.media.tcp_listener import MediaListener
-from overlay.media.techniques import technique
 from overlay.media.transfer import (
     PartialStore,
     TransferError,
@@ -270,12 +269,9 @@ class MediaService:
                     self.connect_stats.record_upgrade(opened.invite.candidates.nat,
                                                       answer.candidates.nat, timeline.events)
                 return {"path": final.path,
-                        "technique": technique(selected,
-                                               self.paths.inbound_via_mapping(answer.candidates),
-                                               self.paths.inbound_on_lan(opened.session,
-                                                                         answer.candidates),
-                                               direct_paths.punch_needs_mapping(
-                                                   opened.invite.candidates, answer.candidates)),
+                        "technique": self.paths.technique(selected, opened.session,
+                                                          opened.invite.candidates,
+                                                          answer.candidates),
                         "relay": final.relay.id if final.relay else None,
                         "bytes": done.bytes, "seconds": round(seconds, 4),
                         "sha256": done.sha256, "resumed_from": done.resumed_from,
