@@ -22,15 +22,19 @@ The plan, on top of ``connect.DEFAULT_STAGGERS`` (UDP punching after 0.25 s, rel
 1.5 s): when no direct path is known to work, the relay starts at once; if a direct TCP path
 still may work, the caller then waits up to :data:`PREFER_DIRECT_S` after a relay
 authenticated for a direct path to authenticate too, and selects the direct one if it does.
-UDP punching starts at once when no direct TCP path may work (its 0.25 s only gives TCP the
-chance to win first).
+UDP punching starts at once when no direct TCP path is known to work (its 0.25 s only gives a
+TCP path the chance to win first). A path that only *may* work (a ``public`` side whose
+dial-back failed: a host behind a stateful firewall, which drops the peer's SYN; or whose check
+is not done yet, the first moment after it attached) gets no head start: its attempts run on
+beside the punched path, and a file moves to one that completes (``from_udp``, below).
 
 UDP first, upgrade to TCP (``udp_first``: a file whose caller opens its punched path with
-0-RTT, :mod:`overlay.media.quic`, once the signalling showed a long round trip): where a
-direct TCP path may work (a side public or reachable) but the sides are not on one network,
-UDP punching starts at once rather than after TCP's head start, so the caller's first bytes
-ride its first QUIC flight; the direct TCP attempts run on (``from_udp``), and the transfer
-moves to the first that completes, for TCP's throughput (:func:`.techniques.file_moves_to`).
+0-RTT, :mod:`overlay.media.quic`, once the signalling showed a long round trip; or a direct
+TCP path that only may work): where a direct TCP path may work (a side public or reachable)
+but the sides are not on one network, UDP punching starts at once rather than after TCP's
+head start, so the caller's first bytes ride its first QUIC flight; the direct TCP attempts
+run on (``from_udp``), and the transfer moves to the first that completes, for TCP's
+throughput (:func:`.techniques.file_moves_to`).
 
 Relay first, upgrade later (``upgrade``: what runs on the path can move to a direct path
 mid-way; the media service says so for files and calls): the direct attempts still running
@@ -139,8 +143,10 @@ def plan(local: Candidates, remote: Candidates, same_network: bool,
     staggers: dict[str, float] = {}
     prefer = 0.0
     maybe, known = tcp_maybe(local, remote, same_network), tcp_known(local, remote, same_network)
-    from_udp = upgrade and udp_first and not same_network and maybe
-    if from_udp or not maybe:
+    # TCP's head start only where a direct TCP path is known to work: the rest punch at once
+    # (a public side whose dial-back failed is a stateful firewall, which drops our SYN)
+    from_udp = upgrade and not same_network and maybe and (udp_first or not known)
+    if from_udp or not known:
         staggers["udp-punch"] = 0.0
     if not known and not punch_possible(local, remote):
         staggers["relay"] = 0.0

@@ -405,9 +405,12 @@ class LabOverlay:
     def wait_attached(
         self, timeout: float = 60.0, lookups: bool = True
     ) -> dict[str, dict[str, Any]]:
-        """Wait until every client's status says ``attached``; with ``lookups`` also until
-        each client finds the next one (a ring over all clients) by a control ``lookup``, so
-        the supernodes have published every presence record. Returns the statuses."""
+        """Wait until every client's status says ``attached`` and its dial-back check has
+        answered (``promotion.reachable``: whether others can dial it, which decides whether
+        a dial gets TCP's head start, :func:`overlay.media.direct_paths.plan`); with
+        ``lookups`` also until each client finds the next one (a ring over all clients) by a
+        control ``lookup``, so the supernodes have published every presence record. Returns
+        the statuses."""
         hosts = list(self.clients)
         statuses: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout
@@ -416,12 +419,13 @@ class LabOverlay:
             self.check_alive()
             for host in sorted(pending):
                 s = self.status(host)
-                if s.get("state") == "attached":
+                if s.get("state") == "attached" \
+                        and (s.get("promotion") or {}).get("reachable") is not None:
                     statuses[host] = s
                     pending.discard(host)
             if pending and time.monotonic() > deadline:
                 raise AssertionError(
-                    f"not attached within {timeout}s: {sorted(pending)}; "
+                    f"not attached and checked within {timeout}s: {sorted(pending)}; "
                     + "; ".join(f"{h}: {self.log_tail(h, 3)}" for h in sorted(pending)))
             if pending:
                 time.sleep(0.2)

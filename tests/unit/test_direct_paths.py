@@ -20,10 +20,10 @@ from overlay.media.direct_paths import (
 from overlay.media.signalling import Candidates
 from overlay.media.stream import MediaStream, TcpByteStream
 
-#: what each lab router kind announces (binding.classify; ``reachable`` is False: only
-#: clients that may become supernodes have the supernode dial them back)
+#: what each lab router kind announces (binding.classify; ``reachable``: the supernode's
+#: dial-back, which every client asks for once attached, reached it: the public host's only)
 KIND_CANDIDATES = {
-    "public": Candidates((("198.18.0.5", 4000),), (("198.18.0.5", 5000),), "public", False),
+    "public": Candidates((("198.18.0.5", 4000),), (("198.18.0.5", 5000),), "public", True),
     "firewalled": Candidates((("198.18.0.11", 4000),), (("198.18.0.11", 5000),), "public",
                              False),
     "cone": Candidates((("198.19.3.2", 4000), ("198.18.1.3", 4000)),
@@ -57,11 +57,24 @@ def test_the_relay_starts_at_once_exactly_for_the_relay_pairs_of_the_lab_matrix(
         assert direct_ruled_out(one, other, False) == lab_needs_relay(a, b), (a, b)
 
 
-def test_punching_starts_at_once_only_when_no_tcp_path_may_win() -> None:
-    cone, fw = KIND_CANDIDATES["cone"], KIND_CANDIDATES["firewalled"]
+def test_punching_starts_at_once_unless_a_tcp_path_is_known_to_work() -> None:
+    """TCP's 0.25 s head start goes only to a dial known to reach a listener (a reachable or
+    mapped side, one network); a public side whose dial-back failed (a stateful firewall,
+    which drops our SYN) or is not done yet gets none, and its TCP attempts run on beside
+    the punched path for a file to move to."""
+    cone, fw, public = (KIND_CANDIDATES[k] for k in ("cone", "firewalled", "public"))
     assert plan(cone, cone, False).staggers == {"udp-punch": 0.0}
-    assert plan(cone, fw, False).staggers == {}  # the firewalled side may be a public one
-    assert plan(cone, KIND_CANDIDATES["public"], False).staggers == {}
+    assert plan(cone, public, False).staggers == {}  # the callee's listener takes our dial
+    assert plan(public, cone, False).staggers == {}  # the callee dials us
+    for one, other in ((cone, fw), (fw, cone), (fw, fw)):
+        assert plan(one, other, False).staggers == {"udp-punch": 0.0}
+        moving = plan(one, other, False, upgrade=True)
+        assert moving.staggers == {"udp-punch": 0.0} and moving.from_udp
+        # one network: the dial over it is known to work, and keeps its head start
+        assert plan(one, other, True, upgrade=True).staggers == {}
+    unchecked = replace(public, reachable=False)  # its dial-back not answered yet
+    assert plan(cone, unchecked, False) == plan(cone, fw, False)
+    assert plan(unchecked, cone, False, upgrade=True).from_udp
 
 
 @pytest.mark.parametrize("a", KINDS)
@@ -69,12 +82,15 @@ def test_punching_starts_at_once_only_when_no_tcp_path_may_win() -> None:
 def test_udp_goes_first_where_tcp_may_work_and_punching_too(a: str, b: str) -> None:
     """UDP first, upgrade to TCP: a pair with a side TCP may reach (public, firewalled) and
     UDP punching between them punches at once and keeps TCP running to move to; both sides
-    agree; nothing changes for a call (no ``udp_first``), nor on one network."""
+    agree; nothing changes on one network. Without ``udp_first`` the same holds where TCP
+    only may work (no side known to take a dial: the firewalled one)."""
     local, remote = KIND_CANDIDATES[a], KIND_CANDIDATES[b]
     base = plan(local, remote, False, upgrade=True)
     first = plan(local, remote, False, upgrade=True, udp_first=True)
     assert plan(remote, local, False, upgrade=True, udp_first=True) == first
+    assert plan(remote, local, False, upgrade=True) == base
     untranslated = "public" in (local.nat, remote.nat)
+    known = local.reachable or remote.reachable
     punched = "no-udp" not in (local.nat, remote.nat) \
         and {local.nat, remote.nat} != {"symmetric"}
     assert first.from_udp == untranslated, (a, b, first)
@@ -82,11 +98,12 @@ def test_udp_goes_first_where_tcp_may_work_and_punching_too(a: str, b: str) -> N
         assert first.staggers == {**base.staggers, "udp-punch": 0.0}
     else:
         assert first == base
-    assert not base.from_udp
+    assert base.from_udp == (untranslated and not known), (a, b, base)
     assert plan(local, remote, True, upgrade=True, udp_first=True) == \
         plan(local, remote, True, upgrade=True)
     if untranslated and punched and {local.nat, remote.nat} <= {"public", "cone"}:
-        assert first.staggers["udp-punch"] == 0.0 and "udp-punch" not in base.staggers
+        assert first.staggers["udp-punch"] == 0.0
+        assert ("udp-punch" in base.staggers) == (not known), (a, b, base)
 
 
 def test_one_network_or_a_mapping_keeps_the_direct_paths() -> None:
