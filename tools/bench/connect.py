@@ -258,6 +258,7 @@ def one_transfer(ov: LabOverlay, src: str, dst: str, size: int, timeout: float,
         file.unlink(missing_ok=True)
         return run
     run.update(path=answer.get("path"), technique=answer.get("technique"),
+               upgraded_from=answer.get("upgraded_from"),
                relay=answer.get("relay"), bytes=answer.get("bytes"),
                sender_seconds=answer.get("seconds"),
                supernodes=len(via) if None not in via else None)
