@@ -244,11 +244,13 @@ async def relay_connect(
     ``role`` is :data:`~overlay.relay.ROLE_CALLER` (creates the session and waits for the
     callee, up to the relay's pairing wait) or :data:`~overlay.relay.ROLE_CALLEE`. ``rate_bps``
     0 asks for the relay's per-session cap. ``timeout`` bounds everything (connect, answer,
-    pairing). ``retry_unknown_token`` (callee only): the relay refuses a callee that arrives
-    before the caller ("unknown token"), which is the usual order (the callee starts its path
-    attempts when it sends its answer, the caller when that answer arrives); so by default the
-    callee asks again after 0.05 s, then 1.5 times longer each time up to every 0.25 s, until
-    ``timeout``. Pass False to fail at once.
+    pairing). ``retry_unknown_token`` (callee only): a callee usually arrives before the
+    caller (it starts its path attempts when it sends its answer, the caller when that answer
+    arrives); the relay holds it up to 3 s (:mod:`overlay.relay.early_callees`) and answers
+    once the caller came, or refuses it "unknown token" (when the hold ends, at once past the
+    hold's limits, and at once at an older relay); so by default the callee asks again after
+    0.05 s, then 1.5 times longer each time up to every 0.25 s, until ``timeout``. Pass False
+    to fail at the first refusal.
     ``voucher`` (a caller's credential, :mod:`overlay.relay.voucher`): without one, a caller
     is admitted only for a token an attached client reserved (``RelayReserve``).
 

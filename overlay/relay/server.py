@@ -33,6 +33,7 @@ from overlay.core.addresses import network_key
 from overlay.core.logs import get_logger
 from overlay.relay.admission import Holding, RelayAdmission, Reservation
 from overlay.relay.budget import DURATION_LIMIT, Budget, BudgetConfig, Refusal, SessionBudget
+from overlay.relay.early_callees import EARLY_CALLEE_HOLD_S, EarlyCallees
 from overlay.relay.protocol import (
     MAX_HELLO_BYTES,
     REASON_BAD_HELLO,
@@ -150,10 +151,14 @@ class RelayLink:
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         #: this connection's logger (``peer=host:port``)
         self.log = log.bind(peer=self.peer)
-        #: "hello", "waiting" (a caller before its callee), "paired", "closed"
+        #: "hello", "waiting" (a caller before its callee), "early" (a callee before its
+        #: caller), "paired", "closed"
         self.state = "hello"
         self.session: RelaySession | None = None
         self.role = -1
+        #: an early callee's token and the rate its hello asked for
+        self.token = b""
+        self.requested_rate_bps = 0
         #: bytes this side sent that are not forwarded yet (never more than one read)
         self.held: memoryview | None = None
         #: this side sent EOF / its connection is gone / our EOF to the peer is out
@@ -200,8 +205,8 @@ class RelayLink:
             if rest:
                 self._hold(rest)
             self.server._on_hello(self, bytes(self._hello))
-        elif self.state == "waiting":
-            # a caller should send nothing before its answer; keep a little, then stop reading
+        elif self.state in ("waiting", "early"):
+            # nothing should come before the answer; keep a little, then stop reading
             self._hold(data)
             if self.held is not None and len(self.held) > EARLY_BYTES_MAX:
                 self._set_reading(False)
@@ -214,6 +219,7 @@ class RelayLink:
         elif self.state == "waiting":
             self.server._abandon(self, "caller left")
         else:
+            self.server._early_left(self)
             self.close()
         return True  # keep the transport open: the other direction may still be flowing
 
@@ -221,6 +227,9 @@ class RelayLink:
         self.lost = True
         if self.state == "waiting":
             self.server._abandon(self, "caller left")
+        elif self.state == "early":
+            self.server._early_left(self)
+            self.close()
         elif self.state == "paired":
             other = self.other
             if other is not None:
@@ -353,6 +362,7 @@ class RelayServer:
         *,
         pair_timeout_s: float = PAIR_TIMEOUT_S,
         hello_timeout_s: float = HELLO_TIMEOUT_S,
+        early_callee_hold_s: float = EARLY_CALLEE_HOLD_S,
         node_key: bytes = b"",
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         half_closed_idle_s: float = HALF_CLOSED_IDLE_S,
@@ -367,6 +377,9 @@ class RelayServer:
         self.admission = RelayAdmission(config)
         self.pair_timeout_s = pair_timeout_s
         self.hello_timeout_s = hello_timeout_s
+        self.early_callee_hold_s = early_callee_hold_s
+        #: callees that came before their caller, held until it comes (or the hold ends)
+        self.early: EarlyCallees[RelayLink] = EarlyCallees()
         self.on_change = on_change
         self.waiting: dict[bytes, RelaySession] = {}
         self.active: dict[bytes, RelaySession] = {}
@@ -403,14 +416,26 @@ class RelayServer:
             return
         found = self.waiting.pop(token, None)
         if found is None:
-            reason = REASON_TOKEN_USED if token in self.active or token in self._used \
-                else REASON_UNKNOWN_TOKEN
-            self._refuse(link, reason)
+            if token in self.active or token in self._used:
+                self._refuse(link, REASON_TOKEN_USED)
+            elif self.early.hold(token, link, link.ip):
+                link.state, link.token = "early", token
+                link.requested_rate_bps = hello.requested_rate_bps
+                link._timer = asyncio.get_running_loop().call_later(
+                    self.early_callee_hold_s, self._early_timeout, link)
+                link.log.info("relay_callee_early", held=len(self.early))
+            else:
+                self._refuse(link, REASON_UNKNOWN_TOKEN)
             return
-        session = found
+        self._pair(found, link, hello.requested_rate_bps, now)
+
+    def _pair(self, session: RelaySession, link: RelayLink, requested_rate_bps: int,
+              now: float) -> None:
+        """The callee ``link`` joins the caller waiting in ``session``."""
+        token = session.token
         if session.timer is not None:
             session.timer.cancel()
-        self.budget.pair(session.budget, hello.requested_rate_bps, now)
+        self.budget.pair(session.budget, requested_rate_bps, now)
         session.b = link
         link.session = session
         self.active[token] = session
@@ -475,6 +500,23 @@ class RelayServer:
         link.log.info("relay_waiting", rate_bps=rate.rate_bps, credential=credential,
                       reserved_bps=self.budget.reserved_bps)
         self._changed()
+        early = self.early.take(token)
+        if early is not None:  # its callee came first and is held: pair them now
+            early._cancel_timer()
+            del self.waiting[token]
+            self._pair(session, early, early.requested_rate_bps, now)
+
+    def _early_timeout(self, link: RelayLink) -> None:
+        """A held callee's caller did not come in time: ``unknown token`` (it may ask
+        again)."""
+        link._timer = None
+        if self.early.drop(link.token, link):
+            self._refuse(link, REASON_UNKNOWN_TOKEN)
+
+    def _early_left(self, link: RelayLink) -> None:
+        """A held callee closed its connection before its caller came."""
+        if link.state == "early" and self.early.drop(link.token, link):
+            link.log.info("relay_callee_left_early")
 
     def reserve(self, token_hash: bytes, key: bytes) -> str | None:
         """A client attached to this supernode (identity ``key``) reserves the session whose

@@ -13,6 +13,10 @@ from bytes, as an attacker would: hello v1 (token only) and hello v2 with a vouc
 3. From one /24, sessions stop at the per-/24 limits (``subnet limit``) while another /24 still
    gets one; one key pair stops at the per-key limit (``key limit``) even from many /24s.
 4. A session announces its limits in its OK status and is cut at them (bytes, seconds).
+5. A callee's hello needs no credential, and the relay holds a callee whose caller has not
+   come yet: callees with tokens nobody brings are held at most 8 per IP and 16 per /24, the
+   rest refused ``unknown token`` at once, the held ones let go when their hold ends; an
+   honest callee elsewhere is still held and paired.
 """
 
 from __future__ import annotations
@@ -293,3 +297,55 @@ async def test_a_session_announces_its_limits_and_is_cut_at_them():
         await wait_for(lambda: node.relay.stats.ended["duration limit"] == 1)
         a.close(), b.close()
 
+
+
+# -- 5 --------------------------------------------------------------------------------------
+
+
+async def status_within(conn: Conn, timeout: float) -> tuple[int, bytes] | None:
+    """The relay's answer on ``conn`` if it comes within ``timeout``, else None (held)."""
+    try:
+        return await read_status(conn.reader, timeout)
+    except TimeoutError:
+        return None
+
+
+async def test_callees_held_before_their_caller_are_capped_per_ip_and_per_slash24():
+    async with relay_node(total_bps=CLI_DEFAULT_BUDGET) as (node, relay):
+        node.relay.early_callee_hold_s = 3.0
+        one_net = subnet_ips(4)  # the attacker's /24
+        junk: dict[str, list[Conn]] = {ip: [] for ip in one_net}
+        for ip in one_net:
+            for _ in range(12):
+                junk[ip].append(await Conn.open(relay, ip, hello_v2(1, os.urandom(32))))
+        answers = {ip: await asyncio.gather(*(status_within(c, 1.0) for c in conns))
+                   for ip, conns in junk.items()}
+        held = {ip: sum(a is None for a in got) for ip, got in answers.items()}
+        refused = {ip: [a for a in got if a is not None] for ip, got in answers.items()}
+        assert all(n <= 8 for n in held.values()), held  # per IP
+        assert sum(held.values()) == 16, held  # per /24
+        assert all(a == (1, b"unknown token") for got in refused.values() for a in got)
+        assert len(node.relay.early) == 16
+
+        # an honest pair from elsewhere: its callee comes first, is held, and pairs at once
+        honest_callee, honest_caller = loopback_ips(2)
+        token = os.urandom(32)
+        b = await Conn.open(relay, honest_callee, hello_v2(1, token))
+        await wait_for(lambda: len(node.relay.early) == 17)
+        v = voucher(node.identity.public_key, token, Identity.generate(), Identity.generate())
+        a = await Conn.open(relay, honest_caller, hello_v2(0, token, v))
+        assert (await read_status(a.reader))[0] == 0
+        assert (await read_status(b.reader))[0] == 0
+        a.writer.write(b"through")
+        assert await b.reader.readexactly(7) == b"through"
+
+        # the hold ends: every junk callee still held is let go with "unknown token"
+        still = [c for ip, conns in junk.items()
+                 for c, got in zip(conns, answers[ip], strict=True) if got is None]
+        assert len(still) == 16
+        assert await asyncio.gather(*(status_within(c, 5.0) for c in still)) \
+            == [(1, b"unknown token")] * 16
+        await wait_for(lambda: len(node.relay.early) == 0)
+        assert node.relay.budget.reserved_bps > 0 and len(node.relay.active) == 1
+        for c in [*(c for conns in junk.values() for c in conns), a, b]:
+            c.close()

@@ -271,8 +271,30 @@ async def test_two_clients_pair_and_exchange_a_mebibyte_each_way() -> None:
         assert answer.host == ip
 
 
-async def test_a_callee_that_comes_first_asks_again_until_the_caller_is_there() -> None:
+async def test_a_callee_that_comes_first_is_held_and_paired_as_its_caller_comes() -> None:
+    """The relay holds a callee whose caller has not come yet, on its one connection, and
+    pairs it the moment the caller's hello creates the session: no refusal, no second ask."""
     async with supernode(relay=BudgetConfig(total_bps=10 * MBIT)) as (node, ip):
+        relay = node.relay
+        token = os.urandom(TOKEN_BYTES)
+        callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5,
+                                                   retry_unknown_token=False))
+        await wait_for(lambda: len(relay.early) == 1)
+        a = await call(node, ip, token, timeout=5)
+        b = await asyncio.wait_for(callee, 1.0)
+        assert not relay.stats.refused and relay.stats.paired == 1 and not relay.early
+        await a.send(b"hello")
+        assert await b.recv() == b"hello"
+        await b.send(b"and back")
+        assert await a.recv() == b"and back"
+        await asyncio.gather(a.close(), b.close())
+
+
+async def test_a_callee_whose_hold_ended_asks_again_until_the_caller_is_there() -> None:
+    """A hold that ends before the caller comes is answered "unknown token" (what a relay
+    that holds no callee answers at once): the callee asks again, and pairs."""
+    async with supernode(relay=BudgetConfig(total_bps=10 * MBIT)) as (node, ip):
+        node.relay.early_callee_hold_s = 0.1
         token = os.urandom(TOKEN_BYTES)
         callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5))
         await wait_for(lambda: node.relay.stats.refused["unknown token"] >= 1)
@@ -398,6 +420,7 @@ def max_window(log: list[tuple[float, int]], width: float = 1.0) -> int:
 async def test_refusals_forward_nothing() -> None:
     async with supernode(relay=BudgetConfig(total_bps=4 * MBIT, max_sessions=2)) as (node, ip):
         relay = node.relay
+        relay.early_callee_hold_s = 0.2  # a callee nobody comes for: "unknown token" soon
         seen: list[bytes] = []
         relay.tap = lambda peer, data: seen.append(data)
 
@@ -618,6 +641,7 @@ async def test_the_record_advertises_capacity_and_spare_as_sessions_come_and_go(
         assert metric("overlay_relay_forwarded_bytes_total") == 1000
         assert metric("overlay_relay_capacity_bps") == 4 * MBIT
         assert metric("overlay_relay_reserved_bps") == 1_500_000
+        node.relay.early_callee_hold_s = 0.2
         with pytest.raises(RelayRefused):
             await relay_connect(ip, PORT, os.urandom(32), ROLE_CALLEE, timeout=3,
                                 retry_unknown_token=False)
