@@ -35,6 +35,7 @@ from overlay.media.late_paths import LateDirect
 from overlay.media.paths import Paths
 from overlay.media.quic.core import ZERO_RTT_CAPABILITY
 from overlay.media.relay_paths import RELAY_RATE_BPS, RelayPaths
+from overlay.media.relay_preconnect import RelayPreconnect
 from overlay.media.relay_vouchers import VOUCHER_MARGIN_S, caller_signatures
 from overlay.media.secure_stream import InviteSalt, new_path_salt
 from overlay.media.session import MediaConfig, Session
@@ -149,6 +150,7 @@ class PathOpener:
         # the callee may dial us as soon as it has answered, before its answer reaches us
         # (with the invite's path salt it confirms on connecting, see .secure_stream)
         self.paths.listener.expect(s.session_id)
+        preconnect = RelayPreconnect()
         try:
             local = await gathering
             setup.add("candidates")
@@ -175,6 +177,9 @@ class PathOpener:
             invited_at = time.monotonic()
             delivery = self._tasks.spawn(
                 session.signal(to_user, invite.wire, to_device=target.device))
+            # the TCP handshake to the first relay while the answer comes (its hello needs
+            # the callee's countersignature): a relay started at once pairs a round trip sooner
+            preconnect.open(relays, self.paths.own_reflexive())
             await asyncio.wait([delivery, s.answer], return_when=asyncio.FIRST_COMPLETED)
             if delivery.done():
                 try:
@@ -206,7 +211,8 @@ class PathOpener:
             shared = s.keys.shared_secret(answer.ephemeral)
             transcript = transcript_hash(invite, answer)
             attempts = self.paths.attempts(s, local, answer.candidates, shared, transcript)
-            attempts.update(self.relays.attempts(s, invite, answer, relay_rate_bps))
+            attempts.update(self.relays.attempts(s, invite, answer, relay_rate_bps,
+                                                 preconnect=preconnect))
             plan = self.paths.plan(local, answer.candidates, attempts, slog, upgrade=True,
                                    udp_first=udp_first)
             late = late_paths(purpose, plan.upgrade_s, plan.from_udp)
@@ -231,6 +237,7 @@ class PathOpener:
                     late.close()
                 await close_quietly(stream)
         finally:
+            preconnect.close()
             self.sessions.pop(s.session_id, None)
             self.paths.listener.forget(s.session_id)
 

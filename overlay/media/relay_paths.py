@@ -18,6 +18,7 @@ from overlay.media.attachment import AttachmentPort
 from overlay.media.connect import Attempt
 from overlay.media.errors import PathLost
 from overlay.media.paths import Paths
+from overlay.media.relay_preconnect import RelayPreconnect
 from overlay.media.relay_selector import RelayHistory
 from overlay.media.relay_vouchers import voucher_for
 from overlay.media.session import Session
@@ -67,8 +68,8 @@ class RelayPaths:
         return tuple((c.host, c.port, c.node_key) for c in ranked), os.urandom(32)
 
     def attempts(self, s: Session, offer: Offer, answer: Offer,
-                 rate_bps: int = RELAY_RATE_BPS, stop_pairing: asyncio.Event | None = None
-                 ) -> dict[str, Attempt]:
+                 rate_bps: int = RELAY_RATE_BPS, stop_pairing: asyncio.Event | None = None,
+                 preconnect: RelayPreconnect | None = None) -> dict[str, Attempt]:
         """One attempt per relay the invite names: the first relay that admits the session
         and pairs both halves wins the race like any other path. The caller's hello carries
         the voucher both signed (``answer``, ours or the callee's, has the callee's
@@ -76,7 +77,8 @@ class RelayPaths:
         relay that is our own supernode is reserved over our attachment instead. A call also
         tries the relays' datagram relays (:mod:`.call_relays`). ``stop_pairing`` (the
         callee's): set once the caller holds its spare relay session; the attempts not
-        paired yet then stop (:func:`~.connect.connect_as_responder`)."""
+        paired yet then stop (:func:`~.connect.connect_as_responder`). ``preconnect`` (the
+        caller's): the relay connection it opened while waiting for the answer."""
         attempts: dict[str, Attempt] = {}
         dialable: set[int] = set()
         vouchers = bool(offer.relay_sigs) and bool(answer.relay_sigs)
@@ -93,7 +95,8 @@ class RelayPaths:
             voucher = voucher_for(offer, answer, i) if s.initiator else None
             attempts[f"relay-{i}"] = transport_hooks.relay_attempt(
                 host, port, key, token, s.initiator, rate_bps, voucher=voucher,
-                reserve=None if vouchers else self._reserver(key), stop_pairing=stop_pairing)
+                reserve=None if vouchers else self._reserver(key), stop_pairing=stop_pairing,
+                preconnect=preconnect)
         if offer.purpose == CALL:
             attempts.update(call_relays.udp_relay_attempts(offer, answer, s.initiator,
                                                            rate_bps, dialable, stop_pairing))

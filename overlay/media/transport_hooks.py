@@ -21,6 +21,7 @@ from overlay.media.media_socket import MediaSocket
 from overlay.media.punch import punch_feasible
 from overlay.media.quic.connect import udp_path
 from overlay.media.quic.stream import QuicByteStream
+from overlay.media.relay_preconnect import RelayPreconnect
 from overlay.media.secure_stream import InviteSalt
 from overlay.media.secure_stream import secure as secure_stream
 from overlay.media.signalling import Candidates
@@ -151,21 +152,25 @@ Reserve = Callable[[bytes], Awaitable[None]]
 def relay_attempt(host: str, port: int, node_key: bytes, token: bytes, initiator: bool,
                   rate_bps: int, *, voucher: bytes | None = None,
                   reserve: Reserve | None = None,
-                  stop_pairing: asyncio.Event | None = None
+                  stop_pairing: asyncio.Event | None = None,
+                  preconnect: RelayPreconnect | None = None,
                   ) -> Callable[[], Awaitable[MediaStream]]:
     """Connect to a relay as the caller's (A) or callee's (B) half of one session; the
     caller's hello carries ``voucher``. ``reserve``, when given, is called first: a relay
     that is our own supernode admits the session on our reservation. ``stop_pairing`` (the
     callee's): once set, an attempt not paired yet (asking again while the relay does not
-    know the token) gives up (:class:`PathLost`)."""
+    know the token) gives up (:class:`PathLost`). ``preconnect`` (the caller's): the TCP
+    connection to this relay it opened while waiting for the answer, if it holds one."""
     relay = RelayRef(node_key)
 
     async def attempt() -> MediaStream:
         if reserve is not None:
             await reserve(token_hash(token))
+        connected = preconnect.take(host, port) if preconnect is not None else None
         stream = await unless_set(
             relay_connect(host, port, token, 0 if initiator else 1, rate_bps,
-                          RELAY_CONNECT_TIMEOUT_S, voucher=voucher, relay_id=relay.id),
+                          RELAY_CONNECT_TIMEOUT_S, voucher=voucher, relay_id=relay.id,
+                          connected=connected),
             stop_pairing, PathLost(PEER_HOLDS_SPARE), discard=discard_later)
         return RelayedStream(stream, relay)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+from collections.abc import Awaitable
 
 from overlay.relay.errors import RelayError
 from overlay.relay.protocol import (
@@ -238,6 +240,7 @@ async def relay_connect(
     voucher: bytes | None = None,
     relay_id: str | None = None,
     retry_unknown_token: bool = True,
+    connected: Awaitable[socket.socket] | None = None,
 ) -> RelayByteStream:
     """Meet the holder of ``token`` at the relay ``host:port``.
 
@@ -254,6 +257,10 @@ async def relay_connect(
     ``voucher`` (a caller's credential, :mod:`overlay.relay.voucher`): without one, a caller
     is admitted only for a token an attached client reserved (``RelayReserve``).
 
+    ``connected``: a TCP connection to the relay opened ahead (:mod:`overlay.media.
+    relay_preconnect`), used for the first hello; when it fails or the relay closed it, a new
+    connection is opened (within ``timeout``).
+
     Raises :class:`RelayRefused` (``.reason``) or ``ConnectionError`` (also on timeout).
     """
     if role not in (ROLE_CALLER, ROLE_CALLEE):
@@ -262,10 +269,22 @@ async def relay_connect(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     pause = FIRST_UNKNOWN_TOKEN_RETRY_S
+    relay_id = relay_id or f"{host}:{port}"
+    if connected is not None:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                sock = await connected
+            return await _connect_once(host, port, hello, max(0.0, deadline - loop.time()),
+                                       relay_id, sock)
+        except RelayRefused as exc:
+            if not (retry_unknown_token and exc.reason == REASON_UNKNOWN_TOKEN):
+                raise
+        except (OSError, TimeoutError):
+            pass  # the connection opened ahead failed, or went stale: open a new one
     while True:
         try:
             return await _connect_once(host, port, hello, max(0.0, deadline - loop.time()),
-                                       relay_id or f"{host}:{port}")
+                                       relay_id)
         except RelayRefused as exc:
             if not (retry_unknown_token and exc.reason == REASON_UNKNOWN_TOKEN
                     and deadline - loop.time() > pause):
@@ -275,7 +294,8 @@ async def relay_connect(
 
 
 async def _connect_once(
-    host: str, port: int, hello: bytes, timeout: float, relay_id: str
+    host: str, port: int, hello: bytes, timeout: float, relay_id: str,
+    sock: socket.socket | None = None,
 ) -> RelayByteStream:
     loop = asyncio.get_running_loop()
     transport: asyncio.BaseTransport | None = None
@@ -289,8 +309,12 @@ async def _connect_once(
 
     try:
         async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(
-                lambda: _RelayProtocol(hello), host, port)
+            if sock is None:
+                transport, proto = await loop.create_connection(
+                    lambda: _RelayProtocol(hello), host, port)
+            else:
+                transport, proto = await loop.create_connection(
+                    lambda: _RelayProtocol(hello), sock=sock)
             ok, reason, limits = await proto.answer
     except TimeoutError:
         give_up()
