@@ -76,6 +76,8 @@ def relay_metrics(relay: RelayServer) -> Iterable[Metric]:
                                  labels=["state"])
     sessions.add_metric(["waiting"], len(relay.waiting))
     sessions.add_metric(["paired"], len(relay.active))
+    #: callees held before their caller came (``relay.early_callees``)
+    sessions.add_metric(["callee_early"], len(relay.early))
     yield sessions
     yield GaugeMetricFamily("overlay_relay_capacity_bps", "Relay budget (bits/s)",
                             value=relay_capacity(relay)[0])

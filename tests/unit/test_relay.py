@@ -22,6 +22,7 @@ from overlay.core import records
 from overlay.core.identity import Identity
 from overlay.media.secure_stream import secure
 from overlay.node.daemon import NodeDaemon, NodeOptions
+from overlay.node.metrics import relay_metrics
 from overlay.node.supernode import Supernode, SupernodeOptions
 from overlay.node.tcp_service import ServiceLimits
 from overlay.relay.admission import RelayAdmission
@@ -280,6 +281,9 @@ async def test_a_callee_that_comes_first_is_held_and_paired_as_its_caller_comes(
         callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5,
                                                    retry_unknown_token=False))
         await wait_for(lambda: len(relay.early) == 1)
+        held = {s.labels["state"]: s.value for family in relay_metrics(relay)
+                if family.name == "overlay_relay_sessions" for s in family.samples}
+        assert held == {"waiting": 0, "paired": 0, "callee_early": 1}  # what /metrics says
         a = await call(node, ip, token, timeout=5)
         b = await asyncio.wait_for(callee, 1.0)
         assert not relay.stats.refused and relay.stats.paired == 1 and not relay.early
