@@ -1,4 +1,4 @@
-"""The caller's TCP connection to its first relay, opened while it waits for the answer.
+"""The caller's TCP connections to its first relays, opened while it waits for the answer.
 
 A caller's relay hello carries the voucher the callee countersigns in its answer, so the hello
 cannot go before the answer; the TCP handshake can. The callee's relay half starts as it
@@ -7,10 +7,11 @@ a relay at once (no direct path can work, or a birthday punch runs) the session 
 as the caller's hello arrives: opening the connection during the answer's delivery saves the
 caller one round trip to the relay before its first bytes.
 
-Only the invite's first relay (the best ranked) is dialled, and only where the candidate policy
-lets us dial it. A connection nobody used is closed when the path is open (or failed); one
-older than :data:`MAX_AGE_S` is not used (the relay drops a connection that sends no hello for
-10 s: a contact request's wait outlasts that) but closed, and the attempt dials anew.
+Only the invite's first :data:`MAX_RELAYS` relays (the best ranked) are dialled, and only where
+the candidate policy lets us dial them. A connection nobody used is closed when the path is
+open (or failed); one older than :data:`MAX_AGE_S` is not used (the supernode drops a
+connection that said nothing for 10 s: a contact request's wait outlasts that) but closed, and
+the attempt dials anew.
 """
 
 from __future__ import annotations
@@ -25,49 +26,56 @@ from overlay.media import candidate_policy
 
 log = get_logger(__name__)
 
-#: a preconnected relay socket is used only this long after it was opened (the relay waits
-#: 10 s for a hello: ``overlay.relay.server.HELLO_TIMEOUT_S``)
+#: a preconnected relay socket is used only this long after it was opened (the supernode
+#: drops a connection that said nothing for 10 s)
 MAX_AGE_S = 5.0
+#: relays dialled ahead: the first two of the invite's (when the first one's path loses a
+#: packet, the second's is as early, not a TCP handshake later)
+MAX_RELAYS = 2
 
 
 class RelayPreconnect:
-    """At most one relay connection opened ahead of the answer, for one session."""
+    """The relay connections opened ahead of the answer, for one session (at most
+    :data:`MAX_RELAYS`)."""
 
     def __init__(self) -> None:
-        self.address: tuple[str, int] | None = None
-        self._task: asyncio.Task[socket.socket] | None = None
-        self._opened_at = 0.0
+        self._opened: dict[tuple[str, int], tuple[asyncio.Task[socket.socket], float]] = {}
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The relays with a connection opened ahead and not taken yet."""
+        return list(self._opened)
 
     def open(self, relays: Iterable[tuple[str, int, bytes]], own_reflexive: Iterable[str],
              ) -> None:
-        """Start the TCP connection to the first of ``relays`` we may dial."""
+        """Start the TCP connections to the first :data:`MAX_RELAYS` of ``relays`` we may
+        dial."""
         own = tuple(own_reflexive)
+        loop = asyncio.get_running_loop()
         for host, port, _key in relays:
-            if not candidate_policy.decide(host, own, ()).dial:
+            if len(self._opened) >= MAX_RELAYS:
+                return
+            if (host, port) in self._opened or not candidate_policy.decide(host, own, ()).dial:
                 continue
-            loop = asyncio.get_running_loop()
-            self.address = (host, port)
-            self._opened_at = loop.time()
-            self._task = loop.create_task(_connect(host, port))
-            return
+            self._opened[(host, port)] = (loop.create_task(_connect(host, port)), loop.time())
 
     def take(self, host: str, port: int) -> asyncio.Task[socket.socket] | None:
         """The connection to ``host:port`` (a task: it may still be opening), now the
         caller's; None when there is none, or it is too old to use (it is closed)."""
-        task = self._task
-        if task is None or (host, port) != self.address:
+        entry = self._opened.pop((host, port), None)
+        if entry is None:
             return None
-        self._task = None
-        if asyncio.get_running_loop().time() - self._opened_at > MAX_AGE_S:
+        task, opened_at = entry
+        if asyncio.get_running_loop().time() - opened_at > MAX_AGE_S:
             _close_when_done(task)
             return None
         return task
 
     def close(self) -> None:
-        """Close the connection if nobody took it."""
-        if self._task is not None:
-            _close_when_done(self._task)
-            self._task = None
+        """Close the connections nobody took."""
+        for task, _ in self._opened.values():
+            _close_when_done(task)
+        self._opened.clear()
 
 
 async def _connect(host: str, port: int) -> socket.socket:

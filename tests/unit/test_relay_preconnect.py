@@ -9,6 +9,8 @@ import asyncio
 import os
 import socket
 
+import pytest
+
 from overlay.media import relay_preconnect
 from overlay.media.relay_preconnect import RelayPreconnect
 from overlay.relay.budget import BudgetConfig
@@ -25,7 +27,7 @@ async def test_the_hello_goes_on_the_connection_opened_ahead() -> None:
         token = os.urandom(TOKEN_BYTES)
         pre = RelayPreconnect()
         pre.open([(ip, PORT, KEY)], ["127.0.0.1"])
-        assert pre.address == (ip, PORT)
+        assert pre.addresses == [(ip, PORT)]
         callee = asyncio.create_task(relay_connect(ip, PORT, token, ROLE_CALLEE, timeout=5))
         await wait_for(lambda: len(node.relay.early) == 1)
         opened = pre.take(ip, PORT)
@@ -72,13 +74,18 @@ async def test_a_stale_or_failed_connection_gives_way_to_a_new_one() -> None:
 async def test_only_a_fresh_connection_to_the_named_relay_is_handed_out(monkeypatch) -> None:
     async with supernode(relay=BudgetConfig(total_bps=10 * MBIT)) as (_node, ip):
         pre = RelayPreconnect()
-        # a relay the candidate policy does not let us dial is skipped for the next one
-        pre.open([("224.0.0.1", PORT, KEY), (ip, PORT, KEY)], ["127.0.0.1"])
-        assert pre.address == (ip, PORT)
-        assert pre.take("224.0.0.1", PORT) is None  # not the one opened
+        # a relay the candidate policy does not let us dial is skipped for the next ones;
+        # two are dialled ahead, not a third
+        pre.open([("224.0.0.1", PORT, KEY), (ip, PORT, KEY), (ip, PORT + 1, KEY),
+                  (ip, PORT + 2, KEY)], ["127.0.0.1"])
+        assert pre.addresses == [(ip, PORT), (ip, PORT + 1)]
+        assert pre.take("224.0.0.1", PORT) is None  # not one opened
+        second = pre.take(ip, PORT + 1)  # nobody listens there: the attempt dials anew
+        assert second is not None
+        with pytest.raises(OSError):
+            await second
         monkeypatch.setattr(relay_preconnect, "MAX_AGE_S", 0.0)
-        opened = pre._task
-        assert opened is not None
+        opened = pre._opened[(ip, PORT)][0]
         await asyncio.wait([opened])
         assert pre.take(ip, PORT) is None  # too old: closed, not handed out
         await wait_for(lambda: opened.result().fileno() == -1)
@@ -87,8 +94,7 @@ async def test_only_a_fresh_connection_to_the_named_relay_is_handed_out(monkeypa
         monkeypatch.setattr(relay_preconnect, "MAX_AGE_S", 5.0)
         pre = RelayPreconnect()
         pre.open([(ip, PORT, KEY)], ["127.0.0.1"])
-        unused = pre._task
-        assert unused is not None
+        unused = pre._opened[(ip, PORT)][0]
         await asyncio.wait([unused])
         pre.close()
         assert unused.result().fileno() == -1
