@@ -25,6 +25,9 @@ EXIT_CONFLICT = 4
 EXIT_NOT_ACCEPTED = 5
 EXIT_INTERRUPTED = 130
 EXIT_UNAVAILABLE = 69
+#: whoever read our output stopped reading (``overlay call --json | head``): 128 + SIGPIPE,
+#: what a shell reports for a tool that SIGPIPE ended
+EXIT_BROKEN_PIPE = 141
 
 
 def refused(command: str, reply: Mapping[str, Any], codes: Mapping[str, int]) -> int:

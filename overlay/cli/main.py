@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from overlay.cli import call, client, contacts, demo, lookup, node, send, supernode
-from overlay.cli.common import EXIT_INTERRUPTED, EXIT_USAGE
+from overlay.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from overlay.core import logs
 from overlay.core.identity import KeyFileError
 
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away: stop quietly, as Unix tools do (and keep the
+        # interpreter's last flush from failing on the closed pipe too)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
