@@ -229,6 +229,9 @@ class PathOpener:
                     late.close()
                 raise
             self.paths.count_race(local, answer.candidates, timeline, setup, slog)
+            # the relay connections opened ahead that no attempt took: not held while the
+            # path carries the transfer or the call (a later relay attempt dials anew)
+            preconnect.close()
             try:
                 yield OpenedPath(s, invite, answer, stream, timeline, shared, transcript,
                                  late if late is not None and late.armed else None)
