@@ -191,7 +191,12 @@ class MediaSocket(asyncio.DatagramProtocol):
         except ValueError:
             self.stats["foreign"] += 1
             return
-        receiver = self._quic_by_cid.get(header.destination_cid) or self._quic_by_addr.get(addr)
+        receiver = self._quic_by_cid.get(header.destination_cid)
+        if receiver is None and header.packet_type == QuicPacketType.ONE_RTT:
+            # by address only a short-header packet: a long-header one under a connection id
+            # no connection of ours holds starts a new connection (the next session's Initial
+            # from the same peer, while the last session's connection is still open)
+            receiver = self._quic_by_addr.get(addr)
         if receiver is not None:
             receiver.datagram_received(data, addr)
             return
