@@ -24,6 +24,7 @@ from overlay.media.quic.core import (
 from overlay.media.quic.stream import QuicByteStream
 from overlay.media.quic.ticket import session_ticket
 from overlay.media.secure_stream import InviteSalt, SecureStreamError, new_path_salt
+from tests.helpers.netutil import wait_for
 from tests.helpers.zero_rtt import caller_first, session_material, zero_rtt_quic
 
 CALLER = ("198.18.0.1", 4433)
@@ -162,6 +163,38 @@ async def test_back_to_back_sessions_with_one_peer_each_get_their_connection() -
             callee = await asyncio.wait_for(server, 5.0)
             streams.append(callee)
             assert await asyncio.wait_for(callee.recv(), 5.0) == word
+    finally:
+        for stream in streams:
+            stream.abort("test over")
+        await a.close()
+        await b.close()
+
+
+async def test_another_sessions_client_hello_does_not_take_our_acceptor() -> None:
+    """A retransmitted ClientHello of another session from the same peer (a 0-RTT handshake
+    that failed there, still retransmitting) reaches our acceptor first: it is not ours (its
+    ticket is the other session's) and is left alone, and our own client still connects. It
+    used to be taken, fail to resume and close ``code 12``, and our session's path with it."""
+    a = await MediaSocket.open("127.0.0.1", 0)
+    b = await MediaSocket.open("127.0.0.1", 0)
+    streams: list[QuicByteStream] = []
+    try:
+        ours, theirs = session_ticket(*session_material()), session_ticket(*session_material())
+        server = asyncio.ensure_future(quic_connect(b, a.local_address, initiator=False,
+                                                    session_ticket=ours, timeout=3.0))
+        await asyncio.sleep(0)
+        stale = await quic_connect(a, b.local_address, initiator=True, session_ticket=theirs,
+                                   zero_rtt=True)
+        streams.append(stale)
+        await wait_for(lambda: b.stats.get("quic_early", 0) >= 1, 2.0)  # left, not taken
+        assert not server.done()
+        client = await quic_connect(a, b.local_address, initiator=True, session_ticket=ours,
+                                    zero_rtt=True)
+        streams.append(client)
+        await client.send(b"ours")
+        callee = await asyncio.wait_for(server, 5.0)
+        streams.append(callee)
+        assert await asyncio.wait_for(callee.recv(), 5.0) == b"ours"
     finally:
         for stream in streams:
             stream.abort("test over")

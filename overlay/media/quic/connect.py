@@ -83,14 +83,26 @@ async def quic_connect(
     def on_initial(data: bytes, addr: Address, header: QuicHeader) -> QuicByteStream | None:
         if accepted.done() or len(data) < 1200:
             return None
+        offered: list[bytes] = []
+
+        def fetch(identity: bytes) -> SessionTicket | None:
+            offered.append(identity)
+            return fetch_ticket(identity)
+
         conn = QuicConnection(configuration=configuration(False, idle_timeout,
                                                           congestion_control),
                               original_destination_connection_id=header.destination_cid,
-                              session_ticket_fetcher=fetch_ticket)
-        server = QuicByteStream(media, QuicStreamCore(conn, is_client=False), addr)
+                              session_ticket_fetcher=fetch)
+        core = QuicStreamCore(conn, is_client=False)
+        core.receive_datagram(data, addr, loop.time())  # sans-IO: nothing is sent yet
+        if offered and fetch_ticket(offered[0]) is None:
+            # another session's 0-RTT ClientHello from the same peer (a retransmission of a
+            # handshake that failed): not ours to answer; keep waiting for our own
+            return None
+        server = QuicByteStream(media, core, addr)
         media.add_quic_route(server, cid=header.destination_cid)
         accepted.set_result(server)
-        server.datagram_received(data, addr)
+        server.flush()
         return server
 
     deadline = loop.time() + timeout

@@ -48,6 +48,11 @@ class QuicByteStream:
         self.core.receive_datagram(data, addr, self._loop.time())
         self._after()
 
+    def flush(self) -> None:
+        """Act on what the core did before this stream took it (a server's first Initial,
+        read before it was known to be its session's): send, route, arm the timer."""
+        self._after()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
