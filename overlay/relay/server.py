@@ -492,19 +492,19 @@ class RelayServer:
             self._refuse(link, exc.reason)
             return
         session = RelaySession(self, token, rate, link, admission.hold(link.ip, keys, reservation))
-        self.waiting[token] = session
         link.session = session
-        link.state = "waiting"
-        session.timer = asyncio.get_running_loop().call_later(
-            self.pair_timeout_s, self._pair_timeout, session)
         link.log.info("relay_waiting", rate_bps=rate.rate_bps, credential=credential,
                       reserved_bps=self.budget.reserved_bps)
-        self._changed()
         early = self.early.take(token)
         if early is not None:  # its callee came first and is held: pair them now
             early._cancel_timer()
-            del self.waiting[token]
             self._pair(session, early, early.requested_rate_bps, now)
+            return
+        self.waiting[token] = session
+        link.state = "waiting"
+        session.timer = asyncio.get_running_loop().call_later(
+            self.pair_timeout_s, self._pair_timeout, session)
+        self._changed()
 
     def _early_timeout(self, link: RelayLink) -> None:
         """A held callee's caller did not come in time: ``unknown token`` (it may ask

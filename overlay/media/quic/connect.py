@@ -83,11 +83,13 @@ async def quic_connect(
     def on_initial(data: bytes, addr: Address, header: QuicHeader) -> QuicByteStream | None:
         if accepted.done() or len(data) < 1200:
             return None
-        offered: list[bytes] = []
+        foreign: list[bytes] = []  # a ticket identity the ClientHello named, not ours
 
         def fetch(identity: bytes) -> SessionTicket | None:
-            offered.append(identity)
-            return fetch_ticket(identity)
+            ticket = fetch_ticket(identity)
+            if ticket is None:
+                foreign.append(identity)
+            return ticket
 
         conn = QuicConnection(configuration=configuration(False, idle_timeout,
                                                           congestion_control),
@@ -95,7 +97,7 @@ async def quic_connect(
                               session_ticket_fetcher=fetch)
         core = QuicStreamCore(conn, is_client=False)
         core.receive_datagram(data, addr, loop.time())  # sans-IO: nothing is sent yet
-        if offered and fetch_ticket(offered[0]) is None:
+        if foreign:
             # another session's 0-RTT ClientHello from the same peer (a retransmission of a
             # handshake that failed): not ours to answer; keep waiting for our own
             return None
